@@ -1,0 +1,29 @@
+//! The pacer plan model: the types a user writes (YAML/JSON, also the `LoadTest` spec), parsing,
+//! validation with field paths, rates, durations, templates and the thresholds syntax.
+//!
+//! No I/O beyond reading the plan file and `${file:..}` references; no async.
+
+pub mod duration;
+pub mod error;
+pub mod load;
+pub mod model;
+pub mod ramp;
+pub mod rate;
+pub mod refs;
+pub mod spec;
+pub mod template;
+pub mod threshold;
+pub mod validate;
+
+pub use duration::HumanDuration;
+pub use error::{FieldError, PlanError};
+pub use load::{LoadOptions, load_file, load_str, load_value};
+pub use model::*;
+pub use rate::Rate;
+pub use template::{Part, Template};
+pub use threshold::{Metric, Threshold};
+
+/// The JSON Schema of a plan (for editors, and the `LoadTest` CRD).
+pub fn json_schema() -> schemars::Schema {
+    schemars::schema_for!(spec::PlanSpec)
+}
