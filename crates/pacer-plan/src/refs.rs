@@ -1,4 +1,4 @@
-//! `${env:NAME}` and `${file:PATH}` references in plan strings, resolved when the plan is
+//! `${env:NAME}`, `${env:NAME:-fallback}` and `${file:PATH}` references in plan strings, resolved when the plan is
 //! loaded so that secrets stay out of plan files. `$${` writes a literal `${`.
 //!
 //! The resolved values are never echoed in errors: a missing variable is named, its would-be
@@ -73,8 +73,16 @@ impl RefResolver<'_> {
                 .ok_or_else(|| format!("bad reference `${{{reference}}}`: use ${{env:NAME}} or ${{file:PATH}}"))?;
             match kind {
                 "env" => {
-                    let v = (self.env)(arg)
-                        .ok_or_else(|| format!("environment variable {arg} is not set"))?;
+                    // `${env:NAME:-fallback}` uses the fallback when NAME is unset or empty.
+                    let (name, fallback) = match arg.split_once(":-") {
+                        Some((n, f)) => (n, Some(f)),
+                        None => (arg, None),
+                    };
+                    let v = match ((self.env)(name).filter(|v| !v.is_empty()), fallback) {
+                        (Some(v), _) => v,
+                        (None, Some(f)) => f.to_string(),
+                        (None, None) => return Err(format!("environment variable {name} is not set")),
+                    };
                     out.push_str(&v);
                 }
                 "file" => {
@@ -115,13 +123,14 @@ mod tests {
             env: &env,
             base_dir: PathBuf::from("."),
         };
-        let mut v = serde_json::json!({"a": "x-${env:SECRET}-y", "b": ["$${env:SECRET}"], "c": "$5"});
+        let mut v = serde_json::json!({"a": "x-${env:SECRET}-y", "b": ["$${env:SECRET}"], "c": "$5", "d": "${env:NOPE:-http://127.0.0.1:1}"});
         let mut errs = vec![];
         r.resolve(&mut v, "", &mut errs);
         assert!(errs.is_empty());
         assert_eq!(v["a"], "x-s3cr3t-y");
         assert_eq!(v["b"][0], "${env:SECRET}");
         assert_eq!(v["c"], "$5");
+        assert_eq!(v["d"], "http://127.0.0.1:1");
     }
 
     #[test]
