@@ -1,1 +1,148 @@
-//! pacer-engine
+//! Executes a pacer plan (or, later, a worker's shard of one): executors, HTTP, templates,
+//! checks, retries and recording. It knows nothing about gRPC or Kubernetes: the limiter, the
+//! token source and the stats recorder come in through [`Deps`].
+
+pub mod auth;
+pub mod exec;
+pub mod executor;
+pub mod http;
+pub mod ratelimit_headers;
+pub mod render;
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pacer_limiter::{Limiter, TokenSource};
+use pacer_plan::Plan;
+use pacer_stats::{Layout, Recorder, ScenarioLayout};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use exec::WORKER_HEADER;
+
+/// What the engine plugs into.
+pub struct Deps {
+    pub limiter: Arc<dyn Limiter>,
+    /// `None`: this process fetches and caches its own tokens ([`auth::Tokens`]).
+    pub tokens: Option<Arc<dyn TokenSource>>,
+    pub recorder: Arc<Recorder>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// This process's worker index (`{{worker}}`, the `X-Pacer-Worker` header).
+    pub worker: u32,
+    /// Send `X-Pacer-Worker: <index>` with every request.
+    pub send_worker_header: bool,
+}
+
+/// How a caller stops a run early.
+#[derive(Clone, Debug, Default)]
+pub struct RunControl {
+    /// Graceful: start no new iteration; in-flight ones get their scenario's `gracefulStop`.
+    pub stop: CancellationToken,
+    /// Hard: interrupt everything now.
+    pub abort: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Client(#[from] http::ClientError),
+}
+
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub elapsed: Duration,
+    /// The run was stopped (gracefully or hard) before its plan ended.
+    pub stopped_early: bool,
+}
+
+/// The recorder layout for a plan: scenarios and their requests, in plan order.
+pub fn layout(plan: &Plan) -> Layout {
+    Layout {
+        scenarios: plan
+            .scenarios
+            .iter()
+            .map(|s| ScenarioLayout {
+                name: s.name.clone(),
+                requests: s.requests.iter().map(|r| r.name.clone()).collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Run a whole plan to its end (or until stopped). Records into `deps.recorder`.
+pub async fn run(plan: Arc<Plan>, deps: Deps, opts: RunOptions, control: RunControl) -> Result<RunReport, EngineError> {
+    let pool_hint = plan
+        .scenarios
+        .iter()
+        .map(|s| match &s.executor {
+            pacer_plan::Executor::ConstantArrivalRate { max_in_flight, .. }
+            | pacer_plan::Executor::RampingArrivalRate { max_in_flight, .. } => *max_in_flight as usize,
+            pacer_plan::Executor::ConstantVus { vus, .. }
+            | pacer_plan::Executor::PerVuIterations { vus, .. }
+            | pacer_plan::Executor::SharedIterations { vus, .. } => *vus as usize,
+            pacer_plan::Executor::RampingVus { stages, start_vus, .. } => {
+                stages.iter().map(|s| s.target).max().unwrap_or(0).max(*start_vus) as usize
+            }
+        })
+        .sum::<usize>()
+        .min(4096);
+    let client = http::build_client(&plan.http, pool_hint)?;
+    let tokens = deps
+        .tokens
+        .unwrap_or_else(|| Arc::new(auth::Tokens::from_plan(&plan, client.clone(), deps.recorder.clone())));
+    let shared = Arc::new(exec::Shared::new(
+        plan.clone(),
+        client,
+        deps.limiter,
+        tokens,
+        deps.recorder,
+        opts.worker,
+        opts.send_worker_header,
+        control.abort.clone(),
+    ));
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, sc) in plan.scenarios.iter().enumerate() {
+        let start = t0 + sc.start_time;
+        let planned_end = start + sc.executor.max_duration();
+        let hard = control.abort.child_token();
+        let run = Arc::new(executor::ScenarioRun {
+            shared: shared.clone(),
+            scenario: i,
+            start,
+            stop: control.stop.child_token(),
+            hard: hard.clone(),
+        });
+        let graceful = sc.graceful_stop;
+        let stop = control.stop.clone();
+        // Supervisor: interrupts in-flight iterations `gracefulStop` after the scenario's end,
+        // or after a graceful stop request.
+        let supervisor = tokio::spawn({
+            let hard = hard.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(planned_end + graceful) => {}
+                    _ = stop.cancelled() => tokio::time::sleep(graceful).await,
+                    _ = hard.cancelled() => {}
+                }
+                hard.cancel();
+            }
+        });
+        let executor = sc.executor.clone();
+        tasks.spawn(async move {
+            if run.sleep_until_start().await {
+                executor::run(run.clone(), &executor).await;
+            }
+            supervisor.abort();
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(RunReport {
+        elapsed: t0.elapsed(),
+        stopped_early: control.stop.is_cancelled() || control.abort.is_cancelled(),
+    })
+}

@@ -1,0 +1,131 @@
+//! The `pacer` command line. `main` is thin: everything is reachable from [`run_cli`] so tests
+//! can drive a subcommand in-process.
+
+pub mod exit;
+pub mod progress;
+pub mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use exit::Exit;
+
+/// pacer: a load generator for rate-limited APIs.
+///
+/// Runs a test plan (YAML or JSON) against an HTTP API, pacing requests to the limits the
+/// plan declares, and reports latency without coordinated omission, 429s by limit, and
+/// thresholds pass/fail.
+#[derive(Parser, Debug)]
+#[command(name = "pacer", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace), or a
+    /// tracing filter such as `pacer_engine=debug`. Also read from PACER_LOG.
+    #[arg(long, global = true, env = "PACER_LOG", default_value = "warn")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a plan and print the summary. Exit code: 0 passed, 99 a threshold failed,
+    /// 2 invalid plan or arguments, 1 any other failure.
+    Run(run::RunArgs),
+    /// Check a plan (or a LoadTest manifest) and list every problem with its field path.
+    Validate(ValidateArgs),
+    /// Serve a mock API that enforces rate limits the way SaaS APIs do (for demos and tests).
+    Mock(pacer_mock::MockArgs),
+    /// Print the JSON Schema of the plan format (for editors and CI checks).
+    Schema,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ValidateArgs {
+    /// Plan files (YAML or JSON) or LoadTest manifests.
+    #[arg(required = true)]
+    pub plans: Vec<std::path::PathBuf>,
+}
+
+/// Parse `std::env::args`, run, and map the result to an exit code.
+pub fn main_from_env() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { Exit::Invalid } else { Exit::Passed };
+            let _ = e.print();
+            return code.into();
+        }
+    };
+    init_tracing(&cli.log);
+    // One TLS crypto provider for the whole process (reqwest and kube must agree).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Failure.into();
+        }
+    };
+    rt.block_on(run_cli(cli)).into()
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Run a parsed command line.
+pub async fn run_cli(cli: Cli) -> Exit {
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Validate(args) => validate(&args),
+        Command::Mock(args) => match pacer_mock::run_cli(args).await {
+            Ok(()) => Exit::Passed,
+            Err(e) => {
+                eprintln!("error: {e}");
+                Exit::Failure
+            }
+        },
+        Command::Schema => match serde_json::to_string_pretty(&pacer_plan::json_schema()) {
+            Ok(s) => {
+                println!("{s}");
+                Exit::Passed
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Exit::Failure
+            }
+        },
+    }
+}
+
+fn validate(args: &ValidateArgs) -> Exit {
+    let mut worst = Exit::Passed;
+    for p in &args.plans {
+        match pacer_plan::load_file(p) {
+            Ok(plan) => {
+                let iters: Vec<String> = plan
+                    .scenarios
+                    .iter()
+                    .map(|s| match s.executor.planned_iterations() {
+                        Some(n) => format!("{} ({} iterations)", s.name, n),
+                        None => s.name.clone(),
+                    })
+                    .collect();
+                println!("{}: ok: {} [{}]", p.display(), plan.name, iters.join(", "));
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                worst = exit::for_plan_error(&e);
+            }
+        }
+    }
+    worst
+}

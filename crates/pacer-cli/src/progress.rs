@@ -1,0 +1,122 @@
+//! Live progress while a run goes: a status line on a terminal (indicatif), plain periodic
+//! lines otherwise. It also watches `abortOnFail` thresholds and stops the run when one fails.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pacer_engine::RunControl;
+use pacer_plan::Plan;
+use pacer_stats::Recorder;
+use tokio::task::JoinHandle;
+
+pub struct Progress {
+    task: JoinHandle<Option<String>>,
+    done: tokio_util::sync::CancellationToken,
+}
+
+impl Progress {
+    pub fn start(plan: Arc<Plan>, recorder: Arc<Recorder>, control: RunControl, interactive: bool, every: Duration) -> Self {
+        let done = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(watch(plan, recorder, control, interactive, every, done.clone()));
+        Self { task, done }
+    }
+
+    /// Stop displaying; returns the abort reason if an abortOnFail threshold stopped the run.
+    pub async fn finish(self) -> Option<String> {
+        self.done.cancel();
+        self.task.await.ok().flatten()
+    }
+}
+
+fn planned(plan: &Plan) -> Duration {
+    plan.scenarios
+        .iter()
+        .map(|s| s.start_time + s.executor.max_duration())
+        .max()
+        .unwrap_or_default()
+}
+
+async fn watch(
+    plan: Arc<Plan>,
+    recorder: Arc<Recorder>,
+    control: RunControl,
+    interactive: bool,
+    every: Duration,
+    done: tokio_util::sync::CancellationToken,
+) -> Option<String> {
+    let started = Instant::now();
+    let total = planned(&plan);
+    let bar = interactive.then(|| {
+        let b = ProgressBar::new(total.as_millis() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{bar:25.cyan/blue} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let abortable: Vec<_> = plan.thresholds.iter().filter(|t| t.abort_on_fail).cloned().collect();
+    let mut abort_reason = None;
+    let mut last_reqs = 0u64;
+    let mut last_t = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_print = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = done.cancelled() => break,
+        }
+        let snap = recorder.snapshot();
+        let elapsed = started.elapsed();
+        if abort_reason.is_none() && !abortable.is_empty() {
+            let results = pacer_stats::evaluate(&abortable, &snap, elapsed);
+            for (t, r) in abortable.iter().zip(&results) {
+                if !r.passed && elapsed >= t.delay_abort_eval {
+                    let reason = format!(
+                        "threshold {} {} crossed (abortOnFail) at {:.1}s",
+                        t.key,
+                        t.expr,
+                        elapsed.as_secs_f64()
+                    );
+                    eprintln!("{reason}");
+                    abort_reason = Some(reason);
+                    control.stop.cancel();
+                    break;
+                }
+            }
+        }
+        if !interactive && last_print.elapsed() + Duration::from_millis(50) < every {
+            continue;
+        }
+        last_print = Instant::now();
+        let total_stats = snap.total();
+        let reqs = total_stats.attempts;
+        let dt = last_t.elapsed().as_secs_f64().max(1e-3);
+        let rate = (reqs.saturating_sub(last_reqs)) as f64 / dt;
+        last_reqs = reqs;
+        last_t = Instant::now();
+        let p95 = total_stats.duration.percentile(95.0).map(|us| us as f64 / 1000.0);
+        let line = format!(
+            "{:>6.1}s/{:.0}s  reqs {}  {:.1}/s  p95 {}  errors {}  429s {}",
+            elapsed.as_secs_f64(),
+            total.as_secs_f64(),
+            reqs,
+            rate,
+            p95.map_or("-".to_string(), |v| format!("{v:.1}ms")),
+            total_stats.failed,
+            total_stats.throttled,
+        );
+        match &bar {
+            Some(b) => {
+                b.set_position((elapsed.as_millis() as u64).min(total.as_millis() as u64));
+                b.set_message(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    abort_reason
+}

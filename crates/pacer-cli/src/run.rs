@@ -1,0 +1,121 @@
+//! `pacer run`: load the plan, run it with live progress, print the summary, pick the exit code.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pacer_engine::{Deps, RunControl, RunOptions};
+use pacer_limiter::Unlimited;
+use pacer_plan::Plan;
+use pacer_stats::Recorder;
+
+use crate::exit::{self, Exit};
+use crate::progress::Progress;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The plan (YAML or JSON), or a LoadTest manifest whose spec.plan is used.
+    pub plan: PathBuf,
+    /// Also write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// Print no live progress (the summary is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Seconds between progress lines when stdout is not a terminal.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub progress_every: u64,
+    /// Send `X-Pacer-Worker: <index>` with every request, so the target can tally per worker.
+    #[arg(long)]
+    pub worker_header: bool,
+    /// This process's worker index (for `{{worker}}` and the worker header).
+    #[arg(long, default_value_t = 0)]
+    pub worker_index: u32,
+    /// Do not color the summary.
+    #[arg(long)]
+    pub no_color: bool,
+}
+
+pub async fn run(args: RunArgs) -> Exit {
+    let plan = match pacer_plan::load_file(&args.plan) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::for_plan_error(&e);
+        }
+    };
+    match execute(plan, &args).await {
+        Ok(exit) => exit,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Exit::Failure
+        }
+    }
+}
+
+async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
+    let recorder = Arc::new(Recorder::new(pacer_engine::layout(&plan)));
+    let deps = Deps {
+        limiter: Arc::new(Unlimited),
+        tokens: None,
+        recorder: recorder.clone(),
+    };
+    let control = RunControl::default();
+    let interactive = std::io::stderr().is_terminal();
+    let progress = (!args.quiet).then(|| {
+        Progress::start(
+            plan.clone(),
+            recorder.clone(),
+            control.clone(),
+            interactive,
+            Duration::from_secs(if interactive { 1 } else { args.progress_every }),
+        )
+    });
+    // Ctrl-C: first stops gracefully (in-flight iterations get their gracefulStop), second aborts.
+    let signals = tokio::spawn({
+        let control = control.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nstopping: in-flight iterations get their gracefulStop (Ctrl-C again to abort)");
+                control.stop.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("aborting");
+                    control.abort.cancel();
+                }
+            }
+        }
+    });
+    let report = pacer_engine::run(
+        plan.clone(),
+        deps,
+        RunOptions {
+            worker: args.worker_index,
+            send_worker_header: args.worker_header,
+        },
+        control.clone(),
+    )
+    .await?;
+    signals.abort();
+    let abort_reason = match progress {
+        Some(p) => p.finish().await,
+        None => None,
+    };
+    let snapshot = recorder.snapshot();
+    let limit_names: Vec<String> = plan.limits.iter().map(|l| l.name.clone()).collect();
+    let summary = pacer_stats::summarize(&plan.name, &snapshot, report.elapsed, &plan.thresholds, &limit_names);
+    let color = !args.no_color && std::io::stdout().is_terminal();
+    println!("{}", pacer_stats::render_text(&summary, color));
+    if let Some(reason) = &abort_reason {
+        println!("aborted: {reason}");
+    }
+    if let Some(path) = &args.summary_json {
+        std::fs::write(path, pacer_stats::render_json(&summary))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(if summary.passed && abort_reason.is_none() {
+        Exit::Passed
+    } else {
+        Exit::ThresholdFailed
+    })
+}

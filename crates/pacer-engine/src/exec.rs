@@ -1,0 +1,532 @@
+//! One iteration: the scenario's requests in order, each with its retries, checks, extraction
+//! and polling, recorded as attempts (HTTP exchanges) and requests (after retries).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use pacer_limiter::{Feedback, Limiter, RequestMeta, Token, TokenSource};
+use pacer_plan::{AuthRef, Body, Expect, ExtractFrom, Plan, Request};
+use pacer_stats::{Attempt, ErrorKind, IterationOutcome, Recorder, RequestOutcome, RetryOutcome};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{self, Response};
+use crate::render::RenderCtx;
+use crate::retry::{self, RetryAfter};
+
+/// Header that names the worker, so a target (e.g. `pacer mock`) can tally per worker.
+pub const WORKER_HEADER: &str = "x-pacer-worker";
+
+/// Everything an iteration needs, shared by all of a run's tasks.
+pub struct Shared {
+    pub plan: Arc<Plan>,
+    pub client: reqwest::Client,
+    pub limiter: Arc<dyn Limiter>,
+    pub tokens: Arc<dyn TokenSource>,
+    pub recorder: Arc<Recorder>,
+    pub worker: u32,
+    pub worker_header: Option<HeaderValue>,
+    /// Cancelled when in-flight work must end now (after graceful stop, or on abort).
+    pub hard_stop: CancellationToken,
+    last_limits_ms: AtomicU64,
+    epoch: Instant,
+    warned: parking_lot::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Shared {
+    pub fn new(
+        plan: Arc<Plan>,
+        client: reqwest::Client,
+        limiter: Arc<dyn Limiter>,
+        tokens: Arc<dyn TokenSource>,
+        recorder: Arc<Recorder>,
+        worker: u32,
+        send_worker_header: bool,
+        hard_stop: CancellationToken,
+    ) -> Self {
+        Self {
+            plan,
+            client,
+            limiter,
+            tokens,
+            recorder,
+            worker,
+            worker_header: send_worker_header.then(|| HeaderValue::from(worker)),
+            hard_stop,
+            last_limits_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            warned: parking_lot::Mutex::new(Default::default()),
+        }
+    }
+
+    /// Log a problem once per distinct message, so a broken plan does not flood the log.
+    fn warn_once(&self, msg: String) {
+        if self.warned.lock().insert(msg.clone()) {
+            tracing::warn!("{msg}");
+        }
+    }
+}
+
+/// Run one iteration of scenario `sc`. `intended` is when the schedule meant it to start: the
+/// first request's latency is measured from there (no coordinated omission).
+pub async fn run_iteration(sh: &Shared, sc: usize, vu: u32, iteration: u64, intended: Instant) -> IterationOutcome {
+    let scenario = &sh.plan.scenarios[sc];
+    let mut vars: HashMap<String, Value> = HashMap::new();
+    let mut failed = false;
+    let mut req_intended = intended;
+    for (ri, req) in scenario.requests.iter().enumerate() {
+        let step = run_request(sh, sc, ri, req, &mut vars, vu, iteration, req_intended).await;
+        failed |= step.failed;
+        if step.stop_iteration {
+            failed = true;
+            break;
+        }
+        req_intended = Instant::now();
+    }
+    IterationOutcome {
+        duration: intended.elapsed(),
+        failed,
+        interrupted: false,
+    }
+}
+
+struct StepResult {
+    failed: bool,
+    /// Later requests cannot run (a required value was not extracted, a template failed).
+    stop_iteration: bool,
+}
+
+/// A request rendered once per logical request (retries resend the same thing: the same
+/// correlation id, the same body).
+struct Prepared {
+    method: reqwest::Method,
+    url: url::Url,
+    headers: HeaderMap,
+    body: Option<bytes::Bytes>,
+    approx_header_bytes: u64,
+}
+
+fn prepare(sh: &Shared, req: &Request, ctx: &RenderCtx<'_>) -> Result<Prepared, String> {
+    let path = ctx.render(&req.path).map_err(|e| e.to_string())?;
+    let mut url = if path.starts_with("http://") || path.starts_with("https://") {
+        url::Url::parse(&path).map_err(|e| format!("rendered URL {path:?} is invalid: {e}"))?
+    } else {
+        let base = sh.plan.target.as_str().trim_end_matches('/');
+        url::Url::parse(&format!("{base}{path}")).map_err(|e| format!("rendered path {path:?} is invalid: {e}"))?
+    };
+    if !req.query.is_empty() {
+        let mut q = url.query_pairs_mut();
+        for (k, t) in &req.query {
+            q.append_pair(k, &ctx.render(t).map_err(|e| e.to_string())?);
+        }
+    }
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 2);
+    let mut approx = (req.method.len() + url.as_str().len() + 12) as u64;
+    for (k, t) in &req.headers {
+        let v = ctx.render(t).map_err(|e| e.to_string())?;
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("header name {k:?} is invalid"))?;
+        let value = HeaderValue::from_str(&v).map_err(|_| format!("header {k}: rendered value is not a valid header value"))?;
+        approx += (k.len() + v.len() + 4) as u64;
+        headers.insert(name, value);
+    }
+    let body = match &req.body {
+        None => None,
+        Some(Body::Text(t)) => Some(bytes::Bytes::from(ctx.render(t).map_err(|e| e.to_string())?)),
+        Some(Body::Json(j)) => {
+            let v = ctx.render_json(j).map_err(|e| e.to_string())?;
+            if !headers.contains_key(CONTENT_TYPE) {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
+            Some(bytes::Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?))
+        }
+    };
+    if let Some(w) = &sh.worker_header {
+        headers.insert(HeaderName::from_static(WORKER_HEADER), w.clone());
+    }
+    let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| format!("method {:?} is invalid", req.method))?;
+    Ok(Prepared {
+        method,
+        url,
+        headers,
+        body,
+        approx_header_bytes: approx,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_request(
+    sh: &Shared,
+    sc: usize,
+    ri: usize,
+    req: &Request,
+    vars: &mut HashMap<String, Value>,
+    vu: u32,
+    iteration: u64,
+    mut intended: Instant,
+) -> StepResult {
+    let scenario = &sh.plan.scenarios[sc];
+    let credential = match req.auth {
+        AuthRef::Inherit => scenario.auth,
+        AuthRef::None => None,
+        AuthRef::Named(i) => Some(i),
+    };
+    let poll_started = Instant::now();
+    let mut polls = 0u32;
+    loop {
+        polls += 1;
+        let prepared = {
+            // plan variables first, extracted values over them
+            let mut all = sh.plan.variables.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>();
+            all.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let ctx = RenderCtx {
+                vars: &all,
+                iteration,
+                vu,
+                scenario: &scenario.name,
+                worker: sh.worker,
+            };
+            prepare(sh, req, &ctx)
+        };
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(msg) => {
+                sh.warn_once(format!("scenario {:?} request {:?}: {msg}", scenario.name, req.name));
+                return StepResult {
+                    failed: true,
+                    stop_iteration: true,
+                };
+            }
+        };
+        let (outcome, response) = send_with_retries(sh, sc, ri, req, credential, &prepared, intended).await;
+        let mut outcome = outcome;
+        let mut json_cache: Option<Option<Value>> = None;
+        let mut json = |resp: &Response| -> Option<Value> {
+            json_cache
+                .get_or_insert_with(|| serde_json::from_slice(&resp.body).ok())
+                .clone()
+        };
+        // expect checks
+        if let Some(resp) = &response {
+            count_checks(&req.expect, resp, &mut json, &mut outcome);
+        } else {
+            outcome.checks_failed += (!req.expect.status.is_empty()) as u32 + req.expect.json.len() as u32;
+        }
+        // extraction
+        let mut missing = None;
+        for (name, ex) in &req.extract {
+            let value = response.as_ref().and_then(|resp| match &ex.from {
+                ExtractFrom::JsonPointer(p) => json(resp).and_then(|doc| doc.pointer(p).cloned()),
+                ExtractFrom::Header(h) => resp
+                    .headers
+                    .get(h.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .map(|s| Value::String(s.to_string())),
+            });
+            match value {
+                Some(v) => {
+                    vars.insert(name.clone(), v);
+                }
+                None => {
+                    vars.remove(name);
+                    if ex.required {
+                        missing = Some(name.clone());
+                    }
+                }
+            }
+        }
+        // polling
+        let mut done = true;
+        if let Some(poll) = &req.poll {
+            let holds = response
+                .as_ref()
+                .is_some_and(|resp| poll.until.status_ok_strict(resp.status) && poll.until.json.iter().all(|c| json(resp).is_some_and(|d| c.holds(&d))));
+            let out_of_time = poll_started.elapsed() + poll.interval > poll.timeout
+                || poll.max_attempts.is_some_and(|m| polls >= m);
+            if holds {
+                outcome.checks_passed += 1;
+            } else if out_of_time || sh.hard_stop.is_cancelled() {
+                outcome.checks_failed += 1;
+                outcome.failed = true;
+            } else {
+                done = false;
+            }
+        }
+        let failed = outcome.failed;
+        sh.recorder.record_request(sc, ri, &outcome);
+        if done {
+            if missing.is_some() && !failed {
+                sh.warn_once(format!(
+                    "scenario {:?} request {:?}: extract {:?}: not found in the response; the iteration stops",
+                    scenario.name,
+                    req.name,
+                    missing.as_deref().unwrap_or_default()
+                ));
+            }
+            return StepResult {
+                failed: failed || missing.is_some(),
+                stop_iteration: missing.is_some(),
+            };
+        }
+        if let Some(poll) = &req.poll {
+            tokio::select! {
+                _ = tokio::time::sleep(poll.interval) => {}
+                _ = sh.hard_stop.cancelled() => {}
+            }
+        }
+        intended = Instant::now();
+    }
+}
+
+trait StrictStatus {
+    fn status_ok_strict(&self, status: u16) -> bool;
+}
+
+impl StrictStatus for Expect {
+    /// For `poll.until`: an empty status list means "any status", the JSON conditions decide.
+    fn status_ok_strict(&self, status: u16) -> bool {
+        self.status.is_empty() || self.status.contains(&status)
+    }
+}
+
+fn count_checks(expect: &Expect, resp: &Response, json: &mut impl FnMut(&Response) -> Option<Value>, out: &mut RequestOutcome) {
+    if !expect.status.is_empty() {
+        if expect.status.contains(&resp.status) {
+            out.checks_passed += 1;
+        } else {
+            out.checks_failed += 1;
+        }
+    }
+    for c in &expect.json {
+        if json(resp).is_some_and(|d| c.holds(&d)) {
+            out.checks_passed += 1;
+        } else {
+            out.checks_failed += 1;
+        }
+    }
+}
+
+/// Send with retries. Returns the logical request's outcome and the final response, if any.
+async fn send_with_retries(
+    sh: &Shared,
+    sc: usize,
+    ri: usize,
+    req: &Request,
+    credential: Option<usize>,
+    p: &Prepared,
+    intended: Instant,
+) -> (RequestOutcome, Option<Response>) {
+    let policy = &sh.plan.retry;
+    let meta = RequestMeta {
+        method: &req.method,
+        path: p.url.path(),
+        request: &req.name,
+    };
+    let mut out = RequestOutcome {
+        duration: Duration::ZERO,
+        limiter_wait: Duration::ZERO,
+        paused: Duration::ZERO,
+        backoff: Duration::ZERO,
+        attempts: 0,
+        failed: true,
+        checks_passed: 0,
+        checks_failed: 0,
+        retry_outcome: RetryOutcome::NotRetried,
+    };
+    let mut auth_retry_used = false;
+    let mut max_attempts = policy.max_attempts.max(1);
+    let mut last: Option<Response> = None;
+    let body_len = p.body.as_ref().map_or(0, |b| b.len() as u64);
+    let mut attempt = 0u32;
+    let mut last_retryable = false;
+    loop {
+        attempt += 1;
+        let grant = match sh.limiter.acquire(&meta).await {
+            Ok(g) => g,
+            Err(e) => {
+                sh.warn_once(format!("request {:?}: {e}", req.name));
+                record_local_failure(sh, sc, ri, ErrorKind::Limiter);
+                out.attempts = attempt;
+                break;
+            }
+        };
+        out.limiter_wait += grant.waited;
+        out.paused += grant.paused;
+        let token: Option<Token> = match credential {
+            None => None,
+            Some(c) => match sh.tokens.token(c).await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    sh.warn_once(e.to_string());
+                    record_local_failure(sh, sc, ri, ErrorKind::Auth);
+                    out.attempts = attempt;
+                    break;
+                }
+            },
+        };
+        let mut builder = reqwest::Request::new(p.method.clone(), p.url.clone());
+        *builder.headers_mut() = p.headers.clone();
+        if let Some(t) = &token {
+            match HeaderValue::from_str(&format!("Bearer {}", t.expose())) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    builder.headers_mut().insert(AUTHORIZATION, v);
+                }
+                Err(_) => {
+                    sh.warn_once("a bearer token is not a valid header value (value not shown)".into());
+                    record_local_failure(sh, sc, ri, ErrorKind::Auth);
+                    out.attempts = attempt;
+                    break;
+                }
+            }
+        }
+        if let Some(b) = &p.body {
+            *builder.body_mut() = Some(reqwest::Body::from(b.clone()));
+        }
+        let result = tokio::select! {
+            r = http::send(&sh.client, builder) => r,
+            _ = sh.hard_stop.cancelled() => {
+                out.attempts = attempt;
+                break;
+            }
+        };
+        out.attempts = attempt;
+        let retry_after_info;
+        let retryable;
+        match result {
+            Ok(resp) => {
+                retry_after_info = match resp.headers.get(RETRY_AFTER) {
+                    Some(v) if resp.status == 429 || resp.status == 503 => {
+                        Some(retry::parse_retry_after(v.as_bytes(), SystemTime::now(), policy.retry_after_max))
+                    }
+                    _ => None,
+                };
+                let retry_after = match retry_after_info {
+                    Some(RetryAfter::Wait { wait, .. }) => Some(wait),
+                    _ => None,
+                };
+                sh.limiter.feedback(
+                    &meta,
+                    &Feedback {
+                        status: resp.status,
+                        retry_after: if resp.status == 429 && retry_after.is_none() && policy.honor_retry_after {
+                            Some(policy.retry_after_default)
+                        } else {
+                            retry_after
+                        },
+                    },
+                );
+                let resp_bytes = resp.body.len() as u64
+                    + resp.headers.iter().map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64).sum::<u64>();
+                sh.recorder.record_attempt(
+                    sc,
+                    ri,
+                    &Attempt {
+                        service_time: resp.service_time,
+                        status: Some(resp.status),
+                        error: None,
+                        bytes_sent: p.approx_header_bytes + body_len,
+                        bytes_received: resp_bytes,
+                        retry_after,
+                        retry_after_malformed: matches!(retry_after_info, Some(RetryAfter::Malformed)),
+                        limits: grant.limits,
+                    },
+                );
+                maybe_record_server_limits(sh, &resp.headers);
+                out.failed = !req.expect.status_ok(resp.status);
+                if resp.status == 401 && !auth_retry_used {
+                    if let (Some(c), Some(t)) = (credential, &token) {
+                        // The token may have expired or been revoked: drop it (if it is still the
+                        // current one) and try once more with a fresh one, outside the retry budget.
+                        sh.tokens.invalidate(c, t);
+                        auth_retry_used = true;
+                        max_attempts += 1;
+                        last = Some(resp);
+                        continue;
+                    }
+                }
+                retryable = policy.on_status.contains(&resp.status);
+                last = Some(resp);
+            }
+            Err(t) => {
+                retry_after_info = None;
+                sh.recorder.record_attempt(
+                    sc,
+                    ri,
+                    &Attempt {
+                        service_time: t.service_time,
+                        status: None,
+                        error: Some(t.kind),
+                        bytes_sent: p.approx_header_bytes + body_len,
+                        bytes_received: 0,
+                        retry_after: None,
+                        retry_after_malformed: false,
+                        limits: grant.limits,
+                    },
+                );
+                sh.warn_once(format!("request {:?}: {}: {}", req.name, t.kind.as_str(), t.message));
+                out.failed = true;
+                retryable = policy.on_transport_error;
+                last = None;
+            }
+        }
+        last_retryable = retryable;
+        if !retryable || attempt >= max_attempts {
+            break;
+        }
+        let floor = match retry_after_info {
+            Some(RetryAfter::Wait { wait, .. }) => Some(wait),
+            Some(RetryAfter::Malformed) => Some(policy.retry_after_default),
+            None if last.as_ref().is_some_and(|r| r.status == 429) => Some(policy.retry_after_default),
+            None => None,
+        };
+        let delay = retry::backoff_delay(policy, attempt, floor);
+        let slept = Instant::now();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = sh.hard_stop.cancelled() => { out.backoff += slept.elapsed(); break; }
+        }
+        out.backoff += slept.elapsed();
+    }
+    out.duration = intended.elapsed();
+    out.retry_outcome = match (out.attempts > 1, out.failed) {
+        (true, true) => RetryOutcome::GaveUp,
+        (true, false) => RetryOutcome::SucceededAfterRetry,
+        (false, true) if !last_retryable => RetryOutcome::NotRetryable,
+        (false, _) => RetryOutcome::NotRetried,
+    };
+    (out, last)
+}
+
+/// An attempt that could not be sent (no token, limiter gone): counted as an error so it shows.
+fn record_local_failure(sh: &Shared, sc: usize, ri: usize, kind: ErrorKind) {
+    sh.recorder.record_attempt(
+        sc,
+        ri,
+        &Attempt {
+            service_time: Duration::ZERO,
+            status: None,
+            error: Some(kind),
+            bytes_sent: 0,
+            bytes_received: 0,
+            retry_after: None,
+            retry_after_malformed: false,
+            limits: 0,
+        },
+    );
+}
+
+/// Keep the server's latest rate-limit headers, at most four times a second.
+fn maybe_record_server_limits(sh: &Shared, headers: &HeaderMap) {
+    let now_ms = sh.epoch.elapsed().as_millis() as u64;
+    let last = sh.last_limits_ms.load(Ordering::Relaxed);
+    if now_ms < last + 250 && last != 0 {
+        return;
+    }
+    if let Some(h) = crate::ratelimit_headers::parse(headers) {
+        sh.last_limits_ms.store(now_ms.max(1), Ordering::Relaxed);
+        sh.recorder.record_server_limits(h);
+    }
+}

@@ -1,0 +1,363 @@
+//! The six executors (k6's names and meanings). Open model: arrivals come from a schedule on the
+//! clock, never from responses; an arrival that finds `maxInFlight` full is counted as dropped.
+//! Closed model: VUs loop over iterations.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pacer_plan::ramp::RampSchedule;
+use pacer_plan::{Executor, VuStage};
+use pacer_stats::IterationOutcome;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::{Shared, run_iteration};
+
+/// What an executor runs with.
+pub struct ScenarioRun {
+    pub shared: Arc<Shared>,
+    pub scenario: usize,
+    /// When the scenario starts (its `startTime` already added).
+    pub start: Instant,
+    /// Graceful stop: start no new iteration.
+    pub stop: CancellationToken,
+    /// Hard stop: interrupt what is in flight.
+    pub hard: CancellationToken,
+}
+
+impl ScenarioRun {
+    /// Run one iteration unless interrupted by `hard` or by `deadline`.
+    async fn iteration(&self, vu: u32, iteration: u64, intended: Instant, deadline: Option<Instant>) {
+        let sh = &self.shared;
+        let sleep_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            o = run_iteration(sh, self.scenario, vu, iteration, intended.into_std()) => o,
+            _ = self.hard.cancelled() => interrupted(intended),
+            _ = sleep_deadline => interrupted(intended),
+        };
+        sh.recorder.record_iteration(self.scenario, &outcome);
+    }
+
+    /// Wait for the scenario's `startTime`; false when stopped first.
+    pub async fn sleep_until_start(&self) -> bool {
+        self.sleep_until(self.start).await
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.is_cancelled() || self.hard.is_cancelled()
+    }
+
+    /// Sleep until `t`; false when stopped first.
+    async fn sleep_until(&self, t: Instant) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep_until(t) => !self.stopping(),
+            _ = self.stop.cancelled() => false,
+            _ = self.hard.cancelled() => false,
+        }
+    }
+
+    fn think_time(&self) -> Duration {
+        self.shared.plan.scenarios[self.scenario].think_time
+    }
+}
+
+fn interrupted(intended: Instant) -> IterationOutcome {
+    IterationOutcome {
+        duration: intended.elapsed(),
+        failed: false,
+        interrupted: true,
+    }
+}
+
+pub async fn run(run: Arc<ScenarioRun>, executor: &Executor) {
+    match executor {
+        Executor::ConstantArrivalRate {
+            rate,
+            duration,
+            max_in_flight,
+        } => arrivals(run, RampSchedule::constant(*rate, *duration), *max_in_flight).await,
+        Executor::RampingArrivalRate {
+            start_rate,
+            stages,
+            max_in_flight,
+        } => arrivals(run, RampSchedule::new(*start_rate, stages), *max_in_flight).await,
+        Executor::ConstantVus { vus, duration } => constant_vus(run, *vus, *duration).await,
+        Executor::RampingVus {
+            start_vus,
+            stages,
+            graceful_ramp_down,
+        } => ramping_vus(run, *start_vus, stages, *graceful_ramp_down).await,
+        Executor::PerVuIterations {
+            vus,
+            iterations,
+            max_duration,
+        } => per_vu_iterations(run, *vus, *iterations, *max_duration).await,
+        Executor::SharedIterations {
+            vus,
+            iterations,
+            max_duration,
+        } => shared_iterations(run, *vus, *iterations, *max_duration).await,
+    }
+}
+
+/// Open model. The scheduler task sleeps until the next arrival is due and then starts every
+/// arrival whose time has come (timers have ~1 ms resolution; the intended time of each
+/// arrival stays exact, and latency is measured from it).
+async fn arrivals(run: Arc<ScenarioRun>, schedule: RampSchedule, max_in_flight: u32) {
+    let sem = Arc::new(Semaphore::new(max_in_flight as usize));
+    let total = schedule.total();
+    let mut dropped = 0u64;
+    for k in 0..total {
+        let Some(offset) = schedule.offset(k) else { break };
+        let due = run.start + offset;
+        if due > Instant::now() && !run.sleep_until(due).await {
+            break;
+        }
+        if run.stopping() {
+            break;
+        }
+        match sem.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let r = run.clone();
+                tokio::spawn(async move {
+                    r.iteration(0, k, due, None).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                dropped += 1;
+                // flush in batches: the recorder takes a lock
+                if dropped >= 64 {
+                    run.shared.recorder.record_dropped(run.scenario, dropped);
+                    dropped = 0;
+                }
+            }
+        }
+    }
+    if dropped > 0 {
+        run.shared.recorder.record_dropped(run.scenario, dropped);
+    }
+    // Wait for every in-flight iteration (each ends by itself or at the hard stop).
+    let _all = sem.acquire_many(max_in_flight).await;
+}
+
+async fn constant_vus(run: Arc<ScenarioRun>, vus: u32, duration: Duration) {
+    let end = run.start + duration;
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    for vu in 1..=vus {
+        let run = run.clone();
+        let counter = counter.clone();
+        set.spawn(async move {
+            while Instant::now() < end && !run.stopping() {
+                let k = counter.fetch_add(1, Ordering::Relaxed);
+                run.iteration(vu, k, Instant::now(), None).await;
+                let think = run.think_time();
+                if !think.is_zero() && !run.sleep_until(Instant::now() + think).await {
+                    break;
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn per_vu_iterations(run: Arc<ScenarioRun>, vus: u32, iterations: u64, max_duration: Duration) {
+    let end = run.start + max_duration;
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    for vu in 1..=vus {
+        let run = run.clone();
+        let counter = counter.clone();
+        set.spawn(async move {
+            for _ in 0..iterations {
+                if Instant::now() >= end || run.stopping() {
+                    break;
+                }
+                let k = counter.fetch_add(1, Ordering::Relaxed);
+                run.iteration(vu, k, Instant::now(), None).await;
+                let think = run.think_time();
+                if !think.is_zero() && !run.sleep_until(Instant::now() + think).await {
+                    break;
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn shared_iterations(run: Arc<ScenarioRun>, vus: u32, iterations: u64, max_duration: Duration) {
+    let end = run.start + max_duration;
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    for vu in 1..=vus {
+        let run = run.clone();
+        let counter = counter.clone();
+        set.spawn(async move {
+            loop {
+                if Instant::now() >= end || run.stopping() {
+                    break;
+                }
+                let k = counter.fetch_add(1, Ordering::Relaxed);
+                if k >= iterations {
+                    break;
+                }
+                run.iteration(vu, k, Instant::now(), None).await;
+                let think = run.think_time();
+                if !think.is_zero() && !run.sleep_until(Instant::now() + think).await {
+                    break;
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+/// The VU target over time: piecewise linear between stages, as in k6.
+#[derive(Clone, Debug)]
+pub struct VuCurve {
+    /// (start offset s, end offset s, value at start, value at end)
+    segs: Vec<(f64, f64, f64, f64)>,
+}
+
+const VU_EPS: f64 = 1e-9;
+
+impl VuCurve {
+    pub fn new(start_vus: u32, stages: &[VuStage]) -> Self {
+        let mut segs = Vec::new();
+        let mut t = 0.0;
+        let mut v = f64::from(start_vus);
+        for s in stages {
+            let len = s.duration.as_secs_f64();
+            let to = f64::from(s.target);
+            if len > 0.0 {
+                segs.push((t, t + len, v, to));
+                t += len;
+            }
+            v = to;
+        }
+        Self { segs }
+    }
+
+    pub fn end(&self) -> f64 {
+        self.segs.last().map_or(0.0, |s| s.1)
+    }
+
+    pub fn max(&self) -> u32 {
+        self.segs.iter().map(|s| s.2.max(s.3)).fold(0.0, f64::max).floor() as u32
+    }
+
+    pub fn value(&self, t: f64) -> f64 {
+        for &(t0, t1, v0, v1) in &self.segs {
+            if t >= t0 && t < t1 {
+                return v0 + (v1 - v0) * (t - t0) / (t1 - t0);
+            }
+        }
+        0.0
+    }
+
+    /// First time >= `from` at which VU `i` (1-based) is active (`value >= i`), or at which it
+    /// is inactive (`active == false`).
+    pub fn next_change(&self, i: u32, from: f64, active: bool) -> Option<f64> {
+        let i = f64::from(i);
+        let want = |v: f64| if active { v + VU_EPS >= i } else { v + VU_EPS < i };
+        for &(t0, t1, v0, v1) in &self.segs {
+            if t1 <= from {
+                continue;
+            }
+            let start = from.max(t0);
+            let v_start = v0 + (v1 - v0) * (start - t0) / (t1 - t0);
+            if want(v_start) {
+                return Some(start);
+            }
+            if (v1 - v0).abs() > VU_EPS {
+                // solve v(t) = i for the crossing
+                let t = t0 + (i - v0) * (t1 - t0) / (v1 - v0);
+                let t = if active { t } else { t + 1e-6 };
+                if t >= start && t < t1 {
+                    return Some(t);
+                }
+            }
+        }
+        if !active { Some(self.end()) } else { None }
+    }
+}
+
+async fn ramping_vus(run: Arc<ScenarioRun>, start_vus: u32, stages: &[VuStage], graceful_ramp_down: Duration) {
+    let curve = Arc::new(VuCurve::new(start_vus, stages));
+    let end = run.start + Duration::from_secs_f64(curve.end());
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    for vu in 1..=curve.max() {
+        let run = run.clone();
+        let counter = counter.clone();
+        let curve = curve.clone();
+        set.spawn(async move {
+            loop {
+                let now = Instant::now();
+                if now >= end || run.stopping() {
+                    break;
+                }
+                let off = (now - run.start).as_secs_f64();
+                if curve.value(off) + VU_EPS < f64::from(vu) {
+                    match curve.next_change(vu, off, true) {
+                        Some(t) => {
+                            if !run.sleep_until(run.start + Duration::from_secs_f64(t)).await {
+                                break;
+                            }
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
+                let deactivates = curve
+                    .next_change(vu, off, false)
+                    .map(|t| run.start + Duration::from_secs_f64(t) + graceful_ramp_down)
+                    .filter(|d| *d < end + graceful_ramp_down);
+                let k = counter.fetch_add(1, Ordering::Relaxed);
+                run.iteration(vu, k, Instant::now(), deactivates).await;
+                let think = run.think_time();
+                if !think.is_zero() && !run.sleep_until(Instant::now() + think).await {
+                    break;
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vu_curve_activation() {
+        let c = VuCurve::new(
+            0,
+            &[
+                VuStage {
+                    target: 10,
+                    duration: Duration::from_secs(10),
+                },
+                VuStage {
+                    target: 0,
+                    duration: Duration::from_secs(10),
+                },
+            ],
+        );
+        assert_eq!(c.max(), 10);
+        let t = c.next_change(5, 0.0, true).unwrap();
+        assert!((t - 5.0).abs() < 1e-6, "{t}");
+        let t = c.next_change(5, 6.0, false).unwrap();
+        assert!((t - 15.0).abs() < 1e-3, "{t}");
+        assert_eq!(c.next_change(11, 0.0, true), None);
+    }
+}

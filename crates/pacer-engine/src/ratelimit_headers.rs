@@ -1,0 +1,107 @@
+//! The server's own rate-limit headers, read so the report can show what the server said:
+//! Genesys `inin-ratelimit-*`, GitHub-style `X-RateLimit-*`, and the IETF `RateLimit` /
+//! `RateLimit-Policy` fields. Malformed values are ignored field by field.
+
+use pacer_stats::ServerLimitHeaders;
+use reqwest::header::HeaderMap;
+
+fn num(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn float(h: &HeaderMap, name: &str) -> Option<f64> {
+    let v: f64 = h.get(name)?.to_str().ok()?.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then_some(v)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `"default";r=50;t=30` -> (r, t)
+fn ietf_params(v: &str, keys: [&str; 2]) -> [Option<f64>; 2] {
+    let mut out = [None, None];
+    for part in v.split(';').skip(1) {
+        if let Some((k, val)) = part.trim().split_once('=') {
+            for (i, key) in keys.iter().enumerate() {
+                if k.trim() == *key {
+                    out[i] = val.trim().parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0);
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn parse(h: &HeaderMap) -> Option<ServerLimitHeaders> {
+    if h.contains_key("inin-ratelimit-allowed") || h.contains_key("inin-ratelimit-count") {
+        let limit = num(h, "inin-ratelimit-allowed");
+        let count = num(h, "inin-ratelimit-count");
+        return Some(ServerLimitHeaders {
+            at_unix_ms: now_ms(),
+            source: "inin-ratelimit".into(),
+            limit,
+            remaining: limit.zip(count).map(|(l, c)| l.saturating_sub(c)),
+            count,
+            reset_secs: float(h, "inin-ratelimit-reset"),
+            policy: None,
+        });
+    }
+    if h.contains_key("x-ratelimit-limit") || h.contains_key("x-ratelimit-remaining") {
+        return Some(ServerLimitHeaders {
+            at_unix_ms: now_ms(),
+            source: "x-ratelimit".into(),
+            limit: num(h, "x-ratelimit-limit"),
+            remaining: num(h, "x-ratelimit-remaining"),
+            count: None,
+            reset_secs: float(h, "x-ratelimit-reset"),
+            policy: None,
+        });
+    }
+    if let Some(v) = h.get("ratelimit").and_then(|v| v.to_str().ok()) {
+        let [r, t] = ietf_params(v, ["r", "t"]);
+        let policy = h.get("ratelimit-policy").and_then(|v| v.to_str().ok());
+        let q = policy.and_then(|p| ietf_params(p, ["q", "w"])[0]);
+        return Some(ServerLimitHeaders {
+            at_unix_ms: now_ms(),
+            source: "ratelimit".into(),
+            limit: q.map(|x| x as u64),
+            remaining: r.map(|x| x as u64),
+            count: None,
+            reset_secs: t,
+            policy: policy.map(|p| p.chars().take(200).collect()),
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_each_style() {
+        let mut h = HeaderMap::new();
+        h.insert("inin-ratelimit-count", "1".parse().unwrap());
+        h.insert("inin-ratelimit-allowed", "180".parse().unwrap());
+        h.insert("inin-ratelimit-reset", "61".parse().unwrap());
+        let p = parse(&h).unwrap();
+        assert_eq!((p.limit, p.remaining, p.reset_secs), (Some(180), Some(179), Some(61.0)));
+
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit", "\"default\";r=50;t=30".parse().unwrap());
+        h.insert("ratelimit-policy", "\"default\";q=100;w=60".parse().unwrap());
+        let p = parse(&h).unwrap();
+        assert_eq!((p.limit, p.remaining, p.reset_secs), (Some(100), Some(50), Some(30.0)));
+
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-limit", "garbage".parse().unwrap());
+        h.insert("x-ratelimit-remaining", "4".parse().unwrap());
+        let p = parse(&h).unwrap();
+        assert_eq!((p.limit, p.remaining), (None, Some(4)));
+        assert!(parse(&HeaderMap::new()).is_none());
+    }
+}

@@ -1,0 +1,142 @@
+//! Rendering request templates for one request of one iteration.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use pacer_plan::{JsonTemplate, Part, Template};
+use rand::Rng;
+use serde_json::Value;
+
+/// What a template can refer to while an iteration runs.
+pub struct RenderCtx<'a> {
+    pub vars: &'a HashMap<String, Value>,
+    pub iteration: u64,
+    pub vu: u32,
+    pub scenario: &'a str,
+    pub worker: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{{{{vars.{0}}}}} is not set (not in `variables`, and no earlier request extracted it)")]
+pub struct MissingVar(pub String);
+
+fn iso_now(offset: std::time::Duration, negative: bool) -> String {
+    let now = chrono::Utc::now();
+    let off = chrono::Duration::from_std(offset).unwrap_or(chrono::Duration::zero());
+    let t = if negative { now - off } else { now + off };
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RenderCtx<'_> {
+    pub fn render(&self, t: &Template) -> Result<String, MissingVar> {
+        let mut out = String::new();
+        self.render_into(t, &mut out)?;
+        Ok(out)
+    }
+
+    pub fn render_into(&self, t: &Template, out: &mut String) -> Result<(), MissingVar> {
+        for p in t.parts() {
+            match p {
+                Part::Lit(s) => out.push_str(s),
+                Part::Var(name) => match self.vars.get(name) {
+                    Some(Value::String(s)) => out.push_str(s),
+                    Some(v) => {
+                        let _ = write!(out, "{v}");
+                    }
+                    None => return Err(MissingVar(name.clone())),
+                },
+                other => {
+                    let _ = match self.scalar(other) {
+                        Value::String(s) => write!(out, "{s}"),
+                        v => write!(out, "{v}"),
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of a non-literal, non-variable placeholder.
+    fn scalar(&self, p: &Part) -> Value {
+        match p {
+            Part::Uuid => Value::String(uuid::Uuid::new_v4().to_string()),
+            Part::RandInt(lo, hi) => Value::from(rand::rng().random_range(*lo..=*hi)),
+            Part::IsoNow { offset, negative } => Value::String(iso_now(*offset, *negative)),
+            Part::EpochMs => Value::from(epoch_ms()),
+            Part::Iteration => Value::from(self.iteration),
+            Part::Vu => Value::from(self.vu),
+            Part::Scenario => Value::String(self.scenario.to_string()),
+            Part::Worker => Value::from(self.worker),
+            Part::Lit(s) => Value::String(s.clone()),
+            Part::Var(v) => self.vars.get(v).cloned().unwrap_or(Value::Null),
+        }
+    }
+
+    /// Render a JSON body. A string that is exactly one placeholder keeps the placeholder's
+    /// type (`"{{randInt 1 10}}"` becomes a number, `"{{vars.filter}}"` the variable's JSON).
+    pub fn render_json(&self, t: &JsonTemplate) -> Result<Value, MissingVar> {
+        Ok(match t {
+            JsonTemplate::Literal(v) => v.clone(),
+            JsonTemplate::String(tpl) => match tpl.parts() {
+                [Part::Var(name)] => self
+                    .vars
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| MissingVar(name.clone()))?,
+                [single] if !matches!(single, Part::Lit(_)) => self.scalar(single),
+                _ => Value::String(self.render(tpl)?),
+            },
+            JsonTemplate::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| self.render_json(i))
+                    .collect::<Result<_, _>>()?,
+            ),
+            JsonTemplate::Object(fields) => {
+                let mut m = serde_json::Map::with_capacity(fields.len());
+                for (k, v) in fields {
+                    m.insert(k.clone(), self.render_json(v)?);
+                }
+                Value::Object(m)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_text_and_typed_json() {
+        let mut vars = HashMap::new();
+        vars.insert("pageSize".to_string(), Value::from(25));
+        vars.insert("name".to_string(), Value::from("x"));
+        let ctx = RenderCtx {
+            vars: &vars,
+            iteration: 7,
+            vu: 2,
+            scenario: "s",
+            worker: 1,
+        };
+        let t = Template::parse("/p/{{vars.name}}/{{iteration}}/{{vu}}/{{worker}}?n={{vars.pageSize}}").unwrap();
+        assert_eq!(ctx.render(&t).unwrap(), "/p/x/7/2/1?n=25");
+        let j = JsonTemplate::Object(vec![
+            ("size".into(), JsonTemplate::String(Template::parse("{{vars.pageSize}}").unwrap())),
+            ("n".into(), JsonTemplate::String(Template::parse("{{randInt 3 3}}").unwrap())),
+            ("s".into(), JsonTemplate::String(Template::parse("it-{{iteration}}").unwrap())),
+        ]);
+        let v = ctx.render_json(&j).unwrap();
+        assert_eq!(v, serde_json::json!({"size": 25, "n": 3, "s": "it-7"}));
+        let iso = ctx.render(&Template::parse("{{isoNow -1h}}").unwrap()).unwrap();
+        assert!(iso.ends_with('Z') && iso.len() == 24, "{iso}");
+        assert!(ctx.render(&Template::parse("{{vars.nope}}").unwrap()).is_err());
+    }
+}
