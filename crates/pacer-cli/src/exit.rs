@@ -23,6 +23,8 @@ impl From<Exit> for ExitCode {
 pub fn for_plan_error(e: &pacer_plan::PlanError) -> Exit {
     match e {
         pacer_plan::PlanError::Io { .. } => Exit::Invalid,
-        pacer_plan::PlanError::Syntax { .. } | pacer_plan::PlanError::Invalid { .. } => Exit::Invalid,
+        pacer_plan::PlanError::Syntax { .. } | pacer_plan::PlanError::Invalid { .. } => {
+            Exit::Invalid
+        }
     }
 }

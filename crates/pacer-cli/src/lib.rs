@@ -53,7 +53,11 @@ pub fn main_from_env() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { Exit::Invalid } else { Exit::Passed };
+            let code = if e.use_stderr() {
+                Exit::Invalid
+            } else {
+                Exit::Passed
+            };
             let _ = e.print();
             return code.into();
         }
@@ -61,7 +65,10 @@ pub fn main_from_env() -> ExitCode {
     init_tracing(&cli.log);
     // One TLS crypto provider for the whole process (reqwest and kube must agree).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -16,9 +16,22 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn start(plan: Arc<Plan>, recorder: Arc<Recorder>, control: RunControl, interactive: bool, every: Duration) -> Self {
+    pub fn start(
+        plan: Arc<Plan>,
+        recorder: Arc<Recorder>,
+        control: RunControl,
+        interactive: bool,
+        every: Duration,
+    ) -> Self {
         let done = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(watch(plan, recorder, control, interactive, every, done.clone()));
+        let task = tokio::spawn(watch(
+            plan,
+            recorder,
+            control,
+            interactive,
+            every,
+            done.clone(),
+        ));
         Self { task, done }
     }
 
@@ -55,7 +68,12 @@ async fn watch(
         );
         b
     });
-    let abortable: Vec<_> = plan.thresholds.iter().filter(|t| t.abort_on_fail).cloned().collect();
+    let abortable: Vec<_> = plan
+        .thresholds
+        .iter()
+        .filter(|t| t.abort_on_fail)
+        .cloned()
+        .collect();
     let mut abort_reason = None;
     let mut last_reqs = 0u64;
     let mut last_t = Instant::now();
@@ -96,7 +114,10 @@ async fn watch(
         let rate = (reqs.saturating_sub(last_reqs)) as f64 / dt;
         last_reqs = reqs;
         last_t = Instant::now();
-        let p95 = total_stats.duration.percentile(95.0).map(|us| us as f64 / 1000.0);
+        let p95 = total_stats
+            .duration
+            .percentile(95.0)
+            .map(|us| us as f64 / 1000.0);
         let line = format!(
             "{:>6.1}s/{:.0}s  reqs {}  {:.1}/s  p95 {}  errors {}  429s {}",
             elapsed.as_secs_f64(),

@@ -77,7 +77,9 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         let control = control.clone();
         async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\nstopping: in-flight iterations get their gracefulStop (Ctrl-C again to abort)");
+                eprintln!(
+                    "\nstopping: in-flight iterations get their gracefulStop (Ctrl-C again to abort)"
+                );
                 control.stop.cancel();
                 if tokio::signal::ctrl_c().await.is_ok() {
                     eprintln!("aborting");
@@ -103,7 +105,13 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     };
     let snapshot = recorder.snapshot();
     let limit_names: Vec<String> = plan.limits.iter().map(|l| l.name.clone()).collect();
-    let summary = pacer_stats::summarize(&plan.name, &snapshot, report.elapsed, &plan.thresholds, &limit_names);
+    let summary = pacer_stats::summarize(
+        &plan.name,
+        &snapshot,
+        report.elapsed,
+        &plan.thresholds,
+        &limit_names,
+    );
     let color = !args.no_color && std::io::stdout().is_terminal();
     println!("{}", pacer_stats::render_text(&summary, color));
     if let Some(reason) = &abort_reason {

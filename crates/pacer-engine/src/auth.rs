@@ -58,7 +58,9 @@ impl Tokens {
             .auth
             .iter()
             .map(|a| match a.kind {
-                AuthKind::Bearer => Credential::Static(Token::new(a.token.clone().unwrap_or_default())),
+                AuthKind::Bearer => {
+                    Credential::Static(Token::new(a.token.clone().unwrap_or_default()))
+                }
                 AuthKind::OAuth2ClientCredentials => Credential::OAuth(Box::new(OAuth {
                     name: a.name.clone(),
                     // validation guarantees these are present for this kind
@@ -72,7 +74,11 @@ impl Tokens {
                 })),
             })
             .collect();
-        Self { creds, client, recorder }
+        Self {
+            creds,
+            client,
+            recorder,
+        }
     }
 
     async fn fetch(&self, o: &OAuth) -> Result<Cached, TokenError> {
@@ -95,14 +101,25 @@ impl Tokens {
                 .form(&form)
                 .send()
                 .await
-                .map_err(|e| fail(format!("request failed ({})", crate::http::classify(&e).as_str())))?;
+                .map_err(|e| {
+                    fail(format!(
+                        "request failed ({})",
+                        crate::http::classify(&e).as_str()
+                    ))
+                })?;
             let status = resp.status().as_u16();
             // The token endpoint has limits of its own: honour its Retry-After a few times.
             if (status == 429 || status == 503) && attempt < 4 {
                 let wait = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
-                    .map(|v| crate::retry::parse_retry_after(v.as_bytes(), std::time::SystemTime::now(), Duration::from_secs(30)))
+                    .map(|v| {
+                        crate::retry::parse_retry_after(
+                            v.as_bytes(),
+                            std::time::SystemTime::now(),
+                            Duration::from_secs(30),
+                        )
+                    })
                     .and_then(|r| match r {
                         crate::retry::RetryAfter::Wait { wait, .. } => Some(wait),
                         crate::retry::RetryAfter::Malformed => None,
@@ -111,24 +128,38 @@ impl Tokens {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let body = resp.bytes().await.map_err(|_| fail(format!("HTTP {status}: body unreadable")))?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|_| fail(format!("HTTP {status}: body unreadable")))?;
             if !(200..300).contains(&status) {
                 // Show the OAuth error code only: the body could echo credentials.
                 let code = serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
-                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(|s| s.chars().take(64).collect::<String>()));
+                    .and_then(|v| {
+                        v.get("error")
+                            .and_then(|e| e.as_str())
+                            .map(|s| s.chars().take(64).collect::<String>())
+                    });
                 return Err(fail(match code {
                     Some(c) => format!("HTTP {status} ({c})"),
                     None => format!("HTTP {status}"),
                 }));
             }
-            let parsed: TokenResponse =
-                serde_json::from_slice(&body).map_err(|_| fail("response is not a JSON object with access_token".into()))?;
-            if parsed.access_token.is_empty() || parsed.access_token.chars().any(|c| c.is_control() || c == ' ') {
+            let parsed: TokenResponse = serde_json::from_slice(&body)
+                .map_err(|_| fail("response is not a JSON object with access_token".into()))?;
+            if parsed.access_token.is_empty()
+                || parsed
+                    .access_token
+                    .chars()
+                    .any(|c| c.is_control() || c == ' ')
+            {
                 return Err(fail("access_token is empty or not a valid token".into()));
             }
             let lifetime = match parsed.expires_in {
-                Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s.min(30.0 * 86400.0)),
+                Some(s) if s.is_finite() && s > 0.0 => {
+                    Duration::from_secs_f64(s.min(30.0 * 86400.0))
+                }
                 Some(_) => return Err(fail("expires_in is not a positive number".into())),
                 None => DEFAULT_LIFETIME,
             };

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use pacer_limiter::{Feedback, Limiter, RequestMeta, Token, TokenSource};
 use pacer_plan::{AuthRef, Body, Expect, ExtractFrom, Plan, Request};
 use pacer_stats::{Attempt, ErrorKind, IterationOutcome, Recorder, RequestOutcome, RetryOutcome};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -43,8 +45,7 @@ impl Shared {
         limiter: Arc<dyn Limiter>,
         tokens: Arc<dyn TokenSource>,
         recorder: Arc<Recorder>,
-        worker: u32,
-        send_worker_header: bool,
+        opts: &crate::RunOptions,
         hard_stop: CancellationToken,
     ) -> Self {
         Self {
@@ -53,8 +54,10 @@ impl Shared {
             limiter,
             tokens,
             recorder,
-            worker,
-            worker_header: send_worker_header.then(|| HeaderValue::from(worker)),
+            worker: opts.worker,
+            worker_header: opts
+                .send_worker_header
+                .then(|| HeaderValue::from(opts.worker)),
             hard_stop,
             last_limits_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -72,7 +75,13 @@ impl Shared {
 
 /// Run one iteration of scenario `sc`. `intended` is when the schedule meant it to start: the
 /// first request's latency is measured from there (no coordinated omission).
-pub async fn run_iteration(sh: &Shared, sc: usize, vu: u32, iteration: u64, intended: Instant) -> IterationOutcome {
+pub async fn run_iteration(
+    sh: &Shared,
+    sc: usize,
+    vu: u32,
+    iteration: u64,
+    intended: Instant,
+) -> IterationOutcome {
     let scenario = &sh.plan.scenarios[sc];
     let mut vars: HashMap<String, Value> = HashMap::new();
     let mut failed = false;
@@ -115,7 +124,8 @@ fn prepare(sh: &Shared, req: &Request, ctx: &RenderCtx<'_>) -> Result<Prepared, 
         url::Url::parse(&path).map_err(|e| format!("rendered URL {path:?} is invalid: {e}"))?
     } else {
         let base = sh.plan.target.as_str().trim_end_matches('/');
-        url::Url::parse(&format!("{base}{path}")).map_err(|e| format!("rendered path {path:?} is invalid: {e}"))?
+        url::Url::parse(&format!("{base}{path}"))
+            .map_err(|e| format!("rendered path {path:?} is invalid: {e}"))?
     };
     if !req.query.is_empty() {
         let mut q = url.query_pairs_mut();
@@ -127,26 +137,33 @@ fn prepare(sh: &Shared, req: &Request, ctx: &RenderCtx<'_>) -> Result<Prepared, 
     let mut approx = (req.method.len() + url.as_str().len() + 12) as u64;
     for (k, t) in &req.headers {
         let v = ctx.render(t).map_err(|e| e.to_string())?;
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("header name {k:?} is invalid"))?;
-        let value = HeaderValue::from_str(&v).map_err(|_| format!("header {k}: rendered value is not a valid header value"))?;
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("header name {k:?} is invalid"))?;
+        let value = HeaderValue::from_str(&v)
+            .map_err(|_| format!("header {k}: rendered value is not a valid header value"))?;
         approx += (k.len() + v.len() + 4) as u64;
         headers.insert(name, value);
     }
     let body = match &req.body {
         None => None,
-        Some(Body::Text(t)) => Some(bytes::Bytes::from(ctx.render(t).map_err(|e| e.to_string())?)),
+        Some(Body::Text(t)) => Some(bytes::Bytes::from(
+            ctx.render(t).map_err(|e| e.to_string())?,
+        )),
         Some(Body::Json(j)) => {
             let v = ctx.render_json(j).map_err(|e| e.to_string())?;
             if !headers.contains_key(CONTENT_TYPE) {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             }
-            Some(bytes::Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?))
+            Some(bytes::Bytes::from(
+                serde_json::to_vec(&v).map_err(|e| e.to_string())?,
+            ))
         }
     };
     if let Some(w) = &sh.worker_header {
         headers.insert(HeaderName::from_static(WORKER_HEADER), w.clone());
     }
-    let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| format!("method {:?} is invalid", req.method))?;
+    let method = reqwest::Method::from_bytes(req.method.as_bytes())
+        .map_err(|_| format!("method {:?} is invalid", req.method))?;
     Ok(Prepared {
         method,
         url,
@@ -179,7 +196,12 @@ async fn run_request(
         polls += 1;
         let prepared = {
             // plan variables first, extracted values over them
-            let mut all = sh.plan.variables.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>();
+            let mut all = sh
+                .plan
+                .variables
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>();
             all.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
             let ctx = RenderCtx {
                 vars: &all,
@@ -193,14 +215,18 @@ async fn run_request(
         let prepared = match prepared {
             Ok(p) => p,
             Err(msg) => {
-                sh.warn_once(format!("scenario {:?} request {:?}: {msg}", scenario.name, req.name));
+                sh.warn_once(format!(
+                    "scenario {:?} request {:?}: {msg}",
+                    scenario.name, req.name
+                ));
                 return StepResult {
                     failed: true,
                     stop_iteration: true,
                 };
             }
         };
-        let (outcome, response) = send_with_retries(sh, sc, ri, req, credential, &prepared, intended).await;
+        let (outcome, response) =
+            send_with_retries(sh, sc, ri, req, credential, &prepared, intended).await;
         let mut outcome = outcome;
         let mut json_cache: Option<Option<Value>> = None;
         let mut json = |resp: &Response| -> Option<Value> {
@@ -212,7 +238,8 @@ async fn run_request(
         if let Some(resp) = &response {
             count_checks(&req.expect, resp, &mut json, &mut outcome);
         } else {
-            outcome.checks_failed += (!req.expect.status.is_empty()) as u32 + req.expect.json.len() as u32;
+            outcome.checks_failed +=
+                (!req.expect.status.is_empty()) as u32 + req.expect.json.len() as u32;
         }
         // extraction
         let mut missing = None;
@@ -240,9 +267,14 @@ async fn run_request(
         // polling
         let mut done = true;
         if let Some(poll) = &req.poll {
-            let holds = response
-                .as_ref()
-                .is_some_and(|resp| poll.until.status_ok_strict(resp.status) && poll.until.json.iter().all(|c| json(resp).is_some_and(|d| c.holds(&d))));
+            let holds = response.as_ref().is_some_and(|resp| {
+                poll.until.status_ok_strict(resp.status)
+                    && poll
+                        .until
+                        .json
+                        .iter()
+                        .all(|c| json(resp).is_some_and(|d| c.holds(&d)))
+            });
             let out_of_time = poll_started.elapsed() + poll.interval > poll.timeout
                 || poll.max_attempts.is_some_and(|m| polls >= m);
             if holds {
@@ -291,7 +323,12 @@ impl StrictStatus for Expect {
     }
 }
 
-fn count_checks(expect: &Expect, resp: &Response, json: &mut impl FnMut(&Response) -> Option<Value>, out: &mut RequestOutcome) {
+fn count_checks(
+    expect: &Expect,
+    resp: &Response,
+    json: &mut impl FnMut(&Response) -> Option<Value>,
+    out: &mut RequestOutcome,
+) {
     if !expect.status.is_empty() {
         if expect.status.contains(&resp.status) {
             out.checks_passed += 1;
@@ -375,7 +412,9 @@ async fn send_with_retries(
                     builder.headers_mut().insert(AUTHORIZATION, v);
                 }
                 Err(_) => {
-                    sh.warn_once("a bearer token is not a valid header value (value not shown)".into());
+                    sh.warn_once(
+                        "a bearer token is not a valid header value (value not shown)".into(),
+                    );
                     record_local_failure(sh, sc, ri, ErrorKind::Auth);
                     out.attempts = attempt;
                     break;
@@ -399,7 +438,11 @@ async fn send_with_retries(
             Ok(resp) => {
                 retry_after_info = match resp.headers.get(RETRY_AFTER) {
                     Some(v) if resp.status == 429 || resp.status == 503 => {
-                        Some(retry::parse_retry_after(v.as_bytes(), SystemTime::now(), policy.retry_after_max))
+                        Some(retry::parse_retry_after(
+                            v.as_bytes(),
+                            SystemTime::now(),
+                            policy.retry_after_max,
+                        ))
                     }
                     _ => None,
                 };
@@ -411,7 +454,10 @@ async fn send_with_retries(
                     &meta,
                     &Feedback {
                         status: resp.status,
-                        retry_after: if resp.status == 429 && retry_after.is_none() && policy.honor_retry_after {
+                        retry_after: if resp.status == 429
+                            && retry_after.is_none()
+                            && policy.honor_retry_after
+                        {
                             Some(policy.retry_after_default)
                         } else {
                             retry_after
@@ -419,7 +465,11 @@ async fn send_with_retries(
                     },
                 );
                 let resp_bytes = resp.body.len() as u64
-                    + resp.headers.iter().map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64).sum::<u64>();
+                    + resp
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+                        .sum::<u64>();
                 sh.recorder.record_attempt(
                     sc,
                     ri,
@@ -430,22 +480,26 @@ async fn send_with_retries(
                         bytes_sent: p.approx_header_bytes + body_len,
                         bytes_received: resp_bytes,
                         retry_after,
-                        retry_after_malformed: matches!(retry_after_info, Some(RetryAfter::Malformed)),
+                        retry_after_malformed: matches!(
+                            retry_after_info,
+                            Some(RetryAfter::Malformed)
+                        ),
                         limits: grant.limits,
                     },
                 );
                 maybe_record_server_limits(sh, &resp.headers);
                 out.failed = !req.expect.status_ok(resp.status);
-                if resp.status == 401 && !auth_retry_used {
-                    if let (Some(c), Some(t)) = (credential, &token) {
-                        // The token may have expired or been revoked: drop it (if it is still the
-                        // current one) and try once more with a fresh one, outside the retry budget.
-                        sh.tokens.invalidate(c, t);
-                        auth_retry_used = true;
-                        max_attempts += 1;
-                        last = Some(resp);
-                        continue;
-                    }
+                if resp.status == 401
+                    && !auth_retry_used
+                    && let (Some(c), Some(t)) = (credential, &token)
+                {
+                    // The token may have expired or been revoked: drop it (if it is still the
+                    // current one) and try once more with a fresh one, outside the retry budget.
+                    sh.tokens.invalidate(c, t);
+                    auth_retry_used = true;
+                    max_attempts += 1;
+                    last = Some(resp);
+                    continue;
                 }
                 retryable = policy.on_status.contains(&resp.status);
                 last = Some(resp);
@@ -466,7 +520,12 @@ async fn send_with_retries(
                         limits: grant.limits,
                     },
                 );
-                sh.warn_once(format!("request {:?}: {}: {}", req.name, t.kind.as_str(), t.message));
+                sh.warn_once(format!(
+                    "request {:?}: {}: {}",
+                    req.name,
+                    t.kind.as_str(),
+                    t.message
+                ));
                 out.failed = true;
                 retryable = policy.on_transport_error;
                 last = None;
@@ -479,7 +538,9 @@ async fn send_with_retries(
         let floor = match retry_after_info {
             Some(RetryAfter::Wait { wait, .. }) => Some(wait),
             Some(RetryAfter::Malformed) => Some(policy.retry_after_default),
-            None if last.as_ref().is_some_and(|r| r.status == 429) => Some(policy.retry_after_default),
+            None if last.as_ref().is_some_and(|r| r.status == 429) => {
+                Some(policy.retry_after_default)
+            }
             None => None,
         };
         let delay = retry::backoff_delay(policy, attempt, floor);

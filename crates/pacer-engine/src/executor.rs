@@ -30,7 +30,13 @@ pub struct ScenarioRun {
 
 impl ScenarioRun {
     /// Run one iteration unless interrupted by `hard` or by `deadline`.
-    async fn iteration(&self, vu: u32, iteration: u64, intended: Instant, deadline: Option<Instant>) {
+    async fn iteration(
+        &self,
+        vu: u32,
+        iteration: u64,
+        intended: Instant,
+        deadline: Option<Instant>,
+    ) {
         let sh = &self.shared;
         let sleep_deadline = async {
             match deadline {
@@ -83,7 +89,14 @@ pub async fn run(run: Arc<ScenarioRun>, executor: &Executor) {
             rate,
             duration,
             max_in_flight,
-        } => arrivals(run, RampSchedule::constant(*rate, *duration), *max_in_flight).await,
+        } => {
+            arrivals(
+                run,
+                RampSchedule::constant(*rate, *duration),
+                *max_in_flight,
+            )
+            .await
+        }
         Executor::RampingArrivalRate {
             start_rate,
             stages,
@@ -116,7 +129,9 @@ async fn arrivals(run: Arc<ScenarioRun>, schedule: RampSchedule, max_in_flight: 
     let total = schedule.total();
     let mut dropped = 0u64;
     for k in 0..total {
-        let Some(offset) = schedule.offset(k) else { break };
+        let Some(offset) = schedule.offset(k) else {
+            break;
+        };
         let due = run.start + offset;
         if due > Instant::now() && !run.sleep_until(due).await {
             break;
@@ -170,7 +185,12 @@ async fn constant_vus(run: Arc<ScenarioRun>, vus: u32, duration: Duration) {
     while set.join_next().await.is_some() {}
 }
 
-async fn per_vu_iterations(run: Arc<ScenarioRun>, vus: u32, iterations: u64, max_duration: Duration) {
+async fn per_vu_iterations(
+    run: Arc<ScenarioRun>,
+    vus: u32,
+    iterations: u64,
+    max_duration: Duration,
+) {
     let end = run.start + max_duration;
     let counter = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
@@ -194,7 +214,12 @@ async fn per_vu_iterations(run: Arc<ScenarioRun>, vus: u32, iterations: u64, max
     while set.join_next().await.is_some() {}
 }
 
-async fn shared_iterations(run: Arc<ScenarioRun>, vus: u32, iterations: u64, max_duration: Duration) {
+async fn shared_iterations(
+    run: Arc<ScenarioRun>,
+    vus: u32,
+    iterations: u64,
+    max_duration: Duration,
+) {
     let end = run.start + max_duration;
     let counter = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
@@ -252,7 +277,11 @@ impl VuCurve {
     }
 
     pub fn max(&self) -> u32 {
-        self.segs.iter().map(|s| s.2.max(s.3)).fold(0.0, f64::max).floor() as u32
+        self.segs
+            .iter()
+            .map(|s| s.2.max(s.3))
+            .fold(0.0, f64::max)
+            .floor() as u32
     }
 
     pub fn value(&self, t: f64) -> f64 {
@@ -268,7 +297,13 @@ impl VuCurve {
     /// is inactive (`active == false`).
     pub fn next_change(&self, i: u32, from: f64, active: bool) -> Option<f64> {
         let i = f64::from(i);
-        let want = |v: f64| if active { v + VU_EPS >= i } else { v + VU_EPS < i };
+        let want = |v: f64| {
+            if active {
+                v + VU_EPS >= i
+            } else {
+                v + VU_EPS < i
+            }
+        };
         for &(t0, t1, v0, v1) in &self.segs {
             if t1 <= from {
                 continue;
@@ -291,7 +326,12 @@ impl VuCurve {
     }
 }
 
-async fn ramping_vus(run: Arc<ScenarioRun>, start_vus: u32, stages: &[VuStage], graceful_ramp_down: Duration) {
+async fn ramping_vus(
+    run: Arc<ScenarioRun>,
+    start_vus: u32,
+    stages: &[VuStage],
+    graceful_ramp_down: Duration,
+) {
     let curve = Arc::new(VuCurve::new(start_vus, stages));
     let end = run.start + Duration::from_secs_f64(curve.end());
     let counter = Arc::new(AtomicU64::new(0));
@@ -310,7 +350,10 @@ async fn ramping_vus(run: Arc<ScenarioRun>, start_vus: u32, stages: &[VuStage], 
                 if curve.value(off) + VU_EPS < f64::from(vu) {
                     match curve.next_change(vu, off, true) {
                         Some(t) => {
-                            if !run.sleep_until(run.start + Duration::from_secs_f64(t)).await {
+                            if !run
+                                .sleep_until(run.start + Duration::from_secs_f64(t))
+                                .await
+                            {
                                 break;
                             }
                             continue;

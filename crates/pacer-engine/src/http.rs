@@ -19,7 +19,8 @@ pub enum ClientError {
 pub fn build_client(opts: &HttpOptions, pool_hint: usize) -> Result<reqwest::Client, ClientError> {
     let mut headers = HeaderMap::new();
     for (k, v) in &opts.headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| ClientError::Header(k.clone()))?;
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|_| ClientError::Header(k.clone()))?;
         let value = HeaderValue::from_str(v).map_err(|_| ClientError::Header(k.clone()))?;
         headers.insert(name, value);
     }
@@ -58,7 +59,10 @@ pub struct TransportError {
 }
 
 /// Send one request and read the whole body.
-pub async fn send(client: &reqwest::Client, req: reqwest::Request) -> Result<Response, TransportError> {
+pub async fn send(
+    client: &reqwest::Client,
+    req: reqwest::Request,
+) -> Result<Response, TransportError> {
     let sent_at = Instant::now();
     let fail = |e: reqwest::Error| TransportError {
         kind: classify(&e),

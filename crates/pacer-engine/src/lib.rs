@@ -74,34 +74,49 @@ pub fn layout(plan: &Plan) -> Layout {
 }
 
 /// Run a whole plan to its end (or until stopped). Records into `deps.recorder`.
-pub async fn run(plan: Arc<Plan>, deps: Deps, opts: RunOptions, control: RunControl) -> Result<RunReport, EngineError> {
+pub async fn run(
+    plan: Arc<Plan>,
+    deps: Deps,
+    opts: RunOptions,
+    control: RunControl,
+) -> Result<RunReport, EngineError> {
     let pool_hint = plan
         .scenarios
         .iter()
         .map(|s| match &s.executor {
             pacer_plan::Executor::ConstantArrivalRate { max_in_flight, .. }
-            | pacer_plan::Executor::RampingArrivalRate { max_in_flight, .. } => *max_in_flight as usize,
+            | pacer_plan::Executor::RampingArrivalRate { max_in_flight, .. } => {
+                *max_in_flight as usize
+            }
             pacer_plan::Executor::ConstantVus { vus, .. }
             | pacer_plan::Executor::PerVuIterations { vus, .. }
             | pacer_plan::Executor::SharedIterations { vus, .. } => *vus as usize,
-            pacer_plan::Executor::RampingVus { stages, start_vus, .. } => {
-                stages.iter().map(|s| s.target).max().unwrap_or(0).max(*start_vus) as usize
-            }
+            pacer_plan::Executor::RampingVus {
+                stages, start_vus, ..
+            } => stages
+                .iter()
+                .map(|s| s.target)
+                .max()
+                .unwrap_or(0)
+                .max(*start_vus) as usize,
         })
         .sum::<usize>()
         .min(4096);
     let client = http::build_client(&plan.http, pool_hint)?;
-    let tokens = deps
-        .tokens
-        .unwrap_or_else(|| Arc::new(auth::Tokens::from_plan(&plan, client.clone(), deps.recorder.clone())));
+    let tokens = deps.tokens.unwrap_or_else(|| {
+        Arc::new(auth::Tokens::from_plan(
+            &plan,
+            client.clone(),
+            deps.recorder.clone(),
+        ))
+    });
     let shared = Arc::new(exec::Shared::new(
         plan.clone(),
         client,
         deps.limiter,
         tokens,
         deps.recorder,
-        opts.worker,
-        opts.send_worker_header,
+        &opts,
         control.abort.clone(),
     ));
     let t0 = Instant::now();

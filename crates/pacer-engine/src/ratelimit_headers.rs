@@ -28,7 +28,11 @@ fn ietf_params(v: &str, keys: [&str; 2]) -> [Option<f64>; 2] {
         if let Some((k, val)) = part.trim().split_once('=') {
             for (i, key) in keys.iter().enumerate() {
                 if k.trim() == *key {
-                    out[i] = val.trim().parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0);
+                    out[i] = val
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|x| x.is_finite() && *x >= 0.0);
                 }
             }
         }
@@ -89,13 +93,22 @@ mod tests {
         h.insert("inin-ratelimit-allowed", "180".parse().unwrap());
         h.insert("inin-ratelimit-reset", "61".parse().unwrap());
         let p = parse(&h).unwrap();
-        assert_eq!((p.limit, p.remaining, p.reset_secs), (Some(180), Some(179), Some(61.0)));
+        assert_eq!(
+            (p.limit, p.remaining, p.reset_secs),
+            (Some(180), Some(179), Some(61.0))
+        );
 
         let mut h = HeaderMap::new();
         h.insert("ratelimit", "\"default\";r=50;t=30".parse().unwrap());
-        h.insert("ratelimit-policy", "\"default\";q=100;w=60".parse().unwrap());
+        h.insert(
+            "ratelimit-policy",
+            "\"default\";q=100;w=60".parse().unwrap(),
+        );
         let p = parse(&h).unwrap();
-        assert_eq!((p.limit, p.remaining, p.reset_secs), (Some(100), Some(50), Some(30.0)));
+        assert_eq!(
+            (p.limit, p.remaining, p.reset_secs),
+            (Some(100), Some(50), Some(30.0))
+        );
 
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-limit", "garbage".parse().unwrap());

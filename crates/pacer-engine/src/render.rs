@@ -126,17 +126,33 @@ mod tests {
             scenario: "s",
             worker: 1,
         };
-        let t = Template::parse("/p/{{vars.name}}/{{iteration}}/{{vu}}/{{worker}}?n={{vars.pageSize}}").unwrap();
+        let t =
+            Template::parse("/p/{{vars.name}}/{{iteration}}/{{vu}}/{{worker}}?n={{vars.pageSize}}")
+                .unwrap();
         assert_eq!(ctx.render(&t).unwrap(), "/p/x/7/2/1?n=25");
         let j = JsonTemplate::Object(vec![
-            ("size".into(), JsonTemplate::String(Template::parse("{{vars.pageSize}}").unwrap())),
-            ("n".into(), JsonTemplate::String(Template::parse("{{randInt 3 3}}").unwrap())),
-            ("s".into(), JsonTemplate::String(Template::parse("it-{{iteration}}").unwrap())),
+            (
+                "size".into(),
+                JsonTemplate::String(Template::parse("{{vars.pageSize}}").unwrap()),
+            ),
+            (
+                "n".into(),
+                JsonTemplate::String(Template::parse("{{randInt 3 3}}").unwrap()),
+            ),
+            (
+                "s".into(),
+                JsonTemplate::String(Template::parse("it-{{iteration}}").unwrap()),
+            ),
         ]);
         let v = ctx.render_json(&j).unwrap();
         assert_eq!(v, serde_json::json!({"size": 25, "n": 3, "s": "it-7"}));
-        let iso = ctx.render(&Template::parse("{{isoNow -1h}}").unwrap()).unwrap();
+        let iso = ctx
+            .render(&Template::parse("{{isoNow -1h}}").unwrap())
+            .unwrap();
         assert!(iso.ends_with('Z') && iso.len() == 24, "{iso}");
-        assert!(ctx.render(&Template::parse("{{vars.nope}}").unwrap()).is_err());
+        assert!(
+            ctx.render(&Template::parse("{{vars.nope}}").unwrap())
+                .is_err()
+        );
     }
 }

@@ -59,7 +59,11 @@ pub fn backoff_delay(policy: &RetryPolicy, retry: u32, retry_after: Option<Durat
     let backoff = match policy.jitter {
         Jitter::Full => {
             let nanos = ceiling.as_nanos() as u64;
-            Duration::from_nanos(if nanos == 0 { 0 } else { rand::rng().random_range(0..=nanos) })
+            Duration::from_nanos(if nanos == 0 {
+                0
+            } else {
+                rand::rng().random_range(0..=nanos)
+            })
         }
         Jitter::None => ceiling,
     };
@@ -86,14 +90,19 @@ mod tests {
         );
         assert_eq!(
             parse_retry_after(b"99999999999", now, max),
-            RetryAfter::Wait { wait: max, clamped: true }
+            RetryAfter::Wait {
+                wait: max,
+                clamped: true
+            }
         );
         assert_eq!(parse_retry_after(b"soon", now, max), RetryAfter::Malformed);
         assert_eq!(parse_retry_after(b"-5", now, max), RetryAfter::Malformed);
         assert_eq!(parse_retry_after(b"\xff", now, max), RetryAfter::Malformed);
         let later = httpdate::fmt_http_date(now + Duration::from_secs(10));
         match parse_retry_after(later.as_bytes(), now, max) {
-            RetryAfter::Wait { wait, .. } => assert!(wait <= Duration::from_secs(10) && wait >= Duration::from_secs(9)),
+            RetryAfter::Wait { wait, .. } => {
+                assert!(wait <= Duration::from_secs(10) && wait >= Duration::from_secs(9))
+            }
             other => panic!("{other:?}"),
         }
         let past = httpdate::fmt_http_date(now - Duration::from_secs(10));

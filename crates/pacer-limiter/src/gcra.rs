@@ -82,7 +82,9 @@ impl State {
         }
         if now.saturating_sub(self.window_start) >= self.window_ns {
             if self.last_429 < self.window_start {
-                self.sustained = self.sustained.max(self.ceiling * self.window_start_factor.min(self.factor));
+                self.sustained = self
+                    .sustained
+                    .max(self.ceiling * self.window_start_factor.min(self.factor));
                 self.factor = (self.factor + AIMD_INCREASE).min(1.0);
             }
             self.window_start = now;
@@ -176,7 +178,11 @@ impl LocalLimiter {
                     name: s.limit.name.clone(),
                     declared: s.limit.limit.to_string(),
                     pacing_rate: s.ceiling,
-                    margin: if declared > 0.0 { 1.0 - s.ceiling / declared } else { 0.0 },
+                    margin: if declared > 0.0 {
+                        1.0 - s.ceiling / declared
+                    } else {
+                        0.0
+                    },
                     burst: s.limit.burst,
                     adaptive: s.limit.adaptive,
                     current_rate: s.ceiling * s.factor,
@@ -273,7 +279,9 @@ impl Limiter for LocalLimiter {
             if fb.status == 429 {
                 s.throttled += 1;
                 s.last_429 = now;
-                if s.limit.adaptive && now.saturating_sub(s.last_decrease) >= s.window_ns.min(5_000_000_000) {
+                if s.limit.adaptive
+                    && now.saturating_sub(s.last_decrease) >= s.window_ns.min(5_000_000_000)
+                {
                     s.factor = (s.factor * AIMD_DECREASE).max(AIMD_MIN_FACTOR);
                     s.last_decrease = now;
                     s.window_start = now;
@@ -364,7 +372,11 @@ mod tests {
             lim.acquire(&META).await.unwrap();
         }
         // no burst after the pause: 5 more take 5 intervals (1/5.. s each at 5/s... rate 9/s -> ~0.55s)
-        assert!(t1.elapsed() >= Duration::from_millis(500), "{:?}", t1.elapsed());
+        assert!(
+            t1.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            t1.elapsed()
+        );
         let rep = lim.report();
         assert_eq!(rep[0].pauses, 1);
     }

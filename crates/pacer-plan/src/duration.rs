@@ -42,7 +42,11 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HumanDuration, E> {
                 humantime::parse_duration(v.trim())
                     .map(HumanDuration)
-                    .map_err(|e| E::custom(format!("expected a duration like 250ms, 30s or 2m, got {v:?} ({e})")))
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "expected a duration like 250ms, 30s or 2m, got {v:?} ({e})"
+                        ))
+                    })
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<HumanDuration, E> {
                 Err(E::custom(format!(

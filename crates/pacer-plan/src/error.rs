@@ -39,7 +39,10 @@ pub enum PlanError {
     },
     /// The document is not valid YAML/JSON.
     #[error("{source_name}: not valid YAML or JSON: {message}")]
-    Syntax { source_name: String, message: String },
+    Syntax {
+        source_name: String,
+        message: String,
+    },
     /// The document parsed but the plan is not valid; every problem found is listed.
     #[error("{source_name}: invalid plan:\n{}", list(.errors))]
     Invalid {

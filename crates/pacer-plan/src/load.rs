@@ -63,7 +63,11 @@ pub fn parse_document(text: &str, source_name: &str) -> Result<Value, PlanError>
 }
 
 /// Validate a document that is a plan, or a LoadTest manifest holding one in `spec.plan`.
-pub fn load_value(doc: Value, source_name: &str, opts: &LoadOptions<'_>) -> Result<Plan, PlanError> {
+pub fn load_value(
+    doc: Value,
+    source_name: &str,
+    opts: &LoadOptions<'_>,
+) -> Result<Plan, PlanError> {
     let invalid = |errors: Vec<FieldError>| PlanError::Invalid {
         source_name: source_name.to_string(),
         errors,
@@ -74,7 +78,10 @@ pub fn load_value(doc: Value, source_name: &str, opts: &LoadOptions<'_>) -> Resu
         None => (doc, ""),
     };
     if !plan_doc.is_object() {
-        return Err(invalid(vec![FieldError::new(prefix, "a plan is a mapping (name, target, scenarios, ...)")]));
+        return Err(invalid(vec![FieldError::new(
+            prefix,
+            "a plan is a mapping (name, target, scenarios, ...)",
+        )]));
     }
     let source = plan_doc.clone();
     let resolver = RefResolver {
@@ -92,7 +99,10 @@ pub fn load_value(doc: Value, source_name: &str, opts: &LoadOptions<'_>) -> Resu
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             let message = clean_serde_message(&e.inner().to_string());
-            return Err(invalid(prefixed(prefix, vec![FieldError::new(path, message)])));
+            return Err(invalid(prefixed(
+                prefix,
+                vec![FieldError::new(path, message)],
+            )));
         }
     };
     validate::validate(spec, source).map_err(|errs| invalid(prefixed(prefix, errs)))
@@ -108,7 +118,10 @@ fn manifest_plan(doc: &Value) -> Option<Result<&Value, FieldError>> {
     if obj.get("kind").and_then(Value::as_str) != Some("LoadTest") {
         return Some(Err(FieldError::new(
             "kind",
-            format!("expected a plan or a LoadTest manifest, got kind {}", obj["kind"]),
+            format!(
+                "expected a plan or a LoadTest manifest, got kind {}",
+                obj["kind"]
+            ),
         )));
     }
     Some(
@@ -138,7 +151,6 @@ fn prefixed(prefix: &str, errors: Vec<FieldError>) -> Vec<FieldError> {
 fn clean_serde_message(m: &str) -> String {
     m.replace("invalid type: ", "wrong type: ")
         .replace("unknown variant", "unknown value")
-        .replace("unknown field", "unknown field")
         .replace("map", "mapping")
         .replace("sequence", "list")
 }
@@ -194,7 +206,9 @@ thresholds:
     fn manifest_spec_plan_is_used_and_paths_are_prefixed() {
         let m = format!(
             "apiVersion: pacer.dev/v1alpha1\nkind: LoadTest\nmetadata: {{name: x}}\nspec:\n  plan:\n{}",
-            GOOD.lines().map(|l| format!("    {l}\n")).collect::<String>()
+            GOOD.lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
         );
         assert!(load(&m).is_ok());
         let bad = m.replace("rate: 200/s", "rate: fast");
@@ -207,7 +221,11 @@ thresholds:
         let e = load(&GOOD.replace("rate: 200/s", "rate: fast")).unwrap_err();
         let f = &e.field_errors()[0];
         assert_eq!(f.path, "scenarios[0].rate");
-        assert!(f.message.contains("expected N/s, N/min, N/h"), "{}", f.message);
+        assert!(
+            f.message.contains("expected N/s, N/min, N/h"),
+            "{}",
+            f.message
+        );
         assert!(f.message.contains("\"fast\""));
     }
 
@@ -220,6 +238,9 @@ thresholds:
         let paths: Vec<_> = e.field_errors().iter().map(|f| f.path.as_str()).collect();
         assert!(paths.contains(&"scenarios[0].rate"), "{paths:?}");
         assert!(paths.contains(&"scenarios[0].vus"), "{paths:?}");
-        assert!(paths.contains(&"thresholds.http_req_duration[0]"), "{paths:?}");
+        assert!(
+            paths.contains(&"thresholds.http_req_duration[0]"),
+            "{paths:?}"
+        );
     }
 }

@@ -78,8 +78,15 @@ pub struct Limit {
 impl Limit {
     /// Does this limit apply to a request with this method, path and name?
     pub fn matches(&self, method: &str, path: &str, request: &str) -> bool {
-        (self.method_in.is_empty() || self.method_in.iter().any(|m| m.eq_ignore_ascii_case(method)))
-            && self.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+        (self.method_in.is_empty()
+            || self
+                .method_in
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(method)))
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p))
             && (self.request_in.is_empty() || self.request_in.iter().any(|r| r == request))
     }
 }
@@ -178,12 +185,12 @@ impl Executor {
     /// How long the executor starts new iterations for (without graceful stop).
     pub fn max_duration(&self) -> Duration {
         match self {
-            Executor::ConstantArrivalRate { duration, .. } | Executor::ConstantVus { duration, .. } => *duration,
+            Executor::ConstantArrivalRate { duration, .. }
+            | Executor::ConstantVus { duration, .. } => *duration,
             Executor::RampingArrivalRate { stages, .. } => stages.iter().map(|s| s.duration).sum(),
             Executor::RampingVus { stages, .. } => stages.iter().map(|s| s.duration).sum(),
-            Executor::PerVuIterations { max_duration, .. } | Executor::SharedIterations { max_duration, .. } => {
-                *max_duration
-            }
+            Executor::PerVuIterations { max_duration, .. }
+            | Executor::SharedIterations { max_duration, .. } => *max_duration,
         }
     }
 
@@ -192,10 +199,12 @@ impl Executor {
     pub fn planned_iterations(&self) -> Option<u64> {
         match self {
             Executor::ConstantArrivalRate { rate, duration, .. } => Some(rate.events_in(*duration)),
-            Executor::RampingArrivalRate { start_rate, stages, .. } => {
-                Some(crate::ramp::RampSchedule::new(*start_rate, stages).total())
-            }
-            Executor::PerVuIterations { vus, iterations, .. } => Some(u64::from(*vus) * iterations),
+            Executor::RampingArrivalRate {
+                start_rate, stages, ..
+            } => Some(crate::ramp::RampSchedule::new(*start_rate, stages).total()),
+            Executor::PerVuIterations {
+                vus, iterations, ..
+            } => Some(u64::from(*vus) * iterations),
             Executor::SharedIterations { iterations, .. } => Some(*iterations),
             Executor::ConstantVus { .. } | Executor::RampingVus { .. } => None,
         }

@@ -49,7 +49,7 @@ impl Rate {
 
     /// The interval between two events at this rate, in nanoseconds (exact fraction `per/count`).
     pub fn interval_nanos(&self) -> Option<(u128, u128)> {
-        (self.count > 0).then(|| (self.per.as_nanos(), self.count as u128))
+        (self.count > 0).then_some((self.per.as_nanos(), self.count as u128))
     }
 
     /// How many events happen in `[0, d)` when the first is at 0: `ceil(d * count / per)`.
@@ -164,7 +164,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["fast", "10", "/s", "-3/s", "1.5/s", "10/0s", "10/parsec", ""] {
+        for bad in [
+            "fast",
+            "10",
+            "/s",
+            "-3/s",
+            "1.5/s",
+            "10/0s",
+            "10/parsec",
+            "",
+        ] {
             assert!(bad.parse::<Rate>().is_err(), "{bad}");
         }
     }

@@ -21,14 +21,10 @@ impl RefResolver<'_> {
     /// Replace references in every string of `v`; errors carry the field path.
     pub fn resolve(&self, v: &mut Value, path: &str, errors: &mut Vec<FieldError>) {
         match v {
-            Value::String(s) => {
-                if s.contains("${") {
-                    match self.resolve_str(s) {
-                        Ok(r) => *s = r,
-                        Err(msg) => errors.push(FieldError::new(path, msg)),
-                    }
-                }
-            }
+            Value::String(s) if s.contains("${") => match self.resolve_str(s) {
+                Ok(r) => *s = r,
+                Err(msg) => errors.push(FieldError::new(path, msg)),
+            },
             Value::Array(items) => {
                 for (i, item) in items.iter_mut().enumerate() {
                     self.resolve(item, &format!("{path}[{i}]"), errors);
@@ -68,9 +64,9 @@ impl RefResolver<'_> {
                 .find('}')
                 .ok_or("unclosed `${` (write `$${` for a literal `${`)")?;
             let reference = &body[..end];
-            let (kind, arg) = reference
-                .split_once(':')
-                .ok_or_else(|| format!("bad reference `${{{reference}}}`: use ${{env:NAME}} or ${{file:PATH}}"))?;
+            let (kind, arg) = reference.split_once(':').ok_or_else(|| {
+                format!("bad reference `${{{reference}}}`: use ${{env:NAME}} or ${{file:PATH}}")
+            })?;
             match kind {
                 "env" => {
                     // `${env:NAME:-fallback}` uses the fallback when NAME is unset or empty.
@@ -81,7 +77,9 @@ impl RefResolver<'_> {
                     let v = match ((self.env)(name).filter(|v| !v.is_empty()), fallback) {
                         (Some(v), _) => v,
                         (None, Some(f)) => f.to_string(),
-                        (None, None) => return Err(format!("environment variable {name} is not set")),
+                        (None, None) => {
+                            return Err(format!("environment variable {name} is not set"));
+                        }
                     };
                     out.push_str(&v);
                 }

@@ -255,7 +255,11 @@ pub struct ScenarioSpec {
     pub max_in_flight: Option<u32>,
     /// k6's preAllocatedVUs: accepted for k6 plans; pacer starts iterations as tasks, so it is
     /// only checked to be no larger than maxInFlight.
-    #[serde(default, rename = "preAllocatedVUs", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "preAllocatedVUs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pre_allocated_vus: Option<u32>,
     /// VU executors: virtual users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -417,12 +421,17 @@ impl<'de> Deserialize<'de> for ThresholdSpec {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = ThresholdSpec;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a threshold expression such as \"p(95)<800ms\", or {threshold, abortOnFail}")
+                f.write_str(
+                    "a threshold expression such as \"p(95)<800ms\", or {threshold, abortOnFail}",
+                )
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ThresholdSpec, E> {
                 Ok(ThresholdSpec::Expr(v.to_string()))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ThresholdSpec, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ThresholdSpec, A::Error> {
                 ThresholdFull::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(ThresholdSpec::Full)
             }

@@ -22,7 +22,10 @@ pub enum Part {
     /// A random integer in `[lo, hi]`.
     RandInt(i64, i64),
     /// The current UTC time in RFC 3339 with milliseconds, shifted by the signed offset.
-    IsoNow { offset: Duration, negative: bool },
+    IsoNow {
+        offset: Duration,
+        negative: bool,
+    },
     /// Milliseconds since the Unix epoch.
     EpochMs,
     /// A plan variable or a value extracted earlier in the iteration.
@@ -60,7 +63,9 @@ impl Template {
                 column,
             })?;
             let inner = after[..close].trim();
-            parts.push(parse_placeholder(inner).map_err(|message| TemplateError { message, column })?);
+            parts.push(
+                parse_placeholder(inner).map_err(|message| TemplateError { message, column })?,
+            );
             let consumed = open + 2 + close + 2;
             offset += consumed;
             rest = &rest[consumed..];
@@ -111,10 +116,16 @@ fn parse_placeholder(inner: &str) -> Result<Part, String> {
             let [lo, hi] = args.as_slice() else {
                 return Err("`randInt` takes two integers, e.g. {{randInt 1 10}}".into());
             };
-            let lo: i64 = lo.parse().map_err(|_| format!("`randInt`: {lo:?} is not an integer"))?;
-            let hi: i64 = hi.parse().map_err(|_| format!("`randInt`: {hi:?} is not an integer"))?;
+            let lo: i64 = lo
+                .parse()
+                .map_err(|_| format!("`randInt`: {lo:?} is not an integer"))?;
+            let hi: i64 = hi
+                .parse()
+                .map_err(|_| format!("`randInt`: {hi:?} is not an integer"))?;
             if lo > hi {
-                return Err(format!("`randInt {lo} {hi}`: the low bound is above the high bound"));
+                return Err(format!(
+                    "`randInt {lo} {hi}`: the low bound is above the high bound"
+                ));
             }
             Ok(Part::RandInt(lo, hi))
         }
@@ -136,7 +147,11 @@ fn parse_placeholder(inner: &str) -> Result<Part, String> {
         },
         _ => {
             if let Some(name) = head.strip_prefix("vars.") {
-                if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') {
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+                {
                     return Err(format!("bad variable name {name:?}"));
                 }
                 return no_args(Part::Var(name.to_string()));
@@ -160,7 +175,11 @@ impl fmt::Display for Template {
                         f.write_str("{{isoNow}}")?
                     } else {
                         let sign = if *negative { "-" } else { "+" };
-                        write!(f, "{{{{isoNow {sign}{}}}}}", humantime::format_duration(*offset))?
+                        write!(
+                            f,
+                            "{{{{isoNow {sign}{}}}}}",
+                            humantime::format_duration(*offset)
+                        )?
                     }
                 }
                 Part::EpochMs => f.write_str("{{epochMs}}")?,

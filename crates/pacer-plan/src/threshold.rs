@@ -305,7 +305,9 @@ pub fn parse_expr(metric: Metric, expr: &str) -> Result<(Aggregation, Op, f64), 
     let rhs = rhs.trim();
     let value = if metric.kind() == MetricKind::Trend {
         parse_millis(rhs).ok_or_else(|| {
-            format!("{expr:?}: {rhs:?} is not a duration (e.g. 800, 800ms, 1.5s; a bare number is ms)")
+            format!(
+                "{expr:?}: {rhs:?} is not a duration (e.g. 800, 800ms, 1.5s; a bare number is ms)"
+            )
         })?
     } else {
         let v: f64 = rhs
@@ -356,9 +358,15 @@ mod tests {
         );
         assert_eq!(parse_expr(m, "avg<200").unwrap().2, 200.0);
         let (m, _) = parse_metric_key("http_req_failed").unwrap();
-        assert_eq!(parse_expr(m, "rate<0.01").unwrap(), (Aggregation::Rate, Op::Lt, 0.01));
+        assert_eq!(
+            parse_expr(m, "rate<0.01").unwrap(),
+            (Aggregation::Rate, Op::Lt, 0.01)
+        );
         let (m, _) = parse_metric_key("http_reqs").unwrap();
-        assert_eq!(parse_expr(m, "count>=10").unwrap(), (Aggregation::Count, Op::Ge, 10.0));
+        assert_eq!(
+            parse_expr(m, "count>=10").unwrap(),
+            (Aggregation::Count, Op::Ge, 10.0)
+        );
     }
 
     #[test]
@@ -367,7 +375,15 @@ mod tests {
         assert!(parse_metric_key("http_req_duration{color:red}").is_err());
         assert!(parse_metric_key("iterations{request:x}").is_err());
         let m = Metric::HttpReqDuration;
-        for bad in ["p95<1", "p(95)", "p(101)<1", "p(95)<fast", "rate<0.1", "p(95)=<1", "count<3"] {
+        for bad in [
+            "p95<1",
+            "p(95)",
+            "p(101)<1",
+            "p(95)<fast",
+            "rate<0.1",
+            "p(95)=<1",
+            "count<3",
+        ] {
             assert!(parse_expr(m, bad).is_err(), "{bad}");
         }
         assert!(parse_expr(Metric::HttpReqFailed, "p(95)<1").is_err());

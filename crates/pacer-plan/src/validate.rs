@@ -34,8 +34,15 @@ impl Checker {
     fn name(&mut self, path: &str, name: &str) {
         if name.trim().is_empty() {
             self.err(path, "must not be empty");
-        } else if name.len() > 128 || name.chars().any(|c| c.is_control() || c == '{' || c == '}' || c == ',') {
-            self.err(path, "must be at most 128 characters, without control characters, braces or commas");
+        } else if name.len() > 128
+            || name
+                .chars()
+                .any(|c| c.is_control() || c == '{' || c == '}' || c == ',')
+        {
+            self.err(
+                path,
+                "must be at most 128 characters, without control characters, braces or commas",
+            );
         }
     }
 }
@@ -48,7 +55,13 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
     let target = match url::Url::parse(&spec.target) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
         Ok(u) => {
-            c.err("target", format!("must be an http:// or https:// URL with a host, got scheme {:?}", u.scheme()));
+            c.err(
+                "target",
+                format!(
+                    "must be an http:// or https:// URL with a host, got scheme {:?}",
+                    u.scheme()
+                ),
+            );
             None
         }
         Err(e) => {
@@ -69,24 +82,39 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
         let p = format!("auth[{i}]");
         c.name(&format!("{p}.name"), &a.name);
         if a.name == "none" {
-            c.err(format!("{p}.name"), "`none` is reserved (it means: send no credential)");
+            c.err(
+                format!("{p}.name"),
+                "`none` is reserved (it means: send no credential)",
+            );
         }
         if auth_names.insert(a.name.clone(), i).is_some() {
-            c.err(format!("{p}.name"), format!("duplicate credential name {:?}", a.name));
+            c.err(
+                format!("{p}.name"),
+                format!("duplicate credential name {:?}", a.name),
+            );
         }
         let mut token_url = None;
         match a.kind {
             AuthKind::OAuth2ClientCredentials => {
                 match a.token_url.as_deref() {
-                    None => c.err(format!("{p}.tokenUrl"), "required for oauth2-clientCredentials"),
+                    None => c.err(
+                        format!("{p}.tokenUrl"),
+                        "required for oauth2-clientCredentials",
+                    ),
                     Some(u) => match join_url(target.as_ref(), u) {
                         Ok(u) => token_url = Some(u),
                         Err(e) => c.err(format!("{p}.tokenUrl"), e),
                     },
                 }
-                for (field, v) in [("clientId", &a.client_id), ("clientSecret", &a.client_secret)] {
+                for (field, v) in [
+                    ("clientId", &a.client_id),
+                    ("clientSecret", &a.client_secret),
+                ] {
                     if v.as_deref().is_none_or(str::is_empty) {
-                        c.err(format!("{p}.{field}"), "required for oauth2-clientCredentials (use ${env:NAME})");
+                        c.err(
+                            format!("{p}.{field}"),
+                            "required for oauth2-clientCredentials (use ${env:NAME})",
+                        );
                     }
                 }
                 if a.token.is_some() {
@@ -95,7 +123,10 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
             }
             AuthKind::Bearer => {
                 if a.token.as_deref().is_none_or(str::is_empty) {
-                    c.err(format!("{p}.token"), "required for type bearer (use ${env:NAME})");
+                    c.err(
+                        format!("{p}.token"),
+                        "required for type bearer (use ${env:NAME})",
+                    );
                 }
                 for (field, set) in [
                     ("tokenUrl", a.token_url.is_some()),
@@ -104,15 +135,21 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
                     ("scope", a.scope.is_some()),
                 ] {
                     if set {
-                        c.err(format!("{p}.{field}"), "only for type oauth2-clientCredentials");
+                        c.err(
+                            format!("{p}.{field}"),
+                            "only for type oauth2-clientCredentials",
+                        );
                     }
                 }
             }
         }
-        if let Some(t) = &a.token {
-            if t.chars().any(|ch| ch.is_control() || ch == ' ') {
-                c.err(format!("{p}.token"), "contains spaces or control characters");
-            }
+        if let Some(t) = &a.token
+            && t.chars().any(|ch| ch.is_control() || ch == ' ')
+        {
+            c.err(
+                format!("{p}.token"),
+                "contains spaces or control characters",
+            );
         }
         auth.push(Auth {
             name: a.name.clone(),
@@ -121,7 +158,9 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
             client_id: a.client_id.clone(),
             client_secret: a.client_secret.clone(),
             scope: a.scope.clone(),
-            refresh_before: a.refresh_before.map_or(defaults::REFRESH_BEFORE, HumanDuration::get),
+            refresh_before: a
+                .refresh_before
+                .map_or(defaults::REFRESH_BEFORE, HumanDuration::get),
             token: a.token.clone(),
             share: a.share,
         });
@@ -134,7 +173,10 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
         let p = format!("limits[{i}]");
         c.name(&format!("{p}.name"), &l.name);
         if !limit_names.insert(l.name.clone()) {
-            c.err(format!("{p}.name"), format!("duplicate limit name {:?}", l.name));
+            c.err(
+                format!("{p}.name"),
+                format!("duplicate limit name {:?}", l.name),
+            );
         }
         if l.limit.is_zero() {
             c.err(format!("{p}.limit"), "must be above zero");
@@ -145,7 +187,10 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
         } else if u64::from(burst) > l.limit.count().max(1) {
             c.err(
                 format!("{p}.burst"),
-                format!("{burst} is more than the limit allows in one window ({})", l.limit),
+                format!(
+                    "{burst} is more than the limit allows in one window ({})",
+                    l.limit
+                ),
             );
         }
         let window = l.window.map_or(l.limit.per(), HumanDuration::get);
@@ -155,13 +200,16 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
         let m = l.matches.clone().unwrap_or_default();
         for (j, meth) in m.method_in.iter().enumerate() {
             if !is_token(meth) {
-                c.err(format!("{p}.match.methodIn[{j}]"), format!("{meth:?} is not an HTTP method"));
+                c.err(
+                    format!("{p}.match.methodIn[{j}]"),
+                    format!("{meth:?} is not an HTTP method"),
+                );
             }
         }
-        if let Some(pp) = &m.path_prefix {
-            if !pp.starts_with('/') {
-                c.err(format!("{p}.match.pathPrefix"), "must start with `/`");
-            }
+        if let Some(pp) = &m.path_prefix
+            && !pp.starts_with('/')
+        {
+            c.err(format!("{p}.match.pathPrefix"), "must start with `/`");
         }
         limits.push(Limit {
             name: l.name.clone(),
@@ -189,7 +237,10 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
         let p = format!("scenarios[{i}]");
         c.name(&format!("{p}.name"), &s.name);
         if !scenario_names.insert(s.name.clone()) {
-            c.err(format!("{p}.name"), format!("duplicate scenario name {:?}", s.name));
+            c.err(
+                format!("{p}.name"),
+                format!("duplicate scenario name {:?}", s.name),
+            );
         }
         let executor = executor(&mut c, &p, s, spec.duration);
         let auth_idx = match s.auth.as_deref() {
@@ -197,7 +248,10 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
             Some(name) => match auth_names.get(name) {
                 Some(i) => Some(*i),
                 None => {
-                    c.err(format!("{p}.auth"), format!("no credential named {name:?} in `auth`"));
+                    c.err(
+                        format!("{p}.auth"),
+                        format!("no credential named {name:?} in `auth`"),
+                    );
                     None
                 }
             },
@@ -219,7 +273,10 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
             let rp = format!("{p}.requests[{j}]");
             c.name(&format!("{rp}.name"), &r.name);
             if !names.insert(r.name.clone()) {
-                c.err(format!("{rp}.name"), format!("duplicate request name {:?} in this scenario", r.name));
+                c.err(
+                    format!("{rp}.name"),
+                    format!("duplicate request name {:?} in this scenario", r.name),
+                );
             }
             let req = request(&mut c, &rp, r, &auth_names);
             for (field, t) in std::iter::once(("path".to_string(), &req.path))
@@ -245,7 +302,9 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
             name: s.name.clone(),
             executor,
             start_time: s.start_time.map_or(Duration::ZERO, HumanDuration::get),
-            graceful_stop: s.graceful_stop.map_or(defaults::GRACEFUL_STOP, HumanDuration::get),
+            graceful_stop: s
+                .graceful_stop
+                .map_or(defaults::GRACEFUL_STOP, HumanDuration::get),
             auth: auth_idx,
             think_time: s.think_time.map_or(Duration::ZERO, HumanDuration::get),
             weight: s.weight.unwrap_or(1),
@@ -264,10 +323,10 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
                 continue;
             }
         };
-        if let Some(sc) = &tags.scenario {
-            if !scenario_names.contains(sc) {
-                c.err(&p, format!("no scenario named {sc:?}"));
-            }
+        if let Some(sc) = &tags.scenario
+            && !scenario_names.contains(sc)
+        {
+            c.err(&p, format!("no scenario named {sc:?}"));
         }
         if let Some(rq) = &tags.request {
             let known = match &tags.scenario {
@@ -287,9 +346,11 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
                 Ok((aggregation, op, value)) => {
                     let (abort_on_fail, delay) = match t {
                         ThresholdSpec::Expr(_) => (false, Duration::ZERO),
-                        ThresholdSpec::Full(f) => {
-                            (f.abort_on_fail, f.delay_abort_eval.map_or(Duration::ZERO, HumanDuration::get))
-                        }
+                        ThresholdSpec::Full(f) => (
+                            f.abort_on_fail,
+                            f.delay_abort_eval
+                                .map_or(Duration::ZERO, HumanDuration::get),
+                        ),
                     };
                     thresholds.push(Threshold {
                         key: key.clone(),
@@ -339,9 +400,14 @@ fn is_token(s: &str) -> bool {
 fn join_url(base: Option<&url::Url>, u: &str) -> Result<url::Url, String> {
     match url::Url::parse(u) {
         Ok(abs) if matches!(abs.scheme(), "http" | "https") => Ok(abs),
-        Ok(abs) => Err(format!("must be http:// or https://, got scheme {:?}", abs.scheme())),
+        Ok(abs) => Err(format!(
+            "must be http:// or https://, got scheme {:?}",
+            abs.scheme()
+        )),
         Err(url::ParseError::RelativeUrlWithoutBase) => match base {
-            Some(b) => b.join(u).map_err(|e| format!("cannot join {u:?} to target: {e}")),
+            Some(b) => b
+                .join(u)
+                .map_err(|e| format!("cannot join {u:?} to target: {e}")),
             None => Err("is relative but `target` is invalid".into()),
         },
         Err(e) => Err(format!("not a URL ({e})")),
@@ -354,7 +420,9 @@ fn http_options(c: &mut Checker, h: Option<&HttpSpec>) -> HttpOptions {
     if timeout.is_zero() {
         c.err("http.timeout", "must be above zero");
     }
-    let connect_timeout = h.connect_timeout.map_or(defaults::CONNECT_TIMEOUT, HumanDuration::get);
+    let connect_timeout = h
+        .connect_timeout
+        .map_or(defaults::CONNECT_TIMEOUT, HumanDuration::get);
     if connect_timeout.is_zero() {
         c.err("http.connectTimeout", "must be above zero");
     }
@@ -379,10 +447,15 @@ fn retry_policy(c: &mut Checker, r: Option<&RetrySpec>) -> RetryPolicy {
     let on_status = r.on.clone().unwrap_or(d.on_status);
     for (i, s) in on_status.iter().enumerate() {
         if !(100..=599).contains(s) {
-            c.err(format!("retry.on[{i}]"), format!("{s} is not an HTTP status code"));
+            c.err(
+                format!("retry.on[{i}]"),
+                format!("{s} is not an HTTP status code"),
+            );
         }
     }
-    let max_attempts = r.max_attempts.unwrap_or(defaults::RETRY_ATTEMPTS_WHEN_ENABLED);
+    let max_attempts = r
+        .max_attempts
+        .unwrap_or(defaults::RETRY_ATTEMPTS_WHEN_ENABLED);
     if max_attempts == 0 {
         c.err("retry.maxAttempts", "must be at least 1 (1 means no retry)");
     } else if max_attempts > 100 {
@@ -394,7 +467,9 @@ fn retry_policy(c: &mut Checker, r: Option<&RetrySpec>) -> RetryPolicy {
     if backoff_max < backoff_base {
         c.err("retry.backoff.max", "must not be below retry.backoff.base");
     }
-    let retry_after_max = r.retry_after_max.map_or(d.retry_after_max, HumanDuration::get);
+    let retry_after_max = r
+        .retry_after_max
+        .map_or(d.retry_after_max, HumanDuration::get);
     if retry_after_max.is_zero() {
         c.err("retry.retryAfterMax", "must be above zero");
     }
@@ -407,31 +482,77 @@ fn retry_policy(c: &mut Checker, r: Option<&RetrySpec>) -> RetryPolicy {
         jitter: b.jitter.unwrap_or_default(),
         honor_retry_after: r.honor_retry_after.unwrap_or(true),
         retry_after_max,
-        retry_after_default: r.retry_after_default.map_or(d.retry_after_default, HumanDuration::get),
+        retry_after_default: r
+            .retry_after_default
+            .map_or(d.retry_after_default, HumanDuration::get),
         pause_scope_on_429: r.pause_scope_on429.unwrap_or(true),
     }
 }
 
-fn executor(c: &mut Checker, p: &str, s: &ScenarioSpec, default_duration: Option<HumanDuration>) -> Executor {
+fn executor(
+    c: &mut Checker,
+    p: &str,
+    s: &ScenarioSpec,
+    default_duration: Option<HumanDuration>,
+) -> Executor {
     use ExecutorKind as K;
     let kind = s.executor;
     // Fields that do not belong to this executor are errors, not silently ignored.
     let fields: [(&str, bool, &[K]); 11] = [
         ("rate", s.rate.is_some(), &[K::ConstantArrivalRate]),
-        ("startRate", s.start_rate.is_some(), &[K::RampingArrivalRate]),
-        ("maxInFlight", s.max_in_flight.is_some(), &[K::ConstantArrivalRate, K::RampingArrivalRate]),
-        ("preAllocatedVUs", s.pre_allocated_vus.is_some(), &[K::ConstantArrivalRate, K::RampingArrivalRate]),
-        ("vus", s.vus.is_some(), &[K::ConstantVus, K::PerVuIterations, K::SharedIterations]),
+        (
+            "startRate",
+            s.start_rate.is_some(),
+            &[K::RampingArrivalRate],
+        ),
+        (
+            "maxInFlight",
+            s.max_in_flight.is_some(),
+            &[K::ConstantArrivalRate, K::RampingArrivalRate],
+        ),
+        (
+            "preAllocatedVUs",
+            s.pre_allocated_vus.is_some(),
+            &[K::ConstantArrivalRate, K::RampingArrivalRate],
+        ),
+        (
+            "vus",
+            s.vus.is_some(),
+            &[K::ConstantVus, K::PerVuIterations, K::SharedIterations],
+        ),
         ("startVUs", s.start_vus.is_some(), &[K::RampingVus]),
-        ("iterations", s.iterations.is_some(), &[K::PerVuIterations, K::SharedIterations]),
-        ("maxDuration", s.max_duration.is_some(), &[K::PerVuIterations, K::SharedIterations]),
-        ("stages", !s.stages.is_empty(), &[K::RampingArrivalRate, K::RampingVus]),
-        ("gracefulRampDown", s.graceful_ramp_down.is_some(), &[K::RampingVus]),
-        ("duration", s.duration.is_some(), &[K::ConstantArrivalRate, K::ConstantVus]),
+        (
+            "iterations",
+            s.iterations.is_some(),
+            &[K::PerVuIterations, K::SharedIterations],
+        ),
+        (
+            "maxDuration",
+            s.max_duration.is_some(),
+            &[K::PerVuIterations, K::SharedIterations],
+        ),
+        (
+            "stages",
+            !s.stages.is_empty(),
+            &[K::RampingArrivalRate, K::RampingVus],
+        ),
+        (
+            "gracefulRampDown",
+            s.graceful_ramp_down.is_some(),
+            &[K::RampingVus],
+        ),
+        (
+            "duration",
+            s.duration.is_some(),
+            &[K::ConstantArrivalRate, K::ConstantVus],
+        ),
     ];
     for (name, set, allowed) in fields {
         if set && !allowed.contains(&kind) {
-            c.err(format!("{p}.{name}"), format!("not used by executor {}", kind.name()));
+            c.err(
+                format!("{p}.{name}"),
+                format!("not used by executor {}", kind.name()),
+            );
         }
     }
     let duration = || s.duration.or(default_duration).map(HumanDuration::get);
@@ -443,7 +564,10 @@ fn executor(c: &mut Checker, p: &str, s: &ScenarioSpec, default_duration: Option
                 Duration::ZERO
             }
             None => {
-                c.err(format!("{p}.duration"), "required (here or as the plan's `duration`)");
+                c.err(
+                    format!("{p}.duration"),
+                    "required (here or as the plan's `duration`)",
+                );
                 Duration::ZERO
             }
         }
@@ -453,22 +577,30 @@ fn executor(c: &mut Checker, p: &str, s: &ScenarioSpec, default_duration: Option
         if m == 0 {
             c.err(format!("{p}.maxInFlight"), "must be at least 1");
         }
-        if let Some(pre) = s.pre_allocated_vus {
-            if pre > m {
-                c.err(format!("{p}.preAllocatedVUs"), format!("{pre} is above maxInFlight ({m})"));
-            }
+        if let Some(pre) = s.pre_allocated_vus
+            && pre > m
+        {
+            c.err(
+                format!("{p}.preAllocatedVUs"),
+                format!("{pre} is above maxInFlight ({m})"),
+            );
         }
         m
     };
     let vus = |c: &mut Checker, required: bool| {
         match s.vus {
             Some(0) => c.err(format!("{p}.vus"), "must be at least 1"),
-            None if required => c.err(format!("{p}.vus"), format!("required by executor {}", kind.name())),
+            None if required => c.err(
+                format!("{p}.vus"),
+                format!("required by executor {}", kind.name()),
+            ),
             _ => {}
         }
         s.vus.unwrap_or(1)
     };
-    let max_duration = s.max_duration.map_or(defaults::MAX_DURATION, HumanDuration::get);
+    let max_duration = s
+        .max_duration
+        .map_or(defaults::MAX_DURATION, HumanDuration::get);
     match kind {
         K::ConstantArrivalRate => {
             let rate = match s.rate {
@@ -478,7 +610,10 @@ fn executor(c: &mut Checker, p: &str, s: &ScenarioSpec, default_duration: Option
                     Rate::per_second(0)
                 }
                 None => {
-                    c.err(format!("{p}.rate"), "required by executor constant-arrival-rate (e.g. 40/s)");
+                    c.err(
+                        format!("{p}.rate"),
+                        "required by executor constant-arrival-rate (e.g. 40/s)",
+                    );
                     Rate::per_second(0)
                 }
             };
@@ -491,7 +626,10 @@ fn executor(c: &mut Checker, p: &str, s: &ScenarioSpec, default_duration: Option
         K::RampingArrivalRate => {
             let start_rate = s.start_rate.unwrap_or(Rate::per_second(0));
             if s.stages.is_empty() {
-                c.err(format!("{p}.stages"), "required by executor ramping-arrival-rate");
+                c.err(
+                    format!("{p}.stages"),
+                    "required by executor ramping-arrival-rate",
+                );
             }
             let mut stages = Vec::new();
             for (j, st) in s.stages.iter().enumerate() {
@@ -505,7 +643,10 @@ fn executor(c: &mut Checker, p: &str, s: &ScenarioSpec, default_duration: Option
                         }
                     },
                     other => {
-                        c.err(&sp, format!("expected a rate such as \"40/s\", got {other}"));
+                        c.err(
+                            &sp,
+                            format!("expected a rate such as \"40/s\", got {other}"),
+                        );
                         Rate::per_second(0)
                     }
                 };
@@ -516,7 +657,10 @@ fn executor(c: &mut Checker, p: &str, s: &ScenarioSpec, default_duration: Option
             }
             let sched = RampSchedule::new(start_rate, &stages);
             if !s.stages.is_empty() && sched.total() == 0 {
-                c.err(format!("{p}.stages"), "the stages start no iteration at all");
+                c.err(
+                    format!("{p}.stages"),
+                    "the stages start no iteration at all",
+                );
             }
             Executor::RampingArrivalRate {
                 start_rate,
@@ -538,7 +682,10 @@ fn executor(c: &mut Checker, p: &str, s: &ScenarioSpec, default_duration: Option
                 let target = match st.target.as_u64().map(u32::try_from) {
                     Some(Ok(t)) => t,
                     _ => {
-                        c.err(&sp, format!("expected a VU count (a whole number), got {}", st.target));
+                        c.err(
+                            &sp,
+                            format!("expected a VU count (a whole number), got {}", st.target),
+                        );
                         0
                     }
                 };
@@ -547,13 +694,21 @@ fn executor(c: &mut Checker, p: &str, s: &ScenarioSpec, default_duration: Option
                     duration: st.duration.get(),
                 });
             }
-            if stages.iter().all(|s| s.target == 0) && s.start_vus.unwrap_or(0) == 0 && !stages.is_empty() {
-                c.err(format!("{p}.stages"), "every stage has 0 VUs: nothing would run");
+            if stages.iter().all(|s| s.target == 0)
+                && s.start_vus.unwrap_or(0) == 0
+                && !stages.is_empty()
+            {
+                c.err(
+                    format!("{p}.stages"),
+                    "every stage has 0 VUs: nothing would run",
+                );
             }
             Executor::RampingVus {
                 start_vus: s.start_vus.unwrap_or(0),
                 stages,
-                graceful_ramp_down: s.graceful_ramp_down.map_or(defaults::GRACEFUL_RAMP_DOWN, HumanDuration::get),
+                graceful_ramp_down: s
+                    .graceful_ramp_down
+                    .map_or(defaults::GRACEFUL_RAMP_DOWN, HumanDuration::get),
             }
         }
         K::PerVuIterations | K::SharedIterations => {
@@ -565,12 +720,18 @@ fn executor(c: &mut Checker, p: &str, s: &ScenarioSpec, default_duration: Option
                 }
                 Some(n) => n,
                 None => {
-                    c.err(format!("{p}.iterations"), format!("required by executor {}", kind.name()));
+                    c.err(
+                        format!("{p}.iterations"),
+                        format!("required by executor {}", kind.name()),
+                    );
                     0
                 }
             };
             if kind == K::SharedIterations && u64::from(vus) > iterations && iterations > 0 {
-                c.err(format!("{p}.vus"), format!("{vus} VUs for {iterations} iterations: some would never run"));
+                c.err(
+                    format!("{p}.vus"),
+                    format!("{vus} VUs for {iterations} iterations: some would never run"),
+                );
             }
             if kind == K::PerVuIterations {
                 Executor::PerVuIterations {
@@ -592,7 +753,10 @@ fn executor(c: &mut Checker, p: &str, s: &ScenarioSpec, default_duration: Option
 fn expect(c: &mut Checker, p: &str, e: &ExpectSpec) -> Expect {
     for (i, s) in e.status.iter().enumerate() {
         if !(100..=599).contains(s) {
-            c.err(format!("{p}.status[{i}]"), format!("{s} is not an HTTP status code"));
+            c.err(
+                format!("{p}.status[{i}]"),
+                format!("{s} is not an HTTP status code"),
+            );
         }
     }
     let json = e
@@ -602,7 +766,10 @@ fn expect(c: &mut Checker, p: &str, e: &ExpectSpec) -> Expect {
         .filter_map(|(i, j)| {
             let jp = format!("{p}.json[{i}]");
             if !(j.pointer.is_empty() || j.pointer.starts_with('/')) {
-                c.err(format!("{jp}.pointer"), "a JSON pointer starts with `/` (e.g. /state)");
+                c.err(
+                    format!("{jp}.pointer"),
+                    "a JSON pointer starts with `/` (e.g. /state)",
+                );
             }
             let set = [j.equals.is_some(), j.one_of.is_some(), j.exists.is_some()];
             if set.iter().filter(|x| **x).count() != 1 {
@@ -653,15 +820,30 @@ fn json_template(c: &mut Checker, p: &str, v: &serde_json::Value) -> JsonTemplat
     }
 }
 
-fn request(c: &mut Checker, p: &str, r: &RequestSpec, auth_names: &BTreeMap<String, usize>) -> Request {
+fn request(
+    c: &mut Checker,
+    p: &str,
+    r: &RequestSpec,
+    auth_names: &BTreeMap<String, usize>,
+) -> Request {
     let method = r.method.to_ascii_uppercase();
     if !is_token(&method) {
-        c.err(format!("{p}.method"), format!("{:?} is not an HTTP method", r.method));
+        c.err(
+            format!("{p}.method"),
+            format!("{:?} is not an HTTP method", r.method),
+        );
     }
     if r.path.is_empty() {
         c.err(format!("{p}.path"), "must not be empty");
-    } else if !(r.path.starts_with('/') || r.path.starts_with("http://") || r.path.starts_with("https://") || r.path.starts_with("{{")) {
-        c.err(format!("{p}.path"), "must start with `/` (relative to target) or be an http(s):// URL");
+    } else if !(r.path.starts_with('/')
+        || r.path.starts_with("http://")
+        || r.path.starts_with("https://")
+        || r.path.starts_with("{{"))
+    {
+        c.err(
+            format!("{p}.path"),
+            "must start with `/` (relative to target) or be an http(s):// URL",
+        );
     }
     let path = c.template(&format!("{p}.path"), &r.path);
     let query = r
@@ -694,7 +876,10 @@ fn request(c: &mut Checker, p: &str, r: &RequestSpec, auth_names: &BTreeMap<Stri
         Some(name) => match auth_names.get(name) {
             Some(i) => AuthRef::Named(*i),
             None => {
-                c.err(format!("{p}.auth"), format!("no credential named {name:?} in `auth` (or `none`)"));
+                c.err(
+                    format!("{p}.auth"),
+                    format!("no credential named {name:?} in `auth` (or `none`)"),
+                );
                 AuthRef::None
             }
         },
@@ -709,13 +894,20 @@ fn request(c: &mut Checker, p: &str, r: &RequestSpec, auth_names: &BTreeMap<Stri
         .iter()
         .filter_map(|(name, e)| {
             let ep = format!("{p}.extract.{name}");
-            if name.is_empty() || !name.chars().all(|ch| ch.is_alphanumeric() || ch == '_' || ch == '-') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|ch| ch.is_alphanumeric() || ch == '_' || ch == '-')
+            {
                 c.err(&ep, "variable names use letters, digits, `_` and `-`");
             }
             let from = match (&e.json, &e.header) {
                 (Some(j), None) => {
                     if !(j.is_empty() || j.starts_with('/')) {
-                        c.err(format!("{ep}.json"), "a JSON pointer starts with `/` (e.g. /id)");
+                        c.err(
+                            format!("{ep}.json"),
+                            "a JSON pointer starts with `/` (e.g. /id)",
+                        );
                     }
                     ExtractFrom::JsonPointer(j.clone())
                 }
@@ -738,9 +930,14 @@ fn request(c: &mut Checker, p: &str, r: &RequestSpec, auth_names: &BTreeMap<Stri
         let pp = format!("{p}.poll");
         let until = expect(c, &format!("{pp}.until"), &pl.until);
         if until.status.is_empty() && until.json.is_empty() {
-            c.err(format!("{pp}.until"), "give a status or json condition to stop on");
+            c.err(
+                format!("{pp}.until"),
+                "give a status or json condition to stop on",
+            );
         }
-        let timeout = pl.timeout.map_or(defaults::POLL_TIMEOUT, HumanDuration::get);
+        let timeout = pl
+            .timeout
+            .map_or(defaults::POLL_TIMEOUT, HumanDuration::get);
         if timeout.is_zero() {
             c.err(format!("{pp}.timeout"), "must be above zero");
         }
@@ -749,7 +946,9 @@ fn request(c: &mut Checker, p: &str, r: &RequestSpec, auth_names: &BTreeMap<Stri
         }
         Poll {
             until,
-            interval: pl.interval.map_or(defaults::POLL_INTERVAL, HumanDuration::get),
+            interval: pl
+                .interval
+                .map_or(defaults::POLL_INTERVAL, HumanDuration::get),
             timeout,
             max_attempts: pl.max_attempts,
         }

@@ -1,0 +1,345 @@
+//! The end-of-test summary: the numbers people read, reduced from a [`Snapshot`].
+//!
+//! [`Summary`] is also the `--summary-json` schema, so its fields are documented and every
+//! number is finite: "no data" is `null` (an `Option`), never NaN or a misleading zero.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pacer_plan::threshold::Threshold;
+use serde::Serialize;
+
+use crate::eval::{ThresholdResult, evaluate};
+use crate::hist::Hist;
+use crate::snapshot::{RequestStats, ScenarioStats, ServerLimitHeaders, Snapshot};
+
+/// The end-of-test summary (`--summary-json`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    /// The plan's name.
+    pub name: String,
+    /// Test time the rates are computed over, seconds.
+    pub elapsed_secs: f64,
+    /// Every threshold passed (true when there are none).
+    pub passed: bool,
+    pub thresholds: Vec<ThresholdResult>,
+    /// All requests merged (`scenario` and `request` are `"*"`).
+    pub totals: RequestRow,
+    /// One row per request of each scenario, in plan order.
+    pub requests: Vec<RequestRow>,
+    /// All scenarios merged (`name` is `"*"`).
+    pub scenario_totals: ScenarioRow,
+    /// One row per scenario, in plan order.
+    pub scenarios: Vec<ScenarioRow>,
+    /// Where the time of all logical requests went.
+    pub time: TimeBreakdown,
+    pub retries: RetrySummary,
+    /// 429 responses by the plan limit the request fell under (one 429 counts for each limit
+    /// its request matched), most first.
+    pub throttled_by_limit: Vec<LimitThrottled>,
+    /// Retry-After values the server sent.
+    pub retry_after: RetryAfterSummary,
+    /// Token endpoint use, by credential.
+    pub token_fetches: Vec<TokenFetchRow>,
+    /// The last rate-limit headers the server sent, if any.
+    pub server_limits: Option<ServerLimitHeaders>,
+    /// Records ignored because they named no known scenario/request (an engine bug if > 0).
+    pub invalid_records: u64,
+}
+
+/// A distribution in milliseconds; every field is `null` when there were no samples.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TrendSummary {
+    pub count: u64,
+    pub min: Option<f64>,
+    pub avg: Option<f64>,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    #[serde(rename = "p99.9")]
+    pub p99_9: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl TrendSummary {
+    /// From a histogram in `unit_per_ms` units per millisecond (1000 for microseconds).
+    fn from_hist(h: &Hist, unit_per_ms: f64) -> Self {
+        let ms = |v: Option<u64>| v.map(|v| v as f64 / unit_per_ms);
+        Self {
+            count: h.count(),
+            min: ms(h.min()),
+            avg: h.mean().map(|m| m / unit_per_ms),
+            p50: ms(h.percentile(50.0)),
+            p90: ms(h.percentile(90.0)),
+            p95: ms(h.percentile(95.0)),
+            p99: ms(h.percentile(99.0)),
+            p99_9: ms(h.percentile(99.9)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// One request (or the totals).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RequestRow {
+    pub scenario: String,
+    pub request: String,
+    /// HTTP exchanges, retries included.
+    pub http_reqs: u64,
+    /// `http_reqs` per second of elapsed time.
+    pub rate_per_sec: f64,
+    /// Logical requests (after all their attempts).
+    pub requests: u64,
+    /// Logical requests whose final result failed.
+    pub failed: u64,
+    /// `failed / requests`; `null` without requests.
+    pub failed_rate: Option<f64>,
+    /// Attempts answered 429.
+    pub throttled: u64,
+    /// `throttled / http_reqs`; `null` without attempts.
+    pub throttled_rate: Option<f64>,
+    pub retries: u64,
+    pub checks_passed: u64,
+    pub checks_failed: u64,
+    /// `checks_passed / (passed + failed)`; `null` without checks.
+    pub checks_rate: Option<f64>,
+    /// Bytes.
+    pub data_sent: u64,
+    pub data_received: u64,
+    /// Attempts by HTTP status.
+    pub status: BTreeMap<u16, u64>,
+    /// Attempts by transport error kind.
+    pub errors: BTreeMap<String, u64>,
+    /// `http_req_duration`: intended start to end of the final response, per logical request.
+    pub duration_ms: TrendSummary,
+    /// `http_req_service_time`: send to end of response, per attempt.
+    pub service_time_ms: TrendSummary,
+}
+
+/// One scenario (or all of them).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScenarioRow {
+    pub name: String,
+    /// Completed iterations.
+    pub iterations: u64,
+    pub iterations_per_sec: f64,
+    pub iterations_failed: u64,
+    /// Iterations cut short by the end of the test.
+    pub interrupted: u64,
+    /// Arrivals not started because maxInFlight was full.
+    pub dropped_iterations: u64,
+    pub iteration_duration_ms: TrendSummary,
+}
+
+/// Total time of one kind, and its share of the four kinds together.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TimeShare {
+    pub total_secs: f64,
+    /// 0..1; 0 when no time was recorded at all.
+    pub share: f64,
+}
+
+/// "Where the time went": summed over all requests.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TimeBreakdown {
+    /// Server and network: send to end of response, all attempts.
+    pub server: TimeShare,
+    /// Waiting on pacer's own limiter (pacing).
+    pub limiter_wait: TimeShare,
+    /// Waiting while a scope was paused by a Retry-After.
+    pub paused: TimeShare,
+    /// Sleeping between retries.
+    pub backoff: TimeShare,
+    /// Sum of `http_req_duration` over logical requests, for reference (the rest of it is
+    /// scheduling delay and client overhead).
+    pub request_total_secs: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RetrySummary {
+    /// Attempts beyond the first.
+    pub retries: u64,
+    pub not_retried: u64,
+    pub succeeded_after_retry: u64,
+    /// Attempts exhausted while still failing.
+    pub gave_up: u64,
+    pub not_retryable: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LimitThrottled {
+    /// Index of the limit in the plan.
+    pub index: u32,
+    /// Its name (`limit#N` when the index is unknown).
+    pub name: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RetryAfterSummary {
+    /// Usable Retry-After headers seen.
+    pub count: u64,
+    /// Retry-After headers present but unusable.
+    pub malformed: u64,
+    /// The values, milliseconds.
+    pub ms: TrendSummary,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TokenFetchRow {
+    pub credential: String,
+    pub fetches: u64,
+    pub wait_total_ms: f64,
+    /// `null` without fetches.
+    pub wait_avg_ms: Option<f64>,
+}
+
+fn ratio(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+fn per_sec(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 { count as f64 / secs } else { 0.0 }
+}
+
+fn request_row(scenario: &str, request: &str, r: &RequestStats, secs: f64) -> RequestRow {
+    RequestRow {
+        scenario: scenario.to_string(),
+        request: request.to_string(),
+        http_reqs: r.attempts,
+        rate_per_sec: per_sec(r.attempts, secs),
+        requests: r.requests,
+        failed: r.failed,
+        failed_rate: ratio(r.failed, r.requests),
+        throttled: r.throttled,
+        throttled_rate: ratio(r.throttled, r.attempts),
+        retries: r.retries,
+        checks_passed: r.checks_passed,
+        checks_failed: r.checks_failed,
+        checks_rate: ratio(
+            r.checks_passed,
+            r.checks_passed.saturating_add(r.checks_failed),
+        ),
+        data_sent: r.bytes_sent,
+        data_received: r.bytes_received,
+        status: r.status.clone(),
+        errors: r.errors.clone(),
+        duration_ms: TrendSummary::from_hist(&r.duration, 1000.0),
+        service_time_ms: TrendSummary::from_hist(&r.service_time, 1000.0),
+    }
+}
+
+fn scenario_row(name: &str, s: &ScenarioStats, secs: f64) -> ScenarioRow {
+    ScenarioRow {
+        name: name.to_string(),
+        iterations: s.iterations,
+        iterations_per_sec: per_sec(s.iterations, secs),
+        iterations_failed: s.iterations_failed,
+        interrupted: s.interrupted,
+        dropped_iterations: s.dropped_iterations,
+        iteration_duration_ms: TrendSummary::from_hist(&s.iteration_duration, 1000.0),
+    }
+}
+
+fn time_breakdown(t: &RequestStats) -> TimeBreakdown {
+    let parts = [
+        t.service_time_us_sum,
+        t.limiter_wait_us_sum,
+        t.paused_us_sum,
+        t.backoff_us_sum,
+    ];
+    // u128: four saturated u64 sums must not overflow into a wrong share.
+    let all: u128 = parts.iter().map(|&p| u128::from(p)).sum();
+    let share = |us: u64| TimeShare {
+        total_secs: us as f64 / 1e6,
+        share: if all > 0 { us as f64 / all as f64 } else { 0.0 },
+    };
+    TimeBreakdown {
+        server: share(parts[0]),
+        limiter_wait: share(parts[1]),
+        paused: share(parts[2]),
+        backoff: share(parts[3]),
+        request_total_secs: t.duration_us_sum as f64 / 1e6,
+    }
+}
+
+/// Reduce a snapshot (normally the final one) to the summary, evaluating `thresholds`.
+/// `limit_names[i]` names plan limit `i` for the 429 breakdown.
+pub fn summarize(
+    name: &str,
+    snapshot: &Snapshot,
+    elapsed: Duration,
+    thresholds: &[Threshold],
+    limit_names: &[String],
+) -> Summary {
+    let secs = elapsed.as_secs_f64();
+    let total = snapshot.total();
+    let mut scenario_total = ScenarioStats::default();
+    for s in &snapshot.scenarios {
+        scenario_total.absorb(&s.stats);
+    }
+    let thresholds = evaluate(thresholds, snapshot, elapsed);
+    let mut throttled_by_limit: Vec<LimitThrottled> = total
+        .throttled_by_limit
+        .iter()
+        .map(|(&index, &count)| LimitThrottled {
+            index,
+            name: usize::try_from(index)
+                .ok()
+                .and_then(|i| limit_names.get(i))
+                .cloned()
+                .unwrap_or_else(|| format!("limit#{index}")),
+            count,
+        })
+        .collect();
+    throttled_by_limit.sort_by(|a, b| b.count.cmp(&a.count).then(a.index.cmp(&b.index)));
+    Summary {
+        name: name.to_string(),
+        elapsed_secs: secs,
+        passed: thresholds.iter().all(|t| t.passed),
+        thresholds,
+        totals: request_row("*", "*", &total, secs),
+        requests: snapshot
+            .scenarios
+            .iter()
+            .flat_map(|s| {
+                s.requests
+                    .iter()
+                    .map(move |r| request_row(&s.name, &r.name, &r.stats, secs))
+            })
+            .collect(),
+        scenario_totals: scenario_row("*", &scenario_total, secs),
+        scenarios: snapshot
+            .scenarios
+            .iter()
+            .map(|s| scenario_row(&s.name, &s.stats, secs))
+            .collect(),
+        time: time_breakdown(&total),
+        retries: RetrySummary {
+            retries: total.retries,
+            not_retried: total.retry_outcomes.not_retried,
+            succeeded_after_retry: total.retry_outcomes.succeeded_after_retry,
+            gave_up: total.retry_outcomes.gave_up,
+            not_retryable: total.retry_outcomes.not_retryable,
+        },
+        throttled_by_limit,
+        retry_after: RetryAfterSummary {
+            count: total.retry_after_ms.count(),
+            malformed: total.retry_after_malformed,
+            ms: TrendSummary::from_hist(&total.retry_after_ms, 1.0),
+        },
+        token_fetches: snapshot
+            .token_fetches
+            .iter()
+            .map(|(credential, t)| TokenFetchRow {
+                credential: credential.clone(),
+                fetches: t.count,
+                wait_total_ms: t.wait_us_sum as f64 / 1000.0,
+                wait_avg_ms: ratio(t.wait_us_sum, t.count).map(|us| us / 1000.0),
+            })
+            .collect(),
+        server_limits: snapshot.server_limits.clone(),
+        invalid_records: snapshot.invalid_records,
+    }
+}
