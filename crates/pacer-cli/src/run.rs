@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pacer_engine::{Deps, RunControl, RunOptions};
-use pacer_limiter::Unlimited;
+use pacer_limiter::LocalLimiter;
 use pacer_plan::Plan;
 use pacer_stats::Recorder;
 
@@ -56,8 +56,10 @@ pub async fn run(args: RunArgs) -> Exit {
 
 async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     let recorder = Arc::new(Recorder::new(pacer_engine::layout(&plan)));
+    // One process: every limit, worker- or fleet-scoped, is this process's to keep.
+    let limiter = Arc::new(LocalLimiter::new(&plan.limits));
     let deps = Deps {
-        limiter: Arc::new(Unlimited),
+        limiter: limiter.clone(),
         tokens: None,
         recorder: recorder.clone(),
     };
@@ -105,13 +107,14 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     };
     let snapshot = recorder.snapshot();
     let limit_names: Vec<String> = plan.limits.iter().map(|l| l.name.clone()).collect();
-    let summary = pacer_stats::summarize(
+    let mut summary = pacer_stats::summarize(
         &plan.name,
         &snapshot,
         report.elapsed,
         &plan.thresholds,
         &limit_names,
     );
+    summary.limits = limit_pacing(&plan, &limiter);
     let color = !args.no_color && std::io::stdout().is_terminal();
     println!("{}", pacer_stats::render_text(&summary, color));
     if let Some(reason) = &abort_reason {
@@ -126,4 +129,29 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::ThresholdFailed
     })
+}
+
+fn limit_pacing(plan: &Plan, limiter: &LocalLimiter) -> Vec<pacer_stats::LimitPacing> {
+    limiter
+        .report()
+        .into_iter()
+        .zip(&plan.limits)
+        .map(|(r, l)| pacer_stats::LimitPacing {
+            name: r.name,
+            declared: r.declared,
+            window_secs: l.window.as_secs_f64(),
+            burst: r.burst,
+            scope: match l.scope {
+                pacer_plan::spec::LimitScope::Fleet => "fleet".into(),
+                pacer_plan::spec::LimitScope::Worker => "worker".into(),
+            },
+            pacing_rate: r.pacing_rate,
+            margin: r.margin,
+            adaptive: r.adaptive,
+            current_rate: r.adaptive.then_some(r.current_rate),
+            sustainable_rate: r.sustainable_rate,
+            pauses: r.pauses,
+            paused_secs: r.paused.as_secs_f64(),
+        })
+        .collect()
 }

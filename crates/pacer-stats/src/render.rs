@@ -276,6 +276,44 @@ fn time_breakdown(out: &mut String, s: &Summary) {
     out.push('\n');
 }
 
+fn limits(out: &mut String, s: &Summary) {
+    if s.limits.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  limits (pacer paces to stay inside what the server allows)"
+    );
+    let cells: Vec<Vec<String>> = s
+        .limits
+        .iter()
+        .map(|l| {
+            let mut pace = format!(
+                "paced at {:.2}/s (margin {:.1}%)",
+                l.pacing_rate,
+                l.margin * 100.0
+            );
+            if l.adaptive {
+                let _ = write!(
+                    pace,
+                    ", adaptive: now {}, sustainable {}",
+                    l.current_rate.map_or("-".into(), |r| format!("{r:.2}/s")),
+                    l.sustainable_rate
+                        .map_or("-".into(), |r| format!("{r:.2}/s"))
+                );
+            }
+            vec![
+                l.name.clone(),
+                format!("{} burst {} ({})", l.declared, l.burst, l.scope),
+                pace,
+                format!("{} pauses, {}", l.pauses, format_ms(l.paused_secs * 1000.0)),
+            ]
+        })
+        .collect();
+    table(out, "    ", &cells, &[false, false, false, false]);
+    out.push('\n');
+}
+
 fn throttling(out: &mut String, s: &Summary) {
     let ra = &s.retry_after;
     if s.throttled_by_limit.is_empty() && ra.count == 0 && ra.malformed == 0 {
@@ -438,6 +476,7 @@ pub fn render_text(summary: &Summary, color: bool) -> String {
     thresholds(&mut out, summary, color);
     totals(&mut out, summary);
     time_breakdown(&mut out, summary);
+    limits(&mut out, summary);
     throttling(&mut out, summary);
     tokens_and_server(&mut out, summary);
     request_table(&mut out, &summary.requests);

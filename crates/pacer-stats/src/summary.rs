@@ -37,6 +37,9 @@ pub struct Summary {
     /// 429 responses by the plan limit the request fell under (one 429 counts for each limit
     /// its request matched), most first.
     pub throttled_by_limit: Vec<LimitThrottled>,
+    /// The plan's limits and how pacer paced them (filled by the runner from its limiter;
+    /// empty when the plan declares none).
+    pub limits: Vec<LimitPacing>,
     /// Retry-After values the server sent.
     pub retry_after: RetryAfterSummary,
     /// Token endpoint use, by credential.
@@ -165,6 +168,30 @@ pub struct RetrySummary {
     /// Attempts exhausted while still failing.
     pub gave_up: u64,
     pub not_retryable: u64,
+}
+
+/// One declared limit: what the server allows, what pacer paced to, and what happened.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LimitPacing {
+    pub name: String,
+    /// The server's limit as declared (`300/min`, `600/10s`).
+    pub declared: String,
+    /// The server's counting window, seconds.
+    pub window_secs: f64,
+    pub burst: u32,
+    /// `worker` or `fleet`.
+    pub scope: String,
+    /// The rate pacer paced to (per second), from the accuracy bound.
+    pub pacing_rate: f64,
+    /// Share of the declared rate kept as margin.
+    pub margin: f64,
+    pub adaptive: bool,
+    /// Adaptive limits: the rate at the end, and the highest held a whole window without 429.
+    pub current_rate: Option<f64>,
+    pub sustainable_rate: Option<f64>,
+    /// Retry-After pauses of this limit's scope, and the time they held it.
+    pub pauses: u64,
+    pub paused_secs: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -324,6 +351,7 @@ pub fn summarize(
             not_retryable: total.retry_outcomes.not_retryable,
         },
         throttled_by_limit,
+        limits: Vec::new(),
         retry_after: RetryAfterSummary {
             count: total.retry_after_ms.count(),
             malformed: total.retry_after_malformed,
