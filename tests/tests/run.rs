@@ -1,0 +1,264 @@
+//! `pacer run` end to end: a plan file, the real binary, the real mock API on loopback.
+
+use std::time::Duration;
+
+use pacer_mock::{LatencyConfig, StallConfig};
+use pacer_tests::*;
+
+fn plan(target: &str, scenario: &str, thresholds: &str) -> String {
+    format!(
+        "name: e2e\ntarget: {target}\nscenarios:\n{scenario}\nthresholds:\n{thresholds}\n",
+        thresholds = if thresholds.is_empty() {
+            "  {}"
+        } else {
+            thresholds
+        }
+    )
+}
+
+/// Run a plan; returns (exit code, stdout, summary JSON, mock stats).
+async fn run_plan(
+    mock: &pacer_mock::MockServer,
+    text: &str,
+    limit: Duration,
+) -> (i32, String, serde_json::Value, pacer_mock::StatsView) {
+    run_plan_with(mock, text, &[], limit).await
+}
+
+async fn run_plan_with(
+    mock: &pacer_mock::MockServer,
+    text: &str,
+    extra: &[&str],
+    limit: Duration,
+) -> (i32, String, serde_json::Value, pacer_mock::StatsView) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "plan.yaml", text);
+    let sj = dir.path().join("summary.json");
+    let out = pacer_async(
+        vec![
+            "run".into(),
+            "-q".into(),
+            p.display().to_string(),
+            "--summary-json".into(),
+            sj.display().to_string(),
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|a| a.to_string()))
+        .collect(),
+        vec![],
+        limit,
+    )
+    .await;
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        sj.exists(),
+        "no summary (exit {code}): {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    (code, stdout(&out), summary(&sj), mock.stats())
+}
+
+fn scenario_iterations(s: &serde_json::Value) -> u64 {
+    s["scenario_totals"]["iterations"].as_u64().unwrap()
+}
+
+fn http_reqs(s: &serde_json::Value) -> u64 {
+    s["totals"]["http_reqs"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_count_equals_pacer_count_for_every_executor() {
+    // (scenario yaml, exact iteration count it implies, or None for VU executors)
+    let cases: &[(&str, Option<u64>)] = &[
+        (
+            "  - {name: s, executor: constant-arrival-rate, rate: 50/s, duration: 2s, requests: [{name: r, path: /api/v2/users/me}]}",
+            Some(100),
+        ),
+        (
+            "  - {name: s, executor: ramping-arrival-rate, startRate: 0/s, stages: [{target: 20/s, duration: 2s}, {target: 20/s, duration: 1s}], requests: [{name: r, path: /api/v2/users/me}]}",
+            Some(40),
+        ),
+        (
+            "  - {name: s, executor: per-vu-iterations, vus: 3, iterations: 7, requests: [{name: r, path: /api/v2/users/me}, {name: r2, path: /x}]}",
+            Some(21),
+        ),
+        (
+            "  - {name: s, executor: shared-iterations, vus: 4, iterations: 25, requests: [{name: r, path: /api/v2/users/me}]}",
+            Some(25),
+        ),
+        (
+            "  - {name: s, executor: constant-vus, vus: 5, duration: 1s, requests: [{name: r, path: /api/v2/users/me}]}",
+            None,
+        ),
+        (
+            "  - {name: s, executor: ramping-vus, startVUs: 0, stages: [{target: 4, duration: 1s}, {target: 0, duration: 1s}], requests: [{name: r, path: /api/v2/users/me}]}",
+            None,
+        ),
+    ];
+    for (scenario, expected) in cases {
+        let mock = start_mock(plain_mock_config(LatencyConfig::Fixed {
+            value: Duration::from_millis(5),
+        }))
+        .await;
+        let target = format!("http://{}", mock.addr());
+        let (code, out, s, stats) =
+            run_plan(&mock, &plan(&target, scenario, ""), Duration::from_secs(60)).await;
+        assert_eq!(code, 0, "{scenario}\n{out}");
+        let reqs_per_iter = if scenario.contains("r2") { 2 } else { 1 };
+        let iters = scenario_iterations(&s);
+        if let Some(n) = expected {
+            assert_eq!(iters, *n, "{scenario}: iterations\n{out}");
+        } else {
+            assert!(iters > 5, "{scenario}: only {iters} iterations");
+        }
+        assert_eq!(http_reqs(&s), iters * reqs_per_iter, "{scenario}");
+        assert_eq!(
+            stats.requests.total,
+            http_reqs(&s),
+            "{scenario}: the server counted {} requests, pacer {}",
+            stats.requests.total,
+            http_reqs(&s)
+        );
+        mock.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_model_holds_200_per_second_against_a_slow_server() {
+    let mock = start_mock(plain_mock_config(LatencyConfig::Uniform {
+        min: Duration::ZERO,
+        max: Duration::from_millis(500),
+    }))
+    .await;
+    let target = format!("http://{}", mock.addr());
+    let scenario = "  - {name: s, executor: constant-arrival-rate, rate: 200/s, duration: 10s, maxInFlight: 500, requests: [{name: r, path: /api/v2/users/me}]}";
+    let (code, out, s, stats) = run_plan_with(
+        &mock,
+        &plan(&target, scenario, ""),
+        &["--worker-header"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(scenario_iterations(&s), 2000, "{out}");
+    assert_eq!(s["scenario_totals"]["dropped_iterations"], 0);
+    assert_eq!(stats.requests.total, 2000);
+    // Achieved rate, measured at the server: 1999 intervals between the first and the last
+    // arrival of worker 0 (the 10 s schedule puts them 9.995 s apart).
+    let w = &stats.workers["0"];
+    assert_eq!(w.count, 2000);
+    let span = (w.last_us - w.first_us) as f64 / 1e6;
+    let rate = 1999.0 / span;
+    assert!(
+        (rate - 200.0).abs() / 200.0 < 0.01,
+        "achieved {rate:.2}/s over {span:.3}s"
+    );
+    let p50 = s["totals"]["duration_ms"]["p50"].as_f64().unwrap();
+    let p99 = s["totals"]["duration_ms"]["p99"].as_f64().unwrap();
+    // uniform 0..500 ms: median near 250, p99 near 495 (plus client overhead)
+    assert!((200.0..350.0).contains(&p50), "p50 {p50}\n{out}");
+    assert!((450.0..700.0).contains(&p99), "p99 {p99}\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_second_stall_shows_in_open_model_p99_but_hides_in_a_closed_loop() {
+    let stall = StallConfig {
+        every: Duration::from_secs(2),
+        duration: Duration::from_secs(1),
+    };
+    let mut cfg = plain_mock_config(LatencyConfig::Fixed {
+        value: Duration::from_millis(2),
+    });
+    cfg.stall = Some(stall);
+    // Open model: arrivals keep coming during the stall and wait for it.
+    let mock = start_mock(cfg.clone()).await;
+    let target = format!("http://{}", mock.addr());
+    let open = "  - {name: s, executor: constant-arrival-rate, rate: 100/s, duration: 2900ms, maxInFlight: 500, requests: [{name: r, path: /api/v2/users/me}]}";
+    let (code, out, s, _) =
+        run_plan(&mock, &plan(&target, open, ""), Duration::from_secs(60)).await;
+    assert_eq!(code, 0, "{out}");
+    let open_p99 = s["totals"]["duration_ms"]["p99"].as_f64().unwrap();
+    let open_p90 = s["totals"]["duration_ms"]["p90"].as_f64().unwrap();
+    mock.shutdown().await;
+
+    // Closed loop: one VU waits out the stall once and sends nothing meanwhile.
+    let mock = start_mock(cfg).await;
+    let target = format!("http://{}", mock.addr());
+    let closed = "  - {name: s, executor: constant-vus, vus: 1, duration: 2900ms, requests: [{name: r, path: /api/v2/users/me}]}";
+    let (code, out2, s2, _) =
+        run_plan(&mock, &plan(&target, closed, ""), Duration::from_secs(60)).await;
+    assert_eq!(code, 0, "{out2}");
+    let closed_p99 = s2["totals"]["duration_ms"]["p99"].as_f64().unwrap();
+    mock.shutdown().await;
+
+    // A third of the open-model arrivals fall into the stall: p90 and p99 show it.
+    assert!(open_p99 > 800.0, "open p99 {open_p99}\n{out}");
+    assert!(open_p90 > 300.0, "open p90 {open_p90}\n{out}");
+    // The closed loop saw the stall once among hundreds of fast requests.
+    assert!(closed_p99 < 100.0, "closed p99 {closed_p99}\n{out2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_threshold_exits_99_and_is_marked() {
+    let mock = start_mock(plain_mock_config(LatencyConfig::Fixed {
+        value: Duration::from_millis(30),
+    }))
+    .await;
+    let target = format!("http://{}", mock.addr());
+    let scenario = "  - {name: s, executor: shared-iterations, vus: 2, iterations: 20, requests: [{name: r, path: /api/v2/users/me}]}";
+    let thresholds = "  http_req_duration: [\"p(95)<5ms\"]\n  http_req_failed: [\"rate<0.01\"]";
+    let (code, out, s, _) = run_plan(
+        &mock,
+        &plan(&target, scenario, thresholds),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(code, 99, "{out}");
+    assert!(out.contains("✗ http_req_duration p(95)<5ms"), "{out}");
+    assert!(out.contains("✓ http_req_failed"), "{out}");
+    assert_eq!(s["passed"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_step_iteration_extracts_and_polls_the_jobs_api() {
+    let mut cfg = plain_mock_config(LatencyConfig::None);
+    cfg.endpoints.job_delay = Duration::from_millis(300);
+    cfg.endpoints.job_pages = 3;
+    let mock = start_mock(cfg).await;
+    let target = format!("http://{}", mock.addr());
+    let scenario = r#"  - name: jobs
+    executor: per-vu-iterations
+    vus: 2
+    iterations: 2
+    requests:
+      - name: create
+        method: POST
+        path: /api/v2/analytics/conversations/details/jobs
+        json: { interval: "{{isoNow -1h}}/{{isoNow}}" }
+        extract: { jobId: { json: /jobId } }
+        expect: { status: [200, 202] }
+      - name: state
+        path: /api/v2/analytics/conversations/details/jobs/{{vars.jobId}}
+        poll: { until: { json: [{ pointer: /state, equals: FULFILLED }] }, interval: 100ms, timeout: 5s }
+      - name: results
+        path: /api/v2/analytics/conversations/details/jobs/{{vars.jobId}}/results
+        extract: { cursor: { json: /cursor, required: false } }
+      - name: next-page
+        path: /api/v2/analytics/conversations/details/jobs/{{vars.jobId}}/results?cursor={{vars.cursor}}
+        extract: { cursor: { json: /cursor, required: false } }
+        poll: { until: { json: [{ pointer: /cursor, exists: false }] }, interval: 10ms, maxAttempts: 10 }"#;
+    let (code, out, s, stats) = run_plan(
+        &mock,
+        &plan(&target, scenario, "  checks: [\"rate==1\"]"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(scenario_iterations(&s), 4);
+    assert_eq!(s["scenario_totals"]["iterations_failed"], 0, "{out}");
+    // polling took several requests per job; the server saw exactly what pacer counted
+    let reqs = http_reqs(&s);
+    assert!(reqs > 4 * 4, "{reqs}");
+    assert_eq!(stats.requests.total, reqs);
+}
