@@ -1,6 +1,8 @@
 //! Malformed plans: each is refused with exit code 2 and a message that names the field.
 //! None may panic (a panic would exit 101).
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use pacer_tests::*;

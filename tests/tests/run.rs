@@ -1,5 +1,7 @@
 //! `pacer run` end to end: a plan file, the real binary, the real mock API on loopback.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use pacer_mock::{LatencyConfig, StallConfig};

@@ -36,7 +36,7 @@ pub enum Command {
     /// Check a plan (or a LoadTest manifest) and list every problem with its field path.
     Validate(ValidateArgs),
     /// Serve a mock API that enforces rate limits the way SaaS APIs do (for demos and tests).
-    Mock(pacer_mock::MockArgs),
+    Mock(Box<pacer_mock::MockArgs>),
     /// Print the JSON Schema of the plan format (for editors and CI checks).
     Schema,
 }
@@ -93,7 +93,7 @@ pub async fn run_cli(cli: Cli) -> Exit {
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Validate(args) => validate(&args),
-        Command::Mock(args) => match pacer_mock::run_cli(args).await {
+        Command::Mock(args) => match pacer_mock::run_cli(*args).await {
             Ok(()) => Exit::Passed,
             Err(e) => {
                 eprintln!("error: {e}");
