@@ -485,6 +485,14 @@ async fn send_with_retries(
                             Some(RetryAfter::Malformed)
                         ),
                         limits: grant.limits,
+                        server_limit: (resp.status == 429)
+                            .then(|| {
+                                crate::ratelimit_headers::server_limit_name(
+                                    &resp.headers,
+                                    &resp.body,
+                                )
+                            })
+                            .flatten(),
                     },
                 );
                 maybe_record_server_limits(sh, &resp.headers);
@@ -518,6 +526,7 @@ async fn send_with_retries(
                         retry_after: None,
                         retry_after_malformed: false,
                         limits: grant.limits,
+                        server_limit: None,
                     },
                 );
                 sh.warn_once(format!(
@@ -575,6 +584,7 @@ fn record_local_failure(sh: &Shared, sc: usize, ri: usize, kind: ErrorKind) {
             retry_after: None,
             retry_after_malformed: false,
             limits: 0,
+            server_limit: None,
         },
     );
 }

@@ -118,3 +118,65 @@ mod tests {
         assert!(parse(&HeaderMap::new()).is_none());
     }
 }
+
+/// Which limit a 429 was about, as the server says it: a JSON body's `limit` field, a
+/// `[limit: NAME]` in its `message` (Genesys style), or the first `RateLimit-Policy` name.
+/// Sanitized: printable, at most 64 characters.
+pub fn server_limit_name(h: &HeaderMap, body: &[u8]) -> Option<String> {
+    let clean = |s: &str| -> Option<String> {
+        let s: String = s
+            .trim()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(64)
+            .collect();
+        (!s.is_empty()).then_some(s)
+    };
+    if body.first().is_some_and(|b| *b == b'{') && body.len() <= 64 * 1024 {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+            if let Some(name) = v.get("limit").and_then(|l| l.as_str()).and_then(clean) {
+                return Some(name);
+            }
+            if let Some(msg) = v.get("message").and_then(|m| m.as_str()) {
+                if let Some(start) = msg.find("[limit:") {
+                    let rest = &msg[start + 7..];
+                    if let Some(end) = rest.find(']') {
+                        if let Some(name) = clean(&rest[..end]) {
+                            return Some(name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let policy = h.get("ratelimit-policy")?.to_str().ok()?;
+    let first = policy.split([';', ',']).next()?;
+    clean(first.trim().trim_matches('"'))
+}
+
+#[cfg(test)]
+mod server_limit_tests {
+    use super::*;
+
+    #[test]
+    fn names_the_limit_from_body_message_or_policy() {
+        let h = HeaderMap::new();
+        assert_eq!(
+            server_limit_name(&h, br#"{"limit":"token.rate.per.minute"}"#).as_deref(),
+            Some("token.rate.per.minute")
+        );
+        assert_eq!(
+            server_limit_name(&h, br#"{"message":"Rate limit exceeded the maximum. [limit: client.credentials.token.rate.per.minute]"}"#)
+                .as_deref(),
+            Some("client.credentials.token.rate.per.minute")
+        );
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit-policy", "\"burst\";q=100;w=60".parse().unwrap());
+        assert_eq!(server_limit_name(&h, b"not json").as_deref(), Some("burst"));
+        assert_eq!(
+            server_limit_name(&HeaderMap::new(), b"{\"limit\": 5}"),
+            None
+        );
+        assert_eq!(server_limit_name(&HeaderMap::new(), b"\xff\xfe"), None);
+    }
+}

@@ -70,6 +70,10 @@ impl ErrorKind {
     }
 }
 
+/// Distinct server-named limits kept per request; more are counted under [`OTHER_SERVER_LIMIT`].
+pub const MAX_SERVER_LIMIT_NAMES: usize = 32;
+pub const OTHER_SERVER_LIMIT: &str = "(other)";
+
 /// One HTTP exchange (an attempt; retries are separate attempts).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Attempt {
@@ -86,6 +90,8 @@ pub struct Attempt {
     pub retry_after_malformed: bool,
     /// Bitset of plan limit indices this request matched (for 429 accounting by limit).
     pub limits: u64,
+    /// On a 429: the limit the server named (its body or headers), if it named one.
+    pub server_limit: Option<String>,
 }
 
 /// How retrying ended for one logical request.
@@ -220,6 +226,18 @@ impl Recorder {
                 let index = bits.trailing_zeros();
                 *s.throttled_by_limit.entry(index).or_default() += 1;
                 bits &= bits - 1;
+            }
+            if let Some(name) = &a.server_limit {
+                // bounded: a hostile server could name a new limit on every response
+                if s.throttled_by_server_limit.len() < MAX_SERVER_LIMIT_NAMES
+                    || s.throttled_by_server_limit.contains_key(name)
+                {
+                    *s.throttled_by_server_limit.entry(name.clone()).or_default() += 1;
+                } else {
+                    *s.throttled_by_server_limit
+                        .entry(OTHER_SERVER_LIMIT.to_string())
+                        .or_default() += 1;
+                }
             }
         }
         s.bytes_sent = s.bytes_sent.saturating_add(a.bytes_sent);
@@ -384,6 +402,7 @@ mod tests {
                 bytes_received: 20,
                 retry_after: Some(Duration::from_secs(2)),
                 limits: 0b1010,
+                server_limit: Some("x".into()),
                 ..Default::default()
             },
         );

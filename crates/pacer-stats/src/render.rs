@@ -316,11 +316,27 @@ fn limits(out: &mut String, s: &Summary) {
 
 fn throttling(out: &mut String, s: &Summary) {
     let ra = &s.retry_after;
-    if s.throttled_by_limit.is_empty() && ra.count == 0 && ra.malformed == 0 {
+    if s.throttled_by_limit.is_empty()
+        && s.throttled_by_server_limit.is_empty()
+        && ra.count == 0
+        && ra.malformed == 0
+    {
         return;
     }
+    if !s.throttled_by_server_limit.is_empty() {
+        let _ = writeln!(out, "  429s by the limit the server named");
+        let cells: Vec<Vec<String>> = s
+            .throttled_by_server_limit
+            .iter()
+            .map(|(name, n)| vec![name.clone(), n.to_string()])
+            .collect();
+        table(out, "    ", &cells, &[false, true]);
+    }
     if !s.throttled_by_limit.is_empty() {
-        let _ = writeln!(out, "  429s by limit");
+        let _ = writeln!(
+            out,
+            "  429s by declared limit (the plan's limits the request matched)"
+        );
         let cells: Vec<Vec<String>> = s
             .throttled_by_limit
             .iter()

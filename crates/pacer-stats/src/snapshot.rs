@@ -78,6 +78,10 @@ pub struct RequestStats {
     pub checks_failed: u64,
     /// 429 attempts by plan limit index (an attempt counts once for each limit it matched).
     pub throttled_by_limit: BTreeMap<u32, u64>,
+    /// 429 attempts by the limit the server named in the response (body `limit` field, a
+    /// `[limit: NAME]` message, or the `RateLimit-Policy` name).
+    #[serde(default)]
+    pub throttled_by_server_limit: BTreeMap<String, u64>,
     /// Retry-After values the server sent, milliseconds.
     pub retry_after_ms: Hist,
     /// Retry-After headers present but unusable.
@@ -266,6 +270,12 @@ impl RequestStats {
             "throttled_by_limit",
             &mut self.throttled_by_limit,
             &o.throttled_by_limit,
+        )?;
+        op.map(
+            at,
+            "throttled_by_server_limit",
+            &mut self.throttled_by_server_limit,
+            &o.throttled_by_server_limit,
         )?;
         op.hist(
             at,

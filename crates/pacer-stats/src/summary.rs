@@ -37,6 +37,9 @@ pub struct Summary {
     /// 429 responses by the plan limit the request fell under (one 429 counts for each limit
     /// its request matched), most first.
     pub throttled_by_limit: Vec<LimitThrottled>,
+    /// 429 responses by the limit the server named in them, most first: the answer to
+    /// "which limit did we hit?" even when the plan did not declare it.
+    pub throttled_by_server_limit: Vec<(String, u64)>,
     /// The plan's limits and how pacer paced them (filled by the runner from its limiter;
     /// empty when the plan declares none).
     pub limits: Vec<LimitPacing>,
@@ -321,6 +324,12 @@ pub fn summarize(
         })
         .collect();
     throttled_by_limit.sort_by(|a, b| b.count.cmp(&a.count).then(a.index.cmp(&b.index)));
+    let mut throttled_by_server_limit: Vec<(String, u64)> = total
+        .throttled_by_server_limit
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    throttled_by_server_limit.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     Summary {
         name: name.to_string(),
         elapsed_secs: secs,
@@ -351,6 +360,7 @@ pub fn summarize(
             not_retryable: total.retry_outcomes.not_retryable,
         },
         throttled_by_limit,
+        throttled_by_server_limit,
         limits: Vec::new(),
         retry_after: RetryAfterSummary {
             count: total.retry_after_ms.count(),

@@ -80,6 +80,7 @@ fn recorded() -> Snapshot {
                     status: Some(status),
                     retry_after: (status == 429).then(|| Duration::from_secs(1)),
                     limits: 0b10,
+                    server_limit: Some("token.rate.per.minute".into()),
                     ..Default::default()
                 },
             );
