@@ -120,3 +120,37 @@ pub fn summary(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).expect("summary json written");
     serde_json::from_str(&text).expect("summary is JSON")
 }
+
+/// Start `pacer` without waiting (stdout and stderr piped).
+pub fn pacer_spawn(args: &[&str]) -> std::process::Child {
+    Command::new(pacer_bin())
+        .args(args)
+        .env_remove("PACER_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pacer")
+}
+
+/// Send SIGINT (what Ctrl-C sends) to a process.
+pub fn interrupt(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+}
+
+/// Wait for a child at most `limit`, killing it after that; returns its output.
+pub fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("child output")
+}

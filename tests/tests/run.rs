@@ -264,3 +264,105 @@ async fn multi_step_iteration_extracts_and_polls_the_jobs_api() {
     assert!(reqs > 4 * 4, "{reqs}");
     assert_eq!(stats.requests.total, reqs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_gracefully_and_still_prints_the_summary() {
+    let mock = start_mock(plain_mock_config(LatencyConfig::Fixed {
+        value: Duration::from_millis(5),
+    }))
+    .await;
+    let target = format!("http://{}", mock.addr());
+    let scenario = "  - {name: s, executor: constant-arrival-rate, rate: 50/s, duration: 60s, gracefulStop: 2s, requests: [{name: r, path: /api/v2/users/me}]}";
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "plan.yaml", &plan(&target, scenario, ""));
+    let sj = dir.path().join("s.json");
+    let (out, elapsed) = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let child = pacer_spawn(&[
+            "run",
+            p.to_str().unwrap(),
+            "--summary-json",
+            sj.to_str().unwrap(),
+        ]);
+        std::thread::sleep(Duration::from_secs(2));
+        interrupt(&child);
+        let out = wait_bounded(child, Duration::from_secs(20));
+        (out, started.elapsed())
+    })
+    .await
+    .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    assert!(stderr(&out).contains("stopping"), "{}", stderr(&out));
+    assert!(text.contains("http_reqs"), "{text}");
+    // About 2 s at 50/s were sent, and the server saw exactly what pacer counted.
+    let s = summary(&dir.path().join("s.json"));
+    let n = http_reqs(&s);
+    assert!((60..=200).contains(&n), "{n}");
+    assert_eq!(mock.stats().requests.total, n);
+}
+
+#[test]
+fn every_example_plan_validates() {
+    let dir = workspace_root().join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = pacer(
+                &["validate", path.to_str().unwrap()],
+                &[],
+                Duration::from_secs(30),
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}: {}",
+                path.display(),
+                stderr(&out)
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_story_example_runs_against_the_mock_without_429s() {
+    // The mock's demo defaults: OAuth2, 300 requests per minute per token.
+    let mock = start_mock(pacer_mock::MockConfig::default()).await;
+    let target = format!("http://{}", mock.addr());
+    let example = workspace_root().join("examples/user-story.yaml");
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("duration: 20s", "duration: 4s");
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "user-story.yaml", &text);
+    let sj = dir.path().join("s.json");
+    let out = pacer_async(
+        vec![
+            "run".into(),
+            "-q".into(),
+            p.display().to_string(),
+            "--summary-json".into(),
+            sj.display().to_string(),
+        ],
+        vec![("PACER_TARGET".into(), target)],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let stats = mock.stats();
+    assert_eq!(stats.tokens.issued, 1);
+    assert_eq!(stats.requests.by_status.get(&429).copied().unwrap_or(0), 0);
+    let s = summary(&sj);
+    assert!(http_reqs(&s) >= 20, "{}", stdout(&out));
+    assert!(stdout(&out).contains("paced at 4.91/s"), "{}", stdout(&out));
+}
