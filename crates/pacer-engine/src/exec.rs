@@ -195,16 +195,9 @@ async fn run_request(
     loop {
         polls += 1;
         let prepared = {
-            // plan variables first, extracted values over them
-            let mut all = sh
-                .plan
-                .variables
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<HashMap<_, _>>();
-            all.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
             let ctx = RenderCtx {
-                vars: &all,
+                vars,
+                plan_vars: &sh.plan.variables,
                 iteration,
                 vu,
                 scenario: &scenario.name,

@@ -1,6 +1,6 @@
 //! Rendering request templates for one request of one iteration.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use pacer_plan::{JsonTemplate, Part, Template};
@@ -9,7 +9,10 @@ use serde_json::Value;
 
 /// What a template can refer to while an iteration runs.
 pub struct RenderCtx<'a> {
+    /// Values extracted earlier in this iteration; they shadow `plan_vars`.
     pub vars: &'a HashMap<String, Value>,
+    /// The plan's `variables`.
+    pub plan_vars: &'a BTreeMap<String, Value>,
     pub iteration: u64,
     pub vu: u32,
     pub scenario: &'a str,
@@ -35,6 +38,10 @@ fn epoch_ms() -> u64 {
 }
 
 impl RenderCtx<'_> {
+    fn var(&self, name: &str) -> Option<&Value> {
+        self.vars.get(name).or_else(|| self.plan_vars.get(name))
+    }
+
     pub fn render(&self, t: &Template) -> Result<String, MissingVar> {
         let mut out = String::new();
         self.render_into(t, &mut out)?;
@@ -45,7 +52,7 @@ impl RenderCtx<'_> {
         for p in t.parts() {
             match p {
                 Part::Lit(s) => out.push_str(s),
-                Part::Var(name) => match self.vars.get(name) {
+                Part::Var(name) => match self.var(name) {
                     Some(Value::String(s)) => out.push_str(s),
                     Some(v) => {
                         let _ = write!(out, "{v}");
@@ -75,7 +82,7 @@ impl RenderCtx<'_> {
             Part::Scenario => Value::String(self.scenario.to_string()),
             Part::Worker => Value::from(self.worker),
             Part::Lit(s) => Value::String(s.clone()),
-            Part::Var(v) => self.vars.get(v).cloned().unwrap_or(Value::Null),
+            Part::Var(v) => self.var(v).cloned().unwrap_or(Value::Null),
         }
     }
 
@@ -86,8 +93,7 @@ impl RenderCtx<'_> {
             JsonTemplate::Literal(v) => v.clone(),
             JsonTemplate::String(tpl) => match tpl.parts() {
                 [Part::Var(name)] => self
-                    .vars
-                    .get(name)
+                    .var(name)
                     .cloned()
                     .ok_or_else(|| MissingVar(name.clone()))?,
                 [single] if !matches!(single, Part::Lit(_)) => self.scalar(single),
@@ -119,8 +125,10 @@ mod tests {
         let mut vars = HashMap::new();
         vars.insert("pageSize".to_string(), Value::from(25));
         vars.insert("name".to_string(), Value::from("x"));
+        let plan_vars = BTreeMap::new();
         let ctx = RenderCtx {
             vars: &vars,
+            plan_vars: &plan_vars,
             iteration: 7,
             vu: 2,
             scenario: "s",
