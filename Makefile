@@ -4,13 +4,14 @@ CARGO ?= cargo
 PACER := target/debug/pacer
 DEMO_PORT ?= 18080
 
-.PHONY: all build demo test test-unit lint fmt deps bench clean help
+.PHONY: all build demo test test-unit lint fmt deps bench clean help report-shot
 
 help:
 	@echo "make demo   - build, start the mock API, run examples/user-story.yaml, show the summary"
 	@echo "make test   - install what is missing, then run the whole test suite"
 	@echo "make lint   - cargo fmt --check and clippy -D warnings"
 	@echo "make bench  - benchmarks against peers (see docs/benchmarks.md)"
+	@echo "make report-shot - a short run against pacer mock, its HTML report, a screenshot in docs/report.png"
 
 all: build
 
@@ -37,6 +38,11 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+# A real short run against `pacer mock` rendered with --report, screenshotted by headless
+# Chromium (installed with apt-get when missing) into docs/report.png.
+report-shot: deps
+	@bash tests/scripts/report-shot.sh
 
 bench: deps
 	@bash bench/run.sh

@@ -6,6 +6,7 @@ set -euo pipefail
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v cmake >/dev/null || need_apt+=(cmake)          # aws-lc-sys (rustls' crypto provider)
+command -v redis-server >/dev/null || need_apt+=(redis-tools redis-server)  # the fleet tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

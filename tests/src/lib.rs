@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use pacer_mock::{AuthMode, LatencyConfig, MockConfig, MockServer};
 
+/// A Kubernetes control plane and a process kubelet for the operator's end-to-end tests.
+pub mod kube;
+
 /// The workspace root (this crate lives in `tests/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -153,4 +156,118 @@ pub fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Output {
     }
     let _ = child.kill();
     child.wait_with_output().expect("child output")
+}
+
+/// A throwaway `redis-server` on a free loopback port, without persistence, stopped on drop.
+/// `restart` brings it back on the same port (empty). A missing `redis-server` fails the test
+/// with the way to install it.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut s = Self { port, child: None };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Start it (again) on the same port and wait until it answers PING (at most 10 s).
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): run `make deps` to install it")
+            });
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if self.command(&["PING"]).is_ok_and(|r| r == "PONG") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not answer on port {} within 10 s", self.port);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// One command over RESP; the reply as text (arrays joined by newlines).
+    pub fn command(&self, args: &[&str]) -> Result<String, String> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        fn reply(r: &mut BufReader<std::net::TcpStream>) -> Result<String, String> {
+            let mut line = String::new();
+            r.read_line(&mut line).map_err(|e| e.to_string())?;
+            let line = line.trim_end();
+            let (kind, rest) = line.split_at(line.len().min(1));
+            match kind {
+                "+" | ":" => Ok(rest.to_string()),
+                "-" => Err(rest.to_string()),
+                "$" => {
+                    let n: i64 = rest.parse().map_err(|_| "bad bulk length".to_string())?;
+                    if n < 0 {
+                        return Ok(String::new());
+                    }
+                    let mut buf = vec![0; n as usize + 2];
+                    r.read_exact(&mut buf).map_err(|e| e.to_string())?;
+                    buf.truncate(n as usize);
+                    Ok(String::from_utf8_lossy(&buf).into_owned())
+                }
+                "*" => {
+                    let n: i64 = rest.parse().map_err(|_| "bad array length".to_string())?;
+                    let items = (0..n.max(0))
+                        .map(|_| reply(r))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(items.join("\n"))
+                }
+                _ => Err(format!("unexpected reply {line:?}")),
+            }
+        }
+        reply(&mut BufReader::new(s))
+    }
+
+    /// Commands Redis ran since the last `CONFIG RESETSTAT`: the sum of `calls` in
+    /// `INFO commandstats` (commands run inside scripts count too).
+    pub fn commands_run(&self) -> u64 {
+        let info = self.command(&["INFO", "commandstats"]).expect("INFO");
+        info.lines()
+            .filter_map(|l| l.split("calls=").nth(1))
+            .filter_map(|v| v.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

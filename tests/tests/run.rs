@@ -366,3 +366,22 @@ async fn the_user_story_example_runs_against_the_mock_without_429s() {
     assert!(http_reqs(&s) >= 20, "{}", stdout(&out));
     assert!(stdout(&out).contains("paced at 4.91/s"), "{}", stdout(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_off_by_the_end_of_the_test_are_still_counted() {
+    // Every response takes 3 s; the scenario ends after 1 s and gives in-flight iterations
+    // 300 ms: all of them are cut off mid-exchange, after the server received them.
+    let mock = start_mock(plain_mock_config(LatencyConfig::Fixed {
+        value: Duration::from_secs(3),
+    }))
+    .await;
+    let target = format!("http://{}", mock.addr());
+    let scenario = "  - {name: s, executor: constant-arrival-rate, rate: 40/s, duration: 1s, gracefulStop: 300ms, requests: [{name: r, path: /api/v2/users/me}]}";
+    let (code, out, s, stats) =
+        run_plan(&mock, &plan(&target, scenario, ""), Duration::from_secs(60)).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(s["scenario_totals"]["interrupted"], 40, "{out}");
+    assert_eq!(s["totals"]["errors"]["interrupted"], 40, "{out}");
+    assert_eq!(http_reqs(&s), 40);
+    assert_eq!(stats.requests.total, 40);
+}

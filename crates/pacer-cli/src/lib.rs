@@ -1,9 +1,14 @@
 //! The `pacer` command line. `main` is thin: everything is reachable from [`run_cli`] so tests
 //! can drive a subcommand in-process.
 
+pub mod controller;
 pub mod exit;
+pub mod fleet;
+pub mod metrics;
 pub mod progress;
+pub mod report;
 pub mod run;
+pub mod worker;
 
 use std::process::ExitCode;
 
@@ -39,6 +44,11 @@ pub enum Command {
     Mock(Box<pacer_mock::MockArgs>),
     /// Print the JSON Schema of the plan format (for editors and CI checks).
     Schema,
+    /// Coordinate workers on several machines: split the plan, start them together, merge
+    /// their results, evaluate thresholds on the fleet (docs/distributed.md).
+    Controller(Box<controller::ControllerArgs>),
+    /// Join a controller's test and run this worker's share of the plan.
+    Worker(Box<worker::WorkerArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,6 +103,8 @@ pub async fn run_cli(cli: Cli) -> Exit {
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Validate(args) => validate(&args),
+        Command::Controller(args) => controller::run(*args).await,
+        Command::Worker(args) => worker::run(*args).await,
         Command::Mock(args) => match pacer_mock::run_cli(*args).await {
             Ok(()) => Exit::Passed,
             Err(e) => {

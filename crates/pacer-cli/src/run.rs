@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pacer_engine::{Deps, RunControl, RunOptions};
-use pacer_limiter::LocalLimiter;
+use pacer_limiter::Limiter;
 use pacer_plan::Plan;
 use pacer_stats::Recorder;
 
@@ -35,6 +35,14 @@ pub struct RunArgs {
     /// Do not color the summary.
     #[arg(long)]
     pub no_color: bool,
+    /// Split the plan across N worker processes of this binary (gRPC on loopback), to use
+    /// every core; the summary is the fleet's, with a row per worker (docs/distributed.md).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+    #[command(flatten)]
+    pub report: crate::report::ReportArgs,
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetArgs,
 }
 
 pub async fn run(args: RunArgs) -> Exit {
@@ -45,6 +53,9 @@ pub async fn run(args: RunArgs) -> Exit {
             return exit::for_plan_error(&e);
         }
     };
+    if let Some(n) = args.workers {
+        return crate::controller::run_local(plan, &args, n).await;
+    }
     match execute(plan, &args).await {
         Ok(exit) => exit,
         Err(e) => {
@@ -56,13 +67,21 @@ pub async fn run(args: RunArgs) -> Exit {
 
 async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     let recorder = Arc::new(Recorder::new(pacer_engine::layout(&plan)));
-    // One process: every limit, worker- or fleet-scoped, is this process's to keep.
-    let limiter = Arc::new(LocalLimiter::new(&plan.limits));
+    // Alone, or one of a fleet sharing its budget through Redis (`--redis`, `--fleet`).
+    let fleet = crate::fleet::FleetSetup::start(&plan, &args.fleet, &recorder).await?;
+    let limiter = fleet.limiter.clone();
     let deps = Deps {
         limiter: limiter.clone(),
-        tokens: None,
+        tokens: fleet.tokens.clone(),
         recorder: recorder.clone(),
     };
+    let limits = crate::report::probe({
+        let limiter = limiter.clone();
+        move || limiter.report()
+    });
+    let metrics =
+        crate::metrics::start(args.report.metrics, &plan, recorder.clone(), limits.clone()).await?;
+    let sink = crate::report::ReportSink::start(&args.report, &plan, recorder.clone(), limits);
     let control = RunControl::default();
     let interactive = std::io::stderr().is_terminal();
     let progress = (!args.quiet).then(|| {
@@ -96,10 +115,12 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         RunOptions {
             worker: args.worker_index,
             send_worker_header: args.worker_header,
+            ..RunOptions::default()
         },
         control.clone(),
     )
     .await?;
+    fleet.finish().await;
     signals.abort();
     let abort_reason = match progress {
         Some(p) => p.finish().await,
@@ -114,7 +135,7 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         &plan.thresholds,
         &limit_names,
     );
-    summary.limits = limit_pacing(&plan, &limiter);
+    summary.limits = limit_pacing(&plan, limiter.as_ref());
     let color = !args.no_color && std::io::stdout().is_terminal();
     println!("{}", pacer_stats::render_text(&summary, color));
     if let Some(reason) = &abort_reason {
@@ -124,6 +145,19 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         std::fs::write(path, pacer_stats::render_json(&summary))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
+    if let Some(sink) = sink {
+        sink.finish(
+            &args.report,
+            &plan,
+            &snapshot,
+            &summary,
+            abort_reason.as_deref(),
+        )
+        .await?;
+    }
+    if let Some(metrics) = metrics {
+        metrics.shutdown(Duration::from_secs(1)).await;
+    }
     Ok(if summary.passed && abort_reason.is_none() {
         Exit::Passed
     } else {
@@ -131,7 +165,7 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     })
 }
 
-fn limit_pacing(plan: &Plan, limiter: &LocalLimiter) -> Vec<pacer_stats::LimitPacing> {
+fn limit_pacing(plan: &Plan, limiter: &dyn Limiter) -> Vec<pacer_stats::LimitPacing> {
     limiter
         .report()
         .into_iter()
@@ -152,6 +186,13 @@ fn limit_pacing(plan: &Plan, limiter: &LocalLimiter) -> Vec<pacer_stats::LimitPa
             sustainable_rate: r.sustainable_rate,
             pauses: r.pauses,
             paused_secs: r.paused.as_secs_f64(),
+            fleet: r.fleet.map(|f| pacer_stats::FleetPacing {
+                workers: f.workers,
+                redis_calls: f.redis_calls,
+                safe_mode_secs: f.safe_mode.as_secs_f64(),
+                unavailable_secs: f.unavailable.as_secs_f64(),
+                unavailable_reason: f.unavailable_reason,
+            }),
         })
         .collect()
 }

@@ -1,6 +1,10 @@
-//! Bearer tokens for one process: fixed tokens, and OAuth2 client-credentials tokens fetched
-//! once, cached, refreshed `refreshBefore` ahead of expiry by a single task while the others
-//! wait, and dropped on 401 only if still the token that failed (compare-and-swap).
+//! Bearer tokens: fixed tokens, and OAuth2 client-credentials tokens fetched once, cached,
+//! refreshed `refreshBefore` ahead of expiry by a single task while the others wait, and
+//! dropped on 401 only if still the token that failed (compare-and-swap).
+//!
+//! [`Tokens`] caches in this process; [`FleetTokens`] shares each `share: fleet` credential's
+//! token with the whole fleet through Redis (one refresher under a lock, the others wait for
+//! it). Both fetch through [`OAuthClient::fetch`].
 //!
 //! Token values and client secrets never reach logs or errors.
 
@@ -8,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pacer_limiter::fleet::{FleetError, TokenStore};
 use pacer_limiter::{Token, TokenError, TokenSource};
 use pacer_plan::Plan;
-use pacer_plan::spec::AuthKind;
+use pacer_plan::spec::{AuthKind, Share};
 use pacer_stats::Recorder;
 
 struct Cached {
@@ -18,21 +23,55 @@ struct Cached {
     expires_at: Instant,
 }
 
-struct OAuth {
+/// An OAuth2 client-credentials client: how to fetch a token for one credential.
+pub struct OAuthClient {
     name: String,
     token_url: url::Url,
     client_id: String,
     client_secret: String,
     scope: Option<String>,
     refresh_before: Duration,
+}
+
+/// A token just fetched and how long the token endpoint said it lives.
+pub struct Fetched {
+    pub token: Token,
+    pub lifetime: Duration,
+    /// When the request for it was sent (its lifetime counts from there).
+    pub requested_at: Instant,
+}
+
+struct OAuth {
+    client: OAuthClient,
     current: parking_lot::RwLock<Option<Cached>>,
     /// One refresher at a time; the others wait here and then find the new token.
     refresh: tokio::sync::Mutex<()>,
 }
 
+impl OAuth {
+    fn new(client: OAuthClient) -> Self {
+        Self {
+            client,
+            current: parking_lot::RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
 enum Credential {
     Static(Token),
     OAuth(Box<OAuth>),
+}
+
+impl Credential {
+    fn from_auth(a: &pacer_plan::Auth, plan: &Plan) -> Self {
+        match a.kind {
+            AuthKind::Bearer => Credential::Static(Token::new(a.token.clone().unwrap_or_default())),
+            AuthKind::OAuth2ClientCredentials => {
+                Credential::OAuth(Box::new(OAuth::new(OAuthClient::from_auth(a, plan))))
+            }
+        }
+    }
 }
 
 /// The token source for a single process (the fleet-wide one shares tokens through Redis).
@@ -57,22 +96,7 @@ impl Tokens {
         let creds = plan
             .auth
             .iter()
-            .map(|a| match a.kind {
-                AuthKind::Bearer => {
-                    Credential::Static(Token::new(a.token.clone().unwrap_or_default()))
-                }
-                AuthKind::OAuth2ClientCredentials => Credential::OAuth(Box::new(OAuth {
-                    name: a.name.clone(),
-                    // validation guarantees these are present for this kind
-                    token_url: a.token_url.clone().unwrap_or_else(|| plan.target.clone()),
-                    client_id: a.client_id.clone().unwrap_or_default(),
-                    client_secret: a.client_secret.clone().unwrap_or_default(),
-                    scope: a.scope.clone(),
-                    refresh_before: a.refresh_before,
-                    current: parking_lot::RwLock::new(None),
-                    refresh: tokio::sync::Mutex::new(()),
-                })),
-            })
+            .map(|a| Credential::from_auth(a, plan))
             .collect();
         Self {
             creds,
@@ -80,8 +104,35 @@ impl Tokens {
             recorder,
         }
     }
+}
 
-    async fn fetch(&self, o: &OAuth) -> Result<Cached, TokenError> {
+impl OAuthClient {
+    fn from_auth(a: &pacer_plan::Auth, plan: &Plan) -> Self {
+        Self {
+            name: a.name.clone(),
+            // validation guarantees these are present for this kind
+            token_url: a.token_url.clone().unwrap_or_else(|| plan.target.clone()),
+            client_id: a.client_id.clone().unwrap_or_default(),
+            client_secret: a.client_secret.clone().unwrap_or_default(),
+            scope: a.scope.clone(),
+            refresh_before: a.refresh_before,
+        }
+    }
+
+    /// The credential's name in the plan.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Fetch a token from the token endpoint (its own 429/503 are retried up to 3 times with
+    /// their Retry-After). Records the fetch. Errors show the HTTP status and OAuth error code
+    /// only.
+    pub async fn fetch(
+        &self,
+        client: &reqwest::Client,
+        recorder: &Recorder,
+    ) -> Result<Fetched, TokenError> {
+        let o = self;
         let fail = |reason: String| TokenError::Fetch {
             credential: o.name.clone(),
             reason,
@@ -94,8 +145,7 @@ impl Tokens {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let resp = self
-                .client
+            let resp = client
                 .post(o.token_url.clone())
                 .basic_auth(&o.client_id, Some(&o.client_secret))
                 .form(&form)
@@ -163,12 +213,22 @@ impl Tokens {
                 Some(_) => return Err(fail("expires_in is not a positive number".into())),
                 None => DEFAULT_LIFETIME,
             };
-            self.recorder.record_token_fetch(&o.name, started.elapsed());
+            recorder.record_token_fetch(&o.name, started.elapsed());
             tracing::info!(credential = %o.name, lifetime_s = lifetime.as_secs(), "fetched a token");
-            return Ok(Cached {
+            return Ok(Fetched {
                 token: Token::new(parsed.access_token),
-                expires_at: started + lifetime,
+                lifetime,
+                requested_at: started,
             });
+        }
+    }
+}
+
+impl From<Fetched> for Cached {
+    fn from(f: Fetched) -> Self {
+        Cached {
+            token: f.token,
+            expires_at: f.requested_at + f.lifetime,
         }
     }
 }
@@ -186,15 +246,16 @@ impl TokenSource for Tokens {
             None => Err(TokenError::Unknown(credential)),
             Some(Credential::Static(t)) => Ok(t.clone()),
             Some(Credential::OAuth(o)) => {
-                if let Some(t) = fresh(&o.current.read(), o.refresh_before) {
+                let margin = o.client.refresh_before;
+                if let Some(t) = fresh(&o.current.read(), margin) {
                     return Ok(t);
                 }
                 let _one = o.refresh.lock().await;
                 // Someone else may have refreshed while we waited.
-                if let Some(t) = fresh(&o.current.read(), o.refresh_before) {
+                if let Some(t) = fresh(&o.current.read(), margin) {
                     return Ok(t);
                 }
-                let c = self.fetch(o).await?;
+                let c = Cached::from(o.client.fetch(&self.client, &self.recorder).await?);
                 let t = c.token.clone();
                 *o.current.write() = Some(c);
                 Ok(t)
@@ -208,6 +269,198 @@ impl TokenSource for Tokens {
             if cur.as_ref().is_some_and(|c| &c.token == failed) {
                 *cur = None;
             }
+        }
+    }
+}
+
+/// How long a worker waits for the fleet's refresher of a token before giving up.
+pub const FLEET_TOKEN_WAIT: Duration = Duration::from_secs(30);
+/// The refresher's lock expires after this (longer than a fetch with its retries takes), so a
+/// refresher that died is replaced.
+const FLEET_TOKEN_LOCK: Duration = Duration::from_secs(30);
+/// While waiting for the refresher, look at Redis at least this often (besides Pub/Sub).
+const FLEET_TOKEN_POLL: Duration = Duration::from_millis(250);
+
+/// A `share: fleet` OAuth2 credential of a fleet worker.
+struct SharedCred {
+    client: OAuthClient,
+    current: parking_lot::RwLock<Option<Cached>>,
+    /// One task per worker talks to Redis for this credential; the others wait here.
+    refresh: tokio::sync::Mutex<()>,
+    /// The last token a 401 rejected: if Redis still holds it, it is dropped before use.
+    rejected: parking_lot::Mutex<Option<Token>>,
+}
+
+/// Tokens for a fleet worker: each `share: fleet` OAuth2 credential has one token for the
+/// whole fleet, kept in Redis until its refresh is due. One worker refreshes it under a lock
+/// while the others wait for it (Pub/Sub, bounded by [`FLEET_TOKEN_WAIT`]); a 401 drops it
+/// from Redis only if it is still the token that failed, so all the workers seeing the same
+/// 401 cause one refresh. Other credentials behave as in [`Tokens`]. If Redis cannot be
+/// reached, a worker that needs a new token fetches its own (and says so in the log).
+pub struct FleetTokens {
+    local: Tokens,
+    shared: Vec<Option<SharedCred>>,
+    store: TokenStore,
+    client: reqwest::Client,
+    recorder: Arc<Recorder>,
+}
+
+impl FleetTokens {
+    pub fn from_plan(
+        plan: &Plan,
+        client: reqwest::Client,
+        recorder: Arc<Recorder>,
+        store: TokenStore,
+    ) -> Self {
+        let shared = plan
+            .auth
+            .iter()
+            .map(|a| {
+                (a.kind == AuthKind::OAuth2ClientCredentials && a.share == Share::Fleet).then(
+                    || {
+                        store.register(&a.name);
+                        SharedCred {
+                            client: OAuthClient::from_auth(a, plan),
+                            current: parking_lot::RwLock::new(None),
+                            refresh: tokio::sync::Mutex::new(()),
+                            rejected: parking_lot::Mutex::new(None),
+                        }
+                    },
+                )
+            })
+            .collect();
+        Self {
+            local: Tokens::from_plan(plan, client.clone(), recorder.clone()),
+            shared,
+            store,
+            client,
+            recorder,
+        }
+    }
+
+    async fn shared_token(&self, c: &SharedCred) -> Result<Token, TokenError> {
+        let margin = c.client.refresh_before;
+        if let Some(t) = fresh(&c.current.read(), margin) {
+            return Ok(t);
+        }
+        let _one = c.refresh.lock().await;
+        if let Some(t) = fresh(&c.current.read(), margin) {
+            return Ok(t);
+        }
+        let name = c.client.name();
+        let deadline = Instant::now() + FLEET_TOKEN_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(TokenError::Fetch {
+                    credential: name.to_string(),
+                    reason: format!(
+                        "no token from the fleet's refresher within {} s",
+                        FLEET_TOKEN_WAIT.as_secs()
+                    ),
+                });
+            }
+            match self.store.get(name).await {
+                Ok(Some((t, valid))) => {
+                    if c.rejected.lock().as_ref() == Some(&t) {
+                        // The token a 401 rejected is still shared: drop it, then refresh.
+                        if let Err(e) = self.store.invalidate(name, &t).await {
+                            return self.fetch_alone(c, &e).await;
+                        }
+                        continue;
+                    }
+                    *c.current.write() = Some(Cached {
+                        token: t.clone(),
+                        expires_at: Instant::now() + valid + margin,
+                    });
+                    return Ok(t);
+                }
+                Ok(None) => match self.store.try_lock(name, FLEET_TOKEN_LOCK).await {
+                    Ok(true) => {
+                        // The refresher before us may have stored its token and released the
+                        // lock between our read and our lock: look once more before fetching.
+                        match self.store.get(name).await {
+                            Ok(Some((t, _))) if c.rejected.lock().as_ref() != Some(&t) => {
+                                let _ = self.store.unlock(name).await;
+                                continue;
+                            }
+                            Ok(_) => return self.refresh(c).await,
+                            Err(e) => return self.fetch_alone(c, &e).await,
+                        }
+                    }
+                    Ok(false) => {
+                        self.store
+                            .wait_for_token(name, FLEET_TOKEN_POLL.min(left))
+                            .await
+                    }
+                    Err(e) => return self.fetch_alone(c, &e).await,
+                },
+                Err(e) => return self.fetch_alone(c, &e).await,
+            }
+        }
+    }
+
+    /// This worker holds the lock: fetch, share until the refresh is due, release the lock.
+    async fn refresh(&self, c: &SharedCred) -> Result<Token, TokenError> {
+        let name = c.client.name();
+        let f = match c.client.fetch(&self.client, &self.recorder).await {
+            Ok(f) => f,
+            Err(e) => {
+                if let Err(re) = self.store.unlock(name).await {
+                    tracing::debug!(credential = %name, error = %re, "cannot release the token lock");
+                }
+                return Err(e);
+            }
+        };
+        let margin = c.client.refresh_before;
+        // Shared until its refresh is due, and at least half its life (short-lived tokens).
+        let shared_for = f
+            .lifetime
+            .saturating_sub(margin)
+            .max(f.lifetime / 2)
+            .saturating_sub(f.requested_at.elapsed())
+            .max(Duration::from_millis(1));
+        if let Err(e) = self.store.put(name, &f.token, shared_for).await {
+            tracing::warn!(credential = %name, error = %e, "cannot share the new token through Redis: this worker uses it alone");
+        }
+        *c.current.write() = Some(Cached {
+            token: f.token.clone(),
+            expires_at: Instant::now() + shared_for + margin,
+        });
+        Ok(f.token)
+    }
+
+    /// Redis is unreachable: keep the test's credentials working with a token of our own.
+    async fn fetch_alone(&self, c: &SharedCred, err: &FleetError) -> Result<Token, TokenError> {
+        tracing::warn!(credential = %c.client.name(), error = %err, "the fleet's token cache is unreachable: this worker fetches its own token");
+        let cached = Cached::from(c.client.fetch(&self.client, &self.recorder).await?);
+        let t = cached.token.clone();
+        *c.current.write() = Some(cached);
+        Ok(t)
+    }
+}
+
+#[async_trait]
+impl TokenSource for FleetTokens {
+    async fn token(&self, credential: usize) -> Result<Token, TokenError> {
+        match self.shared.get(credential) {
+            None => Err(TokenError::Unknown(credential)),
+            Some(Some(c)) => self.shared_token(c).await,
+            Some(None) => self.local.token(credential).await,
+        }
+    }
+
+    fn invalidate(&self, credential: usize, failed: &Token) {
+        match self.shared.get(credential) {
+            Some(Some(c)) => {
+                let mut cur = c.current.write();
+                if cur.as_ref().is_some_and(|x| &x.token == failed) {
+                    *cur = None;
+                }
+                *c.rejected.lock() = Some(failed.clone());
+            }
+            Some(None) => self.local.invalidate(credential, failed),
+            None => {}
         }
     }
 }

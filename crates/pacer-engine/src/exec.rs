@@ -417,13 +417,17 @@ async fn send_with_retries(
         if let Some(b) = &p.body {
             *builder.body_mut() = Some(reqwest::Body::from(b.clone()));
         }
-        let result = tokio::select! {
-            r = http::send(&sh.client, builder) => r,
-            _ = sh.hard_stop.cancelled() => {
-                out.attempts = attempt;
-                break;
-            }
+        // If the end of the test drops this future mid-exchange, the guard still counts the
+        // attempt (as interrupted): the request was sent and the server may have counted it.
+        let guard = InFlight {
+            sh,
+            sc,
+            ri,
+            limits: grant.limits,
+            armed: true,
         };
+        let result = http::send(&sh.client, builder).await;
+        guard.disarm();
         out.attempts = attempt;
         let retry_after_info;
         let retryable;
@@ -447,10 +451,11 @@ async fn send_with_retries(
                     &meta,
                     &Feedback {
                         status: resp.status,
-                        retry_after: if resp.status == 429
-                            && retry_after.is_none()
-                            && policy.honor_retry_after
-                        {
+                        // The wait the limiter pauses the request's scope for: none when
+                        // the plan turns pausing (or Retry-After) off.
+                        retry_after: if !(policy.pause_scope_on_429 && policy.honor_retry_after) {
+                            None
+                        } else if resp.status == 429 && retry_after.is_none() {
                             Some(policy.retry_after_default)
                         } else {
                             retry_after
@@ -561,6 +566,37 @@ async fn send_with_retries(
         (false, _) => RetryOutcome::NotRetried,
     };
     (out, last)
+}
+
+/// Counts an attempt that was sent but whose exchange was dropped before it ended.
+struct InFlight<'a> {
+    sh: &'a Shared,
+    sc: usize,
+    ri: usize,
+    limits: u64,
+    armed: bool,
+}
+
+impl InFlight<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.sh.recorder.record_attempt(
+                self.sc,
+                self.ri,
+                &Attempt {
+                    error: Some(ErrorKind::Interrupted),
+                    limits: self.limits,
+                    ..Attempt::default()
+                },
+            );
+        }
+    }
 }
 
 /// An attempt that could not be sent (no token, limiter gone): counted as an error so it shows.

@@ -1,13 +1,17 @@
 //! The six executors (k6's names and meanings). Open model: arrivals come from a schedule on the
 //! clock, never from responses; an arrival that finds `maxInFlight` full is counted as dropped.
 //! Closed model: VUs loop over iterations.
+//!
+//! A worker runs a [`Shard`] of each executor: only the arrivals `k` of the global schedule
+//! the shard owns (at their global times), only its global VU numbers (so `{{vu}}` is the
+//! one-process value), its block of shared iterations. The whole plan is the one shard of one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pacer_plan::ramp::RampSchedule;
-use pacer_plan::{Executor, VuStage};
+use pacer_plan::{Executor, Shard, VuStage};
 use pacer_stats::IterationOutcome;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -20,6 +24,8 @@ use crate::exec::{Shared, run_iteration};
 pub struct ScenarioRun {
     pub shared: Arc<Shared>,
     pub scenario: usize,
+    /// This process's part of the plan ([`Shard::whole`] for one process).
+    pub shard: Arc<Shard>,
     /// When the scenario starts (its `startTime` already added).
     pub start: Instant,
     /// Graceful stop: start no new iteration.
@@ -125,10 +131,12 @@ pub async fn run(run: Arc<ScenarioRun>, executor: &Executor) {
 /// arrival whose time has come (timers have ~1 ms resolution; the intended time of each
 /// arrival stays exact, and latency is measured from it).
 async fn arrivals(run: Arc<ScenarioRun>, schedule: RampSchedule, max_in_flight: u32) {
+    let max_in_flight = run.shard.max_in_flight(max_in_flight);
     let sem = Arc::new(Semaphore::new(max_in_flight as usize));
     let total = schedule.total();
     let mut dropped = 0u64;
-    for k in 0..total {
+    let shard = run.shard.clone();
+    for k in shard.positions_below(total) {
         let Some(offset) = schedule.offset(k) else {
             break;
         };
@@ -168,7 +176,7 @@ async fn constant_vus(run: Arc<ScenarioRun>, vus: u32, duration: Duration) {
     let end = run.start + duration;
     let counter = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
-    for vu in 1..=vus {
+    for vu in run.shard.vus(vus) {
         let run = run.clone();
         let counter = counter.clone();
         set.spawn(async move {
@@ -194,7 +202,7 @@ async fn per_vu_iterations(
     let end = run.start + max_duration;
     let counter = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
-    for vu in 1..=vus {
+    for vu in run.shard.vus(vus) {
         let run = run.clone();
         let counter = counter.clone();
         set.spawn(async move {
@@ -221,9 +229,11 @@ async fn shared_iterations(
     max_duration: Duration,
 ) {
     let end = run.start + max_duration;
+    // This shard's block of the global iteration numbers.
+    let (first, iterations) = run.shard.shared_iterations(iterations, vus);
     let counter = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
-    for vu in 1..=vus {
+    for vu in run.shard.vus(vus) {
         let run = run.clone();
         let counter = counter.clone();
         set.spawn(async move {
@@ -235,7 +245,7 @@ async fn shared_iterations(
                 if k >= iterations {
                     break;
                 }
-                run.iteration(vu, k, Instant::now(), None).await;
+                run.iteration(vu, first + k, Instant::now(), None).await;
                 let think = run.think_time();
                 if !think.is_zero() && !run.sleep_until(Instant::now() + think).await {
                     break;
@@ -336,7 +346,7 @@ async fn ramping_vus(
     let end = run.start + Duration::from_secs_f64(curve.end());
     let counter = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
-    for vu in 1..=curve.max() {
+    for vu in run.shard.vus(curve.max()) {
         let run = run.clone();
         let counter = counter.clone();
         let curve = curve.clone();

@@ -35,6 +35,71 @@ pub struct RunOptions {
     pub worker: u32,
     /// Send `X-Pacer-Worker: <index>` with every request.
     pub send_worker_header: bool,
+    /// Run only this worker's part of the plan (`None`: the whole plan). See
+    /// [`pacer_plan::shard`]: arrivals and VUs keep their global numbers and times.
+    pub shard: Option<pacer_plan::Shard>,
+    /// The test's start instant (time zero of every scenario's `startTime` and schedule);
+    /// `None`: when `run` is called. A worker passes a gate for the fleet's common start, so
+    /// its HTTP client is built while it waits and setup does not delay the start.
+    pub start: Option<StartGate>,
+}
+
+/// A start instant that may not be known yet when [`run`] is called: the engine builds its
+/// client, says so through the [`StartHandle`], then waits for the instant.
+#[derive(Clone, Debug)]
+pub struct StartGate {
+    at: tokio::sync::watch::Receiver<Option<Instant>>,
+    prepared: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// The other side of a [`StartGate`]: learn that the engine is prepared, then open the gate.
+#[derive(Debug)]
+pub struct StartHandle {
+    at: tokio::sync::watch::Sender<Option<Instant>>,
+    prepared: tokio::sync::watch::Receiver<bool>,
+}
+
+impl StartGate {
+    /// A closed gate (dropping the handle: never start).
+    pub fn new() -> (StartHandle, StartGate) {
+        let (at_tx, at) = tokio::sync::watch::channel(None);
+        let (prepared, prepared_rx) = tokio::sync::watch::channel(false);
+        (
+            StartHandle {
+                at: at_tx,
+                prepared: prepared_rx,
+            },
+            StartGate {
+                at,
+                prepared: Arc::new(prepared),
+            },
+        )
+    }
+
+    /// A known instant.
+    pub fn at(at: Instant) -> StartGate {
+        let (handle, gate) = Self::new();
+        let _ = handle.at.send(Some(at));
+        gate
+    }
+
+    /// Say the run is prepared, then wait for the start instant (`None`: it never comes).
+    async fn instant(mut self) -> Option<Instant> {
+        let _ = self.prepared.send(true);
+        self.at.wait_for(Option::is_some).await.ok().and_then(|v| *v)
+    }
+}
+
+impl StartHandle {
+    /// Wait until the engine has built everything and waits at the gate (false: it ended).
+    pub async fn prepared(&mut self) -> bool {
+        self.prepared.wait_for(|p| *p).await.is_ok()
+    }
+
+    /// Open the gate: the run's time zero is `at`.
+    pub fn start_at(&self, at: Instant) {
+        let _ = self.at.send(Some(at));
+    }
 }
 
 /// How a caller stops a run early.
@@ -119,7 +184,30 @@ pub async fn run(
         &opts,
         control.abort.clone(),
     ));
-    let t0 = Instant::now();
+    let t0 = match opts.start.clone() {
+        None => Instant::now(),
+        Some(gate) => {
+            // Wait for the common start (a stop or abort meanwhile ends the run unstarted).
+            let at = tokio::select! {
+                at = gate.instant() => at,
+                _ = control.stop.cancelled() => None,
+                _ = control.abort.cancelled() => None,
+            };
+            let Some(at) = at else {
+                return Ok(RunReport {
+                    elapsed: Duration::ZERO,
+                    stopped_early: true,
+                });
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = control.stop.cancelled() => {}
+                _ = control.abort.cancelled() => {}
+            }
+            at
+        }
+    };
+    let shard = Arc::new(opts.shard.clone().unwrap_or_default());
     let mut tasks = tokio::task::JoinSet::new();
     for (i, sc) in plan.scenarios.iter().enumerate() {
         let start = t0 + sc.start_time;
@@ -128,6 +216,7 @@ pub async fn run(
         let run = Arc::new(executor::ScenarioRun {
             shared: shared.clone(),
             scenario: i,
+            shard: shard.clone(),
             start,
             stop: control.stop.child_token(),
             hard: hard.clone(),

@@ -29,7 +29,8 @@ pub const AIMD_MIN_FACTOR: f64 = 0.05;
 
 /// The pacing rate (per second) that keeps a GCRA with burst `b` inside `L` requests per
 /// window `W` when grants reach the server up to `spread` late: `r = (L - b) / (W + D)`.
-pub fn pacing_rate(limit: &Limit, spread: Duration) -> f64 {
+pub fn pacing_rate(limit: &Limit, default_spread: Duration) -> f64 {
+    let spread = limit.spread.unwrap_or(default_spread);
     let w = limit.window.as_secs_f64();
     let l = limit.limit.as_per_sec() * w;
     let b = f64::from(limit.burst);
@@ -37,7 +38,8 @@ pub fn pacing_rate(limit: &Limit, spread: Duration) -> f64 {
 }
 
 /// The most a GCRA at `rate` with burst `b` can admit in any window `W` seen `spread` late.
-pub fn worst_case_in_window(rate: f64, limit: &Limit, spread: Duration) -> f64 {
+pub fn worst_case_in_window(rate: f64, limit: &Limit, default_spread: Duration) -> f64 {
+    let spread = limit.spread.unwrap_or(default_spread);
     f64::from(limit.burst) + rate * (limit.window.as_secs_f64() + spread.as_secs_f64())
 }
 
@@ -110,6 +112,23 @@ pub struct LimitReport {
     pub sustainable_rate: Option<f64>,
     pub pauses: u64,
     pub paused: Duration,
+    /// `scope: fleet` limits kept through Redis: this worker's view of the shared budget.
+    pub fleet: Option<FleetLimitReport>,
+}
+
+/// What a fleet worker saw of the shared budget (the same for every fleet limit of a worker).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FleetLimitReport {
+    /// The most workers seen live at once.
+    pub workers: u32,
+    /// Commands this worker sent to Redis (a script counts as one).
+    pub redis_calls: u64,
+    /// Time in safe mode (Redis failing; local limiter at a safe share).
+    pub safe_mode: Duration,
+    /// Time sending was paused because Redis failed for longer than the safe-mode bound.
+    pub unavailable: Duration,
+    /// Why sending paused, if it did.
+    pub unavailable_reason: Option<String>,
 }
 
 pub struct LocalLimiter {
@@ -189,6 +208,7 @@ impl LocalLimiter {
                     sustainable_rate: s.limit.adaptive.then_some(s.sustained).filter(|r| *r > 0.0),
                     pauses: s.pauses,
                     paused: Duration::from_nanos(s.paused_ns),
+                    fleet: None,
                 }
             })
             .collect()
@@ -262,6 +282,10 @@ impl Limiter for LocalLimiter {
         }
     }
 
+    fn report(&self) -> Vec<LimitReport> {
+        LocalLimiter::report(self)
+    }
+
     fn feedback(&self, req: &RequestMeta<'_>, fb: &Feedback) {
         if fb.status != 429 && fb.status != 503 {
             return;
@@ -323,6 +347,7 @@ mod tests {
             path_prefix: None,
             request_in: vec![],
             adaptive: false,
+            spread: None,
         }
     }
 

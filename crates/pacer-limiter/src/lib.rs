@@ -1,6 +1,7 @@
 //! The seams between the engine and whatever paces requests and supplies credentials:
 //! [`Limiter`] (client-side rate limits) and [`TokenSource`] (bearer tokens), plus the
-//! simplest implementations of each. In-process GCRA, retries and OAuth2 live beside them.
+//! simplest implementations of each. The in-process GCRA is in [`gcra`]; the Redis-backed
+//! fleet budget (leases, fleet-wide Retry-After, the shared token cache) in [`fleet`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,8 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod fleet;
 pub mod gcra;
-pub use gcra::{LimitReport, LocalLimiter};
+pub use gcra::{FleetLimitReport, LimitReport, LocalLimiter};
 
 /// What a limiter needs to know about a request to decide which limits it matches.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +38,8 @@ pub struct Grant {
 #[derive(Clone, Copy, Debug)]
 pub struct Feedback {
     pub status: u16,
-    /// Retry-After as the engine understood it (already clamped), if the response had one.
+    /// How long to pause the request's scope: the server's Retry-After (already clamped), the
+    /// plan's default for a 429 without one, or `None` when the plan does not pause scopes.
     pub retry_after: Option<Duration>,
 }
 
@@ -57,6 +60,10 @@ pub trait Limiter: Send + Sync {
     async fn acquire(&self, req: &RequestMeta<'_>) -> Result<Grant, LimiterError>;
     /// Called after every response of a request that went through `acquire`.
     fn feedback(&self, req: &RequestMeta<'_>, fb: &Feedback);
+    /// What each of the plan's limits did, in plan order (empty when the limiter keeps none).
+    fn report(&self) -> Vec<LimitReport> {
+        Vec::new()
+    }
 }
 
 /// No client-side limits.

@@ -17,7 +17,7 @@ use crate::config::{AuthMode, HeadersConfig};
 use crate::endpoints::{self, Route, error_json};
 use crate::limits::{Decision, Identity, LimitStatus};
 use crate::state::Shared;
-use crate::stats::worker_header;
+use crate::stats::{WorkerHeader, worker_header};
 use crate::tokens::{Bearer, TokenProblem, bearer};
 
 /// Largest request body read; bigger ones get 413.
@@ -92,8 +92,15 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         // A typo in a control path must not look like an API call.
         return json_response(StatusCode::NOT_FOUND, &endpoints::not_found(path).1);
     }
-    let worker = worker_header(&parts.headers);
     let route = Route::classify(&parts.method, path, shared.config.endpoints.catch_all);
+    // Counts the request even if the client goes away before the answer (status 499, as
+    // nginx logs it): the server did receive it, and limits already counted it.
+    let mut pending = Pending {
+        shared: shared.clone(),
+        route: route.label(),
+        arrival,
+        worker: Some(worker_header(&parts.headers)),
+    };
     let body = axum::body::to_bytes(body, MAX_BODY).await;
     let outcome = match body {
         Ok(body) => {
@@ -121,6 +128,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
     let stalled = hold_for_stall(&shared).await;
     let sent = shared.now_us();
     let status = outcome.response.status().as_u16();
+    let worker = pending.worker.take().unwrap_or(WorkerHeader::Absent);
     let mut rec = shared.recorder.lock();
     rec.record(route.label(), status, arrival, &worker, true);
     if stalled {
@@ -134,6 +142,29 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
     }
     drop(rec);
     outcome.response
+}
+
+/// Records a request whose client left before it was answered.
+struct Pending {
+    shared: Arc<Shared>,
+    route: &'static str,
+    arrival: u64,
+    /// `None` once the request was recorded normally.
+    worker: Option<WorkerHeader>,
+}
+
+/// Status recorded for requests the client abandoned (nginx's "client closed request").
+pub(crate) const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            self.shared
+                .recorder
+                .lock()
+                .record(self.route, CLIENT_CLOSED, self.arrival, &worker, true);
+        }
+    }
 }
 
 /// Holds a ready response until the current stall window ends; true if it did.

@@ -10,6 +10,7 @@ pub mod model;
 pub mod ramp;
 pub mod rate;
 pub mod refs;
+pub mod shard;
 pub mod spec;
 pub mod template;
 pub mod threshold;
@@ -20,6 +21,7 @@ pub use error::{FieldError, PlanError};
 pub use load::{LoadOptions, load_file, load_str, load_value};
 pub use model::*;
 pub use rate::Rate;
+pub use shard::Shard;
 pub use template::{Part, Template};
 pub use threshold::{Metric, Threshold};
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::spec::{AuthKind, Jitter, LimitScope, PlanSpec, Share};
+use crate::spec::{AuthKind, Jitter, LimitScope, PlanSpec, Share, WorkerLoss};
 use crate::threshold::Threshold;
 use crate::{Rate, Template};
 
@@ -13,6 +13,8 @@ pub struct Plan {
     pub name: String,
     pub target: url::Url,
     pub workers: u32,
+    /// What a distributed run does when a worker is lost.
+    pub on_worker_loss: WorkerLoss,
     pub variables: BTreeMap<String, serde_json::Value>,
     pub http: HttpOptions,
     pub auth: Vec<Auth>,
@@ -73,6 +75,8 @@ pub struct Limit {
     pub path_prefix: Option<String>,
     pub request_in: Vec<String>,
     pub adaptive: bool,
+    /// The accuracy bound's spread for this limit; `None`: the limiter's default.
+    pub spread: Option<Duration>,
 }
 
 impl Limit {

@@ -24,6 +24,9 @@ pub struct PlanSpec {
     /// How many workers share the plan (`pacer run --workers`, the controller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<u32>,
+    /// What a distributed run does when a worker stops reporting (default `continue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_worker_loss: Option<WorkerLoss>,
     /// Values available to templates as `{{vars.NAME}}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, serde_json::Value>,
@@ -63,6 +66,19 @@ pub struct HttpSpec {
     /// Headers sent with every request.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+}
+
+/// What a distributed run does when a worker is lost (no heartbeat within the controller's
+/// timeout, docs/distributed.md).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum WorkerLoss {
+    /// Keep the lost worker's last reported results and let the others finish; the
+    /// thresholds decide the verdict.
+    #[default]
+    Continue,
+    /// Stop every worker and fail the test (exit code 1).
+    Fail,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -142,6 +158,11 @@ pub struct LimitSpec {
     /// Discover the sustainable rate at or below `limit` (AIMD on 429s).
     #[serde(default)]
     pub adaptive: bool,
+    /// How much later than pacer's grant the server may count a request (network jitter,
+    /// queueing): the pacing rate keeps this margin, `r = (L - burst) / (window + spread)`.
+    /// Default 100ms in one process (fleet limits add their lease hold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<HumanDuration>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]

@@ -221,6 +221,7 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
             path_prefix: m.path_prefix.clone(),
             request_in: m.request_in.clone(),
             adaptive: l.adaptive,
+            spread: l.spread.map(HumanDuration::get),
         });
     }
 
@@ -379,6 +380,7 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
         name: spec.name.clone(),
         target,
         workers: spec.workers.unwrap_or(1),
+        on_worker_loss: spec.on_worker_loss.unwrap_or_default(),
         variables: spec.variables.clone(),
         http,
         auth,

@@ -41,11 +41,14 @@ pub enum ErrorKind {
     Auth,
     /// Our own limiter refused.
     Limiter,
+    /// Sent, then cut off by the end of the test (gracefulStop passed, or abort): the server
+    /// may have counted it, so it is counted here too.
+    Interrupted,
     Other,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Tls,
@@ -53,6 +56,7 @@ impl ErrorKind {
         ErrorKind::Body,
         ErrorKind::Auth,
         ErrorKind::Limiter,
+        ErrorKind::Interrupted,
         ErrorKind::Other,
     ];
 
@@ -65,6 +69,7 @@ impl ErrorKind {
             ErrorKind::Body => "body",
             ErrorKind::Auth => "auth",
             ErrorKind::Limiter => "limiter",
+            ErrorKind::Interrupted => "interrupted",
             ErrorKind::Other => "other",
         }
     }

@@ -311,6 +311,19 @@ fn limits(out: &mut String, s: &Summary) {
         })
         .collect();
     table(out, "    ", &cells, &[false, false, false, false]);
+    if let Some(f) = s.limits.iter().find_map(|l| l.fleet.as_ref()) {
+        let _ = writeln!(
+            out,
+            "    fleet: {} processes; this one made {} Redis calls; safe mode {}; paused for Redis {}",
+            f.workers,
+            f.redis_calls,
+            format_ms(f.safe_mode_secs * 1000.0),
+            format_ms(f.unavailable_secs * 1000.0)
+        );
+        if let Some(r) = &f.unavailable_reason {
+            let _ = writeln!(out, "    sending paused: {r}");
+        }
+    }
     out.push('\n');
 }
 

@@ -195,6 +195,25 @@ pub struct LimitPacing {
     /// Retry-After pauses of this limit's scope, and the time they held it.
     pub pauses: u64,
     pub paused_secs: f64,
+    /// `scope: fleet` limits kept through Redis (`pacer run --redis`): this process's view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetPacing>,
+}
+
+/// How a fleet process used the shared budget in Redis.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FleetPacing {
+    /// The most processes seen in the fleet at once.
+    pub workers: u32,
+    /// Commands this process sent to Redis.
+    pub redis_calls: u64,
+    /// Seconds in safe mode (Redis failing: a local limiter at a safe share).
+    pub safe_mode_secs: f64,
+    /// Seconds sending was paused because Redis failed past the safe-mode bound.
+    pub unavailable_secs: f64,
+    /// Why sending paused, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

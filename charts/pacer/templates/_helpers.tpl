@@ -1,0 +1,82 @@
+{{/* Names and labels shared by every template. */}}
+{{- define "pacer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pacer.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pacer.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "pacer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "pacer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pacer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end -}}
+
+{{- define "pacer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pacer.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pacer.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "pacer.advertiseAddress" -}}
+{{- default (printf "%s.%s.svc:%d" (include "pacer.fullname" .) .Release.Namespace (int .Values.service.grpcPort)) .Values.controller.advertiseAddress -}}
+{{- end -}}
+
+{{- define "pacer.redisName" -}}
+{{- printf "%s-redis" (include "pacer.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The operator's permissions, least privilege (charts/pacer/README.md says why each is needed).
+No verb on Secrets but create/delete: the controller never reads one.
+*/}}
+{{- define "pacer.rules" -}}
+- apiGroups: ["pacer.dev"]
+  resources: ["loadtests"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
+- apiGroups: ["pacer.dev"]
+  resources: ["loadtests/status"]
+  verbs: ["patch"]
+- apiGroups: ["pacer.dev"]
+  resources: ["loadtests/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["create", "delete"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "delete"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

@@ -1,0 +1,532 @@
+//! pacer on Kubernetes, from the command line: `pacer crd` (the LoadTest CRD), `pacer operator`
+//! (the controller that runs LoadTests), `pacer submit` (a plan file -> a LoadTest), `pacer
+//! watch` (live status until the verdict) and `pacer report` (the stored final report).
+//! The logic is in `pacer_operator`; this is argument parsing and printing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use pacer_operator::crd::{CredentialRef, CredentialSecretRef, LoadTest, LoadTestSpec, Phase};
+use pacer_operator::{OperatorConfig, RedisSource};
+use tokio_util::sync::CancellationToken;
+
+use crate::exit::Exit;
+use crate::worker::parse_duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// What worker pods dial to reach this controller (`host:port`): the controller's Service
+    /// in a cluster (the chart sets it), or an address of this machine the pods can reach
+    /// when the operator runs outside the cluster with a kubeconfig.
+    #[arg(long, env = "PACER_ADVERTISE_ADDRESS", value_name = "HOST:PORT")]
+    pub advertise_address: String,
+    /// Where workers' gRPC streams arrive (one port for every test).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7700")]
+    pub grpc_listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
+    pub http_listen: SocketAddr,
+    /// The pacer image of worker pods when a LoadTest names none.
+    #[arg(long, env = "PACER_WORKER_IMAGE", value_name = "IMAGE", default_value = concat!("pacer:", env!("CARGO_PKG_VERSION")))]
+    pub worker_image: String,
+    /// Pull policy of that image (default: Kubernetes' own).
+    #[arg(long, value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub worker_image_pull_policy: Option<String>,
+    /// Run the LoadTests of this namespace only (repeat for several; default: every namespace).
+    #[arg(long = "namespace", short = 'n', value_name = "NAMESPACE")]
+    pub namespaces: Vec<String>,
+    /// How often a running test's status is written.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub status_interval: Duration,
+    /// How long workers may take to start and connect when a LoadTest does not say.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub start_timeout: Duration,
+    /// The most workers one LoadTest may ask for.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_workers: u32,
+    /// The fleet's Redis for LoadTests that name none (no password in it).
+    #[arg(long, value_name = "URL", conflicts_with = "default_redis_secret")]
+    pub default_redis_url: Option<String>,
+    /// The fleet's Redis for LoadTests that name none, from a Secret key holding the URL
+    /// (`NAME:KEY`, read by the worker pods in their own namespace).
+    #[arg(long, value_name = "NAME:KEY")]
+    pub default_redis_secret: Option<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SubmitArgs {
+    /// A plan file (YAML or JSON), or a LoadTest manifest.
+    pub plan: PathBuf,
+    /// Worker pods (default: the plan's `workers`, else 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub workers: Option<u32>,
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// The LoadTest's name (default: the plan's name and a random suffix).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Give a plan credential from a Secret: `AUTH=SECRET` (keys clientId and clientSecret)
+    /// or `AUTH=SECRET:token` (key token, for bearer). Repeatable.
+    #[arg(long = "credential", value_name = "AUTH=SECRET")]
+    pub credentials: Vec<String>,
+    /// The worker image (default: the operator's).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Then watch it until it ends; the exit code is the verdict (0, 99, 1).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// The LoadTest's name.
+    pub name: String,
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Seconds between lines.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub every: u64,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// The LoadTest's name.
+    pub name: String,
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// The JSON summary instead of the text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pacer crd`.
+pub fn crd() -> Exit {
+    match pacer_operator::crd::crd_yaml() {
+        Ok(y) => {
+            print!("{y}");
+            Exit::Passed
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Exit::Failure
+        }
+    }
+}
+
+fn failure(e: anyhow::Error) -> Exit {
+    eprintln!("error: {e:#}");
+    Exit::Failure
+}
+
+/// `pacer operator`.
+pub async fn operator(args: OperatorArgs) -> Exit {
+    operator_inner(args).await.unwrap_or_else(failure)
+}
+
+async fn operator_inner(args: OperatorArgs) -> anyhow::Result<Exit> {
+    let client = Client::try_default()
+        .await
+        .context("cannot reach Kubernetes (in-cluster config or kubeconfig)")?;
+    let mut cfg = OperatorConfig::new(args.advertise_address.clone(), args.worker_image.clone());
+    cfg.image_pull_policy = args.worker_image_pull_policy.clone();
+    cfg.namespaces = args.namespaces.clone();
+    cfg.status_interval = args.status_interval.max(Duration::from_millis(200));
+    cfg.defaults.start_timeout = args.start_timeout;
+    cfg.defaults.max_workers = args.max_workers.max(1);
+    cfg.instance = std::env::var("POD_NAME").ok();
+    cfg.default_redis = match (&args.default_redis_url, &args.default_redis_secret) {
+        (Some(url), _) => Some(RedisSource::Url(url.clone())),
+        (None, Some(s)) => {
+            let Some((name, key)) = s.split_once(':') else {
+                bail!("--default-redis-secret: give NAME:KEY, got {s:?}");
+            };
+            Some(RedisSource::Secret {
+                name: name.into(),
+                key: key.into(),
+            })
+        }
+        (None, None) => None,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_termination().await;
+            tracing::warn!("stopping: running tests are aborted");
+            shutdown.cancel();
+        }
+    });
+    let listen = pacer_operator::Listen {
+        grpc: args.grpc_listen,
+        http: args.http_listen,
+    };
+    pacer_operator::serve(client, cfg, listen, shutdown).await?;
+    Ok(Exit::Passed)
+}
+
+async fn wait_for_termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn client_and_namespace(ns: &Option<String>) -> anyhow::Result<(Client, String)> {
+    let client = Client::try_default()
+        .await
+        .context("cannot reach Kubernetes (kubeconfig)")?;
+    let ns = ns
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    Ok((client, ns))
+}
+
+/// A DNS-1123 name from a plan name.
+fn dns_name(s: &str) -> String {
+    let mut out: String = s
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    while out.contains("--") {
+        out = out.replace("--", "-");
+    }
+    let out: String = out.trim_matches('-').chars().take(40).collect();
+    let out = out.trim_matches('-').to_string();
+    if out.is_empty() { "loadtest".into() } else { out }
+}
+
+/// The LoadTest `pacer submit` creates from a file.
+pub fn loadtest_from_file(args: &SubmitArgs, text: &str) -> anyhow::Result<LoadTest> {
+    let source = args.plan.display().to_string();
+    let doc = pacer_plan::load::parse_document(text, &source)?;
+    let mut lt: LoadTest = if doc.get("kind").and_then(|k| k.as_str()) == Some("LoadTest") {
+        serde_json::from_value(doc).with_context(|| format!("{source}: not a LoadTest"))?
+    } else {
+        let plan_name = doc
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("loadtest")
+            .to_string();
+        let mut lt = LoadTest::new(
+            "",
+            LoadTestSpec {
+                plan: doc,
+                workers: None,
+                image: None,
+                image_pull_policy: None,
+                worker_template: None,
+                credentials: Vec::new(),
+                redis: None,
+                cleanup: None,
+                start_timeout: None,
+                suspend: false,
+            },
+        );
+        lt.metadata.name = None;
+        lt.metadata.generate_name = Some(format!("{}-", dns_name(&plan_name)));
+        lt
+    };
+    if let Some(name) = &args.name {
+        lt.metadata.name = Some(name.clone());
+        lt.metadata.generate_name = None;
+    }
+    if lt.metadata.name.is_none() && lt.metadata.generate_name.is_none() {
+        lt.metadata.generate_name = Some("loadtest-".into());
+    }
+    if let Some(w) = args.workers {
+        lt.spec.workers = Some(w);
+    }
+    if let Some(i) = &args.image {
+        lt.spec.image = Some(i.clone());
+    }
+    for c in &args.credentials {
+        let Some((auth, secret)) = c.split_once('=') else {
+            bail!("--credential: give AUTH=SECRET, got {c:?}");
+        };
+        let (secret, bearer) = match secret.strip_suffix(":token") {
+            Some(s) => (s, true),
+            None => (secret, false),
+        };
+        let secret_ref = if bearer {
+            CredentialSecretRef {
+                name: secret.into(),
+                client_id_key: None,
+                client_secret_key: None,
+                token_key: Some("token".into()),
+            }
+        } else {
+            CredentialSecretRef {
+                name: secret.into(),
+                client_id_key: Some("clientId".into()),
+                client_secret_key: Some("clientSecret".into()),
+                token_key: None,
+            }
+        };
+        lt.spec.credentials.retain(|x| x.name != auth);
+        lt.spec.credentials.push(CredentialRef {
+            name: auth.into(),
+            secret_ref,
+        });
+    }
+    Ok(lt)
+}
+
+/// `pacer submit`.
+pub async fn submit(args: SubmitArgs) -> Exit {
+    let text = match std::fs::read_to_string(&args.plan) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", args.plan.display());
+            return Exit::Invalid;
+        }
+    };
+    let lt = match loadtest_from_file(&args, &text) {
+        Ok(lt) => lt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Exit::Invalid;
+        }
+    };
+    // The operator's own checks, before anything reaches the cluster.
+    if let Err(errors) = pacer_operator::prepare::prepare(&lt, &Default::default()) {
+        eprintln!("{}: invalid LoadTest:", args.plan.display());
+        for e in errors {
+            eprintln!("  - {e}");
+        }
+        return Exit::Invalid;
+    }
+    let created = async {
+        let (client, ns) = client_and_namespace(&args.namespace).await?;
+        let api: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+        let created = api
+            .create(&PostParams::default(), &lt)
+            .await
+            .context("creating the LoadTest")?;
+        anyhow::Ok((client, ns, created.name_any()))
+    }
+    .await;
+    let (client, ns, name) = match created {
+        Ok(x) => x,
+        Err(e) => return failure(e),
+    };
+    println!("loadtest.pacer.dev/{name} created in namespace {ns}");
+    if !args.wait {
+        eprintln!("watch it with: pacer watch {name} -n {ns}");
+        return Exit::Passed;
+    }
+    watch_loop(client, &ns, &name, Duration::from_secs(2))
+        .await
+        .unwrap_or_else(failure)
+}
+
+/// `pacer watch`.
+pub async fn watch(args: WatchArgs) -> Exit {
+    let r = async {
+        let (client, ns) = client_and_namespace(&args.namespace).await?;
+        watch_loop(client, &ns, &args.name, Duration::from_secs(args.every)).await
+    }
+    .await;
+    r.unwrap_or_else(failure)
+}
+
+/// The exit code of an ended LoadTest: 0 passed, 99 a threshold failed, 1 anything else.
+pub fn verdict(lt: &LoadTest) -> Exit {
+    let Some(s) = &lt.status else {
+        return Exit::Failure;
+    };
+    match s.phase {
+        Some(Phase::Succeeded) => Exit::Passed,
+        Some(Phase::Failed)
+            if s.conditions
+                .iter()
+                .any(|c| c.type_ == "Complete" && c.reason == "ThresholdsFailed") =>
+        {
+            Exit::ThresholdFailed
+        }
+        _ => Exit::Failure,
+    }
+}
+
+/// The lines `pacer watch` prints for a status.
+pub fn status_lines(lt: &LoadTest) -> Vec<String> {
+    let Some(s) = &lt.status else {
+        return vec!["Pending: the operator has not picked it up yet".into()];
+    };
+    let phase = s.phase.map_or("Pending", Phase::as_str);
+    let mut line = phase.to_string();
+    if let Some(p) = &s.progress {
+        line.push_str(&format!(
+            " {:>5.1}% {:.0}s/{:.0}s",
+            p.percent, p.elapsed_seconds, p.planned_seconds
+        ));
+    }
+    if let Some(w) = &s.workers {
+        line.push_str(&format!("  workers {}", w.ready));
+        if w.lost > 0 {
+            line.push_str(&format!(" ({} lost)", w.lost));
+        }
+    }
+    if s.requests.is_some() {
+        line.push_str(&format!(
+            "  reqs {}  {:.1}/s  p95 {}  errors {}  429s {}",
+            s.requests.unwrap_or(0),
+            s.rps.unwrap_or(0.0),
+            s.latency
+                .as_ref()
+                .and_then(|l| l.p95.clone())
+                .unwrap_or_else(|| "-".into()),
+            s.errors.unwrap_or(0),
+            s.throttled.unwrap_or(0)
+        ));
+    }
+    let mut lines = vec![line];
+    if let Some(m) = &s.message
+        && !matches!(s.phase, Some(Phase::Running))
+    {
+        lines.push(format!("  {m}"));
+    }
+    for w in &s.worker_health {
+        lines.push(format!(
+            "    worker {:>3}  {:<10} reqs {:>8}  {:>7.1}/s  errors {:>6}  429s {:>6}{}",
+            w.index,
+            w.state,
+            w.requests,
+            w.rps,
+            w.errors,
+            w.throttled,
+            w.reason
+                .as_ref()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default()
+        ));
+    }
+    if s.phase.is_some_and(Phase::is_terminal) {
+        for t in &s.thresholds {
+            lines.push(format!(
+                "  {} {} {}{}",
+                if t.passed { "✓" } else { "✗" },
+                t.metric,
+                t.expression,
+                t.observed.map(|v| format!(" (observed {v})")).unwrap_or_default()
+            ));
+        }
+    }
+    lines
+}
+
+async fn watch_loop(client: Client, ns: &str, name: &str, every: Duration) -> anyhow::Result<Exit> {
+    let api: Api<LoadTest> = Api::namespaced(client, ns);
+    let mut last: Vec<String> = Vec::new();
+    loop {
+        let lt = api
+            .get(name)
+            .await
+            .with_context(|| format!("reading LoadTest {ns}/{name}"))?;
+        let lines = status_lines(&lt);
+        if lines != last {
+            for l in &lines {
+                println!("{l}");
+            }
+            last = lines;
+        }
+        if lt.phase().is_some_and(Phase::is_terminal) {
+            if let Some(r) = lt.status.as_ref().and_then(|s| s.report.as_ref()) {
+                eprintln!("report: pacer report {name} -n {ns}   (ConfigMap {})", r.config_map);
+            }
+            return Ok(verdict(&lt));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// `pacer report`.
+pub async fn report(args: ReportArgs) -> Exit {
+    let r = async {
+        let (client, ns) = client_and_namespace(&args.namespace).await?;
+        let api: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+        let lt = api
+            .get(&args.name)
+            .await
+            .with_context(|| format!("reading LoadTest {ns}/{}", args.name))?;
+        let Some(r) = lt.status.as_ref().and_then(|s| s.report.clone()) else {
+            bail!(
+                "LoadTest {ns}/{} has no report yet (phase {})",
+                args.name,
+                lt.phase().map_or("Pending", Phase::as_str)
+            );
+        };
+        let cms: Api<ConfigMap> = Api::namespaced(client, &ns);
+        let cm = cms
+            .get(&r.config_map)
+            .await
+            .with_context(|| format!("reading ConfigMap {ns}/{}", r.config_map))?;
+        let key = if args.json { &r.json_key } else { &r.text_key };
+        let Some(text) = cm.data.as_ref().and_then(|d| d.get(key)) else {
+            bail!("ConfigMap {ns}/{} has no key {key}", r.config_map);
+        };
+        print!("{text}");
+        if !text.ends_with('\n') {
+            println!();
+        }
+        Ok(verdict(&lt))
+    }
+    .await;
+    r.unwrap_or_else(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> SubmitArgs {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct A {
+            #[command(flatten)]
+            s: SubmitArgs,
+        }
+        let mut argv = vec!["submit", "plan.yaml"];
+        argv.extend_from_slice(extra);
+        A::parse_from(argv).s
+    }
+
+    const PLAN: &str = "name: User Story\ntarget: http://api\nscenarios:\n  - name: s\n    executor: constant-vus\n    vus: 2\n    duration: 5s\n    requests: [{name: q, path: /}]\n";
+
+    #[test]
+    fn a_plan_becomes_a_loadtest() {
+        let lt = loadtest_from_file(
+            &args(&["--workers", "3", "--credential", "genesys=api-credentials"]),
+            PLAN,
+        )
+        .unwrap();
+        assert_eq!(lt.metadata.generate_name.as_deref(), Some("user-story-"));
+        assert_eq!(lt.spec.workers, Some(3));
+        assert_eq!(lt.spec.credentials[0].secret_ref.name, "api-credentials");
+        assert_eq!(lt.spec.plan["name"], "User Story");
+        let named = loadtest_from_file(&args(&["--name", "t1"]), PLAN).unwrap();
+        assert_eq!(named.metadata.name.as_deref(), Some("t1"));
+        assert!(named.metadata.generate_name.is_none());
+    }
+}

@@ -1,0 +1,45 @@
+//! `pacer run --metrics ADDR`: Prometheus metrics of the running test at `/metrics`, rendered
+//! from a fresh snapshot on every scrape (see pacer-report's `prom` for the names).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pacer_plan::Plan;
+use pacer_report::{MetricsContext, MetricsServer};
+use pacer_stats::Recorder;
+
+use crate::report::LimitsProbe;
+
+/// Start serving when `addr` is given; prints the URL on stderr.
+pub async fn start(
+    addr: Option<SocketAddr>,
+    plan: &Plan,
+    recorder: Arc<Recorder>,
+    limits: LimitsProbe,
+) -> anyhow::Result<Option<MetricsServer>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let base = MetricsContext {
+        plan: plan.name.clone(),
+        limit_names: plan.limits.iter().map(|l| l.name.clone()).collect(),
+        ..MetricsContext::default()
+    };
+    let source = move || {
+        let snapshot = recorder.snapshot();
+        let ctx = MetricsContext {
+            limits: limits(),
+            elapsed_secs: Some(started.elapsed().as_secs_f64()),
+            ..base.clone()
+        };
+        pacer_report::render_prometheus(&snapshot, &ctx)
+    };
+    let server = MetricsServer::bind(addr, Arc::new(source)).await?;
+    eprintln!(
+        "pacer: serving metrics on http://{}/metrics",
+        server.local_addr()
+    );
+    Ok(Some(server))
+}

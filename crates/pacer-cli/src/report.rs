@@ -1,0 +1,209 @@
+//! `pacer run --report FILE` and `--out json=FILE|csv=FILE`: a sampler task takes a snapshot
+//! every second and feeds the per-second series; at the end the series is written out and the
+//! HTML report rendered (pacer-report does the work; this is the wiring).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use pacer_limiter::LimitReport;
+use pacer_plan::Plan;
+use pacer_report::{LimiterSample, PlannedRate, ReportInput, SeriesBuilder};
+use pacer_stats::{Recorder, Snapshot, Summary};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The reporting flags of `pacer run`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ReportArgs {
+    /// Write a self-contained HTML report (verdict, charts over time, tables, the plan) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write the per-second time series: `json=FILE` (JSON Lines) or `csv=FILE`. Repeatable.
+    #[arg(long = "out", value_name = "FORMAT=FILE", value_parser = parse_out)]
+    pub out: Vec<SeriesOut>,
+    /// Serve Prometheus metrics at http://ADDR/metrics during the run (e.g. 127.0.0.1:9464;
+    /// port 0 picks one, printed on stderr). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeriesFormat {
+    JsonLines,
+    Csv,
+}
+
+/// One `--out FORMAT=FILE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeriesOut {
+    pub format: SeriesFormat,
+    pub path: PathBuf,
+}
+
+fn parse_out(text: &str) -> Result<SeriesOut, String> {
+    let (format, path) = text.split_once('=').ok_or_else(|| {
+        format!("expected FORMAT=FILE (json=series.jsonl, csv=series.csv), got {text:?}")
+    })?;
+    let format = match format {
+        "json" | "jsonl" => SeriesFormat::JsonLines,
+        "csv" => SeriesFormat::Csv,
+        other => return Err(format!("unknown series format {other:?}: use json or csv")),
+    };
+    if path.is_empty() {
+        return Err("the file name is missing after '='".into());
+    }
+    Ok(SeriesOut {
+        format,
+        path: PathBuf::from(path),
+    })
+}
+
+/// Reads the limiter's state (for pauses and pacing rates).
+pub type LimitsProbe = Arc<dyn Fn() -> Vec<LimiterSample> + Send + Sync>;
+
+/// A probe from anything that reports its limits, e.g. `move || limiter.report()`.
+pub fn probe(report: impl Fn() -> Vec<LimitReport> + Send + Sync + 'static) -> LimitsProbe {
+    Arc::new(move || {
+        report()
+            .into_iter()
+            .map(|r| LimiterSample {
+                name: r.name,
+                pauses: r.pauses,
+                paused_secs: r.paused.as_secs_f64(),
+                pacing_rate: r.current_rate,
+            })
+            .collect()
+    })
+}
+
+pub(crate) fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Samples the recorder every second while the run goes; [`ReportSink::finish`] writes the
+/// series files and the HTML report.
+pub struct ReportSink {
+    task: JoinHandle<SeriesBuilder>,
+    stop: CancellationToken,
+    started: Instant,
+    started_unix_ms: u64,
+    limits: LimitsProbe,
+}
+
+impl ReportSink {
+    /// `None` when neither `--report` nor `--out` was given.
+    pub fn start(
+        args: &ReportArgs,
+        plan: &Plan,
+        recorder: Arc<Recorder>,
+        limits: LimitsProbe,
+    ) -> Option<Self> {
+        if args.report.is_none() && args.out.is_empty() {
+            return None;
+        }
+        let started = Instant::now();
+        let started_unix_ms = unix_ms(SystemTime::now());
+        let stop = CancellationToken::new();
+        let mut builder = SeriesBuilder::new(recorder.layout(), PlannedRate::from_plan(plan));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            let limits = limits.clone();
+            async move {
+                let first = tokio::time::Instant::from_std(started) + Duration::from_secs(1);
+                let mut tick = tokio::time::interval_at(first, Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    let snapshot = recorder.snapshot();
+                    let samples = limits();
+                    builder.push(
+                        started.elapsed(),
+                        unix_ms(SystemTime::now()),
+                        &snapshot,
+                        Some(&samples),
+                    );
+                }
+                builder
+            }
+        });
+        Some(Self {
+            task,
+            stop,
+            started,
+            started_unix_ms,
+            limits,
+        })
+    }
+
+    /// Close the series with the run's final snapshot, then write every requested file.
+    pub async fn finish(
+        self,
+        args: &ReportArgs,
+        plan: &Plan,
+        snapshot: &Snapshot,
+        summary: &Summary,
+        abort_reason: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let builder = self.task.await.context("the report sampler failed")?;
+        let samples = (self.limits)();
+        let series = builder.finish(
+            self.started.elapsed(),
+            unix_ms(SystemTime::now()),
+            snapshot,
+            Some(&samples),
+        );
+        for out in &args.out {
+            let text = match out.format {
+                SeriesFormat::JsonLines => series.to_jsonl(),
+                SeriesFormat::Csv => series.to_csv(),
+            };
+            std::fs::write(&out.path, text)
+                .with_context(|| format!("cannot write {}", out.path.display()))?;
+        }
+        if let Some(path) = &args.report {
+            let html = pacer_report::render_html(&ReportInput {
+                summary,
+                series: &series,
+                plan_source: Some(&plan.source),
+                workers: &[],
+                started_unix_ms: Some(self.started_unix_ms),
+                abort_reason,
+            });
+            std::fs::write(path, html)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_out_flags() {
+        assert_eq!(
+            parse_out("json=a.jsonl").unwrap(),
+            SeriesOut {
+                format: SeriesFormat::JsonLines,
+                path: "a.jsonl".into()
+            }
+        );
+        assert_eq!(
+            parse_out("csv=dir/b=c.csv").unwrap().path,
+            PathBuf::from("dir/b=c.csv")
+        );
+        assert!(parse_out("xml=a").is_err());
+        assert!(parse_out("csv=").is_err());
+        assert!(parse_out("a.csv").is_err());
+    }
+}

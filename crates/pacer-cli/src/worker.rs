@@ -1,0 +1,109 @@
+//! `pacer worker`: join a controller's test and run this worker's shard (the logic is in
+//! `pacer_worker`). Exit code 0 when the final results were delivered, 1 otherwise.
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::exit::Exit;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// The controller's gRPC address (`host:port`), as `pacer controller --listen` shows it.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: String,
+    /// The test's session token (printed by the controller; prefer the environment variable).
+    #[arg(long, env = "PACER_SESSION_TOKEN", hide_env_values = true)]
+    pub session_token: String,
+    /// The test to join (refused by a controller running another test). Default: any.
+    #[arg(long, env = "PACER_TEST_ID")]
+    pub test_id: Option<String>,
+    /// The worker index to run (0-based). Default: the controller picks a free one.
+    #[arg(long)]
+    pub index: Option<u32>,
+    /// A name for the controller's displays (default host:pid).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Send `X-Pacer-Worker: <index>` with every request even if the controller does not ask.
+    #[arg(long)]
+    pub worker_header: bool,
+    /// Keep trying to reach the controller this long at first.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub connect_for: Duration,
+    /// After losing the controller, keep running the shard and reconnecting this long.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub reconnect_for: Duration,
+    /// Abort when standard input reaches its end (`pacer run --workers` ties its worker
+    /// processes to itself this way, so they die with it).
+    #[arg(long, hide = true)]
+    pub exit_with_stdin: bool,
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 5s, 2m)"))
+}
+
+fn default_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}:{}", std::process::id())
+}
+
+pub async fn run(args: WorkerArgs) -> Exit {
+    let cancel = CancellationToken::new();
+    tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("worker: interrupted; aborting the shard and reporting what it did");
+                cancel.cancel();
+            }
+        }
+    });
+    if args.exit_with_stdin {
+        // A plain thread: a blocked read must not hold up the runtime's shutdown.
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            cancel.cancel();
+        });
+    }
+    let cfg = pacer_worker::WorkerConfig {
+        controller: args.connect.clone(),
+        test_id: args.test_id.clone(),
+        index: args.index,
+        session_token: args.session_token.clone(),
+        name: args.name.clone().unwrap_or_else(default_name),
+        force_worker_header: args.worker_header,
+        connect_for: args.connect_for,
+        reconnect_for: args.reconnect_for,
+    };
+    match pacer_worker::run(cfg, cancel).await {
+        Ok(o) => {
+            tracing::info!(
+                "worker {} of test {}: done, {} requests",
+                o.index,
+                o.test_id,
+                o.http_reqs
+            );
+            match o.engine_error {
+                Some(e) => {
+                    eprintln!("worker {}: {e}", o.index);
+                    Exit::Failure
+                }
+                None => Exit::Passed,
+            }
+        }
+        Err(e) => {
+            eprintln!("worker: error: {e}");
+            Exit::Failure
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The fleet as the controller knows it: one slot per worker index with its connection, its
+//! state and its LATEST cumulative snapshot. Replacing (never adding) a worker's snapshot is
+//! what makes reconnects and controller restarts exact: nothing is lost, nothing counted twice.
+
+use std::time::Duration;
+
+use pacer_proto::{ControllerMessage, controller_message};
+use pacer_stats::Snapshot;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::Inner;
+use crate::report::{FleetOutcome, FleetStatus, WorkerRow};
+
+/// Where a worker is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// No worker holds this index yet.
+    Waiting,
+    /// Hello accepted, Assign sent.
+    Assigned,
+    /// The worker said Ready.
+    Ready,
+    /// Started (or resumed); reports flow.
+    Running,
+    /// Finished, its final report counted.
+    Finished,
+    /// Silent for longer than the loss timeout; its last report is kept.
+    Lost,
+    /// It could not run its shard (it said why in Finished).
+    Failed,
+}
+
+impl WorkerState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WorkerState::Waiting => "waiting",
+            WorkerState::Assigned => "assigned",
+            WorkerState::Ready => "ready",
+            WorkerState::Running => "running",
+            WorkerState::Finished => "ok",
+            WorkerState::Lost => "lost",
+            WorkerState::Failed => "failed",
+        }
+    }
+}
+
+/// A worker's current stream.
+pub(crate) struct Conn {
+    pub id: u64,
+    pub tx: mpsc::Sender<Result<ControllerMessage, tonic::Status>>,
+}
+
+pub(crate) struct Slot {
+    pub index: u32,
+    pub name: String,
+    pub version: String,
+    pub state: WorkerState,
+    pub conn: Option<Conn>,
+    pub last_heard: Option<Instant>,
+    /// The latest cumulative snapshot (replaced, never added).
+    pub snapshot: Option<Snapshot>,
+    pub seq: u64,
+    /// The worker's elapsed time at its latest report.
+    pub elapsed: Duration,
+    pub reports: u64,
+    pub stopped_early: bool,
+    pub reason: Option<String>,
+    /// Test time at which the worker was marked lost.
+    pub lost_at: Option<Duration>,
+}
+
+pub(crate) struct Fleet {
+    pub slots: Vec<Slot>,
+    /// The common start instant (derived from a resuming worker after a controller restart).
+    pub start: Option<Instant>,
+    /// This controller took over a running test from reconnecting workers.
+    pub resumed: bool,
+    pub stop_reason: Option<String>,
+    pub abort_reason: Option<String>,
+    pub failure: Option<String>,
+    /// The run loop has returned: new streams are refused.
+    pub ended: bool,
+    /// Bumped on every accepted report, so merges happen only when something changed.
+    pub generation: u64,
+}
+
+impl Fleet {
+    pub fn new(workers: usize) -> Self {
+        Fleet {
+            slots: (0..workers)
+                .map(|i| Slot {
+                    index: i as u32,
+                    name: String::new(),
+                    version: String::new(),
+                    state: WorkerState::Waiting,
+                    conn: None,
+                    last_heard: None,
+                    snapshot: None,
+                    seq: 0,
+                    elapsed: Duration::ZERO,
+                    reports: 0,
+                    stopped_early: false,
+                    reason: None,
+                    lost_at: None,
+                })
+                .collect(),
+            start: None,
+            resumed: false,
+            stop_reason: None,
+            abort_reason: None,
+            failure: None,
+            ended: false,
+            generation: 0,
+        }
+    }
+
+    /// Send to every connected worker (a full channel means the worker does not read; its
+    /// loss timeout will deal with it).
+    pub fn broadcast(&mut self, body: controller_message::Body) {
+        for s in &self.slots {
+            if let Some(c) = &s.conn
+                && let Err(e) = c.tx.try_send(crate::msg(body.clone()))
+            {
+                tracing::warn!(
+                    "worker {}: cannot send {}: {e}",
+                    s.index,
+                    body.kind()
+                );
+            }
+        }
+    }
+
+    /// Send Start to every worker: the delay to `at` is computed per worker right before its
+    /// message is queued, so the time spent sending does not shift later workers.
+    pub fn start_all(&mut self, inner: &Inner, at: Instant) {
+        self.start = Some(at);
+        for s in &mut self.slots {
+            let start_in = at.saturating_duration_since(Instant::now());
+            if let Some(c) = &s.conn {
+                let body = controller_message::Body::Start(pacer_proto::Start {
+                    start_in_us: start_in.as_micros() as u64,
+                    start_at_us: at.saturating_duration_since(inner.epoch).as_micros() as u64,
+                });
+                if let Err(e) = c.tx.try_send(crate::msg(body)) {
+                    tracing::warn!("worker {}: cannot send Start: {e}", s.index);
+                }
+            }
+            s.state = WorkerState::Running;
+            s.last_heard = Some(Instant::now());
+        }
+        tracing::info!(
+            "all {} workers ready: starting in {:?}",
+            self.slots.len(),
+            inner.cfg.start_delay
+        );
+    }
+
+    /// Mark workers silent for longer than the loss timeout as lost; returns a line per
+    /// newly lost worker.
+    pub fn mark_lost(&mut self, inner: &Inner, now: Instant) -> Vec<String> {
+        let Some(start) = self.start else {
+            return Vec::new();
+        };
+        let timeout = inner.cfg.lost_after;
+        let mut lost = Vec::new();
+        for s in &mut self.slots {
+            if !matches!(
+                s.state,
+                WorkerState::Running | WorkerState::Ready | WorkerState::Assigned
+            ) && !(self.resumed && s.state == WorkerState::Waiting)
+            {
+                continue;
+            }
+            let heard = s.last_heard.unwrap_or(start);
+            if now.saturating_duration_since(heard) > timeout {
+                let at = now.saturating_duration_since(start);
+                let reason = format!(
+                    "no message for {:.1}s (loss timeout {:.1}s)",
+                    now.saturating_duration_since(heard).as_secs_f64(),
+                    timeout.as_secs_f64()
+                );
+                lost.push(format!(
+                    "worker {} lost at {:.1}s: {reason}; keeping its last report ({} requests)",
+                    s.index,
+                    at.as_secs_f64(),
+                    s.snapshot.as_ref().map_or(0, |x| x.total().attempts)
+                ));
+                s.state = WorkerState::Lost;
+                s.lost_at = Some(at);
+                s.reason = Some(reason);
+                // Dropping the sender ends the stream; a worker that comes back resumes.
+                s.conn = None;
+            }
+        }
+        lost
+    }
+
+    /// Past the deadline: whoever has not finished is counted as lost.
+    pub fn give_up_unfinished(&mut self, now: Instant, elapsed: Duration) {
+        for s in &mut self.slots {
+            if !matches!(
+                s.state,
+                WorkerState::Finished | WorkerState::Lost | WorkerState::Failed
+            ) {
+                tracing::warn!("worker {} did not finish in time", s.index);
+                s.state = WorkerState::Lost;
+                s.lost_at = Some(elapsed);
+                s.reason = Some("did not finish before the plan's end plus grace".into());
+                s.conn = None;
+                s.last_heard.get_or_insert(now);
+            }
+        }
+    }
+
+    pub fn all_done(&self) -> bool {
+        self.slots.iter().all(|s| {
+            matches!(
+                s.state,
+                WorkerState::Finished | WorkerState::Lost | WorkerState::Failed
+            )
+        })
+    }
+
+    /// Every worker's latest snapshot, merged exactly. A snapshot that does not merge was
+    /// refused when it arrived (layout checked), so errors here are logged, not fatal.
+    pub fn merged(&self, inner: &Inner) -> Snapshot {
+        let latest = self.slots.iter().filter_map(|s| s.snapshot.as_ref());
+        crate::merge_all(&inner.layout, latest).unwrap_or_else(|e| {
+            tracing::error!("cannot merge the workers' snapshots: {e}");
+            Snapshot::empty(&inner.layout)
+        })
+    }
+
+    fn rows(&self, inner: &Inner, elapsed: Duration) -> Vec<WorkerRow> {
+        self.slots
+            .iter()
+            .map(|s| WorkerRow::new(s, inner.cfg.weights[s.index as usize], elapsed))
+            .collect()
+    }
+
+    pub fn status(&self, inner: &Inner) -> FleetStatus {
+        let now = Instant::now();
+        let elapsed = self
+            .start
+            .map(|s| now.saturating_duration_since(s))
+            .unwrap_or_default();
+        FleetStatus {
+            started: self.start.is_some_and(|s| s <= now),
+            elapsed,
+            merged: self.merged(inner),
+            workers: self.rows(inner, elapsed),
+            stop_reason: self.stop_reason.clone(),
+        }
+    }
+
+    pub fn outcome(&mut self, inner: &Inner, now: Instant) -> FleetOutcome {
+        let start = self.start.unwrap_or(now);
+        let elapsed = now.saturating_duration_since(start);
+        // The test took as long as its longest worker ran (the controller's own clock adds
+        // the last report's travel time).
+        let worker_elapsed = self
+            .slots
+            .iter()
+            .filter(|s| s.state == WorkerState::Finished)
+            .map(|s| s.elapsed)
+            .max();
+        let elapsed = worker_elapsed.unwrap_or(elapsed);
+        let failure = self.failure.clone().or_else(|| {
+            let failed: Vec<String> = self
+                .slots
+                .iter()
+                .filter(|s| s.state == WorkerState::Failed)
+                .map(|s| {
+                    format!(
+                        "worker {} failed: {}",
+                        s.index,
+                        s.reason.as_deref().unwrap_or("?")
+                    )
+                })
+                .collect();
+            (!failed.is_empty()).then(|| failed.join("; "))
+        });
+        for s in &mut self.slots {
+            s.conn = None;
+        }
+        FleetOutcome {
+            test_id: inner.cfg.test_id.clone(),
+            merged: self.merged(inner),
+            elapsed,
+            workers: self.rows(inner, elapsed),
+            abort_reason: self.abort_reason.clone(),
+            failure,
+            stopped_early: self.stop_reason.is_some()
+                || self.abort_reason.is_some()
+                || self.slots.iter().any(|s| s.stopped_early),
+            resumed: self.resumed,
+        }
+    }
+}

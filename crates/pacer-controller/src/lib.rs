@@ -1,0 +1,411 @@
+//! The coordinator of a distributed pacer run: workers dial it over gRPC
+//! (`proto/pacer/v1/coordinator.proto`), it hands each one its [`Shard`] of the plan, starts
+//! them at one instant, keeps every worker's latest cumulative snapshot, merges them exactly,
+//! evaluates thresholds on the fleet (stopping every worker on an `abortOnFail`), notices lost
+//! workers and, at the end, reduces everything to the fleet's summary.
+//!
+//! Nothing here knows how workers are started: `pacer run --workers N` spawns processes,
+//! `pacer controller` waits for machines, and the Kubernetes operator (a later issue) can
+//! create pods. Each of them builds a [`Coordinator`], serves [`Coordinator::service`] on a
+//! listener and awaits [`Coordinator::run`].
+//!
+//! - [`fleet`]: the per-worker state and the exact merge;
+//! - [`session`]: one gRPC stream per worker, checked message by message;
+//! - [`report`]: the fleet outcome, the per-worker table, progress lines.
+
+pub mod fleet;
+pub mod report;
+pub mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pacer_plan::shard::{Shard, ShardError};
+use pacer_plan::{Plan, spec::WorkerLoss};
+use pacer_proto::v1::coordinator_server::CoordinatorServer;
+use pacer_proto::{ControllerMessage, controller_message};
+use pacer_stats::{Layout, ScenarioLayout, Snapshot};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use fleet::WorkerState;
+pub use report::{FleetOutcome, FleetStatus, ProgressTracker, WorkerRow};
+
+/// How long the controller waits and listens; defaults in [`ControllerConfig::new`].
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Names the test; workers that send another id are refused.
+    pub test_id: String,
+    /// The per-test secret every worker must present in its Hello.
+    pub session_token: String,
+    /// One weight per worker (`len` = the number of workers).
+    pub weights: Vec<u32>,
+    /// Tell workers to send `X-Pacer-Worker: <index>` with every request.
+    pub send_worker_header: bool,
+    /// Give up when not every worker is ready after this long (default 60 s).
+    pub wait_for_workers: Duration,
+    /// From "every worker is ready" to the common start (default 250 ms): long enough for the
+    /// Start messages to arrive everywhere.
+    pub start_delay: Duration,
+    /// A worker silent for this long is lost (default 5 s: five missed heartbeats).
+    pub lost_after: Duration,
+    /// Heartbeats both ways (default 1 s).
+    pub heartbeat_interval: Duration,
+    /// Cumulative reports from each worker (default 1 s).
+    pub report_interval: Duration,
+    /// A new stream must send Hello within this (default 10 s).
+    pub hello_timeout: Duration,
+}
+
+impl ControllerConfig {
+    pub fn new(test_id: impl Into<String>, session_token: impl Into<String>, workers: u32) -> Self {
+        Self {
+            test_id: test_id.into(),
+            session_token: session_token.into(),
+            weights: vec![1; workers as usize],
+            send_worker_header: false,
+            wait_for_workers: Duration::from_secs(60),
+            start_delay: Duration::from_millis(250),
+            lost_after: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(1),
+            report_interval: Duration::from_secs(1),
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("invalid split: {0}")]
+    Split(#[from] ShardError),
+    #[error("the plan cannot be sent to workers: {0}")]
+    Plan(String),
+    #[error(
+        "gave up after {waited:?}: {ready} of {expected} workers ready ({connected} connected); missing worker indices {missing:?}"
+    )]
+    WorkersMissing {
+        expected: usize,
+        ready: usize,
+        connected: usize,
+        missing: Vec<u32>,
+        waited: Duration,
+    },
+    #[error("worker {index} cannot run its shard: {reason}")]
+    WorkerFailed { index: u32, reason: String },
+    #[error("stopped before the workers started: {0}")]
+    StoppedBeforeStart(String),
+    #[error("cannot serve gRPC: {0}")]
+    Serve(String),
+}
+
+/// The coordinator: shared by the gRPC service (one task per worker stream) and the run loop.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub plan: Arc<Plan>,
+    pub plan_spec_json: String,
+    pub plan_source_json: String,
+    pub layout: Layout,
+    pub cfg: ControllerConfig,
+    pub shards: Vec<Shard>,
+    pub fleet: Mutex<fleet::Fleet>,
+    pub changed: Notify,
+    pub next_conn: AtomicU64,
+    /// The controller's own time origin for heartbeat timestamps.
+    pub epoch: Instant,
+}
+
+impl Inner {
+    pub fn conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The recorder layout of a plan (scenario and request names in plan order).
+pub fn plan_layout(plan: &Plan) -> Layout {
+    Layout {
+        scenarios: plan
+            .scenarios
+            .iter()
+            .map(|s| ScenarioLayout {
+                name: s.name.clone(),
+                requests: s.requests.iter().map(|r| r.name.clone()).collect(),
+            })
+            .collect(),
+    }
+}
+
+impl Coordinator {
+    pub fn new(plan: Arc<Plan>, cfg: ControllerConfig) -> Result<Self, ControllerError> {
+        let shards = Shard::all(&cfg.weights)?;
+        let plan_spec_json =
+            serde_json::to_string(&plan.spec).map_err(|e| ControllerError::Plan(e.to_string()))?;
+        let plan_source_json = serde_json::to_string(&plan.source)
+            .map_err(|e| ControllerError::Plan(e.to_string()))?;
+        let layout = plan_layout(&plan);
+        let fleet = fleet::Fleet::new(cfg.weights.len());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                plan,
+                plan_spec_json,
+                plan_source_json,
+                layout,
+                cfg,
+                shards,
+                fleet: Mutex::new(fleet),
+                changed: Notify::new(),
+                next_conn: AtomicU64::new(1),
+                epoch: Instant::now(),
+            }),
+        })
+    }
+
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.inner.plan
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.inner.cfg
+    }
+
+    /// The tonic service to mount (message sizes capped both ways).
+    pub fn service(&self) -> CoordinatorServer<session::SessionService> {
+        CoordinatorServer::new(session::SessionService {
+            inner: self.inner.clone(),
+        })
+        .max_decoding_message_size(pacer_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(pacer_proto::MAX_MESSAGE_BYTES)
+    }
+
+    /// Serve the service on `listener` until `shutdown` is cancelled.
+    pub fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<Result<(), ControllerError>> {
+        let service = self.service();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+                .map_err(|e| ControllerError::Serve(e.to_string()))
+        })
+    }
+
+    /// Ask every worker to stop gracefully (Ctrl-C): no new iterations, in-flight ones get
+    /// their gracefulStop. Before the start, the run ends without starting.
+    pub fn stop(&self, reason: &str) {
+        let mut f = self.inner.fleet.lock();
+        if f.stop_reason.is_none() {
+            f.stop_reason = Some(reason.to_string());
+        }
+        f.broadcast(controller_message::Body::Stop(pacer_proto::Stop {
+            reason: reason.to_string(),
+        }));
+        drop(f);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Interrupt every worker now.
+    pub fn abort(&self, reason: &str) {
+        let mut f = self.inner.fleet.lock();
+        if f.stop_reason.is_none() {
+            f.stop_reason = Some(reason.to_string());
+        }
+        f.broadcast(controller_message::Body::Abort(pacer_proto::Abort {
+            reason: reason.to_string(),
+        }));
+        drop(f);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// What the fleet looks like now (for progress displays).
+    pub fn status(&self) -> FleetStatus {
+        let f = self.inner.fleet.lock();
+        f.status(&self.inner)
+    }
+
+    /// Wait for every worker, start them together, watch them until each has finished or is
+    /// lost, and return the fleet's results.
+    pub async fn run(&self) -> Result<FleetOutcome, ControllerError> {
+        self.wait_and_start().await?;
+        self.watch().await;
+        let mut f = self.inner.fleet.lock();
+        f.ended = true;
+        Ok(f.outcome(&self.inner, Instant::now()))
+    }
+
+    async fn wait_and_start(&self) -> Result<(), ControllerError> {
+        let inner = &self.inner;
+        let began = Instant::now();
+        let deadline = began + inner.cfg.wait_for_workers;
+        let n = inner.cfg.weights.len();
+        tracing::info!(
+            "waiting for {n} workers (test {}, up to {:?})",
+            inner.cfg.test_id,
+            inner.cfg.wait_for_workers
+        );
+        loop {
+            let notified = inner.changed.notified();
+            {
+                let mut f = inner.fleet.lock();
+                if f.start.is_some() {
+                    // A worker resumed a running test (this controller restarted).
+                    return Ok(());
+                }
+                if let Some(reason) = &f.stop_reason {
+                    return Err(ControllerError::StoppedBeforeStart(reason.clone()));
+                }
+                if let Some(s) = f.slots.iter().find(|s| s.state == WorkerState::Failed) {
+                    let err = ControllerError::WorkerFailed {
+                        index: s.index,
+                        reason: s.reason.clone().unwrap_or_default(),
+                    };
+                    f.ended = true;
+                    f.broadcast(controller_message::Body::Abort(pacer_proto::Abort {
+                        reason: err.to_string(),
+                    }));
+                    return Err(err);
+                }
+                if f.slots.iter().all(|s| s.state == WorkerState::Ready) {
+                    f.start_all(inner, Instant::now() + inner.cfg.start_delay);
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    let ready = f
+                        .slots
+                        .iter()
+                        .filter(|s| s.state == WorkerState::Ready)
+                        .count();
+                    let connected = f.slots.iter().filter(|s| s.conn.is_some()).count();
+                    let missing = f
+                        .slots
+                        .iter()
+                        .filter(|s| s.state != WorkerState::Ready)
+                        .map(|s| s.index)
+                        .collect();
+                    f.ended = true;
+                    f.broadcast(controller_message::Body::Abort(pacer_proto::Abort {
+                        reason: "not every worker became ready in time".into(),
+                    }));
+                    return Err(ControllerError::WorkersMissing {
+                        expected: n,
+                        ready,
+                        connected,
+                        missing,
+                        waited: began.elapsed(),
+                    });
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    async fn watch(&self) {
+        let inner = &self.inner;
+        let abortable: Vec<_> = inner
+            .plan
+            .thresholds
+            .iter()
+            .filter(|t| t.abort_on_fail)
+            .cloned()
+            .collect();
+        let mut merged_generation = u64::MAX;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let notified = inner.changed.notified();
+            {
+                let mut f = inner.fleet.lock();
+                let now = Instant::now();
+                let start = f.start.unwrap_or(now);
+                let elapsed = now.saturating_duration_since(start);
+                for lost in f.mark_lost(inner, now) {
+                    tracing::warn!("{lost}");
+                    if inner.plan.on_worker_loss == WorkerLoss::Fail && f.failure.is_none() {
+                        let reason = format!("{lost}; the plan says onWorkerLoss: fail");
+                        f.failure = Some(reason.clone());
+                        f.broadcast(controller_message::Body::Abort(pacer_proto::Abort {
+                            reason,
+                        }));
+                    }
+                }
+                if !abortable.is_empty()
+                    && f.abort_reason.is_none()
+                    && f.generation != merged_generation
+                {
+                    merged_generation = f.generation;
+                    let merged = f.merged(inner);
+                    let results = pacer_stats::evaluate(&abortable, &merged, elapsed);
+                    if let Some((t, _)) = abortable
+                        .iter()
+                        .zip(&results)
+                        .find(|(t, r)| !r.passed && elapsed >= t.delay_abort_eval)
+                    {
+                        let reason = format!(
+                            "threshold {} {} crossed on the fleet (abortOnFail) at {:.1}s",
+                            t.key,
+                            t.expr,
+                            elapsed.as_secs_f64()
+                        );
+                        tracing::warn!("{reason}");
+                        f.abort_reason = Some(reason.clone());
+                        f.broadcast(controller_message::Body::Stop(pacer_proto::Stop { reason }));
+                    }
+                }
+                // Workers end by themselves; this bounds a fleet whose workers keep talking
+                // but never finish (gracefulStop is included in max_duration).
+                let limit = inner.plan.max_duration() + inner.cfg.lost_after * 2
+                    + Duration::from_secs(30);
+                if elapsed > limit {
+                    f.give_up_unfinished(now, elapsed);
+                }
+                if f.all_done() {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tick.tick() => {}
+            }
+        }
+    }
+}
+
+/// Compare secrets without an early exit on the first differing byte.
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A message for a worker's stream.
+pub(crate) fn msg(body: controller_message::Body) -> Result<ControllerMessage, tonic::Status> {
+    Ok(ControllerMessage { body: Some(body) })
+}
+
+/// Merge cumulative snapshots exactly (what the controller does with its workers' latest
+/// reports): the result is as if one recorder had recorded everything.
+pub fn merge_all<'a>(
+    layout: &Layout,
+    snapshots: impl IntoIterator<Item = &'a Snapshot>,
+) -> Result<Snapshot, pacer_stats::StatsError> {
+    let mut merged = Snapshot::empty(layout);
+    for s in snapshots {
+        merged.merge(s)?;
+    }
+    Ok(merged)
+}

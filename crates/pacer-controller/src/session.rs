@@ -1,0 +1,440 @@
+//! One worker's gRPC stream, message by message. Every message is checked against the
+//! protocol (proto/pacer/v1/coordinator.proto): a wrong version, token or test id, a message
+//! out of order, a message kind this controller does not know, or a snapshot that does not
+//! decode or does not fit the plan ends the stream with a status naming the field. Nothing a
+//! worker sends can panic the controller.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pacer_proto::v1::coordinator_server::Coordinator;
+use pacer_proto::{
+    ControllerMessage, Hello, PROTOCOL_VERSION, Report, WorkerMessage, controller_message,
+    worker_message::Body,
+};
+use pacer_stats::Snapshot;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::fleet::{Conn, WorkerState};
+use crate::{Inner, msg, same_secret};
+
+/// The tonic service: a task per stream.
+pub struct SessionService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+type Tx = mpsc::Sender<Result<ControllerMessage, Status>>;
+
+#[tonic::async_trait]
+impl Coordinator for SessionService {
+    type SessionStream = ReceiverStream<Result<ControllerMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if let Err(status) = serve_stream(&inner, &mut inbound, &tx).await {
+                tracing::warn!("worker stream from {peer} refused: {}", status.message());
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// What the stream loop does after a message.
+enum Next {
+    Continue,
+    /// The worker finished: close the stream (the worker takes the close as the receipt).
+    Close,
+}
+
+async fn serve_stream(
+    inner: &Arc<Inner>,
+    inbound: &mut Streaming<WorkerMessage>,
+    tx: &Tx,
+) -> Result<(), Status> {
+    let first = tokio::time::timeout(inner.cfg.hello_timeout, inbound.message())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no Hello within {:?} of opening the stream",
+                inner.cfg.hello_timeout
+            ))
+        })??;
+    let Some(first) = first else {
+        return Ok(());
+    };
+    let hello = match first.body {
+        Some(Body::Hello(h)) => h,
+        Some(other) => {
+            return Err(Status::failed_precondition(format!(
+                "{} before Hello: the first message of a stream must be Hello",
+                other.kind()
+            )));
+        }
+        None => return Err(unknown_body()),
+    };
+    let (index, conn_id, resuming) = admit(inner, &hello, tx)?;
+    let shard = &inner.shards[index as usize];
+    let interval_ms = |d: Duration| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+    let assign = controller_message::Body::Assign(pacer_proto::Assign {
+        protocol_version: PROTOCOL_VERSION,
+        test_id: inner.cfg.test_id.clone(),
+        worker_index: index,
+        weights: shard.weights().to_vec(),
+        plan_spec_json: inner.plan_spec_json.clone(),
+        plan_source_json: inner.plan_source_json.clone(),
+        send_worker_header: inner.cfg.send_worker_header,
+        report_interval_ms: interval_ms(inner.cfg.report_interval),
+        heartbeat_interval_ms: interval_ms(inner.cfg.heartbeat_interval),
+        peer_timeout_ms: interval_ms(inner.cfg.lost_after),
+    });
+    tx.send(msg(assign))
+        .await
+        .map_err(|_| Status::cancelled("stream closed"))?;
+    tracing::info!(
+        "worker {index} ({}) {}",
+        hello.name,
+        if resuming { "resumed" } else { "assigned" }
+    );
+    let heartbeats = tokio::spawn(heartbeat(
+        inner.clone(),
+        tx.clone(),
+        inner.cfg.heartbeat_interval,
+    ));
+    let result = loop {
+        let m = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(status) => {
+                tracing::debug!("worker {index}: stream ended: {status}");
+                break Ok(());
+            }
+        };
+        match on_message(inner, index, conn_id, m, tx).await {
+            Ok(Next::Continue) => {}
+            Ok(Next::Close) => break Ok(()),
+            Err(status) => break Err(status),
+        }
+    };
+    heartbeats.abort();
+    disconnect(inner, index, conn_id);
+    result
+}
+
+fn unknown_body() -> Status {
+    Status::invalid_argument(format!(
+        "WorkerMessage.body: not set or of a kind this controller does not know (it speaks protocol {PROTOCOL_VERSION}, pacer {})",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+async fn heartbeat(inner: Arc<Inner>, tx: Tx, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let body = controller_message::Body::Heartbeat(pacer_proto::Heartbeat {
+            sent_us: inner.epoch.elapsed().as_micros() as u64,
+        });
+        if tx.send(msg(body)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Check a Hello and register the stream in its slot: `(index, connection id, resuming)`.
+fn admit(inner: &Inner, h: &Hello, tx: &Tx) -> Result<(u32, u64, bool), Status> {
+    if h.protocol_version != PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "hello.protocol_version: {} is not supported: this controller speaks protocol {PROTOCOL_VERSION} (pacer {})",
+            h.protocol_version,
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    if !same_secret(&h.session_token, &inner.cfg.session_token) {
+        return Err(Status::unauthenticated(
+            "hello.session_token: not this test's session token",
+        ));
+    }
+    if !h.test_id.is_empty() && h.test_id != inner.cfg.test_id {
+        return Err(Status::failed_precondition(format!(
+            "hello.test_id: {:?} is not the test this controller runs ({:?})",
+            h.test_id, inner.cfg.test_id
+        )));
+    }
+    let n = inner.cfg.weights.len() as u32;
+    let resume = h.resume.as_ref();
+    let mut f = inner.fleet.lock();
+    if f.ended {
+        return Err(Status::unavailable("the test has ended"));
+    }
+    let index = match h.worker_index {
+        Some(i) if i >= n => {
+            return Err(Status::invalid_argument(format!(
+                "hello.worker_index: {i} is not below the number of workers ({n})"
+            )));
+        }
+        Some(i) => i,
+        None if resume.is_some() => {
+            return Err(Status::invalid_argument(
+                "hello.worker_index: required when resuming",
+            ));
+        }
+        None => f
+            .slots
+            .iter()
+            .find(|s| s.state == WorkerState::Waiting && s.conn.is_none())
+            .map(|s| s.index)
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!("all {n} worker slots are taken"))
+            })?,
+    };
+    let now = Instant::now();
+    let started = f.start.is_some();
+    let slot = &mut f.slots[index as usize];
+    if let Some(r) = resume {
+        if h.test_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "hello.test_id: required when resuming",
+            ));
+        }
+        if matches!(slot.state, WorkerState::Finished | WorkerState::Failed) {
+            return Err(Status::failed_precondition(format!(
+                "worker {index} has already finished"
+            )));
+        }
+        // A reconnect takes over the slot (the old stream may not have noticed it broke).
+        slot.state = WorkerState::Running;
+        slot.reason = None;
+        slot.lost_at = None;
+        if !started {
+            // This controller restarted while the test ran: the test's start is where the
+            // worker says it is (the Hello travelled a few ms; reports correct the rest).
+            let elapsed = Duration::from_micros(r.elapsed_us);
+            let start = now.checked_sub(elapsed).unwrap_or(now);
+            f.start = Some(start);
+            f.resumed = true;
+            for s in &mut f.slots {
+                // Workers that do not come back are lost `lost_after` from now.
+                s.last_heard.get_or_insert(now);
+            }
+            tracing::warn!(
+                "resuming test {} from worker {index} at {:.1}s",
+                inner.cfg.test_id,
+                elapsed.as_secs_f64()
+            );
+        }
+    } else {
+        if started {
+            return Err(Status::failed_precondition(format!(
+                "the test has already started; worker index {index} cannot join now"
+            )));
+        }
+        if slot.conn.is_some() {
+            return Err(Status::already_exists(format!(
+                "worker index {index} is already connected ({})",
+                slot.name
+            )));
+        }
+        slot.state = WorkerState::Assigned;
+    }
+    let slot = &mut f.slots[index as usize];
+    let id = inner.conn_id();
+    slot.conn = Some(Conn { id, tx: tx.clone() });
+    slot.last_heard = Some(now);
+    slot.name = truncate(&h.name, 128);
+    slot.version = truncate(&h.version, 64);
+    drop(f);
+    inner.changed.notify_waiters();
+    Ok((index, id, resume.is_some()))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(max)
+        .collect()
+}
+
+async fn on_message(
+    inner: &Inner,
+    index: u32,
+    conn: u64,
+    m: WorkerMessage,
+    tx: &Tx,
+) -> Result<Next, Status> {
+    let body = m.body.ok_or_else(unknown_body)?;
+    if let Body::Ping(p) = &body {
+        let pong = controller_message::Body::Pong(pacer_proto::Pong {
+            sent_us: p.sent_us,
+            controller_us: inner.epoch.elapsed().as_micros() as u64,
+        });
+        tx.send(msg(pong))
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))?;
+    }
+    // Order first (a misplaced report is refused as such), then decode outside the lock:
+    // snapshots can be large.
+    // A worker that cannot run at all says so with a Finished carrying an error, before Ready.
+    let cannot_run = matches!(&body, Body::Finished(fin) if !fin.error.is_empty());
+    if matches!(body, Body::Report(_) | Body::Finished(_)) {
+        let f = inner.fleet.lock();
+        let state = f.slots[index as usize].state;
+        let early_failure =
+            cannot_run && matches!(state, WorkerState::Assigned | WorkerState::Ready);
+        if state != WorkerState::Running && !early_failure {
+            return Err(Status::failed_precondition(format!(
+                "{} while worker {index} is {}: the order is Hello, Assign, Ready, Start, Report..., Finished",
+                body.kind(),
+                state.as_str()
+            )));
+        }
+    }
+    let decoded = match &body {
+        Body::Report(r) => Some(decode_report(inner, r, "report")?),
+        Body::Finished(fin) => match &fin.report {
+            Some(r) => Some(decode_report(inner, r, "finished.report")?),
+            None => None,
+        },
+        _ => None,
+    };
+    let mut f = inner.fleet.lock();
+    let slot = &mut f.slots[index as usize];
+    if slot.conn.as_ref().is_none_or(|c| c.id != conn) {
+        // Another stream took the slot over, or the worker was declared lost.
+        return Err(Status::aborted(format!(
+            "worker {index}: this stream was replaced or declared lost; reconnect to resume"
+        )));
+    }
+    slot.last_heard = Some(Instant::now());
+    let state = slot.state;
+    let order = |what: &str| {
+        Status::failed_precondition(format!(
+            "{what} while worker {index} is {}: {}",
+            state.as_str(),
+            "the order is Hello, Assign, Ready, Start, Report..., Finished"
+        ))
+    };
+    let mut next = Next::Continue;
+    match body {
+        Body::Hello(_) => return Err(order("a second Hello")),
+        Body::Ping(_) | Body::Heartbeat(_) => {}
+        Body::Ready(_) => {
+            if state != WorkerState::Assigned {
+                return Err(order("Ready"));
+            }
+            slot.state = WorkerState::Ready;
+        }
+        Body::Report(r) => {
+            if state != WorkerState::Running {
+                return Err(order("Report"));
+            }
+            if let Some(snap) = decoded
+                && accept(slot, r.seq, r.elapsed_us, snap)
+            {
+                f.generation += 1;
+            }
+        }
+        Body::Finished(fin) => {
+            if state != WorkerState::Running && !cannot_run {
+                return Err(order("Finished"));
+            }
+            if let (Some(r), Some(snap)) = (&fin.report, decoded) {
+                accept(slot, r.seq, r.elapsed_us, snap);
+            }
+            slot.stopped_early = fin.stopped_early;
+            if fin.error.is_empty() {
+                slot.state = WorkerState::Finished;
+            } else {
+                slot.state = WorkerState::Failed;
+                slot.reason = Some(truncate(&fin.error, 2000));
+            }
+            slot.conn = None;
+            f.generation += 1;
+            if fin.error.is_empty() {
+                tracing::info!("worker {index} finished");
+            } else {
+                tracing::warn!("worker {index} failed: {}", fin.error);
+            }
+            next = Next::Close;
+        }
+    }
+    drop(f);
+    inner.changed.notify_waiters();
+    Ok(next)
+}
+
+/// Keep a report if it is newer than the one held (cumulative: the newest replaces).
+fn accept(slot: &mut crate::fleet::Slot, seq: u64, elapsed_us: u64, snap: Snapshot) -> bool {
+    if slot.snapshot.is_some() && seq <= slot.seq {
+        tracing::debug!(
+            "worker {}: stale report {seq} (have {})",
+            slot.index,
+            slot.seq
+        );
+        return false;
+    }
+    slot.seq = seq;
+    slot.elapsed = Duration::from_micros(elapsed_us);
+    slot.snapshot = Some(snap);
+    slot.reports += 1;
+    true
+}
+
+fn decode_report(inner: &Inner, r: &Report, field: &str) -> Result<Snapshot, Status> {
+    decode_snapshot(&inner.layout, r, field)
+}
+
+/// Validate and decode a worker's report: at most [`pacer_proto::MAX_SNAPSHOT_BYTES`], a
+/// snapshot pacer can read, laid out like the plan. `field` names the report in errors.
+pub fn decode_snapshot(
+    layout: &pacer_stats::Layout,
+    r: &Report,
+    field: &str,
+) -> Result<Snapshot, Status> {
+    if r.snapshot_json.len() > pacer_proto::MAX_SNAPSHOT_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{field}.snapshot_json: {} bytes is more than the {} allowed",
+            r.snapshot_json.len(),
+            pacer_proto::MAX_SNAPSHOT_BYTES
+        )));
+    }
+    let snap = Snapshot::from_json_bytes(&r.snapshot_json)
+        .map_err(|e| Status::invalid_argument(format!("{field}.snapshot_json: {e}")))?;
+    let got = snap.layout();
+    if &got != layout {
+        return Err(Status::invalid_argument(format!(
+            "{field}.snapshot_json: its scenarios and requests are not the plan's ({} scenarios, plan has {})",
+            got.scenarios.len(),
+            layout.scenarios.len()
+        )));
+    }
+    Ok(snap)
+}
+
+fn disconnect(inner: &Inner, index: u32, conn: u64) {
+    let mut f = inner.fleet.lock();
+    let started = f.start.is_some();
+    let slot = &mut f.slots[index as usize];
+    if slot.conn.as_ref().is_some_and(|c| c.id == conn) {
+        slot.conn = None;
+        if !started && matches!(slot.state, WorkerState::Assigned | WorkerState::Ready) {
+            // Before the start a worker that leaves frees its index.
+            slot.state = WorkerState::Waiting;
+        }
+        // After the start the slot keeps its state: the loss timeout decides.
+    }
+    drop(f);
+    inner.changed.notify_waiters();
+}

@@ -1,0 +1,938 @@
+//! [`FleetLimiter`]: the `scope: fleet` limits of a plan, shared with every worker of the fleet
+//! through Redis; `scope: worker` limits stay in this process ([`LocalLimiter`]).
+//!
+//! A request's fleet limits form its *class* (the set of fleet limits it matches). Per class a
+//! worker holds a *lease*: slots of the fleet's GCRA schedule, each a time at which one request
+//! may go, granted by `lua/lease.lua` across all the class's limits at once. A request takes
+//! the next slot, waits for its time and goes; a slot not used within [`LEASE_HOLD`] of its time
+//! lapses (capacity lost, never excess). Since every slot is a conforming time of the fleet's
+//! GCRA, the fleet's requests obey the accuracy bound with a spread of [`FLEET_SPREAD`].
+//!
+//! A worker asks for about [`LEASE_SPAN`] of its own demand (or the requests already waiting),
+//! at most [`LEASE_MAX_SPAN`] of the fleet's schedule, and asks again only when its current
+//! lease is nearly spent, so Redis sees about one call per lease.
+//!
+//! Pauses (Retry-After) are held locally, learned from this worker's responses, from Redis
+//! Pub/Sub and from lease replies; nothing polls Redis while paused. When Redis fails the
+//! worker runs in safe mode: a local GCRA per limit at `max(own recent rate, rate / workers) / 2`
+//! (the sum over the fleet stays below the rate) for at most `safe_mode_max`, then requests
+//! fail with [`LimiterError::Unavailable`] until Redis answers again. What was sent in safe
+//! mode is charged to the fleet's budget at the first lease after Redis is back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pacer_plan::Limit;
+use pacer_plan::spec::LimitScope;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use super::scripts::{self, FeedbackReply, LeaseReply};
+use super::{Event, Fleet, Mode};
+use crate::gcra::{
+    AIMD_DECREASE, AIMD_INCREASE, AIMD_MIN_FACTOR, DEFAULT_SPREAD, FleetLimitReport, pacing_rate,
+};
+use crate::{Feedback, Grant, LimitReport, Limiter, LimiterError, LocalLimiter, RequestMeta};
+
+/// A slot not used within this time after its own lapses.
+pub const LEASE_HOLD: Duration = Duration::from_millis(50);
+/// The spread `D` of the accuracy bound for fleet limits: the lease hold plus the network and
+/// queueing allowance of one process ([`DEFAULT_SPREAD`]).
+pub const FLEET_SPREAD: Duration = Duration::from_millis(150);
+/// A lease covers about this much of the worker's own demand...
+pub const LEASE_SPAN: Duration = Duration::from_millis(50);
+/// ...and at most this much of the fleet's schedule (so one busy worker cannot hold the
+/// fleet's capacity for long).
+pub const LEASE_MAX_SPAN: Duration = Duration::from_millis(100);
+/// ...and at most this many tokens.
+pub const MAX_LEASE: u32 = 1024;
+/// No slot is granted further ahead than this: the queue of reserved slots stays short.
+pub const LEASE_MAX_AHEAD: Duration = Duration::from_secs(2);
+/// Ask for the next lease when the current one has this little left.
+const PREFETCH: Duration = Duration::from_millis(10);
+/// While Redis is unavailable a request waits this long for it before failing.
+const UNAVAILABLE_WAIT: Duration = Duration::from_secs(1);
+/// Demand is measured over ticks of this length.
+const DEMAND_TICK: Duration = Duration::from_millis(250);
+/// This worker's spend rate (for its safe share) is measured over ticks of this length.
+const SPEND_TICK: Duration = Duration::from_secs(1);
+/// Adaptive feedback goes to Redis at most this often per limit (the script decreases at most
+/// once per window anyway).
+const ADAPTIVE_FEEDBACK_EVERY: Duration = Duration::from_millis(100);
+/// A pause learned locally that Redis already holds (within this) is not sent again.
+const PAUSE_SLACK: Duration = Duration::from_millis(5);
+
+const _: () = assert!(
+    FLEET_SPREAD.as_millis() == DEFAULT_SPREAD.as_millis() + LEASE_HOLD.as_millis(),
+    "FLEET_SPREAD = DEFAULT_SPREAD + LEASE_HOLD"
+);
+
+/// Tuning of a [`FleetLimiter`].
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    /// `D` of the accuracy bound (default [`FLEET_SPREAD`]); must cover [`LEASE_HOLD`].
+    pub spread: Duration,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self {
+            spread: FLEET_SPREAD,
+        }
+    }
+}
+
+/// A `scope: fleet` limit as the scripts need it.
+#[derive(Debug)]
+struct FleetLimit {
+    plan_index: usize,
+    limit: Limit,
+    key: String,
+    /// Pacing rate from the accuracy bound (tokens/s), before the adaptive factor.
+    ceiling: f64,
+    window_us: u64,
+}
+
+/// What this worker knows of a fleet limit.
+#[derive(Debug)]
+struct LimitState {
+    pause_until: Option<Instant>,
+    pauses: u64,
+    paused: Duration,
+    throttled: u64,
+    /// The shared AIMD factor and the sustained one, as of the last reply.
+    factor: f64,
+    sustained: f64,
+    last_adaptive_feedback: Option<Instant>,
+    spent_tick: u64,
+    spent_tick_start: Instant,
+    /// This worker's recent rate on this limit (tokens/s), for its safe share.
+    spent_rate: f64,
+    /// Safe mode: a local GCRA, set up once per failure episode (epoch).
+    safe_epoch: u64,
+    safe_tat: Instant,
+    safe_interval: Duration,
+    /// Sent in safe mode and not yet charged to the fleet's budget.
+    safe_debt: u64,
+}
+
+impl LimitState {
+    fn new(now: Instant) -> Self {
+        Self {
+            pause_until: None,
+            pauses: 0,
+            paused: Duration::ZERO,
+            throttled: 0,
+            factor: 1.0,
+            sustained: 0.0,
+            last_adaptive_feedback: None,
+            spent_tick: 0,
+            spent_tick_start: now,
+            spent_rate: 0.0,
+            safe_epoch: 0,
+            safe_tat: now,
+            safe_interval: Duration::ZERO,
+            safe_debt: 0,
+        }
+    }
+
+    /// Pause until `until` (only ever extended); true when it was extended.
+    fn extend_pause(&mut self, until: Instant, now: Instant) -> bool {
+        let current = self.pause_until.filter(|p| *p > now);
+        match current {
+            Some(p) if p >= until => false,
+            Some(p) => {
+                self.paused += until - p;
+                self.pause_until = Some(until);
+                true
+            }
+            None => {
+                self.pauses += 1;
+                self.paused += until - now;
+                self.pause_until = Some(until);
+                true
+            }
+        }
+    }
+
+    fn roll_spent(&mut self, now: Instant) {
+        let el = now - self.spent_tick_start;
+        if el >= SPEND_TICK {
+            let inst = self.spent_tick as f64 / el.as_secs_f64();
+            self.spent_rate = if self.spent_rate == 0.0 {
+                inst
+            } else {
+                0.5 * self.spent_rate + 0.5 * inst
+            };
+            self.spent_tick = 0;
+            self.spent_tick_start = now;
+        }
+    }
+}
+
+/// One class's lease.
+struct Class {
+    /// Fleet-limit indices, ascending.
+    limits: Vec<usize>,
+    st: Mutex<ClassState>,
+    changed: Notify,
+}
+
+struct ClassState {
+    /// Slot times, ascending, with the mode epoch they were granted in.
+    slots: VecDeque<(Instant, u64)>,
+    /// The last slot granted (a lease is still running until then).
+    reserved_until: Option<(Instant, u64)>,
+    fetching: bool,
+    /// Redis said there is no room before this.
+    retry_at: Option<Instant>,
+    /// Requests in `acquire`, and those of them sleeping until their slot.
+    waiters: usize,
+    holding: usize,
+    demand_tick: u64,
+    demand_tick_start: Instant,
+    demand_rate: f64,
+}
+
+impl ClassState {
+    /// Requests per second asking for this class: the last ticks' average, or while the first
+    /// tick runs, what it has seen so far (so the first leases grow quickly).
+    fn demand(&self, now: Instant) -> f64 {
+        if self.demand_rate > 0.0 {
+            return self.demand_rate;
+        }
+        let el = (now - self.demand_tick_start).max(Duration::from_millis(10));
+        self.demand_tick as f64 / el.as_secs_f64()
+    }
+
+    fn count_demand(&mut self, now: Instant) {
+        self.demand_tick += 1;
+        let el = now - self.demand_tick_start;
+        if el >= DEMAND_TICK {
+            let inst = self.demand_tick as f64 / el.as_secs_f64();
+            self.demand_rate = if self.demand_rate == 0.0 {
+                inst
+            } else {
+                0.5 * self.demand_rate + 0.5 * inst
+            };
+            self.demand_tick = 0;
+            self.demand_tick_start = now;
+        }
+    }
+}
+
+/// Counts a request in `acquire` (and, with `holding`, sleeping on a slot) while it lives.
+struct InClass<'a> {
+    class: &'a Class,
+    holding: bool,
+}
+
+impl Drop for InClass<'_> {
+    fn drop(&mut self) {
+        let mut st = self.class.st.lock();
+        st.waiters = st.waiters.saturating_sub(1);
+        if self.holding {
+            st.holding = st.holding.saturating_sub(1);
+        }
+    }
+}
+
+impl InClass<'_> {
+    fn hold(&mut self, on: bool) {
+        if self.holding != on {
+            let mut st = self.class.st.lock();
+            if on {
+                st.holding += 1;
+            } else {
+                st.holding = st.holding.saturating_sub(1);
+            }
+            self.holding = on;
+        }
+    }
+}
+
+/// Clears `fetching` even when the fetching request is dropped mid-call.
+struct Fetching<'a>(&'a Class);
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        self.0.st.lock().fetching = false;
+        self.0.changed.notify_waiters();
+    }
+}
+
+enum Step<'a> {
+    Slot(Instant),
+    Wait(Option<Instant>, tokio::sync::futures::Notified<'a>),
+    Fetch(u32),
+}
+
+struct Inner {
+    fleet: Arc<Fleet>,
+    limits: Vec<FleetLimit>,
+    state: Mutex<Vec<LimitState>>,
+    classes: Mutex<HashMap<u64, Arc<Class>>>,
+    /// Notified whenever a pause is set or extended.
+    pause_changed: Notify,
+    /// How long a state key outlives its last slot (ms).
+    keep_ms: u64,
+    hold: Duration,
+}
+
+/// The limiter of a fleet worker: `scope: fleet` limits through Redis, `scope: worker` limits
+/// in this process.
+pub struct FleetLimiter {
+    inner: Arc<Inner>,
+    plan_limits: Vec<Limit>,
+    /// `scope: worker` limits (in their own index space) and their plan indices.
+    local: Option<(LocalLimiter, Vec<usize>)>,
+    listener: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FleetLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetLimiter")
+            .field("fleet", &self.inner.fleet)
+            .field("fleet_limits", &self.inner.limits.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FleetLimiter {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl FleetLimiter {
+    /// The plan's limits: `scope: fleet` ones go through `fleet`, the others stay local. At most
+    /// 64 limits (as [`Grant::limits`]).
+    pub fn new(fleet: Arc<Fleet>, limits: &[Limit], opts: FleetOptions) -> Self {
+        let now = Instant::now();
+        let spread = opts.spread.max(LEASE_HOLD);
+        let mut fleet_limits = Vec::new();
+        let mut local_limits = Vec::new();
+        let mut local_index = Vec::new();
+        for (i, l) in limits.iter().enumerate().take(64) {
+            match l.scope {
+                LimitScope::Fleet => {
+                    let key = fleet.keys().limit(&l.name);
+                    fleet.track_key(key.clone());
+                    fleet_limits.push(FleetLimit {
+                        plan_index: i,
+                        ceiling: pacing_rate(l, spread),
+                        window_us: l.window.as_micros().clamp(1, u128::from(u64::MAX)) as u64,
+                        limit: l.clone(),
+                        key,
+                    });
+                }
+                LimitScope::Worker => {
+                    local_limits.push(l.clone());
+                    local_index.push(i);
+                }
+            }
+        }
+        let keep_ms = fleet_limits
+            .iter()
+            .map(|l| (l.window_us / 1000).saturating_mul(2))
+            .max()
+            .unwrap_or(0)
+            .max(60_000);
+        let state = fleet_limits.iter().map(|_| LimitState::new(now)).collect();
+        let inner = Arc::new(Inner {
+            fleet: fleet.clone(),
+            limits: fleet_limits,
+            state: Mutex::new(state),
+            classes: Mutex::new(HashMap::new()),
+            pause_changed: Notify::new(),
+            keep_ms,
+            hold: LEASE_HOLD,
+        });
+        let listener = tokio::spawn(listen(Arc::downgrade(&inner), fleet.subscribe()));
+        Self {
+            inner,
+            plan_limits: limits.to_vec(),
+            local: (!local_limits.is_empty())
+                .then(|| (LocalLimiter::new(&local_limits), local_index)),
+            listener,
+        }
+    }
+
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.inner.fleet
+    }
+
+    /// Fleet-limit bits (in `inner.limits` order) and whether any local limit matches.
+    fn matched(&self, req: &RequestMeta<'_>) -> (u64, bool) {
+        let mut bits = 0u64;
+        for (i, l) in self.inner.limits.iter().enumerate() {
+            if l.limit.matches(req.method, req.path, req.request) {
+                bits |= 1 << i;
+            }
+        }
+        let local = self.local.as_ref().is_some_and(|(_, idx)| {
+            idx.iter().any(|&i| {
+                self.plan_limits[i].matches(req.method, req.path, req.request)
+            })
+        });
+        (bits, local)
+    }
+
+    fn plan_bits(&self, fleet_bits: u64) -> u64 {
+        self.inner
+            .limits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| fleet_bits & (1 << i) != 0)
+            .fold(0, |acc, (_, l)| acc | (1 << l.plan_index))
+    }
+}
+
+impl Inner {
+    fn class(&self, bits: u64) -> Arc<Class> {
+        self.classes
+            .lock()
+            .entry(bits)
+            .or_insert_with(|| {
+                Arc::new(Class {
+                    limits: (0..self.limits.len())
+                        .filter(|i| bits & (1 << i) != 0)
+                        .collect(),
+                    st: Mutex::new(ClassState {
+                        slots: VecDeque::new(),
+                        reserved_until: None,
+                        fetching: false,
+                        retry_at: None,
+                        waiters: 0,
+                        holding: 0,
+                        demand_tick: 0,
+                        demand_tick_start: Instant::now(),
+                        demand_rate: 0.0,
+                    }),
+                    changed: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    fn pause_end(&self, limits: &[usize], now: Instant) -> Option<Instant> {
+        let st = self.state.lock();
+        limits
+            .iter()
+            .filter_map(|&i| st[i].pause_until)
+            .filter(|p| *p > now)
+            .max()
+    }
+
+    fn pause(&self, limit: usize, until: Instant) {
+        let now = Instant::now();
+        if self.state.lock()[limit].extend_pause(until, now) {
+            self.pause_changed.notify_waiters();
+        }
+    }
+
+    fn spent(&self, limits: &[usize], now: Instant) {
+        let mut st = self.state.lock();
+        for &i in limits {
+            st[i].roll_spent(now);
+            st[i].spent_tick += 1;
+        }
+    }
+
+    /// The current rate of a fleet limit (tokens/s), with the shared adaptive factor.
+    fn rate(&self, i: usize, st: &[LimitState]) -> f64 {
+        let l = &self.limits[i];
+        if l.limit.adaptive {
+            l.ceiling * st[i].factor
+        } else {
+            l.ceiling
+        }
+    }
+
+    /// Safe mode: reserve an instant at which every limit of the class allows the request at
+    /// this worker's safe share.
+    fn safe_reserve(&self, limits: &[usize], epoch: u64, now: Instant) -> Instant {
+        let workers = f64::from(self.fleet.workers());
+        let mut st = self.state.lock();
+        let mut at = now;
+        for &i in limits {
+            if st[i].safe_epoch != epoch {
+                st[i].roll_spent(now);
+                let share = st[i].spent_rate.max(self.rate(i, &st) / workers) / 2.0;
+                let s = &mut st[i];
+                s.safe_interval = Duration::from_secs_f64(1.0 / share.max(1e-3));
+                // No token at once: the fleet may have spent this window's burst already.
+                s.safe_tat = now + s.safe_interval;
+                s.safe_epoch = epoch;
+                tracing::info!(
+                    limit = %self.limits[i].limit.name,
+                    safe_rate = share,
+                    workers,
+                    "safe mode: pacing this limit locally"
+                );
+            }
+            at = at.max(st[i].safe_tat);
+        }
+        for &i in limits {
+            let s = &mut st[i];
+            s.safe_tat = s.safe_tat.max(at) + s.safe_interval;
+            s.safe_debt += 1;
+        }
+        at
+    }
+
+    /// Safe-mode tokens not yet charged to the fleet, at most one window's worth per limit.
+    fn take_debt(&self, limits: &[usize]) -> Vec<u64> {
+        let mut st = self.state.lock();
+        limits
+            .iter()
+            .map(|&i| {
+                let cap = (self.rate(i, &st) * self.limits[i].limit.window.as_secs_f64()).ceil();
+                let d = (st[i].safe_debt as f64).min(cap) as u64;
+                st[i].safe_debt = 0;
+                d
+            })
+            .collect()
+    }
+
+    fn return_debt(&self, limits: &[usize], debt: &[u64]) {
+        let mut st = self.state.lock();
+        for (&i, d) in limits.iter().zip(debt) {
+            st[i].safe_debt += d;
+        }
+    }
+
+    /// What to do next for a request of `class` (under the class lock).
+    fn next_step<'a>(&self, class: &'a Class, now: Instant, epoch: u64) -> Step<'a> {
+        let mut st = class.st.lock();
+        while let Some(&(at, e)) = st.slots.front() {
+            if e != epoch || at + self.hold < now {
+                st.slots.pop_front();
+            } else {
+                break;
+            }
+        }
+        if let Some((at, _)) = st.slots.pop_front() {
+            return Step::Slot(at);
+        }
+        let notified = class.changed.notified();
+        if st.fetching {
+            return Step::Wait(None, notified);
+        }
+        if let Some(r) = st.retry_at.filter(|r| *r > now) {
+            return Step::Wait(Some(r), notified);
+        }
+        if let Some((until, e)) = st.reserved_until
+            && e == epoch
+            && until > now + PREFETCH
+        {
+            return Step::Wait(Some(until - PREFETCH), notified);
+        }
+        st.fetching = true;
+        let demand = st.demand(now) * LEASE_SPAN.as_secs_f64();
+        let need = st.waiters.saturating_sub(st.holding) as f64;
+        drop(st);
+        let slowest = {
+            let ls = self.state.lock();
+            class
+                .limits
+                .iter()
+                .map(|&i| self.rate(i, &ls))
+                .fold(f64::INFINITY, f64::min)
+        };
+        let k_max = (slowest * LEASE_MAX_SPAN.as_secs_f64())
+            .floor()
+            .clamp(1.0, f64::from(MAX_LEASE));
+        Step::Fetch(demand.max(need).ceil().clamp(1.0, k_max) as u32)
+    }
+
+    /// Ask Redis for a lease of `want` tokens for `class`.
+    async fn fetch(&self, class: &Class, want: u32, epoch: u64) {
+        let _fetching = Fetching(class);
+        let debt = self.take_debt(&class.limits);
+        let mut inv = scripts::LEASE.prepare_invoke();
+        for &i in &class.limits {
+            inv.key(&self.limits[i].key);
+        }
+        inv.arg(want)
+            .arg(LEASE_MAX_AHEAD.as_micros() as u64)
+            .arg(self.keep_ms)
+            .arg(AIMD_INCREASE);
+        for (&i, d) in class.limits.iter().zip(&debt) {
+            let l = &self.limits[i];
+            inv.arg(format!("{:.6}", l.ceiling))
+                .arg(l.limit.burst.max(1))
+                .arg(l.window_us)
+                .arg(u8::from(l.limit.adaptive))
+                .arg(*d);
+        }
+        let reply = self
+            .fleet
+            .script("a lease", inv)
+            .await
+            .and_then(|v| scripts::parse_lease(&v, class.limits.len(), want, LEASE_MAX_AHEAD));
+        let received = Instant::now();
+        match reply {
+            Ok(r) => {
+                tracing::debug!(
+                    want,
+                    granted = r.offsets.len(),
+                    wait_ms = r.wait.as_secs_f64() * 1e3,
+                    ahead_ms = r.offsets.last().map(|o| o.as_secs_f64() * 1e3),
+                    "lease"
+                );
+                self.apply_lease(class, &r, received, epoch)
+            }
+            Err(e) => {
+                self.return_debt(&class.limits, &debt);
+                if matches!(e, super::FleetError::Reply { .. }) {
+                    self.fleet.record_failure(&e);
+                }
+                tracing::debug!(error = %e, "lease failed");
+            }
+        }
+    }
+
+    fn apply_lease(&self, class: &Class, r: &LeaseReply, received: Instant, epoch: u64) {
+        {
+            let mut st = self.state.lock();
+            for (j, &i) in class.limits.iter().enumerate() {
+                st[i].factor = r.factors[j].max(AIMD_MIN_FACTOR);
+                st[i].sustained = r.sustained[j];
+            }
+        }
+        for (j, &i) in class.limits.iter().enumerate() {
+            if !r.pauses[j].is_zero() {
+                self.pause(i, received + r.pauses[j]);
+            }
+        }
+        let mut st = class.st.lock();
+        // Slots are mapped from the moment the reply arrived: never earlier than Redis meant.
+        for o in &r.offsets {
+            st.slots.push_back((received + *o, epoch));
+        }
+        if let Some(last) = r.offsets.last() {
+            st.reserved_until = Some((received + *last, epoch));
+            st.retry_at = None;
+        } else if r.pauses.iter().all(|p| p.is_zero()) {
+            st.retry_at = Some(received + r.wait.max(Duration::from_millis(1)));
+        }
+    }
+
+    /// Take one fleet token of `bits`. Returns (time waiting for the limits, time paused).
+    async fn acquire(&self, bits: u64) -> Result<(Duration, Duration), LimiterError> {
+        let class = self.class(bits);
+        let started = Instant::now();
+        let mut paused = Duration::ZERO;
+        {
+            let mut st = class.st.lock();
+            st.waiters += 1;
+            st.count_demand(started);
+        }
+        let mut me = InClass {
+            class: &class,
+            holding: false,
+        };
+        let done = |paused: Duration| Ok((started.elapsed().saturating_sub(paused), paused));
+        'outer: loop {
+            me.hold(false);
+            let now = Instant::now();
+            // 1. A Retry-After pause: wait here, without asking Redis.
+            let pause_changed = self.pause_changed.notified();
+            if let Some(end) = self.pause_end(&class.limits, now) {
+                tokio::select! {
+                    _ = sleep_until(end) => {}
+                    _ = pause_changed => {}
+                }
+                paused += now.elapsed();
+                continue;
+            }
+            drop(pause_changed);
+            // 2. Redis' health.
+            let mode_changed = self.fleet.mode_changed();
+            let (mode, epoch) = self.fleet.mode();
+            match mode {
+                Mode::Unavailable(reason) => {
+                    tokio::select! {
+                        _ = sleep(UNAVAILABLE_WAIT) => return Err(LimiterError::Unavailable(reason)),
+                        _ = mode_changed => continue,
+                    }
+                }
+                Mode::Safe => {
+                    let at = self.safe_reserve(&class.limits, epoch, now);
+                    // Safe mode is bounded: a reservation past its end is given up.
+                    if let Some(end) = self.fleet.safe_mode_ends()
+                        && at >= end
+                    {
+                        tokio::select! {
+                            _ = sleep_until(end) => {}
+                            _ = mode_changed => {}
+                        }
+                        continue;
+                    }
+                    drop(mode_changed);
+                    if !self.wait_for_slot(&class, at, epoch).await {
+                        continue;
+                    }
+                    self.spent(&class.limits, Instant::now());
+                    return done(paused);
+                }
+                Mode::Healthy => drop(mode_changed),
+            }
+            // 3. A slot of this worker's lease.
+            match self.next_step(&class, now, epoch) {
+                Step::Slot(at) => {
+                    me.hold(true);
+                    if !self.wait_for_slot(&class, at, epoch).await {
+                        continue 'outer;
+                    }
+                    self.spent(&class.limits, Instant::now());
+                    return done(paused);
+                }
+                Step::Wait(until, notified) => {
+                    // `fetching` waits are bounded by the response timeout of the fetch.
+                    let until = until.unwrap_or(now + Duration::from_secs(1));
+                    let mode_changed = self.fleet.mode_changed();
+                    let pause_changed = self.pause_changed.notified();
+                    tokio::select! {
+                        _ = sleep_until(until) => {}
+                        _ = notified => {}
+                        _ = mode_changed => {}
+                        _ = pause_changed => {}
+                    }
+                }
+                Step::Fetch(want) => self.fetch(&class, want, epoch).await,
+            }
+        }
+    }
+
+    /// Sleep until a slot's time. False when the slot was given up: the scope got paused,
+    /// Redis' health changed meanwhile, or this task woke up later than the slot's hold (an
+    /// overloaded process must not send late slots in a bunch: capacity lost, never excess).
+    async fn wait_for_slot(&self, class: &Class, at: Instant, epoch: u64) -> bool {
+        loop {
+            let pause_changed = self.pause_changed.notified();
+            let mode_changed = self.fleet.mode_changed();
+            let now = Instant::now();
+            if self.pause_end(&class.limits, now).is_some()
+                || self.fleet.mode().1 != epoch
+                || now > at + self.hold
+            {
+                return false;
+            }
+            if now >= at {
+                return true;
+            }
+            tokio::select! {
+                _ = sleep_until(at) => {}
+                _ = pause_changed => {}
+                _ = mode_changed => {}
+            }
+        }
+    }
+
+    fn feedback(self: &Arc<Self>, bits: u64, fb: &Feedback) {
+        let limits: Vec<usize> = (0..self.limits.len())
+            .filter(|i| bits & (1 << i) != 0)
+            .collect();
+        let now = Instant::now();
+        let mut tell_redis = false;
+        let mut extended = false;
+        {
+            let mut st = self.state.lock();
+            for &i in &limits {
+                let s = &mut st[i];
+                if fb.status == 429 {
+                    s.throttled += 1;
+                    if self.limits[i].limit.adaptive
+                        && s
+                            .last_adaptive_feedback
+                            .is_none_or(|t| now - t >= ADAPTIVE_FEEDBACK_EVERY)
+                    {
+                        s.last_adaptive_feedback = Some(now);
+                        tell_redis = true;
+                    }
+                }
+                if let Some(ra) = fb.retry_after.filter(|ra| !ra.is_zero()) {
+                    let until = now + ra;
+                    // Redis already holds this pause (we learned it from there): do not resend.
+                    if s.pause_until.is_none_or(|p| p + PAUSE_SLACK < until) {
+                        tell_redis = true;
+                    }
+                    extended |= s.extend_pause(until, now);
+                }
+            }
+        }
+        if extended {
+            self.pause_changed.notify_waiters();
+        }
+        if !tell_redis || self.fleet.mode().0 != Mode::Healthy {
+            return;
+        }
+        let inner = self.clone();
+        let fb = *fb;
+        tokio::spawn(async move { inner.send_feedback(limits, fb).await });
+    }
+
+    async fn send_feedback(&self, limits: Vec<usize>, fb: Feedback) {
+        let mut inv = scripts::FEEDBACK.prepare_invoke();
+        for &i in &limits {
+            inv.key(&self.limits[i].key);
+        }
+        inv.arg(self.fleet.keys().events())
+            .arg(fb.retry_after.map_or(0, |d| d.as_micros() as u64))
+            .arg(u8::from(fb.status == 429))
+            .arg(self.keep_ms)
+            .arg(AIMD_DECREASE)
+            .arg(AIMD_MIN_FACTOR)
+            .arg(AIMD_INCREASE)
+            .arg(5_000_000u64);
+        for &i in &limits {
+            let l = &self.limits[i];
+            inv.arg(&l.limit.name)
+                .arg(format!("{:.6}", l.ceiling))
+                .arg(l.limit.burst.max(1))
+                .arg(l.window_us)
+                .arg(u8::from(l.limit.adaptive));
+        }
+        let reply: Result<FeedbackReply, _> = self
+            .fleet
+            .script("the feedback script", inv)
+            .await
+            .and_then(|v| scripts::parse_feedback(&v, limits.len()));
+        let received = Instant::now();
+        match reply {
+            Ok(r) => {
+                {
+                    let mut st = self.state.lock();
+                    for (j, &i) in limits.iter().enumerate() {
+                        st[i].factor = r.factors[j].max(AIMD_MIN_FACTOR);
+                    }
+                }
+                for (j, &i) in limits.iter().enumerate() {
+                    if !r.pauses[j].is_zero() {
+                        self.pause(i, received + r.pauses[j]);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "feedback to the fleet failed"),
+        }
+    }
+
+    fn report(&self, i: usize) -> LimitReport {
+        let l = &self.limits[i];
+        let st = self.state.lock();
+        let s = &st[i];
+        let declared = l.limit.limit.as_per_sec();
+        let stats = self.fleet.stats();
+        let paused_now = s
+            .pause_until
+            .map_or(Duration::ZERO, |p| p.saturating_duration_since(Instant::now()));
+        LimitReport {
+            name: l.limit.name.clone(),
+            declared: l.limit.limit.to_string(),
+            pacing_rate: l.ceiling,
+            margin: if declared > 0.0 {
+                1.0 - l.ceiling / declared
+            } else {
+                0.0
+            },
+            burst: l.limit.burst,
+            adaptive: l.limit.adaptive,
+            current_rate: self.rate(i, &st),
+            sustainable_rate: l
+                .limit
+                .adaptive
+                .then_some(l.ceiling * s.sustained)
+                .filter(|r| *r > 0.0),
+            pauses: s.pauses,
+            // A pause still running at the end counts only for the part that passed.
+            paused: s.paused.saturating_sub(paused_now),
+            fleet: Some(FleetLimitReport {
+                workers: stats.workers,
+                redis_calls: stats.redis_calls,
+                safe_mode: stats.safe_mode,
+                unavailable: stats.unavailable,
+                unavailable_reason: stats.unavailable_reason,
+            }),
+        }
+    }
+}
+
+/// Pauses other workers announced.
+async fn listen(inner: Weak<Inner>, mut events: tokio::sync::broadcast::Receiver<Event>) {
+    loop {
+        let ev = match events.recv().await {
+            Ok(ev) => ev,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        if let Event::Pause { limit, remaining } = ev
+            && let Some(i) = inner.limits.iter().position(|l| l.limit.name == limit)
+        {
+            tracing::debug!(%limit, ?remaining, "the fleet paused a limit");
+            inner.pause(i, Instant::now() + remaining);
+        }
+    }
+}
+
+#[async_trait]
+impl Limiter for FleetLimiter {
+    async fn acquire(&self, req: &RequestMeta<'_>) -> Result<Grant, LimiterError> {
+        let (bits, local) = self.matched(req);
+        let mut grant = Grant::default();
+        // Local (worker) limits first: a fleet slot must not age while we wait on them.
+        if local && let Some((lim, idx)) = &self.local {
+            let g = lim.acquire(req).await?;
+            grant.waited += g.waited;
+            grant.paused += g.paused;
+            for (j, &plan) in idx.iter().enumerate() {
+                if g.limits & (1 << j) != 0 {
+                    grant.limits |= 1 << plan;
+                }
+            }
+        }
+        if bits != 0 {
+            let (waited, paused) = self.inner.acquire(bits).await?;
+            grant.waited += waited;
+            grant.paused += paused;
+            grant.limits |= self.plan_bits(bits);
+        }
+        Ok(grant)
+    }
+
+    fn feedback(&self, req: &RequestMeta<'_>, fb: &Feedback) {
+        if fb.status != 429 && fb.status != 503 {
+            return;
+        }
+        let (bits, local) = self.matched(req);
+        if local && let Some((lim, _)) = &self.local {
+            lim.feedback(req, fb);
+        }
+        if bits != 0 {
+            self.inner.feedback(bits, fb);
+        }
+    }
+
+    fn report(&self) -> Vec<LimitReport> {
+        let local = self
+            .local
+            .as_ref()
+            .map(|(lim, idx)| (lim.report(), idx));
+        (0..self.plan_limits.len().min(64))
+            .filter_map(|p| {
+                if let Some(i) = self.inner.limits.iter().position(|l| l.plan_index == p) {
+                    return Some(self.inner.report(i));
+                }
+                let (reports, idx) = local.as_ref()?;
+                let j = idx.iter().position(|&x| x == p)?;
+                reports.get(j).cloned()
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,530 @@
+//! The scripts' semantics and the fleet limiter, against a real `redis-server` on a loopback
+//! port (started here, stopped at the end). A missing `redis-server` fails the test with the
+//! way to install it: nothing is skipped silently.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pacer_plan::spec::LimitScope;
+use pacer_plan::{Limit, Rate};
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+use super::scripts::{self, LeaseReply};
+use super::*;
+use crate::{Feedback, Limiter, RequestMeta, Token};
+
+/// A throwaway `redis-server` on 127.0.0.1.
+pub(crate) struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut s = Self { port, child: None };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): run `make deps` to install it")
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(c) = redis::Client::open(self.url())
+                && let Ok(mut c) = c.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not answer on port {} within 10 s", self.port);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn conn(r: &RedisServer) -> MultiplexedConnection {
+    redis::Client::open(r.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn limit(name: &str, rate: &str, burst: u32) -> Limit {
+    let r: Rate = rate.parse().unwrap();
+    Limit {
+        name: name.into(),
+        limit: r,
+        burst,
+        window: r.per(),
+        scope: LimitScope::Fleet,
+        method_in: vec![],
+        path_prefix: None,
+        request_in: vec![],
+        adaptive: false,
+        spread: None,
+    }
+}
+
+/// One limit as the scripts take it: (key, ceiling, burst, window_us, adaptive).
+struct L {
+    key: String,
+    name: String,
+    ceiling: f64,
+    burst: u32,
+    window_us: u64,
+    adaptive: bool,
+}
+
+fn l(name: &str, ceiling: f64, burst: u32, window: Duration) -> L {
+    L {
+        key: format!("{{pacer:t}}:limit:{name}"),
+        name: name.into(),
+        ceiling,
+        burst,
+        window_us: window.as_micros() as u64,
+        adaptive: false,
+    }
+}
+
+async fn lease(
+    c: &mut MultiplexedConnection,
+    ls: &[&L],
+    want: u32,
+    max_ahead: Duration,
+    debt: u64,
+) -> LeaseReply {
+    let mut inv = scripts::LEASE.prepare_invoke();
+    for x in ls {
+        inv.key(&x.key);
+    }
+    inv.arg(want)
+        .arg(max_ahead.as_micros() as u64)
+        .arg(60_000u64)
+        .arg(crate::gcra::AIMD_INCREASE);
+    for x in ls {
+        inv.arg(x.ceiling)
+            .arg(x.burst)
+            .arg(x.window_us)
+            .arg(u8::from(x.adaptive))
+            .arg(debt);
+    }
+    let v: Value = inv.invoke_async(c).await.unwrap();
+    scripts::parse_lease(&v, ls.len(), want, max_ahead).unwrap()
+}
+
+async fn feedback(
+    c: &mut MultiplexedConnection,
+    ls: &[&L],
+    retry_after: Duration,
+    is_429: bool,
+) -> scripts::FeedbackReply {
+    let mut inv = scripts::FEEDBACK.prepare_invoke();
+    for x in ls {
+        inv.key(&x.key);
+    }
+    inv.arg("{pacer:t}:events")
+        .arg(retry_after.as_micros() as u64)
+        .arg(u8::from(is_429))
+        .arg(60_000u64)
+        .arg(crate::gcra::AIMD_DECREASE)
+        .arg(crate::gcra::AIMD_MIN_FACTOR)
+        .arg(crate::gcra::AIMD_INCREASE)
+        .arg(5_000_000u64);
+    for x in ls {
+        inv.arg(&x.name)
+            .arg(x.ceiling)
+            .arg(x.burst)
+            .arg(x.window_us)
+            .arg(u8::from(x.adaptive));
+    }
+    let v: Value = inv.invoke_async(c).await.unwrap();
+    scripts::parse_feedback(&v, ls.len()).unwrap()
+}
+
+fn us(d: Duration) -> i64 {
+    d.as_micros() as i64
+}
+
+#[tokio::test]
+async fn a_lease_is_slots_of_the_gcra_schedule() {
+    let r = RedisServer::start();
+    let mut c = conn(&r).await;
+    // 100/s burst 3: three at once, then one every 10 ms
+    let a = l("a", 100.0, 3, Duration::from_secs(1));
+    let got = lease(&mut c, &[&a], 6, Duration::from_secs(1), 0).await;
+    let offs: Vec<i64> = got.offsets.iter().map(|d| us(*d)).collect();
+    assert_eq!(offs.len(), 6);
+    assert_eq!(&offs[..3], &[0, 0, 0], "{offs:?}");
+    for w in offs[2..].windows(2) {
+        assert!((w[1] - w[0] - 10_000).abs() <= 1, "{offs:?}");
+    }
+    // the next lease continues the schedule (no second burst)
+    let next = lease(&mut c, &[&a], 1, Duration::from_secs(1), 0).await;
+    let first = us(next.offsets[0]);
+    assert!(
+        (first - (offs[5] + 10_000)).abs() < 5_000,
+        "{first} after {offs:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_slot_beyond_the_horizon_and_waits_are_durations() {
+    let r = RedisServer::start();
+    let mut c = conn(&r).await;
+    let a = l("a", 10.0, 1, Duration::from_secs(1));
+    let got = lease(&mut c, &[&a], 100, Duration::from_millis(500), 0).await;
+    // slots at 0, 100, ..., 500 ms
+    assert_eq!(got.offsets.len(), 6, "{:?}", got.offsets);
+    let again = lease(&mut c, &[&a], 1, Duration::from_millis(500), 0).await;
+    assert!(again.offsets.is_empty());
+    assert!(
+        again.wait > Duration::from_millis(50) && again.wait <= Duration::from_millis(101),
+        "{:?}",
+        again.wait
+    );
+}
+
+#[tokio::test]
+async fn every_limit_of_a_request_or_none() {
+    let r = RedisServer::start();
+    let mut c = conn(&r).await;
+    let fast = l("fast", 1000.0, 1, Duration::from_secs(1));
+    let slow = l("slow", 10.0, 1, Duration::from_secs(1));
+    // A request matching both is paced by the slower one...
+    let both = lease(&mut c, &[&fast, &slow], 3, Duration::from_secs(1), 0).await;
+    let offs: Vec<i64> = both.offsets.iter().map(|d| us(*d)).collect();
+    assert_eq!(offs.len(), 3);
+    assert!((offs[1] - 100_000).abs() < 2_000, "{offs:?}");
+    // ...and each of its tokens counted against the fast limit too: a fast-only lease starts
+    // after the last of them.
+    let fast_only = lease(&mut c, &[&fast], 1, Duration::from_secs(1), 0).await;
+    assert!(
+        us(fast_only.offsets[0]) >= offs[2] - 2_000,
+        "{:?} vs {offs:?}",
+        fast_only.offsets
+    );
+}
+
+#[tokio::test]
+async fn pauses_are_fleet_wide_only_extended_and_resume_at_the_rate() {
+    let r = RedisServer::start();
+    let mut c = conn(&r).await;
+    let mut sub = redis::Client::open(r.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    sub.subscribe("{pacer:t}:events").await.unwrap();
+    let a = l("a", 100.0, 5, Duration::from_secs(1));
+    lease(&mut c, &[&a], 1, Duration::from_secs(1), 0).await;
+    let fb = feedback(&mut c, &[&a], Duration::from_secs(1), true).await;
+    assert!(fb.pauses[0] > Duration::from_millis(990), "{:?}", fb.pauses);
+    // every worker hears it at once
+    let msg = tokio::time::timeout(Duration::from_secs(2), async {
+        use futures::StreamExt;
+        sub.on_message().next().await.unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(msg.get_payload::<String>().unwrap(), "pause 1000000 a");
+    // a shorter Retry-After does not shorten it
+    let fb = feedback(&mut c, &[&a], Duration::from_millis(100), true).await;
+    assert!(fb.pauses[0] > Duration::from_millis(900), "{:?}", fb.pauses);
+    // while paused nothing is granted and the reply says for how long
+    let p = lease(&mut c, &[&a], 5, Duration::from_secs(2), 0).await;
+    assert!(p.offsets.is_empty());
+    assert!(p.pauses[0] > Duration::from_millis(800), "{:?}", p.pauses);
+    assert_eq!(p.wait, p.pauses[0]);
+    // after it: one at a time at the rate from the pause's end, not the burst of 5
+    tokio::time::sleep(p.pauses[0] + Duration::from_millis(1)).await;
+    let after = lease(&mut c, &[&a], 5, Duration::from_secs(1), 0).await;
+    let offs: Vec<i64> = after.offsets.iter().map(|d| us(*d)).collect();
+    assert_eq!(offs.len(), 5);
+    assert!(offs[1] >= 5_000, "{offs:?}");
+    for w in offs[1..].windows(2) {
+        assert!((w[1] - w[0] - 10_000).abs() <= 1, "{offs:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_adaptive_factor_is_shared_decreased_once_per_window_and_raised_after_a_quiet_one() {
+    let r = RedisServer::start();
+    let mut c = conn(&r).await;
+    let mut a = l("a", 100.0, 1, Duration::from_millis(300));
+    a.adaptive = true;
+    let fb = feedback(&mut c, &[&a], Duration::ZERO, true).await;
+    assert!((fb.factors[0] - 0.9).abs() < 1e-6, "{:?}", fb.factors);
+    let fb = feedback(&mut c, &[&a], Duration::ZERO, true).await;
+    assert!(
+        (fb.factors[0] - 0.9).abs() < 1e-6,
+        "at most once per window: {:?}",
+        fb.factors
+    );
+    // a window with a 429 in it does not raise the factor...
+    tokio::time::sleep(Duration::from_millis(320)).await;
+    let g = lease(&mut c, &[&a], 1, Duration::from_secs(1), 0).await;
+    assert!((g.factors[0] - 0.9).abs() < 1e-6, "{:?}", g.factors);
+    // ...a quiet one does, by 2% of the ceiling, and the held rate counts as sustained
+    tokio::time::sleep(Duration::from_millis(320)).await;
+    let g = lease(&mut c, &[&a], 1, Duration::from_secs(1), 0).await;
+    assert!((g.factors[0] - 0.92).abs() < 1e-6, "{:?}", g.factors);
+    assert!((g.sustained[0] - 0.9).abs() < 1e-6, "{:?}", g.sustained);
+    // and the slots follow the adapted rate: 92/s
+    let g = lease(&mut c, &[&a], 3, Duration::from_secs(1), 0).await;
+    let step = us(g.offsets[2]) - us(g.offsets[1]);
+    assert!((step - 10_870).abs() < 50, "{step}");
+}
+
+#[tokio::test]
+async fn safe_mode_debt_is_charged_and_malformed_state_starts_fresh() {
+    let r = RedisServer::start();
+    let mut c = conn(&r).await;
+    let a = l("a", 100.0, 1, Duration::from_secs(1));
+    let g = lease(&mut c, &[&a], 1, Duration::from_secs(1), 20).await;
+    // 20 tokens sent in safe mode: the first slot is 20 intervals out
+    assert!(
+        (us(g.offsets[0]) - 200_000).abs() < 2_000,
+        "{:?}",
+        g.offsets
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&a.key)
+        .arg("v1 not numbers")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let g = lease(&mut c, &[&a], 1, Duration::from_secs(1), 0).await;
+    assert_eq!(g.offsets, vec![Duration::ZERO]);
+}
+
+fn cfg(r: &RedisServer, test: &str) -> FleetConfig {
+    let mut c = FleetConfig::new(r.url(), test);
+    c.safe_mode_max = Duration::from_millis(800);
+    c
+}
+
+#[tokio::test]
+async fn workers_register_and_the_last_one_deletes_the_tests_keys() {
+    let r = RedisServer::start();
+    let mut c = conn(&r).await;
+    let a = Fleet::connect(cfg(&r, "t")).await.unwrap();
+    let b = Fleet::connect(cfg(&r, "t")).await.unwrap();
+    assert_eq!(b.heartbeat().await.unwrap(), 2);
+    // both run the same plan, so both know its keys
+    let plan = [limit("per-token", "100/s", 1)];
+    let lim = FleetLimiter::new(a.clone(), &plan, FleetOptions::default());
+    let _also = FleetLimiter::new(b.clone(), &plan, FleetOptions::default());
+    let meta = RequestMeta {
+        method: "GET",
+        path: "/",
+        request: "r",
+    };
+    lim.acquire(&meta).await.unwrap();
+    let store = TokenStore::new(b.clone());
+    store.try_lock("cred", Duration::from_secs(5)).await.unwrap();
+    store
+        .put("cred", &Token::new("secret-value"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("{pacer:t}*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(!a.leave().await.unwrap(), "b is still there");
+    assert!(b.leave().await.unwrap(), "b is the last one");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("{pacer:t}*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+#[tokio::test]
+async fn the_token_cache_has_one_refresher_and_drops_only_the_token_that_failed() {
+    let r = RedisServer::start();
+    let a = Fleet::connect(cfg(&r, "t")).await.unwrap();
+    let b = Fleet::connect(cfg(&r, "t")).await.unwrap();
+    let (sa, sb) = (TokenStore::new(a), TokenStore::new(b));
+    assert_eq!(sa.get("g").await.unwrap(), None);
+    assert!(sa.try_lock("g", Duration::from_secs(5)).await.unwrap());
+    assert!(!sb.try_lock("g", Duration::from_secs(5)).await.unwrap());
+    // b waits for the token; a stores it and b wakes up at once
+    let waiter = tokio::spawn({
+        let sb = sb.clone();
+        async move {
+            let t0 = tokio::time::Instant::now();
+            sb.wait_for_token("g", Duration::from_secs(5)).await;
+            t0.elapsed()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t1 = Token::new("t-1");
+    sa.put("g", &t1, Duration::from_secs(30)).await.unwrap();
+    let waited = waiter.await.unwrap();
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
+    let (got, ttl) = sb.get("g").await.unwrap().unwrap();
+    assert_eq!(got, t1);
+    assert!(ttl > Duration::from_secs(29) && ttl <= Duration::from_secs(30));
+    // the lock went with the put
+    assert!(sb.try_lock("g", Duration::from_secs(5)).await.unwrap());
+    sb.unlock("g").await.unwrap();
+    // a 401 with an older token does not drop the current one
+    assert!(!sb.invalidate("g", &Token::new("t-0")).await.unwrap());
+    assert!(sb.invalidate("g", &t1).await.unwrap());
+    assert_eq!(sa.get("g").await.unwrap(), None);
+}
+
+const META: RequestMeta<'static> = RequestMeta {
+    method: "GET",
+    path: "/x",
+    request: "x",
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_together_stay_at_the_fleet_rate() {
+    let r = RedisServer::start();
+    let limits = [limit("l", "200/s", 1)];
+    let mut tasks = Vec::new();
+    let start = tokio::time::Instant::now();
+    let end = start + Duration::from_millis(1500);
+    for _ in 0..2 {
+        let f = Fleet::connect(cfg(&r, "rate")).await.unwrap();
+        let lim = Arc::new(FleetLimiter::new(f, &limits, FleetOptions::default()));
+        for _ in 0..20 {
+            let lim = lim.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u32;
+                while lim.acquire(&META).await.is_ok() && tokio::time::Instant::now() < end {
+                    n += 1;
+                }
+                n
+            }));
+        }
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let rate = f64::from(total) / 1.5;
+    let pacing = pacing_rate_for(&limits[0]);
+    assert!(
+        rate <= pacing * 1.02 + 2.0 && rate >= pacing * 0.9,
+        "{rate:.1}/s, paced at {pacing:.1}/s"
+    );
+}
+
+fn pacing_rate_for(l: &Limit) -> f64 {
+    crate::gcra::pacing_rate(l, FLEET_SPREAD)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_reaches_the_other_worker_and_safe_mode_is_bounded_then_recovers() {
+    let mut r = RedisServer::start();
+    let limits = [limit("l", "100/s", 1)];
+    let fa = Fleet::connect(cfg(&r, "p")).await.unwrap();
+    let fb = Fleet::connect(cfg(&r, "p")).await.unwrap();
+    let a = FleetLimiter::new(fa, &limits, FleetOptions::default());
+    let b = FleetLimiter::new(fb.clone(), &limits, FleetOptions::default());
+    a.acquire(&META).await.unwrap();
+    b.acquire(&META).await.unwrap();
+    // a 429 seen by a pauses b
+    a.feedback(
+        &META,
+        &Feedback {
+            status: 429,
+            retry_after: Some(Duration::from_millis(600)),
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t0 = tokio::time::Instant::now();
+    let g = b.acquire(&META).await.unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(g.paused >= Duration::from_millis(450), "{g:?}");
+    assert_eq!(b.report()[0].pauses, 1);
+
+    // Redis gone: safe mode for 800 ms, then requests fail with the reason
+    r.stop();
+    let t0 = tokio::time::Instant::now();
+    let mut sent = 0;
+    let err = loop {
+        match b.acquire(&META).await {
+            Ok(_) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    };
+    let el = t0.elapsed();
+    assert!(sent > 0, "safe mode sends at a safe share");
+    assert!(
+        el >= Duration::from_millis(800) && el < Duration::from_secs(3),
+        "{el:?}"
+    );
+    // at most about half the rate of the fleet of 2 (plus the lease in hand)
+    assert!(
+        f64::from(sent) <= 0.8 * 100.0 / 2.0 / 2.0 * 1.0 + 15.0,
+        "{sent} in safe mode"
+    );
+    assert!(
+        err.to_string().contains("safe-mode bound"),
+        "{err}"
+    );
+    let rep = &b.report()[0];
+    let fl = rep.fleet.as_ref().unwrap();
+    assert!(fl.safe_mode >= Duration::from_millis(790), "{fl:?}");
+    assert!(fl.unavailable_reason.is_some());
+
+    // back: it resumes by itself
+    r.restart();
+    let t0 = tokio::time::Instant::now();
+    loop {
+        if b.acquire(&META).await.is_ok() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no recovery after Redis came back"
+        );
+    }
+    assert_eq!(fb.mode().0, Mode::Healthy);
+}

@@ -1,0 +1,279 @@
+//! The Lua scripts (in `lua/`, compiled in) and strict parsers of their replies. Redis replies
+//! are untrusted input: a reply of the wrong shape is an error naming Redis, never a panic.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{Script, Value};
+
+use super::FleetError;
+
+/// Grants leases (see `lua/lease.lua`).
+pub(crate) static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/state.lua"),
+        include_str!("lua/lease.lua")
+    ))
+});
+/// Pauses and AIMD decreases on a server's 429/503 (see `lua/feedback.lua`).
+pub(crate) static FEEDBACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/state.lua"),
+        include_str!("lua/feedback.lua")
+    ))
+});
+pub(crate) static HEARTBEAT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/heartbeat.lua")));
+pub(crate) static LEAVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/leave.lua")));
+pub(crate) static TOKEN_PUT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/token_put.lua")));
+pub(crate) static COMPARE_AND_DELETE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/compare_and_delete.lua")));
+
+/// What `lease.lua` answered.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct LeaseReply {
+    /// Slots granted, each as a delay from the moment Redis decided.
+    pub offsets: Vec<Duration>,
+    /// Nothing granted: ask again after this.
+    pub wait: Duration,
+    /// Per limit of the request: how long its Retry-After pause still holds (then nothing is
+    /// granted).
+    pub pauses: Vec<Duration>,
+    /// Per limit of the request: the shared AIMD factor and the sustained one (fixed limits: 1, 0).
+    pub factors: Vec<f64>,
+    pub sustained: Vec<f64>,
+}
+
+/// What `feedback.lua` answered: per limit, the remaining pause and the factor.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct FeedbackReply {
+    pub pauses: Vec<Duration>,
+    pub factors: Vec<f64>,
+}
+
+fn malformed(op: &'static str, what: impl Into<String>) -> FleetError {
+    FleetError::Reply {
+        op,
+        what: what.into(),
+    }
+}
+
+fn int(op: &'static str, v: &Value, field: &str) -> Result<i64, FleetError> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| malformed(op, format!("{field} is not an integer"))),
+        _ => Err(malformed(op, format!("{field} is not an integer"))),
+    }
+}
+
+fn non_negative_us(op: &'static str, v: &Value, field: &str) -> Result<Duration, FleetError> {
+    let i = int(op, v, field)?;
+    u64::try_from(i)
+        .map(Duration::from_micros)
+        .map_err(|_| malformed(op, format!("{field} is negative")))
+}
+
+fn array<'a>(op: &'static str, v: &'a Value, field: &str) -> Result<&'a [Value], FleetError> {
+    match v {
+        Value::Array(a) => Ok(a),
+        // Lua's empty table comes back as an empty array or (RESP3) nil-like; accept nil as empty.
+        Value::Nil => Ok(&[]),
+        _ => Err(malformed(op, format!("{field} is not an array"))),
+    }
+}
+
+fn factors(op: &'static str, v: &Value, field: &str, n: usize) -> Result<Vec<f64>, FleetError> {
+    let a = array(op, v, field)?;
+    if a.len() != n {
+        return Err(malformed(
+            op,
+            format!("{field} has {} entries for {n} limits", a.len()),
+        ));
+    }
+    a.iter()
+        .map(|x| {
+            let ppm = int(op, x, field)?;
+            if !(0..=1_000_000).contains(&ppm) {
+                return Err(malformed(op, format!("{field} {ppm} ppm is out of range")));
+            }
+            Ok(ppm as f64 / 1e6)
+        })
+        .collect()
+}
+
+/// Parse `lease.lua`'s reply for a request of `n` limits that asked for `want` tokens, no slot
+/// later than `max_ahead`.
+pub(crate) fn parse_lease(
+    v: &Value,
+    n: usize,
+    want: u32,
+    max_ahead: Duration,
+) -> Result<LeaseReply, FleetError> {
+    const OP: &str = "the lease script";
+    let a = array(OP, v, "the reply")?;
+    if a.len() != 6 {
+        return Err(malformed(OP, format!("{} fields instead of 6", a.len())));
+    }
+    let granted = int(OP, &a[0], "granted")?;
+    if granted < 0 || granted > i64::from(want) {
+        return Err(malformed(
+            OP,
+            format!("granted {granted} of {want} tokens asked"),
+        ));
+    }
+    let wait = non_negative_us(OP, &a[1], "wait")?;
+    let p = array(OP, &a[2], "pauses")?;
+    if p.len() != n {
+        return Err(malformed(
+            OP,
+            format!("{} pauses for {n} limits", p.len()),
+        ));
+    }
+    let pauses = p
+        .iter()
+        .map(|x| non_negative_us(OP, x, "a pause"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let factors_v = factors(OP, &a[3], "factors", n)?;
+    let sustained = factors(OP, &a[4], "sustained", n)?;
+    let offs = array(OP, &a[5], "offsets")?;
+    if offs.len() as i64 != granted {
+        return Err(malformed(
+            OP,
+            format!("{} slots for {granted} tokens", offs.len()),
+        ));
+    }
+    let mut offsets = Vec::with_capacity(offs.len());
+    let mut last = Duration::ZERO;
+    for o in offs {
+        let d = non_negative_us(OP, o, "a slot")?;
+        if d > max_ahead + Duration::from_millis(1) || d < last {
+            return Err(malformed(
+                OP,
+                "a slot is out of order or beyond the lease horizon",
+            ));
+        }
+        last = d;
+        offsets.push(d);
+    }
+    Ok(LeaseReply {
+        offsets,
+        wait,
+        pauses,
+        factors: factors_v,
+        sustained,
+    })
+}
+
+pub(crate) fn parse_feedback(v: &Value, n: usize) -> Result<FeedbackReply, FleetError> {
+    const OP: &str = "the feedback script";
+    let a = array(OP, v, "the reply")?;
+    if a.len() != 2 {
+        return Err(malformed(OP, format!("{} fields instead of 2", a.len())));
+    }
+    let p = array(OP, &a[0], "pauses")?;
+    if p.len() != n {
+        return Err(malformed(
+            OP,
+            format!("{} pauses for {n} limits", p.len()),
+        ));
+    }
+    let pauses = p
+        .iter()
+        .map(|x| non_negative_us(OP, x, "a pause"))
+        .collect::<Result<_, _>>()?;
+    Ok(FeedbackReply {
+        pauses,
+        factors: factors(OP, &a[1], "factors", n)?,
+    })
+}
+
+pub(crate) fn parse_count(op: &'static str, v: &Value) -> Result<u64, FleetError> {
+    let i = int(op, v, "the count")?;
+    u64::try_from(i).map_err(|_| malformed(op, "the count is negative"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(v: &[i64]) -> Value {
+        Value::Array(v.iter().map(|i| Value::Int(*i)).collect())
+    }
+
+    #[test]
+    fn lease_replies_are_checked() {
+        let ok = Value::Array(vec![
+            Value::Int(2),
+            Value::Int(0),
+            ints(&[0]),
+            ints(&[1_000_000]),
+            ints(&[0]),
+            ints(&[0, 1000]),
+        ]);
+        let r = parse_lease(&ok, 1, 2, Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            r.offsets,
+            vec![Duration::ZERO, Duration::from_micros(1000)]
+        );
+        assert_eq!(r.factors, vec![1.0]);
+
+        let bad = [
+            Value::Nil,
+            Value::Int(3),
+            // more granted than asked
+            Value::Array(vec![
+                Value::Int(3),
+                Value::Int(0),
+                ints(&[0]),
+                ints(&[1]),
+                ints(&[0]),
+                ints(&[0, 1, 2]),
+            ]),
+            // slots out of order
+            Value::Array(vec![
+                Value::Int(2),
+                Value::Int(0),
+                ints(&[0]),
+                ints(&[1]),
+                ints(&[0]),
+                ints(&[5, 1]),
+            ]),
+            // negative wait
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(-1),
+                ints(&[0]),
+                ints(&[1]),
+                ints(&[0]),
+                ints(&[]),
+            ]),
+            // factor out of range
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(0),
+                ints(&[0]),
+                ints(&[2_000_000]),
+                ints(&[0]),
+                ints(&[]),
+            ]),
+            // wrong number of limits
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(0),
+                ints(&[0]),
+                ints(&[1, 1]),
+                ints(&[0]),
+                ints(&[]),
+            ]),
+        ];
+        for b in &bad {
+            let e = parse_lease(b, 1, 2, Duration::from_secs(1)).unwrap_err();
+            assert!(e.to_string().contains("Redis"), "{e}");
+        }
+    }
+}

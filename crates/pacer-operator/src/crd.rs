@@ -1,0 +1,447 @@
+//! The `LoadTest` resource (`pacer.dev/v1alpha1`): a pacer plan plus what Kubernetes needs to
+//! run it with a fleet of worker pods. `pacer crd` prints the CustomResourceDefinition made from
+//! these types; `charts/pacer/crds/` holds the committed copy (a test fails when it is stale).
+//!
+//! `spec.plan` is kept as JSON (its schema is the plan's, made structural in [`crate::schema`])
+//! so that a plan the API server accepted but pacer does not (a rate of `fast`, an unknown
+//! threshold metric) still reaches the operator, which then names the field in a condition
+//! instead of the object being invisible to it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of pacer's resources.
+pub const GROUP: &str = "pacer.dev";
+/// The finalizer the operator puts on every LoadTest it runs.
+pub const FINALIZER: &str = "pacer.dev/cleanup";
+
+/// A load test: a pacer plan run by a fleet of worker pods that the pacer controller starts
+/// together, paces inside the plan's limits and reports on.
+#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "pacer.dev",
+    version = "v1alpha1",
+    kind = "LoadTest",
+    namespaced,
+    shortname = "lt",
+    category = "pacer",
+    status = "LoadTestStatus",
+    doc = "A pacer load test: a plan run by a fleet of worker pods, started together by the pacer controller, paced inside the plan's limits",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Workers",
+        type_ = "string",
+        description = "connected/desired worker pods",
+        json_path = ".status.workers.ready"
+    ),
+    printcolumn(
+        name = "RPS",
+        type_ = "number",
+        description = "HTTP requests per second over the last status interval",
+        json_path = ".status.rps"
+    ),
+    printcolumn(
+        name = "P95",
+        type_ = "string",
+        description = "95th percentile of the latency from the intended start",
+        json_path = ".status.latency.p95"
+    ),
+    printcolumn(
+        name = "Errors",
+        type_ = "integer",
+        description = "failed requests",
+        json_path = ".status.errors"
+    ),
+    printcolumn(
+        name = "429s",
+        type_ = "integer",
+        description = "responses 429 Too Many Requests",
+        json_path = ".status.throttled"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadTestSpec {
+    /// The test plan, as in a plan file (docs/plan-format.md). `${env:NAME}` references are
+    /// resolved by the worker pods, from `credentials` and `workerTemplate.env`; `${file:}`
+    /// references are not allowed here.
+    #[schemars(schema_with = "crate::schema::plan_schema")]
+    pub plan: serde_json::Value,
+    /// Worker pods sharing the plan (default: the plan's `workers`, else 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub workers: Option<u32>,
+    /// The pacer image the workers run (default: the operator's own, `--worker-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Pull policy of the worker image (default: Kubernetes' own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Scheduling and resources of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_template: Option<WorkerTemplate>,
+    /// Credentials from Secrets, given to the worker pods as environment variables (never
+    /// through the operator). For a credential named `genesys`: `PACER_AUTH_GENESYS_CLIENT_ID`,
+    /// `PACER_AUTH_GENESYS_CLIENT_SECRET` and `PACER_AUTH_GENESYS_TOKEN`, which the plan uses as
+    /// `${env:PACER_AUTH_GENESYS_CLIENT_ID}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub credentials: Vec<CredentialRef>,
+    /// The Redis of the fleet budget (`scope: fleet` limits, `share: fleet` tokens). Default:
+    /// the operator's (`--default-redis-url`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+    /// What is deleted when the test ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<CleanupSpec>,
+    /// How long the workers may take to be scheduled, start and connect (default 2m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub start_timeout: Option<String>,
+    /// `true` stops a running test (it ends in phase Aborted); a test created suspended waits.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+}
+
+/// When the worker image is pulled.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// What the worker pods get besides pacer itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTemplate {
+    /// CPU and memory of each worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Extra environment of the worker container (the plan's `${env:NAME}` references read
+    /// it). Names starting with `PACER_` are reserved for the operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(e, !e.name.startsWith('PACER_'))",
+        "message": "env names starting with PACER_ are reserved for the operator"
+    }]))]
+    pub env: Vec<EnvVar>,
+    /// The service account of the worker pods (default: the namespace's `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Extra labels of the worker pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations of the worker pods (e.g. to keep a service mesh sidecar out).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One credential of the plan, read from a Secret by the worker pods.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialRef {
+    /// The name of the plan's `auth` entry these values are for.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    pub name: String,
+    pub secret_ref: CredentialSecretRef,
+}
+
+/// Which keys of which Secret (in the LoadTest's namespace) hold the credential.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.clientIdKey) == has(self.clientSecretKey)",
+        "message": "clientIdKey and clientSecretKey go together (oauth2-clientCredentials)"
+    },
+    {
+        "rule": "has(self.clientIdKey) || has(self.tokenKey)",
+        "message": "give clientIdKey and clientSecretKey (oauth2-clientCredentials) or tokenKey (bearer)"
+    }
+]))]
+pub struct CredentialSecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the OAuth2 client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_id_key: Option<String>,
+    /// The key holding the OAuth2 client secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_secret_key: Option<String>,
+    /// The key holding a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub token_key: Option<String>,
+}
+
+/// Where the fleet's Redis is: a URL without a password, or a Secret key holding the URL.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.url) != has(self.secretRef)",
+    "message": "give exactly one of url and secretRef"
+}]))]
+pub struct RedisSpec {
+    /// `redis://host:port[/db]` or `rediss://` (a URL with a password belongs in a Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^rediss?://[^@]+$"))]
+    pub url: Option<String>,
+    /// A key of a Secret (in the LoadTest's namespace) holding the whole URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// What is deleted when a test ends.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupSpec {
+    /// Delete the worker pods (their Job) and the session Secret: `onSuccess` (the default:
+    /// a failed test keeps its pods for `kubectl logs`), `always` or `never`.
+    #[serde(default)]
+    pub policy: CleanupPolicy,
+    /// Delete the LoadTest itself (with its report and anything left) this many seconds after
+    /// it ended. Default: keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31_536_000))]
+    pub ttl_seconds_after_finished: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CleanupPolicy {
+    #[default]
+    OnSuccess,
+    Always,
+    Never,
+}
+
+/// Where a test is.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted; nothing started yet (or suspended before it started).
+    Pending,
+    /// Worker pods are starting and connecting.
+    Starting,
+    /// Every worker started at the common instant; the plan runs.
+    Running,
+    /// Ended, every threshold passed.
+    Succeeded,
+    /// Ended with a failed threshold, or could not run (invalid spec, workers missing, lost).
+    Failed,
+    /// Stopped by `suspend: true` or by deleting the LoadTest.
+    Aborted,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Starting => "Starting",
+            Self::Running => "Running",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::Aborted => "Aborted",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Aborted)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the operator says about a test. Written with server-side apply by the operator only.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadTestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Valid`, `WorkersReady`, `Complete`, `Suspended`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The test's id (workers, Redis keys, the report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_id: Option<String>,
+    /// A sentence on where the test is, or why it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkerCounts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// HTTP requests sent (retries included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// Requests per second over the last status interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rps: Option<f64>,
+    /// Latency from the intended start, since the test started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+    /// Failed requests (final result) and transport errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<u64>,
+    /// `errors` over logical requests (0..1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    /// Responses 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<u64>,
+    /// Seconds requests spent in pacer's own limiter and in Retry-After pauses, summed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_seconds: Option<f64>,
+    /// Every threshold, evaluated on the fleet's merged results.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<ThresholdStatus>,
+    /// One entry per worker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worker_health: Vec<WorkerHealth>,
+    /// Where the final report is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// The pods and session Secret were deleted by the cleanup policy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cleaned_up: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerCounts {
+    pub desired: u32,
+    /// Connected to the controller now.
+    pub connected: u32,
+    /// Stopped reporting during the test.
+    pub lost: u32,
+    /// `connected/desired`, for `kubectl get`.
+    pub ready: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub elapsed_seconds: f64,
+    /// The plan's longest scenario, graceful stops included.
+    pub planned_seconds: f64,
+    /// 0..100
+    pub percent: f64,
+}
+
+/// Milliseconds, as text (`"123.4ms"`) so that `kubectl get` shows the unit.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ThresholdStatus {
+    /// As written, e.g. `http_req_duration{request:query}`.
+    pub metric: String,
+    /// As written, e.g. `p(95)<500ms`.
+    pub expression: String,
+    pub passed: bool,
+    /// The value compared (ms for latencies, 0..1 for rates), when there was data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerHealth {
+    pub index: u32,
+    /// What the worker called itself (its pod).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// waiting, assigned, ready, running, finished, failed, lost.
+    pub state: String,
+    pub requests: u64,
+    pub rps: f64,
+    pub errors: u64,
+    pub throttled: u64,
+    /// Why it was lost or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The ConfigMap holding the final report (`summary.txt`, `summary.json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportRef {
+    pub config_map: String,
+    /// Key of the text summary.
+    pub text_key: String,
+    /// Key of the JSON summary.
+    pub json_key: String,
+}
+
+impl LoadTest {
+    pub fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+}
+
+/// The CustomResourceDefinition as YAML (what `pacer crd` prints).
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    use kube::CustomResourceExt;
+    let crd = LoadTest::crd();
+    let mut out = String::from(
+        "# Generated by `pacer crd` from crates/pacer-operator/src/crd.rs: do not edit by hand.\n",
+    );
+    out.push_str(&serde_saphyr::to_string(&crd)?);
+    Ok(out)
+}

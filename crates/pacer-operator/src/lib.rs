@@ -1,0 +1,137 @@
+//! pacer on Kubernetes: the `LoadTest` custom resource and the operator that runs each one.
+//!
+//! Users submit a plan as a LoadTest; the operator (inside `pacer operator`) checks it, creates
+//! a per-test session Secret and an Indexed Job of worker pods, coordinates them with a
+//! `pacer_controller::Coordinator` (one per test, all behind one gRPC listener), writes the
+//! live status, stores the final report in a ConfigMap and cleans up as the LoadTest says.
+//!
+//! - [`crd`]: the resource's types (and the CRD they generate); [`schema`]: the plan's schema
+//!   made structural for `spec.plan`;
+//! - [`prepare`]: a LoadTest -> a validated plan, workers, test id;
+//! - [`resources`]: the Secret, Job and ConfigMap a LoadTest owns;
+//! - [`controller`]: reconcile, finalizer, error policy, the watch loop;
+//! - [`runner`]: the seam between Kubernetes and the coordinator (faked in tests);
+//! - [`grpc`]: the shared listener that routes each worker to its test;
+//! - [`diagnose`]: why worker pods are missing;
+//! - [`status`]: conditions and live numbers; [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+
+pub mod controller;
+pub mod crd;
+pub mod diagnose;
+pub mod grpc;
+pub mod metrics;
+pub mod prepare;
+pub mod resources;
+pub mod runner;
+pub mod schema;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use controller::{Context, Error, error_policy, reconcile};
+pub use crd::{LoadTest, LoadTestSpec, LoadTestStatus, Phase};
+pub use resources::RedisSource;
+
+/// How the operator runs tests.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// What worker pods dial (`host:port` of the controller's Service, or of this machine when
+    /// the operator runs outside the cluster).
+    pub advertise_address: String,
+    /// The pacer image of the workers when a LoadTest names none.
+    pub worker_image: String,
+    pub image_pull_policy: Option<String>,
+    /// The fleet's Redis when a LoadTest names none.
+    pub default_redis: Option<RedisSource>,
+    /// How often a running test's status is written.
+    pub status_interval: Duration,
+    pub defaults: prepare::Defaults,
+    /// Watch only these namespaces (empty: all).
+    pub namespaces: Vec<String>,
+    /// This operator's pod (events' reportingInstance).
+    pub instance: Option<String>,
+}
+
+impl OperatorConfig {
+    pub fn new(advertise_address: impl Into<String>, worker_image: impl Into<String>) -> Self {
+        Self {
+            advertise_address: advertise_address.into(),
+            worker_image: worker_image.into(),
+            image_pull_policy: None,
+            default_redis: None,
+            status_interval: Duration::from_secs(2),
+            defaults: prepare::Defaults::default(),
+            namespaces: Vec::new(),
+            instance: None,
+        }
+    }
+}
+
+/// Where the operator listens.
+#[derive(Clone, Debug)]
+pub struct Listen {
+    /// The gRPC listener every worker dials.
+    pub grpc: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub http: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Controller(#[from] controller::Error),
+    #[error("the gRPC listener failed: {0}")]
+    Grpc(String),
+}
+
+/// Run the operator until `shutdown`: the gRPC listener, the HTTP endpoints, the controller.
+pub async fn serve(
+    client: kube::Client,
+    config: OperatorConfig,
+    listen: Listen,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), OperatorError> {
+    let routes = grpc::Routes::default();
+    let grpc_listener = tokio::net::TcpListener::bind(listen.grpc)
+        .await
+        .map_err(|source| OperatorError::Listen {
+            addr: listen.grpc,
+            source,
+        })?;
+    let grpc_addr = grpc_listener.local_addr().unwrap_or(listen.grpc);
+    let grpc_task = grpc::serve(routes.clone(), grpc_listener, shutdown.clone());
+    let runner = Arc::new(runner::CoordinatorRunner::new(routes));
+    let metrics = Arc::new(metrics::Metrics::default());
+    let ctx = Arc::new(Context::new(client, config.clone(), runner, metrics));
+    let (http_addr, http_task) = metrics::serve(listen.http, ctx.clone(), shutdown.clone())
+        .await
+        .map_err(|source| OperatorError::Listen {
+            addr: listen.http,
+            source,
+        })?;
+    tracing::info!(
+        "operator: workers dial {} (gRPC on {grpc_addr}); metrics and health on http://{http_addr}; watching {}",
+        config.advertise_address,
+        if config.namespaces.is_empty() {
+            "every namespace".to_string()
+        } else {
+            config.namespaces.join(", ")
+        }
+    );
+    let result = controller::run(ctx, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    match tokio::time::timeout(Duration::from_secs(5), grpc_task).await {
+        Ok(Ok(Err(e))) => return Err(OperatorError::Grpc(e)),
+        _ => {}
+    }
+    result.map_err(OperatorError::from)
+}

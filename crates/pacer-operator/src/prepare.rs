@@ -1,0 +1,325 @@
+//! From a `LoadTest` to what the operator runs: the plan validated by pacer-plan (errors named
+//! `spec.plan.<field>`), the number of workers, the test id, the start timeout.
+//!
+//! The operator never sees a credential: `${env:NAME}` references stay unresolved in the plan
+//! the workers receive, and each worker resolves them from its own environment (Secrets through
+//! `secretKeyRef`). To validate the plan here anyway, every name the worker pods will have is
+//! resolved to a stand-in: the literal value of a `workerTemplate.env` entry when it has one,
+//! a placeholder otherwise. A name the pods will not have is an error naming the field.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pacer_plan::spec::PlanSpec;
+use pacer_plan::{FieldError, LoadOptions, Plan, PlanError};
+use serde_json::{Value, json};
+
+use crate::crd::{CredentialRef, LoadTest};
+
+/// What a valid LoadTest runs.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// Validated; its `spec` is the plan as written (references unresolved), which is what
+    /// the workers receive.
+    pub plan: Arc<Plan>,
+    pub workers: u32,
+    pub test_id: String,
+    pub start_timeout: Duration,
+}
+
+/// What the spec does not say and the operator decides.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    pub start_timeout: Duration,
+    /// The most workers one test may ask for.
+    pub max_workers: u32,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            start_timeout: Duration::from_secs(120),
+            max_workers: 1000,
+        }
+    }
+}
+
+/// Stands in for values only the worker pods know (Secrets).
+pub const PLACEHOLDER: &str = "resolved-by-the-worker";
+
+/// `PACER_AUTH_<NAME>_<WHAT>`: the environment variable a worker pod gets for a credential.
+pub fn credential_env(auth: &str, what: &str) -> String {
+    let name: String = auth
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("PACER_AUTH_{name}_{what}")
+}
+
+/// The environment variables of a credential: `(name, secret key)`.
+pub fn credential_envs(c: &CredentialRef) -> Vec<(String, String)> {
+    let r = &c.secret_ref;
+    [
+        ("CLIENT_ID", &r.client_id_key),
+        ("CLIENT_SECRET", &r.client_secret_key),
+        ("TOKEN", &r.token_key),
+    ]
+    .into_iter()
+    .filter_map(|(what, key)| {
+        key.as_ref()
+            .map(|k| (credential_env(&c.name, what), k.clone()))
+    })
+    .collect()
+}
+
+/// The test id: the LoadTest's name (shortened) and the start of its uid, so a LoadTest
+/// deleted and created again under the same name is another test (in Redis too). 1-64
+/// characters among `a-z 0-9 . -`.
+pub fn test_id(lt: &LoadTest) -> String {
+    let name = lt.metadata.name.as_deref().unwrap_or("loadtest");
+    let short: String = name.chars().take(48).collect();
+    let short = short.trim_end_matches(['-', '.']);
+    let uid: String = lt
+        .metadata
+        .uid
+        .as_deref()
+        .unwrap_or("")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    if uid.is_empty() {
+        short.to_string()
+    } else {
+        format!("{short}-{uid}")
+    }
+}
+
+/// Check a LoadTest and make its plan: every problem found, each with its field path.
+pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<FieldError>> {
+    let spec = &lt.spec;
+    let mut errors = Vec::new();
+    file_references(&spec.plan, "spec.plan", &mut errors);
+
+    let mut provided: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for c in &spec.credentials {
+        for (env, _) in credential_envs(c) {
+            provided.insert(env, None);
+        }
+    }
+    if let Some(t) = &spec.worker_template {
+        for (i, e) in t.env.iter().enumerate() {
+            if e.name.starts_with("PACER_") {
+                errors.push(FieldError::new(
+                    format!("spec.workerTemplate.env[{i}].name"),
+                    "names starting with PACER_ are reserved for the operator",
+                ));
+            }
+            provided.insert(e.name.clone(), e.value.clone());
+        }
+    }
+    let env = |name: &str| -> Option<String> {
+        provided
+            .get(name)
+            .map(|v| v.clone().unwrap_or_else(|| PLACEHOLDER.to_string()))
+    };
+    let doc = json!({
+        "apiVersion": "pacer.dev/v1alpha1",
+        "kind": "LoadTest",
+        "spec": { "plan": spec.plan.clone() },
+    });
+    let opts = LoadOptions {
+        env: &env,
+        base_dir: std::path::PathBuf::from("/nonexistent"),
+    };
+    let plan = match pacer_plan::load_value(doc, "LoadTest", &opts) {
+        Ok(p) => Some(p),
+        Err(PlanError::Invalid { errors: e, .. }) => {
+            errors.extend(e.into_iter().map(explain_env));
+            None
+        }
+        Err(other) => {
+            errors.push(FieldError::new("spec.plan", other.to_string()));
+            None
+        }
+    };
+
+    if let Some(plan) = &plan {
+        for (i, c) in spec.credentials.iter().enumerate() {
+            if !plan.auth.iter().any(|a| a.name == c.name) {
+                errors.push(FieldError::new(
+                    format!("spec.credentials[{i}].name"),
+                    format!(
+                        "no auth named {:?} in spec.plan.auth (it has: {})",
+                        c.name,
+                        names(plan.auth.iter().map(|a| a.name.as_str()))
+                    ),
+                ));
+            }
+        }
+    }
+
+    let workers = spec
+        .workers
+        .or_else(|| plan.as_ref().map(|p| p.workers))
+        .unwrap_or(1);
+    if workers == 0 || workers > defaults.max_workers {
+        errors.push(FieldError::new(
+            if spec.workers.is_some() {
+                "spec.workers"
+            } else {
+                "spec.plan.workers"
+            },
+            format!(
+                "{workers} workers: give 1 to {} (this operator's --max-workers)",
+                defaults.max_workers
+            ),
+        ));
+    }
+
+    let start_timeout = match &spec.start_timeout {
+        None => defaults.start_timeout,
+        Some(s) => match humantime_like(s) {
+            Some(d) if d >= Duration::from_secs(5) => d,
+            _ => {
+                errors.push(FieldError::new(
+                    "spec.startTimeout",
+                    format!("{s:?}: give a duration of at least 5s such as 90s or 5m"),
+                ));
+                defaults.start_timeout
+            }
+        },
+    };
+
+    // What the workers receive: the plan as written, references unresolved.
+    let written: Option<PlanSpec> = match serde_json::from_value(spec.plan.clone()) {
+        Ok(s) => Some(s),
+        Err(e) if plan.is_some() => {
+            errors.push(FieldError::new(
+                "spec.plan",
+                format!(
+                    "{e}: ${{env:}} references are resolved by the workers, so they can only stand for text fields here"
+                ),
+            ));
+            None
+        }
+        Err(_) => None,
+    };
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let (Some(mut plan), Some(written)) = (plan, written) else {
+        return Err(vec![FieldError::new("spec.plan", "invalid plan")]);
+    };
+    plan.spec = written;
+    Ok(Prepared {
+        plan: Arc::new(plan),
+        workers,
+        test_id: test_id(lt),
+        start_timeout,
+    })
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = it.collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// A missing `${env:NAME}` in a LoadTest: say where the workers could get it from.
+fn explain_env(mut e: FieldError) -> FieldError {
+    if e.message.starts_with("environment variable ") && e.message.ends_with(" is not set") {
+        e.message.push_str(
+            " in the worker pods: give it with spec.credentials (PACER_AUTH_<AUTH>_CLIENT_ID, _CLIENT_SECRET, _TOKEN) or spec.workerTemplate.env",
+        );
+    }
+    e
+}
+
+/// `${file:}` would read the operator's own files: refused.
+fn file_references(v: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    match v {
+        Value::String(s) if s.contains("${file:") && !s.contains("$${file:") => {
+            errors.push(FieldError::new(
+                path,
+                "${file:} references cannot be used in a LoadTest: give the value with spec.credentials or spec.workerTemplate.env and use ${env:NAME}",
+            ));
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                file_references(item, &format!("{path}[{i}]"), errors);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                file_references(item, &format!("{path}.{k}"), errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `90s`, `2m`, `1m30s`, `500ms`, `1h`.
+fn humantime_like(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        total += match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            _ => return None,
+        };
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(humantime_like("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(humantime_like("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(humantime_like("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(humantime_like("5x"), None);
+        assert_eq!(humantime_like(""), None);
+        assert_eq!(humantime_like("s"), None);
+    }
+
+    #[test]
+    fn credential_env_names() {
+        assert_eq!(
+            credential_env("genesys", "CLIENT_ID"),
+            "PACER_AUTH_GENESYS_CLIENT_ID"
+        );
+        assert_eq!(credential_env("my-api.v2", "TOKEN"), "PACER_AUTH_MY_API_V2_TOKEN");
+    }
+}

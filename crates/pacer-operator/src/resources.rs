@@ -1,0 +1,322 @@
+//! The objects a LoadTest owns, built here and nowhere else: the session Secret, the Indexed Job
+//! of workers, the report ConfigMap. Every one carries an owner reference to its LoadTest, so
+//! deleting the LoadTest deletes them (Kubernetes' garbage collector).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
+    SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+
+use crate::OperatorConfig;
+use crate::crd::LoadTest;
+use crate::prepare::{Prepared, credential_envs};
+
+/// Label on everything a LoadTest owns: its name.
+pub const LABEL_LOADTEST: &str = "pacer.dev/loadtest";
+/// Label on everything a LoadTest owns: its test id.
+pub const LABEL_TEST_ID: &str = "pacer.dev/test-id";
+/// The key of the session token in the session Secret.
+pub const TOKEN_KEY: &str = "token";
+/// Keys of the report ConfigMap.
+pub const REPORT_TEXT_KEY: &str = "summary.txt";
+pub const REPORT_JSON_KEY: &str = "summary.json";
+
+/// Names of a LoadTest's objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// The Indexed Job of workers: `<name>-workers`.
+    pub job: String,
+    /// The session Secret: `<name>-session-<uid>` (the uid: a Secret left over from an
+    /// earlier LoadTest of the same name is never mistaken for this one's).
+    pub secret: String,
+    /// The report ConfigMap: `<name>-report`.
+    pub report: String,
+}
+
+/// Keep a generated name within 63 characters (Job names become label values).
+fn short(name: &str, max: usize) -> String {
+    let s: String = name.chars().take(max).collect();
+    s.trim_end_matches(['-', '.']).to_string()
+}
+
+pub fn names(lt: &LoadTest) -> Names {
+    let name = lt.metadata.name.as_deref().unwrap_or("loadtest");
+    let uid: String = lt
+        .metadata
+        .uid
+        .as_deref()
+        .unwrap_or("")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    Names {
+        job: format!("{}-workers", short(name, 55)),
+        secret: format!("{}-session-{uid}", short(name, 45)),
+        report: format!("{}-report", short(name, 240)),
+    }
+}
+
+/// This LoadTest as the controlling owner of an object.
+pub fn owner(lt: &LoadTest) -> Option<OwnerReference> {
+    lt.controller_owner_ref(&())
+}
+
+/// Labels of everything a LoadTest owns.
+pub fn labels(lt: &LoadTest, test_id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "pacer".to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "pacer-operator".to_string(),
+        ),
+        (
+            LABEL_LOADTEST.to_string(),
+            short(lt.metadata.name.as_deref().unwrap_or_default(), 63),
+        ),
+        (LABEL_TEST_ID.to_string(), short(test_id, 63)),
+    ])
+}
+
+fn meta(lt: &LoadTest, name: &str, test_id: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: lt.metadata.namespace.clone(),
+        labels: Some(labels(lt, test_id)),
+        owner_references: owner(lt).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The Secret holding the test's session token (workers read it through `secretKeyRef`).
+pub fn session_secret(lt: &LoadTest, test_id: &str, token: &str) -> Secret {
+    Secret {
+        metadata: meta(lt, &names(lt).secret, test_id),
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
+        immutable: Some(true),
+        ..Secret::default()
+    }
+}
+
+/// The report ConfigMap.
+pub fn report_config_map(lt: &LoadTest, test_id: &str, text: &str, json: &str) -> ConfigMap {
+    let mut cm = ConfigMap {
+        metadata: meta(lt, &names(lt).report, test_id),
+        data: Some(BTreeMap::from([
+            (REPORT_TEXT_KEY.to_string(), text.to_string()),
+            (REPORT_JSON_KEY.to_string(), json.to_string()),
+        ])),
+        ..ConfigMap::default()
+    };
+    // Server-side apply needs the kind.
+    cm.metadata.annotations = Some(BTreeMap::from([(
+        "pacer.dev/test-id".to_string(),
+        test_id.to_string(),
+    )]));
+    cm
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// Where a LoadTest's workers get the fleet's Redis from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisSource {
+    Url(String),
+    Secret { name: String, key: String },
+}
+
+/// The Indexed Job running the workers: one pod per worker index (`JOB_COMPLETION_INDEX`),
+/// each running `pacer worker --connect <controller> --index <i>`.
+pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
+    let names = names(lt);
+    let spec = &lt.spec;
+    let template = spec.worker_template.clone().unwrap_or_default();
+    let mut pod_labels = template.labels.clone();
+    pod_labels.extend(labels(lt, &p.test_id));
+    pod_labels.insert(
+        "app.kubernetes.io/component".to_string(),
+        "worker".to_string(),
+    );
+
+    let mut envs = vec![
+        secret_env("PACER_SESSION_TOKEN", &names.secret, crate::resources::TOKEN_KEY),
+        env("PACER_TEST_ID", &p.test_id),
+        field_env("PACER_WORKER_NAME", "metadata.name"),
+        env("PACER_LOG", "info"),
+    ];
+    let redis = match &spec.redis {
+        Some(r) => match (&r.url, &r.secret_ref) {
+            (Some(url), _) => Some(RedisSource::Url(url.clone())),
+            (None, Some(s)) => Some(RedisSource::Secret {
+                name: s.name.clone(),
+                key: s.key.clone(),
+            }),
+            (None, None) => None,
+        },
+        None => cfg.default_redis.clone(),
+    };
+    match &redis {
+        Some(RedisSource::Url(url)) => envs.push(env("PACER_REDIS_URL", url)),
+        Some(RedisSource::Secret { name, key }) => {
+            envs.push(secret_env("PACER_REDIS_URL", name, key))
+        }
+        None => {}
+    }
+    if redis.is_some() {
+        envs.push(env("PACER_FLEET", &p.test_id));
+    }
+    for c in &spec.credentials {
+        for (var, key) in credential_envs(c) {
+            envs.push(secret_env(&var, &c.secret_ref.name, &key));
+        }
+    }
+    envs.extend(
+        template
+            .env
+            .iter()
+            .filter(|e| !e.name.starts_with("PACER_"))
+            .cloned(),
+    );
+
+    let connect_for = format!("{}s", p.start_timeout.as_secs().max(5));
+    let container = Container {
+        name: "worker".into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| cfg.worker_image.clone())),
+        image_pull_policy: spec
+            .image_pull_policy
+            .map(|p| p.as_str().to_string())
+            .or_else(|| cfg.image_pull_policy.clone()),
+        args: Some(vec![
+            "worker".into(),
+            "--connect".into(),
+            cfg.advertise_address.clone(),
+            "--test-id".into(),
+            p.test_id.clone(),
+            "--index".into(),
+            "$(JOB_COMPLETION_INDEX)".into(),
+            "--name".into(),
+            "$(PACER_WORKER_NAME)".into(),
+            "--connect-for".into(),
+            connect_for,
+            "--resolve-plan-env".into(),
+        ]),
+        env: Some(envs),
+        resources: Some(template.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+    let workers = i32::try_from(p.workers).unwrap_or(i32::MAX);
+    // Workers end by themselves; this bounds pods that never do (waiting, plan, margin).
+    let deadline = p.start_timeout + p.plan.max_duration() + std::time::Duration::from_secs(300);
+    Job {
+        metadata: meta(lt, &names.job, &p.test_id),
+        spec: Some(JobSpec {
+            completion_mode: Some("Indexed".into()),
+            completions: Some(workers),
+            parallelism: Some(workers),
+            // A worker that fails is restarted in place (restartPolicy OnFailure) a few times
+            // before the start; after the start the controller decides (onWorkerLoss).
+            backoff_limit: Some(workers.saturating_mul(2).min(50)),
+            active_deadline_seconds: Some(i64::try_from(deadline.as_secs()).unwrap_or(i64::MAX)),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: (!template.annotations.is_empty())
+                        .then(|| template.annotations.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    restart_policy: Some("OnFailure".into()),
+                    service_account_name: template.service_account_name.clone(),
+                    automount_service_account_token: Some(false),
+                    node_selector: (!template.node_selector.is_empty())
+                        .then(|| template.node_selector.clone()),
+                    tolerations: (!template.tolerations.is_empty())
+                        .then(|| template.tolerations.clone()),
+                    affinity: template.affinity.clone(),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(45),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("250m".into())),
+            ("memory".to_string(), Quantity("128Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("512Mi".into()),
+        )])),
+        claims: None,
+    }
+}

@@ -1,0 +1,792 @@
+//! Per-second time series, built from the cumulative snapshots a run takes every second.
+//!
+//! [`SeriesBuilder::push`] gets the cumulative [`Snapshot`] at the end of each second and keeps
+//! one [`SeriesPoint`] for it (the interval's values come from [`Snapshot::delta`]), plus the
+//! snapshot itself as the base of the next interval. Memory grows by one small record per
+//! second and one [`PauseWindow`] per Retry-After pause (capped); no raw samples are kept.
+//!
+//! Whoever owns the snapshots feeds the builder: `pacer run` from its recorder, a controller
+//! from the merge of its workers' snapshots. The builder does no I/O and never blocks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write};
+use std::time::Duration;
+
+use pacer_plan::ramp::RampSchedule;
+use pacer_plan::{Executor, Plan};
+use pacer_stats::{Layout, RequestStats, Snapshot};
+use serde::{Deserialize, Serialize};
+
+use crate::escape;
+
+/// A tail shorter than this (seconds) is folded into the last full second rather than kept as
+/// a row of its own, whose per-second rate would be noise.
+const MIN_TAIL_SECS: f64 = 0.25;
+/// Pause windows kept; later pauses only count in `active_pauses`, and the report says so.
+pub const MAX_PAUSE_WINDOWS: usize = 10_000;
+/// Longest `ratelimit_policy` text kept per row (servers choose its length).
+const MAX_POLICY_CHARS: usize = 200;
+
+/// One declared limit as the limiter reports it, cumulative since start.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LimiterSample {
+    pub name: String,
+    /// Retry-After pauses of this limit's scope so far.
+    pub pauses: u64,
+    /// Time those pauses hold (or will hold) the scope, seconds. The limiter counts a pause's
+    /// whole length when the 429 arrives, so this is ahead of the clock while a pause runs.
+    pub paused_secs: f64,
+    /// The rate pacer paces this limit at now (per second).
+    pub pacing_rate: f64,
+}
+
+/// A period during which a limit's scope was paused by a Retry-After (estimated to the
+/// second: the limiter is sampled once a second).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PauseWindow {
+    /// The limit's name, or `retry-after` when the series was built without limiter samples.
+    pub limit: String,
+    /// Seconds since the start of the run.
+    pub start_secs: f64,
+    pub end_secs: f64,
+}
+
+/// One second of the run. Every count is for this interval only; `null` means no data.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// Row number: the interval `(t-1, t]` seconds since start (the last may be longer or
+    /// shorter, see `secs`).
+    pub t: u64,
+    /// Seconds since start at the end of the interval.
+    pub elapsed_secs: f64,
+    /// Length of the interval, seconds.
+    pub secs: f64,
+    /// Wall clock at the end of the interval, Unix milliseconds.
+    pub unix_ms: u64,
+    /// HTTP exchanges (`http_reqs`), retries included.
+    pub attempts: u64,
+    /// `attempts / secs`: the achieved rate.
+    pub rate: f64,
+    /// What the plan asked for (HTTP requests per second, first attempts): the arrival-rate
+    /// scenarios' rate at the middle of the interval times their requests per iteration;
+    /// `null` when no arrival-rate scenario runs (VU executors have no planned rate).
+    pub planned_rate: Option<f64>,
+    /// Logical requests completed.
+    pub requests: u64,
+    /// Logical requests whose final result failed (`http_req_failed`).
+    pub failures: u64,
+    /// Attempts answered 429.
+    pub throttled: u64,
+    /// Attempts without a response (transport errors).
+    pub errors: u64,
+    /// Attempts by HTTP status.
+    pub status: BTreeMap<u16, u64>,
+    /// Iterations completed.
+    pub iterations: u64,
+    /// Arrivals dropped because `maxInFlight` was full.
+    pub dropped_iterations: u64,
+    /// `http_req_duration` (from the intended start) of the requests completed in this second.
+    pub duration_p50_ms: Option<f64>,
+    pub duration_p95_ms: Option<f64>,
+    pub duration_p99_ms: Option<f64>,
+    /// `http_req_service_time` (send to end of response) of the attempts in this second.
+    pub service_time_p50_ms: Option<f64>,
+    pub service_time_p95_ms: Option<f64>,
+    pub service_time_p99_ms: Option<f64>,
+    /// Where the time of the requests completed in this second went, summed over them:
+    /// server (send to response), pacer's limiter, Retry-After pauses, retry backoff.
+    pub server_secs: f64,
+    pub limiter_wait_secs: f64,
+    pub paused_secs: f64,
+    pub backoff_secs: f64,
+    /// Limits whose scope was paused by a Retry-After at some time in this second.
+    pub active_pauses: u32,
+    /// The server's rate-limit headers last seen by the end of this second.
+    pub ratelimit_source: Option<String>,
+    pub ratelimit_limit: Option<u64>,
+    pub ratelimit_remaining: Option<u64>,
+    pub ratelimit_count: Option<u64>,
+    pub ratelimit_reset_secs: Option<f64>,
+    pub ratelimit_policy: Option<String>,
+    /// When those headers arrived, Unix milliseconds.
+    pub ratelimit_at_unix_ms: Option<u64>,
+}
+
+/// The whole series of a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    pub points: Vec<SeriesPoint>,
+    /// Retry-After pauses, in the order they started.
+    pub pauses: Vec<PauseWindow>,
+    /// More than [`MAX_PAUSE_WINDOWS`] pauses happened; later ones are not in `pauses`.
+    pub pauses_truncated: bool,
+}
+
+/// The plan's arrival rate over time, in HTTP requests per second.
+#[derive(Clone, Debug, Default)]
+pub struct PlannedRate {
+    /// (scenario start, its schedule, requests per iteration)
+    scenarios: Vec<(f64, RampSchedule, f64)>,
+}
+
+impl PlannedRate {
+    /// The arrival-rate scenarios of `plan`; VU and iteration executors have no planned rate.
+    pub fn from_plan(plan: &Plan) -> Self {
+        let scenarios = plan
+            .scenarios
+            .iter()
+            .filter_map(|s| {
+                let schedule = match &s.executor {
+                    Executor::ConstantArrivalRate { rate, duration, .. } => {
+                        RampSchedule::constant(*rate, *duration)
+                    }
+                    Executor::RampingArrivalRate {
+                        start_rate, stages, ..
+                    } => RampSchedule::new(*start_rate, stages),
+                    _ => return None,
+                };
+                Some((
+                    s.start_time.as_secs_f64(),
+                    schedule,
+                    s.requests.len() as f64,
+                ))
+            })
+            .collect();
+        Self { scenarios }
+    }
+
+    /// Planned requests per second at `secs` since start; `None` without arrival-rate
+    /// scenarios.
+    pub fn at(&self, secs: f64) -> Option<f64> {
+        if self.scenarios.is_empty() || !secs.is_finite() {
+            return None;
+        }
+        let total: f64 = self
+            .scenarios
+            .iter()
+            .filter(|(start, _, _)| secs >= *start)
+            .map(|(start, schedule, per_iteration)| {
+                schedule.rate_at(Duration::from_secs_f64(secs - start)) * per_iteration
+            })
+            .sum();
+        Some(finite(total))
+    }
+}
+
+/// Builds a [`Series`] from cumulative snapshots taken about once a second.
+#[derive(Debug)]
+pub struct SeriesBuilder {
+    planned: PlannedRate,
+    /// The snapshot the next interval starts from, and when it was taken.
+    base: Snapshot,
+    base_secs: f64,
+    /// The base before the last push, to fold a short tail into the last row.
+    previous_base: Option<(Snapshot, f64)>,
+    limits_before: Vec<LimiterSample>,
+    windows: Vec<PauseWindow>,
+    truncated: bool,
+    /// The latest window of each limit (index into `windows`).
+    latest: BTreeMap<String, usize>,
+    points: Vec<SeriesPoint>,
+}
+
+impl SeriesBuilder {
+    /// A builder for a run laid out as `layout`, starting now.
+    pub fn new(layout: &Layout, planned: PlannedRate) -> Self {
+        Self {
+            planned,
+            base: Snapshot::empty(layout),
+            base_secs: 0.0,
+            previous_base: None,
+            limits_before: Vec::new(),
+            windows: Vec::new(),
+            truncated: false,
+            latest: BTreeMap::new(),
+            points: Vec::new(),
+        }
+    }
+
+    /// The rows so far.
+    pub fn points(&self) -> &[SeriesPoint] {
+        &self.points
+    }
+
+    /// Record the interval ending `at` after the start (wall clock `unix_ms`), given the
+    /// cumulative `snapshot` then. `limits`: the limiter's samples, when the caller has a
+    /// limiter; without them pauses are estimated from the Retry-After values of 429s.
+    pub fn push(
+        &mut self,
+        at: Duration,
+        unix_ms: u64,
+        snapshot: &Snapshot,
+        limits: Option<&[LimiterSample]>,
+    ) {
+        let t1 = at.as_secs_f64().max(self.base_secs);
+        let delta = self.delta(&self.base, snapshot);
+        self.update_pauses(self.base_secs, t1, limits, &delta.total());
+        let point = self.point(
+            self.points.len() as u64 + 1,
+            self.base_secs,
+            t1,
+            unix_ms,
+            &delta,
+            snapshot,
+        );
+        self.points.push(point);
+        let old = std::mem::replace(&mut self.base, snapshot.clone());
+        self.previous_base = Some((old, self.base_secs));
+        self.base_secs = t1;
+    }
+
+    /// The last interval, ending with the run's final snapshot; a tail shorter than a quarter
+    /// second is folded into the previous row.
+    pub fn finish(
+        mut self,
+        at: Duration,
+        unix_ms: u64,
+        snapshot: &Snapshot,
+        limits: Option<&[LimiterSample]>,
+    ) -> Series {
+        let t1 = at.as_secs_f64().max(self.base_secs);
+        let fold = t1 - self.base_secs < MIN_TAIL_SECS && !self.points.is_empty();
+        let tail = self.delta(&self.base, snapshot);
+        self.update_pauses(self.base_secs, t1, limits, &tail.total());
+        match (fold, self.previous_base.take()) {
+            (true, Some((from, t0))) => {
+                self.points.pop();
+                let delta = self.delta(&from, snapshot);
+                let point = self.point(
+                    self.points.len() as u64 + 1,
+                    t0,
+                    t1,
+                    unix_ms,
+                    &delta,
+                    snapshot,
+                );
+                self.points.push(point);
+            }
+            _ => {
+                let delta = tail;
+                let point = self.point(
+                    self.points.len() as u64 + 1,
+                    self.base_secs,
+                    t1,
+                    unix_ms,
+                    &delta,
+                    snapshot,
+                );
+                self.points.push(point);
+            }
+        }
+        Series {
+            points: self.points,
+            pauses: self.windows,
+            pauses_truncated: self.truncated,
+        }
+    }
+
+    fn delta(&self, from: &Snapshot, to: &Snapshot) -> Snapshot {
+        match to.delta(from) {
+            Ok(d) => d,
+            Err(e) => {
+                // Only a snapshot from another run (or a reset recorder) gets here: an empty
+                // interval is better than a wrong one.
+                tracing::warn!(error = %e, "series: snapshot is not a continuation; interval left empty");
+                Snapshot::empty(&to.layout())
+            }
+        }
+    }
+
+    fn update_pauses(
+        &mut self,
+        t0: f64,
+        t1: f64,
+        limits: Option<&[LimiterSample]>,
+        delta: &RequestStats,
+    ) {
+        match limits {
+            Some(limits) => {
+                for l in limits {
+                    let before = self
+                        .limits_before
+                        .iter()
+                        .find(|b| b.name == l.name)
+                        .map_or(0.0, |b| b.paused_secs);
+                    let added = l.paused_secs - before;
+                    if added.is_finite() && added > 1e-9 {
+                        self.add_pause(&l.name, t0, added, true);
+                    }
+                }
+                self.limits_before = limits.to_vec();
+            }
+            None => {
+                if delta.throttled > 0
+                    && let Some(ms) = delta.retry_after_ms.max()
+                {
+                    self.add_pause("retry-after", t0, ms as f64 / 1000.0, false);
+                }
+            }
+        }
+        let _ = t1;
+    }
+
+    /// A pause of `len` seconds that began in the interval starting `t0`. `extends`: the
+    /// limiter counts an extension of a running pause as added length.
+    fn add_pause(&mut self, limit: &str, t0: f64, len: f64, extends: bool) {
+        if let Some(&i) = self.latest.get(limit)
+            && let Some(w) = self.windows.get_mut(i)
+            && w.end_secs > t0
+        {
+            w.end_secs = if extends {
+                w.end_secs + len
+            } else {
+                w.end_secs.max(t0 + len)
+            };
+            return;
+        }
+        if self.windows.len() >= MAX_PAUSE_WINDOWS {
+            self.truncated = true;
+            return;
+        }
+        self.latest.insert(limit.to_string(), self.windows.len());
+        self.windows.push(PauseWindow {
+            limit: limit.to_string(),
+            start_secs: t0,
+            end_secs: t0 + len,
+        });
+    }
+
+    fn active_pauses(&self, t0: f64, t1: f64) -> u32 {
+        let n = self
+            .latest
+            .values()
+            .filter_map(|&i| self.windows.get(i))
+            .filter(|w| w.start_secs < t1 && w.end_secs > t0)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    fn point(
+        &self,
+        t: u64,
+        t0: f64,
+        t1: f64,
+        unix_ms: u64,
+        delta: &Snapshot,
+        now: &Snapshot,
+    ) -> SeriesPoint {
+        let secs = t1 - t0;
+        let d = delta.total();
+        let (mut iterations, mut dropped) = (0u64, 0u64);
+        for s in &delta.scenarios {
+            iterations = iterations.saturating_add(s.stats.iterations);
+            dropped = dropped.saturating_add(s.stats.dropped_iterations);
+        }
+        let with_status: u64 = d.status.values().fold(0u64, |a, &n| a.saturating_add(n));
+        let ms = |h: &pacer_stats::Hist, p: f64| h.percentile(p).map(|us| us as f64 / 1000.0);
+        let limits = now.server_limits.as_ref();
+        SeriesPoint {
+            t,
+            elapsed_secs: finite(t1),
+            secs: finite(secs),
+            unix_ms,
+            attempts: d.attempts,
+            rate: if secs > 1e-3 {
+                finite(d.attempts as f64 / secs)
+            } else {
+                0.0
+            },
+            planned_rate: self.planned.at(t0 + secs / 2.0),
+            requests: d.requests,
+            failures: d.failed,
+            throttled: d.throttled,
+            errors: d.attempts.saturating_sub(with_status),
+            status: d.status.clone(),
+            iterations,
+            dropped_iterations: dropped,
+            duration_p50_ms: ms(&d.duration, 50.0),
+            duration_p95_ms: ms(&d.duration, 95.0),
+            duration_p99_ms: ms(&d.duration, 99.0),
+            service_time_p50_ms: ms(&d.service_time, 50.0),
+            service_time_p95_ms: ms(&d.service_time, 95.0),
+            service_time_p99_ms: ms(&d.service_time, 99.0),
+            server_secs: d.service_time_us_sum as f64 / 1e6,
+            limiter_wait_secs: d.limiter_wait_us_sum as f64 / 1e6,
+            paused_secs: d.paused_us_sum as f64 / 1e6,
+            backoff_secs: d.backoff_us_sum as f64 / 1e6,
+            active_pauses: self.active_pauses(t0, t1),
+            ratelimit_source: limits.map(|h| h.source.clone()),
+            ratelimit_limit: limits.and_then(|h| h.limit),
+            ratelimit_remaining: limits.and_then(|h| h.remaining),
+            ratelimit_count: limits.and_then(|h| h.count),
+            ratelimit_reset_secs: limits.and_then(|h| h.reset_secs).filter(|v| v.is_finite()),
+            ratelimit_policy: limits
+                .and_then(|h| h.policy.as_deref())
+                .map(|p| p.chars().take(MAX_POLICY_CHARS).collect()),
+            ratelimit_at_unix_ms: limits.map(|h| h.at_unix_ms),
+        }
+    }
+}
+
+fn finite(v: f64) -> f64 {
+    if v.is_finite() { v } else { 0.0 }
+}
+
+impl Series {
+    /// Every status code seen in the run, ascending (the CSV's `status_<code>` columns).
+    pub fn statuses(&self) -> Vec<u16> {
+        let all: BTreeSet<u16> = self
+            .points
+            .iter()
+            .flat_map(|p| p.status.keys().copied())
+            .collect();
+        all.into_iter().collect()
+    }
+
+    /// JSON Lines: one [`SeriesPoint`] object per line.
+    pub fn write_jsonl(&self, out: &mut impl Write) -> io::Result<()> {
+        for p in &self.points {
+            serde_json::to_writer(&mut *out, p).map_err(io::Error::other)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// CSV with a header row: the fixed columns of [`CSV_COLUMNS`], then one `status_<code>`
+    /// column per status code seen in the run. Empty cells are `null`s.
+    pub fn write_csv(&self, out: &mut impl Write) -> io::Result<()> {
+        let statuses = self.statuses();
+        let mut header: Vec<String> = CSV_COLUMNS.iter().map(|c| (*c).to_string()).collect();
+        header.extend(statuses.iter().map(|s| format!("status_{s}")));
+        writeln!(out, "{}", header.join(","))?;
+        for p in &self.points {
+            let mut row = csv_row(p);
+            row.extend(
+                statuses
+                    .iter()
+                    .map(|s| p.status.get(s).copied().unwrap_or(0).to_string()),
+            );
+            writeln!(out, "{}", row.join(","))?;
+        }
+        Ok(())
+    }
+
+    /// [`Series::write_jsonl`] into a string.
+    pub fn to_jsonl(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = self.write_jsonl(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// [`Series::write_csv`] into a string.
+    pub fn to_csv(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = self.write_csv(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// The fixed CSV columns, in order (the [`SeriesPoint`] fields but `status`).
+pub const CSV_COLUMNS: [&str; 31] = [
+    "t",
+    "elapsed_secs",
+    "secs",
+    "unix_ms",
+    "attempts",
+    "rate",
+    "planned_rate",
+    "requests",
+    "failures",
+    "throttled",
+    "errors",
+    "iterations",
+    "dropped_iterations",
+    "duration_p50_ms",
+    "duration_p95_ms",
+    "duration_p99_ms",
+    "service_time_p50_ms",
+    "service_time_p95_ms",
+    "service_time_p99_ms",
+    "server_secs",
+    "limiter_wait_secs",
+    "paused_secs",
+    "backoff_secs",
+    "active_pauses",
+    "ratelimit_source",
+    "ratelimit_limit",
+    "ratelimit_remaining",
+    "ratelimit_count",
+    "ratelimit_reset_secs",
+    "ratelimit_policy",
+    "ratelimit_at_unix_ms",
+];
+
+fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return String::new();
+    }
+    let s = format!("{v:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn opt_num(v: Option<f64>) -> String {
+    v.map_or_else(String::new, num)
+}
+
+fn opt_int(v: Option<u64>) -> String {
+    v.map_or_else(String::new, |v| v.to_string())
+}
+
+fn csv_row(p: &SeriesPoint) -> Vec<String> {
+    vec![
+        p.t.to_string(),
+        num(p.elapsed_secs),
+        num(p.secs),
+        p.unix_ms.to_string(),
+        p.attempts.to_string(),
+        num(p.rate),
+        opt_num(p.planned_rate),
+        p.requests.to_string(),
+        p.failures.to_string(),
+        p.throttled.to_string(),
+        p.errors.to_string(),
+        p.iterations.to_string(),
+        p.dropped_iterations.to_string(),
+        opt_num(p.duration_p50_ms),
+        opt_num(p.duration_p95_ms),
+        opt_num(p.duration_p99_ms),
+        opt_num(p.service_time_p50_ms),
+        opt_num(p.service_time_p95_ms),
+        opt_num(p.service_time_p99_ms),
+        num(p.server_secs),
+        num(p.limiter_wait_secs),
+        num(p.paused_secs),
+        num(p.backoff_secs),
+        p.active_pauses.to_string(),
+        p.ratelimit_source
+            .as_deref()
+            .map_or_else(String::new, escape::csv_text),
+        opt_int(p.ratelimit_limit),
+        opt_int(p.ratelimit_remaining),
+        opt_int(p.ratelimit_count),
+        opt_num(p.ratelimit_reset_secs),
+        p.ratelimit_policy
+            .as_deref()
+            .map_or_else(String::new, escape::csv_text),
+        opt_int(p.ratelimit_at_unix_ms),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pacer_stats::{Attempt, Recorder, RequestOutcome, ScenarioLayout, ServerLimitHeaders};
+
+    fn recorder() -> Recorder {
+        Recorder::new(Layout {
+            scenarios: vec![ScenarioLayout {
+                name: "s".into(),
+                requests: vec!["r".into()],
+            }],
+        })
+    }
+
+    fn hit(rec: &Recorder, status: u16, ms: u64) {
+        rec.record_attempt(
+            0,
+            0,
+            &Attempt {
+                service_time: Duration::from_millis(ms),
+                status: Some(status),
+                retry_after: (status == 429).then(|| Duration::from_secs(2)),
+                ..Default::default()
+            },
+        );
+        rec.record_request(
+            0,
+            0,
+            &RequestOutcome {
+                duration: Duration::from_millis(ms),
+                attempts: 1,
+                ..Default::default()
+            },
+        );
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn one_row_per_second_with_interval_values() {
+        let rec = recorder();
+        let mut b = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+        for _ in 0..10 {
+            hit(&rec, 200, 10);
+        }
+        b.push(secs(1.0), 1000, &rec.snapshot(), Some(&[]));
+        for _ in 0..5 {
+            hit(&rec, 200, 100);
+        }
+        hit(&rec, 429, 1);
+        rec.record_server_limits(ServerLimitHeaders {
+            at_unix_ms: 1500,
+            source: "x-ratelimit".into(),
+            limit: Some(100),
+            remaining: Some(7),
+            policy: Some("=cmd".into()),
+            ..Default::default()
+        });
+        b.push(secs(2.0), 2000, &rec.snapshot(), Some(&[]));
+        let series = b.finish(secs(2.6), 2600, &rec.snapshot(), Some(&[]));
+        let p = &series.points;
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.iter().map(|x| x.t).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!((p[0].attempts, p[1].attempts, p[2].attempts), (10, 6, 0));
+        assert_eq!(p[1].throttled, 1);
+        assert_eq!(p[1].status.get(&200), Some(&5));
+        assert!((p[0].rate - 10.0).abs() < 1e-9);
+        let p50 = p[1].duration_p50_ms.unwrap();
+        assert!((99.0..=101.0).contains(&p50), "{p50}");
+        assert_eq!(p[2].duration_p50_ms, None, "no requests in the tail");
+        assert!((p[2].secs - 0.6).abs() < 1e-9);
+        assert_eq!(p[1].ratelimit_remaining, Some(7));
+        assert_eq!(p[0].ratelimit_limit, None);
+        assert_eq!(p[0].planned_rate, None);
+        assert!(series.pauses.is_empty(), "no limiter pauses: {series:?}");
+
+        let csv = series.to_csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 4, "{csv}");
+        assert!(lines[0].starts_with("t,elapsed_secs,secs,unix_ms,attempts,rate,"));
+        assert!(lines[0].ends_with(",status_200,status_429"), "{}", lines[0]);
+        let columns = lines[0].split(',').count();
+        assert!(
+            lines.iter().all(|l| l.split(',').count() == columns),
+            "{csv}"
+        );
+        assert!(
+            lines[2].contains(",'=cmd,"),
+            "formula guarded: {}",
+            lines[2]
+        );
+        let jsonl = series.to_jsonl();
+        let rows: Vec<SeriesPoint> = jsonl
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows, series.points);
+    }
+
+    #[test]
+    fn a_short_tail_is_folded_into_the_last_second() {
+        let rec = recorder();
+        let mut b = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+        hit(&rec, 200, 5);
+        b.push(secs(1.0), 0, &rec.snapshot(), None);
+        hit(&rec, 200, 5);
+        b.push(secs(2.0), 0, &rec.snapshot(), None);
+        hit(&rec, 200, 5);
+        let s = b.finish(secs(2.1), 0, &rec.snapshot(), None);
+        assert_eq!(s.points.len(), 2);
+        assert_eq!(s.points[1].attempts, 2);
+        assert!((s.points[1].secs - 1.1).abs() < 1e-9);
+        assert_eq!(s.points.iter().map(|p| p.attempts).sum::<u64>(), 3);
+        // a run shorter than the first tick still has one row
+        let rec = recorder();
+        hit(&rec, 200, 5);
+        let b = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+        let s = b.finish(secs(0.05), 0, &rec.snapshot(), None);
+        assert_eq!(s.points.len(), 1);
+        assert_eq!(s.points[0].attempts, 1);
+    }
+
+    #[test]
+    fn pauses_come_from_the_limiter_or_from_retry_after() {
+        let rec = recorder();
+        let mut b = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+        let sample = |paused: f64, pauses: u64| {
+            vec![LimiterSample {
+                name: "per-token".into(),
+                pauses,
+                paused_secs: paused,
+                pacing_rate: 5.0,
+            }]
+        };
+        b.push(secs(1.0), 0, &rec.snapshot(), Some(&sample(0.0, 0)));
+        b.push(secs(2.0), 0, &rec.snapshot(), Some(&sample(2.0, 1)));
+        // extended by 0.5 s while running
+        b.push(secs(3.0), 0, &rec.snapshot(), Some(&sample(2.5, 1)));
+        b.push(secs(4.0), 0, &rec.snapshot(), Some(&sample(2.5, 1)));
+        b.push(secs(5.0), 0, &rec.snapshot(), Some(&sample(2.5, 1)));
+        // a second pause after the first ended
+        b.push(secs(6.0), 0, &rec.snapshot(), Some(&sample(3.5, 2)));
+        let s = b.finish(secs(7.0), 0, &rec.snapshot(), Some(&sample(3.5, 2)));
+        assert_eq!(s.pauses.len(), 2, "{:?}", s.pauses);
+        assert_eq!(s.pauses[0].start_secs, 1.0);
+        assert!((s.pauses[0].end_secs - 3.5).abs() < 1e-9);
+        assert_eq!(s.pauses[1].start_secs, 5.0);
+        let active: Vec<u32> = s.points.iter().map(|p| p.active_pauses).collect();
+        assert_eq!(active, vec![0, 1, 1, 1, 0, 1, 0]);
+
+        // without a limiter: 429s with Retry-After
+        let rec = recorder();
+        let mut b = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+        b.push(secs(1.0), 0, &rec.snapshot(), None);
+        hit(&rec, 429, 1);
+        b.push(secs(2.0), 0, &rec.snapshot(), None);
+        let s = b.finish(secs(3.5), 0, &rec.snapshot(), None);
+        assert_eq!(s.pauses.len(), 1);
+        assert_eq!(s.pauses[0].limit, "retry-after");
+        assert_eq!((s.pauses[0].start_secs, s.pauses[0].end_secs), (1.0, 3.0));
+        assert_eq!(
+            s.points.iter().map(|p| p.active_pauses).collect::<Vec<_>>(),
+            vec![0, 1, 1]
+        );
+    }
+
+    #[test]
+    fn memory_is_one_row_per_second_and_pause_windows_are_capped() {
+        let rec = recorder();
+        let mut b = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+        let snap = rec.snapshot();
+        let n = MAX_PAUSE_WINDOWS * 2 + 10;
+        for k in 1..=n {
+            // a new 0.5 s pause every other second
+            let paused = (k / 2) as f64 * 0.5;
+            let sample = [LimiterSample {
+                name: "l".into(),
+                pauses: (k / 2) as u64,
+                paused_secs: paused,
+                pacing_rate: 1.0,
+            }];
+            b.push(secs(k as f64), 0, &snap, Some(&sample));
+        }
+        let s = b.finish(secs(n as f64 + 1.0), 0, &snap, None);
+        assert_eq!(s.points.len(), n + 1);
+        assert_eq!(s.pauses.len(), MAX_PAUSE_WINDOWS);
+        assert!(s.pauses_truncated);
+    }
+
+    #[test]
+    fn planned_rate_follows_arrival_rate_scenarios() {
+        let plan = pacer_plan::load_str(
+            "name: p\ntarget: http://127.0.0.1:1\nscenarios:\n  - {name: a, executor: ramping-arrival-rate, startRate: 0/s, stages: [{target: 10/s, duration: 10s}], requests: [{name: x, path: /x}, {name: q, path: /q}]}\n  - {name: b, executor: constant-vus, vus: 2, duration: 5s, requests: [{name: z, path: /z}]}\n  - {name: c, executor: constant-arrival-rate, rate: 4/s, duration: 2s, startTime: 3s, requests: [{name: w, path: /w}]}\n",
+            "plan.yaml",
+            &pacer_plan::LoadOptions::default(),
+        )
+        .unwrap();
+        let planned = PlannedRate::from_plan(&plan);
+        // a: 2 requests per iteration at 5/s at t=5; c: 4/s between 3 s and 5 s
+        assert!((planned.at(4.0).unwrap() - (8.0 + 4.0)).abs() < 1e-9);
+        assert!((planned.at(5.0).unwrap() - 10.0).abs() < 1e-9);
+        assert_eq!(planned.at(20.0), Some(0.0));
+        assert_eq!(planned.at(f64::NAN), None);
+        assert_eq!(PlannedRate::default().at(1.0), None);
+    }
+}

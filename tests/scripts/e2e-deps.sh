@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# `make e2e-deps`: builds, from their Go modules with the machine's Go, pinned versions of the
+# tools the Kubernetes end-to-end tests need: kube-apiserver and kube-controller-manager (from
+# k8s.io/kubernetes through a wrapper module that pins each staging module), etcd, and helm v4.
+# Binaries go to $PACER_TOOLS (default ~/.cache/pacer-tools/bin), outside git. A second run is
+# a no-op: each binary is rebuilt only when missing or built for another version.
+set -euo pipefail
+
+K8S_VERSION=1.35.4          # kube-apiserver, kube-controller-manager
+ETCD_VERSION=3.6.16
+HELM_VERSION=4.3.1
+
+tools="${PACER_TOOLS:-$HOME/.cache/pacer-tools}"
+bin="$tools/bin"
+mkdir -p "$bin"
+export GOFLAGS="-mod=mod"
+export GOTOOLCHAIN=local
+
+have() { # name version: true when $bin/name exists and was built for version
+  [ -x "$bin/$1" ] && [ "$(cat "$bin/$1.version" 2>/dev/null)" = "$2" ]
+}
+
+if ! command -v go >/dev/null; then
+  echo "e2e-deps: Go is required (it builds kube-apiserver, etcd and helm from their modules)" >&2
+  exit 1
+fi
+
+if ! have helm "$HELM_VERSION"; then
+  echo "e2e-deps: building helm v$HELM_VERSION"
+  GOBIN="$bin" go install \
+    -ldflags "-X helm.sh/helm/v4/internal/version.version=v$HELM_VERSION" \
+    "helm.sh/helm/v4/cmd/helm@v$HELM_VERSION"
+  echo "$HELM_VERSION" > "$bin/helm.version"
+fi
+
+if ! have etcd "$ETCD_VERSION"; then
+  echo "e2e-deps: building etcd v$ETCD_VERSION"
+  # etcd's server module has replace directives, so `go install mod@version` refuses it:
+  # build its main package from a small wrapper module instead.
+  w="$tools/src/etcd-$ETCD_VERSION"; mkdir -p "$w"; cd "$w"
+  if [ ! -f go.mod ]; then
+    go mod init pacer-e2e-etcd >/dev/null 2>&1
+    cat > main.go <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+    go get "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" >/dev/null 2>&1
+    go mod tidy >/dev/null
+  fi
+  go build -o "$bin/etcd" .
+  echo "$ETCD_VERSION" > "$bin/etcd.version"
+fi
+
+if ! have kube-apiserver "$K8S_VERSION" || ! have kube-controller-manager "$K8S_VERSION"; then
+  echo "e2e-deps: building kube-apiserver and kube-controller-manager v$K8S_VERSION (takes a while)"
+  w="$tools/src/kubernetes-$K8S_VERSION"; mkdir -p "$w"; cd "$w"
+  if [ ! -f go.mod ]; then
+    go mod init pacer-e2e-kubernetes >/dev/null 2>&1
+    go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" >/dev/null
+    kmod="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/v$K8S_VERSION.mod"
+    {
+      echo "require k8s.io/kubernetes v$K8S_VERSION"
+      # every staging module (listed at v0.0.0) pinned to its matching v0.X.Y release
+      grep -E '^\s+k8s\.io/[a-z0-9-]+ v0\.0\.0$' "$kmod" | awk -v v="0.${K8S_VERSION#1.}" \
+        '{print "replace " $1 " => " $1 " v" v}'
+    } >> go.mod
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
+GO
+    go mod tidy >/dev/null
+  fi
+  ld="-X k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.io/client-go/pkg/version.gitVersion=v$K8S_VERSION"
+  ld="$ld -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+  go build -ldflags "$ld" -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+  go build -ldflags "$ld" -o "$bin/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager
+  echo "$K8S_VERSION" > "$bin/kube-apiserver.version"
+  echo "$K8S_VERSION" > "$bin/kube-controller-manager.version"
+fi
+
+echo "e2e-deps: ready in $bin: $(ls "$bin" | grep -v '\.version$' | tr '\n' ' ')"

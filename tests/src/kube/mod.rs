@@ -1,0 +1,25 @@
+//! A Kubernetes cluster for end-to-end tests without containers: etcd, kube-apiserver and
+//! kube-controller-manager (built by `make e2e-deps`) as local processes on loopback ports, and
+//! a kubelet of this crate that runs pods as local processes. See `docs/testing.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let cluster = pacer_tests::kube::Cluster::shared();
+//! cluster.create_namespace("demo").await?;
+//! let out = cluster.kubectl_ok(&["get", "ns", "demo"]).await?;
+//! # Ok(()) }
+//! ```
+
+mod cluster;
+mod env;
+mod kubeconfig;
+mod kubelet;
+mod pki;
+mod proc;
+
+pub use cluster::{
+    CONTROLLERS, Cluster, ClusterOptions, KUBERNETES_VERSION, client_from_kubeconfig, tools_dir,
+};
+pub use kubeconfig::{Credentials, service_account_token, write_kubeconfig};
+pub use kubelet::{Kubelet, KubeletOptions};
+pub use proc::{free_port, group_alive};
