@@ -4,13 +4,17 @@ CARGO ?= cargo
 PACER := target/debug/pacer
 DEMO_PORT ?= 18080
 
-.PHONY: all build demo test test-unit lint fmt deps bench clean help report-shot
+.PHONY: all build demo test test-unit lint fmt deps e2e-deps crds chart bench bench-fleet clean help report-shot
 
 help:
 	@echo "make demo   - build, start the mock API, run examples/user-story.yaml, show the summary"
 	@echo "make test   - install what is missing, then run the whole test suite"
 	@echo "make lint   - cargo fmt --check and clippy -D warnings"
+	@echo "make e2e-deps - build kube-apiserver, etcd, helm for the Kubernetes e2e tests (once)"
+	@echo "make crds   - regenerate charts/pacer/crds/ from the Rust types (pacer crd)"
+	@echo "make chart  - helm lint and helm template of charts/pacer (helm from make e2e-deps)"
 	@echo "make bench  - benchmarks against peers (see docs/benchmarks.md)"
+	@echo "make bench-fleet - 1000 simulated workers sharing one Redis at 20k/s (docs/benchmarks.md)"
 	@echo "make report-shot - a short run against pacer mock, its HTML report, a screenshot in docs/report.png"
 
 all: build
@@ -18,15 +22,30 @@ all: build
 deps:
 	@bash tests/scripts/ensure-deps.sh
 
+# kube-apiserver, kube-controller-manager, etcd and helm for the Kubernetes end-to-end tests,
+# built from their Go modules into ~/.cache/pacer-tools/bin (a no-op when they are there).
+e2e-deps:
+	@bash tests/scripts/e2e-deps.sh
+
 build: deps
 	$(CARGO) build -p pacer-cli
+
+# The LoadTest CRD, generated from crates/pacer-operator/src/crd.rs (a test fails when stale).
+crds:
+	$(CARGO) run -q -p pacer-cli -- crd > charts/pacer/crds/loadtests.pacer.dev.yaml
+
+# The Helm chart with the helm that `make e2e-deps` builds (tests/tests/chart.rs checks more).
+HELM ?= $(or $(PACER_TOOLS),$(HOME)/.cache/pacer-tools)/bin/helm
+chart: e2e-deps
+	$(HELM) lint --strict charts/pacer
+	$(HELM) template pacer charts/pacer --include-crds > /dev/null
 
 # The main job: the mock API and the user-story plan through `pacer run`, embedded
 # (no Redis, no cluster). The mock runs on loopback and is stopped at the end.
 demo: build
 	@bash tests/scripts/demo.sh $(DEMO_PORT)
 
-test: deps
+test: deps e2e-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) build -p pacer-cli
 	$(CARGO) test --workspace --no-fail-fast
@@ -46,6 +65,10 @@ report-shot: deps
 
 bench: deps
 	@bash bench/run.sh
+
+# The fleet limiter under load: a throwaway redis-server, 1000 simulated workers (not a test).
+bench-fleet: deps
+	@bash bench/fleet-sim.sh
 
 clean:
 	$(CARGO) clean

@@ -202,7 +202,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server did not answer on port {} within 10 s", self.port);
+        panic!(
+            "redis-server did not answer on port {} within 10 s",
+            self.port
+        );
     }
 
     pub fn stop(&mut self) {
@@ -215,8 +218,8 @@ impl RedisServer {
     /// One command over RESP; the reply as text (arrays joined by newlines).
     pub fn command(&self, args: &[&str]) -> Result<String, String> {
         use std::io::{BufRead, BufReader, Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))
-            .map_err(|e| e.to_string())?;
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(|e| e.to_string())?;
         let mut req = format!("*{}\r\n", args.len());

@@ -40,9 +40,18 @@ fn chart() -> PathBuf {
 fn run_helm(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(helm())
         .args(args)
-        .env("HELM_CACHE_HOME", std::env::temp_dir().join("pacer-helm-cache"))
-        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("pacer-helm-config"))
-        .env("HELM_DATA_HOME", std::env::temp_dir().join("pacer-helm-data"))
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("pacer-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("pacer-helm-config"),
+        )
+        .env(
+            "HELM_DATA_HOME",
+            std::env::temp_dir().join("pacer-helm-data"),
+        )
         .output()
         .expect("run helm");
     (
@@ -78,7 +87,7 @@ fn template(sets: &[&str]) -> Vec<Value> {
     }
     let (ok, out, err) = run_helm(&args);
     assert!(ok, "helm template {sets:?} failed:\n{err}");
-    serde_saphyr::from_str_multiple::<Value>(&out)
+    serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&out)
         .unwrap_or_else(|e| panic!("the rendered manifests are not YAML: {e}\n{out}"))
         .into_iter()
         .filter(|v| !v.is_null())
@@ -131,8 +140,7 @@ fn check_rbac(objects: &[Value]) {
                     })
                     .unwrap_or_default()
             };
-            let (groups, resources, verbs) =
-                (list("apiGroups"), list("resources"), list("verbs"));
+            let (groups, resources, verbs) = (list("apiGroups"), list("resources"), list("verbs"));
             for field in [&groups, &resources, &verbs] {
                 assert!(
                     !field.iter().any(|v| v == "*"),
@@ -151,9 +159,16 @@ fn check_rbac(objects: &[Value]) {
         }
         let secret_rule = rules
             .iter()
-            .find(|r| r["resources"].as_array().is_some_and(|a| a.iter().any(|x| x == "secrets")))
+            .find(|r| {
+                r["resources"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "secrets"))
+            })
             .expect("a rule for the session Secret");
-        assert_eq!(secret_rule["verbs"], serde_json::json!(["create", "delete"]));
+        assert_eq!(
+            secret_rule["verbs"],
+            serde_json::json!(["create", "delete"])
+        );
     }
 }
 
@@ -179,7 +194,10 @@ fn default_values_lint_and_render() {
         args.contains(&"--advertise-address=pacer.pacer-system.svc:7700".to_string()),
         "{args:?}"
     );
-    assert!(!args.iter().any(|a| a.starts_with("--default-redis")), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--default-redis")),
+        "{args:?}"
+    );
     let svc = &find(&objects, "Service")[0];
     let ports: Vec<&str> = svc["spec"]["ports"]
         .as_array()
@@ -236,9 +254,7 @@ fn bundled_redis_and_dashboard() {
     );
     let args = controller_args(&objects);
     assert!(
-        args.contains(
-            &"--default-redis-url=redis://pacer-redis.pacer-system.svc:6379".to_string()
-        ),
+        args.contains(&"--default-redis-url=redis://pacer-redis.pacer-system.svc:6379".to_string()),
         "{args:?}"
     );
     let cm = &find(&objects, "ConfigMap")[0];
@@ -299,7 +315,10 @@ fn the_values_schema_refuses_bad_values() {
         "--set",
         "redis.external.url=redis://elsewhere:6379",
     ]);
-    assert!(!ok, "the bundled and an external Redis at once were accepted");
+    assert!(
+        !ok,
+        "the bundled and an external Redis at once were accepted"
+    );
     assert!(err.contains("schema"), "{err}");
 }
 
@@ -307,7 +326,15 @@ fn the_values_schema_refuses_bad_values() {
 fn notes_tell_how_to_submit_a_first_test() {
     let chart = chart();
     let notes = std::fs::read_to_string(chart.join("templates/NOTES.txt")).expect("NOTES.txt");
-    for needle in ["pacer submit", "pacer watch", "pacer report", "kubectl create secret"] {
-        assert!(notes.contains(needle), "NOTES.txt does not mention {needle}");
+    for needle in [
+        "pacer submit",
+        "pacer watch",
+        "pacer report",
+        "kubectl create secret",
+    ] {
+        assert!(
+            notes.contains(needle),
+            "NOTES.txt does not mention {needle}"
+        );
     }
 }

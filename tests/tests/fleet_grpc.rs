@@ -147,11 +147,17 @@ async fn exact_case(case: usize) {
         if let Some(n) = expected {
             assert_eq!(iterations, n, "{what}: iterations\n{out}");
         } else {
-            assert!(iterations > 3, "{what}: only {iterations} iterations\n{out}");
+            assert!(
+                iterations > 3,
+                "{what}: only {iterations} iterations\n{out}"
+            );
         }
         assert_eq!(http_reqs(&s["totals"]), iterations * per_iter, "{what}");
         assert_eq!(workers_of(&s).len(), workers as usize);
-        assert!(workers_of(&s).iter().all(|w| w["state"] == "ok"), "{what}\n{out}");
+        assert!(
+            workers_of(&s).iter().all(|w| w["state"] == "ok"),
+            "{what}\n{out}"
+        );
         assert_counts_match(&s, &stats, &what);
         if workers == 4 && scenario.contains("arrival-rate") {
             // Each worker ran exactly the arrivals its shard owns.
@@ -373,6 +379,45 @@ async fn a_killed_worker_is_lost_in_time_and_survivors_match_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_worker_loss_fail_stops_the_fleet_and_fails_the_run() {
+    let _g = SERIAL.lock().await;
+    let m = mock(false).await;
+    let target = format!("http://{}", m.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "plan.yaml",
+        &plan(
+            &target,
+            &format!(
+                "onWorkerLoss: fail\nscenarios:\n  - {{name: s, executor: constant-arrival-rate, rate: 40/s, duration: 20s, {R1}}}"
+            ),
+        ),
+    );
+    let sj = dir.path().join("summary.json");
+    let port = free_port();
+    let controller = spawn(&controller_args(&p, 2, port, &sj, &["--lost-after", "2s"]));
+    let mut workers: Vec<_> = (0..2).map(|_| spawn_worker(port)).collect();
+    wait_for_requests(&m, 40, Duration::from_secs(15)).await;
+    let mut victim = workers.remove(0);
+    victim.kill().unwrap(); // SIGKILL
+    let _ = victim.wait();
+    let started = Instant::now();
+    let out = wait_child(controller, Duration::from_secs(15)).await;
+    let survivor = wait_child(workers.remove(0), Duration::from_secs(10)).await;
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("onWorkerLoss: fail"), "{text}");
+    // The fleet stopped long before the plan's 20 s.
+    assert!(started.elapsed() < Duration::from_secs(8), "{text}");
+    assert_eq!(survivor.status.code(), Some(0), "{}", stderr(&survivor));
+    let s = summary(&sj);
+    assert!(s["fleet"]["failure"].is_string(), "{text}");
+    assert_eq!(s["fleet"]["lost"], 1, "{text}");
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_controller_takes_the_workers_back_and_counts_exactly() {
     let _g = SERIAL.lock().await;
     let m = mock(false).await;
@@ -389,7 +434,13 @@ async fn a_restarted_controller_takes_the_workers_back_and_counts_exactly() {
         ),
     );
     let port = free_port();
-    let first = spawn(&controller_args(&p, 2, port, &dir.path().join("a.json"), &[]));
+    let first = spawn(&controller_args(
+        &p,
+        2,
+        port,
+        &dir.path().join("a.json"),
+        &[],
+    ));
     let workers: Vec<_> = (0..2).map(|_| spawn_worker(port)).collect();
     wait_for_requests(&m, 60, Duration::from_secs(15)).await;
     let mut first = first;
@@ -511,7 +562,13 @@ async fn a_controller_without_workers_gives_up_with_a_reason() {
     );
     let port = free_port();
     let out = pacer_async(
-        controller_args(&p, 2, port, &dir.path().join("s.json"), &["--wait-for-workers", "1s"]),
+        controller_args(
+            &p,
+            2,
+            port,
+            &dir.path().join("s.json"),
+            &["--wait-for-workers", "1s"],
+        ),
         vec![],
         Duration::from_secs(10),
     )

@@ -310,9 +310,16 @@ fn every_example_plan_validates() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
+            // LoadTest examples read the target and credentials from the worker pods' env
+            // (secretKeyRef): give them values as the pods would have.
+            let env = [
+                ("TARGET", "http://127.0.0.1:8080"),
+                ("PACER_AUTH_GENESYS_CLIENT_ID", "pacer-demo"),
+                ("PACER_AUTH_GENESYS_CLIENT_SECRET", "demo-secret"),
+            ];
             let out = pacer(
                 &["validate", path.to_str().unwrap()],
-                &[],
+                &env,
                 Duration::from_secs(30),
             );
             assert_eq!(

@@ -16,7 +16,12 @@ use pacer_stats::Recorder;
 pub struct FleetArgs {
     /// Redis holding the fleet's budget: `redis://[:PASSWORD@]HOST:PORT[/DB]`, or `rediss://`
     /// for TLS. Prefer PACER_REDIS_URL, which keeps the password out of the process list.
-    #[arg(long, env = "PACER_REDIS_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PACER_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub redis: Option<String>,
     /// The test's id in Redis: processes with the same id share the budget (A-Z a-z 0-9 . _ -).
     #[arg(long, env = "PACER_FLEET", value_name = "ID")]
@@ -32,7 +37,10 @@ impl std::fmt::Debug for FleetArgs {
         f.debug_struct("FleetArgs")
             .field(
                 "redis",
-                &self.redis.as_deref().map(pacer_limiter::fleet::redacted_url),
+                &self
+                    .redis
+                    .as_deref()
+                    .map(pacer_limiter::fleet::redacted_url),
             )
             .field("fleet", &self.fleet)
             .field("redis_safe_mode", &self.redis_safe_mode)
@@ -102,7 +110,9 @@ impl FleetSetup {
         match f.leave().await {
             Ok(true) => tracing::info!("last process of the fleet: deleted the test's keys"),
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "leaving the fleet failed; its keys expire by themselves"),
+            Err(e) => {
+                tracing::warn!(error = %e, "leaving the fleet failed; its keys expire by themselves")
+            }
         }
     }
 }

@@ -214,7 +214,11 @@ fn dns_name(s: &str) -> String {
     }
     let out: String = out.trim_matches('-').chars().take(40).collect();
     let out = out.trim_matches('-').to_string();
-    if out.is_empty() { "loadtest".into() } else { out }
+    if out.is_empty() {
+        "loadtest".into()
+    } else {
+        out
+    }
 }
 
 /// The LoadTest `pacer submit` creates from a file.
@@ -429,7 +433,9 @@ pub fn status_lines(lt: &LoadTest) -> Vec<String> {
                 if t.passed { "✓" } else { "✗" },
                 t.metric,
                 t.expression,
-                t.observed.map(|v| format!(" (observed {v})")).unwrap_or_default()
+                t.observed
+                    .map(|v| format!(" (observed {v})"))
+                    .unwrap_or_default()
             ));
         }
     }
@@ -453,7 +459,10 @@ async fn watch_loop(client: Client, ns: &str, name: &str, every: Duration) -> an
         }
         if lt.phase().is_some_and(Phase::is_terminal) {
             if let Some(r) = lt.status.as_ref().and_then(|s| s.report.as_ref()) {
-                eprintln!("report: pacer report {name} -n {ns}   (ConfigMap {})", r.config_map);
+                eprintln!(
+                    "report: pacer report {name} -n {ns}   (ConfigMap {})",
+                    r.config_map
+                );
             }
             return Ok(verdict(&lt));
         }
@@ -497,6 +506,7 @@ pub async fn report(args: ReportArgs) -> Exit {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -528,5 +538,47 @@ mod tests {
         let named = loadtest_from_file(&args(&["--name", "t1"]), PLAN).unwrap();
         assert_eq!(named.metadata.name.as_deref(), Some("t1"));
         assert!(named.metadata.generate_name.is_none());
+    }
+
+    fn ended(phase: &str, reason: &str) -> LoadTest {
+        let mut lt = loadtest_from_file(&args(&["--name", "t"]), PLAN).unwrap();
+        lt.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "phase": phase,
+                "workers": {"desired": 2, "connected": 2, "lost": 0, "ready": "2/2"},
+                "requests": 10, "rps": 2.5, "latency": {"p95": "12.0ms"}, "errors": 1, "throttled": 0,
+                "conditions": [{"type": "Complete", "status": "True", "reason": reason, "message": "",
+                    "lastTransitionTime": "2020-01-01T00:00:00Z"}],
+                "workerHealth": [{"index": 0, "state": "ok", "requests": 5, "rps": 1.2, "errors": 1, "throttled": 0}],
+                "thresholds": [{"metric": "http_req_failed", "expression": "rate<0.01", "passed": false, "observed": 0.1}]
+            }))
+            .unwrap(),
+        );
+        lt
+    }
+
+    #[test]
+    fn the_verdict_is_the_exit_code() {
+        assert_eq!(verdict(&ended("Succeeded", "Succeeded")), Exit::Passed);
+        assert_eq!(
+            verdict(&ended("Failed", "ThresholdsFailed")),
+            Exit::ThresholdFailed
+        );
+        assert_eq!(verdict(&ended("Failed", "WorkersMissing")), Exit::Failure);
+        assert_eq!(verdict(&ended("Aborted", "Aborted")), Exit::Failure);
+        let lines = status_lines(&ended("Failed", "ThresholdsFailed"));
+        assert!(lines[0].starts_with("Failed"), "{lines:?}");
+        assert!(lines[0].contains("workers 2/2"), "{lines:?}");
+        assert!(lines[0].contains("p95 12.0ms"), "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains("worker   0  ok")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("✗ http_req_failed rate<0.01")),
+            "{lines:?}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod exit;
 pub mod fleet;
+pub mod k8s;
 pub mod metrics;
 pub mod progress;
 pub mod report;
@@ -49,6 +50,17 @@ pub enum Command {
     Controller(Box<controller::ControllerArgs>),
     /// Join a controller's test and run this worker's share of the plan.
     Worker(Box<worker::WorkerArgs>),
+    /// Print the LoadTest CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crd,
+    /// Run LoadTests on Kubernetes: the operator (the Helm chart's controller; docs/kubernetes.md).
+    Operator(Box<k8s::OperatorArgs>),
+    /// Create a LoadTest from a plan file (or a LoadTest manifest) on Kubernetes.
+    Submit(Box<k8s::SubmitArgs>),
+    /// Follow a LoadTest's status until it ends. Exit code: 0 passed, 99 a threshold failed,
+    /// 1 failed or aborted.
+    Watch(k8s::WatchArgs),
+    /// Print a finished LoadTest's report (stored in a ConfigMap).
+    Report(k8s::ReportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -105,6 +117,11 @@ pub async fn run_cli(cli: Cli) -> Exit {
         Command::Validate(args) => validate(&args),
         Command::Controller(args) => controller::run(*args).await,
         Command::Worker(args) => worker::run(*args).await,
+        Command::Crd => k8s::crd(),
+        Command::Operator(args) => k8s::operator(*args).await,
+        Command::Submit(args) => k8s::submit(*args).await,
+        Command::Watch(args) => k8s::watch(args).await,
+        Command::Report(args) => k8s::report(args).await,
         Command::Mock(args) => match pacer_mock::run_cli(*args).await {
             Ok(()) => Exit::Passed,
             Err(e) => {

@@ -38,6 +38,11 @@ pub struct WorkerArgs {
     /// processes to itself this way, so they die with it).
     #[arg(long, hide = true)]
     pub exit_with_stdin: bool,
+    /// Resolve the plan's `${env:NAME}` references in this worker's environment (worker pods
+    /// of the Kubernetes operator: their credentials come from Secrets, never through the
+    /// controller).
+    #[arg(long)]
+    pub resolve_plan_env: bool,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -84,6 +89,7 @@ pub async fn run(args: WorkerArgs) -> Exit {
         force_worker_header: args.worker_header,
         connect_for: args.connect_for,
         reconnect_for: args.reconnect_for,
+        resolve_plan_env: args.resolve_plan_env,
     };
     match pacer_worker::run(cfg, cancel).await {
         Ok(o) => {

@@ -124,11 +124,7 @@ impl Fleet {
             if let Some(c) = &s.conn
                 && let Err(e) = c.tx.try_send(crate::msg(body.clone()))
             {
-                tracing::warn!(
-                    "worker {}: cannot send {}: {e}",
-                    s.index,
-                    body.kind()
-                );
+                tracing::warn!("worker {}: cannot send {}: {e}", s.index, body.kind());
             }
         }
     }
@@ -167,11 +163,11 @@ impl Fleet {
         let timeout = inner.cfg.lost_after;
         let mut lost = Vec::new();
         for s in &mut self.slots {
-            if !matches!(
+            let watched = matches!(
                 s.state,
                 WorkerState::Running | WorkerState::Ready | WorkerState::Assigned
-            ) && !(self.resumed && s.state == WorkerState::Waiting)
-            {
+            ) || (self.resumed && s.state == WorkerState::Waiting);
+            if !watched {
                 continue;
             }
             let heard = s.last_heard.unwrap_or(start);

@@ -366,8 +366,8 @@ impl Coordinator {
                 }
                 // Workers end by themselves; this bounds a fleet whose workers keep talking
                 // but never finish (gracefulStop is included in max_duration).
-                let limit = inner.plan.max_duration() + inner.cfg.lost_after * 2
-                    + Duration::from_secs(30);
+                let limit =
+                    inner.plan.max_duration() + inner.cfg.lost_after * 2 + Duration::from_secs(30);
                 if elapsed > limit {
                     f.give_up_unfinished(now, elapsed);
                 }

@@ -152,9 +152,9 @@ impl FleetOutcome {
 
     /// The `--summary-json` document: the usual summary plus a `fleet` object.
     pub fn render_json(&self, summary: &Summary) -> String {
-        let mut doc = serde_json::to_value(summary).unwrap_or_else(|e| {
-            serde_json::json!({ "error": format!("could not serialize the summary: {e}") })
-        });
+        let mut doc = serde_json::to_value(summary).unwrap_or_else(
+            |e| serde_json::json!({ "error": format!("could not serialize the summary: {e}") }),
+        );
         let fleet = FleetJson {
             test_id: &self.test_id,
             workers: &self.workers,

@@ -108,6 +108,25 @@ async fn serve_stream(
         hello.name,
         if resuming { "resumed" } else { "assigned" }
     );
+    // A worker that was away when the fleet was stopped hears it now.
+    let pending = resuming.then(|| {
+        let f = inner.fleet.lock();
+        if let Some(reason) = &f.failure {
+            Some(controller_message::Body::Abort(pacer_proto::Abort {
+                reason: reason.clone(),
+            }))
+        } else {
+            f.abort_reason
+                .as_ref()
+                .or(f.stop_reason.as_ref())
+                .map(|r| controller_message::Body::Stop(pacer_proto::Stop { reason: r.clone() }))
+        }
+    });
+    if let Some(body) = pending.flatten() {
+        tx.send(msg(body))
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))?;
+    }
     let heartbeats = tokio::spawn(heartbeat(
         inner.clone(),
         tx.clone(),
@@ -177,7 +196,10 @@ fn admit(inner: &Inner, h: &Hello, tx: &Tx) -> Result<(u32, u64, bool), Status> 
     let resume = h.resume.as_ref();
     let mut f = inner.fleet.lock();
     if f.ended {
-        return Err(Status::unavailable("the test has ended"));
+        return Err(Status::failed_precondition(format!(
+            "the test {} has ended",
+            inner.cfg.test_id
+        )));
     }
     let index = match h.worker_index {
         Some(i) if i >= n => {
@@ -196,9 +218,7 @@ fn admit(inner: &Inner, h: &Hello, tx: &Tx) -> Result<(u32, u64, bool), Status> 
             .iter()
             .find(|s| s.state == WorkerState::Waiting && s.conn.is_none())
             .map(|s| s.index)
-            .ok_or_else(|| {
-                Status::resource_exhausted(format!("all {n} worker slots are taken"))
-            })?,
+            .ok_or_else(|| Status::resource_exhausted(format!("all {n} worker slots are taken")))?,
     };
     let now = Instant::now();
     let started = f.start.is_some();
@@ -261,10 +281,7 @@ fn admit(inner: &Inner, h: &Hello, tx: &Tx) -> Result<(u32, u64, bool), Status> 
 }
 
 fn truncate(s: &str, max: usize) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(max)
-        .collect()
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 async fn on_message(

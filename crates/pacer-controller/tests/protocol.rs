@@ -55,7 +55,10 @@ impl Worker {
     }
 
     async fn send(&self, body: Body) {
-        self.tx.send(WorkerMessage { body: Some(body) }).await.unwrap();
+        self.tx
+            .send(WorkerMessage { body: Some(body) })
+            .await
+            .unwrap();
     }
 
     /// The next message that is not a heartbeat or pong, or the stream's error.
@@ -65,7 +68,9 @@ impl Worker {
                 .await
                 .expect("an answer within 5 s")?;
             match m.and_then(|m| m.body) {
-                Some(controller_message::Body::Heartbeat(_) | controller_message::Body::Pong(_)) => {}
+                Some(
+                    controller_message::Body::Heartbeat(_) | controller_message::Body::Pong(_),
+                ) => {}
                 Some(b) => return Ok(b),
                 None => return Err(tonic::Status::cancelled("closed")),
             }
@@ -107,7 +112,11 @@ async fn refused(addr: &str, script: Vec<WorkerMessage>, code: Code, needle: &st
         }
     };
     assert_eq!(err.code(), code, "{err:?}");
-    assert!(err.message().contains(needle), "{:?} lacks {needle:?}", err.message());
+    assert!(
+        err.message().contains(needle),
+        "{:?} lacks {needle:?}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -115,22 +124,62 @@ async fn protocol_violations_are_refused_with_the_field_named() {
     let (_c, addr, stop) = serve(2).await;
     let mut bad_token = hello(None);
     bad_token.session_token = "nope".into();
-    refused(&addr, vec![msg(Body::Hello(bad_token))], Code::Unauthenticated, "hello.session_token").await;
+    refused(
+        &addr,
+        vec![msg(Body::Hello(bad_token))],
+        Code::Unauthenticated,
+        "hello.session_token",
+    )
+    .await;
     let mut v2 = hello(None);
     v2.protocol_version = 2;
-    refused(&addr, vec![msg(Body::Hello(v2))], Code::FailedPrecondition, "hello.protocol_version").await;
+    refused(
+        &addr,
+        vec![msg(Body::Hello(v2))],
+        Code::FailedPrecondition,
+        "hello.protocol_version",
+    )
+    .await;
     let mut other_test = hello(None);
     other_test.test_id = "t2".into();
-    refused(&addr, vec![msg(Body::Hello(other_test))], Code::FailedPrecondition, "hello.test_id").await;
-    refused(&addr, vec![msg(Body::Hello(hello(Some(7))))], Code::InvalidArgument, "hello.worker_index").await;
-    refused(&addr, vec![msg(Body::Ready(Default::default()))], Code::FailedPrecondition, "Ready before Hello").await;
-    refused(&addr, vec![WorkerMessage { body: None }], Code::InvalidArgument, "WorkerMessage.body").await;
+    refused(
+        &addr,
+        vec![msg(Body::Hello(other_test))],
+        Code::FailedPrecondition,
+        "hello.test_id",
+    )
+    .await;
+    refused(
+        &addr,
+        vec![msg(Body::Hello(hello(Some(7))))],
+        Code::InvalidArgument,
+        "hello.worker_index",
+    )
+    .await;
+    refused(
+        &addr,
+        vec![msg(Body::Ready(Default::default()))],
+        Code::FailedPrecondition,
+        "Ready before Hello",
+    )
+    .await;
+    refused(
+        &addr,
+        vec![WorkerMessage { body: None }],
+        Code::InvalidArgument,
+        "WorkerMessage.body",
+    )
+    .await;
     // Out of order after a good Hello.
     refused(
         &addr,
         vec![
             msg(Body::Hello(hello(Some(0)))),
-            msg(Body::Report(Report { seq: 1, elapsed_us: 0, snapshot_json: b"{}".to_vec() })),
+            msg(Body::Report(Report {
+                seq: 1,
+                elapsed_us: 0,
+                snapshot_json: b"{}".to_vec(),
+            })),
         ],
         Code::FailedPrecondition,
         "Report while worker 0 is assigned",
@@ -138,7 +187,10 @@ async fn protocol_violations_are_refused_with_the_field_named() {
     .await;
     refused(
         &addr,
-        vec![msg(Body::Hello(hello(Some(1)))), msg(Body::Hello(hello(Some(1))))],
+        vec![
+            msg(Body::Hello(hello(Some(1)))),
+            msg(Body::Hello(hello(Some(1)))),
+        ],
         Code::FailedPrecondition,
         "a second Hello",
     )
@@ -175,7 +227,9 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
     let whole = Recorder::new(layout.clone());
     let mut workers = Vec::new();
     for i in 0..2 {
-        let mut w = Worker::open(&addr, msg(Body::Hello(hello(Some(i))))).await.unwrap();
+        let mut w = Worker::open(&addr, msg(Body::Hello(hello(Some(i)))))
+            .await
+            .unwrap();
         let Ok(controller_message::Body::Assign(a)) = w.next().await else {
             panic!("no Assign");
         };
@@ -229,9 +283,16 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
         .unwrap()
         .unwrap();
     let expected = whole.snapshot();
-    assert_eq!(out.merged, expected, "the fleet's merge is one recorder's snapshot");
+    assert_eq!(
+        out.merged, expected,
+        "the fleet's merge is one recorder's snapshot"
+    );
     assert_eq!(out.merged.total().requests, 300);
-    assert!(out.workers.iter().all(|w| w.state == "ok" && w.http_reqs == 150));
+    assert!(
+        out.workers
+            .iter()
+            .all(|w| w.state == "ok" && w.http_reqs == 150)
+    );
     stop.cancel();
 }
 
@@ -245,13 +306,21 @@ async fn a_garbage_snapshot_is_refused_naming_the_field() {
     };
     let e = decode_snapshot(&layout, &r(b"not json"), "report").unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().starts_with("report.snapshot_json:"), "{}", e.message());
+    assert!(
+        e.message().starts_with("report.snapshot_json:"),
+        "{}",
+        e.message()
+    );
     let other = Snapshot::empty(&pacer_stats::Layout::default()).to_json();
     let e = decode_snapshot(&layout, &r(other.as_bytes()), "report").unwrap_err();
     assert!(e.message().contains("not the plan's"), "{}", e.message());
     let huge = vec![b' '; pacer_proto::MAX_SNAPSHOT_BYTES + 1];
     let e = decode_snapshot(&layout, &r(&huge), "finished.report").unwrap_err();
-    assert!(e.message().contains("finished.report.snapshot_json"), "{}", e.message());
+    assert!(
+        e.message().contains("finished.report.snapshot_json"),
+        "{}",
+        e.message()
+    );
 }
 
 proptest! {

@@ -86,7 +86,11 @@ impl StartGate {
     /// Say the run is prepared, then wait for the start instant (`None`: it never comes).
     async fn instant(mut self) -> Option<Instant> {
         let _ = self.prepared.send(true);
-        self.at.wait_for(Option::is_some).await.ok().and_then(|v| *v)
+        self.at
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| *v)
     }
 }
 

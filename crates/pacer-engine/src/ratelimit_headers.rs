@@ -132,21 +132,22 @@ pub fn server_limit_name(h: &HeaderMap, body: &[u8]) -> Option<String> {
             .collect();
         (!s.is_empty()).then_some(s)
     };
-    if body.first().is_some_and(|b| *b == b'{') && body.len() <= 64 * 1024 {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-            if let Some(name) = v.get("limit").and_then(|l| l.as_str()).and_then(clean) {
-                return Some(name);
-            }
-            if let Some(msg) = v.get("message").and_then(|m| m.as_str()) {
-                if let Some(start) = msg.find("[limit:") {
-                    let rest = &msg[start + 7..];
-                    if let Some(end) = rest.find(']') {
-                        if let Some(name) = clean(&rest[..end]) {
-                            return Some(name);
-                        }
-                    }
-                }
-            }
+    let json = (body.first() == Some(&b'{') && body.len() <= 64 * 1024)
+        .then(|| serde_json::from_slice::<serde_json::Value>(body).ok())
+        .flatten();
+    if let Some(v) = json {
+        if let Some(name) = v.get("limit").and_then(|l| l.as_str()).and_then(clean) {
+            return Some(name);
+        }
+        // Genesys Cloud: "Rate limit exceeded the maximum. [limit: token.rate.per.minute]"
+        let bracketed = v
+            .get("message")
+            .and_then(|m| m.as_str())
+            .and_then(|msg| msg.split_once("[limit:"))
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .and_then(|(name, _)| clean(name));
+        if bracketed.is_some() {
+            return bracketed;
         }
     }
     let policy = h.get("ratelimit-policy")?.to_str().ok()?;

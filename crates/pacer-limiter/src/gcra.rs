@@ -323,7 +323,10 @@ impl Limiter for LocalLimiter {
                     s.pause_until = until;
                     s.pause_epoch += 1;
                     // Empty the bucket: after the pause traffic resumes at the rate, no burst.
-                    s.tat = s.tat.max(until + s.tau_ns());
+                    // Every reservation still waiting is void (its sleeper sees the new epoch
+                    // and queues again), so the schedule restarts at the pause's end instead of
+                    // after slots nobody will use.
+                    s.tat = until + s.tau_ns();
                 }
             }
         }
@@ -404,6 +407,50 @@ mod tests {
         );
         let rep = lim.report();
         assert_eq!(rep[0].pauses, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_voids_queued_reservations_instead_of_waiting_them_out() {
+        let lim = std::sync::Arc::new(LocalLimiter::with_spread(
+            &[limit("10/s", 1)],
+            Duration::ZERO,
+        ));
+        // 50 requests queue up: their slots reach ~5.5 s into the future.
+        let mut waiters = Vec::new();
+        for _ in 0..50 {
+            let l = lim.clone();
+            waiters.push(tokio::spawn(async move {
+                l.acquire(&META).await.map(|_| Instant::now())
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let paused_at = Instant::now();
+        lim.feedback(
+            &META,
+            &Feedback {
+                status: 429,
+                retry_after: Some(Duration::from_secs(1)),
+            },
+        );
+        let mut after = Vec::new();
+        for w in waiters {
+            let t = w.await.unwrap().unwrap();
+            if t > paused_at {
+                after.push(t - paused_at);
+            }
+        }
+        after.sort();
+        // the first request after the pause goes when it ends, and the queue drains at the
+        // rate from there: not after the voided slots
+        assert!(after[0] >= Duration::from_secs(1), "{:?}", after[0]);
+        assert!(after[0] < Duration::from_millis(1200), "{:?}", after[0]);
+        let last = *after.last().unwrap();
+        let expected =
+            Duration::from_secs(1) + Duration::from_secs_f64((after.len() - 1) as f64 / 9.0);
+        assert!(
+            last < expected + Duration::from_millis(300),
+            "{last:?} vs {expected:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

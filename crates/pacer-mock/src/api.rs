@@ -159,10 +159,13 @@ pub(crate) const CLIENT_CLOSED: u16 = 499;
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(worker) = self.worker.take() {
-            self.shared
-                .recorder
-                .lock()
-                .record(self.route, CLIENT_CLOSED, self.arrival, &worker, true);
+            self.shared.recorder.lock().record(
+                self.route,
+                CLIENT_CLOSED,
+                self.arrival,
+                &worker,
+                true,
+            );
         }
     }
 }

@@ -153,10 +153,24 @@ fn uid(lt: &LoadTest) -> String {
     lt.metadata.uid.clone().unwrap_or_else(|| lt.name_any())
 }
 
+/// A test refused for its spec, whose spec has changed since: it is checked again.
+fn spec_fixed(lt: &LoadTest) -> bool {
+    lt.status.as_ref().is_some_and(|s| {
+        s.test_id.is_none()
+            && s.observed_generation != lt.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == COND_VALID && c.status == "False")
+    })
+}
+
 async fn apply(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action> {
-    let phase = lt.phase();
+    let mut phase = lt.phase();
     if phase.is_some_and(Phase::is_terminal) {
-        return ended(&lt, &ctx).await;
+        if !spec_fixed(&lt) {
+            return ended(&lt, &ctx).await;
+        }
+        phase = None;
     }
     let prepared = match prepare(&lt, &ctx.config.defaults) {
         Ok(p) => p,
@@ -216,7 +230,11 @@ async fn event(ctx: &Context, lt: &LoadTest, type_: EventType, reason: &str, not
     }
 }
 
-async fn invalid(lt: &LoadTest, ctx: &Context, errors: &[pacer_plan::FieldError]) -> Result<Action> {
+async fn invalid(
+    lt: &LoadTest,
+    ctx: &Context,
+    errors: &[pacer_plan::FieldError],
+) -> Result<Action> {
     let message = errors
         .iter()
         .map(ToString::to_string)
@@ -260,7 +278,14 @@ async fn suspended_before_start(lt: &LoadTest, ctx: &Context) -> Result<Action> 
     let mut s = base_status(lt);
     s.phase = Some(Phase::Pending);
     s.message = Some("suspended: set spec.suspend to false to start".into());
-    set_condition(&mut s.conditions, COND_VALID, true, "Valid", "", lt.metadata.generation);
+    set_condition(
+        &mut s.conditions,
+        COND_VALID,
+        true,
+        "Valid",
+        "",
+        lt.metadata.generation,
+    );
     set_condition(
         &mut s.conditions,
         COND_SUSPENDED,
@@ -326,7 +351,16 @@ async fn start(lt: &LoadTest, ctx: &Context, prepared: Prepared) -> Result<Actio
     ));
     s.workers = Some(worker_counts(prepared.workers, 0, 0));
     s.start_time = Some(now());
-    set_condition(&mut s.conditions, COND_VALID, true, "Valid", "", lt.metadata.generation);
+    s.completion_time = None;
+    remove_condition(&mut s.conditions, COND_COMPLETE);
+    set_condition(
+        &mut s.conditions,
+        COND_VALID,
+        true,
+        "Valid",
+        "",
+        lt.metadata.generation,
+    );
     remove_condition(&mut s.conditions, COND_SUSPENDED);
     set_condition(
         &mut s.conditions,
@@ -405,7 +439,14 @@ async fn lost_session(lt: &LoadTest, ctx: &Context) -> Result<Action> {
     s.cleaned_up = cleaned;
     write_status(lt, ctx, &s).await?;
     ctx.metrics.ended(Phase::Failed);
-    event(ctx, lt, EventType::Warning, "ControllerRestarted", message.into()).await;
+    event(
+        ctx,
+        lt,
+        EventType::Warning,
+        "ControllerRestarted",
+        message.into(),
+    )
+    .await;
     Ok(ttl_action(lt, &s))
 }
 
@@ -571,7 +612,8 @@ async fn finish(
     let (phase, reason, message, event_type) = match end {
         RunEnd::Finished(result) => {
             apply_live(&mut s, &result.stats, prepared.workers);
-            let cm = resources::report_config_map(lt, &prepared.test_id, &result.text, &result.json);
+            let cm =
+                resources::report_config_map(lt, &prepared.test_id, &result.text, &result.json);
             let ns = lt.namespace().ok_or(Error::MissingNamespace)?;
             let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
             let mut body = serde_json::to_value(&cm).unwrap_or_default();
@@ -580,8 +622,12 @@ async fn finish(
                 o.insert("kind".into(), json!("ConfigMap"));
             }
             let name = names(lt).report;
-            cms.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
-                .await?;
+            cms.patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
             s.report = Some(ReportRef {
                 config_map: name,
                 text_key: resources::REPORT_TEXT_KEY.into(),
@@ -595,7 +641,12 @@ async fn finish(
                 .map(|t| format!("{} {}", t.key, t.expr))
                 .collect();
             if let Some(r) = &stopping {
-                (Phase::Aborted, "Aborted", format!("stopped: {r}"), EventType::Warning)
+                (
+                    Phase::Aborted,
+                    "Aborted",
+                    format!("stopped: {r}"),
+                    EventType::Warning,
+                )
             } else if let Some(f) = &result.failure {
                 (Phase::Failed, "RunFailed", f.clone(), EventType::Warning)
             } else if result.passed {
@@ -679,7 +730,9 @@ fn ttl_action(lt: &LoadTest, s: &LoadTestStatus) -> Action {
 fn ttl_remaining(lt: &LoadTest, s: &LoadTestStatus) -> Option<Duration> {
     let ttl = lt.spec.cleanup.as_ref()?.ttl_seconds_after_finished?;
     let done = s.completion_time.as_ref()?.0;
-    let at = done.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(ttl))).ok()?;
+    let at = done
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(ttl)))
+        .ok()?;
     let left = at.duration_since(k8s_openapi::jiff::Timestamp::now());
     Some(Duration::try_from(left).unwrap_or(Duration::ZERO))
 }

@@ -32,38 +32,13 @@ pub const FINALIZER: &str = "pacer.dev/cleanup";
     category = "pacer",
     status = "LoadTestStatus",
     doc = "A pacer load test: a plan run by a fleet of worker pods, started together by the pacer controller, paced inside the plan's limits",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Workers",
-        type_ = "string",
-        description = "connected/desired worker pods",
-        json_path = ".status.workers.ready"
-    ),
-    printcolumn(
-        name = "RPS",
-        type_ = "number",
-        description = "HTTP requests per second over the last status interval",
-        json_path = ".status.rps"
-    ),
-    printcolumn(
-        name = "P95",
-        type_ = "string",
-        description = "95th percentile of the latency from the intended start",
-        json_path = ".status.latency.p95"
-    ),
-    printcolumn(
-        name = "Errors",
-        type_ = "integer",
-        description = "failed requests",
-        json_path = ".status.errors"
-    ),
-    printcolumn(
-        name = "429s",
-        type_ = "integer",
-        description = "responses 429 Too Many Requests",
-        json_path = ".status.throttled"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Workers","type":"string","description":"connected/desired worker pods","jsonPath":".status.workers.ready"}"#,
+    printcolumn = r#"{"name":"RPS","type":"number","description":"HTTP requests per second over the last status interval","jsonPath":".status.rps"}"#,
+    printcolumn = r#"{"name":"P95","type":"string","description":"95th percentile of the latency from the intended start","jsonPath":".status.latency.p95"}"#,
+    printcolumn = r#"{"name":"Errors","type":"integer","description":"failed requests","jsonPath":".status.errors"}"#,
+    printcolumn = r#"{"name":"429s","type":"integer","description":"responses 429 Too Many Requests","jsonPath":".status.throttled"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LoadTestSpec {
@@ -144,6 +119,7 @@ pub struct WorkerTemplate {
     /// Extra environment of the worker container (the plan's `${env:NAME}` references read
     /// it). Names starting with `PACER_` are reserved for the operator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
     #[schemars(extend("x-kubernetes-validations" = [{
         "rule": "self.all(e, !e.name.startsWith('PACER_'))",
         "message": "env names starting with PACER_ are reserved for the operator"
@@ -165,7 +141,10 @@ pub struct WorkerTemplate {
 #[serde(rename_all = "camelCase")]
 pub struct CredentialRef {
     /// The name of the plan's `auth` entry these values are for.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    )]
     pub name: String,
     pub secret_ref: CredentialSecretRef,
 }
@@ -357,7 +336,8 @@ pub struct LoadTestStatus {
 #[serde(rename_all = "camelCase")]
 pub struct WorkerCounts {
     pub desired: u32,
-    /// Connected to the controller now.
+    /// Connected to the controller now (once the test ended: the workers that delivered
+    /// their results).
     pub connected: u32,
     /// Stopped reporting during the test.
     pub lost: u32,

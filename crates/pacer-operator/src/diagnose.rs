@@ -166,8 +166,14 @@ mod tests {
             })),
         ];
         let m = explain_missing(&pods, &[0, 1, 2, 3], "w");
-        assert!(m.contains("worker 0 (pod w-0): Pending: Unschedulable: 0/3 nodes"), "{m}");
-        assert!(m.contains("worker 1 (pod w-1): ImagePullBackOff: Back-off pulling image"), "{m}");
+        assert!(
+            m.contains("worker 0 (pod w-0): Pending: Unschedulable: 0/3 nodes"),
+            "{m}"
+        );
+        assert!(
+            m.contains("worker 1 (pod w-1): ImagePullBackOff: Back-off pulling image"),
+            "{m}"
+        );
         assert!(m.contains("CrashLoopBackOff: back-off 40s (restarted 4 times; last exit code 1: worker: error: the controller refused this worker)"), "{m}");
         assert!(m.contains("worker 3: no pod"), "{m}");
     }

@@ -92,8 +92,7 @@ impl Service<http::Request<Body>> for Router {
 async fn route(routes: Routes, req: http::Request<Body>) -> http::Response<Body> {
     let (parts, mut body) = req.into_parts();
     let mut buf = BytesMut::new();
-    let len = match tokio::time::timeout(HELLO_TIMEOUT, first_message(&mut body, &mut buf)).await
-    {
+    let len = match tokio::time::timeout(HELLO_TIMEOUT, first_message(&mut body, &mut buf)).await {
         Ok(Ok(len)) => len,
         Ok(Err(status)) => return status.into_http(),
         Err(_) => {
@@ -108,10 +107,8 @@ async fn route(routes: Routes, req: http::Request<Body>) -> http::Response<Body>
             body: Some(worker_message::Body::Hello(h)),
         }) => h.test_id,
         Ok(_) => {
-            return Status::failed_precondition(
-                "the first message of a stream must be Hello",
-            )
-            .into_http();
+            return Status::failed_precondition("the first message of a stream must be Hello")
+                .into_http();
         }
         Err(e) => return Status::invalid_argument(format!("WorkerMessage: {e}")).into_http(),
     };
@@ -131,7 +128,8 @@ async fn route(routes: Routes, req: http::Request<Body>) -> http::Response<Body>
     };
     let first = buf.freeze();
     let rest = BodyStream::new(body).map(|frame| frame.map_err(|e| Status::from_error(e.into())));
-    let stream = futures::stream::once(async move { Ok(http_body::Frame::data(first)) }).chain(rest);
+    let stream =
+        futures::stream::once(async move { Ok(http_body::Frame::data(first)) }).chain(rest);
     let req = http::Request::from_parts(parts, Body::new(StreamBody::new(stream)));
     match server.call(req).await {
         Ok(resp) => resp,

@@ -129,9 +129,8 @@ pub async fn serve(
     let result = controller::run(ctx, shutdown.clone()).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
-    match tokio::time::timeout(Duration::from_secs(5), grpc_task).await {
-        Ok(Ok(Err(e))) => return Err(OperatorError::Grpc(e)),
-        _ => {}
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), grpc_task).await {
+        return Err(OperatorError::Grpc(e));
     }
     result.map_err(OperatorError::from)
 }

@@ -53,7 +53,10 @@ impl Metrics {
     pub fn render(&self, running: usize) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
         counter(
             &mut out,
@@ -105,7 +108,11 @@ pub fn merge_expositions(parts: &[String]) -> String {
                 .strip_prefix("# HELP ")
                 .or_else(|| line.strip_prefix("# TYPE "))
             {
-                let name = rest.split_whitespace().next().unwrap_or_default().to_string();
+                let name = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 let entry = families.entry(name.clone()).or_insert_with(|| {
                     order.push(name.clone());
                     (Vec::new(), Vec::new())
@@ -164,7 +171,10 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, &'static str) {
     if ctx.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the LoadTest API has not answered yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the LoadTest API has not answered yet\n",
+        )
     }
 }
 
@@ -200,7 +210,8 @@ mod tests {
 
     #[test]
     fn families_are_merged() {
-        let a = "# HELP x_total X.\n# TYPE x_total counter\nx_total{loadtest=\"a\"} 1\n".to_string();
+        let a =
+            "# HELP x_total X.\n# TYPE x_total counter\nx_total{loadtest=\"a\"} 1\n".to_string();
         let b = "# HELP x_total X.\n# TYPE x_total counter\nx_total{loadtest=\"b\"} 2\n# HELP y Y.\n# TYPE y gauge\ny 3\n".to_string();
         let m = merge_expositions(&[a, b]);
         assert_eq!(m.matches("# TYPE x_total").count(), 1, "{m}");

@@ -320,6 +320,9 @@ mod tests {
             credential_env("genesys", "CLIENT_ID"),
             "PACER_AUTH_GENESYS_CLIENT_ID"
         );
-        assert_eq!(credential_env("my-api.v2", "TOKEN"), "PACER_AUTH_MY_API_V2_TOKEN");
+        assert_eq!(
+            credential_env("my-api.v2", "TOKEN"),
+            "PACER_AUTH_MY_API_V2_TOKEN"
+        );
     }
 }

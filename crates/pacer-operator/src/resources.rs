@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
-    SecurityContext,
+    Capabilities, ConfigMap, Container, EnvVar, EnvVarSource, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -182,7 +182,11 @@ pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
     );
 
     let mut envs = vec![
-        secret_env("PACER_SESSION_TOKEN", &names.secret, crate::resources::TOKEN_KEY),
+        secret_env(
+            "PACER_SESSION_TOKEN",
+            &names.secret,
+            crate::resources::TOKEN_KEY,
+        ),
         env("PACER_TEST_ID", &p.test_id),
         field_env("PACER_WORKER_NAME", "metadata.name"),
         env("PACER_LOG", "info"),
@@ -224,7 +228,11 @@ pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
     let connect_for = format!("{}s", p.start_timeout.as_secs().max(5));
     let container = Container {
         name: "worker".into(),
-        image: Some(spec.image.clone().unwrap_or_else(|| cfg.worker_image.clone())),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| cfg.worker_image.clone()),
+        ),
         image_pull_policy: spec
             .image_pull_policy
             .map(|p| p.as_str().to_string())

@@ -122,8 +122,11 @@ impl CoordinatorRunner {
 
 impl TestRunner for CoordinatorRunner {
     fn start(&self, spec: RunSpec) -> Result<Arc<dyn RunHandle>, String> {
-        let mut cfg =
-            ControllerConfig::new(spec.test_id.clone(), spec.session_token, spec.workers.max(1));
+        let mut cfg = ControllerConfig::new(
+            spec.test_id.clone(),
+            spec.session_token,
+            spec.workers.max(1),
+        );
         cfg.wait_for_workers = spec.wait_for_workers;
         let coordinator = Coordinator::new(spec.plan.clone(), cfg).map_err(|e| e.to_string())?;
         self.routes.insert(&spec.test_id, coordinator.service());
@@ -148,6 +151,9 @@ impl TestRunner for CoordinatorRunner {
                         &outcome.workers,
                         true,
                     );
+                    // At the end "connected" counts the workers that delivered their results.
+                    stats.connected =
+                        outcome.workers.iter().filter(|w| w.state == "ok").count() as u32;
                     stats.rps = if outcome.elapsed > Duration::ZERO {
                         stats.requests as f64 / outcome.elapsed.as_secs_f64()
                     } else {
@@ -239,6 +245,15 @@ impl RunHandle for CoordinatorRun {
     }
 }
 
+/// How long the plan runs (graceful stops excluded): what progress is measured against.
+pub fn planned(plan: &Plan) -> Duration {
+    plan.scenarios
+        .iter()
+        .map(|s| s.start_time + s.executor.max_duration())
+        .max()
+        .unwrap_or_default()
+}
+
 /// The numbers of a merged snapshot.
 pub fn stats_of(
     plan: &Plan,
@@ -249,11 +264,13 @@ pub fn stats_of(
 ) -> LiveStats {
     let total = merged.total();
     let ms = |p: f64| total.duration.percentile(p).map(|us| us as f64 / 1000.0);
-    let throttled_us = total.limiter_wait_us_sum.saturating_add(total.paused_us_sum);
+    let throttled_us = total
+        .limiter_wait_us_sum
+        .saturating_add(total.paused_us_sum);
     LiveStats {
         started,
         elapsed,
-        planned: plan.max_duration(),
+        planned: planned(plan),
         connected: workers
             .iter()
             .filter(|w| matches!(w.state, "assigned" | "ready" | "running"))
@@ -298,7 +315,7 @@ impl TestRunner for FakeRunner {
         let run = Arc::new(FakeRun {
             spec: spec.clone(),
             stats: Mutex::new(LiveStats {
-                planned: spec.plan.max_duration(),
+                planned: planned(&spec.plan),
                 ..LiveStats::default()
             }),
             end: Mutex::new(None),

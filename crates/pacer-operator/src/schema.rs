@@ -49,7 +49,14 @@ pub fn structural(v: &mut Value) {
         }
         return;
     };
-    for key in ["$schema", "title", "definitions", "$defs", "default", "examples"] {
+    for key in [
+        "$schema",
+        "title",
+        "definitions",
+        "$defs",
+        "default",
+        "examples",
+    ] {
         map.remove(key);
     }
     if let Some(c) = map.remove("const") {
@@ -67,9 +74,20 @@ pub fn structural(v: &mut Value) {
             map.insert("nullable".into(), Value::Bool(true));
         }
     }
-    for key in ["oneOf", "anyOf"] {
-        if let Some(Value::Array(branches)) = map.remove(key) {
-            merge_alternatives(map, branches);
+    // A branch merged in may bring alternatives of its own (`Option<Enum>`): until none left.
+    for _ in 0..8 {
+        let mut merged = false;
+        for key in ["oneOf", "anyOf", "allOf"] {
+            if let Some(Value::Array(branches)) = map.remove(key) {
+                merge_alternatives(map, branches);
+                merged = true;
+            }
+        }
+        if let Some(c) = map.remove("const") {
+            map.insert("enum".into(), Value::Array(vec![c]));
+        }
+        if !merged {
+            break;
         }
     }
     if map.get("additionalProperties") == Some(&Value::Bool(false)) {
@@ -117,7 +135,8 @@ fn merge_alternatives(map: &mut Map<String, Value>, branches: Vec<Value>) {
         b.get("type") == Some(&json!("null"))
             || b.get("enum") == Some(&json!([null]))
             || b.get("const") == Some(&Value::Null)
-            || (b.get("nullable") == Some(&json!(true)) && b.as_object().is_some_and(|o| o.len() <= 2))
+            || (b.get("nullable") == Some(&json!(true))
+                && b.as_object().is_some_and(|o| o.len() <= 2))
     };
     let nullable = branches.iter().any(is_null);
     let rest: Vec<Value> = branches.into_iter().filter(|b| !is_null(b)).collect();

@@ -58,7 +58,11 @@ fn ms(v: Option<f64>) -> Option<String> {
 
 fn round(v: f64, places: i32) -> f64 {
     let f = 10f64.powi(places);
-    if v.is_finite() { (v * f).round() / f } else { 0.0 }
+    if v.is_finite() {
+        (v * f).round() / f
+    } else {
+        0.0
+    }
 }
 
 /// Workers counts for the status.

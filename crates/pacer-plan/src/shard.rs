@@ -412,8 +412,11 @@ mod tests {
                 vus,
                 duration: Duration::from_secs(1),
             }),
-            (0u32..20, prop::collection::vec((0u32..300, 1u64..3000), 1..4)).prop_map(
-                |(start_vus, st)| Executor::RampingVus {
+            (
+                0u32..20,
+                prop::collection::vec((0u32..300, 1u64..3000), 1..4)
+            )
+                .prop_map(|(start_vus, st)| Executor::RampingVus {
                     start_vus,
                     stages: st
                         .into_iter()
@@ -423,8 +426,7 @@ mod tests {
                         })
                         .collect(),
                     graceful_ramp_down: Duration::ZERO,
-                }
-            ),
+                }),
         ]
     }
 
@@ -435,7 +437,14 @@ mod tests {
             | Executor::SharedIterations { vus, .. } => Some(*vus),
             Executor::RampingVus {
                 start_vus, stages, ..
-            } => Some(stages.iter().map(|s| s.target).max().unwrap_or(0).max(*start_vus)),
+            } => Some(
+                stages
+                    .iter()
+                    .map(|s| s.target)
+                    .max()
+                    .unwrap_or(0)
+                    .max(*start_vus),
+            ),
             _ => None,
         }
     }

@@ -184,6 +184,8 @@ pub struct SeriesBuilder {
     previous_base: Option<(Snapshot, f64)>,
     limits_before: Vec<LimiterSample>,
     windows: Vec<PauseWindow>,
+    /// [`MAX_PAUSE_WINDOWS`] (smaller in tests).
+    max_windows: usize,
     truncated: bool,
     /// The latest window of each limit (index into `windows`).
     latest: BTreeMap<String, usize>,
@@ -200,6 +202,7 @@ impl SeriesBuilder {
             previous_base: None,
             limits_before: Vec::new(),
             windows: Vec::new(),
+            max_windows: MAX_PAUSE_WINDOWS,
             truncated: false,
             latest: BTreeMap::new(),
             points: Vec::new(),
@@ -344,7 +347,7 @@ impl SeriesBuilder {
             };
             return;
         }
-        if self.windows.len() >= MAX_PAUSE_WINDOWS {
+        if self.windows.len() >= self.max_windows {
             self.truncated = true;
             return;
         }
@@ -754,22 +757,22 @@ mod tests {
     fn memory_is_one_row_per_second_and_pause_windows_are_capped() {
         let rec = recorder();
         let mut b = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+        b.max_windows = 10;
         let snap = rec.snapshot();
-        let n = MAX_PAUSE_WINDOWS * 2 + 10;
+        let n = 45;
         for k in 1..=n {
             // a new 0.5 s pause every other second
-            let paused = (k / 2) as f64 * 0.5;
             let sample = [LimiterSample {
                 name: "l".into(),
                 pauses: (k / 2) as u64,
-                paused_secs: paused,
+                paused_secs: (k / 2) as f64 * 0.5,
                 pacing_rate: 1.0,
             }];
             b.push(secs(k as f64), 0, &snap, Some(&sample));
         }
         let s = b.finish(secs(n as f64 + 1.0), 0, &snap, None);
         assert_eq!(s.points.len(), n + 1);
-        assert_eq!(s.pauses.len(), MAX_PAUSE_WINDOWS);
+        assert_eq!(s.pauses.len(), 10);
         assert!(s.pauses_truncated);
     }
 

@@ -43,7 +43,7 @@ fn record_everything(rec: &Recorder, i: u64, us: u64) {
             retry_after: (status == 429).then(|| Duration::from_millis(us / 1000)),
             retry_after_malformed: i.is_multiple_of(11),
             limits: i % 16,
-            server_limit: (i % 3 == 0).then(|| format!("server-{}", i % 2)),
+            server_limit: i.is_multiple_of(3).then(|| format!("server-{}", i % 2)),
         },
     );
     rec.record_request(

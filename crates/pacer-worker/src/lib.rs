@@ -49,6 +49,10 @@ pub struct WorkerConfig {
     /// After losing the controller, keep running and trying to reconnect this long (default
     /// 5 min); past it a running shard goes on, but a finished one gives up delivering.
     pub reconnect_for: Duration,
+    /// Resolve the plan's `${env:NAME}` references in this process's environment: the
+    /// Kubernetes operator sends them unresolved, so credentials (the worker pods' Secrets)
+    /// never pass through the controller.
+    pub resolve_plan_env: bool,
 }
 
 impl WorkerConfig {
@@ -62,6 +66,7 @@ impl WorkerConfig {
             force_worker_header: false,
             connect_for: Duration::from_secs(60),
             reconnect_for: Duration::from_secs(300),
+            resolve_plan_env: false,
         }
     }
 }
@@ -153,7 +158,10 @@ fn url_of(addr: &str) -> String {
 
 /// Run as a worker until the final results are delivered (or it is hopeless). `cancel` (the
 /// process is asked to quit) aborts the engine; the final results are still delivered.
-pub async fn run(cfg: WorkerConfig, cancel: CancellationToken) -> Result<WorkerOutcome, WorkerError> {
+pub async fn run(
+    cfg: WorkerConfig,
+    cancel: CancellationToken,
+) -> Result<WorkerOutcome, WorkerError> {
     let url = url_of(&cfg.controller);
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| WorkerError::Address(cfg.controller.clone(), e.to_string()))?
@@ -280,10 +288,7 @@ async fn send(tx: &Tx, body: Out) -> Result<(), End> {
 }
 
 /// Next message from the controller within `timeout`.
-async fn next(
-    inbound: &mut Streaming<ControllerMessage>,
-    timeout: Duration,
-) -> Result<In, End> {
+async fn next(inbound: &mut Streaming<ControllerMessage>, timeout: Duration) -> Result<In, End> {
     match tokio::time::timeout(timeout, inbound.message()).await {
         Err(_) => Err(End::Retry(format!(
             "no message from the controller for {timeout:?}"
@@ -338,7 +343,9 @@ async fn session_inner(
         session_token: cfg.session_token.clone(),
         name: cfg.name.clone(),
         resume: running.as_ref().map(|r| Resume {
-            elapsed_us: Instant::now().saturating_duration_since(r.start).as_micros() as u64,
+            elapsed_us: Instant::now()
+                .saturating_duration_since(r.start)
+                .as_micros() as u64,
             finished: r.done().is_some(),
         }),
     };
@@ -372,7 +379,9 @@ async fn session_inner(
         };
         *running = Some(r);
     } else if let Some(r) = running.as_ref()
-        && (assign.worker_index != r.index || assign.weights != r.weights || assign.test_id != r.test_id)
+        && (assign.worker_index != r.index
+            || assign.weights != r.weights
+            || assign.test_id != r.test_id)
     {
         return Err(End::Fatal(WorkerError::Protocol(format!(
             "assign: the controller now says worker {} of {:?} in test {:?}, but this worker runs {} of {:?} in {:?}",
@@ -396,7 +405,11 @@ async fn prepare(
     cancel: &CancellationToken,
     peer_timeout: Duration,
 ) -> Result<Option<Running>, End> {
-    let plan = match plan_from_assign(a) {
+    let plan = match if cfg.resolve_plan_env {
+        plan_from_assign_env(a, &|name| std::env::var(name).ok())
+    } else {
+        plan_from_assign(a)
+    } {
         Ok(p) => p,
         Err(e) => return Err(cannot_run(tx, e).await),
     };
@@ -415,6 +428,8 @@ async fn prepare(
     };
     let control = RunControl::default();
     let (mut gate, start_gate) = StartGate::new();
+    // Options added to the engine later keep their defaults.
+    #[allow(clippy::needless_update)]
     let opts = RunOptions {
         worker: a.worker_index,
         send_worker_header: a.send_worker_header || cfg.force_worker_header,
@@ -474,7 +489,9 @@ async fn prepare(
     if !matches!(prepared, Ok(true)) {
         control.abort.cancel();
         let mut done = done.clone();
-        let why = match tokio::time::timeout(Duration::from_secs(2), done.wait_for(Option::is_some)).await {
+        let why = match tokio::time::timeout(Duration::from_secs(2), done.wait_for(Option::is_some))
+            .await
+        {
             Ok(Ok(d)) => d.clone().map(|(_, e)| e).unwrap_or_default(),
             _ => "the engine did not get ready to start".into(),
         };
@@ -559,6 +576,22 @@ async fn cannot_run(tx: &Tx, e: WorkerError) -> End {
     End::Fatal(e)
 }
 
+/// A plan whose `${env:NAME}` references are resolved here, from `env` (the Kubernetes
+/// operator's workers), then validated.
+pub fn plan_from_assign_env(
+    a: &Assign,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Plan, WorkerError> {
+    let doc: serde_json::Value = serde_json::from_str(&a.plan_spec_json)
+        .map_err(|e| WorkerError::Plan(format!("assign.plan_spec_json: {e}")))?;
+    let opts = pacer_plan::LoadOptions {
+        env,
+        base_dir: std::path::PathBuf::from("/nonexistent"),
+    };
+    pacer_plan::load_value(doc, "the plan from the controller", &opts)
+        .map_err(|e| WorkerError::Plan(e.to_string()))
+}
+
 /// The plan the controller resolved, validated here again (the worker trusts no input).
 pub fn plan_from_assign(a: &Assign) -> Result<Plan, WorkerError> {
     let spec: PlanSpec = serde_json::from_str(&a.plan_spec_json)
@@ -595,7 +628,11 @@ pub fn shard_limits(limits: &[Limit], shard: &Shard) -> Vec<Limit> {
         .map(|l| {
             let mut l = l.clone();
             if l.scope == LimitScope::Fleet {
-                let per = l.limit.per().checked_mul(total as u32).unwrap_or(l.limit.per());
+                let per = l
+                    .limit
+                    .per()
+                    .checked_mul(total as u32)
+                    .unwrap_or(l.limit.per());
                 if let Some(r) = Rate::new(l.limit.count().saturating_mul(w), per) {
                     l.limit = r;
                 }
@@ -620,11 +657,14 @@ async fn stream_reports(
     let mut finished_sent = false;
     if let Some((stopped_early, error)) = r.done() {
         let report = r.report();
-        send(tx, Out::Finished(pacer_proto::Finished {
-            report: Some(report),
-            stopped_early,
-            error,
-        }))
+        send(
+            tx,
+            Out::Finished(pacer_proto::Finished {
+                report: Some(report),
+                stopped_early,
+                error,
+            }),
+        )
         .await?;
         finished_sent = true;
     }
@@ -696,16 +736,104 @@ async fn stream_reports(
                     },
                     Ok(None) if finished_sent => return Ok(()),
                     Ok(None) => return Err(End::Retry("the controller closed the stream".into())),
-                    Err(status) => return Err(match classify(&status) {
-                        End::Fatal(e) => {
-                            // Refused mid-run (e.g. declared lost and replaced): keep the shard
-                            // running and try again; the deadline bounds it.
-                            End::Retry(e.to_string())
-                        }
-                        other => other,
-                    }),
+                    // A stream declared lost or replaced ends with ABORTED: reconnect.
+                    Err(status) => return Err(classify(&status)),
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const PLAN: &str = r#"
+name: roundtrip
+target: http://127.0.0.1:9
+duration: 2s
+variables: { page: 3 }
+limits:
+  - { name: fleet-wide, limit: 300/min, burst: 5, scope: fleet }
+  - { name: per-process, limit: 10/s }
+scenarios:
+  - { name: a, executor: constant-arrival-rate, rate: 40/s, requests: [{ name: r, path: "/x/{{vars.page}}", headers: { X-Id: "{{uuid}}" } }] }
+  - { name: b, executor: ramping-arrival-rate, stages: [{ target: 20/s, duration: 1s }], requests: [{ name: r, path: /y }] }
+  - { name: c, executor: per-vu-iterations, vus: 3, iterations: 4, requests: [{ name: r, method: POST, path: /z, json: { n: "{{randInt 1 9}}" } }] }
+  - { name: d, executor: shared-iterations, vus: 2, iterations: 9, startTime: 1s, requests: [{ name: r, path: /w }] }
+  - { name: e, executor: constant-vus, vus: 2, duration: 1s, requests: [{ name: r, path: /v }] }
+  - { name: f, executor: ramping-vus, stages: [{ target: 3, duration: 1s }], requests: [{ name: r, path: /u }] }
+thresholds:
+  http_req_failed: [{ threshold: "rate<0.1", abortOnFail: true }]
+onWorkerLoss: fail
+"#;
+
+    fn assign_for(plan: &Plan) -> Assign {
+        Assign {
+            protocol_version: PROTOCOL_VERSION,
+            test_id: "t".into(),
+            worker_index: 1,
+            weights: vec![1, 2],
+            plan_spec_json: serde_json::to_string(&plan.spec).unwrap(),
+            plan_source_json: serde_json::to_string(&plan.source).unwrap(),
+            ..Default::default()
+        }
+    }
+
+    /// What the controller sends is the plan it validated: the same executors, limits,
+    /// thresholds and policies come out on the worker.
+    #[test]
+    fn the_resolved_spec_round_trips_through_assign() {
+        let plan = pacer_plan::load_str(PLAN, "plan.yaml", &Default::default()).unwrap();
+        let back = plan_from_assign(&assign_for(&plan)).unwrap();
+        assert_eq!(back.spec, plan.spec);
+        assert_eq!(back.source, plan.source);
+        let executors = |p: &Plan| {
+            p.scenarios
+                .iter()
+                .map(|s| s.executor.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(executors(&back), executors(&plan));
+        assert_eq!(back.on_worker_loss, plan.on_worker_loss);
+        assert_eq!(back.thresholds.len(), 1);
+        assert!(back.thresholds[0].abort_on_fail);
+    }
+
+    #[test]
+    fn a_bad_assign_is_an_error_naming_the_field() {
+        let plan = pacer_plan::load_str(PLAN, "plan.yaml", &Default::default()).unwrap();
+        let mut a = assign_for(&plan);
+        a.plan_spec_json = "{".into();
+        let e = plan_from_assign(&a).unwrap_err().to_string();
+        assert!(e.contains("assign.plan_spec_json"), "{e}");
+        let mut a = assign_for(&plan);
+        a.plan_spec_json = a.plan_spec_json.replace("40/s", "0/s");
+        let e = plan_from_assign(&a).unwrap_err().to_string();
+        assert!(e.contains("scenarios[0].rate"), "{e}");
+    }
+
+    #[test]
+    fn fleet_limits_are_split_by_weight_and_worker_limits_kept() {
+        let plan = pacer_plan::load_str(PLAN, "plan.yaml", &Default::default()).unwrap();
+        let shards = Shard::all(&[1, 2]).unwrap();
+        let per: Vec<Vec<Limit>> = shards
+            .iter()
+            .map(|s| shard_limits(&plan.limits, s))
+            .collect();
+        let fleet_rate: f64 = per.iter().map(|l| l[0].limit.as_per_sec()).sum();
+        assert!((fleet_rate - 5.0).abs() < 1e-9, "{fleet_rate}");
+        assert!((per[1][0].limit.as_per_sec() - 5.0 * 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(per[0][0].burst + per[1][0].burst, 5);
+        for l in &per {
+            assert_eq!(l[1].limit, plan.limits[1].limit);
+            assert_eq!(l[1].burst, plan.limits[1].burst);
+        }
+        assert_eq!(
+            shard_limits(&plan.limits, &Shard::whole())[0].limit,
+            plan.limits[0].limit
+        );
     }
 }

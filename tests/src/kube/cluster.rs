@@ -4,6 +4,7 @@
 //! groups) and removed when the [`Cluster`] is dropped, or by a watchdog when the test process
 //! ends without dropping it (a shared `static` cluster, a crash).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use kube::{Api, Client, Config};
 use tokio::runtime::Runtime;
 
 use super::kubeconfig::{Credentials, service_account_token, write_kubeconfig};
-use super::kubelet::{Kubelet, KubeletOptions};
+use super::kubelet::{Kubelet, KubeletOptions, default_entrypoints};
 use super::pki::{Pki, SERVICE_CIDR};
 use super::proc::{Component, GroupRegistry, Watchdog, free_port, tail};
 
@@ -63,6 +64,16 @@ fn tool(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `kubectl` from the tools directory when one was put there, else from `PATH`.
+pub fn kubectl_bin() -> PathBuf {
+    let local = tools_dir().join("kubectl");
+    if local.is_file() {
+        local
+    } else {
+        PathBuf::from("kubectl")
+    }
+}
+
 /// How to start a [`Cluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -72,6 +83,8 @@ pub struct ClusterOptions {
     pub kubelet_namespace: Option<String>,
     /// The binary run for pods whose command is `pacer` (default: [`crate::pacer_bin`]).
     pub pacer_bin: Option<PathBuf>,
+    /// Entrypoints of images for containers without `command` (default: `pacer` runs `pacer`).
+    pub entrypoints: BTreeMap<String, Vec<String>>,
     /// The longest wait for the control plane to be ready.
     pub startup_timeout: Duration,
     /// Keep the directory (data, logs) after the end; also set by `PACER_E2E_KEEP=1`.
@@ -84,6 +97,7 @@ impl Default for ClusterOptions {
             kubelet: true,
             kubelet_namespace: None,
             pacer_bin: None,
+            entrypoints: default_entrypoints(),
             startup_timeout: Duration::from_secs(120),
             keep: std::env::var("PACER_E2E_KEEP").is_ok_and(|v| v == "1"),
         }
@@ -259,7 +273,10 @@ impl Cluster {
             "--authorization-mode=RBAC".into(),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", p(&pki.sa_public_key)),
-            format!("--service-account-signing-key-file={}", p(&pki.sa_private_key)),
+            format!(
+                "--service-account-signing-key-file={}",
+                p(&pki.sa_private_key)
+            ),
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
@@ -308,7 +325,10 @@ impl Cluster {
             format!("--kubeconfig={}", p(&kcm_kubeconfig)),
             format!("--controllers={}", CONTROLLERS.join(",")),
             "--use-service-account-credentials=true".into(),
-            format!("--service-account-private-key-file={}", p(&pki.sa_private_key)),
+            format!(
+                "--service-account-private-key-file={}",
+                p(&pki.sa_private_key)
+            ),
             format!("--root-ca-file={}", p(&pki.ca_cert)),
             "--leader-elect=false".into(),
             "--secure-port=0".into(),
@@ -344,6 +364,7 @@ impl Cluster {
                     server: cluster.server.clone(),
                     ca_pem: pki.ca_pem.clone(),
                     pacer_bin: options.pacer_bin.clone(),
+                    entrypoints: options.entrypoints.clone(),
                 },
                 Some(Arc::clone(&groups)),
             )?;
@@ -401,6 +422,11 @@ impl Cluster {
         &self.dir
     }
 
+    /// The process groups of etcd, kube-apiserver and kube-controller-manager.
+    pub fn process_groups(&self) -> Vec<u32> {
+        self.components.iter().map(Component::pid).collect()
+    }
+
     pub fn kubelet(&self) -> Option<&Kubelet> {
         self.kubelet.as_ref()
     }
@@ -417,7 +443,7 @@ impl Cluster {
 
     /// Run `kubectl --kubeconfig <kubeconfig> <args>` (at most 60 s).
     pub async fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
-        let mut cmd = tokio::process::Command::new("kubectl");
+        let mut cmd = tokio::process::Command::new(kubectl_bin());
         cmd.arg("--kubeconfig")
             .arg(kubeconfig)
             .args(args)
@@ -493,11 +519,20 @@ impl Cluster {
     pub fn diagnostics(&self) -> String {
         let mut out = format!("cluster directory: {}\n", self.dir.display());
         for c in &self.components {
-            out.push_str(&format!("--- {} ({})\n{}\n", c.name, c.log.display(), tail(&c.log, 15)));
+            out.push_str(&format!(
+                "--- {} ({})\n{}\n",
+                c.name,
+                c.log.display(),
+                tail(&c.log, 15)
+            ));
         }
         if let Some(k) = &self.kubelet {
             let log = k.log_file();
-            out.push_str(&format!("--- kubelet ({})\n{}\n", log.display(), tail(&log, 30)));
+            out.push_str(&format!(
+                "--- kubelet ({})\n{}\n",
+                log.display(),
+                tail(&log, 30)
+            ));
         }
         out
     }
@@ -522,7 +557,10 @@ impl Drop for Cluster {
             w.stop();
         }
         if self.keep {
-            eprintln!("PACER_E2E_KEEP: the cluster's files are in {}", self.dir.display());
+            eprintln!(
+                "PACER_E2E_KEEP: the cluster's files are in {}",
+                self.dir.display()
+            );
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -23,8 +23,8 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use rustix::process::Signal;
 use tokio::task::JoinHandle;
@@ -57,6 +57,22 @@ pub struct KubeletOptions {
     /// The binary run for a command named `pacer`; `None`: [`crate::pacer_bin`], built on first
     /// use.
     pub pacer_bin: Option<PathBuf>,
+    /// The entrypoint of an image, by the image's name without registry, path and tag, for
+    /// containers that give only `args` (`pacer:0.1.0` → `["pacer"]`, see
+    /// [`default_entrypoints`]).
+    pub entrypoints: BTreeMap<String, Vec<String>>,
+}
+
+/// The entrypoints the kubelet knows by default: the pacer image runs `pacer`.
+pub fn default_entrypoints() -> BTreeMap<String, Vec<String>> {
+    BTreeMap::from([("pacer".to_string(), vec!["pacer".to_string()])])
+}
+
+/// An image's name without registry, path, tag or digest: `ghcr.io/x/pacer:0.1` → `pacer`.
+fn image_name(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    let last = image.rsplit('/').next().unwrap_or(image);
+    last.split(':').next().unwrap_or(last)
 }
 
 /// The running kubelet; dropping it kills every pod's process group.
@@ -111,8 +127,8 @@ impl Kubelet {
         std::fs::create_dir_all(opts.dir.join("pods"))
             .with_context(|| format!("creating {}", opts.dir.display()))?;
         let log_path = opts.dir.join("kubelet.log");
-        let log = File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let shared = Arc::new(Shared {
             client,
             opts,
@@ -556,7 +572,10 @@ impl Shared {
             ));
         }
         if container.name.is_empty() {
-            return Some(Exit::failed("StartError", "the pod has no container".into()));
+            return Some(Exit::failed(
+                "StartError",
+                "the pod has no container".into(),
+            ));
         }
 
         // The environment, waiting (bounded) for Secrets and ConfigMaps that are not there yet.
@@ -586,19 +605,31 @@ impl Shared {
             return None;
         }
 
-        let argv: Vec<String> = container
-            .command
+        let command = match &container.command {
+            Some(c) if !c.is_empty() => c.clone(),
+            _ => {
+                let image = container.image.as_deref().unwrap_or_default();
+                match self.opts.entrypoints.get(image_name(image)) {
+                    Some(entrypoint) => entrypoint.clone(),
+                    None => {
+                        return Some(Exit::failed(
+                            "StartError",
+                            format!(
+                                "no command, and the process kubelet knows no entrypoint for \
+                                 the image {image:?} (KubeletOptions::entrypoints)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        let argv: Vec<String> = command
             .iter()
-            .flatten()
             .chain(container.args.iter().flatten())
             .map(|a| env::expand(a, &vars))
             .collect();
         let Some((program, args)) = argv.split_first() else {
-            return Some(Exit::failed(
-                "StartError",
-                "no command: the process kubelet runs `command`/`args`, not an image's entrypoint"
-                    .into(),
-            ));
+            return Some(Exit::failed("StartError", "an empty command".into()));
         };
         let program = match self.program(program).await {
             Ok(p) => p,
@@ -699,7 +730,10 @@ impl Shared {
             .unwrap_or("443")
             .to_string();
         let mut base = BTreeMap::new();
-        base.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+        // the tools directory first: `kubectl` and `helm` of `make e2e-deps` when there
+        let path = std::env::var("PATH").unwrap_or_default();
+        let tools = super::cluster::tools_dir();
+        base.insert("PATH".into(), format!("{}:{path}", tools.display()));
         base.insert("HOME".into(), dir.display().to_string());
         base.insert("HOSTNAME".into(), key.name.clone());
         base.insert("KUBERNETES_SERVICE_HOST".into(), POD_IP.into());
@@ -889,4 +923,18 @@ fn mounts_token(pod: &Pod) -> bool {
                 })
             })
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_name;
+
+    #[test]
+    fn image_names_drop_registry_path_tag_and_digest() {
+        assert_eq!(image_name("pacer"), "pacer");
+        assert_eq!(image_name("pacer:0.1.0"), "pacer");
+        assert_eq!(image_name("ghcr.io/acme/pacer:0.1.0"), "pacer");
+        assert_eq!(image_name("localhost:5000/pacer"), "pacer");
+        assert_eq!(image_name("redis@sha256:abc"), "redis");
+    }
 }

@@ -18,8 +18,9 @@ mod pki;
 mod proc;
 
 pub use cluster::{
-    CONTROLLERS, Cluster, ClusterOptions, KUBERNETES_VERSION, client_from_kubeconfig, tools_dir,
+    CONTROLLERS, Cluster, ClusterOptions, KUBERNETES_VERSION, client_from_kubeconfig, kubectl_bin,
+    tools_dir,
 };
 pub use kubeconfig::{Credentials, service_account_token, write_kubeconfig};
-pub use kubelet::{Kubelet, KubeletOptions};
+pub use kubelet::{Kubelet, KubeletOptions, default_entrypoints};
 pub use proc::{free_port, group_alive};

@@ -131,6 +131,11 @@ impl Component {
         Ok(Self { name, log, child })
     }
 
+    /// The process's id, also its process group's.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `Some(description)` when the process has exited.
     pub fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {
@@ -165,7 +170,7 @@ const WATCHDOG: &str = r#"
 parent=$1; dir=$2; keep=$3
 while kill -0 "$parent" 2>/dev/null; do sleep 1; done
 if [ -f "$dir/pgids" ]; then
-  for g in $(cat "$dir/pgids"); do kill -KILL -- "-$g" 2>/dev/null; done
+  for g in $(cat "$dir/pgids"); do kill -9 "-$g" 2>/dev/null; done
 fi
 [ "$keep" = 1 ] || rm -rf "$dir"
 "#;

@@ -74,14 +74,16 @@ const _: () = assert!(
 /// Tuning of a [`FleetLimiter`].
 #[derive(Clone, Debug)]
 pub struct FleetOptions {
-    /// `D` of the accuracy bound (default [`FLEET_SPREAD`]); must cover [`LEASE_HOLD`].
+    /// Network and queueing allowance of the accuracy bound for limits whose plan sets no
+    /// `spread` (default [`DEFAULT_SPREAD`]). [`LEASE_HOLD`] is added to it, or to the plan's
+    /// `spread`: `D = spread + LEASE_HOLD` ([`FLEET_SPREAD`] by default).
     pub spread: Duration,
 }
 
 impl Default for FleetOptions {
     fn default() -> Self {
         Self {
-            spread: FLEET_SPREAD,
+            spread: DEFAULT_SPREAD,
         }
     }
 }
@@ -313,7 +315,6 @@ impl FleetLimiter {
     /// 64 limits (as [`Grant::limits`]).
     pub fn new(fleet: Arc<Fleet>, limits: &[Limit], opts: FleetOptions) -> Self {
         let now = Instant::now();
-        let spread = opts.spread.max(LEASE_HOLD);
         let mut fleet_limits = Vec::new();
         let mut local_limits = Vec::new();
         let mut local_index = Vec::new();
@@ -322,9 +323,16 @@ impl FleetLimiter {
                 LimitScope::Fleet => {
                     let key = fleet.keys().limit(&l.name);
                     fleet.track_key(key.clone());
+                    let spread = l.spread.unwrap_or(opts.spread) + LEASE_HOLD;
                     fleet_limits.push(FleetLimit {
                         plan_index: i,
-                        ceiling: pacing_rate(l, spread),
+                        ceiling: pacing_rate(
+                            &Limit {
+                                spread: Some(spread),
+                                ..l.clone()
+                            },
+                            spread,
+                        ),
                         window_us: l.window.as_micros().clamp(1, u128::from(u64::MAX)) as u64,
                         limit: l.clone(),
                         key,
@@ -375,9 +383,8 @@ impl FleetLimiter {
             }
         }
         let local = self.local.as_ref().is_some_and(|(_, idx)| {
-            idx.iter().any(|&i| {
-                self.plan_limits[i].matches(req.method, req.path, req.request)
-            })
+            idx.iter()
+                .any(|&i| self.plan_limits[i].matches(req.method, req.path, req.request))
         });
         (bits, local)
     }
@@ -597,6 +604,42 @@ impl Inner {
         }
     }
 
+    /// Read every fleet limit's pause (a lease of 0 tokens) and hold them locally.
+    async fn sync_pauses(&self) {
+        if self.limits.is_empty() {
+            return;
+        }
+        let all: Vec<usize> = (0..self.limits.len()).collect();
+        let mut inv = scripts::LEASE.prepare_invoke();
+        for l in &self.limits {
+            inv.key(&l.key);
+        }
+        inv.arg(0u32)
+            .arg(LEASE_MAX_AHEAD.as_micros() as u64)
+            .arg(self.keep_ms)
+            .arg(AIMD_INCREASE);
+        for l in &self.limits {
+            inv.arg(format!("{:.6}", l.ceiling))
+                .arg(l.limit.burst.max(1))
+                .arg(l.window_us)
+                .arg(u8::from(l.limit.adaptive))
+                .arg(0u64);
+        }
+        let reply = self
+            .fleet
+            .script("reading the pauses", inv)
+            .await
+            .and_then(|v| scripts::parse_lease(&v, all.len(), 0, LEASE_MAX_AHEAD));
+        let received = Instant::now();
+        if let Ok(r) = reply {
+            for (j, &i) in all.iter().enumerate() {
+                if !r.pauses[j].is_zero() {
+                    self.pause(i, received + r.pauses[j]);
+                }
+            }
+        }
+    }
+
     fn apply_lease(&self, class: &Class, r: &LeaseReply, received: Instant, epoch: u64) {
         {
             let mut st = self.state.lock();
@@ -749,8 +792,7 @@ impl Inner {
                 if fb.status == 429 {
                     s.throttled += 1;
                     if self.limits[i].limit.adaptive
-                        && s
-                            .last_adaptive_feedback
+                        && s.last_adaptive_feedback
                             .is_none_or(|t| now - t >= ADAPTIVE_FEEDBACK_EVERY)
                     {
                         s.last_adaptive_feedback = Some(now);
@@ -770,7 +812,9 @@ impl Inner {
         if extended {
             self.pause_changed.notify_waiters();
         }
-        if !tell_redis || self.fleet.mode().0 != Mode::Healthy {
+        // Tried even in safe mode: Redis may be slow rather than gone, and the other workers
+        // can only learn the pause from it (the call runs on its own task, bounded).
+        if !tell_redis {
             return;
         }
         let inner = self.clone();
@@ -829,9 +873,9 @@ impl Inner {
         let s = &st[i];
         let declared = l.limit.limit.as_per_sec();
         let stats = self.fleet.stats();
-        let paused_now = s
-            .pause_until
-            .map_or(Duration::ZERO, |p| p.saturating_duration_since(Instant::now()));
+        let paused_now = s.pause_until.map_or(Duration::ZERO, |p| {
+            p.saturating_duration_since(Instant::now())
+        });
         LimitReport {
             name: l.limit.name.clone(),
             declared: l.limit.limit.to_string(),
@@ -872,11 +916,17 @@ async fn listen(inner: Weak<Inner>, mut events: tokio::sync::broadcast::Receiver
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
         let Some(inner) = inner.upgrade() else { return };
-        if let Event::Pause { limit, remaining } = ev
-            && let Some(i) = inner.limits.iter().position(|l| l.limit.name == limit)
-        {
-            tracing::debug!(%limit, ?remaining, "the fleet paused a limit");
-            inner.pause(i, Instant::now() + remaining);
+        match ev {
+            Event::Pause { limit, remaining } => {
+                if let Some(i) = inner.limits.iter().position(|l| l.limit.name == limit) {
+                    tracing::debug!(%limit, ?remaining, "the fleet paused a limit");
+                    inner.pause(i, Instant::now() + remaining);
+                }
+            }
+            // Pauses announced while we were not listening: ask Redis (slots already leased
+            // would otherwise be spent inside such a pause).
+            Event::Subscribed => inner.sync_pauses().await,
+            _ => {}
         }
     }
 }
@@ -920,10 +970,7 @@ impl Limiter for FleetLimiter {
     }
 
     fn report(&self) -> Vec<LimitReport> {
-        let local = self
-            .local
-            .as_ref()
-            .map(|(lim, idx)| (lim.report(), idx));
+        let local = self.local.as_ref().map(|(lim, idx)| (lim.report(), idx));
         (0..self.plan_limits.len().min(64))
             .filter_map(|p| {
                 if let Some(i) = self.inner.limits.iter().position(|l| l.plan_index == p) {

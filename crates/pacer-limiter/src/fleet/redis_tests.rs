@@ -19,26 +19,43 @@ use crate::{Feedback, Limiter, RequestMeta, Token};
 /// A throwaway `redis-server` on 127.0.0.1.
 pub(crate) struct RedisServer {
     pub port: u16,
+    password: Option<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// With `requirepass`: clients must AUTH (the URL's password).
+    pub fn start_with(password: Option<&str>) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free loopback port");
-        let mut s = Self { port, child: None };
+        let mut s = Self {
+            port,
+            password: password.map(str::to_string),
+            child: None,
+        };
         s.restart();
         s
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -58,7 +75,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server did not answer on port {} within 10 s", self.port);
+        panic!(
+            "redis-server did not answer on port {} within 10 s",
+            self.port
+        );
     }
 
     pub fn stop(&mut self) {
@@ -355,7 +375,10 @@ async fn workers_register_and_the_last_one_deletes_the_tests_keys() {
     };
     lim.acquire(&meta).await.unwrap();
     let store = TokenStore::new(b.clone());
-    store.try_lock("cred", Duration::from_secs(5)).await.unwrap();
+    store
+        .try_lock("cred", Duration::from_secs(5))
+        .await
+        .unwrap();
     store
         .put("cred", &Token::new("secret-value"), Duration::from_secs(60))
         .await
@@ -505,10 +528,7 @@ async fn a_pause_reaches_the_other_worker_and_safe_mode_is_bounded_then_recovers
         f64::from(sent) <= 0.8 * 100.0 / 2.0 / 2.0 * 1.0 + 15.0,
         "{sent} in safe mode"
     );
-    assert!(
-        err.to_string().contains("safe-mode bound"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("safe-mode bound"), "{err}");
     let rep = &b.report()[0];
     let fl = rep.fleet.as_ref().unwrap();
     assert!(fl.safe_mode >= Duration::from_millis(790), "{fl:?}");
@@ -527,4 +547,18 @@ async fn a_pause_reaches_the_other_worker_and_safe_mode_is_bounded_then_recovers
         );
     }
     assert_eq!(fb.mode().0, Mode::Healthy);
+}
+
+#[tokio::test]
+async fn auth_goes_in_the_url_and_never_shows_in_errors() {
+    let r = RedisServer::start_with(Some("s3cret-pw"));
+    let f = Fleet::connect(cfg(&r, "auth")).await.unwrap();
+    assert_eq!(f.workers(), 1);
+    let wrong = FleetConfig::new(format!("redis://:wrong-pw@127.0.0.1:{}", r.port), "auth");
+    let e = Fleet::connect(wrong).await.unwrap_err().to_string();
+    assert!(!e.contains("wrong-pw"), "{e}");
+    assert!(e.contains("127.0.0.1"), "{e}");
+    let none = FleetConfig::new(format!("redis://127.0.0.1:{}", r.port), "auth");
+    assert!(Fleet::connect(none).await.is_err());
+    assert!(!format!("{:?}", cfg(&r, "auth")).contains("s3cret-pw"));
 }

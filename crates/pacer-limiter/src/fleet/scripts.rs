@@ -129,10 +129,7 @@ pub(crate) fn parse_lease(
     let wait = non_negative_us(OP, &a[1], "wait")?;
     let p = array(OP, &a[2], "pauses")?;
     if p.len() != n {
-        return Err(malformed(
-            OP,
-            format!("{} pauses for {n} limits", p.len()),
-        ));
+        return Err(malformed(OP, format!("{} pauses for {n} limits", p.len())));
     }
     let pauses = p
         .iter()
@@ -177,10 +174,7 @@ pub(crate) fn parse_feedback(v: &Value, n: usize) -> Result<FeedbackReply, Fleet
     }
     let p = array(OP, &a[0], "pauses")?;
     if p.len() != n {
-        return Err(malformed(
-            OP,
-            format!("{} pauses for {n} limits", p.len()),
-        ));
+        return Err(malformed(OP, format!("{} pauses for {n} limits", p.len())));
     }
     let pauses = p
         .iter()
@@ -216,10 +210,7 @@ mod tests {
             ints(&[0, 1000]),
         ]);
         let r = parse_lease(&ok, 1, 2, Duration::from_secs(1)).unwrap();
-        assert_eq!(
-            r.offsets,
-            vec![Duration::ZERO, Duration::from_micros(1000)]
-        );
+        assert_eq!(r.offsets, vec![Duration::ZERO, Duration::from_micros(1000)]);
         assert_eq!(r.factors, vec![1.0]);
 
         let bad = [

@@ -44,13 +44,7 @@ impl TokenStore {
         let (value, pttl): (Option<String>, i64) = self
             .fleet
             .query("reading the shared token", 2, |c| {
-                Box::pin(async move {
-                    redis::pipe()
-                        .get(&key)
-                        .pttl(&key)
-                        .query_async(c)
-                        .await
-                })
+                Box::pin(async move { redis::pipe().get(&key).pttl(&key).query_async(c).await })
             })
             .await?;
         // PTTL is -2 when the key vanished between the two commands, -1 without expiry (not
@@ -99,7 +93,12 @@ impl TokenStore {
 
     /// Store a freshly fetched token for `ttl` (until its refresh is due), release the lock and
     /// wake the workers waiting for it.
-    pub async fn put(&self, credential: &str, token: &Token, ttl: Duration) -> Result<(), FleetError> {
+    pub async fn put(
+        &self,
+        credential: &str,
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<(), FleetError> {
         let (key, lock) = self.keys(credential);
         let mut inv = scripts::TOKEN_PUT.key(key);
         inv.key(lock)

@@ -1,0 +1,266 @@
+//! The CRD: the committed copy in charts/pacer/crds/ is what `pacer crd` prints (regenerate it
+//! with `make crds`), its shape is what the issue asks, and every example LoadTest passes its
+//! OpenAPI schema (as `kubectl apply` with strict field validation would check it: unknown
+//! fields refused).
+
+use std::path::{Path, PathBuf};
+
+use pacer_operator::crd::crd_yaml;
+use serde_json::{Value, json};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+const COMMITTED: &str = "charts/pacer/crds/loadtests.pacer.dev.yaml";
+
+fn crd() -> Value {
+    let yaml = crd_yaml().expect("the CRD renders");
+    serde_saphyr::from_str(&yaml).expect("the CRD is YAML")
+}
+
+#[test]
+fn the_committed_crd_is_not_stale() {
+    let generated = crd_yaml().expect("the CRD renders");
+    let path = root().join(COMMITTED);
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    if committed != generated {
+        if std::env::var_os("PACER_UPDATE_CRDS").is_some() {
+            std::fs::write(&path, &generated).expect("write the CRD");
+            return;
+        }
+        panic!(
+            "{COMMITTED} is stale: regenerate it with `make crds` (or `cargo run -p pacer-cli -- crd > {COMMITTED}`)"
+        );
+    }
+}
+
+#[test]
+fn the_crd_has_the_names_columns_and_subresources_asked_for() {
+    let crd = crd();
+    let spec = &crd["spec"];
+    assert_eq!(spec["group"], "pacer.dev");
+    assert_eq!(spec["scope"], "Namespaced");
+    assert_eq!(spec["names"]["kind"], "LoadTest");
+    assert_eq!(spec["names"]["shortNames"], json!(["lt"]));
+    assert_eq!(spec["names"]["categories"], json!(["pacer"]));
+    let v = &spec["versions"][0];
+    assert_eq!(v["name"], "v1alpha1");
+    assert_eq!(v["subresources"]["status"], json!({}));
+    let columns: Vec<&str> = v["additionalPrinterColumns"]
+        .as_array()
+        .expect("printer columns")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        columns,
+        ["Phase", "Workers", "RPS", "P95", "Errors", "429s", "Age"]
+    );
+    let props = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    for field in [
+        "plan",
+        "workers",
+        "image",
+        "workerTemplate",
+        "credentials",
+        "redis",
+        "cleanup",
+        "suspend",
+    ] {
+        assert!(props.get(field).is_some(), "spec.{field} is missing");
+    }
+    assert_eq!(props["workers"]["minimum"].as_f64(), Some(1.0));
+    assert_eq!(
+        props["cleanup"]["properties"]["policy"]["enum"],
+        json!(["onSuccess", "always", "never"])
+    );
+    let plan = &props["plan"];
+    assert_eq!(plan["type"], "object");
+    assert!(
+        plan["required"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("scenarios")))
+    );
+    let template = &props["workerTemplate"]["properties"];
+    for field in [
+        "resources",
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "env",
+        "serviceAccountName",
+    ] {
+        assert!(
+            template.get(field).is_some(),
+            "workerTemplate.{field} is missing"
+        );
+    }
+    let text = serde_json::to_string(&crd).expect("json");
+    assert!(text.contains("x-kubernetes-validations"));
+    structural(&v["schema"]["openAPIV3Schema"], "");
+}
+
+/// Kubernetes' structural schema rules that matter here, on every schema node.
+fn structural(node: &Value, path: &str) {
+    let o = node
+        .as_object()
+        .unwrap_or_else(|| panic!("{path}: not a schema object"));
+    for banned in ["$ref", "oneOf", "anyOf", "allOf", "const", "not"] {
+        assert!(
+            !o.contains_key(banned),
+            "{path}: {banned}: not a structural schema"
+        );
+    }
+    let preserve = o.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+    let int_or_string = o.get("x-kubernetes-int-or-string") == Some(&json!(true));
+    assert!(
+        o.contains_key("type") || preserve || int_or_string,
+        "{path}: no type"
+    );
+    if o.contains_key("properties") {
+        assert!(
+            !o.contains_key("additionalProperties"),
+            "{path}: properties and additionalProperties together"
+        );
+    }
+    if let Some(props) = o.get("properties").and_then(Value::as_object) {
+        for (k, p) in props {
+            structural(p, &format!("{path}.{k}"));
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(sub) = o.get(key).filter(|s| s.is_object()) {
+            structural(sub, &format!("{path}[{key}]"));
+        }
+    }
+}
+
+/// kubectl apply's strict field validation: objects refuse fields they do not declare.
+fn strict(v: &mut Value) {
+    if let Value::Object(map) = v {
+        let preserve = map.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+        if map.contains_key("properties") && !map.contains_key("additionalProperties") && !preserve
+        {
+            map.insert("additionalProperties".into(), json!(false));
+        }
+        // Kubernetes' `nullable` is OpenAPI's, not JSON Schema's.
+        if map.get("nullable") == Some(&json!(true))
+            && let Some(Value::String(t)) = map.get("type").cloned()
+        {
+            map.insert("type".into(), json!([t, "null"]));
+        }
+        for (k, sub) in map.iter_mut() {
+            if k != "enum" && k != "required" && k != "x-kubernetes-validations" {
+                strict(sub);
+            }
+        }
+    } else if let Value::Array(items) = v {
+        for item in items {
+            strict(item);
+        }
+    }
+}
+
+fn validator() -> jsonschema::Validator {
+    let crd = crd();
+    let mut schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+    strict(&mut schema);
+    // metadata is the API server's.
+    schema["properties"]["metadata"] = json!({"type": "object"});
+    schema["properties"]["apiVersion"] = json!({"type": "string", "enum": ["pacer.dev/v1alpha1"]});
+    schema["properties"]["kind"] = json!({"type": "string", "enum": ["LoadTest"]});
+    schema["required"] = json!(["apiVersion", "kind", "spec"]);
+    jsonschema::draft4::new(&schema).expect("the CRD schema compiles")
+}
+
+fn errors(v: &jsonschema::Validator, doc: &Value) -> Vec<String> {
+    v.iter_errors(doc)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
+#[test]
+fn the_example_loadtests_match_the_crd_schema() {
+    let v = validator();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root().join("examples")).expect("examples/") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !(name.starts_with("loadtest-") && name.ends_with(".yaml")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read example");
+        let doc: Value = serde_saphyr::from_str(&text).expect("example is YAML");
+        let errs = errors(&v, &doc);
+        assert!(
+            errs.is_empty(),
+            "{name} does not match the CRD:\n{}",
+            errs.join("\n")
+        );
+        // And the operator accepts it.
+        let lt: pacer_operator::LoadTest = serde_json::from_value(doc).expect("a LoadTest");
+        if let Err(e) = pacer_operator::prepare::prepare(&lt, &Default::default()) {
+            panic!("{name}: the operator refuses it: {e:?}");
+        }
+        seen += 1;
+    }
+    assert!(seen >= 1, "no examples/loadtest-*.yaml found");
+}
+
+#[test]
+fn the_schema_refuses_what_kubectl_apply_should_refuse() {
+    let v = validator();
+    let text = std::fs::read_to_string(root().join("examples/loadtest-user-story.yaml"))
+        .expect("the user-story example");
+    let good: Value = serde_saphyr::from_str(&text).expect("YAML");
+    assert!(errors(&v, &good).is_empty());
+    type Change = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "workers 0",
+            Box::new(|d: &mut Value| d["spec"]["workers"] = json!(0)),
+        ),
+        (
+            "an unknown cleanup policy",
+            Box::new(|d: &mut Value| d["spec"]["cleanup"]["policy"] = json!("sometimes")),
+        ),
+        (
+            "a typo in the plan",
+            Box::new(|d: &mut Value| d["spec"]["plan"]["scenarioz"] = json!([])),
+        ),
+        (
+            "an unknown executor",
+            Box::new(|d: &mut Value| d["spec"]["plan"]["scenarios"][0]["executor"] = json!("fast")),
+        ),
+        (
+            "a plan without scenarios",
+            Box::new(|d: &mut Value| {
+                d["spec"]["plan"]
+                    .as_object_mut()
+                    .expect("plan")
+                    .remove("scenarios");
+            }),
+        ),
+        (
+            "a bad start timeout",
+            Box::new(|d: &mut Value| d["spec"]["startTimeout"] = json!("soon")),
+        ),
+        (
+            "a Redis URL with a password",
+            Box::new(|d: &mut Value| d["spec"]["redis"] = json!({"url": "redis://:pw@redis:6379"})),
+        ),
+    ];
+    for (what, change) in cases {
+        let mut doc = good.clone();
+        change(&mut doc);
+        assert!(!errors(&v, &doc).is_empty(), "the schema accepts {what}");
+    }
+}

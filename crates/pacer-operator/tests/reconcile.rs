@@ -1,0 +1,894 @@
+//! The reconciler against a mocked API server (tower-test), as kube-rs/controller-rs does it:
+//! every request the operator makes is checked in order (method, path, what its body says)
+//! and answered; the coordinator is the `FakeRunner`, whose runs the test drives.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::{Client, ResourceExt};
+use pacer_operator::crd::{FINALIZER, LoadTest, LoadTestStatus, Phase};
+use pacer_operator::metrics::Metrics;
+use pacer_operator::runner::{FakeRun, FakeRunner, LiveStats, RunEnd, RunResult};
+use pacer_operator::{Context, OperatorConfig, reconcile};
+use pacer_stats::ThresholdResult;
+use serde_json::{Value, json};
+
+/// One request the operator must make next, and the answer.
+struct Step {
+    method: Method,
+    /// The request path (without the query) must end with this.
+    path: String,
+    status: u16,
+    reply: Value,
+}
+
+fn step(method: Method, path: &str, status: u16, reply: Value) -> Step {
+    Step {
+        method,
+        path: path.to_string(),
+        status,
+        reply,
+    }
+}
+
+const NS_PATH: &str = "/namespaces/default";
+
+fn ok_echo(method: Method, path: &str) -> Step {
+    if method == Method::DELETE {
+        return step(
+            method,
+            path,
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+        );
+    }
+    // `reply: Null` means: answer with the request's own body.
+    step(method, path, 200, Value::Null)
+}
+
+/// A PATCH of the LoadTest (or its status): the API server answers with the object.
+fn loadtest_patch(name: &str, subresource: &str) -> Step {
+    step(
+        Method::PATCH,
+        &format!("/apis/pacer.dev/v1alpha1{NS_PATH}/loadtests/{name}{subresource}"),
+        200,
+        serde_json::to_value(loadtest(name)).expect("json"),
+    )
+}
+
+fn status_patch(name: &str) -> Step {
+    loadtest_patch(name, "/status")
+}
+
+fn event_post() -> Step {
+    ok_echo(
+        Method::POST,
+        &format!("/apis/events.k8s.io/v1{NS_PATH}/events"),
+    )
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": "not found", "reason": "NotFound", "code": 404})
+}
+
+/// The mocked API server: answers `steps` in order, returns what was sent (path, body).
+fn api_server(steps: Vec<Step>) -> (Client, tokio::task::JoinHandle<Vec<(String, Value)>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let task = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for (i, s) in steps.into_iter().enumerate() {
+            let (request, send) =
+                tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "step {i}: no request came: expected {} {}",
+                            s.method, s.path
+                        )
+                    })
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "step {i}: the client went away: expected {} {}",
+                            s.method, s.path
+                        )
+                    });
+            let method = request.method().clone();
+            let path = request.uri().path().to_string();
+            let query = request.uri().query().unwrap_or_default().to_string();
+            assert_eq!(
+                method, s.method,
+                "step {i}: {method} {path}?{query}, expected {} {}",
+                s.method, s.path
+            );
+            assert!(
+                path.ends_with(&s.path),
+                "step {i}: {method} {path}, expected {} {}",
+                s.method,
+                s.path
+            );
+            let bytes = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .expect("request body");
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+            };
+            let reply = if s.reply.is_null() {
+                body.clone()
+            } else {
+                s.reply.clone()
+            };
+            let mut reply = if reply.is_null() { json!({}) } else { reply };
+            if reply.is_object() && reply.get("metadata").is_none() {
+                reply["metadata"] = json!({"name": "echo"});
+            }
+            send.send_response(
+                Response::builder()
+                    .status(s.status)
+                    .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+                    .expect("response"),
+            );
+            seen.push((format!("{method} {path}?{query}"), body));
+        }
+        seen
+    });
+    (client, task)
+}
+
+fn plan() -> Value {
+    json!({
+        "name": "analytics",
+        "target": "${env:TARGET}",
+        "duration": "10s",
+        "auth": [{
+            "name": "genesys",
+            "type": "oauth2-clientCredentials",
+            "tokenUrl": "/oauth/token",
+            "clientId": "${env:PACER_AUTH_GENESYS_CLIENT_ID}",
+            "clientSecret": "${env:PACER_AUTH_GENESYS_CLIENT_SECRET}"
+        }],
+        "limits": [{"name": "per-token", "limit": "300/min", "burst": 5}],
+        "scenarios": [{
+            "name": "s",
+            "executor": "constant-vus",
+            "vus": 6,
+            "auth": "genesys",
+            "requests": [{"name": "q", "method": "POST", "path": "/query"}]
+        }],
+        "thresholds": {"http_req_failed": ["rate<0.01"]}
+    })
+}
+
+fn loadtest(name: &str) -> LoadTest {
+    serde_json::from_value(json!({
+        "apiVersion": "pacer.dev/v1alpha1",
+        "kind": "LoadTest",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": "0a1b2c3d-0000-4000-8000-000000000001",
+            "generation": 1,
+            "finalizers": [FINALIZER],
+        },
+        "spec": {
+            "workers": 3,
+            "credentials": [{"name": "genesys", "secretRef": {
+                "name": "genesys-client", "clientIdKey": "clientId", "clientSecretKey": "clientSecret"}}],
+            "workerTemplate": {"env": [{"name": "TARGET", "value": "http://api.example:8080"}]},
+            "startTimeout": "90s",
+            "plan": plan(),
+        }
+    }))
+    .expect("a LoadTest")
+}
+
+fn with_status(mut lt: LoadTest, status_body: &Value) -> LoadTest {
+    let s: LoadTestStatus =
+        serde_json::from_value(status_body["status"].clone()).expect("a LoadTest status");
+    lt.status = Some(s);
+    lt
+}
+
+fn context(client: Client, runner: FakeRunner) -> Arc<Context> {
+    let mut cfg = OperatorConfig::new("pacer.pacer-system.svc:7700", "pacer:test");
+    cfg.status_interval = Duration::ZERO;
+    Arc::new(Context::new(
+        client,
+        cfg,
+        Arc::new(runner),
+        Arc::new(Metrics::default()),
+    ))
+}
+
+const TEST_ID: &str = "run1-0a1b2c3d";
+
+fn starting_steps(name: &str) -> Vec<Step> {
+    vec![
+        ok_echo(Method::POST, &format!("/api/v1{NS_PATH}/secrets")),
+        ok_echo(Method::POST, &format!("/apis/batch/v1{NS_PATH}/jobs")),
+        status_patch(name),
+        event_post(),
+    ]
+}
+
+fn workers(states: &[&'static str]) -> Vec<pacer_controller::WorkerRow> {
+    states
+        .iter()
+        .enumerate()
+        .map(|(i, s)| pacer_controller::WorkerRow {
+            index: i as u32,
+            name: format!("run1-workers-{i}"),
+            version: "0.1.0".into(),
+            state: s,
+            weight: 1,
+            http_reqs: 100,
+            rate_per_sec: 10.0,
+            errors: 0,
+            throttled: 1,
+            iterations: 100,
+            reports: 3,
+            reported_at_secs: 3.0,
+            lost_at_secs: None,
+            reason: None,
+        })
+        .collect()
+}
+
+fn running_stats() -> LiveStats {
+    LiveStats {
+        started: true,
+        elapsed: Duration::from_secs(5),
+        planned: Duration::from_secs(40),
+        connected: 3,
+        lost: 0,
+        requests: 300,
+        rps: 61.234,
+        p50_ms: Some(12.0),
+        p95_ms: Some(48.25),
+        p99_ms: Some(90.0),
+        errors: 2,
+        error_rate: Some(0.00667),
+        throttled: 3,
+        throttled_secs: 1.5,
+        thresholds: vec![ThresholdResult {
+            key: "http_req_failed".into(),
+            expr: "rate<0.01".into(),
+            passed: true,
+            observed: Some(0.00667),
+            abort_on_fail: false,
+        }],
+        workers: workers(&["running", "running", "running"]),
+    }
+}
+
+fn result(passed: bool) -> RunEnd {
+    let mut stats = running_stats();
+    stats.workers = workers(&["ok", "ok", "ok"]);
+    if !passed {
+        stats.thresholds[0].passed = false;
+        stats.thresholds[0].observed = Some(0.2);
+    }
+    RunEnd::Finished(Box::new(RunResult {
+        passed,
+        abort_reason: None,
+        failure: None,
+        stop_reason: None,
+        stats,
+        text: "the summary".into(),
+        json: "{\"passed\": true}".into(),
+    }))
+}
+
+async fn finish(task: tokio::task::JoinHandle<Vec<(String, Value)>>) -> Vec<(String, Value)> {
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the API server steps finished")
+        .expect("the API server task")
+}
+
+/// Start a test (create); the run and the status it wrote.
+async fn started(
+    ctx: &Arc<Context>,
+    runner: &FakeRunner,
+    lt: LoadTest,
+) -> (Arc<FakeRun>, LoadTest, Action) {
+    let action = reconcile(Arc::new(lt.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    let run = runner.run(TEST_ID).expect("a run was started");
+    (run, lt, action)
+}
+
+#[tokio::test]
+async fn create_adds_the_finalizer_first() {
+    let mut lt = loadtest("run1");
+    lt.metadata.finalizers = None;
+    let (client, server) = api_server(vec![loadtest_patch("run1", "")]);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let action = reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let seen = finish(server).await;
+    let patch = seen[0].1.to_string();
+    assert!(patch.contains(FINALIZER), "{patch}");
+    assert!(
+        runner.runs.lock().is_empty(),
+        "nothing starts before the finalizer is there"
+    );
+}
+
+#[tokio::test]
+async fn create_starts_the_run_the_secret_and_the_indexed_job() {
+    let (client, server) = api_server(starting_steps("run1"));
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, _, action) = started(&ctx, &runner, loadtest("run1")).await;
+    assert_eq!(action, Action::requeue(Duration::ZERO));
+    assert_eq!(run.spec.workers, 3);
+    assert_eq!(run.spec.wait_for_workers, Duration::from_secs(90));
+    // The workers receive the plan as written: the credentials stay references.
+    assert_eq!(
+        run.spec.plan.spec.auth[0].client_secret.as_deref(),
+        Some("${env:PACER_AUTH_GENESYS_CLIENT_SECRET}")
+    );
+    let seen = finish(server).await;
+
+    let secret = &seen[0].1;
+    assert_eq!(secret["metadata"]["name"], "run1-session-0a1b2c3d");
+    assert_eq!(
+        secret["stringData"]["token"],
+        run.spec.session_token.as_str()
+    );
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "LoadTest");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["controller"], true);
+
+    let job = &seen[1].1;
+    assert_eq!(job["metadata"]["name"], "run1-workers");
+    assert_eq!(job["metadata"]["ownerReferences"][0]["name"], "run1");
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    assert_eq!(job["spec"]["completions"], 3);
+    assert_eq!(job["spec"]["parallelism"], 3);
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "pacer:test");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("text"))
+        .collect();
+    assert_eq!(
+        &args[..8],
+        [
+            "worker",
+            "--connect",
+            "pacer.pacer-system.svc:7700",
+            "--test-id",
+            TEST_ID,
+            "--index",
+            "$(JOB_COMPLETION_INDEX)",
+            "--name"
+        ]
+    );
+    assert!(args.contains(&"--resolve-plan-env"), "{args:?}");
+    let env = container["env"].as_array().expect("env");
+    let by_name = |n: &str| {
+        env.iter()
+            .find(|e| e["name"] == n)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        by_name("PACER_SESSION_TOKEN")["valueFrom"]["secretKeyRef"],
+        json!({"name": "run1-session-0a1b2c3d", "key": "token", "optional": false})
+    );
+    assert_eq!(
+        by_name("PACER_AUTH_GENESYS_CLIENT_SECRET")["valueFrom"]["secretKeyRef"],
+        json!({"name": "genesys-client", "key": "clientSecret", "optional": false})
+    );
+    assert_eq!(by_name("TARGET")["value"], "http://api.example:8080");
+    // No secret value anywhere in the Job.
+    assert!(!job.to_string().contains(&run.spec.session_token));
+
+    let status = &seen[2].1["status"];
+    assert_eq!(status["phase"], "Starting");
+    assert_eq!(status["testId"], TEST_ID);
+    assert_eq!(status["workers"]["ready"], "0/3");
+    assert_eq!(status["observedGeneration"], 1);
+    assert!(
+        seen[2].0.contains("fieldManager=pacer-operator"),
+        "{}",
+        seen[2].0
+    );
+    assert!(seen[2].0.contains("force=true"), "{}", seen[2].0);
+    let event = &seen[3].1;
+    assert_eq!(event["reason"], "Starting");
+    assert_eq!(event["regarding"]["name"], "run1");
+}
+
+#[tokio::test]
+async fn workers_connect_then_the_test_runs_with_status_updates() {
+    let mut steps = starting_steps("run1");
+    // Starting, one worker missing: its pod says why.
+    steps.push(step(
+        Method::GET,
+        &format!("/api/v1{NS_PATH}/pods"),
+        200,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+            "metadata": {"name": "run1-workers-2-abcde", "annotations": {"batch.kubernetes.io/job-completion-index": "2"}},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable", "message": "0/2 nodes are available: 2 Insufficient cpu."}]}
+        }]}),
+    ));
+    steps.push(status_patch("run1"));
+    // Every worker connected and started: Running, an event.
+    steps.push(status_patch("run1"));
+    steps.push(event_post());
+    // Running: the status again, with new numbers.
+    steps.push(status_patch("run1"));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
+    let mut lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Starting", "testId": TEST_ID}}),
+    );
+
+    *run.stats.lock() = LiveStats {
+        connected: 2,
+        workers: workers(&["ready", "ready", "waiting"]),
+        planned: Duration::from_secs(40),
+        ..LiveStats::default()
+    };
+    let a = reconcile(Arc::new(lt.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(a, Action::requeue(Duration::ZERO));
+
+    *run.stats.lock() = running_stats();
+    lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Starting", "testId": TEST_ID}}),
+    );
+    reconcile(Arc::new(lt.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+
+    lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    );
+    run.stats.lock().requests = 900;
+    reconcile(Arc::new(lt), ctx.clone())
+        .await
+        .expect("reconcile");
+
+    let seen = finish(server).await;
+    assert!(
+        seen[4]
+            .0
+            .contains("labelSelector=pacer.dev%2Ftest-id%3Drun1-0a1b2c3d"),
+        "{}",
+        seen[4].0
+    );
+    let waiting = &seen[5].1["status"];
+    assert_eq!(waiting["phase"], "Starting");
+    assert_eq!(waiting["workers"]["ready"], "2/3");
+    let msg = waiting["message"].as_str().expect("message");
+    assert!(
+        msg.contains(
+            "worker 2 (pod run1-workers-2-abcde): Pending: Unschedulable: 0/2 nodes are available"
+        ),
+        "{msg}"
+    );
+    let cond = waiting["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "WorkersReady")
+        .expect("WorkersReady");
+    assert_eq!(cond["status"], "False");
+
+    let running = &seen[6].1["status"];
+    assert_eq!(running["phase"], "Running");
+    assert_eq!(running["workers"]["ready"], "3/3");
+    assert_eq!(running["rps"], 61.2);
+    assert_eq!(running["latency"]["p95"], "48.2ms");
+    assert_eq!(running["errors"], 2);
+    assert_eq!(running["throttled"], 3);
+    assert_eq!(running["throttledSeconds"], 1.5);
+    assert_eq!(running["progress"]["percent"], 12.5);
+    assert_eq!(running["thresholds"][0]["passed"], true);
+    assert_eq!(running["workerHealth"].as_array().map(Vec::len), Some(3));
+    assert_eq!(seen[7].1["reason"], "Running");
+    assert_eq!(seen[8].1["status"]["requests"], 900);
+}
+
+fn finished_steps(name: &str, cleanup: bool) -> Vec<Step> {
+    let mut v = vec![ok_echo(
+        Method::PATCH,
+        &format!("/api/v1{NS_PATH}/configmaps/{name}-report"),
+    )];
+    if cleanup {
+        v.push(ok_echo(
+            Method::DELETE,
+            &format!("/apis/batch/v1{NS_PATH}/jobs/{name}-workers"),
+        ));
+        v.push(ok_echo(
+            Method::DELETE,
+            &format!("/api/v1{NS_PATH}/secrets/{name}-session-0a1b2c3d"),
+        ));
+    }
+    v.push(status_patch(name));
+    v.push(event_post());
+    v
+}
+
+#[tokio::test]
+async fn success_stores_the_report_and_cleans_up() {
+    let mut steps = starting_steps("run1");
+    steps.extend(finished_steps("run1", true));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
+    *run.end.lock() = Some(result(true));
+    let lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    );
+    let a = reconcile(Arc::new(lt), ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(a, Action::await_change());
+    assert!(ctx.runs.lock().is_empty());
+    let seen = finish(server).await;
+    let cm = &seen[4].1;
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["data"]["summary.txt"], "the summary");
+    assert_eq!(cm["metadata"]["ownerReferences"][0]["name"], "run1");
+    assert!(seen[4].0.contains("fieldManager=pacer-operator"));
+    assert!(seen[5].0.contains("DELETE"), "{}", seen[5].0);
+    let status = &seen[7].1["status"];
+    assert_eq!(status["phase"], "Succeeded");
+    assert_eq!(status["report"]["configMap"], "run1-report");
+    assert_eq!(status["cleanedUp"], true);
+    assert!(status["completionTime"].is_string());
+    let complete = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Complete")
+        .expect("Complete");
+    assert_eq!(complete["reason"], "Succeeded");
+    assert_eq!(seen[8].1["reason"], "Succeeded");
+    assert_eq!(seen[8].1["type"], "Normal");
+}
+
+#[tokio::test]
+async fn a_failed_threshold_fails_the_test_and_keeps_the_pods() {
+    let mut steps = starting_steps("run1");
+    steps.extend(finished_steps("run1", false));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
+    *run.end.lock() = Some(result(false));
+    let lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    );
+    reconcile(Arc::new(lt), ctx.clone())
+        .await
+        .expect("reconcile");
+    let seen = finish(server).await;
+    let status = &seen[5].1["status"];
+    assert_eq!(status["phase"], "Failed");
+    assert!(
+        status.get("cleanedUp").is_none(),
+        "onSuccess keeps a failed test's pods"
+    );
+    assert_eq!(status["thresholds"][0]["passed"], false);
+    let msg = status["message"].as_str().expect("message");
+    assert!(
+        msg.contains("thresholds failed: http_req_failed rate<0.01"),
+        "{msg}"
+    );
+    let complete = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Complete")
+        .expect("Complete");
+    assert_eq!(complete["reason"], "ThresholdsFailed");
+    assert_eq!(seen[6].1["reason"], "ThresholdsFailed");
+    assert_eq!(seen[6].1["type"], "Warning");
+}
+
+#[tokio::test]
+async fn suspend_stops_the_workers_and_ends_aborted() {
+    let mut steps = starting_steps("run1");
+    // Still running while the workers stop: a status write.
+    steps.push(status_patch("run1"));
+    // The run ended: report, cleanup (policy always), Aborted.
+    steps.extend(finished_steps("run1", true));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let mut lt = loadtest("run1");
+    lt.spec.cleanup = Some(pacer_operator::crd::CleanupSpec {
+        policy: pacer_operator::crd::CleanupPolicy::Always,
+        ttl_seconds_after_finished: Some(3600),
+    });
+    let (run, lt, _) = started(&ctx, &runner, lt).await;
+    *run.stats.lock() = running_stats();
+    let mut lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    );
+    lt.spec.suspend = true;
+    reconcile(Arc::new(lt.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        run.stopped.lock().as_deref(),
+        Some("suspended (spec.suspend: true)")
+    );
+    *run.end.lock() = Some(result(true));
+    let a = reconcile(Arc::new(lt), ctx.clone())
+        .await
+        .expect("reconcile");
+    match a {
+        a if a == Action::await_change() => panic!("the TTL should requeue"),
+        _ => {}
+    }
+    let seen = finish(server).await;
+    assert!(
+        seen[4].1["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("stopping: suspended")),
+        "{}",
+        seen[4].1
+    );
+    let status = &seen[8].1["status"];
+    assert_eq!(status["phase"], "Aborted");
+    assert_eq!(status["cleanedUp"], true);
+    assert_eq!(seen[9].1["reason"], "Aborted");
+}
+
+#[tokio::test]
+async fn deletion_stops_the_run_and_deletes_the_workers() {
+    let mut steps = starting_steps("run1");
+    steps.extend([
+        ok_echo(
+            Method::DELETE,
+            &format!("/apis/batch/v1{NS_PATH}/jobs/run1-workers"),
+        ),
+        step(
+            Method::DELETE,
+            &format!("/api/v1{NS_PATH}/secrets/run1-session-0a1b2c3d"),
+            404,
+            not_found(),
+        ),
+        status_patch("run1"),
+        event_post(),
+        // The finalizer goes.
+        loadtest_patch("run1", ""),
+    ]);
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
+    let mut lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    );
+    lt.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    reconcile(Arc::new(lt), ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        run.stopped.lock().as_deref(),
+        Some("the LoadTest was deleted")
+    );
+    assert!(ctx.runs.lock().is_empty());
+    let seen = finish(server).await;
+    assert!(
+        seen[4].0.contains("propagationPolicy") || seen[4].1.to_string().contains("Background"),
+        "{:?}",
+        seen[4]
+    );
+    assert_eq!(seen[6].1["status"]["phase"], "Aborted");
+    assert_eq!(seen[7].1["reason"], "Aborted");
+    assert!(seen[8].1.to_string().contains("remove"), "{}", seen[8].1);
+}
+
+#[tokio::test]
+async fn worker_pods_that_cannot_start_fail_the_test_with_their_reasons() {
+    let mut steps = starting_steps("run1");
+    steps.push(step(
+        Method::GET,
+        &format!("/api/v1{NS_PATH}/pods"),
+        200,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            {"metadata": {"name": "run1-workers-1-x1", "annotations": {"batch.kubernetes.io/job-completion-index": "1"}},
+             "status": {"phase": "Pending", "containerStatuses": [{"name": "worker", "image": "pacer:nope", "imageID": "",
+                "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"pacer:nope\""}}}]}},
+            {"metadata": {"name": "run1-workers-2-x2", "annotations": {"batch.kubernetes.io/job-completion-index": "2"}},
+             "status": {"phase": "Running", "containerStatuses": [{"name": "worker", "image": "pacer:test", "imageID": "",
+                "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+                "lastState": {"terminated": {"exitCode": 1, "message": "worker: error: could not reach the controller"}}}]}}
+        ]}),
+    ));
+    steps.push(status_patch("run1"));
+    steps.push(event_post());
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
+    *run.end.lock() = Some(RunEnd::WorkersMissing {
+        expected: 3,
+        connected: 1,
+        missing: vec![1, 2],
+        message: String::new(),
+    });
+    let lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Starting", "testId": TEST_ID}}),
+    );
+    reconcile(Arc::new(lt), ctx.clone())
+        .await
+        .expect("reconcile");
+    let seen = finish(server).await;
+    let status = &seen[5].1["status"];
+    assert_eq!(status["phase"], "Failed");
+    let msg = status["message"].as_str().expect("message");
+    assert!(
+        msg.starts_with("1 of 3 workers connected within 90s"),
+        "{msg}"
+    );
+    assert!(msg.contains("worker 1 (pod run1-workers-1-x1): ImagePullBackOff: Back-off pulling image \"pacer:nope\""), "{msg}");
+    assert!(
+        msg.contains("worker 2 (pod run1-workers-2-x2): CrashLoopBackOff"),
+        "{msg}"
+    );
+    assert!(msg.contains("could not reach the controller"), "{msg}");
+    let cond = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "WorkersReady")
+        .expect("WorkersReady");
+    assert_eq!(cond["reason"], "WorkersMissing");
+    assert_eq!(seen[6].1["reason"], "WorkersMissing");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_names_the_field() {
+    let mut lt = loadtest("bad");
+    lt.spec.plan["scenarios"][0]["executor"] = json!("constant-arrival-rate");
+    lt.spec.plan["scenarios"][0]["rate"] = json!("fast");
+    lt.spec.plan["auth"][0]["clientSecret"] = json!("${env:NOT_GIVEN}");
+    let (client, server) = api_server(vec![status_patch("bad"), event_post()]);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let a = reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    assert_eq!(a, Action::await_change());
+    assert!(
+        runner.runs.lock().is_empty(),
+        "an invalid test starts nothing"
+    );
+    let seen = finish(server).await;
+    let status = &seen[0].1["status"];
+    assert_eq!(status["phase"], "Failed");
+    let valid = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Valid")
+        .expect("Valid");
+    assert_eq!(valid["status"], "False");
+    assert_eq!(valid["reason"], "InvalidSpec");
+    let msg = valid["message"].as_str().expect("message");
+    assert!(msg.contains("spec.plan.auth[0].clientSecret: environment variable NOT_GIVEN is not set in the worker pods"), "{msg}");
+    assert_eq!(seen[1].1["reason"], "InvalidSpec");
+    assert_eq!(seen[1].1["type"], "Warning");
+
+    // The type error, alone (resolution errors stop before typing).
+    let mut lt = loadtest("bad");
+    lt.spec.plan["scenarios"][0]["executor"] = json!("constant-arrival-rate");
+    lt.spec.plan["scenarios"][0]["rate"] = json!("fast");
+    let (client, server) = api_server(vec![status_patch("bad"), event_post()]);
+    let ctx = context(client, FakeRunner::default());
+    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    let seen = finish(server).await;
+    let msg = seen[0].1["status"]["message"]
+        .as_str()
+        .expect("message")
+        .to_string();
+    assert!(msg.contains("spec.plan.scenarios[0].rate"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_restarted_operator_fails_a_test_it_no_longer_runs() {
+    let (client, server) = api_server(vec![status_patch("run1"), event_post()]);
+    let ctx = context(client, FakeRunner::default());
+    let lt = with_status(
+        loadtest("run1"),
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    );
+    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    let seen = finish(server).await;
+    assert_eq!(seen[0].1["status"]["phase"], "Failed");
+    assert_eq!(seen[1].1["reason"], "ControllerRestarted");
+}
+
+#[tokio::test]
+async fn a_finished_test_is_deleted_after_its_ttl() {
+    let (client, server) = api_server(vec![ok_echo(
+        Method::DELETE,
+        &format!("/apis/pacer.dev/v1alpha1{NS_PATH}/loadtests/run1"),
+    )]);
+    let ctx = context(client, FakeRunner::default());
+    let mut lt = loadtest("run1");
+    lt.spec.cleanup = Some(pacer_operator::crd::CleanupSpec {
+        policy: pacer_operator::crd::CleanupPolicy::Never,
+        ttl_seconds_after_finished: Some(0),
+    });
+    let lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Succeeded", "testId": TEST_ID,
+            "completionTime": "2020-01-01T00:00:00Z"}}),
+    );
+    assert_eq!(lt.phase(), Some(Phase::Succeeded));
+    reconcile(Arc::new(lt.clone()), ctx)
+        .await
+        .expect("reconcile");
+    finish(server).await;
+    assert_eq!(lt.name_any(), "run1");
+}
+
+#[tokio::test]
+async fn a_fixed_spec_is_checked_again_and_starts() {
+    let (client, server) = api_server(starting_steps("run1"));
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let mut lt = with_status(
+        loadtest("run1"),
+        &json!({"status": {"phase": "Failed", "observedGeneration": 1, "conditions": [
+            {"type": "Valid", "status": "False", "reason": "InvalidSpec", "message": "spec.plan...",
+             "lastTransitionTime": "2020-01-01T00:00:00Z"},
+            {"type": "Complete", "status": "True", "reason": "InvalidSpec", "message": "",
+             "lastTransitionTime": "2020-01-01T00:00:00Z"}]}}),
+    );
+    lt.metadata.generation = Some(2);
+    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    assert!(runner.run(TEST_ID).is_some(), "the fixed test started");
+    let seen = finish(server).await;
+    let status = &seen[2].1["status"];
+    assert_eq!(status["phase"], "Starting");
+    assert_eq!(status["observedGeneration"], 2);
+    let conditions = status["conditions"].as_array().expect("conditions");
+    assert!(
+        conditions.iter().all(|c| c["type"] != "Complete"),
+        "{status}"
+    );
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "Valid" && c["status"] == "True"),
+        "{status}"
+    );
+}
