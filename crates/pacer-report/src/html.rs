@@ -8,7 +8,6 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use pacer_plan::threshold::{Aggregation, MetricKind, parse_expr, parse_metric_key};
 use pacer_stats::render::format_ms;
 use pacer_stats::summary::{RequestRow, ScenarioRow, Summary};
 use pacer_stats::{Snapshot, ThresholdResult};
@@ -159,33 +158,8 @@ pub fn utc(unix_ms: u64) -> String {
     )
 }
 
-/// `p(95)=412.3ms`, `rate=0.12%`, `count=42`, or `no data`.
 fn observed(t: &ThresholdResult) -> String {
-    let Some(v) = t.observed else {
-        return "no data".into();
-    };
-    let parsed = parse_metric_key(&t.key)
-        .ok()
-        .and_then(|(m, _)| parse_expr(m, &t.expr).ok().map(|(agg, _, _)| (m, agg)));
-    let Some((metric, agg)) = parsed else {
-        return format!("{v}");
-    };
-    let label = match agg {
-        Aggregation::Percentile(p) => format!("p({p})"),
-        Aggregation::Avg => "avg".into(),
-        Aggregation::Min => "min".into(),
-        Aggregation::Max => "max".into(),
-        Aggregation::Med => "med".into(),
-        Aggregation::Count => "count".into(),
-        Aggregation::Rate => "rate".into(),
-    };
-    let value = match (metric.kind(), agg) {
-        (MetricKind::Trend, _) => format_ms(v),
-        (MetricKind::Rate, _) => pct(Some(v)),
-        (MetricKind::Counter, Aggregation::Rate) => format!("{v:.2}/s"),
-        (MetricKind::Counter, _) => format!("{v:.0}"),
-    };
-    format!("{label}={value}")
+    pacer_stats::render::measured(t)
 }
 
 fn tile(out: &mut String, id: &str, label: &str, value: &str, sub: &str, raw: f64, bad: bool) {

@@ -80,8 +80,9 @@ fn mark(passed: bool, color: bool) -> String {
     }
 }
 
-/// `p(95)=412.3ms`, `rate=0.12%`, `count=42`, `rate=3.50/s`, or `no data`.
-fn measured(t: &ThresholdResult) -> String {
+/// `p(95)=412.3ms`, `rate=0.12%`, `count=42`, `rate=3.50/s`, or `no data`: the measured value
+/// of a threshold in its metric's unit (the text summary and the HTML report both show it).
+pub fn measured(t: &ThresholdResult) -> String {
     let Some(v) = t.observed else {
         return "no data".to_string();
     };
