@@ -478,3 +478,77 @@ async fn redis_gone_means_safe_mode_then_a_pause_with_the_reason_and_redis_back_
     }
     mock.shutdown().await;
 }
+
+/// The controller's workers (`pacer run --workers 3 --redis URL`, as the Kubernetes operator
+/// runs them with PACER_REDIS_URL) share the fleet's budget in Redis: one budget for the
+/// whole limit instead of a weight's share each, one token for all, the keys deleted at the
+/// end, and the fleet's count equal to the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_workers_share_the_budget_through_redis() {
+    let _one = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let mock = start_mock(mock_config(Duration::from_secs(3600))).await;
+    let target = format!("http://{}", mock.addr());
+    let dir = tempfile::tempdir().unwrap();
+    // 3 workers offering 2x the limit in total (the plan's rate is the fleet's)
+    let p = write(dir.path(), "plan.yaml", &plan(&target, "fleet", 2000, "6s"));
+    let sj = dir.path().join("summary.json");
+    redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
+    let out = pacer_async(
+        vec![
+            "run".into(),
+            "-q".into(),
+            p.display().to_string(),
+            "--workers".into(),
+            "3".into(),
+            "--summary-json".into(),
+            sj.display().to_string(),
+        ],
+        vec![("PACER_REDIS_URL".into(), redis.url())],
+        Duration::from_secs(40),
+    )
+    .await;
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(99)),
+        "exit {:?}\n{text}",
+        out.status
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    let s = summary(&sj);
+    let stats = mock.stats();
+    let lim = &stats.limits[0];
+    let arrivals = mock.control().arrivals().arrivals;
+    let a = api(&arrivals);
+    let first = a.first().unwrap().t_us;
+    let (from, to) = (first + secs_us(1.0), first + secs_us(5.0));
+    let steady = count_in(&a, from, to, Some(200)) as f64 / ((to - from) as f64 / 1e6);
+    let allowed = LIMIT as f64 / WINDOW.as_secs_f64();
+    let requests = stats.requests.by_route["GET /api/v2/users/me"];
+    let counted = s["totals"]["http_reqs"].as_u64().unwrap();
+    let redis_commands = redis.commands_run();
+    eprintln!(
+        "3 workers through Redis: {requests} requests at the mock, {counted} counted; accepted {} \
+         rejected {}, steady {steady:.1}/s of {allowed}/s, max offered in a window {} of {LIMIT}; \
+         {redis_commands} Redis commands ({:.4}/request); tokens issued {}",
+        lim.accepted,
+        lim.rejected,
+        lim.max_offered_in_window,
+        redis_commands as f64 / requests as f64,
+        stats.tokens.issued
+    );
+    assert!(
+        lim.max_offered_in_window <= LIMIT,
+        "the workers overran the limit: {lim:?}"
+    );
+    assert!(
+        steady >= 0.9 * allowed,
+        "accepted {steady:.1}/s, under 90% of the {allowed}/s the limit allows"
+    );
+    assert!(redis_commands > 0, "the workers never used Redis");
+    assert_eq!(stats.tokens.issued, 1, "one token for the fleet");
+    assert_eq!(counted, requests, "the fleet's count is the server's");
+    // the last worker out deleted the test's keys
+    assert_eq!(redis.command(&["KEYS", "{pacer:*"]).unwrap(), "");
+    mock.shutdown().await;
+}

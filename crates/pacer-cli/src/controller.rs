@@ -155,6 +155,9 @@ pub async fn run_local(plan: Arc<Plan>, args: &RunArgs, workers: u32) -> Exit {
 }
 
 async fn run_local_inner(plan: Arc<Plan>, args: &RunArgs, workers: u32) -> anyhow::Result<Exit> {
+    if args.fleet.fleet.is_some() && args.fleet.redis.is_none() {
+        anyhow::bail!("--fleet needs --redis URL (or PACER_REDIS_URL)");
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let mut cfg = ControllerConfig::new(random_hex(6), random_hex(16), workers);
@@ -166,12 +169,28 @@ async fn run_local_inner(plan: Arc<Plan>, args: &RunArgs, workers: u32) -> anyho
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for i in 0..workers {
-        let child = tokio::process::Command::new(&exe)
-            .args(["worker", "--connect", &addr.to_string()])
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(["worker", "--connect", &addr.to_string()])
             .args(["--index", &i.to_string(), "--test-id", &cfg.test_id])
             .args(["--name", &format!("local-{i}"), "--exit-with-stdin"])
             .args(["--connect-for", "30s", "--reconnect-for", "10s"])
-            .env("PACER_SESSION_TOKEN", &cfg.session_token)
+            .env("PACER_SESSION_TOKEN", &cfg.session_token);
+        // With --redis the workers share the fleet's budget in Redis (the URL through the
+        // environment, so its password stays out of the process list); the fleet id is
+        // --fleet or this run's test id.
+        match &args.fleet.redis {
+            Some(url) => {
+                let id = args.fleet.fleet.as_deref().unwrap_or(&cfg.test_id);
+                cmd.env("PACER_REDIS_URL", url)
+                    .env("PACER_FLEET", id)
+                    .arg("--redis-safe-mode")
+                    .arg(format!("{}ms", args.fleet.redis_safe_mode.as_millis()));
+            }
+            None => {
+                cmd.env_remove("PACER_REDIS_URL").env_remove("PACER_FLEET");
+            }
+        }
+        let child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

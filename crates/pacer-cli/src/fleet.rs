@@ -5,10 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use pacer_engine::auth::FleetTokens;
-use pacer_limiter::fleet::{Fleet, FleetConfig, FleetLimiter, FleetOptions, TokenStore};
-use pacer_limiter::{Limiter, LocalLimiter, TokenSource};
+use pacer_engine::setup::LimiterSetup;
+use pacer_limiter::fleet::FleetConfig;
 use pacer_plan::Plan;
 use pacer_stats::Recorder;
 
@@ -24,6 +22,7 @@ pub struct FleetArgs {
     )]
     pub redis: Option<String>,
     /// The test's id in Redis: processes with the same id share the budget (A-Z a-z 0-9 . _ -).
+    /// `pacer run --workers N` and `pacer worker` default to the controller's test id.
     #[arg(long, env = "PACER_FLEET", value_name = "ID")]
     pub fleet: Option<String>,
     /// How long to keep sending at a safe share while Redis fails, before pausing until it is
@@ -52,67 +51,23 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (e.g. 10s, 500ms)"))
 }
 
-/// The limiter and token source of a run, and the fleet it joined (if any).
-pub struct FleetSetup {
-    pub limiter: Arc<dyn Limiter>,
-    /// `None`: the engine caches tokens in this process.
-    pub tokens: Option<Arc<dyn TokenSource>>,
-    fleet: Option<Arc<Fleet>>,
-}
-
-impl FleetSetup {
-    pub async fn start(
-        plan: &Plan,
-        args: &FleetArgs,
-        recorder: &Arc<Recorder>,
-    ) -> anyhow::Result<Self> {
-        let (url, id) = match (&args.redis, &args.fleet) {
-            (None, None) => {
-                // One process: every limit, worker- or fleet-scoped, is this process's to keep.
-                return Ok(Self {
-                    limiter: Arc::new(LocalLimiter::new(&plan.limits)),
-                    tokens: None,
-                    fleet: None,
-                });
-            }
-            (Some(_), None) => anyhow::bail!(
-                "--redis needs --fleet ID (or PACER_FLEET): the test id the fleet's processes share"
-            ),
-            (None, Some(_)) => anyhow::bail!("--fleet needs --redis URL (or PACER_REDIS_URL)"),
-            (Some(url), Some(id)) => (url, id),
-        };
-        let mut cfg = FleetConfig::new(url.clone(), id.clone());
-        cfg.safe_mode_max = args.redis_safe_mode;
-        let fleet = Fleet::connect(cfg).await.context("joining the fleet")?;
-        let limiter = Arc::new(FleetLimiter::new(
-            fleet.clone(),
-            &plan.limits,
-            FleetOptions::default(),
-        ));
-        // Token fetches are rare: a small client of their own.
-        let client = pacer_engine::http::build_client(&plan.http, 2)?;
-        let tokens: Arc<dyn TokenSource> = Arc::new(FleetTokens::from_plan(
-            plan,
-            client,
-            recorder.clone(),
-            TokenStore::new(fleet.clone()),
-        ));
-        Ok(Self {
-            limiter,
-            tokens: Some(tokens),
-            fleet: Some(fleet),
-        })
-    }
-
-    /// Leave the fleet; the last process deletes the test's keys in Redis.
-    pub async fn finish(&self) {
-        let Some(f) = &self.fleet else { return };
-        match f.leave().await {
-            Ok(true) => tracing::info!("last process of the fleet: deleted the test's keys"),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "leaving the fleet failed; its keys expire by themselves")
-            }
+/// The limiter and token source of `pacer run`: alone, or one process of a fleet.
+pub async fn setup(
+    plan: &Plan,
+    args: &FleetArgs,
+    recorder: &Arc<Recorder>,
+) -> anyhow::Result<LimiterSetup> {
+    match (&args.redis, &args.fleet) {
+        // One process: every limit, worker- or fleet-scoped, is this process's to keep.
+        (None, None) => Ok(LimiterSetup::local(&plan.limits)),
+        (Some(_), None) => anyhow::bail!(
+            "--redis needs --fleet ID (or PACER_FLEET): the test id the fleet's processes share"
+        ),
+        (None, Some(_)) => anyhow::bail!("--fleet needs --redis URL (or PACER_REDIS_URL)"),
+        (Some(url), Some(id)) => {
+            let mut cfg = FleetConfig::new(url.clone(), id.clone());
+            cfg.safe_mode_max = args.redis_safe_mode;
+            Ok(LimiterSetup::fleet(plan, cfg, recorder).await?)
         }
     }
 }

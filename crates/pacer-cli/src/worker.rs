@@ -43,6 +43,11 @@ pub struct WorkerArgs {
     /// controller).
     #[arg(long)]
     pub resolve_plan_env: bool,
+    /// The fleet's Redis (`--redis`, PACER_REDIS_URL): join the budget of `scope: fleet`
+    /// limits and `share: fleet` tokens. `--fleet` defaults to the controller's test id.
+    /// Without Redis each worker keeps its weight's share of every fleet limit.
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetArgs,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -80,6 +85,18 @@ pub async fn run(args: WorkerArgs) -> Exit {
             cancel.cancel();
         });
     }
+    let redis = match (&args.fleet.redis, &args.fleet.fleet) {
+        (Some(url), fleet) => Some(pacer_worker::RedisJoin {
+            url: url.clone(),
+            fleet: fleet.clone(),
+            safe_mode_max: args.fleet.redis_safe_mode,
+        }),
+        (None, Some(_)) => {
+            eprintln!("worker: error: --fleet needs --redis URL (or PACER_REDIS_URL)");
+            return Exit::Invalid;
+        }
+        (None, None) => None,
+    };
     let cfg = pacer_worker::WorkerConfig {
         controller: args.connect.clone(),
         test_id: args.test_id.clone(),
@@ -90,6 +107,7 @@ pub async fn run(args: WorkerArgs) -> Exit {
         connect_for: args.connect_for,
         reconnect_for: args.reconnect_for,
         resolve_plan_env: args.resolve_plan_env,
+        redis,
     };
     match pacer_worker::run(cfg, cancel).await {
         Ok(o) => {

@@ -9,6 +9,7 @@ pub mod http;
 pub mod ratelimit_headers;
 pub mod render;
 pub mod retry;
+pub mod setup;
 
 use std::sync::Arc;
 use std::time::Duration;

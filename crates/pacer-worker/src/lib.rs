@@ -12,8 +12,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pacer_engine::setup::LimiterSetup;
 use pacer_engine::{Deps, EngineError, RunControl, RunOptions, RunReport, StartGate};
-use pacer_limiter::LocalLimiter;
+use pacer_limiter::fleet::FleetConfig;
 use pacer_plan::shard::largest_remainder;
 use pacer_plan::spec::{LimitScope, PlanSpec};
 use pacer_plan::{Limit, Plan, Rate, Shard};
@@ -31,7 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
 /// How a worker finds and talks to its controller.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// `host:port` or `http://host:port`.
     pub controller: String,
@@ -53,6 +54,43 @@ pub struct WorkerConfig {
     /// Kubernetes operator sends them unresolved, so credentials (the worker pods' Secrets)
     /// never pass through the controller.
     pub resolve_plan_env: bool,
+    /// Join the fleet's budget in Redis (`scope: fleet` limits, `share: fleet` tokens).
+    /// `None`: fleet limits are split by the shard's weight and kept by each worker.
+    pub redis: Option<RedisJoin>,
+}
+
+/// The Redis a worker shares its fleet's budget through.
+#[derive(Clone)]
+pub struct RedisJoin {
+    /// `redis://` or `rediss://` URL; may hold a password, so never logged.
+    pub url: String,
+    /// The fleet's id in Redis; `None`: the controller's test id.
+    pub fleet: Option<String>,
+    /// How long to send at a safe share while Redis fails, before pausing.
+    pub safe_mode_max: Duration,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("controller", &self.controller)
+            .field("test_id", &self.test_id)
+            .field("index", &self.index)
+            .field("session_token", &"<redacted>")
+            .field("name", &self.name)
+            .field("force_worker_header", &self.force_worker_header)
+            .field("connect_for", &self.connect_for)
+            .field("reconnect_for", &self.reconnect_for)
+            .field("resolve_plan_env", &self.resolve_plan_env)
+            .field(
+                "redis",
+                &self
+                    .redis
+                    .as_ref()
+                    .map(|r| (pacer_limiter::fleet::redacted_url(&r.url), r.fleet.clone())),
+            )
+            .finish()
+    }
 }
 
 impl WorkerConfig {
@@ -67,6 +105,7 @@ impl WorkerConfig {
             connect_for: Duration::from_secs(60),
             reconnect_for: Duration::from_secs(300),
             resolve_plan_env: false,
+            redis: None,
         }
     }
 }
@@ -87,6 +126,8 @@ pub enum WorkerError {
     Protocol(String),
     #[error("the plan from the controller is not valid here: {0}")]
     Plan(String),
+    #[error("{0}")]
+    Fleet(String),
     #[error("stopped before the test started")]
     NotStarted,
     #[error("finished, but could not deliver the final results within {0:?}: {1}")]
@@ -420,10 +461,25 @@ async fn prepare(
     // The engine is built now (HTTP client included) and waits at the gate for the start,
     // so a Start message finds nothing left to prepare.
     let recorder = Arc::new(Recorder::new(pacer_engine::layout(&plan)));
-    let limits = shard_limits(&plan.limits, &shard);
+    // With Redis the fleet paces every `scope: fleet` limit from one budget (the whole
+    // limit); without it each worker keeps its weight's share of it.
+    let setup = match &cfg.redis {
+        Some(r) => {
+            let mut fc = FleetConfig::new(
+                r.url.clone(),
+                r.fleet.clone().unwrap_or_else(|| a.test_id.clone()),
+            );
+            fc.safe_mode_max = r.safe_mode_max;
+            match LimiterSetup::fleet(&plan, fc, &recorder).await {
+                Ok(s) => s,
+                Err(e) => return Err(cannot_run(tx, WorkerError::Fleet(e.to_string())).await),
+            }
+        }
+        None => LimiterSetup::local(&shard_limits(&plan.limits, &shard)),
+    };
     let deps = Deps {
-        limiter: Arc::new(LocalLimiter::new(&limits)),
-        tokens: None,
+        limiter: setup.limiter.clone(),
+        tokens: setup.tokens.clone(),
         recorder: recorder.clone(),
     };
     let control = RunControl::default();
@@ -446,7 +502,10 @@ async fn prepare(
     // The engine's end, watched apart from the session (which may break and reconnect).
     let (done_tx, done) = watch::channel(None);
     tokio::spawn(async move {
-        let _ = done_tx.send(Some(engine_result(engine.await)));
+        let result = engine_result(engine.await);
+        // Leave the fleet (the last one out deletes the test's keys) before saying done.
+        setup.finish().await;
+        let _ = done_tx.send(Some(result));
     });
     // Round trip and clock offset (NTP-style): of a few Ping/Pong exchanges, the one with the
     // smallest round trip tells best where the controller's clock stands against ours.

@@ -1,0 +1,88 @@
+//! The limiter and token source a run plugs into the engine: this process's own, or a fleet's
+//! shared through Redis. `pacer run --redis`, `pacer worker` (with PACER_REDIS_URL, as the
+//! Kubernetes operator starts it) and `pacer run --workers N --redis` all build them here.
+
+use std::sync::Arc;
+
+use pacer_limiter::fleet::{
+    Fleet, FleetConfig, FleetError, FleetLimiter, FleetOptions, TokenStore,
+};
+use pacer_limiter::{Limiter, LocalLimiter, TokenSource};
+use pacer_plan::{Limit, Plan};
+use pacer_stats::Recorder;
+
+use crate::auth::FleetTokens;
+use crate::http::ClientError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("joining the fleet: {0}")]
+    Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// A run's limiter and token source, and the fleet it joined (if any).
+pub struct LimiterSetup {
+    pub limiter: Arc<dyn Limiter>,
+    /// `None`: the engine caches tokens in this process.
+    pub tokens: Option<Arc<dyn TokenSource>>,
+    fleet: Option<Arc<Fleet>>,
+}
+
+impl LimiterSetup {
+    /// One process alone keeps these limits (worker- and fleet-scoped alike).
+    pub fn local(limits: &[Limit]) -> Self {
+        Self {
+            limiter: Arc::new(LocalLimiter::new(limits)),
+            tokens: None,
+            fleet: None,
+        }
+    }
+
+    /// Join the fleet `cfg.test_id` in Redis: `scope: fleet` limits are paced from one
+    /// budget (the plan's whole limits, not a share), `share: fleet` tokens fetched once.
+    pub async fn fleet(
+        plan: &Plan,
+        cfg: FleetConfig,
+        recorder: &Arc<Recorder>,
+    ) -> Result<Self, SetupError> {
+        let fleet = Fleet::connect(cfg).await?;
+        let limiter = Arc::new(FleetLimiter::new(
+            fleet.clone(),
+            &plan.limits,
+            FleetOptions::default(),
+        ));
+        // Token fetches are rare: a small client of their own.
+        let client = crate::http::build_client(&plan.http, 2)?;
+        let tokens: Arc<dyn TokenSource> = Arc::new(FleetTokens::from_plan(
+            plan,
+            client,
+            recorder.clone(),
+            TokenStore::new(fleet.clone()),
+        ));
+        Ok(Self {
+            limiter,
+            tokens: Some(tokens),
+            fleet: Some(fleet),
+        })
+    }
+
+    /// Did this run join a fleet?
+    pub fn in_fleet(&self) -> bool {
+        self.fleet.is_some()
+    }
+
+    /// Leave the fleet; the last process deletes the test's keys in Redis (otherwise they
+    /// expire by themselves).
+    pub async fn finish(&self) {
+        let Some(f) = &self.fleet else { return };
+        match f.leave().await {
+            Ok(true) => tracing::info!("last process of the fleet: deleted the test's keys"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "leaving the fleet failed; its keys expire by themselves")
+            }
+        }
+    }
+}
