@@ -163,22 +163,79 @@ pub fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Output {
 /// with the way to install it.
 pub struct RedisServer {
     pub port: u16,
+    /// `--tls-port`, when started with [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
+    /// `requirepass`, sent as AUTH by [`RedisServer::command`].
+    pub password: Option<String>,
+    extra: Vec<String>,
     child: Option<std::process::Child>,
+}
+
+fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        let mut s = Self { port, child: None };
+        Self::start_with(None, Vec::new())
+    }
+
+    /// With a password and extra `redis-server` arguments.
+    pub fn start_with(password: Option<&str>, mut extra: Vec<String>) -> Self {
+        if let Some(p) = password {
+            extra.extend(["--requirepass".to_string(), p.to_string()]);
+        }
+        let mut s = Self {
+            port: free_loopback_port(),
+            tls_port: None,
+            password: password.map(str::to_string),
+            extra,
+            child: None,
+        };
         s.restart();
         s
     }
 
+    /// TLS on a second port (`rediss://`) with the certificate and key given (PEM files),
+    /// clients not asked for certificates; the plain port stays for the test's inspection.
+    pub fn start_tls(password: &str, cert: &Path, key: &Path, ca: &Path) -> Self {
+        let tls_port = free_loopback_port();
+        let extra = [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &cert.display().to_string(),
+            "--tls-key-file",
+            &key.display().to_string(),
+            "--tls-ca-cert-file",
+            &ca.display().to_string(),
+            "--tls-auth-clients",
+            "no",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        let mut s = Self::start_with(Some(password), extra);
+        s.tls_port = Some(tls_port);
+        s
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The `rediss://` URL (with the password) of a server from [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("started with start_tls");
+        match &self.password {
+            Some(p) => format!("rediss://:{p}@127.0.0.1:{port}"),
+            None => format!("rediss://127.0.0.1:{port}"),
+        }
     }
 
     /// Start it (again) on the same port and wait until it answers PING (at most 10 s).
@@ -187,6 +244,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -222,10 +280,18 @@ impl RedisServer {
             std::net::TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(|e| e.to_string())?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        let encode = |args: &[&str]| {
+            let mut req = format!("*{}\r\n", args.len());
+            for a in args {
+                req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
+            req
+        };
+        let mut req = String::new();
+        if let Some(p) = &self.password {
+            req.push_str(&encode(&["AUTH", p]));
         }
+        req.push_str(&encode(args));
         s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         fn reply(r: &mut BufReader<std::net::TcpStream>) -> Result<String, String> {
             let mut line = String::new();
@@ -255,7 +321,11 @@ impl RedisServer {
                 _ => Err(format!("unexpected reply {line:?}")),
             }
         }
-        reply(&mut BufReader::new(s))
+        let mut r = BufReader::new(s);
+        if self.password.is_some() {
+            reply(&mut r)?;
+        }
+        reply(&mut r)
     }
 
     /// Commands Redis ran since the last `CONFIG RESETSTAT`: the sum of `calls` in
@@ -272,5 +342,74 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A throwaway Redis Cluster of `n` masters on loopback (no replicas), each a
+/// [`RedisServer`] with `cluster-enabled`; slots are spread by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|i| {
+                let conf = dir.path().join(format!("nodes-{i}.conf"));
+                RedisServer::start_with(
+                    None,
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf.display().to_string(),
+                        "--cluster-node-timeout",
+                        "2000",
+                    ]
+                    .map(str::to_string)
+                    .to_vec(),
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): run `make deps`"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = Self { nodes, _dir: dir };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if c.nodes.iter().all(|s| {
+                s.command(&["CLUSTER", "INFO"])
+                    .is_ok_and(|i| i.contains("cluster_state:ok"))
+            }) {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the Redis Cluster did not reach cluster_state:ok within 20 s");
+    }
+
+    /// The node serving `key`'s slot (the others answer MOVED).
+    pub fn node_of(&self, key: &str) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|s| s.command(&["GET", key]).is_ok())
+            .expect("a node serving the key's slot")
     }
 }

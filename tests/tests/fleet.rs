@@ -78,10 +78,14 @@ struct Fleet {
 
 /// Start the fleet's processes (they run while the caller acts on the mock or Redis).
 fn start_fleet(plan_text: &str, redis: &RedisServer, id: &str, extra: &[&str]) -> Fleet {
+    start_n(plan_text, &redis.url(), id, extra, PROCESSES)
+}
+
+/// `n` processes of `pacer run --redis url --fleet id`.
+fn start_n(plan_text: &str, url: &str, id: &str, extra: &[&str], n: usize) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "plan.yaml", plan_text);
-    let url = redis.url();
-    let children = (0..PROCESSES)
+    let children = (0..n)
         .map(|i| {
             let sj = dir.path().join(format!("s{i}.json"));
             let idx = i.to_string();
@@ -95,7 +99,7 @@ fn start_fleet(plan_text: &str, redis: &RedisServer, id: &str, extra: &[&str]) -
                 "--summary-json",
                 sj.to_str().unwrap(),
                 "--redis",
-                &url,
+                url,
                 "--fleet",
                 id,
             ];
@@ -550,5 +554,133 @@ async fn controller_workers_share_the_budget_through_redis() {
     assert_eq!(counted, requests, "the fleet's count is the server's");
     // the last worker out deleted the test's keys
     assert_eq!(redis.command(&["KEYS", "{pacer:*"]).unwrap(), "");
+    mock.shutdown().await;
+}
+
+/// `rediss://` with a password and a private CA (`--redis-ca`): the fleet works through TLS,
+/// the password never shows, and without the CA the connection is refused with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_password_and_a_private_ca() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pacer_tests::kube::Pki::generate(&dir.path().join("pki")).unwrap();
+    const PASSWORD: &str = "s3cret-redis-pw";
+    let redis = RedisServer::start_tls(PASSWORD, &pki.serving_cert, &pki.serving_key, &pki.ca_cert);
+    let mock = start_mock(mock_config(Duration::from_secs(3600))).await;
+    let target = format!("http://{}", mock.addr());
+    let ca = pki.ca_cert.display().to_string();
+
+    // without the CA: refused, naming Redis, without the password
+    let p = write(dir.path(), "plan.yaml", &plan(&target, "fleet", 100, "1s"));
+    let out = pacer(
+        &[
+            "run",
+            "-q",
+            p.to_str().unwrap(),
+            "--redis",
+            &redis.tls_url(),
+            "--fleet",
+            "tls",
+        ],
+        &[],
+        Duration::from_secs(30),
+    );
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("Redis at rediss://127.0.0.1:"), "{text}");
+    assert!(!text.contains(PASSWORD), "the password leaked: {text}");
+
+    redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
+    let fleet = start_n(
+        &plan(&target, "fleet", 375, "4s"),
+        &redis.tls_url(),
+        "tls",
+        &["--redis-ca", &ca],
+        3,
+    );
+    let runs = finish(fleet, Duration::from_secs(30)).await;
+    let stats = mock.stats();
+    let lim = &stats.limits[0];
+    eprintln!(
+        "rediss: accepted {} rejected {}, max offered in a window {} of {LIMIT}; {} Redis commands; tokens issued {}",
+        lim.accepted,
+        lim.rejected,
+        lim.max_offered_in_window,
+        redis.commands_run(),
+        stats.tokens.issued
+    );
+    assert!(lim.max_offered_in_window <= LIMIT, "{lim:?}");
+    assert!(redis.commands_run() > 0, "nothing reached Redis over TLS");
+    assert_eq!(stats.tokens.issued, 1, "one token for the fleet");
+    for (out, s) in &runs {
+        let text = format!("{}{}", stdout(out), stderr(out));
+        assert!(text.contains("fleet: 3 processes"), "{text}");
+        assert!(!text.contains(PASSWORD), "the password leaked: {text}");
+        assert!(
+            !s.to_string().contains(PASSWORD),
+            "the password is in the summary"
+        );
+    }
+    assert_eq!(redis.command(&["KEYS", "{pacer:tls}*"]).unwrap(), "");
+    mock.shutdown().await;
+}
+
+/// A Redis Cluster of 3 masters: the processes are given one node, the test's slot lives on
+/// another, and the budget holds (the scripts follow the slot; Pub/Sub reaches every node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_holds_the_budget() {
+    let _one = SERIAL.lock().await;
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap();
+    let seed = &cluster.nodes[0];
+    // a fleet id whose slot another node serves
+    let id = (0..100)
+        .map(|i| format!("cl{i}"))
+        .find(|id| cluster.node_of(&format!("{{pacer:{id}}}")).port != seed.port)
+        .unwrap();
+    let home = cluster.node_of(&format!("{{pacer:{id}}}"));
+    home.command(&["CONFIG", "RESETSTAT"]).unwrap();
+    let mock = start_mock(mock_config(Duration::from_secs(3600))).await;
+    let target = format!("http://{}", mock.addr());
+    let fleet = start_n(&plan(&target, "fleet", 375, "5s"), &seed.url(), &id, &[], 3);
+    let runs = finish(fleet, Duration::from_secs(30)).await;
+    let stats = mock.stats();
+    let lim = &stats.limits[0];
+    let arrivals = mock.control().arrivals().arrivals;
+    let a = api(&arrivals);
+    let first = a.first().unwrap().t_us;
+    let (from, to) = (first + secs_us(1.0), first + secs_us(4.0));
+    let steady = count_in(&a, from, to, Some(200)) as f64 / ((to - from) as f64 / 1e6);
+    let allowed = LIMIT as f64 / WINDOW.as_secs_f64();
+    eprintln!(
+        "cluster: fleet {id} on node :{} (seed :{}); accepted {} rejected {}, steady {steady:.1}/s of {allowed}/s, max offered in a window {} of {LIMIT}; {} commands on its node; tokens issued {}",
+        home.port,
+        seed.port,
+        lim.accepted,
+        lim.rejected,
+        lim.max_offered_in_window,
+        home.commands_run(),
+        stats.tokens.issued
+    );
+    assert!(lim.max_offered_in_window <= LIMIT, "{lim:?}");
+    assert!(
+        steady >= 0.9 * allowed,
+        "accepted {steady:.1}/s of {allowed}/s"
+    );
+    assert!(home.commands_run() > 0, "the slot's node saw no commands");
+    assert_eq!(stats.tokens.issued, 1, "one token for the fleet");
+    for (out, _) in &runs {
+        assert!(
+            stdout(out).contains("fleet: 3 processes"),
+            "{}",
+            stdout(out)
+        );
+    }
+    assert_eq!(
+        home.command(&["KEYS", &format!("{{pacer:{id}}}*")])
+            .unwrap(),
+        ""
+    );
     mock.shutdown().await;
 }

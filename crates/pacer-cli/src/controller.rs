@@ -185,9 +185,14 @@ async fn run_local_inner(plan: Arc<Plan>, args: &RunArgs, workers: u32) -> anyho
                     .env("PACER_FLEET", id)
                     .arg("--redis-safe-mode")
                     .arg(format!("{}ms", args.fleet.redis_safe_mode.as_millis()));
+                if let Some(ca) = &args.fleet.redis_ca {
+                    cmd.arg("--redis-ca").arg(ca);
+                }
             }
             None => {
-                cmd.env_remove("PACER_REDIS_URL").env_remove("PACER_FLEET");
+                cmd.env_remove("PACER_REDIS_URL")
+                    .env_remove("PACER_FLEET")
+                    .env_remove("PACER_REDIS_CA");
             }
         }
         let child = cmd

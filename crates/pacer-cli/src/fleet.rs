@@ -29,6 +29,24 @@ pub struct FleetArgs {
     /// back.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub redis_safe_mode: Duration,
+    /// PEM file of the CA(s) to trust for `rediss://` instead of the system's roots.
+    #[arg(long, env = "PACER_REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<std::path::PathBuf>,
+}
+
+impl FleetArgs {
+    /// The CA to trust for `rediss://`, read from `--redis-ca`.
+    pub fn ca_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(path) = &self.redis_ca else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("--redis-ca {}: {e}", path.display()))?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            anyhow::bail!("--redis-ca {}: no PEM certificate in it", path.display());
+        }
+        Ok(Some(pem))
+    }
 }
 
 impl std::fmt::Debug for FleetArgs {
@@ -43,6 +61,7 @@ impl std::fmt::Debug for FleetArgs {
             )
             .field("fleet", &self.fleet)
             .field("redis_safe_mode", &self.redis_safe_mode)
+            .field("redis_ca", &self.redis_ca)
             .finish()
     }
 }
@@ -67,6 +86,7 @@ pub async fn setup(
         (Some(url), Some(id)) => {
             let mut cfg = FleetConfig::new(url.clone(), id.clone());
             cfg.safe_mode_max = args.redis_safe_mode;
+            cfg.ca_pem = args.ca_pem()?;
             Ok(LimiterSetup::fleet(plan, cfg, recorder).await?)
         }
     }

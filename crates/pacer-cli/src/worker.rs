@@ -90,6 +90,13 @@ pub async fn run(args: WorkerArgs) -> Exit {
             url: url.clone(),
             fleet: fleet.clone(),
             safe_mode_max: args.fleet.redis_safe_mode,
+            ca_pem: match args.fleet.ca_pem() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("worker: error: {e}");
+                    return Exit::Invalid;
+                }
+            },
         }),
         (None, Some(_)) => {
             eprintln!("worker: error: --fleet needs --redis URL (or PACER_REDIS_URL)");

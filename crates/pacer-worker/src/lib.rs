@@ -68,6 +68,8 @@ pub struct RedisJoin {
     pub fleet: Option<String>,
     /// How long to send at a safe share while Redis fails, before pausing.
     pub safe_mode_max: Duration,
+    /// PEM CA(s) to trust for `rediss://` instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -470,6 +472,7 @@ async fn prepare(
                 r.fleet.clone().unwrap_or_else(|| a.test_id.clone()),
             );
             fc.safe_mode_max = r.safe_mode_max;
+            fc.ca_pem = r.ca_pem.clone();
             match LimiterSetup::fleet(&plan, fc, &recorder).await {
                 Ok(s) => s,
                 Err(e) => return Err(cannot_run(tx, WorkerError::Fleet(e.to_string())).await),

@@ -23,4 +23,5 @@ pub use cluster::{
 };
 pub use kubeconfig::{Credentials, service_account_token, write_kubeconfig};
 pub use kubelet::{Kubelet, KubeletOptions, default_entrypoints};
+pub use pki::Pki;
 pub use proc::{free_port, group_alive};

@@ -77,6 +77,9 @@ pub struct FleetConfig {
     pub response_timeout: Duration,
     /// How long a worker keeps sending at its safe share while Redis fails, before it pauses.
     pub safe_mode_max: Duration,
+    /// PEM certificate(s) to trust for `rediss://` instead of the system's roots (a private
+    /// CA, as Redis in a cluster often has).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl FleetConfig {
@@ -87,6 +90,7 @@ impl FleetConfig {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_millis(500),
             safe_mode_max: Duration::from_secs(10),
+            ca_pem: None,
         }
     }
 }
@@ -99,6 +103,7 @@ impl std::fmt::Debug for FleetConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("safe_mode_max", &self.safe_mode_max)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
             .finish()
     }
 }
@@ -184,10 +189,52 @@ pub struct FleetStats {
     pub workers: u32,
 }
 
+/// The connection commands and scripts go through: one Redis (a reconnecting manager), or a
+/// Redis Cluster (every key of a test carries one hash tag, so each script runs on the one
+/// node that holds the test's slot).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// One worker's connection to its fleet. Create with [`Fleet::connect`]; call
 /// [`Fleet::leave`] at the end of the test.
 pub struct Fleet {
-    conn: ConnectionManager,
+    conn: Conn,
+    /// Cluster mode (for the report): the seed node's `INFO cluster` said so.
+    cluster: bool,
     client: redis::Client,
     keys: Keys,
     addr: String,
@@ -226,26 +273,60 @@ impl Fleet {
             addr: addr.clone(),
             reason,
         };
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| connect_err(format!("invalid URL: {}", e.category())))?;
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: cfg.ca_pem.clone(),
+        };
+        let client = match &cfg.ca_pem {
+            Some(_) => redis::Client::build_with_tls(cfg.url.as_str(), certs()),
+            None => redis::Client::open(cfg.url.as_str()),
+        }
+        .map_err(|e| connect_err(format!("invalid URL or CA: {}", e.category())))?;
         let mgr_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             .set_response_timeout(Some(cfg.response_timeout))
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            cfg.connect_timeout * 3,
+        let bound = cfg.connect_timeout * 3;
+        let no_connection = || connect_err(format!("no connection within {bound:?}"));
+        let mut single = tokio::time::timeout(
+            bound,
             ConnectionManager::new_with_config(client.clone(), mgr_cfg),
         )
         .await
-        .map_err(|_| {
-            connect_err(format!(
-                "no connection within {:?}",
-                cfg.connect_timeout * 3
-            ))
-        })?
+        .map_err(|_| no_connection())?
         .map_err(|e| connect_err(e.to_string()))?;
+        // A node of a Redis Cluster: talk to the cluster (the seed's URL, password and TLS
+        // settings reach every node); Pub/Sub stays on the seed, since a cluster broadcasts
+        // every PUBLISH to all its nodes.
+        let info: String = tokio::time::timeout(
+            bound,
+            redis::cmd("INFO").arg("cluster").query_async(&mut single),
+        )
+        .await
+        .map_err(|_| no_connection())?
+        .map_err(|e| connect_err(format!("INFO cluster: {e}")))?;
+        let cluster = info.lines().any(|l| l.trim() == "cluster_enabled:1");
+        let conn = if cluster {
+            let mut b = redis::cluster::ClusterClientBuilder::new(vec![cfg.url.as_str()])
+                .connection_timeout(cfg.connect_timeout)
+                .response_timeout(cfg.response_timeout)
+                .retries(2);
+            if cfg.ca_pem.is_some() {
+                b = b.certs(certs());
+            }
+            let cc = b
+                .build()
+                .map_err(|e| connect_err(format!("Redis Cluster: {e}")))?;
+            let c = tokio::time::timeout(bound, cc.get_async_connection())
+                .await
+                .map_err(|_| no_connection())?
+                .map_err(|e| connect_err(format!("Redis Cluster: {e}")))?;
+            Conn::Cluster(c)
+        } else {
+            Conn::Single(single)
+        };
         let worker_id = format!(
             "{}-{}-{:08x}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "pacer".into()),
@@ -255,6 +336,7 @@ impl Fleet {
         let (events, _) = broadcast::channel(1024);
         let fleet = Arc::new(Self {
             conn,
+            cluster,
             client,
             keys,
             addr: addr.clone(),
@@ -279,7 +361,7 @@ impl Fleet {
         let hb = tokio::spawn(heartbeats(weak.clone()));
         let sub = tokio::spawn(listen(weak, fleet.client.clone(), fleet.keys.events()));
         fleet.tasks.lock().extend([hb, sub]);
-        tracing::info!(redis = %fleet.addr, worker = %fleet.worker_id, "joined the fleet");
+        tracing::info!(redis = %fleet.addr, cluster, worker = %fleet.worker_id, "joined the fleet");
         Ok(fleet)
     }
 
@@ -289,6 +371,11 @@ impl Fleet {
 
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// Is this fleet's Redis a Redis Cluster?
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     /// Live workers at the last count (at least 1: this one).
@@ -470,7 +557,7 @@ impl Fleet {
         self: &Arc<Self>,
         op: &'static str,
         cmds: u64,
-        q: impl FnOnce(&mut ConnectionManager) -> redis::RedisFuture<'_, T>,
+        q: impl FnOnce(&mut Conn) -> redis::RedisFuture<'_, T>,
     ) -> Result<T, FleetError> {
         let mut c = self.conn.clone();
         let r = self.run(op, cmds, q(&mut c)).await;
