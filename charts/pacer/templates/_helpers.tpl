@@ -46,6 +46,16 @@ app.kubernetes.io/component: controller
 {{- default (printf "%s.%s.svc:%d" (include "pacer.fullname" .) .Release.Namespace (int .Values.service.grpcPort)) .Values.controller.advertiseAddress -}}
 {{- end -}}
 
+{{/* The controller's listen host; an IPv6 address in brackets (`::` -> `[::]`). */}}
+{{- define "pacer.listenHost" -}}
+{{- $h := .Values.controller.listenHost | default "0.0.0.0" -}}
+{{- if and (contains ":" $h) (not (hasPrefix "[" $h)) -}}
+{{- printf "[%s]" $h -}}
+{{- else -}}
+{{- $h -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "pacer.redisName" -}}
 {{- printf "%s-redis" (include "pacer.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}

@@ -569,7 +569,9 @@ fn cleanup_due(lt: &LoadTest, phase: Phase) -> bool {
     match policy {
         CleanupPolicy::Never => false,
         CleanupPolicy::Always => true,
-        CleanupPolicy::OnSuccess => phase == Phase::Succeeded,
+        // A stopped test (suspend) goes too: the user asked for the workers to go away; only
+        // a failed one keeps its pods for `kubectl logs`.
+        CleanupPolicy::OnSuccess => matches!(phase, Phase::Succeeded | Phase::Aborted),
     }
 }
 

@@ -100,6 +100,14 @@ pub fn pod_problem(pod: &Pod) -> String {
     }
 }
 
+/// A pod that says nothing yet: no status, or Pending with nothing wrong.
+fn just_starting(pod: &Pod) -> bool {
+    matches!(
+        pod_problem(pod).as_str(),
+        "no status yet" | "Pending: starting"
+    )
+}
+
 fn last_line(m: &str) -> &str {
     m.trim().lines().last().unwrap_or("").trim()
 }
@@ -108,11 +116,16 @@ fn last_line(m: &str) -> &str {
 pub fn explain_missing(pods: &[Pod], missing: &[u32], job: &str) -> String {
     let mut parts = Vec::new();
     for &i in missing {
-        // The newest pod of that index says most.
-        let pod = pods
+        // The newest pod of that index says most, unless it is a replacement that is only
+        // starting: then the newest one that says why (the Job replaces a failed pod).
+        let mut of_index: Vec<&Pod> = pods.iter().filter(|p| pod_index(p) == Some(i)).collect();
+        of_index
+            .sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0)));
+        let pod = of_index
             .iter()
-            .filter(|p| pod_index(p) == Some(i))
-            .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+            .find(|p| !just_starting(p))
+            .or(of_index.first())
+            .copied();
         parts.push(match pod {
             Some(p) => format!(
                 "worker {i} (pod {}): {}",
@@ -176,5 +189,41 @@ mod tests {
         );
         assert!(m.contains("CrashLoopBackOff: back-off 40s (restarted 4 times; last exit code 1: worker: error: the controller refused this worker)"), "{m}");
         assert!(m.contains("worker 3: no pod"), "{m}");
+    }
+
+    #[test]
+    fn a_replacement_that_is_only_starting_does_not_hide_why_its_predecessor_failed() {
+        let pods = vec![
+            pod(json!({
+                "metadata": {"name": "w-0-old", "creationTimestamp": "2026-01-01T00:00:00Z",
+                    "annotations": {COMPLETION_INDEX: "0"}},
+                "status": {"phase": "Failed", "containerStatuses": [{"name": "worker", "image": "x",
+                    "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 128, "reason": "StartError",
+                        "message": "exec: \"pacer\": not found"}}}]}
+            })),
+            pod(json!({
+                "metadata": {"name": "w-0-new", "creationTimestamp": "2026-01-01T00:00:10Z",
+                    "annotations": {COMPLETION_INDEX: "0"}},
+                "status": {"phase": "Pending"}
+            })),
+        ];
+        let m = explain_missing(&pods, &[0], "w");
+        assert_eq!(
+            m,
+            "worker 0 (pod w-0-old): exited with code 128: exec: \"pacer\": not found"
+        );
+        // the newest pod when it says something itself
+        let mut pods = pods;
+        pods[1] = pod(json!({
+            "metadata": {"name": "w-0-new", "creationTimestamp": "2026-01-01T00:00:10Z",
+                "annotations": {COMPLETION_INDEX: "0"}},
+            "status": {"phase": "Running"}
+        }));
+        let m = explain_missing(&pods, &[0], "w");
+        assert!(
+            m.starts_with("worker 0 (pod w-0-new): running, but not connected"),
+            "{m}"
+        );
     }
 }

@@ -664,6 +664,39 @@ async fn suspend_stops_the_workers_and_ends_aborted() {
     assert_eq!(seen[9].1["reason"], "Aborted");
 }
 
+/// The default policy (onSuccess) deletes the workers of a suspended test too: the user asked
+/// for them to stop (only a failed test keeps its pods).
+#[tokio::test]
+async fn suspend_deletes_the_workers_under_the_default_cleanup_policy() {
+    let mut steps = starting_steps("run1");
+    steps.push(status_patch("run1"));
+    steps.extend(finished_steps("run1", true));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
+    assert_eq!(lt.spec.cleanup, None);
+    *run.stats.lock() = running_stats();
+    let mut lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    );
+    lt.spec.suspend = true;
+    reconcile(Arc::new(lt.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    *run.end.lock() = Some(result(true));
+    reconcile(Arc::new(lt), ctx.clone())
+        .await
+        .expect("reconcile");
+    let seen = finish(server).await;
+    assert!(seen[6].0.contains("DELETE"), "{}", seen[6].0);
+    assert!(seen[7].0.contains("DELETE"), "{}", seen[7].0);
+    let status = &seen[8].1["status"];
+    assert_eq!(status["phase"], "Aborted");
+    assert_eq!(status["cleanedUp"], true);
+}
+
 #[tokio::test]
 async fn deletion_stops_the_run_and_deletes_the_workers() {
     let mut steps = starting_steps("run1");
