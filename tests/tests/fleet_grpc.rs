@@ -579,3 +579,64 @@ async fn a_controller_without_workers_gives_up_with_a_reason() {
     assert!(err.contains("0 of 2 workers ready"), "{err}");
     assert!(err.contains("missing worker indices [0, 1]"), "{err}");
 }
+
+/// `pacer run --workers 2 --report --out --metrics`: the HTML report, the series and the
+/// metrics come from the fleet's merged numbers, with a row per worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_write_the_report_series_and_metrics_of_the_fleet() {
+    let _one = SERIAL.lock().await;
+    let m = mock(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = plan(
+        &format!("http://{}", m.addr()),
+        "scenarios:\n  - name: s\n    executor: constant-arrival-rate\n    rate: 20/s\n    duration: 3s\n    requests: [{ name: r, path: /api/v2/users/me }]",
+    );
+    let p = write(dir.path(), "plan.yaml", &text);
+    let (html, jsonl, sj) = (
+        dir.path().join("r.html"),
+        dir.path().join("s.jsonl"),
+        dir.path().join("summary.json"),
+    );
+    let args: Vec<String> = [
+        "run",
+        "-q",
+        p.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--report",
+        html.to_str().unwrap(),
+        "--out",
+        &format!("json={}", jsonl.display()),
+        "--metrics",
+        "127.0.0.1:0",
+        "--summary-json",
+        sj.to_str().unwrap(),
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let out = pacer_async(args, vec![], Duration::from_secs(60)).await;
+    let all = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("serving metrics on http://127.0.0.1:"),
+        "{all}"
+    );
+    let s = summary(&sj);
+    let total = http_reqs(&s["totals"]);
+    assert_eq!(total, 60, "{all}");
+    let html = std::fs::read_to_string(&html).unwrap();
+    assert!(html.contains("table-workers"), "no workers table");
+    assert!(
+        html.contains("local-0") && html.contains("local-1"),
+        "a row per worker"
+    );
+    let rows: Vec<Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows.len() >= 3, "{} rows", rows.len());
+    let attempts: u64 = rows.iter().map(|r| r["attempts"].as_u64().unwrap()).sum();
+    assert_eq!(attempts, total, "the series adds up to the fleet's count");
+    m.shutdown().await;
+}

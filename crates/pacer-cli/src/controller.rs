@@ -14,6 +14,7 @@ use pacer_plan::Plan;
 use tokio_util::sync::CancellationToken;
 
 use crate::exit::{self, Exit};
+use crate::report::{ReportArgs, ReportSink, SnapshotSource, no_limits};
 use crate::run::RunArgs;
 use crate::worker::parse_duration;
 
@@ -48,6 +49,9 @@ pub struct ControllerArgs {
     pub lost_after: Duration,
     #[command(flatten)]
     pub display: DisplayArgs,
+    /// `--report`, `--out`, `--metrics`: over the fleet's merged numbers.
+    #[command(flatten)]
+    pub report: crate::report::ReportArgs,
 }
 
 /// Output options shared by both modes.
@@ -135,7 +139,7 @@ pub async fn run(args: ControllerArgs) -> Exit {
     };
     let shutdown = CancellationToken::new();
     let server = coordinator.serve(listener, shutdown.clone());
-    let exit = drive(&coordinator, &plan, &args.display).await;
+    let exit = drive(&coordinator, &plan, &args.display, &args.report).await;
     // Let the last streams close before the server goes.
     tokio::time::sleep(Duration::from_millis(100)).await;
     shutdown.cancel();
@@ -211,7 +215,7 @@ async fn run_local_inner(plan: Arc<Plan>, args: &RunArgs, workers: u32) -> anyho
         worker_header: args.worker_header,
         no_color: args.no_color,
     };
-    let exit = drive(&coordinator, &plan, &display).await;
+    let exit = drive(&coordinator, &plan, &display, &args.report).await;
     // Workers exit once their final report is delivered; give them a moment, then make sure.
     for mut c in children {
         if tokio::time::timeout(Duration::from_secs(5), c.wait())
@@ -228,7 +232,32 @@ async fn run_local_inner(plan: Arc<Plan>, args: &RunArgs, workers: u32) -> anyho
 
 /// Run the coordinator with progress, Ctrl-C handling and the summary; the exit code is
 /// `pacer run`'s: 0 passed, 99 a threshold failed (or abortOnFail), 1 the run failed.
-async fn drive(coordinator: &Coordinator, plan: &Arc<Plan>, display: &DisplayArgs) -> Exit {
+async fn drive(
+    coordinator: &Coordinator,
+    plan: &Arc<Plan>,
+    display: &DisplayArgs,
+    report: &ReportArgs,
+) -> Exit {
+    // Reports and metrics read the fleet's merge of every worker's latest snapshot.
+    let source: SnapshotSource = {
+        let c = coordinator.clone();
+        Arc::new(move || c.status().merged)
+    };
+    let metrics =
+        match crate::metrics::start(report.metrics, plan, source.clone(), no_limits()).await {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Exit::Failure;
+            }
+        };
+    let sink = ReportSink::start(
+        report,
+        plan,
+        &pacer_controller::plan_layout(plan),
+        source,
+        no_limits(),
+    );
     let signals = tokio::spawn({
         let c = coordinator.clone();
         async move {
@@ -298,6 +327,39 @@ async fn drive(coordinator: &Coordinator, plan: &Arc<Plan>, display: &DisplayArg
     {
         eprintln!("error: cannot write {}: {e}", path.display());
         return Exit::Failure;
+    }
+    if let Some(sink) = sink {
+        let workers: Vec<pacer_report::WorkerRow> = outcome
+            .workers
+            .iter()
+            .zip(&outcome.worker_snapshots)
+            .filter_map(|(w, snap)| {
+                snap.as_ref().map(|s| {
+                    pacer_report::WorkerRow::from_snapshot(
+                        &format!("{} {}", w.index, w.name),
+                        s,
+                        outcome.elapsed,
+                    )
+                })
+            })
+            .collect();
+        if let Err(e) = sink
+            .finish(
+                report,
+                plan,
+                &outcome.merged,
+                &summary,
+                &workers,
+                outcome.abort_reason.as_deref(),
+            )
+            .await
+        {
+            eprintln!("error: {e:#}");
+            return Exit::Failure;
+        }
+    }
+    if let Some(m) = metrics {
+        m.shutdown(Duration::from_secs(1)).await;
     }
     if outcome.failure.is_some() {
         Exit::Failure

@@ -5,17 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::report::{LimitsProbe, SnapshotSource};
 use pacer_plan::Plan;
 use pacer_report::{MetricsContext, MetricsServer};
-use pacer_stats::Recorder;
-
-use crate::report::LimitsProbe;
 
 /// Start serving when `addr` is given; prints the URL on stderr.
 pub async fn start(
     addr: Option<SocketAddr>,
     plan: &Plan,
-    recorder: Arc<Recorder>,
+    source: SnapshotSource,
     limits: LimitsProbe,
 ) -> anyhow::Result<Option<MetricsServer>> {
     let Some(addr) = addr else {
@@ -28,7 +26,7 @@ pub async fn start(
         ..MetricsContext::default()
     };
     let source = move || {
-        let snapshot = recorder.snapshot();
+        let snapshot = source();
         let ctx = MetricsContext {
             limits: limits(),
             elapsed_secs: Some(started.elapsed().as_secs_f64()),

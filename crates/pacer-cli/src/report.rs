@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use pacer_limiter::LimitReport;
 use pacer_plan::Plan;
-use pacer_report::{LimiterSample, PlannedRate, ReportInput, SeriesBuilder};
-use pacer_stats::{Recorder, Snapshot, Summary};
+use pacer_report::{LimiterSample, PlannedRate, ReportInput, SeriesBuilder, WorkerRow};
+use pacer_stats::{Layout, Recorder, Snapshot, Summary};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +64,20 @@ fn parse_out(text: &str) -> Result<SeriesOut, String> {
 /// Reads the limiter's state (for pauses and pacing rates).
 pub type LimitsProbe = Arc<dyn Fn() -> Vec<LimiterSample> + Send + Sync>;
 
+/// The run's cumulative numbers right now: this process's recorder, or a controller's merge of
+/// its workers' latest snapshots.
+pub type SnapshotSource = Arc<dyn Fn() -> Snapshot + Send + Sync>;
+
+/// A source reading a recorder.
+pub fn recorder_source(recorder: Arc<Recorder>) -> SnapshotSource {
+    Arc::new(move || recorder.snapshot())
+}
+
+/// No limiter in this process (a controller): no samples.
+pub fn no_limits() -> LimitsProbe {
+    Arc::new(Vec::new)
+}
+
 /// A probe from anything that reports its limits, e.g. `move || limiter.report()`.
 pub fn probe(report: impl Fn() -> Vec<LimitReport> + Send + Sync + 'static) -> LimitsProbe {
     Arc::new(move || {
@@ -100,7 +114,8 @@ impl ReportSink {
     pub fn start(
         args: &ReportArgs,
         plan: &Plan,
-        recorder: Arc<Recorder>,
+        layout: &Layout,
+        source: SnapshotSource,
         limits: LimitsProbe,
     ) -> Option<Self> {
         if args.report.is_none() && args.out.is_empty() {
@@ -109,7 +124,7 @@ impl ReportSink {
         let started = Instant::now();
         let started_unix_ms = unix_ms(SystemTime::now());
         let stop = CancellationToken::new();
-        let mut builder = SeriesBuilder::new(recorder.layout(), PlannedRate::from_plan(plan));
+        let mut builder = SeriesBuilder::new(layout, PlannedRate::from_plan(plan));
         let task = tokio::spawn({
             let stop = stop.clone();
             let limits = limits.clone();
@@ -122,7 +137,7 @@ impl ReportSink {
                         _ = tick.tick() => {}
                         _ = stop.cancelled() => break,
                     }
-                    let snapshot = recorder.snapshot();
+                    let snapshot = source();
                     let samples = limits();
                     builder.push(
                         started.elapsed(),
@@ -150,6 +165,7 @@ impl ReportSink {
         plan: &Plan,
         snapshot: &Snapshot,
         summary: &Summary,
+        workers: &[WorkerRow],
         abort_reason: Option<&str>,
     ) -> anyhow::Result<()> {
         self.stop.cancel();
@@ -174,7 +190,7 @@ impl ReportSink {
                 summary,
                 series: &series,
                 plan_source: Some(&plan.source),
-                workers: &[],
+                workers,
                 started_unix_ms: Some(self.started_unix_ms),
                 abort_reason,
             });

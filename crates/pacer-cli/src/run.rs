@@ -79,9 +79,11 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         let limiter = limiter.clone();
         move || limiter.report()
     });
+    let source = crate::report::recorder_source(recorder.clone());
     let metrics =
-        crate::metrics::start(args.report.metrics, &plan, recorder.clone(), limits.clone()).await?;
-    let sink = crate::report::ReportSink::start(&args.report, &plan, recorder.clone(), limits);
+        crate::metrics::start(args.report.metrics, &plan, source.clone(), limits.clone()).await?;
+    let sink =
+        crate::report::ReportSink::start(&args.report, &plan, recorder.layout(), source, limits);
     let control = RunControl::default();
     let interactive = std::io::stderr().is_terminal();
     let progress = (!args.quiet).then(|| {
@@ -151,6 +153,7 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
             &plan,
             &snapshot,
             &summary,
+            &[],
             abort_reason.as_deref(),
         )
         .await?;

@@ -287,6 +287,7 @@ impl Fleet {
             merged: self.merged(inner),
             elapsed,
             workers: self.rows(inner, elapsed),
+            worker_snapshots: self.slots.iter().map(|s| s.snapshot.clone()).collect(),
             abort_reason: self.abort_reason.clone(),
             failure,
             stopped_early: self.stop_reason.is_some()

@@ -92,6 +92,8 @@ pub struct FleetOutcome {
     pub merged: Snapshot,
     pub elapsed: Duration,
     pub workers: Vec<WorkerRow>,
+    /// Each worker's last counted snapshot (index order; `None`: it never reported).
+    pub worker_snapshots: Vec<Option<Snapshot>>,
     /// An abortOnFail threshold stopped the fleet.
     pub abort_reason: Option<String>,
     /// The run failed as a whole (a worker lost under `onWorkerLoss: fail`, a worker that
