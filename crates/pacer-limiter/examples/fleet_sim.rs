@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use pacer_limiter::fleet::{FLEET_SPREAD, Fleet, FleetConfig, FleetLimiter, FleetOptions};
+use pacer_limiter::fleet::{Fleet, FleetConfig, FleetLimiter, FleetOptions, fleet_pacing_rate};
 use pacer_limiter::{Limiter, RequestMeta};
 use pacer_plan::spec::LimitScope;
 use pacer_plan::{Limit, Rate};
@@ -125,7 +125,7 @@ async fn main() {
         adaptive: false,
         spread: None,
     };
-    let pacing = pacer_limiter::gcra::pacing_rate(&limit, FLEET_SPREAD);
+    let pacing = fleet_pacing_rate(&limit, pacer_limiter::gcra::DEFAULT_SPREAD);
     let test_id = format!("sim-{}", std::process::id());
     println!(
         "fleet-sim: {} workers sharing {}/{}s ({}/s) through {}, paced at {:.0}/s; offered {:.0}/s \

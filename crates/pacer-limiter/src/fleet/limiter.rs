@@ -4,11 +4,13 @@
 //! A request's fleet limits form its *class* (the set of fleet limits it matches). Per class a
 //! worker holds a *lease*: slots of the fleet's GCRA schedule, each a time at which one request
 //! may go, granted by `lua/lease.lua` across all the class's limits at once. A request takes
-//! the next slot, waits for its time and goes; a slot not used within [`LEASE_HOLD`] of its time
-//! lapses (capacity lost, never excess). Since every slot is a conforming time of the fleet's
-//! GCRA, the fleet's requests obey the accuracy bound with a spread of [`FLEET_SPREAD`].
+//! the next slot, waits for its time and goes; a slot not used within the class's *hold* of its
+//! time lapses (capacity lost, never excess). The hold is 1% of the limit's window, 50 ms to 1 s
+//! ([`lease_hold`]). Since every slot is a conforming time of the fleet's GCRA, the fleet's
+//! requests obey the accuracy bound with a spread of `D = spread + hold` ([`FLEET_SPREAD`] for
+//! windows up to 5 s).
 //!
-//! A worker asks for about [`LEASE_SPAN`] of its own demand (or the requests already waiting),
+//! A worker asks for about one hold of its own demand (or the requests already waiting),
 //! at most [`LEASE_MAX_SPAN`] of the fleet's schedule, and asks again only when its current
 //! lease is nearly spent, so Redis sees about one call per lease.
 //!
@@ -38,16 +40,21 @@ use crate::gcra::{
 };
 use crate::{Feedback, Grant, LimitReport, Limiter, LimiterError, LocalLimiter, RequestMeta};
 
-/// A slot not used within this time after its own lapses.
+/// A slot not used within its limit's *hold* after its own time lapses. The hold is
+/// [`LEASE_HOLD_SHARE`] of the limit's window, at least this (windows up to 5 s)...
 pub const LEASE_HOLD: Duration = Duration::from_millis(50);
-/// The spread `D` of the accuracy bound for fleet limits: the lease hold plus the network and
-/// queueing allowance of one process ([`DEFAULT_SPREAD`]).
+/// ...and at most this.
+pub const LEASE_HOLD_MAX: Duration = Duration::from_secs(1);
+/// The hold's share of the window: it costs about this share of the limit's rate (it is part
+/// of the bound's `D`) and lets a lease cover that much more of a worker's demand, so Redis
+/// sees fewer calls.
+pub const LEASE_HOLD_SHARE: f64 = 0.01;
+/// The spread `D` of the accuracy bound for fleet limits with windows up to 5 s: the lease
+/// hold plus the network and queueing allowance of one process ([`DEFAULT_SPREAD`]).
 pub const FLEET_SPREAD: Duration = Duration::from_millis(150);
-/// A lease covers about this much of the worker's own demand...
-pub const LEASE_SPAN: Duration = Duration::from_millis(50);
-/// ...and at most this much of the fleet's schedule (so one busy worker cannot hold the
-/// fleet's capacity for long).
-pub const LEASE_MAX_SPAN: Duration = Duration::from_millis(100);
+/// A lease covers about one hold of the worker's own demand, and at most this much of the
+/// fleet's schedule (so one busy worker cannot hold the fleet's capacity for long).
+pub const LEASE_MAX_SPAN: Duration = Duration::from_millis(200);
 /// ...and at most this many tokens.
 pub const MAX_LEASE: u32 = 1024;
 /// No slot is granted further ahead than this: the queue of reserved slots stays short.
@@ -65,6 +72,31 @@ const SPEND_TICK: Duration = Duration::from_secs(1);
 const ADAPTIVE_FEEDBACK_EVERY: Duration = Duration::from_millis(100);
 /// A pause learned locally that Redis already holds (within this) is not sent again.
 const PAUSE_SLACK: Duration = Duration::from_millis(5);
+
+/// The lease hold of a fleet limit with this window: 1% of it, 50 ms to 1 s.
+pub fn lease_hold(window: Duration) -> Duration {
+    window
+        .mul_f64(LEASE_HOLD_SHARE)
+        .clamp(LEASE_HOLD, LEASE_HOLD_MAX)
+}
+
+/// The spread `D` of the accuracy bound for a fleet limit: its own `spread` (or `default`)
+/// plus its lease hold.
+pub fn fleet_spread(limit: &Limit, default: Duration) -> Duration {
+    limit.spread.unwrap_or(default) + lease_hold(limit.window)
+}
+
+/// The rate a fleet limit is paced at: the accuracy bound with `D` = [`fleet_spread`].
+pub fn fleet_pacing_rate(limit: &Limit, default_spread: Duration) -> f64 {
+    let spread = fleet_spread(limit, default_spread);
+    pacing_rate(
+        &Limit {
+            spread: Some(spread),
+            ..limit.clone()
+        },
+        spread,
+    )
+}
 
 const _: () = assert!(
     FLEET_SPREAD.as_millis() == DEFAULT_SPREAD.as_millis() + LEASE_HOLD.as_millis(),
@@ -97,6 +129,8 @@ struct FleetLimit {
     /// Pacing rate from the accuracy bound (tokens/s), before the adaptive factor.
     ceiling: f64,
     window_us: u64,
+    /// How late a slot may still be used ([`lease_hold`]).
+    hold: Duration,
 }
 
 /// What this worker knows of a fleet limit.
@@ -180,6 +214,9 @@ impl LimitState {
 struct Class {
     /// Fleet-limit indices, ascending.
     limits: Vec<usize>,
+    /// The shortest hold of its limits: how late a slot may still be used, and how much of
+    /// this worker's demand a lease covers.
+    hold: Duration,
     st: Mutex<ClassState>,
     changed: Notify,
 }
@@ -282,7 +319,6 @@ struct Inner {
     pause_changed: Notify,
     /// How long a state key outlives its last slot (ms).
     keep_ms: u64,
-    hold: Duration,
 }
 
 /// The limiter of a fleet worker: `scope: fleet` limits through Redis, `scope: worker` limits
@@ -323,17 +359,11 @@ impl FleetLimiter {
                 LimitScope::Fleet => {
                     let key = fleet.keys().limit(&l.name);
                     fleet.track_key(key.clone());
-                    let spread = l.spread.unwrap_or(opts.spread) + LEASE_HOLD;
                     fleet_limits.push(FleetLimit {
                         plan_index: i,
-                        ceiling: pacing_rate(
-                            &Limit {
-                                spread: Some(spread),
-                                ..l.clone()
-                            },
-                            spread,
-                        ),
+                        ceiling: fleet_pacing_rate(l, opts.spread),
                         window_us: l.window.as_micros().clamp(1, u128::from(u64::MAX)) as u64,
+                        hold: lease_hold(l.window),
                         limit: l.clone(),
                         key,
                     });
@@ -358,7 +388,6 @@ impl FleetLimiter {
             classes: Mutex::new(HashMap::new()),
             pause_changed: Notify::new(),
             keep_ms,
-            hold: LEASE_HOLD,
         });
         let listener = tokio::spawn(listen(Arc::downgrade(&inner), fleet.subscribe()));
         Self {
@@ -405,10 +434,17 @@ impl Inner {
             .lock()
             .entry(bits)
             .or_insert_with(|| {
+                let limits: Vec<usize> = (0..self.limits.len())
+                    .filter(|i| bits & (1 << i) != 0)
+                    .collect();
+                let hold = limits
+                    .iter()
+                    .map(|&i| self.limits[i].hold)
+                    .min()
+                    .unwrap_or(LEASE_HOLD);
                 Arc::new(Class {
-                    limits: (0..self.limits.len())
-                        .filter(|i| bits & (1 << i) != 0)
-                        .collect(),
+                    limits,
+                    hold,
                     st: Mutex::new(ClassState {
                         slots: VecDeque::new(),
                         reserved_until: None,
@@ -517,7 +553,7 @@ impl Inner {
     fn next_step<'a>(&self, class: &'a Class, now: Instant, epoch: u64) -> Step<'a> {
         let mut st = class.st.lock();
         while let Some(&(at, e)) = st.slots.front() {
-            if e != epoch || at + self.hold < now {
+            if e != epoch || at + class.hold < now {
                 st.slots.pop_front();
             } else {
                 break;
@@ -540,7 +576,7 @@ impl Inner {
             return Step::Wait(Some(until - PREFETCH), notified);
         }
         st.fetching = true;
-        let demand = st.demand(now) * LEASE_SPAN.as_secs_f64();
+        let demand = st.demand(now) * class.hold.as_secs_f64();
         let need = st.waiters.saturating_sub(st.holding) as f64;
         drop(st);
         let slowest = {
@@ -763,7 +799,7 @@ impl Inner {
             let now = Instant::now();
             if self.pause_end(&class.limits, now).is_some()
                 || self.fleet.mode().1 != epoch
-                || now > at + self.hold
+                || now > at + class.hold
             {
                 return false;
             }

@@ -474,7 +474,7 @@ async fn two_workers_together_stay_at_the_fleet_rate() {
 }
 
 fn pacing_rate_for(l: &Limit) -> f64 {
-    crate::gcra::pacing_rate(l, FLEET_SPREAD)
+    super::fleet_pacing_rate(l, crate::gcra::DEFAULT_SPREAD)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
