@@ -552,6 +552,12 @@ async fn controller_workers_share_the_budget_through_redis() {
     assert!(redis_commands > 0, "the workers never used Redis");
     assert_eq!(stats.tokens.issued, 1, "one token for the fleet");
     assert_eq!(counted, requests, "the fleet's count is the server's");
+    // the fleet's limits table, merged from the workers' reports
+    let l = &s["limits"][0];
+    assert_eq!(l["scope"], "fleet", "{l}");
+    assert!((l["pacing_rate"].as_f64().unwrap() - PACING).abs() < 1.0, "{l}");
+    assert!(l["fleet"]["redis_calls"].as_u64().unwrap() > 0, "{l}");
+    assert!(text.contains("fleet: 3 processes"), "{text}");
     // the last worker out deleted the test's keys
     assert_eq!(redis.command(&["KEYS", "{pacer:*"]).unwrap(), "");
     mock.shutdown().await;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pacer_engine::{Deps, RunControl, RunOptions};
-use pacer_limiter::Limiter;
 use pacer_plan::Plan;
 use pacer_stats::Recorder;
 
@@ -137,7 +136,7 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         &plan.thresholds,
         &limit_names,
     );
-    summary.limits = limit_pacing(&plan, limiter.as_ref());
+    summary.limits = fleet.pacing();
     let color = !args.no_color && std::io::stdout().is_terminal();
     println!("{}", pacer_stats::render_text(&summary, color));
     if let Some(reason) = &abort_reason {
@@ -166,36 +165,4 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::ThresholdFailed
     })
-}
-
-fn limit_pacing(plan: &Plan, limiter: &dyn Limiter) -> Vec<pacer_stats::LimitPacing> {
-    limiter
-        .report()
-        .into_iter()
-        .zip(&plan.limits)
-        .map(|(r, l)| pacer_stats::LimitPacing {
-            name: r.name,
-            declared: r.declared,
-            window_secs: l.window.as_secs_f64(),
-            burst: r.burst,
-            scope: match l.scope {
-                pacer_plan::spec::LimitScope::Fleet => "fleet".into(),
-                pacer_plan::spec::LimitScope::Worker => "worker".into(),
-            },
-            pacing_rate: r.pacing_rate,
-            margin: r.margin,
-            adaptive: r.adaptive,
-            current_rate: r.adaptive.then_some(r.current_rate),
-            sustainable_rate: r.sustainable_rate,
-            pauses: r.pauses,
-            paused_secs: r.paused.as_secs_f64(),
-            fleet: r.fleet.map(|f| pacer_stats::FleetPacing {
-                workers: f.workers,
-                redis_calls: f.redis_calls,
-                safe_mode_secs: f.safe_mode.as_secs_f64(),
-                unavailable_secs: f.unavailable.as_secs_f64(),
-                unavailable_reason: f.unavailable_reason,
-            }),
-        })
-        .collect()
 }

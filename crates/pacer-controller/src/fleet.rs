@@ -62,6 +62,8 @@ pub(crate) struct Slot {
     pub last_heard: Option<Instant>,
     /// The latest cumulative snapshot (replaced, never added).
     pub snapshot: Option<Snapshot>,
+    /// Its limiter's table with that snapshot (empty: it sent none).
+    pub limits: Vec<pacer_stats::LimitPacing>,
     pub seq: u64,
     /// The worker's elapsed time at its latest report.
     pub elapsed: Duration,
@@ -99,6 +101,7 @@ impl Fleet {
                     conn: None,
                     last_heard: None,
                     snapshot: None,
+                    limits: Vec::new(),
                     seq: 0,
                     elapsed: Duration::ZERO,
                     reports: 0,
@@ -288,6 +291,7 @@ impl Fleet {
             elapsed,
             workers: self.rows(inner, elapsed),
             worker_snapshots: self.slots.iter().map(|s| s.snapshot.clone()).collect(),
+            worker_limits: self.slots.iter().map(|s| s.limits.clone()).collect(),
             abort_reason: self.abort_reason.clone(),
             failure,
             stopped_early: self.stop_reason.is_some()

@@ -94,6 +94,8 @@ pub struct FleetOutcome {
     pub workers: Vec<WorkerRow>,
     /// Each worker's last counted snapshot (index order; `None`: it never reported).
     pub worker_snapshots: Vec<Option<Snapshot>>,
+    /// Each worker's limits table with that snapshot (merged into the summary's).
+    pub worker_limits: Vec<Vec<pacer_stats::LimitPacing>>,
     /// An abortOnFail threshold stopped the fleet.
     pub abort_reason: Option<String>,
     /// The run failed as a whole (a worker lost under `onWorkerLoss: fail`, a worker that
@@ -119,13 +121,15 @@ impl FleetOutcome {
     /// The fleet's summary: the usual one, over the merged snapshot.
     pub fn summary(&self, plan: &Plan) -> Summary {
         let limit_names: Vec<String> = plan.limits.iter().map(|l| l.name.clone()).collect();
-        pacer_stats::summarize(
+        let mut summary = pacer_stats::summarize(
             &plan.name,
             &self.merged,
             self.elapsed,
             &plan.thresholds,
             &limit_names,
-        )
+        );
+        summary.limits = pacer_stats::merge_limit_pacing(&self.worker_limits);
+        summary
     }
 
     pub fn lost(&self) -> usize {

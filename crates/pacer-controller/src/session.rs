@@ -12,7 +12,7 @@ use pacer_proto::{
     ControllerMessage, Hello, PROTOCOL_VERSION, Report, WorkerMessage, controller_message,
     worker_message::Body,
 };
-use pacer_stats::Snapshot;
+use pacer_stats::{LimitPacing, Snapshot};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -393,7 +393,12 @@ async fn on_message(
 }
 
 /// Keep a report if it is newer than the one held (cumulative: the newest replaces).
-fn accept(slot: &mut crate::fleet::Slot, seq: u64, elapsed_us: u64, snap: Snapshot) -> bool {
+fn accept(
+    slot: &mut crate::fleet::Slot,
+    seq: u64,
+    elapsed_us: u64,
+    (snap, limits): (Snapshot, Vec<LimitPacing>),
+) -> bool {
     if slot.snapshot.is_some() && seq <= slot.seq {
         tracing::debug!(
             "worker {}: stale report {seq} (have {})",
@@ -405,12 +410,49 @@ fn accept(slot: &mut crate::fleet::Slot, seq: u64, elapsed_us: u64, snap: Snapsh
     slot.seq = seq;
     slot.elapsed = Duration::from_micros(elapsed_us);
     slot.snapshot = Some(snap);
+    if !limits.is_empty() {
+        slot.limits = limits;
+    }
     slot.reports += 1;
     true
 }
 
-fn decode_report(inner: &Inner, r: &Report, field: &str) -> Result<Snapshot, Status> {
-    decode_snapshot(&inner.layout, r, field)
+fn decode_report(
+    inner: &Inner,
+    r: &Report,
+    field: &str,
+) -> Result<(Snapshot, Vec<LimitPacing>), Status> {
+    let snap = decode_snapshot(&inner.layout, r, field)?;
+    let limits = decode_limits(inner.plan.limits.len(), r, field)?;
+    Ok((snap, limits))
+}
+
+/// A worker's limits table: at most [`pacer_proto::MAX_LIMITS_BYTES`], one row per limit of
+/// the plan (or none).
+pub fn decode_limits(
+    plan_limits: usize,
+    r: &Report,
+    field: &str,
+) -> Result<Vec<LimitPacing>, Status> {
+    if r.limits_json.is_empty() {
+        return Ok(Vec::new());
+    }
+    if r.limits_json.len() > pacer_proto::MAX_LIMITS_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{field}.limits_json: {} bytes is more than the {} allowed",
+            r.limits_json.len(),
+            pacer_proto::MAX_LIMITS_BYTES
+        )));
+    }
+    let rows: Vec<LimitPacing> = serde_json::from_slice(&r.limits_json)
+        .map_err(|e| Status::invalid_argument(format!("{field}.limits_json: {e}")))?;
+    if !rows.is_empty() && rows.len() != plan_limits {
+        return Err(Status::invalid_argument(format!(
+            "{field}.limits_json: {} limits, the plan has {plan_limits}",
+            rows.len()
+        )));
+    }
+    Ok(rows)
 }
 
 /// Validate and decode a worker's report: at most [`pacer_proto::MAX_SNAPSHOT_BYTES`], a

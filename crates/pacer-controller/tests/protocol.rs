@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pacer_controller::{ControllerConfig, Coordinator, merge_all, session::decode_snapshot};
+use pacer_controller::{
+    ControllerConfig, Coordinator, merge_all, session::decode_limits, session::decode_snapshot,
+};
 use pacer_proto::v1::coordinator_client::CoordinatorClient;
 use pacer_proto::{
     ControllerMessage, Hello, PROTOCOL_VERSION, Report, WorkerMessage, controller_message,
@@ -179,6 +181,7 @@ async fn protocol_violations_are_refused_with_the_field_named() {
                 seq: 1,
                 elapsed_us: 0,
                 snapshot_json: b"{}".to_vec(),
+                limits_json: Vec::new(),
             })),
         ],
         Code::FailedPrecondition,
@@ -261,6 +264,7 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
                 seq,
                 elapsed_us: round * 1000,
                 snapshot_json: rec.snapshot().to_json().into_bytes(),
+                limits_json: Vec::new(),
             };
             w.send(Body::Report(r.clone())).await;
             // A replayed (stale) report changes nothing.
@@ -271,6 +275,7 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
                 seq: seq + 1,
                 elapsed_us: 5000,
                 snapshot_json: rec.snapshot().to_json().into_bytes(),
+                limits_json: Vec::new(),
             }),
             stopped_early: false,
             error: String::new(),
@@ -303,6 +308,7 @@ async fn a_garbage_snapshot_is_refused_naming_the_field() {
         seq: 1,
         elapsed_us: 0,
         snapshot_json: bytes.to_vec(),
+        limits_json: Vec::new(),
     };
     let e = decode_snapshot(&layout, &r(b"not json"), "report").unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -321,6 +327,26 @@ async fn a_garbage_snapshot_is_refused_naming_the_field() {
         "{}",
         e.message()
     );
+    // the limits table: bounded, parsed, one row per limit of the plan
+    let with_limits = |bytes: &[u8]| Report {
+        limits_json: bytes.to_vec(),
+        ..r(b"{}")
+    };
+    let e = decode_limits(1, &with_limits(b"[{\"name\": 3}]"), "report").unwrap_err();
+    assert!(
+        e.message().starts_with("report.limits_json:"),
+        "{}",
+        e.message()
+    );
+    let e = decode_limits(1, &with_limits(b"[]"), "report");
+    assert!(e.unwrap().is_empty());
+    let e = decode_limits(
+        1,
+        &with_limits(&vec![b' '; pacer_proto::MAX_LIMITS_BYTES + 1]),
+        "report",
+    )
+    .unwrap_err();
+    assert!(e.message().contains("more than"), "{}", e.message());
 }
 
 proptest! {
@@ -343,7 +369,7 @@ proptest! {
         let decoded: Vec<Snapshot> = recorders
             .iter()
             .map(|r| {
-                let wire = Report { seq: 1, elapsed_us: 0, snapshot_json: r.snapshot().to_json().into_bytes() }
+                let wire = Report { seq: 1, elapsed_us: 0, snapshot_json: r.snapshot().to_json().into_bytes(), limits_json: Vec::new() }
                     .encode_to_vec();
                 let report = Report::decode(wire.as_slice()).unwrap();
                 decode_snapshot(&layout, &report, "report").unwrap()

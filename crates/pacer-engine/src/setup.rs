@@ -8,8 +8,9 @@ use pacer_limiter::fleet::{
     Fleet, FleetConfig, FleetError, FleetLimiter, FleetOptions, TokenStore,
 };
 use pacer_limiter::{Limiter, LocalLimiter, TokenSource};
+use pacer_plan::spec::LimitScope;
 use pacer_plan::{Limit, Plan};
-use pacer_stats::Recorder;
+use pacer_stats::{FleetPacing, LimitPacing, Recorder};
 
 use crate::auth::FleetTokens;
 use crate::http::ClientError;
@@ -28,6 +29,8 @@ pub struct LimiterSetup {
     /// `None`: the engine caches tokens in this process.
     pub tokens: Option<Arc<dyn TokenSource>>,
     fleet: Option<Arc<Fleet>>,
+    /// The limits the limiter keeps (a worker's share of them without Redis).
+    limits: Vec<Limit>,
 }
 
 impl LimiterSetup {
@@ -37,6 +40,7 @@ impl LimiterSetup {
             limiter: Arc::new(LocalLimiter::new(limits)),
             tokens: None,
             fleet: None,
+            limits: limits.to_vec(),
         }
     }
 
@@ -65,7 +69,41 @@ impl LimiterSetup {
             limiter,
             tokens: Some(tokens),
             fleet: Some(fleet),
+            limits: plan.limits.clone(),
         })
+    }
+
+    /// The summary's limits table: per limit, what pacer paced to and what happened.
+    pub fn pacing(&self) -> Vec<LimitPacing> {
+        self.limiter
+            .report()
+            .into_iter()
+            .zip(&self.limits)
+            .map(|(r, l)| LimitPacing {
+                name: r.name,
+                declared: r.declared,
+                window_secs: l.window.as_secs_f64(),
+                burst: r.burst,
+                scope: match l.scope {
+                    LimitScope::Fleet => "fleet".into(),
+                    LimitScope::Worker => "worker".into(),
+                },
+                pacing_rate: r.pacing_rate,
+                margin: r.margin,
+                adaptive: r.adaptive,
+                current_rate: r.adaptive.then_some(r.current_rate),
+                sustainable_rate: r.sustainable_rate,
+                pauses: r.pauses,
+                paused_secs: r.paused.as_secs_f64(),
+                fleet: r.fleet.map(|f| FleetPacing {
+                    workers: f.workers,
+                    redis_calls: f.redis_calls,
+                    safe_mode_secs: f.safe_mode.as_secs_f64(),
+                    unavailable_secs: f.unavailable.as_secs_f64(),
+                    unavailable_reason: f.unavailable_reason,
+                }),
+            })
+            .collect()
     }
 
     /// Did this run join a fleet?

@@ -24,8 +24,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// this leaves room without letting a peer make us buffer without bound).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
+/// Largest `Report.limits_json` accepted.
+pub const MAX_LIMITS_BYTES: usize = 64 << 10;
+
 /// Largest `Report.snapshot_json` accepted.
-pub const MAX_SNAPSHOT_BYTES: usize = MAX_MESSAGE_BYTES - 4096;
+pub const MAX_SNAPSHOT_BYTES: usize = MAX_MESSAGE_BYTES - 4096 - MAX_LIMITS_BYTES;
 
 /// Default period of heartbeats and reports.
 pub const DEFAULT_INTERVAL_MS: u32 = 1000;

@@ -29,7 +29,7 @@ pub use snapshot::{
     RequestSnapshot, RequestStats, RetryOutcomeCounts, ScenarioSnapshot, ScenarioStats,
     ServerLimitHeaders, Snapshot, TokenFetchStats,
 };
-pub use summary::{FleetPacing, LimitPacing, Summary, summarize};
+pub use summary::{FleetPacing, LimitPacing, Summary, merge_limit_pacing, summarize};
 
 /// Everything that can go wrong combining or decoding snapshots.
 #[derive(Debug, thiserror::Error)]

@@ -174,7 +174,8 @@ pub struct RetrySummary {
 }
 
 /// One declared limit: what the server allows, what pacer paced to, and what happened.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// Workers send theirs to the controller as JSON ([`merge_limit_pacing`] combines them).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct LimitPacing {
     pub name: String,
     /// The server's limit as declared (`300/min`, `600/10s`).
@@ -201,7 +202,7 @@ pub struct LimitPacing {
 }
 
 /// How a fleet process used the shared budget in Redis.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct FleetPacing {
     /// The most processes seen in the fleet at once.
     pub workers: u32,
@@ -398,5 +399,107 @@ pub fn summarize(
             .collect(),
         server_limits: snapshot.server_limits.clone(),
         invalid_records: snapshot.invalid_records,
+    }
+}
+
+/// The fleet's limits table from each worker's (`per_worker[w][l]`, the plan's limits in
+/// order; a worker that sent none is skipped). Per limit:
+///
+/// - `scope: fleet` through Redis (`fleet` present): every worker paced to the one budget, so
+///   the rate, margin and adaptive rates are the fleet's (any worker's); Redis calls add up;
+///   workers, safe-mode and paused-for-Redis seconds are the most any worker saw;
+/// - `scope: fleet` without Redis: each worker kept its weight's share, so rates add up;
+/// - `scope: worker`: each process paces to the whole limit; the rates stay per process.
+///
+/// Pauses and paused seconds are the most any worker had (a fleet pause is seen by all).
+pub fn merge_limit_pacing(per_worker: &[Vec<LimitPacing>]) -> Vec<LimitPacing> {
+    let Some(first) = per_worker.iter().find(|w| !w.is_empty()) else {
+        return Vec::new();
+    };
+    let mut out = first.clone();
+    for (i, merged) in out.iter_mut().enumerate() {
+        let rows: Vec<&LimitPacing> = per_worker
+            .iter()
+            .filter_map(|w| w.get(i))
+            .filter(|r| r.name == merged.name)
+            .collect();
+        let shared = merged.fleet.is_some();
+        if merged.scope == "fleet" && !shared {
+            merged.pacing_rate = rows.iter().map(|r| r.pacing_rate).sum();
+            let sum_opt =
+                |f: fn(&LimitPacing) -> Option<f64>| rows.iter().map(|r| f(r)).sum::<Option<f64>>();
+            merged.current_rate = sum_opt(|r| r.current_rate);
+            merged.sustainable_rate = sum_opt(|r| r.sustainable_rate);
+        }
+        merged.pauses = rows.iter().map(|r| r.pauses).max().unwrap_or(0);
+        merged.paused_secs = rows.iter().map(|r| r.paused_secs).fold(0.0, f64::max);
+        if shared {
+            let fleets: Vec<&FleetPacing> = rows.iter().filter_map(|r| r.fleet.as_ref()).collect();
+            merged.fleet = Some(FleetPacing {
+                workers: fleets.iter().map(|f| f.workers).max().unwrap_or(0),
+                redis_calls: fleets.iter().map(|f| f.redis_calls).sum(),
+                safe_mode_secs: fleets.iter().map(|f| f.safe_mode_secs).fold(0.0, f64::max),
+                unavailable_secs: fleets
+                    .iter()
+                    .map(|f| f.unavailable_secs)
+                    .fold(0.0, f64::max),
+                unavailable_reason: fleets.iter().find_map(|f| f.unavailable_reason.clone()),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    fn row(scope: &str, rate: f64, fleet: Option<FleetPacing>) -> LimitPacing {
+        LimitPacing {
+            name: "per-token".into(),
+            declared: "300/min".into(),
+            window_secs: 60.0,
+            burst: 1,
+            scope: scope.into(),
+            pacing_rate: rate,
+            margin: 0.02,
+            adaptive: false,
+            current_rate: None,
+            sustainable_rate: None,
+            pauses: 1,
+            paused_secs: 2.0,
+            fleet,
+        }
+    }
+
+    #[test]
+    fn split_fleet_limits_add_up_and_redis_ones_are_shared() {
+        let split =
+            merge_limit_pacing(&[vec![row("fleet", 2.0, None)], vec![row("fleet", 3.0, None)]]);
+        assert_eq!(split[0].pacing_rate, 5.0);
+        assert_eq!(split[0].pauses, 1);
+        let f = |calls, safe| FleetPacing {
+            workers: 2,
+            redis_calls: calls,
+            safe_mode_secs: safe,
+            ..FleetPacing::default()
+        };
+        let redis = merge_limit_pacing(&[
+            vec![row("fleet", 4.9, Some(f(10, 0.0)))],
+            vec![],
+            vec![row("fleet", 4.9, Some(f(7, 1.5)))],
+        ]);
+        assert_eq!(redis[0].pacing_rate, 4.9);
+        let fl = redis[0].fleet.as_ref().unwrap();
+        assert_eq!(
+            (fl.redis_calls, fl.workers, fl.safe_mode_secs),
+            (17, 2, 1.5)
+        );
+        let per_process = merge_limit_pacing(&[
+            vec![row("worker", 4.9, None)],
+            vec![row("worker", 4.9, None)],
+        ]);
+        assert_eq!(per_process[0].pacing_rate, 4.9);
+        assert!(merge_limit_pacing(&[vec![], vec![]]).is_empty());
     }
 }

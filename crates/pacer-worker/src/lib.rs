@@ -154,6 +154,8 @@ struct Running {
     test_id: String,
     weights: Vec<u32>,
     recorder: Arc<Recorder>,
+    /// The limiter, for the limits table sent with each report.
+    setup: Arc<LimiterSetup>,
     control: RunControl,
     start: Instant,
     /// `(stopped_early, error)` once the engine has returned.
@@ -177,6 +179,8 @@ impl Running {
                 .saturating_duration_since(self.start)
                 .as_micros() as u64,
             snapshot_json: self.recorder.snapshot().to_json().into_bytes(),
+            // The limits table is informational: an encoding failure sends none.
+            limits_json: serde_json::to_vec(&self.setup.pacing()).unwrap_or_default(),
         }
     }
 }
@@ -480,6 +484,7 @@ async fn prepare(
         }
         None => LimiterSetup::local(&shard_limits(&plan.limits, &shard)),
     };
+    let setup = Arc::new(setup);
     let deps = Deps {
         limiter: setup.limiter.clone(),
         tokens: setup.tokens.clone(),
@@ -504,10 +509,11 @@ async fn prepare(
     ));
     // The engine's end, watched apart from the session (which may break and reconnect).
     let (done_tx, done) = watch::channel(None);
+    let finishing = setup.clone();
     tokio::spawn(async move {
         let result = engine_result(engine.await);
         // Leave the fleet (the last one out deletes the test's keys) before saying done.
-        setup.finish().await;
+        finishing.finish().await;
         let _ = done_tx.send(Some(result));
     });
     // Round trip and clock offset (NTP-style): of a few Ping/Pong exchanges, the one with the
@@ -611,6 +617,7 @@ async fn prepare(
         test_id: a.test_id.clone(),
         weights: a.weights.clone(),
         recorder,
+        setup,
         control,
         start,
         done,
