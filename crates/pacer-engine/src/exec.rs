@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use pacer_limiter::{Feedback, Limiter, RequestMeta, Token, TokenSource};
-use pacer_plan::{AuthRef, Body, Expect, ExtractFrom, Plan, Request};
+use pacer_plan::{AuthRef, Body, Expect, ExtractFrom, Part, Plan, Request};
 use pacer_stats::{Attempt, ErrorKind, IterationOutcome, Recorder, RequestOutcome, RetryOutcome};
 use reqwest::header::{
     AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
@@ -35,6 +35,9 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     last_limits_ms: AtomicU64,
     epoch: Instant,
+    /// The URL of each request whose path has no placeholder, by scenario and request, parsed
+    /// once instead of on every send.
+    static_urls: Vec<Vec<Option<url::Url>>>,
     warned: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -48,7 +51,29 @@ impl Shared {
         opts: &crate::RunOptions,
         hard_stop: CancellationToken,
     ) -> Self {
+        let static_urls = plan
+            .scenarios
+            .iter()
+            .map(|sc| {
+                sc.requests
+                    .iter()
+                    .map(|req| {
+                        let path: Option<String> = req
+                            .path
+                            .parts()
+                            .iter()
+                            .map(|p| match p {
+                                Part::Lit(s) => Some(s.as_str()),
+                                _ => None,
+                            })
+                            .collect();
+                        request_url(&plan.target, &path?).ok()
+                    })
+                    .collect()
+            })
+            .collect();
         Self {
+            static_urls,
             plan,
             client,
             limiter,
@@ -118,14 +143,29 @@ struct Prepared {
     approx_header_bytes: u64,
 }
 
-fn prepare(sh: &Shared, req: &Request, ctx: &RenderCtx<'_>) -> Result<Prepared, String> {
-    let path = ctx.render(&req.path).map_err(|e| e.to_string())?;
-    let mut url = if path.starts_with("http://") || path.starts_with("https://") {
-        url::Url::parse(&path).map_err(|e| format!("rendered URL {path:?} is invalid: {e}"))?
+/// The URL of a rendered path: an absolute http(s) URL as it is, else appended to the target.
+fn request_url(target: &url::Url, path: &str) -> Result<url::Url, String> {
+    if path.starts_with("http://") || path.starts_with("https://") {
+        url::Url::parse(path).map_err(|e| format!("rendered URL {path:?} is invalid: {e}"))
     } else {
-        let base = sh.plan.target.as_str().trim_end_matches('/');
+        let base = target.as_str().trim_end_matches('/');
         url::Url::parse(&format!("{base}{path}"))
-            .map_err(|e| format!("rendered path {path:?} is invalid: {e}"))?
+            .map_err(|e| format!("rendered path {path:?} is invalid: {e}"))
+    }
+}
+
+fn prepare(
+    sh: &Shared,
+    req: &Request,
+    static_url: Option<&url::Url>,
+    ctx: &RenderCtx<'_>,
+) -> Result<Prepared, String> {
+    let mut url = match static_url {
+        Some(url) => url.clone(),
+        None => request_url(
+            &sh.plan.target,
+            &ctx.render(&req.path).map_err(|e| e.to_string())?,
+        )?,
     };
     if !req.query.is_empty() {
         let mut q = url.query_pairs_mut();
@@ -203,7 +243,8 @@ async fn run_request(
                 scenario: &scenario.name,
                 worker: sh.worker,
             };
-            prepare(sh, req, &ctx)
+            let static_url = sh.static_urls.get(sc).and_then(|r| r.get(ri)?.as_ref());
+            prepare(sh, req, static_url, &ctx)
         };
         let prepared = match prepared {
             Ok(p) => p,
@@ -357,6 +398,7 @@ async fn send_with_retries(
     let mut out = RequestOutcome {
         duration: Duration::ZERO,
         limiter_wait: Duration::ZERO,
+        send_lag: None,
         paused: Duration::ZERO,
         backoff: Duration::ZERO,
         attempts: 0,
@@ -426,6 +468,13 @@ async fn send_with_retries(
             limits: grant.limits,
             armed: true,
         };
+        if attempt == 1 {
+            out.send_lag = Some(
+                intended
+                    .elapsed()
+                    .saturating_sub(grant.waited + grant.paused),
+            );
+        }
         let result = http::send(&sh.client, builder).await;
         guard.disarm();
         out.attempts = attempt;
@@ -618,15 +667,16 @@ fn record_local_failure(sh: &Shared, sc: usize, ri: usize, kind: ErrorKind) {
     );
 }
 
-/// Keep the server's latest rate-limit headers, at most four times a second.
+/// Keep the server's latest rate-limit headers: look at most four times a second (also when
+/// the server sends none, so a server without such headers costs no parsing per response).
 fn maybe_record_server_limits(sh: &Shared, headers: &HeaderMap) {
     let now_ms = sh.epoch.elapsed().as_millis() as u64;
     let last = sh.last_limits_ms.load(Ordering::Relaxed);
     if now_ms < last + 250 && last != 0 {
         return;
     }
+    sh.last_limits_ms.store(now_ms.max(1), Ordering::Relaxed);
     if let Some(h) = crate::ratelimit_headers::parse(headers) {
-        sh.last_limits_ms.store(now_ms.max(1), Ordering::Relaxed);
         sh.recorder.record_server_limits(h);
     }
 }

@@ -69,9 +69,10 @@ pub async fn send(
         message: redact(&e),
         service_time: sent_at.elapsed(),
     };
-    let resp = client.execute(req).await.map_err(fail)?;
+    let mut resp = client.execute(req).await.map_err(fail)?;
     let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
+    // Taken, not cloned: reading the body needs no headers.
+    let headers = std::mem::take(resp.headers_mut());
     let body = resp.bytes().await.map_err(|e| {
         let mut t = fail(e);
         if t.kind == ErrorKind::Other {

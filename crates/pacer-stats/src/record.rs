@@ -121,6 +121,10 @@ pub struct RequestOutcome {
     pub duration: Duration,
     /// Time waiting on our own client-side limiter (pacing).
     pub limiter_wait: Duration,
+    /// From the intended start to the first attempt's send, less that attempt's wait on our
+    /// own limiter (pacing and pauses, which `limiter_wait` and `paused` count): how late the
+    /// generator itself sent. `None` when no attempt was sent.
+    pub send_lag: Option<Duration>,
     /// Time waiting because a scope was paused by Retry-After.
     pub paused: Duration,
     /// Time sleeping between retries.
@@ -286,6 +290,9 @@ impl Recorder {
         s.limiter_wait.record(limiter_wait);
         s.paused.record(paused);
         s.backoff.record(backoff);
+        if let Some(lag) = r.send_lag {
+            s.send_lag.record(micros(lag));
+        }
         s.duration_us_sum = s.duration_us_sum.saturating_add(duration);
         s.limiter_wait_us_sum = s.limiter_wait_us_sum.saturating_add(limiter_wait);
         s.paused_us_sum = s.paused_us_sum.saturating_add(paused);
@@ -432,6 +439,25 @@ mod tests {
         assert_eq!(s.service_time_us_sum, 20_000);
         assert_eq!((s.bytes_sent, s.bytes_received), (10, 20));
         assert_eq!(snap.scenarios[0].requests[0].stats.attempts, 0);
+    }
+
+    #[test]
+    fn send_lag_is_recorded_for_sent_requests_only() {
+        let rec = Recorder::new(layout());
+        let sent = RequestOutcome {
+            send_lag: Some(Duration::from_micros(1500)),
+            ..Default::default()
+        };
+        rec.record_request(0, 0, &sent);
+        rec.record_request(0, 0, &RequestOutcome::default());
+        let snap = rec.snapshot();
+        let s = &snap.scenarios[0].requests[0].stats;
+        assert_eq!((s.requests, s.send_lag.count()), (2, 1));
+        assert_eq!(s.send_lag.max(), Some(1500));
+        let summary = crate::summarize("p", &snap, Duration::from_secs(1), &[], &[]);
+        assert_eq!(summary.totals.send_lag_ms.count, 1);
+        assert_eq!(summary.totals.send_lag_ms.max, Some(1.5));
+        assert!(crate::render_json(&summary).contains("\"send_lag_ms\""));
     }
 
     #[test]

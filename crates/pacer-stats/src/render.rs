@@ -204,6 +204,9 @@ fn totals(out: &mut String, s: &Summary) {
     }
     line(out, "http_req_duration", &trend_line(&t.duration_ms));
     line(out, "service_time", &trend_line(&t.service_time_ms));
+    if t.send_lag_ms.count > 0 {
+        line(out, "send_lag", &trend_line(&t.send_lag_ms));
+    }
     let it = &s.scenario_totals;
     line(
         out,

@@ -96,6 +96,10 @@ pub struct RequestStats {
     pub paused: Hist,
     /// Sleeping between retries, per logical request.
     pub backoff: Hist,
+    /// Intended start to the first send, pacer's limiter wait excluded, per logical request
+    /// that was sent (`send_lag_ms` in the summary). Absent in snapshots of older versions.
+    #[serde(default)]
+    pub send_lag: Hist,
     /// Sums in microseconds, exact (the histograms round), for "where the time went".
     pub duration_us_sum: u64,
     pub service_time_us_sum: u64,
@@ -294,6 +298,7 @@ impl RequestStats {
         op.hist(at, "limiter_wait", &mut self.limiter_wait, &o.limiter_wait)?;
         op.hist(at, "paused", &mut self.paused, &o.paused)?;
         op.hist(at, "backoff", &mut self.backoff, &o.backoff)?;
+        op.hist(at, "send_lag", &mut self.send_lag, &o.send_lag)?;
         op.num(
             at,
             "duration_us_sum",

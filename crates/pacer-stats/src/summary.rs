@@ -121,6 +121,10 @@ pub struct RequestRow {
     pub duration_ms: TrendSummary,
     /// `http_req_service_time`: send to end of response, per attempt.
     pub service_time_ms: TrendSummary,
+    /// Send lag: from the intended start to the first attempt's send, pacer's own limiter
+    /// wait (pacing, Retry-After pauses) excluded, per logical request that was sent. In an
+    /// arrival-rate executor, how late the generator sent against its schedule.
+    pub send_lag_ms: TrendSummary,
 }
 
 /// One scenario (or all of them).
@@ -277,6 +281,7 @@ fn request_row(scenario: &str, request: &str, r: &RequestStats, secs: f64) -> Re
         errors: r.errors.clone(),
         duration_ms: TrendSummary::from_hist(&r.duration, 1000.0),
         service_time_ms: TrendSummary::from_hist(&r.service_time, 1000.0),
+        send_lag_ms: TrendSummary::from_hist(&r.send_lag, 1000.0),
     }
 }
 

@@ -54,6 +54,7 @@ fn record_everything(rec: &Recorder, i: u64, us: u64) {
             limiter_wait: Duration::from_micros(us / 3),
             paused: Duration::from_micros(us / 5),
             backoff: Duration::from_micros(us / 7),
+            send_lag: (!i.is_multiple_of(4)).then(|| Duration::from_micros(us / 11)),
             attempts: (i % 3) as u32 + 1,
             failed: i.is_multiple_of(5),
             checks_passed: 2,
@@ -117,10 +118,14 @@ proptest! {
         let recorders: Vec<Recorder> = (0..workers).map(|_| Recorder::new(layout())).collect();
         let mut reference_service = Hist::new();
         let mut reference_duration = Hist::new();
+        let mut reference_lag = Hist::new();
         for (i, &(worker, us)) in samples.iter().enumerate() {
             record_everything(&recorders[worker], i as u64, us);
             reference_service.record(us);
             reference_duration.record(us * 2);
+            if !(i as u64).is_multiple_of(4) {
+                reference_lag.record(us / 11);
+            }
         }
         let mut merged = Snapshot::empty(&layout());
         for r in &recorders {
@@ -131,6 +136,7 @@ proptest! {
         let total = merged.total();
         assert_same_distribution(&total.service_time, &reference_service);
         assert_same_distribution(&total.duration, &reference_duration);
+        assert_same_distribution(&total.send_lag, &reference_lag);
         prop_assert_eq!(total.attempts, samples.len() as u64);
         prop_assert_eq!(total.requests, samples.len() as u64);
 
