@@ -555,7 +555,10 @@ async fn controller_workers_share_the_budget_through_redis() {
     // the fleet's limits table, merged from the workers' reports
     let l = &s["limits"][0];
     assert_eq!(l["scope"], "fleet", "{l}");
-    assert!((l["pacing_rate"].as_f64().unwrap() - PACING).abs() < 1.0, "{l}");
+    assert!(
+        (l["pacing_rate"].as_f64().unwrap() - PACING).abs() < 1.0,
+        "{l}"
+    );
     assert!(l["fleet"]["redis_calls"].as_u64().unwrap() > 0, "{l}");
     assert!(text.contains("fleet: 3 processes"), "{text}");
     // the last worker out deleted the test's keys
