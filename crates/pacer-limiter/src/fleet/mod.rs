@@ -300,14 +300,20 @@ impl Fleet {
         // A node of a Redis Cluster: talk to the cluster (the seed's URL, password and TLS
         // settings reach every node); Pub/Sub stays on the seed, since a cluster broadcasts
         // every PUBLISH to all its nodes.
-        let info: String = tokio::time::timeout(
+        let info: Result<String, _> = tokio::time::timeout(
             bound,
             redis::cmd("INFO").arg("cluster").query_async(&mut single),
         )
         .await
-        .map_err(|_| no_connection())?
-        .map_err(|e| connect_err(format!("INFO cluster: {e}")))?;
-        let cluster = info.lines().any(|l| l.trim() == "cluster_enabled:1");
+        .map_err(|_| no_connection())?;
+        // A user whose ACL refuses INFO talks to one node.
+        let cluster = match info {
+            Ok(info) => info.lines().any(|l| l.trim() == "cluster_enabled:1"),
+            Err(e) => {
+                tracing::debug!(error = %e, "INFO cluster refused; using one Redis node");
+                false
+            }
+        };
         let conn = if cluster {
             let mut b = redis::cluster::ClusterClientBuilder::new(vec![cfg.url.as_str()])
                 .connection_timeout(cfg.connect_timeout)
