@@ -171,13 +171,6 @@ pub struct RedisServer {
     child: Option<std::process::Child>,
 }
 
-fn free_loopback_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 impl RedisServer {
     pub fn start() -> Self {
         Self::start_with(None, Vec::new())
@@ -189,7 +182,7 @@ impl RedisServer {
             extra.extend(["--requirepass".to_string(), p.to_string()]);
         }
         let mut s = Self {
-            port: free_loopback_port(),
+            port: kube::free_port().expect("a free loopback port"),
             tls_port: None,
             password: password.map(str::to_string),
             extra,
@@ -202,7 +195,7 @@ impl RedisServer {
     /// TLS on a second port (`rediss://`) with the certificate and key given (PEM files),
     /// clients not asked for certificates; the plain port stays for the test's inspection.
     pub fn start_tls(password: &str, cert: &Path, key: &Path, ca: &Path) -> Self {
-        let tls_port = free_loopback_port();
+        let tls_port = kube::free_port().expect("a free loopback port");
         let extra = [
             "--tls-port",
             &tls_port.to_string(),

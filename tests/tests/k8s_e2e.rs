@@ -9,7 +9,6 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::future::Future;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use pacer_mock::LatencyConfig;
-use pacer_tests::kube::{Cluster, free_port, group_alive, tools_dir};
+use pacer_tests::kube::{Cluster, eventually, free_port, group_alive, tools_dir};
 use pacer_tests::{RedisServer, pacer_bin, plain_mock_config, start_mock, workspace_root};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
@@ -30,25 +29,6 @@ const RELEASE_NS: &str = "pacer-system";
 const OPERATOR_USER: &str = "system:serviceaccount:pacer-system:pacer";
 /// The label the operator puts on everything a LoadTest owns.
 const LABEL_LOADTEST: &str = "pacer.dev/loadtest";
-
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not within {limit:?}\n{}",
-            Cluster::shared().diagnostics()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(tools_dir().join("helm"));

@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -15,27 +14,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
-use pacer_tests::kube::{Cluster, KUBERNETES_VERSION, client_from_kubeconfig, group_alive};
-
-/// Poll `check` every 100 ms until it returns `Some`, at most `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not within {limit:?}\n{}",
-            Cluster::shared().diagnostics()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use pacer_tests::kube::{
+    Cluster, KUBERNETES_VERSION, client_from_kubeconfig, eventually, group_alive,
+};
 
 async fn namespace(name: &str) -> (&'static Cluster, Client) {
     let cluster = Cluster::shared();

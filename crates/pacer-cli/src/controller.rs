@@ -159,9 +159,7 @@ pub async fn run_local(plan: Arc<Plan>, args: &RunArgs, workers: u32) -> Exit {
 }
 
 async fn run_local_inner(plan: Arc<Plan>, args: &RunArgs, workers: u32) -> anyhow::Result<Exit> {
-    if args.fleet.fleet.is_some() && args.fleet.redis.is_none() {
-        anyhow::bail!("--fleet needs --redis URL (or PACER_REDIS_URL)");
-    }
+    args.fleet.check_fleet_has_redis()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let mut cfg = ControllerConfig::new(random_hex(6), random_hex(16), workers);

@@ -35,6 +35,14 @@ pub struct FleetArgs {
 }
 
 impl FleetArgs {
+    /// `--fleet` names a fleet in Redis: it means nothing without `--redis`.
+    pub fn check_fleet_has_redis(&self) -> anyhow::Result<()> {
+        if self.fleet.is_some() && self.redis.is_none() {
+            anyhow::bail!("--fleet needs --redis URL (or PACER_REDIS_URL)");
+        }
+        Ok(())
+    }
+
     /// The CA to trust for `rediss://`, read from `--redis-ca`.
     pub fn ca_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
         let Some(path) = &self.redis_ca else {
@@ -76,18 +84,18 @@ pub async fn setup(
     args: &FleetArgs,
     recorder: &Arc<Recorder>,
 ) -> anyhow::Result<LimiterSetup> {
-    match (&args.redis, &args.fleet) {
-        // One process: every limit, worker- or fleet-scoped, is this process's to keep.
-        (None, None) => Ok(LimiterSetup::local(&plan.limits)),
-        (Some(_), None) => anyhow::bail!(
+    args.check_fleet_has_redis()?;
+    // One process: every limit, worker- or fleet-scoped, is this process's to keep.
+    let Some(url) = &args.redis else {
+        return Ok(LimiterSetup::local(&plan.limits));
+    };
+    let Some(id) = &args.fleet else {
+        anyhow::bail!(
             "--redis needs --fleet ID (or PACER_FLEET): the test id the fleet's processes share"
-        ),
-        (None, Some(_)) => anyhow::bail!("--fleet needs --redis URL (or PACER_REDIS_URL)"),
-        (Some(url), Some(id)) => {
-            let mut cfg = FleetConfig::new(url.clone(), id.clone());
-            cfg.safe_mode_max = args.redis_safe_mode;
-            cfg.ca_pem = args.ca_pem()?;
-            Ok(LimiterSetup::fleet(plan, cfg, recorder).await?)
-        }
-    }
+        );
+    };
+    let mut cfg = FleetConfig::new(url.clone(), id.clone());
+    cfg.safe_mode_max = args.redis_safe_mode;
+    cfg.ca_pem = args.ca_pem()?;
+    Ok(LimiterSetup::fleet(plan, cfg, recorder).await?)
 }

@@ -64,6 +64,20 @@ fn default_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// The fleet's Redis to join (`--fleet` defaults to the controller's test id).
+fn redis_join(f: &crate::fleet::FleetArgs) -> anyhow::Result<Option<pacer_worker::RedisJoin>> {
+    f.check_fleet_has_redis()?;
+    let Some(url) = &f.redis else {
+        return Ok(None);
+    };
+    Ok(Some(pacer_worker::RedisJoin {
+        url: url.clone(),
+        fleet: f.fleet.clone(),
+        safe_mode_max: f.redis_safe_mode,
+        ca_pem: f.ca_pem()?,
+    }))
+}
+
 pub async fn run(args: WorkerArgs) -> Exit {
     let cancel = CancellationToken::new();
     tokio::spawn({
@@ -85,24 +99,12 @@ pub async fn run(args: WorkerArgs) -> Exit {
             cancel.cancel();
         });
     }
-    let redis = match (&args.fleet.redis, &args.fleet.fleet) {
-        (Some(url), fleet) => Some(pacer_worker::RedisJoin {
-            url: url.clone(),
-            fleet: fleet.clone(),
-            safe_mode_max: args.fleet.redis_safe_mode,
-            ca_pem: match args.fleet.ca_pem() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("worker: error: {e}");
-                    return Exit::Invalid;
-                }
-            },
-        }),
-        (None, Some(_)) => {
-            eprintln!("worker: error: --fleet needs --redis URL (or PACER_REDIS_URL)");
+    let redis = match redis_join(&args.fleet) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("worker: error: {e}");
             return Exit::Invalid;
         }
-        (None, None) => None,
     };
     let cfg = pacer_worker::WorkerConfig {
         controller: args.connect.clone(),

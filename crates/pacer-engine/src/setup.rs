@@ -106,11 +106,6 @@ impl LimiterSetup {
             .collect()
     }
 
-    /// Did this run join a fleet?
-    pub fn in_fleet(&self) -> bool {
-        self.fleet.is_some()
-    }
-
     /// Leave the fleet; the last process deletes the test's keys in Redis (otherwise they
     /// expire by themselves).
     pub async fn finish(&self) {

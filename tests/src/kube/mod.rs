@@ -25,3 +25,27 @@ pub use kubeconfig::{Credentials, service_account_token, write_kubeconfig};
 pub use kubelet::{Kubelet, KubeletOptions, default_entrypoints};
 pub use pki::Pki;
 pub use proc::{free_port, group_alive};
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Poll `check` every 100 ms until it returns `Some`, at most `limit`; past it the test fails
+/// with `what` and the shared cluster's diagnostics.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: not within {limit:?}\n{}",
+            Cluster::shared().diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -233,8 +233,6 @@ impl redis::aio::ConnectionLike for Conn {
 /// [`Fleet::leave`] at the end of the test.
 pub struct Fleet {
     conn: Conn,
-    /// Cluster mode (for the report): the seed node's `INFO cluster` said so.
-    cluster: bool,
     client: redis::Client,
     keys: Keys,
     addr: String,
@@ -342,7 +340,6 @@ impl Fleet {
         let (events, _) = broadcast::channel(1024);
         let fleet = Arc::new(Self {
             conn,
-            cluster,
             client,
             keys,
             addr: addr.clone(),
@@ -377,11 +374,6 @@ impl Fleet {
 
     pub fn worker_id(&self) -> &str {
         &self.worker_id
-    }
-
-    /// Is this fleet's Redis a Redis Cluster?
-    pub fn is_cluster(&self) -> bool {
-        self.cluster
     }
 
     /// Live workers at the last count (at least 1: this one).
