@@ -154,7 +154,7 @@ impl OAuthClient {
                 .map_err(|e| {
                     fail(format!(
                         "request failed ({})",
-                        crate::http::classify(&e).as_str()
+                        crate::http::classify_reqwest(&e).as_str()
                     ))
                 })?;
             let status = resp.status().as_u16();

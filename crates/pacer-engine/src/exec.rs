@@ -25,7 +25,7 @@ pub const WORKER_HEADER: &str = "x-pacer-worker";
 /// Everything an iteration needs, shared by all of a run's tasks.
 pub struct Shared {
     pub plan: Arc<Plan>,
-    pub client: reqwest::Client,
+    pub client: http::HttpClient,
     pub limiter: Arc<dyn Limiter>,
     pub tokens: Arc<dyn TokenSource>,
     pub recorder: Arc<Recorder>,
@@ -36,15 +36,15 @@ pub struct Shared {
     last_limits_ms: AtomicU64,
     epoch: Instant,
     /// The URL of each request whose path has no placeholder, by scenario and request, parsed
-    /// once instead of on every send.
-    static_urls: Vec<Vec<Option<url::Url>>>,
+    /// once instead of on every send (with its `Uri` when the request has no query either).
+    static_urls: Vec<Vec<Option<StaticUrl>>>,
     warned: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
     pub fn new(
         plan: Arc<Plan>,
-        client: reqwest::Client,
+        client: http::HttpClient,
         limiter: Arc<dyn Limiter>,
         tokens: Arc<dyn TokenSource>,
         recorder: Arc<Recorder>,
@@ -67,7 +67,13 @@ impl Shared {
                                 _ => None,
                             })
                             .collect();
-                        request_url(&plan.target, &path?).ok()
+                        let url = request_url(&plan.target, &path?).ok()?;
+                        let uri = req
+                            .query
+                            .is_empty()
+                            .then(|| url.as_str().parse::<hyper::Uri>().ok())
+                            .flatten();
+                        Some((url, uri))
                     })
                     .collect()
             })
@@ -97,6 +103,10 @@ impl Shared {
         }
     }
 }
+
+/// A request URL known before the run: parsed, and as a request `Uri` when nothing (no query)
+/// is added to it per request.
+type StaticUrl = (url::Url, Option<hyper::Uri>);
 
 /// Run one iteration of scenario `sc`. `intended` is when the schedule meant it to start: the
 /// first request's latency is measured from there (no coordinated omission).
@@ -136,8 +146,8 @@ struct StepResult {
 /// A request rendered once per logical request (retries resend the same thing: the same
 /// correlation id, the same body).
 struct Prepared {
-    method: reqwest::Method,
-    url: url::Url,
+    method: ::http::Method,
+    uri: hyper::Uri,
     headers: HeaderMap,
     body: Option<bytes::Bytes>,
     approx_header_bytes: u64,
@@ -157,24 +167,35 @@ fn request_url(target: &url::Url, path: &str) -> Result<url::Url, String> {
 fn prepare(
     sh: &Shared,
     req: &Request,
-    static_url: Option<&url::Url>,
+    static_url: Option<&StaticUrl>,
     ctx: &RenderCtx<'_>,
 ) -> Result<Prepared, String> {
-    let mut url = match static_url {
-        Some(url) => url.clone(),
-        None => request_url(
-            &sh.plan.target,
-            &ctx.render(&req.path).map_err(|e| e.to_string())?,
-        )?,
-    };
-    if !req.query.is_empty() {
-        let mut q = url.query_pairs_mut();
-        for (k, t) in &req.query {
-            q.append_pair(k, &ctx.render(t).map_err(|e| e.to_string())?);
+    let uri = match static_url {
+        Some((_, Some(uri))) => uri.clone(),
+        _ => {
+            let mut url = match static_url {
+                Some((url, _)) => url.clone(),
+                None => request_url(
+                    &sh.plan.target,
+                    &ctx.render(&req.path).map_err(|e| e.to_string())?,
+                )?,
+            };
+            if !req.query.is_empty() {
+                let mut q = url.query_pairs_mut();
+                for (k, t) in &req.query {
+                    q.append_pair(k, &ctx.render(t).map_err(|e| e.to_string())?);
+                }
+            }
+            url.as_str()
+                .parse::<hyper::Uri>()
+                .map_err(|e| format!("URL {:?} is not a valid request URI: {e}", url.as_str()))?
         }
-    }
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + 2);
-    let mut approx = (req.method.len() + url.as_str().len() + 12) as u64;
+    };
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
+    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let mut approx = (req.method.len() + uri_len + 12) as u64;
     for (k, t) in &req.headers {
         let v = ctx.render(t).map_err(|e| e.to_string())?;
         let name = HeaderName::from_bytes(k.as_bytes())
@@ -202,11 +223,12 @@ fn prepare(
     if let Some(w) = &sh.worker_header {
         headers.insert(HeaderName::from_static(WORKER_HEADER), w.clone());
     }
-    let method = reqwest::Method::from_bytes(req.method.as_bytes())
+    sh.client.add_default_headers(&mut headers);
+    let method = ::http::Method::from_bytes(req.method.as_bytes())
         .map_err(|_| format!("method {:?} is invalid", req.method))?;
     Ok(Prepared {
         method,
-        url,
+        uri,
         headers,
         body,
         approx_header_bytes: approx,
@@ -392,7 +414,7 @@ async fn send_with_retries(
     let policy = &sh.plan.retry;
     let meta = RequestMeta {
         method: &req.method,
-        path: p.url.path(),
+        path: p.uri.path(),
         request: &req.name,
     };
     let mut out = RequestOutcome {
@@ -438,7 +460,11 @@ async fn send_with_retries(
                 }
             },
         };
-        let mut builder = reqwest::Request::new(p.method.clone(), p.url.clone());
+        let mut builder = ::http::Request::new(http_body_util::Full::new(
+            p.body.clone().unwrap_or_default(),
+        ));
+        *builder.method_mut() = p.method.clone();
+        *builder.uri_mut() = p.uri.clone();
         *builder.headers_mut() = p.headers.clone();
         if let Some(t) = &token {
             match HeaderValue::from_str(&format!("Bearer {}", t.expose())) {
@@ -456,9 +482,6 @@ async fn send_with_retries(
                 }
             }
         }
-        if let Some(b) = &p.body {
-            *builder.body_mut() = Some(reqwest::Body::from(b.clone()));
-        }
         // If the end of the test drops this future mid-exchange, the guard still counts the
         // attempt (as interrupted): the request was sent and the server may have counted it.
         let guard = InFlight {
@@ -475,7 +498,7 @@ async fn send_with_retries(
                     .saturating_sub(grant.waited + grant.paused),
             );
         }
-        let result = http::send(&sh.client, builder).await;
+        let result = sh.client.send(builder).await;
         guard.disarm();
         out.attempts = attempt;
         let retry_after_info;

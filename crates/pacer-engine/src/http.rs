@@ -1,11 +1,20 @@
-//! The HTTP side: one reqwest client per run (keep-alive pool), sending one attempt, and
-//! classifying what came back.
+//! The HTTP side. Requests go through [`HttpClient`]: hyper's pooled client (keep-alive,
+//! HTTP/1.1, and HTTP/2 by ALPN or prior knowledge) over rustls, one for the whole run. It is
+//! the hot path, so it is hyper without the layers of a general-purpose client (no redirects,
+//! cookies, proxies or decompression, which a load test does not want either). OAuth2 token
+//! fetches, which are rare, use reqwest ([`build_token_client`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pacer_plan::HttpOptions;
 use pacer_stats::ErrorKind;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -15,8 +24,9 @@ pub enum ClientError {
     Build(String),
 }
 
-/// Build the client a whole run shares.
-pub fn build_client(opts: &HttpOptions, pool_hint: usize) -> Result<reqwest::Client, ClientError> {
+const AGENT: &str = concat!("pacer/", env!("CARGO_PKG_VERSION"));
+
+fn plan_headers(opts: &HttpOptions) -> Result<HeaderMap, ClientError> {
     let mut headers = HeaderMap::new();
     for (k, v) in &opts.headers {
         let name =
@@ -24,15 +34,19 @@ pub fn build_client(opts: &HttpOptions, pool_hint: usize) -> Result<reqwest::Cli
         let value = HeaderValue::from_str(v).map_err(|_| ClientError::Header(k.clone()))?;
         headers.insert(name, value);
     }
+    Ok(headers)
+}
+
+/// The client OAuth2 token fetches use (reqwest: forms, JSON, a few calls per run).
+pub fn build_token_client(opts: &HttpOptions) -> Result<reqwest::Client, ClientError> {
     let mut b = reqwest::Client::builder()
-        .default_headers(headers)
+        .default_headers(plan_headers(opts)?)
         .timeout(opts.timeout)
         .connect_timeout(opts.connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(opts.max_idle_per_host.unwrap_or(pool_hint.max(1)))
+        .pool_max_idle_per_host(2)
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("pacer/", env!("CARGO_PKG_VERSION")))
+        .user_agent(AGENT)
         .no_proxy();
     if opts.http2_only {
         b = b.http2_prior_knowledge();
@@ -43,11 +57,177 @@ pub fn build_client(opts: &HttpOptions, pool_hint: usize) -> Result<reqwest::Cli
     b.build().map_err(|e| ClientError::Build(e.to_string()))
 }
 
+type Pool = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The client a whole run shares for its requests.
+#[derive(Clone)]
+pub struct HttpClient {
+    pool: Pool,
+    /// `http.headers` of the plan and the user agent: sent unless the request sets them.
+    default_headers: Arc<HeaderMap>,
+    timeout: Duration,
+}
+
+impl HttpClient {
+    /// `pool_hint` is how many connections the run may use at once (idle ones kept per host,
+    /// unless the plan says `maxIdlePerHost`).
+    pub fn new(opts: &HttpOptions, pool_hint: usize) -> Result<Self, ClientError> {
+        let mut default_headers = plan_headers(opts)?;
+        if !default_headers.contains_key(USER_AGENT) {
+            default_headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+        }
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(opts.connect_timeout));
+        let tls = tls_config(opts.insecure_skip_verify)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let pool = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(opts.max_idle_per_host.unwrap_or(pool_hint.max(1)))
+            .http2_only(opts.http2_only)
+            .build(connector);
+        Ok(Self {
+            pool,
+            default_headers: Arc::new(default_headers),
+            timeout: opts.timeout,
+        })
+    }
+
+    /// Add the plan's headers that `headers` does not set.
+    pub fn add_default_headers(&self, headers: &mut HeaderMap) {
+        for (k, v) in self.default_headers.iter() {
+            if !headers.contains_key(k) {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
+    /// Send one request and read the whole body, within the plan's `http.timeout`.
+    pub async fn send(&self, req: http::Request<Full<Bytes>>) -> Result<Response, TransportError> {
+        let sent_at = Instant::now();
+        let exchange = async {
+            let resp = self
+                .pool
+                .request(req)
+                .await
+                .map_err(|e| (classify(&e, e.is_connect()), error_chain(&e)))?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|e| {
+                let kind = match classify(&e, false) {
+                    ErrorKind::Other | ErrorKind::Protocol => ErrorKind::Body,
+                    k => k,
+                };
+                (kind, error_chain(&e))
+            })?;
+            Ok::<_, (ErrorKind, String)>((parts, body.to_bytes()))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok((parts, body))) => Ok(Response {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body,
+                sent_at,
+                service_time: sent_at.elapsed(),
+            }),
+            Ok(Err((kind, message))) => Err(TransportError {
+                kind,
+                message,
+                service_time: sent_at.elapsed(),
+            }),
+            Err(_) => Err(TransportError {
+                kind: ErrorKind::Timeout,
+                message: format!("no complete response within {:?}", self.timeout),
+                service_time: sent_at.elapsed(),
+            }),
+        }
+    }
+}
+
+/// rustls with the platform's verifier (the system's roots), or none at all when the plan
+/// says `insecureSkipVerify`. The provider is aws-lc-rs, whatever the process installed.
+fn tls_config(insecure: bool) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Build(format!("TLS: {e}")))?;
+    let config = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerifier(provider)))
+            .with_no_client_auth()
+    } else {
+        let verifier = rustls_platform_verifier::Verifier::new(provider)
+            .map_err(|e| ClientError::Build(format!("TLS: the system's verifier: {e}")))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth()
+    };
+    Ok(config)
+}
+
+/// `insecureSkipVerify`: any certificate is accepted (the handshake's signatures are still
+/// checked, so the peer holds the key of the certificate it sent).
+#[derive(Debug)]
+struct NoVerifier(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// What one attempt produced.
 pub struct Response {
     pub status: u16,
     pub headers: HeaderMap,
-    pub body: bytes::Bytes,
+    pub body: Bytes,
     pub sent_at: Instant,
     pub service_time: Duration,
 }
@@ -58,49 +238,41 @@ pub struct TransportError {
     pub service_time: Duration,
 }
 
-/// Send one request and read the whole body.
-pub async fn send(
-    client: &reqwest::Client,
-    req: reqwest::Request,
-) -> Result<Response, TransportError> {
-    let sent_at = Instant::now();
-    let fail = |e: reqwest::Error| TransportError {
-        kind: classify(&e),
-        message: redact(&e),
-        service_time: sent_at.elapsed(),
-    };
-    let mut resp = client.execute(req).await.map_err(fail)?;
-    let status = resp.status().as_u16();
-    // Taken, not cloned: reading the body needs no headers.
-    let headers = std::mem::take(resp.headers_mut());
-    let body = resp.bytes().await.map_err(|e| {
-        let mut t = fail(e);
-        if t.kind == ErrorKind::Other {
-            t.kind = ErrorKind::Body;
-        }
-        t
-    })?;
-    Ok(Response {
-        status,
-        headers,
-        body,
-        sent_at,
-        service_time: sent_at.elapsed(),
-    })
-}
-
-pub fn classify(e: &reqwest::Error) -> ErrorKind {
-    if e.is_timeout() {
-        return ErrorKind::Timeout;
-    }
+/// Which kind of transport failure an error chain is. `connect` says the client failed
+/// before a connection was made. hyper's messages carry no URL (so no query string).
+fn classify(e: &(dyn std::error::Error + 'static), connect: bool) -> ErrorKind {
     let chain = error_chain(e).to_ascii_lowercase();
-    if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake") {
+    let timeout = {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut found = false;
+        while let Some(c) = cur {
+            if let Some(h) = c.downcast_ref::<hyper::Error>()
+                && h.is_timeout()
+            {
+                found = true;
+            }
+            if let Some(io) = c.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::TimedOut
+            {
+                found = true;
+            }
+            cur = c.source();
+        }
+        found || chain.contains("timed out")
+    };
+    if timeout {
+        ErrorKind::Timeout
+    } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake")
+    {
         ErrorKind::Tls
-    } else if e.is_connect() {
+    } else if connect {
         ErrorKind::Connect
-    } else if e.is_body() || e.is_decode() {
-        ErrorKind::Body
-    } else if e.is_request() || chain.contains("connection") || chain.contains("protocol") {
+    } else if chain.contains("connection")
+        || chain.contains("protocol")
+        || chain.contains("parse")
+        || chain.contains("message")
+        || chain.contains("invalid")
+    {
         ErrorKind::Protocol
     } else {
         ErrorKind::Other
@@ -118,13 +290,11 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// reqwest puts the URL in its messages; the query might carry secrets, so drop it.
-fn redact(e: &reqwest::Error) -> String {
-    let mut e2 = error_chain(e);
-    if let Some(u) = e.url() {
-        let mut clean = u.clone();
-        clean.set_query(None);
-        e2 = e2.replace(u.as_str(), clean.as_str());
+/// [`classify`] for the token client's errors.
+pub fn classify_reqwest(e: &reqwest::Error) -> ErrorKind {
+    if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        classify(e, e.is_connect())
     }
-    e2
 }

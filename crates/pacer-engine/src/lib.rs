@@ -172,14 +172,15 @@ pub async fn run(
         })
         .sum::<usize>()
         .min(4096);
-    let client = http::build_client(&plan.http, pool_hint)?;
-    let tokens = deps.tokens.unwrap_or_else(|| {
-        Arc::new(auth::Tokens::from_plan(
+    let client = http::HttpClient::new(&plan.http, pool_hint)?;
+    let tokens = match deps.tokens {
+        Some(t) => t,
+        None => Arc::new(auth::Tokens::from_plan(
             &plan,
-            client.clone(),
+            http::build_token_client(&plan.http)?,
             deps.recorder.clone(),
-        ))
-    });
+        )),
+    };
     let shared = Arc::new(exec::Shared::new(
         plan.clone(),
         client,

@@ -58,7 +58,7 @@ impl LimiterSetup {
             FleetOptions::default(),
         ));
         // Token fetches are rare: a small client of their own.
-        let client = crate::http::build_client(&plan.http, 2)?;
+        let client = crate::http::build_token_client(&plan.http)?;
         let tokens: Arc<dyn TokenSource> = Arc::new(FleetTokens::from_plan(
             plan,
             client,
