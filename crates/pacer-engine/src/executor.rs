@@ -13,6 +13,7 @@ use std::time::Duration;
 use pacer_plan::ramp::RampSchedule;
 use pacer_plan::{Executor, Shard, VuStage};
 use pacer_stats::IterationOutcome;
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -127,30 +128,73 @@ pub async fn run(run: Arc<ScenarioRun>, executor: &Executor) {
     }
 }
 
-/// Open model. The scheduler task sleeps until the next arrival is due and then starts every
-/// arrival whose time has come (timers have ~1 ms resolution; the intended time of each
-/// arrival stays exact, and latency is measured from it).
+/// Open model. The arrivals are started from a thread of their own (one of the runtime's
+/// blocking pool): it sleeps with the operating system's timer, to the microsecond rather than
+/// tokio's 1 ms ticks, until each arrival of the shard is due (never before), then spawns the
+/// arrival's iteration onto the runtime, or counts it as dropped when `maxInFlight` is full.
+/// A graceful or hard stop wakes the thread at once. The intended time of each arrival is the
+/// schedule's exactly, and latency is measured from it. Once the thread is done, the task waits
+/// for the iterations in flight.
+///
+/// The thread runs on the real clock: the schedule does not follow tokio's paused time.
 async fn arrivals(run: Arc<ScenarioRun>, schedule: RampSchedule, max_in_flight: u32) {
     let max_in_flight = run.shard.max_in_flight(max_in_flight);
     let sem = Arc::new(Semaphore::new(max_in_flight as usize));
+    // Ends the thread if this task is dropped (a runtime waits for its blocking threads).
+    let quit = CancellationToken::new();
+    let _quit_on_drop = quit.clone().drop_guard();
+    let scheduler = tokio::task::spawn_blocking({
+        let handle = Handle::current();
+        let sem = sem.clone();
+        let quit = quit.clone();
+        move || start_arrivals(&handle, &run, &schedule, &sem, &quit)
+    });
+    if let Err(e) = scheduler.await
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    // Wait for every in-flight iteration (each ends by itself or at the hard stop).
+    let _all = sem.acquire_many(max_in_flight).await;
+}
+
+/// The arrival thread of [`arrivals`]: returns at the end of the schedule or at a stop.
+fn start_arrivals(
+    handle: &Handle,
+    run: &Arc<ScenarioRun>,
+    schedule: &RampSchedule,
+    sem: &Arc<Semaphore>,
+    quit: &CancellationToken,
+) {
+    // Wakes this thread when the run is stopped (or the task gone) while it sleeps.
+    let waker = handle.spawn({
+        let thread = std::thread::current();
+        let run = run.clone();
+        let quit = quit.clone();
+        async move {
+            tokio::select! {
+                _ = run.stop.cancelled() => {}
+                _ = run.hard.cancelled() => {}
+                _ = quit.cancelled() => {}
+            }
+            thread.unpark();
+        }
+    });
+    let start = run.start.into_std();
     let total = schedule.total();
     let mut dropped = 0u64;
-    let shard = run.shard.clone();
-    for k in shard.positions_below(total) {
+    for k in run.shard.positions_below(total) {
         let Some(offset) = schedule.offset(k) else {
             break;
         };
-        let due = run.start + offset;
-        if due > Instant::now() && !run.sleep_until(due).await {
-            break;
-        }
-        if run.stopping() {
+        if !sleep_until_due(run, quit, start + offset) {
             break;
         }
         match sem.clone().try_acquire_owned() {
             Ok(permit) => {
                 let r = run.clone();
-                tokio::spawn(async move {
+                let due = run.start + offset;
+                handle.spawn(async move {
                     r.iteration(0, k, due, None).await;
                     drop(permit);
                 });
@@ -168,8 +212,22 @@ async fn arrivals(run: Arc<ScenarioRun>, schedule: RampSchedule, max_in_flight: 
     if dropped > 0 {
         run.shared.recorder.record_dropped(run.scenario, dropped);
     }
-    // Wait for every in-flight iteration (each ends by itself or at the hard stop).
-    let _all = sem.acquire_many(max_in_flight).await;
+    waker.abort();
+}
+
+/// Sleeps the thread until `due`, never less; false when stopped first. A stop unparks it.
+fn sleep_until_due(run: &ScenarioRun, quit: &CancellationToken, due: std::time::Instant) -> bool {
+    loop {
+        if run.stopping() || quit.is_cancelled() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        if now >= due {
+            return true;
+        }
+        // May return early (an unpark, or spuriously): checked again above.
+        std::thread::park_timeout(due - now);
+    }
 }
 
 async fn constant_vus(run: Arc<ScenarioRun>, vus: u32, duration: Duration) {
