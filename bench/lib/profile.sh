@@ -17,7 +17,7 @@ machine_line
 write_plan "$OUT/plan.yaml" "    executor: constant-vus
     vus: 64
     duration: ${SECS}s"
-"${PIN_CLIENT[@]}" "$PERF" record -q -F 499 --call-graph dwarf,16384 -o "$OUT/perf.data" \
+"${PIN_CLIENT[@]}" "$PERF" record -q -F ${PROFILE_FREQ:-499} --call-graph dwarf,16384 -o "$OUT/perf.data" \
   -- "$PACER" run "$OUT/plan.yaml" --quiet --summary-json "$OUT/summary.json" >/dev/null
 echo "requests/s under perf: $(python3 "$STATS_PY" pacer_summary "$OUT/summary.json" ok |
   awk -v e="$(python3 "$STATS_PY" pacer_summary "$OUT/summary.json" elapsed)" '{printf "%.0f", $1 / e}')"
