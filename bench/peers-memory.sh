@@ -6,7 +6,8 @@
 # Then pacer alone at 1000/s for SOAK_SECS (default 180 s; BENCH_SOAK_SECS=600 for the
 # 10-minute goal), sampling its RSS every few seconds: it must stay flat (HDR histograms, no
 # raw samples). BENCH_IN_FLIGHT= (empty) runs the soak alone. BENCH_QUICK=1: 8 s runs, 20 s
-# soak. Write-up: docs/benchmarks.md.
+# soak. Every run waits (up to 90 s) for loopback's TIME_WAIT sockets to drain first.
+# Write-up: docs/benchmarks.md.
 source "$(dirname "$0")/lib/common.sh"
 
 if [ "$BENCH_QUICK" = 1 ]; then
@@ -30,7 +31,20 @@ plan() {
   "$PACER" validate "$OUT/plan-$1-$2.yaml" >/dev/null
 }
 
-start() { start_target --auth off --no-limits --latency fixed:1s; }
+# Every run starts with loopback's ephemeral ports free: a run leaves up to 2 x RATE sockets in
+# TIME_WAIT for 60 s, and a client connecting while 20000 of the 28000 ports are taken spends
+# its core in the kernel's port search (__inet_hash_connect), whichever tool it is.
+drain_time_wait() {
+  local n waited=0
+  while n=$(ss -Htan state time-wait | wc -l) && [ "$n" -gt 1000 ] && [ "$waited" -lt 90 ]; do
+    sleep 5
+    waited=$((waited + 5))
+  done
+}
+start() {
+  drain_time_wait
+  start_target --auth off --no-limits --latency fixed:1s
+}
 
 limit=$((SECS + 40))
 for level in $LEVELS; do

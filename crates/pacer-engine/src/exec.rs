@@ -186,9 +186,15 @@ fn prepare(
                     q.append_pair(k, &ctx.render(t).map_err(|e| e.to_string())?);
                 }
             }
-            url.as_str()
-                .parse::<hyper::Uri>()
-                .map_err(|e| format!("URL {:?} is not a valid request URI: {e}", url.as_str()))?
+            // The message leaves the query out: it may carry secrets.
+            url.as_str().parse::<hyper::Uri>().map_err(|e| {
+                format!(
+                    "URL {}://{}{} is not a valid request URI: {e}",
+                    url.scheme(),
+                    url.host_str().unwrap_or(""),
+                    url.path()
+                )
+            })?
         }
     };
     let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);

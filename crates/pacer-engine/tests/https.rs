@@ -152,3 +152,21 @@ async fn a_closed_port_is_a_connect_error() {
     let t = run(&format!("http://127.0.0.1:{port}"), "{}").await;
     assert_eq!(t.errors.get("connect"), Some(&10), "{:?}", t.errors);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_is_a_timeout_at_http_timeout() {
+    // Accepts and reads, never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let started = std::time::Instant::now();
+    let t = run(&format!("http://{addr}"), "{ timeout: 200ms }").await;
+    assert_eq!(t.errors.get("timeout"), Some(&10), "{:?}", t.errors);
+    // 2 VUs, 5 timeouts each: about 1 s, far from hanging.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
