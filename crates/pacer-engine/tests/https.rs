@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use pacer_engine::{Deps, RunControl, RunOptions};
 use pacer_limiter::Unlimited;
-use pacer_plan::{LoadOptions, load_str};
-use pacer_stats::{Recorder, RequestStats};
+use pacer_stats::RequestStats;
+
+mod common;
 
 /// Requests the server answered, by protocol.
 #[derive(Default)]
@@ -82,29 +82,13 @@ async fn serve_tls(alpn: &[&[u8]]) -> (SocketAddr, Arc<Seen>) {
 
 /// 10 iterations of one GET against `target`.
 async fn run(target: &str, http: &str) -> RequestStats {
-    let plan = load_str(
+    common::run_plan(
         &format!(
             "name: tls\ntarget: {target}\nhttp: {http}\nretry: {{ maxAttempts: 1 }}\nscenarios:\n  - name: s\n    executor: shared-iterations\n    vus: 2\n    iterations: 10\n    requests:\n      - {{ name: a, path: /a }}\n"
         ),
-        "tls.yaml",
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let plan = Arc::new(plan);
-    let recorder = Arc::new(Recorder::new(pacer_engine::layout(&plan)));
-    pacer_engine::run(
-        plan,
-        Deps {
-            limiter: Arc::new(Unlimited),
-            tokens: None,
-            recorder: recorder.clone(),
-        },
-        RunOptions::default(),
-        RunControl::default(),
+        Arc::new(Unlimited),
     )
     .await
-    .unwrap();
-    recorder.snapshot().total()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

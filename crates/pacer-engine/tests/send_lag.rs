@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pacer_engine::{Deps, RunControl, RunOptions};
 use pacer_limiter::{Feedback, Grant, Limiter, LimiterError, RequestMeta, Unlimited};
-use pacer_plan::{LoadOptions, load_str};
-use pacer_stats::{Recorder, RequestStats};
+use pacer_stats::RequestStats;
+
+mod common;
 
 /// Paces nothing, but every acquire waits `WAIT` first, as a limiter holding a request would.
 struct SlowLimiter;
@@ -41,29 +41,13 @@ async fn serve() -> std::net::SocketAddr {
 /// Runs `rate/s` for 1 s with two requests per iteration; returns the totals.
 async fn run(limiter: Arc<dyn Limiter>) -> RequestStats {
     let addr = serve().await;
-    let plan = load_str(
+    common::run_plan(
         &format!(
             "name: lag\ntarget: http://{addr}\nscenarios:\n  - name: s\n    executor: constant-arrival-rate\n    rate: 20/s\n    duration: 1s\n    requests:\n      - {{ name: a, path: /a }}\n      - {{ name: b, path: /b }}\n"
         ),
-        "lag.yaml",
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let plan = Arc::new(plan);
-    let recorder = Arc::new(Recorder::new(pacer_engine::layout(&plan)));
-    pacer_engine::run(
-        plan,
-        Deps {
-            limiter,
-            tokens: None,
-            recorder: recorder.clone(),
-        },
-        RunOptions::default(),
-        RunControl::default(),
+        limiter,
     )
     .await
-    .unwrap();
-    recorder.snapshot().total()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
