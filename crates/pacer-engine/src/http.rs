@@ -157,20 +157,18 @@ fn tls_config(insecure: bool) -> Result<rustls::ClientConfig, ClientError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Build(format!("TLS: {e}")))?;
-    let config = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerifier(provider)))
-            .with_no_client_auth()
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if insecure {
+        Arc::new(NoVerifier(provider))
     } else {
-        let verifier = rustls_platform_verifier::Verifier::new(provider)
-            .map_err(|e| ClientError::Build(format!("TLS: the system's verifier: {e}")))?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth()
+        Arc::new(
+            rustls_platform_verifier::Verifier::new(provider)
+                .map_err(|e| ClientError::Build(format!("TLS: the system's verifier: {e}")))?,
+        )
     };
-    Ok(config)
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
 }
 
 /// `insecureSkipVerify`: any certificate is accepted (the handshake's signatures are still
