@@ -1,17 +1,15 @@
-//! The HTTP side. Requests go through [`HttpClient`]: hyper's pooled client (keep-alive,
-//! HTTP/1.1, and HTTP/2 by ALPN or prior knowledge) over rustls, one for the whole run. It is
-//! the hot path, so it is hyper without the layers of a general-purpose client (no redirects,
-//! cookies, proxies or decompression, which a load test does not want either). OAuth2 token
-//! fetches, which are rare, use reqwest ([`build_token_client`]).
+//! The HTTP side. Requests go through [`HttpClient`]: hyper connections (keep-alive HTTP/1.1,
+//! and HTTP/2 by ALPN or prior knowledge) over rustls, kept in the engine's own pool
+//! ([`crate::pool`]), one for the whole run. It is the hot path, so it is hyper without the
+//! layers of a general-purpose client (no redirects, cookies, proxies or decompression, which a
+//! load test does not want either). OAuth2 token fetches, which are rare, use reqwest
+//! ([`build_token_client`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http_body_util::Full;
 use pacer_plan::HttpOptions;
 use pacer_stats::ErrorKind;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, USER_AGENT};
@@ -57,12 +55,12 @@ pub fn build_token_client(opts: &HttpOptions) -> Result<reqwest::Client, ClientE
     b.build().map_err(|e| ClientError::Build(e.to_string()))
 }
 
-type Pool = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+use crate::pool::Pool;
 
 /// The client a whole run shares for its requests.
 #[derive(Clone)]
 pub struct HttpClient {
-    pool: Pool,
+    pool: Arc<Pool>,
     /// `http.headers` of the plan and the user agent: sent unless the request sets them.
     default_headers: Arc<HeaderMap>,
     timeout: Duration,
@@ -76,28 +74,28 @@ impl HttpClient {
         if !default_headers.contains_key(USER_AGENT) {
             default_headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
         }
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(opts.connect_timeout));
-        let tls = tls_config(opts.insecure_skip_verify)?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let pool = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(opts.max_idle_per_host.unwrap_or(pool_hint.max(1)))
-            .http2_only(opts.http2_only)
-            .build(connector);
+        let mut tls = tls_config(opts.insecure_skip_verify)?;
+        tls.alpn_protocols = if opts.http2_only {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
+        let pool = Pool::new(
+            tls,
+            opts.connect_timeout,
+            opts.http2_only,
+            opts.max_idle_per_host.unwrap_or(pool_hint.max(1)),
+        );
         Ok(Self {
-            pool,
+            pool: Arc::new(pool),
             default_headers: Arc::new(default_headers),
             timeout: opts.timeout,
         })
+    }
+
+    /// Connections opened so far.
+    pub fn connections_opened(&self) -> u64 {
+        self.pool.connections_opened()
     }
 
     /// Add the plan's headers that `headers` does not set.
@@ -112,23 +110,7 @@ impl HttpClient {
     /// Send one request and read the whole body, within the plan's `http.timeout`.
     pub async fn send(&self, req: http::Request<Full<Bytes>>) -> Result<Response, TransportError> {
         let sent_at = Instant::now();
-        let exchange = async {
-            let resp = self
-                .pool
-                .request(req)
-                .await
-                .map_err(|e| (classify(&e, e.is_connect()), error_chain(&e)))?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(|e| {
-                let kind = match classify(&e, false) {
-                    ErrorKind::Other | ErrorKind::Protocol => ErrorKind::Body,
-                    k => k,
-                };
-                (kind, error_chain(&e))
-            })?;
-            Ok::<_, (ErrorKind, String)>((parts, body.to_bytes()))
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        match tokio::time::timeout(self.timeout, self.pool.exchange(req)).await {
             Ok(Ok((parts, body))) => Ok(Response {
                 status: parts.status.as_u16(),
                 headers: parts.headers,
@@ -238,7 +220,7 @@ pub struct TransportError {
 
 /// Which kind of transport failure an error chain is. `connect` says the client failed
 /// before a connection was made. hyper's messages carry no URL (so no query string).
-fn classify(e: &(dyn std::error::Error + 'static), connect: bool) -> ErrorKind {
+pub(crate) fn classify(e: &(dyn std::error::Error + 'static), connect: bool) -> ErrorKind {
     let chain = error_chain(e).to_ascii_lowercase();
     let timeout = {
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -277,7 +259,7 @@ fn classify(e: &(dyn std::error::Error + 'static), connect: bool) -> ErrorKind {
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

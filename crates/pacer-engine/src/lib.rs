@@ -6,6 +6,7 @@ pub mod auth;
 pub mod exec;
 pub mod executor;
 pub mod http;
+mod pool;
 pub mod ratelimit_headers;
 pub mod render;
 pub mod retry;

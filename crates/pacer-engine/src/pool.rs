@@ -1,0 +1,427 @@
+//! The engine's connections. One [`Pool`] per run keeps, per origin (scheme, host, port):
+//!
+//! - HTTP/1.1: a stack of idle keep-alive connections. A request takes the most recently used
+//!   one, or opens a new one when none is idle, and gives it back once the response's body is
+//!   read. There is no race between a new connect and a connection coming back (the new one is
+//!   used), so a run never holds more connections than it has requests in flight.
+//! - HTTP/2 (by ALPN, or `http2: true` for prior knowledge): one connection that every request
+//!   to the origin multiplexes over, opened again when the server closes it.
+//!
+//! Each connection is a hyper `client::conn` connection driven by a task of its own. A request
+//! that an idle connection could not take (the server closed it meanwhile, and the request was
+//! never written) goes to the next connection; a request that was written is never sent again
+//! here (retries are the plan's, in exec.rs).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pacer_stats::ErrorKind;
+use parking_lot::Mutex;
+
+use crate::http::{classify, error_chain as chain};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+type Body = Full<Bytes>;
+
+/// A failed exchange: the kind the report counts and the message (which carries no URL, so no
+/// query string and no credentials in it).
+pub(crate) type Failure = (ErrorKind, String);
+
+/// An idle HTTP/1.1 connection is closed after this long unused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub(crate) struct Pool {
+    origins: Mutex<Vec<Arc<Origin>>>,
+    tls: tokio_rustls::TlsConnector,
+    connect_timeout: Duration,
+    /// `http2: true`: HTTP/2 by prior knowledge on http://, and only h2 offered by ALPN.
+    http2_only: bool,
+    /// Idle HTTP/1.1 connections kept per origin.
+    max_idle: usize,
+    opened: AtomicU64,
+}
+
+struct Origin {
+    https: bool,
+    authority: Authority,
+    /// The host to resolve and to name in TLS (IPv6 without its brackets).
+    name: String,
+    port: u16,
+    /// The `Host` header HTTP/1.1 requests carry unless they set one.
+    host_header: HeaderValue,
+    /// [`MODE_UNKNOWN`] until the first connection, then [`MODE_H1`] or [`MODE_H2`].
+    mode: AtomicU8,
+    /// Held by the request that opens the first (or the next HTTP/2) connection.
+    connecting: tokio::sync::Mutex<()>,
+    idle: Mutex<VecDeque<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<Body>>>,
+}
+
+const MODE_UNKNOWN: u8 = 0;
+const MODE_H1: u8 = 1;
+const MODE_H2: u8 = 2;
+
+struct Idle {
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+enum Conn {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+impl Pool {
+    pub(crate) fn new(
+        tls: rustls::ClientConfig,
+        connect_timeout: Duration,
+        http2_only: bool,
+        max_idle: usize,
+    ) -> Self {
+        Self {
+            origins: Mutex::new(Vec::new()),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            connect_timeout,
+            http2_only,
+            max_idle: max_idle.max(1),
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections opened so far (TCP, and TLS where https).
+    pub(crate) fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Send `req` (absolute URI) and read the whole response body.
+    pub(crate) async fn exchange(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<(http::response::Parts, Bytes), Failure> {
+        let origin = self.origin(req.uri())?;
+        if let Some(tx) = self.shared_h2(&origin).await? {
+            return send_h2(tx, req).await;
+        }
+        let mut origin_form = false;
+        loop {
+            let (conn, reused) = match origin.checkout() {
+                Some(tx) => (Conn::H1(tx), true),
+                None => (self.connect(&origin).await?, false),
+            };
+            match conn {
+                Conn::H2(tx) => return send_h2(origin.keep_h2(tx), req).await,
+                Conn::H1(mut tx) => {
+                    if !origin_form {
+                        to_origin_form(&mut req, &origin.host_header);
+                        origin_form = true;
+                    }
+                    if tx.ready().await.is_err() {
+                        if reused {
+                            continue;
+                        }
+                        return Err((
+                            ErrorKind::Protocol,
+                            "the connection closed before the request was sent".into(),
+                        ));
+                    }
+                    match tx.try_send_request(req).await {
+                        Ok(resp) => {
+                            let out = read_body(resp).await?;
+                            origin.checkin(tx, self.max_idle);
+                            return Ok(out);
+                        }
+                        Err(mut e) => match e.take_message() {
+                            // Never written: the connection was closing; try the next one.
+                            Some(r) if reused => req = r,
+                            _ => {
+                                let e = e.into_error();
+                                return Err((classify(&e, false), chain(&e)));
+                            }
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    /// The origin's HTTP/2 connection if it speaks HTTP/2, `None` if HTTP/1.1. Until the
+    /// first connection says which, and while an HTTP/2 origin has no open connection, one
+    /// request connects and the others wait for it (so 1000 VUs starting at once open one
+    /// HTTP/2 connection, not 1000).
+    async fn shared_h2(
+        &self,
+        origin: &Origin,
+    ) -> Result<Option<http2::SendRequest<Body>>, Failure> {
+        if origin.mode.load(Ordering::Acquire) == MODE_H1 {
+            return Ok(None);
+        }
+        if let Some(tx) = origin.h2_sender() {
+            return Ok(Some(tx));
+        }
+        let _connecting = origin.connecting.lock().await;
+        if origin.mode.load(Ordering::Acquire) == MODE_H1 {
+            return Ok(None);
+        }
+        if let Some(tx) = origin.h2_sender() {
+            return Ok(Some(tx));
+        }
+        match self.connect(origin).await? {
+            Conn::H2(tx) => Ok(Some(origin.keep_h2(tx))),
+            Conn::H1(tx) => {
+                origin.mode.store(MODE_H1, Ordering::Release);
+                origin.checkin(tx, self.max_idle);
+                Ok(None)
+            }
+        }
+    }
+
+    fn origin(&self, uri: &Uri) -> Result<Arc<Origin>, Failure> {
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err((
+                    ErrorKind::Other,
+                    "the URL's scheme is not http or https".into(),
+                ));
+            }
+        };
+        let Some(authority) = uri.authority() else {
+            return Err((ErrorKind::Other, "the URL has no host".into()));
+        };
+        let mut origins = self.origins.lock();
+        if let Some(o) = origins
+            .iter()
+            .find(|o| o.https == https && o.authority == *authority)
+        {
+            return Ok(o.clone());
+        }
+        let default_port = if https { 443 } else { 80 };
+        let port = authority.port_u16().unwrap_or(default_port);
+        let host = authority.host();
+        let header = if port == default_port {
+            host.to_string()
+        } else {
+            format!("{host}:{port}")
+        };
+        let host_header = HeaderValue::from_str(&header).map_err(|_| {
+            (
+                ErrorKind::Other,
+                "the URL's host is not a valid header".into(),
+            )
+        })?;
+        let o = Arc::new(Origin {
+            https,
+            authority: authority.clone(),
+            name: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            host_header,
+            mode: AtomicU8::new(MODE_UNKNOWN),
+            connecting: tokio::sync::Mutex::new(()),
+            idle: Mutex::new(VecDeque::new()),
+            h2: Mutex::new(None),
+        });
+        origins.push(o.clone());
+        Ok(o)
+    }
+
+    /// Open a connection to `origin` within `connectTimeout`: TCP, TLS for https, and the
+    /// HTTP handshake (HTTP/2 if ALPN chose h2 or the plan says `http2`).
+    async fn connect(&self, origin: &Origin) -> Result<Conn, Failure> {
+        let open = async {
+            let tcp = tcp_connect(&origin.name, origin.port).await?;
+            if origin.https {
+                let server_name = ServerName::try_from(origin.name.clone()).map_err(|_| {
+                    (
+                        ErrorKind::Tls,
+                        format!("{:?} is not a name TLS can verify", origin.name),
+                    )
+                })?;
+                let tls = self
+                    .tls
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(|e| (ErrorKind::Tls, format!("TLS handshake: {}", chain(&e))))?;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                handshake(TokioIo::new(tls), h2).await
+            } else {
+                handshake(TokioIo::new(tcp), self.http2_only).await
+            }
+        };
+        let conn = match tokio::time::timeout(self.connect_timeout, open).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err((
+                    ErrorKind::Timeout,
+                    format!("no connection within {:?}", self.connect_timeout),
+                ));
+            }
+        };
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(conn)
+    }
+}
+
+impl Origin {
+    /// The shared HTTP/2 connection, if the origin speaks HTTP/2 and it is still open.
+    fn h2_sender(&self) -> Option<http2::SendRequest<Body>> {
+        let mut h2 = self.h2.lock();
+        match &*h2 {
+            Some(tx) if !tx.is_closed() => Some(tx.clone()),
+            Some(_) => {
+                *h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keep a new HTTP/2 connection for the origin, unless another request opened one
+    /// meanwhile (then this one serves the request that opened it, and closes after).
+    fn keep_h2(&self, tx: http2::SendRequest<Body>) -> http2::SendRequest<Body> {
+        self.mode.store(MODE_H2, Ordering::Release);
+        let mut h2 = self.h2.lock();
+        match &*h2 {
+            Some(cur) if !cur.is_closed() => {}
+            _ => *h2 = Some(tx.clone()),
+        }
+        tx
+    }
+
+    /// The most recently used idle HTTP/1.1 connection that is still open.
+    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock();
+        while let Some(c) = idle.pop_back() {
+            if c.since.elapsed() >= IDLE_TIMEOUT {
+                // The rest are older still.
+                idle.clear();
+                return None;
+            }
+            if !c.tx.is_closed() {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, tx: http1::SendRequest<Body>, max_idle: usize) {
+        if tx.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock();
+        while idle
+            .front()
+            .is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < max_idle {
+            idle.push_back(Idle { tx, since: now });
+        }
+    }
+}
+
+async fn tcp_connect(name: &str, port: u16) -> Result<TcpStream, Failure> {
+    let addrs = tokio::net::lookup_host((name, port))
+        .await
+        .map_err(|e| (ErrorKind::Connect, format!("cannot resolve {name:?}: {e}")))?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                // Small requests go out at once (no Nagle delay).
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = Some(format!("connect to {addr}: {e}")),
+        }
+    }
+    Err((
+        ErrorKind::Connect,
+        last.unwrap_or_else(|| format!("{name:?} resolved to no address")),
+    ))
+}
+
+async fn handshake<T>(io: T, h2: bool) -> Result<Conn, Failure>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let failed = |e: hyper::Error| (ErrorKind::Protocol, format!("handshake: {}", chain(&e)));
+    if h2 {
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(failed)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn::H2(tx))
+    } else {
+        let (tx, conn) = http1::Builder::new().handshake(io).await.map_err(failed)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn::H1(tx))
+    }
+}
+
+/// HTTP/1.1 sends the path and query, and names the host in `Host`.
+fn to_origin_form(req: &mut Request<Body>, host: &HeaderValue) {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    if !req.headers().contains_key(HOST) {
+        req.headers_mut().insert(HOST, host.clone());
+    }
+}
+
+async fn send_h2(
+    mut tx: http2::SendRequest<Body>,
+    mut req: Request<Body>,
+) -> Result<(http::response::Parts, Bytes), Failure> {
+    // The absolute URI gives the :scheme and :authority pseudo-headers.
+    *req.version_mut() = Version::HTTP_2;
+    tx.ready().await.map_err(|e| {
+        (
+            ErrorKind::Protocol,
+            format!("HTTP/2 connection: {}", chain(&e)),
+        )
+    })?;
+    let resp = tx
+        .send_request(req)
+        .await
+        .map_err(|e| (classify(&e, false), chain(&e)))?;
+    read_body(resp).await
+}
+
+async fn read_body(resp: Response<Incoming>) -> Result<(http::response::Parts, Bytes), Failure> {
+    use http_body_util::BodyExt;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| {
+        let kind = match classify(&e, false) {
+            ErrorKind::Other | ErrorKind::Protocol => ErrorKind::Body,
+            k => k,
+        };
+        (kind, chain(&e))
+    })?;
+    Ok((parts, body.to_bytes()))
+}
