@@ -2,16 +2,14 @@
 //! and polling, recorded as attempts (HTTP exchanges) and requests (after retries).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use pacer_limiter::{Feedback, Limiter, RequestMeta, Token, TokenSource};
 use pacer_plan::{AuthRef, Body, Expect, ExtractFrom, Part, Plan, Request};
 use pacer_stats::{Attempt, ErrorKind, IterationOutcome, Recorder, RequestOutcome, RetryOutcome};
-use reqwest::header::{
-    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
-};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +36,9 @@ pub struct Shared {
     /// The URL of each request whose path has no placeholder, by scenario and request, parsed
     /// once instead of on every send (with its `Uri` when the request has no query either).
     static_urls: Vec<Vec<Option<StaticUrl>>>,
+    /// Requests with nothing to render (URL, headers and body all literal), by scenario and
+    /// request: prepared on first use and sent as they are after that.
+    static_requests: Vec<Vec<Option<StaticRequest>>>,
     warned: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -77,9 +78,31 @@ impl Shared {
                     })
                     .collect()
             })
+            .collect::<Vec<Vec<_>>>();
+        let static_requests = plan
+            .scenarios
+            .iter()
+            .zip(&static_urls)
+            .map(|(sc, urls)| {
+                sc.requests
+                    .iter()
+                    .zip(urls)
+                    .map(|(req, url)| {
+                        let literal = matches!(url, Some((_, Some(_))))
+                            && req.headers.iter().all(|(_, t)| t.is_literal())
+                            && match &req.body {
+                                None => true,
+                                Some(Body::Text(t)) => t.is_literal(),
+                                Some(Body::Json(_)) => false,
+                            };
+                        literal.then(OnceLock::new)
+                    })
+                    .collect()
+            })
             .collect();
         Self {
             static_urls,
+            static_requests,
             plan,
             client,
             limiter,
@@ -107,6 +130,9 @@ impl Shared {
 /// A request URL known before the run: parsed, and as a request `Uri` when nothing (no query)
 /// is added to it per request.
 type StaticUrl = (url::Url, Option<hyper::Uri>);
+
+/// A request with nothing to render, prepared once (or the reason it cannot be sent).
+type StaticRequest = OnceLock<Result<Prepared, String>>;
 
 /// Run one iteration of scenario `sc`. `intended` is when the schedule meant it to start: the
 /// first request's latency is measured from there (no coordinated omission).
@@ -262,6 +288,7 @@ async fn run_request(
     let mut polls = 0u32;
     loop {
         polls += 1;
+        let mut owned = None;
         let prepared = {
             let ctx = RenderCtx {
                 vars,
@@ -272,7 +299,13 @@ async fn run_request(
                 worker: sh.worker,
             };
             let static_url = sh.static_urls.get(sc).and_then(|r| r.get(ri)?.as_ref());
-            prepare(sh, req, static_url, &ctx)
+            match sh.static_requests.get(sc).and_then(|r| r.get(ri)?.as_ref()) {
+                Some(cell) => cell
+                    .get_or_init(|| prepare(sh, req, static_url, &ctx))
+                    .as_ref()
+                    .map_err(String::clone),
+                None => prepare(sh, req, static_url, &ctx).map(|p| &*owned.insert(p)),
+            }
         };
         let prepared = match prepared {
             Ok(p) => p,
@@ -288,7 +321,7 @@ async fn run_request(
             }
         };
         let (outcome, response) =
-            send_with_retries(sh, sc, ri, req, credential, &prepared, intended).await;
+            send_with_retries(sh, sc, ri, req, credential, prepared, intended).await;
         let mut outcome = outcome;
         let mut json_cache: Option<Option<Value>> = None;
         let mut json = |resp: &Response| -> Option<Value> {
@@ -466,17 +499,12 @@ async fn send_with_retries(
                 }
             },
         };
-        let mut builder = ::http::Request::new(http_body_util::Full::new(
-            p.body.clone().unwrap_or_default(),
-        ));
-        *builder.method_mut() = p.method.clone();
-        *builder.uri_mut() = p.uri.clone();
-        *builder.headers_mut() = p.headers.clone();
+        let mut authorization = None;
         if let Some(t) = &token {
             match HeaderValue::from_str(&format!("Bearer {}", t.expose())) {
                 Ok(mut v) => {
                     v.set_sensitive(true);
-                    builder.headers_mut().insert(AUTHORIZATION, v);
+                    authorization = Some(v);
                 }
                 Err(_) => {
                     sh.warn_once(
@@ -504,7 +532,16 @@ async fn send_with_retries(
                     .saturating_sub(grant.waited + grant.paused),
             );
         }
-        let result = sh.client.send(builder).await;
+        let result = sh
+            .client
+            .send(http::Outgoing {
+                method: &p.method,
+                uri: &p.uri,
+                headers: &p.headers,
+                authorization,
+                body: p.body.clone().unwrap_or_default(),
+            })
+            .await;
         guard.disarm();
         out.attempts = attempt;
         let retry_after_info;

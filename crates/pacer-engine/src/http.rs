@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use pacer_plan::HttpOptions;
 use pacer_stats::ErrorKind;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, USER_AGENT};
@@ -108,9 +107,9 @@ impl HttpClient {
     }
 
     /// Send one request and read the whole body, within the plan's `http.timeout`.
-    pub async fn send(&self, req: http::Request<Full<Bytes>>) -> Result<Response, TransportError> {
+    pub async fn send(&self, out: Outgoing<'_>) -> Result<Response, TransportError> {
         let sent_at = Instant::now();
-        match tokio::time::timeout(self.timeout, self.pool.exchange(req)).await {
+        match tokio::time::timeout(self.timeout, self.pool.exchange(&out)).await {
             Ok(Ok((parts, body))) => Ok(Response {
                 status: parts.status.as_u16(),
                 headers: parts.headers,
@@ -201,6 +200,18 @@ impl rustls::client::danger::ServerCertVerifier for NoVerifier {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// One attempt's request, as the engine prepared it. The pool builds the request on the wire
+/// from it (with `Host` for HTTP/1.1), so the prepared headers are copied once per attempt.
+pub struct Outgoing<'a> {
+    pub method: &'a http::Method,
+    /// Absolute (`http://host:port/path?query`).
+    pub uri: &'a http::Uri,
+    pub headers: &'a HeaderMap,
+    /// A bearer token's header value (marked sensitive), when the request has a credential.
+    pub authorization: Option<HeaderValue>,
+    pub body: Bytes,
 }
 
 /// What one attempt produced.

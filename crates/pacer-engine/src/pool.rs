@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{AUTHORIZATION, HOST};
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pacer_stats::ErrorKind;
 use parking_lot::Mutex;
 
-use crate::http::{classify, error_chain as chain};
+use crate::http::{Outgoing, classify, error_chain as chain};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
@@ -104,28 +104,29 @@ impl Pool {
         self.opened.load(Ordering::Relaxed)
     }
 
-    /// Send `req` (absolute URI) and read the whole response body.
+    /// Send `out` and read the whole response body.
     pub(crate) async fn exchange(
         &self,
-        mut req: Request<Body>,
+        out: &Outgoing<'_>,
     ) -> Result<(http::response::Parts, Bytes), Failure> {
-        let origin = self.origin(req.uri())?;
+        let origin = self.origin(out.uri)?;
         if let Some(tx) = self.shared_h2(&origin).await? {
-            return send_h2(tx, req).await;
+            return Box::pin(send_h2(tx, build(out, out.uri.clone(), None))).await;
         }
-        let mut origin_form = false;
+        let mut req: Option<Request<Body>> = None;
         loop {
             let (conn, reused) = match origin.checkout() {
                 Some(tx) => (Conn::H1(tx), true),
-                None => (self.connect(&origin).await?, false),
+                // Boxed: the connect's state (TLS included) is large and rare; the hot path's
+                // future stays small (it is moved on every request).
+                None => (Box::pin(self.connect(&origin)).await?, false),
             };
             match conn {
-                Conn::H2(tx) => return send_h2(origin.keep_h2(tx), req).await,
+                Conn::H2(tx) => {
+                    let req = build(out, out.uri.clone(), None);
+                    return Box::pin(send_h2(origin.keep_h2(tx), req)).await;
+                }
                 Conn::H1(mut tx) => {
-                    if !origin_form {
-                        to_origin_form(&mut req, &origin.host_header);
-                        origin_form = true;
-                    }
                     if tx.ready().await.is_err() {
                         if reused {
                             continue;
@@ -135,7 +136,12 @@ impl Pool {
                             "the connection closed before the request was sent".into(),
                         ));
                     }
-                    match tx.try_send_request(req).await {
+                    let wire = req.take().unwrap_or_else(|| {
+                        let pq = out.uri.path_and_query().cloned();
+                        let uri = Uri::from(pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
+                        build(out, uri, Some(&origin.host_header))
+                    });
+                    match tx.try_send_request(wire).await {
                         Ok(resp) => {
                             let out = read_body(resp).await?;
                             origin.checkin(tx, self.max_idle);
@@ -143,7 +149,7 @@ impl Pool {
                         }
                         Err(mut e) => match e.take_message() {
                             // Never written: the connection was closing; try the next one.
-                            Some(r) if reused => req = r,
+                            Some(r) if reused => req = Some(r),
                             _ => {
                                 let e = e.into_error();
                                 return Err((classify(&e, false), chain(&e)));
@@ -176,7 +182,7 @@ impl Pool {
         if let Some(tx) = origin.h2_sender() {
             return Ok(Some(tx));
         }
-        match self.connect(origin).await? {
+        match Box::pin(self.connect(origin)).await? {
             Conn::H2(tx) => Ok(Some(origin.keep_h2(tx))),
             Conn::H1(tx) => {
                 origin.mode.store(MODE_H1, Ordering::Release);
@@ -381,17 +387,26 @@ where
     }
 }
 
-/// HTTP/1.1 sends the path and query, and names the host in `Host`.
-fn to_origin_form(req: &mut Request<Body>, host: &HeaderValue) {
-    let pq = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::from(pq);
-    if !req.headers().contains_key(HOST) {
-        req.headers_mut().insert(HOST, host.clone());
+/// The request on the wire: `uri` in the form the protocol sends (the path and query for
+/// HTTP/1.1, absolute for HTTP/2), `host` for HTTP/1.1 (unless the plan sets `Host`).
+fn build(out: &Outgoing<'_>, uri: Uri, host: Option<&HeaderValue>) -> Request<Body> {
+    let mut headers = HeaderMap::with_capacity(out.headers.len() + 2);
+    if let Some(h) = host
+        && !out.headers.contains_key(HOST)
+    {
+        headers.insert(HOST, h.clone());
     }
+    for (k, v) in out.headers {
+        headers.append(k.clone(), v.clone());
+    }
+    if let Some(a) = &out.authorization {
+        headers.insert(AUTHORIZATION, a.clone());
+    }
+    let mut req = Request::new(Full::new(out.body.clone()));
+    *req.method_mut() = out.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    req
 }
 
 async fn send_h2(
