@@ -13,6 +13,8 @@ use pacer_plan::HttpOptions;
 use pacer_stats::ErrorKind;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 
+use crate::pool::Pool;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("http.headers.{0}: not a valid header")]
@@ -54,8 +56,6 @@ pub fn build_token_client(opts: &HttpOptions) -> Result<reqwest::Client, ClientE
     b.build().map_err(|e| ClientError::Build(e.to_string()))
 }
 
-use crate::pool::Pool;
-
 /// The client a whole run shares for its requests.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -90,11 +90,6 @@ impl HttpClient {
             default_headers: Arc::new(default_headers),
             timeout: opts.timeout,
         })
-    }
-
-    /// Connections opened so far.
-    pub fn connections_opened(&self) -> u64 {
-        self.pool.connections_opened()
     }
 
     /// Add the plan's headers that `headers` does not set.

@@ -2,8 +2,9 @@
 //!
 //! - HTTP/1.1: a stack of idle keep-alive connections. A request takes the most recently used
 //!   one, or opens a new one when none is idle, and gives it back once the response's body is
-//!   read. There is no race between a new connect and a connection coming back (the new one is
-//!   used), so a run never holds more connections than it has requests in flight.
+//!   read. A request that finds none idle opens one and uses it (it does not race the connect
+//!   against a connection coming back), so a run never holds more connections than it has
+//!   requests in flight.
 //! - HTTP/2 (by ALPN, or `http2: true` for prior knowledge): one connection that every request
 //!   to the origin multiplexes over, opened again when the server closes it.
 //!
@@ -14,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,10 +28,10 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pacer_stats::ErrorKind;
 use parking_lot::Mutex;
-
-use crate::http::{Outgoing, classify, error_chain as chain};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+
+use crate::http::{Outgoing, classify, error_chain as chain};
 
 type Body = Full<Bytes>;
 
@@ -49,7 +50,6 @@ pub(crate) struct Pool {
     http2_only: bool,
     /// Idle HTTP/1.1 connections kept per origin.
     max_idle: usize,
-    opened: AtomicU64,
 }
 
 struct Origin {
@@ -95,13 +95,7 @@ impl Pool {
             connect_timeout,
             http2_only,
             max_idle: max_idle.max(1),
-            opened: AtomicU64::new(0),
         }
-    }
-
-    /// Connections opened so far (TCP, and TLS where https).
-    pub(crate) fn connections_opened(&self) -> u64 {
-        self.opened.load(Ordering::Relaxed)
     }
 
     /// Send `out` and read the whole response body.
@@ -268,17 +262,13 @@ impl Pool {
                 handshake(TokioIo::new(tcp), self.http2_only).await
             }
         };
-        let conn = match tokio::time::timeout(self.connect_timeout, open).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err((
-                    ErrorKind::Timeout,
-                    format!("no connection within {:?}", self.connect_timeout),
-                ));
-            }
-        };
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(conn)
+        match tokio::time::timeout(self.connect_timeout, open).await {
+            Ok(r) => r,
+            Err(_) => Err((
+                ErrorKind::Timeout,
+                format!("no connection within {:?}", self.connect_timeout),
+            )),
+        }
     }
 }
 
