@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use pacer_limiter::Unlimited;
 use pacer_stats::RequestStats;
 
 mod common;
@@ -63,32 +62,16 @@ async fn serve_tls(alpn: &[&[u8]]) -> (SocketAddr, Arc<Seen>) {
                         )))
                     }
                 });
-                if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(io, svc)
-                    .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                }
+                common::serve_connection(io, h2, svc).await;
             });
         }
     });
     (addr, seen)
 }
 
-/// 10 iterations of one GET against `target`.
+/// 10 iterations of one GET against `target`, over 2 VUs.
 async fn run(target: &str, http: &str) -> RequestStats {
-    common::run_plan(
-        &format!(
-            "name: tls\ntarget: {target}\nhttp: {http}\nretry: {{ maxAttempts: 1 }}\nscenarios:\n  - name: s\n    executor: shared-iterations\n    vus: 2\n    iterations: 10\n    requests:\n      - {{ name: a, path: /a }}\n"
-        ),
-        Arc::new(Unlimited),
-    )
-    .await
+    common::get_iterations(target, http, 2, 10, "0s").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use pacer_limiter::Unlimited;
-use pacer_stats::RequestStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
@@ -50,37 +48,17 @@ async fn serve(h2c: bool, close: bool) -> (SocketAddr, Arc<Counts>) {
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
-                if h2c {
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(io, svc)
-                    .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                }
+                common::serve_connection(io, h2c, svc).await;
             });
         }
     });
     (addr, counts)
 }
 
-async fn run(target: &str, http: &str, vus: u32, iterations: u32, think: &str) -> RequestStats {
-    common::run_plan(
-        &format!(
-            "name: pool\ntarget: {target}\nhttp: {http}\nretry: {{ maxAttempts: 1 }}\nscenarios:\n  - name: s\n    executor: shared-iterations\n    vus: {vus}\n    iterations: {iterations}\n    thinkTime: {think}\n    requests:\n      - {{ name: a, path: /a }}\n"
-        ),
-        Arc::new(Unlimited),
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_never_outnumber_the_requests_in_flight() {
     let (addr, counts) = serve(false, false).await;
-    let t = run(&format!("http://{addr}"), "{}", 16, 2000, "0s").await;
+    let t = common::get_iterations(&format!("http://{addr}"), "{}", 16, 2000, "0s").await;
     assert_eq!(t.status.get(&200), Some(&2000), "{:?}", t.errors);
     assert_eq!(counts.requests.load(Ordering::Relaxed), 2000);
     let conns = counts.connections.load(Ordering::Relaxed);
@@ -93,7 +71,7 @@ async fn connections_never_outnumber_the_requests_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_close_costs_no_request() {
     let (addr, counts) = serve(false, true).await;
-    let t = run(&format!("http://{addr}"), "{}", 4, 200, "0s").await;
+    let t = common::get_iterations(&format!("http://{addr}"), "{}", 4, 200, "0s").await;
     assert_eq!(t.status.get(&200), Some(&200), "{:?}", t.errors);
     assert_eq!(t.attempts, 200);
     assert_eq!(counts.requests.load(Ordering::Relaxed), 200);
@@ -127,7 +105,7 @@ async fn idle_connections_the_server_closed_are_not_reused() {
             });
         }
     });
-    let t = run(&format!("http://{addr}"), "{}", 1, 5, "200ms").await;
+    let t = common::get_iterations(&format!("http://{addr}"), "{}", 1, 5, "200ms").await;
     assert_eq!(t.status.get(&200), Some(&5), "{:?}", t.errors);
     assert_eq!(connections.load(Ordering::Relaxed), 5);
 }
@@ -135,7 +113,8 @@ async fn idle_connections_the_server_closed_are_not_reused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_by_prior_knowledge_multiplexes_one_connection() {
     let (addr, counts) = serve(true, false).await;
-    let t = run(&format!("http://{addr}"), "{ http2: true }", 32, 1000, "0s").await;
+    let t =
+        common::get_iterations(&format!("http://{addr}"), "{ http2: true }", 32, 1000, "0s").await;
     assert_eq!(t.status.get(&200), Some(&1000), "{:?}", t.errors);
     assert_eq!(counts.h2.load(Ordering::Relaxed), 1000);
     assert_eq!(counts.connections.load(Ordering::Relaxed), 1);
