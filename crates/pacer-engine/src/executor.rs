@@ -197,7 +197,7 @@ fn start_arrivals(
         match sem.clone().try_acquire_owned() {
             Ok(permit) => {
                 let r = run.clone();
-                let due = run.start + offset;
+                let due = tokio::time::Instant::from_std(due);
                 handle.spawn(async move {
                     r.iteration(0, k, due, None).await;
                     drop(permit);

@@ -57,11 +57,10 @@ pub fn build_token_client(opts: &HttpOptions) -> Result<reqwest::Client, ClientE
 }
 
 /// The client a whole run shares for its requests.
-#[derive(Clone)]
 pub struct HttpClient {
-    pool: Arc<Pool>,
+    pool: Pool,
     /// `http.headers` of the plan and the user agent: sent unless the request sets them.
-    default_headers: Arc<HeaderMap>,
+    default_headers: HeaderMap,
     timeout: Duration,
 }
 
@@ -86,8 +85,8 @@ impl HttpClient {
             opts.max_idle_per_host.unwrap_or(pool_hint.max(1)),
         );
         Ok(Self {
-            pool: Arc::new(pool),
-            default_headers: Arc::new(default_headers),
+            pool,
+            default_headers,
             timeout: opts.timeout,
         })
     }
