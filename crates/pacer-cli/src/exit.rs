@@ -28,3 +28,71 @@ pub fn for_plan_error(e: &pacer_plan::PlanError) -> Exit {
         }
     }
 }
+
+/// An error and its causes on one line, each cause once: `cannot listen on X: address in use`.
+/// Library errors keep their source (`#[source]`) and some also name it in their message, so a
+/// cause whose text is already there is not repeated.
+pub fn error_text<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
+    let mut text = String::new();
+    for cause in chain {
+        let s = cause.to_string();
+        if text.contains(&s) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&s);
+    }
+    text
+}
+
+/// Print `error: ...` for an error of any kind, with its causes (see [`error_text`]).
+pub fn print_error(e: &(dyn std::error::Error + 'static)) {
+    eprintln!("error: {}", error_text(std::iter::successors(Some(e), |e| e.source())));
+}
+
+/// [`print_error`] for `anyhow::Error`.
+pub fn print_anyhow(e: &anyhow::Error) {
+    eprintln!("error: {}", error_text(e.chain()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Like a thiserror `#[error("cannot listen on {addr}: {source}")]` with `#[source]`.
+    #[derive(Debug)]
+    struct Bind {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Bind {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot listen on 127.0.0.1:1: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Bind {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let e = Bind {
+            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use"),
+        };
+        let text = error_text(std::iter::successors(
+            Some(&e as &(dyn std::error::Error + 'static)),
+            |e| e.source(),
+        ));
+        assert_eq!(text, "cannot listen on 127.0.0.1:1: Address already in use");
+        let any = anyhow::Error::new(e).context("pacer mock");
+        assert_eq!(
+            error_text(any.chain()),
+            "pacer mock: cannot listen on 127.0.0.1:1: Address already in use"
+        );
+    }
+}

@@ -106,6 +106,8 @@ fn init_tracing(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a redirected stderr (CI logs, files) gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -125,7 +127,7 @@ pub async fn run_cli(cli: Cli) -> Exit {
         Command::Mock(args) => match pacer_mock::run_cli(*args).await {
             Ok(()) => Exit::Passed,
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::exit::print_error(&e);
                 Exit::Failure
             }
         },
@@ -135,7 +137,7 @@ pub async fn run_cli(cli: Cli) -> Exit {
                 Exit::Passed
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::exit::print_error(&e);
                 Exit::Failure
             }
         },
