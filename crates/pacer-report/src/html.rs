@@ -2,20 +2,24 @@
 //! resources; a Content-Security-Policy forbids any network access when it is viewed).
 //!
 //! [`render`] takes the end-of-test [`Summary`], the per-second [`Series`], the plan as written
-//! and, when the run had them, per-worker results. Every string from a plan, a server or a
-//! snapshot is escaped.
+//! and, when the run had them, per-worker results. The markup is written with maud's `html!`
+//! macro, which escapes every spliced value by construction: a name from a plan or a header
+//! from a server can only ever be text (the charts of [`svg`] are written the same way). The
+//! only text spliced in unescaped is the stylesheet constant.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
+use maud::{DOCTYPE, Markup, PreEscaped, Render, html};
 use pacer_stats::render::format_ms;
-use pacer_stats::summary::{RequestRow, ScenarioRow, Summary};
-use pacer_stats::{Snapshot, ThresholdResult};
+use pacer_stats::summary::{RequestRow, ScenarioRow, Summary, TimeBreakdown};
+use pacer_stats::{ServerLimitHeaders, Snapshot, ThresholdResult};
 
-use crate::escape::{Html, html};
 use crate::redact;
 use crate::series::{Series, SeriesPoint};
 use crate::svg::{self, ChartSpec, Kind, SeriesSpec, Unit};
+
+/// The version named in the report.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// One worker's results, for the per-worker table (filled by a controller; `pacer run` has
 /// none, and then the table is left out).
@@ -162,79 +166,77 @@ fn observed(t: &ThresholdResult) -> String {
     pacer_stats::render::measured(t)
 }
 
-fn tile(out: &mut String, id: &str, label: &str, value: &str, sub: &str, raw: f64, bad: bool) {
-    let _ = write!(
-        out,
-        r#"<div class="tile{}" id="{id}" data-value="{}"><div class="k">{}</div><div class="v">{}</div><div class="s">{}</div></div>"#,
-        if bad { " bad" } else { "" },
-        data(raw),
-        Html(label),
-        Html(value),
-        Html(sub)
-    );
-}
-
-fn legend(out: &mut String, items: &[(&str, &str, bool)], band: Option<&str>) {
-    out.push_str(r#"<div class="legend">"#);
-    for (name, color, dashed) in items {
-        let _ = write!(
-            out,
-            r#"<span><span class="sw{}" style="background:{color}"></span>{}</span>"#,
-            if *dashed { " dash" } else { "" },
-            Html(name)
-        );
-    }
-    if let Some(b) = band {
-        let _ = write!(
-            out,
-            r#"<span><span class="sw band"></span>{}</span>"#,
-            Html(b)
-        );
-    }
-    out.push_str("</div>");
-}
-
-struct Chart<'a> {
+/// One key number at the top; `bad` marks it red (its metric failed a threshold, or it counts
+/// something that went wrong).
+struct Tile<'a> {
     id: &'a str,
-    title: &'a str,
-    caption: &'a str,
+    label: &'a str,
+    value: String,
+    sub: String,
+    raw: f64,
+    bad: bool,
+}
+
+impl Render for Tile<'_> {
+    fn render(&self) -> Markup {
+        html! {
+            div.tile.bad[self.bad] id=(self.id) data-value=(data(self.raw)) {
+                div.k { (self.label) }
+                div.v { (self.value) }
+                div.s { (self.sub) }
+            }
+        }
+    }
+}
+
+/// A chart's legend: `(name, color, dashed)` per series, and the shaded band's label.
+fn legend(items: &[(&str, &str, bool)], band: Option<&str>) -> Markup {
+    html! {
+        div.legend {
+            @for (name, color, dashed) in items {
+                span { span.sw.dash[*dashed] style={ "background:" (color) } {} (name) }
+            }
+            @if let Some(b) = band {
+                span { span.sw.band {} (b) }
+            }
+        }
+    }
+}
+
+struct Chart {
+    id: &'static str,
+    title: &'static str,
+    caption: String,
     kind: Kind,
     unit: Unit,
     series: Vec<SeriesSpec>,
     bands: bool,
 }
 
-fn figure(out: &mut String, input: &ReportInput<'_>, chart: Chart<'_>) {
-    let points = &input.series.points;
-    let intervals: Vec<(f64, f64)> = points
+/// The label of the shaded bands and of their legend entry.
+const PAUSE_BAND: &str = "Retry-After pause";
+
+fn figure(input: &ReportInput<'_>, chart: Chart) -> Markup {
+    let intervals: Vec<(f64, f64)> = input
+        .series
+        .points
         .iter()
         .map(|p| (p.elapsed_secs - p.secs, p.elapsed_secs))
         .collect();
     let bands: Vec<(f64, f64)> = if chart.bands {
-        input
-            .series
-            .pauses
-            .iter()
-            .map(|w| (w.start_secs, w.end_secs))
-            .collect()
+        let pauses = &input.series.pauses;
+        pauses.iter().map(|w| (w.start_secs, w.end_secs)).collect()
     } else {
         Vec::new()
     };
-    let band_label = (!bands.is_empty()).then_some("Retry-After pause");
-    let _ = write!(
-        out,
-        r#"<figure id="fig-{}"><h3>{}</h3><figcaption>{}</figcaption>"#,
-        html(chart.id),
-        Html(chart.title),
-        Html(chart.caption)
-    );
+    let band_label = (!bands.is_empty()).then_some(PAUSE_BAND);
     let items: Vec<(&str, &str, bool)> = chart
         .series
         .iter()
         .map(|s| (s.name.as_str(), s.color, s.dashed))
         .collect();
-    legend(out, &items, band_label);
-    out.push_str(&svg::render(&ChartSpec {
+    let legend = legend(&items, band_label);
+    let chart_svg = svg::render(&ChartSpec {
         id: chart.id.to_string(),
         title: chart.title.to_string(),
         kind: chart.kind,
@@ -242,9 +244,16 @@ fn figure(out: &mut String, input: &ReportInput<'_>, chart: Chart<'_>) {
         intervals,
         series: chart.series,
         bands,
-        band_label: "Retry-After pause".into(),
-    }));
-    out.push_str("</figure>");
+        band_label: PAUSE_BAND.into(),
+    });
+    html! {
+        figure id={ "fig-" (chart.id) } {
+            h3 { (chart.title) }
+            figcaption { (chart.caption) }
+            (legend)
+            (chart_svg)
+        }
+    }
 }
 
 fn line(name: &str, color: &'static str, values: Vec<Option<f64>>) -> SeriesSpec {
@@ -264,12 +273,37 @@ fn any_positive(v: &[Option<f64>]) -> bool {
     v.iter().flatten().any(|x| *x > 0.0)
 }
 
-fn charts(out: &mut String, input: &ReportInput<'_>) {
-    let p = &input.series.points;
-    out.push_str(r#"<section class="charts" id="charts">"#);
+/// Only the series that have something above zero.
+fn nonzero(candidates: Vec<(&str, &'static str, Vec<Option<f64>>)>) -> Vec<SeriesSpec> {
+    candidates
+        .into_iter()
+        .filter(|(_, _, v)| any_positive(v))
+        .map(|(n, c, v)| line(n, c, v))
+        .collect()
+}
 
-    // achieved vs planned
-    let mut rate = vec![line(
+/// p50, p95 and p99 lines of one latency.
+fn percentiles(
+    p: &[SeriesPoint],
+    get: impl Fn(&SeriesPoint) -> [Option<f64>; 3],
+) -> Vec<SeriesSpec> {
+    [("p50", LIGHT_BLUE), ("p95", ORANGE), ("p99", RED)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, color))| line(name, color, col(p, |x| get(x)[i])))
+        .collect()
+}
+
+/// The parts of a request's time, in the share bar and the per-second chart.
+const TIME_PARTS: [(&str, &str); 4] = [
+    ("server", NAVY),
+    ("pacer limiter wait", YELLOW),
+    ("paused by Retry-After", ORANGE),
+    ("retry backoff", PURPLE),
+];
+
+fn rate_chart(p: &[SeriesPoint]) -> Chart {
+    let mut series = vec![line(
         "achieved (HTTP requests/s)",
         BLUE,
         col(p, |x| Some(x.rate)),
@@ -278,23 +312,20 @@ fn charts(out: &mut String, input: &ReportInput<'_>) {
     if planned.iter().any(Option::is_some) {
         let mut s = line("planned", GREY, planned);
         s.dashed = true;
-        rate.push(s);
+        series.push(s);
     }
-    figure(
-        out,
-        input,
-        Chart {
-            id: "chart-rate",
-            title: "Achieved vs planned rate",
-            caption: "HTTP requests per second (retries included); planned: the arrival-rate scenarios' rate × requests per iteration",
-            kind: Kind::Lines,
-            unit: Unit::PerSec,
-            series: rate,
-            bands: true,
-        },
-    );
+    Chart {
+        id: "chart-rate",
+        title: "Achieved vs planned rate",
+        caption: "HTTP requests per second (retries included); planned: the arrival-rate scenarios' rate × requests per iteration".into(),
+        kind: Kind::Lines,
+        unit: Unit::PerSec,
+        series,
+        bands: true,
+    }
+}
 
-    // statuses
+fn status_chart(p: &[SeriesPoint]) -> Chart {
     let class = |x: &SeriesPoint, lo: u16, hi: u16| -> Option<f64> {
         Some(
             x.status
@@ -304,167 +335,128 @@ fn charts(out: &mut String, input: &ReportInput<'_>) {
                 .sum(),
         )
     };
-    let candidates = [
+    let other = |x: &SeriesPoint| -> Option<f64> {
+        Some(
+            x.status
+                .iter()
+                .filter(|(c, _)| !(200..600).contains(*c))
+                .map(|(_, n)| *n as f64)
+                .sum(),
+        )
+    };
+    let mut series = nonzero(vec![
         ("2xx", GREEN, col(p, |x| class(x, 200, 299))),
         ("3xx", TEAL, col(p, |x| class(x, 300, 399))),
         ("4xx (not 429)", PURPLE, col(p, |x| class(x, 400, 499))),
         ("429", ORANGE, col(p, |x| Some(x.throttled as f64))),
         ("5xx", RED, col(p, |x| class(x, 500, 599))),
-        (
-            "other",
-            GREY,
-            col(p, |x| {
-                Some(
-                    x.status
-                        .iter()
-                        .filter(|(c, _)| !(200..600).contains(*c))
-                        .map(|(_, n)| *n as f64)
-                        .sum(),
-                )
-            }),
-        ),
+        ("other", GREY, col(p, other)),
         ("no response", BROWN, col(p, |x| Some(x.errors as f64))),
-    ];
-    let mut status: Vec<SeriesSpec> = candidates
-        .into_iter()
-        .filter(|(_, _, v)| any_positive(v))
-        .map(|(n, c, v)| line(n, c, v))
-        .collect();
-    if status.is_empty() {
-        status.push(line("2xx", GREEN, col(p, |x| class(x, 200, 299))));
+    ]);
+    if series.is_empty() {
+        series.push(line("2xx", GREEN, col(p, |x| class(x, 200, 299))));
     }
-    figure(
-        out,
-        input,
-        Chart {
-            id: "chart-status",
-            title: "Responses by status, 429s and Retry-After pauses",
-            caption: "responses per second by status; shaded: a limit's scope paused by the server's Retry-After",
-            kind: Kind::StackedBars,
-            unit: Unit::PerSec,
-            series: status,
-            bands: true,
-        },
-    );
+    Chart {
+        id: "chart-status",
+        title: "Responses by status, 429s and Retry-After pauses",
+        caption: "responses per second by status; shaded: a limit's scope paused by the server's Retry-After".into(),
+        kind: Kind::StackedBars,
+        unit: Unit::PerSec,
+        series,
+        bands: true,
+    }
+}
 
-    // latency
-    figure(
-        out,
-        input,
+fn latency_charts(p: &[SeriesPoint]) -> [Chart; 2] {
+    [
         Chart {
             id: "chart-duration",
             title: "Latency from the intended start (http_req_duration)",
-            caption: "p50/p95/p99 of the requests completed each second: includes pacer's limiter wait, pauses, backoff and retries",
+            caption: "p50/p95/p99 of the requests completed each second: includes pacer's limiter wait, pauses, backoff and retries".into(),
             kind: Kind::Lines,
             unit: Unit::Millis,
-            series: vec![
-                line("p50", LIGHT_BLUE, col(p, |x| x.duration_p50_ms)),
-                line("p95", ORANGE, col(p, |x| x.duration_p95_ms)),
-                line("p99", RED, col(p, |x| x.duration_p99_ms)),
-            ],
+            series: percentiles(p, |x| {
+                [x.duration_p50_ms, x.duration_p95_ms, x.duration_p99_ms]
+            }),
             bands: true,
         },
-    );
-    figure(
-        out,
-        input,
         Chart {
             id: "chart-service-time",
             title: "Server service time (http_req_service_time)",
-            caption: "p50/p95/p99 of the attempts each second, from send to end of response: the server's own time",
+            caption: "p50/p95/p99 of the attempts each second, from send to end of response: the server's own time".into(),
             kind: Kind::Lines,
             unit: Unit::Millis,
-            series: vec![
-                line("p50", LIGHT_BLUE, col(p, |x| x.service_time_p50_ms)),
-                line("p95", ORANGE, col(p, |x| x.service_time_p95_ms)),
-                line("p99", RED, col(p, |x| x.service_time_p99_ms)),
-            ],
+            series: percentiles(p, |x| {
+                [
+                    x.service_time_p50_ms,
+                    x.service_time_p95_ms,
+                    x.service_time_p99_ms,
+                ]
+            }),
             bands: false,
         },
-    );
+    ]
+}
 
-    // where the time went
-    let _ = write!(
-        out,
-        r#"<figure id="fig-time-share"><h3>Where the time went</h3><figcaption>time of all requests: the server vs pacer's own throttle vs Retry-After pauses vs retry backoff</figcaption>"#
-    );
-    let t = &input.summary.time;
-    let parts = [
-        ("server", NAVY, &t.server),
-        ("pacer limiter wait", YELLOW, &t.limiter_wait),
-        ("paused by Retry-After", ORANGE, &t.paused),
-        ("retry backoff", PURPLE, &t.backoff),
-    ];
-    legend(
-        out,
-        &parts
-            .iter()
-            .map(|(n, c, _)| (*n, *c, false))
-            .collect::<Vec<_>>(),
-        None,
-    );
-    out.push_str(r#"<div class="share" id="time-share">"#);
-    for (name, color, share) in &parts {
-        let w = if share.share.is_finite() {
-            (share.share * 100.0).clamp(0.0, 100.0)
-        } else {
-            0.0
-        };
-        if w > 0.0 {
-            let _ = write!(
-                out,
-                r#"<span style="width:{w:.3}%;background:{color}" title="{}: {} ({:.1}%)"></span>"#,
-                Html(name),
-                Html(&format_ms(share.total_secs * 1000.0)),
-                w
-            );
+/// Where the time of all requests went: a share bar and a table.
+fn time_share(t: &TimeBreakdown) -> Markup {
+    let shares = [&t.server, &t.limiter_wait, &t.paused, &t.backoff];
+    let items: Vec<(&str, &str, bool)> = TIME_PARTS.iter().map(|(n, c)| (*n, *c, false)).collect();
+    html! {
+        figure #fig-time-share {
+            h3 { "Where the time went" }
+            figcaption { "time of all requests: the server vs pacer's own throttle vs Retry-After pauses vs retry backoff" }
+            (legend(&items, None))
+            div.share #time-share {
+                @for ((name, color), share) in TIME_PARTS.iter().zip(shares) {
+                    @let w = if share.share.is_finite() { (share.share * 100.0).clamp(0.0, 100.0) } else { 0.0 };
+                    @if w > 0.0 {
+                        span
+                            style={ "width:" (format!("{w:.3}")) "%;background:" (color) }
+                            title={ (name) ": " (format_ms(share.total_secs * 1000.0)) " (" (format!("{w:.1}")) "%)" } {}
+                    }
+                }
+            }
+            table #table-time {
+                tr { th {} th.n { "total" } th.n { "share" } }
+                @for ((name, color), share) in TIME_PARTS.iter().zip(shares) {
+                    tr {
+                        td { span.sw style={ "background:" (color) } {} (name) }
+                        td.n { (format_ms(share.total_secs * 1000.0)) }
+                        td.n { (pct(Some(share.share))) }
+                    }
+                }
+            }
         }
     }
-    out.push_str("</div>");
-    let _ = write!(
-        out,
-        r#"<table id="table-time"><tr><th></th><th class="n">total</th><th class="n">share</th></tr>"#
-    );
-    for (name, color, share) in &parts {
-        let _ = write!(
-            out,
-            r#"<tr><td><span class="sw" style="background:{color}"></span>{}</td><td class="n">{}</td><td class="n">{}</td></tr>"#,
-            Html(name),
-            Html(&format_ms(share.total_secs * 1000.0)),
-            pct(Some(share.share))
-        );
-    }
-    out.push_str("</table></figure>");
-    figure(
-        out,
-        input,
-        Chart {
-            id: "chart-time",
-            title: "Where the time went, per second",
-            caption: "seconds of request time per second, summed over the requests completed in it",
-            kind: Kind::StackedBars,
-            unit: Unit::Secs,
-            series: vec![
-                line("server", NAVY, col(p, |x| Some(x.server_secs))),
-                line(
-                    "pacer limiter wait",
-                    YELLOW,
-                    col(p, |x| Some(x.limiter_wait_secs)),
-                ),
-                line(
-                    "paused by Retry-After",
-                    ORANGE,
-                    col(p, |x| Some(x.paused_secs)),
-                ),
-                line("retry backoff", PURPLE, col(p, |x| Some(x.backoff_secs))),
-            ],
-            bands: false,
-        },
-    );
+}
 
-    // what went wrong, per second
+fn time_chart(p: &[SeriesPoint]) -> Chart {
+    let parts: [fn(&SeriesPoint) -> f64; 4] = [
+        |x| x.server_secs,
+        |x| x.limiter_wait_secs,
+        |x| x.paused_secs,
+        |x| x.backoff_secs,
+    ];
+    Chart {
+        id: "chart-time",
+        title: "Where the time went, per second",
+        caption: "seconds of request time per second, summed over the requests completed in it"
+            .into(),
+        kind: Kind::StackedBars,
+        unit: Unit::Secs,
+        series: TIME_PARTS
+            .iter()
+            .zip(parts)
+            .map(|((name, color), get)| line(name, color, col(p, |x| Some(get(x)))))
+            .collect(),
+        bands: false,
+    }
+}
+
+fn failures_chart(p: &[SeriesPoint]) -> Chart {
     let per_sec = |n: u64, secs: f64| Some(if secs > 1e-3 { n as f64 / secs } else { 0.0 });
-    let mut problems = vec![
+    let mut series = vec![
         line(
             "failed requests",
             RED,
@@ -472,322 +464,303 @@ fn charts(out: &mut String, input: &ReportInput<'_>) {
         ),
         line("429s", ORANGE, col(p, |x| per_sec(x.throttled, x.secs))),
     ];
-    for (name, color, values) in [
+    series.extend(nonzero(vec![
         ("no response", BROWN, col(p, |x| per_sec(x.errors, x.secs))),
         (
             "dropped iterations",
             PURPLE,
             col(p, |x| per_sec(x.dropped_iterations, x.secs)),
         ),
-    ] {
-        if any_positive(&values) {
-            problems.push(line(name, color, values));
-        }
+    ]));
+    Chart {
+        id: "chart-failures",
+        title: "Failures, 429s and dropped iterations",
+        caption: "per second: logical requests that failed, 429 answers, attempts without a response, arrivals dropped at maxInFlight".into(),
+        kind: Kind::Lines,
+        unit: Unit::PerSec,
+        series,
+        bands: true,
     }
-    figure(
-        out,
-        input,
-        Chart {
-            id: "chart-failures",
-            title: "Failures, 429s and dropped iterations",
-            caption: "per second: logical requests that failed, 429 answers, attempts without a response, arrivals dropped at maxInFlight",
-            kind: Kind::Lines,
-            unit: Unit::PerSec,
-            series: problems,
-            bands: true,
-        },
-    );
+}
 
-    // server headers
-    let mut headers = Vec::new();
-    for (name, color, v) in [
-        (
-            "limit",
-            GREEN,
-            col(p, |x| x.ratelimit_limit.map(|v| v as f64)),
-        ),
-        (
-            "remaining",
-            NAVY,
-            col(p, |x| x.ratelimit_remaining.map(|v| v as f64)),
-        ),
-        (
-            "count",
-            RED,
-            col(p, |x| x.ratelimit_count.map(|v| v as f64)),
-        ),
-    ] {
-        if v.iter().any(Option::is_some) {
-            headers.push(line(name, color, v));
-        }
-    }
-    let source = p
-        .iter()
-        .rev()
-        .find_map(|x| x.ratelimit_source.clone())
-        .unwrap_or_default();
-    let caption = if source.is_empty() {
-        "the server sent no rate-limit headers".to_string()
-    } else {
-        format!("the last {source} headers seen by the end of each second")
+fn ratelimit_chart(p: &[SeriesPoint]) -> Chart {
+    let as_f64 = |v: Option<u64>| v.map(|v| v as f64);
+    let series = [
+        ("limit", GREEN, col(p, |x| as_f64(x.ratelimit_limit))),
+        ("remaining", NAVY, col(p, |x| as_f64(x.ratelimit_remaining))),
+        ("count", RED, col(p, |x| as_f64(x.ratelimit_count))),
+    ]
+    .into_iter()
+    .filter(|(_, _, v)| v.iter().any(Option::is_some))
+    .map(|(n, c, v)| line(n, c, v))
+    .collect();
+    let source = p.iter().rev().find_map(|x| x.ratelimit_source.as_deref());
+    let caption = match source {
+        None | Some("") => "the server sent no rate-limit headers".to_string(),
+        Some(source) => format!("the last {source} headers seen by the end of each second"),
     };
-    figure(
-        out,
-        input,
-        Chart {
-            id: "chart-ratelimit",
-            title: "The server's rate-limit headers",
-            caption: &caption,
-            kind: Kind::Lines,
-            unit: Unit::Count,
-            series: headers,
-            bands: true,
-        },
-    );
-    out.push_str("</section>");
+    Chart {
+        id: "chart-ratelimit",
+        title: "The server's rate-limit headers",
+        caption,
+        kind: Kind::Lines,
+        unit: Unit::Count,
+        series,
+        bands: true,
+    }
 }
 
-fn thresholds(out: &mut String, s: &Summary) {
-    out.push_str(r#"<section id="thresholds"><h2>Thresholds</h2>"#);
-    if s.thresholds.is_empty() {
-        out.push_str(r#"<p class="note" id="table-thresholds">The plan declares no thresholds.</p></section>"#);
-        return;
+fn charts(input: &ReportInput<'_>) -> Markup {
+    let p = &input.series.points;
+    let [duration, service_time] = latency_charts(p);
+    html! {
+        section.charts #charts {
+            (figure(input, rate_chart(p)))
+            (figure(input, status_chart(p)))
+            (figure(input, duration))
+            (figure(input, service_time))
+            (time_share(&input.summary.time))
+            (figure(input, time_chart(p)))
+            (figure(input, failures_chart(p)))
+            (figure(input, ratelimit_chart(p)))
+        }
     }
-    out.push_str(r#"<table id="table-thresholds"><tr><th class="mark"></th><th>metric</th><th>threshold</th><th>observed</th></tr>"#);
-    for t in &s.thresholds {
-        let _ = write!(
-            out,
-            r#"<tr data-passed="{}"><td class="{}">{}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>"#,
-            t.passed,
-            if t.passed { "ok" } else { "ko" },
-            if t.passed { "✓" } else { "✗" },
-            Html(&t.key),
-            Html(&t.expr),
-            Html(&observed(t)),
-            if t.abort_on_fail {
-                " (abortOnFail)"
-            } else {
-                ""
+}
+
+fn thresholds(s: &Summary) -> Markup {
+    html! {
+        section #thresholds {
+            h2 { "Thresholds" }
+            @if s.thresholds.is_empty() {
+                p.note #table-thresholds { "The plan declares no thresholds." }
+            } @else {
+                table #table-thresholds {
+                    tr { th.mark {} th { "metric" } th { "threshold" } th { "observed" } }
+                    @for t in &s.thresholds {
+                        tr data-passed=(t.passed) {
+                            td.ok[t.passed].ko[!t.passed] { (if t.passed { "✓" } else { "✗" }) }
+                            td { (t.key) }
+                            td { (t.expr) }
+                            td { (observed(t)) @if t.abort_on_fail { " (abortOnFail)" } }
+                        }
+                    }
+                }
             }
-        );
+        }
     }
-    out.push_str("</table></section>");
 }
 
-fn requests_table(out: &mut String, s: &Summary) {
-    out.push_str(r#"<section id="requests"><h2>Requests</h2><table id="table-requests"><tr><th>scenario</th><th>request</th><th class="n">http_reqs</th><th class="n">rate</th><th class="n">failed</th><th class="n">429</th><th class="n">retries</th><th class="n">p50</th><th class="n">p95</th><th class="n">p99</th><th class="n">max</th><th class="n">service p50</th><th class="n">service p95</th><th class="n">service p99</th></tr>"#);
+/// A latency cell: the value shown in ms, the number in `data-value`.
+fn ms_cell(v: Option<f64>) -> Markup {
+    html! { td.n data-value=(v.map(data).unwrap_or_default()) { (opt_ms(v)) } }
+}
+
+fn requests_table(s: &Summary) -> Markup {
     let rows = s.requests.iter().chain(std::iter::once(&s.totals));
-    for r in rows {
-        let total = r.scenario == "*" && r.request == "*";
-        let (d, st) = (&r.duration_ms, &r.service_time_ms);
-        let _ = write!(
-            out,
-            r#"<tr data-scenario="{}" data-request="{}"><td>{}</td><td>{}</td><td class="n" data-value="{}">{}</td><td class="n">{:.2}/s</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n" data-value="{}">{}</td><td class="n" data-value="{}">{}</td><td class="n" data-value="{}">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td></tr>"#,
-            Html(&r.scenario),
-            Html(&r.request),
-            if total {
-                "<b>all</b>".to_string()
-            } else {
-                html(&r.scenario)
-            },
-            if total {
-                String::new()
-            } else {
-                html(&r.request)
-            },
-            r.http_reqs,
-            r.http_reqs,
-            r.rate_per_sec,
-            pct(r.failed_rate),
-            r.throttled,
-            r.retries,
-            d.p50.map(data).unwrap_or_default(),
-            opt_ms(d.p50),
-            d.p95.map(data).unwrap_or_default(),
-            opt_ms(d.p95),
-            d.p99.map(data).unwrap_or_default(),
-            opt_ms(d.p99),
-            opt_ms(d.max),
-            opt_ms(st.p50),
-            opt_ms(st.p95),
-            opt_ms(st.p99),
-        );
-    }
-    out.push_str("</table></section>");
-}
-
-fn workers_table(out: &mut String, workers: &[WorkerRow]) {
-    if workers.is_empty() {
-        return;
-    }
-    out.push_str(r#"<section id="workers"><h2>Workers</h2><table id="table-workers"><tr><th>worker</th><th class="n">http_reqs</th><th class="n">rate</th><th class="n">failed</th><th class="n">429</th><th class="n">p95</th><th class="n">service p95</th><th class="n">iterations</th><th class="n">dropped</th></tr>"#);
-    for w in workers {
-        let t = &w.totals;
-        let _ = write!(
-            out,
-            r#"<tr data-worker="{}"><td>{}</td><td class="n">{}</td><td class="n">{:.2}/s</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td></tr>"#,
-            Html(&w.worker),
-            Html(&w.worker),
-            t.http_reqs,
-            t.rate_per_sec,
-            pct(t.failed_rate),
-            t.throttled,
-            opt_ms(t.duration_ms.p95),
-            opt_ms(t.service_time_ms.p95),
-            w.scenarios.iterations,
-            w.scenarios.dropped_iterations
-        );
-    }
-    out.push_str("</table></section>");
-}
-
-fn limits_section(out: &mut String, input: &ReportInput<'_>) {
-    let s = input.summary;
-    out.push_str(
-        r#"<section id="limits"><h2>Limits, 429s and Retry-After</h2><div class="two"><div>"#,
-    );
-    if s.limits.is_empty() {
-        out.push_str(r#"<p class="note">The plan declares no limits: pacer did not pace.</p>"#);
-    } else {
-        out.push_str(r#"<table id="table-limits"><tr><th>limit</th><th>declared</th><th class="n">paced at</th><th class="n">margin</th><th class="n">pauses</th><th class="n">paused</th></tr>"#);
-        for l in &s.limits {
-            let mut pace = format!("{:.2}/s", l.pacing_rate);
-            if l.adaptive {
-                let _ = write!(
-                    pace,
-                    " (adaptive, now {}, sustainable {})",
-                    l.current_rate.map_or("-".into(), |r| format!("{r:.2}/s")),
-                    l.sustainable_rate
-                        .map_or("-".into(), |r| format!("{r:.2}/s"))
-                );
+    html! {
+        section #requests {
+            h2 { "Requests" }
+            table #table-requests {
+                tr {
+                    th { "scenario" } th { "request" }
+                    @for h in ["http_reqs", "rate", "failed", "429", "retries", "p50", "p95", "p99", "max", "service p50", "service p95", "service p99"] {
+                        th.n { (h) }
+                    }
+                }
+                @for r in rows {
+                    @let total = r.scenario == "*" && r.request == "*";
+                    @let (d, st) = (&r.duration_ms, &r.service_time_ms);
+                    tr data-scenario=(r.scenario) data-request=(r.request) {
+                        @if total { td { b { "all" } } td {} } @else { td { (r.scenario) } td { (r.request) } }
+                        td.n data-value=(r.http_reqs) { (r.http_reqs) }
+                        td.n { (format!("{:.2}/s", r.rate_per_sec)) }
+                        td.n { (pct(r.failed_rate)) }
+                        td.n { (r.throttled) }
+                        td.n { (r.retries) }
+                        (ms_cell(d.p50))
+                        (ms_cell(d.p95))
+                        (ms_cell(d.p99))
+                        td.n { (opt_ms(d.max)) }
+                        td.n { (opt_ms(st.p50)) }
+                        td.n { (opt_ms(st.p95)) }
+                        td.n { (opt_ms(st.p99)) }
+                    }
+                }
             }
-            let _ = write!(
-                out,
-                r#"<tr><td>{}</td><td>{} burst {} ({})</td><td class="n">{}</td><td class="n">{:.1}%</td><td class="n">{}</td><td class="n">{}</td></tr>"#,
-                Html(&l.name),
-                Html(&l.declared),
-                l.burst,
-                Html(&l.scope),
-                Html(&pace),
-                l.margin * 100.0,
-                l.pauses,
-                Html(&format_ms(l.paused_secs * 1000.0))
-            );
         }
-        out.push_str("</table>");
     }
-    let ra = &s.retry_after;
-    let _ = write!(
-        out,
-        r#"<p class="note" id="retry-after">Retry-After: {} seen, {} malformed{}.</p>"#,
-        ra.count,
-        ra.malformed,
-        if ra.count > 0 {
-            format!(
-                "; min {}, p50 {}, p95 {}, max {}",
-                opt_ms(ra.ms.min),
-                opt_ms(ra.ms.p50),
-                opt_ms(ra.ms.p95),
-                opt_ms(ra.ms.max)
-            )
-        } else {
-            String::new()
+}
+
+fn workers_table(workers: &[WorkerRow]) -> Markup {
+    html! {
+        @if !workers.is_empty() {
+            section #workers {
+                h2 { "Workers" }
+                table #table-workers {
+                    tr {
+                        th { "worker" }
+                        @for h in ["http_reqs", "rate", "failed", "429", "p95", "service p95", "iterations", "dropped"] {
+                            th.n { (h) }
+                        }
+                    }
+                    @for w in workers {
+                        @let t = &w.totals;
+                        tr data-worker=(w.worker) {
+                            td { (w.worker) }
+                            td.n { (t.http_reqs) }
+                            td.n { (format!("{:.2}/s", t.rate_per_sec)) }
+                            td.n { (pct(t.failed_rate)) }
+                            td.n { (t.throttled) }
+                            td.n { (opt_ms(t.duration_ms.p95)) }
+                            td.n { (opt_ms(t.service_time_ms.p95)) }
+                            td.n { (w.scenarios.iterations) }
+                            td.n { (w.scenarios.dropped_iterations) }
+                        }
+                    }
+                }
+            }
         }
-    );
+    }
+}
+
+/// `4.90/s`, or `-` when there is no rate.
+fn per_sec(rate: Option<f64>) -> String {
+    rate.map_or("-".into(), |r| format!("{r:.2}/s"))
+}
+
+fn limits_table(s: &Summary) -> Markup {
+    html! {
+        @if s.limits.is_empty() {
+            p.note { "The plan declares no limits: pacer did not pace." }
+        } @else {
+            table #table-limits {
+                tr {
+                    th { "limit" } th { "declared" }
+                    @for h in ["paced at", "margin", "pauses", "paused"] { th.n { (h) } }
+                }
+                @for l in &s.limits {
+                    tr {
+                        td { (l.name) }
+                        td { (l.declared) " burst " (l.burst) " (" (l.scope) ")" }
+                        td.n {
+                            (per_sec(Some(l.pacing_rate)))
+                            @if l.adaptive {
+                                " (adaptive, now " (per_sec(l.current_rate)) ", sustainable " (per_sec(l.sustainable_rate)) ")"
+                            }
+                        }
+                        td.n { (format!("{:.1}%", l.margin * 100.0)) }
+                        td.n { (l.pauses) }
+                        td.n { (format_ms(l.paused_secs * 1000.0)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How many pauses the note lists by name.
+const PAUSES_LISTED: usize = 12;
+
+fn retry_after_notes(input: &ReportInput<'_>) -> Markup {
+    let ra = &input.summary.retry_after;
     let pauses = &input.series.pauses;
-    if !pauses.is_empty() {
-        let listed: Vec<String> = pauses
-            .iter()
-            .take(12)
-            .map(|w| {
-                format!(
-                    "{} {}–{}",
-                    w.limit,
-                    svg::short_secs(w.start_secs),
-                    svg::short_secs(w.end_secs)
-                )
-            })
-            .collect();
-        let _ = write!(
-            out,
-            r#"<p class="note" id="pauses">Pauses (to the second): {}{}{}.</p>"#,
-            Html(&listed.join(", ")),
-            if pauses.len() > listed.len() {
-                format!(", and {} more", pauses.len() - listed.len())
-            } else {
-                String::new()
-            },
-            if input.series.pauses_truncated {
-                " (more pauses happened than the report keeps)"
-            } else {
-                ""
+    let listed: Vec<String> = pauses
+        .iter()
+        .take(PAUSES_LISTED)
+        .map(|w| {
+            format!(
+                "{} {}–{}",
+                w.limit,
+                svg::short_secs(w.start_secs),
+                svg::short_secs(w.end_secs)
+            )
+        })
+        .collect();
+    html! {
+        p.note #retry-after {
+            "Retry-After: " (ra.count) " seen, " (ra.malformed) " malformed"
+            @if ra.count > 0 {
+                "; min " (opt_ms(ra.ms.min)) ", p50 " (opt_ms(ra.ms.p50)) ", p95 " (opt_ms(ra.ms.p95)) ", max " (opt_ms(ra.ms.max))
             }
-        );
-    }
-    out.push_str("</div><div>");
-    out.push_str(r#"<table id="table-throttled"><tr><th>429s by the limit the server named</th><th class="n">429s</th></tr>"#);
-    if s.throttled_by_server_limit.is_empty() {
-        out.push_str(r#"<tr><td colspan="2">none</td></tr>"#);
-    }
-    for (name, n) in &s.throttled_by_server_limit {
-        let _ = write!(
-            out,
-            r#"<tr><td>{}</td><td class="n">{n}</td></tr>"#,
-            Html(name)
-        );
-    }
-    out.push_str(r#"<tr><th>429s by declared limit</th><th class="n">429s</th></tr>"#);
-    if s.throttled_by_limit.is_empty() {
-        out.push_str(r#"<tr><td colspan="2">none</td></tr>"#);
-    }
-    for l in &s.throttled_by_limit {
-        let _ = write!(
-            out,
-            r#"<tr><td>{}</td><td class="n">{}</td></tr>"#,
-            Html(&l.name),
-            l.count
-        );
-    }
-    out.push_str("</table>");
-    if let Some(h) = &s.server_limits {
-        let mut parts = Vec::new();
-        if let Some(v) = h.limit {
-            parts.push(format!("limit={v}"));
+            "."
         }
-        if let Some(v) = h.remaining {
-            parts.push(format!("remaining={v}"));
+        @if !pauses.is_empty() {
+            p.note #pauses {
+                "Pauses (to the second): " (listed.join(", "))
+                @if pauses.len() > listed.len() { ", and " (pauses.len() - listed.len()) " more" }
+                @if input.series.pauses_truncated { " (more pauses happened than the report keeps)" }
+                "."
+            }
         }
-        if let Some(v) = h.count {
-            parts.push(format!("count={v}"));
-        }
-        if let Some(v) = h.reset_secs.filter(|v| v.is_finite()) {
-            parts.push(format!("reset={}", format_ms(v * 1000.0)));
-        }
-        if let Some(v) = &h.policy {
-            parts.push(format!("policy={v}"));
-        }
-        let _ = write!(
-            out,
-            r#"<p class="note" id="server-headers">Last rate-limit headers ({}): {}.</p>"#,
-            Html(&h.source),
-            Html(&parts.join(" "))
-        );
     }
-    if !s.token_fetches.is_empty() {
-        out.push_str(r#"<table id="table-tokens"><tr><th>token fetches</th><th class="n">fetches</th><th class="n">waited</th><th class="n">avg</th></tr>"#);
-        for t in &s.token_fetches {
-            let _ = write!(
-                out,
-                r#"<tr><td>{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td></tr>"#,
-                Html(&t.credential),
-                t.fetches,
-                Html(&format_ms(t.wait_total_ms)),
-                Html(&opt_ms(t.wait_avg_ms))
-            );
+}
+
+fn throttled_table(s: &Summary) -> Markup {
+    html! {
+        table #table-throttled {
+            tr { th { "429s by the limit the server named" } th.n { "429s" } }
+            @if s.throttled_by_server_limit.is_empty() { tr { td colspan="2" { "none" } } }
+            @for (name, n) in &s.throttled_by_server_limit { tr { td { (name) } td.n { (n) } } }
+            tr { th { "429s by declared limit" } th.n { "429s" } }
+            @if s.throttled_by_limit.is_empty() { tr { td colspan="2" { "none" } } }
+            @for l in &s.throttled_by_limit { tr { td { (l.name) } td.n { (l.count) } } }
         }
-        out.push_str("</table>");
     }
-    out.push_str("</div></div></section>");
+}
+
+/// The last rate-limit headers the server sent, as `limit=… remaining=…`.
+fn server_headers(h: &ServerLimitHeaders) -> String {
+    let mut parts = Vec::new();
+    if let Some(v) = h.limit {
+        parts.push(format!("limit={v}"));
+    }
+    if let Some(v) = h.remaining {
+        parts.push(format!("remaining={v}"));
+    }
+    if let Some(v) = h.count {
+        parts.push(format!("count={v}"));
+    }
+    if let Some(v) = h.reset_secs.filter(|v| v.is_finite()) {
+        parts.push(format!("reset={}", format_ms(v * 1000.0)));
+    }
+    if let Some(v) = &h.policy {
+        parts.push(format!("policy={v}"));
+    }
+    parts.join(" ")
+}
+
+fn limits_section(input: &ReportInput<'_>) -> Markup {
+    let s = input.summary;
+    html! {
+        section #limits {
+            h2 { "Limits, 429s and Retry-After" }
+            div.two {
+                div {
+                    (limits_table(s))
+                    (retry_after_notes(input))
+                }
+                div {
+                    (throttled_table(s))
+                    @if let Some(h) = &s.server_limits {
+                        p.note #server-headers { "Last rate-limit headers (" (h.source) "): " (server_headers(h)) "." }
+                    }
+                    @if !s.token_fetches.is_empty() {
+                        table #table-tokens {
+                            tr { th { "token fetches" } @for h in ["fetches", "waited", "avg"] { th.n { (h) } } }
+                            @for t in &s.token_fetches {
+                                tr {
+                                    td { (t.credential) }
+                                    td.n { (t.fetches) }
+                                    td.n { (format_ms(t.wait_total_ms)) }
+                                    td.n { (opt_ms(t.wait_avg_ms)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Top-level keys in the order plans are usually written; others follow alphabetically.
@@ -833,18 +806,88 @@ fn plan_listing(source: &serde_json::Value) -> String {
     out
 }
 
-/// The whole report as one HTML document.
-pub fn render(input: &ReportInput<'_>) -> String {
-    let s = input.summary;
-    let mut out = String::with_capacity(64 * 1024);
-    let _ = write!(
-        out,
-        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'"><meta name="viewport" content="width=device-width, initial-scale=1"><meta name="generator" content="pacer {}"><title>pacer report: {}</title><style>{CSS}</style></head><body><main>"#,
-        env!("CARGO_PKG_VERSION"),
-        Html(&s.name)
-    );
+/// The key numbers; a tile whose metric failed a threshold is marked.
+fn tiles(s: &Summary) -> Markup {
+    let t = &s.totals;
+    let it = &s.scenario_totals;
+    let failed_on = |metric: &str| {
+        s.thresholds
+            .iter()
+            .any(|r| !r.passed && r.key.split('{').next().is_some_and(|k| k.trim() == metric))
+    };
+    let pauses: u64 = s.limits.iter().map(|l| l.pauses).sum();
+    let paused_secs: f64 = s.limits.iter().map(|l| l.paused_secs).sum();
+    let tiles = [
+        Tile {
+            id: "tile-http-reqs",
+            label: "http_reqs",
+            value: t.http_reqs.to_string(),
+            sub: format!("{:.2}/s · {} logical", t.rate_per_sec, t.requests),
+            raw: t.http_reqs as f64,
+            bad: false,
+        },
+        Tile {
+            id: "tile-duration-p95",
+            label: "http_req_duration p95",
+            value: opt_ms(t.duration_ms.p95),
+            sub: format!("p99 {}", opt_ms(t.duration_ms.p99)),
+            raw: t.duration_ms.p95.unwrap_or(f64::NAN),
+            bad: failed_on("http_req_duration"),
+        },
+        Tile {
+            id: "tile-service-p95",
+            label: "service_time p95",
+            value: opt_ms(t.service_time_ms.p95),
+            sub: format!("p99 {}", opt_ms(t.service_time_ms.p99)),
+            raw: t.service_time_ms.p95.unwrap_or(f64::NAN),
+            bad: failed_on("http_req_service_time"),
+        },
+        Tile {
+            id: "tile-throttled",
+            label: "429s",
+            value: t.throttled.to_string(),
+            sub: format!("{} of attempts", pct(t.throttled_rate)),
+            raw: t.throttled as f64,
+            bad: t.throttled > 0 || failed_on("http_reqs_throttled"),
+        },
+        Tile {
+            id: "tile-failed",
+            label: "http_req_failed",
+            value: pct(t.failed_rate),
+            sub: format!("{} failed", t.failed),
+            raw: t.failed as f64,
+            bad: t.failed > 0 || failed_on("http_req_failed"),
+        },
+        Tile {
+            id: "tile-iterations",
+            label: "iterations",
+            value: it.iterations.to_string(),
+            sub: format!(
+                "{} dropped · {} interrupted",
+                it.dropped_iterations, it.interrupted
+            ),
+            raw: it.iterations as f64,
+            bad: it.dropped_iterations > 0,
+        },
+        Tile {
+            id: "tile-pauses",
+            label: "Retry-After pauses",
+            value: pauses.to_string(),
+            sub: format!(
+                "{} held · {} retries",
+                format_ms(paused_secs * 1000.0),
+                s.retries.retries
+            ),
+            raw: pauses as f64,
+            bad: false,
+        },
+    ];
+    html! { section.tiles #tiles { @for tile in &tiles { (tile) } } }
+}
 
-    // header and verdict
+/// The title, when it ran, and the verdict.
+fn header(input: &ReportInput<'_>) -> Markup {
+    let s = input.summary;
     let failed = s.thresholds.iter().filter(|t| !t.passed).count();
     let passed = s.passed && input.abort_reason.is_none();
     let detail = match input.abort_reason {
@@ -856,133 +899,88 @@ pub fn render(input: &ReportInput<'_>) -> String {
             s.thresholds.len()
         ),
     };
-    let started = input
-        .started_unix_ms
-        .map(|ms| format!("started {} · ", utc(ms)))
-        .unwrap_or_default();
-    let _ = write!(
-        out,
-        r#"<header class="top"><div><h1 id="plan-name">{}</h1><div class="meta">{}ran {} · {} seconds in the series · pacer {}</div></div><div id="verdict" class="verdict {}" data-passed="{}">{}<small>{}</small></div></header>"#,
-        Html(&s.name),
-        Html(&started),
-        Html(&format_ms(s.elapsed_secs * 1000.0)),
-        input.series.points.len(),
-        env!("CARGO_PKG_VERSION"),
-        if passed { "pass" } else { "fail" },
-        passed,
-        if passed { "PASSED" } else { "FAILED" },
-        Html(&detail)
-    );
+    html! {
+        header.top {
+            div {
+                h1 #plan-name { (s.name) }
+                div.meta {
+                    @if let Some(ms) = input.started_unix_ms { "started " (utc(ms)) " · " }
+                    "ran " (format_ms(s.elapsed_secs * 1000.0)) " · "
+                    (input.series.points.len()) " seconds in the series · pacer " (VERSION)
+                }
+            }
+            div #verdict .verdict .pass[passed] .fail[!passed] data-passed=(passed) {
+                (if passed { "PASSED" } else { "FAILED" })
+                small { (detail) }
+            }
+        }
+    }
+}
 
-    // key numbers; a tile whose metric failed a threshold is marked
-    let t = &s.totals;
-    let failed_on = |metric: &str| {
-        s.thresholds
-            .iter()
-            .any(|r| !r.passed && r.key.split('{').next().is_some_and(|k| k.trim() == metric))
-    };
-    out.push_str(r#"<section class="tiles" id="tiles">"#);
-    tile(
-        &mut out,
-        "tile-http-reqs",
-        "http_reqs",
-        &t.http_reqs.to_string(),
-        &format!("{:.2}/s · {} logical", t.rate_per_sec, t.requests),
-        t.http_reqs as f64,
-        false,
-    );
-    tile(
-        &mut out,
-        "tile-duration-p95",
-        "http_req_duration p95",
-        &opt_ms(t.duration_ms.p95),
-        &format!("p99 {}", opt_ms(t.duration_ms.p99)),
-        t.duration_ms.p95.unwrap_or(f64::NAN),
-        failed_on("http_req_duration"),
-    );
-    tile(
-        &mut out,
-        "tile-service-p95",
-        "service_time p95",
-        &opt_ms(t.service_time_ms.p95),
-        &format!("p99 {}", opt_ms(t.service_time_ms.p99)),
-        t.service_time_ms.p95.unwrap_or(f64::NAN),
-        failed_on("http_req_service_time"),
-    );
-    tile(
-        &mut out,
-        "tile-throttled",
-        "429s",
-        &t.throttled.to_string(),
-        &format!("{} of attempts", pct(t.throttled_rate)),
-        t.throttled as f64,
-        t.throttled > 0 || failed_on("http_reqs_throttled"),
-    );
-    tile(
-        &mut out,
-        "tile-failed",
-        "http_req_failed",
-        &pct(t.failed_rate),
-        &format!("{} failed", t.failed),
-        t.failed as f64,
-        t.failed > 0 || failed_on("http_req_failed"),
-    );
-    let it = &s.scenario_totals;
-    tile(
-        &mut out,
-        "tile-iterations",
-        "iterations",
-        &it.iterations.to_string(),
-        &format!(
-            "{} dropped · {} interrupted",
-            it.dropped_iterations, it.interrupted
-        ),
-        it.iterations as f64,
-        it.dropped_iterations > 0,
-    );
-    let pauses: u64 = s.limits.iter().map(|l| l.pauses).sum();
-    tile(
-        &mut out,
-        "tile-pauses",
-        "Retry-After pauses",
-        &pauses.to_string(),
-        &format!(
-            "{} held · {} retries",
-            format_ms(s.limits.iter().map(|l| l.paused_secs).sum::<f64>() * 1000.0),
-            s.retries.retries
-        ),
-        pauses as f64,
-        false,
-    );
-    out.push_str("</section>");
+/// The report's Content-Security-Policy: nothing but the inline style may load or run.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'";
 
-    thresholds(&mut out, s);
-    out.push_str("<h2>Over time</h2>");
-    charts(&mut out, input);
-    limits_section(&mut out, input);
-    requests_table(&mut out, s);
-    workers_table(&mut out, input.workers);
-
-    out.push_str(r#"<section id="plan"><h2>The plan that ran</h2><p class="note">As written: <code>${env:…}</code> and <code>${file:…}</code> references are not resolved, and values under credential keys are redacted.</p>"#);
+/// The whole report as one HTML document.
+pub fn render(input: &ReportInput<'_>) -> String {
+    let s = input.summary;
     let listing = input
         .plan_source
         .map(plan_listing)
         .unwrap_or_else(|| "(not available)".into());
-    let _ = write!(
-        out,
-        r#"<pre id="plan-source">{}</pre></section>"#,
-        Html(&listing)
-    );
-    if s.invalid_records > 0 {
-        let _ = write!(
-            out,
-            r#"<p class="note">Warning: {} records named an unknown scenario or request and were ignored.</p>"#,
-            s.invalid_records
-        );
-    }
-    out.push_str(r#"<footer>Generated by pacer. This file is self-contained: no scripts, no network access when it is viewed.</footer></main></body></html>"#);
+    let doc = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="Content-Security-Policy" content=(CSP);
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="generator" content={ "pacer " (VERSION) };
+                title { "pacer report: " (s.name) }
+                style { (PreEscaped(CSS)) }
+            }
+            body { main {
+                (header(input))
+                (tiles(s))
+                (thresholds(s))
+                h2 { "Over time" }
+                (charts(input))
+                (limits_section(input))
+                (requests_table(s))
+                (workers_table(input.workers))
+                section #plan {
+                    h2 { "The plan that ran" }
+                    p.note {
+                        "As written: " code { "${env:…}" } " and " code { "${file:…}" }
+                        " references are not resolved, and values under credential keys are redacted."
+                    }
+                    pre #plan-source { (listing) }
+                }
+                @if s.invalid_records > 0 {
+                    p.note { "Warning: " (s.invalid_records) " records named an unknown scenario or request and were ignored." }
+                }
+                footer { "Generated by pacer. This file is self-contained: no scripts, no network access when it is viewed." }
+            } }
+        }
+    };
+    let mut out = without_controls(doc.into_string());
     out.push('\n');
     out
+}
+
+/// Control characters (other than tab and newline) become U+FFFD: markup is escaped by maud,
+/// but a hostile server header could still carry terminal escape sequences into a file that
+/// someone may `cat`. The template itself has none, so this touches only what came from input.
+fn without_controls(doc: String) -> String {
+    if !doc.chars().any(is_stray_control) {
+        return doc;
+    }
+    doc.chars()
+        .map(|c| if is_stray_control(c) { '\u{fffd}' } else { c })
+        .collect()
+}
+
+fn is_stray_control(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
 }
 
 #[cfg(test)]
@@ -1077,6 +1075,77 @@ mod tests {
         assert!(!doc.contains("hunter2-literal"));
         assert!(doc.contains("table-workers"));
         assert!(doc.contains("data-passed=\"false\""), "aborted runs fail");
+    }
+
+    /// A report whose scenario, request, plan and server-header texts are all `name`.
+    fn report_named(name: &str) -> String {
+        let rec = Recorder::new(Layout {
+            scenarios: vec![ScenarioLayout {
+                name: name.into(),
+                requests: vec![name.into()],
+            }],
+        });
+        rec.record_server_limits(pacer_stats::ServerLimitHeaders {
+            at_unix_ms: 1,
+            source: name.into(),
+            policy: Some(name.into()),
+            ..Default::default()
+        });
+        let summary = summary_of(&rec, name);
+        let source = serde_json::json!({ "name": name });
+        let workers = [WorkerRow::from_snapshot(
+            name,
+            &rec.snapshot(),
+            Duration::from_secs(3),
+        )];
+        render(&ReportInput {
+            summary: &summary,
+            series: &Series::default(),
+            plan_source: Some(&source),
+            workers: &workers,
+            started_unix_ms: Some(0),
+            abort_reason: Some(name),
+        })
+    }
+
+    #[test]
+    fn hostile_request_scenario_and_header_values_appear_escaped() {
+        let script = "<script>alert(1)</script>";
+        let doc = report_named(script);
+        check_document(&doc);
+        assert!(!doc.contains(script));
+        assert!(doc.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(doc.contains(r#"data-scenario="&lt;script&gt;alert(1)&lt;/script&gt;""#));
+
+        let quotes = r#"x"'&y"#;
+        let doc = report_named(quotes);
+        check_document(&doc);
+        assert!(!doc.contains(quotes), "raw quotes and ampersand");
+        // in text and in double-quoted attributes alike
+        assert!(doc.contains("x&quot;'&amp;y"));
+        assert!(doc.contains(r#"data-request="x&quot;'&amp;y""#));
+        assert!(doc.contains(r#"data-worker="x&quot;'&amp;y""#));
+    }
+
+    #[test]
+    fn control_characters_from_a_server_never_reach_the_file() {
+        let doc = report_named("red\u{1b}[31m\u{0}bell\u{7}");
+        assert!(!doc.contains(['\u{1b}', '\u{0}', '\u{7}']));
+        assert!(doc.contains("red\u{fffd}[31m\u{fffd}bell\u{fffd}"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever the names are, they add no markup: the document has exactly as many `<`,
+        /// `>` and `"` as one with a plain name.
+        #[test]
+        fn no_name_adds_markup(name in "\\PC{0,12}[<>\"'&]{1,4}\\PC{0,12}") {
+            let plain = report_named("plain");
+            let doc = report_named(&name);
+            for c in ['<', '>', '"'] {
+                proptest::prop_assert_eq!(doc.matches(c).count(), plain.matches(c).count());
+            }
+        }
     }
 
     #[test]

@@ -6,11 +6,12 @@
 //!   the plan that ran), with [`svg`] charts generated here and no scripts.
 //! - [`prom`]: a snapshot in the Prometheus text format; [`server`]: a tiny `/metrics` server
 //!   that `pacer run`, the worker and the controller can share.
-//! - [`redact`] and [`escape`]: nothing secret and nothing unescaped reaches a report.
+//! - [`redact`]: nothing secret reaches a report; the HTML is written with maud, which escapes
+//!   every spliced value by construction.
 //!
-//! Depends on pacer-stats and pacer-plan only (plus axum/tokio for the metrics server).
+//! Depends on pacer-stats and pacer-plan only (plus axum/tokio for the metrics server, maud for
+//! the HTML and prometheus-client for the metrics text).
 
-pub mod escape;
 pub mod html;
 pub mod prom;
 pub mod redact;

@@ -1,27 +1,37 @@
-//! Prometheus metrics: a [`Snapshot`] rendered in the text exposition format (version 0.0.4).
+//! Prometheus metrics: a [`Snapshot`] in the Prometheus text exposition format (version
+//! 0.0.4), written by the `prometheus-client` crate.
 //!
-//! Why not the `prometheus-client` crate: pacer already keeps exact cumulative counters and HDR
-//! histograms in its snapshots, which is what a scrape needs. Registering client-library
-//! metrics would mean updating a second set of counters on the hot path (or a custom collector
-//! that translates the snapshot anyway); rendering the documented text format from the
-//! snapshot keeps one source of truth and lets a worker, the controller (from merged
-//! snapshots) and `pacer run` expose identical metrics with one function, [`render`].
+//! pacer already keeps exact cumulative counters and HDR histograms in its snapshots, and a
+//! controller's are merged from its workers' on every scrape; so there are no client-library
+//! counters to update on the hot path. Instead each scrape turns the snapshot into families of
+//! samples ([`families`]) and hands them to `prometheus-client` as a [`Collector`]: the library
+//! writes the `# HELP`/`# TYPE` lines, the `_total` suffix of counters, the `_bucket`/`_sum`/
+//! `_count` series and `le` bounds of histograms, label escaping and the number formats.
+//!
+//! Why 0.0.4 and not OpenMetrics (the library's default): the operator serves its own counters
+//! and every running test's metrics in one exposition by merging texts family by family
+//! (pacer-operator's `merge_expositions`), which OpenMetrics' single `# EOF` terminator does
+//! not allow; Prometheus reads both formats alike, and the names are the same in both.
 //!
 //! Names follow Prometheus conventions: `pacer_` prefix, snake_case, base units (seconds,
-//! bytes), `_total` on counters. Latency histograms use the classic buckets of
+//! bytes), `_total` on counters; the Grafana dashboard (charts/pacer/dashboards) uses them and
+//! a test checks that it uses nothing else. Latency histograms use the classic buckets of
 //! [`LATENCY_BUCKETS_SECONDS`]; each bucket is the cumulative count of samples `<=` its bound,
 //! computed from the HDR histogram (3 significant digits, so a sample within 0.1% above a
 //! bound may be counted in it).
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 
-use pacer_stats::{Hist, RequestStats, Snapshot};
+use pacer_stats::{Hist, RequestStats, ScenarioStats, ServerLimitHeaders, Snapshot};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
-use crate::escape::prom_label;
 use crate::series::LimiterSample;
 
 /// `Content-Type` of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds (seconds) of the latency histogram buckets, `+Inf` implied. Wide on purpose:
 /// `http_req_duration` includes pacer's own limiter wait and Retry-After pauses.
@@ -57,72 +67,127 @@ fn valid_label_name(name: &str) -> bool {
         && !name.starts_with("__")
 }
 
-/// A float as Prometheus reads it; non-finite values never reach here but would be `0`.
-fn value(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "0".into()
-    }
+/// A sample's own labels (the context's constant labels come first, from the registry).
+type Labels = Vec<(&'static str, String)>;
+
+/// One sample's value.
+#[derive(Debug)]
+enum Value {
+    Int(u64),
+    /// Always finite ([`Family::float`] sees to it).
+    Float(f64),
+    /// Per-bucket (not cumulative) counts by upper bound; the library accumulates them.
+    Histogram {
+        sum: f64,
+        count: u64,
+        buckets: Vec<(f64, u64)>,
+    },
 }
 
-struct Writer {
-    out: String,
-    constant: Vec<(String, String)>,
+/// One metric family and its samples, owned so that the collector outlives the snapshot.
+#[derive(Debug)]
+struct Family {
+    /// The full name as scraped (counters with their `_total`).
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Labels, Value)>,
 }
 
-impl Writer {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: String) {
-        self.out.push_str(name);
-        let all: Vec<(&str, &str)> = self
-            .constant
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain(labels.iter().copied())
-            .collect();
-        if !all.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in all.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", prom_label(v));
-            }
-            self.out.push('}');
+impl Family {
+    fn new(name: &'static str, kind: MetricType, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
         }
-        self.out.push(' ');
-        self.out.push_str(&v);
-        self.out.push('\n');
     }
 
-    fn int(&mut self, name: &str, labels: &[(&str, &str)], v: u64) {
-        self.sample(name, labels, v.to_string());
+    fn counter(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, MetricType::Counter, help)
     }
 
-    fn float(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
-        self.sample(name, labels, value(v));
+    fn gauge(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, MetricType::Gauge, help)
+    }
+
+    fn histogram(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, MetricType::Histogram, help)
+    }
+
+    fn int(&mut self, labels: Labels, v: u64) {
+        self.samples.push((labels, Value::Int(v)));
+    }
+
+    /// Non-finite values never reach here, but would be `0` rather than `NaN`.
+    fn float(&mut self, labels: Labels, v: f64) {
+        let v = if v.is_finite() { v } else { 0.0 };
+        self.samples.push((labels, Value::Float(v)));
     }
 
     /// Buckets, sum and count of one histogram in microseconds.
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Hist, sum_us: f64) {
-        let counts = cumulative_buckets(h, &LATENCY_BUCKETS_SECONDS);
-        let bucket = format!("{name}_bucket");
-        for (bound, count) in LATENCY_BUCKETS_SECONDS.iter().zip(&counts) {
-            let le = value(*bound);
-            let mut l = labels.to_vec();
-            l.push(("le", &le));
-            self.int(&bucket, &l, *count);
+    fn hist(&mut self, labels: Labels, h: &Hist, sum_us: f64) {
+        let cumulative = cumulative_buckets(h, &LATENCY_BUCKETS_SECONDS);
+        let mut below = 0;
+        let buckets = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .zip(cumulative)
+            .map(|(bound, c)| (*bound, c - std::mem::replace(&mut below, c)))
+            .collect();
+        let sum = sum_us / 1e6;
+        self.samples.push((
+            labels,
+            Value::Histogram {
+                sum: if sum.is_finite() { sum } else { 0.0 },
+                count: h.count(),
+                buckets,
+            },
+        ));
+    }
+
+    fn encode_sample(
+        &self,
+        mut m: MetricEncoder<'_>,
+        value: &Value,
+    ) -> Result<(), std::fmt::Error> {
+        match (value, self.kind) {
+            (Value::Int(v), MetricType::Counter) => m.encode_counter::<NoLabelSet, _, f64>(v, None),
+            (Value::Float(v), MetricType::Counter) => {
+                m.encode_counter::<NoLabelSet, _, f64>(v, None)
+            }
+            (Value::Int(v), _) => m.encode_gauge(v),
+            (Value::Float(v), _) => m.encode_gauge(v),
+            (
+                Value::Histogram {
+                    sum,
+                    count,
+                    buckets,
+                },
+                _,
+            ) => m.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None),
         }
-        let mut l = labels.to_vec();
-        l.push(("le", "+Inf"));
-        self.int(&bucket, &l, h.count());
-        self.float(&format!("{name}_sum"), labels, sum_us / 1e6);
-        self.int(&format!("{name}_count"), labels, h.count());
+    }
+}
+
+/// Every family of one scrape, handed to the registry.
+#[derive(Debug)]
+struct Families(Vec<Family>);
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.0 {
+            // The library adds the `_total` of counters itself.
+            let base = match f.kind {
+                MetricType::Counter => f.name.strip_suffix("_total").unwrap_or(f.name),
+                _ => f.name,
+            };
+            let mut metric = encoder.encode_descriptor(base, f.help, None, f.kind)?;
+            for (labels, value) in &f.samples {
+                f.encode_sample(metric.encode_family(labels)?, value)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -159,122 +224,128 @@ fn requests(s: &Snapshot) -> impl Iterator<Item = (&str, &str, &RequestStats)> {
     })
 }
 
+/// The labels of one request's samples, and `extra`.
+fn request_labels(scenario: &str, request: &str, extra: Option<(&'static str, &str)>) -> Labels {
+    let mut labels = vec![
+        ("scenario", scenario.to_string()),
+        ("request", request.to_string()),
+    ];
+    labels.extend(extra.map(|(k, v)| (k, v.to_string())));
+    labels
+}
+
+/// One label.
+fn label(key: &'static str, value: &str) -> Labels {
+    vec![(key, value.to_string())]
+}
+
 /// The snapshot (cumulative since start) as Prometheus text. Families appear even when they
 /// have no samples yet, so dashboards find them from the first scrape.
 pub fn render(snapshot: &Snapshot, ctx: &MetricsContext) -> String {
-    let mut w = Writer {
-        out: String::with_capacity(16 * 1024),
-        constant: ctx
-            .const_labels
-            .iter()
-            .filter(|(k, _)| valid_label_name(k))
-            .cloned()
-            .collect(),
-    };
-
-    w.family(
-        "pacer_info",
-        "gauge",
-        "The plan this process runs (always 1).",
-    );
-    let version = env!("CARGO_PKG_VERSION");
-    w.int(
-        "pacer_info",
-        &[("plan", &ctx.plan), ("version", version)],
-        1,
-    );
-    if let Some(e) = ctx.elapsed_secs {
-        w.family(
-            "pacer_elapsed_seconds",
-            "gauge",
-            "Seconds since the run started.",
-        );
-        w.float("pacer_elapsed_seconds", &[], e);
+    let constant = ctx
+        .const_labels
+        .iter()
+        .filter(|(k, _)| valid_label_name(k))
+        .map(|(k, v)| (Cow::Owned(k.clone()), Cow::Owned(v.clone())));
+    let mut registry = Registry::with_labels(constant);
+    registry.register_collector(Box::new(Families(families(snapshot, ctx))));
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing to a String cannot fail, and the collector returns no errors of its own.
+    if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+        tracing::warn!(error = %e, "encoding metrics failed");
     }
+    out
+}
 
-    w.family(
+/// Every family of the snapshot, in the order they are exposed.
+fn families(snapshot: &Snapshot, ctx: &MetricsContext) -> Vec<Family> {
+    let mut out = process_families(ctx);
+    out.extend(attempt_families(snapshot, ctx));
+    out.extend(request_families(snapshot));
+    out.extend(scenario_families(snapshot));
+    out.extend(token_families(snapshot));
+    out.extend(limiter_families(ctx));
+    out.extend(server_header_families(snapshot.server_limits.as_ref()));
+    out
+}
+
+/// `pacer_info`, and `pacer_elapsed_seconds` once the run has started.
+fn process_families(ctx: &MetricsContext) -> Vec<Family> {
+    let mut info = Family::gauge("pacer_info", "The plan this process runs (always 1).");
+    let version = env!("CARGO_PKG_VERSION").to_string();
+    info.int(vec![("plan", ctx.plan.clone()), ("version", version)], 1);
+    let mut out = vec![info];
+    if let Some(e) = ctx.elapsed_secs {
+        let mut elapsed = Family::gauge("pacer_elapsed_seconds", "Seconds since the run started.");
+        elapsed.float(Vec::new(), e);
+        out.push(elapsed);
+    }
+    out
+}
+
+/// HTTP exchanges by status, transport error and the limit a 429 named; 429s by declared limit.
+fn attempt_families(snapshot: &Snapshot, ctx: &MetricsContext) -> [Family; 4] {
+    let mut reqs = Family::counter(
         "pacer_http_reqs_total",
-        "counter",
         "HTTP exchanges (attempts, retries included) by response status; status=\"error\" for attempts without a response.",
     );
-    for (s, r, st) in requests(snapshot) {
-        let mut with_status = 0u64;
-        for (code, n) in &st.status {
-            with_status = with_status.saturating_add(*n);
-            let code = code.to_string();
-            w.int(
-                "pacer_http_reqs_total",
-                &[("scenario", s), ("request", r), ("status", &code)],
-                *n,
-            );
-        }
-        let without = st.attempts.saturating_sub(with_status);
-        if without > 0 {
-            w.int(
-                "pacer_http_reqs_total",
-                &[("scenario", s), ("request", r), ("status", "error")],
-                without,
-            );
-        }
-    }
-
-    w.family(
+    let mut errors = Family::counter(
         "pacer_http_req_errors_total",
-        "counter",
         "Attempts without a response, by transport error kind (connect, timeout, tls, protocol, body, auth, limiter, other).",
     );
-    for (s, r, st) in requests(snapshot) {
-        for (kind, n) in &st.errors {
-            w.int(
-                "pacer_http_req_errors_total",
-                &[("scenario", s), ("request", r), ("kind", kind)],
-                *n,
-            );
-        }
-    }
-
-    w.family(
+    let mut throttled = Family::counter(
         "pacer_http_reqs_throttled_total",
-        "counter",
         "Attempts answered 429, by the limit the server named (response body, [limit: X] message or RateLimit-Policy); limit=\"(unnamed)\" when it named none.",
     );
     for (s, r, st) in requests(snapshot) {
-        let mut named = 0u64;
-        for (limit, n) in &st.throttled_by_server_limit {
-            named = named.saturating_add(*n);
-            w.int(
-                "pacer_http_reqs_throttled_total",
-                &[("scenario", s), ("request", r), ("limit", limit)],
+        for (code, n) in &st.status {
+            reqs.int(
+                request_labels(s, r, Some(("status", &code.to_string()))),
                 *n,
             );
         }
+        let with_status = st.status.values().fold(0u64, |a, n| a.saturating_add(*n));
+        let without = st.attempts.saturating_sub(with_status);
+        if without > 0 {
+            reqs.int(request_labels(s, r, Some(("status", "error"))), without);
+        }
+        for (kind, n) in &st.errors {
+            errors.int(request_labels(s, r, Some(("kind", kind))), *n);
+        }
+        for (limit, n) in &st.throttled_by_server_limit {
+            throttled.int(request_labels(s, r, Some(("limit", limit))), *n);
+        }
+        let named = st
+            .throttled_by_server_limit
+            .values()
+            .fold(0u64, |a, n| a.saturating_add(*n));
         let unnamed = st.throttled.saturating_sub(named);
         if unnamed > 0 {
-            w.int(
-                "pacer_http_reqs_throttled_total",
-                &[("scenario", s), ("request", r), ("limit", UNNAMED_LIMIT)],
+            throttled.int(
+                request_labels(s, r, Some(("limit", UNNAMED_LIMIT))),
                 unnamed,
             );
         }
     }
-
-    w.family(
+    let mut by_limit = Family::counter(
         "pacer_limit_throttled_total",
-        "counter",
         "429 answers to requests that matched a limit the plan declares (one 429 counts once for each limit its request matched).",
     );
-    let total = snapshot.total();
-    for (index, n) in &total.throttled_by_limit {
+    for (index, n) in &snapshot.total().throttled_by_limit {
         let name = usize::try_from(*index)
             .ok()
             .and_then(|i| ctx.limit_names.get(i))
             .cloned()
             .unwrap_or_else(|| format!("limit#{index}"));
-        w.int("pacer_limit_throttled_total", &[("limit", &name)], *n);
+        by_limit.int(label("limit", &name), *n);
     }
+    [reqs, errors, throttled, by_limit]
+}
 
+/// Per-request counters and latency histograms.
+fn request_families(snapshot: &Snapshot) -> Vec<Family> {
     type Count = fn(&RequestStats) -> u64;
-    let counters: [(&str, &str, Count); 5] = [
+    let counters: [(&'static str, &'static str, Count); 5] = [
         (
             "pacer_requests_total",
             "Logical requests completed (after all their attempts).",
@@ -297,32 +368,8 @@ pub fn render(snapshot: &Snapshot, ctx: &MetricsContext) -> String {
             s.bytes_received
         }),
     ];
-    for (name, help, get) in counters {
-        w.family(name, "counter", help);
-        for (s, r, st) in requests(snapshot) {
-            w.int(name, &[("scenario", s), ("request", r)], get(st));
-        }
-    }
-    w.family(
-        "pacer_checks_total",
-        "counter",
-        "Checks evaluated, by result (pass, fail).",
-    );
-    for (s, r, st) in requests(snapshot) {
-        w.int(
-            "pacer_checks_total",
-            &[("scenario", s), ("request", r), ("result", "pass")],
-            st.checks_passed,
-        );
-        w.int(
-            "pacer_checks_total",
-            &[("scenario", s), ("request", r), ("result", "fail")],
-            st.checks_failed,
-        );
-    }
-
     type HistOf = fn(&RequestStats) -> (&Hist, u64);
-    let histograms: [(&str, &str, HistOf); 5] = [
+    let histograms: [(&'static str, &'static str, HistOf); 5] = [
         (
             "pacer_http_req_duration_seconds",
             "http_req_duration: from the intended start to the end of the final response, per logical request (includes pacer's limiter wait, pauses, backoff, retries).",
@@ -349,16 +396,44 @@ pub fn render(snapshot: &Snapshot, ctx: &MetricsContext) -> String {
             |s| (&s.backoff, s.backoff_us_sum),
         ),
     ];
+    let mut out = Vec::new();
+    for (name, help, get) in counters {
+        let mut f = Family::counter(name, help);
+        for (s, r, st) in requests(snapshot) {
+            f.int(request_labels(s, r, None), get(st));
+        }
+        out.push(f);
+    }
+    let mut checks = Family::counter(
+        "pacer_checks_total",
+        "Checks evaluated, by result (pass, fail).",
+    );
+    for (s, r, st) in requests(snapshot) {
+        checks.int(
+            request_labels(s, r, Some(("result", "pass"))),
+            st.checks_passed,
+        );
+        checks.int(
+            request_labels(s, r, Some(("result", "fail"))),
+            st.checks_failed,
+        );
+    }
+    out.push(checks);
     for (name, help, get) in histograms {
-        w.family(name, "histogram", help);
+        let mut f = Family::histogram(name, help);
         for (s, r, st) in requests(snapshot) {
             let (h, sum) = get(st);
-            w.histogram(name, &[("scenario", s), ("request", r)], h, sum as f64);
+            f.hist(request_labels(s, r, None), h, sum as f64);
         }
+        out.push(f);
     }
+    out
+}
 
-    type ScenarioCount = fn(&pacer_stats::ScenarioStats) -> u64;
-    let scenario_counters: [(&str, &str, ScenarioCount); 4] = [
+/// Per-scenario iteration counters and the iteration duration histogram.
+fn scenario_families(snapshot: &Snapshot) -> Vec<Family> {
+    type ScenarioCount = fn(&ScenarioStats) -> u64;
+    let counters: [(&'static str, &'static str, ScenarioCount); 4] = [
         ("pacer_iterations_total", "Iterations completed.", |s| {
             s.iterations
         }),
@@ -378,85 +453,70 @@ pub fn render(snapshot: &Snapshot, ctx: &MetricsContext) -> String {
             |s| s.dropped_iterations,
         ),
     ];
-    for (name, help, get) in scenario_counters {
-        w.family(name, "counter", help);
+    let mut out = Vec::new();
+    for (name, help, get) in counters {
+        let mut f = Family::counter(name, help);
         for sc in &snapshot.scenarios {
-            w.int(name, &[("scenario", &sc.name)], get(&sc.stats));
+            f.int(label("scenario", &sc.name), get(&sc.stats));
         }
+        out.push(f);
     }
-    w.family(
+    let mut duration = Family::histogram(
         "pacer_iteration_duration_seconds",
-        "histogram",
         "Duration of completed iterations (the sum is estimated from the histogram's mean).",
     );
     for sc in &snapshot.scenarios {
         let h = &sc.stats.iteration_duration;
         let sum = h.mean().unwrap_or(0.0) * h.count() as f64;
-        w.histogram(
-            "pacer_iteration_duration_seconds",
-            &[("scenario", &sc.name)],
-            h,
-            sum,
-        );
+        duration.hist(label("scenario", &sc.name), h, sum);
     }
+    out.push(duration);
+    out
+}
 
-    w.family(
+/// Token fetches and the time callers waited for them, by credential.
+fn token_families(snapshot: &Snapshot) -> [Family; 2] {
+    let mut fetches = Family::counter(
         "pacer_token_fetches_total",
-        "counter",
         "Tokens fetched from the token endpoint, by credential.",
     );
-    for (c, t) in &snapshot.token_fetches {
-        w.int("pacer_token_fetches_total", &[("credential", c)], t.count);
-    }
-    w.family(
+    let mut wait = Family::counter(
         "pacer_token_fetch_wait_seconds_total",
-        "counter",
         "Time callers waited for token fetches, by credential.",
     );
     for (c, t) in &snapshot.token_fetches {
-        w.float(
-            "pacer_token_fetch_wait_seconds_total",
-            &[("credential", c)],
-            t.wait_us_sum as f64 / 1e6,
-        );
+        fetches.int(label("credential", c), t.count);
+        wait.float(label("credential", c), t.wait_us_sum as f64 / 1e6);
     }
+    [fetches, wait]
+}
 
-    w.family(
+/// The limiter's state of each declared limit, when this process has a limiter.
+fn limiter_families(ctx: &MetricsContext) -> [Family; 3] {
+    let mut rate = Family::gauge(
         "pacer_limit_pacing_rate",
-        "gauge",
         "The rate (requests per second) pacer paces each declared limit at now.",
     );
-    for l in &ctx.limits {
-        w.float(
-            "pacer_limit_pacing_rate",
-            &[("limit", &l.name)],
-            l.pacing_rate,
-        );
-    }
-    w.family(
+    let mut pauses = Family::counter(
         "pacer_limit_pauses_total",
-        "counter",
         "Retry-After pauses of each declared limit's scope.",
     );
-    for l in &ctx.limits {
-        w.int("pacer_limit_pauses_total", &[("limit", &l.name)], l.pauses);
-    }
-    w.family(
+    let mut paused = Family::counter(
         "pacer_limit_paused_seconds_total",
-        "counter",
         "Time the Retry-After pauses hold each declared limit's scope (counted when a pause starts).",
     );
     for l in &ctx.limits {
-        w.float(
-            "pacer_limit_paused_seconds_total",
-            &[("limit", &l.name)],
-            l.paused_secs,
-        );
+        rate.float(label("limit", &l.name), l.pacing_rate);
+        pauses.int(label("limit", &l.name), l.pauses);
+        paused.float(label("limit", &l.name), l.paused_secs);
     }
+    [rate, pauses, paused]
+}
 
-    let h = snapshot.server_limits.as_ref();
-    type Gauge = fn(&pacer_stats::ServerLimitHeaders) -> Option<f64>;
-    let gauges: [(&str, &str, Gauge); 5] = [
+/// The server's last rate-limit headers, one gauge per value it sent.
+fn server_header_families(headers: Option<&ServerLimitHeaders>) -> Vec<Family> {
+    type Gauge = fn(&ServerLimitHeaders) -> Option<f64>;
+    let gauges: [(&'static str, &'static str, Gauge); 5] = [
         (
             "pacer_server_ratelimit_limit",
             "The server's last rate-limit header: the limit (inin-ratelimit-allowed, X-RateLimit-Limit, RateLimit limit).",
@@ -483,15 +543,18 @@ pub fn render(snapshot: &Snapshot, ctx: &MetricsContext) -> String {
             |h| Some(h.at_unix_ms as f64 / 1000.0),
         ),
     ];
-    for (name, help, get) in gauges {
-        w.family(name, "gauge", help);
-        if let Some(h) = h
-            && let Some(v) = get(h).filter(|v| v.is_finite())
-        {
-            w.float(name, &[("source", &h.source)], v);
-        }
-    }
-    w.out
+    gauges
+        .into_iter()
+        .map(|(name, help, get)| {
+            let mut f = Family::gauge(name, help);
+            if let Some(h) = headers
+                && let Some(v) = get(h).filter(|v| v.is_finite())
+            {
+                f.float(label("source", &h.source), v);
+            }
+            f
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -631,6 +694,22 @@ mod tests {
             used += 1;
         }
         assert!(used > 20, "{used}");
+    }
+
+    #[test]
+    fn the_exposition_is_prometheus_text_that_the_operator_can_merge() {
+        assert_eq!(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+        let ctx = MetricsContext {
+            const_labels: vec![("loadtest".into(), "ns/a\"b".into())],
+            elapsed_secs: Some(f64::NAN),
+            ..MetricsContext::default()
+        };
+        let text = render(&recorder().snapshot(), &ctx);
+        // no OpenMetrics terminator, so expositions concatenate; counters keep `_total`
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(text.contains("# TYPE pacer_requests_total counter\n"), "{text}");
+        assert!(text.contains(r#"pacer_elapsed_seconds{loadtest="ns/a\"b"} 0"#), "{text}");
+        assert!(text.ends_with('\n'));
     }
 
     #[test]

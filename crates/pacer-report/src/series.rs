@@ -17,8 +17,6 @@ use pacer_plan::{Executor, Plan};
 use pacer_stats::{Layout, RequestStats, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::escape;
-
 /// A tail shorter than this (seconds) is folded into the last full second rather than kept as
 /// a row of its own, whose per-second rate would be noise.
 const MIN_TAIL_SECS: f64 = 0.25;
@@ -573,16 +571,32 @@ fn csv_row(p: &SeriesPoint) -> Vec<String> {
         p.active_pauses.to_string(),
         p.ratelimit_source
             .as_deref()
-            .map_or_else(String::new, escape::csv_text),
+            .map_or_else(String::new, csv_text),
         opt_int(p.ratelimit_limit),
         opt_int(p.ratelimit_remaining),
         opt_int(p.ratelimit_count),
         opt_num(p.ratelimit_reset_secs),
         p.ratelimit_policy
             .as_deref()
-            .map_or_else(String::new, escape::csv_text),
+            .map_or_else(String::new, csv_text),
         opt_int(p.ratelimit_at_unix_ms),
     ]
+}
+
+/// One CSV field (RFC 4180): quoted when it holds a comma, quote or line break. A text field
+/// that a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR first) gets a leading
+/// `'`, as OWASP recommends for CSV files that carry outside data (server headers here).
+fn csv_text(text: &str) -> String {
+    let guarded = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
+    if guarded.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", guarded.replace('"', "\"\""))
+    } else {
+        guarded
+    }
 }
 
 #[cfg(test)]
@@ -791,5 +805,15 @@ mod tests {
         assert_eq!(planned.at(20.0), Some(0.0));
         assert_eq!(planned.at(f64::NAN), None);
         assert_eq!(PlannedRate::default().at(1.0), None);
+    }
+
+    #[test]
+    fn csv_quotes_and_guards_formulas() {
+        assert_eq!(csv_text("plain"), "plain");
+        assert_eq!(csv_text("a,b"), "\"a,b\"");
+        assert_eq!(csv_text("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_text("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(csv_text("-1,2"), "\"'-1,2\"");
+        assert_eq!(csv_text("line\nbreak"), "\"line\nbreak\"");
     }
 }

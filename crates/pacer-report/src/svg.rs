@@ -1,12 +1,13 @@
-//! Small SVG charts, written as text: line charts and stacked bar charts over the seconds of a
-//! run, with shaded bands (Retry-After pauses) and native `<title>` tooltips.
+//! Small SVG charts, inline in the HTML report: line charts and stacked bar charts over the
+//! seconds of a run, with shaded bands (Retry-After pauses) and native `<title>` tooltips.
 //!
-//! Every coordinate goes through [`coord`], so no input (no data, one point, all zeros, NaN,
-//! infinities) can put `NaN` or `inf` into the output. Names are escaped.
+//! Written with maud's `html!` like the rest of the report, so series names and tooltips are
+//! escaped by construction. Every coordinate goes through [`coord`], so no input (no data, one
+//! point, all zeros, NaN, infinities) can put `NaN` or `inf` into the output.
 
 use std::fmt::Write as _;
 
-use crate::escape::html;
+use maud::{Markup, html};
 
 /// How the y axis labels its values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,8 +199,11 @@ fn clean(v: Option<f64>) -> Option<f64> {
     v.filter(|v| v.is_finite())
 }
 
-/// Group intervals into at most `MAX_BARS` bars: (start, end, per-series sums).
-fn bars(spec: &ChartSpec) -> Vec<(f64, f64, Vec<f64>)> {
+/// One bar of a stacked chart: (start, end, per-series sums).
+type Bar = (f64, f64, Vec<f64>);
+
+/// Group intervals into at most `MAX_BARS` bars.
+fn bars(spec: &ChartSpec) -> Vec<Bar> {
     let n = spec.intervals.len();
     let group = n.div_ceil(MAX_BARS).max(1);
     let mut out = Vec::with_capacity(n.div_ceil(group));
@@ -223,38 +227,69 @@ fn bars(spec: &ChartSpec) -> Vec<(f64, f64, Vec<f64>)> {
     out
 }
 
-/// Render the chart as an `<svg>` element.
-pub fn render(spec: &ChartSpec) -> String {
-    let x_max = spec
-        .intervals
-        .iter()
-        .map(|&(_, e)| e)
-        .filter(|e| e.is_finite())
-        .fold(0.0f64, f64::max);
-    let x_min = spec
-        .intervals
-        .iter()
-        .map(|&(s, _)| s)
-        .filter(|s| s.is_finite())
-        .fold(x_max, f64::min)
-        .min(x_max);
-    let x_span = if x_max - x_min > 1e-9 {
-        x_max - x_min
-    } else {
-        1.0
-    };
-    let plot_w = W - LEFT - RIGHT;
-    let plot_h = H - TOP - BOTTOM;
-    let px = |x: f64| LEFT + (x - x_min) / x_span * plot_w;
+/// Data to pixels: the plot's x range (seconds) and y range (the unit's values).
+struct Frame {
+    x_min: f64,
+    x_max: f64,
+    x_span: f64,
+    /// Between y grid lines.
+    step: f64,
+    y_max: f64,
+}
 
-    let grouped = (spec.kind == Kind::StackedBars).then(|| bars(spec));
-    let data_max = match &grouped {
+const PLOT_W: f64 = W - LEFT - RIGHT;
+const PLOT_H: f64 = H - TOP - BOTTOM;
+
+impl Frame {
+    fn new(spec: &ChartSpec, data_max: f64) -> Self {
+        let x_max = spec
+            .intervals
+            .iter()
+            .map(|&(_, e)| e)
+            .filter(|e| e.is_finite())
+            .fold(0.0f64, f64::max);
+        let x_min = spec
+            .intervals
+            .iter()
+            .map(|&(s, _)| s)
+            .filter(|s| s.is_finite())
+            .fold(x_max, f64::min)
+            .min(x_max);
+        let x_span = if x_max - x_min > 1e-9 {
+            x_max - x_min
+        } else {
+            1.0
+        };
+        let step = nice_step(data_max, 4);
+        let y_max = if data_max > 0.0 {
+            ((data_max / step).ceil() * step).max(step)
+        } else {
+            step * 4.0
+        };
+        Self {
+            x_min,
+            x_max,
+            x_span,
+            step,
+            y_max,
+        }
+    }
+
+    fn px(&self, x: f64) -> f64 {
+        LEFT + (x - self.x_min) / self.x_span * PLOT_W
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        TOP + PLOT_H - (y / self.y_max).clamp(0.0, 1.05) * PLOT_H
+    }
+}
+
+/// The highest value drawn: of the stacked bars' rates, or of the lines.
+fn data_max(spec: &ChartSpec, grouped: Option<&[Bar]>) -> f64 {
+    match grouped {
         Some(g) => g
             .iter()
-            .map(|(s, e, sums)| {
-                let len = (e - s).max(1e-3);
-                sums.iter().sum::<f64>() / len
-            })
+            .map(|(s, e, sums)| sums.iter().sum::<f64>() / (e - s).max(1e-3))
             .filter(|v| v.is_finite())
             .fold(0.0f64, f64::max),
         None => spec
@@ -262,212 +297,181 @@ pub fn render(spec: &ChartSpec) -> String {
             .iter()
             .flat_map(|s| s.values.iter().copied().filter_map(clean))
             .fold(0.0f64, f64::max),
-    };
+    }
+}
+
+/// Render the chart as an `<svg>` element. Every SVG element is closed explicitly
+/// (`<line …></line>`): inline SVG is parsed as foreign content, where an unclosed tag would
+/// swallow its siblings.
+pub fn render(spec: &ChartSpec) -> Markup {
+    let grouped = (spec.kind == Kind::StackedBars).then(|| bars(spec));
+    let frame = Frame::new(spec, data_max(spec, grouped.as_deref()));
     let has_data = spec
         .series
         .iter()
         .any(|s| s.values.iter().any(|v| clean(*v).is_some()))
         && !spec.intervals.is_empty();
-    let step = nice_step(data_max, 4);
-    let y_max = if data_max > 0.0 {
-        ((data_max / step).ceil() * step).max(step)
-    } else {
-        step * 4.0
-    };
-    let py = |y: f64| TOP + plot_h - (y / y_max).clamp(0.0, 1.05) * plot_h;
-
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        r#"<svg id="{}" class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{}" preserveAspectRatio="xMidYMid meet">"#,
-        html(&spec.id),
-        html(&spec.title)
-    );
-    // bands first, under everything
-    for &(a, b) in &spec.bands {
-        if !(a.is_finite() && b.is_finite()) || b <= x_min || a >= x_max {
-            continue;
+    html! {
+        svg id=(spec.id) class="chart" viewBox={ "0 0 " (W) " " (H) } role="img"
+            aria-label=(spec.title) preserveAspectRatio="xMidYMid meet" {
+            (bands(spec, &frame))
+            (axes(spec.unit, &frame))
+            @if !has_data {
+                text.nodata x=(coord(LEFT + PLOT_W / 2.0)) y=(coord(TOP + PLOT_H / 2.0)) { "no data" }
+            } @else {
+                @if let Some(g) = &grouped {
+                    (stacked_bars(spec, &frame, g))
+                } @else {
+                    @for s in &spec.series { (line(spec, s, &frame)) }
+                }
+                @if spec.intervals.len() <= MAX_HOVER { (hover(spec, &frame)) }
+            }
         }
-        let (x0, x1) = (px(a.max(x_min)), px(b.min(x_max)));
-        let _ = write!(
-            out,
-            r#"<rect class="band" x="{}" y="{}" width="{}" height="{}"><title>{} {}–{}</title></rect>"#,
-            coord(x0),
-            coord(TOP),
-            coord((x1 - x0).max(1.0)),
-            coord(plot_h),
-            html(&spec.band_label),
-            short_secs(a),
-            short_secs(b)
-        );
     }
-    // grid and y labels
-    let mut y = 0.0;
-    let mut guard = 0;
-    while y <= y_max + step * 1e-6 && guard < 20 {
-        let yy = py(y);
-        let _ = write!(
-            out,
-            r#"<line class="grid" x1="{}" y1="{}" x2="{}" y2="{}"/><text class="ylab" x="{}" y="{}">{}</text>"#,
-            coord(LEFT),
-            coord(yy),
-            coord(W - RIGHT),
-            coord(yy),
-            coord(LEFT - 6.0),
-            coord(yy + 3.5),
-            html(&label(spec.unit, y))
-        );
-        y += step;
-        guard += 1;
-    }
-    // x labels
-    let x_step = time_step(x_span, 6);
-    let mut x = (x_min / x_step).ceil() * x_step;
-    guard = 0;
-    while x <= x_max + x_step * 1e-6 && guard < 30 {
-        let xx = px(x);
-        let _ = write!(
-            out,
-            r#"<line class="tick" x1="{}" y1="{}" x2="{}" y2="{}"/><text class="xlab" x="{}" y="{}">{}</text>"#,
-            coord(xx),
-            coord(TOP + plot_h),
-            coord(xx),
-            coord(TOP + plot_h + 4.0),
-            coord(xx),
-            coord(H - 8.0),
-            short_secs(x)
-        );
-        x += x_step;
-        guard += 1;
-    }
-    let _ = write!(
-        out,
-        r#"<line class="axis" x1="{}" y1="{}" x2="{}" y2="{}"/>"#,
-        coord(LEFT),
-        coord(TOP + plot_h),
-        coord(W - RIGHT),
-        coord(TOP + plot_h)
-    );
+}
 
-    if !has_data {
-        let _ = write!(
-            out,
-            r#"<text class="nodata" x="{}" y="{}">no data</text></svg>"#,
-            coord(LEFT + plot_w / 2.0),
-            coord(TOP + plot_h / 2.0)
-        );
-        return out;
+/// The shaded bands, first so that everything is drawn over them.
+fn bands(spec: &ChartSpec, f: &Frame) -> Markup {
+    let visible = spec
+        .bands
+        .iter()
+        .filter(|(a, b)| a.is_finite() && b.is_finite() && *b > f.x_min && *a < f.x_max);
+    html! {
+        @for &(a, b) in visible {
+            @let (x0, x1) = (f.px(a.max(f.x_min)), f.px(b.min(f.x_max)));
+            rect.band x=(coord(x0)) y=(coord(TOP)) width=(coord((x1 - x0).max(1.0))) height=(coord(PLOT_H)) {
+                title { (spec.band_label) " " (short_secs(a)) "–" (short_secs(b)) }
+            }
+        }
     }
+}
 
-    match &grouped {
-        Some(g) => {
-            for (start, end, sums) in g {
-                let len = (end - start).max(1e-3);
-                let (x0, x1) = (px(*start), px(*end));
-                let width = ((x1 - x0) * 0.85).max(0.6);
-                let mut base = 0.0;
-                for (s, &v) in spec.series.iter().zip(sums) {
-                    if v <= 0.0 {
-                        continue;
-                    }
-                    let top = base + v / len;
-                    let (y0, y1) = (py(base), py(top));
-                    let _ = write!(
-                        out,
-                        r#"<rect x="{}" y="{}" width="{}" height="{}" fill="{}"/>"#,
-                        coord(x0 + (x1 - x0 - width) / 2.0),
-                        coord(y1),
-                        coord(width),
-                        coord((y0 - y1).max(0.0)),
-                        s.color
-                    );
-                    base = top;
+/// Grid lines with the y labels, ticks with the x labels, and the x axis.
+fn axes(unit: Unit, f: &Frame) -> Markup {
+    // bounded: at most 20 grid lines and 30 ticks, whatever the numbers
+    let ys = (0..20)
+        .map(|i| f64::from(i) * f.step)
+        .take_while(|y| *y <= f.y_max + f.step * 1e-6);
+    let x_step = time_step(f.x_span, 6);
+    let first_x = (f.x_min / x_step).ceil() * x_step;
+    let xs = (0..30)
+        .map(|i| first_x + f64::from(i) * x_step)
+        .take_while(|x| *x <= f.x_max + x_step * 1e-6);
+    let bottom = TOP + PLOT_H;
+    html! {
+        @for y in ys {
+            @let yy = f.py(y);
+            line.grid x1=(coord(LEFT)) y1=(coord(yy)) x2=(coord(W - RIGHT)) y2=(coord(yy)) {}
+            text.ylab x=(coord(LEFT - 6.0)) y=(coord(yy + 3.5)) { (label(unit, y)) }
+        }
+        @for x in xs {
+            @let xx = f.px(x);
+            line.tick x1=(coord(xx)) y1=(coord(bottom)) x2=(coord(xx)) y2=(coord(bottom + 4.0)) {}
+            text.xlab x=(coord(xx)) y=(coord(H - 8.0)) { (short_secs(x)) }
+        }
+        line.axis x1=(coord(LEFT)) y1=(coord(bottom)) x2=(coord(W - RIGHT)) y2=(coord(bottom)) {}
+    }
+}
+
+/// The top of each part of a stacked bar, as a rate (the sums divided by the bar's length).
+fn stack_tops(sums: &[f64], len: f64) -> Vec<f64> {
+    let mut base = 0.0;
+    sums.iter()
+        .map(|v| {
+            base += v.max(0.0) / len;
+            base
+        })
+        .collect()
+}
+
+fn stacked_bars(spec: &ChartSpec, f: &Frame, grouped: &[Bar]) -> Markup {
+    html! {
+        @for (start, end, sums) in grouped {
+            @let len = (end - start).max(1e-3);
+            @let (x0, x1) = (f.px(*start), f.px(*end));
+            @let width = ((x1 - x0) * 0.85).max(0.6);
+            @for ((s, &v), top) in spec.series.iter().zip(sums).zip(stack_tops(sums, len)) {
+                @if v > 0.0 {
+                    @let (y0, y1) = (f.py(top - v / len), f.py(top));
+                    rect x=(coord(x0 + (x1 - x0 - width) / 2.0)) y=(coord(y1)) width=(coord(width))
+                        height=(coord((y0 - y1).max(0.0))) fill=(s.color) {}
                 }
             }
         }
-        None => {
-            for s in &spec.series {
-                let mut path = String::new();
-                let mut run = 0usize;
-                let mut lone: Vec<(f64, f64)> = Vec::new();
-                let mut last: Option<(f64, f64)> = None;
-                for (k, &(a, b)) in spec.intervals.iter().enumerate() {
-                    match clean(s.values.get(k).copied().flatten()) {
-                        Some(v) => {
-                            let p = (px((a + b) / 2.0), py(v));
-                            let _ = write!(
-                                path,
-                                "{}{},{} ",
-                                if run == 0 { "M" } else { "L" },
-                                coord(p.0),
-                                coord(p.1)
-                            );
-                            run += 1;
-                            last = Some(p);
-                        }
-                        None => {
-                            if run == 1
-                                && let Some(p) = last
-                            {
-                                lone.push(p);
-                            }
-                            run = 0;
-                        }
-                    }
-                }
+    }
+}
+
+/// One series as a path through the middle of each interval; a `None` breaks it, and a point
+/// with no neighbour is drawn as a dot.
+fn line(spec: &ChartSpec, s: &SeriesSpec, f: &Frame) -> Markup {
+    let mut path = String::new();
+    let mut run = 0usize;
+    let mut lone: Vec<(f64, f64)> = Vec::new();
+    let mut last: Option<(f64, f64)> = None;
+    for (k, &(a, b)) in spec.intervals.iter().enumerate() {
+        match clean(s.values.get(k).copied().flatten()) {
+            Some(v) => {
+                let p = (f.px((a + b) / 2.0), f.py(v));
+                let _ = write!(
+                    path,
+                    "{}{},{} ",
+                    if run == 0 { "M" } else { "L" },
+                    coord(p.0),
+                    coord(p.1)
+                );
+                run += 1;
+                last = Some(p);
+            }
+            None => {
                 if run == 1
                     && let Some(p) = last
                 {
                     lone.push(p);
                 }
-                if !path.is_empty() {
-                    let _ = write!(
-                        out,
-                        r#"<path class="line{}" d="{}" stroke="{}"/>"#,
-                        if s.dashed { " dashed" } else { "" },
-                        path.trim_end(),
-                        s.color
-                    );
-                }
-                for (x, y) in lone {
-                    let _ = write!(
-                        out,
-                        r#"<circle cx="{}" cy="{}" r="2.5" fill="{}"/>"#,
-                        coord(x),
-                        coord(y),
-                        s.color
-                    );
-                }
+                run = 0;
             }
         }
     }
+    if run == 1
+        && let Some(p) = last
+    {
+        lone.push(p);
+    }
+    html! {
+        @if !path.is_empty() {
+            path.line.dashed[s.dashed] d=(path.trim_end()) stroke=(s.color) {}
+        }
+        @for (x, y) in lone {
+            circle cx=(coord(x)) cy=(coord(y)) r="2.5" fill=(s.color) {}
+        }
+    }
+}
 
-    if spec.intervals.len() <= MAX_HOVER {
-        for (k, &(a, b)) in spec.intervals.iter().enumerate() {
-            let mut tip = format!("{}–{}", short_secs(a), short_secs(b));
-            for s in &spec.series {
-                let v = clean(s.values.get(k).copied().flatten());
-                let text = match (v, spec.kind) {
-                    (None, _) => "-".to_string(),
-                    (Some(v), Kind::StackedBars) => short_number(v),
-                    (Some(v), Kind::Lines) => label(spec.unit, v),
-                };
-                let _ = write!(tip, "\n{}: {}", s.name, text);
+/// A transparent rectangle per interval whose tooltip lists every series' value.
+fn hover(spec: &ChartSpec, f: &Frame) -> Markup {
+    html! {
+        @for (k, &(a, b)) in spec.intervals.iter().enumerate() {
+            @let tip = tooltip(spec, k, a, b);
+            @let (x0, x1) = (f.px(a), f.px(b));
+            rect.hover x=(coord(x0)) y=(coord(TOP)) width=(coord((x1 - x0).max(0.5))) height=(coord(PLOT_H)) {
+                title { (tip) }
             }
-            let (x0, x1) = (px(a), px(b));
-            let _ = write!(
-                out,
-                r#"<rect class="hover" x="{}" y="{}" width="{}" height="{}"><title>{}</title></rect>"#,
-                coord(x0),
-                coord(TOP),
-                coord((x1 - x0).max(0.5)),
-                coord(plot_h),
-                html(&tip)
-            );
         }
     }
-    out.push_str("</svg>");
-    out
+}
+
+fn tooltip(spec: &ChartSpec, k: usize, a: f64, b: f64) -> String {
+    let mut tip = format!("{}–{}", short_secs(a), short_secs(b));
+    for s in &spec.series {
+        let v = clean(s.values.get(k).copied().flatten());
+        let text = match (v, spec.kind) {
+            (None, _) => "-".to_string(),
+            (Some(v), Kind::StackedBars) => short_number(v),
+            (Some(v), Kind::Lines) => label(spec.unit, v),
+        };
+        let _ = write!(tip, "\n{}: {}", s.name, text);
+    }
+    tip
 }
 
 #[cfg(test)]
@@ -492,6 +496,10 @@ mod tests {
         }
     }
 
+    fn render_str(spec: &ChartSpec) -> String {
+        render(spec).into_string()
+    }
+
     fn sane(svg: &str) {
         for bad in ["NaN", "inf", "<s<", "undefined"] {
             assert!(!svg.contains(bad), "{bad} in {svg}");
@@ -502,10 +510,10 @@ mod tests {
     #[test]
     fn no_data_says_so() {
         for kind in [Kind::Lines, Kind::StackedBars] {
-            let svg = render(&spec(kind, vec![], vec![]));
+            let svg = render_str(&spec(kind, vec![], vec![]));
             sane(&svg);
             assert!(svg.contains("no data"));
-            let svg = render(&spec(kind, vec![(0.0, 1.0), (1.0, 2.0)], vec![None, None]));
+            let svg = render_str(&spec(kind, vec![(0.0, 1.0), (1.0, 2.0)], vec![None, None]));
             sane(&svg);
             assert!(svg.contains("no data"));
         }
@@ -513,10 +521,10 @@ mod tests {
 
     #[test]
     fn one_point_is_a_dot_and_a_bar() {
-        let svg = render(&spec(Kind::Lines, vec![(0.0, 1.0)], vec![Some(5.0)]));
+        let svg = render_str(&spec(Kind::Lines, vec![(0.0, 1.0)], vec![Some(5.0)]));
         sane(&svg);
         assert!(svg.contains("<circle"), "{svg}");
-        let svg = render(&spec(Kind::StackedBars, vec![(0.0, 1.0)], vec![Some(5.0)]));
+        let svg = render_str(&spec(Kind::StackedBars, vec![(0.0, 1.0)], vec![Some(5.0)]));
         sane(&svg);
         assert!(svg.contains("fill=\"#123456\""), "{svg}");
     }
@@ -525,10 +533,10 @@ mod tests {
     fn all_zeros_and_hostile_numbers_stay_finite() {
         let i: Vec<(f64, f64)> = (0..5).map(|k| (k as f64, k as f64 + 1.0)).collect();
         for kind in [Kind::Lines, Kind::StackedBars] {
-            let svg = render(&spec(kind, i.clone(), vec![Some(0.0); 5]));
+            let svg = render_str(&spec(kind, i.clone(), vec![Some(0.0); 5]));
             sane(&svg);
             assert!(!svg.contains("no data"));
-            let svg = render(&spec(
+            let svg = render_str(&spec(
                 kind,
                 vec![
                     (0.0, 0.0),
@@ -542,7 +550,7 @@ mod tests {
         }
         let mut s = spec(Kind::Lines, i, vec![Some(1.0); 5]);
         s.bands = vec![(f64::NAN, 2.0), (1.0, 2.0), (10.0, 20.0)];
-        let svg = render(&s);
+        let svg = render_str(&s);
         sane(&svg);
         assert_eq!(svg.matches("class=\"band\"").count(), 1, "{svg}");
     }
@@ -555,7 +563,7 @@ mod tests {
             vec![Some(1.0), Some(2.0)],
         );
         s.title = "<script>".into();
-        let svg = render(&s);
+        let svg = render_str(&s);
         assert!(!svg.contains("<script>"));
         assert!(svg.contains("s&lt;1&gt;"));
     }
@@ -564,7 +572,7 @@ mod tests {
     fn long_runs_group_bars_and_drop_hover() {
         let n = 3600;
         let i: Vec<(f64, f64)> = (0..n).map(|k| (k as f64, k as f64 + 1.0)).collect();
-        let svg = render(&spec(Kind::StackedBars, i, vec![Some(3.0); n]));
+        let svg = render_str(&spec(Kind::StackedBars, i, vec![Some(3.0); n]));
         sane(&svg);
         assert!(svg.matches("<rect").count() <= MAX_BARS + 10);
         assert!(!svg.contains("class=\"hover\""));
