@@ -124,6 +124,53 @@ pub fn summary(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("summary is JSON")
 }
 
+/// What `pacer run -q PLAN --summary-json FILE` left behind.
+pub struct RunSummary {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub summary: serde_json::Value,
+}
+
+/// Write `plan` to `dir/plan.yaml` and run `pacer run -q plan.yaml --summary-json
+/// dir/summary.json` followed by `extra`; panics, with pacer's output, when no summary was
+/// written. `dir` also holds whatever other files `extra` names (`--report`, `--out`).
+pub async fn run_summary(
+    dir: &Path,
+    plan: &str,
+    extra: &[String],
+    envs: &[(&str, &str)],
+    limit: Duration,
+) -> RunSummary {
+    let p = write(dir, "plan.yaml", plan);
+    let sj = dir.join("summary.json");
+    let args = ["run", "-q"]
+        .into_iter()
+        .map(String::from)
+        .chain([p.display().to_string()])
+        .chain(["--summary-json".to_string(), sj.display().to_string()])
+        .chain(extra.iter().cloned())
+        .collect();
+    let envs = envs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let out = pacer_async(args, envs, limit).await;
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        sj.exists(),
+        "no summary (exit {code}):\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    RunSummary {
+        code,
+        stdout: stdout(&out),
+        stderr: stderr(&out),
+        summary: summary(&sj),
+    }
+}
+
 /// Start `pacer` without waiting (stdout and stderr piped).
 pub fn pacer_spawn(args: &[&str]) -> std::process::Child {
     Command::new(pacer_bin())

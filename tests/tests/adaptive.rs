@@ -42,23 +42,10 @@ scenarios:
 "#
     );
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "plan.yaml", &plan);
-    let sj = dir.path().join("s.json");
-    let out = pacer_async(
-        vec![
-            "run".into(),
-            "-q".into(),
-            p.display().to_string(),
-            "--summary-json".into(),
-            sj.display().to_string(),
-        ],
-        vec![],
-        Duration::from_secs(90),
-    )
-    .await;
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
-    let s = summary(&sj);
+    let r = run_summary(dir.path(), &plan, &[], &[], Duration::from_secs(90)).await;
+    let text = r.stdout;
+    assert_eq!(r.code, 0, "{text}\n{}", r.stderr);
+    let s = r.summary;
     let found = s["limits"][0]["sustainable_rate"].as_f64().unwrap();
     assert!(
         (found - 50.0).abs() / 50.0 <= 0.10,

@@ -495,31 +495,22 @@ async fn controller_workers_share_the_budget_through_redis() {
     let target = format!("http://{}", mock.addr());
     let dir = tempfile::tempdir().unwrap();
     // 3 workers offering 2x the limit in total (the plan's rate is the fleet's)
-    let p = write(dir.path(), "plan.yaml", &plan(&target, "fleet", 2000, "6s"));
-    let sj = dir.path().join("summary.json");
+    let plan = plan(&target, "fleet", 2000, "6s");
     redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
-    let out = pacer_async(
-        vec![
-            "run".into(),
-            "-q".into(),
-            p.display().to_string(),
-            "--workers".into(),
-            "3".into(),
-            "--summary-json".into(),
-            sj.display().to_string(),
-        ],
-        vec![("PACER_REDIS_URL".into(), redis.url())],
+    let extra = ["--workers".to_string(), "3".to_string()];
+    let url = redis.url();
+    let r = run_summary(
+        dir.path(),
+        &plan,
+        &extra,
+        &[("PACER_REDIS_URL", &url)],
         Duration::from_secs(40),
     )
     .await;
-    let text = format!("{}\n{}", stdout(&out), stderr(&out));
-    assert!(
-        matches!(out.status.code(), Some(0) | Some(99)),
-        "exit {:?}\n{text}",
-        out.status
-    );
+    let text = format!("{}\n{}", r.stdout, r.stderr);
+    assert!(matches!(r.code, 0 | 99), "exit {}\n{text}", r.code);
     assert!(!text.contains("panicked"), "{text}");
-    let s = summary(&sj);
+    let s = r.summary;
     let stats = mock.stats();
     let lim = &stats.limits[0];
     let arrivals = mock.control().arrivals().arrivals;

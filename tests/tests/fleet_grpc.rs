@@ -32,27 +32,13 @@ fn plan(target: &str, body: &str) -> String {
 /// summary JSON).
 async fn run_workers(text: &str, workers: u32, limit: Duration) -> (i32, String, Value) {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "plan.yaml", text);
-    let sj = dir.path().join("summary.json");
-    let out = pacer_async(
-        vec![
-            "run".into(),
-            "-q".into(),
-            p.display().to_string(),
-            "--workers".into(),
-            workers.to_string(),
-            "--worker-header".into(),
-            "--summary-json".into(),
-            sj.display().to_string(),
-        ],
-        vec![],
-        limit,
-    )
-    .await;
-    let code = out.status.code().unwrap_or(-1);
-    let text = format!("{}\n{}", stdout(&out), stderr(&out));
-    assert!(sj.exists(), "no summary (exit {code}):\n{text}");
-    (code, text, summary(&sj))
+    let extra = [
+        "--workers".to_string(),
+        workers.to_string(),
+        "--worker-header".to_string(),
+    ];
+    let r = run_summary(dir.path(), text, &extra, &[], limit).await;
+    (r.code, format!("{}\n{}", r.stdout, r.stderr), r.summary)
 }
 
 fn workers_of(s: &Value) -> Vec<Value> {
@@ -253,7 +239,7 @@ fn controller_args(
         "--test-id",
         "t-fleet",
         "--session-token",
-        "s3cret-token",
+        "s3cret-token-0123456789",
         "--worker-header",
         "-q",
         "--summary-json",
@@ -273,7 +259,7 @@ fn spawn_worker(port: u16) -> std::process::Child {
         "--test-id",
         "t-fleet",
         "--session-token",
-        "s3cret-token",
+        "s3cret-token-0123456789",
         "--connect-for",
         "20s",
         "--reconnect-for",

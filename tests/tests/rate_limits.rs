@@ -25,44 +25,13 @@ use serde_json::Value;
 const RUN_LIMIT: Duration = Duration::from_secs(40);
 
 /// One finished `pacer run`.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    summary: Value,
-}
+type Run = RunSummary;
 
 /// Starts `pacer run -q PLAN --summary-json FILE` in the background.
 fn spawn_run(plan: String) -> tokio::task::JoinHandle<Run> {
     tokio::spawn(async move {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "plan.yaml", &plan);
-        let sj = dir.path().join("summary.json");
-        let out = pacer_async(
-            vec![
-                "run".into(),
-                "-q".into(),
-                p.display().to_string(),
-                "--summary-json".into(),
-                sj.display().to_string(),
-            ],
-            vec![],
-            RUN_LIMIT,
-        )
-        .await;
-        let code = out.status.code().unwrap_or(-1);
-        assert!(
-            sj.exists(),
-            "no summary (exit {code}):\n{}\n{}",
-            stdout(&out),
-            stderr(&out)
-        );
-        Run {
-            code,
-            stdout: stdout(&out),
-            stderr: stderr(&out),
-            summary: summary(&sj),
-        }
+        run_summary(dir.path(), &plan, &[], &[], RUN_LIMIT).await
     })
 }
 

@@ -582,34 +582,20 @@ async fn a_closed_model_series_has_no_planned_rate_and_bad_out_flags_are_refused
     let mock = start(config).await;
     let target = format!("http://{}", mock.addr());
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "plan.yaml",
-        &format!(
-            "name: vus\ntarget: {target}\nscenarios:\n  - {{name: s, executor: constant-vus, vus: 2, duration: 2s, requests: [{{name: r, path: /api/v2/users/me}}]}}\n"
-        ),
+    let plan = format!(
+        "name: vus\ntarget: {target}\nscenarios:\n  - {{name: s, executor: constant-vus, vus: 2, duration: 2s, requests: [{{name: r, path: /api/v2/users/me}}]}}\n"
     );
     let csv = dir.path().join("s.csv");
     let html = dir.path().join("r.html");
-    let sj = dir.path().join("s.json");
-    let out = pacer_async(
-        vec![
-            "run".into(),
-            "-q".into(),
-            p.display().to_string(),
-            "--summary-json".into(),
-            sj.display().to_string(),
-            "--out".into(),
-            format!("csv={}", csv.display()),
-            "--report".into(),
-            html.display().to_string(),
-        ],
-        vec![],
-        Duration::from_secs(20),
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let s = summary(&sj);
+    let extra = [
+        "--out".to_string(),
+        format!("csv={}", csv.display()),
+        "--report".to_string(),
+        html.display().to_string(),
+    ];
+    let r = run_summary(dir.path(), &plan, &extra, &[], Duration::from_secs(20)).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let s = r.summary;
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let header: Vec<&str> = lines[0].split(',').collect();
@@ -631,6 +617,7 @@ async fn a_closed_model_series_has_no_planned_rate_and_bad_out_flags_are_refused
     );
     mock.shutdown().await;
 
+    let p = dir.path().join("plan.yaml"); // written by run_summary
     let bad = pacer(
         &["run", p.to_str().unwrap(), "--out", "xml=x.xml"],
         &[],

@@ -34,31 +34,9 @@ async fn run_plan_with(
     limit: Duration,
 ) -> (i32, String, serde_json::Value, pacer_mock::StatsView) {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "plan.yaml", text);
-    let sj = dir.path().join("summary.json");
-    let out = pacer_async(
-        vec![
-            "run".into(),
-            "-q".into(),
-            p.display().to_string(),
-            "--summary-json".into(),
-            sj.display().to_string(),
-        ]
-        .into_iter()
-        .chain(extra.iter().map(|a| a.to_string()))
-        .collect(),
-        vec![],
-        limit,
-    )
-    .await;
-    let code = out.status.code().unwrap_or(-1);
-    assert!(
-        sj.exists(),
-        "no summary (exit {code}): {}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    (code, stdout(&out), summary(&sj), mock.stats())
+    let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    let r = run_summary(dir.path(), text, &extra, &[], limit).await;
+    (r.code, r.stdout, r.summary, mock.stats())
 }
 
 fn scenario_iterations(s: &serde_json::Value) -> u64 {
@@ -345,33 +323,20 @@ async fn the_user_story_example_runs_against_the_mock_without_429s() {
         .unwrap()
         .replace("duration: 20s", "duration: 4s");
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "user-story.yaml", &text);
-    let sj = dir.path().join("s.json");
-    let out = pacer_async(
-        vec![
-            "run".into(),
-            "-q".into(),
-            p.display().to_string(),
-            "--summary-json".into(),
-            sj.display().to_string(),
-        ],
-        vec![("PACER_TARGET".into(), target)],
+    let r = run_summary(
+        dir.path(),
+        &text,
+        &[],
+        &[("PACER_TARGET", &target)],
         Duration::from_secs(60),
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let stats = mock.stats();
     assert_eq!(stats.tokens.issued, 1);
     assert_eq!(stats.requests.by_status.get(&429).copied().unwrap_or(0), 0);
-    let s = summary(&sj);
-    assert!(http_reqs(&s) >= 20, "{}", stdout(&out));
-    assert!(stdout(&out).contains("paced at 4.91/s"), "{}", stdout(&out));
+    assert!(http_reqs(&r.summary) >= 20, "{}", r.stdout);
+    assert!(r.stdout.contains("paced at 4.91/s"), "{}", r.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
