@@ -250,25 +250,20 @@ fn sleep_until_due(
     }
 }
 
+/// How a closed-model executor hands out iterations to its VUs.
+#[derive(Clone, Copy, Debug)]
+enum Iterations {
+    /// `constant-vus`: until the end.
+    Unbounded,
+    /// `per-vu-iterations`: this many per VU.
+    PerVu(u64),
+    /// `shared-iterations`: `total` among all VUs, numbered from `first` (this shard's block).
+    Shared { first: u64, total: u64 },
+}
+
 async fn constant_vus(run: Arc<ScenarioRun>, vus: u32, duration: Duration) {
     let end = run.start + duration;
-    let counter = Arc::new(AtomicU64::new(0));
-    let mut set = JoinSet::new();
-    for vu in run.shard.vus(vus) {
-        let run = run.clone();
-        let counter = counter.clone();
-        set.spawn(async move {
-            while Instant::now() < end && !run.stopping() {
-                let k = counter.fetch_add(1, Ordering::Relaxed);
-                run.iteration(vu, k, Instant::now(), None).await;
-                let think = run.think_time();
-                if !think.is_zero() && !run.sleep_until(Instant::now() + think).await {
-                    break;
-                }
-            }
-        });
-    }
-    while set.join_next().await.is_some() {}
+    closed_vus(run, vus, end, Iterations::Unbounded).await;
 }
 
 async fn per_vu_iterations(
@@ -278,26 +273,7 @@ async fn per_vu_iterations(
     max_duration: Duration,
 ) {
     let end = run.start + max_duration;
-    let counter = Arc::new(AtomicU64::new(0));
-    let mut set = JoinSet::new();
-    for vu in run.shard.vus(vus) {
-        let run = run.clone();
-        let counter = counter.clone();
-        set.spawn(async move {
-            for _ in 0..iterations {
-                if Instant::now() >= end || run.stopping() {
-                    break;
-                }
-                let k = counter.fetch_add(1, Ordering::Relaxed);
-                run.iteration(vu, k, Instant::now(), None).await;
-                let think = run.think_time();
-                if !think.is_zero() && !run.sleep_until(Instant::now() + think).await {
-                    break;
-                }
-            }
-        });
-    }
-    while set.join_next().await.is_some() {}
+    closed_vus(run, vus, end, Iterations::PerVu(iterations)).await;
 }
 
 async fn shared_iterations(
@@ -307,23 +283,34 @@ async fn shared_iterations(
     max_duration: Duration,
 ) {
     let end = run.start + max_duration;
-    // This shard's block of the global iteration numbers.
-    let (first, iterations) = run.shard.shared_iterations(iterations, vus);
+    let (first, total) = run.shard.shared_iterations(iterations, vus);
+    closed_vus(run, vus, end, Iterations::Shared { first, total }).await;
+}
+
+/// The closed model: each of this shard's VUs runs iterations back to back (with think time)
+/// until `end`, a stop, or its share of `iterations` is done.
+async fn closed_vus(run: Arc<ScenarioRun>, vus: u32, end: Instant, iterations: Iterations) {
     let counter = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
     for vu in run.shard.vus(vus) {
         let run = run.clone();
         let counter = counter.clone();
         set.spawn(async move {
-            loop {
-                if Instant::now() >= end || run.stopping() {
+            let mut done = 0u64;
+            while Instant::now() < end && !run.stopping() {
+                if let Iterations::PerVu(n) = iterations
+                    && done >= n
+                {
                     break;
                 }
                 let k = counter.fetch_add(1, Ordering::Relaxed);
-                if k >= iterations {
-                    break;
-                }
-                run.iteration(vu, first + k, Instant::now(), None).await;
+                let number = match iterations {
+                    Iterations::Shared { total, .. } if k >= total => break,
+                    Iterations::Shared { first, .. } => first + k,
+                    Iterations::Unbounded | Iterations::PerVu(_) => k,
+                };
+                run.iteration(vu, number, Instant::now(), None).await;
+                done += 1;
                 let think = run.think_time();
                 if !think.is_zero() && !run.sleep_until(Instant::now() + think).await {
                     break;
