@@ -27,7 +27,7 @@ pub struct FleetArgs {
     pub fleet: Option<String>,
     /// How long to keep sending at a safe share while Redis fails, before pausing until it is
     /// back.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::flags::parse_duration)]
     pub redis_safe_mode: Duration,
     /// PEM file of the CA(s) to trust for `rediss://` instead of the system's roots.
     #[arg(long, env = "PACER_REDIS_CA", value_name = "FILE")]
@@ -72,10 +72,6 @@ impl std::fmt::Debug for FleetArgs {
             .field("redis_ca", &self.redis_ca)
             .finish()
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (e.g. 10s, 500ms)"))
 }
 
 /// The limiter and token source of `pacer run`: alone, or one process of a fleet.

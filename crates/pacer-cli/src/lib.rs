@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod exit;
+pub mod flags;
 pub mod fleet;
 pub mod k8s;
 pub mod metrics;
@@ -147,23 +148,60 @@ pub async fn run_cli(cli: Cli) -> Exit {
 fn validate(args: &ValidateArgs) -> Exit {
     let mut worst = Exit::Passed;
     for p in &args.plans {
-        match pacer_plan::load_file(p) {
-            Ok(plan) => {
-                let iters: Vec<String> = plan
-                    .scenarios
-                    .iter()
-                    .map(|s| match s.executor.planned_iterations() {
-                        Some(n) => format!("{} ({} iterations)", s.name, n),
-                        None => s.name.clone(),
-                    })
-                    .collect();
-                println!("{}: ok: {} [{}]", p.display(), plan.name, iters.join(", "));
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                worst = exit::for_plan_error(&e);
+        match validate_one(p) {
+            Ok(line) => println!("{}: ok: {line}", p.display()),
+            Err((message, exit)) => {
+                eprintln!("{message}");
+                worst = exit;
             }
         }
     }
     worst
+}
+
+/// One file. A LoadTest manifest is checked as the operator will check it
+/// (`pacer_operator::prepare`: its plan read as a LoadTest's, so no `${file:}` is read and
+/// `${env:}` names only what the LoadTest provides); a plan as `pacer run` reads it.
+fn validate_one(p: &std::path::Path) -> Result<String, (String, Exit)> {
+    let plan_error = |e: pacer_plan::PlanError| (e.to_string(), exit::for_plan_error(&e));
+    let text = std::fs::read_to_string(p).map_err(|source| {
+        plan_error(pacer_plan::PlanError::Io {
+            path: p.display().to_string(),
+            source,
+        })
+    })?;
+    let doc = pacer_plan::load::parse_document(&text, &p.display().to_string())
+        .map_err(plan_error)?;
+    let summary = |plan: &pacer_plan::Plan| {
+        let iters: Vec<String> = plan
+            .scenarios
+            .iter()
+            .map(|s| match s.executor.planned_iterations() {
+                Some(n) => format!("{} ({} iterations)", s.name, n),
+                None => s.name.clone(),
+            })
+            .collect();
+        format!("{} [{}]", plan.name, iters.join(", "))
+    };
+    if doc.get("kind").and_then(|k| k.as_str()) != Some("LoadTest") {
+        return pacer_plan::load_file(p)
+            .map(|plan| summary(&plan))
+            .map_err(plan_error);
+    }
+    let lt: pacer_operator::crd::LoadTest = serde_json::from_value(doc)
+        .map_err(|e| (format!("{}: not a LoadTest: {e}", p.display()), Exit::Invalid))?;
+    match pacer_operator::prepare::prepare(&lt, &Default::default()) {
+        Ok(prepared) => Ok(format!(
+            "LoadTest {} ({} workers)",
+            summary(&prepared.plan),
+            prepared.workers
+        )),
+        Err(errors) => {
+            let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+            Err((
+                format!("{}: invalid LoadTest:\n{}", p.display(), list.join("\n")),
+                Exit::Invalid,
+            ))
+        }
+    }
 }

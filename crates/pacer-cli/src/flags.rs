@@ -1,0 +1,32 @@
+//! Value parsers shared by the subcommands' flags, so that a duration flag means the same
+//! thing, and is bounded the same way, in `run`, `controller` and `worker`.
+
+use std::time::Duration;
+
+/// The longest duration a flag takes: every duration flag is a timeout or a period of a
+/// process that talks to others, and a day is longer than any of them needs; the bound keeps
+/// `Instant + Duration` from overflowing.
+pub const MAX_FLAG_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// `500ms`, `5s`, `2m`, `1h30m`: at most [`MAX_FLAG_DURATION`].
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 5s, 2m)"))?;
+    if d > MAX_FLAG_DURATION {
+        return Err(format!("{s:?}: at most 24h"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(parse_duration(" 5s"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("25h").unwrap_err().contains("at most 24h"));
+        assert!(parse_duration("18446744073709551615s").is_err());
+        assert!(parse_duration("soon").unwrap_err().contains("e.g."));
+    }
+}
