@@ -138,6 +138,81 @@ pub async fn reconcile(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action> {
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
+/// [`reconcile`] with a panic caught: one LoadTest that trips a bug ends Failed with the
+/// reason (`InternalError`) instead of taking the operator down, and with it every other
+/// test, then hitting the same LoadTest again on every restart. The reconcile future is
+/// polled inside the kube runtime's stream (not spawned), so nothing else would catch it.
+pub async fn reconcile_guarded(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action> {
+    use futures::FutureExt;
+    let caught = std::panic::AssertUnwindSafe(reconcile(lt.clone(), ctx.clone()))
+        .catch_unwind()
+        .await;
+    match caught {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic_message(panic.as_ref());
+            tracing::error!(
+                loadtest = %lt.name_any(),
+                namespace = lt.namespace().unwrap_or_default(),
+                "reconcile panicked: {what}; the LoadTest is marked Failed"
+            );
+            ctx.metrics.failed();
+            internal_error(&lt, &ctx, &what).await
+        }
+    }
+}
+
+/// The longest panic message kept in a status (a bug's message, not user data, but
+/// bounded all the same).
+const MAX_PANIC_MESSAGE_CHARS: usize = 300;
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    };
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_PANIC_MESSAGE_CHARS)
+        .collect()
+}
+
+/// After a panic: stop what this LoadTest runs and end it Failed, so it is not reconciled
+/// into the same panic again (a changed spec is checked again, as for an invalid one).
+async fn internal_error(lt: &LoadTest, ctx: &Context, what: &str) -> Result<Action> {
+    if let Some(run) = ctx.runs.lock().remove(&uid(lt)) {
+        run.handle.abort("the operator failed on this LoadTest");
+    }
+    let message = format!("the operator failed on this LoadTest (a bug, please report it): {what}");
+    let mut s = base_status(lt);
+    s.phase = Some(Phase::Failed);
+    s.message = Some(message.clone());
+    s.completion_time = Some(now());
+    set_condition(
+        &mut s.conditions,
+        COND_VALID,
+        false,
+        "InternalError",
+        &message,
+        lt.metadata.generation,
+    );
+    set_condition(
+        &mut s.conditions,
+        COND_COMPLETE,
+        true,
+        "InternalError",
+        &message,
+        lt.metadata.generation,
+    );
+    write_status(lt, ctx, &s).await?;
+    ctx.metrics.ended(Phase::Failed);
+    event(ctx, lt, EventType::Warning, "InternalError", message).await;
+    Ok(Action::await_change())
+}
+
 /// Log, count, retry a little later.
 pub fn error_policy(lt: Arc<LoadTest>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(
@@ -833,7 +908,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio_util::sync::CancellationToke
         async move {
             Controller::new(api, watcher::Config::default().any_semantic())
                 .graceful_shutdown_on(async move { shutdown.cancelled().await })
-                .run(reconcile, error_policy, ctx)
+                .run(reconcile_guarded, error_policy, ctx)
                 .for_each(|r| async move {
                     match r {
                         Ok((obj, _)) => tracing::debug!("reconciled {}", obj.name),

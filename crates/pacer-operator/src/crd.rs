@@ -78,7 +78,12 @@ pub struct LoadTestSpec {
     pub cleanup: Option<CleanupSpec>,
     /// How long the workers may take to be scheduled, start and connect (default 2m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    /// At most 1h (the operator refuses more); the pattern keeps numbers short enough that
+    /// no sum of them overflows.
+    #[schemars(
+        regex(pattern = r"^([0-9]{1,6}(ms|s|m|h)){1,4}$"),
+        length(max = 32)
+    )]
     pub start_timeout: Option<String>,
     /// `true` stops a running test (it ends in phase Aborted); a test created suspended waits.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -317,9 +322,13 @@ pub struct LoadTestStatus {
     /// Every threshold, evaluated on the fleet's merged results.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thresholds: Vec<ThresholdStatus>,
-    /// One entry per worker.
+    /// One entry per worker (within a size budget: see `workerHealthOmitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub worker_health: Vec<WorkerHealth>,
+    /// Workers left out of `workerHealth` to keep the status under the API server's size
+    /// limit (those failed, lost or waiting are kept first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_health_omitted: Option<u32>,
     /// Where the final report is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ReportRef>,

@@ -1,6 +1,9 @@
 //! From a `LoadTest` to what the operator runs: the plan validated by pacer-plan (errors named
 //! `spec.plan.<field>`), the number of workers, the test id, the start timeout.
 //!
+//! The LoadTest's author is trusted less than the operator, so its plan is read with
+//! [`Refs::Remote`]: a `${file:}` reference is refused by pacer-plan's parser before anything
+//! is read, and `${env:NAME}` may only name what the LoadTest gives its worker pods.
 //! The operator never sees a credential: `${env:NAME}` references stay unresolved in the plan
 //! the workers receive, and each worker resolves them from its own environment (Secrets through
 //! `secretKeyRef`). To validate the plan here anyway, every name the worker pods will have is
@@ -12,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pacer_plan::spec::PlanSpec;
-use pacer_plan::{FieldError, LoadOptions, Plan, PlanError};
-use serde_json::{Value, json};
+use pacer_plan::{FieldError, Plan, PlanError, Refs};
+use serde_json::json;
 
 use crate::crd::{CredentialRef, LoadTest};
 
@@ -44,6 +47,12 @@ impl Default for Defaults {
         }
     }
 }
+
+/// The shortest `spec.startTimeout`: a pod is rarely scheduled, pulled and connected faster.
+pub const MIN_START_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `spec.startTimeout`: an hour covers a cluster scaling up for the workers;
+/// beyond it a test is better failed, its pods' problem shown.
+pub const MAX_START_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Stands in for values only the worker pods know (Secrets).
 pub const PLACEHOLDER: &str = "resolved-by-the-worker";
@@ -106,7 +115,6 @@ pub fn test_id(lt: &LoadTest) -> String {
 pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<FieldError>> {
     let spec = &lt.spec;
     let mut errors = Vec::new();
-    file_references(&spec.plan, "spec.plan", &mut errors);
 
     let mut provided: BTreeMap<String, Option<String>> = BTreeMap::new();
     for c in &spec.credentials {
@@ -116,11 +124,12 @@ pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<Field
     }
     if let Some(t) = &spec.worker_template {
         for (i, e) in t.env.iter().enumerate() {
-            if e.name.starts_with("PACER_") {
+            if e.name.starts_with(pacer_plan::refs::RESERVED_ENV_PREFIX) {
                 errors.push(FieldError::new(
                     format!("spec.workerTemplate.env[{i}].name"),
                     "names starting with PACER_ are reserved for the operator",
                 ));
+                continue;
             }
             provided.insert(e.name.clone(), e.value.clone());
         }
@@ -135,14 +144,11 @@ pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<Field
         "kind": "LoadTest",
         "spec": { "plan": spec.plan.clone() },
     });
-    let opts = LoadOptions {
-        env: &env,
-        base_dir: std::path::PathBuf::from("/nonexistent"),
-    };
-    let plan = match pacer_plan::load_value(doc, "LoadTest", &opts) {
+    let refs = Refs::Remote { provided: &env };
+    let plan = match pacer_plan::load_value(doc, "LoadTest", &refs) {
         Ok(p) => Some(p),
         Err(PlanError::Invalid { errors: e, .. }) => {
-            errors.extend(e.into_iter().map(explain_env));
+            errors.extend(e);
             None
         }
         Err(other) => {
@@ -187,11 +193,15 @@ pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<Field
     let start_timeout = match &spec.start_timeout {
         None => defaults.start_timeout,
         Some(s) => match humantime_like(s) {
-            Some(d) if d >= Duration::from_secs(5) => d,
+            Some(d) if (MIN_START_TIMEOUT..=MAX_START_TIMEOUT).contains(&d) => d,
             _ => {
                 errors.push(FieldError::new(
                     "spec.startTimeout",
-                    format!("{s:?}: give a duration of at least 5s such as 90s or 5m"),
+                    format!(
+                        "{s:?}: give a duration from {}s to {}s such as 90s or 5m",
+                        MIN_START_TIMEOUT.as_secs(),
+                        MAX_START_TIMEOUT.as_secs()
+                    ),
                 ));
                 defaults.start_timeout
             }
@@ -237,39 +247,6 @@ fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
-/// A missing `${env:NAME}` in a LoadTest: say where the workers could get it from.
-fn explain_env(mut e: FieldError) -> FieldError {
-    if e.message.starts_with("environment variable ") && e.message.ends_with(" is not set") {
-        e.message.push_str(
-            " in the worker pods: give it with spec.credentials (PACER_AUTH_<AUTH>_CLIENT_ID, _CLIENT_SECRET, _TOKEN) or spec.workerTemplate.env",
-        );
-    }
-    e
-}
-
-/// `${file:}` would read the operator's own files: refused.
-fn file_references(v: &Value, path: &str, errors: &mut Vec<FieldError>) {
-    match v {
-        Value::String(s) if s.contains("${file:") && !s.contains("$${file:") => {
-            errors.push(FieldError::new(
-                path,
-                "${file:} references cannot be used in a LoadTest: give the value with spec.credentials or spec.workerTemplate.env and use ${env:NAME}",
-            ));
-        }
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                file_references(item, &format!("{path}[{i}]"), errors);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                file_references(item, &format!("{path}.{k}"), errors);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// `90s`, `2m`, `1m30s`, `500ms`, `1h`.
 fn humantime_like(s: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
@@ -289,13 +266,14 @@ fn humantime_like(s: &str) -> Option<Duration> {
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        total += match unit {
+        let part = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.checked_mul(60)?),
             "h" => Duration::from_secs(n.checked_mul(3600)?),
             _ => return None,
         };
+        total = total.checked_add(part)?;
     }
     Some(total)
 }
@@ -312,6 +290,8 @@ mod tests {
         assert_eq!(humantime_like("5x"), None);
         assert_eq!(humantime_like(""), None);
         assert_eq!(humantime_like("s"), None);
+        assert_eq!(humantime_like("18446744073709551615s1s"), None);
+        assert_eq!(humantime_like("18446744073709551615h"), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pacer_operator::grpc::{Routes, serve};
 use pacer_operator::runner::{CoordinatorRunner, RunEnd, RunHandle, RunSpec, TestRunner};
-use pacer_plan::LoadOptions;
+use pacer_plan::Refs;
 use pacer_worker::{WorkerConfig, WorkerError};
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,7 @@ fn plan(name: &str, target: std::net::SocketAddr) -> Arc<pacer_plan::Plan> {
         "name: {name}\ntarget: ${{env:ROUTING_TARGET:-http://{target}}}\nscenarios:\n  - name: s\n    executor: constant-vus\n    vus: 2\n    duration: 1s\n    requests: [{{name: ok, path: /ok}}]\n"
     );
     let no_env = |_: &str| None;
-    let opts = LoadOptions {
+    let opts = Refs::Local {
         env: &no_env,
         base_dir: ".".into(),
     };

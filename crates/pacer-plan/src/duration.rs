@@ -1,4 +1,5 @@
-//! Durations as users write them (`250ms`, `2m`, `1h30m`), via humantime.
+//! Durations as users write them (`250ms`, `2m`, `1h30m`), via humantime. Any duration
+//! humantime reads is accepted here; how long each field may be is [`crate::bounds`]'.
 
 use std::fmt;
 use std::time::Duration;
@@ -73,7 +74,10 @@ impl schemars::JsonSchema for HumanDuration {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "pattern": r"^\s*([0-9]+\s*[a-zµ]+\s*)+$",
+            // At most 9 digits a number and 6 parts: what the API server can refuse before
+            // pacer's own bounds (crate::bounds) say the rest.
+            "pattern": r"^\s*([0-9]{1,9}\s*[a-zµ]+\s*){1,6}$",
+            "maxLength": 64,
             "description": "a duration such as 250ms, 30s, 2m or 1h30m"
         })
     }

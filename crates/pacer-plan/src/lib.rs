@@ -3,6 +3,7 @@
 //!
 //! No I/O beyond reading the plan file and `${file:..}` references; no async.
 
+pub mod bounds;
 pub mod duration;
 pub mod error;
 pub mod load;
@@ -18,7 +19,8 @@ pub mod validate;
 
 pub use duration::HumanDuration;
 pub use error::{FieldError, PlanError};
-pub use load::{LoadOptions, load_file, load_str, load_value};
+pub use load::{load_file, load_str, load_value};
+pub use refs::{LoadOptions, Refs};
 pub use model::*;
 pub use rate::Rate;
 pub use shard::Shard;

@@ -1,51 +1,37 @@
 //! Reading a plan: YAML or JSON text -> references resolved -> typed spec -> validated plan.
-//! A whole `LoadTest` manifest is accepted too; its `spec.plan` is the plan.
+//! A whole `LoadTest` manifest is accepted too; its `spec.plan` is the plan, and its
+//! references are read as a LoadTest's ([`Refs::for_manifest`]: never a file).
+//!
+//! Every error of a load goes through the references' [`crate::refs::Redactor`] here, the
+//! one place between the resolved plan and any message: no resolved value is ever printed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
 use crate::error::{FieldError, PlanError};
-use crate::refs::RefResolver;
+use crate::refs::{Redactor, Refs};
 use crate::spec::PlanSpec;
 use crate::{Plan, validate};
 
-/// How to resolve `${env:..}` and `${file:..}`.
-pub struct LoadOptions<'a> {
-    pub env: &'a dyn Fn(&str) -> Option<String>,
-    pub base_dir: PathBuf,
-}
-
-fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
-impl Default for LoadOptions<'_> {
-    fn default() -> Self {
-        Self {
-            env: &process_env,
-            base_dir: PathBuf::from("."),
-        }
-    }
-}
-
-/// Load and validate a plan file.
+/// Load and validate a plan file written by whoever runs this process (its references read
+/// this process's environment, and files relative to the plan's directory).
 pub fn load_file(path: &Path) -> Result<Plan, PlanError> {
     let text = std::fs::read_to_string(path).map_err(|source| PlanError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    let opts = LoadOptions {
+    let refs = Refs::Local {
+        env: &|name| std::env::var(name).ok(),
         base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        ..LoadOptions::default()
     };
-    load_str(&text, &path.display().to_string(), &opts)
+    load_str(&text, &path.display().to_string(), &refs)
 }
 
 /// Load and validate a plan from text. `source_name` names it in errors.
-pub fn load_str(text: &str, source_name: &str, opts: &LoadOptions<'_>) -> Result<Plan, PlanError> {
+pub fn load_str(text: &str, source_name: &str, refs: &Refs<'_>) -> Result<Plan, PlanError> {
     let doc = parse_document(text, source_name)?;
-    load_value(doc, source_name, opts)
+    load_value(doc, source_name, refs)
 }
 
 /// Parse YAML or JSON into a generic document.
@@ -63,19 +49,15 @@ pub fn parse_document(text: &str, source_name: &str) -> Result<Value, PlanError>
 }
 
 /// Validate a document that is a plan, or a LoadTest manifest holding one in `spec.plan`.
-pub fn load_value(
-    doc: Value,
-    source_name: &str,
-    opts: &LoadOptions<'_>,
-) -> Result<Plan, PlanError> {
+pub fn load_value(doc: Value, source_name: &str, refs: &Refs<'_>) -> Result<Plan, PlanError> {
     let invalid = |errors: Vec<FieldError>| PlanError::Invalid {
         source_name: source_name.to_string(),
         errors,
     };
-    let (mut plan_doc, prefix) = match manifest_plan(&doc) {
-        Some(Ok(p)) => (p.clone(), "spec.plan"),
+    let (mut plan_doc, prefix, refs) = match manifest_plan(&doc) {
+        Some(Ok(p)) => (p.clone(), "spec.plan", refs.for_manifest()),
         Some(Err(e)) => return Err(invalid(vec![e])),
-        None => (doc, ""),
+        None => (doc, "", refs.reborrow()),
     };
     if !plan_doc.is_object() {
         return Err(invalid(vec![FieldError::new(
@@ -84,14 +66,10 @@ pub fn load_value(
         )]));
     }
     let source = plan_doc.clone();
-    let resolver = RefResolver {
-        env: opts.env,
-        base_dir: opts.base_dir.clone(),
-    };
-    let mut errors = Vec::new();
-    resolver.resolve(&mut plan_doc, "", &mut errors);
+    let (redactor, errors) = refs.resolve(&mut plan_doc);
+    let fail = |errors: Vec<FieldError>| invalid(prefixed(prefix, redacted(&redactor, errors)));
     if !errors.is_empty() {
-        return Err(invalid(prefixed(prefix, errors)));
+        return Err(fail(errors));
     }
     let spec: PlanSpec = match serde_path_to_error::deserialize(&plan_doc) {
         Ok(s) => s,
@@ -99,13 +77,14 @@ pub fn load_value(
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             let message = clean_serde_message(&e.inner().to_string());
-            return Err(invalid(prefixed(
-                prefix,
-                vec![FieldError::new(path, message)],
-            )));
+            return Err(fail(vec![FieldError::new(path, message)]));
         }
     };
-    validate::validate(spec, source).map_err(|errs| invalid(prefixed(prefix, errs)))
+    validate::validate(spec, source).map_err(fail)
+}
+
+fn redacted(redactor: &Redactor, errors: Vec<FieldError>) -> Vec<FieldError> {
+    errors.into_iter().map(|e| redactor.redact(e)).collect()
 }
 
 /// `Some(Ok(plan))` for a LoadTest manifest, `Some(Err)` for a LoadTest without a plan,
@@ -167,9 +146,9 @@ mod tests {
         load_str(
             text,
             "test.yaml",
-            &LoadOptions {
+            &Refs::Local {
                 env: &no_env,
-                base_dir: PathBuf::from("."),
+                base_dir: std::path::PathBuf::from("."),
             },
         )
     }

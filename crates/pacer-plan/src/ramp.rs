@@ -115,7 +115,9 @@ impl RampSchedule {
             .rev()
             .find(|s| s.before <= n + EPS && s.area() > 0.0)?;
         let t = seg.start + seg.time_for(n - seg.before);
-        Some(Duration::from_secs_f64(t.max(0.0)))
+        // Saturating: within crate::bounds a schedule ends within a month; a float past
+        // `Duration`'s range (a spec not yet validated) is "never" rather than a panic.
+        Some(Duration::try_from_secs_f64(t.max(0.0)).unwrap_or(Duration::MAX))
     }
 
     /// The rate (per second) at an offset, for progress displays.

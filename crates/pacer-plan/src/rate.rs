@@ -57,7 +57,11 @@ impl Rate {
         if self.count == 0 {
             return 0;
         }
-        let num = d.as_nanos() * self.count as u128;
+        // Saturating: a plan within crate::bounds never comes near; anything else (a spec
+        // not yet validated) gets "too many" rather than a panic.
+        let Some(num) = d.as_nanos().checked_mul(u128::from(self.count)) else {
+            return u64::MAX;
+        };
         let den = self.per.as_nanos();
         let n = num.div_ceil(den);
         u64::try_from(n).unwrap_or(u64::MAX)
@@ -141,7 +145,9 @@ impl schemars::JsonSchema for Rate {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "pattern": r"^\s*[0-9_]+\s*/\s*[0-9a-z ]+$",
+            // Counts of at most 15 digits: crate::bounds says the fastest rate allowed.
+            "pattern": r"^\s*[0-9_]{1,15}\s*/\s*[0-9a-z ]+$",
+            "maxLength": 64,
             "description": "N/s, N/min, N/h, or N/<duration> for a window (e.g. 600/10s)"
         })
     }

@@ -23,6 +23,7 @@ pub struct PlanSpec {
     pub duration: Option<HumanDuration>,
     /// How many workers share the plan (`pacer run --workers`, the controller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::shard::MAX_WORKERS))]
     pub workers: Option<u32>,
     /// What a distributed run does when a worker stops reporting (default `continue`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +57,7 @@ pub struct HttpSpec {
     pub connect_timeout: Option<HumanDuration>,
     /// Idle keep-alive connections kept per host (default: unbounded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = crate::bounds::MAX_IDLE_PER_HOST))]
     pub max_idle_per_host: Option<usize>,
     /// Speak HTTP/2 only (prior knowledge for http://, ALPN for https://).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,6 +275,7 @@ pub struct ScenarioSpec {
     pub start_rate: Option<Rate>,
     /// Arrival-rate executors: iterations in flight at most; arrivals beyond it are dropped.
     #[serde(default, alias = "maxVUs", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::bounds::MAX_VUS))]
     pub max_in_flight: Option<u32>,
     /// k6's preAllocatedVUs: accepted for k6 plans; pacer starts iterations as tasks, so it is
     /// only checked to be no larger than maxInFlight.
@@ -281,21 +284,26 @@ pub struct ScenarioSpec {
         rename = "preAllocatedVUs",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(range(max = crate::bounds::MAX_VUS))]
     pub pre_allocated_vus: Option<u32>,
     /// VU executors: virtual users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::bounds::MAX_VUS))]
     pub vus: Option<u32>,
     /// ramping-vus: VUs at the start.
     #[serde(default, rename = "startVUs", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = crate::bounds::MAX_VUS))]
     pub start_vus: Option<u32>,
     /// per-vu-iterations (per VU) and shared-iterations (in all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::bounds::MAX_ITERATIONS))]
     pub iterations: Option<u64>,
     /// Iteration executors: give up after this long (default 10m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_duration: Option<HumanDuration>,
     /// Ramping executors: `target` is a rate (ramping-arrival-rate) or a VU count (ramping-vus).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::bounds::MAX_STAGES))]
     pub stages: Vec<StageSpec>,
     /// ramping-vus: time a VU removed by a stage gets to finish its iteration (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,6 +317,7 @@ pub struct ScenarioSpec {
     /// Share of the work when the plan is split across workers (default 1). Reserved for the
     /// controller; accepted and checked here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::bounds::MAX_WEIGHT))]
     pub weight: Option<u32>,
     /// One iteration runs these requests in order.
     pub requests: Vec<RequestSpec>,
@@ -415,6 +424,7 @@ pub struct PollSpec {
     pub timeout: Option<HumanDuration>,
     /// Give up after this many attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::bounds::MAX_POLL_ATTEMPTS))]
     pub max_attempts: Option<u32>,
 }
 

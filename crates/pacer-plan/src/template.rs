@@ -141,6 +141,12 @@ fn parse_placeholder(inner: &str) -> Result<Part, String> {
                 };
                 let offset = humantime::parse_duration(d)
                     .map_err(|_| format!("`isoNow`: {off:?} is not an offset like -1h or +30m"))?;
+                if offset > crate::bounds::MAX_TIME_OFFSET {
+                    return Err(format!(
+                        "`isoNow`: the offset {off} is more than the {} allowed",
+                        humantime::format_duration(crate::bounds::MAX_TIME_OFFSET)
+                    ));
+                }
                 Ok(Part::IsoNow { offset, negative })
             }
             _ => Err("`isoNow` takes at most one offset, e.g. {{isoNow -1h}}".into()),
@@ -219,6 +225,8 @@ mod tests {
         assert!(Template::parse("{{uuid").is_err());
         assert!(Template::parse("{{isoNow yesterday}}").is_err());
         assert!(Template::parse("{{}}").is_err());
+        assert!(Template::parse("{{isoNow +18446744073709551615s}}").is_err());
+        assert!(Template::parse("{{isoNow -36500d}}").is_ok());
     }
 
     #[test]

@@ -49,7 +49,11 @@ impl Checker {
 
 /// Validate a spec. `source` is the document before references were resolved (kept for reports).
 pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<FieldError>> {
-    let mut c = Checker { errors: Vec::new() };
+    // Every number within its bound first (crate::bounds), so nothing below or after
+    // validation computes with a value no test needs.
+    let mut c = Checker {
+        errors: crate::bounds::check(&spec),
+    };
 
     c.name("name", &spec.name);
     let target = match url::Url::parse(&spec.target) {

@@ -453,7 +453,7 @@ async fn prepare(
     peer_timeout: Duration,
 ) -> Result<Option<Running>, End> {
     let plan = match if cfg.resolve_plan_env {
-        plan_from_assign_env(a, &|name| std::env::var(name).ok())
+        plan_from_assign_env(a, &pacer_plan::Refs::worker_pod())
     } else {
         plan_from_assign(a)
     } {
@@ -645,19 +645,13 @@ async fn cannot_run(tx: &Tx, e: WorkerError) -> End {
     End::Fatal(e)
 }
 
-/// A plan whose `${env:NAME}` references are resolved here, from `env` (the Kubernetes
-/// operator's workers), then validated.
-pub fn plan_from_assign_env(
-    a: &Assign,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Plan, WorkerError> {
+/// A plan whose `${env:NAME}` references are resolved here (the Kubernetes operator's
+/// workers), then validated. The plan is a LoadTest's: read with `refs`
+/// ([`pacer_plan::Refs::worker_pod`] in a pod), so a `${file:}` is refused, never read.
+pub fn plan_from_assign_env(a: &Assign, refs: &pacer_plan::Refs<'_>) -> Result<Plan, WorkerError> {
     let doc: serde_json::Value = serde_json::from_str(&a.plan_spec_json)
         .map_err(|e| WorkerError::Plan(format!("assign.plan_spec_json: {e}")))?;
-    let opts = pacer_plan::LoadOptions {
-        env,
-        base_dir: std::path::PathBuf::from("/nonexistent"),
-    };
-    pacer_plan::load_value(doc, "the plan from the controller", &opts)
+    pacer_plan::load_value(doc, "the plan from the controller", &refs.for_manifest())
         .map_err(|e| WorkerError::Plan(e.to_string()))
 }
 
