@@ -442,7 +442,7 @@ async fn html_report_series_and_metrics_from_one_real_run() {
         "Latency from the intended start (http_req_duration)",
         "Server service time (http_req_service_time)",
         "Where the time went",
-        "The server&#39;s rate-limit headers",
+        "The server's rate-limit headers",
         "The plan that ran",
     ] {
         assert!(html.contains(title), "no chart titled {title:?}");

@@ -909,7 +909,7 @@ fn header(input: &ReportInput<'_>) -> Markup {
                     (input.series.points.len()) " seconds in the series · pacer " (VERSION)
                 }
             }
-            div #verdict .verdict .pass[passed] .fail[!passed] data-passed=(passed) {
+            div id="verdict" class={ "verdict " (if passed { "pass" } else { "fail" }) } data-passed=(passed) {
                 (if passed { "PASSED" } else { "FAILED" })
                 small { (detail) }
             }

@@ -707,8 +707,14 @@ mod tests {
         let text = render(&recorder().snapshot(), &ctx);
         // no OpenMetrics terminator, so expositions concatenate; counters keep `_total`
         assert!(!text.contains("# EOF"), "{text}");
-        assert!(text.contains("# TYPE pacer_requests_total counter\n"), "{text}");
-        assert!(text.contains(r#"pacer_elapsed_seconds{loadtest="ns/a\"b"} 0"#), "{text}");
+        assert!(
+            text.contains("# TYPE pacer_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pacer_elapsed_seconds{loadtest="ns/a\"b"} 0"#),
+            "{text}"
+        );
         assert!(text.ends_with('\n'));
     }
 
