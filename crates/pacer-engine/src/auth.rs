@@ -6,7 +6,9 @@
 //! token with the whole fleet through Redis (one refresher under a lock, the others wait for
 //! it). Both fetch through [`OAuthClient::fetch`].
 //!
-//! Token values and client secrets never reach logs or errors.
+//! Token values and client secrets never reach logs or errors. The client id and secret go
+//! only to the token URL itself (the token client follows no redirect), and its response is
+//! read up to [`crate::http::TOKEN_RESPONSE_MAX_BYTES`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -178,10 +180,17 @@ impl OAuthClient {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let body = resp
-                .bytes()
+            let body = read_capped(resp, crate::http::TOKEN_RESPONSE_MAX_BYTES)
                 .await
-                .map_err(|_| fail(format!("HTTP {status}: body unreadable")))?;
+                .map_err(|e| {
+                    fail(match e {
+                        CappedRead::TooLarge => format!(
+                            "HTTP {status}: response larger than {} bytes",
+                            crate::http::TOKEN_RESPONSE_MAX_BYTES
+                        ),
+                        CappedRead::Unreadable => format!("HTTP {status}: body unreadable"),
+                    })
+                })?;
             if !(200..300).contains(&status) {
                 // Show the OAuth error code only: the body could echo credentials.
                 let code = serde_json::from_slice::<serde_json::Value>(&body)
@@ -222,6 +231,28 @@ impl OAuthClient {
             });
         }
     }
+}
+
+/// Why a capped body could not be read.
+enum CappedRead {
+    TooLarge,
+    Unreadable,
+}
+
+/// Read `resp`'s body, failing as soon as it (or its `Content-Length`) passes `max` bytes: a
+/// token endpoint cannot make the run hold an endless answer.
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, CappedRead> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(CappedRead::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|_| CappedRead::Unreadable)? {
+        if body.len() + chunk.len() > max {
+            return Err(CappedRead::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl From<Fetched> for Cached {

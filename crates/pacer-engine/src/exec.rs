@@ -1,5 +1,10 @@
 //! One iteration: the scenario's requests in order, each with its retries, checks, extraction
 //! and polling, recorded as attempts (HTTP exchanges) and requests (after retries).
+//!
+//! The servers are not trusted: a rendered path or URL (`{{vars.location}}` from a response)
+//! is resolved by [`pacer_plan::origin::resolve`], so a request leaves the target's origin only
+//! for a host of `http.allowHosts` and then without credentials, and is refused otherwise
+//! (counted as `off-origin`). Response bodies no check or extract reads are drained, not kept.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use pacer_limiter::{Feedback, Limiter, RequestMeta, Token, TokenSource};
+use pacer_plan::origin::{self, Destination, Refusal};
 use pacer_plan::{AuthRef, Body, Expect, ExtractFrom, Part, Plan, Request};
 use pacer_stats::{Attempt, ErrorKind, IterationOutcome, Recorder, RequestOutcome, RetryOutcome};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -39,8 +45,15 @@ pub struct Shared {
     /// Requests with nothing to render (URL, headers and body all literal), by scenario and
     /// request: prepared on first use and sent as they are after that.
     static_requests: Vec<Vec<Option<StaticRequest>>>,
+    /// Whether a check, extract or poll reads each request's response body (by scenario and
+    /// request): the others' bodies are drained.
+    needs_body: Vec<Vec<bool>>,
     warned: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct warnings logged per run; past this, new ones are dropped (a hostile server could
+/// otherwise grow the set without bound, e.g. with a new origin in every `Location`).
+const MAX_DISTINCT_WARNINGS: usize = 256;
 
 impl Shared {
     pub fn new(
@@ -68,13 +81,14 @@ impl Shared {
                                 _ => None,
                             })
                             .collect();
-                        let url = request_url(&plan.target, &path?).ok()?;
+                        let (url, dest) =
+                            origin::resolve(&plan.target, &plan.http.allow_hosts, &path?).ok()?;
                         let uri = req
                             .query
                             .is_empty()
                             .then(|| url.as_str().parse::<hyper::Uri>().ok())
                             .flatten();
-                        Some((url, uri))
+                        Some((url, uri, dest))
                     })
                     .collect()
             })
@@ -88,7 +102,7 @@ impl Shared {
                     .iter()
                     .zip(urls)
                     .map(|(req, url)| {
-                        let literal = matches!(url, Some((_, Some(_))))
+                        let literal = matches!(url, Some((_, Some(_), _)))
                             && req.headers.iter().all(|(_, t)| t.is_literal())
                             && match &req.body {
                                 None => true,
@@ -100,9 +114,15 @@ impl Shared {
                     .collect()
             })
             .collect();
+        let needs_body = plan
+            .scenarios
+            .iter()
+            .map(|sc| sc.requests.iter().map(reads_body).collect())
+            .collect();
         Self {
             static_urls,
             static_requests,
+            needs_body,
             plan,
             client,
             limiter,
@@ -121,18 +141,51 @@ impl Shared {
 
     /// Log a problem once per distinct message, so a broken plan does not flood the log.
     fn warn_once(&self, msg: String) {
-        if self.warned.lock().insert(msg.clone()) {
-            tracing::warn!("{msg}");
+        let mut warned = self.warned.lock();
+        if warned.len() < MAX_DISTINCT_WARNINGS {
+            if warned.insert(msg.clone()) {
+                tracing::warn!("{msg}");
+            }
+        } else if warned.len() == MAX_DISTINCT_WARNINGS {
+            warned.insert(String::new());
+            tracing::warn!(
+                "{MAX_DISTINCT_WARNINGS} distinct warnings logged: further ones are not shown"
+            );
         }
     }
 }
 
-/// A request URL known before the run: parsed, and as a request `Uri` when nothing (no query)
-/// is added to it per request.
-type StaticUrl = (url::Url, Option<hyper::Uri>);
+/// Does a check, an extract or a poll condition read `req`'s response body?
+fn reads_body(req: &Request) -> bool {
+    !req.expect.json.is_empty()
+        || req
+            .extract
+            .iter()
+            .any(|(_, ex)| matches!(ex.from, ExtractFrom::JsonPointer(_)))
+        || req.poll.as_ref().is_some_and(|p| !p.until.json.is_empty())
+}
+
+/// A request URL known before the run: parsed, as a request `Uri` when nothing (no query) is
+/// added to it per request, and where it goes.
+type StaticUrl = (url::Url, Option<hyper::Uri>, Destination);
 
 /// A request with nothing to render, prepared once (or the reason it cannot be sent).
-type StaticRequest = OnceLock<Result<Prepared, String>>;
+type StaticRequest = OnceLock<Result<Prepared, NotPrepared>>;
+
+/// Why a request could not be prepared.
+#[derive(Clone, Debug)]
+enum NotPrepared {
+    /// Its rendered path would leave the target (or is not a path): refused, and counted.
+    Refused(Refusal),
+    /// A template or a value failed (the message names the field, never a rendered value).
+    Invalid(String),
+}
+
+impl From<String> for NotPrepared {
+    fn from(msg: String) -> Self {
+        NotPrepared::Invalid(msg)
+    }
+}
 
 /// Run one iteration of scenario `sc`. `intended` is when the schedule meant it to start: the
 /// first request's latency is measured from there (no coordinated omission).
@@ -177,17 +230,8 @@ struct Prepared {
     headers: HeaderMap,
     body: Option<bytes::Bytes>,
     approx_header_bytes: u64,
-}
-
-/// The URL of a rendered path: an absolute http(s) URL as it is, else appended to the target.
-fn request_url(target: &url::Url, path: &str) -> Result<url::Url, String> {
-    if path.starts_with("http://") || path.starts_with("https://") {
-        url::Url::parse(path).map_err(|e| format!("rendered URL {path:?} is invalid: {e}"))
-    } else {
-        let base = target.as_str().trim_end_matches('/');
-        url::Url::parse(&format!("{base}{path}"))
-            .map_err(|e| format!("rendered path {path:?} is invalid: {e}"))
-    }
+    /// The target's origin (credentials attached) or an allowed host (none).
+    destination: Destination,
 }
 
 fn prepare(
@@ -195,16 +239,18 @@ fn prepare(
     req: &Request,
     static_url: Option<&StaticUrl>,
     ctx: &RenderCtx<'_>,
-) -> Result<Prepared, String> {
-    let uri = match static_url {
-        Some((_, Some(uri))) => uri.clone(),
+) -> Result<Prepared, NotPrepared> {
+    let (uri, destination) = match static_url {
+        Some((_, Some(uri), dest)) => (uri.clone(), *dest),
         _ => {
-            let mut url = match static_url {
-                Some((url, _)) => url.clone(),
-                None => request_url(
+            let (mut url, dest) = match static_url {
+                Some((url, _, dest)) => (url.clone(), *dest),
+                None => origin::resolve(
                     &sh.plan.target,
+                    &sh.plan.http.allow_hosts,
                     &ctx.render(&req.path).map_err(|e| e.to_string())?,
-                )?,
+                )
+                .map_err(NotPrepared::Refused)?,
             };
             if !req.query.is_empty() {
                 let mut q = url.query_pairs_mut();
@@ -213,14 +259,15 @@ fn prepare(
                 }
             }
             // The message leaves the query out: it may carry secrets.
-            url.as_str().parse::<hyper::Uri>().map_err(|e| {
+            let uri = url.as_str().parse::<hyper::Uri>().map_err(|e| {
                 format!(
                     "URL {}://{}{} is not a valid request URI: {e}",
                     url.scheme(),
                     url.host_str().unwrap_or(""),
                     url.path()
                 )
-            })?
+            })?;
+            (uri, dest)
         }
     };
     let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
@@ -255,7 +302,8 @@ fn prepare(
     if let Some(w) = &sh.worker_header {
         headers.insert(HeaderName::from_static(WORKER_HEADER), w.clone());
     }
-    sh.client.add_default_headers(&mut headers);
+    sh.client
+        .add_default_headers(&mut headers, destination.gets_credentials());
     let method = ::http::Method::from_bytes(req.method.as_bytes())
         .map_err(|_| format!("method {:?} is invalid", req.method))?;
     Ok(Prepared {
@@ -264,6 +312,7 @@ fn prepare(
         headers,
         body,
         approx_header_bytes: approx,
+        destination,
     })
 }
 
@@ -303,13 +352,26 @@ async fn run_request(
                 Some(cell) => cell
                     .get_or_init(|| prepare(sh, req, static_url, &ctx))
                     .as_ref()
-                    .map_err(String::clone),
+                    .map_err(NotPrepared::clone),
                 None => prepare(sh, req, static_url, &ctx).map(|p| &*owned.insert(p)),
             }
         };
         let prepared = match prepared {
             Ok(p) => p,
-            Err(msg) => {
+            Err(NotPrepared::Refused(why)) => {
+                sh.warn_once(format!(
+                    "scenario {:?} request {:?}: path {why}: not sent ({})",
+                    scenario.name,
+                    req.name,
+                    ErrorKind::OffOrigin.as_str()
+                ));
+                record_refusal(sh, sc, ri, req, intended);
+                return StepResult {
+                    failed: true,
+                    stop_iteration: true,
+                };
+            }
+            Err(NotPrepared::Invalid(msg)) => {
                 sh.warn_once(format!(
                     "scenario {:?} request {:?}: {msg}",
                     scenario.name, req.name
@@ -451,6 +513,21 @@ async fn send_with_retries(
     intended: Instant,
 ) -> (RequestOutcome, Option<Response>) {
     let policy = &sh.plan.retry;
+    // Credentials go to the target's origin only: a request to an allowed host goes without.
+    if credential.is_some() && !p.destination.gets_credentials() {
+        sh.warn_once(format!(
+            "request {:?}: goes to an http.allowHosts host ({}): sent without its credential",
+            req.name,
+            p.uri.authority().map_or("", |a| a.as_str())
+        ));
+    }
+    let credential = credential.filter(|_| p.destination.gets_credentials());
+    let keep_body = sh
+        .needs_body
+        .get(sc)
+        .and_then(|r| r.get(ri))
+        .copied()
+        .unwrap_or(true);
     let meta = RequestMeta {
         method: &req.method,
         path: p.uri.path(),
@@ -540,6 +617,7 @@ async fn send_with_retries(
                 headers: &p.headers,
                 authorization,
                 body: p.body.clone().unwrap_or_default(),
+                keep_body,
             })
             .await;
         guard.disarm();
@@ -577,7 +655,7 @@ async fn send_with_retries(
                         },
                     },
                 );
-                let resp_bytes = resp.body.len() as u64
+                let resp_bytes = resp.body_len
                     + resp
                         .headers
                         .iter()
@@ -649,7 +727,8 @@ async fn send_with_retries(
                     t.message
                 ));
                 out.failed = true;
-                retryable = policy.on_transport_error;
+                // A body over the cap would be over it again.
+                retryable = policy.on_transport_error && t.kind != ErrorKind::BodyTooLarge;
                 last = None;
             }
         }
@@ -712,6 +791,29 @@ impl Drop for InFlight<'_> {
             );
         }
     }
+}
+
+/// A request refused before sending (its rendered URL would leave the target's origin): one
+/// `off-origin` attempt and a failed request, so it shows in the summary and the thresholds.
+fn record_refusal(sh: &Shared, sc: usize, ri: usize, req: &Request, intended: Instant) {
+    record_local_failure(sh, sc, ri, ErrorKind::OffOrigin);
+    let checks = (!req.expect.status.is_empty()) as u32 + req.expect.json.len() as u32;
+    sh.recorder.record_request(
+        sc,
+        ri,
+        &RequestOutcome {
+            duration: intended.elapsed(),
+            limiter_wait: Duration::ZERO,
+            send_lag: None,
+            paused: Duration::ZERO,
+            backoff: Duration::ZERO,
+            attempts: 1,
+            failed: true,
+            checks_passed: 0,
+            checks_failed: checks,
+            retry_outcome: RetryOutcome::NotRetryable,
+        },
+    );
 }
 
 /// An attempt that could not be sent (no token, limiter gone): counted as an error so it shows.

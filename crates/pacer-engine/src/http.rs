@@ -4,6 +4,12 @@
 //! layers of a general-purpose client (no redirects, cookies, proxies or decompression, which a
 //! load test does not want either). OAuth2 token fetches, which are rare, use reqwest
 //! ([`build_token_client`]).
+//!
+//! Credentials go only to their origin: the plan's `http.headers` named in
+//! [`CREDENTIAL_HEADERS`] are added only to requests for the target's origin, and never to the
+//! token endpoint (which gets its own client id and secret, and no redirect is followed).
+//! Bodies are read up to `http.maxBodyBytes` ([`crate::pool`]), token responses up to
+//! [`TOKEN_RESPONSE_MAX_BYTES`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pacer_plan::HttpOptions;
 use pacer_stats::ErrorKind;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use reqwest::header::{
+    AUTHORIZATION, COOKIE, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHORIZATION, USER_AGENT,
+};
 
 use crate::pool::Pool;
 
@@ -24,6 +32,14 @@ pub enum ClientError {
 }
 
 const AGENT: &str = concat!("pacer/", env!("CARGO_PKG_VERSION"));
+
+/// Headers of the plan's `http.headers` that carry credentials: sent only to the target's
+/// origin, never to an `http.allowHosts` host or the token endpoint.
+pub const CREDENTIAL_HEADERS: [HeaderName; 3] = [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION];
+
+/// The largest token endpoint response read: an OAuth2 token response is a small JSON object
+/// (a JWT access token is a few KiB), so this is generous and still cheap to hold.
+pub const TOKEN_RESPONSE_MAX_BYTES: usize = 64 * 1024;
 
 fn plan_headers(opts: &HttpOptions) -> Result<HeaderMap, ClientError> {
     let mut headers = HeaderMap::new();
@@ -38,8 +54,12 @@ fn plan_headers(opts: &HttpOptions) -> Result<HeaderMap, ClientError> {
 
 /// The client OAuth2 token fetches use (reqwest: forms, JSON, a few calls per run).
 pub fn build_token_client(opts: &HttpOptions) -> Result<reqwest::Client, ClientError> {
+    let mut headers = plan_headers(opts)?;
+    for h in &CREDENTIAL_HEADERS {
+        headers.remove(h);
+    }
     let mut b = reqwest::Client::builder()
-        .default_headers(plan_headers(opts)?)
+        .default_headers(headers)
         .timeout(opts.timeout)
         .connect_timeout(opts.connect_timeout)
         .pool_max_idle_per_host(2)
@@ -83,6 +103,7 @@ impl HttpClient {
             opts.connect_timeout,
             opts.http2_only,
             opts.max_idle_per_host.unwrap_or(pool_hint.max(1)),
+            opts.max_body_bytes,
         );
         Ok(Self {
             pool,
@@ -91,23 +112,26 @@ impl HttpClient {
         })
     }
 
-    /// Add the plan's headers that `headers` does not set.
-    pub fn add_default_headers(&self, headers: &mut HeaderMap) {
+    /// Add the plan's headers that `headers` does not set; its [`CREDENTIAL_HEADERS`] only
+    /// when the request goes to the target's origin (`credentials`).
+    pub fn add_default_headers(&self, headers: &mut HeaderMap, credentials: bool) {
         for (k, v) in self.default_headers.iter() {
-            if !headers.contains_key(k) {
+            if !headers.contains_key(k) && (credentials || !CREDENTIAL_HEADERS.contains(k)) {
                 headers.insert(k.clone(), v.clone());
             }
         }
     }
 
-    /// Send one request and read the whole body, within the plan's `http.timeout`.
+    /// Send one request and read the whole body (at most `http.maxBodyBytes`; kept only if
+    /// `out.keep_body`), within the plan's `http.timeout`.
     pub async fn send(&self, out: Outgoing<'_>) -> Result<Response, TransportError> {
         let sent_at = Instant::now();
         match tokio::time::timeout(self.timeout, self.pool.exchange(&out)).await {
-            Ok(Ok((parts, body))) => Ok(Response {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body,
+            Ok(Ok(r)) => Ok(Response {
+                status: r.parts.status.as_u16(),
+                headers: r.parts.headers,
+                body: r.body,
+                body_len: r.body_len,
                 sent_at,
                 service_time: sent_at.elapsed(),
             }),
@@ -206,13 +230,18 @@ pub struct Outgoing<'a> {
     /// A bearer token's header value (marked sensitive), when the request has a credential.
     pub authorization: Option<HeaderValue>,
     pub body: Bytes,
+    /// Keep the response body (a check or an extract reads it); otherwise it is drained.
+    pub keep_body: bool,
 }
 
 /// What one attempt produced.
 pub struct Response {
     pub status: u16,
     pub headers: HeaderMap,
+    /// Empty when the request did not keep it (see [`Outgoing::keep_body`]).
     pub body: Bytes,
+    /// The body's length as received, kept or not.
+    pub body_len: u64,
     pub sent_at: Instant,
     pub service_time: Duration,
 }

@@ -50,6 +50,16 @@ pub(crate) struct Pool {
     http2_only: bool,
     /// Idle HTTP/1.1 connections kept per origin.
     max_idle: usize,
+    /// `http.maxBodyBytes`: a longer body fails the exchange ([`ErrorKind::BodyTooLarge`]).
+    max_body: u64,
+}
+
+/// A response as the pool read it: the body is kept only when the request needs it (a check or
+/// an extract reads it, or a 429 may name its limit in it); `body_len` counts it either way.
+pub(crate) struct Received {
+    pub parts: http::response::Parts,
+    pub body: Bytes,
+    pub body_len: u64,
 }
 
 struct Origin {
@@ -88,6 +98,7 @@ impl Pool {
         connect_timeout: Duration,
         http2_only: bool,
         max_idle: usize,
+        max_body: u64,
     ) -> Self {
         Self {
             origins: Mutex::new(Vec::new()),
@@ -95,17 +106,20 @@ impl Pool {
             connect_timeout,
             http2_only,
             max_idle: max_idle.max(1),
+            max_body,
         }
     }
 
-    /// Send `out` and read the whole response body.
-    pub(crate) async fn exchange(
-        &self,
-        out: &Outgoing<'_>,
-    ) -> Result<(http::response::Parts, Bytes), Failure> {
+    /// Send `out` and read the whole response body (kept only if `out.keep_body`), at most
+    /// `http.maxBodyBytes` of it.
+    pub(crate) async fn exchange(&self, out: &Outgoing<'_>) -> Result<Received, Failure> {
         let origin = self.origin(out.uri)?;
+        let limit = BodyLimit {
+            max: self.max_body,
+            keep: out.keep_body,
+        };
         if let Some(tx) = self.shared_h2(&origin).await? {
-            return Box::pin(send_h2(tx, build(out, out.uri.clone(), None))).await;
+            return Box::pin(send_h2(tx, build(out, out.uri.clone(), None), limit)).await;
         }
         let mut req: Option<Request<Body>> = None;
         loop {
@@ -118,7 +132,7 @@ impl Pool {
             match conn {
                 Conn::H2(tx) => {
                     let req = build(out, out.uri.clone(), None);
-                    return Box::pin(send_h2(origin.keep_h2(tx), req)).await;
+                    return Box::pin(send_h2(origin.keep_h2(tx), req, limit)).await;
                 }
                 Conn::H1(mut tx) => {
                     if tx.ready().await.is_err() {
@@ -137,7 +151,9 @@ impl Pool {
                     });
                     match tx.try_send_request(wire).await {
                         Ok(resp) => {
-                            let out = read_body(resp).await?;
+                            // A body over the cap ends here: the connection, its rest unread,
+                            // is dropped (closed), not given back.
+                            let out = read_body(resp, limit).await?;
                             origin.checkin(tx, self.max_idle);
                             return Ok(out);
                         }
@@ -402,7 +418,8 @@ fn build(out: &Outgoing<'_>, uri: Uri, host: Option<&HeaderValue>) -> Request<Bo
 async fn send_h2(
     mut tx: http2::SendRequest<Body>,
     mut req: Request<Body>,
-) -> Result<(http::response::Parts, Bytes), Failure> {
+    limit: BodyLimit,
+) -> Result<Received, Failure> {
     // The absolute URI gives the :scheme and :authority pseudo-headers.
     *req.version_mut() = Version::HTTP_2;
     tx.ready().await.map_err(|e| {
@@ -415,18 +432,68 @@ async fn send_h2(
         .send_request(req)
         .await
         .map_err(|e| (classify(&e, false), chain(&e)))?;
-    read_body(resp).await
+    read_body(resp, limit).await
 }
 
-async fn read_body(resp: Response<Incoming>) -> Result<(http::response::Parts, Bytes), Failure> {
+/// How much of a body to read, and whether to keep it.
+#[derive(Clone, Copy)]
+struct BodyLimit {
+    max: u64,
+    keep: bool,
+}
+
+/// Read the body frame by frame: past `limit.max` bytes (or a `Content-Length` above it) the
+/// exchange fails as [`ErrorKind::BodyTooLarge`] without reading the rest; a body nobody needs
+/// is counted and dropped frame by frame (drained), so it costs no memory.
+async fn read_body(resp: Response<Incoming>, limit: BodyLimit) -> Result<Received, Failure> {
     use http_body_util::BodyExt;
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(|e| {
-        let kind = match classify(&e, false) {
-            ErrorKind::Other | ErrorKind::Protocol => ErrorKind::Body,
-            k => k,
-        };
-        (kind, chain(&e))
-    })?;
-    Ok((parts, body.to_bytes()))
+    let (parts, mut body) = resp.into_parts();
+    let too_large = || {
+        (
+            ErrorKind::BodyTooLarge,
+            format!(
+                "the response body is larger than http.maxBodyBytes ({} bytes)",
+                limit.max
+            ),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit.max) {
+        return Err(too_large());
+    }
+    // A 429's body may name the limit it is about (ratelimit_headers::server_limit_name).
+    let keep = limit.keep || parts.status == http::StatusCode::TOO_MANY_REQUESTS;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            let kind = match classify(&e, false) {
+                ErrorKind::Other | ErrorKind::Protocol => ErrorKind::Body,
+                k => k,
+            };
+            (kind, chain(&e))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            len = len.saturating_add(data.len() as u64);
+            if len > limit.max {
+                return Err(too_large());
+            }
+            if keep && !data.is_empty() {
+                chunks.push(data);
+            }
+        }
+    }
+    let body = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    };
+    Ok(Received {
+        parts,
+        body,
+        body_len: len,
+    })
 }

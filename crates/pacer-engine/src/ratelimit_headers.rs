@@ -1,6 +1,8 @@
 //! The server's own rate-limit headers, read so the report can show what the server said:
 //! Genesys `inin-ratelimit-*`, GitHub-style `X-RateLimit-*`, and the IETF `RateLimit` /
-//! `RateLimit-Policy` fields. Malformed values are ignored field by field.
+//! `RateLimit-Policy` fields. Malformed values are ignored field by field, and every value
+//! that is kept is bounded (a hostile server's headers cannot make the report hold infinities,
+//! absurd numbers or long strings).
 
 use pacer_stats::ServerLimitHeaders;
 use reqwest::header::HeaderMap;
@@ -9,9 +11,21 @@ fn num(h: &HeaderMap, name: &str) -> Option<u64> {
     h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// The largest reset a header may state, in seconds: a reset is a delay (seconds), or with
+/// some APIs (GitHub) a Unix time, which stays below this until the year 2286.
+pub const MAX_RESET_SECS: f64 = 1e10;
+
+/// The longest `RateLimit-Policy` kept, in characters.
+pub const MAX_POLICY_CHARS: usize = 200;
+
+/// A finite, non-negative number of at most [`MAX_RESET_SECS`] (larger ones are clamped).
+fn reset(v: &str) -> Option<f64> {
+    let v: f64 = v.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then_some(v.min(MAX_RESET_SECS))
+}
+
 fn float(h: &HeaderMap, name: &str) -> Option<f64> {
-    let v: f64 = h.get(name)?.to_str().ok()?.trim().parse().ok()?;
-    (v.is_finite() && v >= 0.0).then_some(v)
+    reset(h.get(name)?.to_str().ok()?)
 }
 
 fn now_ms() -> u64 {
@@ -21,18 +35,14 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// `"default";r=50;t=30` -> (r, t)
+/// `"default";r=50;t=30` -> (r, t), each bounded like a reset ([`MAX_RESET_SECS`]).
 fn ietf_params(v: &str, keys: [&str; 2]) -> [Option<f64>; 2] {
     let mut out = [None, None];
     for part in v.split(';').skip(1) {
         if let Some((k, val)) = part.trim().split_once('=') {
             for (i, key) in keys.iter().enumerate() {
                 if k.trim() == *key {
-                    out[i] = val
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|x| x.is_finite() && *x >= 0.0);
+                    out[i] = reset(val);
                 }
             }
         }
@@ -76,7 +86,7 @@ pub fn parse(h: &HeaderMap) -> Option<ServerLimitHeaders> {
             remaining: r.map(|x| x as u64),
             count: None,
             reset_secs: t,
-            policy: policy.map(|p| p.chars().take(200).collect()),
+            policy: policy.map(|p| p.chars().take(MAX_POLICY_CHARS).collect()),
         });
     }
     None
@@ -179,5 +189,87 @@ mod server_limit_tests {
             None
         );
         assert_eq!(server_limit_name(&HeaderMap::new(), b"\xff\xfe"), None);
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use reqwest::header::HeaderValue;
+
+    /// The header names the parser reads.
+    const NAMES: [&str; 9] = [
+        "inin-ratelimit-allowed",
+        "inin-ratelimit-count",
+        "inin-ratelimit-reset",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "ratelimit",
+        "ratelimit-policy",
+        "retry-after",
+    ];
+
+    /// A header value as a server may send it: numbers of any size, parameters, garbage
+    /// (any bytes a header value may hold).
+    fn value() -> impl Strategy<Value = HeaderValue> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| f.to_string()),
+            r#""[a-z]{0,8}";(r|t|q|w)=-?[0-9.eE+]{0,12}(;(r|t|q|w)=[0-9.eE+-]{0,400})?"#,
+            "[ -~]{0,300}",
+        ]
+        .prop_filter_map("a valid header value", |s| HeaderValue::from_str(&s).ok())
+        .boxed()
+        .prop_union(
+            proptest::collection::vec(any::<u8>(), 0..64)
+                .prop_filter_map("a valid header value", |b| HeaderValue::from_bytes(&b).ok())
+                .boxed(),
+        )
+    }
+
+    fn headers() -> impl Strategy<Value = HeaderMap> {
+        proptest::collection::vec((0..NAMES.len(), value()), 0..8).prop_map(|pairs| {
+            let mut h = HeaderMap::new();
+            for (i, v) in pairs {
+                h.insert(NAMES[i], v);
+            }
+            h
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_rate_limit_headers_never_panic_and_stay_bounded(h in headers()) {
+            if let Some(p) = parse(&h) {
+                prop_assert!(["inin-ratelimit", "x-ratelimit", "ratelimit"].contains(&p.source.as_str()));
+                if let Some(r) = p.reset_secs {
+                    prop_assert!(r.is_finite() && (0.0..=MAX_RESET_SECS).contains(&r), "{r}");
+                }
+                if let (Some(l), Some(r)) = (p.limit, p.remaining)
+                    && p.source == "inin-ratelimit"
+                {
+                    prop_assert!(r <= l);
+                }
+                prop_assert!(p.policy.as_ref().is_none_or(|s| s.chars().count() <= MAX_POLICY_CHARS));
+                // What is kept serializes (no infinities in the report's JSON).
+                prop_assert!(serde_json::to_string(&p).is_ok());
+            }
+        }
+
+        #[test]
+        fn a_429_limit_name_is_short_and_printable_whatever_the_server_sends(
+            h in headers(),
+            body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..512),
+                "[ -~]{0,300}".prop_map(|s| format!(r#"{{"limit":{s:?},"message":"x [limit: {s}]"}}"#).into_bytes()),
+            ],
+        ) {
+            if let Some(name) = server_limit_name(&h, &body) {
+                prop_assert!(!name.is_empty() && name.chars().count() <= 64);
+                prop_assert!(!name.chars().any(char::is_control), "{name:?}");
+            }
+        }
     }
 }

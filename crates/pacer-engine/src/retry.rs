@@ -17,20 +17,22 @@ pub enum RetryAfter {
 }
 
 /// Parse `Retry-After` (delta-seconds or an HTTP-date) relative to `now`.
-/// Values above `max` are clamped to `max`; a date in the past means no wait.
+/// Values above `max` are clamped to `max`; a date in the past means no wait. Any input (a
+/// hostile server's) gives an answer, never a panic, and never a wait above `max`.
 pub fn parse_retry_after(value: &[u8], now: SystemTime, max: Duration) -> RetryAfter {
     let Ok(s) = std::str::from_utf8(value) else {
         return RetryAfter::Malformed;
     };
     let s = s.trim();
     let wait = if let Ok(secs) = s.parse::<u64>() {
-        Duration::from_secs(secs.min(max.as_secs().saturating_add(1)))
+        Duration::from_secs(secs)
     } else if let Ok(f) = s.parse::<f64>() {
         // Not in RFC 9110, but some servers send fractions; negative or NaN is malformed.
         if !(f.is_finite() && f >= 0.0) {
             return RetryAfter::Malformed;
         }
-        Duration::from_secs_f64(f.min(max.as_secs_f64() + 1.0))
+        // Beyond what a Duration holds: clamped to `max` below like any long wait.
+        Duration::try_from_secs_f64(f).unwrap_or(Duration::MAX)
     } else if let Ok(at) = httpdate::parse_http_date(s) {
         at.duration_since(now).unwrap_or(Duration::ZERO)
     } else {
@@ -128,5 +130,89 @@ mod tests {
         }
         let d = backoff_delay(&p, 1, Some(Duration::from_secs(2)));
         assert!(d >= Duration::from_secs(2));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A policy's Retry-After cap: from zero to far beyond any plan's.
+        fn any_max() -> impl Strategy<Value = Duration> {
+            prop_oneof![
+                (0u64..=86_400).prop_map(Duration::from_secs),
+                Just(Duration::MAX),
+            ]
+        }
+
+        fn wait_at_most(r: RetryAfter, max: Duration) -> bool {
+            match r {
+                RetryAfter::Wait { wait, clamped } => wait <= max && (!clamped || wait == max),
+                RetryAfter::Malformed => true,
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic_and_never_wait_past_the_cap(
+                value in proptest::collection::vec(any::<u8>(), 0..64),
+                max in any_max(),
+            ) {
+                let r = parse_retry_after(&value, SystemTime::now(), max);
+                prop_assert!(wait_at_most(r, max), "{r:?}");
+            }
+
+            #[test]
+            fn header_like_text_never_panics_and_never_waits_past_the_cap(
+                value in r"[ 0-9a-zA-Z,.:+\-eE]{0,40}",
+                max in any_max(),
+            ) {
+                let r = parse_retry_after(value.as_bytes(), SystemTime::now(), max);
+                prop_assert!(wait_at_most(r, max), "{value:?}: {r:?}");
+            }
+
+            #[test]
+            fn delta_seconds_of_any_size_wait_that_long_or_the_cap(
+                secs in any::<u64>(),
+                max in any_max(),
+            ) {
+                let r = parse_retry_after(secs.to_string().as_bytes(), SystemTime::now(), max);
+                let want = Duration::from_secs(secs).min(max);
+                prop_assert_eq!(r, RetryAfter::Wait { wait: want, clamped: Duration::from_secs(secs) > max });
+            }
+
+            #[test]
+            fn huge_and_fractional_numbers_are_clamped_or_malformed(
+                f in prop_oneof![any::<f64>(), 0.0f64..1e30],
+                max in any_max(),
+            ) {
+                let r = parse_retry_after(f.to_string().as_bytes(), SystemTime::now(), max);
+                if f.is_finite() && f >= 0.0 {
+                    prop_assert!(matches!(r, RetryAfter::Wait { .. }), "{f}: {r:?}");
+                }
+                prop_assert!(wait_at_most(r, max), "{f}: {r:?}");
+            }
+
+            #[test]
+            fn http_dates_wait_until_then_within_the_cap(
+                offset in -400_000_000i64..400_000_000,
+                max in any_max(),
+            ) {
+                let now = SystemTime::now();
+                let at = if offset >= 0 {
+                    now + Duration::from_secs(offset as u64)
+                } else {
+                    now - Duration::from_secs(offset.unsigned_abs())
+                };
+                let r = parse_retry_after(httpdate::fmt_http_date(at).as_bytes(), now, max);
+                match r {
+                    RetryAfter::Wait { wait, .. } => {
+                        let expected = Duration::from_secs(offset.max(0) as u64).min(max);
+                        // An HTTP date has whole seconds: `now`'s fraction is lost.
+                        prop_assert!(wait <= expected && expected - wait <= Duration::from_secs(1), "{offset}: {r:?}");
+                    }
+                    RetryAfter::Malformed => prop_assert!(false, "{offset}: malformed"),
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod duration;
 pub mod error;
 pub mod load;
 pub mod model;
+pub mod origin;
 pub mod ramp;
 pub mod rate;
 pub mod refs;

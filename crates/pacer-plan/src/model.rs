@@ -30,6 +30,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// How long the plan runs, graceful stops excluded: what progress is measured against.
+    pub fn planned_duration(&self) -> Duration {
+        self.scenarios
+            .iter()
+            .map(|s| s.start_time.saturating_add(s.executor.max_duration()))
+            .max()
+            .unwrap_or_default()
+    }
+
     /// The latest instant any scenario may still run, graceful stops included.
     pub fn max_duration(&self) -> Duration {
         self.scenarios
@@ -48,6 +57,10 @@ pub struct HttpOptions {
     pub http2_only: bool,
     pub insecure_skip_verify: bool,
     pub headers: Vec<(String, String)>,
+    /// Hosts a rendered URL may go to besides the target (without credentials).
+    pub allow_hosts: Vec<crate::origin::AllowedHost>,
+    /// The largest response body read (`http.maxBodyBytes`).
+    pub max_body_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -324,6 +337,12 @@ pub mod defaults {
     pub const MAX_IN_FLIGHT: u32 = 1000;
     pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `http.maxBodyBytes`: far above an API's JSON answers, small enough that a few hundred
+    /// responses in flight cannot exhaust a worker pod's memory.
+    pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+    /// The highest `http.maxBodyBytes` a plan may set: bodies are held in memory whole when a
+    /// check or extract needs them.
+    pub const MAX_BODY_BYTES_LIMIT: u64 = 1024 * 1024 * 1024;
     pub const REFRESH_BEFORE: Duration = Duration::from_secs(60);
     pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
     pub const POLL_TIMEOUT: Duration = Duration::from_secs(60);

@@ -65,9 +65,20 @@ pub struct HttpSpec {
     /// Accept invalid TLS certificates (test targets only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
-    /// Headers sent with every request.
+    /// Headers sent with every request (`Authorization`, `Cookie` and `Proxy-Authorization`
+    /// only to the target's origin).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Hosts (`host` or `host:port`) a rendered URL may go to besides the target's origin;
+    /// such requests are sent without credentials. Others are refused (`off-origin`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::origin::MAX_ALLOW_HOSTS))]
+    pub allow_hosts: Vec<String>,
+    /// The largest response body read, in bytes (default 10 MiB, at most 1 GiB); a larger
+    /// one fails the attempt as `body-too-large`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::model::defaults::MAX_BODY_BYTES_LIMIT))]
+    pub max_body_bytes: Option<u64>,
 }
 
 /// What a distributed run does when a worker is lost (no heartbeat within the controller's

@@ -284,6 +284,7 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
                 );
             }
             let req = request(&mut c, &rp, r, &auth_names);
+            literal_path_origin(&mut c, &rp, &req.path, target.as_ref(), &http);
             for (field, t) in std::iter::once(("path".to_string(), &req.path))
                 .chain(req.query.iter().map(|(k, t)| (format!("query.{k}"), t)))
                 .chain(req.headers.iter().map(|(k, t)| (format!("headers.{k}"), t)))
@@ -437,7 +438,10 @@ fn http_options(c: &mut Checker, h: Option<&HttpSpec>) -> HttpOptions {
             c.err(format!("http.headers.{k}"), "not a valid header name");
         }
     }
+    let (allow_hosts, max_body_bytes) = http_trust(c, &h);
     HttpOptions {
+        allow_hosts,
+        max_body_bytes,
         timeout,
         connect_timeout,
         max_idle_per_host: h.max_idle_per_host,
@@ -970,5 +974,60 @@ fn request(
         expect: exp,
         extract,
         poll,
+    }
+}
+
+/// `http.allowHosts` (parsed, at most [`crate::origin::MAX_ALLOW_HOSTS`]) and
+/// `http.maxBodyBytes` (1 byte to [`defaults::MAX_BODY_BYTES_LIMIT`]).
+fn http_trust(c: &mut Checker, h: &HttpSpec) -> (Vec<crate::origin::AllowedHost>, u64) {
+    use crate::origin::{AllowedHost, MAX_ALLOW_HOSTS};
+    if h.allow_hosts.len() > MAX_ALLOW_HOSTS {
+        c.err(
+            "http.allowHosts",
+            format!("at most {MAX_ALLOW_HOSTS} hosts"),
+        );
+    }
+    let mut allow = Vec::new();
+    for (i, e) in h.allow_hosts.iter().enumerate() {
+        match AllowedHost::parse(e) {
+            Ok(a) => allow.push(a),
+            Err(why) => c.err(format!("http.allowHosts[{i}]"), why),
+        }
+    }
+    let max = h.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES);
+    if !(1..=defaults::MAX_BODY_BYTES_LIMIT).contains(&max) {
+        c.err(
+            "http.maxBodyBytes",
+            format!(
+                "must be from 1 to {} (1 GiB)",
+                defaults::MAX_BODY_BYTES_LIMIT
+            ),
+        );
+    }
+    (allow, max)
+}
+
+/// A literal `path` must resolve to the target's origin or an allowed host (rendered paths
+/// are checked by the engine on every request, with the same [`crate::origin::resolve`]).
+fn literal_path_origin(
+    c: &mut Checker,
+    p: &str,
+    path: &crate::Template,
+    target: Option<&url::Url>,
+    http: &HttpOptions,
+) {
+    let (Some(target), true) = (target, path.is_literal()) else {
+        return;
+    };
+    let lit: String = path
+        .parts()
+        .iter()
+        .filter_map(|part| match part {
+            crate::Part::Lit(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    if let Err(e) = crate::origin::resolve(target, &http.allow_hosts, &lit) {
+        c.err(format!("{p}.path"), e.to_string());
     }
 }

@@ -23,6 +23,23 @@ pub struct Layout {
     pub scenarios: Vec<ScenarioLayout>,
 }
 
+impl Layout {
+    /// A plan's scenarios and their requests, in plan order: the one layout that the engine
+    /// records into and the controller merges by.
+    pub fn of(plan: &pacer_plan::Plan) -> Self {
+        Self {
+            scenarios: plan
+                .scenarios
+                .iter()
+                .map(|s| ScenarioLayout {
+                    name: s.name.clone(),
+                    requests: s.requests.iter().map(|r| r.name.clone()).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScenarioLayout {
     pub name: String,
@@ -44,11 +61,16 @@ pub enum ErrorKind {
     /// Sent, then cut off by the end of the test (gracefulStop passed, or abort): the server
     /// may have counted it, so it is counted here too.
     Interrupted,
+    /// Not sent: the rendered URL went to an origin that is neither the target's nor in
+    /// `http.allowHosts` (or the path was not a path).
+    OffOrigin,
+    /// The response body was larger than `http.maxBodyBytes` (the rest was not read).
+    BodyTooLarge,
     Other,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Tls,
@@ -57,6 +79,8 @@ impl ErrorKind {
         ErrorKind::Auth,
         ErrorKind::Limiter,
         ErrorKind::Interrupted,
+        ErrorKind::OffOrigin,
+        ErrorKind::BodyTooLarge,
         ErrorKind::Other,
     ];
 
@@ -70,6 +94,8 @@ impl ErrorKind {
             ErrorKind::Auth => "auth",
             ErrorKind::Limiter => "limiter",
             ErrorKind::Interrupted => "interrupted",
+            ErrorKind::OffOrigin => "off-origin",
+            ErrorKind::BodyTooLarge => "body-too-large",
             ErrorKind::Other => "other",
         }
     }
