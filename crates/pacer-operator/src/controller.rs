@@ -710,13 +710,12 @@ async fn finish(
                 text_key: resources::REPORT_TEXT_KEY.into(),
                 json_key: resources::REPORT_JSON_KEY.into(),
             });
-            let failed: Vec<String> = result
-                .stats
-                .thresholds
-                .iter()
-                .filter(|t| !t.passed)
-                .map(|t| format!("{} {}", t.key, t.expr))
-                .collect();
+            // The same rule as the summary's verdict (pacer_stats::Verdict): a threshold
+            // without data, or a run without a single request, fails and says so.
+            let verdict = pacer_stats::Verdict::from_results(
+                &result.stats.thresholds,
+                result.stats.requests > 0,
+            );
             if let Some(r) = &stopping {
                 (
                     Phase::Aborted,
@@ -738,10 +737,10 @@ async fn finish(
                     EventType::Normal,
                 )
             } else {
-                let mut m = format!("thresholds failed: {}", failed.join(", "));
-                if let Some(a) = &result.abort_reason {
-                    m.push_str(&format!(" ({a})"));
-                }
+                let mut reasons = verdict.reasons;
+                let stopped = result.abort_reason.iter();
+                reasons.extend(stopped.map(|a| format!("stopped early: {a}")));
+                let m = format!("verdict failed: {}", reasons.join("; "));
                 (Phase::Failed, "ThresholdsFailed", m, EventType::Warning)
             }
         }

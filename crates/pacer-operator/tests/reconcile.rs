@@ -262,6 +262,7 @@ fn running_stats() -> LiveStats {
             key: "http_req_failed".into(),
             expr: "rate<0.01".into(),
             passed: true,
+            outcome: pacer_stats::ThresholdOutcome::Passed,
             observed: Some(0.00667),
             abort_on_fail: false,
         }],
@@ -274,6 +275,7 @@ fn result(passed: bool) -> RunEnd {
     stats.workers = workers(&["ok", "ok", "ok"]);
     if !passed {
         stats.thresholds[0].passed = false;
+        stats.thresholds[0].outcome = pacer_stats::ThresholdOutcome::Failed;
         stats.thresholds[0].observed = Some(0.2);
     }
     RunEnd::Finished(Box::new(RunResult {
@@ -599,7 +601,7 @@ async fn a_failed_threshold_fails_the_test_and_keeps_the_pods() {
     assert_eq!(status["thresholds"][0]["passed"], false);
     let msg = status["message"].as_str().expect("message");
     assert!(
-        msg.contains("thresholds failed: http_req_failed rate<0.01"),
+        msg.contains("verdict failed: threshold http_req_failed rate<0.01 failed"),
         "{msg}"
     );
     let complete = status["conditions"]

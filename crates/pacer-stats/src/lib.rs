@@ -5,7 +5,8 @@
 //! - [`snapshot`]: cumulative [`Snapshot`]s that merge exactly across workers, subtract into
 //!   per-interval deltas and travel as JSON (histograms inside as base64 HDR V2 deflate).
 //! - [`hist`]: the one histogram configuration pacer uses, and its hardened wire format.
-//! - [`eval`]: k6-style threshold evaluation against a snapshot.
+//! - [`eval`]: k6-style threshold evaluation against a snapshot, the run's [`Verdict`] (no data
+//!   fails) and the [`AbortWatch`] for `abortOnFail`.
 //! - [`summary`] and [`render`]: the end-of-test summary, as the `--summary-json` schema and as
 //!   text for the terminal.
 //!
@@ -18,7 +19,9 @@ pub mod render;
 pub mod snapshot;
 pub mod summary;
 
-pub use eval::{ThresholdResult, evaluate};
+pub use eval::{
+    AbortWatch, ThresholdCrossed, ThresholdOutcome, ThresholdResult, Verdict, evaluate,
+};
 pub use hist::Hist;
 pub use record::{
     Attempt, ErrorKind, IterationOutcome, Layout, Recorder, RequestOutcome, RetryOutcome,

@@ -168,6 +168,20 @@ fn thresholds(out: &mut String, s: &Summary, color: bool) {
     out.push('\n');
 }
 
+/// One line when the run did not pass, with every reason (a run without data says so here
+/// even when it has no thresholds).
+fn verdict(out: &mut String, s: &Summary, color: bool) {
+    if s.passed {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {} verdict: FAILED: {}\n",
+        mark(false, color),
+        s.verdict_reasons.join("; ")
+    );
+}
+
 fn totals(out: &mut String, s: &Summary) {
     let t = &s.totals;
     line(
@@ -507,6 +521,7 @@ pub fn render_text(summary: &Summary, color: bool) -> String {
         format_ms(summary.elapsed_secs * 1000.0)
     );
     thresholds(&mut out, summary, color);
+    verdict(&mut out, summary, color);
     totals(&mut out, summary);
     time_breakdown(&mut out, summary);
     limits(&mut out, summary);

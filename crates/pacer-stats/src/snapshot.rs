@@ -558,11 +558,27 @@ impl Snapshot {
         Self::from_json_bytes(text.as_bytes())
     }
 
-    /// [`Snapshot::from_json`] on bytes (as they come off the wire).
+    /// [`Snapshot::from_json`] on bytes (as they come off the wire). Never panics; memory is
+    /// bounded by the input's length and [`DECODE_BUDGET_ENTRIES`] (each histogram is also
+    /// capped on its own, see [`crate::hist`]); an error names the field that was wrong, e.g.
+    /// `scenarios[0].requests[1].stats.duration: bad base64 ...`.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Snapshot, StatsError> {
-        let snap: Snapshot =
-            with_decode_budget(DECODE_BUDGET_ENTRIES, || serde_json::from_slice(bytes))
+        let snap: Snapshot = with_decode_budget(DECODE_BUDGET_ENTRIES, || {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let snap = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                StatsError::InvalidSnapshot(if path == "." {
+                    inner.to_string()
+                } else {
+                    format!("{path}: {inner}")
+                })
+            })?;
+            // Trailing bytes after the document are refused, as `serde_json::from_slice` does.
+            de.end()
                 .map_err(|e| StatsError::InvalidSnapshot(e.to_string()))?;
+            Ok::<Snapshot, StatsError>(snap)
+        })?;
         if snap.format != SNAPSHOT_FORMAT {
             return Err(StatsError::InvalidSnapshot(format!(
                 "format {} is not the supported format {SNAPSHOT_FORMAT}",

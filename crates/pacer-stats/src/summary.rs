@@ -9,7 +9,7 @@ use std::time::Duration;
 use pacer_plan::threshold::Threshold;
 use serde::Serialize;
 
-use crate::eval::{ThresholdResult, evaluate};
+use crate::eval::{ThresholdResult, Verdict, evaluate};
 use crate::hist::Hist;
 use crate::snapshot::{RequestStats, ScenarioStats, ServerLimitHeaders, Snapshot};
 
@@ -20,8 +20,11 @@ pub struct Summary {
     pub name: String,
     /// Test time the rates are computed over, seconds.
     pub elapsed_secs: f64,
-    /// Every threshold passed (true when there are none).
+    /// The verdict ([`Verdict`]): every threshold was measured and held, and the run made
+    /// at least one request. A threshold without data fails it.
     pub passed: bool,
+    /// Why the run did not pass, one line each (empty when it passed).
+    pub verdict_reasons: Vec<String>,
     pub thresholds: Vec<ThresholdResult>,
     /// All requests merged (`scenario` and `request` are `"*"`).
     pub totals: RequestRow,
@@ -355,10 +358,12 @@ pub fn summarize(
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     throttled_by_server_limit.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let verdict = Verdict::of(&thresholds, snapshot);
     Summary {
         name: name.to_string(),
         elapsed_secs: secs,
-        passed: thresholds.iter().all(|t| t.passed),
+        passed: verdict.passed,
+        verdict_reasons: verdict.reasons,
         thresholds,
         totals: request_row("*", "*", &total, secs),
         requests: snapshot

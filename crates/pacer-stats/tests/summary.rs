@@ -233,13 +233,13 @@ fn counter_metrics_and_rate_over_elapsed() {
         observed("data_received{scenario:browse}", "rate>0", 4).1,
         25_000.0
     ));
-    // No elapsed time: a rate has no data, a count still does.
-    assert_eq!(observed("http_reqs", "rate<1", 0), (true, None));
+    // No elapsed time: a rate has no data (which does not pass), a count still does.
+    assert_eq!(observed("http_reqs", "rate<1", 0), (false, None));
     assert_eq!(observed("http_reqs", "count<1", 0).1, Some(124.0));
 }
 
 #[test]
-fn no_data_passes_without_an_observation() {
+fn no_data_fails_without_an_observation() {
     for (key, expr) in [
         ("http_req_duration{request:idle}", "p(95)<1"),
         ("http_req_duration{request:nope}", "p(95)<1"),
@@ -249,7 +249,7 @@ fn no_data_passes_without_an_observation() {
         ("iteration_duration{scenario:browse}", "max<1"),
         ("http_reqs{scenario:nope}", "count>5"),
     ] {
-        assert_eq!(observed(key, expr, 10), (true, None), "{key} {expr}");
+        assert_eq!(observed(key, expr, 10), (false, None), "{key} {expr}");
     }
     let empty = Snapshot::empty(&layout());
     let results = evaluate(
@@ -261,9 +261,10 @@ fn no_data_passes_without_an_observation() {
         &empty,
         Duration::ZERO,
     );
-    assert_eq!(results[0].observed, None);
-    assert_eq!(results[1].observed, None);
-    assert_eq!((results[2].passed, results[2].observed), (false, Some(0.0)));
+    // A run without a single request has no data at all, counters included.
+    for r in &results {
+        assert_eq!((r.passed, r.observed), (false, None), "{}", r.key);
+    }
 }
 
 #[test]
@@ -337,7 +338,7 @@ fn render_empty_run_has_no_nan() {
             &[threshold("http_req_duration", "p(95)<1")],
             &[],
         );
-        assert!(summary.passed);
+        assert!(!summary.passed, "no data does not pass");
         let text = render_text(&summary, true);
         let json = render_json(&summary);
         for out in [&text, &json] {
