@@ -1,11 +1,16 @@
 //! The fleet as the controller knows it: one slot per worker index with its connection, its
 //! state and its LATEST cumulative snapshot. Replacing (never adding) a worker's snapshot is
 //! what makes reconnects and controller restarts exact: nothing is lost, nothing counted twice.
+//!
+//! Verdict integrity: a worker whose snapshot cannot be merged into the others' (a hostile or
+//! broken worker can send histograms that each decode but overflow together) is marked failed
+//! with the reason and its numbers are kept apart, never merged; the run then fails naming it.
+//! Workers are merged in index order, so the first one that no longer fits is the one named.
 
 use std::time::Duration;
 
 use pacer_proto::{ControllerMessage, controller_message};
-use pacer_stats::Snapshot;
+use pacer_stats::{AbortWatch, Snapshot, StatsError};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -72,6 +77,8 @@ pub(crate) struct Slot {
     pub reason: Option<String>,
     /// Test time at which the worker was marked lost.
     pub lost_at: Option<Duration>,
+    /// Its snapshot could not be merged into the fleet's: it is kept apart, not counted.
+    pub unmergeable: bool,
 }
 
 pub(crate) struct Fleet {
@@ -87,7 +94,16 @@ pub(crate) struct Fleet {
     pub ended: bool,
     /// Bumped on every accepted report, so merges happen only when something changed.
     pub generation: u64,
+    /// The fleet's `abortOnFail` thresholds (built on the first [`Fleet::judge`]).
+    abort_watch: Option<AbortWatch>,
+    /// The generation last judged, and when.
+    judged: Option<(u64, Instant)>,
 }
+
+/// The fleet is judged (merge checked, abortOnFail evaluated) at most this often while
+/// reports stream in: a merge is O(workers), and a report arrives from each worker every
+/// second, so judging on every report would be O(workers²) per second.
+const JUDGE_EVERY: Duration = Duration::from_millis(250);
 
 impl Fleet {
     pub fn new(workers: usize) -> Self {
@@ -108,6 +124,7 @@ impl Fleet {
                     stopped_early: false,
                     reason: None,
                     lost_at: None,
+                    unmergeable: false,
                 })
                 .collect(),
             start: None,
@@ -117,6 +134,8 @@ impl Fleet {
             failure: None,
             ended: false,
             generation: 0,
+            abort_watch: None,
+            judged: None,
         }
     }
 
@@ -223,14 +242,73 @@ impl Fleet {
         })
     }
 
-    /// Every worker's latest snapshot, merged exactly. A snapshot that does not merge was
-    /// refused when it arrived (layout checked), so errors here are logged, not fatal.
+    /// Every counted worker's latest snapshot, merged exactly, and the workers whose snapshot
+    /// did not fit (index, why). Layouts were checked when each report arrived; what can
+    /// still fail is a histogram the merged total could not carry.
+    fn merge_counted(&self, inner: &Inner) -> (Snapshot, Vec<(usize, StatsError)>) {
+        let mut merged = Snapshot::empty(&inner.layout);
+        let mut refused = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            let Some(snap) = s.snapshot.as_ref().filter(|_| !s.unmergeable) else {
+                continue;
+            };
+            // On error `merge` leaves `merged` as it was: this worker is simply not counted.
+            if let Err(e) = merged.merge(snap) {
+                refused.push((i, e));
+            }
+        }
+        (merged, refused)
+    }
+
+    /// The fleet's merged snapshot as it stands, without the workers whose snapshot does not
+    /// fit (read-only, for status displays; [`Fleet::merge_workers`] marks them).
     pub fn merged(&self, inner: &Inner) -> Snapshot {
-        let latest = self.slots.iter().filter_map(|s| s.snapshot.as_ref());
-        crate::merge_all(&inner.layout, latest).unwrap_or_else(|e| {
-            tracing::error!("cannot merge the workers' snapshots: {e}");
-            Snapshot::empty(&inner.layout)
-        })
+        self.merge_counted(inner).0
+    }
+
+    /// Merge every worker's latest snapshot; a worker whose snapshot cannot be merged is
+    /// marked failed with the reason, told to stop, and left out (its numbers kept apart).
+    pub fn merge_workers(&mut self, inner: &Inner) -> Snapshot {
+        let (merged, refused) = self.merge_counted(inner);
+        for (i, e) in refused {
+            let s = &mut self.slots[i];
+            let reason = format!("its report cannot be merged into the fleet's: {e}");
+            tracing::error!("worker {}: {reason}; its numbers are not counted", s.index);
+            if let Some(c) = s.conn.take() {
+                let _ = c.tx.try_send(crate::msg(controller_message::Body::Abort(
+                    pacer_proto::Abort {
+                        reason: reason.clone(),
+                    },
+                )));
+            }
+            s.state = WorkerState::Failed;
+            s.unmergeable = true;
+            s.reason = Some(reason);
+        }
+        merged
+    }
+
+    /// While the run goes: merge (marking workers whose snapshot does not fit) and evaluate
+    /// the fleet's `abortOnFail` thresholds on the result, stopping every worker on the first
+    /// crossing. Cheap to call often: it works only when a report arrived and at most every
+    /// [`JUDGE_EVERY`].
+    pub fn judge(&mut self, inner: &Inner, now: Instant, elapsed: Duration) {
+        if self.judged.is_some_and(|(generation, at)| {
+            generation == self.generation || now.saturating_duration_since(at) < JUDGE_EVERY
+        }) {
+            return;
+        }
+        self.judged = Some((self.generation, now));
+        let merged = self.merge_workers(inner);
+        let watch = self
+            .abort_watch
+            .get_or_insert_with(|| AbortWatch::new(&inner.plan.thresholds));
+        if let Some(crossed) = watch.check(&merged, elapsed) {
+            let reason = format!("{crossed} (on the fleet's merged results)");
+            tracing::warn!("{reason}");
+            self.abort_reason = Some(reason.clone());
+            self.broadcast(controller_message::Body::Stop(pacer_proto::Stop { reason }));
+        }
     }
 
     fn rows(&self, inner: &Inner, elapsed: Duration) -> Vec<WorkerRow> {
@@ -256,6 +334,8 @@ impl Fleet {
     }
 
     pub fn outcome(&mut self, inner: &Inner, now: Instant) -> FleetOutcome {
+        // Final reports may have arrived since the last judgement: check them all now.
+        let merged = self.merge_workers(inner);
         let start = self.start.unwrap_or(now);
         let elapsed = now.saturating_duration_since(start);
         // The test took as long as its longest worker ran (the controller's own clock adds
@@ -267,27 +347,32 @@ impl Fleet {
             .map(|s| s.elapsed)
             .max();
         let elapsed = worker_elapsed.unwrap_or(elapsed);
-        let failure = self.failure.clone().or_else(|| {
-            let failed: Vec<String> = self
-                .slots
-                .iter()
-                .filter(|s| s.state == WorkerState::Failed)
-                .map(|s| {
-                    format!(
-                        "worker {} failed: {}",
-                        s.index,
-                        s.reason.as_deref().unwrap_or("?")
-                    )
-                })
-                .collect();
-            (!failed.is_empty()).then(|| failed.join("; "))
-        });
+        // The run's own failure (a lost worker under onWorkerLoss: fail) and every failed
+        // worker (could not run its shard, or its report could not be merged), all named.
+        let failures: Vec<String> = self
+            .failure
+            .iter()
+            .cloned()
+            .chain(
+                self.slots
+                    .iter()
+                    .filter(|s| s.state == WorkerState::Failed)
+                    .map(|s| {
+                        format!(
+                            "worker {} failed: {}",
+                            s.index,
+                            s.reason.as_deref().unwrap_or("?")
+                        )
+                    }),
+            )
+            .collect();
+        let failure = (!failures.is_empty()).then(|| failures.join("; "));
         for s in &mut self.slots {
             s.conn = None;
         }
         FleetOutcome {
             test_id: inner.cfg.test_id.clone(),
-            merged: self.merged(inner),
+            merged,
             elapsed,
             workers: self.rows(inner, elapsed),
             worker_snapshots: self.slots.iter().map(|s| s.snapshot.clone()).collect(),

@@ -314,14 +314,6 @@ impl Coordinator {
 
     async fn watch(&self) {
         let inner = &self.inner;
-        let abortable: Vec<_> = inner
-            .plan
-            .thresholds
-            .iter()
-            .filter(|t| t.abort_on_fail)
-            .cloned()
-            .collect();
-        let mut merged_generation = u64::MAX;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -341,29 +333,8 @@ impl Coordinator {
                         }));
                     }
                 }
-                if !abortable.is_empty()
-                    && f.abort_reason.is_none()
-                    && f.generation != merged_generation
-                {
-                    merged_generation = f.generation;
-                    let merged = f.merged(inner);
-                    let results = pacer_stats::evaluate(&abortable, &merged, elapsed);
-                    if let Some((t, _)) = abortable
-                        .iter()
-                        .zip(&results)
-                        .find(|(t, r)| !r.passed && elapsed >= t.delay_abort_eval)
-                    {
-                        let reason = format!(
-                            "threshold {} {} crossed on the fleet (abortOnFail) at {:.1}s",
-                            t.key,
-                            t.expr,
-                            elapsed.as_secs_f64()
-                        );
-                        tracing::warn!("{reason}");
-                        f.abort_reason = Some(reason.clone());
-                        f.broadcast(controller_message::Body::Stop(pacer_proto::Stop { reason }));
-                    }
-                }
+                // Unmergeable workers marked failed, abortOnFail on the merge (fleet.rs).
+                f.judge(inner, now, elapsed);
                 // Workers end by themselves; this bounds a fleet whose workers keep talking
                 // but never finish (gracefulStop is included in max_duration).
                 let limit =
