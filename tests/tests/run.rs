@@ -357,3 +357,44 @@ async fn requests_cut_off_by_the_end_of_the_test_are_still_counted() {
     assert_eq!(http_reqs(&s), 40);
     assert_eq!(stats.requests.total, 40);
 }
+
+/// `abortOnFail` is watched apart from the progress display: `pacer run -q` (how CI runs it)
+/// stops a failing 30 s plan as early as the run with progress does, well before its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_on_fail_stops_a_quiet_run_as_fast_as_one_with_progress() {
+    let mock = start_mock(plain_mock_config(LatencyConfig::Fixed {
+        value: Duration::from_millis(30),
+    }))
+    .await;
+    let target = format!("http://{}", mock.addr());
+    let scenario = "  - {name: s, executor: constant-arrival-rate, rate: 20/s, duration: 30s, gracefulStop: 1s, requests: [{name: r, path: /api/v2/users/me}]}";
+    let thresholds = "  http_req_duration: [{threshold: \"p(95)<5ms\", abortOnFail: true}]";
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "plan.yaml",
+        &plan(&target, scenario, thresholds),
+    );
+    for quiet in [true, false] {
+        let mut args = vec!["run".to_string(), p.display().to_string()];
+        if quiet {
+            args.push("-q".into());
+        }
+        let started = std::time::Instant::now();
+        let out = pacer_async(args, vec![], Duration::from_secs(60)).await;
+        let took = started.elapsed();
+        let text = stdout(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(99),
+            "-q {quiet}: {text}\n{}",
+            stderr(&out)
+        );
+        assert!(
+            text.contains("aborted: threshold http_req_duration p(95)<5ms crossed (abortOnFail)"),
+            "-q {quiet}: {text}"
+        );
+        // The first check is at about 1 s; 30 s is the plan. Generous for a loaded machine.
+        assert!(took < Duration::from_secs(15), "-q {quiet}: took {took:?}");
+    }
+}

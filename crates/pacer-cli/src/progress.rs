@@ -1,17 +1,17 @@
 //! Live progress while a run goes: a status line on a terminal (indicatif), plain periodic
-//! lines otherwise. It also watches `abortOnFail` thresholds and stops the run when one fails.
+//! lines otherwise. Display only: `abortOnFail` is watched by [`crate::run`] whether or not
+//! progress is shown (`-q`), so hiding the display cannot change a verdict.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pacer_engine::RunControl;
 use pacer_plan::Plan;
 use pacer_stats::Recorder;
 use tokio::task::JoinHandle;
 
 pub struct Progress {
-    task: JoinHandle<Option<String>>,
+    task: JoinHandle<()>,
     done: tokio_util::sync::CancellationToken,
 }
 
@@ -19,26 +19,18 @@ impl Progress {
     pub fn start(
         plan: Arc<Plan>,
         recorder: Arc<Recorder>,
-        control: RunControl,
         interactive: bool,
         every: Duration,
     ) -> Self {
         let done = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(watch(
-            plan,
-            recorder,
-            control,
-            interactive,
-            every,
-            done.clone(),
-        ));
+        let task = tokio::spawn(watch(plan, recorder, interactive, every, done.clone()));
         Self { task, done }
     }
 
-    /// Stop displaying; returns the abort reason if an abortOnFail threshold stopped the run.
-    pub async fn finish(self) -> Option<String> {
+    /// Stop displaying (the bar is cleared before the summary prints).
+    pub async fn finish(self) {
         self.done.cancel();
-        self.task.await.ok().flatten()
+        let _ = self.task.await;
     }
 }
 
@@ -53,11 +45,10 @@ fn planned(plan: &Plan) -> Duration {
 async fn watch(
     plan: Arc<Plan>,
     recorder: Arc<Recorder>,
-    control: RunControl,
     interactive: bool,
     every: Duration,
     done: tokio_util::sync::CancellationToken,
-) -> Option<String> {
+) {
     let started = Instant::now();
     let total = planned(&plan);
     let bar = interactive.then(|| {
@@ -68,13 +59,6 @@ async fn watch(
         );
         b
     });
-    let abortable: Vec<_> = plan
-        .thresholds
-        .iter()
-        .filter(|t| t.abort_on_fail)
-        .cloned()
-        .collect();
-    let mut abort_reason = None;
     let mut last_reqs = 0u64;
     let mut last_t = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -85,29 +69,12 @@ async fn watch(
             _ = tick.tick() => {}
             _ = done.cancelled() => break,
         }
-        let snap = recorder.snapshot();
-        let elapsed = started.elapsed();
-        if abort_reason.is_none() && !abortable.is_empty() {
-            let results = pacer_stats::evaluate(&abortable, &snap, elapsed);
-            for (t, r) in abortable.iter().zip(&results) {
-                if !r.passed && elapsed >= t.delay_abort_eval {
-                    let reason = format!(
-                        "threshold {} {} crossed (abortOnFail) at {:.1}s",
-                        t.key,
-                        t.expr,
-                        elapsed.as_secs_f64()
-                    );
-                    eprintln!("{reason}");
-                    abort_reason = Some(reason);
-                    control.stop.cancel();
-                    break;
-                }
-            }
-        }
         if !interactive && last_print.elapsed() + Duration::from_millis(50) < every {
             continue;
         }
         last_print = Instant::now();
+        let snap = recorder.snapshot();
+        let elapsed = started.elapsed();
         let total_stats = snap.total();
         let reqs = total_stats.attempts;
         let dt = last_t.elapsed().as_secs_f64().max(1e-3);
@@ -139,5 +106,4 @@ async fn watch(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    abort_reason
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use pacer_engine::{Deps, RunControl, RunOptions};
 use pacer_plan::Plan;
-use pacer_stats::Recorder;
+use pacer_stats::{AbortWatch, Recorder};
+use tokio::task::JoinHandle;
 
 use crate::exit::{self, Exit};
 use crate::progress::Progress;
@@ -85,11 +86,11 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         crate::report::ReportSink::start(&args.report, &plan, recorder.layout(), source, limits);
     let control = RunControl::default();
     let interactive = std::io::stderr().is_terminal();
+    let abort_watch = watch_abort_on_fail(&plan, recorder.clone(), control.clone());
     let progress = (!args.quiet).then(|| {
         Progress::start(
             plan.clone(),
             recorder.clone(),
-            control.clone(),
             interactive,
             Duration::from_secs(if interactive { 1 } else { args.progress_every }),
         )
@@ -123,8 +124,14 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     .await?;
     fleet.finish().await;
     signals.abort();
-    let abort_reason = match progress {
-        Some(p) => p.finish().await,
+    if let Some(p) = progress {
+        p.finish().await;
+    }
+    let abort_reason = match abort_watch {
+        Some(task) => {
+            task.abort();
+            task.await.ok().flatten()
+        }
         None => None,
     };
     let snapshot = recorder.snapshot();
@@ -165,4 +172,37 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::ThresholdFailed
     })
+}
+
+/// How often the recorder is looked at for `abortOnFail` thresholds (a snapshot copies every
+/// histogram, so not every request; once a second is what k6 does).
+const ABORT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Stop the run (gracefully) when an `abortOnFail` threshold fails, with or without the
+/// progress display. `None` when the plan has no such threshold. The task ends when the run
+/// is stopped, returning the crossing; the caller aborts it at the end of a run that passed.
+fn watch_abort_on_fail(
+    plan: &Plan,
+    recorder: Arc<Recorder>,
+    control: RunControl,
+) -> Option<JoinHandle<Option<String>>> {
+    let mut watch = AbortWatch::new(&plan.thresholds);
+    if watch.is_idle() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(ABORT_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let snapshot = recorder.snapshot();
+            if let Some(crossed) = watch.check(&snapshot, started.elapsed()) {
+                let reason = crossed.to_string();
+                eprintln!("{reason}");
+                control.stop.cancel();
+                return Some(reason);
+            }
+        }
+    }))
 }
