@@ -252,7 +252,7 @@ async fn drive(
     let sink = ReportSink::start(
         report,
         plan,
-        &pacer_controller::plan_layout(plan),
+        &pacer_stats::Layout::of(plan),
         source,
         no_limits(),
     );
@@ -279,12 +279,7 @@ async fn drive(
         } else {
             display.progress_every
         });
-        let planned = plan
-            .scenarios
-            .iter()
-            .map(|s| s.start_time + s.executor.max_duration())
-            .max()
-            .unwrap_or_default();
+        let planned = plan.planned_duration();
         tokio::spawn(async move {
             let mut tracker = ProgressTracker::default();
             let mut tick = tokio::time::interval(every);

@@ -34,14 +34,6 @@ impl Progress {
     }
 }
 
-fn planned(plan: &Plan) -> Duration {
-    plan.scenarios
-        .iter()
-        .map(|s| s.start_time + s.executor.max_duration())
-        .max()
-        .unwrap_or_default()
-}
-
 async fn watch(
     plan: Arc<Plan>,
     recorder: Arc<Recorder>,
@@ -50,7 +42,7 @@ async fn watch(
     done: tokio_util::sync::CancellationToken,
 ) {
     let started = Instant::now();
-    let total = planned(&plan);
+    let total = plan.planned_duration();
     let bar = interactive.then(|| {
         let b = ProgressBar::new(total.as_millis() as u64);
         b.set_style(

@@ -66,7 +66,7 @@ pub async fn run(args: RunArgs) -> Exit {
 }
 
 async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
-    let recorder = Arc::new(Recorder::new(pacer_engine::layout(&plan)));
+    let recorder = Arc::new(Recorder::new(pacer_stats::Layout::of(&plan)));
     // Alone, or one of a fleet sharing its budget through Redis (`--redis`, `--fleet`).
     let fleet = crate::fleet::setup(&plan, &args.fleet, &recorder).await?;
     let limiter = fleet.limiter.clone();

@@ -226,7 +226,7 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
         let c = c.clone();
         async move { c.run().await }
     });
-    let layout = pacer_controller::plan_layout(&plan());
+    let layout = pacer_stats::Layout::of(&plan());
     let whole = Recorder::new(layout.clone());
     let mut workers = Vec::new();
     for i in 0..2 {
@@ -303,7 +303,7 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
 
 #[tokio::test]
 async fn a_garbage_snapshot_is_refused_naming_the_field() {
-    let layout = pacer_controller::plan_layout(&plan());
+    let layout = pacer_stats::Layout::of(&plan());
     let r = |bytes: &[u8]| Report {
         seq: 1,
         elapsed_us: 0,
@@ -359,7 +359,7 @@ proptest! {
     fn merged_percentiles_over_the_wire_equal_one_histogram(
         samples in prop::collection::vec((0usize..5, 1u64..3_600_000_000), 1..400),
     ) {
-        let layout = pacer_controller::plan_layout(&plan());
+        let layout = pacer_stats::Layout::of(&plan());
         let recorders: Vec<Recorder> = (0..5).map(|_| Recorder::new(layout.clone())).collect();
         let mut one = Hist::new();
         for (w, us) in &samples {

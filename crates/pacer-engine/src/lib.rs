@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use pacer_limiter::{Limiter, TokenSource};
 use pacer_plan::Plan;
-use pacer_stats::{Layout, Recorder, ScenarioLayout};
+use pacer_stats::Recorder;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -128,20 +128,6 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// The run was stopped (gracefully or hard) before its plan ended.
     pub stopped_early: bool,
-}
-
-/// The recorder layout for a plan: scenarios and their requests, in plan order.
-pub fn layout(plan: &Plan) -> Layout {
-    Layout {
-        scenarios: plan
-            .scenarios
-            .iter()
-            .map(|s| ScenarioLayout {
-                name: s.name.clone(),
-                requests: s.requests.iter().map(|r| r.name.clone()).collect(),
-            })
-            .collect(),
-    }
 }
 
 /// Run a whole plan to its end (or until stopped). Records into `deps.recorder`.

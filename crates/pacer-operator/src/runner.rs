@@ -245,15 +245,6 @@ impl RunHandle for CoordinatorRun {
     }
 }
 
-/// How long the plan runs (graceful stops excluded): what progress is measured against.
-pub fn planned(plan: &Plan) -> Duration {
-    plan.scenarios
-        .iter()
-        .map(|s| s.start_time + s.executor.max_duration())
-        .max()
-        .unwrap_or_default()
-}
-
 /// The numbers of a merged snapshot.
 pub fn stats_of(
     plan: &Plan,
@@ -270,7 +261,7 @@ pub fn stats_of(
     LiveStats {
         started,
         elapsed,
-        planned: planned(plan),
+        planned: plan.planned_duration(),
         connected: workers
             .iter()
             .filter(|w| matches!(w.state, "assigned" | "ready" | "running"))
@@ -315,7 +306,7 @@ impl TestRunner for FakeRunner {
         let run = Arc::new(FakeRun {
             spec: spec.clone(),
             stats: Mutex::new(LiveStats {
-                planned: planned(&spec.plan),
+                planned: spec.plan.planned_duration(),
                 ..LiveStats::default()
             }),
             end: Mutex::new(None),

@@ -466,7 +466,7 @@ async fn prepare(
     };
     // The engine is built now (HTTP client included) and waits at the gate for the start,
     // so a Start message finds nothing left to prepare.
-    let recorder = Arc::new(Recorder::new(pacer_engine::layout(&plan)));
+    let recorder = Arc::new(Recorder::new(pacer_stats::Layout::of(&plan)));
     // With Redis the fleet paces every `scope: fleet` limit from one budget (the whole
     // limit); without it each worker keeps its weight's share of it.
     let setup = match &cfg.redis {

@@ -15,7 +15,7 @@ use pacer_stats::{Recorder, RequestStats};
 /// Runs the plan `yaml` to its end with `limiter`; the totals over every request.
 pub async fn run_plan(yaml: &str, limiter: Arc<dyn Limiter>) -> RequestStats {
     let plan = Arc::new(load_str(yaml, "plan.yaml", &LoadOptions::default()).unwrap());
-    let recorder = Arc::new(Recorder::new(pacer_engine::layout(&plan)));
+    let recorder = Arc::new(Recorder::new(pacer_stats::Layout::of(&plan)));
     pacer_engine::run(
         plan,
         Deps {
