@@ -23,10 +23,19 @@ pub struct RenderCtx<'a> {
 #[error("{{{{vars.{0}}}}} is not set (not in `variables`, and no earlier request extracted it)")]
 pub struct MissingVar(pub String);
 
+/// Now shifted by the offset. A validated plan's offset is at most a century
+/// (`pacer_plan::bounds::MAX_TIME_OFFSET`); anything beyond the calendar saturates at its
+/// ends instead of panicking in chrono's `+`.
 fn iso_now(offset: std::time::Duration, negative: bool) -> String {
     let now = chrono::Utc::now();
-    let off = chrono::Duration::from_std(offset).unwrap_or(chrono::Duration::zero());
-    let t = if negative { now - off } else { now + off };
+    let off = chrono::Duration::from_std(offset).unwrap_or(chrono::Duration::MAX);
+    let t = if negative {
+        now.checked_sub_signed(off)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+    } else {
+        now.checked_add_signed(off)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+    };
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -162,5 +171,46 @@ mod tests {
             ctx.render(&Template::parse("{{vars.nope}}").unwrap())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn offsets_beyond_the_calendar_saturate() {
+        let far = std::time::Duration::from_secs(u64::MAX);
+        assert!(iso_now(far, false).starts_with('+'));
+        assert!(iso_now(far, true).starts_with('-'));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any template the plan parser accepts renders without a panic, whatever its
+        /// numbers (randInt bounds, isoNow offsets) and text.
+        #[test]
+        fn any_parsed_template_renders(
+            lit in "[a-z/{}$ ]{0,8}",
+            lo in proptest::num::i64::ANY,
+            hi in proptest::num::i64::ANY,
+            off in proptest::num::u64::ANY,
+            unit in proptest::sample::select(vec!["ns", "ms", "s", "m", "h", "d", "y"]),
+            sign in proptest::sample::select(vec!["", "+", "-"]),
+        ) {
+            let vars = HashMap::new();
+            let plan_vars = BTreeMap::new();
+            let ctx = RenderCtx {
+                vars: &vars,
+                plan_vars: &plan_vars,
+                iteration: u64::MAX,
+                vu: u32::MAX,
+                scenario: "s",
+                worker: u32::MAX,
+            };
+            let (lo, hi) = (lo.min(hi), lo.max(hi));
+            let src = format!(
+                "{lit}{{{{randInt {lo} {hi}}}}}{{{{isoNow {sign}{off}{unit}}}}}{{{{uuid}}}}{{{{epochMs}}}}{{{{iteration}}}}{lit}"
+            );
+            if let Ok(t) = Template::parse(&src) {
+                proptest::prop_assert!(ctx.render(&t).is_ok());
+            }
+        }
     }
 }
