@@ -5,15 +5,17 @@
 //! workers and, at the end, reduces everything to the fleet's summary.
 //!
 //! Nothing here knows how workers are started: `pacer run --workers N` spawns processes,
-//! `pacer controller` waits for machines, and the Kubernetes operator (a later issue) can
-//! create pods. Each of them builds a [`Coordinator`], serves [`Coordinator::service`] on a
+//! `pacer controller` waits for machines, and the Kubernetes operator (pacer-operator)
+//! creates pods. Each of them builds a [`Coordinator`], serves [`Coordinator::service`] on a
 //! listener and awaits [`Coordinator::run`].
 //!
 //! - [`fleet`]: the per-worker state and the exact merge;
+//! - [`listener`]: the gRPC listener before authentication (limits, the Hello gate);
 //! - [`session`]: one gRPC stream per worker, checked message by message;
 //! - [`report`]: the fleet outcome, the per-worker table, progress lines.
 
 pub mod fleet;
+pub mod listener;
 pub mod report;
 pub mod session;
 
@@ -24,9 +26,10 @@ use std::time::Duration;
 use pacer_plan::shard::{Shard, ShardError};
 use pacer_plan::{Plan, spec::WorkerLoss};
 use pacer_proto::v1::coordinator_server::CoordinatorServer;
-use pacer_proto::{ControllerMessage, controller_message};
-use pacer_stats::{Layout, ScenarioLayout, Snapshot};
+use pacer_proto::{ControllerMessage, Hello, PROTOCOL_VERSION, controller_message};
+use pacer_stats::{Layout, Snapshot};
 use parking_lot::Mutex;
+use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -38,7 +41,8 @@ pub use report::{FleetOutcome, FleetStatus, ProgressTracker, WorkerRow};
 pub struct ControllerConfig {
     /// Names the test; workers that send another id are refused.
     pub test_id: String,
-    /// The per-test secret every worker must present in its Hello.
+    /// The per-test secret every worker must present in its Hello (at least
+    /// [`pacer_proto::MIN_SESSION_TOKEN_BYTES`]; [`Coordinator::new`] refuses a shorter one).
     pub session_token: String,
     /// One weight per worker (`len` = the number of workers).
     pub weights: Vec<u32>,
@@ -98,6 +102,11 @@ pub enum ControllerError {
     StoppedBeforeStart(String),
     #[error("cannot serve gRPC: {0}")]
     Serve(String),
+    #[error(
+        "the session token is {0} bytes: at least {min} are required (a random one of 32 hex characters is generated when none is given)",
+        min = pacer_proto::MIN_SESSION_TOKEN_BYTES
+    )]
+    SessionTokenTooShort(usize),
 }
 
 /// The coordinator: shared by the gRPC service (one task per worker stream) and the run loop.
@@ -126,28 +135,19 @@ impl Inner {
     }
 }
 
-/// The recorder layout of a plan (scenario and request names in plan order).
-pub fn plan_layout(plan: &Plan) -> Layout {
-    Layout {
-        scenarios: plan
-            .scenarios
-            .iter()
-            .map(|s| ScenarioLayout {
-                name: s.name.clone(),
-                requests: s.requests.iter().map(|r| r.name.clone()).collect(),
-            })
-            .collect(),
-    }
-}
-
 impl Coordinator {
     pub fn new(plan: Arc<Plan>, cfg: ControllerConfig) -> Result<Self, ControllerError> {
+        if cfg.session_token.len() < pacer_proto::MIN_SESSION_TOKEN_BYTES {
+            return Err(ControllerError::SessionTokenTooShort(
+                cfg.session_token.len(),
+            ));
+        }
         let shards = Shard::all(&cfg.weights)?;
         let plan_spec_json =
             serde_json::to_string(&plan.spec).map_err(|e| ControllerError::Plan(e.to_string()))?;
         let plan_source_json = serde_json::to_string(&plan.source)
             .map_err(|e| ControllerError::Plan(e.to_string()))?;
-        let layout = plan_layout(&plan);
+        let layout = Layout::of(&plan);
         let fleet = fleet::Fleet::new(cfg.weights.len());
         Ok(Self {
             inner: Arc::new(Inner {
@@ -173,7 +173,10 @@ impl Coordinator {
         &self.inner.cfg
     }
 
-    /// The tonic service to mount (message sizes capped both ways).
+    /// The tonic service of this test (message sizes capped both ways at the full
+    /// [`pacer_proto::MAX_MESSAGE_BYTES`]). Mount it behind [`listener::Gate`] (as
+    /// [`Coordinator::serve`] does), which checks each stream's Hello before this decoder
+    /// reads anything larger.
     pub fn service(&self) -> CoordinatorServer<session::SessionService> {
         CoordinatorServer::new(session::SessionService {
             inner: self.inner.clone(),
@@ -182,22 +185,39 @@ impl Coordinator {
         .max_encoding_message_size(pacer_proto::MAX_MESSAGE_BYTES)
     }
 
-    /// Serve the service on `listener` until `shutdown` is cancelled.
+    /// Serve this test on `listener`, behind the gate and its limits ([`listener`]), until
+    /// `shutdown` is cancelled.
     pub fn serve(
         &self,
         listener: tokio::net::TcpListener,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> tokio::task::JoinHandle<Result<(), ControllerError>> {
-        let service = self.service();
+        let limits = self.listener_limits();
+        let this = self.clone();
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            listener::serve(this, listener, limits, shutdown)
                 .await
                 .map_err(|e| ControllerError::Serve(e.to_string()))
         })
+    }
+
+    /// The listener's limits for this test alone: the defaults, with room for twice the
+    /// fleet's connections (each worker holds one; a reconnect may overlap the old one), and
+    /// the configured Hello timeout.
+    pub fn listener_limits(&self) -> listener::ListenerLimits {
+        let cfg = &self.inner.cfg;
+        listener::ListenerLimits {
+            max_connections: listener::DEFAULT_MAX_CONNECTIONS
+                .max(cfg.weights.len().saturating_mul(2)),
+            hello_timeout: cfg.hello_timeout,
+            ..Default::default()
+        }
+    }
+
+    /// Check a Hello before anything else is read from its stream: the protocol version, the
+    /// session token (in constant time) and the test id, each refusal naming the field.
+    pub fn check_hello(&self, h: &Hello) -> Result<(), tonic::Status> {
+        check_hello(&self.inner.cfg, h)
     }
 
     /// Ask every worker to stop gracefully (Ctrl-C): no new iterations, in-flight ones get
@@ -354,13 +374,35 @@ impl Coordinator {
     }
 }
 
-/// Compare secrets without an early exit on the first differing byte.
-pub(crate) fn same_secret(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
+/// [`Coordinator::check_hello`], for the session's own check of the same Hello.
+pub(crate) fn check_hello(cfg: &ControllerConfig, h: &Hello) -> Result<(), tonic::Status> {
+    if h.protocol_version != PROTOCOL_VERSION {
+        return Err(tonic::Status::failed_precondition(format!(
+            "hello.protocol_version: {} is not supported: this controller speaks protocol {PROTOCOL_VERSION} (pacer {})",
+            h.protocol_version,
+            env!("CARGO_PKG_VERSION")
+        )));
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    if !same_secret(&h.session_token, &cfg.session_token) {
+        return Err(tonic::Status::unauthenticated(
+            "hello.session_token: not this test's session token",
+        ));
+    }
+    if !h.test_id.is_empty() && h.test_id != cfg.test_id {
+        return Err(tonic::Status::failed_precondition(format!(
+            "hello.test_id: {:?} is not the test this controller runs ({:?})",
+            pacer_proto::peer_text(&h.test_id),
+            cfg.test_id
+        )));
+    }
+    Ok(())
+}
+
+/// Compare secrets in constant time (`subtle`): how long the comparison takes says nothing
+/// of where the first differing byte is. (A length mismatch returns at once: the length of a
+/// generated token is no secret.)
+fn same_secret(given: &str, expected: &str) -> bool {
+    bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 /// A message for a worker's stream.

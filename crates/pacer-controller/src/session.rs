@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{Conn, WorkerState};
-use crate::{Inner, msg, same_secret};
+use crate::{Inner, check_hello, msg};
 
 /// The tonic service: a task per stream.
 pub struct SessionService {
@@ -44,7 +44,10 @@ impl Coordinator for SessionService {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             if let Err(status) = serve_stream(&inner, &mut inbound, &tx).await {
-                tracing::warn!("worker stream from {peer} refused: {}", status.message());
+                tracing::warn!(
+                    "worker stream from {peer} refused: {}",
+                    pacer_proto::peer_text(status.message())
+                );
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -174,24 +177,9 @@ async fn heartbeat(inner: Arc<Inner>, tx: Tx, every: Duration) {
 
 /// Check a Hello and register the stream in its slot: `(index, connection id, resuming)`.
 fn admit(inner: &Inner, h: &Hello, tx: &Tx) -> Result<(u32, u64, bool), Status> {
-    if h.protocol_version != PROTOCOL_VERSION {
-        return Err(Status::failed_precondition(format!(
-            "hello.protocol_version: {} is not supported: this controller speaks protocol {PROTOCOL_VERSION} (pacer {})",
-            h.protocol_version,
-            env!("CARGO_PKG_VERSION")
-        )));
-    }
-    if !same_secret(&h.session_token, &inner.cfg.session_token) {
-        return Err(Status::unauthenticated(
-            "hello.session_token: not this test's session token",
-        ));
-    }
-    if !h.test_id.is_empty() && h.test_id != inner.cfg.test_id {
-        return Err(Status::failed_precondition(format!(
-            "hello.test_id: {:?} is not the test this controller runs ({:?})",
-            h.test_id, inner.cfg.test_id
-        )));
-    }
+    // The gate (crate::listener) checked this Hello already; the session checks it again so
+    // the service is sound whoever mounts it.
+    check_hello(&inner.cfg, h)?;
     let n = inner.cfg.weights.len() as u32;
     let resume = h.resume.as_ref();
     let mut f = inner.fleet.lock();
@@ -273,13 +261,20 @@ fn admit(inner: &Inner, h: &Hello, tx: &Tx) -> Result<(u32, u64, bool), Status> 
     let id = inner.conn_id();
     slot.conn = Some(Conn { id, tx: tx.clone() });
     slot.last_heard = Some(now);
-    slot.name = truncate(&h.name, 128);
-    slot.version = truncate(&h.version, 64);
+    slot.name = truncate(&h.name, MAX_NAME_CHARS);
+    slot.version = truncate(&h.version, MAX_VERSION_CHARS);
     drop(f);
     inner.changed.notify_waiters();
     Ok((index, id, resume.is_some()))
 }
 
+/// Longest worker name kept for displays (a host:pid, a pod name).
+const MAX_NAME_CHARS: usize = 128;
+/// Longest worker version kept (a semver with a build suffix).
+const MAX_VERSION_CHARS: usize = 64;
+
+/// A short worker-supplied label for tables: control characters dropped (a table cell has no
+/// room for escapes), at most `max` characters.
 fn truncate(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
@@ -375,14 +370,17 @@ async fn on_message(
                 slot.state = WorkerState::Finished;
             } else {
                 slot.state = WorkerState::Failed;
-                slot.reason = Some(truncate(&fin.error, 2000));
+                slot.reason = Some(pacer_proto::peer_text(&fin.error));
             }
             slot.conn = None;
             f.generation += 1;
             if fin.error.is_empty() {
                 tracing::info!("worker {index} finished");
             } else {
-                tracing::warn!("worker {index} failed: {}", fin.error);
+                tracing::warn!(
+                    "worker {index} failed: {}",
+                    pacer_proto::peer_text(&fin.error)
+                );
             }
             next = Next::Close;
         }

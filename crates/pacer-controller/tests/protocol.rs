@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
 
-const TOKEN: &str = "token-123";
+const TOKEN: &str = "token-0123456789abcdef";
 
 fn plan() -> Arc<pacer_plan::Plan> {
     let text = "name: p\ntarget: http://127.0.0.1:9\nscenarios:\n  - {name: s, executor: constant-vus, vus: 2, duration: 1s, requests: [{name: a, path: /a}, {name: b, path: /b}]}\n";

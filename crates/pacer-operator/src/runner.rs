@@ -129,7 +129,7 @@ impl TestRunner for CoordinatorRunner {
         );
         cfg.wait_for_workers = spec.wait_for_workers;
         let coordinator = Coordinator::new(spec.plan.clone(), cfg).map_err(|e| e.to_string())?;
-        self.routes.insert(&spec.test_id, coordinator.service());
+        self.routes.insert(&spec.test_id, &coordinator);
         let handle = Arc::new(CoordinatorRun {
             coordinator: coordinator.clone(),
             plan: spec.plan.clone(),

@@ -77,7 +77,7 @@ async fn two_tests_share_one_listener() {
     let a = runner
         .start(RunSpec {
             test_id: "alpha-1".into(),
-            session_token: "token-a".into(),
+            session_token: "token-a-0123456789abcdef".into(),
             plan: plan("alpha", target),
             workers: 2,
             wait_for_workers: Duration::from_secs(20),
@@ -86,7 +86,7 @@ async fn two_tests_share_one_listener() {
     let b = runner
         .start(RunSpec {
             test_id: "beta-2".into(),
-            session_token: "token-b".into(),
+            session_token: "token-b-0123456789abcdef".into(),
             plan: plan("beta", target),
             workers: 1,
             wait_for_workers: Duration::from_secs(20),
@@ -95,13 +95,13 @@ async fn two_tests_share_one_listener() {
     assert_eq!(routes.len(), 2);
 
     // Refused: a test that does not run here (retried, then unreachable), another test's token.
-    let mut stranger = worker(&addr, "gamma-3", "token-a", 0);
+    let mut stranger = worker(&addr, "gamma-3", "token-a-0123456789abcdef", 0);
     stranger.connect_for = Duration::from_millis(600);
     // (pacer_worker::run is not Send: the workers run concurrently in this task.)
     let (stranger, wrong_token) = tokio::join!(
         pacer_worker::run(stranger, CancellationToken::new()),
         pacer_worker::run(
-            worker(&addr, "beta-2", "token-a", 0),
+            worker(&addr, "beta-2", "token-a-0123456789abcdef", 0),
             CancellationToken::new()
         ),
     );
@@ -121,9 +121,9 @@ async fn two_tests_share_one_listener() {
 
     let outcomes = futures::future::join_all(
         [
-            worker(&addr, "alpha-1", "token-a", 0),
-            worker(&addr, "alpha-1", "token-a", 1),
-            worker(&addr, "beta-2", "token-b", 0),
+            worker(&addr, "alpha-1", "token-a-0123456789abcdef", 0),
+            worker(&addr, "alpha-1", "token-a-0123456789abcdef", 1),
+            worker(&addr, "beta-2", "token-b-0123456789abcdef", 0),
         ]
         .map(|cfg| pacer_worker::run(cfg, CancellationToken::new())),
     )

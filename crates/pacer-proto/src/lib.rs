@@ -33,6 +33,44 @@ pub const MAX_SNAPSHOT_BYTES: usize = MAX_MESSAGE_BYTES - 4096 - MAX_LIMITS_BYTE
 /// Default period of heartbeats and reports.
 pub const DEFAULT_INTERVAL_MS: u32 = 1000;
 
+/// Largest first message of a stream (the Hello) a listener reads before the session token is
+/// checked. A Hello holds a test id, a name, a version and the token: well under a kilobyte.
+/// 64 KiB leaves room for long names while a stranger who opens streams can make the listener
+/// hold at most this much per unauthenticated stream (the full [`MAX_MESSAGE_BYTES`] is
+/// allowed only once the token has been checked).
+pub const MAX_HELLO_BYTES: usize = 64 << 10;
+
+/// Shortest session token a controller accepts. 16 bytes of a random hex token are 64 bits of
+/// entropy: not guessable over a network in a test's lifetime, and short enough to paste. The
+/// tokens pacer generates are longer (32 hex characters for `pacer controller`, 64 for the
+/// operator).
+pub const MIN_SESSION_TOKEN_BYTES: usize = 16;
+
+/// Longest text from the other side (a worker's error, a gRPC status message, a stop reason)
+/// that is logged or put in a status, in characters. A real error is a line or two; the cap
+/// keeps a hostile or broken peer from filling logs and the LoadTest's status.
+pub const MAX_PEER_TEXT_CHARS: usize = 1024;
+
+/// Text that came from the other side of the protocol, made safe to log: control characters
+/// (newlines that would forge log lines, terminal escapes) escaped as `\n`, `\u{1b}`, and at
+/// most [`MAX_PEER_TEXT_CHARS`] characters kept, with a note of how many were cut.
+pub fn peer_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_PEER_TEXT_CHARS + 32));
+    for (kept, c) in text.chars().enumerate() {
+        if kept == MAX_PEER_TEXT_CHARS {
+            let cut = text.chars().count() - kept;
+            out.push_str(&format!("... ({cut} more characters cut)"));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl worker_message::Body {
     /// The message kind, for errors about order ("Ready before Assign").
     pub fn kind(&self) -> &'static str {
@@ -70,5 +108,20 @@ impl From<worker_message::Body> for WorkerMessage {
 impl From<controller_message::Body> for ControllerMessage {
     fn from(body: controller_message::Body) -> Self {
         ControllerMessage { body: Some(body) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_text_escapes_control_characters_and_caps_the_length() {
+        assert_eq!(peer_text("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
+        let long = "x".repeat(MAX_PEER_TEXT_CHARS + 10);
+        let shown = peer_text(&long);
+        assert!(shown.starts_with(&"x".repeat(MAX_PEER_TEXT_CHARS)));
+        assert!(shown.ends_with("(10 more characters cut)"), "{shown}");
+        assert_eq!(peer_text("plain"), "plain");
     }
 }
