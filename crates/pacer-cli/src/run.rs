@@ -144,6 +144,7 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         &limit_names,
     );
     summary.limits = fleet.pacing();
+    summary.allowed_hosts = plan.http.allow_hosts.iter().map(|h| h.to_string()).collect();
     let color = !args.no_color && std::io::stdout().is_terminal();
     println!("{}", pacer_stats::render_text(&summary, color));
     if let Some(reason) = &abort_reason {

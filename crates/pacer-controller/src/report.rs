@@ -129,6 +129,12 @@ impl FleetOutcome {
             &limit_names,
         );
         summary.limits = pacer_stats::merge_limit_pacing(&self.worker_limits);
+        summary.allowed_hosts = plan
+            .http
+            .allow_hosts
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
         summary
     }
 

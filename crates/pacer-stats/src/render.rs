@@ -528,6 +528,13 @@ pub fn render_text(summary: &Summary, color: bool) -> String {
     throttling(&mut out, summary);
     tokens_and_server(&mut out, summary);
     request_table(&mut out, &summary.requests);
+    if !summary.allowed_hosts.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n  also allowed besides the target (http.allowHosts, no credentials): {}",
+            summary.allowed_hosts.join(", ")
+        );
+    }
     if summary.invalid_records > 0 {
         let _ = writeln!(
             out,

@@ -54,6 +54,10 @@ pub struct Summary {
     pub server_limits: Option<ServerLimitHeaders>,
     /// Records ignored because they named no known scenario/request (an engine bug if > 0).
     pub invalid_records: u64,
+    /// Hosts the plan let requests go to besides its target (`http.allowHosts`, sent without
+    /// credentials; filled by the runner from the plan).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A distribution in milliseconds; every field is `null` when there were no samples.
@@ -409,6 +413,7 @@ pub fn summarize(
             .collect(),
         server_limits: snapshot.server_limits.clone(),
         invalid_records: snapshot.invalid_records,
+        allowed_hosts: Vec::new(),
     }
 }
 
