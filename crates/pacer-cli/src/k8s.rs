@@ -16,7 +16,7 @@ use pacer_operator::{OperatorConfig, RedisSource};
 use tokio_util::sync::CancellationToken;
 
 use crate::exit::Exit;
-use crate::worker::parse_duration;
+use crate::flags::parse_duration;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct OperatorArgs {
@@ -49,13 +49,29 @@ pub struct OperatorArgs {
     /// The most workers one LoadTest may ask for.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_workers: u32,
-    /// The fleet's Redis for LoadTests that name none (no password in it).
-    #[arg(long, value_name = "URL", conflicts_with = "default_redis_secret")]
+    /// The fleet's Redis for LoadTests that name none. It may hold a password (the chart
+    /// passes its bundled Redis's through the environment): workers get it through their
+    /// session Secret, and it is never printed.
+    #[arg(
+        long,
+        env = "PACER_DEFAULT_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        conflicts_with = "default_redis_secret"
+    )]
     pub default_redis_url: Option<String>,
     /// The fleet's Redis for LoadTests that name none, from a Secret key holding the URL
     /// (`NAME:KEY`, read by the worker pods in their own namespace).
     #[arg(long, value_name = "NAME:KEY")]
     pub default_redis_secret: Option<String>,
+    /// An image LoadTests may name in `spec.image` besides `--worker-image` (repeat; an entry
+    /// ending in `*` allows every image starting with the rest; default: none).
+    #[arg(long = "allowed-image", value_name = "IMAGE")]
+    pub allowed_images: Vec<String>,
+    /// A ServiceAccount LoadTests may name in `spec.workerTemplate.serviceAccountName`
+    /// (repeat; default: none, and worker pods never mount a ServiceAccount token).
+    #[arg(long = "allowed-service-account", value_name = "NAME")]
+    pub allowed_service_accounts: Vec<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -113,14 +129,14 @@ pub fn crd() -> Exit {
             Exit::Passed
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::exit::print_error(&e);
             Exit::Failure
         }
     }
 }
 
 fn failure(e: anyhow::Error) -> Exit {
-    eprintln!("error: {e:#}");
+    crate::exit::print_anyhow(&e);
     Exit::Failure
 }
 
@@ -139,6 +155,11 @@ async fn operator_inner(args: OperatorArgs) -> anyhow::Result<Exit> {
     cfg.status_interval = args.status_interval.max(Duration::from_millis(200));
     cfg.defaults.start_timeout = args.start_timeout;
     cfg.defaults.max_workers = args.max_workers.max(1);
+    cfg.defaults.worker_policy = pacer_operator::policy::WorkerPolicy::operator(
+        &args.worker_image,
+        args.allowed_images.clone(),
+        args.allowed_service_accounts.clone(),
+    );
     cfg.instance = std::env::var("POD_NAME").ok();
     cfg.default_redis = match (&args.default_redis_url, &args.default_redis_secret) {
         (Some(url), _) => Some(RedisSource::Url(url.clone())),
@@ -309,7 +330,7 @@ pub async fn submit(args: SubmitArgs) -> Exit {
     let lt = match loadtest_from_file(&args, &text) {
         Ok(lt) => lt,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            crate::exit::print_anyhow(&e);
             return Exit::Invalid;
         }
     };

@@ -7,23 +7,30 @@
 //!
 //! - [`crd`]: the resource's types (and the CRD they generate); [`schema`]: the plan's schema
 //!   made structural for `spec.plan`;
-//! - [`prepare`]: a LoadTest -> a validated plan, workers, test id;
+//! - [`prepare`]: a LoadTest -> a validated plan, workers, test id; [`policy`]: what a
+//!   LoadTest may ask of its worker pods (images, ServiceAccounts, env);
 //! - [`resources`]: the Secret, Job and ConfigMap a LoadTest owns;
 //! - [`controller`]: reconcile, finalizer, error policy, the watch loop;
 //! - [`runner`]: the seam between Kubernetes and the coordinator (faked in tests);
 //! - [`grpc`]: the shared listener that routes each worker to its test;
 //! - [`diagnose`]: why worker pods are missing;
-//! - [`status`]: conditions and live numbers; [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`status`]: conditions and live numbers; [`metrics`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`sizes`]: the status and the report kept under the API server's size limits;
+//! - [`lenient`]: LoadTests watched by their metadata, so one the operator cannot read is
+//!   reported on its own instead of stopping the watch of all of them.
 
 pub mod controller;
 pub mod crd;
 pub mod diagnose;
 pub mod grpc;
+pub mod lenient;
 pub mod metrics;
+pub mod policy;
 pub mod prepare;
 pub mod resources;
 pub mod runner;
 pub mod schema;
+pub mod sizes;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -55,14 +62,20 @@ pub struct OperatorConfig {
 }
 
 impl OperatorConfig {
+    /// An operator whose workers may run `worker_image` only, with no ServiceAccount
+    /// (widen with [`policy::WorkerPolicy::operator`] in `defaults.worker_policy`).
     pub fn new(advertise_address: impl Into<String>, worker_image: impl Into<String>) -> Self {
+        let worker_image = worker_image.into();
         Self {
             advertise_address: advertise_address.into(),
-            worker_image: worker_image.into(),
+            defaults: prepare::Defaults {
+                worker_policy: policy::WorkerPolicy::operator(&worker_image, [], []),
+                ..prepare::Defaults::default()
+            },
+            worker_image,
             image_pull_policy: None,
             default_redis: None,
             status_interval: Duration::from_secs(2),
-            defaults: prepare::Defaults::default(),
             namespaces: Vec::new(),
             instance: None,
         }

@@ -37,6 +37,8 @@ pub struct Defaults {
     pub start_timeout: Duration,
     /// The most workers one test may ask for.
     pub max_workers: u32,
+    /// What a LoadTest may ask of its worker pods (images, ServiceAccounts, env).
+    pub worker_policy: crate::policy::WorkerPolicy,
 }
 
 impl Default for Defaults {
@@ -44,6 +46,7 @@ impl Default for Defaults {
         Self {
             start_timeout: Duration::from_secs(120),
             max_workers: 1000,
+            worker_policy: crate::policy::WorkerPolicy::default(),
         }
     }
 }
@@ -115,6 +118,7 @@ pub fn test_id(lt: &LoadTest) -> String {
 pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<FieldError>> {
     let spec = &lt.spec;
     let mut errors = Vec::new();
+    errors.extend(defaults.worker_policy.check(lt));
 
     let mut provided: BTreeMap<String, Option<String>> = BTreeMap::new();
     for c in &spec.credentials {

@@ -24,6 +24,8 @@ pub const LABEL_LOADTEST: &str = "pacer.dev/loadtest";
 pub const LABEL_TEST_ID: &str = "pacer.dev/test-id";
 /// The key of the session token in the session Secret.
 pub const TOKEN_KEY: &str = "token";
+/// The key of the fleet's Redis URL in the session Secret (when it is given by URL).
+pub const REDIS_URL_KEY: &str = "redis-url";
 /// Keys of the report ConfigMap.
 pub const REPORT_TEXT_KEY: &str = "summary.txt";
 pub const REPORT_JSON_KEY: &str = "summary.json";
@@ -95,12 +97,18 @@ fn meta(lt: &LoadTest, name: &str, test_id: &str) -> ObjectMeta {
     }
 }
 
-/// The Secret holding the test's session token (workers read it through `secretKeyRef`).
-pub fn session_secret(lt: &LoadTest, test_id: &str, token: &str) -> Secret {
+/// The Secret holding the test's session token and, when the fleet's Redis is given by URL,
+/// that URL (it may hold the Redis password): workers read both through `secretKeyRef`, so
+/// neither is in the Job's spec, where anyone who may read Jobs would see it.
+pub fn session_secret(lt: &LoadTest, test_id: &str, token: &str, cfg: &OperatorConfig) -> Secret {
+    let mut data = BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())]);
+    if let Some(RedisSource::Url(url)) = redis_source(lt, cfg) {
+        data.insert(REDIS_URL_KEY.to_string(), url);
+    }
     Secret {
         metadata: meta(lt, &names(lt).secret, test_id),
         type_: Some("Opaque".into()),
-        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
+        string_data: Some(data),
         immutable: Some(true),
         ..Secret::default()
     }
@@ -162,10 +170,53 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 }
 
 /// Where a LoadTest's workers get the fleet's Redis from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisSource {
+    /// A URL, which may carry a password (the bundled Redis's): it reaches the workers through
+    /// the session Secret and is never printed.
     Url(String),
+    /// A Secret key holding the URL, in the LoadTest's namespace.
     Secret { name: String, key: String },
+}
+
+impl std::fmt::Debug for RedisSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Url(url) => f.debug_tuple("Url").field(&redacted(url)).finish(),
+            Self::Secret { name, key } => f
+                .debug_struct("Secret")
+                .field("name", name)
+                .field("key", key)
+                .finish(),
+        }
+    }
+}
+
+/// A Redis URL with its user and password left out: what may be logged.
+pub fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{host}")
+        }
+        None => "<redis URL>".into(),
+    }
+}
+
+/// Where this LoadTest's workers find the fleet's Redis: its own `spec.redis`, else the
+/// operator's default, else none.
+pub fn redis_source(lt: &LoadTest, cfg: &OperatorConfig) -> Option<RedisSource> {
+    match &lt.spec.redis {
+        Some(r) => match (&r.url, &r.secret_ref) {
+            (Some(url), _) => Some(RedisSource::Url(url.clone())),
+            (None, Some(s)) => Some(RedisSource::Secret {
+                name: s.name.clone(),
+                key: s.key.clone(),
+            }),
+            (None, None) => None,
+        },
+        None => cfg.default_redis.clone(),
+    }
 }
 
 /// The Indexed Job running the workers: one pod per worker index (`JOB_COMPLETION_INDEX`),
@@ -191,19 +242,11 @@ pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
         field_env("PACER_WORKER_NAME", "metadata.name"),
         env("PACER_LOG", "info"),
     ];
-    let redis = match &spec.redis {
-        Some(r) => match (&r.url, &r.secret_ref) {
-            (Some(url), _) => Some(RedisSource::Url(url.clone())),
-            (None, Some(s)) => Some(RedisSource::Secret {
-                name: s.name.clone(),
-                key: s.key.clone(),
-            }),
-            (None, None) => None,
-        },
-        None => cfg.default_redis.clone(),
-    };
+    let redis = redis_source(lt, cfg);
     match &redis {
-        Some(RedisSource::Url(url)) => envs.push(env("PACER_REDIS_URL", url)),
+        Some(RedisSource::Url(_)) => {
+            envs.push(secret_env("PACER_REDIS_URL", &names.secret, REDIS_URL_KEY))
+        }
         Some(RedisSource::Secret { name, key }) => {
             envs.push(secret_env("PACER_REDIS_URL", name, key))
         }

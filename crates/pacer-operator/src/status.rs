@@ -1,5 +1,6 @@
 //! Building a LoadTest's status: conditions that keep their transition time, the live numbers
-//! of a run in the units `kubectl get` shows.
+//! of a run in the units `kubectl get` shows, per-worker rows within the size budget of
+//! [`crate::sizes`].
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -110,7 +111,7 @@ pub fn apply_live(status: &mut LoadTestStatus, live: &LiveStats, desired: u32) {
             observed: t.observed.map(|v| round(v, 4)),
         })
         .collect();
-    status.worker_health = live
+    let rows = live
         .workers
         .iter()
         .map(|w| WorkerHealth {
@@ -124,4 +125,7 @@ pub fn apply_live(status: &mut LoadTestStatus, live: &LiveStats, desired: u32) {
             reason: w.reason.clone(),
         })
         .collect();
+    let (rows, omitted) = crate::sizes::fit_worker_health(rows);
+    status.worker_health = rows;
+    status.worker_health_omitted = (omitted > 0).then_some(omitted);
 }

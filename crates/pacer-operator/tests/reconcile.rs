@@ -11,8 +11,9 @@ use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use pacer_operator::crd::{FINALIZER, LoadTest, LoadTestStatus, Phase};
 use pacer_operator::metrics::Metrics;
+use pacer_operator::policy::WorkerPolicy;
 use pacer_operator::runner::{FakeRun, FakeRunner, LiveStats, RunEnd, RunResult};
-use pacer_operator::{Context, OperatorConfig, reconcile};
+use pacer_operator::{Context, OperatorConfig, RedisSource, reconcile};
 use pacer_stats::ThresholdResult;
 use serde_json::{Value, json};
 
@@ -926,4 +927,342 @@ async fn a_fixed_spec_is_checked_again_and_starts() {
             .any(|c| c["type"] == "Valid" && c["status"] == "True"),
         "{status}"
     );
+}
+
+// ---- What a LoadTest may ask of its worker pods (policy.rs), Redis credentials, sizes. ----
+
+fn refusal_message(seen: &[(String, Value)]) -> String {
+    assert_eq!(seen[0].1["status"]["phase"], "Failed");
+    assert_eq!(seen[1].1["reason"], "InvalidSpec");
+    seen[0].1["status"]["message"]
+        .as_str()
+        .expect("message")
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_image_or_service_account_off_the_allow_lists_is_refused_naming_the_field() {
+    let mut lt = loadtest("evil");
+    lt.spec.image = Some("attacker.example/shell:latest".into());
+    lt.spec
+        .worker_template
+        .as_mut()
+        .expect("a worker template")
+        .service_account_name = Some("cluster-admin-sa".into());
+    let (client, server) = api_server(vec![status_patch("evil"), event_post()]);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    assert!(runner.runs.lock().is_empty(), "nothing starts");
+    let msg = refusal_message(&finish(server).await);
+    assert!(
+        msg.contains("spec.image: \"attacker.example/shell:latest\" is not an allowed worker image (this operator allows: pacer:test"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("spec.workerTemplate.serviceAccountName: \"cluster-admin-sa\" is not an allowed ServiceAccount"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn value_from_in_worker_env_and_confinement_annotations_are_refused() {
+    let mut lt = loadtest("evil");
+    let t = lt.spec.worker_template.as_mut().expect("a worker template");
+    t.env.push(
+        serde_json::from_value(json!({"name": "STOLEN", "valueFrom": {
+            "secretKeyRef": {"name": "db-admin", "key": "password"}}}))
+        .expect("an EnvVar"),
+    );
+    t.annotations.insert(
+        "container.apparmor.security.beta.kubernetes.io/worker".into(),
+        "unconfined".into(),
+    );
+    t.labels
+        .insert("app.kubernetes.io/component".into(), "controller".into());
+    let (client, server) = api_server(vec![status_patch("evil"), event_post()]);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    assert!(runner.runs.lock().is_empty(), "nothing starts");
+    let msg = refusal_message(&finish(server).await);
+    for field in [
+        "spec.workerTemplate.env[1].valueFrom: only literal values are allowed here: give Secrets with spec.credentials",
+        "spec.workerTemplate.annotations[\"container.apparmor.security.beta.kubernetes.io/worker\"]",
+        "spec.workerTemplate.labels[\"app.kubernetes.io/component\"]",
+    ] {
+        assert!(msg.contains(field), "{field} not in {msg}");
+    }
+}
+
+#[tokio::test]
+async fn allowed_images_and_service_accounts_start_confined_pods_without_a_token() {
+    let mut lt = loadtest("run1");
+    lt.spec.image = Some("registry.example/pacer:2.0".into());
+    lt.spec
+        .worker_template
+        .as_mut()
+        .expect("a worker template")
+        .service_account_name = Some("load-runner".into());
+    let (client, server) = api_server(starting_steps("run1"));
+    let runner = FakeRunner::default();
+    let mut cfg = OperatorConfig::new("pacer.pacer-system.svc:7700", "pacer:test");
+    cfg.status_interval = Duration::ZERO;
+    cfg.defaults.worker_policy = WorkerPolicy::operator(
+        "pacer:test",
+        ["registry.example/pacer:*".to_string()],
+        ["load-runner".to_string()],
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        cfg,
+        Arc::new(runner.clone()),
+        Arc::new(Metrics::default()),
+    ));
+    started(&ctx, &runner, lt).await;
+    let seen = finish(server).await;
+    let pod = &seen[1].1["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "load-runner");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert!(pod["hostNetwork"].is_null() && pod["volumes"].is_null());
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], "registry.example/pacer:2.0");
+    let sc = &container["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert!(sc["privileged"].is_null());
+}
+
+#[tokio::test]
+async fn a_redis_url_with_a_password_reaches_workers_only_through_the_session_secret() {
+    const PASSWORD: &str = "hunter2-redis-password";
+    let (client, server) = api_server(starting_steps("run1"));
+    let runner = FakeRunner::default();
+    let mut cfg = OperatorConfig::new("pacer.pacer-system.svc:7700", "pacer:test");
+    cfg.status_interval = Duration::ZERO;
+    cfg.default_redis = Some(RedisSource::Url(format!(
+        "redis://pacer:{PASSWORD}@pacer-redis.pacer-system.svc:6379"
+    )));
+    assert!(
+        !format!("{cfg:?}").contains(PASSWORD),
+        "the operator's configuration prints without the password"
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        cfg,
+        Arc::new(runner.clone()),
+        Arc::new(Metrics::default()),
+    ));
+    started(&ctx, &runner, loadtest("run1")).await;
+    let seen = finish(server).await;
+    let secret = &seen[0].1;
+    assert_eq!(
+        secret["stringData"]["redis-url"],
+        format!("redis://pacer:{PASSWORD}@pacer-redis.pacer-system.svc:6379")
+    );
+    let job = &seen[1].1;
+    let env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .clone();
+    let redis = env
+        .iter()
+        .find(|e| e["name"] == "PACER_REDIS_URL")
+        .expect("PACER_REDIS_URL");
+    assert_eq!(
+        redis["valueFrom"]["secretKeyRef"],
+        json!({"name": "run1-session-0a1b2c3d", "key": "redis-url", "optional": false})
+    );
+    assert!(
+        !job.to_string().contains(PASSWORD),
+        "no password in the Job"
+    );
+    for (what, body) in &seen[2..] {
+        assert!(!body.to_string().contains(PASSWORD), "{what}");
+    }
+}
+
+/// The API server's answer to an object over its size limit.
+fn too_large() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": "etcdserver: request is too large", "reason": "RequestEntityTooLarge", "code": 413})
+}
+
+#[tokio::test]
+async fn a_thousand_workers_keep_the_status_under_the_api_servers_limit() {
+    let mut steps = starting_steps("run1");
+    steps.push(status_patch("run1"));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
+    let mut rows = workers(&vec!["running"; 1000]);
+    for r in &mut rows {
+        r.name = format!("run1-workers-{}-{}", r.index, "n".repeat(200));
+        r.reason = Some("a worker's very long error ".repeat(400));
+    }
+    rows[777].state = "lost";
+    let mut stats = running_stats();
+    stats.workers = rows;
+    stats.connected = 999;
+    *run.stats.lock() = stats;
+    let lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    );
+    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    let seen = finish(server).await;
+    let patch = &seen[4].1;
+    let size = serde_json::to_vec(patch).expect("json").len();
+    // The object may hold 1.5 MiB (etcd); the status keeps well under it, spec included.
+    assert!(size < 512 * 1024, "the status patch is {size} bytes");
+    let status = &patch["status"];
+    let rows = status["workerHealth"].as_array().expect("workerHealth");
+    let omitted = status["workerHealthOmitted"].as_u64().expect("a count");
+    assert!(omitted > 0 && omitted < 1000, "{omitted}");
+    assert_eq!(rows.len() as u64 + omitted, 1000);
+    assert!(
+        rows.iter()
+            .any(|r| r["index"] == 777 && r["state"] == "lost"),
+        "the lost worker is among those kept"
+    );
+}
+
+#[tokio::test]
+async fn a_report_refused_as_too_large_is_replaced_once_never_retried() {
+    let report_path = format!("/api/v1{NS_PATH}/configmaps/run1-report");
+    let mut steps = starting_steps("run1");
+    steps.push(step(Method::PATCH, &report_path, 413, too_large()));
+    steps.extend(finished_steps("run1", true));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
+    *run.end.lock() = Some(result(true));
+    let lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    );
+    reconcile(Arc::new(lt.clone()), ctx)
+        .await
+        .expect("reconcile");
+    let seen = finish(server).await;
+    assert_eq!(seen[4].1["data"]["summary.txt"], "the summary");
+    let short = seen[5].1["data"]["summary.txt"].as_str().expect("text");
+    assert!(
+        short.contains("refused by the API server as too large"),
+        "{short}"
+    );
+    let status = &seen[8].1["status"];
+    assert_eq!(status["phase"], "Succeeded");
+    assert_eq!(status["report"]["configMap"], "run1-report");
+
+    // Refused twice: no report, the test still ends (no third try).
+    let mut steps = starting_steps("run1");
+    steps.push(step(Method::PATCH, &report_path, 413, too_large()));
+    steps.push(step(Method::PATCH, &report_path, 413, too_large()));
+    steps.extend(finished_steps("run1", true).into_iter().skip(1));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
+    *run.end.lock() = Some(result(true));
+    let lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    );
+    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    let seen = finish(server).await;
+    let status = &seen[8].1["status"];
+    assert_eq!(status["phase"], "Succeeded");
+    assert!(status["report"].is_null(), "{status}");
+}
+
+/// A LoadTest whose plan nests deeper than serde_json reads (128 levels).
+fn deep_loadtest(name: &str, uid: &str) -> Value {
+    let mut deep = json!("bottom");
+    for _ in 0..140 {
+        deep = json!([deep]);
+    }
+    let mut lt = serde_json::to_value(loadtest(name)).expect("json");
+    lt["metadata"]["uid"] = json!(uid);
+    lt["spec"]["plan"]["vars"] = json!({ "deep": deep });
+    lt
+}
+
+#[tokio::test]
+async fn one_unreadable_loadtest_is_failed_alone_and_the_others_still_reconcile() {
+    use kube::core::{ObjectList, PartialObjectMeta};
+    use pacer_operator::lenient::{LoadTestMeta, reconcile_meta};
+
+    let deep = deep_loadtest("deep", "0a1b2c3d-0000-4000-8000-0000000000dd");
+    let list = json!({"apiVersion": "pacer.dev/v1alpha1", "kind": "LoadTestList", "metadata": {},
+                      "items": [serde_json::to_value(loadtest("run1")).expect("json"), deep.clone()]});
+    let text = serde_json::to_string(&list).expect("json");
+    // Why the operator lists metadata: the full list fails as a whole on one deep LoadTest.
+    assert!(serde_json::from_str::<ObjectList<LoadTest>>(&text).is_err());
+    // What the API server answers a metadata list with (kube asks for it for a
+    // PartialObjectMeta API): each item's metadata only, which never nests.
+    let metadata_list = json!({
+        "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {},
+        "items": list["items"].as_array().expect("items").iter().map(|i| json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": i["metadata"].clone()})).collect::<Vec<_>>()
+    });
+    let metas: ObjectList<LoadTestMeta> =
+        serde_json::from_value(metadata_list).expect("the metadata list");
+    assert_eq!(metas.items.len(), 2);
+
+    let mut steps = vec![step(
+        Method::GET,
+        &format!("/apis/pacer.dev/v1alpha1{NS_PATH}/loadtests/deep"),
+        200,
+        deep,
+    )];
+    steps.push(step(
+        Method::PATCH,
+        &format!("/apis/pacer.dev/v1alpha1{NS_PATH}/loadtests/deep/status"),
+        200,
+        json!({}),
+    ));
+    steps.push(step(
+        Method::GET,
+        &format!("/apis/pacer.dev/v1alpha1{NS_PATH}/loadtests/run1"),
+        200,
+        serde_json::to_value(loadtest("run1")).expect("json"),
+    ));
+    steps.extend(starting_steps("run1"));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let meta_of = |name: &str| -> Arc<PartialObjectMeta<LoadTest>> {
+        let m = metas
+            .items
+            .iter()
+            .find(|m| m.metadata.name.as_deref() == Some(name))
+            .expect("listed");
+        Arc::new(m.clone())
+    };
+    reconcile_meta(meta_of("deep"), ctx.clone())
+        .await
+        .expect("the unreadable LoadTest is handled, not an error");
+    reconcile_meta(meta_of("run1"), ctx.clone())
+        .await
+        .expect("the readable one reconciles");
+    assert!(runner.run(TEST_ID).is_some(), "the readable one started");
+    let seen = finish(server).await;
+    let status = &seen[1].1["status"];
+    assert_eq!(status["phase"], "Failed");
+    let msg = status["message"].as_str().expect("message");
+    assert!(
+        msg.contains("the operator cannot read this LoadTest: it nests deeper than the 128 levels"),
+        "{msg}"
+    );
+    assert!(!msg.contains("bottom"), "no content of the LoadTest: {msg}");
 }
