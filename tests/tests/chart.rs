@@ -1,7 +1,10 @@
 //! The Helm chart (charts/pacer) with the real helm binary: `helm lint` and `helm template`
 //! pass for the default values, an external Redis (by URL and by Secret), the bundled Redis and
 //! the Grafana dashboard, and namespaced watching; the rendered kinds are the expected ones;
-//! the controller's RBAC never lets it read a Secret; values.schema.json refuses bad values.
+//! the controller's RBAC never lets it read a Secret; values.schema.json refuses bad values;
+//! the bundled Redis has a password from a Secret and a user limited to pacer's commands;
+//! NetworkPolicies let only worker pods reach the gRPC port and only pacer's pods reach Redis;
+//! the worker allow-lists reach the operator as flags.
 //!
 //! helm comes from `make e2e-deps` (tests/scripts/e2e-deps.sh) in $PACER_TOOLS/bin or
 //! ~/.cache/pacer-tools/bin. Without it these tests FAIL, naming the command that installs it.
@@ -183,6 +186,7 @@ fn default_values_lint_and_render() {
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "Deployment",
+            "NetworkPolicy",
             "Service",
             "ServiceAccount"
         ]
@@ -190,6 +194,12 @@ fn default_values_lint_and_render() {
     check_rbac(&objects);
     let args = controller_args(&objects);
     assert_eq!(args[0], "operator");
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--allowed-image") || a.starts_with("--allowed-service-account")),
+        "by default workers run the chart's image only, with no ServiceAccount: {args:?}"
+    );
     assert!(
         args.contains(&"--advertise-address=pacer.pacer-system.svc:7700".to_string()),
         "{args:?}"
@@ -247,6 +257,9 @@ fn bundled_redis_and_dashboard() {
             "CustomResourceDefinition",
             "Deployment",
             "Deployment",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "Secret",
             "Service",
             "Service",
             "ServiceAccount"
@@ -254,8 +267,8 @@ fn bundled_redis_and_dashboard() {
     );
     let args = controller_args(&objects);
     assert!(
-        args.contains(&"--default-redis-url=redis://pacer-redis.pacer-system.svc:6379".to_string()),
-        "{args:?}"
+        !args.iter().any(|a| a.starts_with("--default-redis-url")),
+        "the URL holds the password: it comes from the Secret, not the args: {args:?}"
     );
     let cm = &find(&objects, "ConfigMap")[0];
     let dashboard: Value = serde_json::from_str(
@@ -337,4 +350,190 @@ fn notes_tell_how_to_submit_a_first_test() {
             "NOTES.txt does not mention {needle}"
         );
     }
+}
+
+fn deployment<'a>(objects: &'a [Value], component: &str) -> &'a Value {
+    find(objects, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == component)
+        .unwrap_or_else(|| panic!("the {component} Deployment"))
+}
+
+fn env_of<'a>(deployment: &'a Value, name: &str) -> &'a Value {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("env {name}"))
+}
+
+fn decoded(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    let b64 = secret["data"][key].as_str().expect("a data key");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    String::from_utf8(bytes).expect("utf-8")
+}
+
+#[test]
+fn bundled_redis_requires_a_generated_password_and_a_user_limited_to_pacers_commands() {
+    let objects = template(&["redis.enabled=true"]);
+    let secret = find(&objects, "Secret")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "pacer-redis-auth")
+        .expect("the Redis Secret");
+    let password = decoded(secret, "password");
+    assert!(
+        password.len() >= 32 && password.chars().all(|c| c.is_ascii_alphanumeric()),
+        "a generated password of 32 characters"
+    );
+    assert_eq!(
+        decoded(secret, "url"),
+        format!("redis://pacer:{password}@pacer-redis.pacer-system.svc:6379")
+    );
+
+    let redis = deployment(&objects, "redis");
+    let args: Vec<&str> = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("Redis args")
+        .iter()
+        .map(|a| a.as_str().unwrap_or_default())
+        .collect();
+    let joined = args.join(" ");
+    assert!(
+        joined.contains("--user default off"),
+        "no user without a password: {joined}"
+    );
+    assert!(
+        joined
+            .contains("--user pacer on >$(REDIS_PASSWORD) ~{pacer:* resetchannels &{pacer:* -@all"),
+        "the pacer user: its password, pacer's keys and channels only, no command but those listed: {joined}"
+    );
+    for needed in [
+        "+evalsha",
+        "+eval",
+        "+script|load",
+        "+zadd",
+        "+publish",
+        "+subscribe",
+    ] {
+        assert!(args.contains(&needed), "{needed} missing: {joined}");
+    }
+    for refused in ["+@all", "+keys", "+config", "+flushall", "+acl"] {
+        assert!(!args.contains(&refused), "{refused} granted: {joined}");
+    }
+    assert!(
+        !joined.contains(&password),
+        "the password itself is not in the Deployment"
+    );
+    assert_eq!(
+        env_of(redis, "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "pacer-redis-auth", "key": "password"})
+    );
+
+    let controller = deployment(&objects, "controller");
+    assert_eq!(
+        env_of(controller, "PACER_DEFAULT_REDIS_URL")["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "pacer-redis-auth", "key": "url"})
+    );
+}
+
+fn network_policy<'a>(objects: &'a [Value], name: &str) -> &'a Value {
+    find(objects, "NetworkPolicy")
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("the NetworkPolicy {name}"))
+}
+
+fn worker_peer(namespace_selector: Value) -> Value {
+    serde_json::json!({
+        "namespaceSelector": namespace_selector,
+        "podSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "pacer",
+            "app.kubernetes.io/managed-by": "pacer-operator",
+            "app.kubernetes.io/component": "worker",
+        }}
+    })
+}
+
+#[test]
+fn network_policies_admit_only_workers_to_grpc_and_only_pacer_pods_to_redis() {
+    let objects = template(&["redis.enabled=true"]);
+    let controller = network_policy(&objects, "pacer");
+    assert_eq!(
+        controller["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "controller"
+    );
+    let ingress = controller["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(
+        ingress.len(),
+        1,
+        "by default nothing but gRPC from workers: {ingress:?}"
+    );
+    assert_eq!(ingress[0]["ports"][0]["port"], "grpc");
+    assert_eq!(
+        ingress[0]["from"],
+        serde_json::json!([worker_peer(serde_json::json!({}))])
+    );
+
+    let redis = network_policy(&objects, "pacer-redis");
+    let rule = &redis["spec"]["ingress"].as_array().expect("ingress")[0];
+    assert_eq!(rule["ports"][0]["port"], "redis");
+    let from = rule["from"].as_array().expect("from");
+    assert_eq!(from.len(), 2, "{from:?}");
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "controller"
+    );
+    assert_eq!(from[1], worker_peer(serde_json::json!({})));
+
+    // Watching some namespaces: workers from those only; metrics from where the user says.
+    let objects = template(&[
+        "controller.watchNamespaces={team-a}",
+        "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+    ]);
+    let ingress = network_policy(&objects, "pacer")["spec"]["ingress"]
+        .as_array()
+        .expect("ingress")
+        .clone();
+    assert_eq!(
+        ingress[0]["from"][0],
+        worker_peer(serde_json::json!({"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a"]}]}))
+    );
+    assert_eq!(ingress[1]["ports"][0]["port"], "metrics");
+    assert_eq!(
+        ingress[1]["from"],
+        serde_json::json!([{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}])
+    );
+
+    let off = template(&["redis.enabled=true", "networkPolicy.enabled=false"]);
+    assert!(find(&off, "NetworkPolicy").is_empty());
+}
+
+#[test]
+fn worker_allow_lists_reach_the_operator_as_flags() {
+    let sets = [
+        "worker.allowedImages={registry.example/pacer:*,pacer:debug}",
+        "worker.allowedServiceAccounts={load-runner}",
+    ];
+    lint(&sets);
+    let args = controller_args(&template(&sets));
+    for flag in [
+        "--allowed-image=registry.example/pacer:*",
+        "--allowed-image=pacer:debug",
+        "--allowed-service-account=load-runner",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{flag}: {args:?}");
+    }
+    let (ok, _, err) = run_helm(&[
+        "template",
+        "pacer",
+        chart().to_str().expect("utf-8 path"),
+        "--set",
+        "worker.allowedServiceAccounts={Not_A_Name}",
+    ]);
+    assert!(!ok && err.contains("schema"), "{err}");
 }

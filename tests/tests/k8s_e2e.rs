@@ -150,6 +150,9 @@ async fn install() -> Install {
             &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
             "--set",
             "controller.statusInterval=1s",
+            // The unstartable-image test names an image of this (nonexistent) registry.
+            "--set",
+            "worker.allowedImages={registry.example/no-such-image:*}",
             "--wait",
             "--timeout",
             "120s",

@@ -60,6 +60,38 @@ app.kubernetes.io/component: controller
 {{- printf "%s-redis" (include "pacer.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The Secret holding the bundled Redis's password and URL. */}}
+{{- define "pacer.redisSecretName" -}}
+{{- printf "%s-auth" (include "pacer.redisName" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The namespaces worker pods run in, as a NetworkPolicy peer's namespaceSelector. */}}
+{{- define "pacer.workerNamespaces" -}}
+{{- if .Values.controller.watchNamespaces -}}
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: In
+      values:
+        {{- toYaml .Values.controller.watchNamespaces | nindent 8 }}
+{{- else -}}
+namespaceSelector: {}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Worker pods, as the operator labels them (crates/pacer-operator/src/resources.rs: a LoadTest
+cannot set these labels itself).
+*/}}
+{{- define "pacer.workerPods" -}}
+{{ include "pacer.workerNamespaces" . }}
+podSelector:
+  matchLabels:
+    app.kubernetes.io/name: pacer
+    app.kubernetes.io/managed-by: pacer-operator
+    app.kubernetes.io/component: worker
+{{- end -}}
+
 {{/*
 The operator's permissions, least privilege (charts/pacer/README.md says why each is needed).
 No verb on Secrets but create/delete: the controller never reads one.
