@@ -203,6 +203,7 @@ fn legend(items: &[(&str, &str, bool)], band: Option<&str>) -> Markup {
     }
 }
 
+/// One chart of the report: the texts of its figure and what [`svg`] draws.
 struct Chart {
     id: &'static str,
     title: &'static str,
