@@ -12,6 +12,10 @@
 //! that an idle connection could not take (the server closed it meanwhile, and the request was
 //! never written) goes to the next connection; a request that was written is never sent again
 //! here (retries are the plan's, in exec.rs).
+//!
+//! A response body is read frame by frame and never past `http.maxBodyBytes` (a server may be
+//! hostile: an endless body ends as [`ErrorKind::BodyTooLarge`], and its connection is dropped,
+//! not reused); a body the request does not keep is counted and dropped as it arrives.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
