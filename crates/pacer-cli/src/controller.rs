@@ -16,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::exit::{self, Exit};
 use crate::report::{ReportArgs, ReportSink, SnapshotSource, no_limits};
 use crate::run::RunArgs;
-use crate::worker::parse_duration;
+use crate::flags::parse_duration;
+
+/// Bytes of randomness in a generated session token (printed as twice as many hex
+/// characters: well above [`pacer_proto::MIN_SESSION_TOKEN_BYTES`]).
+const SESSION_TOKEN_RANDOM_BYTES: usize = 16;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
@@ -37,7 +41,8 @@ pub struct ControllerArgs {
     /// controller so running workers are taken back.
     #[arg(long, env = "PACER_TEST_ID")]
     pub test_id: Option<String>,
-    /// The secret workers must present (default: a new one, printed).
+    /// The secret workers must present, at least 16 bytes (default: a new one of 32 hex
+    /// characters, printed).
     #[arg(long, env = "PACER_SESSION_TOKEN", hide_env_values = true)]
     pub session_token: Option<String>,
     /// Give up when not every worker is ready after this long.
@@ -101,10 +106,18 @@ pub async fn run(args: ControllerArgs) -> Exit {
     } else {
         args.weights.clone()
     };
+    if let Some(token) = &args.session_token
+        && let Err(e) = crate::worker::check_session_token(token)
+    {
+        eprintln!("error: {e}");
+        return Exit::Invalid;
+    }
     let generated_token = args.session_token.is_none();
     let mut cfg = ControllerConfig::new(
         args.test_id.clone().unwrap_or_else(|| random_hex(6)),
-        args.session_token.clone().unwrap_or_else(|| random_hex(16)),
+        args.session_token
+            .clone()
+            .unwrap_or_else(|| random_hex(SESSION_TOKEN_RANDOM_BYTES)),
         workers,
     );
     cfg.weights = weights;
@@ -133,7 +146,7 @@ pub async fn run(args: ControllerArgs) -> Exit {
     let coordinator = match Coordinator::new(plan.clone(), cfg) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::exit::print_error(&e);
             return Exit::Invalid;
         }
     };
@@ -152,7 +165,7 @@ pub async fn run_local(plan: Arc<Plan>, args: &RunArgs, workers: u32) -> Exit {
     match run_local_inner(plan, args, workers).await {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            crate::exit::print_anyhow(&e);
             Exit::Failure
         }
     }
@@ -162,7 +175,11 @@ async fn run_local_inner(plan: Arc<Plan>, args: &RunArgs, workers: u32) -> anyho
     args.fleet.check_fleet_has_redis()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let mut cfg = ControllerConfig::new(random_hex(6), random_hex(16), workers);
+    let mut cfg = ControllerConfig::new(
+        random_hex(6),
+        random_hex(SESSION_TOKEN_RANDOM_BYTES),
+        workers,
+    );
     cfg.send_worker_header = args.worker_header;
     cfg.wait_for_workers = Duration::from_secs(30);
     let coordinator = Coordinator::new(plan.clone(), cfg.clone())?;
@@ -245,7 +262,7 @@ async fn drive(
         match crate::metrics::start(report.metrics, plan, source.clone(), no_limits()).await {
             Ok(m) => m,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                crate::exit::print_anyhow(&e);
                 return Exit::Failure;
             }
         };
@@ -304,11 +321,11 @@ async fn drive(
     let outcome = match result {
         Ok(o) => o,
         Err(e @ ControllerError::WorkersMissing { .. }) => {
-            eprintln!("error: {e}");
+            crate::exit::print_error(&e);
             return Exit::Failure;
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::exit::print_error(&e);
             return Exit::Failure;
         }
     };
@@ -347,7 +364,7 @@ async fn drive(
             )
             .await
         {
-            eprintln!("error: {e:#}");
+            crate::exit::print_anyhow(&e);
             return Exit::Failure;
         }
     }

@@ -13,7 +13,8 @@ pub struct WorkerArgs {
     /// The controller's gRPC address (`host:port`), as `pacer controller --listen` shows it.
     #[arg(long, value_name = "ADDR")]
     pub connect: String,
-    /// The test's session token (printed by the controller; prefer the environment variable).
+    /// The test's session token (printed by the controller; prefer the environment variable;
+    /// at least 16 bytes).
     #[arg(long, env = "PACER_SESSION_TOKEN", hide_env_values = true)]
     pub session_token: String,
     /// The test to join (refused by a controller running another test). Default: any.
@@ -29,10 +30,10 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub worker_header: bool,
     /// Keep trying to reach the controller this long at first.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::flags::parse_duration)]
     pub connect_for: Duration,
     /// After losing the controller, keep running the shard and reconnecting this long.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::flags::parse_duration)]
     pub reconnect_for: Duration,
     /// Abort when standard input reaches its end (`pacer run --workers` ties its worker
     /// processes to itself this way, so they die with it).
@@ -50,8 +51,18 @@ pub struct WorkerArgs {
     pub fleet: crate::fleet::FleetArgs,
 }
 
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 5s, 2m)"))
+/// `--session-token` / `PACER_SESSION_TOKEN` must be at least
+/// [`pacer_proto::MIN_SESSION_TOKEN_BYTES`] long (controllers refuse shorter ones). Checked by
+/// hand rather than by a clap value parser, whose error would print the value: a secret.
+pub(crate) fn check_session_token(token: &str) -> Result<(), String> {
+    let min = pacer_proto::MIN_SESSION_TOKEN_BYTES;
+    if token.len() < min {
+        return Err(format!(
+            "--session-token (PACER_SESSION_TOKEN): {} bytes is too short: at least {min} are required (e.g. the output of `openssl rand -hex 16`)",
+            token.len()
+        ));
+    }
+    Ok(())
 }
 
 fn default_name() -> String {
@@ -98,6 +109,10 @@ pub async fn run(args: WorkerArgs) -> Exit {
             while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
             cancel.cancel();
         });
+    }
+    if let Err(e) = check_session_token(&args.session_token) {
+        eprintln!("worker: error: {e}");
+        return Exit::Invalid;
     }
     let redis = match redis_join(&args.fleet) {
         Ok(r) => r,

@@ -143,14 +143,9 @@ pub async fn reconcile(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action> {
 /// test, then hitting the same LoadTest again on every restart. The reconcile future is
 /// polled inside the kube runtime's stream (not spawned), so nothing else would catch it.
 pub async fn reconcile_guarded(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action> {
-    use futures::FutureExt;
-    let caught = std::panic::AssertUnwindSafe(reconcile(lt.clone(), ctx.clone()))
-        .catch_unwind()
-        .await;
-    match caught {
+    match caught(reconcile(lt.clone(), ctx.clone())).await {
         Ok(result) => result,
-        Err(panic) => {
-            let what = panic_message(panic.as_ref());
+        Err(what) => {
             tracing::error!(
                 loadtest = %lt.name_any(),
                 namespace = lt.namespace().unwrap_or_default(),
@@ -165,6 +160,15 @@ pub async fn reconcile_guarded(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<A
 /// The longest panic message kept in a status (a bug's message, not user data, but
 /// bounded all the same).
 const MAX_PANIC_MESSAGE_CHARS: usize = 300;
+
+/// The future's output, or the message of its panic.
+async fn caught<T>(fut: impl std::future::Future<Output = T>) -> Result<T, String> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .map_err(|panic| panic_message(panic.as_ref()))
+}
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     let text = if let Some(s) = panic.downcast_ref::<&str>() {
@@ -928,5 +932,28 @@ pub fn exit_code_of(phase: Phase, thresholds_failed: bool) -> u8 {
         Phase::Succeeded => 0,
         Phase::Failed if thresholds_failed => 99,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_a_reconcile_is_caught_with_its_message() {
+        let ok = caught(async { 7 }).await;
+        assert_eq!(ok, Ok(7));
+        let overflow = caught(async {
+            let d = std::hint::black_box(Duration::MAX);
+            d + Duration::from_secs(1)
+        })
+        .await;
+        assert!(
+            overflow.as_ref().is_err_and(|m| m.contains("overflow")),
+            "{overflow:?}"
+        );
+        let long = caught(async { panic!("{}", "x\n".repeat(1000)) }).await;
+        let m = long.unwrap_err();
+        assert!(m.chars().count() <= MAX_PANIC_MESSAGE_CHARS && !m.contains('\n'));
     }
 }

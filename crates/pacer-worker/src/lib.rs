@@ -304,22 +304,24 @@ fn engine_result(
     }
 }
 
+/// What a status from the controller means for this worker. Its message is the other side's
+/// text: it is capped and its control characters escaped (`pacer_proto::peer_text`) before it
+/// goes into an error or a log line.
 fn classify(status: &Status) -> End {
+    let text = pacer_proto::peer_text(status.message());
     match status.code() {
         Code::Unauthenticated
         | Code::PermissionDenied
         | Code::InvalidArgument
-        | Code::ResourceExhausted => End::Fatal(WorkerError::Refused(format!(
-            "{:?}: {}",
-            status.code(),
-            status.message()
-        ))),
+        | Code::ResourceExhausted => {
+            End::Fatal(WorkerError::Refused(format!("{:?}: {text}", status.code())))
+        }
         Code::FailedPrecondition if status.message().contains("already finished") => {
             // The controller has our final report; the close that said so was lost.
             End::Delivered
         }
-        Code::FailedPrecondition => End::Fatal(WorkerError::Refused(status.message().into())),
-        _ => End::Retry(format!("{:?}: {}", status.code(), status.message())),
+        Code::FailedPrecondition => End::Fatal(WorkerError::Refused(text)),
+        _ => End::Retry(format!("{:?}: {text}", status.code())),
     }
 }
 
@@ -769,7 +771,12 @@ async fn stream_reports(
                 send(tx, Out::Heartbeat(pacer_proto::Heartbeat { sent_us })).await?;
             }
             _ = cancel.cancelled(), if !abort.is_cancelled() => {
-                tracing::warn!("asked to quit: aborting the shard");
+                // After Finished was sent, being asked to quit is the normal end of a run.
+                if finished_sent {
+                    tracing::debug!("asked to quit after finishing");
+                } else {
+                    tracing::warn!("asked to quit: aborting the shard");
+                }
                 abort.cancel();
             }
             _ = tokio::time::sleep_until(last_heard + r.peer_timeout) => {
@@ -782,11 +789,17 @@ async fn stream_reports(
                 match m {
                     Ok(Some(m)) => match m.body {
                         Some(In::Stop(s)) => {
-                            tracing::warn!("controller: stop ({})", s.reason);
+                            tracing::warn!(
+                                "controller: stop ({})",
+                                pacer_proto::peer_text(&s.reason)
+                            );
                             r.control.stop.cancel();
                         }
                         Some(In::Abort(a)) => {
-                            tracing::warn!("controller: abort ({})", a.reason);
+                            tracing::warn!(
+                                "controller: abort ({})",
+                                pacer_proto::peer_text(&a.reason)
+                            );
                             r.control.abort.cancel();
                         }
                         Some(In::Heartbeat(_) | In::Pong(_)) => {}
