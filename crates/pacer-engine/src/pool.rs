@@ -461,11 +461,9 @@ async fn read_body(resp: Response<Incoming>, limit: BodyLimit) -> Result<Receive
             ),
         )
     };
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit.max) {
+    // hyper's size hint is the `Content-Length` of a response that has a body (not of a
+    // HEAD, 204 or 304 answer, whose Content-Length describes a body that never comes).
+    if hyper::body::Body::size_hint(&body).lower() > limit.max {
         return Err(too_large());
     }
     // A 429's body may name the limit it is about (ratelimit_headers::server_limit_name).

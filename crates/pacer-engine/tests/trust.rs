@@ -272,6 +272,18 @@ async fn a_body_over_max_body_bytes_is_an_error_kind_and_the_run_goes_on() {
     assert_eq!(t.attempts, 12);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_answer_announcing_a_big_body_is_not_too_large() {
+    // hyper answers HEAD with the Content-Length of the body it would send, and no body.
+    let (target, _) = serve(|_| (200, vec![], big(2 * MIB))).await;
+    let plan = format!(
+        "name: t\ntarget: http://{target}\nhttp: {{ maxBodyBytes: {MIB} }}\nscenarios:\n  - name: s\n    executor: shared-iterations\n    iterations: 3\n    requests:\n      - {{ name: head, method: HEAD, path: /big }}\n      - {{ name: get, path: /big }}\n"
+    );
+    let t = common::run_plan(&plan, Arc::new(Unlimited)).await;
+    assert_eq!(t.status.get(&200), Some(&3), "{:?}", t.errors);
+    assert_eq!(t.errors.get("body-too-large"), Some(&3), "{:?}", t.errors);
+}
+
 /// A hostile server: answers every connection with a chunked body that never ends (bounded
 /// here at `limit` bytes so the test ends whatever the engine does).
 async fn endless_body_server(limit: usize) -> SocketAddr {
