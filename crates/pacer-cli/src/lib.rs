@@ -170,8 +170,8 @@ fn validate_one(p: &std::path::Path) -> Result<String, (String, Exit)> {
             source,
         })
     })?;
-    let doc = pacer_plan::load::parse_document(&text, &p.display().to_string())
-        .map_err(plan_error)?;
+    let doc =
+        pacer_plan::load::parse_document(&text, &p.display().to_string()).map_err(plan_error)?;
     let summary = |plan: &pacer_plan::Plan| {
         let iters: Vec<String> = plan
             .scenarios
@@ -188,8 +188,12 @@ fn validate_one(p: &std::path::Path) -> Result<String, (String, Exit)> {
             .map(|plan| summary(&plan))
             .map_err(plan_error);
     }
-    let lt: pacer_operator::crd::LoadTest = serde_json::from_value(doc)
-        .map_err(|e| (format!("{}: not a LoadTest: {e}", p.display()), Exit::Invalid))?;
+    let lt: pacer_operator::crd::LoadTest = serde_json::from_value(doc).map_err(|e| {
+        (
+            format!("{}: not a LoadTest: {e}", p.display()),
+            Exit::Invalid,
+        )
+    })?;
     match pacer_operator::prepare::prepare(&lt, &Default::default()) {
         Ok(prepared) => Ok(format!(
             "LoadTest {} ({} workers)",

@@ -49,7 +49,11 @@ pub fn check(spec: &PlanSpec) -> Vec<FieldError> {
     let mut b = Bounds(Vec::new());
     b.duration("duration", spec.duration, MAX_TEST_DURATION);
     if let Some(w) = spec.workers {
-        b.at_most("workers", u64::from(w), u64::from(crate::shard::MAX_WORKERS));
+        b.at_most(
+            "workers",
+            u64::from(w),
+            u64::from(crate::shard::MAX_WORKERS),
+        );
     }
     if let Some(h) = &spec.http {
         b.duration("http.timeout", h.timeout, MAX_WAIT);
@@ -112,8 +116,10 @@ impl Bounds {
 
     fn at_most(&mut self, path: impl Into<String>, n: u64, max: u64) {
         if n > max {
-            self.0
-                .push(FieldError::new(path, format!("{n} is above the most allowed, {max}")));
+            self.0.push(FieldError::new(
+                path,
+                format!("{n} is above the most allowed, {max}"),
+            ));
         }
     }
 
@@ -140,7 +146,11 @@ impl Bounds {
         self.duration(format!("{p}.startTime"), s.start_time, MAX_TEST_DURATION);
         self.duration(format!("{p}.gracefulStop"), s.graceful_stop, MAX_WAIT);
         self.duration(format!("{p}.duration"), s.duration, MAX_TEST_DURATION);
-        self.duration(format!("{p}.maxDuration"), s.max_duration, MAX_TEST_DURATION);
+        self.duration(
+            format!("{p}.maxDuration"),
+            s.max_duration,
+            MAX_TEST_DURATION,
+        );
         self.duration(
             format!("{p}.gracefulRampDown"),
             s.graceful_ramp_down,
@@ -178,7 +188,11 @@ impl Bounds {
         let mut total = Duration::ZERO;
         for (j, st) in s.stages.iter().enumerate() {
             let sp = format!("{p}.stages[{j}]");
-            self.duration(format!("{sp}.duration"), Some(st.duration), MAX_TEST_DURATION);
+            self.duration(
+                format!("{sp}.duration"),
+                Some(st.duration),
+                MAX_TEST_DURATION,
+            );
             total = total.saturating_add(st.duration.get());
             match &st.target {
                 serde_json::Value::String(t) => {

@@ -96,9 +96,7 @@ impl Refs<'_> {
     /// A worker pod of a LoadTest: its own environment, the operator's variables excepted;
     /// never a file.
     pub fn worker_pod() -> Refs<'static> {
-        Refs::Remote {
-            provided: &pod_env,
-        }
+        Refs::Remote { provided: &pod_env }
     }
 
     /// The policy for a LoadTest manifest's plan read here: its author is not this machine's
@@ -359,7 +357,11 @@ fn hide(msg: &str, value: &str, reference: &str) -> String {
             .and_then(|j| j.strip_suffix('"'))
             .unwrap_or(value)
             .to_string();
-        for form in [value.escape_debug().to_string(), json_inner, value.to_string()] {
+        for form in [
+            value.escape_debug().to_string(),
+            json_inner,
+            value.to_string(),
+        ] {
             out = out.replace(&form, &label);
         }
     }
@@ -415,7 +417,10 @@ mod tests {
             let mut v = serde_json::json!({ "target": s });
             let (_, errs) = remote.resolve(&mut v);
             assert_eq!(errs.len(), 1, "{s}");
-            assert!(errs[0].message.contains("cannot be used in a LoadTest"), "{s}");
+            assert!(
+                errs[0].message.contains("cannot be used in a LoadTest"),
+                "{s}"
+            );
         }
         // The escaped form alone is a literal, not a reference.
         let mut v = serde_json::json!({ "target": "$${file:/etc/hostname}" });
@@ -471,7 +476,11 @@ mod tests {
             "not a URL (relative URL without a base): \"s3cr3t-value\"",
         ));
         assert!(!e.message.contains("s3cr3t"), "{}", e.message);
-        assert!(e.message.starts_with("the value of ${env:SECRET}"), "{}", e.message);
+        assert!(
+            e.message.starts_with("the value of ${env:SECRET}"),
+            "{}",
+            e.message
+        );
         let other = red.redact(FieldError::new("name", "duplicate name s3cr3t-value"));
         assert!(!other.message.contains("s3cr3t"), "{}", other.message);
     }
