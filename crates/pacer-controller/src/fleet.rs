@@ -102,8 +102,9 @@ pub(crate) struct Fleet {
 
 /// The fleet is judged (merge checked, abortOnFail evaluated) at most this often while
 /// reports stream in: a merge is O(workers), and a report arrives from each worker every
-/// second, so judging on every report would be O(workers²) per second.
-const JUDGE_EVERY: Duration = Duration::from_millis(250);
+/// second, so judging on every report would be O(workers²) per second. Half the report
+/// interval keeps an abort within about a second of the report that shows the failure.
+const JUDGE_EVERY: Duration = Duration::from_millis(500);
 
 impl Fleet {
     pub fn new(workers: usize) -> Self {
