@@ -177,7 +177,7 @@ type StaticRequest = OnceLock<Result<Prepared, NotPrepared>>;
 enum NotPrepared {
     /// Its rendered path would leave the target (or is not a path): refused, and counted.
     Refused(Refusal),
-    /// A template or a value failed (the message names the field, never a rendered value).
+    /// A template or a value failed (the message leaves out query strings and header values).
     Invalid(String),
 }
 
