@@ -677,6 +677,26 @@ async fn kubectl_apply_refuses_invalid_loadtests_naming_the_field() {
             with("", "wrokers", json!(2)),
             vec!["unknown field", "spec.wrokers"],
         ),
+        // Numbers no test needs (issue 15): refused before the operator sees them.
+        (
+            "huge-vus",
+            with("/plan/scenarios/0", "vus", json!(4_294_967_295u64)),
+            vec!["spec.plan.scenarios[0].vus", "less than or equal to"],
+        ),
+        (
+            "huge-duration",
+            with(
+                "/plan/scenarios/0",
+                "duration",
+                json!("18446744073709551615s"),
+            ),
+            vec!["spec.plan.scenarios[0].duration"],
+        ),
+        (
+            "huge-start-timeout",
+            with("", "startTimeout", json!("18446744073709551615s")),
+            vec!["spec.startTimeout"],
+        ),
     ];
     for (name, spec, expected) in cases {
         let out = kubectl_apply(ns, &[loadtest(name, spec)]).await;
@@ -1064,6 +1084,105 @@ async fn two_loadtests_run_side_by_side_with_their_own_numbers() {
     }
     mock_a.shutdown().await;
     mock_b.shutdown().await;
+}
+
+/// The installed operator holds LoadTests to the chart's allow-lists: an image off
+/// `worker.allowedImages` and a ServiceAccount off `worker.allowedServiceAccounts` end Failed
+/// with both fields named, and no worker pod is created.
+#[tokio::test]
+async fn an_image_off_the_allow_list_is_refused_by_the_installed_operator() {
+    installed().await;
+    let cluster = Cluster::shared();
+    let client = cluster.client().await.unwrap();
+    let ns = "e2e-allowlist";
+    cluster.create_namespace(ns).await.unwrap();
+    let plan = users_me_plan(
+        "offlist",
+        "http://127.0.0.1:9",
+        json!({ "executor": "constant-vus", "vus": 1, "duration": "2s" }),
+    );
+    kubectl_apply_ok(
+        ns,
+        &[loadtest(
+            "offlist",
+            json!({
+                "workers": 1,
+                "image": "attacker.example/shell:latest",
+                "workerTemplate": { "serviceAccountName": "default" },
+                "plan": plan,
+            }),
+        )],
+    )
+    .await;
+    let tests = loadtests(client.clone(), ns);
+    let status = wait_phase(
+        &tests,
+        "offlist",
+        &["Succeeded", "Failed", "Aborted"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(phase(&status), "Failed", "{status:#}");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spec.image"), "{message}");
+    assert!(
+        message.contains("spec.workerTemplate.serviceAccountName"),
+        "{message}"
+    );
+    assert!(worker_pods(&client, ns, "offlist").await.is_empty());
+}
+
+/// A LoadTest whose plan reads a file (the plain and the escaped-then-concatenated forms):
+/// the installed operator refuses it naming the field and the reference, and the file's
+/// canary appears in neither the status nor the Events.
+#[tokio::test]
+async fn a_loadtest_reading_a_file_fails_and_the_canary_appears_nowhere() {
+    installed().await;
+    let cluster = Cluster::shared();
+    let client = cluster.client().await.unwrap();
+    let ns = "e2e-file-ref";
+    cluster.create_namespace(ns).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let canary = "CANARY-e2e-9d2c41";
+    let file = dir.path().join("token");
+    std::fs::write(&file, canary).unwrap();
+    let file = file.to_str().unwrap();
+    let tests = loadtests(client.clone(), ns);
+    for (name, target) in [
+        ("file-plain", format!("${{file:{file}}}")),
+        ("file-escaped", format!("$${{file:a}}${{file:{file}}}")),
+    ] {
+        let plan = users_me_plan(
+            name,
+            &target,
+            json!({ "executor": "constant-vus", "vus": 1, "duration": "1s" }),
+        );
+        kubectl_apply_ok(ns, &[loadtest(name, json!({ "workers": 1, "plan": plan }))]).await;
+        let status = wait_phase(
+            &tests,
+            name,
+            &["Succeeded", "Failed", "Aborted"],
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(phase(&status), "Failed", "{status:#}");
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("spec.plan.target")
+                && message.contains("cannot be used in a LoadTest"),
+            "{message}"
+        );
+        assert!(!status.to_string().contains(canary), "{status:#}");
+        let events = eventually(Duration::from_secs(30), "the InvalidSpec event", || async {
+            let ev = events_of(ns, name).await;
+            ev.iter().any(|e| e.1 == "InvalidSpec").then_some(ev)
+        })
+        .await;
+        for (_, _, m) in &events {
+            assert!(!m.contains(canary), "{m}");
+        }
+        assert!(worker_pods(&client, ns, name).await.is_empty());
+    }
 }
 
 /// A worker pod that cannot start (an image the kubelet cannot run): the test ends Failed when
