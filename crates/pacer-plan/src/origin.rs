@@ -275,4 +275,49 @@ mod tests {
             assert!(AllowedHost::parse(bad).is_err(), "{bad:?}");
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_rendered_path_stays_on_the_target_or_an_allowed_host_or_is_refused(
+                rendered in prop_oneof![
+                    "[ -~]{0,40}",
+                    "(/|//|/\\\\|http://|https://|HTTP://)[a-z0-9.:@/\\\\?#%\\[\\]\r\n\t-]{0,30}",
+                    any::<String>(),
+                ],
+            ) {
+                let target = url::Url::parse("http://127.0.0.1:8080/api").unwrap();
+                let allow = [AllowedHost::parse("allowed.example:9").unwrap()];
+                match resolve(&target, &allow, &rendered) {
+                    Ok((u, Destination::Target)) => prop_assert_eq!(u.origin(), target.origin()),
+                    Ok((u, Destination::AllowedHost)) => {
+                        prop_assert_eq!(u.host_str(), Some("allowed.example"));
+                        prop_assert_eq!(u.port_or_known_default(), Some(9));
+                    }
+                    // Only the origin is shown: never a path, query, fragment or user.
+                    Err(Refusal::OffOrigin { origin }) => prop_assert!(
+                        !origin.contains(['?', '#', '@']),
+                        "{}",
+                        origin
+                    ),
+                    // A fixed reason.
+                    Err(Refusal::NotAPath(_)) => {}
+                }
+                if rendered.starts_with("//") || rendered.chars().any(char::is_control) {
+                    prop_assert!(resolve(&target, &allow, &rendered).is_err());
+                }
+            }
+
+            #[test]
+            fn any_allow_hosts_entry_parses_or_says_why_without_panicking(entry in "[ -~]{0,40}") {
+                if let Ok(a) = AllowedHost::parse(&entry) {
+                    // What it shows parses back to the same entry.
+                    prop_assert_eq!(AllowedHost::parse(&a.to_string()), Ok(a));
+                }
+            }
+        }
+    }
 }
