@@ -438,6 +438,28 @@ fn bundled_redis_requires_a_generated_password_and_a_user_limited_to_pacers_comm
         env_of(controller, "PACER_DEFAULT_REDIS_URL")["valueFrom"]["secretKeyRef"],
         serde_json::json!({"name": "pacer-redis-auth", "key": "url"})
     );
+
+    // A password given in the values (renderers without cluster access) is the one used.
+    let given = "given-password-0123456789";
+    let objects = template(&[
+        "redis.enabled=true",
+        &format!("redis.auth.password={given}"),
+    ]);
+    let secret = find(&objects, "Secret")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "pacer-redis-auth")
+        .expect("the Redis Secret");
+    assert_eq!(decoded(secret, "password"), given);
+    let (ok, _, err) = run_helm(&[
+        "template",
+        "pacer",
+        chart().to_str().expect("utf-8 path"),
+        "--set",
+        "redis.enabled=true",
+        "--set",
+        "redis.auth.password=short",
+    ]);
+    assert!(!ok && err.contains("schema"), "a short password: {err}");
 }
 
 fn network_policy<'a>(objects: &'a [Value], name: &str) -> &'a Value {

@@ -65,6 +65,27 @@ app.kubernetes.io/component: controller
 {{- printf "%s-auth" (include "pacer.redisName" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+The bundled Redis's password: redis.auth.password when given; else the one in the Secret of an
+earlier release (lookup), so an upgrade never changes it under running tests; else a new one.
+Renderers without cluster access (`helm template`, Argo CD) cannot look up and would make a new
+one on every render: give redis.auth.password there.
+*/}}
+{{- define "pacer.redisPassword" -}}
+{{- $password := .Values.redis.auth.password -}}
+{{- if not $password -}}
+{{- $password = randAlphaNum 32 -}}
+{{- with lookup "v1" "Secret" .Release.Namespace (include "pacer.redisSecretName" .) -}}
+{{- with .data -}}
+{{- with index . "password" -}}
+{{- $password = b64dec . -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $password -}}
+{{- end -}}
+
 {{/* The namespaces worker pods run in, as a NetworkPolicy peer's namespaceSelector. */}}
 {{- define "pacer.workerNamespaces" -}}
 {{- if .Values.controller.watchNamespaces -}}
