@@ -188,3 +188,51 @@ fn an_overflowing_start_timeout_is_refused_by_validate() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("spec.startTimeout: "), "{err}");
 }
+
+/// A plan with every number at (or near) its bound, short only where a run would otherwise
+/// last: it validates, and `pacer run` ends with a verdict (0, 1 or 99), never a panic.
+#[test]
+fn a_plan_at_its_bounds_runs_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"name: bounds
+target: http://127.0.0.1:9
+http: {timeout: 1h, connectTimeout: 1h, maxIdlePerHost: 100000}
+limits:
+  - {name: l, limit: 1000000/s, burst: 1000, window: 1s, spread: 1h}
+retry: {maxAttempts: 1, backoff: {base: 1h, max: 1h}, retryAfterMax: 1h, retryAfterDefault: 1h}
+scenarios:
+  - name: iters
+    executor: per-vu-iterations
+    vus: 1
+    iterations: 1
+    maxDuration: 744h
+    gracefulStop: 1h
+    requests:
+      - name: r
+        path: "/x?a={{isoNow +36500d}}&b={{isoNow -36500d}}&c={{randInt -9223372036854775808 9223372036854775807}}"
+  - name: open
+    executor: constant-arrival-rate
+    rate: 1/744h
+    duration: 1s
+    maxInFlight: 1000000
+    preAllocatedVUs: 1000000
+    requests:
+      - name: q
+        path: /y
+"#;
+    let p = write(dir.path(), "bounds.yaml", text);
+    let out = pacer(&["validate", p.to_str().unwrap()], &[], LIMIT);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = pacer(
+        &["run", "-q", p.to_str().unwrap()],
+        &[],
+        Duration::from_secs(60),
+    );
+    let err = stderr(&out);
+    assert!(
+        matches!(out.status.code(), Some(0 | 1 | 99)),
+        "exit {:?}: {err}",
+        out.status.code()
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
