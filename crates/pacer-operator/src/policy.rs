@@ -12,7 +12,9 @@
 //! - `spec.workerTemplate.annotations`: none that weakens the pod's confinement (AppArmor,
 //!   the old seccomp annotations);
 //! - `spec.workerTemplate.labels`: none of the operator's own (`pacer.dev/`,
-//!   `app.kubernetes.io/`), which NetworkPolicies and cleanup select on.
+//!   `app.kubernetes.io/`), which NetworkPolicies and cleanup select on;
+//! - `spec.workerTemplate.tolerations`: none that tolerates every taint or the control plane's
+//!   (load generators do not belong next to the API server and etcd).
 //!
 //! The CRD's structural schema prunes every other pod field (volumes, hostPath, hostNetwork,
 //! securityContext, extra containers): `resources::worker_job` sets those itself.
@@ -27,6 +29,9 @@ const CONFINEMENT_ANNOTATIONS: &[&str] = &[
     "seccomp.security.alpha.kubernetes.io/",
     "container.seccomp.security.alpha.kubernetes.io/",
 ];
+
+/// Taint key prefixes of the nodes that run the cluster itself.
+const CONTROL_PLANE_TAINTS: &[&str] = &["node-role.kubernetes.io/"];
 
 /// Label key prefixes the operator sets and selects on (NetworkPolicies, cleanup, the chart).
 const RESERVED_LABEL_PREFIXES: &[&str] = &["pacer.dev/", "app.kubernetes.io/"];
@@ -138,6 +143,20 @@ impl WorkerPolicy {
                 errors.push(FieldError::new(
                     format!("spec.workerTemplate.annotations[{key:?}]"),
                     "annotations that change a container's AppArmor or seccomp profile are not allowed",
+                ));
+            }
+        }
+        for (i, tol) in t.tolerations.iter().enumerate() {
+            let key = tol.key.as_deref().unwrap_or_default();
+            if key.is_empty() && tol.operator.as_deref() == Some("Exists") {
+                errors.push(FieldError::new(
+                    format!("spec.workerTemplate.tolerations[{i}]"),
+                    "a toleration of every taint is not allowed: name the taint's key",
+                ));
+            } else if CONTROL_PLANE_TAINTS.iter().any(|p| key.starts_with(p)) {
+                errors.push(FieldError::new(
+                    format!("spec.workerTemplate.tolerations[{i}].key"),
+                    format!("{key:?}: worker pods may not tolerate the control plane's taints"),
                 ));
             }
         }

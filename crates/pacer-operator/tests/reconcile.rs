@@ -966,7 +966,8 @@ async fn an_image_or_service_account_off_the_allow_lists_is_refused_naming_the_f
 }
 
 #[tokio::test]
-async fn value_from_in_worker_env_and_confinement_annotations_are_refused() {
+async fn value_from_in_worker_env_confinement_annotations_and_control_plane_tolerations_are_refused()
+ {
     let mut lt = loadtest("evil");
     let t = lt.spec.worker_template.as_mut().expect("a worker template");
     t.env.push(
@@ -980,6 +981,15 @@ async fn value_from_in_worker_env_and_confinement_annotations_are_refused() {
     );
     t.labels
         .insert("app.kubernetes.io/component".into(), "controller".into());
+    t.tolerations = vec![
+        serde_json::from_value(json!({"operator": "Exists"})).expect("a Toleration"),
+        serde_json::from_value(json!({"key": "node-role.kubernetes.io/control-plane",
+            "operator": "Exists", "effect": "NoSchedule"}))
+        .expect("a Toleration"),
+        serde_json::from_value(json!({"key": "dedicated", "value": "load",
+            "effect": "NoSchedule"}))
+        .expect("a Toleration"),
+    ];
     let (client, server) = api_server(vec![status_patch("evil"), event_post()]);
     let runner = FakeRunner::default();
     let ctx = context(client, runner.clone());
@@ -990,9 +1000,15 @@ async fn value_from_in_worker_env_and_confinement_annotations_are_refused() {
         "spec.workerTemplate.env[1].valueFrom: only literal values are allowed here: give Secrets with spec.credentials",
         "spec.workerTemplate.annotations[\"container.apparmor.security.beta.kubernetes.io/worker\"]",
         "spec.workerTemplate.labels[\"app.kubernetes.io/component\"]",
+        "spec.workerTemplate.tolerations[0]: a toleration of every taint is not allowed",
+        "spec.workerTemplate.tolerations[1].key: \"node-role.kubernetes.io/control-plane\"",
     ] {
         assert!(msg.contains(field), "{field} not in {msg}");
     }
+    assert!(
+        !msg.contains("tolerations[2]"),
+        "a toleration of a named taint is fine: {msg}"
+    );
 }
 
 #[tokio::test]
