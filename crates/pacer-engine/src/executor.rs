@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{Shared, run_iteration};
+use crate::iteration::{Shared, run_iteration};
 
 /// What an executor runs with.
 pub struct ScenarioRun {

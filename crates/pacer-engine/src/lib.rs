@@ -3,7 +3,7 @@
 //! token source and the stats recorder come in through [`Deps`].
 
 pub mod auth;
-pub mod exec;
+pub mod iteration;
 pub mod executor;
 pub mod http;
 mod pool;
@@ -21,7 +21,7 @@ use pacer_stats::Recorder;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use exec::WORKER_HEADER;
+pub use iteration::WORKER_HEADER;
 
 /// What the engine plugs into.
 pub struct Deps {
@@ -168,7 +168,7 @@ pub async fn run(
             deps.recorder.clone(),
         )),
     };
-    let shared = Arc::new(exec::Shared::new(
+    let shared = Arc::new(iteration::Shared::new(
         plan.clone(),
         client,
         deps.limiter,

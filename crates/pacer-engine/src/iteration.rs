@@ -1,5 +1,6 @@
 //! One iteration: the scenario's requests in order, each with its retries, checks, extraction
-//! and polling, recorded as attempts (HTTP exchanges) and requests (after retries).
+//! and polling, recorded as attempts (HTTP exchanges) and requests (after retries). The
+//! executors (`executor.rs`) decide when an iteration starts; this module runs one.
 //!
 //! The servers are not trusted: a rendered path or URL (`{{vars.location}}` from a response)
 //! is resolved by [`pacer_plan::origin::resolve`], so a request leaves the target's origin only
