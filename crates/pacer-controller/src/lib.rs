@@ -201,15 +201,12 @@ impl Coordinator {
         })
     }
 
-    /// The listener's limits for this test alone: the defaults, with room for twice the
-    /// fleet's connections (each worker holds one; a reconnect may overlap the old one), and
-    /// the configured Hello timeout.
+    /// The listener's limits for this test alone: the defaults (the connection limit grows
+    /// with the fleet: [`listener::Sessions::max_connections`]) and the configured Hello
+    /// timeout.
     pub fn listener_limits(&self) -> listener::ListenerLimits {
-        let cfg = &self.inner.cfg;
         listener::ListenerLimits {
-            max_connections: listener::DEFAULT_MAX_CONNECTIONS
-                .max(cfg.weights.len().saturating_mul(2)),
-            hello_timeout: cfg.hello_timeout,
+            hello_timeout: self.inner.cfg.hello_timeout,
             ..Default::default()
         }
     }

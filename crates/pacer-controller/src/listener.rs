@@ -4,10 +4,11 @@
 //! all serve through [`serve`], so the limits are decided here once.
 //!
 //! Bounds, from the outside in:
-//! - connections: at most [`ListenerLimits::max_connections`] open at once (a permit taken at
-//!   accept; past it a new connection is closed at once rather than left in the kernel's
-//!   backlog), and a connection that has not authenticated a stream within the Hello timeout
-//!   is closed ([`GuardedConn`]);
+//! - connections: at most [`Sessions::max_connections`] open at once (the base
+//!   [`ListenerLimits::max_connections`], raised to twice the workers of the tests served, so a
+//!   fleet always fits; counted at accept; past it a new connection is closed at once rather
+//!   than left in the kernel's backlog), and a connection that has not authenticated a stream
+//!   within the Hello timeout is closed ([`GuardedConn`]);
 //! - streams: at most [`MAX_STREAMS_PER_CONNECTION`] per connection (HTTP/2
 //!   `SETTINGS_MAX_CONCURRENT_STREAMS`: h2 refuses the others itself), HTTP/2 flow-control
 //!   windows fixed at [`STREAM_WINDOW_BYTES`] / [`CONNECTION_WINDOW_BYTES`] (a peer may send
@@ -40,7 +41,7 @@ use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ use pacer_proto::{Hello, WorkerMessage, worker_message};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -69,11 +70,16 @@ use crate::Coordinator;
 /// unauthenticated streams over one connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 
-/// Connections open at once by default. Every worker holds one, so this is the largest fleet
-/// one listener serves without raising it (`pacer controller` raises it to twice its expected
-/// workers); the operator's listener serves every running test's workers. At the h2 windows
-/// below a connection whose streams are all read costs a few tens of KiB.
+/// Connections open at once, at least: the limit is this or twice the workers of the tests the
+/// listener serves, whichever is more ([`Sessions::max_connections`]): every worker holds one
+/// connection and a reconnect may overlap the old one, so a fleet (up to
+/// `pacer_plan::shard::MAX_WORKERS`) always fits, while strangers get no more than a fleet's
+/// worth. At the h2 windows below a connection whose streams are all read costs a few tens of
+/// KiB.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Connections per worker of the tests served: its own, and a reconnect overlapping it.
+const CONNECTIONS_PER_WORKER: usize = 2;
 
 /// Streams waiting for their Hello to be checked, across the listener, by default. A fleet's
 /// workers start within a second or two and each Hello is checked as soon as it arrives, so a
@@ -111,7 +117,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// The listener's limits; [`ListenerLimits::default`] holds the defaults above.
 #[derive(Clone, Debug)]
 pub struct ListenerLimits {
-    /// Connections open at once.
+    /// Connections open at once, at least (raised for the fleets served:
+    /// [`Sessions::max_connections`]).
     pub max_connections: usize,
     /// Streams waiting for their Hello to be checked, across the listener.
     pub max_unauthenticated_streams: usize,
@@ -134,6 +141,14 @@ pub trait Sessions: Clone + Send + Sync + 'static {
     /// The coordinator of `test_id` (the Hello's, possibly empty), or the status that refuses
     /// the stream.
     fn coordinator(&self, test_id: &str) -> Result<Coordinator, Status>;
+
+    /// Workers of the tests served now (asked at every accept).
+    fn workers(&self) -> usize;
+
+    /// Connections open at once: `base`, or room for every worker served, whichever is more.
+    fn max_connections(&self, base: usize) -> usize {
+        base.max(self.workers().saturating_mul(CONNECTIONS_PER_WORKER))
+    }
 }
 
 /// One coordinator behind its own listener (`pacer controller`, `pacer run --workers`): every
@@ -141,6 +156,10 @@ pub trait Sessions: Clone + Send + Sync + 'static {
 impl Sessions for Coordinator {
     fn coordinator(&self, _test_id: &str) -> Result<Coordinator, Status> {
         Ok(self.clone())
+    }
+
+    fn workers(&self) -> usize {
+        self.config().weights.len()
     }
 }
 
@@ -151,7 +170,7 @@ pub async fn serve<S: Sessions>(
     limits: ListenerLimits,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let gate = Gate::new(sessions, &limits);
+    let gate = Gate::new(sessions.clone(), &limits);
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
@@ -161,60 +180,86 @@ pub async fn serve<S: Sessions>(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(gate)
-        .serve_with_incoming_shutdown(incoming(listener, &limits), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            incoming(listener, &limits, sessions),
+            shutdown.cancelled_owned(),
+        )
         .await
 }
 
-/// Accepted connections, each holding a permit of the connection limit; past the limit a new
-/// connection is closed at once.
-fn incoming(
+/// Accepted connections, each counted until it closes; past the limit a new connection is
+/// closed at once.
+fn incoming<S: Sessions>(
     listener: TcpListener,
     limits: &ListenerLimits,
+    sessions: S,
 ) -> impl futures::Stream<Item = io::Result<GuardedConn>> + Send + 'static {
-    let max = limits.max_connections;
-    let permits = Arc::new(Semaphore::new(max));
+    let base = limits.max_connections;
+    let open = Arc::new(AtomicUsize::new(0));
     let hello_timeout = limits.hello_timeout;
-    futures::stream::unfold((listener, permits), move |(listener, permits)| async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!("gRPC listener: cannot accept: {e}");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+    futures::stream::unfold((listener, open), move |(listener, open)| {
+        let sessions = sessions.clone();
+        async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!("gRPC listener: cannot accept: {e}");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                };
+                let max = sessions.max_connections(base);
+                // Only this loop adds to `open`, so the check and the add cannot race.
+                if open.load(Ordering::Acquire) >= max {
+                    tracing::debug!(
+                        "gRPC listener: refusing {peer}: {max} connections are open (the limit)"
+                    );
+                    drop(tcp);
                     continue;
                 }
-            };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::debug!(
-                    "gRPC listener: refusing {peer}: {max} connections are open (the limit)"
-                );
-                drop(tcp);
-                continue;
-            };
-            // Best effort: a worker's messages are small and latency-sensitive (Ping/Pong).
-            let _ = tcp.set_nodelay(true);
-            let conn = GuardedConn::new(tcp, permit, hello_timeout);
-            return Some((Ok(conn), (listener, permits)));
+                let slot = ConnSlot::take(&open);
+                // Best effort: a worker's messages are small and latency-sensitive (Ping/Pong).
+                let _ = tcp.set_nodelay(true);
+                let conn = GuardedConn::new(tcp, slot, hello_timeout);
+                return Some((Ok(conn), (listener, open)));
+            }
         }
     })
 }
 
-/// An accepted connection: holds its permit of the connection limit until it closes, and is
+/// One open connection in the listener's count, given back when the connection is dropped.
+struct ConnSlot(Arc<AtomicUsize>);
+
+impl ConnSlot {
+    fn take(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        Self(open.clone())
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An accepted connection: counts against the connection limit until it closes, and is
 /// closed if none of its streams has passed the gate within the Hello timeout (a stranger
 /// cannot keep a connection, and its permit, by opening it and sending nothing).
 pub struct GuardedConn {
     tcp: TcpStream,
-    _permit: OwnedSemaphorePermit,
+    _slot: ConnSlot,
     authenticated: Arc<AtomicBool>,
     /// Until a stream is authenticated.
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl GuardedConn {
-    fn new(tcp: TcpStream, permit: OwnedSemaphorePermit, hello_timeout: Duration) -> Self {
+    fn new(tcp: TcpStream, slot: ConnSlot, hello_timeout: Duration) -> Self {
         Self {
             tcp,
-            _permit: permit,
+            _slot: slot,
             authenticated: Arc::new(AtomicBool::new(false)),
             deadline: Some(Box::pin(tokio::time::sleep(hello_timeout))),
         }
@@ -250,7 +295,7 @@ impl AsyncRead for GuardedConn {
             if this.authenticated.load(Ordering::Acquire) {
                 this.deadline = None;
             } else if deadline.as_mut().poll(cx).is_ready() {
-                // hyper ends the connection on a read error; the permit goes with it.
+                // hyper ends the connection on a read error; its count goes with it.
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no stream of this connection sent a valid Hello in time",

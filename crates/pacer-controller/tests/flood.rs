@@ -35,7 +35,14 @@ fn plan() -> Arc<pacer_plan::Plan> {
 }
 
 async fn serve(limits: ListenerLimits) -> (Coordinator, String, CancellationToken) {
-    let mut cfg = ControllerConfig::new("flood-1", TOKEN, 1);
+    serve_fleet(limits, 1).await
+}
+
+async fn serve_fleet(
+    limits: ListenerLimits,
+    workers: u32,
+) -> (Coordinator, String, CancellationToken) {
+    let mut cfg = ControllerConfig::new("flood-1", TOKEN, workers);
     cfg.wait_for_workers = Duration::from_secs(40);
     cfg.start_delay = Duration::from_millis(50);
     cfg.hello_timeout = limits.hello_timeout;
@@ -160,6 +167,33 @@ async fn connections_past_the_limit_are_closed_at_once_and_silent_ones_at_the_he
     assert!(
         (15..=20).contains(&early),
         "{early} connections closed at once; 20 past the limit of 20 expected"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_grows_to_fit_the_fleet() {
+    // 16 workers may hold 32 connections: more than the base of 20.
+    let (_c, addr, stop) = serve_fleet(
+        ListenerLimits {
+            max_connections: 20,
+            max_unauthenticated_streams: MAX_UNAUTHENTICATED,
+            hello_timeout: Duration::from_secs(1),
+        },
+        16,
+    )
+    .await;
+    let (early, closed) = idle_connections(
+        &addr,
+        40,
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(closed, 40, "every silent connection is closed");
+    assert!(
+        (4..=8).contains(&early),
+        "{early} connections closed at once; 8 past the limit of 32 expected"
     );
     stop.cancel();
 }

@@ -37,6 +37,15 @@ impl Routes {
         self.inner.read().get(test_id).cloned()
     }
 
+    /// Workers of every test routed now (the listener's connection limit grows with them).
+    pub fn workers(&self) -> usize {
+        self.inner
+            .read()
+            .values()
+            .map(|c| c.config().weights.len())
+            .sum()
+    }
+
     pub fn len(&self) -> usize {
         self.inner.read().len()
     }
@@ -62,6 +71,10 @@ impl Sessions for Routes {
                 pacer_proto::peer_text(test_id)
             ))
         })
+    }
+
+    fn workers(&self) -> usize {
+        Routes::workers(self)
     }
 }
 
