@@ -891,6 +891,45 @@ onWorkerLoss: fail
         assert!(e.contains("scenarios[0].rate"), "{e}");
     }
 
+    /// A worker pod resolves a LoadTest's plan: never a file, never the operator's own
+    /// variables; what the LoadTest provides, yes.
+    #[test]
+    fn a_pod_worker_reads_no_file_and_no_operator_variable() {
+        let plan = pacer_plan::load_str(PLAN, "plan.yaml", &Default::default()).unwrap();
+        let with_target = |target: &str| {
+            let mut a = assign_for(&plan);
+            a.plan_spec_json = a
+                .plan_spec_json
+                .replace("http://127.0.0.1:9", &target.replace('"', "\\\""));
+            a
+        };
+        let provided = |name: &str| match name {
+            "PACER_SESSION_TOKEN" => Some("session-secret-0123456789".to_string()),
+            "PACER_AUTH_A_TOKEN" | "TARGET" => Some("http://127.0.0.1:9".to_string()),
+            _ => None,
+        };
+        // The pod's policy, with this test's environment in place of the process's.
+        let pod = |name: &str| {
+            (!pacer_plan::refs::is_reserved_env(name))
+                .then(|| provided(name))
+                .flatten()
+        };
+        let refs = pacer_plan::Refs::Remote { provided: &pod };
+        for target in ["${file:/etc/hostname}", "$${file:a}${file:/etc/hostname}"] {
+            let e = plan_from_assign_env(&with_target(target), &refs)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cannot be used in a LoadTest"), "{e}");
+        }
+        let e = plan_from_assign_env(&with_target("${env:PACER_SESSION_TOKEN}"), &refs)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("session-secret"), "{e}");
+        assert!(e.contains("PACER_SESSION_TOKEN is not set"), "{e}");
+        assert!(plan_from_assign_env(&with_target("${env:TARGET}"), &refs).is_ok());
+        assert!(plan_from_assign_env(&with_target("${env:PACER_AUTH_A_TOKEN}"), &refs).is_ok());
+    }
+
     #[test]
     fn fleet_limits_are_split_by_weight_and_worker_limits_kept() {
         let plan = pacer_plan::load_str(PLAN, "plan.yaml", &Default::default()).unwrap();
