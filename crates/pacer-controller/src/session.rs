@@ -108,7 +108,7 @@ async fn serve_stream(
         .map_err(|_| Status::cancelled("stream closed"))?;
     tracing::info!(
         "worker {index} ({}) {}",
-        hello.name,
+        pacer_proto::peer_text(&hello.name),
         if resuming { "resumed" } else { "assigned" }
     );
     // A worker that was away when the fleet was stopped hears it now.
