@@ -219,7 +219,7 @@ impl Refs<'_> {
         };
         if !is_env_name(name) {
             return Err(format!(
-                "`${{env:{name}}}`: an environment variable name uses letters, digits and `_`"
+                "`${{env:{name}}}`: an environment variable name uses letters, digits, `_`, `.` and `-`"
             ));
         }
         let found = match self {
