@@ -559,3 +559,46 @@ fn worker_allow_lists_reach_the_operator_as_flags() {
     ]);
     assert!(!ok && err.contains("schema"), "{err}");
 }
+
+#[test]
+fn the_shared_cluster_example_values_lint_and_render_the_defences() {
+    let chart = chart();
+    let values = chart.join("examples/values-shared-cluster.yaml");
+    let (chart, values) = (
+        chart.to_str().expect("utf-8 path"),
+        values.to_str().expect("utf-8 path"),
+    );
+    let (ok, out, err) = run_helm(&["lint", "--strict", chart, "-f", values]);
+    assert!(ok, "helm lint -f {values}:\n{out}\n{err}");
+    let (ok, out, err) = run_helm(&[
+        "template",
+        "pacer",
+        chart,
+        "--namespace",
+        "pacer-system",
+        "-f",
+        values,
+    ]);
+    assert!(ok, "helm template -f {values}:\n{err}");
+    let objects: Vec<Value> = serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&out)
+        .expect("YAML")
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect();
+    let args = controller_args(&objects);
+    for flag in [
+        "--allowed-image=registry.example/team-a/pacer:1.*",
+        "--allowed-service-account=pacer-worker",
+        "--namespace=team-a",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{flag}: {args:?}");
+    }
+    assert_eq!(find(&objects, "NetworkPolicy").len(), 2);
+    let ingress = &network_policy(&objects, "pacer")["spec"]["ingress"];
+    assert_eq!(ingress[1]["ports"][0]["port"], "metrics");
+    assert!(
+        find(&objects, "Secret")
+            .iter()
+            .any(|s| s["metadata"]["name"] == "pacer-redis-auth")
+    );
+}
