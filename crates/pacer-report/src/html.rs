@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use maud::{DOCTYPE, Markup, PreEscaped, Render, html};
-use pacer_stats::render::format_ms;
+use pacer_stats::render::{format_ms, server_limit_values};
 use pacer_stats::summary::{RequestRow, ScenarioRow, Summary, TimeBreakdown};
-use pacer_stats::{ServerLimitHeaders, Snapshot, ThresholdResult};
+use pacer_stats::{Snapshot, ThresholdResult};
 
 use crate::redact;
 use crate::series::{Series, SeriesPoint};
@@ -709,27 +709,6 @@ fn throttled_table(s: &Summary) -> Markup {
     }
 }
 
-/// The last rate-limit headers the server sent, as `limit=… remaining=…`.
-fn server_headers(h: &ServerLimitHeaders) -> String {
-    let mut parts = Vec::new();
-    if let Some(v) = h.limit {
-        parts.push(format!("limit={v}"));
-    }
-    if let Some(v) = h.remaining {
-        parts.push(format!("remaining={v}"));
-    }
-    if let Some(v) = h.count {
-        parts.push(format!("count={v}"));
-    }
-    if let Some(v) = h.reset_secs.filter(|v| v.is_finite()) {
-        parts.push(format!("reset={}", format_ms(v * 1000.0)));
-    }
-    if let Some(v) = &h.policy {
-        parts.push(format!("policy={v}"));
-    }
-    parts.join(" ")
-}
-
 fn limits_section(input: &ReportInput<'_>) -> Markup {
     let s = input.summary;
     html! {
@@ -743,7 +722,7 @@ fn limits_section(input: &ReportInput<'_>) -> Markup {
                 div {
                     (throttled_table(s))
                     @if let Some(h) = &s.server_limits {
-                        p.note #server-headers { "Last rate-limit headers (" (h.source) "): " (server_headers(h)) "." }
+                        p.note #server-headers { "Last rate-limit headers (" (h.source) "): " (server_limit_values(h)) "." }
                     }
                     @if !s.token_fetches.is_empty() {
                         table #table-tokens {

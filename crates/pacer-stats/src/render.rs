@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use pacer_plan::threshold::{Aggregation, MetricKind, parse_expr, parse_metric_key};
 
 use crate::eval::ThresholdResult;
+use crate::snapshot::ServerLimitHeaders;
 use crate::summary::{RequestRow, Summary, TimeShare, TrendSummary};
 
 const GREEN: &str = "\x1b[32m";
@@ -413,33 +414,41 @@ fn tokens_and_server(out: &mut String, s: &Summary) {
         out.push('\n');
     }
     if let Some(h) = &s.server_limits {
-        let mut parts = Vec::new();
-        if let Some(v) = h.limit {
-            parts.push(format!("limit={v}"));
-        }
-        if let Some(v) = h.remaining {
-            parts.push(format!("remaining={v}"));
-        }
-        if let Some(v) = h.count {
-            parts.push(format!("count={v}"));
-        }
-        if let Some(v) = h.reset_secs.filter(|v| v.is_finite()) {
-            parts.push(format!("reset={}", format_ms(v * 1000.0)));
-        }
-        if let Some(v) = &h.policy {
-            parts.push(format!("policy={v:?}"));
-        }
         let _ = writeln!(
             out,
             "  server rate-limit headers (last seen, {}): {}",
             h.source,
-            if parts.is_empty() {
-                "no values".to_string()
-            } else {
-                parts.join(" ")
-            }
+            server_limit_values(h)
         );
         out.push('\n');
+    }
+}
+
+/// The values of the last rate-limit headers a server sent, as `limit=100 remaining=7
+/// reset=12.00s policy="100;w=60"` (`no values` when it sent none we read). One wording for the
+/// text summary and the HTML report. The policy is the server's own text, quoted and escaped so
+/// it cannot end the line or pass a control character to a terminal.
+pub fn server_limit_values(h: &ServerLimitHeaders) -> String {
+    let mut parts = Vec::new();
+    if let Some(v) = h.limit {
+        parts.push(format!("limit={v}"));
+    }
+    if let Some(v) = h.remaining {
+        parts.push(format!("remaining={v}"));
+    }
+    if let Some(v) = h.count {
+        parts.push(format!("count={v}"));
+    }
+    if let Some(v) = h.reset_secs.filter(|v| v.is_finite()) {
+        parts.push(format!("reset={}", format_ms(v * 1000.0)));
+    }
+    if let Some(v) = &h.policy {
+        parts.push(format!("policy={v:?}"));
+    }
+    if parts.is_empty() {
+        "no values".to_string()
+    } else {
+        parts.join(" ")
     }
 }
 
@@ -560,5 +569,26 @@ mod tests {
         assert_eq!(format_ms(f64::NAN), "-");
         assert_eq!(format_bytes(999), "999 B");
         assert_eq!(format_bytes(1_234_567), "1.2 MB");
+    }
+
+    #[test]
+    fn server_limit_values_name_each_value_sent() {
+        let mut h = ServerLimitHeaders {
+            source: "x-ratelimit".into(),
+            ..ServerLimitHeaders::default()
+        };
+        assert_eq!(server_limit_values(&h), "no values");
+        h.limit = Some(100);
+        h.remaining = Some(7);
+        h.reset_secs = Some(12.0);
+        h.policy = Some("100;w=60\n".into());
+        assert_eq!(
+            server_limit_values(&h),
+            r#"limit=100 remaining=7 reset=12.00s policy="100;w=60\n""#
+        );
+        h.reset_secs = Some(f64::INFINITY);
+        h.policy = None;
+        h.count = Some(3);
+        assert_eq!(server_limit_values(&h), "limit=100 remaining=7 count=3");
     }
 }
