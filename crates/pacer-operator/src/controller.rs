@@ -279,18 +279,33 @@ fn base_status(lt: &LoadTest) -> LoadTestStatus {
 async fn write_status(lt: &LoadTest, ctx: &Context, status: &LoadTestStatus) -> Result<()> {
     let ns = lt.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<LoadTest> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = json!({
-        "apiVersion": "pacer.dev/v1alpha1",
-        "kind": "LoadTest",
-        "status": status,
-    });
-    api.patch_status(
-        &lt.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    let apply = |status: &LoadTestStatus| {
+        let patch = json!({
+            "apiVersion": "pacer.dev/v1alpha1",
+            "kind": "LoadTest",
+            "status": status,
+        });
+        let api = api.clone();
+        let name = lt.name_any();
+        async move {
+            api.patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        }
+    };
+    match apply(status).await {
+        Ok(_) => Ok(()),
+        // Too large with the spec it sits beside: once more without the per-worker rows.
+        Err(e) if crate::sizes::is_too_large(&e) => {
+            tracing::warn!(loadtest = %lt.name_any(), "status refused as too large ({e}): writing it without per-worker rows");
+            apply(&crate::sizes::slim_status(status)).await?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Publish an Event on the LoadTest (a failure to do so is logged, not fatal).

@@ -2,8 +2,8 @@
 //! at most 1 MiB of data, and any object at most about 1.5 MiB (etcd's request limit). A test
 //! of 1000 workers, each with a long error, could pass both; an answer 413 or 422 "too large"
 //! would then come back on every retry. So the per-worker detail of the status and of the
-//! report is cut to a budget here, with a note saying how much was left out, and a report the
-//! API server still refuses is replaced by a short one once, never retried as is.
+//! report is cut to a budget here, with a note saying how much was left out, and a report or a
+//! status the API server still refuses is replaced by a smaller one once, never retried as is.
 
 use std::collections::BTreeSet;
 
@@ -13,7 +13,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::controller::MANAGER;
-use crate::crd::{LoadTest, WorkerHealth};
+use crate::crd::{LoadTest, LoadTestStatus, WorkerHealth};
 use crate::resources;
 
 /// What the report ConfigMap's two values may weigh together: 1 MiB (the API server's limit on
@@ -39,6 +39,26 @@ pub fn clip(s: &str, max: usize) -> String {
 
 fn weight(row: &WorkerHealth) -> usize {
     serde_json::to_vec(row).map_or(usize::MAX, |v| v.len() + 1)
+}
+
+/// A status the API server refused as too large (the spec beside it is near the object limit),
+/// as small as it can be and still say where the test is: no per-worker rows (counted in
+/// `workerHealthOmitted`), messages clipped.
+pub fn slim_status(status: &LoadTestStatus) -> LoadTestStatus {
+    let mut slim = status.clone();
+    let rows = u32::try_from(slim.worker_health.len()).unwrap_or(u32::MAX);
+    slim.worker_health.clear();
+    slim.worker_health_omitted =
+        Some(slim.worker_health_omitted.unwrap_or(0).saturating_add(rows)).filter(|n| *n > 0);
+    slim.message = slim.message.map(|m| clip(&m, REASON_MAX_CHARS));
+    for c in &mut slim.conditions {
+        c.message = clip(&c.message, REASON_MAX_CHARS);
+    }
+    for t in &mut slim.thresholds {
+        t.metric = clip(&t.metric, REASON_MAX_CHARS);
+        t.expression = clip(&t.expression, REASON_MAX_CHARS);
+    }
+    slim
 }
 
 /// Worker rows within [`WORKER_HEALTH_BUDGET`]: reasons and names clipped; when they still do

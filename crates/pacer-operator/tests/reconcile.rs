@@ -1282,3 +1282,37 @@ async fn one_unreadable_loadtest_is_failed_alone_and_the_others_still_reconcile(
     );
     assert!(!msg.contains("bottom"), "no content of the LoadTest: {msg}");
 }
+
+#[tokio::test]
+async fn a_status_refused_as_too_large_is_written_once_more_without_worker_rows() {
+    let mut steps = starting_steps("run1");
+    steps.push(step(
+        Method::PATCH,
+        &format!("/apis/pacer.dev/v1alpha1{NS_PATH}/loadtests/run1/status"),
+        413,
+        too_large(),
+    ));
+    steps.push(status_patch("run1"));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
+    *run.stats.lock() = running_stats();
+    let lt = with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    );
+    reconcile(Arc::new(lt), ctx)
+        .await
+        .expect("the smaller status is accepted: no error, no retry loop");
+    let seen = finish(server).await;
+    assert_eq!(
+        seen[4].1["status"]["workerHealth"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let slim = &seen[5].1["status"];
+    assert_eq!(slim["phase"], "Running");
+    assert!(slim["workerHealth"].is_null(), "{slim}");
+    assert_eq!(slim["workerHealthOmitted"], 3);
+    assert_eq!(slim["requests"], 300);
+}
