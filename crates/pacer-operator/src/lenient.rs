@@ -81,9 +81,10 @@ fn why(e: &serde_json::Error) -> String {
 /// under.
 pub const MAX_DEPTH: usize = 128;
 
-/// A LoadTest that cannot be read: Failed with the reason, written without reading the object
-/// back; when it is being deleted, the finalizer is let go (its Job and Secret, owned by it,
-/// go with it through Kubernetes' garbage collector, and a test never started for it).
+/// A LoadTest that cannot be read: its run, if one was started before the spec changed, is
+/// aborted; it ends Failed with the reason, written without reading the object back; when it
+/// is being deleted, the finalizer is let go (its Job and Secret, owned by it, go with it
+/// through Kubernetes' garbage collector).
 async fn unreadable(
     meta: &LoadTestMeta,
     ctx: &Context,
@@ -93,9 +94,16 @@ async fn unreadable(
     let name = meta.name_any();
     let api: Api<LoadTest> = Api::namespaced(ctx.client.clone(), &ns);
     let request = kube::core::Request::new(api.resource_url());
+    // A running test whose spec was edited into something unreadable: stop it, since nothing
+    // could follow it any more.
+    let uid = meta.uid().unwrap_or_default();
+    let run = ctx.runs.lock().remove(&uid);
+    if let Some(run) = run {
+        run.handle.abort("the LoadTest can no longer be read");
+    }
     let finalizers = meta.finalizers();
     if meta.metadata.deletion_timestamp.is_some() {
-        REPORTED.lock().remove(&meta.uid().unwrap_or_default());
+        REPORTED.lock().remove(&uid);
         if finalizers.iter().any(|f| f == FINALIZER) {
             let keep: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
             let patch = Patch::Merge(json!({"metadata": {"finalizers": keep}}));
@@ -108,7 +116,6 @@ async fn unreadable(
     }
     let message = format!("the operator cannot read this LoadTest: {}", why(e));
     // Writing the status changes the object, which brings it back here: once per generation.
-    let uid = meta.uid().unwrap_or_default();
     let generation = meta.metadata.generation.unwrap_or_default();
     if REPORTED.lock().get(&uid) == Some(&generation) {
         return Ok(Action::await_change());

@@ -1316,3 +1316,40 @@ async fn a_status_refused_as_too_large_is_written_once_more_without_worker_rows(
     assert_eq!(slim["workerHealthOmitted"], 3);
     assert_eq!(slim["requests"], 300);
 }
+
+#[tokio::test]
+async fn a_running_loadtest_edited_into_an_unreadable_one_is_stopped_and_failed() {
+    use kube::core::PartialObjectMetaExt;
+    use pacer_operator::lenient::reconcile_meta;
+
+    let uid = "0a1b2c3d-0000-4000-8000-000000000001";
+    let mut steps = starting_steps("run1");
+    steps.push(step(
+        Method::GET,
+        &format!("/apis/pacer.dev/v1alpha1{NS_PATH}/loadtests/run1"),
+        200,
+        deep_loadtest("run1", uid),
+    ));
+    steps.push(step(
+        Method::PATCH,
+        &format!("/apis/pacer.dev/v1alpha1{NS_PATH}/loadtests/run1/status"),
+        200,
+        json!({}),
+    ));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
+    let mut metadata = lt.metadata.clone();
+    metadata.generation = Some(2);
+    reconcile_meta(Arc::new(metadata.into_response_partial()), ctx.clone())
+        .await
+        .expect("handled");
+    assert!(ctx.runs.lock().is_empty(), "the run is forgotten");
+    assert_eq!(
+        run.stopped.lock().as_deref(),
+        Some("the LoadTest can no longer be read")
+    );
+    let seen = finish(server).await;
+    assert_eq!(seen[5].1["status"]["phase"], "Failed");
+}
