@@ -93,6 +93,18 @@ struct TokenResponse {
 /// Lifetime assumed when the token endpoint does not say (`expires_in` missing).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
+/// Attempts at a token fetch the endpoint answers 429 or 503 (the first and three retries):
+/// a few, since every request of the credential waits meanwhile.
+const TOKEN_FETCH_ATTEMPTS: u32 = 4;
+
+/// The longest a token endpoint's Retry-After is waited (longer ones are clamped to it): a
+/// fetch holds up every request of its credential.
+const TOKEN_RETRY_AFTER_MAX: Duration = Duration::from_secs(30);
+
+/// The wait between token fetch attempts when the endpoint's 429/503 names none (or a
+/// malformed one).
+const TOKEN_RETRY_AFTER_DEFAULT: Duration = Duration::from_secs(1);
+
 impl Tokens {
     pub fn from_plan(plan: &Plan, client: reqwest::Client, recorder: Arc<Recorder>) -> Self {
         let creds = plan
@@ -161,7 +173,7 @@ impl OAuthClient {
                 })?;
             let status = resp.status().as_u16();
             // The token endpoint has limits of its own: honour its Retry-After a few times.
-            if (status == 429 || status == 503) && attempt < 4 {
+            if (status == 429 || status == 503) && attempt < TOKEN_FETCH_ATTEMPTS {
                 let wait = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
@@ -169,14 +181,11 @@ impl OAuthClient {
                         crate::retry::parse_retry_after(
                             v.as_bytes(),
                             std::time::SystemTime::now(),
-                            Duration::from_secs(30),
+                            TOKEN_RETRY_AFTER_MAX,
                         )
                     })
-                    .and_then(|r| match r {
-                        crate::retry::RetryAfter::Wait { wait, .. } => Some(wait),
-                        crate::retry::RetryAfter::Malformed => None,
-                    })
-                    .unwrap_or(Duration::from_secs(1));
+                    .and_then(crate::retry::RetryAfter::wait)
+                    .unwrap_or(TOKEN_RETRY_AFTER_DEFAULT);
                 tokio::time::sleep(wait).await;
                 continue;
             }

@@ -22,17 +22,17 @@ use tokio_util::sync::CancellationToken;
 use crate::iteration::{Shared, run_iteration};
 
 /// What an executor runs with.
-pub struct ScenarioRun {
-    pub shared: Arc<Shared>,
-    pub scenario: usize,
+pub(crate) struct ScenarioRun {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) scenario: usize,
     /// This process's part of the plan ([`Shard::whole`] for one process).
-    pub shard: Arc<Shard>,
+    pub(crate) shard: Arc<Shard>,
     /// When the scenario starts (its `startTime` already added).
-    pub start: Instant,
+    pub(crate) start: Instant,
     /// Graceful stop: start no new iteration.
-    pub stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
     /// Hard stop: interrupt what is in flight.
-    pub hard: CancellationToken,
+    pub(crate) hard: CancellationToken,
 }
 
 impl ScenarioRun {
@@ -60,7 +60,7 @@ impl ScenarioRun {
     }
 
     /// Wait for the scenario's `startTime`; false when stopped first.
-    pub async fn sleep_until_start(&self) -> bool {
+    pub(crate) async fn sleep_until_start(&self) -> bool {
         self.sleep_until(self.start).await
     }
 
@@ -90,7 +90,7 @@ fn interrupted(intended: Instant) -> IterationOutcome {
     }
 }
 
-pub async fn run(run: Arc<ScenarioRun>, executor: &Executor) {
+pub(crate) async fn run(run: Arc<ScenarioRun>, executor: &Executor) {
     match executor {
         Executor::ConstantArrivalRate {
             rate,

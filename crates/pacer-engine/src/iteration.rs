@@ -8,38 +8,39 @@
 //! (counted as `off-origin`). Response bodies no check or extract reads are drained, not kept.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use pacer_limiter::{Feedback, Limiter, RequestMeta, Token, TokenSource};
+use pacer_limiter::{Limiter, TokenSource};
 use pacer_plan::origin::{self, Destination, Refusal};
 use pacer_plan::{AuthRef, Body, Expect, ExtractFrom, Part, Plan, Request};
-use pacer_stats::{Attempt, ErrorKind, IterationOutcome, Recorder, RequestOutcome, RetryOutcome};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use pacer_stats::{ErrorKind, IterationOutcome, Recorder, RequestOutcome, RetryOutcome};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, Response};
 use crate::render::RenderCtx;
-use crate::retry::{self, RetryAfter};
+use crate::send::{record_local_failure, send_with_retries};
 
 /// Header that names the worker, so a target (e.g. `pacer mock`) can tally per worker.
 pub const WORKER_HEADER: &str = "x-pacer-worker";
 
 /// Everything an iteration needs, shared by all of a run's tasks.
-pub struct Shared {
-    pub plan: Arc<Plan>,
-    pub client: http::HttpClient,
-    pub limiter: Arc<dyn Limiter>,
-    pub tokens: Arc<dyn TokenSource>,
-    pub recorder: Arc<Recorder>,
-    pub worker: u32,
-    pub worker_header: Option<HeaderValue>,
+pub(crate) struct Shared {
+    pub(crate) plan: Arc<Plan>,
+    pub(crate) client: http::HttpClient,
+    pub(crate) limiter: Arc<dyn Limiter>,
+    pub(crate) tokens: Arc<dyn TokenSource>,
+    pub(crate) recorder: Arc<Recorder>,
+    worker: u32,
+    worker_header: Option<HeaderValue>,
     /// Cancelled when in-flight work must end now (after graceful stop, or on abort).
-    pub hard_stop: CancellationToken,
-    last_limits_ms: AtomicU64,
-    epoch: Instant,
+    pub(crate) hard_stop: CancellationToken,
+    /// When the server's rate-limit headers were last read (ms since `epoch`; 0: never).
+    pub(crate) last_limits_ms: AtomicU64,
+    pub(crate) epoch: Instant,
     /// The URL of each request whose path has no placeholder, by scenario and request, parsed
     /// once instead of on every send (with its `Uri` when the request has no query either).
     static_urls: Vec<Vec<Option<StaticUrl>>>,
@@ -48,7 +49,7 @@ pub struct Shared {
     static_requests: Vec<Vec<Option<StaticRequest>>>,
     /// Whether a check, extract or poll reads each request's response body (by scenario and
     /// request): the others' bodies are drained.
-    needs_body: Vec<Vec<bool>>,
+    pub(crate) needs_body: Vec<Vec<bool>>,
     warned: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -57,7 +58,7 @@ pub struct Shared {
 const MAX_DISTINCT_WARNINGS: usize = 256;
 
 impl Shared {
-    pub fn new(
+    pub(crate) fn new(
         plan: Arc<Plan>,
         client: http::HttpClient,
         limiter: Arc<dyn Limiter>,
@@ -141,7 +142,7 @@ impl Shared {
     }
 
     /// Log a problem once per distinct message, so a broken plan does not flood the log.
-    fn warn_once(&self, msg: String) {
+    pub(crate) fn warn_once(&self, msg: String) {
         let mut warned = self.warned.lock();
         if warned.len() < MAX_DISTINCT_WARNINGS {
             if warned.insert(msg.clone()) {
@@ -190,7 +191,7 @@ impl From<String> for NotPrepared {
 
 /// Run one iteration of scenario `sc`. `intended` is when the schedule meant it to start: the
 /// first request's latency is measured from there (no coordinated omission).
-pub async fn run_iteration(
+pub(crate) async fn run_iteration(
     sh: &Shared,
     sc: usize,
     vu: u32,
@@ -225,14 +226,14 @@ struct StepResult {
 
 /// A request rendered once per logical request (retries resend the same thing: the same
 /// correlation id, the same body).
-struct Prepared {
-    method: ::http::Method,
-    uri: hyper::Uri,
-    headers: HeaderMap,
-    body: Option<bytes::Bytes>,
-    approx_header_bytes: u64,
+pub(crate) struct Prepared {
+    pub(crate) method: ::http::Method,
+    pub(crate) uri: hyper::Uri,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Option<bytes::Bytes>,
+    pub(crate) approx_header_bytes: u64,
     /// The target's origin (credentials attached) or an allowed host (none).
-    destination: Destination,
+    pub(crate) destination: Destination,
 }
 
 fn prepare(
@@ -503,297 +504,6 @@ fn count_checks(
     }
 }
 
-/// Send with retries. Returns the logical request's outcome and the final response, if any.
-async fn send_with_retries(
-    sh: &Shared,
-    sc: usize,
-    ri: usize,
-    req: &Request,
-    credential: Option<usize>,
-    p: &Prepared,
-    intended: Instant,
-) -> (RequestOutcome, Option<Response>) {
-    let policy = &sh.plan.retry;
-    // Credentials go to the target's origin only: a request to an allowed host goes without.
-    if credential.is_some() && !p.destination.gets_credentials() {
-        sh.warn_once(format!(
-            "request {:?}: goes to an http.allowHosts host ({}): sent without its credential",
-            req.name,
-            p.uri.authority().map_or("", |a| a.as_str())
-        ));
-    }
-    let credential = credential.filter(|_| p.destination.gets_credentials());
-    let keep_body = sh
-        .needs_body
-        .get(sc)
-        .and_then(|r| r.get(ri))
-        .copied()
-        .unwrap_or(true);
-    let meta = RequestMeta {
-        method: &req.method,
-        path: p.uri.path(),
-        request: &req.name,
-    };
-    let mut out = RequestOutcome {
-        duration: Duration::ZERO,
-        limiter_wait: Duration::ZERO,
-        send_lag: None,
-        paused: Duration::ZERO,
-        backoff: Duration::ZERO,
-        attempts: 0,
-        failed: true,
-        checks_passed: 0,
-        checks_failed: 0,
-        retry_outcome: RetryOutcome::NotRetried,
-    };
-    let mut auth_retry_used = false;
-    let mut max_attempts = policy.max_attempts.max(1);
-    let mut last: Option<Response> = None;
-    let body_len = p.body.as_ref().map_or(0, |b| b.len() as u64);
-    let mut attempt = 0u32;
-    let mut last_retryable = false;
-    loop {
-        attempt += 1;
-        let grant = match sh.limiter.acquire(&meta).await {
-            Ok(g) => g,
-            Err(e) => {
-                sh.warn_once(format!("request {:?}: {e}", req.name));
-                record_local_failure(sh, sc, ri, ErrorKind::Limiter);
-                out.attempts = attempt;
-                break;
-            }
-        };
-        out.limiter_wait += grant.waited;
-        out.paused += grant.paused;
-        let token: Option<Token> = match credential {
-            None => None,
-            Some(c) => match sh.tokens.token(c).await {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    sh.warn_once(e.to_string());
-                    record_local_failure(sh, sc, ri, ErrorKind::Auth);
-                    out.attempts = attempt;
-                    break;
-                }
-            },
-        };
-        let mut authorization = None;
-        if let Some(t) = &token {
-            match HeaderValue::from_str(&format!("Bearer {}", t.expose())) {
-                Ok(mut v) => {
-                    v.set_sensitive(true);
-                    authorization = Some(v);
-                }
-                Err(_) => {
-                    sh.warn_once(
-                        "a bearer token is not a valid header value (value not shown)".into(),
-                    );
-                    record_local_failure(sh, sc, ri, ErrorKind::Auth);
-                    out.attempts = attempt;
-                    break;
-                }
-            }
-        }
-        // If the end of the test drops this future mid-exchange, the guard still counts the
-        // attempt (as interrupted): the request was sent and the server may have counted it.
-        let guard = InFlight {
-            sh,
-            sc,
-            ri,
-            limits: grant.limits,
-            armed: true,
-        };
-        if attempt == 1 {
-            out.send_lag = Some(
-                intended
-                    .elapsed()
-                    .saturating_sub(grant.waited + grant.paused),
-            );
-        }
-        let result = sh
-            .client
-            .send(http::Outgoing {
-                method: &p.method,
-                uri: &p.uri,
-                headers: &p.headers,
-                authorization,
-                body: p.body.clone().unwrap_or_default(),
-                keep_body,
-            })
-            .await;
-        guard.disarm();
-        out.attempts = attempt;
-        let retry_after_info;
-        let retryable;
-        match result {
-            Ok(resp) => {
-                retry_after_info = match resp.headers.get(RETRY_AFTER) {
-                    Some(v) if resp.status == 429 || resp.status == 503 => {
-                        Some(retry::parse_retry_after(
-                            v.as_bytes(),
-                            SystemTime::now(),
-                            policy.retry_after_max,
-                        ))
-                    }
-                    _ => None,
-                };
-                let retry_after = match retry_after_info {
-                    Some(RetryAfter::Wait { wait, .. }) => Some(wait),
-                    _ => None,
-                };
-                sh.limiter.feedback(
-                    &meta,
-                    &Feedback {
-                        status: resp.status,
-                        // The wait the limiter pauses the request's scope for: none when
-                        // the plan turns pausing (or Retry-After) off.
-                        retry_after: if !(policy.pause_scope_on_429 && policy.honor_retry_after) {
-                            None
-                        } else if resp.status == 429 && retry_after.is_none() {
-                            Some(policy.retry_after_default)
-                        } else {
-                            retry_after
-                        },
-                    },
-                );
-                let resp_bytes = resp.body_len
-                    + resp
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
-                        .sum::<u64>();
-                sh.recorder.record_attempt(
-                    sc,
-                    ri,
-                    &Attempt {
-                        service_time: resp.service_time,
-                        status: Some(resp.status),
-                        error: None,
-                        bytes_sent: p.approx_header_bytes + body_len,
-                        bytes_received: resp_bytes,
-                        retry_after,
-                        retry_after_malformed: matches!(
-                            retry_after_info,
-                            Some(RetryAfter::Malformed)
-                        ),
-                        limits: grant.limits,
-                        server_limit: (resp.status == 429)
-                            .then(|| {
-                                crate::ratelimit_headers::server_limit_name(
-                                    &resp.headers,
-                                    &resp.body,
-                                )
-                            })
-                            .flatten(),
-                    },
-                );
-                maybe_record_server_limits(sh, &resp.headers);
-                out.failed = !req.expect.status_ok(resp.status);
-                if resp.status == 401
-                    && !auth_retry_used
-                    && let (Some(c), Some(t)) = (credential, &token)
-                {
-                    // The token may have expired or been revoked: drop it (if it is still the
-                    // current one) and try once more with a fresh one, outside the retry budget.
-                    sh.tokens.invalidate(c, t);
-                    auth_retry_used = true;
-                    max_attempts += 1;
-                    last = Some(resp);
-                    continue;
-                }
-                retryable = policy.on_status.contains(&resp.status);
-                last = Some(resp);
-            }
-            Err(t) => {
-                retry_after_info = None;
-                sh.recorder.record_attempt(
-                    sc,
-                    ri,
-                    &Attempt {
-                        service_time: t.service_time,
-                        status: None,
-                        error: Some(t.kind),
-                        bytes_sent: p.approx_header_bytes + body_len,
-                        bytes_received: 0,
-                        retry_after: None,
-                        retry_after_malformed: false,
-                        limits: grant.limits,
-                        server_limit: None,
-                    },
-                );
-                sh.warn_once(format!(
-                    "request {:?}: {}: {}",
-                    req.name,
-                    t.kind.as_str(),
-                    t.message
-                ));
-                out.failed = true;
-                // A body over the cap would be over it again.
-                retryable = policy.on_transport_error && t.kind != ErrorKind::BodyTooLarge;
-                last = None;
-            }
-        }
-        last_retryable = retryable;
-        if !retryable || attempt >= max_attempts {
-            break;
-        }
-        let floor = match retry_after_info {
-            Some(RetryAfter::Wait { wait, .. }) => Some(wait),
-            Some(RetryAfter::Malformed) => Some(policy.retry_after_default),
-            None if last.as_ref().is_some_and(|r| r.status == 429) => {
-                Some(policy.retry_after_default)
-            }
-            None => None,
-        };
-        let delay = retry::backoff_delay(policy, attempt, floor);
-        let slept = Instant::now();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = sh.hard_stop.cancelled() => { out.backoff += slept.elapsed(); break; }
-        }
-        out.backoff += slept.elapsed();
-    }
-    out.duration = intended.elapsed();
-    out.retry_outcome = match (out.attempts > 1, out.failed) {
-        (true, true) => RetryOutcome::GaveUp,
-        (true, false) => RetryOutcome::SucceededAfterRetry,
-        (false, true) if !last_retryable => RetryOutcome::NotRetryable,
-        (false, _) => RetryOutcome::NotRetried,
-    };
-    (out, last)
-}
-
-/// Counts an attempt that was sent but whose exchange was dropped before it ended.
-struct InFlight<'a> {
-    sh: &'a Shared,
-    sc: usize,
-    ri: usize,
-    limits: u64,
-    armed: bool,
-}
-
-impl InFlight<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.sh.recorder.record_attempt(
-                self.sc,
-                self.ri,
-                &Attempt {
-                    error: Some(ErrorKind::Interrupted),
-                    limits: self.limits,
-                    ..Attempt::default()
-                },
-            );
-        }
-    }
-}
-
 /// A request refused before sending (its rendered URL would leave the target's origin): one
 /// `off-origin` attempt and a failed request, so it shows in the summary and the thresholds.
 fn record_refusal(sh: &Shared, sc: usize, ri: usize, req: &Request, intended: Instant) {
@@ -815,37 +525,4 @@ fn record_refusal(sh: &Shared, sc: usize, ri: usize, req: &Request, intended: In
             retry_outcome: RetryOutcome::NotRetryable,
         },
     );
-}
-
-/// An attempt that could not be sent (no token, limiter gone): counted as an error so it shows.
-fn record_local_failure(sh: &Shared, sc: usize, ri: usize, kind: ErrorKind) {
-    sh.recorder.record_attempt(
-        sc,
-        ri,
-        &Attempt {
-            service_time: Duration::ZERO,
-            status: None,
-            error: Some(kind),
-            bytes_sent: 0,
-            bytes_received: 0,
-            retry_after: None,
-            retry_after_malformed: false,
-            limits: 0,
-            server_limit: None,
-        },
-    );
-}
-
-/// Keep the server's latest rate-limit headers: look at most four times a second (also when
-/// the server sends none, so a server without such headers costs no parsing per response).
-fn maybe_record_server_limits(sh: &Shared, headers: &HeaderMap) {
-    let now_ms = sh.epoch.elapsed().as_millis() as u64;
-    let last = sh.last_limits_ms.load(Ordering::Relaxed);
-    if now_ms < last + 250 && last != 0 {
-        return;
-    }
-    sh.last_limits_ms.store(now_ms.max(1), Ordering::Relaxed);
-    if let Some(h) = crate::ratelimit_headers::parse(headers) {
-        sh.recorder.record_server_limits(h);
-    }
 }

@@ -3,13 +3,14 @@
 //! token source and the stats recorder come in through [`Deps`].
 
 pub mod auth;
-pub mod iteration;
 pub mod executor;
 pub mod http;
+pub mod iteration;
 mod pool;
 pub mod ratelimit_headers;
 pub mod render;
 pub mod retry;
+mod send;
 pub mod setup;
 
 use std::sync::Arc;

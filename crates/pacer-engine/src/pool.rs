@@ -11,7 +11,7 @@
 //! Each connection is a hyper `client::conn` connection driven by a task of its own. A request
 //! that an idle connection could not take (the server closed it meanwhile, and the request was
 //! never written) goes to the next connection; a request that was written is never sent again
-//! here (retries are the plan's, in exec.rs).
+//! here (retries are the plan's, in send.rs).
 //!
 //! A response body is read frame by frame and never past `http.maxBodyBytes` (a server may be
 //! hostile: an endless body ends as [`ErrorKind::BodyTooLarge`], and its connection is dropped,

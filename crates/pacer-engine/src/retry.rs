@@ -1,10 +1,13 @@
 //! Retry decisions: which outcomes are retried, how long to wait (exponential backoff with full
-//! jitter, Retry-After as a floor), and how to read Retry-After without trusting it blindly.
+//! jitter, Retry-After as a floor), how to read Retry-After without trusting it blindly, how
+//! long the limiter pauses a scope after an answer, and how a request's retries ended. All pure:
+//! the sending around them is in `send.rs`.
 
 use std::time::{Duration, SystemTime};
 
 use pacer_plan::RetryPolicy;
 use pacer_plan::spec::Jitter;
+use pacer_stats::{ErrorKind, RetryOutcome};
 use rand::Rng;
 
 /// A Retry-After header as understood.
@@ -14,6 +17,119 @@ pub enum RetryAfter {
     Wait { wait: Duration, clamped: bool },
     /// Present but unusable (unparsable, negative). Counted and reported.
     Malformed,
+}
+
+impl RetryAfter {
+    /// The wait it asks for (`None` when malformed).
+    pub fn wait(self) -> Option<Duration> {
+        match self {
+            RetryAfter::Wait { wait, .. } => Some(wait),
+            RetryAfter::Malformed => None,
+        }
+    }
+}
+
+/// How an attempt's exchange ended, as far as retrying is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exchange {
+    /// The server answered `status`, with this Retry-After (read on a 429 or a 503 only).
+    Answered {
+        status: u16,
+        retry_after: Option<RetryAfter>,
+    },
+    /// No answer: the transport failed this way.
+    Failed(ErrorKind),
+}
+
+/// What follows an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// The policy does not retry this outcome.
+    NotRetryable,
+    /// The policy would retry it, but the attempts are used up.
+    OutOfAttempts,
+    /// Retry after a backoff no shorter than `floor`: the server's Retry-After, or the
+    /// policy's default after a 429 without a usable one.
+    Retry { floor: Option<Duration> },
+}
+
+/// Decide what follows attempt number `attempt` (from 1) of at most `max_attempts`.
+pub(crate) fn next(
+    policy: &RetryPolicy,
+    exchange: &Exchange,
+    attempt: u32,
+    max_attempts: u32,
+) -> Next {
+    let retryable = match *exchange {
+        Exchange::Answered { status, .. } => policy.on_status.contains(&status),
+        // A body over the cap would be over it again.
+        Exchange::Failed(kind) => policy.on_transport_error && kind != ErrorKind::BodyTooLarge,
+    };
+    if !retryable {
+        return Next::NotRetryable;
+    }
+    if attempt >= max_attempts {
+        return Next::OutOfAttempts;
+    }
+    let floor = match *exchange {
+        Exchange::Answered {
+            retry_after: Some(RetryAfter::Wait { wait, .. }),
+            ..
+        } => Some(wait),
+        Exchange::Answered {
+            retry_after: Some(RetryAfter::Malformed),
+            ..
+        }
+        | Exchange::Answered {
+            status: 429,
+            retry_after: None,
+        } => Some(policy.retry_after_default),
+        Exchange::Answered { .. } | Exchange::Failed(_) => None,
+    };
+    Next::Retry { floor }
+}
+
+/// The Retry-After of an answer: read on a 429 or a 503 only (elsewhere it means nothing to
+/// pacing), relative to `now`, clamped to `max`.
+pub(crate) fn retry_after_of(
+    status: u16,
+    value: Option<&[u8]>,
+    now: SystemTime,
+    max: Duration,
+) -> Option<RetryAfter> {
+    match value {
+        Some(v) if status == 429 || status == 503 => Some(parse_retry_after(v, now, max)),
+        _ => None,
+    }
+}
+
+/// How long the limiter pauses the request's scope after an answer (its `Feedback`): none when
+/// the plan turns pausing (or Retry-After) off, the server's wait when it gave a usable one,
+/// and the policy's default after a 429 without one.
+pub(crate) fn scope_pause(
+    policy: &RetryPolicy,
+    status: u16,
+    retry_after: Option<RetryAfter>,
+) -> Option<Duration> {
+    let wait = retry_after.and_then(RetryAfter::wait);
+    if !(policy.pause_scope_on_429 && policy.honor_retry_after) {
+        None
+    } else if status == 429 && wait.is_none() {
+        Some(policy.retry_after_default)
+    } else {
+        wait
+    }
+}
+
+/// How a logical request's retries ended, for the summary: `last_retryable` says whether the
+/// policy would have retried its last exchange (false when none was classified).
+pub(crate) fn outcome(attempts: u32, failed: bool, last_retryable: bool) -> RetryOutcome {
+    match (attempts > 1, failed) {
+        (true, true) => RetryOutcome::GaveUp,
+        (true, false) => RetryOutcome::SucceededAfterRetry,
+        (false, true) if !last_retryable => RetryOutcome::NotRetryable,
+        (false, _) => RetryOutcome::NotRetried,
+    }
 }
 
 /// Parse `Retry-After` (delta-seconds or an HTTP-date) relative to `now`.
@@ -130,6 +246,154 @@ mod tests {
         }
         let d = backoff_delay(&p, 1, Some(Duration::from_secs(2)));
         assert!(d >= Duration::from_secs(2));
+    }
+
+    /// A policy that retries, with room for two more attempts.
+    fn retrying() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        }
+    }
+
+    fn answered(status: u16, retry_after: Option<RetryAfter>) -> Exchange {
+        Exchange::Answered {
+            status,
+            retry_after,
+        }
+    }
+
+    const TWO_S: RetryAfter = RetryAfter::Wait {
+        wait: Duration::from_secs(2),
+        clamped: false,
+    };
+
+    #[test]
+    fn statuses_the_policy_names_are_retried_others_not() {
+        let p = retrying();
+        assert_eq!(
+            next(&p, &answered(502, None), 1, 3),
+            Next::Retry { floor: None }
+        );
+        assert_eq!(next(&p, &answered(500, None), 1, 3), Next::NotRetryable);
+        assert_eq!(next(&p, &answered(200, None), 1, 3), Next::NotRetryable);
+        // Not retryable wins over out of attempts: the summary says which.
+        assert_eq!(next(&p, &answered(404, None), 3, 3), Next::NotRetryable);
+        assert_eq!(next(&p, &answered(502, None), 3, 3), Next::OutOfAttempts);
+        assert_eq!(next(&p, &answered(502, None), 4, 3), Next::OutOfAttempts);
+    }
+
+    #[test]
+    fn transport_errors_are_retried_when_the_policy_says_except_a_body_over_the_cap() {
+        let p = retrying();
+        assert_eq!(
+            next(&p, &Exchange::Failed(ErrorKind::Timeout), 1, 3),
+            Next::Retry { floor: None }
+        );
+        assert_eq!(
+            next(&p, &Exchange::Failed(ErrorKind::BodyTooLarge), 1, 3),
+            Next::NotRetryable
+        );
+        let off = RetryPolicy {
+            on_transport_error: false,
+            ..retrying()
+        };
+        assert_eq!(
+            next(&off, &Exchange::Failed(ErrorKind::Timeout), 1, 3),
+            Next::NotRetryable
+        );
+    }
+
+    #[test]
+    fn retry_after_is_the_floor_and_a_429_without_a_usable_one_gets_the_default() {
+        let p = retrying();
+        let default = Some(p.retry_after_default);
+        let two = Some(Duration::from_secs(2));
+        assert_eq!(
+            next(&p, &answered(429, Some(TWO_S)), 1, 3),
+            Next::Retry { floor: two }
+        );
+        assert_eq!(
+            next(&p, &answered(503, Some(TWO_S)), 1, 3),
+            Next::Retry { floor: two }
+        );
+        assert_eq!(
+            next(&p, &answered(429, None), 1, 3),
+            Next::Retry { floor: default }
+        );
+        assert_eq!(
+            next(&p, &answered(429, Some(RetryAfter::Malformed)), 1, 3),
+            Next::Retry { floor: default }
+        );
+        assert_eq!(
+            next(&p, &answered(503, Some(RetryAfter::Malformed)), 1, 3),
+            Next::Retry { floor: default }
+        );
+        // A 503 without one has no floor: the backoff alone decides.
+        assert_eq!(
+            next(&p, &answered(503, None), 1, 3),
+            Next::Retry { floor: None }
+        );
+    }
+
+    #[test]
+    fn retry_after_is_read_on_429_and_503_only() {
+        let now = SystemTime::now();
+        let max = Duration::from_secs(120);
+        assert_eq!(retry_after_of(429, Some(b"2"), now, max), Some(TWO_S));
+        assert_eq!(retry_after_of(503, Some(b"2"), now, max), Some(TWO_S));
+        assert_eq!(retry_after_of(200, Some(b"2"), now, max), None);
+        assert_eq!(retry_after_of(502, Some(b"2"), now, max), None);
+        assert_eq!(retry_after_of(429, None, now, max), None);
+        assert_eq!(
+            retry_after_of(429, Some(b"soon"), now, max),
+            Some(RetryAfter::Malformed)
+        );
+    }
+
+    #[test]
+    fn the_scope_pauses_for_the_servers_wait_or_a_429s_default_unless_the_plan_says_not() {
+        let p = RetryPolicy::default();
+        let two = Some(Duration::from_secs(2));
+        assert_eq!(scope_pause(&p, 429, Some(TWO_S)), two);
+        assert_eq!(scope_pause(&p, 503, Some(TWO_S)), two);
+        assert_eq!(scope_pause(&p, 429, None), Some(p.retry_after_default));
+        assert_eq!(
+            scope_pause(&p, 429, Some(RetryAfter::Malformed)),
+            Some(p.retry_after_default)
+        );
+        assert_eq!(scope_pause(&p, 503, None), None);
+        assert_eq!(scope_pause(&p, 200, None), None);
+        for off in [
+            RetryPolicy {
+                pause_scope_on_429: false,
+                ..RetryPolicy::default()
+            },
+            RetryPolicy {
+                honor_retry_after: false,
+                ..RetryPolicy::default()
+            },
+        ] {
+            assert_eq!(scope_pause(&off, 429, Some(TWO_S)), None);
+            assert_eq!(scope_pause(&off, 429, None), None);
+        }
+    }
+
+    #[test]
+    fn how_the_retries_ended() {
+        assert_eq!(outcome(3, true, true), RetryOutcome::GaveUp);
+        assert_eq!(outcome(2, true, false), RetryOutcome::GaveUp);
+        assert_eq!(outcome(2, false, true), RetryOutcome::SucceededAfterRetry);
+        assert_eq!(outcome(1, true, false), RetryOutcome::NotRetryable);
+        // Retryable, but one attempt was all there was (or the test ended in the backoff).
+        assert_eq!(outcome(1, true, true), RetryOutcome::NotRetried);
+        assert_eq!(outcome(1, false, false), RetryOutcome::NotRetried);
+    }
+
+    #[test]
+    fn a_wait_is_its_duration_and_a_malformed_one_none() {
+        assert_eq!(TWO_S.wait(), Some(Duration::from_secs(2)));
+        assert_eq!(RetryAfter::Malformed.wait(), None);
     }
 
     mod props {
