@@ -110,8 +110,10 @@ pub struct WatchArgs {
     pub every: u64,
 }
 
+/// `pacer report`: print a finished LoadTest's stored report (not the report files of a
+/// running test: [`crate::report::ReportOutputs`]).
 #[derive(clap::Args, Debug, Clone)]
-pub struct ReportArgs {
+pub struct ReportCommand {
     /// The LoadTest's name.
     pub name: String,
     #[arg(long, short = 'n')]
@@ -492,7 +494,7 @@ async fn watch_loop(client: Client, ns: &str, name: &str, every: Duration) -> an
 }
 
 /// `pacer report`.
-pub async fn report(args: ReportArgs) -> Exit {
+pub async fn report(args: ReportCommand) -> Exit {
     let r = async {
         let (client, ns) = client_and_namespace(&args.namespace).await?;
         let api: Api<LoadTest> = Api::namespaced(client.clone(), &ns);

@@ -2,11 +2,15 @@
 //! can drive a subcommand in-process.
 
 pub mod controller;
+pub mod coordinate;
 pub mod exit;
 pub mod flags;
 pub mod fleet;
+pub mod interrupt;
 pub mod k8s;
+pub mod local;
 pub mod metrics;
+pub mod output;
 pub mod progress;
 pub mod report;
 pub mod run;
@@ -61,7 +65,7 @@ pub enum Command {
     /// 1 failed or aborted.
     Watch(k8s::WatchArgs),
     /// Print a finished LoadTest's report (stored in a ConfigMap).
-    Report(k8s::ReportArgs),
+    Report(k8s::ReportCommand),
 }
 
 #[derive(clap::Args, Debug)]

@@ -15,9 +15,11 @@ use pacer_stats::{Layout, Recorder, Snapshot, Summary};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The reporting flags of `pacer run`.
+/// The report files and metrics a running test writes (`--report`, `--out`, `--metrics`), for
+/// `pacer run` and `pacer controller` (not `pacer report`, which prints a stored LoadTest's:
+/// [`crate::k8s::ReportCommand`]).
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct ReportArgs {
+pub struct ReportOutputs {
     /// Write a self-contained HTML report (verdict, charts over time, tables, the plan) to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -112,7 +114,7 @@ pub struct ReportSink {
 impl ReportSink {
     /// `None` when neither `--report` nor `--out` was given.
     pub fn start(
-        args: &ReportArgs,
+        args: &ReportOutputs,
         plan: &Plan,
         layout: &Layout,
         source: SnapshotSource,
@@ -161,7 +163,7 @@ impl ReportSink {
     /// Close the series with the run's final snapshot, then write every requested file.
     pub async fn finish(
         self,
-        args: &ReportArgs,
+        args: &ReportOutputs,
         plan: &Plan,
         snapshot: &Snapshot,
         summary: &Summary,

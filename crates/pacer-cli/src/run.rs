@@ -11,36 +11,30 @@ use pacer_stats::{AbortWatch, Recorder};
 use tokio::task::JoinHandle;
 
 use crate::exit::{self, Exit};
+use crate::interrupt::{self, Stopping};
+use crate::local::LocalRun;
+use crate::output::OutputArgs;
 use crate::progress::Progress;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
     /// The plan (YAML or JSON), or a LoadTest manifest whose spec.plan is used.
     pub plan: PathBuf,
-    /// Also write the summary as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub summary_json: Option<PathBuf>,
-    /// Print no live progress (the summary is still printed).
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Seconds between progress lines when stdout is not a terminal.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub progress_every: u64,
+    /// `--summary-json`, `--quiet`, `--progress-every`, `--no-color`.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Send `X-Pacer-Worker: <index>` with every request, so the target can tally per worker.
     #[arg(long)]
     pub worker_header: bool,
     /// This process's worker index (for `{{worker}}` and the worker header).
     #[arg(long, default_value_t = 0)]
     pub worker_index: u32,
-    /// Do not color the summary.
-    #[arg(long)]
-    pub no_color: bool,
     /// Split the plan across N worker processes of this binary (gRPC on loopback), to use
     /// every core; the summary is the fleet's, with a row per worker (docs/distributed.md).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
     #[command(flatten)]
-    pub report: crate::report::ReportArgs,
+    pub report: crate::report::ReportOutputs,
     #[command(flatten)]
     pub fleet: crate::fleet::FleetArgs,
 }
@@ -54,12 +48,19 @@ pub async fn run(args: RunArgs) -> Exit {
         }
     };
     if let Some(n) = args.workers {
-        return crate::controller::run_local(plan, &args, n).await;
+        let local = LocalRun {
+            workers: n,
+            worker_header: args.worker_header,
+            output: &args.output,
+            report: &args.report,
+            fleet: &args.fleet,
+        };
+        return crate::local::run(plan, local).await;
     }
     match execute(plan, &args).await {
         Ok(exit) => exit,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            crate::exit::print_anyhow(&e);
             Exit::Failure
         }
     }
@@ -87,30 +88,25 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     let control = RunControl::default();
     let interactive = std::io::stderr().is_terminal();
     let abort_watch = watch_abort_on_fail(&plan, recorder.clone(), control.clone());
-    let progress = (!args.quiet).then(|| {
+    let progress = (!args.output.quiet).then(|| {
         Progress::start(
             plan.clone(),
             recorder.clone(),
             interactive,
-            Duration::from_secs(if interactive { 1 } else { args.progress_every }),
+            args.output.progress_period(interactive),
         )
     });
-    // Ctrl-C: first stops gracefully (in-flight iterations get their gracefulStop), second aborts.
-    let signals = tokio::spawn({
-        let control = control.clone();
-        async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "\nstopping: in-flight iterations get their gracefulStop (Ctrl-C again to abort)"
-                );
-                control.stop.cancel();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("aborting");
-                    control.abort.cancel();
-                }
-            }
-        }
-    });
+    let signals = interrupt::on_ctrl_c(
+        Stopping::ThisRun,
+        {
+            let control = control.clone();
+            move || control.stop.cancel()
+        },
+        {
+            let control = control.clone();
+            move || control.abort.cancel()
+        },
+    );
     let report = pacer_engine::run(
         plan.clone(),
         deps,
@@ -144,13 +140,20 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         &limit_names,
     );
     summary.limits = fleet.pacing();
-    summary.allowed_hosts = plan.http.allow_hosts.iter().map(|h| h.to_string()).collect();
-    let color = !args.no_color && std::io::stdout().is_terminal();
-    println!("{}", pacer_stats::render_text(&summary, color));
+    summary.allowed_hosts = plan
+        .http
+        .allow_hosts
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    println!(
+        "{}",
+        pacer_stats::render_text(&summary, args.output.summary_color())
+    );
     if let Some(reason) = &abort_reason {
         println!("aborted: {reason}");
     }
-    if let Some(path) = &args.summary_json {
+    if let Some(path) = &args.output.summary_json {
         std::fs::write(path, pacer_stats::render_json(&summary))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }

@@ -1,0 +1,141 @@
+//! Driving a `pacer_controller::Coordinator` from the command line, the same for `pacer
+//! controller` (workers on other machines) and `pacer run --workers N` (worker processes on
+//! loopback): live progress, the two-stage Ctrl-C, the fleet's summary with a row per worker,
+//! the reports and metrics over the merged numbers, and `pacer run`'s exit code.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pacer_controller::{Coordinator, ProgressTracker};
+use pacer_plan::Plan;
+
+use crate::exit::Exit;
+use crate::interrupt::{self, Stopping};
+use crate::output::OutputArgs;
+use crate::report::{ReportOutputs, ReportSink, SnapshotSource, no_limits};
+
+/// How long the gRPC server has, once the test is over, to close the workers' last streams.
+pub const SERVER_STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Run the coordinator with progress, Ctrl-C handling and the summary; the exit code is
+/// `pacer run`'s: 0 passed, 99 a threshold failed (or abortOnFail), 1 the run failed.
+pub async fn drive(
+    coordinator: &Coordinator,
+    plan: &Arc<Plan>,
+    output: &OutputArgs,
+    report: &ReportOutputs,
+) -> Exit {
+    // Reports and metrics read the fleet's merge of every worker's latest snapshot.
+    let source: SnapshotSource = {
+        let c = coordinator.clone();
+        Arc::new(move || c.status().merged)
+    };
+    let metrics =
+        match crate::metrics::start(report.metrics, plan, source.clone(), no_limits()).await {
+            Ok(m) => m,
+            Err(e) => {
+                crate::exit::print_anyhow(&e);
+                return Exit::Failure;
+            }
+        };
+    let sink = ReportSink::start(
+        report,
+        plan,
+        &pacer_stats::Layout::of(plan),
+        source,
+        no_limits(),
+    );
+    let signals = interrupt::on_ctrl_c(
+        Stopping::EveryWorker,
+        {
+            let c = coordinator.clone();
+            move || c.stop("interrupted (Ctrl-C)")
+        },
+        {
+            let c = coordinator.clone();
+            move || c.abort("interrupted twice (Ctrl-C)")
+        },
+    );
+    let interactive = std::io::stderr().is_terminal();
+    let progress = (!output.quiet).then(|| {
+        let c = coordinator.clone();
+        let every = output.progress_period(interactive);
+        let planned = plan.planned_duration();
+        tokio::spawn(async move {
+            let mut tracker = ProgressTracker::default();
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let status = c.status();
+                if !status.started {
+                    continue;
+                }
+                for line in tracker.lines(&status, planned) {
+                    eprintln!("{line}");
+                }
+            }
+        })
+    });
+    let result = coordinator.run().await;
+    signals.abort();
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            crate::exit::print_error(&e);
+            return Exit::Failure;
+        }
+    };
+    let summary = outcome.summary(plan);
+    println!("{}", outcome.render_text(&summary, output.summary_color()));
+    if let Some(path) = &output.summary_json
+        && let Err(e) = std::fs::write(path, outcome.render_json(&summary))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return Exit::Failure;
+    }
+    if let Some(sink) = sink {
+        let workers: Vec<pacer_report::WorkerRow> = outcome
+            .workers
+            .iter()
+            .zip(&outcome.worker_snapshots)
+            .filter_map(|(w, snap)| {
+                snap.as_ref().map(|s| {
+                    pacer_report::WorkerRow::from_snapshot(
+                        &format!("{} {}", w.index, w.name),
+                        s,
+                        outcome.elapsed,
+                    )
+                })
+            })
+            .collect();
+        if let Err(e) = sink
+            .finish(
+                report,
+                plan,
+                &outcome.merged,
+                &summary,
+                &workers,
+                outcome.abort_reason.as_deref(),
+            )
+            .await
+        {
+            crate::exit::print_anyhow(&e);
+            return Exit::Failure;
+        }
+    }
+    if let Some(m) = metrics {
+        m.shutdown(Duration::from_secs(1)).await;
+    }
+    if outcome.failure.is_some() {
+        Exit::Failure
+    } else if summary.passed && outcome.abort_reason.is_none() {
+        Exit::Passed
+    } else {
+        Exit::ThresholdFailed
+    }
+}
