@@ -32,7 +32,9 @@ pub fn for_plan_error(e: &pacer_plan::PlanError) -> Exit {
 /// An error and its causes on one line, each cause once: `cannot listen on X: address in use`.
 /// Library errors keep their source (`#[source]`) and some also name it in their message, so a
 /// cause whose text is already there is not repeated.
-pub fn error_text<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
+pub fn error_text<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
     let mut text = String::new();
     for cause in chain {
         let s = cause.to_string();
@@ -49,7 +51,10 @@ pub fn error_text<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error
 
 /// Print `error: ...` for an error of any kind, with its causes (see [`error_text`]).
 pub fn print_error(e: &(dyn std::error::Error + 'static)) {
-    eprintln!("error: {}", error_text(std::iter::successors(Some(e), |e| e.source())));
+    eprintln!(
+        "error: {}",
+        error_text(std::iter::successors(Some(e), |e| e.source()))
+    );
 }
 
 /// [`print_error`] for `anyhow::Error`.
