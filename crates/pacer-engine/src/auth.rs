@@ -26,7 +26,7 @@ struct Cached {
 }
 
 /// An OAuth2 client-credentials client: how to fetch a token for one credential.
-pub struct OAuthClient {
+pub(crate) struct OAuthClient {
     name: String,
     token_url: url::Url,
     client_id: String,
@@ -36,11 +36,11 @@ pub struct OAuthClient {
 }
 
 /// A token just fetched and how long the token endpoint said it lives.
-pub struct Fetched {
-    pub token: Token,
-    pub lifetime: Duration,
+pub(crate) struct Fetched {
+    pub(crate) token: Token,
+    pub(crate) lifetime: Duration,
     /// When the request for it was sent (its lifetime counts from there).
-    pub requested_at: Instant,
+    pub(crate) requested_at: Instant,
 }
 
 struct OAuth {
@@ -77,7 +77,7 @@ impl Credential {
 }
 
 /// The token source for a single process (the fleet-wide one shares tokens through Redis).
-pub struct Tokens {
+pub(crate) struct Tokens {
     creds: Vec<Credential>,
     client: reqwest::Client,
     recorder: Arc<Recorder>,
@@ -106,7 +106,7 @@ const TOKEN_RETRY_AFTER_MAX: Duration = Duration::from_secs(30);
 const TOKEN_RETRY_AFTER_DEFAULT: Duration = Duration::from_secs(1);
 
 impl Tokens {
-    pub fn from_plan(plan: &Plan, client: reqwest::Client, recorder: Arc<Recorder>) -> Self {
+    pub(crate) fn from_plan(plan: &Plan, client: reqwest::Client, recorder: Arc<Recorder>) -> Self {
         let creds = plan
             .auth
             .iter()
@@ -134,14 +134,14 @@ impl OAuthClient {
     }
 
     /// The credential's name in the plan.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// Fetch a token from the token endpoint (its own 429/503 are retried up to 3 times with
     /// their Retry-After). Records the fetch. Errors show the HTTP status and OAuth error code
     /// only.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         client: &reqwest::Client,
         recorder: &Recorder,
@@ -314,7 +314,7 @@ impl TokenSource for Tokens {
 }
 
 /// How long a worker waits for the fleet's refresher of a token before giving up.
-pub const FLEET_TOKEN_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const FLEET_TOKEN_WAIT: Duration = Duration::from_secs(30);
 /// The refresher's lock expires after this (longer than a fetch with its retries takes), so a
 /// refresher that died is replaced.
 const FLEET_TOKEN_LOCK: Duration = Duration::from_secs(30);
@@ -337,7 +337,7 @@ struct SharedCred {
 /// from Redis only if it is still the token that failed, so all the workers seeing the same
 /// 401 cause one refresh. Other credentials behave as in [`Tokens`]. If Redis cannot be
 /// reached, a worker that needs a new token fetches its own (and says so in the log).
-pub struct FleetTokens {
+pub(crate) struct FleetTokens {
     local: Tokens,
     shared: Vec<Option<SharedCred>>,
     store: TokenStore,
@@ -346,7 +346,7 @@ pub struct FleetTokens {
 }
 
 impl FleetTokens {
-    pub fn from_plan(
+    pub(crate) fn from_plan(
         plan: &Plan,
         client: reqwest::Client,
         recorder: Arc<Recorder>,

@@ -323,7 +323,7 @@ async fn closed_vus(run: Arc<ScenarioRun>, vus: u32, end: Instant, iterations: I
 
 /// The VU target over time: piecewise linear between stages, as in k6.
 #[derive(Clone, Debug)]
-pub struct VuCurve {
+pub(crate) struct VuCurve {
     /// (start offset s, end offset s, value at start, value at end)
     segs: Vec<(f64, f64, f64, f64)>,
 }
@@ -331,7 +331,7 @@ pub struct VuCurve {
 const VU_EPS: f64 = 1e-9;
 
 impl VuCurve {
-    pub fn new(start_vus: u32, stages: &[VuStage]) -> Self {
+    pub(crate) fn new(start_vus: u32, stages: &[VuStage]) -> Self {
         let mut segs = Vec::new();
         let mut t = 0.0;
         let mut v = f64::from(start_vus);
@@ -347,11 +347,11 @@ impl VuCurve {
         Self { segs }
     }
 
-    pub fn end(&self) -> f64 {
+    pub(crate) fn end(&self) -> f64 {
         self.segs.last().map_or(0.0, |s| s.1)
     }
 
-    pub fn max(&self) -> u32 {
+    pub(crate) fn max(&self) -> u32 {
         self.segs
             .iter()
             .map(|s| s.2.max(s.3))
@@ -359,7 +359,7 @@ impl VuCurve {
             .floor() as u32
     }
 
-    pub fn value(&self, t: f64) -> f64 {
+    pub(crate) fn value(&self, t: f64) -> f64 {
         for &(t0, t1, v0, v1) in &self.segs {
             if t >= t0 && t < t1 {
                 return v0 + (v1 - v0) * (t - t0) / (t1 - t0);
@@ -370,7 +370,7 @@ impl VuCurve {
 
     /// First time >= `from` at which VU `i` (1-based) is active (`value >= i`), or at which it
     /// is inactive (`active == false`).
-    pub fn next_change(&self, i: u32, from: f64, active: bool) -> Option<f64> {
+    pub(crate) fn next_change(&self, i: u32, from: f64, active: bool) -> Option<f64> {
         let i = f64::from(i);
         let want = |v: f64| {
             if active {

@@ -35,11 +35,11 @@ const AGENT: &str = concat!("pacer/", env!("CARGO_PKG_VERSION"));
 
 /// Headers of the plan's `http.headers` that carry credentials: sent only to the target's
 /// origin, never to an `http.allowHosts` host or the token endpoint.
-pub const CREDENTIAL_HEADERS: [HeaderName; 3] = [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION];
+pub(crate) const CREDENTIAL_HEADERS: [HeaderName; 3] = [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION];
 
 /// The largest token endpoint response read: an OAuth2 token response is a small JSON object
 /// (a JWT access token is a few KiB), so this is generous and still cheap to hold.
-pub const TOKEN_RESPONSE_MAX_BYTES: usize = 64 * 1024;
+pub(crate) const TOKEN_RESPONSE_MAX_BYTES: usize = 64 * 1024;
 
 fn plan_headers(opts: &HttpOptions) -> Result<HeaderMap, ClientError> {
     let mut headers = HeaderMap::new();
@@ -53,7 +53,7 @@ fn plan_headers(opts: &HttpOptions) -> Result<HeaderMap, ClientError> {
 }
 
 /// The client OAuth2 token fetches use (reqwest: forms, JSON, a few calls per run).
-pub fn build_token_client(opts: &HttpOptions) -> Result<reqwest::Client, ClientError> {
+pub(crate) fn build_token_client(opts: &HttpOptions) -> Result<reqwest::Client, ClientError> {
     let mut headers = plan_headers(opts)?;
     for h in &CREDENTIAL_HEADERS {
         headers.remove(h);
@@ -114,7 +114,7 @@ impl HttpClient {
 
     /// Add the plan's headers that `headers` does not set; its [`CREDENTIAL_HEADERS`] only
     /// when the request goes to the target's origin (`credentials`).
-    pub fn add_default_headers(&self, headers: &mut HeaderMap, credentials: bool) {
+    pub(crate) fn add_default_headers(&self, headers: &mut HeaderMap, credentials: bool) {
         for (k, v) in self.default_headers.iter() {
             if !headers.contains_key(k) && (credentials || !CREDENTIAL_HEADERS.contains(k)) {
                 headers.insert(k.clone(), v.clone());
@@ -305,7 +305,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// [`classify`] for the token client's errors.
-pub fn classify_reqwest(e: &reqwest::Error) -> ErrorKind {
+pub(crate) fn classify_reqwest(e: &reqwest::Error) -> ErrorKind {
     if e.is_timeout() {
         ErrorKind::Timeout
     } else {

@@ -1,15 +1,19 @@
-//! Executes a pacer plan (or, later, a worker's shard of one): executors, HTTP, templates,
+//! Executes a pacer plan (or a worker's shard of one): executors, HTTP, templates,
 //! checks, retries and recording. It knows nothing about gRPC or Kubernetes: the limiter, the
 //! token source and the stats recorder come in through [`Deps`].
 
-pub mod auth;
-pub mod executor;
-pub mod http;
-pub mod iteration;
+// The surface is what `pacer run`, a worker and the tests use: the items below and `setup`.
+// Everything else is the engine's own, and this lint keeps it so.
+#![warn(unreachable_pub)]
+
+mod auth;
+mod executor;
+mod http;
+mod iteration;
 mod pool;
-pub mod ratelimit_headers;
-pub mod render;
-pub mod retry;
+mod ratelimit_headers;
+mod render;
+mod retry;
 mod send;
 pub mod setup;
 
@@ -22,12 +26,13 @@ use pacer_stats::Recorder;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use http::{ClientError, HttpClient, Outgoing, Response, TransportError};
 pub use iteration::WORKER_HEADER;
 
 /// What the engine plugs into.
 pub struct Deps {
     pub limiter: Arc<dyn Limiter>,
-    /// `None`: this process fetches and caches its own tokens ([`auth::Tokens`]).
+    /// `None`: this process fetches and caches its own tokens (the engine's OAuth2 token cache).
     pub tokens: Option<Arc<dyn TokenSource>>,
     pub recorder: Arc<Recorder>,
 }

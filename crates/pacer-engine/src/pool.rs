@@ -61,9 +61,9 @@ pub(crate) struct Pool {
 /// A response as the pool read it: the body is kept only when the request needs it (a check or
 /// an extract reads it, or a 429 may name its limit in it); `body_len` counts it either way.
 pub(crate) struct Received {
-    pub parts: http::response::Parts,
-    pub body: Bytes,
-    pub body_len: u64,
+    pub(crate) parts: http::response::Parts,
+    pub(crate) body: Bytes,
+    pub(crate) body_len: u64,
 }
 
 struct Origin {

@@ -13,10 +13,10 @@ fn num(h: &HeaderMap, name: &str) -> Option<u64> {
 
 /// The largest reset a header may state, in seconds: a reset is a delay (seconds), or with
 /// some APIs (GitHub) a Unix time, which stays below this until the year 2286.
-pub const MAX_RESET_SECS: f64 = 1e10;
+pub(crate) const MAX_RESET_SECS: f64 = 1e10;
 
 /// The longest `RateLimit-Policy` kept, in characters.
-pub const MAX_POLICY_CHARS: usize = 200;
+pub(crate) const MAX_POLICY_CHARS: usize = 200;
 
 /// A finite, non-negative number of at most [`MAX_RESET_SECS`] (larger ones are clamped).
 fn reset(v: &str) -> Option<f64> {
@@ -50,7 +50,7 @@ fn ietf_params(v: &str, keys: [&str; 2]) -> [Option<f64>; 2] {
     out
 }
 
-pub fn parse(h: &HeaderMap) -> Option<ServerLimitHeaders> {
+pub(crate) fn parse(h: &HeaderMap) -> Option<ServerLimitHeaders> {
     if h.contains_key("inin-ratelimit-allowed") || h.contains_key("inin-ratelimit-count") {
         let limit = num(h, "inin-ratelimit-allowed");
         let count = num(h, "inin-ratelimit-count");
@@ -132,7 +132,7 @@ mod tests {
 /// Which limit a 429 was about, as the server says it: a JSON body's `limit` field, a
 /// `[limit: NAME]` in its `message` (Genesys style), or the first `RateLimit-Policy` name.
 /// Sanitized: printable, at most 64 characters.
-pub fn server_limit_name(h: &HeaderMap, body: &[u8]) -> Option<String> {
+pub(crate) fn server_limit_name(h: &HeaderMap, body: &[u8]) -> Option<String> {
     let clean = |s: &str| -> Option<String> {
         let s: String = s
             .trim()

@@ -8,20 +8,20 @@ use rand::Rng;
 use serde_json::Value;
 
 /// What a template can refer to while an iteration runs.
-pub struct RenderCtx<'a> {
+pub(crate) struct RenderCtx<'a> {
     /// Values extracted earlier in this iteration; they shadow `plan_vars`.
-    pub vars: &'a HashMap<String, Value>,
+    pub(crate) vars: &'a HashMap<String, Value>,
     /// The plan's `variables`.
-    pub plan_vars: &'a BTreeMap<String, Value>,
-    pub iteration: u64,
-    pub vu: u32,
-    pub scenario: &'a str,
-    pub worker: u32,
+    pub(crate) plan_vars: &'a BTreeMap<String, Value>,
+    pub(crate) iteration: u64,
+    pub(crate) vu: u32,
+    pub(crate) scenario: &'a str,
+    pub(crate) worker: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{{{{vars.{0}}}}} is not set (not in `variables`, and no earlier request extracted it)")]
-pub struct MissingVar(pub String);
+pub(crate) struct MissingVar(pub(crate) String);
 
 /// Now shifted by the offset. A validated plan's offset is at most a century
 /// (`pacer_plan::bounds::MAX_TIME_OFFSET`); anything beyond the calendar saturates at its
@@ -51,13 +51,13 @@ impl RenderCtx<'_> {
         self.vars.get(name).or_else(|| self.plan_vars.get(name))
     }
 
-    pub fn render(&self, t: &Template) -> Result<String, MissingVar> {
+    pub(crate) fn render(&self, t: &Template) -> Result<String, MissingVar> {
         let mut out = String::new();
         self.render_into(t, &mut out)?;
         Ok(out)
     }
 
-    pub fn render_into(&self, t: &Template, out: &mut String) -> Result<(), MissingVar> {
+    pub(crate) fn render_into(&self, t: &Template, out: &mut String) -> Result<(), MissingVar> {
         for p in t.parts() {
             match p {
                 Part::Lit(s) => out.push_str(s),
@@ -97,7 +97,7 @@ impl RenderCtx<'_> {
 
     /// Render a JSON body. A string that is exactly one placeholder keeps the placeholder's
     /// type (`"{{randInt 1 10}}"` becomes a number, `"{{vars.filter}}"` the variable's JSON).
-    pub fn render_json(&self, t: &JsonTemplate) -> Result<Value, MissingVar> {
+    pub(crate) fn render_json(&self, t: &JsonTemplate) -> Result<Value, MissingVar> {
         Ok(match t {
             JsonTemplate::Literal(v) => v.clone(),
             JsonTemplate::String(tpl) => match tpl.parts() {

@@ -12,7 +12,7 @@ use rand::Rng;
 
 /// A Retry-After header as understood.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RetryAfter {
+pub(crate) enum RetryAfter {
     /// A usable wait, already clamped to the policy's maximum.
     Wait { wait: Duration, clamped: bool },
     /// Present but unusable (unparsable, negative). Counted and reported.
@@ -21,7 +21,7 @@ pub enum RetryAfter {
 
 impl RetryAfter {
     /// The wait it asks for (`None` when malformed).
-    pub fn wait(self) -> Option<Duration> {
+    pub(crate) fn wait(self) -> Option<Duration> {
         match self {
             RetryAfter::Wait { wait, .. } => Some(wait),
             RetryAfter::Malformed => None,
@@ -135,7 +135,7 @@ pub(crate) fn outcome(attempts: u32, failed: bool, last_retryable: bool) -> Retr
 /// Parse `Retry-After` (delta-seconds or an HTTP-date) relative to `now`.
 /// Values above `max` are clamped to `max`; a date in the past means no wait. Any input (a
 /// hostile server's) gives an answer, never a panic, and never a wait above `max`.
-pub fn parse_retry_after(value: &[u8], now: SystemTime, max: Duration) -> RetryAfter {
+pub(crate) fn parse_retry_after(value: &[u8], now: SystemTime, max: Duration) -> RetryAfter {
     let Ok(s) = std::str::from_utf8(value) else {
         return RetryAfter::Malformed;
     };
@@ -168,7 +168,11 @@ pub fn parse_retry_after(value: &[u8], now: SystemTime, max: Duration) -> RetryA
 }
 
 /// The wait before retry number `retry` (1 for the first retry).
-pub fn backoff_delay(policy: &RetryPolicy, retry: u32, retry_after: Option<Duration>) -> Duration {
+pub(crate) fn backoff_delay(
+    policy: &RetryPolicy,
+    retry: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
     let exp = retry.saturating_sub(1).min(30);
     let ceiling = policy
         .backoff_base

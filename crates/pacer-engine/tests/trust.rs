@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use pacer_engine::http::{HttpClient, Outgoing};
+use pacer_engine::{HttpClient, Outgoing};
 use pacer_limiter::Unlimited;
 use pacer_plan::{LoadOptions, load_str};
 use parking_lot::Mutex;
