@@ -25,7 +25,7 @@ use crate::status::{COND_COMPLETE, COND_VALID, now};
 pub type LoadTestMeta = PartialObjectMeta<LoadTest>;
 
 /// Reconcile the LoadTest `meta` names: read it whole, then reconcile it; one that cannot
-/// be read is [`unreadable`].
+/// be read is marked Failed alone (`unreadable`).
 pub async fn reconcile_meta(meta: Arc<LoadTestMeta>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = meta.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<LoadTest> = Api::namespaced(ctx.client.clone(), &ns);
