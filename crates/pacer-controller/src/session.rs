@@ -218,9 +218,8 @@ fn admit(inner: &Inner, h: &Hello, tx: &Tx) -> Result<(u32, u64, bool), Status> 
             ));
         }
         if matches!(slot.state, WorkerState::Finished | WorkerState::Failed) {
-            return Err(Status::failed_precondition(format!(
-                "worker {index} has already finished"
-            )));
+            return Err(pacer_proto::Refusal::AlreadyFinished
+                .to_status(format!("worker {index} has already finished")));
         }
         // A reconnect takes over the slot (the old stream may not have noticed it broke).
         slot.state = WorkerState::Running;

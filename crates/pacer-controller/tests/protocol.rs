@@ -385,3 +385,70 @@ proptest! {
         prop_assert_eq!(h.max(), one.max());
     }
 }
+
+/// A worker whose close (the receipt of its Finished) was lost resumes, and the controller
+/// answers with the typed refusal the worker reads as "delivered": the meaning travels in the
+/// status metadata over real gRPC, not in the wording of the message.
+#[tokio::test]
+async fn a_finished_worker_that_resumes_is_refused_as_already_finished() {
+    let (c, addr, stop) = serve(2).await;
+    let run = tokio::spawn({
+        let c = c.clone();
+        async move { c.run().await }
+    });
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        let mut w = Worker::open(&addr, msg(Body::Hello(hello(Some(i)))))
+            .await
+            .unwrap();
+        assert!(matches!(
+            w.next().await,
+            Ok(controller_message::Body::Assign(_))
+        ));
+        w.send(Body::Ready(Default::default())).await;
+        workers.push(w);
+    }
+    for w in &mut workers {
+        assert!(matches!(
+            w.next().await,
+            Ok(controller_message::Body::Start(_))
+        ));
+    }
+    // Worker 0 finishes (worker 1 still runs, so the test has not ended).
+    let snapshot = Recorder::new(pacer_stats::Layout::of(&plan())).snapshot();
+    workers[0]
+        .send(Body::Finished(pacer_proto::Finished {
+            report: Some(Report {
+                seq: 1,
+                elapsed_us: 1000,
+                snapshot_json: snapshot.to_json().into_bytes(),
+                limits_json: Vec::new(),
+            }),
+            stopped_early: false,
+            error: String::new(),
+        }))
+        .await;
+    assert!(workers[0].next().await.is_err(), "the close is the receipt");
+    let mut again = hello(Some(0));
+    again.resume = Some(pacer_proto::Resume {
+        elapsed_us: 2000,
+        finished: true,
+    });
+    let status = match Worker::open(&addr, msg(Body::Hello(again))).await {
+        Err(status) => status,
+        Ok(mut w) => w.next().await.expect_err("a finished worker cannot resume"),
+    };
+    assert_eq!(
+        pacer_proto::Refusal::of(&status),
+        Some(pacer_proto::Refusal::AlreadyFinished),
+        "{status:?}"
+    );
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("worker 0"),
+        "{:?}",
+        status.message()
+    );
+    run.abort();
+    stop.cancel();
+}

@@ -71,6 +71,59 @@ pub fn peer_text(text: &str) -> String {
     out
 }
 
+/// The gRPC metadata key (a trailer of the refused stream) that carries a [`Refusal`]'s wire
+/// name. The status message stays the human text; this key is what a peer matches on.
+pub const REFUSAL_METADATA_KEY: &str = "pacer-refusal";
+
+/// A refusal of the controller that a worker acts on, typed so that neither side depends on
+/// the wording of the other's messages: the controller ends the stream with
+/// [`Refusal::to_status`] and the worker reads it back with [`Refusal::of`]. The wire name in
+/// [`REFUSAL_METADATA_KEY`] is part of the protocol: renaming one breaks older peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A resuming worker's slot already holds its final report (the close that was the receipt
+    /// got lost): the worker's part is delivered and it may exit.
+    AlreadyFinished,
+}
+
+impl Refusal {
+    /// Every refusal, for tests and for reading a wire name back.
+    pub const ALL: [Refusal; 1] = [Refusal::AlreadyFinished];
+
+    /// The stable name in the status metadata.
+    pub const fn wire_name(self) -> &'static str {
+        match self {
+            Refusal::AlreadyFinished => "already-finished",
+        }
+    }
+
+    /// The gRPC code the refusal is sent with (what a peer that does not read the metadata
+    /// acts on).
+    pub const fn code(self) -> tonic::Code {
+        match self {
+            Refusal::AlreadyFinished => tonic::Code::FailedPrecondition,
+        }
+    }
+
+    /// The status that ends a stream with this refusal; `message` is for people.
+    pub fn to_status(self, message: impl Into<String>) -> tonic::Status {
+        let mut status = tonic::Status::new(self.code(), message);
+        status.metadata_mut().insert(
+            REFUSAL_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static(self.wire_name()),
+        );
+        status
+    }
+
+    /// The refusal a status carries, if any: read from its metadata, never from its message.
+    pub fn of(status: &tonic::Status) -> Option<Refusal> {
+        let name = status.metadata().get(REFUSAL_METADATA_KEY)?.to_str().ok()?;
+        Refusal::ALL
+            .into_iter()
+            .find(|r| r.wire_name() == name && r.code() == status.code())
+    }
+}
+
 impl worker_message::Body {
     /// The message kind, for errors about order ("Ready before Assign").
     pub fn kind(&self) -> &'static str {
@@ -123,5 +176,46 @@ mod tests {
         assert!(shown.starts_with(&"x".repeat(MAX_PEER_TEXT_CHARS)));
         assert!(shown.ends_with("(10 more characters cut)"), "{shown}");
         assert_eq!(peer_text("plain"), "plain");
+    }
+
+    #[test]
+    fn a_refusal_is_read_back_from_its_status_and_never_from_the_text() {
+        for refusal in Refusal::ALL {
+            let status = refusal.to_status("worker 3 has already finished");
+            assert_eq!(status.code(), refusal.code());
+            assert_eq!(status.message(), "worker 3 has already finished");
+            assert_eq!(Refusal::of(&status), Some(refusal));
+        }
+        // The same words without the metadata are just words.
+        let plain = tonic::Status::failed_precondition("worker 3 has already finished");
+        assert_eq!(Refusal::of(&plain), None);
+    }
+
+    #[test]
+    fn a_refusal_needs_its_code_and_a_known_name() {
+        let mut status = tonic::Status::aborted("replaced");
+        status.metadata_mut().insert(
+            REFUSAL_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static("already-finished"),
+        );
+        assert_eq!(Refusal::of(&status), None, "wrong code");
+        let mut status = tonic::Status::failed_precondition("?");
+        status.metadata_mut().insert(
+            REFUSAL_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static("something-newer"),
+        );
+        assert_eq!(Refusal::of(&status), None, "unknown name");
+    }
+
+    #[test]
+    fn wire_names_are_distinct_and_valid_metadata() {
+        let names: std::collections::HashSet<_> = Refusal::ALL.map(Refusal::wire_name).into();
+        assert_eq!(names.len(), Refusal::ALL.len());
+        for name in names {
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+                "{name}"
+            );
+        }
     }
 }
