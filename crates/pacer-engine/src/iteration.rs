@@ -1,26 +1,28 @@
-//! One iteration: the scenario's requests in order, each with its retries, checks, extraction
-//! and polling, recorded as attempts (HTTP exchanges) and requests (after retries). The
-//! executors (`executor.rs`) decide when an iteration starts; this module runs one.
+//! One iteration: the scenario's requests in order, each prepared (`prepare.rs`), sent with its
+//! retries (`send.rs`, which records the attempts), then its checks, extraction and polling
+//! here, recorded as a request (after retries). The executors (`executor.rs`) decide when an
+//! iteration starts; this module runs one.
 //!
 //! The servers are not trusted: a rendered path or URL (`{{vars.location}}` from a response)
 //! is resolved by [`pacer_plan::origin::resolve`], so a request leaves the target's origin only
 //! for a host of `http.allowHosts` and then without credentials, and is refused otherwise
 //! (counted as `off-origin`). Response bodies no check or extract reads are drained, not kept.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use pacer_limiter::{Limiter, TokenSource};
-use pacer_plan::origin::{self, Destination, Refusal};
-use pacer_plan::{AuthRef, Body, Expect, ExtractFrom, Part, Plan, Request};
+use pacer_plan::{AuthRef, Expect, ExtractFrom, Plan, Poll, Request};
 use pacer_stats::{ErrorKind, IterationOutcome, Recorder, RequestOutcome, RetryOutcome};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderValue;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, Response};
+use crate::prepare::{self, NotPrepared, StaticRequest, StaticUrl};
 use crate::render::RenderCtx;
 use crate::send::{record_local_failure, send_with_retries};
 
@@ -35,7 +37,7 @@ pub(crate) struct Shared {
     pub(crate) tokens: Arc<dyn TokenSource>,
     pub(crate) recorder: Arc<Recorder>,
     worker: u32,
-    worker_header: Option<HeaderValue>,
+    pub(crate) worker_header: Option<HeaderValue>,
     /// Cancelled when in-flight work must end now (after graceful stop, or on abort).
     pub(crate) hard_stop: CancellationToken,
     /// When the server's rate-limit headers were last read (ms since `epoch`; 0: never).
@@ -43,10 +45,10 @@ pub(crate) struct Shared {
     pub(crate) epoch: Instant,
     /// The URL of each request whose path has no placeholder, by scenario and request, parsed
     /// once instead of on every send (with its `Uri` when the request has no query either).
-    static_urls: Vec<Vec<Option<StaticUrl>>>,
+    pub(crate) static_urls: Vec<Vec<Option<StaticUrl>>>,
     /// Requests with nothing to render (URL, headers and body all literal), by scenario and
     /// request: prepared on first use and sent as they are after that.
-    static_requests: Vec<Vec<Option<StaticRequest>>>,
+    pub(crate) static_requests: Vec<Vec<Option<StaticRequest>>>,
     /// Whether a check, extract or poll reads each request's response body (by scenario and
     /// request): the others' bodies are drained.
     pub(crate) needs_body: Vec<Vec<bool>>,
@@ -67,55 +69,8 @@ impl Shared {
         opts: &crate::RunOptions,
         hard_stop: CancellationToken,
     ) -> Self {
-        let static_urls = plan
-            .scenarios
-            .iter()
-            .map(|sc| {
-                sc.requests
-                    .iter()
-                    .map(|req| {
-                        let path: Option<String> = req
-                            .path
-                            .parts()
-                            .iter()
-                            .map(|p| match p {
-                                Part::Lit(s) => Some(s.as_str()),
-                                _ => None,
-                            })
-                            .collect();
-                        let (url, dest) =
-                            origin::resolve(&plan.target, &plan.http.allow_hosts, &path?).ok()?;
-                        let uri = req
-                            .query
-                            .is_empty()
-                            .then(|| url.as_str().parse::<hyper::Uri>().ok())
-                            .flatten();
-                        Some((url, uri, dest))
-                    })
-                    .collect()
-            })
-            .collect::<Vec<Vec<_>>>();
-        let static_requests = plan
-            .scenarios
-            .iter()
-            .zip(&static_urls)
-            .map(|(sc, urls)| {
-                sc.requests
-                    .iter()
-                    .zip(urls)
-                    .map(|(req, url)| {
-                        let literal = matches!(url, Some((_, Some(_), _)))
-                            && req.headers.iter().all(|(_, t)| t.is_literal())
-                            && match &req.body {
-                                None => true,
-                                Some(Body::Text(t)) => t.is_literal(),
-                                Some(Body::Json(_)) => false,
-                            };
-                        literal.then(OnceLock::new)
-                    })
-                    .collect()
-            })
-            .collect();
+        let static_urls = prepare::static_urls(&plan);
+        let static_requests = prepare::static_requests(&plan, &static_urls);
         let needs_body = plan
             .scenarios
             .iter()
@@ -167,28 +122,6 @@ fn reads_body(req: &Request) -> bool {
         || req.poll.as_ref().is_some_and(|p| !p.until.json.is_empty())
 }
 
-/// A request URL known before the run: parsed, as a request `Uri` when nothing (no query) is
-/// added to it per request, and where it goes.
-type StaticUrl = (url::Url, Option<hyper::Uri>, Destination);
-
-/// A request with nothing to render, prepared once (or the reason it cannot be sent).
-type StaticRequest = OnceLock<Result<Prepared, NotPrepared>>;
-
-/// Why a request could not be prepared.
-#[derive(Clone, Debug)]
-enum NotPrepared {
-    /// Its rendered path would leave the target (or is not a path): refused, and counted.
-    Refused(Refusal),
-    /// A template or a value failed (the message leaves out query strings and header values).
-    Invalid(String),
-}
-
-impl From<String> for NotPrepared {
-    fn from(msg: String) -> Self {
-        NotPrepared::Invalid(msg)
-    }
-}
-
 /// Run one iteration of scenario `sc`. `intended` is when the schedule meant it to start: the
 /// first request's latency is measured from there (no coordinated omission).
 pub(crate) async fn run_iteration(
@@ -198,12 +131,15 @@ pub(crate) async fn run_iteration(
     iteration: u64,
     intended: Instant,
 ) -> IterationOutcome {
-    let scenario = &sh.plan.scenarios[sc];
-    let mut vars: HashMap<String, Value> = HashMap::new();
+    let mut it = IterationState {
+        vu,
+        iteration,
+        vars: HashMap::new(),
+    };
     let mut failed = false;
     let mut req_intended = intended;
-    for (ri, req) in scenario.requests.iter().enumerate() {
-        let step = run_request(sh, sc, ri, req, &mut vars, vu, iteration, req_intended).await;
+    for ri in 0..sh.plan.scenarios[sc].requests.len() {
+        let step = run_request(sh, sc, ri, &mut it, req_intended).await;
         failed |= step.failed;
         if step.stop_iteration {
             failed = true;
@@ -218,118 +154,31 @@ pub(crate) async fn run_iteration(
     }
 }
 
+/// One iteration's own state: the VU that runs it, its number, and the values its requests
+/// have extracted so far (`{{vars.*}}`).
+struct IterationState {
+    vu: u32,
+    iteration: u64,
+    vars: HashMap<String, Value>,
+}
+
 struct StepResult {
     failed: bool,
     /// Later requests cannot run (a required value was not extracted, a template failed).
     stop_iteration: bool,
 }
 
-/// A request rendered once per logical request (retries resend the same thing: the same
-/// correlation id, the same body).
-pub(crate) struct Prepared {
-    pub(crate) method: ::http::Method,
-    pub(crate) uri: hyper::Uri,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Option<bytes::Bytes>,
-    pub(crate) approx_header_bytes: u64,
-    /// The target's origin (credentials attached) or an allowed host (none).
-    pub(crate) destination: Destination,
-}
-
-fn prepare(
-    sh: &Shared,
-    req: &Request,
-    static_url: Option<&StaticUrl>,
-    ctx: &RenderCtx<'_>,
-) -> Result<Prepared, NotPrepared> {
-    let (uri, destination) = match static_url {
-        Some((_, Some(uri), dest)) => (uri.clone(), *dest),
-        _ => {
-            let (mut url, dest) = match static_url {
-                Some((url, _, dest)) => (url.clone(), *dest),
-                None => origin::resolve(
-                    &sh.plan.target,
-                    &sh.plan.http.allow_hosts,
-                    &ctx.render(&req.path).map_err(|e| e.to_string())?,
-                )
-                .map_err(NotPrepared::Refused)?,
-            };
-            if !req.query.is_empty() {
-                let mut q = url.query_pairs_mut();
-                for (k, t) in &req.query {
-                    q.append_pair(k, &ctx.render(t).map_err(|e| e.to_string())?);
-                }
-            }
-            // The message leaves the query out: it may carry secrets.
-            let uri = url.as_str().parse::<hyper::Uri>().map_err(|e| {
-                format!(
-                    "URL {}://{}{} is not a valid request URI: {e}",
-                    url.scheme(),
-                    url.host_str().unwrap_or(""),
-                    url.path()
-                )
-            })?;
-            (uri, dest)
-        }
-    };
-    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
-    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(1, |p| p.as_str().len());
-    let mut approx = (req.method.len() + uri_len + 12) as u64;
-    for (k, t) in &req.headers {
-        let v = ctx.render(t).map_err(|e| e.to_string())?;
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| format!("header name {k:?} is invalid"))?;
-        let value = HeaderValue::from_str(&v)
-            .map_err(|_| format!("header {k}: rendered value is not a valid header value"))?;
-        approx += (k.len() + v.len() + 4) as u64;
-        headers.insert(name, value);
-    }
-    let body = match &req.body {
-        None => None,
-        Some(Body::Text(t)) => Some(bytes::Bytes::from(
-            ctx.render(t).map_err(|e| e.to_string())?,
-        )),
-        Some(Body::Json(j)) => {
-            let v = ctx.render_json(j).map_err(|e| e.to_string())?;
-            if !headers.contains_key(CONTENT_TYPE) {
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            }
-            Some(bytes::Bytes::from(
-                serde_json::to_vec(&v).map_err(|e| e.to_string())?,
-            ))
-        }
-    };
-    if let Some(w) = &sh.worker_header {
-        headers.insert(HeaderName::from_static(WORKER_HEADER), w.clone());
-    }
-    sh.client
-        .add_default_headers(&mut headers, destination.gets_credentials());
-    let method = ::http::Method::from_bytes(req.method.as_bytes())
-        .map_err(|_| format!("method {:?} is invalid", req.method))?;
-    Ok(Prepared {
-        method,
-        uri,
-        headers,
-        body,
-        approx_header_bytes: approx,
-        destination,
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
+/// Run request `ri` of scenario `sc` (again, while its poll says so): prepare it, send it with
+/// its retries, then count its checks, extract its values, decide its poll, and record it.
 async fn run_request(
     sh: &Shared,
     sc: usize,
     ri: usize,
-    req: &Request,
-    vars: &mut HashMap<String, Value>,
-    vu: u32,
-    iteration: u64,
+    it: &mut IterationState,
     mut intended: Instant,
 ) -> StepResult {
     let scenario = &sh.plan.scenarios[sc];
+    let req = &scenario.requests[ri];
     let credential = match req.auth {
         AuthRef::Inherit => scenario.auth,
         AuthRef::None => None,
@@ -342,118 +191,53 @@ async fn run_request(
         let mut owned = None;
         let prepared = {
             let ctx = RenderCtx {
-                vars,
+                vars: &it.vars,
                 plan_vars: &sh.plan.variables,
-                iteration,
-                vu,
+                iteration: it.iteration,
+                vu: it.vu,
                 scenario: &scenario.name,
                 worker: sh.worker,
             };
-            let static_url = sh.static_urls.get(sc).and_then(|r| r.get(ri)?.as_ref());
-            match sh.static_requests.get(sc).and_then(|r| r.get(ri)?.as_ref()) {
-                Some(cell) => cell
-                    .get_or_init(|| prepare(sh, req, static_url, &ctx))
-                    .as_ref()
-                    .map_err(NotPrepared::clone),
-                None => prepare(sh, req, static_url, &ctx).map(|p| &*owned.insert(p)),
-            }
+            prepare::prepared(sh, sc, ri, req, &ctx, &mut owned)
         };
         let prepared = match prepared {
             Ok(p) => p,
-            Err(NotPrepared::Refused(why)) => {
-                sh.warn_once(format!(
-                    "scenario {:?} request {:?}: path {why}: not sent ({})",
-                    scenario.name,
-                    req.name,
-                    ErrorKind::OffOrigin.as_str()
-                ));
-                record_refusal(sh, sc, ri, req, intended);
-                return StepResult {
-                    failed: true,
-                    stop_iteration: true,
-                };
-            }
-            Err(NotPrepared::Invalid(msg)) => {
-                sh.warn_once(format!(
-                    "scenario {:?} request {:?}: {msg}",
-                    scenario.name, req.name
-                ));
-                return StepResult {
-                    failed: true,
-                    stop_iteration: true,
-                };
-            }
+            Err(why) => return not_prepared(sh, sc, ri, why, intended),
         };
-        let (outcome, response) =
+        let (mut outcome, response) =
             send_with_retries(sh, sc, ri, req, credential, prepared, intended).await;
-        let mut outcome = outcome;
-        let mut json_cache: Option<Option<Value>> = None;
-        let mut json = |resp: &Response| -> Option<Value> {
-            json_cache
-                .get_or_insert_with(|| serde_json::from_slice(&resp.body).ok())
-                .clone()
+        let (missing, done) = {
+            let resp = response.as_ref();
+            let body = JsonBody::new(resp);
+            count_checks(&req.expect, resp, &body, &mut outcome);
+            let missing = extract(req, resp, &body, &mut it.vars);
+            let done = match &req.poll {
+                None => true,
+                Some(poll) if poll_holds(&poll.until, resp, &body) => {
+                    outcome.checks_passed += 1;
+                    true
+                }
+                Some(poll)
+                    if poll_out_of_time(poll, poll_started.elapsed(), polls)
+                        || sh.hard_stop.is_cancelled() =>
+                {
+                    outcome.checks_failed += 1;
+                    outcome.failed = true;
+                    true
+                }
+                Some(_) => false,
+            };
+            (missing, done)
         };
-        // expect checks
-        if let Some(resp) = &response {
-            count_checks(&req.expect, resp, &mut json, &mut outcome);
-        } else {
-            outcome.checks_failed +=
-                (!req.expect.status.is_empty()) as u32 + req.expect.json.len() as u32;
-        }
-        // extraction
-        let mut missing = None;
-        for (name, ex) in &req.extract {
-            let value = response.as_ref().and_then(|resp| match &ex.from {
-                ExtractFrom::JsonPointer(p) => json(resp).and_then(|doc| doc.pointer(p).cloned()),
-                ExtractFrom::Header(h) => resp
-                    .headers
-                    .get(h.as_str())
-                    .and_then(|v| v.to_str().ok())
-                    .map(|s| Value::String(s.to_string())),
-            });
-            match value {
-                Some(v) => {
-                    vars.insert(name.clone(), v);
-                }
-                None => {
-                    vars.remove(name);
-                    if ex.required {
-                        missing = Some(name.clone());
-                    }
-                }
-            }
-        }
-        // polling
-        let mut done = true;
-        if let Some(poll) = &req.poll {
-            let holds = response.as_ref().is_some_and(|resp| {
-                poll.until.status_ok_strict(resp.status)
-                    && poll
-                        .until
-                        .json
-                        .iter()
-                        .all(|c| json(resp).is_some_and(|d| c.holds(&d)))
-            });
-            let out_of_time = poll_started.elapsed() + poll.interval > poll.timeout
-                || poll.max_attempts.is_some_and(|m| polls >= m);
-            if holds {
-                outcome.checks_passed += 1;
-            } else if out_of_time || sh.hard_stop.is_cancelled() {
-                outcome.checks_failed += 1;
-                outcome.failed = true;
-            } else {
-                done = false;
-            }
-        }
         let failed = outcome.failed;
         sh.recorder.record_request(sc, ri, &outcome);
         if done {
-            if missing.is_some() && !failed {
+            if let Some(name) = &missing
+                && !failed
+            {
                 sh.warn_once(format!(
-                    "scenario {:?} request {:?}: extract {:?}: not found in the response; the iteration stops",
-                    scenario.name,
-                    req.name,
-                    missing.as_deref().unwrap_or_default()
+                    "scenario {:?} request {:?}: extract {name:?}: not found in the response; the iteration stops",
+                    scenario.name, req.name,
                 ));
             }
             return StepResult {
@@ -471,23 +255,76 @@ async fn run_request(
     }
 }
 
-trait StrictStatus {
-    fn status_ok_strict(&self, status: u16) -> bool;
-}
-
-impl StrictStatus for Expect {
-    /// For `poll.until`: an empty status list means "any status", the JSON conditions decide.
-    fn status_ok_strict(&self, status: u16) -> bool {
-        self.status.is_empty() || self.status.contains(&status)
+/// A request that could not be prepared is not sent, and its iteration stops: said once in the
+/// log; a refused one is counted too (see [`record_refusal`]).
+fn not_prepared(
+    sh: &Shared,
+    sc: usize,
+    ri: usize,
+    why: NotPrepared,
+    intended: Instant,
+) -> StepResult {
+    let scenario = &sh.plan.scenarios[sc];
+    let req = &scenario.requests[ri];
+    match why {
+        NotPrepared::Refused(why) => {
+            sh.warn_once(format!(
+                "scenario {:?} request {:?}: path {why}: not sent ({})",
+                scenario.name,
+                req.name,
+                ErrorKind::OffOrigin.as_str()
+            ));
+            record_refusal(sh, sc, ri, req, intended);
+        }
+        NotPrepared::Invalid(msg) => sh.warn_once(format!(
+            "scenario {:?} request {:?}: {msg}",
+            scenario.name, req.name
+        )),
+    }
+    StepResult {
+        failed: true,
+        stop_iteration: true,
     }
 }
 
+/// A response's body as JSON, parsed when a check, an extract or a poll condition first reads
+/// it, and at most once (`None`: no response, or not JSON).
+struct JsonBody<'a> {
+    resp: Option<&'a Response>,
+    doc: OnceCell<Option<Value>>,
+}
+
+impl<'a> JsonBody<'a> {
+    fn new(resp: Option<&'a Response>) -> Self {
+        Self {
+            resp,
+            doc: OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> Option<&Value> {
+        self.doc
+            .get_or_init(|| self.resp.and_then(|r| serde_json::from_slice(&r.body).ok()))
+            .as_ref()
+    }
+}
+
+/// How many checks `expect` makes: its status list (one check) and each JSON condition.
+fn planned_checks(expect: &Expect) -> u32 {
+    (!expect.status.is_empty()) as u32 + expect.json.len() as u32
+}
+
+/// Count `expect`'s checks as passed or failed (all failed without a response).
 fn count_checks(
     expect: &Expect,
-    resp: &Response,
-    json: &mut impl FnMut(&Response) -> Option<Value>,
+    resp: Option<&Response>,
+    body: &JsonBody<'_>,
     out: &mut RequestOutcome,
 ) {
+    let Some(resp) = resp else {
+        out.checks_failed += planned_checks(expect);
+        return;
+    };
     if !expect.status.is_empty() {
         if expect.status.contains(&resp.status) {
             out.checks_passed += 1;
@@ -496,7 +333,7 @@ fn count_checks(
         }
     }
     for c in &expect.json {
-        if json(resp).is_some_and(|d| c.holds(&d)) {
+        if body.get().is_some_and(|d| c.holds(d)) {
             out.checks_passed += 1;
         } else {
             out.checks_failed += 1;
@@ -504,11 +341,62 @@ fn count_checks(
     }
 }
 
+/// Set each of `req`'s extracted values in `vars` (or remove it when the response lacks it).
+/// Returns the name of a required value the response lacks (the last, if several).
+fn extract(
+    req: &Request,
+    resp: Option<&Response>,
+    body: &JsonBody<'_>,
+    vars: &mut HashMap<String, Value>,
+) -> Option<String> {
+    let mut missing = None;
+    for (name, ex) in &req.extract {
+        let value = resp.and_then(|resp| match &ex.from {
+            ExtractFrom::JsonPointer(p) => body.get().and_then(|doc| doc.pointer(p).cloned()),
+            ExtractFrom::Header(h) => resp
+                .headers
+                .get(h.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(|s| Value::String(s.to_string())),
+        });
+        match value {
+            Some(v) => {
+                vars.insert(name.clone(), v);
+            }
+            None => {
+                vars.remove(name);
+                if ex.required {
+                    missing = Some(name.clone());
+                }
+            }
+        }
+    }
+    missing
+}
+
+/// Does the answer meet a poll's `until`? An empty status list there means "any status": the
+/// JSON conditions decide.
+fn poll_holds(until: &Expect, resp: Option<&Response>, body: &JsonBody<'_>) -> bool {
+    resp.is_some_and(|resp| {
+        (until.status.is_empty() || until.status.contains(&resp.status))
+            && until
+                .json
+                .iter()
+                .all(|c| body.get().is_some_and(|d| c.holds(d)))
+    })
+}
+
+/// Is a poll out of time after `polls` attempts, `elapsed` since its first? Another wait of
+/// `interval` would end past `timeout`, or `maxAttempts` are used up.
+fn poll_out_of_time(poll: &Poll, elapsed: Duration, polls: u32) -> bool {
+    elapsed + poll.interval > poll.timeout || poll.max_attempts.is_some_and(|m| polls >= m)
+}
+
 /// A request refused before sending (its rendered URL would leave the target's origin): one
 /// `off-origin` attempt and a failed request, so it shows in the summary and the thresholds.
 fn record_refusal(sh: &Shared, sc: usize, ri: usize, req: &Request, intended: Instant) {
     record_local_failure(sh, sc, ri, ErrorKind::OffOrigin);
-    let checks = (!req.expect.status.is_empty()) as u32 + req.expect.json.len() as u32;
+    let checks = planned_checks(&req.expect);
     sh.recorder.record_request(
         sc,
         ri,
@@ -525,4 +413,167 @@ fn record_refusal(sh: &Shared, sc: usize, ri: usize, req: &Request, intended: In
             retry_outcome: RetryOutcome::NotRetryable,
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use pacer_plan::{Extract, JsonCheck, JsonTest, Template};
+    use reqwest::header::HeaderMap;
+    use serde_json::json;
+
+    use super::*;
+
+    fn response(status: u16, headers: &[(&'static str, &'static str)], body: &str) -> Response {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        Response {
+            status,
+            headers: map,
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            body_len: body.len() as u64,
+            sent_at: Instant::now(),
+            service_time: Duration::ZERO,
+        }
+    }
+
+    fn equals(pointer: &str, v: Value) -> JsonCheck {
+        JsonCheck {
+            pointer: pointer.into(),
+            test: JsonTest::Equals(v),
+        }
+    }
+
+    fn request(extract: Vec<(String, Extract)>) -> Request {
+        Request {
+            name: "r".into(),
+            method: "GET".into(),
+            path: Template::parse("/").unwrap(),
+            query: vec![],
+            headers: vec![],
+            body: None,
+            auth: AuthRef::Inherit,
+            expect: Expect::default(),
+            extract,
+            poll: None,
+        }
+    }
+
+    #[test]
+    fn checks_count_the_status_list_once_and_each_json_condition() {
+        let expect = Expect {
+            status: vec![200, 201],
+            json: vec![equals("/state", json!("done")), equals("/n", json!(2))],
+        };
+        assert_eq!(planned_checks(&expect), 3);
+        assert_eq!(planned_checks(&Expect::default()), 0);
+
+        let resp = response(200, &[], r#"{"state":"done","n":3}"#);
+        let mut out = RequestOutcome::default();
+        count_checks(&expect, Some(&resp), &JsonBody::new(Some(&resp)), &mut out);
+        assert_eq!((out.checks_passed, out.checks_failed), (2, 1));
+
+        // Without an answer every check fails; a body that is not JSON fails its conditions.
+        let mut out = RequestOutcome::default();
+        count_checks(&expect, None, &JsonBody::new(None), &mut out);
+        assert_eq!((out.checks_passed, out.checks_failed), (0, 3));
+        let text = response(500, &[], "not json");
+        let mut out = RequestOutcome::default();
+        count_checks(&expect, Some(&text), &JsonBody::new(Some(&text)), &mut out);
+        assert_eq!((out.checks_passed, out.checks_failed), (0, 3));
+    }
+
+    #[test]
+    fn extract_sets_what_it_finds_clears_what_it_does_not_and_names_a_missing_required_one() {
+        let ex = |from, required| Extract { from, required };
+        let req = request(vec![
+            (
+                "id".into(),
+                ex(ExtractFrom::JsonPointer("/id".into()), true),
+            ),
+            (
+                "loc".into(),
+                ex(ExtractFrom::Header("location".into()), false),
+            ),
+            (
+                "opt".into(),
+                ex(ExtractFrom::JsonPointer("/none".into()), false),
+            ),
+        ]);
+        let mut vars = HashMap::from([("opt".to_string(), json!("stale"))]);
+        let resp = response(201, &[("location", "/jobs/7")], r#"{"id":7}"#);
+        let missing = extract(&req, Some(&resp), &JsonBody::new(Some(&resp)), &mut vars);
+        assert_eq!(missing, None);
+        assert_eq!(vars.get("id"), Some(&json!(7)));
+        assert_eq!(vars.get("loc"), Some(&json!("/jobs/7")));
+        assert_eq!(vars.get("opt"), None);
+
+        let missing = extract(&req, None, &JsonBody::new(None), &mut vars);
+        assert_eq!(missing.as_deref(), Some("id"));
+        assert!(vars.is_empty());
+    }
+
+    #[test]
+    fn a_poll_holds_on_any_status_when_until_names_none() {
+        let until = Expect {
+            status: vec![],
+            json: vec![equals("/state", json!("done"))],
+        };
+        let done = response(404, &[], r#"{"state":"done"}"#);
+        let running = response(200, &[], r#"{"state":"running"}"#);
+        assert!(poll_holds(&until, Some(&done), &JsonBody::new(Some(&done))));
+        assert!(!poll_holds(
+            &until,
+            Some(&running),
+            &JsonBody::new(Some(&running))
+        ));
+        assert!(!poll_holds(&until, None, &JsonBody::new(None)));
+        let status_only = Expect {
+            status: vec![200],
+            json: vec![],
+        };
+        assert!(poll_holds(
+            &status_only,
+            Some(&running),
+            &JsonBody::new(Some(&running))
+        ));
+        assert!(!poll_holds(
+            &status_only,
+            Some(&done),
+            &JsonBody::new(Some(&done))
+        ));
+    }
+
+    #[test]
+    fn a_poll_is_out_of_time_when_another_wait_would_pass_the_timeout_or_attempts_are_used_up() {
+        let s = Duration::from_secs;
+        let poll = Poll {
+            until: Expect::default(),
+            interval: s(1),
+            timeout: s(10),
+            max_attempts: None,
+        };
+        assert!(!poll_out_of_time(&poll, s(8), 100));
+        assert!(!poll_out_of_time(&poll, s(9), 100));
+        assert!(poll_out_of_time(&poll, s(9) + Duration::from_millis(1), 1));
+        let capped = Poll {
+            max_attempts: Some(3),
+            ..poll
+        };
+        assert!(!poll_out_of_time(&capped, s(0), 2));
+        assert!(poll_out_of_time(&capped, s(0), 3));
+    }
+
+    #[test]
+    fn the_body_is_parsed_once_and_only_when_read() {
+        let resp = response(200, &[], r#"{"a":1}"#);
+        let body = JsonBody::new(Some(&resp));
+        assert!(body.doc.get().is_none());
+        assert_eq!(body.get(), Some(&json!({"a": 1})));
+        assert!(std::ptr::eq(body.get().unwrap(), body.get().unwrap()));
+        assert_eq!(JsonBody::new(None).get(), None);
+    }
 }

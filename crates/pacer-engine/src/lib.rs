@@ -11,6 +11,7 @@ mod executor;
 mod http;
 mod iteration;
 mod pool;
+mod prepare;
 mod ratelimit_headers;
 mod render;
 mod retry;

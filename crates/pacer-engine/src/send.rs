@@ -14,7 +14,8 @@ use pacer_stats::{Attempt, ErrorKind, RequestOutcome};
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 
 use crate::http::{self, Response, TransportError};
-use crate::iteration::{Prepared, Shared};
+use crate::iteration::Shared;
+use crate::prepare::Prepared;
 use crate::retry::{self, Exchange, Next, RetryAfter};
 
 /// How often the server's rate-limit headers are read, at most: four times a second is fresh
