@@ -264,3 +264,62 @@ fn the_schema_refuses_what_kubectl_apply_should_refuse() {
         assert!(!errors(&v, &doc).is_empty(), "the schema accepts {what}");
     }
 }
+
+/// Every `preserve-unknown-fields` or open `additionalProperties` under `node`, by path.
+fn open_schemas(node: &Value, path: &str, out: &mut Vec<String>) {
+    match node {
+        Value::Object(map) => {
+            if map.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true))
+                || map.get("additionalProperties") == Some(&json!(true))
+            {
+                out.push(path.to_string());
+            }
+            for (k, v) in map {
+                open_schemas(v, &format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                open_schemas(v, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The API server prunes what a structural schema does not name: a LoadTest cannot slip
+/// volumes, hostPath, hostNetwork, a securityContext or another container into its worker
+/// pods, because `workerTemplate` names only these fields and leaves nothing open below them
+/// (the operator's policy.rs checks what is left).
+#[test]
+fn the_worker_template_lets_no_other_pod_field_through() {
+    let crd = crd();
+    let template = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["workerTemplate"];
+    let mut fields: Vec<&str> = template["properties"]
+        .as_object()
+        .expect("workerTemplate properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "affinity",
+            "annotations",
+            "env",
+            "labels",
+            "nodeSelector",
+            "resources",
+            "serviceAccountName",
+            "tolerations"
+        ]
+    );
+    let mut open = Vec::new();
+    open_schemas(template, "workerTemplate", &mut open);
+    assert!(
+        open.is_empty(),
+        "open schemas under workerTemplate: {open:?}"
+    );
+}
