@@ -14,6 +14,7 @@ pub mod output;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod validate;
 pub mod worker;
 
 use std::process::ExitCode;
@@ -45,7 +46,7 @@ pub enum Command {
     /// 2 invalid plan or arguments, 1 any other failure.
     Run(run::RunArgs),
     /// Check a plan (or a LoadTest manifest) and list every problem with its field path.
-    Validate(ValidateArgs),
+    Validate(validate::ValidateArgs),
     /// Serve a mock API that enforces rate limits the way SaaS APIs do (for demos and tests).
     Mock(Box<pacer_mock::MockArgs>),
     /// Print the JSON Schema of the plan format (for editors and CI checks).
@@ -66,13 +67,6 @@ pub enum Command {
     Watch(k8s::WatchArgs),
     /// Print a finished LoadTest's report (stored in a ConfigMap).
     Report(k8s::ReportCommand),
-}
-
-#[derive(clap::Args, Debug)]
-pub struct ValidateArgs {
-    /// Plan files (YAML or JSON) or LoadTest manifests.
-    #[arg(required = true)]
-    pub plans: Vec<std::path::PathBuf>,
 }
 
 /// Parse `std::env::args`, run, and map the result to an exit code.
@@ -121,7 +115,7 @@ fn init_tracing(filter: &str) {
 pub async fn run_cli(cli: Cli) -> Exit {
     match cli.command {
         Command::Run(args) => run::run(args).await,
-        Command::Validate(args) => validate(&args),
+        Command::Validate(args) => validate::run(&args),
         Command::Controller(args) => controller::run(*args).await,
         Command::Worker(args) => worker::run(*args).await,
         Command::Crd => k8s::crd(),
@@ -146,70 +140,5 @@ pub async fn run_cli(cli: Cli) -> Exit {
                 Exit::Failure
             }
         },
-    }
-}
-
-fn validate(args: &ValidateArgs) -> Exit {
-    let mut worst = Exit::Passed;
-    for p in &args.plans {
-        match validate_one(p) {
-            Ok(line) => println!("{}: ok: {line}", p.display()),
-            Err((message, exit)) => {
-                eprintln!("{message}");
-                worst = exit;
-            }
-        }
-    }
-    worst
-}
-
-/// One file. A LoadTest manifest is checked as the operator will check it
-/// (`pacer_operator::prepare`: its plan read as a LoadTest's, so no `${file:}` is read and
-/// `${env:}` names only what the LoadTest provides); a plan as `pacer run` reads it.
-fn validate_one(p: &std::path::Path) -> Result<String, (String, Exit)> {
-    let plan_error = |e: pacer_plan::PlanError| (e.to_string(), exit::for_plan_error(&e));
-    let text = std::fs::read_to_string(p).map_err(|source| {
-        plan_error(pacer_plan::PlanError::Io {
-            path: p.display().to_string(),
-            source,
-        })
-    })?;
-    let doc =
-        pacer_plan::load::parse_document(&text, &p.display().to_string()).map_err(plan_error)?;
-    let summary = |plan: &pacer_plan::Plan| {
-        let iters: Vec<String> = plan
-            .scenarios
-            .iter()
-            .map(|s| match s.executor.planned_iterations() {
-                Some(n) => format!("{} ({} iterations)", s.name, n),
-                None => s.name.clone(),
-            })
-            .collect();
-        format!("{} [{}]", plan.name, iters.join(", "))
-    };
-    if doc.get("kind").and_then(|k| k.as_str()) != Some("LoadTest") {
-        return pacer_plan::load_file(p)
-            .map(|plan| summary(&plan))
-            .map_err(plan_error);
-    }
-    let lt: pacer_operator::crd::LoadTest = serde_json::from_value(doc).map_err(|e| {
-        (
-            format!("{}: not a LoadTest: {e}", p.display()),
-            Exit::Invalid,
-        )
-    })?;
-    match pacer_operator::prepare::prepare(&lt, &Default::default()) {
-        Ok(prepared) => Ok(format!(
-            "LoadTest {} ({} workers)",
-            summary(&prepared.plan),
-            prepared.workers
-        )),
-        Err(errors) => {
-            let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
-            Err((
-                format!("{}: invalid LoadTest:\n{}", p.display(), list.join("\n")),
-                Exit::Invalid,
-            ))
-        }
     }
 }
