@@ -133,9 +133,7 @@ pub async fn drive(
     }
     if outcome.failure.is_some() {
         Exit::Failure
-    } else if summary.passed && outcome.abort_reason.is_none() {
-        Exit::Passed
     } else {
-        Exit::ThresholdFailed
+        crate::exit::for_verdict(summary.passed, outcome.abort_reason.as_deref())
     }
 }

@@ -29,6 +29,17 @@ pub fn for_plan_error(e: &pacer_plan::PlanError) -> Exit {
     }
 }
 
+/// The exit code of a test that ran to its end, alone or as a fleet: 0 when every threshold
+/// passed, 99 when one failed or an `abortOnFail` threshold stopped the run early (its numbers
+/// may all pass at the moment it stopped).
+pub fn for_verdict(thresholds_passed: bool, abort_reason: Option<&str>) -> Exit {
+    if thresholds_passed && abort_reason.is_none() {
+        Exit::Passed
+    } else {
+        Exit::ThresholdFailed
+    }
+}
+
 /// An error and its causes on one line, each cause once: `cannot listen on X: address in use`.
 /// Library errors keep their source (`#[source]`) and some also name it in their message, so a
 /// cause whose text is already there is not repeated.
@@ -82,6 +93,16 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.source)
         }
+    }
+
+    #[test]
+    fn an_abort_fails_the_verdict_like_a_failed_threshold() {
+        assert_eq!(for_verdict(true, None), Exit::Passed);
+        assert_eq!(for_verdict(false, None), Exit::ThresholdFailed);
+        assert_eq!(
+            for_verdict(true, Some("http_req_failed rate<0.01 crossed")),
+            Exit::ThresholdFailed
+        );
     }
 
     #[test]

@@ -171,11 +171,7 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     if let Some(metrics) = metrics {
         metrics.shutdown(Duration::from_secs(1)).await;
     }
-    Ok(if summary.passed && abort_reason.is_none() {
-        Exit::Passed
-    } else {
-        Exit::ThresholdFailed
-    })
+    Ok(exit::for_verdict(summary.passed, abort_reason.as_deref()))
 }
 
 /// How often the recorder is looked at for `abortOnFail` thresholds (a snapshot copies every
