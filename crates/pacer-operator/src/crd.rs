@@ -80,10 +80,7 @@ pub struct LoadTestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// At most 1h (the operator refuses more); the pattern keeps numbers short enough that
     /// no sum of them overflows.
-    #[schemars(
-        regex(pattern = r"^([0-9]{1,6}(ms|s|m|h)){1,4}$"),
-        length(max = 32)
-    )]
+    #[schemars(regex(pattern = r"^([0-9]{1,6}(ms|s|m|h)){1,4}$"), length(max = 32))]
     pub start_timeout: Option<String>,
     /// `true` stops a running test (it ends in phase Aborted); a test created suspended waits.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
