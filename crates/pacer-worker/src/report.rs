@@ -1,0 +1,243 @@
+//! The shard while it runs and after: what a worker holds across sessions ([`Running`]: the
+//! recorder, the limiter, the engine's controls and its end), the reports it sends (each one
+//! CUMULATIVE, so a controller that takes one back neither loses nor double-counts), and the
+//! loop of one session once the shard is under way ([`stream_reports`]): reports every
+//! interval, heartbeats, the controller's Stop and Abort, Finished when the engine ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pacer_engine::RunControl;
+use pacer_engine::setup::LimiterSetup;
+use pacer_proto::{
+    ControllerMessage, Report, controller_message::Body as In, worker_message::Body as Out,
+};
+use pacer_stats::Recorder;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+
+use crate::WorkerOutcome;
+use crate::session::{End, Tx, classify, send};
+
+/// The report and heartbeat interval when the Assign leaves it unset (0).
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The shortest report or heartbeat interval a controller may ask for: a floor, so a broken
+/// Assign cannot make the worker snapshot in a busy loop.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A report or heartbeat interval from the Assign's milliseconds.
+pub(crate) fn interval(ms: u32) -> Duration {
+    if ms == 0 {
+        DEFAULT_INTERVAL
+    } else {
+        MIN_INTERVAL.max(Duration::from_millis(u64::from(ms)))
+    }
+}
+
+/// How the engine ended, once it has.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EngineEnd {
+    pub(crate) stopped_early: bool,
+    /// Why the engine could not run its shard; empty when it could.
+    pub(crate) error: String,
+}
+
+impl EngineEnd {
+    /// The engine did not run its shard to the end: `error` says why.
+    pub(crate) fn failed(error: impl Into<String>) -> Self {
+        Self {
+            stopped_early: true,
+            error: error.into(),
+        }
+    }
+}
+
+/// A shard being run (or run already).
+pub(crate) struct Running {
+    pub(crate) index: u32,
+    pub(crate) test_id: String,
+    pub(crate) weights: Vec<u32>,
+    pub(crate) recorder: Arc<Recorder>,
+    /// The limiter, for the limits table sent with each report.
+    pub(crate) setup: Arc<LimiterSetup>,
+    pub(crate) control: RunControl,
+    pub(crate) start: Instant,
+    /// The engine's end, once it has returned.
+    pub(crate) done: watch::Receiver<Option<EngineEnd>>,
+    pub(crate) seq: u64,
+    pub(crate) report_every: Duration,
+    pub(crate) heartbeat_every: Duration,
+    pub(crate) peer_timeout: Duration,
+}
+
+impl Running {
+    pub(crate) fn done(&self) -> Option<EngineEnd> {
+        self.done.borrow().clone()
+    }
+
+    /// Microseconds since the shard's start (zero before it).
+    pub(crate) fn elapsed_us(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.start)
+            .as_micros() as u64
+    }
+
+    pub(crate) fn report(&mut self) -> Report {
+        self.seq += 1;
+        Report {
+            seq: self.seq,
+            elapsed_us: self.elapsed_us(),
+            snapshot_json: self.recorder.snapshot().to_json().into_bytes(),
+            // The limits table is informational: an encoding failure sends none.
+            limits_json: serde_json::to_vec(&self.setup.pacing()).unwrap_or_default(),
+        }
+    }
+
+    /// The final message: the last cumulative report and how the engine ended.
+    fn finished(&mut self, end: EngineEnd) -> Out {
+        Out::Finished(pacer_proto::Finished {
+            report: Some(self.report()),
+            stopped_early: end.stopped_early,
+            error: end.error,
+        })
+    }
+
+    /// What the worker did, once its final results are delivered.
+    pub(crate) fn outcome(&self) -> WorkerOutcome {
+        let end = self.done().unwrap_or_default();
+        WorkerOutcome {
+            index: self.index,
+            test_id: self.test_id.clone(),
+            http_reqs: self.recorder.snapshot().total().attempts,
+            stopped_early: end.stopped_early,
+            engine_error: (!end.error.is_empty()).then_some(end.error),
+        }
+    }
+
+    /// Act on a message from the controller while the shard runs.
+    fn obey(&self, body: Option<In>) {
+        match body {
+            Some(In::Stop(s)) => {
+                tracing::warn!("controller: stop ({})", pacer_proto::peer_text(&s.reason));
+                self.control.stop.cancel();
+            }
+            Some(In::Abort(a)) => {
+                tracing::warn!("controller: abort ({})", pacer_proto::peer_text(&a.reason));
+                self.control.abort.cancel();
+            }
+            Some(In::Heartbeat(_) | In::Pong(_)) => {}
+            Some(other) => {
+                tracing::warn!(
+                    "ignoring {} from the controller while running",
+                    other.kind()
+                );
+            }
+            None => {
+                tracing::warn!("ignoring a controller message of an unknown kind");
+            }
+        }
+    }
+}
+
+/// Stream reports and heartbeats until the final report is delivered.
+pub(crate) async fn stream_reports(
+    r: &mut Running,
+    tx: &Tx,
+    inbound: &mut Streaming<ControllerMessage>,
+    cancel: &CancellationToken,
+) -> Result<(), End> {
+    // A resumed session starts with the latest cumulative snapshot.
+    let report = r.report();
+    send(tx, Out::Report(report)).await?;
+    let mut finished_sent = false;
+    if let Some(end) = r.done() {
+        send(tx, r.finished(end)).await?;
+        finished_sent = true;
+    }
+    let mut reports = tokio::time::interval_at(Instant::now() + r.report_every, r.report_every);
+    reports.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut beats = tokio::time::interval(r.heartbeat_every);
+    beats.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut done = r.done.clone();
+    loop {
+        let abort = r.control.abort.clone();
+        tokio::select! {
+            result = done.wait_for(Option::is_some), if !finished_sent => {
+                let end = match result {
+                    Ok(d) => d.clone().unwrap_or_default(),
+                    Err(_) => EngineEnd::failed("the engine's watcher ended"),
+                };
+                if !end.error.is_empty() {
+                    tracing::error!("{}", end.error);
+                }
+                send(tx, r.finished(end)).await?;
+                finished_sent = true;
+            }
+            _ = reports.tick(), if !finished_sent => {
+                let report = r.report();
+                if report.snapshot_json.len() > pacer_proto::MAX_SNAPSHOT_BYTES {
+                    tracing::error!("snapshot of {} bytes is too large to send", report.snapshot_json.len());
+                } else {
+                    send(tx, Out::Report(report)).await?;
+                }
+            }
+            _ = beats.tick() => {
+                let sent_us = r.elapsed_us();
+                send(tx, Out::Heartbeat(pacer_proto::Heartbeat { sent_us })).await?;
+            }
+            _ = cancel.cancelled(), if !abort.is_cancelled() => {
+                // After Finished was sent, being asked to quit is the normal end of a run.
+                if finished_sent {
+                    tracing::debug!("asked to quit after finishing");
+                } else {
+                    tracing::warn!("asked to quit: aborting the shard");
+                }
+                abort.cancel();
+            }
+            _ = tokio::time::sleep_until(last_heard + r.peer_timeout) => {
+                return Err(End::Retry(format!(
+                    "no message from the controller for {:?}", r.peer_timeout
+                )));
+            }
+            m = inbound.message() => {
+                last_heard = Instant::now();
+                match m {
+                    Ok(Some(m)) => r.obey(m.body),
+                    Ok(None) if finished_sent => return Ok(()),
+                    Ok(None) => return Err(End::Retry("the controller closed the stream".into())),
+                    // A stream declared lost or replaced ends with ABORTED: reconnect.
+                    Err(status) => return Err(classify(&status)),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_interval_is_a_second_and_a_tiny_one_is_floored() {
+        assert_eq!(interval(0), Duration::from_secs(1));
+        assert_eq!(interval(1), Duration::from_millis(10));
+        assert_eq!(interval(10), Duration::from_millis(10));
+        assert_eq!(interval(250), Duration::from_millis(250));
+        assert_eq!(
+            interval(u32::MAX),
+            Duration::from_millis(u64::from(u32::MAX))
+        );
+    }
+
+    #[test]
+    fn a_failed_engine_stopped_early_and_says_why() {
+        let end = EngineEnd::failed("the engine could not run: no");
+        assert!(end.stopped_early);
+        assert_eq!(end.error, "the engine could not run: no");
+        assert_eq!(EngineEnd::default().error, "");
+    }
+}
