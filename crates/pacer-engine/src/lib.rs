@@ -137,15 +137,15 @@ pub struct RunReport {
     pub stopped_early: bool,
 }
 
-/// Run a whole plan to its end (or until stopped). Records into `deps.recorder`.
-pub async fn run(
-    plan: Arc<Plan>,
-    deps: Deps,
-    opts: RunOptions,
-    control: RunControl,
-) -> Result<RunReport, EngineError> {
-    let pool_hint = plan
-        .scenarios
+/// The most idle connections kept per host when the plan does not say (`maxIdlePerHost`): the
+/// run's concurrency up to this, so a plan with a huge `maxInFlight` does not ask the pool to
+/// keep that many.
+const POOL_HINT_MAX: usize = 4096;
+
+/// How many connections a run may use at once: the sum over its scenarios of the iterations
+/// each may have in flight (`maxInFlight`, or its most VUs), up to [`POOL_HINT_MAX`].
+fn pool_hint(plan: &Plan) -> usize {
+    plan.scenarios
         .iter()
         .map(|s| match &s.executor {
             pacer_plan::Executor::ConstantArrivalRate { max_in_flight, .. }
@@ -165,8 +165,17 @@ pub async fn run(
                 .max(*start_vus) as usize,
         })
         .sum::<usize>()
-        .min(4096);
-    let client = http::HttpClient::new(&plan.http, pool_hint)?;
+        .min(POOL_HINT_MAX)
+}
+
+/// Run a whole plan to its end (or until stopped). Records into `deps.recorder`.
+pub async fn run(
+    plan: Arc<Plan>,
+    deps: Deps,
+    opts: RunOptions,
+    control: RunControl,
+) -> Result<RunReport, EngineError> {
+    let client = http::HttpClient::new(&plan.http, pool_hint(&plan))?;
     let tokens = match deps.tokens {
         Some(t) => t,
         None => Arc::new(auth::Tokens::from_plan(
@@ -249,4 +258,32 @@ pub async fn run(
         elapsed: t0.elapsed(),
         stopped_early: control.stop.is_cancelled() || control.abort.is_cancelled(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use pacer_plan::{LoadOptions, load_str};
+
+    use super::*;
+
+    fn plan(scenarios: &str) -> Plan {
+        let yaml = format!("name: t\ntarget: http://127.0.0.1:9\nscenarios:\n{scenarios}");
+        load_str(&yaml, "plan.yaml", &LoadOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn the_pool_hint_sums_what_each_scenario_may_have_in_flight_up_to_the_cap() {
+        let p = plan(concat!(
+            "  - { name: a, executor: constant-arrival-rate, rate: 10/s, duration: 1s, maxInFlight: 7, requests: [{ name: r, path: / }] }\n",
+            "  - { name: b, executor: constant-vus, vus: 3, duration: 1s, requests: [{ name: r, path: / }] }\n",
+            "  - { name: c, executor: ramping-vus, startVUs: 2, stages: [{ target: 5, duration: 1s }, { target: 1, duration: 1s }], requests: [{ name: r, path: / }] }\n",
+        ));
+        assert_eq!(pool_hint(&p), 7 + 3 + 5);
+        let huge = plan(
+            "  - { name: a, executor: constant-arrival-rate, rate: 10/s, duration: 1s, maxInFlight: 1000000, requests: [{ name: r, path: / }] }\n",
+        );
+        assert_eq!(pool_hint(&huge), POOL_HINT_MAX);
+    }
 }
