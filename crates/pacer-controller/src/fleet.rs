@@ -11,15 +11,17 @@ use std::time::Duration;
 
 use pacer_proto::{ControllerMessage, controller_message};
 use pacer_stats::{AbortWatch, Snapshot, StatsError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::Inner;
 use crate::report::{FleetOutcome, FleetStatus, WorkerRow};
 
-/// Where a worker is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// Where a worker is in its life. Its serde name ([`WorkerState::as_str`]) is what the
+/// per-worker table, the `fleet` section of `--summary-json` and a LoadTest's `workerHealth`
+/// show; everything else compares the enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerState {
     /// No worker holds this index yet.
@@ -30,7 +32,8 @@ pub enum WorkerState {
     Ready,
     /// Started (or resumed); reports flow.
     Running,
-    /// Finished, its final report counted.
+    /// Finished, its final report counted (shown as `ok`).
+    #[serde(rename = "ok")]
     Finished,
     /// Silent for longer than the loss timeout; its last report is kept.
     Lost,
@@ -39,6 +42,18 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    /// Every state, in the order of a worker's life.
+    pub const ALL: [WorkerState; 7] = [
+        WorkerState::Waiting,
+        WorkerState::Assigned,
+        WorkerState::Ready,
+        WorkerState::Running,
+        WorkerState::Finished,
+        WorkerState::Lost,
+        WorkerState::Failed,
+    ];
+
+    /// The state's name in tables, summaries and statuses (its serde name).
     pub fn as_str(&self) -> &'static str {
         match self {
             WorkerState::Waiting => "waiting",
@@ -49,6 +64,13 @@ impl WorkerState {
             WorkerState::Lost => "lost",
             WorkerState::Failed => "failed",
         }
+    }
+}
+
+impl std::fmt::Display for WorkerState {
+    /// The name, honouring width and alignment (`{:<10}` in tables).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -385,5 +407,30 @@ impl Fleet {
                 || self.slots.iter().any(|s| s.stopped_early),
             resumed: self.resumed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names people and tools read are those the `&'static str` state had.
+    #[test]
+    fn a_state_shows_and_serializes_under_its_old_name() {
+        let names: Vec<&str> = WorkerState::ALL.iter().map(WorkerState::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "waiting", "assigned", "ready", "running", "ok", "lost", "failed"
+            ]
+        );
+        for state in WorkerState::ALL {
+            let json = serde_json::to_value(state).expect("serializes");
+            assert_eq!(json, serde_json::json!(state.as_str()));
+            assert_eq!(state.to_string(), state.as_str());
+            let back: WorkerState = serde_json::from_value(json).expect("deserializes");
+            assert_eq!(back, state);
+        }
+        assert_eq!(format!("[{:<8}]", WorkerState::Lost), "[lost    ]");
     }
 }

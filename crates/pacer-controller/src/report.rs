@@ -19,7 +19,7 @@ pub struct WorkerRow {
     pub name: String,
     pub version: String,
     /// `ok` (finished), `lost`, `failed`, or where it is while running.
-    pub state: &'static str,
+    pub state: WorkerState,
     pub weight: u32,
     /// HTTP exchanges in its latest report (retries included).
     pub http_reqs: u64,
@@ -53,7 +53,7 @@ impl WorkerRow {
             index: s.index,
             name: s.name.clone(),
             version: s.version.clone(),
-            state: s.state.as_str(),
+            state: s.state,
             weight,
             http_reqs: total.attempts,
             rate_per_sec: if secs > 0.0 {
@@ -141,7 +141,7 @@ impl FleetOutcome {
     pub fn lost(&self) -> usize {
         self.workers
             .iter()
-            .filter(|w| w.state == WorkerState::Lost.as_str())
+            .filter(|w| w.state == WorkerState::Lost)
             .count()
     }
 
@@ -189,9 +189,7 @@ pub fn render_workers(rows: &[WorkerRow]) -> String {
         out,
         "  workers ({}, {} lost)",
         rows.len(),
-        rows.iter()
-            .filter(|w| w.state == WorkerState::Lost.as_str())
-            .count()
+        rows.iter().filter(|w| w.state == WorkerState::Lost).count()
     );
     let _ = writeln!(
         out,
@@ -253,7 +251,7 @@ impl ProgressTracker {
         let lost = status
             .workers
             .iter()
-            .filter(|w| w.state == WorkerState::Lost.as_str())
+            .filter(|w| w.state == WorkerState::Lost)
             .count();
         let mut lines = vec![format!(
             "{:>6.1}s/{:.0}s  reqs {}  {:.1}/s  p95 {}  errors {}  429s {}  workers {}{}",

@@ -132,7 +132,12 @@ async fn a_flood_before_authentication_is_refused_in_bounded_memory_and_a_real_w
         .expect("the run succeeds");
     assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
     assert_eq!(outcome.workers.len(), 1);
-    assert_eq!(outcome.workers[0].state, "ok", "{:?}", outcome.workers);
+    assert_eq!(
+        outcome.workers[0].state,
+        pacer_controller::WorkerState::Finished,
+        "{:?}",
+        outcome.workers
+    );
     let grown = peak.saturating_sub(before);
     eprintln!(
         "flood: resident set {} MiB before, {} MiB at its peak; silent streams: {silent:?}",

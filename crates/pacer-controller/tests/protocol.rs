@@ -296,7 +296,7 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
     assert!(
         out.workers
             .iter()
-            .all(|w| w.state == "ok" && w.http_reqs == 150)
+            .all(|w| w.state == pacer_controller::WorkerState::Finished && w.http_reqs == 150)
     );
     stop.cancel();
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pacer_controller::{ControllerConfig, Coordinator, FleetOutcome};
+use pacer_controller::{ControllerConfig, Coordinator, FleetOutcome, WorkerState};
 use pacer_proto::v1::coordinator_client::CoordinatorClient;
 use pacer_proto::{
     ControllerMessage, Hello, PROTOCOL_VERSION, Report, WorkerMessage, controller_message,
@@ -199,8 +199,8 @@ async fn a_worker_whose_report_breaks_the_merge_fails_the_run_by_name() {
         failure.contains("more than"),
         "the reason is given: {failure}"
     );
-    assert_eq!(out.workers[1].state, "failed");
-    assert_eq!(out.workers[0].state, "ok");
+    assert_eq!(out.workers[1].state, WorkerState::Failed);
+    assert_eq!(out.workers[0].state, WorkerState::Finished);
     // Worker 1's numbers are kept apart: the fleet's results are worker 0's alone.
     assert_eq!(out.merged, good, "only the honest worker is counted");
     let summary = out.summary(&plan());

@@ -585,7 +585,7 @@ async fn progress(lt: &LoadTest, ctx: &Context) -> Result<Action> {
         let missing: Vec<u32> = live
             .workers
             .iter()
-            .filter(|w| w.state == "waiting")
+            .filter(|w| w.state == pacer_controller::WorkerState::Waiting)
             .map(|w| w.index)
             .collect();
         let message = if missing.is_empty() {

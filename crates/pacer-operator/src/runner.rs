@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pacer_controller::{ControllerConfig, ControllerError, Coordinator, FleetStatus, WorkerRow};
+use pacer_controller::{
+    ControllerConfig, ControllerError, Coordinator, FleetStatus, WorkerRow, WorkerState,
+};
 use pacer_plan::Plan;
 use pacer_stats::{Snapshot, ThresholdResult};
 use parking_lot::Mutex;
@@ -152,8 +154,11 @@ impl TestRunner for CoordinatorRunner {
                         true,
                     );
                     // At the end "connected" counts the workers that delivered their results.
-                    stats.connected =
-                        outcome.workers.iter().filter(|w| w.state == "ok").count() as u32;
+                    stats.connected = outcome
+                        .workers
+                        .iter()
+                        .filter(|w| w.state == WorkerState::Finished)
+                        .count() as u32;
                     stats.rps = if outcome.elapsed > Duration::ZERO {
                         stats.requests as f64 / outcome.elapsed.as_secs_f64()
                     } else {
@@ -264,9 +269,17 @@ pub fn stats_of(
         planned: plan.planned_duration(),
         connected: workers
             .iter()
-            .filter(|w| matches!(w.state, "assigned" | "ready" | "running"))
+            .filter(|w| {
+                matches!(
+                    w.state,
+                    WorkerState::Assigned | WorkerState::Ready | WorkerState::Running
+                )
+            })
             .count() as u32,
-        lost: workers.iter().filter(|w| w.state == "lost").count() as u32,
+        lost: workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Lost)
+            .count() as u32,
         requests: total.attempts,
         rps: 0.0,
         p50_ms: ms(50.0),

@@ -9,6 +9,7 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
+use pacer_controller::WorkerState::{self, Finished, Lost, Ready, Running, Waiting};
 use pacer_operator::crd::{FINALIZER, LoadTest, LoadTestStatus, Phase};
 use pacer_operator::metrics::Metrics;
 use pacer_operator::policy::WorkerPolicy;
@@ -220,7 +221,7 @@ fn starting_steps(name: &str) -> Vec<Step> {
     ]
 }
 
-fn workers(states: &[&'static str]) -> Vec<pacer_controller::WorkerRow> {
+fn workers(states: &[WorkerState]) -> Vec<pacer_controller::WorkerRow> {
     states
         .iter()
         .enumerate()
@@ -228,7 +229,7 @@ fn workers(states: &[&'static str]) -> Vec<pacer_controller::WorkerRow> {
             index: i as u32,
             name: format!("run1-workers-{i}"),
             version: "0.1.0".into(),
-            state: s,
+            state: *s,
             weight: 1,
             http_reqs: 100,
             rate_per_sec: 10.0,
@@ -267,13 +268,13 @@ fn running_stats() -> LiveStats {
             observed: Some(0.00667),
             abort_on_fail: false,
         }],
-        workers: workers(&["running", "running", "running"]),
+        workers: workers(&[Running, Running, Running]),
     }
 }
 
 fn result(passed: bool) -> RunEnd {
     let mut stats = running_stats();
-    stats.workers = workers(&["ok", "ok", "ok"]);
+    stats.workers = workers(&[Finished, Finished, Finished]);
     if !passed {
         stats.thresholds[0].passed = false;
         stats.thresholds[0].outcome = pacer_stats::ThresholdOutcome::Failed;
@@ -447,7 +448,7 @@ async fn workers_connect_then_the_test_runs_with_status_updates() {
 
     *run.stats.lock() = LiveStats {
         connected: 2,
-        workers: workers(&["ready", "ready", "waiting"]),
+        workers: workers(&[Ready, Ready, Waiting]),
         planned: Duration::from_secs(40),
         ..LiveStats::default()
     };
@@ -1118,12 +1119,12 @@ async fn a_thousand_workers_keep_the_status_under_the_api_servers_limit() {
     let runner = FakeRunner::default();
     let ctx = context(client, runner.clone());
     let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
-    let mut rows = workers(&vec!["running"; 1000]);
+    let mut rows = workers(&vec![Running; 1000]);
     for r in &mut rows {
         r.name = format!("run1-workers-{}-{}", r.index, "n".repeat(200));
         r.reason = Some("a worker's very long error ".repeat(400));
     }
-    rows[777].state = "lost";
+    rows[777].state = Lost;
     let mut stats = running_stats();
     stats.workers = rows;
     stats.connected = 999;
