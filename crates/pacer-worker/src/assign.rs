@@ -197,6 +197,20 @@ onWorkerLoss: fail
     }
 
     #[test]
+    fn a_shard_the_weights_do_not_hold_is_a_protocol_error() {
+        let plan = pacer_plan::load_str(PLAN, "plan.yaml", &Default::default()).unwrap();
+        let cfg = WorkerConfig::new("c:1", "t");
+        let (_, shard) = plan_and_shard(&cfg, &assign_for(&plan)).unwrap();
+        assert_eq!((shard.index(), shard.weights()), (1, &[1, 2][..]));
+        let mut a = assign_for(&plan);
+        a.worker_index = 2;
+        match plan_and_shard(&cfg, &a) {
+            Err(WorkerError::Protocol(m)) => assert!(m.starts_with("assign."), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
     fn fleet_limits_are_split_by_weight_and_worker_limits_kept() {
         let plan = pacer_plan::load_str(PLAN, "plan.yaml", &Default::default()).unwrap();
         let shards = Shard::all(&[1, 2]).unwrap();

@@ -118,6 +118,17 @@ mod tests {
     }
 
     #[test]
+    fn where_a_worker_stands() {
+        assert_eq!(Standing::of(None), Standing::NotStarted);
+        let (r, ended) = crate::report::idle_running(0, "t", vec![1]);
+        assert_eq!(Standing::of(Some(&r)), Standing::Running);
+        ended
+            .send(Some(crate::report::EngineEnd::default()))
+            .unwrap();
+        assert_eq!(Standing::of(Some(&r)), Standing::Finished);
+    }
+
+    #[test]
     fn a_running_shard_never_gives_up() {
         let cfg = WorkerConfig::new("c:1", "t");
         for waited in [

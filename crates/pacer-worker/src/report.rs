@@ -217,9 +217,70 @@ pub(crate) async fn stream_reports(
     }
 }
 
+/// A [`Running`] with no engine behind it, for the tests of the modules that read one; the
+/// sender ends its engine.
+#[cfg(test)]
+pub(crate) fn idle_running(
+    index: u32,
+    test_id: &str,
+    weights: Vec<u32>,
+) -> (Running, watch::Sender<Option<EngineEnd>>) {
+    let (ended, done) = watch::channel(None);
+    let running = Running {
+        index,
+        test_id: test_id.into(),
+        weights,
+        recorder: Arc::new(Recorder::new(pacer_stats::Layout {
+            scenarios: Vec::new(),
+        })),
+        setup: Arc::new(LimiterSetup::local(&[])),
+        control: RunControl::default(),
+        start: Instant::now(),
+        done,
+        seq: 0,
+        report_every: DEFAULT_INTERVAL,
+        heartbeat_every: DEFAULT_INTERVAL,
+        peer_timeout: DEFAULT_INTERVAL,
+    };
+    (running, ended)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every report is cumulative and numbered: a controller that takes one back orders them
+    /// by `seq`.
+    #[test]
+    fn reports_are_numbered_and_the_finished_one_carries_the_last() {
+        let (mut r, _ended) = idle_running(1, "t", vec![1, 2]);
+        assert_eq!(r.report().seq, 1);
+        assert_eq!(r.report().seq, 2);
+        let Out::Finished(f) = r.finished(EngineEnd::failed("no")) else {
+            panic!("not a Finished");
+        };
+        assert_eq!(f.report.map(|r| r.seq), Some(3));
+        assert!(f.stopped_early);
+        assert_eq!(f.error, "no");
+    }
+
+    #[test]
+    fn the_outcome_says_how_the_engine_ended() {
+        let (r, ended) = idle_running(1, "t", vec![1, 2]);
+        let o = r.outcome();
+        assert_eq!((o.index, o.test_id.as_str()), (1, "t"));
+        assert!(!o.stopped_early && o.engine_error.is_none());
+        ended
+            .send(Some(EngineEnd::failed("the engine could not run: x")))
+            .unwrap();
+        let o = r.outcome();
+        assert!(o.stopped_early);
+        assert_eq!(
+            o.engine_error.as_deref(),
+            Some("the engine could not run: x")
+        );
+        assert_eq!(o.http_reqs, 0);
+    }
 
     #[test]
     fn an_unset_interval_is_a_second_and_a_tiny_one_is_floored() {

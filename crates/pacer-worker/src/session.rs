@@ -293,6 +293,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_fresh_hello_asks_for_what_the_config_says_and_a_resumed_one_for_its_shard() {
+        let mut cfg = WorkerConfig::new("c:1", "session-token-0123456789");
+        cfg.test_id = Some("asked".into());
+        cfg.index = Some(7);
+        let fresh = hello(&cfg, None);
+        assert_eq!(fresh.protocol_version, PROTOCOL_VERSION);
+        assert_eq!(
+            (fresh.test_id.as_str(), fresh.worker_index),
+            ("asked", Some(7))
+        );
+        assert_eq!(fresh.session_token, cfg.session_token);
+        assert!(fresh.resume.is_none());
+        let (r, _ended) = crate::report::idle_running(1, "running", vec![1, 2]);
+        let resumed = hello(&cfg, Some(&r));
+        assert_eq!(
+            (resumed.test_id.as_str(), resumed.worker_index),
+            ("running", Some(1))
+        );
+        assert!(resumed.resume.is_some_and(|r| !r.finished));
+    }
+
+    #[test]
+    fn a_resumed_session_must_be_assigned_the_same_shard() {
+        let (r, _ended) = crate::report::idle_running(1, "t", vec![1, 2]);
+        let assign = |index: u32, weights: Vec<u32>, test_id: &str| Assign {
+            worker_index: index,
+            weights,
+            test_id: test_id.into(),
+            ..Default::default()
+        };
+        assert!(same_shard(&assign(1, vec![1, 2], "t"), &r).is_ok());
+        for other in [
+            assign(0, vec![1, 2], "t"),
+            assign(1, vec![1, 1], "t"),
+            assign(1, vec![1, 2], "u"),
+        ] {
+            match same_shard(&other, &r) {
+                Err(End::Fatal(WorkerError::Protocol(m))) => {
+                    assert!(m.contains("but this worker runs 1 of [1, 2]"), "{m}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     /// The controller's text reaches the error escaped: no forged log line, no terminal
     /// escape.
     #[test]
