@@ -129,7 +129,7 @@ pub async fn drive(
         }
     }
     if let Some(m) = metrics {
-        m.shutdown(Duration::from_secs(1)).await;
+        m.shutdown(crate::metrics::SHUTDOWN_GRACE).await;
     }
     if outcome.failure.is_some() {
         Exit::Failure

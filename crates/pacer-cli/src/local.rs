@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use pacer_controller::{ControllerConfig, Coordinator};
 use pacer_plan::Plan;
 use tokio_util::sync::CancellationToken;
@@ -94,7 +95,7 @@ async fn run_inner(plan: Arc<Plan>, args: &LocalRun<'_>) -> anyhow::Result<Exit>
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start worker {i} ({}): {e}", exe.display()))?;
+            .with_context(|| format!("cannot start worker {i} ({})", exe.display()))?;
         children.push(child);
     }
     let exit = crate::coordinate::drive(&coordinator, &plan, args.output, args.report).await;

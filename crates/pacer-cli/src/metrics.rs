@@ -3,11 +3,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::report::{LimitsProbe, SnapshotSource};
 use pacer_plan::Plan;
 use pacer_report::{MetricsContext, MetricsServer};
+
+/// How long a scrape in flight when the test ends has to get its answer before the server
+/// goes: a scrape renders one snapshot, so far less than this.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Start serving when `addr` is given; prints the URL on stderr.
 pub async fn start(

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use pacer_engine::{Deps, RunControl, RunOptions};
 use pacer_plan::Plan;
 use pacer_stats::{AbortWatch, Recorder};
@@ -155,7 +156,7 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     }
     if let Some(path) = &args.output.summary_json {
         std::fs::write(path, pacer_stats::render_json(&summary))
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(sink) = sink {
         sink.finish(
@@ -169,7 +170,7 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         .await?;
     }
     if let Some(metrics) = metrics {
-        metrics.shutdown(Duration::from_secs(1)).await;
+        metrics.shutdown(crate::metrics::SHUTDOWN_GRACE).await;
     }
     Ok(exit::for_verdict(summary.passed, abort_reason.as_deref()))
 }
