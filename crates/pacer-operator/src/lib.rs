@@ -10,7 +10,10 @@
 //! - [`prepare`]: a LoadTest -> a validated plan, workers, test id; [`policy`]: what a
 //!   LoadTest may ask of its worker pods (images, ServiceAccounts, env);
 //! - [`resources`]: the Secret, Job and ConfigMap a LoadTest owns;
-//! - [`controller`]: reconcile, finalizer, error policy, the watch loop;
+//! - [`controller`]: reconcile, finalizer, error policy, the watch loop; `phases`: the phase
+//!   machine each reconcile runs; `api`: its calls to the API server; [`verdict`]: how a test
+//!   that ended stands (a pure function); `messages`: the words of the status and Events;
+//!   [`reason`]: the reasons of conditions and Events, shared with the CLI;
 //! - [`runner`]: the seam between Kubernetes and the coordinator (faked in tests);
 //! - [`grpc`]: the shared listener that routes each worker to its test;
 //! - [`diagnose`]: why worker pods are missing;
@@ -19,19 +22,24 @@
 //! - [`lenient`]: LoadTests watched by their metadata, so one the operator cannot read is
 //!   reported on its own instead of stopping the watch of all of them.
 
+mod api;
 pub mod controller;
 pub mod crd;
 pub mod diagnose;
 pub mod grpc;
 pub mod lenient;
+mod messages;
 pub mod metrics;
+mod phases;
 pub mod policy;
 pub mod prepare;
+pub mod reason;
 pub mod resources;
 pub mod runner;
 pub mod schema;
 pub mod sizes;
 pub mod status;
+pub mod verdict;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -106,9 +106,20 @@ pub trait RunHandle: Send + Sync {
     }
 }
 
+/// Why a run could not be started (nothing was started then).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The coordinator refused its configuration (a session token too short, a bad plan).
+    #[error("cannot set up the test's coordinator")]
+    Coordinator(#[source] ControllerError),
+    /// Another runner's reason (a fake's, in tests).
+    #[error("the test runner refused the run")]
+    Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// Starts runs.
 pub trait TestRunner: Send + Sync + 'static {
-    fn start(&self, spec: RunSpec) -> Result<Arc<dyn RunHandle>, String>;
+    fn start(&self, spec: RunSpec) -> Result<Arc<dyn RunHandle>, StartError>;
 }
 
 /// The real runner: a `Coordinator` per test, reachable through the shared gRPC listener.
@@ -123,14 +134,15 @@ impl CoordinatorRunner {
 }
 
 impl TestRunner for CoordinatorRunner {
-    fn start(&self, spec: RunSpec) -> Result<Arc<dyn RunHandle>, String> {
+    fn start(&self, spec: RunSpec) -> Result<Arc<dyn RunHandle>, StartError> {
         let mut cfg = ControllerConfig::new(
             spec.test_id.clone(),
             spec.session_token,
             spec.workers.max(1),
         );
         cfg.wait_for_workers = spec.wait_for_workers;
-        let coordinator = Coordinator::new(spec.plan.clone(), cfg).map_err(|e| e.to_string())?;
+        let coordinator =
+            Coordinator::new(spec.plan.clone(), cfg).map_err(StartError::Coordinator)?;
         self.routes.insert(&spec.test_id, &coordinator);
         let handle = Arc::new(CoordinatorRun {
             coordinator: coordinator.clone(),
@@ -312,9 +324,9 @@ impl FakeRunner {
 }
 
 impl TestRunner for FakeRunner {
-    fn start(&self, spec: RunSpec) -> Result<Arc<dyn RunHandle>, String> {
+    fn start(&self, spec: RunSpec) -> Result<Arc<dyn RunHandle>, StartError> {
         if let Some(e) = self.fail_start.lock().clone() {
-            return Err(e);
+            return Err(StartError::Refused(e.into()));
         }
         let run = Arc::new(FakeRun {
             spec: spec.clone(),

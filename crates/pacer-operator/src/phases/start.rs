@@ -1,0 +1,180 @@
+//! A LoadTest seen for the first time (or again after its invalid spec was fixed): refused
+//! for its spec, held while suspended, or started: the coordinator first, then the session
+//! Secret and the Job of workers, then the Starting status.
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use tokio::time::Instant;
+
+use super::base_status;
+use crate::api::{create_workers, event, write_status};
+use crate::controller::{Context, Result, RunEntry, uid};
+use crate::crd::{LoadTest, Phase};
+use crate::messages;
+use crate::prepare::Prepared;
+use crate::reason::Reason;
+use crate::resources::names;
+use crate::runner::RunSpec;
+use crate::status::{
+    COND_COMPLETE, COND_SUSPENDED, COND_VALID, COND_WORKERS_READY, now, remove_condition,
+    set_condition, worker_counts,
+};
+
+/// The session token's length in bytes (hex-encoded: twice as many characters): 256 random
+/// bits, which nobody guesses.
+const SESSION_TOKEN_BYTES: usize = 32;
+
+/// The spec is not valid: Failed, naming every problem's field; nothing is started.
+pub(super) async fn invalid(
+    lt: &LoadTest,
+    ctx: &Context,
+    errors: &[pacer_plan::FieldError],
+) -> Result<Action> {
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut s = base_status(lt);
+    s.phase = Some(Phase::Failed);
+    s.message = Some(messages::invalid_spec(&message));
+    set_condition(
+        &mut s.conditions,
+        COND_VALID,
+        false,
+        Reason::InvalidSpec.as_str(),
+        &message,
+        lt.metadata.generation,
+    );
+    set_condition(
+        &mut s.conditions,
+        COND_COMPLETE,
+        true,
+        Reason::InvalidSpec.as_str(),
+        messages::NOTHING_STARTED,
+        lt.metadata.generation,
+    );
+    s.completion_time = Some(now());
+    write_status(lt, ctx, &s).await?;
+    ctx.metrics.ended(Phase::Failed);
+    event(ctx, lt, EventType::Warning, Reason::InvalidSpec, message).await;
+    Ok(Action::await_change())
+}
+
+/// Created with `spec.suspend: true`: Pending, said once.
+pub(super) async fn suspended_before_start(lt: &LoadTest, ctx: &Context) -> Result<Action> {
+    let already = lt.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == COND_SUSPENDED && c.status == "True")
+    });
+    if already {
+        return Ok(Action::await_change());
+    }
+    let mut s = base_status(lt);
+    s.phase = Some(Phase::Pending);
+    s.message = Some(messages::SUSPENDED_STATUS.into());
+    set_condition(
+        &mut s.conditions,
+        COND_VALID,
+        true,
+        Reason::Valid.as_str(),
+        "",
+        lt.metadata.generation,
+    );
+    set_condition(
+        &mut s.conditions,
+        COND_SUSPENDED,
+        true,
+        Reason::Suspended.as_str(),
+        messages::SUSPENDED_CONDITION,
+        lt.metadata.generation,
+    );
+    write_status(lt, ctx, &s).await?;
+    event(
+        ctx,
+        lt,
+        EventType::Normal,
+        Reason::Suspended,
+        messages::SUSPENDED_EVENT.into(),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+fn random_token() -> String {
+    (0..SESSION_TOKEN_BYTES)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// Start the run and create its workers -> Starting.
+pub(super) async fn start(lt: &LoadTest, ctx: &Context, prepared: Prepared) -> Result<Action> {
+    let names = names(lt);
+    let token = random_token();
+    let handle = ctx.runner.start(RunSpec {
+        test_id: prepared.test_id.clone(),
+        session_token: token.clone(),
+        plan: prepared.plan.clone(),
+        workers: prepared.workers,
+        wait_for_workers: prepared.start_timeout,
+    })?;
+    let created = create_workers(lt, ctx, &prepared, &token).await;
+    if let Err(e) = created {
+        handle.abort(messages::WORKERS_NOT_CREATED);
+        return Err(e);
+    }
+    ctx.runs.lock().insert(
+        uid(lt),
+        RunEntry {
+            handle,
+            prepared: prepared.clone(),
+            last_write: Some(Instant::now()),
+            stopping: None,
+        },
+    );
+    ctx.metrics.started();
+    let mut s = base_status(lt);
+    s.phase = Some(Phase::Starting);
+    s.test_id = Some(prepared.test_id.clone());
+    s.message = Some(messages::waiting_for_workers(
+        prepared.workers,
+        prepared.start_timeout,
+    ));
+    s.workers = Some(worker_counts(prepared.workers, 0, 0));
+    s.start_time = Some(now());
+    s.completion_time = None;
+    remove_condition(&mut s.conditions, COND_COMPLETE);
+    set_condition(
+        &mut s.conditions,
+        COND_VALID,
+        true,
+        Reason::Valid.as_str(),
+        "",
+        lt.metadata.generation,
+    );
+    remove_condition(&mut s.conditions, COND_SUSPENDED);
+    set_condition(
+        &mut s.conditions,
+        COND_WORKERS_READY,
+        false,
+        Reason::Starting.as_str(),
+        &messages::workers_connected(0, prepared.workers),
+        lt.metadata.generation,
+    );
+    write_status(lt, ctx, &s).await?;
+    event(
+        ctx,
+        lt,
+        EventType::Normal,
+        Reason::Starting,
+        messages::workers_created(
+            &prepared.test_id,
+            &names.job,
+            prepared.workers,
+            prepared.start_timeout,
+        ),
+    )
+    .await;
+    Ok(Action::requeue(ctx.config.status_interval))
+}
