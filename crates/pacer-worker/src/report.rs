@@ -10,7 +10,7 @@ use std::time::Duration;
 use pacer_engine::RunControl;
 use pacer_engine::setup::LimiterSetup;
 use pacer_proto::{
-    ControllerMessage, Report, controller_message::Body as In, worker_message::Body as Out,
+    Assign, ControllerMessage, Report, controller_message::Body as In, worker_message::Body as Out,
 };
 use pacer_stats::Recorder;
 use tokio::sync::watch;
@@ -29,7 +29,7 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A report or heartbeat interval from the Assign's milliseconds.
-pub(crate) fn interval(ms: u32) -> Duration {
+fn interval(ms: u32) -> Duration {
     if ms == 0 {
         DEFAULT_INTERVAL
     } else {
@@ -60,20 +60,47 @@ pub(crate) struct Running {
     pub(crate) index: u32,
     pub(crate) test_id: String,
     pub(crate) weights: Vec<u32>,
-    pub(crate) recorder: Arc<Recorder>,
+    recorder: Arc<Recorder>,
     /// The limiter, for the limits table sent with each report.
-    pub(crate) setup: Arc<LimiterSetup>,
+    setup: Arc<LimiterSetup>,
     pub(crate) control: RunControl,
-    pub(crate) start: Instant,
+    start: Instant,
     /// The engine's end, once it has returned.
-    pub(crate) done: watch::Receiver<Option<EngineEnd>>,
-    pub(crate) seq: u64,
-    pub(crate) report_every: Duration,
-    pub(crate) heartbeat_every: Duration,
+    done: watch::Receiver<Option<EngineEnd>>,
+    seq: u64,
+    report_every: Duration,
+    heartbeat_every: Duration,
+    /// How long the controller may be silent; each session's Assign sets it anew.
     pub(crate) peer_timeout: Duration,
 }
 
 impl Running {
+    /// The shard `a` assigned, its engine started (or about to start) at `start`.
+    pub(crate) fn new(
+        a: &Assign,
+        recorder: Arc<Recorder>,
+        setup: Arc<LimiterSetup>,
+        control: RunControl,
+        start: Instant,
+        done: watch::Receiver<Option<EngineEnd>>,
+        peer_timeout: Duration,
+    ) -> Self {
+        Running {
+            index: a.worker_index,
+            test_id: a.test_id.clone(),
+            weights: a.weights.clone(),
+            recorder,
+            setup,
+            control,
+            start,
+            done,
+            seq: 0,
+            report_every: interval(a.report_interval_ms),
+            heartbeat_every: interval(a.heartbeat_interval_ms),
+            peer_timeout,
+        }
+    }
+
     pub(crate) fn done(&self) -> Option<EngineEnd> {
         self.done.borrow().clone()
     }
@@ -226,22 +253,23 @@ pub(crate) fn idle_running(
     weights: Vec<u32>,
 ) -> (Running, watch::Sender<Option<EngineEnd>>) {
     let (ended, done) = watch::channel(None);
-    let running = Running {
-        index,
+    let a = Assign {
+        worker_index: index,
         test_id: test_id.into(),
         weights,
-        recorder: Arc::new(Recorder::new(pacer_stats::Layout {
+        ..Default::default()
+    };
+    let running = Running::new(
+        &a,
+        Arc::new(Recorder::new(pacer_stats::Layout {
             scenarios: Vec::new(),
         })),
-        setup: Arc::new(LimiterSetup::local(&[])),
-        control: RunControl::default(),
-        start: Instant::now(),
+        Arc::new(LimiterSetup::local(&[])),
+        RunControl::default(),
+        Instant::now(),
         done,
-        seq: 0,
-        report_every: DEFAULT_INTERVAL,
-        heartbeat_every: DEFAULT_INTERVAL,
-        peer_timeout: DEFAULT_INTERVAL,
-    };
+        DEFAULT_INTERVAL,
+    );
     (running, ended)
 }
 

@@ -22,7 +22,7 @@ use tonic::Streaming;
 
 use crate::assign::{plan_and_shard, shard_limits};
 use crate::clock;
-use crate::report::{EngineEnd, Running, interval};
+use crate::report::{EngineEnd, Running};
 use crate::session::{End, Tx, next, send};
 use crate::{WorkerConfig, WorkerError};
 
@@ -91,20 +91,15 @@ pub(crate) async fn prepare(
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
     );
-    Ok(Some(Running {
-        index: a.worker_index,
-        test_id: a.test_id.clone(),
-        weights: a.weights.clone(),
+    Ok(Some(Running::new(
+        a,
         recorder,
         setup,
         control,
         start,
         done,
-        seq: 0,
-        report_every: interval(a.report_interval_ms),
-        heartbeat_every: interval(a.heartbeat_interval_ms),
         peer_timeout,
-    }))
+    )))
 }
 
 /// An engine spawned and waiting at its start gate.
