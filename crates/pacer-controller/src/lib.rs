@@ -82,10 +82,11 @@ impl ControllerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    #[error("invalid split: {0}")]
+    #[error("invalid split")]
     Split(#[from] ShardError),
-    #[error("the plan cannot be sent to workers: {0}")]
-    Plan(String),
+    /// The plan did not serialize for the Assign message.
+    #[error("the plan cannot be sent to workers")]
+    Plan(#[source] serde_json::Error),
     #[error(
         "gave up after {waited:?}: {ready} of {expected} workers ready ({connected} connected); missing worker indices {missing:?}"
     )]
@@ -100,8 +101,8 @@ pub enum ControllerError {
     WorkerFailed { index: u32, reason: String },
     #[error("stopped before the workers started: {0}")]
     StoppedBeforeStart(String),
-    #[error("cannot serve gRPC: {0}")]
-    Serve(String),
+    #[error("cannot serve gRPC")]
+    Serve(#[source] tonic::transport::Error),
     #[error(
         "the session token is {0} bytes: at least {min} are required (a random one of 32 hex characters is generated when none is given)",
         min = pacer_proto::MIN_SESSION_TOKEN_BYTES
@@ -143,10 +144,9 @@ impl Coordinator {
             ));
         }
         let shards = Shard::all(&cfg.weights)?;
-        let plan_spec_json =
-            serde_json::to_string(&plan.spec).map_err(|e| ControllerError::Plan(e.to_string()))?;
-        let plan_source_json = serde_json::to_string(&plan.source)
-            .map_err(|e| ControllerError::Plan(e.to_string()))?;
+        let plan_spec_json = serde_json::to_string(&plan.spec).map_err(ControllerError::Plan)?;
+        let plan_source_json =
+            serde_json::to_string(&plan.source).map_err(ControllerError::Plan)?;
         let layout = Layout::of(&plan);
         let fleet = fleet::Fleet::new(cfg.weights.len());
         Ok(Self {
@@ -197,7 +197,7 @@ impl Coordinator {
         tokio::spawn(async move {
             listener::serve(this, listener, limits, shutdown)
                 .await
-                .map_err(|e| ControllerError::Serve(e.to_string()))
+                .map_err(ControllerError::Serve)
         })
     }
 
@@ -418,4 +418,44 @@ pub fn merge_all<'a>(
         merged.merge(s)?;
     }
     Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn plan() -> Arc<Plan> {
+        let text = "name: p\ntarget: http://127.0.0.1:9\nscenarios:\n  - {name: s, executor: constant-vus, vus: 1, duration: 1s, requests: [{name: a, path: /a}]}\n";
+        Arc::new(pacer_plan::load_str(text, "plan.yaml", &Default::default()).expect("plan"))
+    }
+
+    /// A refused split keeps the shard error as its source and says it once: the CLI prints
+    /// the chain (`invalid split: weights[1]: must be at least 1`).
+    #[test]
+    fn a_bad_split_keeps_its_cause() {
+        let mut cfg = ControllerConfig::new("t", "0123456789abcdef", 2);
+        cfg.weights = vec![1, 0];
+        let Err(e) = Coordinator::new(plan(), cfg) else {
+            panic!("a zero weight is refused");
+        };
+        assert!(matches!(
+            e,
+            ControllerError::Split(ShardError::ZeroWeight(1))
+        ));
+        let source = e
+            .source()
+            .expect("the shard error is the source")
+            .to_string();
+        assert_eq!(source, "weights[1]: must be at least 1");
+        assert!(!e.to_string().contains(&source), "{e}");
+    }
+
+    #[test]
+    fn same_secret_compares_whole_tokens() {
+        assert!(same_secret("0123456789abcdef", "0123456789abcdef"));
+        assert!(!same_secret("0123456789abcdeX", "0123456789abcdef"));
+        assert!(!same_secret("0123456789abcde", "0123456789abcdef"));
+    }
 }
