@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pacer_controller::{Coordinator, ProgressTracker};
+use pacer_controller::Coordinator;
 use pacer_plan::Plan;
 
 use crate::exit::Exit;
@@ -59,24 +59,11 @@ pub async fn drive(
     );
     let interactive = std::io::stderr().is_terminal();
     let progress = (!output.quiet).then(|| {
-        let c = coordinator.clone();
-        let every = output.progress_period(interactive);
-        let planned = plan.planned_duration();
-        tokio::spawn(async move {
-            let mut tracker = ProgressTracker::default();
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let status = c.status();
-                if !status.started {
-                    continue;
-                }
-                for line in tracker.lines(&status, planned) {
-                    eprintln!("{line}");
-                }
-            }
-        })
+        crate::progress::start_fleet(
+            coordinator.clone(),
+            plan.planned_duration(),
+            output.progress_period(interactive),
+        )
     });
     let result = coordinator.run().await;
     signals.abort();

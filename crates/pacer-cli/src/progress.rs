@@ -1,14 +1,23 @@
-//! Live progress while a run goes: a status line on a terminal (indicatif), plain periodic
-//! lines otherwise. Display only: `abortOnFail` is watched by [`crate::run`] whether or not
+//! Live progress while a run goes: for `pacer run`, a status line on a terminal (indicatif),
+//! plain periodic lines otherwise; for a fleet, the coordinator's progress lines. Display
+//! only: `abortOnFail` is watched by [`crate::run`] (and the coordinator) whether or not
 //! progress is shown (`-q`), so hiding the display cannot change a verdict.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use pacer_controller::{Coordinator, ProgressTracker};
 use pacer_plan::Plan;
 use pacer_stats::Recorder;
 use tokio::task::JoinHandle;
+
+/// How often `pacer run`'s display looks at the recorder (each look copies every histogram).
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// A look this close to the `--progress-every` period counts as on time, so ticks that fire a
+/// little early do not skip a line.
+const PERIOD_SLACK: Duration = Duration::from_millis(50);
 
 pub struct Progress {
     task: JoinHandle<()>,
@@ -53,7 +62,7 @@ async fn watch(
     });
     let mut last_reqs = 0u64;
     let mut last_t = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(LOOK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_print = Instant::now();
     loop {
@@ -61,7 +70,7 @@ async fn watch(
             _ = tick.tick() => {}
             _ = done.cancelled() => break,
         }
-        if !interactive && last_print.elapsed() + Duration::from_millis(50) < every {
+        if !interactive && last_print.elapsed() + PERIOD_SLACK < every {
             continue;
         }
         last_print = Instant::now();
@@ -98,4 +107,25 @@ async fn watch(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+}
+
+/// A fleet's progress (`pacer controller`, `pacer run --workers N`): every `every`, the lines
+/// of a [`ProgressTracker`] over the coordinator's status, once the test has started. Abort
+/// the task to stop.
+pub fn start_fleet(coordinator: Coordinator, planned: Duration, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tracker = ProgressTracker::default();
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let status = coordinator.status();
+            if !status.started {
+                continue;
+            }
+            for line in tracker.lines(&status, planned) {
+                eprintln!("{line}");
+            }
+        }
+    })
 }
