@@ -200,46 +200,60 @@ impl OAuthClient {
                         CappedRead::Unreadable => format!("HTTP {status}: body unreadable"),
                     })
                 })?;
-            if !(200..300).contains(&status) {
-                // Show the OAuth error code only: the body could echo credentials.
-                let code = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("error")
-                            .and_then(|e| e.as_str())
-                            .map(|s| s.chars().take(64).collect::<String>())
-                    });
-                return Err(fail(match code {
-                    Some(c) => format!("HTTP {status} ({c})"),
-                    None => format!("HTTP {status}"),
-                }));
-            }
-            let parsed: TokenResponse = serde_json::from_slice(&body)
-                .map_err(|_| fail("response is not a JSON object with access_token".into()))?;
-            if parsed.access_token.is_empty()
-                || parsed
-                    .access_token
-                    .chars()
-                    .any(|c| c.is_control() || c == ' ')
-            {
-                return Err(fail("access_token is empty or not a valid token".into()));
-            }
-            let lifetime = match parsed.expires_in {
-                Some(s) if s.is_finite() && s > 0.0 => {
-                    Duration::from_secs_f64(s.min(30.0 * 86400.0))
-                }
-                Some(_) => return Err(fail("expires_in is not a positive number".into())),
-                None => DEFAULT_LIFETIME,
-            };
+            let (token, lifetime) = token_from_answer(status, &body).map_err(fail)?;
             recorder.record_token_fetch(&o.name, started.elapsed());
             tracing::info!(credential = %o.name, lifetime_s = lifetime.as_secs(), "fetched a token");
             return Ok(Fetched {
-                token: Token::new(parsed.access_token),
+                token: Token::new(token),
                 lifetime,
                 requested_at: started,
             });
         }
     }
+}
+
+/// The longest token lifetime believed: a longer `expires_in` is clamped to it, so a token is
+/// fetched again at least this often.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
+/// The most characters of a token endpoint's OAuth `error` code shown: enough for any
+/// registered code, too few for the body to smuggle much into the log.
+const ERROR_CODE_MAX_CHARS: usize = 64;
+
+/// Read a token endpoint's answer: the access token and its lifetime, or why not. The reason
+/// shows the HTTP status and OAuth error code only: the body could echo credentials.
+fn token_from_answer(status: u16, body: &[u8]) -> Result<(String, Duration), String> {
+    if !(200..300).contains(&status) {
+        let code = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                v.get("error")
+                    .and_then(|e| e.as_str())
+                    .map(|s| s.chars().take(ERROR_CODE_MAX_CHARS).collect::<String>())
+            });
+        return Err(match code {
+            Some(c) => format!("HTTP {status} ({c})"),
+            None => format!("HTTP {status}"),
+        });
+    }
+    let parsed: TokenResponse = serde_json::from_slice(body)
+        .map_err(|_| "response is not a JSON object with access_token".to_string())?;
+    if parsed.access_token.is_empty()
+        || parsed
+            .access_token
+            .chars()
+            .any(|c| c.is_control() || c == ' ')
+    {
+        return Err("access_token is empty or not a valid token".into());
+    }
+    let lifetime = match parsed.expires_in {
+        Some(s) if s.is_finite() && s > 0.0 => {
+            Duration::from_secs_f64(s.min(MAX_LIFETIME.as_secs_f64()))
+        }
+        Some(_) => return Err("expires_in is not a positive number".into()),
+        None => DEFAULT_LIFETIME,
+    };
+    Ok((parsed.access_token, lifetime))
 }
 
 /// Why a capped body could not be read.
@@ -501,6 +515,79 @@ impl TokenSource for FleetTokens {
             }
             Some(None) => self.local.invalidate(credential, failed),
             None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_answer_gives_the_token_and_its_lifetime() {
+        let ok = |body: &str| token_from_answer(200, body.as_bytes());
+        assert_eq!(
+            ok(r#"{"access_token":"abc","expires_in":60}"#),
+            Ok(("abc".into(), Duration::from_secs(60)))
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"abc"}"#),
+            Ok(("abc".into(), DEFAULT_LIFETIME))
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"abc","expires_in":1e300}"#),
+            Ok(("abc".into(), MAX_LIFETIME))
+        );
+    }
+
+    #[test]
+    fn a_refused_or_odd_answer_says_why_without_its_body() {
+        assert_eq!(
+            token_from_answer(401, br#"{"error":"invalid_client","secret":"s3cr3t"}"#),
+            Err("HTTP 401 (invalid_client)".into())
+        );
+        assert_eq!(
+            token_from_answer(500, b"client_secret=s3cr3t"),
+            Err("HTTP 500".into())
+        );
+        let long = format!(r#"{{"error":"{}"}}"#, "x".repeat(500));
+        let why = token_from_answer(400, long.as_bytes()).unwrap_err();
+        assert_eq!(why.len(), "HTTP 400 ()".len() + ERROR_CODE_MAX_CHARS);
+        for (body, why) in [
+            (
+                "not json",
+                "response is not a JSON object with access_token",
+            ),
+            (
+                r#"{"token":"abc"}"#,
+                "response is not a JSON object with access_token",
+            ),
+            (
+                r#"{"access_token":""}"#,
+                "access_token is empty or not a valid token",
+            ),
+            (
+                r#"{"access_token":"a b"}"#,
+                "access_token is empty or not a valid token",
+            ),
+            (
+                r#"{"access_token":"a\nb"}"#,
+                "access_token is empty or not a valid token",
+            ),
+            (
+                r#"{"access_token":"abc","expires_in":0}"#,
+                "expires_in is not a positive number",
+            ),
+            (
+                r#"{"access_token":"abc","expires_in":-5}"#,
+                "expires_in is not a positive number",
+            ),
+        ] {
+            assert_eq!(
+                token_from_answer(200, body.as_bytes()),
+                Err(why.into()),
+                "{body}"
+            );
         }
     }
 }
