@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use pacer_operator::crd::{CredentialRef, CredentialSecretRef, LoadTest, LoadTestSpec, Phase};
+use pacer_operator::reason::Reason;
 use pacer_operator::{OperatorConfig, RedisSource};
 use tokio_util::sync::CancellationToken;
 
@@ -385,11 +386,7 @@ pub fn verdict(lt: &LoadTest) -> Exit {
     };
     match s.phase {
         Some(Phase::Succeeded) => Exit::Passed,
-        Some(Phase::Failed)
-            if s.conditions
-                .iter()
-                .any(|c| c.type_ == "Complete" && c.reason == "ThresholdsFailed") =>
-        {
+        Some(Phase::Failed) if s.complete_reason() == Some(Reason::ThresholdsFailed) => {
             Exit::ThresholdFailed
         }
         _ => Exit::Failure,
