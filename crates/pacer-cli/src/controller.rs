@@ -19,6 +19,10 @@ use crate::report::ReportOutputs;
 /// characters: well above [`pacer_proto::MIN_SESSION_TOKEN_BYTES`]).
 pub(crate) const SESSION_TOKEN_RANDOM_BYTES: usize = 16;
 
+/// Bytes of randomness in a generated test id (12 hex characters): an id tells tests apart in
+/// logs, Redis keys and a worker's `--test-id`; it is not a secret.
+pub(crate) const TEST_ID_RANDOM_BYTES: usize = 6;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
     /// The plan (YAML or JSON), or a LoadTest manifest whose spec.plan is used.
@@ -60,6 +64,20 @@ pub struct ControllerArgs {
     pub report: ReportOutputs,
 }
 
+/// `--weights`: one per worker, or all equal when none is given.
+fn worker_weights(given: &[u32], workers: u32) -> Result<Vec<u32>, String> {
+    if given.is_empty() {
+        return Ok(vec![1; workers as usize]);
+    }
+    if given.len() != workers as usize {
+        return Err(format!(
+            "--weights: {} weights for {workers} workers (give one per worker)",
+            given.len()
+        ));
+    }
+    Ok(given.to_vec())
+}
+
 /// `bytes` random bytes as hex: generated test ids and session tokens.
 pub(crate) fn random_hex(bytes: usize) -> String {
     (0..bytes)
@@ -77,16 +95,12 @@ pub async fn run(args: ControllerArgs) -> Exit {
         }
     };
     let workers = args.expect_workers.unwrap_or(plan.workers).max(1);
-    let weights = if args.weights.is_empty() {
-        vec![1; workers as usize]
-    } else if args.weights.len() != workers as usize {
-        eprintln!(
-            "--weights: {} weights for {workers} workers (give one per worker)",
-            args.weights.len()
-        );
-        return Exit::Invalid;
-    } else {
-        args.weights.clone()
+    let weights = match worker_weights(&args.weights, workers) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("{e}");
+            return Exit::Invalid;
+        }
     };
     if let Some(token) = &args.session_token
         && let Err(e) = crate::worker::check_session_token(token)
@@ -96,7 +110,9 @@ pub async fn run(args: ControllerArgs) -> Exit {
     }
     let generated_token = args.session_token.is_none();
     let mut cfg = ControllerConfig::new(
-        args.test_id.clone().unwrap_or_else(|| random_hex(6)),
+        args.test_id
+            .clone()
+            .unwrap_or_else(|| random_hex(TEST_ID_RANDOM_BYTES)),
         args.session_token
             .clone()
             .unwrap_or_else(|| random_hex(SESSION_TOKEN_RANDOM_BYTES)),
@@ -140,4 +156,26 @@ pub async fn run(args: ControllerArgs) -> Exit {
     shutdown.cancel();
     let _ = tokio::time::timeout(crate::coordinate::SERVER_STOP_WAIT, server).await;
     exit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_one_per_worker_or_all_equal() {
+        assert_eq!(worker_weights(&[], 3), Ok(vec![1, 1, 1]));
+        assert_eq!(worker_weights(&[2, 1], 2), Ok(vec![2, 1]));
+        let e = worker_weights(&[2, 1], 3).unwrap_err();
+        assert!(e.contains("2 weights for 3 workers"), "{e}");
+    }
+
+    #[test]
+    fn generated_ids_and_tokens_are_hex_of_their_size() {
+        let token = random_hex(SESSION_TOKEN_RANDOM_BYTES);
+        assert_eq!(token.len(), 2 * SESSION_TOKEN_RANDOM_BYTES);
+        assert!(token.len() >= pacer_proto::MIN_SESSION_TOKEN_BYTES);
+        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(random_hex(TEST_ID_RANDOM_BYTES).len(), 12);
+    }
 }

@@ -11,7 +11,7 @@ use pacer_controller::{ControllerConfig, Coordinator};
 use pacer_plan::Plan;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::{SESSION_TOKEN_RANDOM_BYTES, random_hex};
+use crate::controller::{SESSION_TOKEN_RANDOM_BYTES, TEST_ID_RANDOM_BYTES, random_hex};
 use crate::exit::Exit;
 use crate::fleet::FleetArgs;
 use crate::output::OutputArgs;
@@ -51,7 +51,7 @@ async fn run_inner(plan: Arc<Plan>, args: &LocalRun<'_>) -> anyhow::Result<Exit>
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let mut cfg = ControllerConfig::new(
-        random_hex(6),
+        random_hex(TEST_ID_RANDOM_BYTES),
         random_hex(SESSION_TOKEN_RANDOM_BYTES),
         args.workers,
     );
