@@ -123,6 +123,18 @@ impl Running {
         }
     }
 
+    /// The report due every interval, unless its snapshot is larger than the protocol allows
+    /// (`pacer_proto::MAX_SNAPSHOT_BYTES`): that one is logged and skipped.
+    fn periodic_report(&mut self) -> Option<Out> {
+        let report = self.report();
+        let bytes = report.snapshot_json.len();
+        if bytes > pacer_proto::MAX_SNAPSHOT_BYTES {
+            tracing::error!("snapshot of {bytes} bytes is too large to send");
+            return None;
+        }
+        Some(Out::Report(report))
+    }
+
     /// The final message: the last cumulative report and how the engine ended.
     fn finished(&mut self, end: EngineEnd) -> Out {
         Out::Finished(pacer_proto::Finished {
@@ -169,6 +181,18 @@ impl Running {
     }
 }
 
+/// A session's first messages: the latest cumulative report (a resumed session's controller
+/// takes the shard back from it), and Finished at once if the engine has ended already.
+/// Whether Finished was sent.
+async fn first_reports(r: &mut Running, tx: &Tx) -> Result<bool, End> {
+    send(tx, Out::Report(r.report())).await?;
+    let Some(end) = r.done() else {
+        return Ok(false);
+    };
+    send(tx, r.finished(end)).await?;
+    Ok(true)
+}
+
 /// Stream reports and heartbeats until the final report is delivered.
 pub(crate) async fn stream_reports(
     r: &mut Running,
@@ -176,14 +200,7 @@ pub(crate) async fn stream_reports(
     inbound: &mut Streaming<ControllerMessage>,
     cancel: &CancellationToken,
 ) -> Result<(), End> {
-    // A resumed session starts with the latest cumulative snapshot.
-    let report = r.report();
-    send(tx, Out::Report(report)).await?;
-    let mut finished_sent = false;
-    if let Some(end) = r.done() {
-        send(tx, r.finished(end)).await?;
-        finished_sent = true;
-    }
+    let mut finished_sent = first_reports(r, tx).await?;
     let mut reports = tokio::time::interval_at(Instant::now() + r.report_every, r.report_every);
     reports.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut beats = tokio::time::interval(r.heartbeat_every);
@@ -205,11 +222,8 @@ pub(crate) async fn stream_reports(
                 finished_sent = true;
             }
             _ = reports.tick(), if !finished_sent => {
-                let report = r.report();
-                if report.snapshot_json.len() > pacer_proto::MAX_SNAPSHOT_BYTES {
-                    tracing::error!("snapshot of {} bytes is too large to send", report.snapshot_json.len());
-                } else {
-                    send(tx, Out::Report(report)).await?;
+                if let Some(report) = r.periodic_report() {
+                    send(tx, report).await?;
                 }
             }
             _ = beats.tick() => {
