@@ -10,7 +10,6 @@ use std::time::Duration;
 use pacer_engine::setup::LimiterSetup;
 use pacer_engine::{Deps, EngineError, RunControl, RunOptions, RunReport, StartGate, StartHandle};
 use pacer_limiter::fleet::FleetConfig;
-use pacer_plan::{Plan, Shard};
 use pacer_proto::{
     Assign, ControllerMessage, controller_message::Body as In, worker_message::Body as Out,
 };
@@ -43,17 +42,13 @@ pub(crate) async fn prepare(
     cancel: &CancellationToken,
     peer_timeout: Duration,
 ) -> Result<Option<Running>, End> {
-    let engine = match plan_and_shard(cfg, a) {
-        Ok((plan, shard)) => launch(cfg, a, plan, shard).await,
-        Err(e) => Err(e),
-    };
     let Launched {
         recorder,
         setup,
         control,
         mut gate,
         done,
-    } = match engine {
+    } = match launch(cfg, a).await {
         Ok(l) => l,
         Err(e) => return Err(cannot_run(tx, e).await),
     };
@@ -112,14 +107,10 @@ struct Launched {
     done: watch::Receiver<Option<EngineEnd>>,
 }
 
-/// Build the limiter and spawn the engine now (HTTP client included), so a Start message
-/// finds nothing left to prepare.
-async fn launch(
-    cfg: &WorkerConfig,
-    a: &Assign,
-    plan: Plan,
-    shard: Shard,
-) -> Result<Launched, WorkerError> {
+/// Read the plan and the shard, build the limiter and spawn the engine now (HTTP client
+/// included), so a Start message finds nothing left to prepare.
+async fn launch(cfg: &WorkerConfig, a: &Assign) -> Result<Launched, WorkerError> {
+    let (plan, shard) = plan_and_shard(cfg, a)?;
     let recorder = Arc::new(Recorder::new(pacer_stats::Layout::of(&plan)));
     // With Redis the fleet paces every `scope: fleet` limit from one budget (the whole
     // limit); without it each worker keeps its weight's share of it.
