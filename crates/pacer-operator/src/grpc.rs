@@ -83,7 +83,7 @@ pub fn serve(
     routes: Routes,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), String>> {
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
     serve_with(routes, listener, ListenerLimits::default(), shutdown)
 }
 
@@ -93,10 +93,6 @@ pub fn serve_with(
     listener: tokio::net::TcpListener,
     limits: ListenerLimits,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<Result<(), String>> {
-    tokio::spawn(async move {
-        listener::serve(routes, listener, limits, shutdown)
-            .await
-            .map_err(|e| e.to_string())
-    })
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    tokio::spawn(listener::serve(routes, listener, limits, shutdown))
 }

@@ -101,7 +101,7 @@ pub struct Listen {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]
@@ -109,8 +109,8 @@ pub enum OperatorError {
     },
     #[error(transparent)]
     Controller(#[from] controller::Error),
-    #[error("the gRPC listener failed: {0}")]
-    Grpc(String),
+    #[error("the gRPC listener failed")]
+    Grpc(#[source] tonic::transport::Error),
 }
 
 /// Run the operator until `shutdown`: the gRPC listener, the HTTP endpoints, the controller.
