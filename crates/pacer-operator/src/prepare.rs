@@ -91,22 +91,33 @@ pub fn credential_envs(c: &CredentialRef) -> Vec<(String, String)> {
     .collect()
 }
 
-/// The test id: the LoadTest's name (shortened) and the start of its uid, so a LoadTest
-/// deleted and created again under the same name is another test (in Redis too). 1-64
-/// characters among `a-z 0-9 . -`.
-pub fn test_id(lt: &LoadTest) -> String {
-    let name = lt.metadata.name.as_deref().unwrap_or("loadtest");
-    let short: String = name.chars().take(48).collect();
-    let short = short.trim_end_matches(['-', '.']);
-    let uid: String = lt
-        .metadata
+/// How many characters of the uid tell a LoadTest from an earlier one of the same name: 8
+/// hex digits are 2^32 values, and the names they extend are already unique in a namespace at
+/// any one time.
+pub const UID_SLUG_CHARS: usize = 8;
+
+/// The start of a LoadTest's uid (its letters and digits, without the dashes), which tells it
+/// from an earlier LoadTest of the same name: in its test id and in the name of its session
+/// Secret. Empty when the LoadTest has no uid yet.
+pub fn uid_slug(lt: &LoadTest) -> String {
+    lt.metadata
         .uid
         .as_deref()
         .unwrap_or("")
         .chars()
         .filter(char::is_ascii_alphanumeric)
-        .take(8)
-        .collect();
+        .take(UID_SLUG_CHARS)
+        .collect()
+}
+
+/// The test id: the LoadTest's name (shortened) and the start of its uid ([`uid_slug`]), so a
+/// LoadTest deleted and created again under the same name is another test (in Redis too).
+/// 1-64 characters among `a-z 0-9 . -`.
+pub fn test_id(lt: &LoadTest) -> String {
+    let name = lt.metadata.name.as_deref().unwrap_or("loadtest");
+    let short: String = name.chars().take(48).collect();
+    let short = short.trim_end_matches(['-', '.']);
+    let uid = uid_slug(lt);
     if uid.is_empty() {
         short.to_string()
     } else {
@@ -296,6 +307,22 @@ mod tests {
         assert_eq!(humantime_like("s"), None);
         assert_eq!(humantime_like("18446744073709551615s1s"), None);
         assert_eq!(humantime_like("18446744073709551615h"), None);
+    }
+
+    #[test]
+    fn the_uid_slug_is_the_start_of_the_uid_without_dashes() {
+        let mut lt: LoadTest = serde_json::from_value(json!({
+            "apiVersion": "pacer.dev/v1alpha1",
+            "kind": "LoadTest",
+            "metadata": {"name": "checkout", "uid": "0f3a-9b2c-77de-4410"},
+            "spec": {"plan": {}}
+        }))
+        .expect("loadtest");
+        assert_eq!(uid_slug(&lt), "0f3a9b2c");
+        assert_eq!(test_id(&lt), "checkout-0f3a9b2c");
+        lt.metadata.uid = None;
+        assert_eq!(uid_slug(&lt), "");
+        assert_eq!(test_id(&lt), "checkout");
     }
 
     #[test]
