@@ -5,14 +5,15 @@
 //! API server checks these calls in order, so a phase calls them in the order it needs.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::controller::{Context, Error, MANAGER, Result};
-use crate::crd::{LoadTest, LoadTestStatus};
+use crate::crd::{LoadTest, LoadTestStatus, ReportRef};
+use crate::diagnose::explain_missing;
 use crate::prepare::Prepared;
 use crate::reason::Reason;
 use crate::resources::{self, names};
@@ -22,7 +23,7 @@ use crate::resources::{self, names};
 const MAX_EVENT_NOTE_CHARS: usize = 1000;
 
 /// The API of `K` in `lt`'s namespace.
-pub(crate) fn namespaced<K>(lt: &LoadTest, ctx: &Context) -> Result<Api<K>>
+fn namespaced<K>(lt: &LoadTest, ctx: &Context) -> Result<Api<K>>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     <K as Resource>::DynamicType: Default,
@@ -90,14 +91,40 @@ pub(crate) async fn event(
     }
 }
 
-/// The worker pods of a test (by its test-id label).
-pub(crate) async fn list_pods(lt: &LoadTest, ctx: &Context, test_id: &str) -> Result<Vec<Pod>> {
+/// Why the workers `missing` (by index) have not connected, as their pods (found by the
+/// test-id label) say ([`explain_missing`]).
+pub(crate) async fn why_missing(
+    lt: &LoadTest,
+    ctx: &Context,
+    test_id: &str,
+    missing: &[u32],
+) -> Result<String> {
     let pods: Api<Pod> = namespaced(lt, ctx)?;
     let selector = format!("{}={test_id}", resources::LABEL_TEST_ID);
-    Ok(pods
+    let pods = pods
         .list(&ListParams::default().labels(&selector))
         .await?
-        .items)
+        .items;
+    Ok(explain_missing(&pods, missing, &names(lt).job))
+}
+
+/// Store a finished test's report in its ConfigMap, within the ConfigMap's size limit (one
+/// still refused as too large is replaced by a short one once, never retried as is:
+/// `sizes.rs`); the status's reference to it, or `None` when none could be stored.
+pub(crate) async fn store_report(
+    lt: &LoadTest,
+    ctx: &Context,
+    test_id: &str,
+    text: &str,
+    json: &str,
+) -> Result<Option<ReportRef>> {
+    let cms: Api<ConfigMap> = namespaced(lt, ctx)?;
+    let stored = crate::sizes::apply_report(&cms, lt, test_id, text, json).await?;
+    Ok(stored.then(|| ReportRef {
+        config_map: names(lt).report,
+        text_key: resources::REPORT_TEXT_KEY.into(),
+        json_key: resources::REPORT_JSON_KEY.into(),
+    }))
 }
 
 /// Create the session Secret and the Indexed Job of workers.

@@ -6,21 +6,17 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use super::base_status;
-use crate::api::{delete_loadtest, delete_workers, event, list_pods, namespaced, write_status};
+use crate::api::{delete_loadtest, delete_workers, event, store_report, why_missing, write_status};
 use crate::controller::{Context, Result, uid};
-use crate::crd::{CleanupPolicy, LoadTest, LoadTestStatus, Phase, ReportRef};
-use crate::diagnose::explain_missing;
+use crate::crd::{CleanupPolicy, LoadTest, LoadTestStatus, Phase};
 use crate::messages;
 use crate::prepare::Prepared;
 use crate::reason::Reason;
-use crate::resources::{self, names};
 use crate::runner::RunEnd;
 use crate::status::{
     COND_COMPLETE, COND_VALID, COND_WORKERS_READY, apply_live, now, set_condition, worker_counts,
@@ -63,17 +59,7 @@ pub(super) async fn finish(
     let outcome = match &end {
         RunEnd::Finished(result) => {
             apply_live(&mut s, &result.stats, prepared.workers);
-            let cms: Api<ConfigMap> = namespaced(lt, ctx)?;
-            // Within the ConfigMap's size limit; one still refused as too large is replaced by
-            // a short one once (sizes.rs), never retried as is.
-            let stored =
-                crate::sizes::apply_report(&cms, lt, &prepared.test_id, &result.text, &result.json)
-                    .await?;
-            s.report = stored.then(|| ReportRef {
-                config_map: names(lt).report,
-                text_key: resources::REPORT_TEXT_KEY.into(),
-                json_key: resources::REPORT_JSON_KEY.into(),
-            });
+            s.report = store_report(lt, ctx, &prepared.test_id, &result.text, &result.json).await?;
             Outcome::Finished {
                 result,
                 stopping: stopping.as_deref(),
@@ -85,8 +71,7 @@ pub(super) async fn finish(
             missing,
             ..
         } => {
-            let pods = list_pods(lt, ctx, &prepared.test_id).await?;
-            why = explain_missing(&pods, missing, &names(lt).job);
+            why = why_missing(lt, ctx, &prepared.test_id, missing).await?;
             Outcome::WorkersMissing {
                 expected: *expected,
                 connected: *connected,

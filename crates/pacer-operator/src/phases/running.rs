@@ -11,13 +11,11 @@ use tokio::time::Instant;
 
 use super::base_status;
 use super::end::{cleanup_due, finish, ttl_action};
-use crate::api::{delete_workers, event, list_pods, write_status};
+use crate::api::{delete_workers, event, why_missing, write_status};
 use crate::controller::{Context, Result, uid};
 use crate::crd::{LoadTest, Phase};
-use crate::diagnose::explain_missing;
 use crate::messages;
 use crate::reason::Reason;
-use crate::resources::names;
 use crate::status::{COND_COMPLETE, COND_WORKERS_READY, apply_live, now, set_condition};
 
 /// The shortest requeue while a status write is not yet due.
@@ -102,11 +100,8 @@ pub(super) async fn progress(lt: &LoadTest, ctx: &Context) -> Result<Action> {
         let message = if missing.is_empty() {
             connected
         } else {
-            let pods = list_pods(lt, ctx, &prepared.test_id).await?;
-            format!(
-                "{connected}; {}",
-                explain_missing(&pods, &missing, &names(lt).job)
-            )
+            let why = why_missing(lt, ctx, &prepared.test_id, &missing).await?;
+            format!("{connected}; {why}")
         };
         s.message = Some(message.clone());
         set_condition(
