@@ -168,6 +168,26 @@ fn pool_hint(plan: &Plan) -> usize {
         .min(POOL_HINT_MAX)
 }
 
+/// The run's time zero: now without a gate; else the gate's instant, once it is known and has
+/// come (a stop or abort while it comes ends the wait early, and the run sees it stopped).
+/// `None`: stopped or aborted before the instant was known, so the run never starts.
+async fn time_zero(gate: Option<StartGate>, control: &RunControl) -> Option<Instant> {
+    let Some(gate) = gate else {
+        return Some(Instant::now());
+    };
+    let at = tokio::select! {
+        at = gate.instant() => at,
+        _ = control.stop.cancelled() => None,
+        _ = control.abort.cancelled() => None,
+    }?;
+    tokio::select! {
+        _ = tokio::time::sleep_until(at) => {}
+        _ = control.stop.cancelled() => {}
+        _ = control.abort.cancelled() => {}
+    }
+    Some(at)
+}
+
 /// Run a whole plan to its end (or until stopped). Records into `deps.recorder`.
 pub async fn run(
     plan: Arc<Plan>,
@@ -193,28 +213,11 @@ pub async fn run(
         &opts,
         control.abort.clone(),
     ));
-    let t0 = match opts.start.clone() {
-        None => Instant::now(),
-        Some(gate) => {
-            // Wait for the common start (a stop or abort meanwhile ends the run unstarted).
-            let at = tokio::select! {
-                at = gate.instant() => at,
-                _ = control.stop.cancelled() => None,
-                _ = control.abort.cancelled() => None,
-            };
-            let Some(at) = at else {
-                return Ok(RunReport {
-                    elapsed: Duration::ZERO,
-                    stopped_early: true,
-                });
-            };
-            tokio::select! {
-                _ = tokio::time::sleep_until(at) => {}
-                _ = control.stop.cancelled() => {}
-                _ = control.abort.cancelled() => {}
-            }
-            at
-        }
+    let Some(t0) = time_zero(opts.start.clone(), &control).await else {
+        return Ok(RunReport {
+            elapsed: Duration::ZERO,
+            stopped_early: true,
+        });
     };
     let shard = Arc::new(opts.shard.clone().unwrap_or_default());
     let mut tasks = tokio::task::JoinSet::new();
