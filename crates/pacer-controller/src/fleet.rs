@@ -6,14 +6,19 @@
 //! broken worker can send histograms that each decode but overflow together) is marked failed
 //! with the reason and its numbers are kept apart, never merged; the run then fails naming it.
 //! Workers are merged in index order, so the first one that no longer fits is the one named.
+//!
+//! The fleet keeps its own invariants: the session and the run loop (lib.rs, session.rs) change
+//! it only through its methods ([`Fleet::admit`], [`Fleet::accept_report`], [`Fleet::finish`],
+//! [`Fleet::halt`], [`Fleet::fail`], [`Fleet::end`], ...), never field by field.
 
 use std::time::Duration;
 
-use pacer_proto::{ControllerMessage, controller_message};
+use pacer_proto::{ControllerMessage, Hello, controller_message};
 use pacer_stats::{AbortWatch, Snapshot, StatsError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tonic::Status;
 
 use crate::Inner;
 use crate::report::{FleetOutcome, FleetStatus, WorkerRow};
@@ -77,45 +82,99 @@ impl std::fmt::Display for WorkerState {
 /// A worker's current stream.
 pub(crate) struct Conn {
     pub id: u64,
-    pub tx: mpsc::Sender<Result<ControllerMessage, tonic::Status>>,
+    pub tx: mpsc::Sender<Result<ControllerMessage, Status>>,
 }
 
+/// One worker index. Read by the report's rows (report.rs); changed only by [`Fleet`]'s
+/// methods (the fleet hands out no `&mut Slot`).
 pub(crate) struct Slot {
-    pub index: u32,
-    pub name: String,
-    pub version: String,
-    pub state: WorkerState,
-    pub conn: Option<Conn>,
-    pub last_heard: Option<Instant>,
+    pub(crate) index: u32,
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) state: WorkerState,
+    pub(crate) conn: Option<Conn>,
+    pub(crate) last_heard: Option<Instant>,
     /// The latest cumulative snapshot (replaced, never added).
-    pub snapshot: Option<Snapshot>,
+    pub(crate) snapshot: Option<Snapshot>,
     /// Its limiter's table with that snapshot (empty: it sent none).
-    pub limits: Vec<pacer_stats::LimitPacing>,
-    pub seq: u64,
+    pub(crate) limits: Vec<pacer_stats::LimitPacing>,
+    pub(crate) seq: u64,
     /// The worker's elapsed time at its latest report.
-    pub elapsed: Duration,
-    pub reports: u64,
-    pub stopped_early: bool,
-    pub reason: Option<String>,
+    pub(crate) elapsed: Duration,
+    pub(crate) reports: u64,
+    pub(crate) stopped_early: bool,
+    pub(crate) reason: Option<String>,
     /// Test time at which the worker was marked lost.
-    pub lost_at: Option<Duration>,
+    pub(crate) lost_at: Option<Duration>,
     /// Its snapshot could not be merged into the fleet's: it is kept apart, not counted.
-    pub unmergeable: bool,
+    pub(crate) unmergeable: bool,
+}
+
+/// How the controller halts its workers: one path ([`Fleet::halt`]) for both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Halt {
+    /// Graceful: no new iterations, in-flight ones get their gracefulStop.
+    Stop,
+    /// Interrupt now.
+    Abort,
+}
+
+impl Halt {
+    /// The message that tells a worker.
+    fn message(self, reason: &str) -> controller_message::Body {
+        let reason = reason.to_string();
+        match self {
+            Halt::Stop => controller_message::Body::Stop(pacer_proto::Stop { reason }),
+            Halt::Abort => controller_message::Body::Abort(pacer_proto::Abort { reason }),
+        }
+    }
+}
+
+/// Where the fleet stands before the start, for "gave up waiting" errors.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    pub(crate) ready: usize,
+    pub(crate) connected: usize,
+    /// Indices of the workers not ready.
+    pub(crate) missing: Vec<u32>,
+}
+
+/// A report as decoded from the wire: its sequence number, the worker's elapsed time, the
+/// snapshot and the limits table.
+pub(crate) struct Decoded {
+    pub(crate) seq: u64,
+    pub(crate) elapsed_us: u64,
+    pub(crate) snapshot: Snapshot,
+    pub(crate) limits: Vec<pacer_stats::LimitPacing>,
+}
+
+/// Longest worker name kept for displays (a host:pid, a pod name).
+const MAX_NAME_CHARS: usize = 128;
+/// Longest worker version kept (a semver with a build suffix).
+const MAX_VERSION_CHARS: usize = 64;
+
+/// A short worker-supplied label for tables: control characters dropped (a table cell has no
+/// room for escapes), at most `max` characters.
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 pub(crate) struct Fleet {
-    pub slots: Vec<Slot>,
+    slots: Vec<Slot>,
     /// The common start instant (derived from a resuming worker after a controller restart).
-    pub start: Option<Instant>,
+    start: Option<Instant>,
     /// This controller took over a running test from reconnecting workers.
-    pub resumed: bool,
-    pub stop_reason: Option<String>,
-    pub abort_reason: Option<String>,
-    pub failure: Option<String>,
+    resumed: bool,
+    /// The first reason the fleet was stopped or aborted ([`Fleet::halt`]).
+    stop_reason: Option<String>,
+    /// The fleet's abortOnFail threshold that stopped it.
+    abort_reason: Option<String>,
+    /// The run failed as a whole (a lost worker under `onWorkerLoss: fail`).
+    failure: Option<String>,
     /// The run loop has returned: new streams are refused.
-    pub ended: bool,
+    ended: bool,
     /// Bumped on every accepted report, so merges happen only when something changed.
-    pub generation: u64,
+    generation: u64,
     /// The fleet's `abortOnFail` thresholds (built on the first [`Fleet::judge`]).
     abort_watch: Option<AbortWatch>,
     /// The generation last judged, and when.
@@ -162,9 +221,257 @@ impl Fleet {
         }
     }
 
+    /// The common start has been set (the start is under way, or a worker resumed).
+    pub fn started(&self) -> bool {
+        self.start.is_some()
+    }
+
+    /// Time since the common start (zero before it).
+    pub fn elapsed(&self, now: Instant) -> Duration {
+        self.start
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+    }
+
+    /// The first reason the fleet was stopped or aborted.
+    pub fn stop_reason(&self) -> Option<&str> {
+        self.stop_reason.as_deref()
+    }
+
+    /// Where worker `index` is.
+    pub fn state(&self, index: u32) -> WorkerState {
+        self.slots[index as usize].state
+    }
+
+    /// Register a checked Hello's stream in its slot: `(index, resuming)`. A fresh worker
+    /// takes the index it asks for or the first free one, and only before the start; a
+    /// resuming one takes its index back (the old stream may not have noticed it broke) unless
+    /// its final report is already here ([`pacer_proto::Refusal::AlreadyFinished`]). A
+    /// resuming worker that finds no start (this controller restarted while the test ran)
+    /// sets the test's start where the worker says it is.
+    pub fn admit(
+        &mut self,
+        test_id: &str,
+        h: &Hello,
+        conn: Conn,
+        now: Instant,
+    ) -> Result<(u32, bool), Status> {
+        let n = self.slots.len() as u32;
+        let resume = h.resume.as_ref();
+        if self.ended {
+            return Err(Status::failed_precondition(format!(
+                "the test {test_id} has ended"
+            )));
+        }
+        let index = match h.worker_index {
+            Some(i) if i >= n => {
+                return Err(Status::invalid_argument(format!(
+                    "hello.worker_index: {i} is not below the number of workers ({n})"
+                )));
+            }
+            Some(i) => i,
+            None if resume.is_some() => {
+                return Err(Status::invalid_argument(
+                    "hello.worker_index: required when resuming",
+                ));
+            }
+            None => self
+                .slots
+                .iter()
+                .find(|s| s.state == WorkerState::Waiting && s.conn.is_none())
+                .map(|s| s.index)
+                .ok_or_else(|| {
+                    Status::resource_exhausted(format!("all {n} worker slots are taken"))
+                })?,
+        };
+        let started = self.start.is_some();
+        let slot = &mut self.slots[index as usize];
+        if let Some(r) = resume {
+            if h.test_id.is_empty() {
+                return Err(Status::invalid_argument(
+                    "hello.test_id: required when resuming",
+                ));
+            }
+            if matches!(slot.state, WorkerState::Finished | WorkerState::Failed) {
+                return Err(pacer_proto::Refusal::AlreadyFinished
+                    .to_status(format!("worker {index} has already finished")));
+            }
+            slot.state = WorkerState::Running;
+            slot.reason = None;
+            slot.lost_at = None;
+            if !started {
+                // The Hello travelled a few ms; reports correct the rest.
+                let elapsed = Duration::from_micros(r.elapsed_us);
+                self.start = Some(now.checked_sub(elapsed).unwrap_or(now));
+                self.resumed = true;
+                for s in &mut self.slots {
+                    // Workers that do not come back are lost `lost_after` from now.
+                    s.last_heard.get_or_insert(now);
+                }
+                tracing::warn!(
+                    "resuming test {test_id} from worker {index} at {:.1}s",
+                    elapsed.as_secs_f64()
+                );
+            }
+        } else {
+            if started {
+                return Err(Status::failed_precondition(format!(
+                    "the test has already started; worker index {index} cannot join now"
+                )));
+            }
+            if slot.conn.is_some() {
+                return Err(Status::already_exists(format!(
+                    "worker index {index} is already connected ({})",
+                    slot.name
+                )));
+            }
+            slot.state = WorkerState::Assigned;
+        }
+        let slot = &mut self.slots[index as usize];
+        slot.conn = Some(conn);
+        slot.last_heard = Some(now);
+        slot.name = truncate(&h.name, MAX_NAME_CHARS);
+        slot.version = truncate(&h.version, MAX_VERSION_CHARS);
+        Ok((index, resume.is_some()))
+    }
+
+    /// What a worker that was away when the fleet was halted hears on resuming: the run's
+    /// failure as an Abort, else the abortOnFail or stop reason as a Stop.
+    pub fn halt_for_resumed(&self) -> Option<controller_message::Body> {
+        if let Some(reason) = &self.failure {
+            return Some(Halt::Abort.message(reason));
+        }
+        self.abort_reason
+            .as_ref()
+            .or(self.stop_reason.as_ref())
+            .map(|r| Halt::Stop.message(r))
+    }
+
+    /// A message arrived on stream `conn` of worker `index` at `now`: its state, if that
+    /// stream still holds the slot (else it was replaced or the worker declared lost).
+    pub fn heard(&mut self, index: u32, conn: u64, now: Instant) -> Result<WorkerState, Status> {
+        let slot = &mut self.slots[index as usize];
+        if slot.conn.as_ref().is_none_or(|c| c.id != conn) {
+            return Err(Status::aborted(format!(
+                "worker {index}: this stream was replaced or declared lost; reconnect to resume"
+            )));
+        }
+        slot.last_heard = Some(now);
+        Ok(slot.state)
+    }
+
+    /// Worker `index` said Ready.
+    pub fn ready(&mut self, index: u32) {
+        self.slots[index as usize].state = WorkerState::Ready;
+    }
+
+    /// Keep a running worker's report if it is newer than the one held (cumulative: the
+    /// newest replaces); true when kept.
+    pub fn accept_report(&mut self, index: u32, report: Decoded) -> bool {
+        let kept = keep_newest(&mut self.slots[index as usize], report);
+        if kept {
+            self.generation += 1;
+        }
+        kept
+    }
+
+    /// Worker `index` finished: its final report (if it sent one) is kept, and it is
+    /// finished or, with an `error` (its own words), failed. Its stream is closed.
+    pub fn finish(
+        &mut self,
+        index: u32,
+        report: Option<Decoded>,
+        stopped_early: bool,
+        error: Option<String>,
+    ) {
+        let slot = &mut self.slots[index as usize];
+        if let Some(r) = report {
+            keep_newest(slot, r);
+        }
+        slot.stopped_early = stopped_early;
+        match error {
+            None => slot.state = WorkerState::Finished,
+            Some(e) => {
+                slot.state = WorkerState::Failed;
+                slot.reason = Some(e);
+            }
+        }
+        slot.conn = None;
+        self.generation += 1;
+    }
+
+    /// Stream `conn` of worker `index` ended. Before the start a worker that leaves frees its
+    /// index; after it the slot keeps its state and the loss timeout decides.
+    pub fn disconnect(&mut self, index: u32, conn: u64) {
+        let started = self.start.is_some();
+        let slot = &mut self.slots[index as usize];
+        if slot.conn.as_ref().is_some_and(|c| c.id == conn) {
+            slot.conn = None;
+            if !started && matches!(slot.state, WorkerState::Assigned | WorkerState::Ready) {
+                slot.state = WorkerState::Waiting;
+            }
+        }
+    }
+
+    /// Stop or abort every connected worker; the first reason given is the fleet's stop
+    /// reason. Before the start the run then ends without starting.
+    pub fn halt(&mut self, how: Halt, reason: &str) {
+        self.stop_reason.get_or_insert_with(|| reason.to_string());
+        self.broadcast(how.message(reason));
+    }
+
+    /// The run fails as a whole (a lost worker under `onWorkerLoss: fail`): the first failure
+    /// is kept and every worker aborted with it; a later one changes nothing.
+    pub fn fail(&mut self, reason: String) {
+        if self.failure.is_some() {
+            return;
+        }
+        self.broadcast(Halt::Abort.message(&reason));
+        self.failure = Some(reason);
+    }
+
+    /// The first worker that could not run its shard, and why.
+    pub fn first_failed(&self) -> Option<(u32, String)> {
+        self.slots
+            .iter()
+            .find(|s| s.state == WorkerState::Failed)
+            .map(|s| (s.index, s.reason.clone().unwrap_or_default()))
+    }
+
+    /// Every worker said Ready.
+    pub fn all_ready(&self) -> bool {
+        self.slots.iter().all(|s| s.state == WorkerState::Ready)
+    }
+
+    /// Who is ready, who is connected, who is missing.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            ready: self
+                .slots
+                .iter()
+                .filter(|s| s.state == WorkerState::Ready)
+                .count(),
+            connected: self.slots.iter().filter(|s| s.conn.is_some()).count(),
+            missing: self
+                .slots
+                .iter()
+                .filter(|s| s.state != WorkerState::Ready)
+                .map(|s| s.index)
+                .collect(),
+        }
+    }
+
+    /// The run loop has returned: new streams are refused from now on; with `abort`, every
+    /// connected worker is aborted with that reason (the run gave up before the start).
+    pub fn end(&mut self, abort: Option<&str>) {
+        self.ended = true;
+        if let Some(reason) = abort {
+            self.broadcast(Halt::Abort.message(reason));
+        }
+    }
+
     /// Send to every connected worker (a full channel means the worker does not read; its
     /// loss timeout will deal with it).
-    pub fn broadcast(&mut self, body: controller_message::Body) {
+    fn broadcast(&mut self, body: controller_message::Body) {
         for s in &self.slots {
             if let Some(c) = &s.conn
                 && let Err(e) = c.tx.try_send(crate::msg(body.clone()))
@@ -329,8 +636,8 @@ impl Fleet {
         if let Some(crossed) = watch.check(&merged, elapsed) {
             let reason = format!("{crossed} (on the fleet's merged results)");
             tracing::warn!("{reason}");
-            self.abort_reason = Some(reason.clone());
-            self.broadcast(controller_message::Body::Stop(pacer_proto::Stop { reason }));
+            self.broadcast(Halt::Stop.message(&reason));
+            self.abort_reason = Some(reason);
         }
     }
 
@@ -410,9 +717,272 @@ impl Fleet {
     }
 }
 
+/// Keep a report if it is newer than the one held (cumulative: the newest replaces).
+fn keep_newest(slot: &mut Slot, r: Decoded) -> bool {
+    if slot.snapshot.is_some() && r.seq <= slot.seq {
+        tracing::debug!(
+            "worker {}: stale report {} (have {})",
+            slot.index,
+            r.seq,
+            slot.seq
+        );
+        return false;
+    }
+    slot.seq = r.seq;
+    slot.elapsed = Duration::from_micros(r.elapsed_us);
+    slot.snapshot = Some(r.snapshot);
+    if !r.limits.is_empty() {
+        slot.limits = r.limits;
+    }
+    slot.reports += 1;
+    true
+}
+
 #[cfg(test)]
 mod tests {
+    use pacer_proto::{PROTOCOL_VERSION, Resume};
+
     use super::*;
+
+    type Inbox = mpsc::Receiver<Result<ControllerMessage, Status>>;
+
+    fn conn(id: u64) -> (Conn, Inbox) {
+        let (tx, rx) = mpsc::channel(8);
+        (Conn { id, tx }, rx)
+    }
+
+    fn hello(index: Option<u32>, resume: Option<u64>) -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            test_id: "t1".into(),
+            worker_index: index,
+            version: "v\u{1b}1".into(),
+            session_token: String::new(),
+            name: "n".repeat(MAX_NAME_CHARS + 5),
+            resume: resume.map(|elapsed_us| Resume {
+                elapsed_us,
+                finished: false,
+            }),
+        }
+    }
+
+    /// The kinds and reasons of what a worker's stream has been sent.
+    fn sent(rx: &mut Inbox) -> Vec<(&'static str, String)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|m| match m.expect("a message").body.expect("a body") {
+                controller_message::Body::Stop(s) => ("Stop", s.reason),
+                controller_message::Body::Abort(a) => ("Abort", a.reason),
+                other => (other.kind(), String::new()),
+            })
+            .collect()
+    }
+
+    fn report(seq: u64) -> Decoded {
+        Decoded {
+            seq,
+            elapsed_us: seq * 1000,
+            snapshot: Snapshot::empty(&pacer_stats::Layout {
+                scenarios: Vec::new(),
+            }),
+            limits: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_fresh_worker_takes_the_first_free_slot_and_its_labels_are_bounded() {
+        let mut f = Fleet::new(2);
+        let now = Instant::now();
+        let (c, _rx) = conn(1);
+        assert_eq!(
+            f.admit("t1", &hello(None, None), c, now).ok(),
+            Some((0, false))
+        );
+        assert_eq!(f.state(0), WorkerState::Assigned);
+        assert_eq!(f.slots[0].name.chars().count(), MAX_NAME_CHARS);
+        assert_eq!(f.slots[0].version, "v1", "control characters dropped");
+        let (c, _rx) = conn(2);
+        assert_eq!(
+            f.admit("t1", &hello(None, None), c, now).ok(),
+            Some((1, false))
+        );
+        let (c, _rx) = conn(3);
+        let refused = f.admit("t1", &hello(None, None), c, now).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        let (c, _rx) = conn(4);
+        let taken = f.admit("t1", &hello(Some(1), None), c, now).unwrap_err();
+        assert_eq!(taken.code(), tonic::Code::AlreadyExists);
+    }
+
+    #[test]
+    fn a_worker_that_leaves_before_the_start_frees_its_index_for_another() {
+        let mut f = Fleet::new(1);
+        let now = Instant::now();
+        let (c, _rx) = conn(1);
+        f.admit("t1", &hello(Some(0), None), c, now)
+            .expect("admitted");
+        f.ready(0);
+        // A stale stream's end changes nothing; the current one's frees the slot.
+        f.disconnect(0, 99);
+        assert_eq!(f.state(0), WorkerState::Ready);
+        f.disconnect(0, 1);
+        assert_eq!(f.state(0), WorkerState::Waiting);
+        let (c, _rx) = conn(2);
+        assert_eq!(
+            f.admit("t1", &hello(None, None), c, now).ok(),
+            Some((0, false))
+        );
+    }
+
+    #[test]
+    fn a_resuming_worker_sets_the_start_of_a_restarted_controller() {
+        let mut f = Fleet::new(2);
+        let now = Instant::now() + Duration::from_secs(60);
+        let (c, _rx) = conn(1);
+        assert_eq!(
+            f.admit("t1", &hello(Some(1), Some(5_000_000)), c, now).ok(),
+            Some((1, true))
+        );
+        assert!(f.started() && f.resumed);
+        assert_eq!(f.elapsed(now), Duration::from_secs(5));
+        assert_eq!(f.state(1), WorkerState::Running);
+        // The worker that has not come back is watched from now.
+        assert_eq!(f.slots[0].last_heard, Some(now));
+        // Fresh workers cannot join a started test.
+        let (c, _rx) = conn(2);
+        let late = f.admit("t1", &hello(Some(0), None), c, now).unwrap_err();
+        assert_eq!(late.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn a_finished_worker_cannot_resume_and_an_ended_test_takes_nobody() {
+        let mut f = Fleet::new(2);
+        let now = Instant::now();
+        let (c, _rx) = conn(1);
+        f.admit("t1", &hello(Some(0), Some(1000)), c, now)
+            .expect("admitted");
+        f.finish(0, Some(report(3)), false, None);
+        assert_eq!(f.state(0), WorkerState::Finished);
+        assert!(f.slots[0].conn.is_none(), "its stream is closed");
+        let (c, _rx) = conn(2);
+        let again = f
+            .admit("t1", &hello(Some(0), Some(2000)), c, now)
+            .unwrap_err();
+        assert_eq!(
+            pacer_proto::Refusal::of(&again),
+            Some(pacer_proto::Refusal::AlreadyFinished)
+        );
+        f.end(None);
+        let (c, _rx) = conn(3);
+        let ended = f
+            .admit("t1", &hello(Some(1), Some(2000)), c, now)
+            .unwrap_err();
+        assert_eq!(ended.message(), "the test t1 has ended");
+    }
+
+    #[test]
+    fn only_the_stream_holding_the_slot_is_heard() {
+        let mut f = Fleet::new(1);
+        let now = Instant::now();
+        let (c, _rx) = conn(1);
+        f.admit("t1", &hello(Some(0), Some(0)), c, now)
+            .expect("admitted");
+        let (c, _rx) = conn(2);
+        f.admit("t1", &hello(Some(0), Some(0)), c, now)
+            .expect("a reconnect takes over");
+        assert_eq!(f.heard(0, 1, now).unwrap_err().code(), tonic::Code::Aborted);
+        assert_eq!(f.heard(0, 2, now).ok(), Some(WorkerState::Running));
+    }
+
+    #[test]
+    fn reports_replace_never_add_and_stale_ones_change_nothing() {
+        let mut f = Fleet::new(1);
+        let (c, _rx) = conn(1);
+        f.admit("t1", &hello(Some(0), Some(0)), c, Instant::now())
+            .expect("admitted");
+        assert!(f.accept_report(0, report(2)));
+        assert!(!f.accept_report(0, report(2)), "a replay");
+        assert!(!f.accept_report(0, report(1)), "an older one");
+        assert_eq!((f.slots[0].seq, f.slots[0].reports), (2, 1));
+        assert_eq!(f.slots[0].elapsed, Duration::from_millis(2));
+        assert_eq!(f.generation, 1, "only the kept report counts as a change");
+    }
+
+    #[test]
+    fn a_worker_that_cannot_run_is_failed_with_its_words() {
+        let mut f = Fleet::new(2);
+        let (c, _rx) = conn(1);
+        f.admit("t1", &hello(Some(1), None), c, Instant::now())
+            .expect("admitted");
+        f.finish(1, None, true, Some("no such host".into()));
+        assert_eq!(f.first_failed(), Some((1, "no such host".into())));
+        assert!(f.slots[1].stopped_early);
+    }
+
+    /// Stop and abort are one path: the first reason is the fleet's, each broadcast is sent.
+    #[test]
+    fn halting_keeps_the_first_reason_and_tells_every_connected_worker() {
+        let mut f = Fleet::new(2);
+        let now = Instant::now();
+        let (c, mut rx0) = conn(1);
+        f.admit("t1", &hello(Some(0), None), c, now)
+            .expect("admitted");
+        f.halt(Halt::Stop, "ctrl-c");
+        f.halt(Halt::Abort, "ctrl-c again");
+        assert_eq!(f.stop_reason(), Some("ctrl-c"));
+        assert_eq!(
+            sent(&mut rx0),
+            [("Stop", "ctrl-c".into()), ("Abort", "ctrl-c again".into())]
+        );
+        // A worker that was away hears the stop when it resumes.
+        assert_eq!(
+            f.halt_for_resumed(),
+            Some(controller_message::Body::Stop(pacer_proto::Stop {
+                reason: "ctrl-c".into()
+            }))
+        );
+    }
+
+    #[test]
+    fn the_first_failure_aborts_everyone_and_later_ones_change_nothing() {
+        let mut f = Fleet::new(1);
+        let (c, mut rx) = conn(1);
+        f.admit("t1", &hello(Some(0), None), c, Instant::now())
+            .expect("admitted");
+        f.fail("worker 1 lost".into());
+        f.fail("worker 2 lost".into());
+        assert_eq!(sent(&mut rx), [("Abort", "worker 1 lost".into())]);
+        assert_eq!(
+            f.halt_for_resumed(),
+            Some(controller_message::Body::Abort(pacer_proto::Abort {
+                reason: "worker 1 lost".into()
+            }))
+        );
+    }
+
+    #[test]
+    fn readiness_names_the_missing_workers() {
+        let mut f = Fleet::new(3);
+        let now = Instant::now();
+        let (c, mut rx) = conn(1);
+        f.admit("t1", &hello(Some(1), None), c, now)
+            .expect("admitted");
+        f.ready(1);
+        assert!(!f.all_ready());
+        assert_eq!(
+            f.readiness(),
+            Readiness {
+                ready: 1,
+                connected: 1,
+                missing: vec![0, 2]
+            }
+        );
+        f.end(Some("not every worker became ready in time"));
+        assert_eq!(
+            sent(&mut rx),
+            [("Abort", "not every worker became ready in time".into())]
+        );
+        assert!(f.ended);
+    }
 
     /// The names people and tools read are those the `&'static str` state had.
     #[test]

@@ -9,7 +9,8 @@
 //! creates pods. Each of them builds a [`Coordinator`], serves [`Coordinator::service`] on a
 //! listener and awaits [`Coordinator::run`].
 //!
-//! - [`fleet`]: the per-worker state and the exact merge;
+//! - [`fleet`]: the per-worker state, changed only through its methods (admit, reports,
+//!   finish, halt, fail, end), and the exact merge;
 //! - [`listener`]: the gRPC listener before authentication (limits, the Hello gate);
 //! - [`session`]: one gRPC stream per worker, checked message by message;
 //! - [`report`]: the fleet outcome, the per-worker table, progress lines.
@@ -33,6 +34,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use fleet::Halt;
 pub use fleet::WorkerState;
 pub use report::{FleetOutcome, FleetStatus, ProgressTracker, WorkerRow};
 
@@ -220,27 +222,18 @@ impl Coordinator {
     /// Ask every worker to stop gracefully (Ctrl-C): no new iterations, in-flight ones get
     /// their gracefulStop. Before the start, the run ends without starting.
     pub fn stop(&self, reason: &str) {
-        let mut f = self.inner.fleet.lock();
-        if f.stop_reason.is_none() {
-            f.stop_reason = Some(reason.to_string());
-        }
-        f.broadcast(controller_message::Body::Stop(pacer_proto::Stop {
-            reason: reason.to_string(),
-        }));
-        drop(f);
-        self.inner.changed.notify_waiters();
+        self.halt(Halt::Stop, reason);
     }
 
     /// Interrupt every worker now.
     pub fn abort(&self, reason: &str) {
-        let mut f = self.inner.fleet.lock();
-        if f.stop_reason.is_none() {
-            f.stop_reason = Some(reason.to_string());
-        }
-        f.broadcast(controller_message::Body::Abort(pacer_proto::Abort {
-            reason: reason.to_string(),
-        }));
-        drop(f);
+        self.halt(Halt::Abort, reason);
+    }
+
+    /// [`Coordinator::stop`] and [`Coordinator::abort`]: the first reason is the run's stop
+    /// reason either way.
+    fn halt(&self, how: Halt, reason: &str) {
+        self.inner.fleet.lock().halt(how, reason);
         self.inner.changed.notify_waiters();
     }
 
@@ -256,7 +249,7 @@ impl Coordinator {
         self.wait_and_start().await?;
         self.watch().await;
         let mut f = self.inner.fleet.lock();
-        f.ended = true;
+        f.end(None);
         Ok(f.outcome(&self.inner, Instant::now()))
     }
 
@@ -274,45 +267,29 @@ impl Coordinator {
             let notified = inner.changed.notified();
             {
                 let mut f = inner.fleet.lock();
-                if f.start.is_some() {
+                if f.started() {
                     // A worker resumed a running test (this controller restarted).
                     return Ok(());
                 }
-                if let Some(reason) = &f.stop_reason {
-                    return Err(ControllerError::StoppedBeforeStart(reason.clone()));
+                if let Some(reason) = f.stop_reason() {
+                    return Err(ControllerError::StoppedBeforeStart(reason.to_string()));
                 }
-                if let Some(s) = f.slots.iter().find(|s| s.state == WorkerState::Failed) {
-                    let err = ControllerError::WorkerFailed {
-                        index: s.index,
-                        reason: s.reason.clone().unwrap_or_default(),
-                    };
-                    f.ended = true;
-                    f.broadcast(controller_message::Body::Abort(pacer_proto::Abort {
-                        reason: err.to_string(),
-                    }));
+                if let Some((index, reason)) = f.first_failed() {
+                    let err = ControllerError::WorkerFailed { index, reason };
+                    f.end(Some(&err.to_string()));
                     return Err(err);
                 }
-                if f.slots.iter().all(|s| s.state == WorkerState::Ready) {
+                if f.all_ready() {
                     f.start_all(inner, Instant::now() + inner.cfg.start_delay);
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
-                    let ready = f
-                        .slots
-                        .iter()
-                        .filter(|s| s.state == WorkerState::Ready)
-                        .count();
-                    let connected = f.slots.iter().filter(|s| s.conn.is_some()).count();
-                    let missing = f
-                        .slots
-                        .iter()
-                        .filter(|s| s.state != WorkerState::Ready)
-                        .map(|s| s.index)
-                        .collect();
-                    f.ended = true;
-                    f.broadcast(controller_message::Body::Abort(pacer_proto::Abort {
-                        reason: "not every worker became ready in time".into(),
-                    }));
+                    let fleet::Readiness {
+                        ready,
+                        connected,
+                        missing,
+                    } = f.readiness();
+                    f.end(Some("not every worker became ready in time"));
                     return Err(ControllerError::WorkersMissing {
                         expected: n,
                         ready,
@@ -338,16 +315,12 @@ impl Coordinator {
             {
                 let mut f = inner.fleet.lock();
                 let now = Instant::now();
-                let start = f.start.unwrap_or(now);
-                let elapsed = now.saturating_duration_since(start);
+                let elapsed = f.elapsed(now);
                 for lost in f.mark_lost(inner, now) {
                     tracing::warn!("{lost}");
-                    if inner.plan.on_worker_loss == WorkerLoss::Fail && f.failure.is_none() {
-                        let reason = format!("{lost}; the plan says onWorkerLoss: fail");
-                        f.failure = Some(reason.clone());
-                        f.broadcast(controller_message::Body::Abort(pacer_proto::Abort {
-                            reason,
-                        }));
+                    if inner.plan.on_worker_loss == WorkerLoss::Fail {
+                        // The first loss fails the run; later ones are only logged.
+                        f.fail(format!("{lost}; the plan says onWorkerLoss: fail"));
                     }
                 }
                 // Unmergeable workers marked failed, abortOnFail on the merge (fleet.rs).

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::fleet::{Conn, WorkerState};
+use crate::fleet::{Conn, Decoded, WorkerState};
 use crate::{Inner, check_hello, msg};
 
 /// The tonic service: a task per stream.
@@ -112,19 +112,7 @@ async fn serve_stream(
         if resuming { "resumed" } else { "assigned" }
     );
     // A worker that was away when the fleet was stopped hears it now.
-    let pending = resuming.then(|| {
-        let f = inner.fleet.lock();
-        if let Some(reason) = &f.failure {
-            Some(controller_message::Body::Abort(pacer_proto::Abort {
-                reason: reason.clone(),
-            }))
-        } else {
-            f.abort_reason
-                .as_ref()
-                .or(f.stop_reason.as_ref())
-                .map(|r| controller_message::Body::Stop(pacer_proto::Stop { reason: r.clone() }))
-        }
-    });
+    let pending = resuming.then(|| inner.fleet.lock().halt_for_resumed());
     if let Some(body) = pending.flatten() {
         tx.send(msg(body))
             .await
@@ -175,107 +163,25 @@ async fn heartbeat(inner: Arc<Inner>, tx: Tx, every: Duration) {
     }
 }
 
-/// Check a Hello and register the stream in its slot: `(index, connection id, resuming)`.
+/// Check a Hello and register the stream in its slot ([`crate::fleet::Fleet::admit`]):
+/// `(index, connection id, resuming)`.
 fn admit(inner: &Inner, h: &Hello, tx: &Tx) -> Result<(u32, u64, bool), Status> {
     // The gate (crate::listener) checked this Hello already; the session checks it again so
     // the service is sound whoever mounts it.
     check_hello(&inner.cfg, h)?;
-    let n = inner.cfg.weights.len() as u32;
-    let resume = h.resume.as_ref();
-    let mut f = inner.fleet.lock();
-    if f.ended {
-        return Err(Status::failed_precondition(format!(
-            "the test {} has ended",
-            inner.cfg.test_id
-        )));
-    }
-    let index = match h.worker_index {
-        Some(i) if i >= n => {
-            return Err(Status::invalid_argument(format!(
-                "hello.worker_index: {i} is not below the number of workers ({n})"
-            )));
-        }
-        Some(i) => i,
-        None if resume.is_some() => {
-            return Err(Status::invalid_argument(
-                "hello.worker_index: required when resuming",
-            ));
-        }
-        None => f
-            .slots
-            .iter()
-            .find(|s| s.state == WorkerState::Waiting && s.conn.is_none())
-            .map(|s| s.index)
-            .ok_or_else(|| Status::resource_exhausted(format!("all {n} worker slots are taken")))?,
-    };
-    let now = Instant::now();
-    let started = f.start.is_some();
-    let slot = &mut f.slots[index as usize];
-    if let Some(r) = resume {
-        if h.test_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "hello.test_id: required when resuming",
-            ));
-        }
-        if matches!(slot.state, WorkerState::Finished | WorkerState::Failed) {
-            return Err(pacer_proto::Refusal::AlreadyFinished
-                .to_status(format!("worker {index} has already finished")));
-        }
-        // A reconnect takes over the slot (the old stream may not have noticed it broke).
-        slot.state = WorkerState::Running;
-        slot.reason = None;
-        slot.lost_at = None;
-        if !started {
-            // This controller restarted while the test ran: the test's start is where the
-            // worker says it is (the Hello travelled a few ms; reports correct the rest).
-            let elapsed = Duration::from_micros(r.elapsed_us);
-            let start = now.checked_sub(elapsed).unwrap_or(now);
-            f.start = Some(start);
-            f.resumed = true;
-            for s in &mut f.slots {
-                // Workers that do not come back are lost `lost_after` from now.
-                s.last_heard.get_or_insert(now);
-            }
-            tracing::warn!(
-                "resuming test {} from worker {index} at {:.1}s",
-                inner.cfg.test_id,
-                elapsed.as_secs_f64()
-            );
-        }
-    } else {
-        if started {
-            return Err(Status::failed_precondition(format!(
-                "the test has already started; worker index {index} cannot join now"
-            )));
-        }
-        if slot.conn.is_some() {
-            return Err(Status::already_exists(format!(
-                "worker index {index} is already connected ({})",
-                slot.name
-            )));
-        }
-        slot.state = WorkerState::Assigned;
-    }
-    let slot = &mut f.slots[index as usize];
     let id = inner.conn_id();
-    slot.conn = Some(Conn { id, tx: tx.clone() });
-    slot.last_heard = Some(now);
-    slot.name = truncate(&h.name, MAX_NAME_CHARS);
-    slot.version = truncate(&h.version, MAX_VERSION_CHARS);
-    drop(f);
+    let conn = Conn { id, tx: tx.clone() };
+    let now = Instant::now();
+    let (index, resuming) = inner.fleet.lock().admit(&inner.cfg.test_id, h, conn, now)?;
     inner.changed.notify_waiters();
-    Ok((index, id, resume.is_some()))
+    Ok((index, id, resuming))
 }
 
-/// Longest worker name kept for displays (a host:pid, a pod name).
-const MAX_NAME_CHARS: usize = 128;
-/// Longest worker version kept (a semver with a build suffix).
-const MAX_VERSION_CHARS: usize = 64;
-
-/// A short worker-supplied label for tables: control characters dropped (a table cell has no
-/// room for escapes), at most `max` characters.
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().filter(|c| !c.is_control()).take(max).collect()
+/// The refusal of a message that comes out of the protocol's order.
+fn out_of_order(what: &str, index: u32, state: WorkerState) -> Status {
+    Status::failed_precondition(format!(
+        "{what} while worker {index} is {state}: the order is Hello, Assign, Ready, Start, Report..., Finished"
+    ))
 }
 
 async fn on_message(
@@ -300,16 +206,11 @@ async fn on_message(
     // A worker that cannot run at all says so with a Finished carrying an error, before Ready.
     let cannot_run = matches!(&body, Body::Finished(fin) if !fin.error.is_empty());
     if matches!(body, Body::Report(_) | Body::Finished(_)) {
-        let f = inner.fleet.lock();
-        let state = f.slots[index as usize].state;
+        let state = inner.fleet.lock().state(index);
         let early_failure =
             cannot_run && matches!(state, WorkerState::Assigned | WorkerState::Ready);
         if state != WorkerState::Running && !early_failure {
-            return Err(Status::failed_precondition(format!(
-                "{} while worker {index} is {}: the order is Hello, Assign, Ready, Start, Report..., Finished",
-                body.kind(),
-                state.as_str()
-            )));
+            return Err(out_of_order(body.kind(), index, state));
         }
     }
     let decoded = match &body {
@@ -321,22 +222,8 @@ async fn on_message(
         _ => None,
     };
     let mut f = inner.fleet.lock();
-    let slot = &mut f.slots[index as usize];
-    if slot.conn.as_ref().is_none_or(|c| c.id != conn) {
-        // Another stream took the slot over, or the worker was declared lost.
-        return Err(Status::aborted(format!(
-            "worker {index}: this stream was replaced or declared lost; reconnect to resume"
-        )));
-    }
-    slot.last_heard = Some(Instant::now());
-    let state = slot.state;
-    let order = |what: &str| {
-        Status::failed_precondition(format!(
-            "{what} while worker {index} is {}: {}",
-            state.as_str(),
-            "the order is Hello, Assign, Ready, Start, Report..., Finished"
-        ))
-    };
+    let state = f.heard(index, conn, Instant::now())?;
+    let order = |what: &str| out_of_order(what, index, state);
     let mut next = Next::Continue;
     match body {
         Body::Hello(_) => return Err(order("a second Hello")),
@@ -345,42 +232,26 @@ async fn on_message(
             if state != WorkerState::Assigned {
                 return Err(order("Ready"));
             }
-            slot.state = WorkerState::Ready;
+            f.ready(index);
         }
-        Body::Report(r) => {
+        Body::Report(_) => {
             if state != WorkerState::Running {
                 return Err(order("Report"));
             }
-            if let Some(snap) = decoded
-                && accept(slot, r.seq, r.elapsed_us, snap)
-            {
-                f.generation += 1;
+            if let Some(report) = decoded {
+                f.accept_report(index, report);
             }
         }
         Body::Finished(fin) => {
             if state != WorkerState::Running && !cannot_run {
                 return Err(order("Finished"));
             }
-            if let (Some(r), Some(snap)) = (&fin.report, decoded) {
-                accept(slot, r.seq, r.elapsed_us, snap);
+            let error = (!fin.error.is_empty()).then(|| pacer_proto::peer_text(&fin.error));
+            match &error {
+                None => tracing::info!("worker {index} finished"),
+                Some(e) => tracing::warn!("worker {index} failed: {e}"),
             }
-            slot.stopped_early = fin.stopped_early;
-            if fin.error.is_empty() {
-                slot.state = WorkerState::Finished;
-            } else {
-                slot.state = WorkerState::Failed;
-                slot.reason = Some(pacer_proto::peer_text(&fin.error));
-            }
-            slot.conn = None;
-            f.generation += 1;
-            if fin.error.is_empty() {
-                tracing::info!("worker {index} finished");
-            } else {
-                tracing::warn!(
-                    "worker {index} failed: {}",
-                    pacer_proto::peer_text(&fin.error)
-                );
-            }
+            f.finish(index, decoded, fin.stopped_early, error);
             next = Next::Close;
         }
     }
@@ -389,39 +260,13 @@ async fn on_message(
     Ok(next)
 }
 
-/// Keep a report if it is newer than the one held (cumulative: the newest replaces).
-fn accept(
-    slot: &mut crate::fleet::Slot,
-    seq: u64,
-    elapsed_us: u64,
-    (snap, limits): (Snapshot, Vec<LimitPacing>),
-) -> bool {
-    if slot.snapshot.is_some() && seq <= slot.seq {
-        tracing::debug!(
-            "worker {}: stale report {seq} (have {})",
-            slot.index,
-            slot.seq
-        );
-        return false;
-    }
-    slot.seq = seq;
-    slot.elapsed = Duration::from_micros(elapsed_us);
-    slot.snapshot = Some(snap);
-    if !limits.is_empty() {
-        slot.limits = limits;
-    }
-    slot.reports += 1;
-    true
-}
-
-fn decode_report(
-    inner: &Inner,
-    r: &Report,
-    field: &str,
-) -> Result<(Snapshot, Vec<LimitPacing>), Status> {
-    let snap = decode_snapshot(&inner.layout, r, field)?;
-    let limits = decode_limits(inner.plan.limits.len(), r, field)?;
-    Ok((snap, limits))
+fn decode_report(inner: &Inner, r: &Report, field: &str) -> Result<Decoded, Status> {
+    Ok(Decoded {
+        seq: r.seq,
+        elapsed_us: r.elapsed_us,
+        snapshot: decode_snapshot(&inner.layout, r, field)?,
+        limits: decode_limits(inner.plan.limits.len(), r, field)?,
+    })
 }
 
 /// A worker's limits table: at most [`pacer_proto::MAX_LIMITS_BYTES`], one row per limit of
@@ -480,17 +325,6 @@ pub fn decode_snapshot(
 }
 
 fn disconnect(inner: &Inner, index: u32, conn: u64) {
-    let mut f = inner.fleet.lock();
-    let started = f.start.is_some();
-    let slot = &mut f.slots[index as usize];
-    if slot.conn.as_ref().is_some_and(|c| c.id == conn) {
-        slot.conn = None;
-        if !started && matches!(slot.state, WorkerState::Assigned | WorkerState::Ready) {
-            // Before the start a worker that leaves frees its index.
-            slot.state = WorkerState::Waiting;
-        }
-        // After the start the slot keeps its state: the loss timeout decides.
-    }
-    drop(f);
+    inner.fleet.lock().disconnect(index, conn);
     inner.changed.notify_waiters();
 }
