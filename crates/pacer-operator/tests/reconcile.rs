@@ -1354,3 +1354,53 @@ async fn a_running_loadtest_edited_into_an_unreadable_one_is_stopped_and_failed(
     let seen = finish(server).await;
     assert_eq!(seen[5].1["status"]["phase"], "Failed");
 }
+
+#[tokio::test]
+async fn a_run_the_runner_refuses_is_an_error_with_its_cause_and_creates_nothing() {
+    let (client, server) = api_server(Vec::new());
+    let runner = FakeRunner::default();
+    *runner.fail_start.lock() = Some("no coordinator for this test".into());
+    let ctx = context(client, runner.clone());
+    let error = reconcile(Arc::new(loadtest("run1")), ctx)
+        .await
+        .expect_err("the runner refused");
+    let text = pacer_operator::controller::causes(&error);
+    assert!(
+        text.contains("cannot start the test") && text.ends_with("no coordinator for this test"),
+        "{text}"
+    );
+    assert!(runner.runs.lock().is_empty());
+    assert!(finish(server).await.is_empty(), "no Secret, no Job");
+}
+
+#[tokio::test]
+async fn a_job_name_still_taken_aborts_the_run_and_retries_naming_the_job() {
+    let conflict = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "jobs.batch \"run1-workers\" already exists", "reason": "AlreadyExists", "code": 409});
+    let (client, server) = api_server(vec![
+        ok_echo(Method::POST, &format!("/api/v1{NS_PATH}/secrets")),
+        step(
+            Method::POST,
+            &format!("/apis/batch/v1{NS_PATH}/jobs"),
+            409,
+            conflict,
+        ),
+    ]);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let error = reconcile(Arc::new(loadtest("run1")), ctx.clone())
+        .await
+        .expect_err("the Job's name is taken");
+    let text = pacer_operator::controller::causes(&error);
+    assert!(
+        text.contains("a Job named run1-workers already exists") && text.contains("AlreadyExists"),
+        "{text}"
+    );
+    let run = runner.run(TEST_ID).expect("a run was started");
+    assert_eq!(
+        run.stopped.lock().as_deref(),
+        Some("the worker pods could not be created")
+    );
+    assert!(ctx.runs.lock().is_empty(), "the run is not kept");
+    finish(server).await;
+}
