@@ -8,8 +8,8 @@
 //! Workers are merged in index order, so the first one that no longer fits is the one named.
 //!
 //! The fleet keeps its own invariants: the session and the run loop (lib.rs, session.rs) change
-//! it only through its methods ([`Fleet::admit`], [`Fleet::accept_report`], [`Fleet::finish`],
-//! [`Fleet::halt`], [`Fleet::fail`], [`Fleet::end`], ...), never field by field.
+//! it only through its methods (`admit`, `accept_report`, `finish`, `halt`, `fail`, `end`,
+//! ...), never field by field.
 
 use std::time::Duration;
 
