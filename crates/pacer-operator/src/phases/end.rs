@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use super::base_status;
+use super::{base_status, condition};
 use crate::api::{delete_loadtest, delete_workers, event, store_report, why_missing, write_status};
 use crate::controller::{Context, Result, uid};
 use crate::crd::{CleanupPolicy, LoadTest, LoadTestStatus, Phase};
@@ -19,7 +19,7 @@ use crate::prepare::Prepared;
 use crate::reason::Reason;
 use crate::runner::RunEnd;
 use crate::status::{
-    COND_COMPLETE, COND_VALID, COND_WORKERS_READY, apply_live, now, set_condition, worker_counts,
+    COND_COMPLETE, COND_VALID, COND_WORKERS_READY, apply_live, now, worker_counts,
 };
 use crate::verdict::{Outcome, verdict};
 
@@ -89,26 +89,26 @@ pub(super) async fn finish(
         ..
     } = &end
     {
-        set_condition(
-            &mut s.conditions,
+        condition(
+            &mut s,
+            lt,
             COND_WORKERS_READY,
             false,
-            Reason::WorkersMissing.as_str(),
+            Reason::WorkersMissing,
             &verdict.message,
-            lt.metadata.generation,
         );
         s.workers = Some(worker_counts(*expected, *connected, 0));
     }
     ctx.runs.lock().remove(&uid(lt));
     s.phase = Some(verdict.phase);
     s.message = Some(verdict.message.clone());
-    set_condition(
-        &mut s.conditions,
+    condition(
+        &mut s,
+        lt,
         COND_COMPLETE,
         true,
-        verdict.reason.as_str(),
+        verdict.reason,
         &verdict.message,
-        lt.metadata.generation,
     );
     if cleanup_due(lt, verdict.phase) {
         s.cleaned_up = delete_workers(lt, ctx).await?;
@@ -184,13 +184,13 @@ pub(crate) async fn cleanup(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Acti
         s.message = Some(messages::DELETED_WHILE_RUNNING.into());
         s.completion_time = Some(now());
         s.cleaned_up = true;
-        set_condition(
-            &mut s.conditions,
+        condition(
+            &mut s,
+            &lt,
             COND_COMPLETE,
             true,
-            Reason::Deleted.as_str(),
+            Reason::Deleted,
             messages::DELETED_WHILE_RUNNING,
-            lt.metadata.generation,
         );
         write_status(&lt, &ctx, &s).await?;
         ctx.metrics.ended(Phase::Aborted);
@@ -217,21 +217,21 @@ pub(crate) async fn internal_error(lt: &LoadTest, ctx: &Context, what: &str) -> 
     s.phase = Some(Phase::Failed);
     s.message = Some(message.clone());
     s.completion_time = Some(now());
-    set_condition(
-        &mut s.conditions,
+    condition(
+        &mut s,
+        lt,
         COND_VALID,
         false,
-        Reason::InternalError.as_str(),
+        Reason::InternalError,
         &message,
-        lt.metadata.generation,
     );
-    set_condition(
-        &mut s.conditions,
+    condition(
+        &mut s,
+        lt,
         COND_COMPLETE,
         true,
-        Reason::InternalError.as_str(),
+        Reason::InternalError,
         &message,
-        lt.metadata.generation,
     );
     write_status(lt, ctx, &s).await?;
     ctx.metrics.ended(Phase::Failed);

@@ -31,7 +31,8 @@ use kube::runtime::controller::Action;
 use crate::controller::{Context, Result, uid};
 use crate::crd::{LoadTest, LoadTestStatus, Phase};
 use crate::prepare::prepare;
-use crate::status::COND_VALID;
+use crate::reason::Reason;
+use crate::status::{COND_VALID, set_condition};
 
 pub(crate) use end::{cleanup, internal_error};
 
@@ -78,4 +79,23 @@ fn base_status(lt: &LoadTest) -> LoadTestStatus {
     let mut s = lt.status.clone().unwrap_or_default();
     s.observed_generation = lt.metadata.generation;
     s
+}
+
+/// Set the condition `type_` of the status for the LoadTest's current generation.
+fn condition(
+    s: &mut LoadTestStatus,
+    lt: &LoadTest,
+    type_: &str,
+    status: bool,
+    reason: Reason,
+    message: &str,
+) {
+    set_condition(
+        &mut s.conditions,
+        type_,
+        status,
+        reason.as_str(),
+        message,
+        lt.metadata.generation,
+    );
 }

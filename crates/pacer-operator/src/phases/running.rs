@@ -9,14 +9,14 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use tokio::time::Instant;
 
-use super::base_status;
 use super::end::{cleanup_due, finish, ttl_action};
+use super::{base_status, condition};
 use crate::api::{delete_workers, event, why_missing, write_status};
 use crate::controller::{Context, Result, uid};
 use crate::crd::{LoadTest, Phase};
 use crate::messages;
 use crate::reason::Reason;
-use crate::status::{COND_COMPLETE, COND_WORKERS_READY, apply_live, now, set_condition};
+use crate::status::{COND_COMPLETE, COND_WORKERS_READY, apply_live, now};
 
 /// The shortest requeue while a status write is not yet due.
 const MIN_REQUEUE: Duration = Duration::from_millis(100);
@@ -28,13 +28,13 @@ pub(super) async fn lost_session(lt: &LoadTest, ctx: &Context) -> Result<Action>
     s.phase = Some(Phase::Failed);
     s.message = Some(message.into());
     s.completion_time = Some(now());
-    set_condition(
-        &mut s.conditions,
+    condition(
+        &mut s,
+        lt,
         COND_COMPLETE,
         true,
-        Reason::ControllerRestarted.as_str(),
+        Reason::ControllerRestarted,
         message,
-        lt.metadata.generation,
     );
     let cleaned = cleanup_due(lt, Phase::Failed) && delete_workers(lt, ctx).await?;
     s.cleaned_up = cleaned;
@@ -104,23 +104,23 @@ pub(super) async fn progress(lt: &LoadTest, ctx: &Context) -> Result<Action> {
             format!("{connected}; {why}")
         };
         s.message = Some(message.clone());
-        set_condition(
-            &mut s.conditions,
+        condition(
+            &mut s,
+            lt,
             COND_WORKERS_READY,
             false,
-            Reason::Starting.as_str(),
+            Reason::Starting,
             &message,
-            lt.metadata.generation,
         );
     } else {
         s.message = Some(messages::running(stopping.as_deref()));
-        set_condition(
-            &mut s.conditions,
+        condition(
+            &mut s,
+            lt,
             COND_WORKERS_READY,
             true,
-            Reason::Started.as_str(),
+            Reason::Started,
             &messages::started_together(prepared.workers),
-            lt.metadata.generation,
         );
     }
     write_status(lt, ctx, &s).await?;

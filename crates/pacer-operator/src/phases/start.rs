@@ -6,7 +6,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use tokio::time::Instant;
 
-use super::base_status;
+use super::{base_status, condition};
 use crate::api::{create_workers, event, write_status};
 use crate::controller::{Context, Result, RunEntry, uid};
 use crate::crd::{LoadTest, Phase};
@@ -17,7 +17,7 @@ use crate::resources::names;
 use crate::runner::RunSpec;
 use crate::status::{
     COND_COMPLETE, COND_SUSPENDED, COND_VALID, COND_WORKERS_READY, now, remove_condition,
-    set_condition, worker_counts,
+    worker_counts,
 };
 
 /// The session token's length in bytes (hex-encoded: twice as many characters): 256 random
@@ -38,21 +38,14 @@ pub(super) async fn invalid(
     let mut s = base_status(lt);
     s.phase = Some(Phase::Failed);
     s.message = Some(messages::invalid_spec(&message));
-    set_condition(
-        &mut s.conditions,
-        COND_VALID,
-        false,
-        Reason::InvalidSpec.as_str(),
-        &message,
-        lt.metadata.generation,
-    );
-    set_condition(
-        &mut s.conditions,
+    condition(&mut s, lt, COND_VALID, false, Reason::InvalidSpec, &message);
+    condition(
+        &mut s,
+        lt,
         COND_COMPLETE,
         true,
-        Reason::InvalidSpec.as_str(),
+        Reason::InvalidSpec,
         messages::NOTHING_STARTED,
-        lt.metadata.generation,
     );
     s.completion_time = Some(now());
     write_status(lt, ctx, &s).await?;
@@ -74,21 +67,14 @@ pub(super) async fn suspended_before_start(lt: &LoadTest, ctx: &Context) -> Resu
     let mut s = base_status(lt);
     s.phase = Some(Phase::Pending);
     s.message = Some(messages::SUSPENDED_STATUS.into());
-    set_condition(
-        &mut s.conditions,
-        COND_VALID,
-        true,
-        Reason::Valid.as_str(),
-        "",
-        lt.metadata.generation,
-    );
-    set_condition(
-        &mut s.conditions,
+    condition(&mut s, lt, COND_VALID, true, Reason::Valid, "");
+    condition(
+        &mut s,
+        lt,
         COND_SUSPENDED,
         true,
-        Reason::Suspended.as_str(),
+        Reason::Suspended,
         messages::SUSPENDED_CONDITION,
-        lt.metadata.generation,
     );
     write_status(lt, ctx, &s).await?;
     event(
@@ -145,22 +131,15 @@ pub(super) async fn start(lt: &LoadTest, ctx: &Context, prepared: Prepared) -> R
     s.start_time = Some(now());
     s.completion_time = None;
     remove_condition(&mut s.conditions, COND_COMPLETE);
-    set_condition(
-        &mut s.conditions,
-        COND_VALID,
-        true,
-        Reason::Valid.as_str(),
-        "",
-        lt.metadata.generation,
-    );
+    condition(&mut s, lt, COND_VALID, true, Reason::Valid, "");
     remove_condition(&mut s.conditions, COND_SUSPENDED);
-    set_condition(
-        &mut s.conditions,
+    condition(
+        &mut s,
+        lt,
         COND_WORKERS_READY,
         false,
-        Reason::Starting.as_str(),
+        Reason::Starting,
         &messages::workers_connected(0, prepared.workers),
-        lt.metadata.generation,
     );
     write_status(lt, ctx, &s).await?;
     event(
