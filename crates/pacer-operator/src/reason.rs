@@ -126,6 +126,25 @@ mod tests {
         assert_eq!(Reason::parse("thresholdsFailed"), None);
     }
 
+    /// docs/kubernetes.md lists every reason a test can end with, for scripts to match.
+    #[test]
+    fn the_docs_list_every_way_a_test_ends() {
+        let docs = include_str!("../../../docs/kubernetes.md");
+        let not_an_end = [
+            Reason::Valid,
+            Reason::Suspended,
+            Reason::Starting,
+            Reason::Started,
+            Reason::Running,
+        ];
+        for r in Reason::ALL.into_iter().filter(|r| !not_an_end.contains(r)) {
+            assert!(
+                docs.contains(&format!("| `{r}` |")),
+                "docs/kubernetes.md does not list the reason {r}"
+            );
+        }
+    }
+
     #[test]
     fn the_complete_condition_gives_the_reason() {
         let status: LoadTestStatus = serde_json::from_value(serde_json::json!({
