@@ -12,8 +12,8 @@ use pacer_plan::Plan;
 
 use crate::exit::Exit;
 use crate::interrupt::{self, Stopping};
-use crate::output::OutputArgs;
-use crate::report::{ReportOutputs, ReportSink, SnapshotSource, no_limits};
+use crate::output::{OutputArgs, Outputs};
+use crate::report::{ReportOutputs, SnapshotSource, no_limits};
 
 /// How long the gRPC server has, once the test is over, to close the workers' last streams.
 pub const SERVER_STOP_WAIT: Duration = Duration::from_secs(2);
@@ -31,21 +31,14 @@ pub async fn drive(
         let c = coordinator.clone();
         Arc::new(move || c.status().merged)
     };
-    let metrics =
-        match crate::metrics::start(report.metrics, plan, source.clone(), no_limits()).await {
-            Ok(m) => m,
-            Err(e) => {
-                crate::exit::print_anyhow(&e);
-                return Exit::Failure;
-            }
-        };
-    let sink = ReportSink::start(
-        report,
-        plan,
-        &pacer_stats::Layout::of(plan),
-        source,
-        no_limits(),
-    );
+    let layout = pacer_stats::Layout::of(plan);
+    let outputs = match Outputs::start(report, plan, &layout, source, no_limits()).await {
+        Ok(o) => o,
+        Err(e) => {
+            crate::exit::print_anyhow(&e);
+            return Exit::Failure;
+        }
+    };
     let signals = interrupt::on_ctrl_c(
         Stopping::EveryWorker,
         {
@@ -79,14 +72,13 @@ pub async fn drive(
     };
     let summary = outcome.summary(plan);
     println!("{}", outcome.render_text(&summary, output.summary_color()));
-    if let Some(path) = &output.summary_json
-        && let Err(e) = std::fs::write(path, outcome.render_json(&summary))
-    {
-        eprintln!("error: cannot write {}: {e}", path.display());
+    if let Err(e) = output.write_summary_json(|| outcome.render_json(&summary)) {
+        crate::exit::print_anyhow(&e);
         return Exit::Failure;
     }
-    if let Some(sink) = sink {
-        let workers: Vec<pacer_report::WorkerRow> = outcome
+    // The report's row per worker: each one's last snapshot.
+    let workers = || -> Vec<pacer_report::WorkerRow> {
+        outcome
             .workers
             .iter()
             .zip(&outcome.worker_snapshots)
@@ -99,24 +91,20 @@ pub async fn drive(
                     )
                 })
             })
-            .collect();
-        if let Err(e) = sink
-            .finish(
-                report,
-                plan,
-                &outcome.merged,
-                &summary,
-                &workers,
-                outcome.abort_reason.as_deref(),
-            )
-            .await
-        {
-            crate::exit::print_anyhow(&e);
-            return Exit::Failure;
-        }
-    }
-    if let Some(m) = metrics {
-        m.shutdown(crate::metrics::SHUTDOWN_GRACE).await;
+            .collect()
+    };
+    if let Err(e) = outputs
+        .finish(
+            plan,
+            &outcome.merged,
+            &summary,
+            workers,
+            outcome.abort_reason.as_deref(),
+        )
+        .await
+    {
+        crate::exit::print_anyhow(&e);
+        return Exit::Failure;
     }
     if outcome.failure.is_some() {
         Exit::Failure

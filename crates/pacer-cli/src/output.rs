@@ -1,10 +1,19 @@
-//! The display and output flags of a test this process drives, `pacer run` (alone or with
-//! `--workers N`) and `pacer controller` alike: written once and flattened into both, so a flag
-//! means the same thing, with the same name and help, whichever command runs the test.
+//! What a test this process drives shows and writes, `pacer run` (alone or with `--workers
+//! N`) and `pacer controller` alike: the display flags, written once and flattened into both
+//! so a flag means the same thing, with the same name and help, whichever command runs the
+//! test; and the outputs besides the summary (metrics, series, HTML report), started and
+//! finished the same way by both.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use anyhow::Context as _;
+use pacer_plan::Plan;
+use pacer_report::{MetricsServer, WorkerRow};
+use pacer_stats::{Layout, Snapshot, Summary};
+
+use crate::report::{LimitsProbe, ReportOutputs, ReportSink, SnapshotSource};
 
 /// How often the live progress updates on a terminal: a status line redrawn in place costs
 /// nothing to read, so it follows the run closely.
@@ -47,6 +56,64 @@ impl OutputArgs {
     fn color_on(&self, terminal: bool) -> bool {
         !self.no_color && terminal
     }
+
+    /// `--summary-json FILE`: write the summary's JSON (rendered only when asked for).
+    pub fn write_summary_json(&self, render: impl FnOnce() -> String) -> anyhow::Result<()> {
+        if let Some(path) = &self.summary_json {
+            std::fs::write(path, render())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// What a running test writes besides its summary: the `/metrics` server (`--metrics`) and the
+/// per-second series and HTML report (`--out`, `--report`), over whatever `source` reads (this
+/// process's recorder, or a controller's merge of its workers).
+pub struct Outputs<'a> {
+    args: &'a ReportOutputs,
+    metrics: Option<MetricsServer>,
+    sink: Option<ReportSink>,
+}
+
+impl<'a> Outputs<'a> {
+    /// Start serving metrics and sampling the series, each only when asked for.
+    pub async fn start(
+        args: &'a ReportOutputs,
+        plan: &Plan,
+        layout: &Layout,
+        source: SnapshotSource,
+        limits: LimitsProbe,
+    ) -> anyhow::Result<Self> {
+        let metrics =
+            crate::metrics::start(args.metrics, plan, source.clone(), limits.clone()).await?;
+        let sink = ReportSink::start(args, plan, layout, source, limits);
+        Ok(Self {
+            args,
+            metrics,
+            sink,
+        })
+    }
+
+    /// Write the series files and the HTML report (with `workers`' rows, built only when a
+    /// report is written), then stop serving metrics.
+    pub async fn finish(
+        self,
+        plan: &Plan,
+        snapshot: &Snapshot,
+        summary: &Summary,
+        workers: impl FnOnce() -> Vec<WorkerRow>,
+        abort_reason: Option<&str>,
+    ) -> anyhow::Result<()> {
+        if let Some(sink) = self.sink {
+            sink.finish(self.args, plan, snapshot, summary, &workers(), abort_reason)
+                .await?;
+        }
+        if let Some(metrics) = self.metrics {
+            metrics.shutdown(crate::metrics::SHUTDOWN_GRACE).await;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -61,6 +128,22 @@ mod tests {
         };
         assert_eq!(args.progress_period(true), INTERACTIVE_PROGRESS_EVERY);
         assert_eq!(args.progress_period(false), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn the_summary_json_is_rendered_only_when_asked_for() {
+        let mut args = OutputArgs::default();
+        args.write_summary_json(|| panic!("rendered without --summary-json"))
+            .unwrap();
+        let path = std::env::temp_dir().join(format!("pacer-summary-{}.json", std::process::id()));
+        args.summary_json = Some(path.clone());
+        args.write_summary_json(|| "{}".into()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}");
+        let _ = std::fs::remove_file(&path);
+        args.summary_json = Some(path.join("no-such-dir").join("s.json"));
+        let e = args.write_summary_json(|| "{}".into()).unwrap_err();
+        assert!(e.to_string().starts_with("cannot write "), "{e}");
+        assert!(e.source().is_some(), "the I/O error is kept as the cause");
     }
 
     #[test]

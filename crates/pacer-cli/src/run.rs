@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use pacer_engine::{Deps, RunControl, RunOptions};
 use pacer_plan::Plan;
 use pacer_stats::{AbortWatch, Recorder};
@@ -14,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::exit::{self, Exit};
 use crate::interrupt::{self, Stopping};
 use crate::local::LocalRun;
-use crate::output::OutputArgs;
+use crate::output::{OutputArgs, Outputs};
 use crate::progress::Progress;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -82,10 +81,7 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         move || limiter.report()
     });
     let source = crate::report::recorder_source(recorder.clone());
-    let metrics =
-        crate::metrics::start(args.report.metrics, &plan, source.clone(), limits.clone()).await?;
-    let sink =
-        crate::report::ReportSink::start(&args.report, &plan, recorder.layout(), source, limits);
+    let outputs = Outputs::start(&args.report, &plan, recorder.layout(), source, limits).await?;
     let control = RunControl::default();
     let interactive = std::io::stderr().is_terminal();
     let abort_watch = watch_abort_on_fail(&plan, recorder.clone(), control.clone());
@@ -154,24 +150,17 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     if let Some(reason) = &abort_reason {
         println!("aborted: {reason}");
     }
-    if let Some(path) = &args.output.summary_json {
-        std::fs::write(path, pacer_stats::render_json(&summary))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if let Some(sink) = sink {
-        sink.finish(
-            &args.report,
+    args.output
+        .write_summary_json(|| pacer_stats::render_json(&summary))?;
+    outputs
+        .finish(
             &plan,
             &snapshot,
             &summary,
-            &[],
+            Vec::new,
             abort_reason.as_deref(),
         )
         .await?;
-    }
-    if let Some(metrics) = metrics {
-        metrics.shutdown(crate::metrics::SHUTDOWN_GRACE).await;
-    }
     Ok(exit::for_verdict(summary.passed, abort_reason.as_deref()))
 }
 
