@@ -2,6 +2,8 @@
 //! processes of it, to use every core. The test is driven as `pacer controller` drives one
 //! ([`crate::coordinate::drive`]); the workers die with this process (`--exit-with-stdin`).
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,11 @@ use crate::report::ReportOutputs;
 /// How long the local workers have to start and join: processes of this binary on this
 /// machine, so anything longer means they cannot.
 const LOCAL_WAIT_FOR_WORKERS: Duration = Duration::from_secs(30);
+
+/// How long a local worker keeps its shard running while it cannot reach this process: short,
+/// since a controller on loopback that is gone does not come back (and the worker dies with it
+/// through `--exit-with-stdin` anyway).
+const LOCAL_RECONNECT_FOR: Duration = Duration::from_secs(10);
 
 /// How long a worker that finished its shard has to deliver its final report and exit before
 /// it is killed.
@@ -63,32 +70,7 @@ async fn run_inner(plan: Arc<Plan>, args: &LocalRun<'_>) -> anyhow::Result<Exit>
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for i in 0..args.workers {
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.args(["worker", "--connect", &addr.to_string()])
-            .args(["--index", &i.to_string(), "--test-id", &cfg.test_id])
-            .args(["--name", &format!("local-{i}"), "--exit-with-stdin"])
-            .args(["--connect-for", "30s", "--reconnect-for", "10s"])
-            .env("PACER_SESSION_TOKEN", &cfg.session_token);
-        // With --redis the workers share the fleet's budget in Redis (the URL through the
-        // environment, so its password stays out of the process list); the fleet id is
-        // --fleet or this run's test id.
-        match &args.fleet.redis {
-            Some(url) => {
-                let id = args.fleet.fleet.as_deref().unwrap_or(&cfg.test_id);
-                cmd.env("PACER_REDIS_URL", url)
-                    .env("PACER_FLEET", id)
-                    .arg("--redis-safe-mode")
-                    .arg(format!("{}ms", args.fleet.redis_safe_mode.as_millis()));
-                if let Some(ca) = &args.fleet.redis_ca {
-                    cmd.arg("--redis-ca").arg(ca);
-                }
-            }
-            None => {
-                cmd.env_remove("PACER_REDIS_URL")
-                    .env_remove("PACER_FLEET")
-                    .env_remove("PACER_REDIS_CA");
-            }
-        }
+        let mut cmd = worker_command(&exe, addr, i, &cfg, args.fleet);
         let child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -111,4 +93,124 @@ async fn run_inner(plan: Arc<Plan>, args: &LocalRun<'_>) -> anyhow::Result<Exit>
     shutdown.cancel();
     let _ = tokio::time::timeout(crate::coordinate::SERVER_STOP_WAIT, server).await;
     Ok(exit)
+}
+
+/// The command line of local worker `index`: it dials `addr` for `cfg`'s test. Secrets travel
+/// in the environment (the session token; with `--redis`, the fleet's URL, which may hold a
+/// password), never in the arguments a process list shows; without `--redis`, the fleet's
+/// variables of this process's environment are not passed on.
+fn worker_command(
+    exe: &Path,
+    addr: SocketAddr,
+    index: u32,
+    cfg: &ControllerConfig,
+    fleet: &FleetArgs,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["worker", "--connect", &addr.to_string()])
+        .args(["--index", &index.to_string(), "--test-id", &cfg.test_id])
+        .args(["--name", &format!("local-{index}"), "--exit-with-stdin"])
+        .arg("--connect-for")
+        .arg(format!("{}s", LOCAL_WAIT_FOR_WORKERS.as_secs()))
+        .arg("--reconnect-for")
+        .arg(format!("{}s", LOCAL_RECONNECT_FOR.as_secs()))
+        .env("PACER_SESSION_TOKEN", &cfg.session_token);
+    // With --redis the workers share the fleet's budget in Redis; the fleet id is --fleet or
+    // this run's test id.
+    match &fleet.redis {
+        Some(url) => {
+            let id = fleet.fleet.as_deref().unwrap_or(&cfg.test_id);
+            cmd.env("PACER_REDIS_URL", url)
+                .env("PACER_FLEET", id)
+                .arg("--redis-safe-mode")
+                .arg(format!("{}ms", fleet.redis_safe_mode.as_millis()));
+            if let Some(ca) = &fleet.redis_ca {
+                cmd.arg("--redis-ca").arg(ca);
+            }
+        }
+        None => {
+            cmd.env_remove("PACER_REDIS_URL")
+                .env_remove("PACER_FLEET")
+                .env_remove("PACER_REDIS_CA");
+        }
+    }
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    const URL: &str = "redis://:hunter2@127.0.0.1:6379";
+
+    fn command(fleet: &FleetArgs) -> tokio::process::Command {
+        let cfg = ControllerConfig::new("t1", TOKEN, 2);
+        worker_command(
+            Path::new("/bin/pacer"),
+            "127.0.0.1:7700".parse().unwrap(),
+            1,
+            &cfg,
+            fleet,
+        )
+    }
+
+    fn args(cmd: &tokio::process::Command) -> Vec<String> {
+        cmd.as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn env<'a>(cmd: &'a tokio::process::Command, name: &str) -> Option<Option<&'a OsStr>> {
+        cmd.as_std()
+            .get_envs()
+            .find(|(k, _)| *k == OsStr::new(name))
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn a_worker_joins_this_test_with_its_secrets_in_the_environment() {
+        let fleet = FleetArgs {
+            redis: Some(URL.into()),
+            fleet: None,
+            redis_safe_mode: Duration::from_secs(10),
+            redis_ca: None,
+        };
+        let cmd = command(&fleet);
+        let argv = args(&cmd).join(" ");
+        assert!(
+            argv.starts_with("worker --connect 127.0.0.1:7700 --index 1 --test-id t1 --name local-1 --exit-with-stdin --connect-for 30s --reconnect-for 10s"),
+            "{argv}"
+        );
+        assert!(argv.ends_with("--redis-safe-mode 10000ms"), "{argv}");
+        assert!(!argv.contains(TOKEN) && !argv.contains("hunter2"), "{argv}");
+        assert_eq!(
+            env(&cmd, "PACER_SESSION_TOKEN"),
+            Some(Some(OsStr::new(TOKEN)))
+        );
+        assert_eq!(env(&cmd, "PACER_REDIS_URL"), Some(Some(OsStr::new(URL))));
+        assert_eq!(
+            env(&cmd, "PACER_FLEET"),
+            Some(Some(OsStr::new("t1"))),
+            "the test id by default"
+        );
+    }
+
+    #[test]
+    fn without_redis_the_fleet_variables_are_not_passed_on() {
+        let fleet = FleetArgs {
+            redis: None,
+            fleet: None,
+            redis_safe_mode: Duration::from_secs(10),
+            redis_ca: None,
+        };
+        let cmd = command(&fleet);
+        assert!(!args(&cmd).iter().any(|a| a.starts_with("--redis")));
+        for name in ["PACER_REDIS_URL", "PACER_FLEET", "PACER_REDIS_CA"] {
+            assert_eq!(env(&cmd, name), Some(None), "{name} removed");
+        }
+    }
 }
