@@ -18,7 +18,7 @@ use pacer_plan::spec::PlanSpec;
 use pacer_plan::{FieldError, Plan, PlanError, Refs};
 use serde_json::json;
 
-use crate::crd::{CredentialRef, LoadTest};
+use crate::crd::{CredentialRef, LoadTest, LoadTestSpec};
 
 /// What a valid LoadTest runs.
 #[derive(Clone, Debug)]
@@ -125,13 +125,49 @@ pub fn test_id(lt: &LoadTest) -> String {
     }
 }
 
-/// Check a LoadTest and make its plan: every problem found, each with its field path.
+/// Check a LoadTest and make its plan: every problem found, each with its field path (in
+/// the order of the steps below).
 pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<FieldError>> {
     let spec = &lt.spec;
-    let mut errors = Vec::new();
-    errors.extend(defaults.worker_policy.check(lt));
+    let mut errors = defaults.worker_policy.check(lt);
+    let provided = provided_env(spec, &mut errors);
+    let plan = validated_plan(spec, &provided, &mut errors);
+    if let Some(plan) = &plan {
+        errors.extend(unknown_credentials(spec, plan));
+    }
+    let workers = workers(spec, plan.as_ref(), defaults).unwrap_or_else(|e| {
+        errors.push(e);
+        0
+    });
+    let start_timeout = start_timeout(spec, defaults).unwrap_or_else(|e| {
+        errors.push(e);
+        defaults.start_timeout
+    });
+    let written = written_plan(spec, plan.is_some(), &mut errors);
 
-    let mut provided: BTreeMap<String, Option<String>> = BTreeMap::new();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let (Some(mut plan), Some(written)) = (plan, written) else {
+        return Err(vec![FieldError::new("spec.plan", "invalid plan")]);
+    };
+    plan.spec = written;
+    Ok(Prepared {
+        plan: Arc::new(plan),
+        workers,
+        test_id: test_id(lt),
+        start_timeout,
+    })
+}
+
+/// The environment the worker pods will have, by name: a `workerTemplate.env` entry's literal
+/// value, `None` for a value only the pod knows (a credential's Secret, a `valueFrom`). A name
+/// in the operator's reserved prefix is an error.
+fn provided_env(
+    spec: &LoadTestSpec,
+    errors: &mut Vec<FieldError>,
+) -> BTreeMap<String, Option<String>> {
+    let mut provided = BTreeMap::new();
     for c in &spec.credentials {
         for (env, _) in credential_envs(c) {
             provided.insert(env, None);
@@ -149,6 +185,16 @@ pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<Field
             provided.insert(e.name.clone(), e.value.clone());
         }
     }
+    provided
+}
+
+/// `spec.plan` validated by pacer-plan as a remote plan: `${env:NAME}` resolved to the
+/// pods' value or [`PLACEHOLDER`], a name they will not have refused, no `${file:}`.
+fn validated_plan(
+    spec: &LoadTestSpec,
+    provided: &BTreeMap<String, Option<String>>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Plan> {
     let env = |name: &str| -> Option<String> {
         provided
             .get(name)
@@ -160,7 +206,7 @@ pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<Field
         "spec": { "plan": spec.plan.clone() },
     });
     let refs = Refs::Remote { provided: &env };
-    let plan = match pacer_plan::load_value(doc, "LoadTest", &refs) {
+    match pacer_plan::load_value(doc, "LoadTest", &refs) {
         Ok(p) => Some(p),
         Err(PlanError::Invalid { errors: e, .. }) => {
             errors.extend(e);
@@ -170,29 +216,40 @@ pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<Field
             errors.push(FieldError::new("spec.plan", other.to_string()));
             None
         }
-    };
-
-    if let Some(plan) = &plan {
-        for (i, c) in spec.credentials.iter().enumerate() {
-            if !plan.auth.iter().any(|a| a.name == c.name) {
-                errors.push(FieldError::new(
-                    format!("spec.credentials[{i}].name"),
-                    format!(
-                        "no auth named {:?} in spec.plan.auth (it has: {})",
-                        c.name,
-                        names(plan.auth.iter().map(|a| a.name.as_str()))
-                    ),
-                ));
-            }
-        }
     }
+}
 
+/// A credential for an auth the plan does not have.
+fn unknown_credentials(spec: &LoadTestSpec, plan: &Plan) -> Vec<FieldError> {
+    spec.credentials
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !plan.auth.iter().any(|a| a.name == c.name))
+        .map(|(i, c)| {
+            FieldError::new(
+                format!("spec.credentials[{i}].name"),
+                format!(
+                    "no auth named {:?} in spec.plan.auth (it has: {})",
+                    c.name,
+                    names(plan.auth.iter().map(|a| a.name.as_str()))
+                ),
+            )
+        })
+        .collect()
+}
+
+/// How many workers: `spec.workers`, else the plan's, else 1; at most `max_workers`.
+fn workers(
+    spec: &LoadTestSpec,
+    plan: Option<&Plan>,
+    defaults: &Defaults,
+) -> Result<u32, FieldError> {
     let workers = spec
         .workers
-        .or_else(|| plan.as_ref().map(|p| p.workers))
+        .or_else(|| plan.map(|p| p.workers))
         .unwrap_or(1);
     if workers == 0 || workers > defaults.max_workers {
-        errors.push(FieldError::new(
+        return Err(FieldError::new(
             if spec.workers.is_some() {
                 "spec.workers"
             } else {
@@ -204,29 +261,38 @@ pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<Field
             ),
         ));
     }
+    Ok(workers)
+}
 
-    let start_timeout = match &spec.start_timeout {
-        None => defaults.start_timeout,
-        Some(s) => match humantime_like(s) {
-            Some(d) if (MIN_START_TIMEOUT..=MAX_START_TIMEOUT).contains(&d) => d,
-            _ => {
-                errors.push(FieldError::new(
-                    "spec.startTimeout",
-                    format!(
-                        "{s:?}: give a duration from {}s to {}s such as 90s or 5m",
-                        MIN_START_TIMEOUT.as_secs(),
-                        MAX_START_TIMEOUT.as_secs()
-                    ),
-                ));
-                defaults.start_timeout
-            }
-        },
+/// `spec.startTimeout`, within [`MIN_START_TIMEOUT`]..=[`MAX_START_TIMEOUT`], or the
+/// operator's default.
+fn start_timeout(spec: &LoadTestSpec, defaults: &Defaults) -> Result<Duration, FieldError> {
+    let Some(s) = &spec.start_timeout else {
+        return Ok(defaults.start_timeout);
     };
+    match humantime_like(s) {
+        Some(d) if (MIN_START_TIMEOUT..=MAX_START_TIMEOUT).contains(&d) => Ok(d),
+        _ => Err(FieldError::new(
+            "spec.startTimeout",
+            format!(
+                "{s:?}: give a duration from {}s to {}s such as 90s or 5m",
+                MIN_START_TIMEOUT.as_secs(),
+                MAX_START_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
 
-    // What the workers receive: the plan as written, references unresolved.
-    let written: Option<PlanSpec> = match serde_json::from_value(spec.plan.clone()) {
+/// What the workers receive: the plan as written, references unresolved. Only a plan that
+/// validated says why it cannot be read as written (a reference standing for a number).
+fn written_plan(
+    spec: &LoadTestSpec,
+    validated: bool,
+    errors: &mut Vec<FieldError>,
+) -> Option<PlanSpec> {
+    match serde_json::from_value(spec.plan.clone()) {
         Ok(s) => Some(s),
-        Err(e) if plan.is_some() => {
+        Err(e) if validated => {
             errors.push(FieldError::new(
                 "spec.plan",
                 format!(
@@ -236,21 +302,7 @@ pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<Field
             None
         }
         Err(_) => None,
-    };
-
-    if !errors.is_empty() {
-        return Err(errors);
     }
-    let (Some(mut plan), Some(written)) = (plan, written) else {
-        return Err(vec![FieldError::new("spec.plan", "invalid plan")]);
-    };
-    plan.spec = written;
-    Ok(Prepared {
-        plan: Arc::new(plan),
-        workers,
-        test_id: test_id(lt),
-        start_timeout,
-    })
 }
 
 fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
@@ -323,6 +375,50 @@ mod tests {
         lt.metadata.uid = None;
         assert_eq!(uid_slug(&lt), "");
         assert_eq!(test_id(&lt), "checkout");
+    }
+
+    fn spec(fields: serde_json::Value) -> LoadTestSpec {
+        let mut doc = json!({"plan": {}});
+        doc.as_object_mut()
+            .expect("object")
+            .extend(fields.as_object().expect("object").clone());
+        serde_json::from_value(doc).expect("spec")
+    }
+
+    #[test]
+    fn the_start_timeout_is_bounded_or_the_default() {
+        let defaults = Defaults::default();
+        let timeout =
+            |v: serde_json::Value| start_timeout(&spec(json!({"startTimeout": v})), &defaults);
+        assert_eq!(
+            start_timeout(&spec(json!({})), &defaults),
+            Ok(defaults.start_timeout)
+        );
+        assert_eq!(timeout(json!("5m")), Ok(Duration::from_secs(300)));
+        assert_eq!(timeout(json!("5s")), Ok(MIN_START_TIMEOUT));
+        for refused in ["4s", "2h", "soon"] {
+            let e = timeout(json!(refused)).expect_err(refused);
+            assert_eq!(e.path, "spec.startTimeout");
+            assert!(e.to_string().contains("from 5s to 3600s"), "{e}");
+        }
+    }
+
+    #[test]
+    fn workers_are_the_specs_then_one_within_the_operators_bound() {
+        let defaults = Defaults {
+            max_workers: 10,
+            ..Defaults::default()
+        };
+        assert_eq!(workers(&spec(json!({})), None, &defaults), Ok(1));
+        assert_eq!(
+            workers(&spec(json!({"workers": 4})), None, &defaults),
+            Ok(4)
+        );
+        let e = workers(&spec(json!({"workers": 11})), None, &defaults).expect_err("too many");
+        assert_eq!(e.path, "spec.workers");
+        assert!(e.to_string().contains("give 1 to 10"), "{e}");
+        let e = workers(&spec(json!({"workers": 0})), None, &defaults).expect_err("none");
+        assert_eq!(e.path, "spec.workers");
     }
 
     #[test]
