@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use pacer_controller::{ControllerConfig, Coordinator};
@@ -87,12 +86,9 @@ pub(crate) fn random_hex(bytes: usize) -> String {
 
 /// `pacer controller`.
 pub async fn run(args: ControllerArgs) -> Exit {
-    let plan = match pacer_plan::load_file(&args.plan) {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::for_plan_error(&e);
-        }
+    let plan = match exit::load_plan(&args.plan) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let workers = args.expect_workers.unwrap_or(plan.workers).max(1);
     let weights = match worker_weights(&args.weights, workers) {

@@ -1,6 +1,8 @@
 //! Exit codes scripts and CI depend on (k6's 99 for a failed threshold).
 
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -27,6 +29,15 @@ pub fn for_plan_error(e: &pacer_plan::PlanError) -> Exit {
             Exit::Invalid
         }
     }
+}
+
+/// The plan a command runs, loaded as `pacer run` loads it; on error the error is printed
+/// (every problem with its field path) and its exit code returned.
+pub fn load_plan(path: &Path) -> Result<Arc<pacer_plan::Plan>, Exit> {
+    pacer_plan::load_file(path).map(Arc::new).map_err(|e| {
+        eprintln!("{e}");
+        for_plan_error(&e)
+    })
 }
 
 /// The exit code of a test that ran to its end, alone or as a fleet: 0 when every threshold
@@ -93,6 +104,12 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.source)
         }
+    }
+
+    #[test]
+    fn a_plan_that_cannot_be_read_is_invalid() {
+        let missing = std::env::temp_dir().join("pacer-no-such-plan.yaml");
+        assert_eq!(load_plan(&missing).unwrap_err(), Exit::Invalid);
     }
 
     #[test]

@@ -40,12 +40,9 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> Exit {
-    let plan = match pacer_plan::load_file(&args.plan) {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::for_plan_error(&e);
-        }
+    let plan = match exit::load_plan(&args.plan) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     if let Some(n) = args.workers {
         let local = LocalRun {
