@@ -5,6 +5,7 @@
 //! [`RSS_GROWTH_BOUND`] of where it started, and a real worker (`pacer_worker::run`) of a
 //! running test joins during the flood and its test passes.
 
+mod common;
 #[path = "../../pacer-controller/tests/common/flood.rs"]
 mod flood;
 
@@ -28,18 +29,6 @@ const MAX_UNAUTHENTICATED: usize = 64;
 /// 200 MiB; the gate reads 5 bytes of each.
 const RSS_GROWTH_BOUND: u64 = 64 << 20;
 
-async fn target() -> std::net::SocketAddr {
-    let app = axum::Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
-}
-
 fn plan(target: std::net::SocketAddr) -> Arc<pacer_plan::Plan> {
     let text = format!(
         "name: flood\ntarget: http://{target}\nscenarios:\n  - {{name: s, executor: per-vu-iterations, vus: 1, iterations: 5, requests: [{{name: ok, path: /ok}}]}}\n"
@@ -57,7 +46,7 @@ fn plan(target: std::net::SocketAddr) -> Arc<pacer_plan::Plan> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_before_authentication_is_refused_in_bounded_memory_and_a_real_worker_still_joins()
 {
-    let target = target().await;
+    let target = common::target().await;
     let routes = Routes::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -4,6 +4,8 @@
 //! with its own results. A worker of a test that does not run here, or with another test's
 //! token, is refused.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,18 +14,6 @@ use pacer_operator::runner::{CoordinatorRunner, RunEnd, RunHandle, RunSpec, Test
 use pacer_plan::Refs;
 use pacer_worker::{WorkerConfig, WorkerError};
 use tokio_util::sync::CancellationToken;
-
-async fn target() -> std::net::SocketAddr {
-    let app = axum::Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
-}
 
 fn plan(name: &str, target: std::net::SocketAddr) -> Arc<pacer_plan::Plan> {
     // The workers resolve ${env:...} themselves (the operator's workers do): TARGET_<name>.
@@ -64,7 +54,7 @@ async fn ended(run: &Arc<dyn RunHandle>) -> RunEnd {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tests_share_one_listener() {
-    let target = target().await;
+    let target = common::target().await;
     let routes = Routes::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
