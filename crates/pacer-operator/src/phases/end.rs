@@ -2,9 +2,8 @@
 //! the TTL applied (also to a test that ended before this reconcile), the finalizer's cleanup
 //! when the LoadTest is deleted, and a LoadTest the operator failed on (a caught panic).
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
