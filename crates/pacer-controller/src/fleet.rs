@@ -58,6 +58,15 @@ impl WorkerState {
         WorkerState::Failed,
     ];
 
+    /// The worker is done with this test, one way or another (finished, lost or failed): the
+    /// run waits for no more from it.
+    pub fn is_settled(self) -> bool {
+        matches!(
+            self,
+            WorkerState::Finished | WorkerState::Lost | WorkerState::Failed
+        )
+    }
+
     /// The state's name in tables, summaries and statuses (its serde name).
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -549,10 +558,7 @@ impl Fleet {
     /// Past the deadline: whoever has not finished is counted as lost.
     pub fn give_up_unfinished(&mut self, now: Instant, elapsed: Duration) {
         for s in &mut self.slots {
-            if !matches!(
-                s.state,
-                WorkerState::Finished | WorkerState::Lost | WorkerState::Failed
-            ) {
+            if !s.state.is_settled() {
                 tracing::warn!("worker {} did not finish in time", s.index);
                 s.state = WorkerState::Lost;
                 s.lost_at = Some(elapsed);
@@ -564,12 +570,7 @@ impl Fleet {
     }
 
     pub fn all_done(&self) -> bool {
-        self.slots.iter().all(|s| {
-            matches!(
-                s.state,
-                WorkerState::Finished | WorkerState::Lost | WorkerState::Failed
-            )
-        })
+        self.slots.iter().all(|s| s.state.is_settled())
     }
 
     /// Every counted worker's latest snapshot, merged exactly, and the workers whose snapshot
@@ -1002,5 +1003,17 @@ mod tests {
             assert_eq!(back, state);
         }
         assert_eq!(format!("[{:<8}]", WorkerState::Lost), "[lost    ]");
+        let settled: Vec<WorkerState> = WorkerState::ALL
+            .into_iter()
+            .filter(|s| s.is_settled())
+            .collect();
+        assert_eq!(
+            settled,
+            [
+                WorkerState::Finished,
+                WorkerState::Lost,
+                WorkerState::Failed
+            ]
+        );
     }
 }

@@ -139,10 +139,7 @@ impl FleetOutcome {
     }
 
     pub fn lost(&self) -> usize {
-        self.workers
-            .iter()
-            .filter(|w| w.state == WorkerState::Lost)
-            .count()
+        lost(&self.workers)
     }
 
     /// The summary as text, followed by the per-worker table.
@@ -182,15 +179,15 @@ impl FleetOutcome {
     }
 }
 
+/// How many of `rows` are lost workers (the summary's, the table's and progress's count).
+fn lost(rows: &[WorkerRow]) -> usize {
+    rows.iter().filter(|w| w.state == WorkerState::Lost).count()
+}
+
 /// The per-worker table: requests, rate, errors, state.
 pub fn render_workers(rows: &[WorkerRow]) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "  workers ({}, {} lost)",
-        rows.len(),
-        rows.iter().filter(|w| w.state == WorkerState::Lost).count()
-    );
+    let _ = writeln!(out, "  workers ({}, {} lost)", rows.len(), lost(rows));
     let _ = writeln!(
         out,
         "    {:>3}  {:<24} {:>10} {:>10} {:>8} {:>8}  state",
@@ -248,11 +245,7 @@ impl ProgressTracker {
             }
             _ => (0.0, None),
         };
-        let lost = status
-            .workers
-            .iter()
-            .filter(|w| w.state == WorkerState::Lost)
-            .count();
+        let lost = lost(&status.workers);
         let mut lines = vec![format!(
             "{:>6.1}s/{:.0}s  reqs {}  {:.1}/s  p95 {}  errors {}  429s {}  workers {}{}",
             now.as_secs_f64(),
