@@ -116,6 +116,7 @@ async fn main() {
     let limit = Limit {
         name: "global".into(),
         limit: Rate::new(a.rate * a.window, window).expect("a positive rate"),
+        shape: pacer_plan::LimitShape::SlidingWindow,
         burst: 1,
         window,
         scope: LimitScope::Fleet,

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pacer_plan::Limit;
+use pacer_plan::{Limit, Pacing};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -27,20 +27,23 @@ pub const AIMD_INCREASE: f64 = 0.02;
 /// AIMD: never go below this share of the ceiling.
 pub const AIMD_MIN_FACTOR: f64 = 0.05;
 
-/// The pacing rate (per second) that keeps a GCRA with burst `b` inside `L` requests per
-/// window `W` when grants reach the server up to `spread` late: `r = (L - b) / (W + D)`.
-pub fn pacing_rate(limit: &Limit, default_spread: Duration) -> f64 {
-    let spread = limit.spread.unwrap_or(default_spread);
-    let w = limit.window.as_secs_f64();
-    let l = limit.limit.as_per_sec() * w;
-    let b = f64::from(limit.burst);
-    ((l - b).max(1.0)) / (w + spread.as_secs_f64())
+/// The rate and burst this process's GCRA runs at for a limit, by its shape
+/// ([`pacer_plan::shape::pace`], the one place that decides them): for windows
+/// `r = (L - b) / (W + D)`; for a token bucket its own rate, less what the spread needs.
+pub fn pacing(limit: &Limit, default_spread: Duration) -> Pacing {
+    limit.pacing(default_spread)
 }
 
-/// The most a GCRA at `rate` with burst `b` can admit in any window `W` seen `spread` late.
+/// The pacing rate (per second) of [`pacing`].
+pub fn pacing_rate(limit: &Limit, default_spread: Duration) -> f64 {
+    pacing(limit, default_spread).rate
+}
+
+/// The most a GCRA at `rate` with the limit's pacing burst can admit in any window `W` seen
+/// `spread` late (the window shapes' accuracy bound).
 pub fn worst_case_in_window(rate: f64, limit: &Limit, default_spread: Duration) -> f64 {
-    let spread = limit.spread.unwrap_or(default_spread);
-    f64::from(limit.burst) + rate * (limit.window.as_secs_f64() + spread.as_secs_f64())
+    let p = pacing(limit, default_spread);
+    f64::from(p.burst) + rate * (limit.window.as_secs_f64() + p.spread.as_secs_f64())
 }
 
 #[derive(Debug)]
@@ -48,6 +51,8 @@ struct State {
     limit: Limit,
     /// Ceiling rate (per second) from the accuracy bound.
     ceiling: f64,
+    /// The GCRA's burst ([`Pacing::burst`]: a token bucket keeps some for the spread).
+    burst: u32,
     /// Adaptive factor in (0, 1]; 1 for fixed limits.
     factor: f64,
     /// Theoretical arrival time, ns since `epoch`.
@@ -75,7 +80,7 @@ impl State {
         (1e9 / r) as u64
     }
     fn tau_ns(&self) -> u64 {
-        self.interval_ns() * u64::from(self.limit.burst.saturating_sub(1))
+        self.interval_ns() * u64::from(self.burst.saturating_sub(1))
     }
     /// Additive increase once a window has passed without a 429.
     fn maybe_increase(&mut self, now: u64) {
@@ -145,22 +150,26 @@ impl LocalLimiter {
     pub fn with_spread(limits: &[Limit], spread: Duration) -> Self {
         let states = limits
             .iter()
-            .map(|l| State {
-                ceiling: pacing_rate(l, spread),
-                factor: 1.0,
-                limit: l.clone(),
-                tat: 0,
-                pause_until: 0,
-                pause_epoch: 0,
-                last_decrease: 0,
-                last_429: 0,
-                window_ns: l.window.as_nanos() as u64,
-                pauses: 0,
-                paused_ns: 0,
-                throttled: 0,
-                sustained: 0.0,
-                window_start_factor: 1.0,
-                window_start: 0,
+            .map(|l| {
+                let pacing = pacing(l, spread);
+                State {
+                    ceiling: pacing.rate,
+                    burst: pacing.burst,
+                    factor: 1.0,
+                    limit: l.clone(),
+                    tat: 0,
+                    pause_until: 0,
+                    pause_epoch: 0,
+                    last_decrease: 0,
+                    last_429: 0,
+                    window_ns: l.window.as_nanos() as u64,
+                    pauses: 0,
+                    paused_ns: 0,
+                    throttled: 0,
+                    sustained: 0.0,
+                    window_start_factor: 1.0,
+                    window_start: 0,
+                }
             })
             .collect();
         Self {
@@ -343,6 +352,7 @@ mod tests {
         Limit {
             name: "l".into(),
             limit: r,
+            shape: pacer_plan::LimitShape::SlidingWindow,
             burst,
             window: r.per(),
             scope: LimitScope::Worker,
@@ -378,6 +388,33 @@ mod tests {
         let el = start.elapsed().as_secs_f64();
         // 100 intervals of (1/99 s) since burst 1 leaves 99 in the window
         assert!((el - 100.0 / 99.0).abs() < 0.01, "{el}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_bucket_is_paced_at_its_rate_with_its_burst_less_the_spreads_token() {
+        let mut l = limit("5/s", 5);
+        l.shape = pacer_plan::LimitShape::TokenBucket;
+        let lim = LocalLimiter::new(&[l]);
+        let start = Instant::now();
+        // The first 4 at once (burst 5, one token kept for the 100 ms spread)...
+        for _ in 0..4 {
+            lim.acquire(&META).await.unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(1),
+            "{:?}",
+            start.elapsed()
+        );
+        // ...then the rate: 100 more take 100 intervals at 99.5% of 5/s.
+        for _ in 0..100 {
+            lim.acquire(&META).await.unwrap();
+        }
+        let rate = 100.0 / start.elapsed().as_secs_f64();
+        assert!((0.97 * 5.0..5.0).contains(&rate), "{rate}");
+        let rep = lim.report();
+        assert!(rep[0].margin < 0.03, "{:?}", rep[0]);
+        // The sliding-window reading of the same numbers, for contrast: 0.91/s.
+        assert!(pacing_rate(&limit("5/s", 5), DEFAULT_SPREAD) < 1.0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -80,6 +80,8 @@ pub struct Auth {
 pub struct Limit {
     pub name: String,
     pub limit: Rate,
+    /// How the server counts; decides the pacing ([`crate::shape::pace`]).
+    pub shape: crate::shape::LimitShape,
     pub burst: u32,
     /// The server's counting window (the limit's own period unless `window` was given).
     pub window: Duration,

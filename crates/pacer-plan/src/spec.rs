@@ -155,9 +155,14 @@ pub enum LimitScope {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LimitSpec {
     pub name: String,
-    /// The server's limit: `300/min`, `10/s`, `600/10s` (600 in any 10 s window).
+    /// The server's limit: `300/min`, `10/s`, `600/10s` (600 in any 10 s window); for a
+    /// `token-bucket`, its refill rate.
     pub limit: Rate,
-    /// Requests that may go back to back (default 1).
+    /// How the server counts: `sliding-window` (default), `fixed-window` or `token-bucket`
+    /// (docs/rate-limiting.md, "Limiter shapes").
+    #[serde(default)]
+    pub shape: crate::shape::LimitShape,
+    /// Requests that may go back to back (default 1); for a `token-bucket`, its size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
     /// The server's counting window when it differs from the limit's period.
@@ -172,8 +177,9 @@ pub struct LimitSpec {
     #[serde(default)]
     pub adaptive: bool,
     /// How much later than pacer's grant the server may count a request (network jitter,
-    /// queueing): the pacing rate keeps this margin, `r = (L - burst) / (window + spread)`.
-    /// Default 100ms in one process (fleet limits add their lease hold).
+    /// queueing): the pacing rate keeps this margin, `r = (L - burst) / (window + spread)` for
+    /// windows; a token bucket keeps tokens of its burst for it. Default 100ms in one process
+    /// (fleet limits add their lease hold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<HumanDuration>,
 }

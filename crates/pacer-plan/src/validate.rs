@@ -188,15 +188,10 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
         let burst = l.burst.unwrap_or(1);
         if burst == 0 {
             c.err(format!("{p}.burst"), "must be at least 1");
-        } else if u64::from(burst) > l.limit.count().max(1) {
-            c.err(
-                format!("{p}.burst"),
-                format!(
-                    "{burst} is more than the limit allows in one window ({})",
-                    l.limit
-                ),
-            );
         }
+        crate::shape::check(l)
+            .into_iter()
+            .for_each(|(f, m)| c.err(format!("{p}.{f}"), m));
         let window = l.window.map_or(l.limit.per(), HumanDuration::get);
         if window.is_zero() {
             c.err(format!("{p}.window"), "must be above zero");
@@ -218,6 +213,7 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
         limits.push(Limit {
             name: l.name.clone(),
             limit: l.limit,
+            shape: l.shape,
             burst,
             window,
             scope: l.scope,

@@ -26,8 +26,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pacer_plan::Limit;
 use pacer_plan::spec::LimitScope;
+use pacer_plan::{Limit, Pacing};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -36,7 +36,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use super::scripts::{self, FeedbackReply, LeaseReply};
 use super::{Event, Fleet, Mode};
 use crate::gcra::{
-    AIMD_DECREASE, AIMD_INCREASE, AIMD_MIN_FACTOR, DEFAULT_SPREAD, FleetLimitReport, pacing_rate,
+    AIMD_DECREASE, AIMD_INCREASE, AIMD_MIN_FACTOR, DEFAULT_SPREAD, FleetLimitReport,
 };
 use crate::{Feedback, Grant, LimitReport, Limiter, LimiterError, LocalLimiter, RequestMeta};
 
@@ -86,16 +86,15 @@ pub fn fleet_spread(limit: &Limit, default: Duration) -> Duration {
     limit.spread.unwrap_or(default) + lease_hold(limit.window)
 }
 
-/// The rate a fleet limit is paced at: the accuracy bound with `D` = [`fleet_spread`].
+/// The rate and burst a fleet limit is paced at: the limit's shape
+/// ([`pacer_plan::shape::pace`], as in one process) with `D` = [`fleet_spread`].
+pub fn fleet_pacing(limit: &Limit, default_spread: Duration) -> Pacing {
+    limit.pacing_with_spread(fleet_spread(limit, default_spread))
+}
+
+/// The pacing rate of [`fleet_pacing`].
 pub fn fleet_pacing_rate(limit: &Limit, default_spread: Duration) -> f64 {
-    let spread = fleet_spread(limit, default_spread);
-    pacing_rate(
-        &Limit {
-            spread: Some(spread),
-            ..limit.clone()
-        },
-        spread,
-    )
+    fleet_pacing(limit, default_spread).rate
 }
 
 const _: () = assert!(
@@ -128,6 +127,8 @@ struct FleetLimit {
     key: String,
     /// Pacing rate from the accuracy bound (tokens/s), before the adaptive factor.
     ceiling: f64,
+    /// The GCRA's burst ([`Pacing::burst`]: a token bucket keeps some for the spread).
+    burst: u32,
     window_us: u64,
     /// How late a slot may still be used ([`lease_hold`]).
     hold: Duration,
@@ -359,9 +360,11 @@ impl FleetLimiter {
                 LimitScope::Fleet => {
                     let key = fleet.keys().limit(&l.name);
                     fleet.track_key(key.clone());
+                    let pacing = fleet_pacing(l, opts.spread);
                     fleet_limits.push(FleetLimit {
                         plan_index: i,
-                        ceiling: fleet_pacing_rate(l, opts.spread),
+                        ceiling: pacing.rate,
+                        burst: pacing.burst,
                         window_us: l.window.as_micros().clamp(1, u128::from(u64::MAX)) as u64,
                         hold: lease_hold(l.window),
                         limit: l.clone(),
@@ -608,7 +611,7 @@ impl Inner {
         for (&i, d) in class.limits.iter().zip(&debt) {
             let l = &self.limits[i];
             inv.arg(format!("{:.6}", l.ceiling))
-                .arg(l.limit.burst.max(1))
+                .arg(l.burst.max(1))
                 .arg(l.window_us)
                 .arg(u8::from(l.limit.adaptive))
                 .arg(*d);
@@ -656,7 +659,7 @@ impl Inner {
             .arg(AIMD_INCREASE);
         for l in &self.limits {
             inv.arg(format!("{:.6}", l.ceiling))
-                .arg(l.limit.burst.max(1))
+                .arg(l.burst.max(1))
                 .arg(l.window_us)
                 .arg(u8::from(l.limit.adaptive))
                 .arg(0u64);
@@ -875,7 +878,7 @@ impl Inner {
             let l = &self.limits[i];
             inv.arg(&l.limit.name)
                 .arg(format!("{:.6}", l.ceiling))
-                .arg(l.limit.burst.max(1))
+                .arg(l.burst.max(1))
                 .arg(l.window_us)
                 .arg(u8::from(l.limit.adaptive));
         }

@@ -35,7 +35,8 @@ use tokio::time::Instant;
 pub use keys::Keys;
 pub use limiter::{
     FLEET_SPREAD, FleetLimiter, FleetOptions, LEASE_HOLD, LEASE_HOLD_MAX, LEASE_HOLD_SHARE,
-    LEASE_MAX_AHEAD, LEASE_MAX_SPAN, MAX_LEASE, fleet_pacing_rate, fleet_spread, lease_hold,
+    LEASE_MAX_AHEAD, LEASE_MAX_SPAN, MAX_LEASE, fleet_pacing, fleet_pacing_rate, fleet_spread,
+    lease_hold,
 };
 pub use tokens::TokenStore;
 

@@ -108,6 +108,7 @@ fn limit(name: &str, rate: &str, burst: u32) -> Limit {
     Limit {
         name: name.into(),
         limit: r,
+        shape: pacer_plan::LimitShape::SlidingWindow,
         burst,
         window: r.per(),
         scope: LimitScope::Fleet,
@@ -471,6 +472,60 @@ async fn two_workers_together_stay_at_the_fleet_rate() {
         rate <= pacing * 1.02 + 2.0 && rate >= pacing * 0.9,
         "{rate:.1}/s, paced at {pacing:.1}/s"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_a_token_bucket_at_its_rate_and_never_overfill_it() {
+    let r = RedisServer::start();
+    let mut bucket = limit("b", "50/s", 10);
+    bucket.shape = pacer_plan::LimitShape::TokenBucket;
+    let pacing = super::fleet_pacing(&bucket, crate::gcra::DEFAULT_SPREAD);
+    // 50/s with D = 150 ms: 7.5 tokens of spread, 8 of the 10 kept back; the rate is the
+    // bucket's own (less 0.5%).
+    assert_eq!(pacing.burst, 2, "{pacing:?}");
+    assert!(pacing.rate >= 0.97 * 50.0, "{pacing:?}");
+    let limits = [bucket];
+    let start = tokio::time::Instant::now();
+    let end = start + Duration::from_secs(2);
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let f = Fleet::connect(cfg(&r, "bucket")).await.unwrap();
+        let lim = Arc::new(FleetLimiter::new(f, &limits, FleetOptions::default()));
+        for _ in 0..10 {
+            let lim = lim.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut at = Vec::new();
+                while lim.acquire(&META).await.is_ok() && tokio::time::Instant::now() < end {
+                    at.push(start.elapsed().as_secs_f64());
+                }
+                at
+            }));
+        }
+    }
+    let mut grants = Vec::new();
+    for t in tasks {
+        grants.extend(t.await.unwrap());
+    }
+    grants.sort_by(f64::total_cmp);
+    let rate = grants.len() as f64 / 2.0;
+    assert!(
+        (0.9 * 50.0..=50.0 + 10.0 / 2.0).contains(&rate),
+        "{rate:.1}/s from {} grants",
+        grants.len()
+    );
+    // The server's bucket (10 tokens, 50/s, full at the start) accepts every grant as it was
+    // made: the tokens pacer kept back are left for the spread.
+    let (mut tokens, mut last, mut refused) = (10.0f64, 0.0f64, 0);
+    for g in grants {
+        tokens = (tokens + (g - last) * 50.0).min(10.0);
+        last = g;
+        if tokens >= 1.0 - 1e-9 {
+            tokens -= 1.0;
+        } else {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 0);
 }
 
 fn pacing_rate_for(l: &Limit) -> f64 {
