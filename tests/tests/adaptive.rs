@@ -22,6 +22,7 @@ async fn aimd_finds_an_undeclared_limit_within_ten_percent() {
         methods: None,
         path_prefix: None,
         algorithm: Algorithm::Fixed,
+        ..LimitConfig::default()
     }];
     let mock = start_mock(cfg).await;
     let target = format!("http://{}", mock.addr());

@@ -39,6 +39,7 @@ fn mock_config(token_lifetime: Duration) -> MockConfig {
             methods: None,
             path_prefix: None,
             algorithm: Algorithm::Sliding,
+            ..LimitConfig::default()
         }],
         latency: LatencyConfig::Fixed {
             value: Duration::from_millis(2),

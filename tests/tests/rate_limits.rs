@@ -48,6 +48,7 @@ fn limit(name: &str, key: LimitKey, n: u64, window: Duration) -> LimitConfig {
         methods: None,
         path_prefix: None,
         algorithm: Algorithm::Fixed,
+        ..LimitConfig::default()
     }
 }
 

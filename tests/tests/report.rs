@@ -39,6 +39,7 @@ fn mock_config() -> MockConfig {
             methods: None,
             path_prefix: None,
             algorithm: Algorithm::Fixed,
+            ..LimitConfig::default()
         }],
         latency: LatencyConfig::Uniform {
             min: Duration::from_millis(2),

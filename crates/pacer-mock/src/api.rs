@@ -1,6 +1,7 @@
 //! The path of one API request through the mock, in the order a SaaS gateway applies it:
-//! outage (503) -> authentication (401) -> injected faults -> rate limits (429) -> the endpoint
-//! -> service time -> rate-limit headers; then any stall window holds the response, and the
+//! outage (503) -> authentication (401) -> injected faults -> rate limits (429, or a limit's
+//! status; a leaky bucket may hold the request for its turn) -> the endpoint -> service time ->
+//! rate-limit headers; then any stall window holds the response, and the
 //! request is recorded.
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::config::{AuthMode, HeadersConfig};
+use crate::config::{AuthMode, HeadersConfig, ResetFormat};
 use crate::endpoints::{self, Route, error_json};
 use crate::limits::{Decision, Identity, LimitStatus};
 use crate::state::Shared;
@@ -275,16 +276,30 @@ async fn process(
         .lock()
         .check(method.as_str(), path, &caller.identity(), now);
     let statuses = match decision {
-        Decision::Allowed(s) => s,
+        Decision::Allowed { statuses, delay_us } => {
+            if delay_us > 0 {
+                // A leaky bucket without `nodelay` holds the request until its turn.
+                tokio::time::sleep(Duration::from_micros(delay_us)).await;
+            }
+            statuses
+        }
         Decision::Rejected {
             limit,
             key,
             retry_after_secs,
             statuses,
+            status,
+            retry_after,
         } => {
-            tracing::debug!(%limit, %key, retry_after_secs, "rate limit exceeded");
-            let header = shared.faults.lock().retry_after(retry_after_secs);
-            let mut r = too_many_requests(&limit, &key, retry_after_secs, header);
+            tracing::debug!(%limit, %key, retry_after_secs, status, "rate limit exceeded");
+            let header = if retry_after {
+                shared.faults.lock().retry_after(retry_after_secs)
+            } else {
+                None
+            };
+            // Validated as 400..=599; 429 if a bug let another through.
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+            let mut r = refusal(code, &limit, &key, retry_after_secs, header);
             add_limit_headers(r.headers_mut(), &statuses, &shared.config.headers);
             return r.into();
         }
@@ -409,15 +424,33 @@ pub(crate) fn too_many_requests(
     retry_after_secs: u64,
     header: Option<HeaderValue>,
 ) -> Response {
+    refusal(
+        StatusCode::TOO_MANY_REQUESTS,
+        limit,
+        key,
+        retry_after_secs,
+        header,
+    )
+}
+
+/// A refusal by a limit (429, or the limit's `status`) naming it, with `Retry-After` when
+/// given one.
+fn refusal(
+    status: StatusCode,
+    limit: &str,
+    key: &str,
+    retry_after_secs: u64,
+    header: Option<HeaderValue>,
+) -> Response {
     let body = json!({
-        "status": 429,
+        "status": status.as_u16(),
         "code": "too.many.requests",
         "message": format!("Rate limit exceeded the maximum. [limit: {limit}]"),
         "limit": limit,
         "key": key,
         "retryAfterSeconds": retry_after_secs,
     });
-    let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
+    let mut r = json_response(status, &body);
     if let Some(h) = header {
         r.headers_mut().insert(RETRY_AFTER, h);
     }
@@ -433,38 +466,42 @@ pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response {
     r
 }
 
-/// Adds the configured rate-limit header families for the limits the request matched.
-fn add_limit_headers(h: &mut HeaderMap, statuses: &[LimitStatus], cfg: &HeadersConfig) {
-    // The most constraining limit: least remaining, then the longest to reset.
-    let Some(tight) = statuses
-        .iter()
-        .min_by_key(|s| (s.remaining, std::cmp::Reverse(s.reset_secs)))
-    else {
-        return;
+/// Adds the rate-limit header families for the limits the request matched: each family
+/// reports the limits that select it (their own `headers`, else the global ones).
+fn add_limit_headers(h: &mut HeaderMap, statuses: &[LimitStatus], global: &HeadersConfig) {
+    let style = |s: &LimitStatus| s.headers.unwrap_or(*global);
+    // The most constraining limit of a family: least remaining, then the longest to reset.
+    let tightest = |selects: &dyn Fn(&HeadersConfig) -> bool| {
+        statuses
+            .iter()
+            .filter(|s| selects(&style(s)))
+            .min_by_key(|s| (s.remaining, std::cmp::Reverse(s.reset_secs)))
     };
-    if cfg.inin {
+    if let Some(tight) = tightest(&|c| c.inin) {
         h.insert("inin-ratelimit-count", HeaderValue::from(tight.count));
         h.insert("inin-ratelimit-allowed", HeaderValue::from(tight.limit));
         h.insert("inin-ratelimit-reset", HeaderValue::from(tight.reset_secs));
     }
-    if cfg.x_rate_limit {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+    if let Some(tight) = tightest(&|c| c.x_rate_limit) {
+        let reset = match style(tight).x_rate_limit_reset {
+            ResetFormat::Seconds => tight.reset_secs,
+            ResetFormat::Epoch => SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_add(tight.reset_secs),
+        };
         h.insert("x-ratelimit-limit", HeaderValue::from(tight.limit));
         h.insert("x-ratelimit-remaining", HeaderValue::from(tight.remaining));
-        h.insert(
-            "x-ratelimit-reset",
-            HeaderValue::from(now + tight.reset_secs),
-        );
+        h.insert("x-ratelimit-reset", HeaderValue::from(reset));
     }
-    if cfg.ietf {
-        let policy = statuses
+    let ietf: Vec<&LimitStatus> = statuses.iter().filter(|s| style(s).ietf).collect();
+    if !ietf.is_empty() {
+        let policy = ietf
             .iter()
-            .map(|s| format!("\"{}\";q={};w={}", s.name, s.limit, s.window_secs))
+            .map(|s| format!("\"{}\";q={};w={}", s.name, s.quota, s.window_secs))
             .collect::<Vec<_>>()
             .join(", ");
-        let current = statuses
+        let current = ietf
             .iter()
             .map(|s| format!("\"{}\";r={};t={}", s.name, s.remaining, s.reset_secs))
             .collect::<Vec<_>>()

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::config::{
-    Algorithm, AuthMode, ClientConfig, LatencyConfig, LimitConfig, LimitKey, MockConfig,
+    AuthMode, ClientConfig, LatencyConfig, LimitConfig, LimitKey, MockConfig, ResetFormat,
     RetryAfterFormat, StallConfig, TokenRateLimit, UnavailableConfig, parse_duration,
 };
 use crate::error::MockError;
@@ -77,12 +77,15 @@ pub struct MockArgs {
     #[arg(long = "client", value_name = "ID:SECRET[:ORG]", value_parser = parse_client)]
     pub clients: Vec<ClientConfig>,
 
-    /// A rate limit as NAME:KEY:N/WINDOW, KEY being token, client, org or global; e.g.
-    /// `token.rate.per.minute:token:300/60s`. Fixed window, all methods and paths (use the
-    /// config file for `methods`, `pathPrefix`, `algorithm`). Repeatable; replaces the
-    /// configured limits [default: token.rate.per.minute:token:300/60s and
-    /// analytics.org.rate.per.minute:org:600/60s on /api/v2/analytics/].
-    #[arg(long = "limit", value_name = "NAME:KEY:N/WINDOW", value_parser = parse_limit)]
+    /// A rate limit as NAME:KEY:N/WINDOW[,OPTION=VALUE...], KEY being token, client, org or
+    /// global; e.g. `token.rate.per.minute:token:300/60s` (a fixed window on all methods and
+    /// paths) or `api:global:5/1s,algorithm=leaky-bucket,burst=5,nodelay,status=503,
+    /// retryAfter=false`. OPTIONs are the limit fields of the config file (algorithm: fixed,
+    /// sliding, token-bucket, leaky-bucket; burst; nodelay; retryAfter; status; pathPrefix).
+    /// Repeatable; replaces the configured limits [default:
+    /// token.rate.per.minute:token:300/60s and analytics.org.rate.per.minute:org:600/60s on
+    /// /api/v2/analytics/].
+    #[arg(long = "limit", value_name = "NAME:KEY:N/WINDOW[,OPT=V]", value_parser = parse_limit)]
     pub limits: Vec<LimitConfig>,
 
     /// No API rate limits at all (neither configured nor `--limit`).
@@ -119,9 +122,15 @@ pub struct MockArgs {
     #[arg(long)]
     pub no_inin_headers: bool,
 
-    /// Send GitHub-style `X-RateLimit-Limit/Remaining/Reset` headers (Reset: Unix seconds).
+    /// Send GitHub-style `X-RateLimit-Limit/Remaining/Reset` headers (Reset: Unix seconds
+    /// unless `--x-ratelimit-reset seconds`).
     #[arg(long)]
     pub x_ratelimit_headers: bool,
+
+    /// What `X-RateLimit-Reset` holds: `epoch` (Unix seconds, GitHub) or `seconds` until the
+    /// reset [default: epoch].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub x_ratelimit_reset: Option<ResetFormat>,
 
     /// Send the IETF draft `RateLimit-Policy` and `RateLimit` headers.
     #[arg(long)]
@@ -220,7 +229,38 @@ fn parse_client(s: &str) -> Result<ClientConfig, String> {
     })
 }
 
+/// `NAME:KEY:N/WINDOW[,OPTION=VALUE...]`: the options are the limit's fields of the config
+/// file (`algorithm=token-bucket,burst=5,nodelay,retryAfter=false,status=503`), read by the
+/// same deserializer, so the flag and the file cannot disagree.
 fn parse_limit(s: &str) -> Result<LimitConfig, String> {
+    // Limit names cannot contain ',' (validated), so the first one ends the rate.
+    let (head, options) = s.split_once(',').unwrap_or((s, ""));
+    let base = parse_limit_head(head)?;
+    if options.is_empty() {
+        return Ok(base);
+    }
+    let mut fields = match serde_json::to_value(&base) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => return Err(format!("{s:?}: cannot represent the limit")),
+    };
+    for option in options.split(',') {
+        let (k, v) = option.split_once('=').unwrap_or((option, "true"));
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() {
+            return Err(format!("{s:?}: empty option (expected OPTION=VALUE)"));
+        }
+        // Numbers and booleans as such, anything else as a string.
+        let value = serde_json::from_str::<serde_json::Value>(v)
+            .ok()
+            .filter(|v| v.is_number() || v.is_boolean())
+            .unwrap_or_else(|| serde_json::Value::String(v.to_owned()));
+        fields.insert(k.to_owned(), value);
+    }
+    serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `NAME:KEY:N/WINDOW`: a fixed window on every method and path.
+fn parse_limit_head(s: &str) -> Result<LimitConfig, String> {
     // From the right, so a name may contain ':'.
     let mut parts = s.rsplitn(3, ':');
     let rate = parts.next().unwrap_or_default();
@@ -241,15 +281,7 @@ fn parse_limit(s: &str) -> Result<LimitConfig, String> {
         }
     };
     let (limit, window) = parse_rate(rate)?;
-    Ok(LimitConfig {
-        name: name.trim().into(),
-        key,
-        limit,
-        window,
-        methods: None,
-        path_prefix: None,
-        algorithm: Algorithm::Fixed,
-    })
+    Ok(LimitConfig::new(name.trim(), key, limit, window))
 }
 
 fn load_file(path: &Path) -> Result<MockConfig, MockError> {
@@ -319,6 +351,9 @@ impl MockArgs {
         if self.x_ratelimit_headers {
             c.headers.x_rate_limit = true;
         }
+        if let Some(f) = self.x_ratelimit_reset {
+            c.headers.x_rate_limit_reset = f;
+        }
         if self.ietf_headers {
             c.headers.ietf = true;
         }
@@ -339,6 +374,7 @@ impl MockArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Algorithm;
     use clap::Parser;
 
     #[derive(Parser)]
@@ -424,8 +460,38 @@ mod tests {
     }
 
     #[test]
+    fn limit_flag_options_are_the_config_fields() {
+        let c = parse(&[
+            "--limit",
+            "nginx:global:5/1s,algorithm=leaky-bucket,burst=5,nodelay,status=503,retryAfter=false",
+            "--limit",
+            "tb:token:10/2s,algorithm=token-bucket",
+            "--x-ratelimit-reset",
+            "seconds",
+        ])
+        .unwrap();
+        let l = &c.limits[0];
+        assert_eq!((l.name.as_str(), l.limit), ("nginx", 5));
+        assert_eq!(
+            (l.algorithm, l.burst, l.nodelay),
+            (Algorithm::LeakyBucket, Some(5), true)
+        );
+        assert_eq!((l.status, l.retry_after), (503, false));
+        assert_eq!(c.limits[1].algorithm, Algorithm::TokenBucket);
+        assert_eq!(c.limits[1].window, Duration::from_secs(2));
+        assert_eq!(c.headers.x_rate_limit_reset, ResetFormat::Seconds);
+    }
+
+    #[test]
     fn bad_flags_say_what_is_wrong() {
         for (args, needle) in [
+            (&["--limit", "x:token:5/1s,bogus=1"][..], "bogus"),
+            (
+                &["--limit", "x:token:5/1s,algorithm=bucket"],
+                "token-bucket",
+            ),
+            (&["--limit", "x:token:5/1s,burst=2"], "limits[0].burst"),
+            (&["--limit", "x:token:5/1s,status=abc"], "status"),
             (&["--limit", "x:user:5/1s"][..], "user"),
             (&["--limit", "x:token:5"], "N/WINDOW"),
             (&["--limit", "x:token:0/1s"], "limits[0].limit"),

@@ -69,23 +69,20 @@ impl Default for MockConfig {
             }],
             token_rate_limit: Some(TokenRateLimit::default()),
             limits: vec![
+                LimitConfig::new(
+                    "token.rate.per.minute",
+                    LimitKey::Token,
+                    300,
+                    Duration::from_secs(60),
+                ),
                 LimitConfig {
-                    name: "token.rate.per.minute".into(),
-                    key: LimitKey::Token,
-                    limit: 300,
-                    window: Duration::from_secs(60),
-                    methods: None,
-                    path_prefix: None,
-                    algorithm: Algorithm::Fixed,
-                },
-                LimitConfig {
-                    name: "analytics.org.rate.per.minute".into(),
-                    key: LimitKey::Org,
-                    limit: 600,
-                    window: Duration::from_secs(60),
-                    methods: None,
                     path_prefix: Some("/api/v2/analytics/".into()),
-                    algorithm: Algorithm::Fixed,
+                    ..LimitConfig::new(
+                        "analytics.org.rate.per.minute",
+                        LimitKey::Org,
+                        600,
+                        Duration::from_secs(60),
+                    )
                 },
             ],
             headers: HeadersConfig::default(),
@@ -178,9 +175,10 @@ impl LimitKey {
     }
 }
 
-/// How a limit's window moves.
+/// How a limit counts: a window (fixed or sliding) of `limit` per `window`, or a bucket
+/// refilled (drained) at the rate `limit / window`.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Algorithm {
     /// A window opens at the first request of a key and lasts `window`; the count starts over
     /// when it ends (like Genesys per-minute windows). Up to twice the limit can pass in a
@@ -189,6 +187,20 @@ pub enum Algorithm {
     Fixed,
     /// Exact sliding log: at most `limit` accepted requests in any `window`.
     Sliding,
+    /// A bucket of `burst` tokens (default `limit`), refilled at `limit / window`; a request
+    /// takes a token and is refused when none is left (AWS API Gateway, Stripe, Envoy).
+    TokenBucket,
+    /// nginx's `limit_req`: an excess per key grows by one request per request and drains at
+    /// `limit / window`; a request that would take it above `burst` (default 0) is refused.
+    /// Within the burst a request waits its turn, or is answered at once with `nodelay`.
+    LeakyBucket,
+}
+
+impl Algorithm {
+    /// Whether the limit has a `burst` (the buckets).
+    pub fn is_bucket(self) -> bool {
+        matches!(self, Algorithm::TokenBucket | Algorithm::LeakyBucket)
+    }
 }
 
 /// One rate limit of the API.
@@ -210,16 +222,91 @@ pub struct LimitConfig {
     pub path_prefix: Option<String>,
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// Buckets only: the token bucket's size (default `limit`), or nginx's `burst` (default 0:
+    /// one request per `window / limit`, like nginx without `burst=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// Leaky bucket only: answer requests within the burst at once instead of delaying each
+    /// until its turn (nginx's `nodelay`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub nodelay: bool,
+    /// Whether a refusal by this limit carries `Retry-After` (nginx sends none).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub retry_after: bool,
+    /// HTTP status of a refusal by this limit (nginx's `limit_req_status` defaults to 503).
+    #[serde(default = "LimitConfig::default_status")]
+    pub status: u16,
+    /// The rate-limit header families this limit reports; the global `headers` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<HeadersConfig>,
 }
 
-/// Which rate-limit header families responses carry.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+impl LimitConfig {
+    /// The status of a refusal unless `status` says otherwise.
+    pub const DEFAULT_STATUS: u16 = 429;
+
+    fn default_status() -> u16 {
+        Self::DEFAULT_STATUS
+    }
+
+    /// A fixed window of `limit` per `window` on every method and path, refused with 429 and
+    /// `Retry-After`; set the other fields on the result (`..LimitConfig::new(..)`).
+    pub fn new(name: impl Into<String>, key: LimitKey, limit: u64, window: Duration) -> Self {
+        LimitConfig {
+            name: name.into(),
+            key,
+            limit,
+            window,
+            ..LimitConfig::default()
+        }
+    }
+}
+
+impl Default for LimitConfig {
+    /// The optional fields at their defaults (as a file that omits them), for
+    /// `LimitConfig { name, key, limit, window, ..LimitConfig::default() }`. The name, limit
+    /// and window themselves are placeholders that `validate` refuses.
+    fn default() -> Self {
+        LimitConfig {
+            name: String::new(),
+            key: LimitKey::Global,
+            limit: 0,
+            window: Duration::ZERO,
+            methods: None,
+            path_prefix: None,
+            algorithm: Algorithm::Fixed,
+            burst: None,
+            nodelay: false,
+            retry_after: true,
+            status: Self::DEFAULT_STATUS,
+            headers: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Which rate-limit header families responses carry (globally, or for one limit). All false
+/// is "none", as nginx.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct HeadersConfig {
     /// `inin-ratelimit-count/allowed/reset` (Genesys Cloud).
     pub inin: bool,
-    /// `X-RateLimit-Limit/Remaining/Reset` (GitHub style; Reset is a Unix time in seconds).
+    /// `X-RateLimit-Limit/Remaining/Reset` (the de-facto fields of GitHub and many others).
     pub x_rate_limit: bool,
+    /// What `X-RateLimit-Reset` holds: a Unix time (GitHub) or seconds from now.
+    pub x_rate_limit_reset: ResetFormat,
     /// IETF draft `RateLimit-Policy` and `RateLimit` fields.
     pub ietf: bool,
 }
@@ -229,9 +316,21 @@ impl Default for HeadersConfig {
         HeadersConfig {
             inin: true,
             x_rate_limit: false,
+            x_rate_limit_reset: ResetFormat::Epoch,
             ietf: false,
         }
     }
+}
+
+/// How a reset instant is written: both exist in the wild.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResetFormat {
+    /// Unix time in seconds of the reset (GitHub).
+    #[default]
+    Epoch,
+    /// Seconds from now until the reset (rounded up).
+    Seconds,
 }
 
 /// Distribution of the service time added to API responses.
@@ -407,6 +506,7 @@ impl MockConfig {
                     "must start with '/'",
                 ));
             }
+            check_limit_answer(&field, l)?;
         }
         validate_latency("latency", &self.latency)?;
         if let Some(s) = &self.stall {
@@ -472,6 +572,38 @@ fn check_limit_shape(
         return Err(MockError::invalid(
             format!("{field}.window"),
             "must be between 1ms and 24h",
+        ));
+    }
+    Ok(())
+}
+
+/// The bucket settings and the refusal of one limit.
+fn check_limit_answer(field: &str, l: &LimitConfig) -> Result<(), MockError> {
+    match (l.algorithm, l.burst) {
+        (Algorithm::Fixed | Algorithm::Sliding, Some(_)) => {
+            return Err(MockError::invalid(
+                format!("{field}.burst"),
+                "only token-bucket and leaky-bucket limits have a burst",
+            ));
+        }
+        (Algorithm::TokenBucket, Some(0)) => {
+            return Err(MockError::invalid(
+                format!("{field}.burst"),
+                "a token bucket needs room for at least 1 token",
+            ));
+        }
+        _ => {}
+    }
+    if l.nodelay && l.algorithm != Algorithm::LeakyBucket {
+        return Err(MockError::invalid(
+            format!("{field}.nodelay"),
+            "only a leaky-bucket limit delays requests (nginx's nodelay)",
+        ));
+    }
+    if !(400..=599).contains(&l.status) {
+        return Err(MockError::invalid(
+            format!("{field}.status"),
+            format!("{} is not an error status (400..=599)", l.status),
         ));
     }
     Ok(())
@@ -658,5 +790,57 @@ headers: {ietf: true}
         let c: MockConfig =
             serde_saphyr::from_str("latency: {type: lognormal, median: 10ms, p99: 1ms}").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn bucket_settings_are_read_and_misplaced_ones_named() {
+        let yaml = r#"
+headers: {xRateLimit: true, xRateLimitReset: seconds}
+limits:
+  - {name: tb, key: global, limit: 5, window: 1s, algorithm: token-bucket, burst: 10}
+  - {name: lb, key: token, limit: 5, window: 1s, algorithm: leaky-bucket, burst: 5,
+     nodelay: true, retryAfter: false, status: 503, headers: {inin: false, ietf: true}}
+"#;
+        let c: MockConfig = serde_saphyr::from_str(yaml).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.headers.x_rate_limit_reset, ResetFormat::Seconds);
+        assert_eq!(
+            (c.limits[0].algorithm, c.limits[0].burst),
+            (Algorithm::TokenBucket, Some(10))
+        );
+        let lb = &c.limits[1];
+        assert!(lb.nodelay && !lb.retry_after);
+        assert_eq!(lb.status, 503);
+        assert_eq!(
+            lb.headers,
+            Some(HeadersConfig {
+                inin: false,
+                ietf: true,
+                ..HeadersConfig::default()
+            })
+        );
+        for (yaml, field) in [
+            ("{algorithm: fixed, burst: 3}", "limits[0].burst"),
+            ("{algorithm: token-bucket, burst: 0}", "limits[0].burst"),
+            (
+                "{algorithm: token-bucket, nodelay: true}",
+                "limits[0].nodelay",
+            ),
+            ("{status: 200}", "limits[0].status"),
+        ] {
+            let full = format!(
+                "limits: [{{name: a, key: token, limit: 5, window: 1s, {}}}]",
+                &yaml[1..yaml.len() - 1]
+            );
+            let c: MockConfig = serde_saphyr::from_str(&full).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{yaml}: {err}");
+        }
+        let err = serde_saphyr::from_str::<MockConfig>(
+            "limits: [{name: a, key: token, limit: 5, window: 1s, algorithm: bucket}]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("token-bucket"), "{err}");
     }
 }

@@ -1,5 +1,14 @@
 //! The mock's rate limiter: named limits keyed by token, client, org or globally, counted in
-//! fixed or sliding windows, all-or-nothing across the limits a request matches.
+//! fixed or sliding windows or metered by a token bucket or nginx's leaky bucket,
+//! all-or-nothing across the limits a request matches.
+//!
+//! The buckets keep a level per key in integer "request-window" units: a request adds
+//! `window_us`, each microsecond drains `limit`, so one request weighs exactly `window / limit`
+//! of time at the rate and no rounding accumulates. The token bucket refuses a request that
+//! would take the level above `burst` requests. The leaky bucket is nginx's `limit_req`: its
+//! `excess` is clamped at zero after adding the request (`excess = max(0, excess - drained +
+//! 1)`), so a key at rest takes `burst + 1` requests back to back, and a request it accepts
+//! within the burst is delayed by `excess / rate` unless `nodelay`.
 //!
 //! Beside enforcing, every limit keeps a witness of what clients actually did: per key, the
 //! largest number of requests offered and accepted in ANY window of the limit's length (a
@@ -10,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Algorithm, LimitConfig, LimitKey, TokenRateLimit};
+use crate::config::{Algorithm, HeadersConfig, LimitConfig, LimitKey, TokenRateLimit};
 
 /// Keys whose window statistics are kept per limit; requests of later keys are still limited
 /// and counted in the totals, only not itemized.
@@ -36,6 +45,45 @@ struct Rule {
     methods: Option<Vec<String>>,
     path_prefix: Option<String>,
     algorithm: Algorithm,
+    meter: Meter,
+    /// Whether a refusal carries `Retry-After`.
+    retry_after: bool,
+    /// Status of a refusal.
+    status: u16,
+    /// Header families of this limit; the global ones when `None`.
+    headers: Option<HeadersConfig>,
+}
+
+/// How a rule decides, with the parameters of its algorithm.
+#[derive(Debug, Clone, Copy)]
+enum Meter {
+    Fixed,
+    Sliding,
+    /// At most `capacity` requests back to back.
+    TokenBucket {
+        capacity: u64,
+    },
+    /// nginx's `burst` and `nodelay`.
+    LeakyBucket {
+        burst: u64,
+        nodelay: bool,
+    },
+}
+
+impl Meter {
+    fn of(l: &LimitConfig) -> Meter {
+        match l.algorithm {
+            Algorithm::Fixed => Meter::Fixed,
+            Algorithm::Sliding => Meter::Sliding,
+            Algorithm::TokenBucket => Meter::TokenBucket {
+                capacity: l.burst.unwrap_or(l.limit),
+            },
+            Algorithm::LeakyBucket => Meter::LeakyBucket {
+                burst: l.burst.unwrap_or(0),
+                nodelay: l.nodelay,
+            },
+        }
+    }
 }
 
 impl Rule {
@@ -76,26 +124,42 @@ impl Identity<'_> {
 #[derive(Debug, Clone)]
 pub(crate) struct LimitStatus {
     pub name: String,
+    /// Most requests the key may send at once: the window's limit, or the bucket's capacity.
     pub limit: u64,
-    /// Requests counted in the current window (including this one when accepted).
+    /// Requests counted (`limit - remaining`), including this one when accepted.
     pub count: u64,
+    /// Requests the key may still send at once, counting every client sharing the key.
     pub remaining: u64,
-    /// Whole seconds (rounded up) until the window frees capacity.
+    /// Whole seconds (rounded up) until `remaining` is back at `limit`: the window's end, or
+    /// a bucket at rest.
     pub reset_secs: u64,
+    /// The limit as declared, `quota` per `window_secs` (the IETF policy's `q` and `w`).
+    pub quota: u64,
     pub window_secs: u64,
+    /// Header families to report this limit in; the global ones when `None`.
+    pub headers: Option<HeadersConfig>,
 }
 
 /// The verdict on one request.
 #[derive(Debug)]
 pub(crate) enum Decision {
-    /// Counted against every matching limit (possibly none).
-    Allowed(Vec<LimitStatus>),
-    /// Counted against none; `limit` is the refusing limit that frees last.
+    /// Counted against every matching limit (possibly none); to be answered after `delay_us`
+    /// (a leaky bucket without `nodelay`: the request's turn).
+    Allowed {
+        statuses: Vec<LimitStatus>,
+        delay_us: u64,
+    },
+    /// Counted against none; `limit` is the refusing limit that frees last, and its settings
+    /// shape the answer.
     Rejected {
         limit: String,
         key: String,
         retry_after_secs: u64,
         statuses: Vec<LimitStatus>,
+        /// HTTP status of the refusal.
+        status: u16,
+        /// Whether to send `Retry-After`.
+        retry_after: bool,
     },
 }
 
@@ -106,6 +170,18 @@ struct WindowState {
     fixed_count: u64,
     /// Accepted timestamps (sliding algorithm only).
     log: VecDeque<u64>,
+    /// A bucket's level at `last`, in request-window units (module doc).
+    level: i128,
+    /// When the bucket last took a request; `None`: never, a bucket at rest.
+    last: Option<u64>,
+}
+
+/// `ceil(n / d)` for `d > 0`, as microseconds (0 when `n <= 0`).
+fn ceil_div_us(n: i128, d: i128) -> u64 {
+    if n <= 0 || d <= 0 {
+        return 0;
+    }
+    u64::try_from((n + d - 1) / d).unwrap_or(u64::MAX)
 }
 
 impl WindowState {
@@ -126,67 +202,168 @@ impl WindowState {
                     self.log.pop_front();
                 }
             }
+            // A bucket drains lazily, from `last`.
+            Algorithm::TokenBucket | Algorithm::LeakyBucket => {}
         }
+    }
+
+    /// A bucket's level drained to `now`; below zero when it has been at rest longer than
+    /// needed to empty.
+    fn drained(&self, rule: &Rule, now: u64) -> i128 {
+        let Some(last) = self.last else {
+            // Never used: as low as a bucket can get (nginx: a new key has excess 0).
+            return i128::from(rule.window_us).saturating_neg();
+        };
+        let elapsed = i128::from(now.saturating_sub(last));
+        self.level
+            .saturating_sub(elapsed.saturating_mul(i128::from(rule.limit)))
+    }
+
+    /// The level a bucket would hold after one more request at `now`.
+    fn level_after(&self, rule: &Rule, now: u64) -> i128 {
+        let d = self.drained(rule, now);
+        let w = i128::from(rule.window_us);
+        match rule.meter {
+            Meter::LeakyBucket { .. } => d.saturating_add(w).max(0),
+            _ => d.max(0).saturating_add(w),
+        }
+    }
+
+    /// Most requests a key may send at once.
+    fn capacity(rule: &Rule) -> u64 {
+        match rule.meter {
+            Meter::Fixed | Meter::Sliding => rule.limit,
+            Meter::TokenBucket { capacity } => capacity,
+            Meter::LeakyBucket { burst, .. } => burst.saturating_add(1),
+        }
+    }
+
+    /// Requests the key may still send at once.
+    fn remaining(&self, rule: &Rule, now: u64) -> u64 {
+        let w = i128::from(rule.window_us);
+        let cap = i128::from(Self::capacity(rule));
+        let d = self.drained(rule, now);
+        let n = match rule.meter {
+            Meter::Fixed | Meter::Sliding => {
+                return rule.limit.saturating_sub(self.count(rule));
+            }
+            Meter::TokenBucket { .. } => cap.saturating_mul(w).saturating_sub(d.max(0)) / w,
+            // At rest (d <= -w) the next request is free (nginx clamps excess at 0).
+            Meter::LeakyBucket { .. } if d.saturating_add(w) <= 0 => cap,
+            Meter::LeakyBucket { burst, .. } => {
+                i128::from(burst).saturating_mul(w).saturating_sub(d) / w
+            }
+        };
+        u64::try_from(n.clamp(0, cap)).unwrap_or(0)
     }
 
     fn count(&self, rule: &Rule) -> u64 {
         match rule.algorithm {
             Algorithm::Fixed => self.fixed_count,
             Algorithm::Sliding => self.log.len() as u64,
+            Algorithm::TokenBucket | Algorithm::LeakyBucket => 0,
+        }
+    }
+
+    /// Whether one more request is accepted at `now`.
+    fn fits(&self, rule: &Rule, now: u64) -> bool {
+        let w = i128::from(rule.window_us);
+        match rule.meter {
+            Meter::Fixed | Meter::Sliding => self.count(rule) < rule.limit,
+            Meter::TokenBucket { capacity } => {
+                self.level_after(rule, now) <= i128::from(capacity).saturating_mul(w)
+            }
+            Meter::LeakyBucket { burst, .. } => {
+                self.level_after(rule, now) <= i128::from(burst).saturating_mul(w)
+            }
         }
     }
 
     /// Microseconds until one more request would fit (0 when it fits now).
     fn wait_us(&self, rule: &Rule, now: u64) -> u64 {
-        if self.count(rule) < rule.limit {
+        if self.fits(rule, now) {
             return 0;
         }
-        match rule.algorithm {
-            Algorithm::Fixed => (self.fixed_start + rule.window_us).saturating_sub(now),
-            Algorithm::Sliding => {
+        let w = i128::from(rule.window_us);
+        let l = i128::from(rule.limit);
+        match rule.meter {
+            Meter::Fixed => (self.fixed_start + rule.window_us).saturating_sub(now),
+            Meter::Sliding => {
                 // The entry whose expiry brings the count below the limit.
                 let idx = self.log.len() - rule.limit as usize;
                 self.log
                     .get(idx)
                     .map_or(0, |&t| (t + rule.window_us).saturating_sub(now))
             }
+            // Both fit once the drained level is at most (room - 1) requests; a leaky
+            // bucket's room is `burst` (the request itself may be free), a token bucket's
+            // its capacity.
+            Meter::TokenBucket { capacity: room } | Meter::LeakyBucket { burst: room, .. } => {
+                let target = (i128::from(room) - 1).saturating_mul(w);
+                ceil_div_us(self.drained(rule, now).saturating_sub(target), l)
+            }
         }
     }
 
-    fn commit(&mut self, rule: &Rule, now: u64) {
-        match rule.algorithm {
-            Algorithm::Fixed => {
+    /// Counts an accepted request; returns how long to hold its answer (a leaky bucket
+    /// without `nodelay`: until its turn, `excess / rate`, as nginx).
+    fn commit(&mut self, rule: &Rule, now: u64) -> u64 {
+        match rule.meter {
+            Meter::Fixed => {
                 if self.fixed_count == 0 {
                     self.fixed_start = now;
                 }
                 self.fixed_count += 1;
+                0
             }
-            Algorithm::Sliding => self.log.push_back(now),
+            Meter::Sliding => {
+                self.log.push_back(now);
+                0
+            }
+            Meter::TokenBucket { .. } | Meter::LeakyBucket { .. } => {
+                self.level = self.level_after(rule, now);
+                self.last = Some(now);
+                match rule.meter {
+                    Meter::LeakyBucket { nodelay: false, .. } => {
+                        ceil_div_us(self.level, i128::from(rule.limit))
+                    }
+                    _ => 0,
+                }
+            }
         }
     }
 
-    /// Microseconds until the current window ends (what `*-reset` headers report).
+    /// Microseconds until the current window ends or the bucket is at rest (what `*-reset`
+    /// headers report).
     fn reset_us(&self, rule: &Rule, now: u64) -> u64 {
-        match rule.algorithm {
-            Algorithm::Fixed if self.fixed_count > 0 => {
+        let l = i128::from(rule.limit);
+        match rule.meter {
+            Meter::Fixed if self.fixed_count > 0 => {
                 (self.fixed_start + rule.window_us).saturating_sub(now)
             }
-            Algorithm::Sliding => self.log.front().map_or(rule.window_us, |&t| {
+            Meter::Fixed => rule.window_us,
+            Meter::Sliding => self.log.front().map_or(rule.window_us, |&t| {
                 (t + rule.window_us).saturating_sub(now)
             }),
-            Algorithm::Fixed => rule.window_us,
+            Meter::TokenBucket { .. } => ceil_div_us(self.drained(rule, now), l),
+            Meter::LeakyBucket { .. } => ceil_div_us(
+                self.drained(rule, now)
+                    .saturating_add(i128::from(rule.window_us)),
+                l,
+            ),
         }
     }
 
     fn idle(&self, rule: &Rule, now: u64) -> bool {
-        match rule.algorithm {
-            Algorithm::Fixed => {
+        match rule.meter {
+            Meter::Fixed => {
                 self.fixed_count == 0 || now >= self.fixed_start.saturating_add(rule.window_us)
             }
-            Algorithm::Sliding => self
+            Meter::Sliding => self
                 .log
                 .back()
                 .is_none_or(|&t| t.saturating_add(rule.window_us) <= now),
+            Meter::TokenBucket { .. } | Meter::LeakyBucket { .. } => self.reset_us(rule, now) == 0,
         }
     }
 }
@@ -294,6 +471,8 @@ struct RuleState {
     accepted: u64,
     rejected: u64,
     exceeded: u64,
+    /// Accepted requests whose answer was held for their turn.
+    delayed: u64,
 }
 
 impl RuleState {
@@ -307,6 +486,7 @@ impl RuleState {
             accepted: 0,
             rejected: 0,
             exceeded: 0,
+            delayed: 0,
         }
     }
 
@@ -337,16 +517,20 @@ impl RuleState {
 
     fn status(&self, key: &str, now: u64) -> LimitStatus {
         let rule = &self.rule;
-        let (count, reset_us) = self.windows.map.get(key).map_or((0, rule.window_us), |w| {
-            (w.count(rule), w.reset_us(rule, now))
-        });
+        let capacity = WindowState::capacity(rule);
+        let (remaining, reset_us) = match self.windows.map.get(key) {
+            Some(w) => (w.remaining(rule, now), w.reset_us(rule, now)),
+            None => (capacity, 0),
+        };
         LimitStatus {
             name: rule.name.clone(),
-            limit: rule.limit,
-            count,
-            remaining: rule.limit.saturating_sub(count),
+            limit: capacity,
+            count: capacity.saturating_sub(remaining),
+            remaining,
             reset_secs: ceil_secs(reset_us),
+            quota: rule.limit,
             window_secs: ceil_secs(rule.window_us),
+            headers: rule.headers,
         }
     }
 
@@ -374,6 +558,12 @@ impl RuleState {
             limit: self.rule.limit,
             window_ms: self.rule.window_us / 1000,
             algorithm: self.rule.algorithm,
+            burst: match self.rule.meter {
+                Meter::TokenBucket { capacity } => Some(capacity),
+                Meter::LeakyBucket { burst, .. } => Some(burst),
+                Meter::Fixed | Meter::Sliding => None,
+            },
+            delayed: self.delayed,
             accepted: self.accepted,
             rejected: self.rejected,
             exceeded: self.exceeded,
@@ -420,6 +610,10 @@ impl LimitEngine {
                         .map(|ms| ms.iter().map(|m| m.to_ascii_uppercase()).collect()),
                     path_prefix: l.path_prefix.clone(),
                     algorithm: l.algorithm,
+                    meter: Meter::of(l),
+                    retry_after: l.retry_after,
+                    status: l.status,
+                    headers: l.headers,
                 })
             })
             .collect();
@@ -429,15 +623,7 @@ impl LimitEngine {
     /// The per-client limit of the token endpoint, as an engine of one limit.
     pub(crate) fn for_token_endpoint(t: Option<&TokenRateLimit>) -> Self {
         let limits: Vec<LimitConfig> = t
-            .map(|t| LimitConfig {
-                name: t.name.clone(),
-                key: LimitKey::Client,
-                limit: t.limit,
-                window: t.window,
-                methods: None,
-                path_prefix: None,
-                algorithm: Algorithm::Fixed,
-            })
+            .map(|t| LimitConfig::new(t.name.clone(), LimitKey::Client, t.limit, t.window))
             .into_iter()
             .collect();
         LimitEngine::new(&limits)
@@ -453,16 +639,22 @@ impl LimitEngine {
         for &i in &matching {
             let r = &mut self.rules[i];
             let w = r.windows.get(&r.rule, id.key(r.rule.key), now);
-            if w.count(&r.rule) >= r.rule.limit {
+            if !w.fits(&r.rule, now) {
                 refusing.push((i, w.wait_us(&r.rule, now)));
             }
         }
         let accepted = refusing.is_empty();
+        // The longest of the holds (nginx holds a request for its slowest limit).
+        let mut delay_us = 0;
         for &i in &matching {
             let r = &mut self.rules[i];
             let key = id.key(r.rule.key);
             if accepted {
-                r.windows.get(&r.rule, key, now).commit(&r.rule, now);
+                let hold = r.windows.get(&r.rule, key, now).commit(&r.rule, now);
+                if hold > 0 {
+                    r.delayed += 1;
+                }
+                delay_us = delay_us.max(hold);
             }
             let exceeded = refusing.iter().any(|&(j, _)| j == i);
             r.witness(key, now, accepted, exceeded);
@@ -472,7 +664,7 @@ impl LimitEngine {
             .map(|&i| self.rules[i].status(id.key(self.rules[i].rule.key), now))
             .collect();
         match refusing.iter().max_by_key(|&&(_, wait)| wait) {
-            None => Decision::Allowed(statuses),
+            None => Decision::Allowed { statuses, delay_us },
             Some(&(i, wait)) => {
                 let r = &self.rules[i];
                 Decision::Rejected {
@@ -480,6 +672,8 @@ impl LimitEngine {
                     key: format!("{}:{}", r.rule.key.as_str(), id.key(r.rule.key)),
                     retry_after_secs: ceil_secs(wait).max(1),
                     statuses,
+                    status: r.rule.status,
+                    retry_after: r.rule.retry_after,
                 }
             }
         }
@@ -510,6 +704,12 @@ pub struct LimitStats {
     pub limit: u64,
     pub window_ms: u64,
     pub algorithm: Algorithm,
+    /// Buckets: the token bucket's capacity, or the leaky bucket's `burst` (nginx's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// Accepted requests a leaky bucket without `nodelay` held until their turn.
+    #[serde(default)]
+    pub delayed: u64,
     /// Requests that matched this limit and were accepted.
     pub accepted: u64,
     /// Requests that matched this limit and were rejected (by this or another limit).
@@ -547,13 +747,8 @@ mod tests {
 
     fn limit(name: &str, key: LimitKey, n: u64, window_ms: u64, algo: Algorithm) -> LimitConfig {
         LimitConfig {
-            name: name.into(),
-            key,
-            limit: n,
-            window: Duration::from_millis(window_ms),
-            methods: None,
-            path_prefix: None,
             algorithm: algo,
+            ..LimitConfig::new(name, key, n, Duration::from_millis(window_ms))
         }
     }
 
@@ -564,7 +759,7 @@ mod tests {
     };
 
     fn allowed(d: &Decision) -> bool {
-        matches!(d, Decision::Allowed(_))
+        matches!(d, Decision::Allowed { .. })
     }
 
     #[test]
@@ -668,5 +863,116 @@ mod tests {
         assert!(e.rules[0].windows.map.len() <= MIN_PRUNE_AT + 1);
         assert_eq!(e.rules[0].witnesses.len(), MAX_TRACKED_KEYS);
         assert!(e.stats()[0].untracked_requests > 0);
+    }
+
+    fn bucket(algo: Algorithm, burst: Option<u64>, nodelay: bool) -> LimitConfig {
+        LimitConfig {
+            burst,
+            nodelay,
+            ..limit("b", LimitKey::Global, 5, 1000, algo)
+        }
+    }
+
+    /// Accepted requests and their holds, sending `n` at `now`.
+    fn burst_at(e: &mut LimitEngine, n: usize, now: u64) -> Vec<Option<u64>> {
+        (0..n)
+            .map(|_| match e.check("GET", "/", &ID, now) {
+                Decision::Allowed { delay_us, .. } => Some(delay_us),
+                Decision::Rejected { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn token_bucket_takes_its_burst_then_refills_at_the_rate() {
+        let mut e = LimitEngine::new(&[bucket(Algorithm::TokenBucket, Some(5), false)]);
+        let t0 = 1_000_000;
+        assert_eq!(
+            burst_at(&mut e, 6, t0),
+            [Some(0); 5].into_iter().chain([None]).collect::<Vec<_>>()
+        );
+        // One token per 200 ms.
+        assert_eq!(burst_at(&mut e, 2, t0 + 199_999), [None, None]);
+        assert_eq!(burst_at(&mut e, 2, t0 + 200_000), [Some(0), None]);
+        match e.check("GET", "/", &ID, t0 + 250_000) {
+            Decision::Rejected {
+                retry_after_secs,
+                statuses,
+                ..
+            } => {
+                assert_eq!(retry_after_secs, 1);
+                let s = &statuses[0];
+                assert_eq!((s.limit, s.remaining, s.count), (5, 0, 5));
+                assert_eq!((s.quota, s.window_secs), (5, 1));
+                // Full again 1 s after the last take (at 200 ms).
+                assert_eq!(s.reset_secs, 1);
+            }
+            d => panic!("{d:?}"),
+        }
+        // At rest: the whole burst again.
+        assert_eq!(
+            burst_at(&mut e, 6, t0 + 5_000_000).iter().flatten().count(),
+            5
+        );
+        let s = &e.stats()[0];
+        assert_eq!((s.accepted, s.burst), (11, Some(5)));
+    }
+
+    #[test]
+    fn token_bucket_burst_defaults_to_the_limit() {
+        let mut e = LimitEngine::new(&[bucket(Algorithm::TokenBucket, None, false)]);
+        assert_eq!(burst_at(&mut e, 7, 0).iter().flatten().count(), 5);
+    }
+
+    #[test]
+    fn leaky_bucket_nodelay_is_nginx_burst_plus_one() {
+        // nginx `rate=5r/s burst=5 nodelay`: excess 0 for the first request, +1 each, refused
+        // above 5.
+        let mut e = LimitEngine::new(&[bucket(Algorithm::LeakyBucket, Some(5), true)]);
+        let got = burst_at(&mut e, 7, 0);
+        assert_eq!(got[..6], [Some(0); 6]);
+        assert_eq!(got[6], None);
+        // 200 ms drains one request of excess.
+        assert_eq!(burst_at(&mut e, 2, 200_000), [Some(0), None]);
+        let s = &e.stats()[0];
+        assert_eq!((s.accepted, s.rejected, s.delayed), (7, 2, 0));
+    }
+
+    #[test]
+    fn leaky_bucket_without_burst_takes_one_per_interval() {
+        let mut e = LimitEngine::new(&[bucket(Algorithm::LeakyBucket, None, true)]);
+        assert_eq!(burst_at(&mut e, 2, 0), [Some(0), None]);
+        assert_eq!(burst_at(&mut e, 1, 199_000), [None]);
+        assert_eq!(burst_at(&mut e, 2, 200_000), [Some(0), None]);
+    }
+
+    #[test]
+    fn leaky_bucket_without_nodelay_holds_each_request_until_its_turn() {
+        let mut e = LimitEngine::new(&[bucket(Algorithm::LeakyBucket, Some(5), false)]);
+        let got = burst_at(&mut e, 7, 0);
+        let holds: Vec<u64> = (0..6).map(|i| i * 200_000).collect();
+        assert_eq!(
+            got[..6],
+            holds.iter().map(|&h| Some(h)).collect::<Vec<_>>()[..]
+        );
+        assert_eq!(got[6], None);
+        assert_eq!(e.stats()[0].delayed, 5);
+    }
+
+    #[test]
+    fn a_refusal_carries_the_limit_status_and_retry_after_choice() {
+        let mut l = bucket(Algorithm::LeakyBucket, None, true);
+        l.status = 503;
+        l.retry_after = false;
+        let mut e = LimitEngine::new(&[l]);
+        e.check("GET", "/", &ID, 0);
+        match e.check("GET", "/", &ID, 0) {
+            Decision::Rejected {
+                status,
+                retry_after,
+                ..
+            } => assert_eq!((status, retry_after), (503, false)),
+            d => panic!("{d:?}"),
+        }
     }
 }

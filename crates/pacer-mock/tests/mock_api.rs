@@ -34,6 +34,7 @@ fn limit(name: &str, key: LimitKey, n: u64, window: Duration) -> LimitConfig {
         methods: None,
         path_prefix: None,
         algorithm: Default::default(),
+        ..LimitConfig::default()
     }
 }
 
