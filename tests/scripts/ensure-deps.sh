@@ -7,6 +7,8 @@ need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v cmake >/dev/null || need_apt+=(cmake)          # aws-lc-sys (rustls' crypto provider)
 command -v redis-server >/dev/null || need_apt+=(redis-tools redis-server)  # the fleet tests
+# tests/tests/shapes.rs: nginx's limit_req, a token bucket written by others (Debian: /usr/sbin)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,10 +1,28 @@
 //! `pacer validate`: check plan files and LoadTest manifests without running anything, and
 //! list every problem with its field path. A manifest is checked as the operator will check it,
 //! a plan as `pacer run` reads it, so a file that validates is one those accept.
+//!
+//! For a valid plan it also explains what each limit will cost: the rate pacer will pace it at
+//! (from the same function the limiters use, `pacer_plan::shape::pace`) and the margin left
+//! below the declared rate, with a warning naming the causes (the burst, the spread, a short
+//! window, a bucket too small for the spread) and what to change when the margin is large.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pacer_limiter::fleet::{fleet_pacing, lease_hold};
+use pacer_limiter::gcra::{DEFAULT_SPREAD, pacing};
+use pacer_plan::spec::LimitScope;
+use pacer_plan::{Limit, LimitShape, Pacing};
 
 use crate::exit::{self, Exit};
+
+/// A margin above this share of the declared rate gets a warning: past it the declaration
+/// (or the shape not declared) is usually what costs, not the accuracy pacer needs.
+const MARGIN_WARNING: f64 = 0.10;
+/// A cause of the margin is named when it costs at least this share of the declared rate
+/// (the token bucket's 0.5% drift allowance never is: nothing to change).
+const NAMED_COST: f64 = 0.02;
 
 #[derive(clap::Args, Debug)]
 pub struct ValidateArgs {
@@ -43,7 +61,7 @@ fn validate_one(p: &Path) -> Result<String, (String, Exit)> {
         pacer_plan::load::parse_document(&text, &p.display().to_string()).map_err(plan_error)?;
     if doc.get("kind").and_then(|k| k.as_str()) != Some("LoadTest") {
         return pacer_plan::load_file(p)
-            .map(|plan| plan_line(&plan))
+            .map(|plan| with_limits(plan_line(&plan), &plan))
             .map_err(plan_error);
     }
     let lt: pacer_operator::crd::LoadTest = serde_json::from_value(doc).map_err(|e| {
@@ -53,10 +71,13 @@ fn validate_one(p: &Path) -> Result<String, (String, Exit)> {
         )
     })?;
     match pacer_operator::prepare::prepare(&lt, &Default::default()) {
-        Ok(prepared) => Ok(format!(
-            "LoadTest {} ({} workers)",
-            plan_line(&prepared.plan),
-            prepared.workers
+        Ok(prepared) => Ok(with_limits(
+            format!(
+                "LoadTest {} ({} workers)",
+                plan_line(&prepared.plan),
+                prepared.workers
+            ),
+            &prepared.plan,
         )),
         Err(errors) => {
             let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
@@ -82,11 +103,242 @@ fn plan_line(plan: &pacer_plan::Plan) -> String {
     format!("{} [{}]", plan.name, scenarios.join(", "))
 }
 
+/// The plan's line, then what each of its limits costs (one or more lines each).
+fn with_limits(line: String, plan: &pacer_plan::Plan) -> String {
+    let mut out = line;
+    for l in &plan.limits {
+        for s in explain_limit(l) {
+            out.push_str("\n  ");
+            out.push_str(&s);
+        }
+    }
+    out
+}
+
+/// What a limit costs: its pacing rate and margin in one process, through Redis for a
+/// `scope: fleet` limit, and a warning with the causes when the margin is over
+/// [`MARGIN_WARNING`].
+fn explain_limit(l: &Limit) -> Vec<String> {
+    let local = pacing(l, DEFAULT_SPREAD);
+    let window = match l.shape {
+        LimitShape::TokenBucket => String::new(),
+        _ if l.window == l.limit.per() => String::new(),
+        _ => format!(", window {}", humantime::format_duration(l.window)),
+    };
+    let mut out = vec![format!(
+        "limit {} ({} {}, burst {}{window}): paced at {} (margin {}){}",
+        l.name,
+        l.shape.as_str(),
+        l.limit,
+        l.burst,
+        per_sec(local.rate),
+        percent(local.margin()),
+        kept(&local, l.burst),
+    )];
+    let mut worst = (local, "");
+    if l.scope == LimitScope::Fleet {
+        let fleet = fleet_pacing(l, DEFAULT_SPREAD);
+        out.push(format!(
+            "  with --redis (scope: fleet): paced at {} (margin {}), spread {} with the lease \
+             hold{}",
+            per_sec(fleet.rate),
+            percent(fleet.margin()),
+            humantime::format_duration(fleet.spread),
+            kept(&fleet, l.burst),
+        ));
+        if fleet.margin() > local.margin() {
+            worst = (fleet, " with --redis");
+        }
+    }
+    if l.shape == LimitShape::FixedWindow {
+        out.push(
+            "  note: a fixed window is paced like a sliding one: pacer does not align to the \
+             server's reset yet, so it does not use the whole limit right after each reset"
+                .into(),
+        );
+    }
+    let (p, where_) = worst;
+    if p.margin() > MARGIN_WARNING {
+        out.push(format!(
+            "  warning: margin {}{where_} (over {}): pacer leaves that share of the limit unused, \
+             because of:",
+            percent(p.margin()),
+            percent(MARGIN_WARNING),
+        ));
+        out.extend(causes(l, &p).into_iter().map(|c| format!("    - {c}")));
+    }
+    out
+}
+
+/// The causes of a pacing's margin, largest first, each with what to change.
+fn causes(l: &Limit, p: &Pacing) -> Vec<String> {
+    let mut causes: Vec<(f64, String)> = Vec::new();
+    let spread = humantime::format_duration(p.spread);
+    let fleet_hold = if p.spread > l.spread.unwrap_or(DEFAULT_SPREAD) {
+        format!(
+            " (in a fleet the spread includes the lease hold, {})",
+            humantime::format_duration(lease_hold(l.window))
+        )
+    } else {
+        String::new()
+    };
+    match l.shape {
+        LimitShape::SlidingWindow | LimitShape::FixedWindow => {
+            let per_window = p.declared * l.window.as_secs_f64();
+            if p.burst_cost >= NAMED_COST {
+                causes.push((
+                    p.burst_cost,
+                    format!(
+                        "the burst: {} of the {per_window:.0} requests a {} window allows may go \
+                         back to back, so pacer saves them out of every window (costs {}). If \
+                         the server states a rate and a separate burst (a token or leaky bucket: \
+                         nginx limit_req, AWS API Gateway, Shopify), say shape: token-bucket; \
+                         otherwise lower the burst (burst: 1 costs {})",
+                        p.burst,
+                        humantime::format_duration(l.window),
+                        percent(p.burst_cost),
+                        percent(1.0 / per_window.max(1.0)),
+                    ),
+                ));
+            }
+            if p.spread_cost >= NAMED_COST {
+                let short = if l.window < Duration::from_secs(10) {
+                    format!(
+                        "a short window: {spread} of lateness allowed against a {} window",
+                        humantime::format_duration(l.window)
+                    )
+                } else {
+                    format!(
+                        "the spread: {spread} of lateness allowed against a {} window",
+                        humantime::format_duration(l.window)
+                    )
+                };
+                causes.push((
+                    p.spread_cost,
+                    format!(
+                        "{short}{fleet_hold} (costs {}). Declare the server's longer window if it \
+                         counts over one (e.g. 300/min rather than 5/s), or a smaller spread if \
+                         the server is near (spread: 10ms on loopback or a LAN)",
+                        percent(p.spread_cost),
+                    ),
+                ));
+            }
+        }
+        LimitShape::TokenBucket => {
+            if p.spread_cost >= NAMED_COST {
+                causes.push((
+                    p.spread_cost,
+                    format!(
+                        "a bucket too small for the spread: at {}, {spread} of lateness{fleet_hold} \
+                         is {:.1} tokens, and a bucket of {} can keep only {} back (costs {}). \
+                         Declare the bucket's real size if it is larger, or a smaller spread if \
+                         the server is near (spread: 10ms on loopback or a LAN)",
+                        per_sec(p.declared),
+                        p.declared * p.spread.as_secs_f64(),
+                        l.burst,
+                        p.kept,
+                        percent(p.spread_cost),
+                    ),
+                ));
+            }
+        }
+    }
+    causes.sort_by(|a, b| b.0.total_cmp(&a.0));
+    causes.into_iter().map(|(_, c)| c).collect()
+}
+
+/// A token bucket's burst as paced, when tokens were kept back for the spread.
+fn kept(p: &Pacing, declared: u32) -> String {
+    if p.kept == 0 {
+        return String::new();
+    }
+    format!(
+        "; bursts of up to {}: {} of the bucket's {declared} kept for the {} spread",
+        p.burst,
+        p.kept,
+        humantime::format_duration(p.spread)
+    )
+}
+
+/// A rate with the digits that matter: `0.91/s`, `59.3/s`, `19608/s`.
+fn per_sec(r: f64) -> String {
+    if r >= 100.0 {
+        format!("{r:.0}/s")
+    } else if r >= 10.0 {
+        format!("{r:.1}/s")
+    } else {
+        format!("{r:.2}/s")
+    }
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const PLAN: &str = "name: Checkout\ntarget: http://api\nscenarios:\n  - name: browse\n    executor: shared-iterations\n    vus: 2\n    iterations: 200\n    requests: [{name: q, path: /}]\n  - name: pay\n    executor: constant-vus\n    vus: 1\n    duration: 5s\n    requests: [{name: p, path: /pay}]\n";
+
+    fn limit(yaml: &str) -> Limit {
+        let plan = format!(
+            "name: L\ntarget: http://api\nlimits:\n  - {yaml}\nscenarios:\n  - name: s\n    \
+             executor: constant-vus\n    vus: 1\n    duration: 1s\n    requests: [{{name: q, path: /}}]\n"
+        );
+        let plan = pacer_plan::load_str(&plan, "plan.yaml", &Default::default()).unwrap();
+        plan.limits[0].clone()
+    }
+
+    #[test]
+    fn a_window_with_its_whole_limit_as_burst_warns_and_names_the_token_bucket() {
+        let out = explain_limit(&limit("{name: lim, limit: 5/s, burst: 5}")).join("\n");
+        assert!(out.contains("paced at 0.91/s (margin 81.8%)"), "{out}");
+        assert!(out.contains("warning: margin 81.8%"), "{out}");
+        assert!(out.contains("the burst: 5 of the 5 requests"), "{out}");
+        assert!(out.contains("say shape: token-bucket"), "{out}");
+        assert!(out.contains("a short window: 100ms"), "{out}");
+        // the burst (100%) is named before the window (9.1%)
+        assert!(out.find("the burst").unwrap() < out.find("a short window").unwrap());
+    }
+
+    #[test]
+    fn a_declared_token_bucket_is_paced_at_its_rate_without_warning() {
+        let out = explain_limit(&limit(
+            "{name: lim, limit: 5/s, burst: 5, shape: token-bucket}",
+        ))
+        .join("\n");
+        assert!(out.contains("paced at 4.97/s (margin 0.5%)"), "{out}");
+        assert!(
+            out.contains("1 of the bucket's 5 kept for the 100ms spread"),
+            "{out}"
+        );
+        assert!(!out.contains("warning"), "{out}");
+    }
+
+    #[test]
+    fn a_bucket_too_small_for_the_fleets_spread_is_explained() {
+        let out = explain_limit(&limit(
+            "{name: lim, limit: 100/s, burst: 4, shape: token-bucket, scope: fleet}",
+        ))
+        .join("\n");
+        assert!(
+            out.contains("with --redis (scope: fleet): paced at 25.0/s"),
+            "{out}"
+        );
+        assert!(out.contains("warning: margin 75.0% with --redis"), "{out}");
+        assert!(out.contains("a bucket too small for the spread"), "{out}");
+        assert!(out.contains("lease hold, 50ms"), "{out}");
+    }
+
+    #[test]
+    fn a_fixed_window_says_it_is_paced_like_a_sliding_one() {
+        let out =
+            explain_limit(&limit("{name: lim, limit: 300/min, shape: fixed-window}")).join("\n");
+        assert!(out.contains("fixed-window 300/min, burst 1"), "{out}");
+        assert!(out.contains("paced like a sliding one"), "{out}");
+        assert!(!out.contains("warning"), "{out}");
+    }
 
     #[test]
     fn a_plan_line_names_the_scenarios_and_their_fixed_iterations() {

@@ -225,19 +225,21 @@ pub fn check(l: &LimitSpec) -> Vec<(&'static str, String)> {
             // Requests per window, as the pacing math counts them (a `window` longer than the
             // rate's period holds more).
             let window = l.window.map_or(l.limit.per(), crate::HumanDuration::get);
-            let per_window = l.limit.as_per_sec() * window.as_secs_f64();
-            if burst > 1 && f64::from(burst) > per_window {
+            let per_window = (l.limit.as_per_sec() * window.as_secs_f64())
+                .floor()
+                .max(1.0);
+            if f64::from(burst) > per_window {
                 errors.push((
                     "burst",
                     format!(
-                        "{burst} requests at once is more than a {shape} of {} allows in a whole \
-                         window ({per_window:.0} per {}): the server would refuse the rest. A \
-                         server that states a rate and a separate burst is a token or leaky \
+                        "{burst} requests at once is more than the limit allows in a whole window \
+                         ({per_window:.0} per {} for a {shape} of {}): the server would refuse the \
+                         rest. A server that states a rate and a separate burst is a token or leaky \
                          bucket (nginx limit_req, AWS API Gateway, Shopify): say shape: \
                          token-bucket. Otherwise lower burst to at most {per_window:.0} (burst: 1 \
                          uses the most of the limit)",
-                        l.limit,
                         humantime::format_duration(window),
+                        l.limit,
                         shape = l.shape.as_str(),
                     ),
                 ));
@@ -408,6 +410,46 @@ mod tests {
         let bucket = pace(LimitShape::TokenBucket, r, r.per(), 5, SPREAD);
         assert!(window.rate < 0.2 * 5.0, "{window:?}");
         assert!(bucket.rate / window.rate > 5.0);
+    }
+
+    fn spec(v: serde_json::Value) -> LimitSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_windows_burst_above_its_limit_is_explained_with_the_token_bucket_hint() {
+        let e = check(&spec(
+            serde_json::json!({"name": "l", "limit": "2/s", "burst": 40}),
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "burst");
+        for words in [
+            "40 requests at once",
+            "2 per 1s",
+            "shape: token-bucket",
+            "at most 2",
+        ] {
+            assert!(e[0].1.contains(words), "{words}: {}", e[0].1);
+        }
+        // A bucket of 40 leaking 2/s is what Shopify states: fine as a token bucket.
+        let ok = spec(
+            serde_json::json!({"name": "l", "limit": "2/s", "burst": 40, "shape": "token-bucket"}),
+        );
+        assert!(check(&ok).is_empty());
+        // A longer window holds more: 10/s counted over 10 s allows a burst of 50.
+        let ok =
+            spec(serde_json::json!({"name": "l", "limit": "10/s", "window": "10s", "burst": 50}));
+        assert!(check(&ok).is_empty());
+    }
+
+    #[test]
+    fn a_token_bucket_with_a_window_is_refused_naming_the_field() {
+        let e = check(&spec(serde_json::json!(
+            {"name": "l", "limit": "5/s", "window": "10s", "shape": "token-bucket"}
+        )));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "window");
+        assert!(e[0].1.contains("no counting window"), "{}", e[0].1);
     }
 
     #[test]
