@@ -210,7 +210,7 @@ pub struct LimitConfig {
     /// Name reported in the 429 body and the headers, e.g. `token.rate.per.minute`.
     pub name: String,
     pub key: LimitKey,
-    /// Requests allowed per window and key.
+    /// Requests allowed per window and key; for a bucket, `limit / window` is its rate.
     pub limit: u64,
     #[serde(with = "duration_str")]
     pub window: Duration,

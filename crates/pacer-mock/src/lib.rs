@@ -3,8 +3,9 @@
 //!
 //! It issues OAuth2 client-credentials tokens, answers a few realistic endpoints (analytics
 //! conversation details query, `users/me`, the asynchronous analytics jobs API, a catch-all),
-//! enforces named limits per token, client, org or globally with Genesys' `inin-ratelimit-*`
-//! headers (optionally `X-RateLimit-*` and the IETF fields), and injects faults on demand:
+//! enforces named limits per token, client, org or globally (fixed or sliding windows, token
+//! buckets, nginx's leaky bucket) with Genesys' `inin-ratelimit-*` headers (or `X-RateLimit-*`,
+//! the IETF fields, or none, per limit), and injects faults on demand:
 //! forced 429s and 401s, unavailable periods, latency distributions, stalls, odd `Retry-After`
 //! values. Its statistics prove what clients did: for every limit and key, the most requests
 //! offered and accepted in any window of the limit's length.
