@@ -5,7 +5,8 @@
 //! What is shown: a limit declared as the token bucket it is (`shape: token-bucket`, the rate
 //! and burst as nginx states them) is used at >= 97% of its rate with no 429 after the first
 //! second, at 5/s and at 50/s, measured from nginx's own access log; the same numbers declared
-//! as a window (what pacer did before shapes) use a fifth of it. A missing nginx fails the test
+//! as a window (what pacer did before shapes) use a fifth of it. The nginx configuration and
+//! the 5/s plan are the examples (examples/nginx-limit-req.conf, examples/token-bucket.yaml). A missing nginx fails the test
 //! with the way to install it: nothing is skipped silently.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -24,10 +25,11 @@ const RUN_LIMIT: Duration = Duration::from_secs(40);
 /// The share of the bucket's rate a declared token bucket must get (the issue's bar).
 const USE_AT_LEAST: f64 = 0.97;
 
-/// A throwaway nginx on a free loopback port: one process (`master_process off`), a
+/// A throwaway nginx on a free loopback port, run from examples/nginx-limit-req.conf (so the
+/// example is tested as it is) with its port, rate and burst replaced: one process, a
 /// `limit_req` zone of `rate`/s with `burst` (nodelay, 429 when refused) keyed by client
-/// address, serving a small file; `$msec $status` of every request in `access.log`. Stopped
-/// (by its own pid) on drop.
+/// address, serving Debian's default page; `$msec $status` of every request in `access.log`
+/// under its prefix. Stopped (by its own pid) on drop.
 struct Nginx {
     port: u16,
     dir: tempfile::TempDir,
@@ -42,37 +44,31 @@ impl Nginx {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free loopback port");
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("www")).unwrap();
-        std::fs::create_dir_all(root.join("tmp")).unwrap();
-        std::fs::write(root.join("www/ok.txt"), "ok\n").unwrap();
-        let d = root.display();
-        // `return` would answer before limit_req's phase: a static file goes through it.
-        let conf = format!(
-            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 512; }}\n\
-             http {{\n\
-               log_format t '$msec $status';\n\
-               access_log {d}/access.log t;\n\
-               client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n\
-               uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
-               limit_req_zone $binary_remote_addr zone=api:1m rate={rate}r/s;\n\
-               limit_req_status 429;\n\
-               server {{\n\
-                 listen 127.0.0.1:{port};\n\
-                 root {d}/www;\n\
-                 location / {{ limit_req zone=api burst={burst} nodelay; }}\n\
-               }}\n\
-             }}\n"
-        );
-        std::fs::write(root.join("nginx.conf"), conf).unwrap();
+        let example =
+            std::fs::read_to_string(workspace_root().join("examples/nginx-limit-req.conf"))
+                .unwrap();
+        let mut conf = example.clone();
+        for (from, to) in [
+            (
+                "listen 127.0.0.1:8081;",
+                format!("listen 127.0.0.1:{port};"),
+            ),
+            ("rate=5r/s;", format!("rate={rate}r/s;")),
+            ("burst=5 nodelay;", format!("burst={burst} nodelay;")),
+            ("error_log stderr warn;", "error_log error.log warn;".into()),
+        ] {
+            assert!(conf.contains(from), "{from} not in the example");
+            conf = conf.replace(from, &to);
+        }
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
         let child = Command::new(&bin)
             .arg("-p")
-            .arg(root)
+            .arg(dir.path())
             .arg("-c")
-            .arg(root.join("nginx.conf"))
+            .arg(&conf_path)
             .arg("-e")
-            .arg(root.join("error.log"))
+            .arg(dir.path().join("error.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -129,12 +125,12 @@ fn nginx_bin() -> PathBuf {
         )
 }
 
-/// A plan of 20 VUs requesting `/ok.txt` for [`RUN`] under one declared limit (the VUs still
+/// A plan of 20 VUs requesting `/index.html` for [`RUN`] under one declared limit (the VUs still
 /// queued at the limiter then have a second to go, not the default 30 s).
 fn plan(target: &str, limit: &str) -> String {
     format!(
         "name: shapes\ntarget: {target}\nlimits:\n  - {limit}\nscenarios:\n  - name: s\n    \
-         executor: constant-vus\n    vus: 20\n    duration: {}s\n    gracefulStop: 1s\n    requests: [{{name: ok, path: /ok.txt}}]\n",
+         executor: constant-vus\n    vus: 20\n    duration: {}s\n    gracefulStop: 1s\n    requests: [{{name: ok, path: /index.html}}]\n",
         RUN.as_secs()
     )
 }
@@ -178,15 +174,14 @@ async fn a_declared_token_bucket_uses_nginx_limit_req_at_its_rate_without_429() 
     let slow = Nginx::start(5, 5);
     let fast = Nginx::start(50, 10);
     let window = Nginx::start(5, 5);
+    let example =
+        std::fs::read_to_string(workspace_root().join("examples/token-bucket.yaml")).unwrap();
+    let slow_target = slow.target();
+    let env = [("PACER_TARGET", slow_target.as_str())];
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let (a, b, c) = tokio::join!(
-        run(
-            dirs[0].path(),
-            plan(
-                &slow.target(),
-                "{name: nginx, limit: 5/s, burst: 5, shape: token-bucket}"
-            )
-        ),
+        // examples/token-bucket.yaml as it is, pointed at this nginx
+        run_summary(dirs[0].path(), &example, &[], &env, RUN_LIMIT,),
         run(
             dirs[1].path(),
             plan(
