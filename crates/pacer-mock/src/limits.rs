@@ -187,13 +187,13 @@ fn ceil_div_us(n: i128, d: i128) -> u64 {
 impl WindowState {
     /// Drops what has left the window at `now`.
     fn roll(&mut self, rule: &Rule, now: u64) {
-        match rule.algorithm {
-            Algorithm::Fixed => {
+        match rule.meter {
+            Meter::Fixed => {
                 if self.fixed_count > 0 && now >= self.fixed_start.saturating_add(rule.window_us) {
                     self.fixed_count = 0;
                 }
             }
-            Algorithm::Sliding => {
+            Meter::Sliding => {
                 while self
                     .log
                     .front()
@@ -203,7 +203,7 @@ impl WindowState {
                 }
             }
             // A bucket drains lazily, from `last`.
-            Algorithm::TokenBucket | Algorithm::LeakyBucket => {}
+            Meter::TokenBucket { .. } | Meter::LeakyBucket { .. } => {}
         }
     }
 
@@ -257,11 +257,12 @@ impl WindowState {
         u64::try_from(n.clamp(0, cap)).unwrap_or(0)
     }
 
+    /// Requests in a window (a bucket has a level instead).
     fn count(&self, rule: &Rule) -> u64 {
-        match rule.algorithm {
-            Algorithm::Fixed => self.fixed_count,
-            Algorithm::Sliding => self.log.len() as u64,
-            Algorithm::TokenBucket | Algorithm::LeakyBucket => 0,
+        match rule.meter {
+            Meter::Fixed => self.fixed_count,
+            Meter::Sliding => self.log.len() as u64,
+            Meter::TokenBucket { .. } | Meter::LeakyBucket { .. } => 0,
         }
     }
 
