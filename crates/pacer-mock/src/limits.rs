@@ -240,7 +240,8 @@ impl WindowState {
 
     /// Requests the key may still send at once.
     fn remaining(&self, rule: &Rule, now: u64) -> u64 {
-        let w = i128::from(rule.window_us);
+        // Windows are validated >= 1 ms; never divide by zero all the same.
+        let w = i128::from(rule.window_us).max(1);
         let cap = i128::from(Self::capacity(rule));
         let d = self.drained(rule, now);
         let n = match rule.meter {
