@@ -4,9 +4,10 @@
 //!
 //! What is shown: a limit declared as the token bucket it is (`shape: token-bucket`, the rate
 //! and burst as nginx states them) is used at >= 97% of its rate with no 429 after the first
-//! second, at 5/s and at 50/s, measured from nginx's own access log; the same numbers declared
-//! as a window (what pacer did before shapes) use a fifth of it. The nginx configuration and
-//! the 5/s plan are the examples (examples/nginx-limit-req.conf, examples/token-bucket.yaml). A missing nginx fails the test
+//! second, at 5/s and at 50/s in one process and at 20/s shared by 4 processes through Redis,
+//! measured from nginx's own access log; the same numbers declared as a window (what pacer did
+//! before shapes) use a fifth of it. The nginx configuration and the 5/s plan are the examples
+//! (examples/nginx-limit-req.conf, examples/token-bucket.yaml). A missing nginx fails the test
 //! with the way to install it: nothing is skipped silently.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -218,6 +219,65 @@ async fn a_declared_token_bucket_uses_nginx_limit_req_at_its_rate_without_429() 
     );
     assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
     assert!(s.rate < 0.25 * 5.0, "{:.2}/s", s.rate);
+}
+
+/// Processes of the fleet test, sharing one bucket through Redis.
+const FLEET_PROCESSES: usize = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_through_redis_share_a_token_bucket_at_its_rate_without_429() {
+    // 20r/s burst 10: in a fleet the spread includes the lease hold (150 ms), 3 tokens of it.
+    let nginx = Nginx::start(20, 10);
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "plan.yaml",
+        &plan(
+            &nginx.target(),
+            "{name: nginx, limit: 20/s, burst: 10, shape: token-bucket, scope: fleet}",
+        ),
+    );
+    let url = redis.url();
+    let children: Vec<_> = (0..FLEET_PROCESSES)
+        .map(|i| {
+            let idx = i.to_string();
+            pacer_spawn(&[
+                "run",
+                p.to_str().unwrap(),
+                "-q",
+                "--worker-index",
+                &idx,
+                "--redis",
+                &url,
+                "--fleet",
+                "shapes",
+            ])
+        })
+        .collect();
+    let outs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|c| wait_bounded(c, RUN_LIMIT))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for o in &outs {
+        assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(o), stderr(o));
+    }
+    let s = seen(&nginx.log());
+    println!(
+        "{FLEET_PROCESSES} processes sharing a 20/s burst 10 token bucket: {:.2}/s accepted after \
+         the first second ({:.1}% of the rate, {} requests), {} refused",
+        s.rate,
+        100.0 * s.rate / 20.0,
+        s.accepted,
+        s.refused_after_first_second
+    );
+    assert!(s.rate >= USE_AT_LEAST * 20.0, "{:.2}/s", s.rate);
+    assert!(s.rate <= 20.0 * 1.01, "{:.2}/s", s.rate);
+    assert_eq!(s.refused_after_first_second, 0);
 }
 
 #[test]
