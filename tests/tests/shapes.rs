@@ -5,10 +5,11 @@
 //! What is shown: a limit declared as the token bucket it is (`shape: token-bucket`, the rate
 //! and burst as nginx states them) is used at >= 97% of its rate with no 429 after the first
 //! second, at 5/s and at 50/s in one process and at 20/s shared by 4 processes through Redis,
-//! measured from nginx's own access log; the same numbers declared as a window (what pacer did
-//! before shapes) use a fifth of it. The nginx configuration and the 5/s plan are the examples
-//! (examples/nginx-limit-req.conf, examples/token-bucket.yaml). A missing nginx fails the test
-//! with the way to install it: nothing is skipped silently.
+//! measured from nginx's own access log (and the same against `pacer mock`'s token bucket and
+//! nginx-like leaky bucket, from its arrival log); the same numbers declared as a window (what
+//! pacer did before shapes) use a fifth of it. The nginx configuration and the 5/s plan are the
+//! examples (examples/nginx-limit-req.conf, examples/token-bucket.yaml). A missing nginx fails
+//! the test with the way to install it: nothing is skipped silently.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pacer_mock::{Algorithm, LatencyConfig, LimitConfig, LimitKey, MockConfig, MockServer};
 use pacer_tests::*;
 
 /// How long each run sends: long enough that one second of start-up is a small part of it.
@@ -219,6 +221,75 @@ async fn a_declared_token_bucket_uses_nginx_limit_req_at_its_rate_without_429() 
     );
     assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
     assert!(s.rate < 0.25 * 5.0, "{:.2}/s", s.rate);
+}
+
+/// `pacer mock` with one global `limit` of `algorithm` (rate `rate`/s, `burst`), no auth,
+/// answering at once, recording arrivals.
+async fn bucket_mock(algorithm: Algorithm, rate: u64, burst: u64) -> MockServer {
+    start_mock(MockConfig {
+        limits: vec![LimitConfig {
+            algorithm,
+            burst: Some(burst),
+            nodelay: algorithm == Algorithm::LeakyBucket,
+            ..LimitConfig::new("bucket", LimitKey::Global, rate, Duration::from_secs(1))
+        }],
+        record_arrivals: true,
+        ..plain_mock_config(LatencyConfig::None)
+    })
+    .await
+}
+
+/// The mock's arrival log as (seconds, status).
+fn mock_log(mock: &MockServer) -> Vec<(f64, u16)> {
+    let view = mock.control().arrivals();
+    assert!(view.enabled && view.dropped == 0);
+    view.arrivals
+        .iter()
+        .map(|a| (a.t_us as f64 / 1e6, a.status))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_token_bucket_uses_the_mocks_buckets_at_their_rate_without_429() {
+    // The mock's token bucket "10/s, burst 5", and its nginx-like leaky bucket "5/s burst 5
+    // nodelay", each declared as the vendor would state it.
+    let token = bucket_mock(Algorithm::TokenBucket, 10, 5).await;
+    let leaky = bucket_mock(Algorithm::LeakyBucket, 5, 5).await;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, b) = tokio::join!(
+        run(
+            dirs[0].path(),
+            plan(
+                &format!("http://{}", token.addr()),
+                "{name: api, limit: 10/s, burst: 5, shape: token-bucket}"
+            )
+        ),
+        run(
+            dirs[1].path(),
+            plan(
+                &format!("http://{}", leaky.addr()),
+                "{name: api, limit: 5/s, burst: 5, shape: token-bucket}"
+            )
+        ),
+    );
+    for (r, rate, mock, what) in [
+        (&a, 10.0, &token, "token bucket"),
+        (&b, 5.0, &leaky, "leaky bucket"),
+    ] {
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        let s = seen(&mock_log(mock));
+        println!(
+            "mock {what} {rate}/s: {:.2}/s accepted after the first second ({:.1}% of the rate, \
+             {} requests), {} refused",
+            s.rate,
+            100.0 * s.rate / rate,
+            s.accepted,
+            s.refused_after_first_second
+        );
+        assert!(s.rate >= USE_AT_LEAST * rate, "{what}: {:.2}/s", s.rate);
+        assert!(s.rate <= rate * 1.01, "{what}: {:.2}/s", s.rate);
+        assert_eq!(s.refused_after_first_second, 0, "{what}");
+    }
 }
 
 /// Processes of the fleet test, sharing one bucket through Redis.
