@@ -267,13 +267,13 @@ pub async fn run(
 mod tests {
     #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-    use pacer_plan::{LoadOptions, load_str};
+    use pacer_plan::{Refs, load_str};
 
     use super::*;
 
     fn plan(scenarios: &str) -> Plan {
         let yaml = format!("name: t\ntarget: http://127.0.0.1:9\nscenarios:\n{scenarios}");
-        load_str(&yaml, "plan.yaml", &LoadOptions::default()).unwrap()
+        load_str(&yaml, "plan.yaml", &Refs::default()).unwrap()
     }
 
     #[test]

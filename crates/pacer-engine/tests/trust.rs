@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use pacer_engine::{HttpClient, Outgoing};
 use pacer_limiter::Unlimited;
-use pacer_plan::{LoadOptions, load_str};
+use pacer_plan::{Refs, load_str};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -218,7 +218,7 @@ fn a_literal_path_to_another_host_fails_validation_naming_the_field() {
         let yaml = format!(
             "name: t\ntarget: http://127.0.0.1:9\nhttp: {http}\nscenarios:\n  - name: s\n    executor: shared-iterations\n    iterations: 1\n    requests:\n      - {{ name: a, path: \"{path}\" }}\n"
         );
-        let e = load_str(&yaml, "plan.yaml", &LoadOptions::default())
+        let e = load_str(&yaml, "plan.yaml", &Refs::default())
             .unwrap_err()
             .to_string();
         assert!(
@@ -227,7 +227,7 @@ fn a_literal_path_to_another_host_fails_validation_naming_the_field() {
         );
     }
     let ok = "name: t\ntarget: http://127.0.0.1:9\nhttp: { allowHosts: [\"evil:1\"] }\nscenarios:\n  - name: s\n    executor: shared-iterations\n    iterations: 1\n    requests:\n      - { name: a, path: \"http://evil:1/x\" }\n";
-    load_str(ok, "plan.yaml", &LoadOptions::default()).unwrap();
+    load_str(ok, "plan.yaml", &Refs::default()).unwrap();
 }
 
 #[test]
@@ -241,7 +241,7 @@ fn allow_hosts_and_max_body_bytes_are_validated_with_their_field() {
         let yaml = format!(
             "name: t\ntarget: http://127.0.0.1:9\nhttp: {http}\nscenarios:\n  - name: s\n    executor: shared-iterations\n    iterations: 1\n    requests:\n      - {{ name: a, path: /x }}\n"
         );
-        let e = load_str(&yaml, "plan.yaml", &LoadOptions::default())
+        let e = load_str(&yaml, "plan.yaml", &Refs::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains(field), "{http}: {e}");
@@ -341,7 +341,7 @@ async fn a_big_body_nothing_reads_is_drained_and_counted_not_kept() {
         t.bytes_received
     );
     // Through the client: drained (counted, not kept) unless the request keeps it.
-    let plan = load_str(&plan, "plan.yaml", &LoadOptions::default()).unwrap();
+    let plan = load_str(&plan, "plan.yaml", &Refs::default()).unwrap();
     let client = HttpClient::new(&plan.http, 1).unwrap();
     let uri: http::Uri = format!("http://{target}/a").parse().unwrap();
     for keep in [false, true] {

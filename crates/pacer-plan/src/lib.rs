@@ -24,7 +24,7 @@ pub use error::{FieldError, PlanError};
 pub use load::{load_file, load_str, load_value};
 pub use model::*;
 pub use rate::Rate;
-pub use refs::{LoadOptions, Refs};
+pub use refs::Refs;
 pub use shape::{LimitShape, Pacing};
 pub use shard::Shard;
 pub use template::{Part, Template};

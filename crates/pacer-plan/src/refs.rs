@@ -61,9 +61,6 @@ pub enum Refs<'a> {
     Remote { provided: EnvLookup<'a> },
 }
 
-/// Compatibility name: what `load_str`/`load_value` take.
-pub type LoadOptions<'a> = Refs<'a>;
-
 fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }

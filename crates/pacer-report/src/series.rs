@@ -795,7 +795,7 @@ mod tests {
         let plan = pacer_plan::load_str(
             "name: p\ntarget: http://127.0.0.1:1\nscenarios:\n  - {name: a, executor: ramping-arrival-rate, startRate: 0/s, stages: [{target: 10/s, duration: 10s}], requests: [{name: x, path: /x}, {name: q, path: /q}]}\n  - {name: b, executor: constant-vus, vus: 2, duration: 5s, requests: [{name: z, path: /z}]}\n  - {name: c, executor: constant-arrival-rate, rate: 4/s, duration: 2s, startTime: 3s, requests: [{name: w, path: /w}]}\n",
             "plan.yaml",
-            &pacer_plan::LoadOptions::default(),
+            &pacer_plan::Refs::default(),
         )
         .unwrap();
         let planned = PlannedRate::from_plan(&plan);

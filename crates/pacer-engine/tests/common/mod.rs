@@ -9,12 +9,12 @@ use bytes::Bytes;
 use http_body_util::Full;
 use pacer_engine::{Deps, RunControl, RunOptions};
 use pacer_limiter::{Limiter, Unlimited};
-use pacer_plan::{LoadOptions, load_str};
+use pacer_plan::{Refs, load_str};
 use pacer_stats::{Recorder, RequestStats};
 
 /// Runs the plan `yaml` to its end with `limiter`; the totals over every request.
 pub async fn run_plan(yaml: &str, limiter: Arc<dyn Limiter>) -> RequestStats {
-    let plan = Arc::new(load_str(yaml, "plan.yaml", &LoadOptions::default()).unwrap());
+    let plan = Arc::new(load_str(yaml, "plan.yaml", &Refs::default()).unwrap());
     let recorder = Arc::new(Recorder::new(pacer_stats::Layout::of(&plan)));
     pacer_engine::run(
         plan,
