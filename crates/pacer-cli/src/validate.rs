@@ -107,7 +107,7 @@ fn plan_line(plan: &pacer_plan::Plan) -> String {
 fn with_limits(line: String, plan: &pacer_plan::Plan) -> String {
     let mut out = line;
     for l in &plan.limits {
-        for s in explain_limit(l) {
+        for s in explain_limit(l, plan.workers) {
             out.push_str("\n  ");
             out.push_str(&s);
         }
@@ -117,8 +117,8 @@ fn with_limits(line: String, plan: &pacer_plan::Plan) -> String {
 
 /// What a limit costs: its pacing rate and margin in one process, through Redis for a
 /// `scope: fleet` limit, and a warning with the causes when the margin is over
-/// [`MARGIN_WARNING`].
-fn explain_limit(l: &Limit) -> Vec<String> {
+/// [`MARGIN_WARNING`]. `workers`: the plan's, which split a fleet limit without Redis.
+fn explain_limit(l: &Limit, workers: u32) -> Vec<String> {
     let local = pacing(l, DEFAULT_SPREAD);
     let window = match l.shape {
         LimitShape::TokenBucket => String::new(),
@@ -156,6 +156,15 @@ fn explain_limit(l: &Limit) -> Vec<String> {
              server's reset yet, so it does not use the whole limit right after each reset"
                 .into(),
         );
+    }
+    if l.shape == LimitShape::TokenBucket && l.scope == LimitScope::Fleet && workers > l.burst {
+        // pacer_worker::shard_limits gives every worker at least one token of the burst.
+        out.push(format!(
+            "  warning: split among {workers} workers without --redis, each worker keeps at least \
+             one token, so up to {workers} requests can arrive at once at a bucket of {burst}: \
+             run the workers with --redis (one shared bucket), or at most {burst} of them",
+            burst = l.burst
+        ));
     }
     let (p, where_) = worst;
     if p.margin() > MARGIN_WARNING {
@@ -290,9 +299,24 @@ mod tests {
         plan.limits[0].clone()
     }
 
+    fn explain_limit1(l: &Limit) -> Vec<String> {
+        explain_limit(l, 1)
+    }
+
+    #[test]
+    fn a_token_bucket_split_among_more_workers_than_tokens_warns() {
+        let l = limit("{name: lim, limit: 10/s, burst: 2, shape: token-bucket, scope: fleet}");
+        let out = explain_limit(&l, 4).join("\n");
+        assert!(
+            out.contains("split among 4 workers without --redis"),
+            "{out}"
+        );
+        assert!(!explain_limit(&l, 2).join("\n").contains("split among"));
+    }
+
     #[test]
     fn a_window_with_its_whole_limit_as_burst_warns_and_names_the_token_bucket() {
-        let out = explain_limit(&limit("{name: lim, limit: 5/s, burst: 5}")).join("\n");
+        let out = explain_limit1(&limit("{name: lim, limit: 5/s, burst: 5}")).join("\n");
         assert!(out.contains("paced at 0.91/s (margin 81.8%)"), "{out}");
         assert!(out.contains("warning: margin 81.8%"), "{out}");
         assert!(out.contains("the burst: 5 of the 5 requests"), "{out}");
@@ -304,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_declared_token_bucket_is_paced_at_its_rate_without_warning() {
-        let out = explain_limit(&limit(
+        let out = explain_limit1(&limit(
             "{name: lim, limit: 5/s, burst: 5, shape: token-bucket}",
         ))
         .join("\n");
@@ -318,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_bucket_too_small_for_the_fleets_spread_is_explained() {
-        let out = explain_limit(&limit(
+        let out = explain_limit1(&limit(
             "{name: lim, limit: 100/s, burst: 4, shape: token-bucket, scope: fleet}",
         ))
         .join("\n");
@@ -334,7 +358,7 @@ mod tests {
     #[test]
     fn a_fixed_window_says_it_is_paced_like_a_sliding_one() {
         let out =
-            explain_limit(&limit("{name: lim, limit: 300/min, shape: fixed-window}")).join("\n");
+            explain_limit1(&limit("{name: lim, limit: 300/min, shape: fixed-window}")).join("\n");
         assert!(out.contains("fixed-window 300/min, burst 1"), "{out}");
         assert!(out.contains("paced like a sliding one"), "{out}");
         assert!(!out.contains("warning"), "{out}");
