@@ -61,8 +61,9 @@ pub enum WorkerError {
     Protocol(String),
     #[error("the plan from the controller is not valid here: {0}")]
     Plan(String),
-    #[error("{0}")]
-    Fleet(String),
+    /// The fleet's shared limits (Redis) could not be joined; its own error says why.
+    #[error(transparent)]
+    Fleet(#[from] pacer_engine::setup::SetupError),
     #[error("stopped before the test started")]
     NotStarted,
     #[error("finished, but could not deliver the final results within {0:?}: {1}")]

@@ -124,7 +124,7 @@ async fn launch(cfg: &WorkerConfig, a: &Assign) -> Result<Launched, WorkerError>
             fc.ca_pem = r.ca_pem.clone();
             LimiterSetup::fleet(&plan, fc, &recorder)
                 .await
-                .map_err(|e| WorkerError::Fleet(e.to_string()))?
+                .map_err(WorkerError::Fleet)?
         }
         None => LimiterSetup::local(&shard_limits(&plan.limits, &shard)),
     };
