@@ -5,9 +5,9 @@
 //! docs/distributed.md; this crate only adds names for the constants and small helpers that
 //! keep both sides agreeing.
 
-#![allow(clippy::all)] // generated code
-
-/// Generated from `proto/pacer/v1/coordinator.proto`.
+/// Generated from `proto/pacer/v1/coordinator.proto` (clippy is silenced for the generated
+/// code only; the helpers below are linted like any other file).
+#[allow(clippy::all)]
 pub mod v1 {
     tonic::include_proto!("pacer.v1");
 }
