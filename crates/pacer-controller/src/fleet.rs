@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::Inner;
-use crate::report::{FleetOutcome, FleetStatus, WorkerRow};
+use crate::report::{FleetOutcome, FleetStatus, WorkerView};
 
 /// Where a worker is in its life. Its serde name ([`WorkerState::as_str`]) is what the
 /// per-worker table, the `fleet` section of `--summary-json` and a LoadTest's `workerHealth`
@@ -642,10 +642,10 @@ impl Fleet {
         }
     }
 
-    fn rows(&self, inner: &Inner, elapsed: Duration) -> Vec<WorkerRow> {
+    fn rows(&self, inner: &Inner, elapsed: Duration) -> Vec<WorkerView> {
         self.slots
             .iter()
-            .map(|s| WorkerRow::new(s, inner.cfg.weights[s.index as usize], elapsed))
+            .map(|s| WorkerView::new(s, inner.cfg.weights[s.index as usize], elapsed))
             .collect()
     }
 

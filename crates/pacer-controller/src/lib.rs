@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use fleet::Halt;
 pub use fleet::WorkerState;
-pub use report::{FleetOutcome, FleetStatus, ProgressTracker, WorkerRow};
+pub use report::{FleetOutcome, FleetStatus, ProgressTracker, WorkerView};
 
 /// How long the controller waits and listens; defaults in [`ControllerConfig::new`].
 #[derive(Clone, Debug)]

@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use crate::fleet::{Slot, WorkerState};
 
-/// One worker in the summary and in progress displays.
+/// One worker in the summary, in progress displays and in a LoadTest's `workerHealth` (named
+/// apart from `pacer_report::WorkerRow`, the HTML report's per-worker row).
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct WorkerRow {
+pub struct WorkerView {
     pub index: u32,
     /// What the worker called itself (host:pid).
     pub name: String,
@@ -39,7 +40,7 @@ pub struct WorkerRow {
     pub reason: Option<String>,
 }
 
-impl WorkerRow {
+impl WorkerView {
     pub(crate) fn new(s: &Slot, weight: u32, elapsed: Duration) -> Self {
         let (total, iterations) = match &s.snapshot {
             Some(snap) => (
@@ -49,7 +50,7 @@ impl WorkerRow {
             None => (Default::default(), 0),
         };
         let secs = elapsed.as_secs_f64();
-        WorkerRow {
+        WorkerView {
             index: s.index,
             name: s.name.clone(),
             version: s.version.clone(),
@@ -80,7 +81,7 @@ pub struct FleetStatus {
     pub elapsed: Duration,
     /// Every worker's latest snapshot, merged.
     pub merged: Snapshot,
-    pub workers: Vec<WorkerRow>,
+    pub workers: Vec<WorkerView>,
     pub stop_reason: Option<String>,
 }
 
@@ -91,7 +92,7 @@ pub struct FleetOutcome {
     /// Every worker's last counted snapshot, merged exactly.
     pub merged: Snapshot,
     pub elapsed: Duration,
-    pub workers: Vec<WorkerRow>,
+    pub workers: Vec<WorkerView>,
     /// Each worker's last counted snapshot (index order; `None`: it never reported).
     pub worker_snapshots: Vec<Option<Snapshot>>,
     /// Each worker's limits table with that snapshot (merged into the summary's).
@@ -110,7 +111,7 @@ pub struct FleetOutcome {
 #[derive(Serialize)]
 struct FleetJson<'a> {
     test_id: &'a str,
-    workers: &'a [WorkerRow],
+    workers: &'a [WorkerView],
     lost: usize,
     abort_reason: &'a Option<String>,
     failure: &'a Option<String>,
@@ -180,12 +181,12 @@ impl FleetOutcome {
 }
 
 /// How many of `rows` are lost workers (the summary's, the table's and progress's count).
-fn lost(rows: &[WorkerRow]) -> usize {
+fn lost(rows: &[WorkerView]) -> usize {
     rows.iter().filter(|w| w.state == WorkerState::Lost).count()
 }
 
 /// The per-worker table: requests, rate, errors, state.
-pub fn render_workers(rows: &[WorkerRow]) -> String {
+pub fn render_workers(rows: &[WorkerView]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "  workers ({}, {} lost)", rows.len(), lost(rows));
     let _ = writeln!(

@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pacer_controller::{
-    ControllerConfig, ControllerError, Coordinator, FleetStatus, WorkerRow, WorkerState,
-};
+use pacer_controller::{ControllerConfig, ControllerError, Coordinator, FleetStatus, WorkerState};
 use pacer_plan::Plan;
 use pacer_stats::{Snapshot, ThresholdResult};
 use parking_lot::Mutex;
@@ -29,7 +27,7 @@ pub struct RunSpec {
 }
 
 /// A worker's health as the controller sees it.
-pub type WorkerView = WorkerRow;
+pub use pacer_controller::WorkerView;
 
 /// Live numbers of a run.
 #[derive(Clone, Debug, Default)]
@@ -267,7 +265,7 @@ pub fn stats_of(
     plan: &Plan,
     merged: &Snapshot,
     elapsed: Duration,
-    workers: &[WorkerRow],
+    workers: &[WorkerView],
     started: bool,
 ) -> LiveStats {
     let total = merged.total();

@@ -221,11 +221,11 @@ fn starting_steps(name: &str) -> Vec<Step> {
     ]
 }
 
-fn workers(states: &[WorkerState]) -> Vec<pacer_controller::WorkerRow> {
+fn workers(states: &[WorkerState]) -> Vec<pacer_controller::WorkerView> {
     states
         .iter()
         .enumerate()
-        .map(|(i, s)| pacer_controller::WorkerRow {
+        .map(|(i, s)| pacer_controller::WorkerView {
             index: i as u32,
             name: format!("run1-workers-{i}"),
             version: "0.1.0".into(),
