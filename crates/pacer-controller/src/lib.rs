@@ -112,6 +112,18 @@ pub enum ControllerError {
     SessionTokenTooShort(usize),
 }
 
+/// How often the run loop looks at the fleet when no message wakes it: the deadlines it keeps
+/// (the wait for workers, a worker's loss timeout) are met within this, and a look is a lock
+/// and a pass over the slots.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// Past the plan's longest run (gracefulStop included) and two loss timeouts, how long the
+/// run still waits for workers that keep talking but do not finish before it counts them as
+/// lost. A backstop, not a measurement: workers end by themselves, and this only has to be
+/// generous next to a final report's travel (milliseconds) while still ending a run whose
+/// workers never finish.
+const FINISH_GRACE: Duration = Duration::from_secs(30);
+
 /// The coordinator: shared by the gRPC service (one task per worker stream) and the run loop.
 #[derive(Clone)]
 pub struct Coordinator {
@@ -301,14 +313,14 @@ impl Coordinator {
             }
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
             }
         }
     }
 
     async fn watch(&self) {
         let inner = &self.inner;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(LOOK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let notified = inner.changed.notified();
@@ -327,8 +339,7 @@ impl Coordinator {
                 f.judge(inner, now, elapsed);
                 // Workers end by themselves; this bounds a fleet whose workers keep talking
                 // but never finish (gracefulStop is included in max_duration).
-                let limit =
-                    inner.plan.max_duration() + inner.cfg.lost_after * 2 + Duration::from_secs(30);
+                let limit = inner.plan.max_duration() + inner.cfg.lost_after * 2 + FINISH_GRACE;
                 if elapsed > limit {
                     f.give_up_unfinished(now, elapsed);
                 }
