@@ -1,6 +1,7 @@
 //! `pacer run --redis URL --fleet ID`: this process joins a fleet. Processes started with the
 //! same Redis and fleet id share every `scope: fleet` limit and every `share: fleet` token;
-//! without them one process keeps every limit itself.
+//! without them one process keeps every limit itself. `--budget NAME` (or the plan's
+//! `budget:`) shares them with every process of any test naming the same budget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,14 @@ pub struct FleetArgs {
     /// `pacer run --workers N` and `pacer worker` default to the controller's test id.
     #[arg(long, env = "PACER_FLEET", value_name = "ID")]
     pub fleet: Option<String>,
+    /// The named budget to share through Redis, overriding the plan's `budget:`: every process
+    /// of any test naming it shares its limits and tokens (A-Z a-z 0-9 . _ -, at most 64).
+    /// With a budget, `--fleet` is optional.
+    #[arg(long, env = "PACER_BUDGET", value_name = "NAME", value_parser = parse_budget)]
+    pub budget: Option<String>,
+    /// How long a budget's keys outlive their last use (default: 1 hour). For tests.
+    #[arg(long, env = "PACER_BUDGET_IDLE", value_name = "DURATION", hide = true, value_parser = crate::flags::parse_duration)]
+    pub budget_idle: Option<Duration>,
     /// How long to keep sending at a safe share while Redis fails, before pausing until it is
     /// back.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::flags::parse_duration)]
@@ -34,13 +43,39 @@ pub struct FleetArgs {
     pub redis_ca: Option<std::path::PathBuf>,
 }
 
+/// `--budget NAME`: the plan's rule for a budget's name.
+fn parse_budget(s: &str) -> Result<String, String> {
+    match pacer_plan::budget::name_problem(s) {
+        Some(p) => Err(p),
+        None => Ok(s.to_string()),
+    }
+}
+
 impl FleetArgs {
-    /// `--fleet` names a fleet in Redis: it means nothing without `--redis`.
+    /// `--fleet` and `--budget` name things in Redis: they mean nothing without `--redis`.
     pub fn check_fleet_has_redis(&self) -> anyhow::Result<()> {
         if self.fleet.is_some() && self.redis.is_none() {
             anyhow::bail!("--fleet needs --redis URL (or PACER_REDIS_URL)");
         }
+        if self.budget.is_some() && self.redis.is_none() {
+            anyhow::bail!(
+                "--budget needs --redis URL (or PACER_REDIS_URL): a budget is shared through Redis"
+            );
+        }
         Ok(())
+    }
+
+    /// The fleet's Redis settings for test `test_id`, with the budget (`--budget`; the plan's
+    /// `budget:` applies when it is `None`, see `LimiterSetup::fleet`).
+    pub fn config(&self, url: &str, test_id: &str) -> anyhow::Result<FleetConfig> {
+        let mut cfg = FleetConfig::new(url.to_string(), test_id.to_string());
+        cfg.safe_mode_max = self.redis_safe_mode;
+        cfg.ca_pem = self.ca_pem()?;
+        cfg.budget = self.budget.clone();
+        if let Some(idle) = self.budget_idle {
+            cfg.budget_idle = idle;
+        }
+        Ok(cfg)
     }
 
     /// The CA to trust for `rediss://`, read from `--redis-ca`.
@@ -68,6 +103,8 @@ impl std::fmt::Debug for FleetArgs {
                     .map(pacer_limiter::fleet::redacted_url),
             )
             .field("fleet", &self.fleet)
+            .field("budget", &self.budget)
+            .field("budget_idle", &self.budget_idle)
             .field("redis_safe_mode", &self.redis_safe_mode)
             .field("redis_ca", &self.redis_ca)
             .finish()
@@ -85,13 +122,17 @@ pub async fn setup(
     let Some(url) = &args.redis else {
         return Ok(LimiterSetup::local(&plan.limits));
     };
-    let Some(id) = &args.fleet else {
-        anyhow::bail!(
-            "--redis needs --fleet ID (or PACER_FLEET): the test id the fleet's processes share"
-        );
+    // With a budget the processes find each other by its name: this one's test id only says
+    // who declared what, so it need not be shared.
+    let budget = args.budget.as_deref().or(plan.budget());
+    let id = match (&args.fleet, budget) {
+        (Some(id), _) => id.clone(),
+        (None, Some(_)) => format!("run-{}", std::process::id()),
+        (None, None) => anyhow::bail!(
+            "--redis needs --fleet ID (or PACER_FLEET), or a budget (--budget NAME or the \
+             plan's budget:): the name the fleet's processes share"
+        ),
     };
-    let mut cfg = FleetConfig::new(url.clone(), id.clone());
-    cfg.safe_mode_max = args.redis_safe_mode;
-    cfg.ca_pem = args.ca_pem()?;
+    let cfg = args.config(url, &id)?;
     Ok(LimiterSetup::fleet(plan, cfg, recorder).await?)
 }

@@ -44,7 +44,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a plan and print the summary. Exit code: 0 passed, 99 a threshold failed,
     /// 2 invalid plan or arguments, 1 any other failure.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check a plan (or a LoadTest manifest) and list every problem with its field path.
     Validate(validate::ValidateArgs),
     /// Serve a mock API that enforces rate limits the way SaaS APIs do (for demos and tests).
@@ -114,7 +114,7 @@ fn init_tracing(filter: &str) {
 /// Run a parsed command line.
 pub async fn run_cli(cli: Cli) -> Exit {
     match cli.command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(*args).await,
         Command::Validate(args) => validate::run(&args),
         Command::Controller(args) => controller::run(*args).await,
         Command::Worker(args) => worker::run(*args).await,

@@ -127,10 +127,19 @@ fn worker_command(
             if let Some(ca) = &fleet.redis_ca {
                 cmd.arg("--redis-ca").arg(ca);
             }
+            match &fleet.budget {
+                Some(b) => cmd.env("PACER_BUDGET", b),
+                None => cmd.env_remove("PACER_BUDGET"),
+            };
+            if let Some(idle) = fleet.budget_idle {
+                cmd.env("PACER_BUDGET_IDLE", format!("{}ms", idle.as_millis()));
+            }
         }
         None => {
             cmd.env_remove("PACER_REDIS_URL")
                 .env_remove("PACER_FLEET")
+                .env_remove("PACER_BUDGET")
+                .env_remove("PACER_BUDGET_IDLE")
                 .env_remove("PACER_REDIS_CA");
         }
     }
@@ -176,6 +185,8 @@ mod tests {
         let fleet = FleetArgs {
             redis: Some(URL.into()),
             fleet: None,
+            budget: None,
+            budget_idle: None,
             redis_safe_mode: Duration::from_secs(10),
             redis_ca: None,
         };
@@ -204,6 +215,8 @@ mod tests {
         let fleet = FleetArgs {
             redis: None,
             fleet: None,
+            budget: None,
+            budget_idle: None,
             redis_safe_mode: Duration::from_secs(10),
             redis_ca: None,
         };

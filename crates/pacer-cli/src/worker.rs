@@ -84,6 +84,8 @@ fn redis_join(f: &crate::fleet::FleetArgs) -> anyhow::Result<Option<pacer_worker
     Ok(Some(pacer_worker::RedisJoin {
         url: url.clone(),
         fleet: f.fleet.clone(),
+        budget: f.budget.clone(),
+        budget_idle: f.budget_idle,
         safe_mode_max: f.redis_safe_mode,
         ca_pem: f.ca_pem()?,
     }))

@@ -138,6 +138,17 @@ impl OAuthClient {
         &self.name
     }
 
+    /// The id its shared token has in Redis: the token URL, client id and scope, hashed (never
+    /// the secret), so the same client shares one token across every test of a budget while
+    /// different clients or token URLs never share one.
+    pub(crate) fn shared_key(&self) -> String {
+        pacer_limiter::fleet::keys::credential_id(
+            self.token_url.as_str(),
+            &self.client_id,
+            self.scope.as_deref(),
+        )
+    }
+
     /// Fetch a token from the token endpoint (its own 429/503 are retried up to 3 times with
     /// their Retry-After). Records the fetch. Errors show the HTTP status and OAuth error code
     /// only.
@@ -337,6 +348,8 @@ const FLEET_TOKEN_POLL: Duration = Duration::from_millis(250);
 
 /// A `share: fleet` OAuth2 credential of a fleet worker.
 struct SharedCred {
+    /// Its token's id in Redis ([`OAuthClient::shared_key`]).
+    key: String,
     client: OAuthClient,
     current: parking_lot::RwLock<Option<Cached>>,
     /// One task per worker talks to Redis for this credential; the others wait here.
@@ -372,9 +385,12 @@ impl FleetTokens {
             .map(|a| {
                 (a.kind == AuthKind::OAuth2ClientCredentials && a.share == Share::Fleet).then(
                     || {
-                        store.register(&a.name);
+                        let client = OAuthClient::from_auth(a, plan);
+                        let key = client.shared_key();
+                        store.register(&key);
                         SharedCred {
-                            client: OAuthClient::from_auth(a, plan),
+                            key,
+                            client,
                             current: parking_lot::RwLock::new(None),
                             refresh: tokio::sync::Mutex::new(()),
                             rejected: parking_lot::Mutex::new(None),
@@ -414,11 +430,11 @@ impl FleetTokens {
                     ),
                 });
             }
-            match self.store.get(name).await {
+            match self.store.get(&c.key).await {
                 Ok(Some((t, valid))) => {
                     if c.rejected.lock().as_ref() == Some(&t) {
                         // The token a 401 rejected is still shared: drop it, then refresh.
-                        if let Err(e) = self.store.invalidate(name, &t).await {
+                        if let Err(e) = self.store.invalidate(&c.key, &t).await {
                             return self.fetch_alone(c, &e).await;
                         }
                         continue;
@@ -429,13 +445,13 @@ impl FleetTokens {
                     });
                     return Ok(t);
                 }
-                Ok(None) => match self.store.try_lock(name, FLEET_TOKEN_LOCK).await {
+                Ok(None) => match self.store.try_lock(&c.key, FLEET_TOKEN_LOCK).await {
                     Ok(true) => {
                         // The refresher before us may have stored its token and released the
                         // lock between our read and our lock: look once more before fetching.
-                        match self.store.get(name).await {
+                        match self.store.get(&c.key).await {
                             Ok(Some((t, _))) if c.rejected.lock().as_ref() != Some(&t) => {
-                                let _ = self.store.unlock(name).await;
+                                let _ = self.store.unlock(&c.key).await;
                                 continue;
                             }
                             Ok(_) => return self.refresh(c).await,
@@ -444,7 +460,7 @@ impl FleetTokens {
                     }
                     Ok(false) => {
                         self.store
-                            .wait_for_token(name, FLEET_TOKEN_POLL.min(left))
+                            .wait_for_token(&c.key, FLEET_TOKEN_POLL.min(left))
                             .await
                     }
                     Err(e) => return self.fetch_alone(c, &e).await,
@@ -460,7 +476,7 @@ impl FleetTokens {
         let f = match c.client.fetch(&self.client, &self.recorder).await {
             Ok(f) => f,
             Err(e) => {
-                if let Err(re) = self.store.unlock(name).await {
+                if let Err(re) = self.store.unlock(&c.key).await {
                     tracing::debug!(credential = %name, error = %re, "cannot release the token lock");
                 }
                 return Err(e);
@@ -474,7 +490,7 @@ impl FleetTokens {
             .max(f.lifetime / 2)
             .saturating_sub(f.requested_at.elapsed())
             .max(Duration::from_millis(1));
-        if let Err(e) = self.store.put(name, &f.token, shared_for).await {
+        if let Err(e) = self.store.put(&c.key, &f.token, shared_for).await {
             tracing::warn!(credential = %name, error = %e, "cannot share the new token through Redis: this worker uses it alone");
         }
         *c.current.write() = Some(Cached {

@@ -46,12 +46,25 @@ impl LimiterSetup {
 
     /// Join the fleet `cfg.test_id` in Redis: `scope: fleet` limits are paced from one
     /// budget (the plan's whole limits, not a share), `share: fleet` tokens fetched once.
+    /// With a named budget (`cfg.budget`, `pacer run --budget`, else the plan's `budget:`)
+    /// every test naming it shares them, and a declaration of its limits that disagrees with
+    /// the budget's is refused before anything is sent.
     pub async fn fleet(
         plan: &Plan,
-        cfg: FleetConfig,
+        mut cfg: FleetConfig,
         recorder: &Arc<Recorder>,
     ) -> Result<Self, SetupError> {
+        if cfg.budget.is_none() {
+            cfg.budget = plan.budget().map(str::to_string);
+        }
         let fleet = Fleet::connect(cfg).await?;
+        if let Err(e) = fleet.declare(&plan.limits).await {
+            // Not one of the budget's processes after all: say so to the others at once.
+            if let Err(le) = fleet.leave().await {
+                tracing::debug!(error = %le, "leaving the fleet after a refused declaration");
+            }
+            return Err(e.into());
+        }
         let limiter = Arc::new(FleetLimiter::new(
             fleet.clone(),
             &plan.limits,
@@ -107,7 +120,7 @@ impl LimiterSetup {
     }
 
     /// Leave the fleet; the last process deletes the test's keys in Redis (otherwise they
-    /// expire by themselves).
+    /// expire by themselves). A budget's keys stay for its idle time.
     pub async fn finish(&self) {
         let Some(f) = &self.fleet else { return };
         match f.leave().await {

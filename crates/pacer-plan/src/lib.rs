@@ -4,6 +4,7 @@
 //! No I/O beyond reading the plan file and `${file:..}` references; no async.
 
 pub mod bounds;
+pub mod budget;
 pub mod duration;
 pub mod error;
 pub mod load;

@@ -28,6 +28,11 @@ pub struct PlanSpec {
     /// What a distributed run does when a worker stops reporting (default `continue`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_worker_loss: Option<WorkerLoss>,
+    /// The named budget the plan's `scope: fleet` limits and `share: fleet` tokens belong to:
+    /// every process naming it, in any test, shares them through Redis (`pacer run --budget`
+    /// overrides it). 1-64 characters among `A-Z a-z 0-9 . _ -`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
     /// Values available to templates as `{{vars.NAME}}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, serde_json::Value>,

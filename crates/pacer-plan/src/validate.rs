@@ -54,6 +54,7 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
     let mut c = Checker {
         errors: crate::bounds::check(&spec),
     };
+    c.errors.extend(crate::budget::check(&spec));
 
     c.name("name", &spec.name);
     let target = match url::Url::parse(&spec.target) {

@@ -48,6 +48,10 @@ pub struct RedisJoin {
     pub url: String,
     /// The fleet's id in Redis; `None`: the controller's test id.
     pub fleet: Option<String>,
+    /// The named budget to share (`--budget`); `None`: the plan's `budget:`, if any.
+    pub budget: Option<String>,
+    /// How long the budget's keys outlive their last use; `None`: the limiter's default.
+    pub budget_idle: Option<Duration>,
     /// How long to send at a safe share while Redis fails, before pausing.
     pub safe_mode_max: Duration,
     /// PEM CA(s) to trust for `rediss://` instead of the system's roots.
@@ -123,6 +127,8 @@ mod tests {
         cfg.redis = Some(RedisJoin {
             url: "redis://:redis-secret@r:6379".into(),
             fleet: None,
+            budget: None,
+            budget_idle: None,
             safe_mode_max: Duration::from_secs(1),
             ca_pem: None,
         });

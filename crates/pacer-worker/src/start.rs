@@ -122,6 +122,10 @@ async fn launch(cfg: &WorkerConfig, a: &Assign) -> Result<Launched, WorkerError>
             );
             fc.safe_mode_max = r.safe_mode_max;
             fc.ca_pem = r.ca_pem.clone();
+            fc.budget = r.budget.clone();
+            if let Some(idle) = r.budget_idle {
+                fc.budget_idle = idle;
+            }
             LimiterSetup::fleet(&plan, fc, &recorder)
                 .await
                 .map_err(WorkerError::Fleet)?

@@ -383,6 +383,8 @@ impl FleetLimiter {
             .max()
             .unwrap_or(0)
             .max(60_000);
+        // A budget's state outlives its tests by the budget's idle time instead.
+        let keep_ms = fleet.budget_keep_ms().unwrap_or(keep_ms);
         let state = fleet_limits.iter().map(|_| LimitState::new(now)).collect();
         let inner = Arc::new(Inner {
             fleet: fleet.clone(),

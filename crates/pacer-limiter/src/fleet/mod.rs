@@ -10,7 +10,8 @@
 //! - [`FleetLimiter`]: the [`crate::Limiter`] for a fleet (leases, pauses, AIMD, safe mode).
 //! - [`TokenStore`]: the shared token cache's Redis primitives (the HTTP fetch stays in the
 //!   engine, which owns the HTTP client).
-//! - [`Keys`]: the Redis layout.
+//! - [`Keys`]: the Redis layout (a test's own, or a named budget's that many tests share:
+//!   [`Fleet::declare`] refuses a budget declared with different limits).
 //!
 //! docs/rate-limiting.md ("Fleets") says what this guarantees and with which numbers.
 
@@ -46,6 +47,16 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const HEARTBEAT_STALE: Duration = Duration::from_secs(15);
 /// How often a worker that lost Redis tries it again.
 pub const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// How long a named budget's keys (limit states and definitions) outlive their last use: long
+/// enough that tests run one after another (or a laptop joining an hour later) meet the same
+/// definitions and pauses, short enough that an abandoned budget leaves nothing for a day.
+/// Every heartbeat and every lease refreshes it.
+pub const BUDGET_IDLE: Duration = Duration::from_secs(3600);
+/// The shortest idle time a budget may be given (tests use a few seconds): at least a few
+/// heartbeats, so a budget in use never expires between two of them.
+pub const BUDGET_IDLE_MIN: Duration = Duration::from_secs(HEARTBEAT_EVERY.as_secs() * 3);
+/// The longest idle time a budget may be given: a day.
+pub const BUDGET_IDLE_MAX: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FleetError {
@@ -59,6 +70,28 @@ pub enum FleetError {
     Timeout { op: &'static str, timeout: Duration },
     #[error("Redis sent a malformed reply to {op}: {what}")]
     Reply { op: &'static str, what: String },
+    /// A budget's limit declared differently than the budget recorded (boxed: errors stay
+    /// small on the lease path).
+    #[error(transparent)]
+    BudgetDisagrees(Box<BudgetDisagreement>),
+}
+
+/// Two declarations of one budget's limit that differ: both, and who declared each.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "budget {budget:?}: limit {limit:?} is declared as {theirs} by test {declared_by:?} and as \
+     {ours} by this test ({test:?}); a budget's limits must agree: declare the same limit, or \
+     name another budget"
+)]
+pub struct BudgetDisagreement {
+    pub budget: String,
+    pub limit: String,
+    /// This process's definition.
+    pub ours: String,
+    pub test: String,
+    /// The definition the budget recorded first, and the test that declared it.
+    pub theirs: String,
+    pub declared_by: String,
 }
 
 /// How to reach Redis and how long to wait for it.
@@ -69,6 +102,12 @@ pub struct FleetConfig {
     pub url: String,
     /// The test's id: the processes of one fleet use the same one.
     pub test_id: String,
+    /// The named budget the fleet shares with other tests (its keys live under its name), or
+    /// `None`: the test keeps its limits and tokens to itself.
+    pub budget: Option<String>,
+    /// How long the budget's keys outlive their last use ([`BUDGET_IDLE`]; tests shorten it,
+    /// within [`BUDGET_IDLE_MIN`]..=[`BUDGET_IDLE_MAX`]).
+    pub budget_idle: Duration,
     /// TCP (and TLS) connect timeout. redis-rs' own default is 1 s.
     pub connect_timeout: Duration,
     /// Longest wait for any Redis answer; beyond it Redis counts as failing (safe mode).
@@ -88,6 +127,8 @@ impl FleetConfig {
         Self {
             url: url.into(),
             test_id: test_id.into(),
+            budget: None,
+            budget_idle: BUDGET_IDLE,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_millis(500),
             safe_mode_max: Duration::from_secs(10),
@@ -101,6 +142,8 @@ impl std::fmt::Debug for FleetConfig {
         f.debug_struct("FleetConfig")
             .field("url", &redacted_url(&self.url))
             .field("test_id", &self.test_id)
+            .field("budget", &self.budget)
+            .field("budget_idle", &self.budget_idle)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("safe_mode_max", &self.safe_mode_max)
@@ -250,6 +293,11 @@ pub struct Fleet {
     events: broadcast::Sender<Event>,
     /// Every key this worker created, so the last worker can delete them all.
     known_keys: Mutex<BTreeSet<String>>,
+    test_id: String,
+    /// How long a budget's keys outlive their last use (unused without a budget).
+    budget_idle: Duration,
+    /// The budget's definition keys this worker declared: every heartbeat refreshes them.
+    definitions: Mutex<BTreeSet<String>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -266,7 +314,13 @@ impl Fleet {
     /// Connect, register this worker and start listening to the fleet. Fails when Redis cannot
     /// be reached within the connect timeout (a fleet does not start without its budget).
     pub async fn connect(cfg: FleetConfig) -> Result<Arc<Self>, FleetError> {
-        let keys = Keys::new(&cfg.test_id)?;
+        let keys = Keys::new(&cfg.test_id, cfg.budget.as_deref())?;
+        if !(BUDGET_IDLE_MIN..=BUDGET_IDLE_MAX).contains(&cfg.budget_idle) {
+            return Err(FleetError::Config(format!(
+                "the budget's idle time {:?} must be within {:?}..={:?}",
+                cfg.budget_idle, BUDGET_IDLE_MIN, BUDGET_IDLE_MAX
+            )));
+        }
         let addr = redacted_url(&cfg.url);
         let connect_err = |reason: String| FleetError::Connect {
             addr: addr.clone(),
@@ -355,6 +409,9 @@ impl Fleet {
             health_changed: Notify::new(),
             events,
             known_keys: Mutex::new(BTreeSet::new()),
+            test_id: cfg.test_id.clone(),
+            budget_idle: cfg.budget_idle,
+            definitions: Mutex::new(BTreeSet::new()),
             tasks: Mutex::new(Vec::new()),
         });
         fleet
@@ -395,6 +452,59 @@ impl Fleet {
     /// Remember a key this worker writes, for the cleanup at the end of the test.
     pub(crate) fn track_key(&self, key: String) {
         self.known_keys.lock().insert(key);
+    }
+
+    /// How long an idle limit's state outlives its last slot in a budget (ms): the budget's
+    /// idle time, refreshed by every lease. `None` for a test's own fleet (the limiter's own
+    /// keep, since the last worker deletes the keys anyway).
+    pub(crate) fn budget_keep_ms(&self) -> Option<u64> {
+        self.keys
+            .budget()
+            .map(|_| u64::try_from(self.budget_idle.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Declare the budget's `scope: fleet` limits among `limits`, each by its
+    /// [`pacer_plan::budget::definition`] (rate, window, burst, shape). The first declaration of a limit is recorded with
+    /// this test's id; a later one that differs is refused with both definitions and the test
+    /// that declared the first ([`BudgetDisagreement`]), never a silent winner.
+    /// Without a budget there is nothing to agree on: the test's limits are its own.
+    pub async fn declare(self: &Arc<Self>, limits: &[pacer_plan::Limit]) -> Result<(), FleetError> {
+        let Some(budget) = self.keys.budget() else {
+            return Ok(());
+        };
+        let limits: Vec<(String, String)> = limits
+            .iter()
+            .filter(|l| l.scope == pacer_plan::spec::LimitScope::Fleet)
+            .map(|l| (l.name.clone(), pacer_plan::budget::definition(l)))
+            .collect();
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let mut inv = scripts::DECLARE.prepare_invoke();
+        for (name, _) in &limits {
+            inv.key(self.keys.definition(name));
+        }
+        inv.arg(self.budget_idle.as_millis() as u64)
+            .arg(&self.test_id);
+        for (_, def) in &limits {
+            inv.arg(def);
+        }
+        let v = self.script("declaring the budget's limits", inv).await?;
+        if let Some((i, theirs, by)) = scripts::parse_declare(&v, limits.len())? {
+            let (limit, ours) = &limits[i];
+            return Err(FleetError::BudgetDisagrees(Box::new(BudgetDisagreement {
+                budget: budget.to_string(),
+                limit: limit.clone(),
+                ours: ours.clone(),
+                test: self.test_id.clone(),
+                theirs,
+                declared_by: by,
+            })));
+        }
+        self.definitions
+            .lock()
+            .extend(limits.iter().map(|(n, _)| self.keys.definition(n)));
+        Ok(())
     }
 
     /// The current mode, and the epoch that changes with it.
@@ -569,10 +679,15 @@ impl Fleet {
 
     async fn heartbeat(self: &Arc<Self>) -> Result<u64, FleetError> {
         let mut inv = scripts::HEARTBEAT.key(self.keys.workers());
+        // A budget in use stays: its definitions live on for its idle time after this beat.
+        for k in self.definitions.lock().iter() {
+            inv.key(k);
+        }
         inv.arg(&self.worker_id)
             .arg(HEARTBEAT_STALE.as_millis() as u64)
             .arg((HEARTBEAT_STALE * 3).as_millis() as u64)
-            .arg(self.keys.events());
+            .arg(self.keys.events())
+            .arg(self.budget_idle.as_millis() as u64);
         let v = self.script("the heartbeat", inv).await?;
         let n = scripts::parse_count("the heartbeat", &v)?;
         self.set_workers(n);
@@ -580,14 +695,18 @@ impl Fleet {
     }
 
     /// Leave the fleet: stop the background tasks and deregister. The last worker to leave
-    /// deletes every key of the test. Returns whether this worker cleaned up.
+    /// deletes every key of the test; a budget's keys are never deleted (other tests may use
+    /// them now or later): they expire after the budget's idle time. Returns whether this
+    /// worker cleaned up.
     pub async fn leave(self: &Arc<Self>) -> Result<bool, FleetError> {
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
         let mut inv = scripts::LEAVE.key(self.keys.workers());
-        for k in self.known_keys.lock().iter() {
-            inv.key(k);
+        if self.keys.budget().is_none() {
+            for k in self.known_keys.lock().iter() {
+                inv.key(k);
+            }
         }
         inv.arg(&self.worker_id)
             .arg(HEARTBEAT_STALE.as_millis() as u64)

@@ -400,6 +400,136 @@ async fn workers_register_and_the_last_one_deletes_the_tests_keys() {
     assert!(keys.is_empty(), "{keys:?}");
 }
 
+fn budget_cfg(r: &RedisServer, test: &str, budget: &str) -> FleetConfig {
+    let mut c = cfg(r, test);
+    c.budget = Some(budget.into());
+    c.budget_idle = BUDGET_IDLE_MIN;
+    c
+}
+
+async fn keys_matching(c: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(c)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn two_tests_on_one_budget_share_its_limit_and_a_disagreeing_one_is_refused() {
+    let r = RedisServer::start();
+    let a = Fleet::connect(budget_cfg(&r, "test-a", "acme"))
+        .await
+        .unwrap();
+    let b = Fleet::connect(budget_cfg(&r, "test-b", "acme"))
+        .await
+        .unwrap();
+    // both tests count as one fleet: the budget's
+    assert_eq!(b.heartbeat().await.unwrap(), 2);
+    let plan = [limit("org", "100/s", 1)];
+    a.declare(&plan).await.unwrap();
+    b.declare(&plan).await.unwrap();
+    let la = FleetLimiter::new(a.clone(), &plan, FleetOptions::default());
+    let lb = FleetLimiter::new(b.clone(), &plan, FleetOptions::default());
+    let meta = RequestMeta {
+        method: "GET",
+        path: "/",
+        request: "r",
+    };
+    // one GCRA for both tests: 40 grants at 100/s take about 0.4 s, not 0.2 s
+    let started = std::time::Instant::now();
+    let run = |l: FleetLimiter| async move {
+        for _ in 0..20 {
+            l.acquire(&meta).await.unwrap();
+        }
+    };
+    tokio::join!(run(la), run(lb));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(330), "{took:?}");
+
+    let c = Fleet::connect(budget_cfg(&r, "test-c", "acme"))
+        .await
+        .unwrap();
+    let e = c.declare(&[limit("org", "200/s", 1)]).await.unwrap_err();
+    let text = e.to_string();
+    for part in [
+        "\"acme\"",
+        "\"org\"",
+        "100/s",
+        "200/s",
+        "\"test-a\"",
+        "\"test-c\"",
+    ] {
+        assert!(text.contains(part), "{part} missing: {text}");
+    }
+    // another budget, or no budget, is free to declare what it likes
+    let d = Fleet::connect(budget_cfg(&r, "test-c", "other"))
+        .await
+        .unwrap();
+    d.declare(&[limit("org", "200/s", 1)]).await.unwrap();
+    for f in [a, b, c, d] {
+        f.leave().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_budgets_keys_survive_its_tests_and_expire_when_idle() {
+    let r = RedisServer::start();
+    let mut c = conn(&r).await;
+    let a = Fleet::connect(budget_cfg(&r, "test-a", "acme"))
+        .await
+        .unwrap();
+    let plan = [limit("org", "100/s", 1)];
+    a.declare(&plan).await.unwrap();
+    let lim = FleetLimiter::new(a.clone(), &plan, FleetOptions::default());
+    let meta = RequestMeta {
+        method: "GET",
+        path: "/",
+        request: "r",
+    };
+    lim.acquire(&meta).await.unwrap();
+    assert!(a.leave().await.unwrap(), "the budget's last process");
+    let keys = keys_matching(&mut c, "{pacer:budget:acme}*").await;
+    assert_eq!(
+        keys,
+        [
+            "{pacer:budget:acme}:def:org",
+            "{pacer:budget:acme}:limit:org"
+        ],
+        "the budget outlives its last test"
+    );
+    for k in &keys {
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut c).await.unwrap();
+        let idle = BUDGET_IDLE_MIN.as_millis() as i64;
+        assert!(ttl > idle - 5_000 && ttl <= idle + 2_000, "{k}: {ttl} ms");
+    }
+    // the first declarer is remembered while the budget lives
+    let b = Fleet::connect(budget_cfg(&r, "test-b", "acme"))
+        .await
+        .unwrap();
+    let e = b.declare(&[limit("org", "50/s", 1)]).await.unwrap_err();
+    assert!(e.to_string().contains("\"test-a\""), "{e}");
+    b.leave().await.unwrap();
+    // nothing refreshes them now: gone after the idle time
+    tokio::time::sleep(BUDGET_IDLE_MIN + Duration::from_secs(2)).await;
+    assert!(
+        keys_matching(&mut c, "{pacer:budget:acme}*")
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_budget_idle_time_out_of_bounds_is_refused() {
+    let r = RedisServer::start();
+    let mut c = budget_cfg(&r, "t", "acme");
+    c.budget_idle = Duration::from_secs(1);
+    let e = Fleet::connect(c).await.unwrap_err().to_string();
+    assert!(e.contains("idle time"), "{e}");
+}
+
 #[tokio::test]
 async fn the_token_cache_has_one_refresher_and_drops_only_the_token_that_failed() {
     let r = RedisServer::start();
@@ -548,6 +678,7 @@ async fn a_pause_reaches_the_other_worker_and_safe_mode_is_bounded_then_recovers
         &Feedback {
             status: 429,
             retry_after: Some(Duration::from_millis(600)),
+            pause_origin: crate::PauseOrigin::Server,
         },
     );
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -28,6 +28,9 @@ pub(crate) static LEAVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/leave.lua")));
 pub(crate) static TOKEN_PUT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/token_put.lua")));
+/// Records or compares a budget's limit definitions (see `lua/declare.lua`).
+pub(crate) static DECLARE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/declare.lua")));
 pub(crate) static COMPARE_AND_DELETE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/compare_and_delete.lua")));
 
@@ -191,9 +194,66 @@ pub(crate) fn parse_count(op: &'static str, v: &Value) -> Result<u64, FleetError
     u64::try_from(i).map_err(|_| malformed(op, "the count is negative"))
 }
 
+fn text(op: &'static str, v: &Value, field: &str) -> Result<String, FleetError> {
+    match v {
+        Value::BulkString(b) => {
+            String::from_utf8(b.clone()).map_err(|_| malformed(op, format!("{field} is not UTF-8")))
+        }
+        Value::SimpleString(s) => Ok(s.clone()),
+        _ => Err(malformed(op, format!("{field} is not a string"))),
+    }
+}
+
+/// Parse `declare.lua`'s reply for `n` limits: `None` when all agree, or the index (0-based)
+/// of the first that disagrees, the definition the budget recorded and the test that did.
+pub(crate) fn parse_declare(
+    v: &Value,
+    n: usize,
+) -> Result<Option<(usize, String, String)>, FleetError> {
+    const OP: &str = "the budget's declaration script";
+    let a = array(OP, v, "the reply")?;
+    match a {
+        [] => Ok(None),
+        [i, def, by] => {
+            let i = int(OP, i, "the limit's index")?;
+            let i = usize::try_from(i)
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .filter(|i| *i < n)
+                .ok_or_else(|| malformed(OP, format!("limit index {i} of {n}")))?;
+            Ok(Some((
+                i,
+                text(OP, def, "the definition")?,
+                text(OP, by, "the test")?,
+            )))
+        }
+        _ => Err(malformed(
+            OP,
+            format!("{} fields instead of 0 or 3", a.len()),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declare_replies_are_checked() {
+        let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
+        assert_eq!(parse_declare(&Value::Array(vec![]), 2).unwrap(), None);
+        let r = Value::Array(vec![Value::Int(2), s("10/s"), s("t-a")]);
+        assert_eq!(
+            parse_declare(&r, 2).unwrap(),
+            Some((1, "10/s".into(), "t-a".into()))
+        );
+        let out_of_range = Value::Array(vec![Value::Int(3), s("10/s"), s("t-a")]);
+        assert!(parse_declare(&out_of_range, 2).is_err());
+        let zero = Value::Array(vec![Value::Int(0), s("10/s"), s("t-a")]);
+        assert!(parse_declare(&zero, 2).is_err());
+        assert!(parse_declare(&Value::Array(vec![Value::Int(1)]), 2).is_err());
+        assert!(parse_declare(&Value::Int(1), 2).is_err());
+    }
 
     fn ints(v: &[i64]) -> Value {
         Value::Array(v.iter().map(|i| Value::Int(*i)).collect())
