@@ -1,0 +1,330 @@
+//! Named budgets, end to end: real `pacer run --redis URL --budget NAME` processes of different
+//! tests (different fleet ids), a real `redis-server` and the real mock API (its arrival log and
+//! token counts) on loopback. Processes naming one budget must behave like one client of the
+//! budget's limits, fetch one token for all, refuse a declaration that disagrees with the
+//! budget's, and leave the budget's keys in Redis after their test, until its idle time.
+//!
+//! Times are scaled down (a 5 s window). The tests share the machine's two cores, so they run
+//! one at a time.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use pacer_mock::{Algorithm, AuthMode, LatencyConfig, LimitConfig, LimitKey, MockConfig};
+use pacer_tests::*;
+
+/// The server's per-token limit (one token for the budget: one limit): 500 in any 5 s.
+const LIMIT: u64 = 500;
+const WINDOW: Duration = Duration::from_secs(5);
+/// Each process offers twice the limit (100/s allowed).
+const OFFERED: u32 = 200;
+
+/// One test at a time: each runs several processes on a 2-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn mock_config() -> MockConfig {
+    MockConfig {
+        auth: AuthMode::Required,
+        token_lifetime: Duration::from_secs(3600),
+        token_rate_limit: None,
+        limits: vec![LimitConfig {
+            name: "per-token".into(),
+            key: LimitKey::Token,
+            limit: LIMIT,
+            window: WINDOW,
+            methods: None,
+            path_prefix: None,
+            algorithm: Algorithm::Sliding,
+            ..LimitConfig::default()
+        }],
+        latency: LatencyConfig::Fixed {
+            value: Duration::from_millis(2),
+        },
+        record_arrivals: true,
+        ..MockConfig::default()
+    }
+}
+
+/// A test's plan: its own name, the budget's limit as it declares it.
+fn plan(name: &str, target: &str, limit: &str, duration: &str) -> String {
+    format!(
+        r#"name: {name}
+target: {target}
+auth:
+  - {{ name: g, type: oauth2-clientCredentials, tokenUrl: /oauth/token, clientId: pacer-demo, clientSecret: demo-secret }}
+limits:
+  - {{ name: org, limit: {limit}, scope: fleet }}
+retry: {{ maxAttempts: 2, backoff: {{ base: 50ms, max: 1s }} }}
+scenarios:
+  - name: s
+    executor: constant-arrival-rate
+    rate: {OFFERED}/s
+    duration: {duration}
+    maxInFlight: 100
+    gracefulStop: 500ms
+    auth: g
+    requests: [{{ name: r, path: /api/v2/users/me }}]
+"#
+    )
+}
+
+/// `pacer run` of one test on the budget (its fleet id is its own: `--fleet` is left out).
+fn spawn_run(
+    dir: &std::path::Path,
+    test: &str,
+    plan_text: &str,
+    url: &str,
+    budget: &str,
+    index: u32,
+    extra: &[&str],
+) -> std::process::Child {
+    let p = write(dir, &format!("{test}.yaml"), plan_text);
+    let sj = dir.join(format!("{test}.json"));
+    let idx = index.to_string();
+    let mut args = vec![
+        "run",
+        p.to_str().unwrap(),
+        "-q",
+        "--worker-header",
+        "--worker-index",
+        &idx,
+        "--summary-json",
+        sj.to_str().unwrap(),
+        "--redis",
+        url,
+        "--budget",
+        budget,
+    ];
+    args.extend_from_slice(extra);
+    pacer_spawn(&args)
+}
+
+async fn wait(child: std::process::Child, limit: Duration) -> std::process::Output {
+    tokio::task::spawn_blocking(move || wait_bounded(child, limit))
+        .await
+        .unwrap()
+}
+
+fn assert_ran(out: &std::process::Output) {
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(99)),
+        "pacer ended with {:?}\n{}\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+    assert!(!stderr(out).contains("panicked"), "{}", stderr(out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tests_on_one_budget_share_its_limit_and_one_token() {
+    let _one = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let mock = start_mock(mock_config()).await;
+    let target = format!("http://{}", mock.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        spawn_run(
+            dir.path(),
+            "test-a",
+            &plan("test-a", &target, "500/5s", "8s"),
+            &redis.url(),
+            "acme",
+            0,
+            &[],
+        ),
+        spawn_run(
+            dir.path(),
+            "test-b",
+            &plan("test-b", &target, "500/5s", "8s"),
+            &redis.url(),
+            "acme",
+            1,
+            &[],
+        ),
+    );
+    let (a, b) = tokio::join!(
+        wait(a, Duration::from_secs(40)),
+        wait(b, Duration::from_secs(40))
+    );
+    assert_ran(&a);
+    assert_ran(&b);
+    let stats = mock.stats();
+    let lim = &stats.limits[0];
+    let arrivals = mock.control().arrivals().arrivals;
+    let first = arrivals.first().unwrap().t_us;
+    // the steady part: 1 s after the first arrival to 1 s before the planned end
+    let (from, to) = (first + 1_000_000, first + 7_000_000);
+    let secs = (to - from) as f64 / 1e6;
+    let accepted = |worker: Option<&str>| {
+        arrivals
+            .iter()
+            .filter(|x| x.t_us >= from && x.t_us < to && x.status == 200)
+            .filter(|x| worker.is_none_or(|w| x.worker.as_deref() == Some(w)))
+            .count() as f64
+            / secs
+    };
+    let allowed = LIMIT as f64 / WINDOW.as_secs_f64();
+    let (total, by_a, by_b) = (accepted(None), accepted(Some("0")), accepted(Some("1")));
+    eprintln!(
+        "budget acme, 2 tests offering {OFFERED}/s each: accepted {} rejected {}, max offered in \
+         a window {} of {LIMIT}; steady {total:.1}/s ({:.1}% of {allowed}/s): test-a {by_a:.1}/s \
+         ({:.1}%), test-b {by_b:.1}/s ({:.1}%); tokens issued {}",
+        lim.accepted,
+        lim.rejected,
+        lim.max_offered_in_window,
+        total / allowed * 100.0,
+        by_a / allowed * 100.0,
+        by_b / allowed * 100.0,
+        stats.tokens.issued
+    );
+    assert!(
+        lim.max_offered_in_window <= LIMIT,
+        "the budget's tests overran the limit: {} in a window",
+        lim.max_offered_in_window
+    );
+    assert!(
+        total >= 0.9 * allowed,
+        "together {total:.1}/s of {allowed}/s"
+    );
+    assert!(by_a >= 0.3 * allowed, "test-a {by_a:.1}/s of {allowed}/s");
+    assert!(by_b >= 0.3 * allowed, "test-b {by_b:.1}/s of {allowed}/s");
+    assert_eq!(stats.tokens.issued, 1, "one token for both tests");
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_declaring_the_budget_differently_is_refused_naming_both() {
+    let _one = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let mock = start_mock(mock_config()).await;
+    let target = format!("http://{}", mock.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let first = spawn_run(
+        dir.path(),
+        "first",
+        &plan("first", &target, "500/5s", "3s"),
+        &redis.url(),
+        "acme",
+        0,
+        &["--fleet", "test-first"],
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let second = spawn_run(
+        dir.path(),
+        "second",
+        &plan("second", &target, "800/5s", "3s"),
+        &redis.url(),
+        "acme",
+        1,
+        &["--fleet", "test-second"],
+    );
+    let second = wait(second, Duration::from_secs(20)).await;
+    let first = wait(first, Duration::from_secs(20)).await;
+    assert_ran(&first);
+    let err = stderr(&second);
+    eprintln!("{err}");
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    for part in [
+        "budget \"acme\"",
+        "limit \"org\"",
+        "500/5s within 5s",
+        "800/5s within 5s",
+        "\"test-first\"",
+        "\"test-second\"",
+    ] {
+        assert!(err.contains(part), "{part} missing from: {err}");
+    }
+    let sent_by_second = mock
+        .control()
+        .arrivals()
+        .arrivals
+        .iter()
+        .filter(|a| a.worker.as_deref() == Some("1"))
+        .count();
+    assert_eq!(sent_by_second, 0, "a refused test sends nothing");
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budgets_keys_outlive_its_tests_and_expire_when_idle() {
+    let _one = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let mock = start_mock(mock_config()).await;
+    let target = format!("http://{}", mock.addr());
+    let dir = tempfile::tempdir().unwrap();
+    // a distributed run (a controller and 2 worker processes) with the shortest idle time
+    let p = write(
+        dir.path(),
+        "w.yaml",
+        &plan("workers", &target, "500/5s", "2s"),
+    );
+    let out = pacer_async(
+        [
+            "run",
+            p.to_str().unwrap(),
+            "-q",
+            "--workers",
+            "2",
+            "--redis",
+            &redis.url(),
+            "--budget",
+            "keep",
+            "--fleet",
+            "test-w",
+            "--budget-idle",
+            "15s",
+        ]
+        .map(String::from)
+        .to_vec(),
+        vec![],
+        Duration::from_secs(40),
+    )
+    .await;
+    assert_ran(&out);
+    let keys = |pattern: &str| {
+        let mut k: Vec<String> = redis
+            .command(&["KEYS", pattern])
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        k.sort();
+        k
+    };
+    let budget_keys = keys("{pacer:budget:keep}*");
+    eprintln!("after the test: {budget_keys:?}");
+    assert!(
+        budget_keys.contains(&"{pacer:budget:keep}:def:org".to_string())
+            && budget_keys.contains(&"{pacer:budget:keep}:limit:org".to_string()),
+        "the budget outlives its test: {budget_keys:?}"
+    );
+    // the shared token is the budget's too (it expires with the token, not with the budget)
+    assert!(
+        budget_keys
+            .iter()
+            .any(|k| k.starts_with("{pacer:budget:keep}:token:")),
+        "{budget_keys:?}"
+    );
+    assert!(
+        keys("{pacer:test-w}*").is_empty(),
+        "nothing under the test id"
+    );
+    for k in [
+        "{pacer:budget:keep}:def:org",
+        "{pacer:budget:keep}:limit:org",
+    ] {
+        let ttl: i64 = redis.command(&["PTTL", k]).unwrap().parse().unwrap();
+        assert!((5_000..=16_000).contains(&ttl), "{k}: {ttl} ms");
+    }
+    assert_eq!(mock.stats().tokens.issued, 1, "one token for both workers");
+    // idle: gone after the idle time (15 s, and Redis' lazy expiry needs none: KEYS checks)
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    let left: Vec<String> = keys("{pacer:budget:keep}*")
+        .into_iter()
+        .filter(|k| !k.contains(":token:"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    mock.shutdown().await;
+}
