@@ -328,3 +328,59 @@ async fn a_budgets_keys_outlive_its_tests_and_expire_when_idle() {
     assert!(left.is_empty(), "{left:?}");
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_example_runs_as_written_by_two_tests_with_one_token() {
+    let _one = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    // the demo API's defaults: OAuth2, 300 requests per minute per token
+    let mock = start_mock(pacer_mock::MockConfig::default()).await;
+    let target = format!("http://{}", mock.addr());
+    let example = workspace_root().join("examples/budget.yaml");
+    let example = example.to_str().unwrap();
+    let env = vec![
+        ("PACER_TARGET".to_string(), target),
+        ("PACER_REDIS_URL".to_string(), redis.url()),
+    ];
+    let args = |extra: &[&str]| {
+        let mut a = vec!["run".to_string(), example.to_string(), "-q".to_string()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let (alone, workers) = tokio::join!(
+        pacer_async(args(&[]), env.clone(), Duration::from_secs(60)),
+        pacer_async(
+            args(&["--workers", "2"]),
+            env.clone(),
+            Duration::from_secs(60)
+        ),
+    );
+    let stats = mock.stats();
+    let lim = &stats.limits[0];
+    eprintln!(
+        "examples/budget.yaml, a test and a 2-worker test: accepted {} rejected {}, max offered \
+         in a window {} of {}; tokens issued {}",
+        lim.accepted, lim.rejected, lim.max_offered_in_window, lim.limit, stats.tokens.issued
+    );
+    // both pass their thresholds (under 1% throttled)
+    for out in [&alone, &workers] {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            stdout(out),
+            stderr(out)
+        );
+    }
+    assert!(lim.max_offered_in_window <= lim.limit, "{lim:?}");
+    // Together at the one limit's rate (5/s): at most 5/s over the 20 s run, its 2 s graceful
+    // stop and a start 1 s apart, plus the burst of 5. Two tests keeping the limit each would
+    // send about twice that.
+    let offered = lim.accepted + lim.rejected;
+    assert!(
+        offered <= 5 * 23 + 5,
+        "{offered} requests: the tests did not share the budget"
+    );
+    assert_eq!(stats.tokens.issued, 1, "one token for both tests");
+    mock.shutdown().await;
+}

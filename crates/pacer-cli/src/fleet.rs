@@ -120,6 +120,13 @@ pub async fn setup(
     args.check_fleet_has_redis()?;
     // One process: every limit, worker- or fleet-scoped, is this process's to keep.
     let Some(url) = &args.redis else {
+        if let Some(b) = plan.budget() {
+            tracing::warn!(
+                budget = b,
+                "the plan names a budget but there is no --redis: this process keeps its limits \
+                 and tokens to itself and shares nothing with the budget"
+            );
+        }
         return Ok(LimiterSetup::local(&plan.limits));
     };
     // With a budget the processes find each other by its name: this one's test id only says
