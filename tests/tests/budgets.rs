@@ -14,7 +14,7 @@ use std::time::Duration;
 use pacer_mock::{Algorithm, AuthMode, LatencyConfig, LimitConfig, LimitKey, MockConfig};
 use pacer_tests::*;
 
-/// The server's per-token limit (one token for the budget: one limit): 500 in any 5 s.
+/// The server's limit for the whole organisation, whatever the token: 500 in any 5 s.
 const LIMIT: u64 = 500;
 const WINDOW: Duration = Duration::from_secs(5);
 /// Each process offers twice the limit (100/s allowed).
@@ -29,8 +29,8 @@ fn mock_config() -> MockConfig {
         token_lifetime: Duration::from_secs(3600),
         token_rate_limit: None,
         limits: vec![LimitConfig {
-            name: "per-token".into(),
-            key: LimitKey::Token,
+            name: "per-org".into(),
+            key: LimitKey::Org,
             limit: LIMIT,
             window: WINDOW,
             methods: None,
@@ -118,7 +118,7 @@ fn assert_ran(out: &std::process::Output) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_tests_on_one_budget_share_its_limit_and_one_token() {
+async fn two_tests_on_one_budget_share_its_limit_and_one_token_where_without_it_they_overrun() {
     let _one = SERIAL.lock().await;
     let redis = RedisServer::start();
     let mock = start_mock(mock_config()).await;
@@ -191,6 +191,43 @@ async fn two_tests_on_one_budget_share_its_limit_and_one_token() {
     assert!(by_a >= 0.3 * allowed, "test-a {by_a:.1}/s of {allowed}/s");
     assert!(by_b >= 0.3 * allowed, "test-b {by_b:.1}/s of {allowed}/s");
     assert_eq!(stats.tokens.issued, 1, "one token for both tests");
+    mock.shutdown().await;
+
+    // The same two tests without a budget (each its own fleet id): each keeps the whole
+    // organisation's limit and fetches its own token, so together they overrun it.
+    let mock = start_mock(mock_config()).await;
+    let target = format!("http://{}", mock.addr());
+    let alone = |test: &str| {
+        let p = write(
+            dir.path(),
+            &format!("{test}-alone.yaml"),
+            &plan(test, &target, "500/5s", "4s"),
+        );
+        pacer_spawn(&[
+            "run",
+            p.to_str().unwrap(),
+            "-q",
+            "--redis",
+            &redis.url(),
+            "--fleet",
+            test,
+        ])
+    };
+    let (a, b) = (alone("test-a"), alone("test-b"));
+    let (a, b) = tokio::join!(
+        wait(a, Duration::from_secs(30)),
+        wait(b, Duration::from_secs(30))
+    );
+    assert_ran(&a);
+    assert_ran(&b);
+    let stats = mock.stats();
+    let lim = &stats.limits[0];
+    eprintln!(
+        "without a budget: max offered in a window {} of {LIMIT}, rejected {}, tokens issued {}",
+        lim.max_offered_in_window, lim.rejected, stats.tokens.issued
+    );
+    assert!(lim.max_offered_in_window > LIMIT, "{lim:?}");
+    assert_eq!(stats.tokens.issued, 2, "a token per test");
     mock.shutdown().await;
 }
 
