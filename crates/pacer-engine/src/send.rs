@@ -125,6 +125,7 @@ pub(crate) async fn send_with_retries(
         let Next::Retry { floor } = next else {
             break;
         };
+        let floor = retry_floor(sh, &exchange, grant.limits, floor);
         let delay = retry::backoff_delay(policy, attempt, floor);
         if !back_off(sh, delay, &mut out.backoff).await {
             break;
@@ -240,6 +241,11 @@ impl Sending<'_> {
             &Feedback {
                 status: resp.status,
                 retry_after: retry::scope_pause(policy, resp.status, retry_after),
+                pause_origin: if retry_after.and_then(RetryAfter::wait).is_some() {
+                    pacer_limiter::PauseOrigin::Server
+                } else {
+                    pacer_limiter::PauseOrigin::PlanDefault
+                },
             },
         );
         let resp_bytes = resp.body_len
@@ -310,6 +316,36 @@ async fn back_off(sh: &Shared, delay: Duration, backoff: &mut Duration) -> bool 
     };
     *backoff += slept.elapsed();
     !stopped
+}
+
+/// The floor of a retry's backoff: without a usable Retry-After from the server, a request
+/// that matched an adaptive limit is paced by that limit (which learned the server's rate from
+/// the refusal), not held for the plan's blunt default.
+fn retry_floor(
+    sh: &Shared,
+    exchange: &Exchange,
+    limits: u64,
+    floor: Option<Duration>,
+) -> Option<Duration> {
+    let from_server = matches!(
+        exchange,
+        Exchange::Answered {
+            retry_after: Some(RetryAfter::Wait { .. }),
+            ..
+        }
+    );
+    let adaptive = sh
+        .plan
+        .limits
+        .iter()
+        .take(64)
+        .enumerate()
+        .any(|(i, l)| l.adaptive && limits & (1 << i) != 0);
+    if adaptive && !from_server {
+        None
+    } else {
+        floor
+    }
 }
 
 /// Counts an attempt that was sent but whose exchange was dropped before it ended.

@@ -1,5 +1,6 @@
 //! In-process GCRA over all the plan's limits, with atomic multi-limit grants, Retry-After
-//! pauses that empty the bucket, and optional AIMD adaptation.
+//! pauses that empty the bucket, and adaptive limits that learn the server's rate
+//! ([`crate::learn`]).
 //!
 //! Why not `governor`: a request must take a token from every limit it matches at once, or
 //! from none (a token burnt in one bucket while another refuses is capacity lost, and with
@@ -13,18 +14,20 @@ use pacer_plan::{Limit, Pacing};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::{Feedback, Grant, Limiter, LimiterError, RequestMeta};
+use crate::learn::{Change, Learner};
+use crate::{Feedback, Grant, Limiter, LimiterError, PauseOrigin, RequestMeta};
 
 /// Spread between our grant and the server's count of the request (network and queueing
 /// jitter) assumed when deriving the pacing rate from the server's limit. See
 /// docs/rate-limiting.md ("accuracy bound").
 pub const DEFAULT_SPREAD: Duration = Duration::from_millis(100);
 
-/// AIMD: multiply the rate by this on a 429 (at most once per window).
+/// Fleet AIMD (`scope: fleet` adaptive limits, kept in Redis): multiply the rate by this on a
+/// 429 (at most once per window). One process learns instead ([`crate::learn`]).
 pub const AIMD_DECREASE: f64 = 0.9;
-/// AIMD: add this share of the ceiling after a window without 429.
+/// Fleet AIMD: add this share of the ceiling after a window without 429.
 pub const AIMD_INCREASE: f64 = 0.02;
-/// AIMD: never go below this share of the ceiling.
+/// Fleet AIMD: never go below this share of the ceiling.
 pub const AIMD_MIN_FACTOR: f64 = 0.05;
 
 /// The rate and burst this process's GCRA runs at for a limit, by its shape
@@ -53,49 +56,66 @@ struct State {
     ceiling: f64,
     /// The GCRA's burst ([`Pacing::burst`]: a token bucket keeps some for the spread).
     burst: u32,
-    /// Adaptive factor in (0, 1]; 1 for fixed limits.
-    factor: f64,
+    /// Adaptive limits: what was learned of the server's rate; `None` for declared limits.
+    learner: Option<Learner>,
     /// Theoretical arrival time, ns since `epoch`.
     tat: u64,
     /// Sending is paused until then (ns since `epoch`); 0 when never paused.
     pause_until: u64,
     /// Bumped whenever a pause is set, so sleepers know to look again.
     pause_epoch: u64,
-    last_decrease: u64,
-    last_429: u64,
-    window_ns: u64,
     /// Accounting.
     pauses: u64,
     paused_ns: u64,
     throttled: u64,
-    /// Highest adaptive rate held for a whole window without a 429.
-    sustained: f64,
-    window_start_factor: f64,
-    window_start: u64,
 }
 
 impl State {
+    /// The rate paced at now: the learned one for adaptive limits.
+    fn rate(&self) -> f64 {
+        self.learner.as_ref().map_or(self.ceiling, Learner::rate)
+    }
     fn interval_ns(&self) -> u64 {
-        let r = (self.ceiling * self.factor).max(1e-6);
-        (1e9 / r) as u64
+        (1e9 / self.rate().max(1e-6)) as u64
     }
     fn tau_ns(&self) -> u64 {
         self.interval_ns() * u64::from(self.burst.saturating_sub(1))
     }
-    /// Additive increase once a window has passed without a 429.
-    fn maybe_increase(&mut self, now: u64) {
-        if !self.limit.adaptive {
+    /// Lets an adaptive limit end its stretch and act on what it learned.
+    fn learn(&mut self, now: u64) {
+        let Some(change) = self.learner.as_mut().and_then(|l| l.tick(now)) else {
             return;
-        }
-        if now.saturating_sub(self.window_start) >= self.window_ns {
-            if self.last_429 < self.window_start {
-                self.sustained = self
-                    .sustained
-                    .max(self.ceiling * self.window_start_factor.min(self.factor));
-                self.factor = (self.factor + AIMD_INCREASE).min(1.0);
+        };
+        match change {
+            Change::Cut {
+                rate,
+                accepted,
+                pause,
+            } => {
+                tracing::debug!(limit = %self.limit.name, rate, accepted, ?pause, "adaptive: refused, rate cut");
+                self.pause(now, u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX));
             }
-            self.window_start = now;
-            self.window_start_factor = self.factor;
+            Change::Probe { rate } => {
+                tracing::debug!(limit = %self.limit.name, rate, "adaptive: probing upward");
+            }
+        }
+    }
+    /// Pauses sending for `ns` from `now` (only ever extends a pause), counting it.
+    fn pause(&mut self, now: u64, ns: u64) {
+        let until = now.saturating_add(ns);
+        if until > self.pause_until {
+            // only ever extended; count the extra time paused
+            self.paused_ns += until - self.pause_until.max(now);
+            if self.pause_until <= now {
+                self.pauses += 1;
+            }
+            self.pause_until = until;
+            self.pause_epoch += 1;
+            // Empty the bucket: after the pause traffic resumes at the rate, no burst.
+            // Every reservation still waiting is void (its sleeper sees the new epoch
+            // and queues again), so the schedule restarts at the pause's end instead of
+            // after slots nobody will use.
+            self.tat = until + self.tau_ns();
         }
     }
 }
@@ -112,7 +132,8 @@ pub struct LimitReport {
     pub margin: f64,
     pub burst: u32,
     pub adaptive: bool,
-    /// Adaptive limits: the current rate and the highest held for a window without 429.
+    /// Adaptive limits: the current rate, and the rate measured to pass without refusals over
+    /// a recent stretch (`None`: nothing was learned, e.g. the load never reached the limit).
     pub current_rate: f64,
     pub sustainable_rate: Option<f64>,
     pub pauses: u64,
@@ -148,6 +169,7 @@ impl LocalLimiter {
     }
 
     pub fn with_spread(limits: &[Limit], spread: Duration) -> Self {
+        let epoch = Instant::now();
         let states = limits
             .iter()
             .map(|l| {
@@ -155,26 +177,20 @@ impl LocalLimiter {
                 State {
                     ceiling: pacing.rate,
                     burst: pacing.burst,
-                    factor: 1.0,
+                    learner: l.adaptive.then(|| Learner::new(pacing.rate, l.window, 0)),
                     limit: l.clone(),
                     tat: 0,
                     pause_until: 0,
                     pause_epoch: 0,
-                    last_decrease: 0,
-                    last_429: 0,
-                    window_ns: l.window.as_nanos() as u64,
                     pauses: 0,
                     paused_ns: 0,
                     throttled: 0,
-                    sustained: 0.0,
-                    window_start_factor: 1.0,
-                    window_start: 0,
                 }
             })
             .collect();
         Self {
             states: Mutex::new(states),
-            epoch: Instant::now(),
+            epoch,
             spread,
         }
     }
@@ -200,7 +216,7 @@ impl LocalLimiter {
         states
             .iter_mut()
             .map(|s| {
-                s.maybe_increase(now);
+                s.learn(now);
                 let declared = s.limit.limit.as_per_sec();
                 LimitReport {
                     name: s.limit.name.clone(),
@@ -213,8 +229,8 @@ impl LocalLimiter {
                     },
                     burst: s.limit.burst,
                     adaptive: s.limit.adaptive,
-                    current_rate: s.ceiling * s.factor,
-                    sustainable_rate: s.limit.adaptive.then_some(s.sustained).filter(|r| *r > 0.0),
+                    current_rate: s.rate(),
+                    sustainable_rate: s.learner.as_ref().and_then(Learner::sustained),
                     pauses: s.pauses,
                     paused: Duration::from_nanos(s.paused_ns),
                     fleet: None,
@@ -248,7 +264,7 @@ impl Limiter for LocalLimiter {
                     if bits & (1 << i) == 0 {
                         continue;
                     }
-                    s.maybe_increase(now);
+                    s.learn(now);
                     pause_end = pause_end.max(s.pause_until);
                     at = at.max(s.pause_until).max(s.tat.saturating_sub(s.tau_ns()));
                 }
@@ -296,9 +312,7 @@ impl Limiter for LocalLimiter {
     }
 
     fn feedback(&self, req: &RequestMeta<'_>, fb: &Feedback) {
-        if fb.status != 429 && fb.status != 503 {
-            return;
-        }
+        let refused = fb.status == 429 || fb.status == 503;
         let bits = self.matched(req);
         if bits == 0 {
             return;
@@ -306,37 +320,31 @@ impl Limiter for LocalLimiter {
         let now = self.now_ns();
         let mut states = self.states.lock();
         for (i, s) in states.iter_mut().enumerate() {
-            if bits & (1 << i) == 0 {
+            if bits & (1 << i) == 0 || !(refused || s.learner.is_some()) {
                 continue;
             }
             if fb.status == 429 {
                 s.throttled += 1;
-                s.last_429 = now;
-                if s.limit.adaptive
-                    && now.saturating_sub(s.last_decrease) >= s.window_ns.min(5_000_000_000)
-                {
-                    s.factor = (s.factor * AIMD_DECREASE).max(AIMD_MIN_FACTOR);
-                    s.last_decrease = now;
-                    s.window_start = now;
-                    s.window_start_factor = s.factor;
+            }
+            if let Some(l) = s.learner.as_mut() {
+                if refused {
+                    l.refused(now);
+                } else {
+                    l.accepted(now);
                 }
             }
-            if let Some(ra) = fb.retry_after {
-                let until = now + ra.as_nanos() as u64;
-                if until > s.pause_until {
-                    // only ever extended; count the extra time paused
-                    s.paused_ns += until - s.pause_until.max(now);
-                    if s.pause_until <= now {
-                        s.pauses += 1;
+            s.learn(now);
+            match (fb.retry_after, fb.pause_origin) {
+                // An adaptive limit paused (briefly) when it cut its rate: the plan's blunt
+                // default would stop everything for seconds on a refusal it already acted on.
+                (Some(_), PauseOrigin::PlanDefault) if s.learner.is_some() => {}
+                (Some(ra), _) => {
+                    if let Some(l) = s.learner.as_mut() {
+                        l.paused();
                     }
-                    s.pause_until = until;
-                    s.pause_epoch += 1;
-                    // Empty the bucket: after the pause traffic resumes at the rate, no burst.
-                    // Every reservation still waiting is void (its sleeper sees the new epoch
-                    // and queues again), so the schedule restarts at the pause's end instead of
-                    // after slots nobody will use.
-                    s.tat = until + s.tau_ns();
+                    s.pause(now, u64::try_from(ra.as_nanos()).unwrap_or(u64::MAX));
                 }
+                (None, _) => {}
             }
         }
     }
@@ -426,6 +434,7 @@ mod tests {
             &Feedback {
                 status: 429,
                 retry_after: Some(Duration::from_secs(2)),
+                pause_origin: PauseOrigin::Server,
             },
         );
         let t0 = Instant::now();
@@ -467,6 +476,7 @@ mod tests {
             &Feedback {
                 status: 429,
                 retry_after: Some(Duration::from_secs(1)),
+                pause_origin: PauseOrigin::Server,
             },
         );
         let mut after = Vec::new();

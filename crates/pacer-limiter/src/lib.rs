@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 pub mod fleet;
 pub mod gcra;
+pub mod learn;
 pub use gcra::{FleetLimitReport, LimitReport, LocalLimiter};
 
 /// What a limiter needs to know about a request to decide which limits it matches.
@@ -41,6 +42,19 @@ pub struct Feedback {
     /// How long to pause the request's scope: the server's Retry-After (already clamped), the
     /// plan's default for a 429 without one, or `None` when the plan does not pause scopes.
     pub retry_after: Option<Duration>,
+    /// Where `retry_after` came from: an adaptive limit sizes its own pause from what it
+    /// learned instead of the plan's blunt default.
+    pub pause_origin: PauseOrigin,
+}
+
+/// Who chose a [`Feedback`]'s pause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PauseOrigin {
+    /// The server's own `Retry-After`: always honoured.
+    #[default]
+    Server,
+    /// The plan's `retryAfterDefault`, for a refusal without a usable `Retry-After`.
+    PlanDefault,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -646,7 +646,7 @@ fn limits_table(s: &Summary) -> Markup {
                         td.n {
                             (per_sec(Some(l.pacing_rate)))
                             @if l.adaptive {
-                                " (adaptive, now " (per_sec(l.current_rate)) ", sustainable " (per_sec(l.sustainable_rate)) ")"
+                                " (adaptive, now " (per_sec(l.current_rate)) ", sustainable " (l.sustainable_rate.map_or(pacer_stats::render::NOT_MEASURED.into(), |r| format!("{r:.2}/s"))) ")"
                             }
                         }
                         td.n { (format!("{:.1}%", l.margin * 100.0)) }

@@ -15,6 +15,10 @@ const GREEN: &str = "\x1b[32m";
 const RED: &str = "\x1b[31m";
 const RESET: &str = "\x1b[0m";
 
+/// An adaptive limit's sustainable rate when none was measured (no stretch at its full rate
+/// without a refusal, e.g. the load never reached it): said, not shown as the ceiling.
+pub const NOT_MEASURED: &str = "not measured";
+
 /// The summary as pretty JSON (the `--summary-json` document).
 pub fn render_json(summary: &Summary) -> String {
     // Every number in a Summary is finite and every map key a string or integer, so this
@@ -318,7 +322,7 @@ fn limits(out: &mut String, s: &Summary) {
                     ", adaptive: now {}, sustainable {}",
                     l.current_rate.map_or("-".into(), |r| format!("{r:.2}/s")),
                     l.sustainable_rate
-                        .map_or("-".into(), |r| format!("{r:.2}/s"))
+                        .map_or(NOT_MEASURED.into(), |r| format!("{r:.2}/s"))
                 );
             }
             vec![

@@ -201,7 +201,8 @@ pub struct LimitPacing {
     /// Share of the declared rate kept as margin.
     pub margin: f64,
     pub adaptive: bool,
-    /// Adaptive limits: the rate at the end, and the highest held a whole window without 429.
+    /// Adaptive limits: the rate at the end, and the rate measured to pass without refusals
+    /// over a recent stretch (`None`: nothing was learned; never the ceiling).
     pub current_rate: Option<f64>,
     pub sustainable_rate: Option<f64>,
     /// Retry-After pauses of this limit's scope, and the time they held it.

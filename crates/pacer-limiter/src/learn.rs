@@ -1,0 +1,386 @@
+//! Learning an undeclared limit (`adaptive: true` in one process): the one place that decides
+//! the adaptive rate from what the server answered.
+//!
+//! Why not AIMD: cutting by 10% per window and adding 2% of the ceiling per clean window takes
+//! minutes to cross a 4x gap and then oscillates around the limit with a 429 every few windows.
+//! A server that refuses the excess tells us its rate directly: while we send above its limit
+//! it *accepts* at its limit. So the learner measures in stretches (about twenty requests, at least
+//! a second and the declared window, at most twenty seconds):
+//!
+//! - in a stretch with refusals, from the first refusal on the server's budget is spent as soon
+//!   as it is granted, so what it accepts from then on is its rate (measured over a declared
+//!   window, at least a second, and [`STRETCH_REQUESTS`] accepted): the rate is set to [`HOLD`]
+//!   of it (never less than [`MAX_CUT`] of the rate, so one odd stretch cannot collapse it),
+//!   and the rate sent becomes the lowest known refused rate (the upper end of the bracket);
+//! - a stretch without refusals in which we sent at our rate (not held back by the load) is the
+//!   measured sustainable rate (the lower end of the bracket); after [`PROBE_AFTER`] of them the
+//!   rate is raised by [`PROBE_STEP`] to notice a raised limit, and only after
+//!   [`PROBE_AFTER_BRACKETED`] when that would reach a rate already refused.
+//!
+//! Times are nanoseconds of the caller's clock; the learner keeps no clock itself, so it is
+//! tested as plain arithmetic.
+
+use std::time::Duration;
+
+/// Hold this share of the rate the server was measured to accept: 5% under it leaves room for
+/// the measurement's noise (a count of 20, one request in 20) and the server's own jitter.
+pub const HOLD: f64 = 0.95;
+/// A stretch with refusals never cuts the rate below this share of it: a server whose window
+/// is longer than the declared one can look like it accepts nearly nothing for a while; that
+/// is not its rate. A ceiling 5x too high is still found in one stretch.
+pub const MAX_CUT: f64 = 0.2;
+/// A stretch is at least this long (a rate is not measured from a handful of responses).
+pub const MIN_STRETCH: Duration = Duration::from_secs(1);
+/// A stretch is at most this long: at 1/s a stretch counts 20 requests (so a slow limit
+/// reacts within 20 s); faster ones take [`STRETCH_REQUESTS`] or [`MIN_STRETCH`].
+pub const MAX_STRETCH: Duration = Duration::from_secs(20);
+/// A stretch spans about this many requests at the current rate: a count of 20 is known to
+/// within one request, 5%, half the 10% the rate must be found within.
+pub const STRETCH_REQUESTS: f64 = 20.0;
+/// Clean stretches at full rate before probing upward.
+pub const PROBE_AFTER: u32 = 5;
+/// Clean stretches before a probe that would reach a rate the server already refused: probes
+/// into the bracket's upper end are rare, since each costs a few refusals.
+pub const PROBE_AFTER_BRACKETED: u32 = 20;
+/// While the bracket (the rate held clean, the lowest refused) is wider than this share, the
+/// probe goes to its middle after each clean stretch: a bisection, for when the rate could not
+/// be measured (the server's own pauses were in the way).
+pub const BISECT_ABOVE: f64 = 0.10;
+/// A probe raises the rate by this factor: small, so a failed probe costs few refusals.
+pub const PROBE_STEP: f64 = 1.03;
+/// A clean stretch shows the rate is sustainable only if the server accepted at least this
+/// share of it (below, the load, not the limiter, set the pace: nothing was learned).
+pub const FULL_RATE_SHARE: f64 = 0.9;
+/// Never below this share of the ceiling.
+pub const MIN_SHARE: f64 = 0.001;
+/// After a cut the schedule restarts this many intervals (at the new rate) later: the queued
+/// reservations at the old rate are void, and the server's bucket gets a moment to refill.
+pub const PAUSE_INTERVALS: f64 = 2.0;
+
+const NS: f64 = 1e9;
+
+/// What the learner decided at the end of a stretch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Change {
+    /// Refusals: the rate is cut to `rate` (the server was measured to accept `accepted`/s),
+    /// and the schedule pauses for `pause`.
+    Cut {
+        rate: f64,
+        accepted: f64,
+        pause: Duration,
+    },
+    /// A probe upward to this rate.
+    Probe { rate: f64 },
+}
+
+/// The adaptive state of one limit.
+#[derive(Clone, Debug)]
+pub struct Learner {
+    ceiling: f64,
+    rate: f64,
+    /// The declared window: the server's window is likely the same, so a stretch spans it.
+    window_ns: u64,
+    stretch_start: u64,
+    accepted: u64,
+    refused: u64,
+    clean: u32,
+    /// The accepted rate of the latest clean stretch at full rate.
+    sustained: Option<f64>,
+    /// The lowest rate sent in a stretch that was refused (the bracket's upper end).
+    refused_at: Option<f64>,
+    /// The rate paced at in the latest clean stretch at full rate (the bracket's lower end):
+    /// where a failed probe returns to.
+    good: Option<f64>,
+    /// When the stretch's first refusal was answered, and what was accepted since.
+    first_refusal: Option<u64>,
+    accepted_since_refusal: u64,
+    /// The current stretch is a probe: its first refusal ends it (a failed probe costs the
+    /// refusals in flight, not a stretch of them).
+    probing: bool,
+    /// The stretch just ended was a probe (read by the decision on it).
+    probing_ended: bool,
+    /// The server paused us (Retry-After) during the stretch: its count since the first
+    /// refusal includes time nobody sent in, so it is not the server's rate.
+    distorted: bool,
+    /// Answers before this (after a cut) are not counted ([`Learner::settle_ns`]).
+    settle_until: u64,
+}
+
+impl Learner {
+    /// Starts at the ceiling (tokens/s), measuring from `now`.
+    pub fn new(ceiling: f64, window: Duration, now: u64) -> Self {
+        Self {
+            ceiling,
+            rate: ceiling,
+            window_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+            stretch_start: now,
+            accepted: 0,
+            refused: 0,
+            clean: 0,
+            sustained: None,
+            refused_at: None,
+            good: None,
+            first_refusal: None,
+            accepted_since_refusal: 0,
+            probing: false,
+            probing_ended: false,
+            distorted: false,
+            settle_until: 0,
+        }
+    }
+
+    /// The rate to pace at now (tokens/s).
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The rate measured to pass without refusals, if one was.
+    pub fn sustained(&self) -> Option<f64> {
+        self.sustained
+    }
+
+    /// The length of a stretch at the current rate.
+    fn stretch_ns(&self) -> u64 {
+        let by_count =
+            (STRETCH_REQUESTS / self.rate.max(f64::MIN_POSITIVE) * NS).min(u64::MAX as f64) as u64;
+        let min = MIN_STRETCH.as_nanos() as u64;
+        let max = MAX_STRETCH.as_nanos() as u64;
+        by_count.max(self.window_ns.min(max)).clamp(min, max)
+    }
+
+    /// A response that was not a refusal, answered at `now`.
+    pub fn accepted(&mut self, now: u64) {
+        if now < self.settle_until {
+            return;
+        }
+        self.accepted = self.accepted.saturating_add(1);
+        if self.first_refusal.is_some_and(|f| now >= f) {
+            self.accepted_since_refusal = self.accepted_since_refusal.saturating_add(1);
+        }
+    }
+
+    /// A refusal (429, 503), answered at `now`.
+    pub fn refused(&mut self, now: u64) {
+        if now < self.settle_until {
+            return;
+        }
+        self.refused = self.refused.saturating_add(1);
+        self.first_refusal.get_or_insert(now);
+    }
+
+    /// How long after a cut answers are not counted: the server still counts what was sent
+    /// at the old rate for a window (a fixed window opened by it refuses the new rate too).
+    fn settle_ns(&self) -> u64 {
+        let max = MAX_STRETCH.as_nanos() as u64;
+        (MIN_STRETCH.as_nanos() as u64).max(self.window_ns).min(max)
+    }
+
+    /// The server asked for a pause (Retry-After), which the caller honours.
+    pub fn paused(&mut self) {
+        self.distorted = true;
+    }
+
+    /// Whether a stretch with refusals has measured long enough since its first refusal: a
+    /// whole declared window (a fixed window refuses in bursts), and [`STRETCH_REQUESTS`]
+    /// accepted (or [`MAX_STRETCH`]).
+    fn measured_refusals(&self, now: u64) -> bool {
+        let Some(f) = self.first_refusal else {
+            return false;
+        };
+        let since = now.saturating_sub(f);
+        let max = MAX_STRETCH.as_nanos() as u64;
+        let min = (MIN_STRETCH.as_nanos() as u64).max(self.window_ns).min(max);
+        since >= min && (self.accepted_since_refusal as f64 >= STRETCH_REQUESTS || since >= max)
+    }
+
+    /// Ends the stretch if it is over and decides; call on every event.
+    pub fn tick(&mut self, now: u64) -> Option<Change> {
+        if self.accepted == 0 && self.refused == 0 || now < self.settle_until {
+            // Nothing answered yet (or for a while): the stretch starts with the traffic.
+            self.stretch_start = now;
+            return None;
+        }
+        let elapsed = now.saturating_sub(self.stretch_start);
+        let refused = self.refused > 0;
+        let over = if refused {
+            self.probing || self.measured_refusals(now)
+        } else {
+            elapsed >= self.stretch_ns()
+        };
+        if !over {
+            return None;
+        }
+        // With refusals, what the server accepted since the first one: from then on the
+        // server's budget is spent as it is granted, so this is its rate (a bucket's burst
+        // or a window's unused part before it is not).
+        let measured = match self.first_refusal {
+            Some(f) if now > f => self.accepted_since_refusal as f64 / ((now - f) as f64 / NS),
+            _ => self.accepted as f64 / (elapsed.max(1) as f64 / NS),
+        };
+        self.stretch_start = now;
+        self.probing_ended = std::mem::take(&mut self.probing);
+        self.accepted = 0;
+        self.refused = 0;
+        self.first_refusal = None;
+        self.accepted_since_refusal = 0;
+        let distorted = std::mem::take(&mut self.distorted);
+        let floor = self.ceiling * MIN_SHARE;
+        if refused {
+            let sent = self.rate;
+            // The bracket's upper end: the server's rate as measured, when the measurement
+            // is sound; the rate sent when it is not (a probe's single refusal, or pauses the
+            // server asked for inside the span, which no sending filled).
+            self.refused_at = Some(if self.probing_ended || distorted {
+                self.refused_at.map_or(sent, |r| r.min(sent))
+            } else {
+                measured.min(sent)
+            });
+            self.probing_ended = false;
+            let measured_rate = measured;
+            let measured = (measured * HOLD).clamp(sent * MAX_CUT, sent * HOLD);
+            // A failed probe goes back to the rate held clean just before it (the count of one
+            // stretch is coarser than that); a second refusal there trusts the count.
+            let good = self.good.take().filter(|g| *g < sent).unwrap_or(0.0);
+            self.rate = measured.max(good).max(floor);
+            self.clean = 0;
+            // What was held before is sustainable only as far as it is below what was refused.
+            self.sustained = self.sustained.map(|s| s.min(self.rate));
+            let pause = Duration::from_secs_f64(PAUSE_INTERVALS / self.rate);
+            self.settle_until = now.saturating_add(self.settle_ns());
+            return Some(Change::Cut {
+                rate: self.rate,
+                accepted: measured_rate,
+                pause,
+            });
+        }
+        if measured < self.rate * FULL_RATE_SHARE {
+            // The load set the pace: nothing learned about the limit.
+            return None;
+        }
+        self.sustained = Some(measured.min(self.rate));
+        self.good = Some(self.rate);
+        if self.refused_at.is_some_and(|r| self.rate >= r) {
+            // The limit was raised: what was refused before passes now.
+            self.refused_at = None;
+        }
+        self.probing_ended = false;
+        self.clean += 1;
+        let (next, wait) = match self.refused_at {
+            // A wide bracket (the measurement was unsound): halve it, one clean stretch apart.
+            Some(r) if r > self.rate * (1.0 + BISECT_ABOVE) => ((self.rate + r) / 2.0, 1),
+            Some(r) if self.rate * PROBE_STEP >= r => {
+                (self.rate * PROBE_STEP, PROBE_AFTER_BRACKETED)
+            }
+            _ => (self.rate * PROBE_STEP, PROBE_AFTER),
+        };
+        let next = next.min(self.ceiling);
+        if self.clean >= wait && next > self.rate {
+            self.clean = 0;
+            self.rate = next;
+            self.probing = true;
+            return Some(Change::Probe { rate: next });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that accepts `limit` per second of whatever is sent above it (a drained token
+    /// bucket), driven at the learner's rate with time steps of 10 ms; returns the learner's
+    /// rate after `secs` and the refusals after `settle` seconds.
+    fn drive(limit: f64, ceiling: f64, secs: f64, settle: f64) -> (Learner, u64, u64) {
+        let mut l = Learner::new(ceiling, Duration::from_secs(1), 0);
+        let step = 10_000_000u64;
+        let (mut sent_credit, mut tokens) = (0.0f64, limit);
+        let (mut late_refused, mut late_sent) = (0, 0);
+        let mut t = 0u64;
+        while (t as f64) < secs * NS {
+            t += step;
+            tokens = (tokens + limit * 0.01).min(limit);
+            sent_credit += l.rate() * 0.01;
+            while sent_credit >= 1.0 {
+                sent_credit -= 1.0;
+                let late = t as f64 > settle * NS;
+                late_sent += u64::from(late);
+                if tokens >= 1.0 - 1e-9 {
+                    tokens -= 1.0;
+                    l.accepted(t);
+                } else {
+                    late_refused += u64::from(late);
+                    l.refused(t);
+                }
+            }
+            l.tick(t);
+        }
+        (l, late_refused, late_sent)
+    }
+
+    #[test]
+    fn finds_a_limit_four_times_under_the_ceiling_and_holds_it_with_rare_refusals() {
+        for limit in [1.0, 5.0, 50.0, 1000.0] {
+            let (l, refused, sent) = drive(limit, 4.0 * limit, 300.0, 30.0);
+            let r = l.rate();
+            assert!((r - limit).abs() / limit <= 0.10, "limit {limit}: rate {r}");
+            let s = l.sustained().unwrap();
+            assert!(
+                (s - limit).abs() / limit <= 0.10,
+                "limit {limit}: sustained {s}"
+            );
+            assert!(
+                refused as f64 <= 0.01 * sent as f64,
+                "limit {limit}: {refused} of {sent} refused after 30 s"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stretch_held_back_by_the_load_learns_nothing() {
+        let mut l = Learner::new(100.0, Duration::from_secs(1), 0);
+        for _ in 0..10 {
+            l.accepted(1);
+        }
+        assert_eq!(l.tick(2_000_000_000), None);
+        assert_eq!(l.sustained(), None);
+        assert_eq!(l.rate(), 100.0);
+    }
+
+    #[test]
+    fn a_cut_pauses_two_intervals_at_the_new_rate() {
+        let mut l = Learner::new(20.0, Duration::from_secs(1), 0);
+        l.accepted(1);
+        l.refused(1);
+        // A second after the first refusal, 20 accepted: the server's rate is 20/s... but
+        // one second is not a stretch yet at 18 accepted.
+        for i in 0..20 {
+            assert_eq!(l.tick(1 + i * 50_000_000), None);
+            l.accepted(1 + i * 50_000_000);
+        }
+        let Some(Change::Cut { rate, pause, .. }) = l.tick(1_000_000_001) else {
+            panic!("no cut")
+        };
+        // Held 5% under the 20/s accepted since the first refusal (of a ceiling of 20/s).
+        assert!((rate - 19.0).abs() < 1e-9, "{rate}");
+        assert_eq!(pause, Duration::from_secs_f64(2.0 / 19.0));
+    }
+
+    #[test]
+    fn a_raised_limit_is_found_by_probing() {
+        let (mut l, _, _) = drive(10.0, 40.0, 30.0, 30.0);
+        assert!((l.rate() - 10.0).abs() < 1.0, "{}", l.rate());
+        // The limit doubles: the probes climb 3% at a time, past the old refusal.
+        let (mut t, mut credit) = (30_000_000_000u64, 0.0f64);
+        for _ in 0..2000 {
+            t += 100_000_000;
+            credit += l.rate() / 10.0;
+            while credit >= 1.0 {
+                credit -= 1.0;
+                l.accepted(t);
+            }
+            l.tick(t);
+        }
+        assert!(l.rate() > 15.0, "{}", l.rate());
+    }
+}
