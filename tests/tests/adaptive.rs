@@ -219,3 +219,52 @@ scenarios:
         share_429 * 100.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_example_learns_the_mocks_hidden_5_per_second_as_its_comment_says() {
+    // The mock its comment starts: `--auth off --no-inin-headers --limit
+    // hidden:global:5/1s,algorithm=token-bucket,burst=5,retryAfter=false`.
+    let mock = start_mock(MockConfig {
+        limits: vec![LimitConfig {
+            algorithm: Algorithm::TokenBucket,
+            burst: Some(5),
+            retry_after: false,
+            ..LimitConfig::new("hidden", LimitKey::Global, 5, Duration::from_secs(1))
+        }],
+        headers: HeadersConfig {
+            inin: false,
+            ..HeadersConfig::default()
+        },
+        record_arrivals: true,
+        ..plain_mock_config(LatencyConfig::None)
+    })
+    .await;
+    let example = std::fs::read_to_string(workspace_root().join("examples/adaptive.yaml")).unwrap();
+    let target = format!("http://{}", mock.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_summary(
+        dir.path(),
+        &example,
+        &[],
+        &[("PACER_TARGET", &target)],
+        RUN_LIMIT,
+    )
+    .await;
+    let text = format!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 0, "{text}");
+    let s = r.summary["limits"][0]["sustainable_rate"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        (s - 5.0).abs() <= WITHIN * 5.0,
+        "sustainable {s:.2}/s\n{text}"
+    );
+    let view = mock.control().arrivals();
+    let start = view.arrivals.iter().map(|a| a.t_us).min().unwrap_or(0);
+    let late_429 = view
+        .arrivals
+        .iter()
+        .filter(|a| a.status == 429 && a.t_us > start + 10_000_000)
+        .count();
+    assert_eq!(late_429, 0, "429s after the first 10 s\n{text}");
+}
