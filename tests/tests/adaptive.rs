@@ -63,9 +63,10 @@ fn learned(log: &[(f64, u16)], limit: f64) -> Learned {
     }
 }
 
-/// Learns a token bucket of `limit`/s (burst `burst`) that sends neither `Retry-After` nor
-/// rate-limit headers, from a ceiling of 4x, and checks the bars.
-async fn learns_a_token_bucket(limit: u64, burst: u64, vus: u32) {
+/// Learns a token bucket of `limit`/s (burst `burst`) that sends no `Retry-After` (and no
+/// rate-limit headers unless `ietf`), from a ceiling of 4x, and checks the bars: within 10%
+/// by `converge_by` seconds.
+async fn learns_a_token_bucket(limit: u64, burst: u64, vus: u32, ietf: bool, converge_by: f64) {
     let mock = start_mock(MockConfig {
         limits: vec![LimitConfig {
             algorithm: Algorithm::TokenBucket,
@@ -74,7 +75,7 @@ async fn learns_a_token_bucket(limit: u64, burst: u64, vus: u32) {
             headers: Some(HeadersConfig {
                 inin: false,
                 x_rate_limit: false,
-                ietf: false,
+                ietf,
                 ..HeadersConfig::default()
             }),
             ..LimitConfig::new("hidden", LimitKey::Global, limit, Duration::from_secs(1))
@@ -118,7 +119,7 @@ scenarios:
     let sustainable = r.summary["limits"][0]["sustainable_rate"].as_f64();
     let share = l.refused_after as f64 / l.after.max(1) as f64;
     println!(
-        "limit {limit}/s (ceiling {ceiling}/s): within 10% from {:.1} s; after that {} of {} \
+        "limit {limit}/s (ceiling {ceiling}/s, stated: {ietf}): within 10% from {:.1} s; after that {} of {} \
          refused ({:.2}%); summary sustainable {:?}/s",
         l.converged_at.unwrap_or(f64::NAN),
         l.refused_after,
@@ -128,7 +129,7 @@ scenarios:
     );
     let at = l.converged_at.unwrap_or(f64::INFINITY);
     assert!(
-        at <= CONVERGE_BY,
+        at <= converge_by,
         "limit {limit}/s: converged at {at:.1} s\n{text}"
     );
     assert!(
@@ -146,17 +147,25 @@ scenarios:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learns_an_undeclared_5_per_second_within_10_percent_in_30_s_with_1_percent_429s() {
-    learns_a_token_bucket(5, 5, 10).await;
+    learns_a_token_bucket(5, 5, 10, false, CONVERGE_BY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learns_an_undeclared_50_per_second_within_10_percent_in_30_s_with_1_percent_429s() {
-    learns_a_token_bucket(50, 10, 20).await;
+    learns_a_token_bucket(50, 10, 20, false, CONVERGE_BY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learns_an_undeclared_200_per_second_within_10_percent_in_30_s_with_1_percent_429s() {
-    learns_a_token_bucket(200, 20, 40).await;
+    learns_a_token_bucket(200, 20, 40, false, CONVERGE_BY).await;
+}
+
+/// With a stated policy the rate is known from the first answer.
+const STATED_CONVERGE_BY: f64 = 2.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goes_at_once_to_the_rate_an_ietf_ratelimit_policy_states() {
+    learns_a_token_bucket(50, 10, 20, true, STATED_CONVERGE_BY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,9 +92,39 @@ pub(crate) fn parse(h: &HeaderMap) -> Option<ServerLimitHeaders> {
     None
 }
 
+/// The rate (per second) the server states it enforces: the first `RateLimit-Policy` item's
+/// `q` requests per `w` seconds (IETF draft). `None` without one, or when either is missing,
+/// zero or absurd (a hostile server cannot state an infinite or negative rate).
+pub(crate) fn policy_rate(h: &HeaderMap) -> Option<f64> {
+    let policy = h.get("ratelimit-policy")?.to_str().ok()?;
+    let first = policy.split(',').next()?;
+    let [q, w] = ietf_params(first, ["q", "w"]);
+    let (q, w) = (q?, w?);
+    (q > 0.0 && w > 0.0)
+        .then(|| q / w)
+        .filter(|r| r.is_finite())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_states_q_per_w_seconds() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "ratelimit-policy",
+            "\"hidden\";q=50;w=1, \"daily\";q=1000;w=86400"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(policy_rate(&h), Some(50.0));
+        h.insert("ratelimit-policy", "\"x\";q=0;w=1".parse().unwrap());
+        assert_eq!(policy_rate(&h), None);
+        h.insert("ratelimit-policy", "\"x\";q=10".parse().unwrap());
+        assert_eq!(policy_rate(&h), None);
+        assert_eq!(policy_rate(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn reads_each_style() {

@@ -246,6 +246,9 @@ impl Sending<'_> {
                 } else {
                     pacer_limiter::PauseOrigin::PlanDefault
                 },
+                stated_rate: matches_adaptive(self.sh, limits)
+                    .then(|| crate::ratelimit_headers::policy_rate(&resp.headers))
+                    .flatten(),
             },
         );
         let resp_bytes = resp.body_len
@@ -334,18 +337,21 @@ fn retry_floor(
             ..
         }
     );
-    let adaptive = sh
-        .plan
-        .limits
-        .iter()
-        .take(64)
-        .enumerate()
-        .any(|(i, l)| l.adaptive && limits & (1 << i) != 0);
-    if adaptive && !from_server {
+    if matches_adaptive(sh, limits) && !from_server {
         None
     } else {
         floor
     }
+}
+
+/// Whether a request's limits (the grant's bit set) include an adaptive one.
+fn matches_adaptive(sh: &Shared, limits: u64) -> bool {
+    sh.plan
+        .limits
+        .iter()
+        .take(64)
+        .enumerate()
+        .any(|(i, l)| l.adaptive && limits & (1 << i) != 0)
 }
 
 /// Counts an attempt that was sent but whose exchange was dropped before it ended.

@@ -83,7 +83,12 @@ impl State {
     }
     /// Lets an adaptive limit end its stretch and act on what it learned.
     fn learn(&mut self, now: u64) {
-        let Some(change) = self.learner.as_mut().and_then(|l| l.tick(now)) else {
+        let change = self.learner.as_mut().and_then(|l| l.tick(now));
+        self.apply(change, now);
+    }
+    /// Acts on what an adaptive limit decided.
+    fn apply(&mut self, change: Option<Change>, now: u64) {
+        let Some(change) = change else {
             return;
         };
         match change {
@@ -94,6 +99,12 @@ impl State {
             } => {
                 tracing::debug!(limit = %self.limit.name, rate, accepted, ?pause, "adaptive: refused, rate cut");
                 self.pause(now, u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX));
+            }
+            Change::Stated { rate, pause } => {
+                tracing::debug!(limit = %self.limit.name, rate, "adaptive: the server stated its rate");
+                if !pause.is_zero() {
+                    self.pause(now, u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX));
+                }
             }
             Change::Probe { rate } => {
                 tracing::debug!(limit = %self.limit.name, rate, "adaptive: probing upward");
@@ -326,6 +337,10 @@ impl Limiter for LocalLimiter {
             if fb.status == 429 {
                 s.throttled += 1;
             }
+            if let (Some(l), Some(rate)) = (s.learner.as_mut(), fb.stated_rate) {
+                let change = l.stated(rate, now);
+                s.apply(change, now);
+            }
             if let Some(l) = s.learner.as_mut() {
                 if refused {
                     l.refused(now);
@@ -435,6 +450,7 @@ mod tests {
                 status: 429,
                 retry_after: Some(Duration::from_secs(2)),
                 pause_origin: PauseOrigin::Server,
+                stated_rate: None,
             },
         );
         let t0 = Instant::now();
@@ -477,6 +493,7 @@ mod tests {
                 status: 429,
                 retry_after: Some(Duration::from_secs(1)),
                 pause_origin: PauseOrigin::Server,
+                stated_rate: None,
             },
         );
         let mut after = Vec::new();

@@ -17,6 +17,9 @@
 //!   rate is raised by [`PROBE_STEP`] to notice a raised limit, and only after
 //!   [`PROBE_AFTER_BRACKETED`] when that would reach a rate already refused.
 //!
+//! A server that states its rate (IETF `RateLimit-Policy`) is taken at its word at once
+//! ([`Learner::stated`]): [`HOLD`] of it, and the bracket's upper end.
+//!
 //! Times are nanoseconds of the caller's clock; the learner keeps no clock itself, so it is
 //! tested as plain arithmetic.
 
@@ -62,6 +65,9 @@ const NS: f64 = 1e9;
 /// What the learner decided at the end of a stretch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Change {
+    /// The server stated its rate: the rate was set to [`HOLD`] of it (at most the ceiling),
+    /// and the schedule pauses for `pause` when that is a cut.
+    Stated { rate: f64, pause: Duration },
     /// Refusals: the rate is cut to `rate` (the server was measured to accept `accepted`/s),
     /// and the schedule pauses for `pause`.
     Cut {
@@ -104,6 +110,8 @@ pub struct Learner {
     distorted: bool,
     /// Answers before this (after a cut) are not counted ([`Learner::settle_ns`]).
     settle_until: u64,
+    /// The rate the server last stated (IETF `RateLimit-Policy`).
+    stated: Option<f64>,
 }
 
 impl Learner {
@@ -126,6 +134,7 @@ impl Learner {
             probing_ended: false,
             distorted: false,
             settle_until: 0,
+            stated: None,
         }
     }
 
@@ -173,6 +182,40 @@ impl Learner {
     fn settle_ns(&self) -> u64 {
         let max = MAX_STRETCH.as_nanos() as u64;
         (MIN_STRETCH.as_nanos() as u64).max(self.window_ns).min(max)
+    }
+
+    /// The server stated the rate it enforces (per second): go to [`HOLD`] of it at once (at
+    /// most the ceiling); it is the bracket's upper end. `None` when it is the one stated last
+    /// (or not a usable rate).
+    pub fn stated(&mut self, rate: f64, now: u64) -> Option<Change> {
+        if !(rate.is_finite() && rate > 0.0) || self.stated == Some(rate) {
+            return None;
+        }
+        self.stated = Some(rate);
+        let old = self.rate;
+        self.rate = (rate * HOLD)
+            .min(self.ceiling)
+            .max(self.ceiling * MIN_SHARE);
+        self.refused_at = Some(rate);
+        self.good = None;
+        self.clean = 0;
+        self.probing = false;
+        self.stretch_start = now;
+        self.accepted = 0;
+        self.refused = 0;
+        self.first_refusal = None;
+        self.accepted_since_refusal = 0;
+        // The refusals of what was sent before at the old rate are no news.
+        self.settle_until = now.saturating_add(self.settle_ns());
+        let pause = if self.rate < old {
+            Duration::from_secs_f64(PAUSE_INTERVALS / self.rate)
+        } else {
+            Duration::ZERO
+        };
+        Some(Change::Stated {
+            rate: self.rate,
+            pause,
+        })
     }
 
     /// The server asked for a pause (Retry-After), which the caller honours.
@@ -334,6 +377,20 @@ mod tests {
                 "limit {limit}: {refused} of {sent} refused after 30 s"
             );
         }
+    }
+
+    #[test]
+    fn a_stated_rate_is_held_at_once_and_only_once() {
+        let mut l = Learner::new(200.0, Duration::from_secs(1), 0);
+        let Some(Change::Stated { rate, pause }) = l.stated(50.0, 1) else {
+            panic!("not taken")
+        };
+        assert!((rate - 47.5).abs() < 1e-9, "{rate}");
+        assert_eq!(pause, Duration::from_secs_f64(2.0 / 47.5));
+        assert_eq!(l.stated(50.0, 2), None);
+        assert_eq!(l.stated(f64::INFINITY, 3), None);
+        // Above the ceiling: the ceiling.
+        assert!(matches!(l.stated(1000.0, 4), Some(Change::Stated { rate, .. }) if rate == 200.0));
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct Feedback {
     /// Where `retry_after` came from: an adaptive limit sizes its own pause from what it
     /// learned instead of the plan's blunt default.
     pub pause_origin: PauseOrigin,
+    /// The rate (per second) the server states it enforces (IETF `RateLimit-Policy` `q`/`w`),
+    /// read only for requests that matched an adaptive limit: it goes to that rate at once.
+    pub stated_rate: Option<f64>,
 }
 
 /// Who chose a [`Feedback`]'s pause.

@@ -679,6 +679,7 @@ async fn a_pause_reaches_the_other_worker_and_safe_mode_is_bounded_then_recovers
             status: 429,
             retry_after: Some(Duration::from_millis(600)),
             pause_origin: crate::PauseOrigin::Server,
+            stated_rate: None,
         },
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
