@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::controller::{Context, Error, MANAGER, error_policy, reconcile_guarded};
 use crate::crd::{FINALIZER, LoadTest, LoadTestSpec, Phase};
+use crate::reason::Reason;
 use crate::status::{COND_COMPLETE, COND_VALID, now};
 
 /// What the controller watches.
@@ -124,7 +125,7 @@ async fn unreadable(
     let condition = |type_: &str| Condition {
         type_: type_.into(),
         status: if type_ == COND_VALID { "False" } else { "True" }.into(),
-        reason: "Unreadable".into(),
+        reason: Reason::Unreadable.to_string(),
         message: message.clone(),
         observed_generation: meta.metadata.generation,
         last_transition_time: now(),

@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{Latency, LoadTestStatus, Progress, ThresholdStatus, WorkerCounts, WorkerHealth};
+use crate::reason::Reason;
 use crate::runner::LiveStats;
 
 pub const COND_VALID: &str = "Valid";
@@ -22,10 +23,11 @@ pub fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
     status: bool,
-    reason: &str,
+    reason: Reason,
     message: &str,
     generation: Option<i64>,
 ) {
+    let reason = reason.as_str();
     let status = if status { "True" } else { "False" };
     let message: String = message.chars().take(4000).collect();
     match conditions.iter_mut().find(|c| c.type_ == type_) {

@@ -94,7 +94,7 @@ fn condition(
         &mut s.conditions,
         type_,
         status,
-        reason.as_str(),
+        reason,
         message,
         lt.metadata.generation,
     );
