@@ -115,11 +115,10 @@ pub fn uid_slug(lt: &LoadTest) -> String {
 /// 1-64 characters among `a-z 0-9 . -`.
 pub fn test_id(lt: &LoadTest) -> String {
     let name = lt.metadata.name.as_deref().unwrap_or("loadtest");
-    let short: String = name.chars().take(48).collect();
-    let short = short.trim_end_matches(['-', '.']);
+    let short = crate::resources::short(name, 48);
     let uid = uid_slug(lt);
     if uid.is_empty() {
-        short.to_string()
+        short
     } else {
         format!("{short}-{uid}")
     }

@@ -16,7 +16,7 @@ use kube::Resource;
 
 use crate::OperatorConfig;
 use crate::crd::LoadTest;
-use crate::prepare::{Prepared, credential_envs};
+use crate::prepare::{Prepared, credential_envs, uid_slug};
 
 /// Label on everything a LoadTest owns: its name.
 pub const LABEL_LOADTEST: &str = "pacer.dev/loadtest";
@@ -35,30 +35,23 @@ pub const REPORT_JSON_KEY: &str = "summary.json";
 pub struct Names {
     /// The Indexed Job of workers: `<name>-workers`.
     pub job: String,
-    /// The session Secret: `<name>-session-<uid>` (the uid: a Secret left over from an
-    /// earlier LoadTest of the same name is never mistaken for this one's).
+    /// The session Secret: `<name>-session-<uid>` (the uid's [`uid_slug`]: a Secret left
+    /// over from an earlier LoadTest of the same name is never mistaken for this one's).
     pub secret: String,
     /// The report ConfigMap: `<name>-report`.
     pub report: String,
 }
 
-/// Keep a generated name within 63 characters (Job names become label values).
-fn short(name: &str, max: usize) -> String {
+/// The first `max` characters of a name, without a trailing `-` or `.`: generated names stay
+/// within 63 characters (Job names become label values), the test id within 64.
+pub(crate) fn short(name: &str, max: usize) -> String {
     let s: String = name.chars().take(max).collect();
     s.trim_end_matches(['-', '.']).to_string()
 }
 
 pub fn names(lt: &LoadTest) -> Names {
     let name = lt.metadata.name.as_deref().unwrap_or("loadtest");
-    let uid: String = lt
-        .metadata
-        .uid
-        .as_deref()
-        .unwrap_or("")
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(8)
-        .collect();
+    let uid = uid_slug(lt);
     Names {
         job: format!("{}-workers", short(name, 55)),
         secret: format!("{}-session-{uid}", short(name, 45)),
