@@ -199,6 +199,24 @@ fn with_status(mut lt: LoadTest, status_body: &Value) -> LoadTest {
     lt
 }
 
+/// `lt` as a test this operator started, now Running.
+fn running(lt: LoadTest) -> LoadTest {
+    with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
+    )
+}
+
+/// The condition `type_` of a written status.
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no condition {type_} in {status}"))
+}
+
 fn context(client: Client, runner: FakeRunner) -> Arc<Context> {
     let mut cfg = OperatorConfig::new("pacer.pacer-system.svc:7700", "pacer:test");
     cfg.status_interval = Duration::ZERO;
@@ -466,10 +484,7 @@ async fn workers_connect_then_the_test_runs_with_status_updates() {
         .await
         .expect("reconcile");
 
-    lt = with_status(
-        lt,
-        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
-    );
+    lt = running(lt);
     run.stats.lock().requests = 900;
     reconcile(Arc::new(lt), ctx.clone())
         .await
@@ -493,12 +508,7 @@ async fn workers_connect_then_the_test_runs_with_status_updates() {
         ),
         "{msg}"
     );
-    let cond = waiting["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "WorkersReady")
-        .expect("WorkersReady");
+    let cond = condition(waiting, "WorkersReady");
     assert_eq!(cond["status"], "False");
 
     let running = &seen[6].1["status"];
@@ -545,10 +555,7 @@ async fn success_stores_the_report_and_cleans_up() {
     let ctx = context(client, runner.clone());
     let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
     *run.end.lock() = Some(result(true));
-    let lt = with_status(
-        lt,
-        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
-    );
+    let lt = running(lt);
     let a = reconcile(Arc::new(lt), ctx.clone())
         .await
         .expect("reconcile");
@@ -566,12 +573,7 @@ async fn success_stores_the_report_and_cleans_up() {
     assert_eq!(status["report"]["configMap"], "run1-report");
     assert_eq!(status["cleanedUp"], true);
     assert!(status["completionTime"].is_string());
-    let complete = status["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "Complete")
-        .expect("Complete");
+    let complete = condition(status, "Complete");
     assert_eq!(complete["reason"], "Succeeded");
     assert_eq!(seen[8].1["reason"], "Succeeded");
     assert_eq!(seen[8].1["type"], "Normal");
@@ -586,10 +588,7 @@ async fn a_failed_threshold_fails_the_test_and_keeps_the_pods() {
     let ctx = context(client, runner.clone());
     let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
     *run.end.lock() = Some(result(false));
-    let lt = with_status(
-        lt,
-        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
-    );
+    let lt = running(lt);
     reconcile(Arc::new(lt), ctx.clone())
         .await
         .expect("reconcile");
@@ -606,12 +605,7 @@ async fn a_failed_threshold_fails_the_test_and_keeps_the_pods() {
         msg.contains("verdict failed: threshold http_req_failed rate<0.01 failed"),
         "{msg}"
     );
-    let complete = status["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "Complete")
-        .expect("Complete");
+    let complete = condition(status, "Complete");
     assert_eq!(complete["reason"], "ThresholdsFailed");
     assert_eq!(seen[6].1["reason"], "ThresholdsFailed");
     assert_eq!(seen[6].1["type"], "Warning");
@@ -634,10 +628,7 @@ async fn suspend_stops_the_workers_and_ends_aborted() {
     });
     let (run, lt, _) = started(&ctx, &runner, lt).await;
     *run.stats.lock() = running_stats();
-    let mut lt = with_status(
-        lt,
-        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
-    );
+    let mut lt = running(lt);
     lt.spec.suspend = true;
     reconcile(Arc::new(lt.clone()), ctx.clone())
         .await
@@ -681,10 +672,7 @@ async fn suspend_deletes_the_workers_under_the_default_cleanup_policy() {
     let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
     assert_eq!(lt.spec.cleanup, None);
     *run.stats.lock() = running_stats();
-    let mut lt = with_status(
-        lt,
-        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
-    );
+    let mut lt = running(lt);
     lt.spec.suspend = true;
     reconcile(Arc::new(lt.clone()), ctx.clone())
         .await
@@ -724,10 +712,7 @@ async fn deletion_stops_the_run_and_deletes_the_workers() {
     let runner = FakeRunner::default();
     let ctx = context(client, runner.clone());
     let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
-    let mut lt = with_status(
-        lt,
-        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
-    );
+    let mut lt = running(lt);
     lt.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::now(),
     ));
@@ -802,12 +787,7 @@ async fn worker_pods_that_cannot_start_fail_the_test_with_their_reasons() {
         "{msg}"
     );
     assert!(msg.contains("could not reach the controller"), "{msg}");
-    let cond = status["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "WorkersReady")
-        .expect("WorkersReady");
+    let cond = condition(status, "WorkersReady");
     assert_eq!(cond["reason"], "WorkersMissing");
     assert_eq!(seen[6].1["reason"], "WorkersMissing");
 }
@@ -830,12 +810,7 @@ async fn an_invalid_spec_names_the_field() {
     let seen = finish(server).await;
     let status = &seen[0].1["status"];
     assert_eq!(status["phase"], "Failed");
-    let valid = status["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "Valid")
-        .expect("Valid");
+    let valid = condition(status, "Valid");
     assert_eq!(valid["status"], "False");
     assert_eq!(valid["reason"], "InvalidSpec");
     let msg = valid["message"].as_str().expect("message");
@@ -862,10 +837,7 @@ async fn an_invalid_spec_names_the_field() {
 async fn a_restarted_operator_fails_a_test_it_no_longer_runs() {
     let (client, server) = api_server(vec![status_patch("run1"), event_post()]);
     let ctx = context(client, FakeRunner::default());
-    let lt = with_status(
-        loadtest("run1"),
-        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
-    );
+    let lt = running(loadtest("run1"));
     reconcile(Arc::new(lt), ctx).await.expect("reconcile");
     let seen = finish(server).await;
     assert_eq!(seen[0].1["status"]["phase"], "Failed");
@@ -1129,10 +1101,7 @@ async fn a_thousand_workers_keep_the_status_under_the_api_servers_limit() {
     stats.workers = rows;
     stats.connected = 999;
     *run.stats.lock() = stats;
-    let lt = with_status(
-        lt,
-        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
-    );
+    let lt = running(lt);
     reconcile(Arc::new(lt), ctx).await.expect("reconcile");
     let seen = finish(server).await;
     let patch = &seen[4].1;
@@ -1162,10 +1131,7 @@ async fn a_report_refused_as_too_large_is_replaced_once_never_retried() {
     let ctx = context(client, runner.clone());
     let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
     *run.end.lock() = Some(result(true));
-    let lt = with_status(
-        lt,
-        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
-    );
+    let lt = running(lt);
     reconcile(Arc::new(lt.clone()), ctx)
         .await
         .expect("reconcile");
@@ -1190,10 +1156,7 @@ async fn a_report_refused_as_too_large_is_replaced_once_never_retried() {
     let ctx = context(client, runner.clone());
     let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
     *run.end.lock() = Some(result(true));
-    let lt = with_status(
-        lt,
-        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
-    );
+    let lt = running(lt);
     reconcile(Arc::new(lt), ctx).await.expect("reconcile");
     let seen = finish(server).await;
     let status = &seen[8].1["status"];
@@ -1299,10 +1262,7 @@ async fn a_status_refused_as_too_large_is_written_once_more_without_worker_rows(
     let ctx = context(client, runner.clone());
     let (run, lt, _) = started(&ctx, &runner, loadtest("run1")).await;
     *run.stats.lock() = running_stats();
-    let lt = with_status(
-        lt,
-        &json!({"status": {"phase": "Running", "testId": TEST_ID}}),
-    );
+    let lt = running(lt);
     reconcile(Arc::new(lt), ctx)
         .await
         .expect("the smaller status is accepted: no error, no retry loop");
