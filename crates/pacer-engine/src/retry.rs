@@ -54,11 +54,15 @@ pub(crate) enum Next {
 }
 
 /// Decide what follows attempt number `attempt` (from 1) of at most `max_attempts`.
+/// `adaptive`: the request matched an adaptive limit, which learns the server's rate from a
+/// refusal and paces the retry itself, so only the server's own Retry-After floors the backoff,
+/// not the plan's blunt default.
 pub(crate) fn next(
     policy: &RetryPolicy,
     exchange: &Exchange,
     attempt: u32,
     max_attempts: u32,
+    adaptive: bool,
 ) -> Next {
     let retryable = match *exchange {
         Exchange::Answered { status, .. } => policy.on_status.contains(&status),
@@ -76,6 +80,7 @@ pub(crate) fn next(
             retry_after: Some(RetryAfter::Wait { wait, .. }),
             ..
         } => Some(wait),
+        _ if adaptive => None,
         Exchange::Answered {
             retry_after: Some(RetryAfter::Malformed),
             ..
@@ -276,26 +281,41 @@ mod tests {
     fn statuses_the_policy_names_are_retried_others_not() {
         let p = retrying();
         assert_eq!(
-            next(&p, &answered(502, None), 1, 3),
+            next(&p, &answered(502, None), 1, 3, false),
             Next::Retry { floor: None }
         );
-        assert_eq!(next(&p, &answered(500, None), 1, 3), Next::NotRetryable);
-        assert_eq!(next(&p, &answered(200, None), 1, 3), Next::NotRetryable);
+        assert_eq!(
+            next(&p, &answered(500, None), 1, 3, false),
+            Next::NotRetryable
+        );
+        assert_eq!(
+            next(&p, &answered(200, None), 1, 3, false),
+            Next::NotRetryable
+        );
         // Not retryable wins over out of attempts: the summary says which.
-        assert_eq!(next(&p, &answered(404, None), 3, 3), Next::NotRetryable);
-        assert_eq!(next(&p, &answered(502, None), 3, 3), Next::OutOfAttempts);
-        assert_eq!(next(&p, &answered(502, None), 4, 3), Next::OutOfAttempts);
+        assert_eq!(
+            next(&p, &answered(404, None), 3, 3, false),
+            Next::NotRetryable
+        );
+        assert_eq!(
+            next(&p, &answered(502, None), 3, 3, false),
+            Next::OutOfAttempts
+        );
+        assert_eq!(
+            next(&p, &answered(502, None), 4, 3, false),
+            Next::OutOfAttempts
+        );
     }
 
     #[test]
     fn transport_errors_are_retried_when_the_policy_says_except_a_body_over_the_cap() {
         let p = retrying();
         assert_eq!(
-            next(&p, &Exchange::Failed(ErrorKind::Timeout), 1, 3),
+            next(&p, &Exchange::Failed(ErrorKind::Timeout), 1, 3, false),
             Next::Retry { floor: None }
         );
         assert_eq!(
-            next(&p, &Exchange::Failed(ErrorKind::BodyTooLarge), 1, 3),
+            next(&p, &Exchange::Failed(ErrorKind::BodyTooLarge), 1, 3, false),
             Next::NotRetryable
         );
         let off = RetryPolicy {
@@ -303,7 +323,7 @@ mod tests {
             ..retrying()
         };
         assert_eq!(
-            next(&off, &Exchange::Failed(ErrorKind::Timeout), 1, 3),
+            next(&off, &Exchange::Failed(ErrorKind::Timeout), 1, 3, false),
             Next::NotRetryable
         );
     }
@@ -314,29 +334,52 @@ mod tests {
         let default = Some(p.retry_after_default);
         let two = Some(Duration::from_secs(2));
         assert_eq!(
-            next(&p, &answered(429, Some(TWO_S)), 1, 3),
+            next(&p, &answered(429, Some(TWO_S)), 1, 3, false),
             Next::Retry { floor: two }
         );
         assert_eq!(
-            next(&p, &answered(503, Some(TWO_S)), 1, 3),
+            next(&p, &answered(503, Some(TWO_S)), 1, 3, false),
             Next::Retry { floor: two }
         );
         assert_eq!(
-            next(&p, &answered(429, None), 1, 3),
+            next(&p, &answered(429, None), 1, 3, false),
             Next::Retry { floor: default }
         );
         assert_eq!(
-            next(&p, &answered(429, Some(RetryAfter::Malformed)), 1, 3),
+            next(&p, &answered(429, Some(RetryAfter::Malformed)), 1, 3, false),
             Next::Retry { floor: default }
         );
         assert_eq!(
-            next(&p, &answered(503, Some(RetryAfter::Malformed)), 1, 3),
+            next(&p, &answered(503, Some(RetryAfter::Malformed)), 1, 3, false),
             Next::Retry { floor: default }
         );
         // A 503 without one has no floor: the backoff alone decides.
         assert_eq!(
-            next(&p, &answered(503, None), 1, 3),
+            next(&p, &answered(503, None), 1, 3, false),
             Next::Retry { floor: None }
+        );
+    }
+
+    #[test]
+    fn an_adaptive_limit_paces_a_retry_and_only_the_servers_retry_after_floors_it() {
+        let p = retrying();
+        assert_eq!(
+            next(&p, &answered(429, None), 1, 3, true),
+            Next::Retry { floor: None }
+        );
+        assert_eq!(
+            next(&p, &answered(429, Some(RetryAfter::Malformed)), 1, 3, true),
+            Next::Retry { floor: None }
+        );
+        assert_eq!(
+            next(&p, &answered(429, Some(TWO_S)), 1, 3, true),
+            Next::Retry {
+                floor: Some(Duration::from_secs(2))
+            }
+        );
+        assert_eq!(
+            next(&p, &answered(404, None), 1, 3, true),
+            Next::NotRetryable
         );
     }
 

@@ -120,12 +120,12 @@ pub(crate) async fn send_with_retries(
                 Exchange::Failed(t.kind)
             }
         };
-        let next = retry::next(policy, &exchange, attempt, max_attempts);
+        let adaptive = matches_adaptive(sh, grant.limits);
+        let next = retry::next(policy, &exchange, attempt, max_attempts, adaptive);
         last_retryable = next != Next::NotRetryable;
         let Next::Retry { floor } = next else {
             break;
         };
-        let floor = retry_floor(sh, &exchange, grant.limits, floor);
         let delay = retry::backoff_delay(policy, attempt, floor);
         if !back_off(sh, delay, &mut out.backoff).await {
             break;
@@ -319,29 +319,6 @@ async fn back_off(sh: &Shared, delay: Duration, backoff: &mut Duration) -> bool 
     };
     *backoff += slept.elapsed();
     !stopped
-}
-
-/// The floor of a retry's backoff: without a usable Retry-After from the server, a request
-/// that matched an adaptive limit is paced by that limit (which learned the server's rate from
-/// the refusal), not held for the plan's blunt default.
-fn retry_floor(
-    sh: &Shared,
-    exchange: &Exchange,
-    limits: u64,
-    floor: Option<Duration>,
-) -> Option<Duration> {
-    let from_server = matches!(
-        exchange,
-        Exchange::Answered {
-            retry_after: Some(RetryAfter::Wait { .. }),
-            ..
-        }
-    );
-    if matches_adaptive(sh, limits) && !from_server {
-        None
-    } else {
-        floor
-    }
 }
 
 /// Whether a request's limits (the grant's bit set) include an adaptive one.
