@@ -261,15 +261,7 @@ pub fn loadtest_from_file(args: &SubmitArgs, text: &str) -> anyhow::Result<LoadT
             "",
             LoadTestSpec {
                 plan: doc,
-                workers: None,
-                image: None,
-                image_pull_policy: None,
-                worker_template: None,
-                credentials: Vec::new(),
-                redis: None,
-                cleanup: None,
-                start_timeout: None,
-                suspend: false,
+                ..LoadTestSpec::default()
             },
         );
         lt.metadata.name = None;

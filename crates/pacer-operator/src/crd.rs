@@ -22,7 +22,7 @@ pub const FINALIZER: &str = "pacer.dev/cleanup";
 
 /// A load test: a pacer plan run by a fleet of worker pods that the pacer controller starts
 /// together, paces inside the plan's limits and reports on.
-#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(CustomResource, Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[kube(
     group = "pacer.dev",
     version = "v1alpha1",

@@ -42,18 +42,7 @@ pub async fn reconcile_meta(meta: Arc<LoadTestMeta>, ctx: Arc<Context>) -> Resul
 pub fn error_policy_meta(meta: Arc<LoadTestMeta>, error: &Error, ctx: Arc<Context>) -> Action {
     let lt = LoadTest {
         metadata: meta.metadata.clone(),
-        spec: LoadTestSpec {
-            plan: serde_json::Value::Null,
-            workers: None,
-            image: None,
-            image_pull_policy: None,
-            worker_template: None,
-            credentials: Vec::new(),
-            redis: None,
-            cleanup: None,
-            start_timeout: None,
-            suspend: false,
-        },
+        spec: LoadTestSpec::default(),
         status: None,
     };
     error_policy(Arc::new(lt), error, ctx)
