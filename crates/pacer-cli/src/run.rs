@@ -125,21 +125,8 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         None => None,
     };
     let snapshot = recorder.snapshot();
-    let limit_names: Vec<String> = plan.limits.iter().map(|l| l.name.clone()).collect();
-    let mut summary = pacer_stats::summarize(
-        &plan.name,
-        &snapshot,
-        report.elapsed,
-        &plan.thresholds,
-        &limit_names,
-    );
+    let mut summary = pacer_stats::summarize_plan(&plan, &snapshot, report.elapsed);
     summary.limits = fleet.pacing();
-    summary.allowed_hosts = plan
-        .http
-        .allow_hosts
-        .iter()
-        .map(|h| h.to_string())
-        .collect();
     println!(
         "{}",
         pacer_stats::render_text(&summary, args.output.summary_color())

@@ -121,21 +121,8 @@ struct FleetJson<'a> {
 impl FleetOutcome {
     /// The fleet's summary: the usual one, over the merged snapshot.
     pub fn summary(&self, plan: &Plan) -> Summary {
-        let limit_names: Vec<String> = plan.limits.iter().map(|l| l.name.clone()).collect();
-        let mut summary = pacer_stats::summarize(
-            &plan.name,
-            &self.merged,
-            self.elapsed,
-            &plan.thresholds,
-            &limit_names,
-        );
+        let mut summary = pacer_stats::summarize_plan(plan, &self.merged, self.elapsed);
         summary.limits = pacer_stats::merge_limit_pacing(&self.worker_limits);
-        summary.allowed_hosts = plan
-            .http
-            .allow_hosts
-            .iter()
-            .map(|h| h.to_string())
-            .collect();
         summary
     }
 

@@ -32,7 +32,9 @@ pub use snapshot::{
     RequestSnapshot, RequestStats, RetryOutcomeCounts, ScenarioSnapshot, ScenarioStats,
     ServerLimitHeaders, Snapshot, TokenFetchStats,
 };
-pub use summary::{FleetPacing, LimitPacing, Summary, merge_limit_pacing, summarize};
+pub use summary::{
+    FleetPacing, LimitPacing, Summary, merge_limit_pacing, summarize, summarize_plan,
+};
 
 /// Everything that can go wrong combining or decoding snapshots.
 #[derive(Debug, thiserror::Error)]

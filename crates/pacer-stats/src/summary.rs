@@ -327,6 +327,27 @@ fn time_breakdown(t: &RequestStats) -> TimeBreakdown {
     }
 }
 
+/// A plan's summary over `snapshot`: [`summarize`] with the plan's name, thresholds and limit
+/// names, and the hosts it allows besides its target. The limits table (`Summary::limits`) is
+/// the caller's: one process's pacing, or the fleet's merged.
+pub fn summarize_plan(plan: &pacer_plan::Plan, snapshot: &Snapshot, elapsed: Duration) -> Summary {
+    let limit_names: Vec<String> = plan.limits.iter().map(|l| l.name.clone()).collect();
+    let mut summary = summarize(
+        &plan.name,
+        snapshot,
+        elapsed,
+        &plan.thresholds,
+        &limit_names,
+    );
+    summary.allowed_hosts = plan
+        .http
+        .allow_hosts
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    summary
+}
+
 /// Reduce a snapshot (normally the final one) to the summary, evaluating `thresholds`.
 /// `limit_names[i]` names plan limit `i` for the 429 breakdown.
 pub fn summarize(
