@@ -10,8 +10,8 @@ pub const MAX_FLAG_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// `500ms`, `5s`, `2m`, `1h30m`: at most [`MAX_FLAG_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 5s, 2m)"))?;
+    let d =
+        pacer_plan::duration::parse(s).map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 5s, 2m)"))?;
     if d > MAX_FLAG_DURATION {
         return Err(format!("{s:?}: at most 24h"));
     }

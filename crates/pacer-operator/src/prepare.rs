@@ -269,7 +269,7 @@ fn start_timeout(spec: &LoadTestSpec, defaults: &Defaults) -> Result<Duration, F
     let Some(s) = &spec.start_timeout else {
         return Ok(defaults.start_timeout);
     };
-    match humantime_like(s) {
+    match pacer_plan::duration::parse(s).ok() {
         Some(d) if (MIN_START_TIMEOUT..=MAX_START_TIMEOUT).contains(&d) => Ok(d),
         _ => Err(FieldError::new(
             "spec.startTimeout",
@@ -313,52 +313,9 @@ fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
-/// `90s`, `2m`, `1m30s`, `500ms`, `1h`.
-fn humantime_like(s: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60)?),
-            "h" => Duration::from_secs(n.checked_mul(3600)?),
-            _ => return None,
-        };
-        total = total.checked_add(part)?;
-    }
-    Some(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(humantime_like("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(humantime_like("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(humantime_like("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(humantime_like("5x"), None);
-        assert_eq!(humantime_like(""), None);
-        assert_eq!(humantime_like("s"), None);
-        assert_eq!(humantime_like("18446744073709551615s1s"), None);
-        assert_eq!(humantime_like("18446744073709551615h"), None);
-    }
 
     #[test]
     fn the_uid_slug_is_the_start_of_the_uid_without_dashes() {

@@ -4,6 +4,13 @@
 use std::fmt;
 use std::time::Duration;
 
+/// `250ms`, `30s`, `2m`, `1h30m`: the one reading of a duration a user writes, for plan
+/// fields, LoadTest fields (`spec.startTimeout`) and the CLI's flags. Unbounded here (an
+/// overflowing number is an error, never a wrap): each use states its own bounds.
+pub fn parse(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s.trim())
+}
+
 /// A duration read from a humantime string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct HumanDuration(pub Duration);
@@ -41,13 +48,11 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
                 f.write_str("a duration such as 250ms, 30s or 2m")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HumanDuration, E> {
-                humantime::parse_duration(v.trim())
-                    .map(HumanDuration)
-                    .map_err(|e| {
-                        E::custom(format!(
-                            "expected a duration like 250ms, 30s or 2m, got {v:?} ({e})"
-                        ))
-                    })
+                parse(v).map(HumanDuration).map_err(|e| {
+                    E::custom(format!(
+                        "expected a duration like 250ms, 30s or 2m, got {v:?} ({e})"
+                    ))
+                })
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<HumanDuration, E> {
                 Err(E::custom(format!(
@@ -80,5 +85,27 @@ impl schemars::JsonSchema for HumanDuration {
             "maxLength": 64,
             "description": "a duration such as 250ms, 30s, 2m or 1h30m"
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_reads_what_users_write_and_never_wraps() {
+        use std::time::Duration;
+        assert_eq!(parse(" 90s").ok(), Some(Duration::from_secs(90)));
+        assert_eq!(parse("1m30s").ok(), Some(Duration::from_secs(90)));
+        assert_eq!(parse("500ms").ok(), Some(Duration::from_millis(500)));
+        for bad in [
+            "5x",
+            "",
+            "s",
+            "18446744073709551615s1s",
+            "18446744073709551615h",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 }
