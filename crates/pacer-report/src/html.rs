@@ -709,6 +709,15 @@ fn throttled_table(s: &Summary) -> Markup {
     }
 }
 
+/// A summary line's words as the start of a sentence.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
 fn limits_section(input: &ReportInput<'_>) -> Markup {
     let s = input.summary;
     html! {
@@ -723,6 +732,9 @@ fn limits_section(input: &ReportInput<'_>) -> Markup {
                     (throttled_table(s))
                     @if let Some(h) = &s.server_limits {
                         p.note #server-headers { "Last rate-limit headers (" (h.source) "): " (server_limit_values(h)) "." }
+                    }
+                    @if !s.allowed_hosts.is_empty() {
+                        p.note #allowed-hosts { (capitalized(pacer_stats::render::ALLOWED_HOSTS)) ": " (s.allowed_hosts.join(", ")) "." }
                     }
                     @if !s.token_fetches.is_empty() {
                         table #table-tokens {
@@ -1105,6 +1117,30 @@ mod tests {
         assert!(doc.contains("x&quot;'&amp;y"));
         assert!(doc.contains(r#"data-request="x&quot;'&amp;y""#));
         assert!(doc.contains(r#"data-worker="x&quot;'&amp;y""#));
+    }
+
+    #[test]
+    fn the_report_lists_the_hosts_allowed_besides_the_target() {
+        let rec = Recorder::new(Layout::default());
+        let mut summary = summary_of(&rec, "allow");
+        assert!(
+            !page(&summary).contains("id=\"allowed-hosts\""),
+            "none allowed, no note"
+        );
+        summary.allowed_hosts = vec!["cdn.example:443".into(), "<b>".into()];
+        let doc = page(&summary);
+        assert!(doc.contains("Also allowed besides the target (http.allowHosts, sent no credentials): cdn.example:443, &lt;b&gt;."));
+    }
+
+    fn page(summary: &Summary) -> String {
+        render(&ReportInput {
+            summary,
+            series: &Series::default(),
+            plan_source: None,
+            workers: &[],
+            started_unix_ms: None,
+            abort_reason: None,
+        })
     }
 
     #[test]

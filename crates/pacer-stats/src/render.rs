@@ -524,6 +524,10 @@ fn table(out: &mut String, indent: &str, rows: &[Vec<String>], right: &[bool]) {
     }
 }
 
+/// How the text summary and the HTML report name the hosts a plan allows besides its target.
+pub const ALLOWED_HOSTS: &str =
+    "also allowed besides the target (http.allowHosts, sent no credentials)";
+
 /// The k6-like end-of-test summary. `color` adds ANSI colors to the ✓/✗ marks only.
 pub fn render_text(summary: &Summary, color: bool) -> String {
     let mut out = String::new();
@@ -544,7 +548,7 @@ pub fn render_text(summary: &Summary, color: bool) -> String {
     if !summary.allowed_hosts.is_empty() {
         let _ = writeln!(
             out,
-            "\n  also allowed besides the target (http.allowHosts, no credentials): {}",
+            "\n  {ALLOWED_HOSTS}: {}",
             summary.allowed_hosts.join(", ")
         );
     }
