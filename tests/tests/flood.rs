@@ -25,6 +25,11 @@ const TOKEN: &str = "e2e-flood-token-0123456789";
 /// token hold 200 MiB; the gate reads 5 bytes of each.
 const RSS_GROWTH_BOUND: u64 = 64 << 20;
 
+/// The controller's slots for streams waiting to authenticate: `pacer controller` runs with
+/// the listener's default, so every stream of a flood smaller than this is read and refused
+/// for what it sent.
+const MAX_UNAUTHENTICATED: usize = pacer_controller::listener::DEFAULT_MAX_UNAUTHENTICATED_STREAMS;
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -97,7 +102,7 @@ async fn the_controller_process_survives_a_flood_in_bounded_memory_and_a_real_wo
         },
     )
     .await;
-    refused_as(&oversized, "ResourceExhausted", 200);
+    refused_as(&oversized, "ResourceExhausted", 200, MAX_UNAUTHENTICATED);
     let wrong = flood(
         &addr,
         20,
@@ -108,7 +113,7 @@ async fn the_controller_process_survives_a_flood_in_bounded_memory_and_a_real_wo
         },
     )
     .await;
-    refused_as(&wrong, "Unauthenticated", 100);
+    refused_as(&wrong, "Unauthenticated", 100, MAX_UNAUTHENTICATED);
 
     // 300 streams that never send their Hello hold the listener's 256 unauthenticated slots
     // for its 10 s Hello timeout; the worker, refused with UNAVAILABLE meanwhile, retries.

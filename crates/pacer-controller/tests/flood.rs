@@ -87,7 +87,7 @@ async fn a_flood_before_authentication_is_refused_in_bounded_memory_and_a_real_w
     )
     .await;
     // (Past the limit on streams waiting to authenticate, some are refused before that.)
-    refused_as(&oversized, "ResourceExhausted", 200);
+    refused_as(&oversized, "ResourceExhausted", 200, MAX_UNAUTHENTICATED);
 
     // A Hello with a wrong token: refused naming nothing secret.
     let wrong = flood(
@@ -100,7 +100,7 @@ async fn a_flood_before_authentication_is_refused_in_bounded_memory_and_a_real_w
         },
     )
     .await;
-    refused_as(&wrong, "Unauthenticated", 100);
+    refused_as(&wrong, "Unauthenticated", 100, MAX_UNAUTHENTICATED);
 
     // Streams that never send their Hello, with a real worker dialling in meanwhile: past the
     // limit they are refused with UNAVAILABLE (the worker retries), the others are cut at the

@@ -85,7 +85,7 @@ async fn a_flood_before_authentication_is_refused_in_bounded_memory_and_a_real_w
     )
     .await;
     // (Past the limit on streams waiting to authenticate, some are refused before that.)
-    refused_as(&oversized, "ResourceExhausted", 200);
+    refused_as(&oversized, "ResourceExhausted", 200, MAX_UNAUTHENTICATED);
     let wrong_token = flood(
         &addr,
         20,
@@ -96,7 +96,7 @@ async fn a_flood_before_authentication_is_refused_in_bounded_memory_and_a_real_w
         },
     )
     .await;
-    refused_as(&wrong_token, "Unauthenticated", 100);
+    refused_as(&wrong_token, "Unauthenticated", 100, MAX_UNAUTHENTICATED);
     let elsewhere = flood(
         &addr,
         20,
@@ -107,7 +107,7 @@ async fn a_flood_before_authentication_is_refused_in_bounded_memory_and_a_real_w
         },
     )
     .await;
-    refused_as(&elsewhere, "Unavailable", 100);
+    refused_as(&elsewhere, "Unavailable", 100, MAX_UNAUTHENTICATED);
 
     let mut worker = pacer_worker::WorkerConfig::new(addr.clone(), TOKEN);
     worker.test_id = Some("flood-1".into());

@@ -39,10 +39,13 @@ impl Tally {
     }
 }
 
-/// All `n` streams were refused, most with `code`; the others before they were read: past
-/// the limit on streams waiting to authenticate (UNAVAILABLE) or past the connection's
-/// stream limit (REFUSED_STREAM).
-pub fn refused_as(tally: &Tally, code: &str, n: usize) {
+/// All `n` streams were refused: with `code` once read, the others before they were read, past
+/// the limit on streams waiting to authenticate (UNAVAILABLE) or past the connection's stream
+/// limit (REFUSED_STREAM, which h2 sends for streams a client opened before it heard the
+/// limit). The listener has `read` slots for streams waiting to authenticate, so of the
+/// streams h2 let through at least that many were read; how many more depends on how fast the
+/// refused ones free their slots, which a busy 2-core machine decides.
+pub fn refused_as(tally: &Tally, code: &str, n: usize, read: usize) {
     assert_eq!(tally.total(), n, "{tally:?}");
     let early = ["Unavailable", "RefusedStream"]
         .iter()
@@ -50,7 +53,8 @@ pub fn refused_as(tally: &Tally, code: &str, n: usize) {
         .map(|c| tally.get(c))
         .sum::<usize>();
     assert_eq!(tally.get(code) + early, n, "{tally:?}");
-    assert!(tally.get(code) >= n / 2, "{tally:?}");
+    let let_through = n - tally.get("RefusedStream");
+    assert!(tally.get(code) >= read.min(let_through), "{tally:?}");
 }
 
 /// A stream's first message as a body: what it sends before the server answers.
