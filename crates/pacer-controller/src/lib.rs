@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod listener;
 pub mod report;
 pub mod session;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,17 +200,29 @@ impl Coordinator {
         .max_encoding_message_size(pacer_proto::MAX_MESSAGE_BYTES)
     }
 
-    /// Serve this test on `listener`, behind the gate and its limits ([`listener`]), until
+    /// Serve this test on `listener`, behind the gate and its limits ([`listener`]), in
+    /// plaintext (loopback and tests: [`listener::Transport::InsecurePlaintext`]), until
     /// `shutdown` is cancelled.
     pub fn serve(
         &self,
         listener: tokio::net::TcpListener,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> tokio::task::JoinHandle<Result<(), ControllerError>> {
+        self.serve_with(listener, listener::Transport::InsecurePlaintext, shutdown)
+    }
+
+    /// Serve this test on `listener`, behind the gate and its limits ([`listener`]), over
+    /// `transport` (TLS: [`tls::ServerTls`]), until `shutdown` is cancelled.
+    pub fn serve_with(
+        &self,
+        listener: tokio::net::TcpListener,
+        transport: listener::Transport,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<Result<(), ControllerError>> {
         let limits = self.listener_limits();
         let this = self.clone();
         tokio::spawn(async move {
-            listener::serve(this, listener, limits, shutdown)
+            listener::serve_with(this, listener, limits, transport, shutdown)
                 .await
                 .map_err(ControllerError::Serve)
         })

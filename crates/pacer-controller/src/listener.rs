@@ -36,6 +36,13 @@
 //! defaults, and in practice far less: h2 discards what arrives for a refused stream.
 //! The flood tests (crates/pacer-controller/tests/flood.rs, crates/pacer-operator/tests/flood.rs,
 //! tests/tests/flood.rs) hold this to account.
+//!
+//! With TLS ([`Transport::Tls`], [`crate::tls`]) the handshake comes first, and it is bounded
+//! too: at most [`MAX_HANDSHAKES_IN_FLIGHT`] at once (past it the listener stops accepting
+//! until one ends: new connections wait in the kernel's backlog), each within the Hello timeout
+//! counted from the accept (the same clock then runs on for the connection's first Hello), and
+//! each holding its connection permit from the accept. A stranger who opens connections and
+//! never finishes a handshake holds a handshake slot for the Hello timeout at most.
 
 use std::convert::Infallible;
 use std::io;
@@ -54,6 +61,7 @@ use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -114,6 +122,23 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// retrying at once would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// TLS handshakes in flight at once. A handshake costs a few milliseconds of CPU (one
+/// signature) and a few KiB; 64 at once keeps a fleet's simultaneous reconnects (hundreds of
+/// workers come back within a second or two, each retrying on failure) moving while a flood of
+/// half-open handshakes holds no more than this many slots, each for the Hello timeout at most.
+pub const MAX_HANDSHAKES_IN_FLIGHT: usize = 64;
+
+/// How the listener speaks to its peers.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// TLS with the certificate files of [`crate::tls::ServerTls`] (re-read when renewed).
+    Tls(crate::tls::ServerTls),
+    /// Plain HTTP/2: the session token and the plan cross the network readable by anyone on
+    /// it. Loopback (`pacer run --workers N`) and tests; elsewhere only on the user's explicit
+    /// `--insecure-plaintext`.
+    InsecurePlaintext,
+}
+
 /// The listener's limits; [`ListenerLimits::default`] holds the defaults above.
 #[derive(Clone, Debug)]
 pub struct ListenerLimits {
@@ -163,11 +188,31 @@ impl Sessions for Coordinator {
     }
 }
 
-/// Serve `sessions` on `listener` behind the gate, with `limits`, until `shutdown`.
+/// Serve `sessions` on `listener` behind the gate, with `limits`, in plaintext
+/// ([`Transport::InsecurePlaintext`]: loopback and tests), until `shutdown`.
 pub async fn serve<S: Sessions>(
     sessions: S,
     listener: TcpListener,
     limits: ListenerLimits,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    serve_with(
+        sessions,
+        listener,
+        limits,
+        Transport::InsecurePlaintext,
+        shutdown,
+    )
+    .await
+}
+
+/// Serve `sessions` on `listener` behind the gate, with `limits`, over `transport`, until
+/// `shutdown`.
+pub async fn serve_with<S: Sessions>(
+    sessions: S,
+    listener: TcpListener,
+    limits: ListenerLimits,
+    transport: Transport,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let gate = Gate::new(sessions.clone(), &limits);
@@ -181,22 +226,76 @@ pub async fn serve<S: Sessions>(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(gate)
         .serve_with_incoming_shutdown(
-            incoming(listener, &limits, sessions),
+            incoming(listener, &limits, sessions, transport),
             shutdown.cancelled_owned(),
         )
         .await
 }
 
-/// Accepted connections, each counted until it closes; past the limit a new connection is
-/// closed at once.
+/// The connections to serve: accepted ones (see [`accepted`]), in plaintext as they are, with
+/// TLS once their handshake is done (at most [`MAX_HANDSHAKES_IN_FLIGHT`] at once, each
+/// before the connection's deadline; a failed one is logged and dropped).
 fn incoming<S: Sessions>(
     listener: TcpListener,
     limits: &ListenerLimits,
     sessions: S,
-) -> impl futures::Stream<Item = io::Result<GuardedConn>> + Send + 'static {
+    transport: Transport,
+) -> futures::stream::BoxStream<'static, io::Result<GuardedConn>> {
+    let hello_timeout = limits.hello_timeout;
+    let accepted = accepted(listener, limits, sessions);
+    match transport {
+        Transport::InsecurePlaintext => accepted
+            .map(move |(tcp, slot)| {
+                let info = tcp.connect_info();
+                let deadline = Instant::now() + hello_timeout;
+                Ok(GuardedConn::new(Box::new(tcp), info, slot, deadline))
+            })
+            .boxed(),
+        Transport::Tls(tls) => {
+            let acceptor = tls.acceptor();
+            accepted
+                .map(move |(tcp, slot)| {
+                    let acceptor = acceptor.clone();
+                    async move {
+                        let info = tcp.connect_info();
+                        let deadline = Instant::now() + hello_timeout;
+                        let peer = info.remote_addr();
+                        match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => {
+                                Some(Ok(GuardedConn::new(Box::new(tls), info, slot, deadline)))
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(
+                                    "gRPC listener: TLS handshake with {peer:?} failed: {}",
+                                    crate::tls::error_chain(&e)
+                                );
+                                None
+                            }
+                            Err(_) => {
+                                tracing::debug!(
+                                    "gRPC listener: TLS handshake with {peer:?} not done within {hello_timeout:?}"
+                                );
+                                None
+                            }
+                        }
+                    }
+                })
+                .buffer_unordered(MAX_HANDSHAKES_IN_FLIGHT)
+                .filter_map(futures::future::ready)
+                .boxed()
+        }
+    }
+}
+
+/// Accepted TCP connections, each counted until it closes; past the limit a new connection is
+/// closed at once.
+fn accepted<S: Sessions>(
+    listener: TcpListener,
+    limits: &ListenerLimits,
+    sessions: S,
+) -> impl futures::Stream<Item = (TcpStream, ConnSlot)> + Send + 'static {
     let base = limits.max_connections;
     let open = Arc::new(AtomicUsize::new(0));
-    let hello_timeout = limits.hello_timeout;
     futures::stream::unfold((listener, open), move |(listener, open)| {
         let sessions = sessions.clone();
         async move {
@@ -221,8 +320,7 @@ fn incoming<S: Sessions>(
                 let slot = ConnSlot::take(&open);
                 // Best effort: a worker's messages are small and latency-sensitive (Ping/Pong).
                 let _ = tcp.set_nodelay(true);
-                let conn = GuardedConn::new(tcp, slot, hello_timeout);
-                return Some((Ok(conn), (listener, open)));
+                return Some(((tcp, slot), (listener, open)));
             }
         }
     })
@@ -244,11 +342,17 @@ impl Drop for ConnSlot {
     }
 }
 
+/// A connection's bytes: the TCP stream itself, or TLS over it.
+trait ConnIo: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ConnIo for T {}
+
 /// An accepted connection: counts against the connection limit until it closes, and is
-/// closed if none of its streams has passed the gate within the Hello timeout (a stranger
-/// cannot keep a connection, and its permit, by opening it and sending nothing).
+/// closed if none of its streams has passed the gate within the Hello timeout of its accept
+/// (a stranger cannot keep a connection, and its permit, by opening it and sending nothing).
 pub struct GuardedConn {
-    tcp: TcpStream,
+    io: Box<dyn ConnIo>,
+    tcp_info: TcpConnectInfo,
     _slot: ConnSlot,
     authenticated: Arc<AtomicBool>,
     /// Until a stream is authenticated.
@@ -256,12 +360,18 @@ pub struct GuardedConn {
 }
 
 impl GuardedConn {
-    fn new(tcp: TcpStream, slot: ConnSlot, hello_timeout: Duration) -> Self {
+    fn new(
+        io: Box<dyn ConnIo>,
+        tcp_info: TcpConnectInfo,
+        slot: ConnSlot,
+        deadline: Instant,
+    ) -> Self {
         Self {
-            tcp,
+            io,
+            tcp_info,
             _slot: slot,
             authenticated: Arc::new(AtomicBool::new(false)),
-            deadline: Some(Box::pin(tokio::time::sleep(hello_timeout))),
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
     }
 }
@@ -278,7 +388,7 @@ impl Connected for GuardedConn {
 
     fn connect_info(&self) -> GuardedInfo {
         GuardedInfo {
-            tcp: self.tcp.connect_info(),
+            tcp: self.tcp_info.clone(),
             authenticated: self.authenticated.clone(),
         }
     }
@@ -302,7 +412,7 @@ impl AsyncRead for GuardedConn {
                 )));
             }
         }
-        Pin::new(&mut this.tcp).poll_read(cx, buf)
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
@@ -312,15 +422,15 @@ impl AsyncWrite for GuardedConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -328,11 +438,11 @@ impl AsyncWrite for GuardedConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.io.is_write_vectored()
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::tls::Transport;
+
 /// How long a fresh worker keeps trying its first connection: a controller and its workers
 /// are usually started together (a Job, a Deployment, a shell loop), and a minute covers the
 /// controller's own start, image pull included.
@@ -18,6 +20,9 @@ pub(crate) const RECONNECT_FOR: Duration = Duration::from_secs(300);
 pub struct WorkerConfig {
     /// `host:port` or `http://host:port`.
     pub controller: String,
+    /// TLS (the controller's certificate checked against a CA) or, on the user's explicit
+    /// choice, plaintext. [`WorkerConfig::new`] starts in plaintext (loopback and tests).
+    pub transport: Transport,
     /// The test to join; `None`: whatever test the controller runs.
     pub test_id: Option<String>,
     /// The worker index to ask for; `None`: the controller picks.
@@ -62,6 +67,7 @@ impl std::fmt::Debug for WorkerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerConfig")
             .field("controller", &self.controller)
+            .field("transport", &self.transport)
             .field("test_id", &self.test_id)
             .field("index", &self.index)
             .field("session_token", &"<redacted>")
@@ -85,6 +91,7 @@ impl WorkerConfig {
     pub fn new(controller: impl Into<String>, session_token: impl Into<String>) -> Self {
         Self {
             controller: controller.into(),
+            transport: Transport::InsecurePlaintext,
             test_id: None,
             index: None,
             session_token: session_token.into(),
@@ -97,10 +104,14 @@ impl WorkerConfig {
         }
     }
 
-    /// The controller's URL: a bare `host:port` is plain HTTP/2 (the controller serves gRPC
-    /// without TLS unless it is put behind something that adds it).
+    /// The controller's URL for tonic: a bare `host:port` becomes `http://host:port`. With
+    /// TLS an `https://` URL becomes `http://` too: the worker's own connector
+    /// ([`crate::tls`]) does the TLS, tonic only speaks HTTP/2 over it.
     pub(crate) fn controller_url(&self) -> String {
         let addr = &self.controller;
+        if let (Transport::Tls(_), Some(rest)) = (&self.transport, addr.strip_prefix("https://")) {
+            return format!("http://{rest}");
+        }
         if addr.starts_with("http://") || addr.starts_with("https://") {
             addr.clone()
         } else {

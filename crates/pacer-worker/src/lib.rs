@@ -33,9 +33,11 @@ mod reconnect;
 mod report;
 mod session;
 mod start;
+mod tls;
 
 pub use assign::{plan_from_assign, plan_from_assign_env, shard_limits};
 pub use config::{RedisJoin, WorkerConfig};
+pub use tls::{CaSource, ConnectError, TlsTrust, Transport};
 
 use reconnect::{AfterLoss, Standing};
 use report::Running;
@@ -57,6 +59,12 @@ pub enum WorkerError {
     },
     #[error("the controller refused this worker: {0}")]
     Refused(String),
+    /// The controller's certificate is not vouched for by the worker's CA (`--ca`).
+    #[error("{0}")]
+    Untrusted(String),
+    /// The worker's CA file cannot be used.
+    #[error(transparent)]
+    Ca(ConnectError),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("the plan from the controller is not valid here: {0}")]
@@ -88,6 +96,9 @@ pub async fn run(
     cfg: WorkerConfig,
     cancel: CancellationToken,
 ) -> Result<WorkerOutcome, WorkerError> {
+    if let Transport::Tls(trust) = &cfg.transport {
+        trust.check().map_err(WorkerError::Ca)?;
+    }
     let url = cfg.controller_url();
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| WorkerError::Address(cfg.controller.clone(), e.to_string()))?

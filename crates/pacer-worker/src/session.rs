@@ -113,7 +113,8 @@ async fn session_inner(
     cancel: &CancellationToken,
     attempt: &mut u32,
 ) -> Result<(), End> {
-    let mut link = Link::open(endpoint, hello(cfg, running.as_ref())).await?;
+    let hello = hello(cfg, running.as_ref());
+    let mut link = Link::open(cfg, endpoint, hello, running.is_some()).await?;
     let assign = await_assign(&mut link.inbound).await?;
     // The session is established: the next loss starts a new backoff.
     *attempt = 0;
@@ -153,12 +154,15 @@ struct Link {
 }
 
 impl Link {
-    /// Connect, open the session stream and say `hello` first.
-    async fn open(endpoint: &Endpoint, hello: Hello) -> Result<Link, End> {
-        let channel: Channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| End::Retry(format!("cannot connect: {e}")))?;
+    /// Connect (over `cfg`'s transport), open the session stream and say `hello` first.
+    /// `started`: a shard runs (an untrusted certificate is then retried, not fatal).
+    async fn open(
+        cfg: &WorkerConfig,
+        endpoint: &Endpoint,
+        hello: Hello,
+        started: bool,
+    ) -> Result<Link, End> {
+        let channel: Channel = crate::tls::dial(endpoint, &cfg.transport, started).await?;
         let mut client = CoordinatorClient::new(channel)
             .max_decoding_message_size(pacer_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(pacer_proto::MAX_MESSAGE_BYTES);
