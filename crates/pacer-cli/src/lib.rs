@@ -6,6 +6,7 @@ pub mod coordinate;
 pub mod exit;
 pub mod flags;
 pub mod fleet;
+pub mod import;
 pub mod interrupt;
 pub mod k8s;
 pub mod local;
@@ -67,6 +68,9 @@ pub enum Command {
     Watch(k8s::WatchArgs),
     /// Print a finished LoadTest's report (stored in a ConfigMap).
     Report(k8s::ReportCommand),
+    /// Write a plan from a JMeter test plan (.jmx) or a HAR recording, listing what was not
+    /// translated.
+    Import(import::ImportArgs),
 }
 
 /// Parse `std::env::args`, run, and map the result to an exit code.
@@ -123,6 +127,7 @@ pub async fn run_cli(cli: Cli) -> Exit {
         Command::Submit(args) => k8s::submit(*args).await,
         Command::Watch(args) => k8s::watch(args).await,
         Command::Report(args) => k8s::report(args).await,
+        Command::Import(args) => import::run(&args),
         Command::Mock(args) => match pacer_mock::run_cli(*args).await {
             Ok(()) => Exit::Passed,
             Err(e) => {
