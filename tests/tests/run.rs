@@ -285,8 +285,18 @@ async fn ctrl_c_stops_gracefully_and_still_prints_the_summary() {
 fn every_example_plan_validates() {
     let dir = workspace_root().join("examples");
     let mut n = 0;
+    // examples/*.yaml and one level below (examples/jmeter/user-story.yaml, the import of
+    // its .jmx).
+    let mut paths = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            paths.push(path);
+        }
+    }
+    for path in paths {
         if path.extension().is_some_and(|e| e == "yaml") {
             // LoadTest examples read the target and credentials from the worker pods' env
             // (secretKeyRef): give them values as the pods would have.

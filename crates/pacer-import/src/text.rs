@@ -34,7 +34,7 @@ pub struct Property {
     pub default: String,
 }
 
-/// JMeter's default for `${__P(name)}` without a default.
+/// JMeter's value for `${__P(name)}` when the property is unset and no default is given.
 const PROPERTY_DEFAULT: &str = "1";
 
 /// A name as a template variable (`{{vars.NAME}}`: letters, digits, `_`, `-`).
@@ -117,12 +117,12 @@ fn expression(c: &mut Converted, inner: &str) {
     match fname {
         "P" | "property" => {
             let name = arg(0);
-            // __property(name, var, default): the default is the third argument.
-            let default = if fname == "P" { arg(1) } else { arg(2) };
-            let default = if default.is_empty() {
-                PROPERTY_DEFAULT
-            } else {
-                default
+            // __property(name, var, default): the default is the third argument. An omitted
+            // default is JMeter's "1"; an empty one (`${__P(token,)}`) is empty.
+            let at = if fname == "P" { 1 } else { 2 };
+            let default = match args.get(at) {
+                Some(d) => d.trim(),
+                None => PROPERTY_DEFAULT,
             };
             if name.is_empty() {
                 return unsupported(c, inner);
@@ -202,6 +202,8 @@ mod tests {
         );
         assert_eq!(c.vars, vec!["version", "user"]);
         assert_eq!(c.props[0].default, "42");
+        assert_eq!(convert("${__P(a)}").props[0].default, "1");
+        assert_eq!(convert("${__P(a,)}").props[0].default, "");
         assert!(c.unsupported.is_empty());
         assert!(pacer_plan::Template::parse(&c.text).is_ok());
     }
