@@ -23,7 +23,9 @@ pub struct ReportOutputs {
     /// Write a self-contained HTML report (verdict, charts over time, tables, the plan) to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Write the per-second time series: `json=FILE` (JSON Lines) or `csv=FILE`. Repeatable.
+    /// Write the per-second time series: `json=FILE` (JSON Lines) or `csv=FILE`; or the
+    /// evidence ledger (429s, 5xx, timeouts, transport errors): `ledger=FILE` (JSON Lines).
+    /// Repeatable.
     #[arg(long = "out", value_name = "FORMAT=FILE", value_parser = parse_out)]
     pub out: Vec<SeriesOut>,
     /// Serve Prometheus metrics at http://ADDR/metrics during the run (e.g. 127.0.0.1:9464;
@@ -36,6 +38,8 @@ pub struct ReportOutputs {
 pub enum SeriesFormat {
     JsonLines,
     Csv,
+    /// Not a series: the evidence ledger, one JSON line per attempt kept.
+    Ledger,
 }
 
 /// One `--out FORMAT=FILE`.
@@ -52,7 +56,12 @@ fn parse_out(text: &str) -> Result<SeriesOut, String> {
     let format = match format {
         "json" | "jsonl" => SeriesFormat::JsonLines,
         "csv" => SeriesFormat::Csv,
-        other => return Err(format!("unknown series format {other:?}: use json or csv")),
+        "ledger" => SeriesFormat::Ledger,
+        other => {
+            return Err(format!(
+                "unknown output format {other:?}: use json, csv or ledger"
+            ));
+        }
     };
     if path.is_empty() {
         return Err("the file name is missing after '='".into());
@@ -183,6 +192,7 @@ impl ReportSink {
             let text = match out.format {
                 SeriesFormat::JsonLines => series.to_jsonl(),
                 SeriesFormat::Csv => series.to_csv(),
+                SeriesFormat::Ledger => ledger_jsonl(&snapshot.ledger),
             };
             std::fs::write(&out.path, text)
                 .with_context(|| format!("cannot write {}", out.path.display()))?;
@@ -195,12 +205,34 @@ impl ReportSink {
                 workers,
                 started_unix_ms: Some(self.started_unix_ms),
                 abort_reason,
+                ledger: Some(&snapshot.ledger),
             });
             std::fs::write(path, html)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(())
     }
+}
+
+/// The ledger's kept entries as JSON Lines, in time order; a warning on stderr when the
+/// ledger's bound left some out (the HTML report's counts include them).
+fn ledger_jsonl(ledger: &pacer_stats::Ledger) -> String {
+    let mut out = String::new();
+    for e in &ledger.entries {
+        if let Ok(line) = serde_json::to_string(e) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    if ledger.dropped() > 0 {
+        tracing::warn!(
+            kept = ledger.entries.len(),
+            dropped = ledger.dropped(),
+            "the evidence ledger keeps the first {} attempts; later ones are only counted",
+            pacer_stats::ledger::LEDGER_CAPACITY
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -219,6 +251,10 @@ mod tests {
         assert_eq!(
             parse_out("csv=dir/b=c.csv").unwrap().path,
             PathBuf::from("dir/b=c.csv")
+        );
+        assert_eq!(
+            parse_out("ledger=l.jsonl").unwrap().format,
+            SeriesFormat::Ledger
         );
         assert!(parse_out("xml=a").is_err());
         assert!(parse_out("csv=").is_err());

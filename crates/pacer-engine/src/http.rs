@@ -232,6 +232,9 @@ pub struct Outgoing<'a> {
     pub body: Bytes,
     /// Keep the response body (a check or an extract reads it); otherwise it is drained.
     pub keep_body: bool,
+    /// The correlation id header pacer adds (`http.correlationId`), when the request does
+    /// not set it itself.
+    pub correlation: Option<(&'a http::HeaderName, HeaderValue)>,
 }
 
 /// What one attempt produced.

@@ -7,6 +7,7 @@
 #![warn(unreachable_pub)]
 
 mod auth;
+mod evidence;
 mod executor;
 mod http;
 mod iteration;

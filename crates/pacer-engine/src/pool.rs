@@ -412,6 +412,9 @@ fn build(out: &Outgoing<'_>, uri: Uri, host: Option<&HeaderValue>) -> Request<Bo
     if let Some(a) = &out.authorization {
         headers.insert(AUTHORIZATION, a.clone());
     }
+    if let Some((name, value)) = &out.correlation {
+        headers.insert((*name).clone(), value.clone());
+    }
     let mut req = Request::new(Full::new(out.body.clone()));
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = uri;
@@ -466,8 +469,11 @@ async fn read_body(resp: Response<Incoming>, limit: BodyLimit) -> Result<Receive
     if hyper::body::Body::size_hint(&body).lower() > limit.max {
         return Err(too_large());
     }
-    // A 429's body may name the limit it is about (ratelimit_headers::server_limit_name).
-    let keep = limit.keep || parts.status == http::StatusCode::TOO_MANY_REQUESTS;
+    // A 429's or a 5xx's body may name the limit it is about (ratelimit_headers::
+    // server_limit_name), for the summary and the evidence ledger.
+    let keep = limit.keep
+        || parts.status == http::StatusCode::TOO_MANY_REQUESTS
+        || parts.status.is_server_error();
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0u64;
     while let Some(frame) = body.frame().await {

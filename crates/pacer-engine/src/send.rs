@@ -13,6 +13,7 @@ use pacer_plan::Request;
 use pacer_stats::{Attempt, ErrorKind, RequestOutcome};
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 
+use crate::evidence::{Correlation, Sent};
 use crate::http::{self, Response, TransportError};
 use crate::iteration::Shared;
 use crate::prepare::Prepared;
@@ -53,6 +54,7 @@ pub(crate) async fn send_with_retries(
             .and_then(|r| r.get(ri))
             .copied()
             .unwrap_or(true),
+        correlation: Correlation::new(sh.plan.http.correlation_header.as_deref(), &p.headers),
     };
     let credential = s.credential(credential);
     let mut out = RequestOutcome {
@@ -92,7 +94,7 @@ pub(crate) async fn send_with_retries(
         }
         let exchange = match s.send(authorization, grant.limits).await {
             Ok(resp) => {
-                let retry_after = s.answered(&resp, grant.limits);
+                let retry_after = s.answered(&resp, grant.limits, attempt);
                 out.failed = !req.expect.status_ok(resp.status);
                 if resp.status == 401
                     && !auth_retry_used
@@ -114,7 +116,7 @@ pub(crate) async fn send_with_retries(
                 }
             }
             Err(t) => {
-                s.failed(&t, grant.limits);
+                s.failed(&t, grant.limits, attempt);
                 out.failed = true;
                 last = None;
                 Exchange::Failed(t.kind)
@@ -146,6 +148,8 @@ struct Sending<'a> {
     meta: RequestMeta<'a>,
     /// A check, extract or poll reads the response body (otherwise it is drained).
     keep_body: bool,
+    /// The logical request's correlation id, the same on every attempt.
+    correlation: Correlation,
 }
 
 impl Sending<'_> {
@@ -220,6 +224,11 @@ impl Sending<'_> {
                 authorization,
                 body: self.p.body.clone().unwrap_or_default(),
                 keep_body: self.keep_body,
+                correlation: self
+                    .correlation
+                    .header
+                    .as_ref()
+                    .zip(self.correlation.added.clone()),
             })
             .await;
         guard.disarm();
@@ -228,7 +237,7 @@ impl Sending<'_> {
 
     /// Phases 4 to 6 for an answer: read its Retry-After (a 429's or a 503's), give the limiter
     /// its feedback, record the attempt and (now and then) the server's rate-limit headers.
-    fn answered(&self, resp: &Response, limits: u64) -> Option<RetryAfter> {
+    fn answered(&self, resp: &Response, limits: u64, attempt: u32) -> Option<RetryAfter> {
         let policy = &self.sh.plan.retry;
         let retry_after = retry::retry_after_of(
             resp.status,
@@ -275,11 +284,29 @@ impl Sending<'_> {
             },
         );
         maybe_record_server_limits(self.sh, &resp.headers);
+        self.evidence(attempt).answered(
+            resp.status,
+            &resp.headers,
+            &resp.body,
+            retry_after.and_then(RetryAfter::wait),
+        );
         retry_after
     }
 
+    /// Where this attempt's ledger entry goes, if it gets one.
+    fn evidence(&self, attempt: u32) -> Sent<'_> {
+        Sent {
+            recorder: &self.sh.recorder,
+            scenario: self.sh.plan.scenarios.get(self.sc).map_or("", |s| &s.name),
+            request: &self.req.name,
+            attempt,
+            correlation_id: self.correlation.id.as_deref(),
+        }
+    }
+
     /// Phases 4 to 6 for a transport failure: record the attempt and log why.
-    fn failed(&self, t: &TransportError, limits: u64) {
+    fn failed(&self, t: &TransportError, limits: u64, attempt: u32) {
+        self.evidence(attempt).failed(t.kind);
         self.sh.recorder.record_attempt(
             self.sc,
             self.ri,

@@ -353,6 +353,7 @@ async fn a_big_body_nothing_reads_is_drained_and_counted_not_kept() {
                 authorization: None,
                 body: Bytes::new(),
                 keep_body: keep,
+                correlation: None,
             })
             .await
             .ok()

@@ -101,6 +101,13 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         route: route.label(),
         arrival,
         worker: Some(worker_header(&parts.headers)),
+        // Copied only when the arrival log keeps it.
+        correlation: shared
+            .config
+            .record_arrivals
+            .then(|| parts.headers.get(crate::stats::CORRELATION_HEADER))
+            .flatten()
+            .map(|v| v.as_bytes().to_vec()),
     };
     let body = axum::body::to_bytes(body, MAX_BODY).await;
     let outcome = match body {
@@ -131,7 +138,13 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
     let status = outcome.response.status().as_u16();
     let worker = pending.worker.take().unwrap_or(WorkerHeader::Absent);
     let mut rec = shared.recorder.lock();
-    rec.record(route.label(), status, arrival, &worker, true);
+    rec.record_api(
+        route.label(),
+        status,
+        arrival,
+        &worker,
+        pending.correlation.as_deref(),
+    );
     if stalled {
         rec.stalled += 1;
     }
@@ -152,6 +165,8 @@ struct Pending {
     arrival: u64,
     /// `None` once the request was recorded normally.
     worker: Option<WorkerHeader>,
+    /// The request's correlation id header, as received (the arrival log cleans it).
+    correlation: Option<Vec<u8>>,
 }
 
 /// Status recorded for requests the client abandoned (nginx's "client closed request").
@@ -160,12 +175,12 @@ pub(crate) const CLIENT_CLOSED: u16 = 499;
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(worker) = self.worker.take() {
-            self.shared.recorder.lock().record(
+            self.shared.recorder.lock().record_api(
                 self.route,
                 CLIENT_CLOSED,
                 self.arrival,
                 &worker,
-                true,
+                self.correlation.as_deref(),
             );
         }
     }

@@ -121,7 +121,17 @@ pub struct Arrival {
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub worker: Option<String>,
+    /// The request's `X-Correlation-Id` ([`CORRELATION_HEADER`]), printable and bounded.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub correlation_id: Option<String>,
 }
+
+/// The header whose value the arrival log keeps: what `pacer run` sends by default, so a test
+/// can match its evidence ledger against what the server received.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// The longest correlation id kept (longer ones are cut): a UUID is 36 characters.
+pub const MAX_CORRELATION_ID: usize = 128;
 
 /// An arrival as stored: worker ids are shared with the tally, not copied per request.
 #[derive(Debug, Clone)]
@@ -129,6 +139,7 @@ struct ArrivalRecord {
     t_us: u64,
     status: u16,
     worker: Option<Arc<str>>,
+    correlation_id: Option<Box<str>>,
 }
 
 /// What `GET /_mock/arrivals` returns.
@@ -246,10 +257,39 @@ impl Recorder {
                     t_us: arrival_us,
                     status,
                     worker: worker_id,
+                    correlation_id: None,
                 });
             } else {
                 self.arrivals_dropped += 1;
             }
+        }
+    }
+
+    /// [`Recorder::record`] for an API request, keeping its correlation id (the value of
+    /// [`CORRELATION_HEADER`], printable ASCII only, at most [`MAX_CORRELATION_ID`]) in the
+    /// arrival log when the arrival is logged.
+    pub(crate) fn record_api(
+        &mut self,
+        route: &str,
+        status: u16,
+        arrival_us: u64,
+        worker: &WorkerHeader,
+        correlation: Option<&[u8]>,
+    ) {
+        let before = self.arrivals.len();
+        self.record(route, status, arrival_us, worker, true);
+        if self.arrivals.len() > before
+            && let Some(last) = self.arrivals.last_mut()
+        {
+            last.correlation_id = correlation.and_then(|raw| {
+                let s: String = raw
+                    .iter()
+                    .filter(|b| (0x20..0x7f).contains(*b))
+                    .take(MAX_CORRELATION_ID)
+                    .map(|&b| char::from(b))
+                    .collect();
+                (!s.is_empty()).then(|| s.into_boxed_str())
+            });
         }
     }
 
@@ -354,6 +394,7 @@ impl From<ArrivalsSnapshot> for ArrivalsView {
                     t_us: a.t_us,
                     status: a.status,
                     worker: a.worker.as_deref().map(str::to_owned),
+                    correlation_id: a.correlation_id.as_deref().map(str::to_owned),
                 })
                 .collect(),
         }

@@ -61,6 +61,9 @@ pub struct HttpOptions {
     pub allow_hosts: Vec<crate::origin::AllowedHost>,
     /// The largest response body read (`http.maxBodyBytes`).
     pub max_body_bytes: u64,
+    /// The header carrying each logical request's correlation id (`http.correlationId`,
+    /// lower case); `None`: off.
+    pub correlation_header: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -349,4 +352,7 @@ pub mod defaults {
     pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
     pub const POLL_TIMEOUT: Duration = Duration::from_secs(60);
     pub const RETRY_ATTEMPTS_WHEN_ENABLED: u32 = 5;
+    /// `http.correlationId` when the plan does not say: the header most API vendors' support
+    /// desks ask for.
+    pub const CORRELATION_HEADER: &str = "x-correlation-id";
 }

@@ -84,6 +84,18 @@ pub struct HttpSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = crate::model::defaults::MAX_BODY_BYTES_LIMIT))]
     pub max_body_bytes: Option<u64>,
+    /// The correlation id every logical request carries (the same on its retries): `true` or
+    /// absent sends `X-Correlation-Id`, a header name sends that one, `false` sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<CorrelationIdSpec>,
+}
+
+/// `http.correlationId`: on (`true`, the default header), off (`false`) or a header name.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum CorrelationIdSpec {
+    Enabled(bool),
+    Header(String),
 }
 
 /// What a distributed run does when a worker is lost (no heartbeat within the controller's

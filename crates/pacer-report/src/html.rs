@@ -57,6 +57,8 @@ pub struct ReportInput<'a> {
     pub started_unix_ms: Option<u64>,
     /// Why the run was stopped early by a threshold, if it was.
     pub abort_reason: Option<&'a str>,
+    /// The evidence ledger (the run's final snapshot's), if there is one.
+    pub ledger: Option<&'a pacer_stats::Ledger>,
 }
 
 // The palette (never from input).
@@ -937,6 +939,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
                 h2 { "Over time" }
                 (charts(input))
                 (limits_section(input))
+                (crate::evidence::ledger_section(input.ledger))
                 (requests_table(s))
                 (workers_table(input.workers))
                 section #plan {
@@ -1020,6 +1023,7 @@ mod tests {
             workers: &[],
             started_unix_ms: None,
             abort_reason: None,
+            ledger: None,
         });
         check_document(&doc);
         assert!(doc.contains("no data"));
@@ -1058,6 +1062,7 @@ mod tests {
             workers: &workers,
             started_unix_ms: Some(0),
             abort_reason: Some("threshold <x> crossed"),
+            ledger: None,
         });
         check_document(&doc);
         for raw in ["<h1>plan", "<img>", "<blink>", "w<1>", "<x>", "\"onload"] {
@@ -1097,6 +1102,7 @@ mod tests {
             workers: &workers,
             started_unix_ms: Some(0),
             abort_reason: Some(name),
+            ledger: None,
         })
     }
 
@@ -1140,6 +1146,7 @@ mod tests {
             workers: &[],
             started_unix_ms: None,
             abort_reason: None,
+            ledger: None,
         })
     }
 

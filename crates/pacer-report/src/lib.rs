@@ -12,6 +12,7 @@
 //! Depends on pacer-stats and pacer-plan only (plus axum/tokio for the metrics server, maud for
 //! the HTML and prometheus-client for the metrics text).
 
+pub mod evidence;
 pub mod html;
 pub mod prom;
 pub mod redact;

@@ -4,6 +4,8 @@
 //!   iteration into (HDR histograms in microseconds, one lock per request entry).
 //! - [`snapshot`]: cumulative [`Snapshot`]s that merge exactly across workers, subtract into
 //!   per-interval deltas and travel as JSON (histograms inside as base64 HDR V2 deflate).
+//! - [`ledger`]: the evidence ledger (429s, 5xx, timeouts, transport errors), bounded and
+//!   merged with the snapshot.
 //! - [`hist`]: the one histogram configuration pacer uses, and its hardened wire format.
 //! - [`eval`]: k6-style threshold evaluation against a snapshot, the run's [`Verdict`] (no data
 //!   fails) and the [`AbortWatch`] for `abortOnFail`.
@@ -14,6 +16,7 @@
 
 pub mod eval;
 pub mod hist;
+pub mod ledger;
 pub mod record;
 pub mod render;
 pub mod snapshot;
@@ -23,6 +26,7 @@ pub use eval::{
     AbortWatch, ThresholdCrossed, ThresholdOutcome, ThresholdResult, Verdict, evaluate,
 };
 pub use hist::Hist;
+pub use ledger::{Ledger, LedgerCause, LedgerEntry};
 pub use record::{
     Attempt, ErrorKind, IterationOutcome, Layout, Recorder, RequestOutcome, RetryOutcome,
     ScenarioLayout,

@@ -46,8 +46,9 @@ pub struct ScenarioLayout {
     pub requests: Vec<String>,
 }
 
-/// Why an attempt produced no usable response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Why an attempt produced no usable response. Its serde name is [`ErrorKind::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
     Connect,
     Timeout,
@@ -186,6 +187,10 @@ pub struct Recorder {
     /// Records addressed to a scenario or request that does not exist: an engine bug, but
     /// not one worth crashing a running test for.
     invalid_records: AtomicU64,
+    /// The evidence ledger (429s, 5xx, timeouts, transport errors), bounded.
+    ledger: Mutex<crate::ledger::Ledger>,
+    /// The name this process's ledger entries carry (a fleet's worker), if any.
+    worker: Option<String>,
 }
 
 impl Recorder {
@@ -208,7 +213,22 @@ impl Recorder {
             token_fetches: Mutex::new(BTreeMap::new()),
             server_limits: Mutex::new(None),
             invalid_records: AtomicU64::new(0),
+            ledger: Mutex::new(crate::ledger::Ledger::default()),
+            worker: None,
         }
+    }
+
+    /// A recorder whose ledger entries name this worker (cut to the ledger's text bound).
+    pub fn with_worker(mut self, worker: &str) -> Self {
+        self.worker = crate::ledger::ledger_text(worker.as_bytes());
+        self
+    }
+
+    /// One attempt's evidence (a 429, a 5xx, a timeout, a transport error): counted, and kept
+    /// while the ledger has room. The entry's worker is this recorder's.
+    pub fn record_ledger(&self, mut entry: crate::ledger::LedgerEntry) {
+        entry.worker.clone_from(&self.worker);
+        self.ledger.lock().push(entry);
     }
 
     pub fn layout(&self) -> &Layout {
@@ -402,6 +422,7 @@ impl Recorder {
             token_fetches: self.token_fetches.lock().clone(),
             server_limits: self.server_limits.lock().clone(),
             invalid_records: self.invalid_records(),
+            ledger: self.ledger.lock().clone().sorted(),
         }
     }
 }

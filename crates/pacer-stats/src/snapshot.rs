@@ -148,6 +148,9 @@ pub struct Snapshot {
     pub server_limits: Option<ServerLimitHeaders>,
     /// Records the recorder ignored because their indices were outside the layout.
     pub invalid_records: u64,
+    /// The evidence ledger (bounded; absent in snapshots of older versions).
+    #[serde(default)]
+    pub ledger: crate::ledger::Ledger,
 }
 
 /// Whether combining adds (merge, or summing for display) or subtracts (delta).
@@ -414,6 +417,7 @@ impl Snapshot {
             token_fetches: BTreeMap::new(),
             server_limits: None,
             invalid_records: 0,
+            ledger: crate::ledger::Ledger::default(),
         }
     }
 
@@ -511,6 +515,11 @@ impl Snapshot {
             &mut self.invalid_records,
             other.invalid_records,
         )?;
+        if op == Op::Subtract {
+            self.ledger = self.ledger.delta(&other.ledger);
+        } else {
+            self.ledger.merge(&other.ledger);
+        }
         if op != Op::Subtract {
             // A delta keeps the later snapshot's headers: they are the latest either way.
             let newer = match (&self.server_limits, &other.server_limits) {
@@ -579,6 +588,9 @@ impl Snapshot {
                 .map_err(|e| StatsError::InvalidSnapshot(e.to_string()))?;
             Ok::<Snapshot, StatsError>(snap)
         })?;
+        snap.ledger
+            .check()
+            .map_err(|why| StatsError::InvalidSnapshot(format!("ledger.{why}")))?;
         if snap.format != SNAPSHOT_FORMAT {
             return Err(StatsError::InvalidSnapshot(format!(
                 "format {} is not the supported format {SNAPSHOT_FORMAT}",

@@ -111,7 +111,11 @@ struct Launched {
 /// included), so a Start message finds nothing left to prepare.
 async fn launch(cfg: &WorkerConfig, a: &Assign) -> Result<Launched, WorkerError> {
     let (plan, shard) = plan_and_shard(cfg, a)?;
-    let recorder = Arc::new(Recorder::new(pacer_stats::Layout::of(&plan)));
+    // Its ledger entries name the worker by index, as the per-worker table does.
+    let recorder = Arc::new(
+        Recorder::new(pacer_stats::Layout::of(&plan))
+            .with_worker(&format!("worker {}", a.worker_index)),
+    );
     // With Redis the fleet paces every `scope: fleet` limit from one budget (the whole
     // limit); without it each worker keeps its weight's share of it.
     let setup = match &cfg.redis {

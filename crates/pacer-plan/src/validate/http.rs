@@ -5,7 +5,7 @@ use super::{Checker, is_token};
 use crate::HumanDuration;
 use crate::model::{HttpOptions, defaults};
 use crate::origin::{AllowedHost, MAX_ALLOW_HOSTS};
-use crate::spec::HttpSpec;
+use crate::spec::{CorrelationIdSpec, HttpSpec};
 
 pub(super) fn options(c: &mut Checker, h: Option<&HttpSpec>) -> HttpOptions {
     let h = h.cloned().unwrap_or_default();
@@ -25,7 +25,9 @@ pub(super) fn options(c: &mut Checker, h: Option<&HttpSpec>) -> HttpOptions {
         }
     }
     let (allow_hosts, max_body_bytes) = trust(c, &h);
+    let correlation_header = correlation_header(c, h.correlation_id.as_ref());
     HttpOptions {
+        correlation_header,
         allow_hosts,
         max_body_bytes,
         timeout,
@@ -65,3 +67,47 @@ fn trust(c: &mut Checker, h: &HttpSpec) -> (Vec<AllowedHost>, u64) {
     }
     (allow, max)
 }
+
+/// `http.correlationId`: the header name (lower case), the default when absent or `true`,
+/// `None` when `false`.
+fn correlation_header(c: &mut Checker, spec: Option<&CorrelationIdSpec>) -> Option<String> {
+    match spec {
+        None | Some(CorrelationIdSpec::Enabled(true)) => {
+            Some(defaults::CORRELATION_HEADER.to_string())
+        }
+        Some(CorrelationIdSpec::Enabled(false)) => None,
+        Some(CorrelationIdSpec::Header(name)) => {
+            if !is_token(name) || name.len() > MAX_CORRELATION_HEADER_LEN {
+                c.err(
+                    "http.correlationId",
+                    format!(
+                        "not a valid header name (true, false, or a header name of at most \
+                         {MAX_CORRELATION_HEADER_LEN} characters)"
+                    ),
+                );
+                return None;
+            }
+            let lower = name.to_ascii_lowercase();
+            if [
+                "authorization",
+                "cookie",
+                "proxy-authorization",
+                "host",
+                "content-length",
+            ]
+            .contains(&lower.as_str())
+            {
+                c.err(
+                    "http.correlationId",
+                    format!("{name} cannot carry the correlation id"),
+                );
+                return None;
+            }
+            Some(lower)
+        }
+    }
+}
+
+/// The longest `http.correlationId` header name: far above any real one (`ININ-Correlation-Id`
+/// is 19), small enough to stay out of the way of header size limits.
+const MAX_CORRELATION_HEADER_LEN: usize = 64;
