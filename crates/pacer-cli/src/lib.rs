@@ -6,6 +6,7 @@ pub mod coordinate;
 pub mod exit;
 pub mod flags;
 pub mod fleet;
+pub mod forecast;
 pub mod import;
 pub mod interrupt;
 pub mod k8s;

@@ -29,13 +29,17 @@ pub struct ValidateArgs {
     /// Plan files (YAML or JSON) or LoadTest manifests.
     #[arg(required = true)]
     pub plans: Vec<PathBuf>,
+    /// The server's answer time the forecast assumes (closed-model scenarios want
+    /// VUs / (thinkTime + requests x latency)).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::flags::parse_duration)]
+    pub latency: Duration,
 }
 
 /// `pacer validate`: every file checked, each line printed; the exit code is the worst.
 pub fn run(args: &ValidateArgs) -> Exit {
     let mut worst = Exit::Passed;
     for p in &args.plans {
-        match validate_one(p) {
+        match validate_one(p, args.latency) {
             Ok(line) => println!("{}: ok: {line}", p.display()),
             Err((message, exit)) => {
                 eprintln!("{message}");
@@ -49,7 +53,7 @@ pub fn run(args: &ValidateArgs) -> Exit {
 /// One file. A LoadTest manifest is checked as the operator will check it
 /// (`pacer_operator::prepare`: its plan read as a LoadTest's, so no `${file:}` is read and
 /// `${env:}` names only what the LoadTest provides); a plan as `pacer run` reads it.
-fn validate_one(p: &Path) -> Result<String, (String, Exit)> {
+fn validate_one(p: &Path, latency: Duration) -> Result<String, (String, Exit)> {
     let plan_error = |e: pacer_plan::PlanError| (e.to_string(), exit::for_plan_error(&e));
     let text = std::fs::read_to_string(p).map_err(|source| {
         plan_error(pacer_plan::PlanError::Io {
@@ -61,7 +65,15 @@ fn validate_one(p: &Path) -> Result<String, (String, Exit)> {
         pacer_plan::load::parse_document(&text, &p.display().to_string()).map_err(plan_error)?;
     if doc.get("kind").and_then(|k| k.as_str()) != Some("LoadTest") {
         return pacer_plan::load_file(p)
-            .map(|plan| with_limits(plan_line(&plan), &plan))
+            .map(|plan| {
+                let workers = plan.workers;
+                with_forecast(
+                    with_limits(plan_line(&plan), &plan),
+                    &plan,
+                    workers,
+                    latency,
+                )
+            })
             .map_err(plan_error);
     }
     let lt: pacer_operator::crd::LoadTest = serde_json::from_value(doc).map_err(|e| {
@@ -71,13 +83,18 @@ fn validate_one(p: &Path) -> Result<String, (String, Exit)> {
         )
     })?;
     match pacer_operator::prepare::prepare(&lt, &Default::default()) {
-        Ok(prepared) => Ok(with_limits(
-            format!(
-                "LoadTest {} ({} workers)",
-                plan_line(&prepared.plan),
-                prepared.workers
+        Ok(prepared) => Ok(with_forecast(
+            with_limits(
+                format!(
+                    "LoadTest {} ({} workers)",
+                    plan_line(&prepared.plan),
+                    prepared.workers
+                ),
+                &prepared.plan,
             ),
             &prepared.plan,
+            prepared.workers,
+            latency,
         )),
         Err(errors) => {
             let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
@@ -111,6 +128,20 @@ fn with_limits(line: String, plan: &pacer_plan::Plan) -> String {
             out.push_str("\n  ");
             out.push_str(&s);
         }
+    }
+    out
+}
+
+/// Then the forecast (`crate::forecast`).
+fn with_forecast(
+    mut out: String,
+    plan: &pacer_plan::Plan,
+    workers: u32,
+    latency: Duration,
+) -> String {
+    for s in crate::forecast::lines(plan, workers, latency) {
+        out.push_str("\n  ");
+        out.push_str(&s);
     }
     out
 }

@@ -7,6 +7,7 @@ pub mod bounds;
 pub mod budget;
 pub mod duration;
 pub mod error;
+pub mod forecast;
 pub mod load;
 pub mod model;
 pub mod origin;

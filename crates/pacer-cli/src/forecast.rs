@@ -1,0 +1,174 @@
+//! The forecast `pacer validate` prints after a valid plan's limits: what the scenarios want
+//! of each limit, what pacer will pace it at, whether requests will queue, how long the run
+//! will take, how many tokens it will fetch, which limit binds first and what to change
+//! (the arithmetic is `pacer_plan::forecast`; this is its wording).
+
+use std::time::Duration;
+
+use pacer_limiter::fleet::fleet_pacing;
+use pacer_limiter::gcra::{DEFAULT_SPREAD, pacing};
+use pacer_plan::Plan;
+use pacer_plan::forecast::{Assumptions, Forecast, forecast};
+use pacer_plan::spec::LimitScope;
+
+/// The forecast's lines for `plan` (indented under the plan's line by the caller).
+/// `workers`: the processes that will run it (the plan's, or a LoadTest's).
+pub fn lines(plan: &Plan, workers: u32, latency: Duration) -> Vec<String> {
+    let pacings: Vec<_> = plan
+        .limits
+        .iter()
+        .map(|l| pacing(l, DEFAULT_SPREAD))
+        .collect();
+    let f = forecast(plan, &pacings, Assumptions { latency });
+    let mut out = vec![format!(
+        "forecast (assuming {} per answer, --latency):",
+        humantime::format_duration(latency)
+    )];
+    if workers > 1 || plan.spec.budget.is_some() {
+        out.push(fleet_note(plan, workers));
+    }
+    for s in &f.scenarios {
+        let model = if s.open { "arrival rate" } else { "VUs" };
+        let mut line = format!(
+            "  scenario {} ({model}): wants {}, will send {}",
+            s.name,
+            per_sec(s.wanted),
+            per_sec(s.expected)
+        );
+        if s.waiting > 0.0 {
+            if s.open {
+                line.push_str(&format!(
+                    "; {} of its arrivals queue on the limiter (maxInFlight bounds the queue, \
+                     then iterations are dropped)",
+                    percent(s.waiting)
+                ));
+            } else {
+                line.push_str(&format!(
+                    "; VUs will wait on the limiter ~{} of the time",
+                    percent(s.waiting)
+                ));
+            }
+        }
+        out.push(line);
+    }
+    for (i, l) in f.limits.iter().enumerate() {
+        let binds = if f.binding == Some(i) {
+            " - binds first"
+        } else if l.load() > 1.0 {
+            " - also over its rate"
+        } else {
+            ""
+        };
+        let mut line = format!(
+            "  limit {}: wanted {}, paced at {} (burst {}), load {:.2}x{binds}",
+            l.name,
+            per_sec(l.wanted),
+            per_sec(l.paced),
+            l.burst,
+            l.load(),
+        );
+        if let Some(spec) = plan.limits.get(i).filter(|s| s.scope == LimitScope::Fleet)
+            && workers > 1
+        {
+            line.push_str(&format!(
+                " (with --redis: {})",
+                per_sec(fleet_pacing(spec, DEFAULT_SPREAD).rate)
+            ));
+        }
+        out.push(line);
+    }
+    out.push(format!(
+        "  run time: ~{} (graceful stops included where requests are still queued)",
+        humantime::format_duration(round_ms(f.run_time))
+    ));
+    for (name, n) in &f.token_fetches {
+        out.push(format!(
+            "  tokens: {name}: {n} fetch{} at the start, and one more each time a token \
+             expires (its lifetime is the server's expires_in, less refreshBefore)",
+            if *n == 1 { "" } else { "es" }
+        ));
+    }
+    out.push(verdict(&f));
+    out
+}
+
+/// The closing line: which limit binds and what to change, or that nothing will queue.
+fn verdict(f: &Forecast) -> String {
+    match (f.binding, f.suggestion()) {
+        (Some(i), Some(s)) => {
+            let l = &f.limits[i];
+            format!(
+                "  {} binds: paced at {}, requests will wait on pacer's limiter ~{} of the \
+                 time; {s}",
+                l.name,
+                per_sec(l.paced),
+                percent(1.0 - f.slowdown)
+            )
+        }
+        _ => "  no limit binds: requests should not queue on pacer's limiter".into(),
+    }
+}
+
+/// What a fleet's forecast is: the whole test's, its limits shared by the workers.
+fn fleet_note(plan: &Plan, workers: u32) -> String {
+    let budget = match &plan.spec.budget {
+        Some(b) => format!(
+            "budget {b:?} is shared with every other test naming it, so this test may get \
+             less than these rates while others run"
+        ),
+        None => String::new(),
+    };
+    if workers > 1 {
+        let sep = if budget.is_empty() { "" } else { "; " };
+        format!(
+            "  for the whole test ({workers} workers): each scope: fleet limit is shared by \
+             the workers (split by weight, or one budget through --redis){sep}{budget}"
+        )
+    } else {
+        format!("  {budget}")
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A rate with the digits that matter: `0.91/s`, `59.3/s`, `19608/s`.
+fn per_sec(r: f64) -> String {
+    if r >= 100.0 {
+        format!("{r:.0}/s")
+    } else if r >= 10.0 {
+        format!("{r:.1}/s")
+    } else {
+        format!("{r:.2}/s")
+    }
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.0}%", share * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_story_binds_on_its_per_token_limit() {
+        let plan = pacer_plan::load_str(
+            "name: u\ntarget: http://api\nlimits:\n  - {name: per-token, limit: 300/min, burst: 5}\nscenarios:\n  - name: q\n    executor: constant-vus\n    vus: 50\n    duration: 20s\n    gracefulStop: 2s\n    requests: [{name: q, method: POST, path: /q}]\n",
+            "plan.yaml",
+            &Default::default(),
+        )
+        .unwrap();
+        let out = lines(&plan, 1, Duration::from_secs(1)).join("\n");
+        assert!(
+            out.contains("limit per-token: wanted 50.0/s, paced at 4.91/s"),
+            "{out}"
+        );
+        assert!(out.contains("run time: ~22s"), "{out}");
+        assert!(
+            out.contains("per-token binds: paced at 4.91/s, requests will wait on pacer's limiter ~90% of the time; consider 5 VUs or constant-arrival-rate 4.9/s"),
+            "{out}"
+        );
+    }
+}
