@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use pacer_controller::listener::Transport;
+use pacer_controller::tls::ServerTls;
 use pacer_controller::{ControllerConfig, Coordinator};
 use tokio_util::sync::CancellationToken;
 
@@ -33,10 +35,12 @@ pub struct ControllerArgs {
     /// Uneven shares: one weight per worker, comma separated (default: all equal).
     #[arg(long, value_name = "W,W,...", value_delimiter = ',')]
     pub weights: Vec<u32>,
-    /// Where workers dial in. Use 0.0.0.0:7700 for workers on other machines (plaintext
-    /// gRPC: the plan, secrets resolved, travels to the workers; use a trusted network).
+    /// Where workers dial in. Use 0.0.0.0:7700 for workers on other machines.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
+    /// `--tls-cert`/`--tls-key` (TLS, workers verify with `--ca`) or `--insecure-plaintext`.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
     /// The test's id (default: a new one). Give the same id (and token) to a restarted
     /// controller so running workers are taken back.
     #[arg(long, env = "PACER_TEST_ID")]
@@ -61,6 +65,44 @@ pub struct ControllerArgs {
     /// `--report`, `--out`, `--metrics`: over the fleet's merged numbers.
     #[command(flatten)]
     pub report: ReportOutputs,
+}
+
+/// How the controller's listener speaks: TLS with a certificate, or plaintext on request.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerTlsArgs {
+    /// The certificate (PEM chain, leaf first) presented to workers, for the name they dial.
+    /// Re-read when the file changes: a renewed certificate needs no restart.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "insecure_plaintext"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM), re-read with it.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve gRPC without TLS: the session token and the plan (secrets resolved) cross the
+    /// network readable by anyone on it, and workers cannot tell this controller from an
+    /// impostor. Only on a network you trust (or loopback).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+impl ServerTlsArgs {
+    /// The listener's transport; one of the two choices is required.
+    pub fn transport(&self) -> anyhow::Result<Transport> {
+        match (&self.tls_cert, &self.tls_key, self.insecure_plaintext) {
+            (Some(cert), Some(key), false) => Ok(Transport::Tls(ServerTls::from_files(
+                cert.clone(),
+                key.clone(),
+            )?)),
+            (None, None, true) => Ok(Transport::InsecurePlaintext),
+            _ => anyhow::bail!(
+                "give --tls-cert FILE and --tls-key FILE (workers verify the certificate with --ca), or --insecure-plaintext to send the session token and the plan in the clear"
+            ),
+        }
+    }
 }
 
 /// `--weights`: one per worker, or all equal when none is given.
@@ -104,6 +146,17 @@ pub async fn run(args: ControllerArgs) -> Exit {
         eprintln!("error: {e}");
         return Exit::Invalid;
     }
+    let transport = match args.tls.transport() {
+        Ok(t) => t,
+        Err(e) => {
+            crate::exit::print_anyhow(&e);
+            return Exit::Invalid;
+        }
+    };
+    let worker_trust = match transport {
+        Transport::Tls(_) => "--ca CA_FILE",
+        Transport::InsecurePlaintext => "--insecure-plaintext",
+    };
     let generated_token = args.session_token.is_none();
     let mut cfg = ControllerConfig::new(
         args.test_id
@@ -133,11 +186,21 @@ pub async fn run(args: ControllerArgs) -> Exit {
     );
     if generated_token {
         eprintln!(
-            "controller: start each worker with: PACER_SESSION_TOKEN={} pacer worker --connect {addr} --test-id {}",
+            "controller: start each worker with: PACER_SESSION_TOKEN={} pacer worker --connect {addr} --test-id {} {worker_trust}",
             cfg.session_token, cfg.test_id
         );
     }
-    let coordinator = match Coordinator::new(plan.clone(), cfg) {
+    // The controller serves its fleet one budget for the `scope: fleet` limits (leases) and one
+    // token per `share: fleet` credential; workers given a Redis share through it instead.
+    cfg.serve_limits = true;
+    let tokens = match pacer_engine::setup::served_token_fetcher(&plan) {
+        Ok(t) => t,
+        Err(e) => {
+            crate::exit::print_error(&e);
+            return Exit::Invalid;
+        }
+    };
+    let coordinator = match Coordinator::serving(plan.clone(), cfg, tokens) {
         Ok(c) => c,
         Err(e) => {
             crate::exit::print_error(&e);
@@ -145,7 +208,7 @@ pub async fn run(args: ControllerArgs) -> Exit {
         }
     };
     let shutdown = CancellationToken::new();
-    let server = coordinator.serve(listener, shutdown.clone());
+    let server = coordinator.serve_with(listener, transport, shutdown.clone());
     let exit = crate::coordinate::drive(&coordinator, &plan, &args.output, &args.report).await;
     // Let the last streams close before the server goes.
     tokio::time::sleep(Duration::from_millis(100)).await;

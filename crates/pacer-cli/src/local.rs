@@ -64,7 +64,16 @@ async fn run_inner(plan: Arc<Plan>, args: &LocalRun<'_>) -> anyhow::Result<Exit>
     );
     cfg.send_worker_header = args.worker_header;
     cfg.wait_for_workers = LOCAL_WAIT_FOR_WORKERS;
-    let coordinator = Coordinator::new(plan.clone(), cfg.clone())?;
+    // Without Redis this process serves the fleet: one budget for the `scope: fleet` limits
+    // (leases) and one token per `share: fleet` credential, over the workers' sessions.
+    let serve = args.fleet.redis.is_none();
+    cfg.serve_limits = serve;
+    let tokens = if serve {
+        pacer_engine::setup::served_token_fetcher(&plan)?
+    } else {
+        None
+    };
+    let coordinator = Coordinator::serving(plan.clone(), cfg.clone(), tokens)?;
     let shutdown = CancellationToken::new();
     let server = coordinator.serve(listener, shutdown.clone());
     let exe = std::env::current_exe()?;
@@ -95,7 +104,11 @@ async fn run_inner(plan: Arc<Plan>, args: &LocalRun<'_>) -> anyhow::Result<Exit>
     Ok(exit)
 }
 
-/// The command line of local worker `index`: it dials `addr` for `cfg`'s test. Secrets travel
+/// The command line of local worker `index`: it dials `addr` for `cfg`'s test, in plaintext
+/// (`--insecure-plaintext`): the listener is on 127.0.0.1 only, and bytes on loopback never
+/// leave this machine's kernel; whoever could read them there (root) can read this process's
+/// memory as well, token and plan included, so TLS would protect nothing (docs/distributed.md,
+/// "TLS"). Secrets travel
 /// in the environment (the session token; with `--redis`, the fleet's URL, which may hold a
 /// password), never in the arguments a process list shows; without `--redis`, the fleet's
 /// variables of this process's environment are not passed on.
@@ -110,11 +123,15 @@ fn worker_command(
     cmd.args(["worker", "--connect", &addr.to_string()])
         .args(["--index", &index.to_string(), "--test-id", &cfg.test_id])
         .args(["--name", &format!("local-{index}"), "--exit-with-stdin"])
+        .arg("--insecure-plaintext")
         .arg("--connect-for")
         .arg(format!("{}s", LOCAL_WAIT_FOR_WORKERS.as_secs()))
         .arg("--reconnect-for")
         .arg(format!("{}s", LOCAL_RECONNECT_FOR.as_secs()))
-        .env("PACER_SESSION_TOKEN", &cfg.session_token);
+        .env("PACER_SESSION_TOKEN", &cfg.session_token)
+        // A CA of this process's environment would contradict --insecure-plaintext.
+        .env_remove("PACER_CA")
+        .env_remove("PACER_CA_PEM");
     // With --redis the workers share the fleet's budget in Redis; the fleet id is --fleet or
     // this run's test id.
     match &fleet.redis {
@@ -131,6 +148,10 @@ fn worker_command(
                 Some(b) => cmd.env("PACER_BUDGET", b),
                 None => cmd.env_remove("PACER_BUDGET"),
             };
+            match fleet.weight {
+                Some(w) => cmd.env("PACER_WEIGHT", w.to_string()),
+                None => cmd.env_remove("PACER_WEIGHT"),
+            };
             if let Some(idle) = fleet.budget_idle {
                 cmd.env("PACER_BUDGET_IDLE", format!("{}ms", idle.as_millis()));
             }
@@ -140,6 +161,7 @@ fn worker_command(
                 .env_remove("PACER_FLEET")
                 .env_remove("PACER_BUDGET")
                 .env_remove("PACER_BUDGET_IDLE")
+                .env_remove("PACER_WEIGHT")
                 .env_remove("PACER_REDIS_CA");
         }
     }
@@ -187,13 +209,14 @@ mod tests {
             fleet: None,
             budget: None,
             budget_idle: None,
+            weight: None,
             redis_safe_mode: Duration::from_secs(10),
             redis_ca: None,
         };
         let cmd = command(&fleet);
         let argv = args(&cmd).join(" ");
         assert!(
-            argv.starts_with("worker --connect 127.0.0.1:7700 --index 1 --test-id t1 --name local-1 --exit-with-stdin --connect-for 30s --reconnect-for 10s"),
+            argv.starts_with("worker --connect 127.0.0.1:7700 --index 1 --test-id t1 --name local-1 --exit-with-stdin --insecure-plaintext --connect-for 30s --reconnect-for 10s"),
             "{argv}"
         );
         assert!(argv.ends_with("--redis-safe-mode 10000ms"), "{argv}");
@@ -217,6 +240,7 @@ mod tests {
             fleet: None,
             budget: None,
             budget_idle: None,
+            weight: None,
             redis_safe_mode: Duration::from_secs(10),
             redis_ca: None,
         };

@@ -480,7 +480,7 @@ impl Fleet {
 
     /// Send to every connected worker (a full channel means the worker does not read; its
     /// loss timeout will deal with it).
-    fn broadcast(&mut self, body: controller_message::Body) {
+    pub(crate) fn broadcast(&self, body: controller_message::Body) {
         for s in &self.slots {
             if let Some(c) = &s.conn
                 && let Err(e) = c.tx.try_send(crate::msg(body.clone()))

@@ -18,6 +18,7 @@
 pub mod fleet;
 pub mod listener;
 pub mod report;
+pub mod served;
 pub mod session;
 pub mod tls;
 
@@ -64,6 +65,9 @@ pub struct ControllerConfig {
     pub report_interval: Duration,
     /// A new stream must send Hello within this (default 10 s).
     pub hello_timeout: Duration,
+    /// Serve the plan's `scope: fleet` limits to the workers as leases of one budget (when no
+    /// Redis shares them; default false: workers split them by weight).
+    pub serve_limits: bool,
 }
 
 impl ControllerConfig {
@@ -79,6 +83,7 @@ impl ControllerConfig {
             heartbeat_interval: Duration::from_secs(1),
             report_interval: Duration::from_secs(1),
             hello_timeout: Duration::from_secs(10),
+            serve_limits: false,
         }
     }
 }
@@ -143,6 +148,8 @@ pub(crate) struct Inner {
     pub next_conn: AtomicU64,
     /// The controller's own time origin for heartbeat timestamps.
     pub epoch: Instant,
+    /// The budget and tokens served to the workers (no Redis), if any.
+    pub(crate) served: Option<served::Served>,
 }
 
 impl Inner {
@@ -153,6 +160,18 @@ impl Inner {
 
 impl Coordinator {
     pub fn new(plan: Arc<Plan>, cfg: ControllerConfig) -> Result<Self, ControllerError> {
+        Self::serving(plan, cfg, None)
+    }
+
+    /// [`Coordinator::new`], and the tokens of the credentials `tokens` fetches are fetched
+    /// here once and handed to every worker over its session (with
+    /// [`ControllerConfig::serve_limits`], the fleet limits are served too): a fleet without
+    /// Redis (docs/distributed.md, "Tokens and limits without Redis").
+    pub fn serving(
+        plan: Arc<Plan>,
+        cfg: ControllerConfig,
+        tokens: Option<Arc<dyn pacer_limiter::served::TokenFetcher>>,
+    ) -> Result<Self, ControllerError> {
         if cfg.session_token.len() < pacer_proto::MIN_SESSION_TOKEN_BYTES {
             return Err(ControllerError::SessionTokenTooShort(
                 cfg.session_token.len(),
@@ -164,6 +183,7 @@ impl Coordinator {
             serde_json::to_string(&plan.source).map_err(ControllerError::Plan)?;
         let layout = Layout::of(&plan);
         let fleet = fleet::Fleet::new(cfg.weights.len());
+        let served = served::Served::new(&plan, cfg.serve_limits, tokens);
         Ok(Self {
             inner: Arc::new(Inner {
                 plan,
@@ -176,6 +196,7 @@ impl Coordinator {
                 changed: Notify::new(),
                 next_conn: AtomicU64::new(1),
                 epoch: Instant::now(),
+                served,
             }),
         })
     }
@@ -273,6 +294,9 @@ impl Coordinator {
     pub async fn run(&self) -> Result<FleetOutcome, ControllerError> {
         self.wait_and_start().await?;
         self.watch().await;
+        if let Some(s) = &self.inner.served {
+            s.shutdown();
+        }
         let mut f = self.inner.fleet.lock();
         f.end(None);
         Ok(f.outcome(&self.inner, Instant::now()))

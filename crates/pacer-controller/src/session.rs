@@ -102,6 +102,11 @@ async fn serve_stream(
         report_interval_ms: interval_ms(inner.cfg.report_interval),
         heartbeat_interval_ms: interval_ms(inner.cfg.heartbeat_interval),
         peer_timeout_ms: interval_ms(inner.cfg.lost_after),
+        served_limits: inner.served.as_ref().is_some_and(|s| s.serves_limits()),
+        served_credentials: inner
+            .served
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.served_credentials()),
     });
     tx.send(msg(assign))
         .await
@@ -169,6 +174,12 @@ fn admit(inner: &Inner, h: &Hello, tx: &Tx) -> Result<(u32, u64, bool), Status> 
     // The gate (crate::listener) checked this Hello already; the session checks it again so
     // the service is sound whoever mounts it.
     check_hello(&inner.cfg, h)?;
+    if inner.served.is_some() && !h.takes_served_budget {
+        // Such a worker would pace its share on its own and fetch its own tokens.
+        return Err(Status::failed_precondition(
+            "hello.takes_served_budget: this controller serves the fleet's limits and tokens over the session, and this worker does not take them (upgrade it to this controller's pacer version)",
+        ));
+    }
     let id = inner.conn_id();
     let conn = Conn { id, tx: tx.clone() };
     let now = Instant::now();
@@ -185,13 +196,19 @@ fn out_of_order(what: &str, index: u32, state: WorkerState) -> Status {
 }
 
 async fn on_message(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     index: u32,
     conn: u64,
     m: WorkerMessage,
     tx: &Tx,
 ) -> Result<Next, Status> {
     let body = m.body.ok_or_else(unknown_body)?;
+    if matches!(
+        body,
+        Body::LeaseRequest(_) | Body::Throttled(_) | Body::TokenRequest(_)
+    ) {
+        return on_served(inner, index, conn, body, tx).await;
+    }
     if let Body::Ping(p) = &body {
         let pong = controller_message::Body::Pong(pacer_proto::Pong {
             sent_us: p.sent_us,
@@ -227,6 +244,7 @@ async fn on_message(
     let mut next = Next::Continue;
     match body {
         Body::Hello(_) => return Err(order("a second Hello")),
+        Body::LeaseRequest(_) | Body::Throttled(_) | Body::TokenRequest(_) => {}
         Body::Ping(_) | Body::Heartbeat(_) => {}
         Body::Ready(_) => {
             if state != WorkerState::Assigned {
@@ -258,6 +276,45 @@ async fn on_message(
     drop(f);
     inner.changed.notify_waiters();
     Ok(next)
+}
+
+/// A message of the served budget (`crate::served`): a lease answered on this stream, a pause
+/// told to every worker, a token answered here or handed to everyone once fetched.
+async fn on_served(
+    inner: &Arc<Inner>,
+    index: u32,
+    conn: u64,
+    body: Body,
+    tx: &Tx,
+) -> Result<Next, Status> {
+    let Some(served) = &inner.served else {
+        return Err(Status::failed_precondition(format!(
+            "{}: this controller serves neither limits nor tokens (the Assign said so)",
+            body.kind()
+        )));
+    };
+    inner.fleet.lock().heard(index, conn, Instant::now())?;
+    let reply = match body {
+        Body::LeaseRequest(r) => Some(controller_message::Body::LeaseGrant(served.lease(&r)?)),
+        Body::Throttled(t) => {
+            let pause = served.throttled(&t)?;
+            inner
+                .fleet
+                .lock()
+                .broadcast(controller_message::Body::Pause(pause));
+            None
+        }
+        Body::TokenRequest(r) => served
+            .token_request(inner, r.credential, r.failed_generation)?
+            .map(controller_message::Body::TokenGrant),
+        _ => None,
+    };
+    if let Some(body) = reply {
+        tx.send(msg(body))
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))?;
+    }
+    Ok(Next::Continue)
 }
 
 fn decode_report(inner: &Inner, r: &Report, field: &str) -> Result<Decoded, Status> {

@@ -338,6 +338,58 @@ impl TokenSource for Tokens {
     }
 }
 
+/// The `share: fleet` OAuth2 credentials of a plan, fetched by a controller that hands their
+/// tokens to its workers over the session (`pacer_limiter::served`, no Redis): the same client
+/// and fetch as every token here, with the fetches recorded in a recorder of its own.
+pub(crate) struct ServedFetcher {
+    creds: Vec<(usize, OAuthClient)>,
+    client: reqwest::Client,
+    recorder: Recorder,
+}
+
+impl ServedFetcher {
+    /// `None` when the plan has no `share: fleet` OAuth2 credential.
+    pub(crate) fn from_plan(plan: &Plan, client: reqwest::Client) -> Option<Self> {
+        let creds: Vec<(usize, OAuthClient)> = plan
+            .auth
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.kind == AuthKind::OAuth2ClientCredentials && a.share == Share::Fleet)
+            .map(|(i, a)| (i, OAuthClient::from_auth(a, plan)))
+            .collect();
+        (!creds.is_empty()).then(|| Self {
+            creds,
+            client,
+            recorder: Recorder::new(pacer_stats::Layout::of(plan)),
+        })
+    }
+}
+
+#[async_trait]
+impl pacer_limiter::served::TokenFetcher for ServedFetcher {
+    fn served(&self) -> Vec<(usize, Duration)> {
+        self.creds
+            .iter()
+            .map(|(i, c)| (*i, c.refresh_before))
+            .collect()
+    }
+
+    async fn fetch(&self, credential: usize) -> Result<pacer_limiter::served::Fetched, TokenError> {
+        let (_, c) = self
+            .creds
+            .iter()
+            .find(|(i, _)| *i == credential)
+            .ok_or(TokenError::Unknown(credential))?;
+        let f = c.fetch(&self.client, &self.recorder).await?;
+        // Its lifetime counts from when it was asked for, as the cache's does.
+        let lifetime = f.lifetime.saturating_sub(f.requested_at.elapsed());
+        Ok(pacer_limiter::served::Fetched {
+            token: f.token,
+            lifetime,
+        })
+    }
+}
+
 /// How long a worker waits for the fleet's refresher of a token before giving up.
 pub(crate) const FLEET_TOKEN_WAIT: Duration = Duration::from_secs(30);
 /// The refresher's lock expires after this (longer than a fetch with its retries takes), so a

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use pacer_limiter::fleet::{
     Fleet, FleetConfig, FleetError, FleetLimiter, FleetOptions, TokenStore,
 };
+use pacer_limiter::served::{LeaseLink, ServedLimiter, ServedTokens, TokenFetcher, TokenLink};
 use pacer_limiter::{Limiter, LocalLimiter, TokenSource};
 use pacer_plan::spec::LimitScope;
 use pacer_plan::{Limit, Plan};
@@ -21,6 +22,34 @@ pub enum SetupError {
     Fleet(#[from] FleetError),
     #[error(transparent)]
     Client(#[from] ClientError),
+}
+
+/// What a worker's controller serves (its Assign).
+#[derive(Clone, Copy, Debug)]
+pub struct ServedByController<'a> {
+    /// The `scope: fleet` limits are leased from it.
+    pub limits: bool,
+    /// These credentials' tokens come from it.
+    pub credentials: &'a [u32],
+    /// The fleet's size.
+    pub workers: u32,
+}
+
+/// A worker's setup when its controller serves the fleet ([`LimiterSetup::served`]).
+pub struct Served {
+    pub setup: LimiterSetup,
+    /// The leases' limiter, when the controller serves the limits.
+    pub limiter: Option<Arc<ServedLimiter>>,
+    /// The served tokens, when the controller serves some.
+    pub tokens: Option<Arc<ServedTokens>>,
+}
+
+/// The fetcher of a controller that serves its workers the plan's `share: fleet` OAuth2
+/// tokens (no Redis): `None` when the plan has none.
+pub fn served_token_fetcher(plan: &Plan) -> Result<Option<Arc<dyn TokenFetcher>>, SetupError> {
+    let client = crate::http::build_token_client(&plan.http)?;
+    Ok(crate::auth::ServedFetcher::from_plan(plan, client)
+        .map(|f| Arc::new(f) as Arc<dyn TokenFetcher>))
 }
 
 /// A run's limiter and token source, and the fleet it joined (if any).
@@ -57,6 +86,11 @@ impl LimiterSetup {
         if cfg.budget.is_none() {
             cfg.budget = plan.budget().map(str::to_string);
         }
+        // The plan's weight goes with the plan's budget (validation refuses one without the
+        // other); `--weight` overrides it.
+        if cfg.weight.is_none() && cfg.budget.is_some() {
+            cfg.weight = plan.weight();
+        }
         let fleet = Fleet::connect(cfg).await?;
         if let Err(e) = fleet.declare(&plan.limits).await {
             // Not one of the budget's processes after all: say so to the others at once.
@@ -83,6 +117,63 @@ impl LimiterSetup {
             tokens: Some(tokens),
             fleet: Some(fleet),
             limits: plan.limits.clone(),
+        })
+    }
+
+    /// A worker whose controller serves the fleet (no Redis; docs/distributed.md, "Tokens and
+    /// limits without Redis"): with `serve_limits` the plan's `scope: fleet` limits are leased
+    /// over `leases` (whole), else `own_limits` (the worker's share) are kept here; the tokens
+    /// of `served_credentials` come over `tokens`, the others are this process's own. The
+    /// served limiter and token source are returned too, for the session to deliver the
+    /// controller's answers to.
+    pub fn served(
+        plan: &Plan,
+        own_limits: &[Limit],
+        what: ServedByController<'_>,
+        leases: Arc<dyn LeaseLink>,
+        tokens: Arc<dyn TokenLink>,
+        recorder: &Arc<Recorder>,
+    ) -> Result<Served, SetupError> {
+        let ServedByController {
+            limits: serve_limits,
+            credentials: served_credentials,
+            workers,
+        } = what;
+        let (limiter, served_limiter, limits): (Arc<dyn Limiter>, _, _) = if serve_limits {
+            let l = Arc::new(ServedLimiter::new(leases, &plan.limits, workers));
+            (l.clone(), Some(l), plan.limits.clone())
+        } else {
+            (
+                Arc::new(LocalLimiter::new(own_limits)),
+                None,
+                own_limits.to_vec(),
+            )
+        };
+        let served_tokens = if served_credentials.is_empty() {
+            None
+        } else {
+            let own: Arc<dyn TokenSource> = Arc::new(crate::auth::Tokens::from_plan(
+                plan,
+                crate::http::build_token_client(&plan.http)?,
+                recorder.clone(),
+            ));
+            let names: Vec<String> = plan.auth.iter().map(|a| a.name.clone()).collect();
+            Some(Arc::new(ServedTokens::new(
+                tokens,
+                &names,
+                served_credentials,
+                own,
+            )))
+        };
+        Ok(Served {
+            setup: Self {
+                limiter,
+                tokens: served_tokens.clone().map(|t| t as Arc<dyn TokenSource>),
+                fleet: None,
+                limits,
+            },
+            limiter: served_limiter,
+            tokens: served_tokens,
         })
     }
 

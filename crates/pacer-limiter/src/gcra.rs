@@ -14,6 +14,7 @@ use pacer_plan::{Limit, Pacing};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::headroom::{Decision, Headroom};
 use crate::learn::{Change, Learner};
 use crate::{Feedback, Grant, Limiter, LimiterError, PauseOrigin, RequestMeta};
 
@@ -49,6 +50,14 @@ pub fn worst_case_in_window(rate: f64, limit: &Limit, default_spread: Duration) 
     f64::from(p.burst) + rate * (limit.window.as_secs_f64() + p.spread.as_secs_f64())
 }
 
+/// A rate the server's headers move below this share of the rate before, or above it by as
+/// much, voids the reservations queued at the old rate: they would otherwise go out at it,
+/// too fast for what is left or too slow to spend a fixed window before its reset.
+const VOID_ON_CHANGE: f64 = 0.9;
+/// At most this many such voids per window: each makes every waiting request queue again, and
+/// a rate recomputed at every answer would otherwise keep them queuing.
+const VOID_PER_WINDOW: u64 = 20;
+
 #[derive(Debug)]
 struct State {
     limit: Limit,
@@ -58,6 +67,14 @@ struct State {
     burst: u32,
     /// Adaptive limits: what was learned of the server's rate; `None` for declared limits.
     learner: Option<Learner>,
+    /// What the server's headers say is left ([`crate::headroom`]).
+    headroom: Headroom,
+    /// The rate the server's headers allow now (`None`: they do not steer this limit, or said
+    /// nothing yet), and until when nothing is left (ns since `epoch`; 0: not held).
+    server_rate: Option<f64>,
+    hold_until: u64,
+    /// When the server's view last voided the queued reservations (ns since `epoch`).
+    last_void: u64,
     /// Theoretical arrival time, ns since `epoch`.
     tat: u64,
     /// Sending is paused until then (ns since `epoch`); 0 when never paused.
@@ -71,9 +88,46 @@ struct State {
 }
 
 impl State {
-    /// The rate paced at now: the learned one for adaptive limits.
+    /// The rate paced at now: the learned one for adaptive limits; where the server's headers
+    /// steer the limit, what they allow (an aligned fixed window may go above the sliding
+    /// window's rate; anything else only below it).
     fn rate(&self) -> f64 {
-        self.learner.as_ref().map_or(self.ceiling, Learner::rate)
+        let own = self.learner.as_ref().map_or(self.ceiling, Learner::rate);
+        match self.server_rate {
+            Some(r) if self.headroom.aligned() => r,
+            Some(r) => own.min(r),
+            None => own,
+        }
+    }
+    /// Asks the server's view for the rate now. A rate that moves by more than
+    /// [`VOID_ON_CHANGE`] (or a hold) voids the reservations made at the old one, as a pause does.
+    fn steer(&mut self, now: u64) {
+        if !self.headroom.steers() {
+            return;
+        }
+        let before = self.rate();
+        match self.headroom.decision(now) {
+            None => self.server_rate = None,
+            Some(Decision::Rate(r)) => self.server_rate = Some(r),
+            Some(Decision::Hold(d)) => {
+                self.server_rate = None;
+                let until = now.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                if until > self.hold_until {
+                    self.hold_until = until;
+                    self.pause_epoch += 1;
+                    self.tat = until;
+                }
+                return;
+            }
+        }
+        let after = self.rate();
+        let window_ns = u64::try_from(self.limit.window.as_nanos()).unwrap_or(u64::MAX);
+        let settled = now.saturating_sub(self.last_void) >= window_ns / VOID_PER_WINDOW;
+        if settled && (after < before * VOID_ON_CHANGE || after * VOID_ON_CHANGE > before) {
+            self.last_void = now;
+            self.pause_epoch += 1;
+            self.tat = now;
+        }
     }
     fn interval_ns(&self) -> u64 {
         (1e9 / self.rate().max(1e-6)) as u64
@@ -180,15 +234,30 @@ impl LocalLimiter {
     }
 
     pub fn with_spread(limits: &[Limit], spread: Duration) -> Self {
+        Self::with_pacing(limits, spread, |l| pacing(l, spread))
+    }
+
+    /// Each limit paced at `pace(limit)` (a fleet's limits are paced with the lease hold in
+    /// their spread: `crate::fleet::fleet_pacing`); `spread` is what [`LocalLimiter::spread`]
+    /// reports.
+    pub fn with_pacing(
+        limits: &[Limit],
+        spread: Duration,
+        pace: impl Fn(&Limit) -> Pacing,
+    ) -> Self {
         let epoch = Instant::now();
         let states = limits
             .iter()
             .map(|l| {
-                let pacing = pacing(l, spread);
+                let pacing = pace(l);
                 State {
                     ceiling: pacing.rate,
                     burst: pacing.burst,
                     learner: l.adaptive.then(|| Learner::new(pacing.rate, l.window, 0)),
+                    headroom: Headroom::new(l, pacing.rate),
+                    server_rate: None,
+                    hold_until: 0,
+                    last_void: 0,
                     limit: l.clone(),
                     tat: 0,
                     pause_until: 0,
@@ -253,6 +322,83 @@ impl LocalLimiter {
     pub fn spread(&self) -> Duration {
         self.spread
     }
+
+    /// Reserve up to `want` instants at which every limit of `bits` allows a request, none
+    /// later than `max_ahead` from now, without waiting: what a controller grants a worker's
+    /// lease (`crate::served`), as `fleet/lua/lease.lua` does in Redis. While any of the limits
+    /// is paused nothing is granted and the pauses are returned.
+    pub fn reserve(&self, bits: u64, want: u32, max_ahead: Duration) -> Reservation {
+        let mut states = self.states.lock();
+        let now = self.now_ns();
+        let max_ahead_ns = u64::try_from(max_ahead.as_nanos()).unwrap_or(u64::MAX);
+        let mut out = Reservation::default();
+        let picked = |i: usize| i < 64 && bits & (1 << i) != 0;
+        let mut paused = 0u64;
+        for (i, s) in states.iter_mut().enumerate() {
+            if !picked(i) {
+                continue;
+            }
+            s.learn(now);
+            let left = s.pause_until.saturating_sub(now);
+            paused = paused.max(left);
+            out.pauses.push(Duration::from_nanos(left));
+        }
+        if paused > 0 {
+            out.wait = Duration::from_nanos(paused);
+            return out;
+        }
+        while (out.offsets.len() as u64) < u64::from(want) {
+            let at = states
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| picked(*i))
+                .fold(now, |at, (_, s)| at.max(s.tat.saturating_sub(s.tau_ns())));
+            let ahead = at - now;
+            if ahead > max_ahead_ns {
+                if out.offsets.is_empty() {
+                    out.wait = Duration::from_nanos(ahead - max_ahead_ns);
+                }
+                break;
+            }
+            for (i, s) in states.iter_mut().enumerate() {
+                if picked(i) {
+                    s.tat = s.tat.max(at) + s.interval_ns();
+                }
+            }
+            out.offsets.push(Duration::from_nanos(ahead));
+        }
+        out
+    }
+
+    /// Pause every limit of `bits` for `pause` from now (a pause is only ever extended, and it
+    /// empties the bucket, as a 429 seen in this process does). Returns the longest pause now
+    /// in force among them.
+    pub fn pause(&self, bits: u64, pause: Duration) -> Duration {
+        let mut states = self.states.lock();
+        let now = self.now_ns();
+        let ns = u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX);
+        let mut longest = 0u64;
+        for (i, s) in states.iter_mut().enumerate().take(64) {
+            if bits & (1 << i) != 0 {
+                if ns > 0 {
+                    s.pause(now, ns);
+                }
+                longest = longest.max(s.pause_until.saturating_sub(now));
+            }
+        }
+        Duration::from_nanos(longest)
+    }
+}
+
+/// What [`LocalLimiter::reserve`] granted.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reservation {
+    /// The granted instants as delays from the reservation, ascending.
+    pub offsets: Vec<Duration>,
+    /// Nothing granted: how long until a slot fits (or the pauses end).
+    pub wait: Duration,
+    /// Per limit of the request (in bit order), how long its pause still holds.
+    pub pauses: Vec<Duration>,
 }
 
 #[async_trait]
@@ -276,8 +422,12 @@ impl Limiter for LocalLimiter {
                         continue;
                     }
                     s.learn(now);
+                    s.steer(now);
                     pause_end = pause_end.max(s.pause_until);
-                    at = at.max(s.pause_until).max(s.tat.saturating_sub(s.tau_ns()));
+                    at = at
+                        .max(s.pause_until)
+                        .max(s.hold_until)
+                        .max(s.tat.saturating_sub(s.tau_ns()));
                 }
                 let mut epochs = 0u64;
                 for (i, s) in states.iter_mut().enumerate() {
@@ -299,12 +449,21 @@ impl Limiter for LocalLimiter {
             // A 429 elsewhere may have paused the scope while we slept: then our slot is
             // given up (capacity lost, never excess) and we queue again after the pause.
             let changed = {
-                let states = self.states.lock();
+                let mut states = self.states.lock();
                 let e: u64 = states
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| bits & (1 << i) != 0)
                     .fold(0u64, |acc, (_, s)| acc.wrapping_add(s.pause_epoch));
+                if e == epochs {
+                    // Sent now: what the server's next answers may not have counted yet.
+                    let now = self.now_ns();
+                    for (i, s) in states.iter_mut().enumerate() {
+                        if bits & (1 << i) != 0 {
+                            s.headroom.granted(now);
+                        }
+                    }
+                }
                 e != epochs
             };
             if !changed {
@@ -331,7 +490,14 @@ impl Limiter for LocalLimiter {
         let now = self.now_ns();
         let mut states = self.states.lock();
         for (i, s) in states.iter_mut().enumerate() {
-            if bits & (1 << i) == 0 || !(refused || s.learner.is_some()) {
+            if bits & (1 << i) == 0 {
+                continue;
+            }
+            if let Some(server) = &fb.server {
+                s.headroom.observe(server, fb.sent_ago, now);
+                s.steer(now);
+            }
+            if !(refused || s.learner.is_some()) {
                 continue;
             }
             if fb.status == 429 {
@@ -384,6 +550,7 @@ mod tests {
             request_in: vec![],
             adaptive: false,
             spread: None,
+            reserve: None,
         }
     }
 
@@ -451,6 +618,8 @@ mod tests {
                 retry_after: Some(Duration::from_secs(2)),
                 pause_origin: PauseOrigin::Server,
                 stated_rate: None,
+                server: None,
+                sent_ago: Duration::ZERO,
             },
         );
         let t0 = Instant::now();
@@ -494,6 +663,8 @@ mod tests {
                 retry_after: Some(Duration::from_secs(1)),
                 pause_origin: PauseOrigin::Server,
                 stated_rate: None,
+                server: None,
+                sent_ago: Duration::ZERO,
             },
         );
         let mut after = Vec::new();
@@ -515,6 +686,48 @@ mod tests {
             last < expected + Duration::from_millis(300),
             "{last:?} vs {expected:?}"
         );
+    }
+
+    /// A lease's reservation: slots at the rate across every limit of the request, none past
+    /// the horizon, nothing while paused (and the pause said), then at the rate again.
+    #[tokio::test(start_paused = true)]
+    async fn a_reservation_grants_slots_at_the_rate_up_to_the_horizon() {
+        // Paced at (L - b) / W with no spread: a at 9/s, b at 4/s.
+        let mut a = limit("10/s", 1);
+        a.name = "a".into();
+        let mut b = limit("5/s", 1);
+        b.name = "b".into();
+        let lim = LocalLimiter::with_spread(&[a, b], Duration::ZERO);
+        let ms =
+            |r: &Reservation| -> Vec<u128> { r.offsets.iter().map(|o| o.as_millis()).collect() };
+        let r = lim.reserve(0b01, 4, Duration::from_secs(2));
+        assert_eq!(ms(&r), [0, 111, 222, 333]);
+        // Both limits at once: the slower one decides, after the slots `a` gave already.
+        let r = lim.reserve(0b11, 3, Duration::from_secs(2));
+        assert_eq!(ms(&r), [444, 694, 944]);
+        // The horizon: no slot of b further than 2 s ahead, then a wait.
+        let r = lim.reserve(0b10, 100, Duration::from_secs(2));
+        assert!(
+            r.offsets
+                .last()
+                .is_some_and(|o| *o <= Duration::from_secs(2)),
+            "{r:?}"
+        );
+        let r = lim.reserve(0b10, 1, Duration::from_secs(2));
+        assert!(r.offsets.is_empty() && r.wait > Duration::ZERO, "{r:?}");
+        // A pause: nothing granted, the pause said per limit.
+        assert_eq!(
+            lim.pause(0b01, Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
+        let r = lim.reserve(0b01, 1, Duration::from_secs(2));
+        assert!(r.offsets.is_empty());
+        assert_eq!(r.pauses, [Duration::from_secs(3)]);
+        assert_eq!(r.wait, Duration::from_secs(3));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // After it, at the rate again and without a burst.
+        let r = lim.reserve(0b01, 2, Duration::from_secs(2));
+        assert_eq!(ms(&r), [0, 111]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,8 +11,10 @@ use async_trait::async_trait;
 
 pub mod fleet;
 pub mod gcra;
+pub mod headroom;
 pub mod learn;
-pub use gcra::{FleetLimitReport, LimitReport, LocalLimiter};
+pub mod served;
+pub use gcra::{FleetLimitReport, LimitReport, LocalLimiter, Reservation};
 
 /// What a limiter needs to know about a request to decide which limits it matches.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +50,13 @@ pub struct Feedback {
     /// The rate (per second) the server states it enforces (IETF `RateLimit-Policy` `q`/`w`),
     /// read only for requests that matched an adaptive limit: it goes to that rate at once.
     pub stated_rate: Option<f64>,
+    /// What the server's rate-limit headers said of the limit (remaining, reset, its stated
+    /// limit), whatever their style; `None` when it sent none. Steers fixed windows and
+    /// reserves ([`headroom`]).
+    pub server: Option<headroom::ServerReport>,
+    /// How long before this answer its request was sent (its service time): what pacer granted
+    /// since is not yet in the server's count.
+    pub sent_ago: Duration,
 }
 
 /// Who chose a [`Feedback`]'s pause.

@@ -139,6 +139,10 @@ impl TestRunner for CoordinatorRunner {
             spec.workers.max(1),
         );
         cfg.wait_for_workers = spec.wait_for_workers;
+        // The fleet's `scope: fleet` limits as one budget leased to the pods (workers given a
+        // Redis share through it instead); tokens are not served: the pods, not this
+        // process, hold the LoadTest's credentials (docs/distributed.md).
+        cfg.serve_limits = true;
         let coordinator =
             Coordinator::new(spec.plan.clone(), cfg).map_err(StartError::Coordinator)?;
         self.routes.insert(&spec.test_id, &coordinator);

@@ -13,9 +13,34 @@ pub mod v1 {
 }
 
 pub use v1::{
-    Abort, Assign, ControllerMessage, Finished, Heartbeat, Hello, Ping, Pong, Ready, Report,
-    Resume, Start, Stop, WorkerMessage, controller_message, worker_message,
+    Abort, Assign, ControllerMessage, Finished, Heartbeat, Hello, LeaseGrant, LeaseRequest, Pause,
+    Ping, Pong, Ready, Report, Resume, Start, Stop, Throttled, TokenGrant, TokenRequest,
+    WorkerMessage, controller_message, worker_message,
 };
+
+/// Most slots one [`LeaseRequest`] may ask for (as the Redis lease: `pacer_limiter`'s
+/// `MAX_LEASE`).
+pub const MAX_LEASE_WANT: u32 = 1024;
+
+/// Largest token a [`TokenGrant`] may carry: real bearer tokens (JWTs included) are a few
+/// kilobytes at most.
+pub const MAX_TOKEN_BYTES: usize = 16 << 10;
+
+/// Longest pause a [`Throttled`] or [`Pause`] may ask for: a day (a longer Retry-After is not
+/// one anybody meant).
+pub const MAX_PAUSE_US: u64 = 86_400_000_000;
+
+impl std::fmt::Debug for TokenGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenGrant")
+            .field("credential", &self.credential)
+            .field("token", &"<redacted>")
+            .field("generation", &self.generation)
+            .field("expires_in_ms", &self.expires_in_ms)
+            .field("error", &self.error)
+            .finish()
+    }
+}
 
 /// The protocol version this build speaks (`Hello.protocol_version`, `Assign.protocol_version`).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -134,6 +159,9 @@ impl worker_message::Body {
             worker_message::Body::Finished(_) => "Finished",
             worker_message::Body::Heartbeat(_) => "Heartbeat",
             worker_message::Body::Ping(_) => "Ping",
+            worker_message::Body::LeaseRequest(_) => "LeaseRequest",
+            worker_message::Body::Throttled(_) => "Throttled",
+            worker_message::Body::TokenRequest(_) => "TokenRequest",
         }
     }
 }
@@ -148,6 +176,9 @@ impl controller_message::Body {
             controller_message::Body::Abort(_) => "Abort",
             controller_message::Body::Heartbeat(_) => "Heartbeat",
             controller_message::Body::Pong(_) => "Pong",
+            controller_message::Body::LeaseGrant(_) => "LeaseGrant",
+            controller_message::Body::Pause(_) => "Pause",
+            controller_message::Body::TokenGrant(_) => "TokenGrant",
         }
     }
 }
@@ -205,6 +236,21 @@ mod tests {
             tonic::metadata::MetadataValue::from_static("something-newer"),
         );
         assert_eq!(Refusal::of(&status), None, "unknown name");
+    }
+
+    #[test]
+    fn a_token_grant_never_shows_its_token() {
+        let g = TokenGrant {
+            credential: 0,
+            token: "very-secret-token".into(),
+            generation: 1,
+            expires_in_ms: 1000,
+            error: String::new(),
+        };
+        let msg = ControllerMessage::from(controller_message::Body::TokenGrant(g));
+        let shown = format!("{msg:?}");
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

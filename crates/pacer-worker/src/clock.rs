@@ -6,9 +6,8 @@
 
 use std::time::Duration;
 
-use pacer_proto::{ControllerMessage, controller_message::Body as In, worker_message::Body as Out};
+use pacer_proto::{controller_message::Body as In, worker_message::Body as Out};
 use tokio::time::Instant;
-use tonic::Streaming;
 
 use crate::WorkerError;
 use crate::session::{End, Tx, next, send};
@@ -88,7 +87,7 @@ impl ClockSync {
 /// Stop or Abort meanwhile.
 pub(crate) async fn measure(
     tx: &Tx,
-    inbound: &mut Streaming<ControllerMessage>,
+    inbound: &mut crate::served::Inbound,
     peer_timeout: Duration,
     epoch: Instant,
 ) -> Result<Option<ClockSync>, End> {

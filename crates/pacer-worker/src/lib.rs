@@ -20,6 +20,7 @@
 //!
 //! This file keeps the public face: [`run`], its outcome and its errors.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -31,6 +32,7 @@ mod clock;
 mod config;
 mod reconnect;
 mod report;
+mod served;
 mod session;
 mod start;
 mod tls;
@@ -107,26 +109,36 @@ pub async fn run(
     let mut running: Option<Running> = None;
     let mut trying_since = Instant::now();
     let mut attempt: u32 = 0;
+    // Outlives sessions: the served limiter and tokens keep it across reconnects.
+    let hub = Arc::new(served::Hub::default());
     loop {
         if cancel.is_cancelled() && running.is_none() {
             return Err(WorkerError::NotStarted);
         }
-        let reason =
-            match session::session(&cfg, &endpoint, &mut running, &cancel, &mut attempt).await {
-                End::Delivered => {
-                    return running
-                        .as_ref()
-                        .map(Running::outcome)
-                        .ok_or_else(|| WorkerError::Protocol("delivered without running".into()));
+        let reason = match session::session(
+            &cfg,
+            &endpoint,
+            &mut running,
+            &cancel,
+            &mut attempt,
+            &hub,
+        )
+        .await
+        {
+            End::Delivered => {
+                return running
+                    .as_ref()
+                    .map(Running::outcome)
+                    .ok_or_else(|| WorkerError::Protocol("delivered without running".into()));
+            }
+            End::Fatal(e) => {
+                if let Some(r) = &running {
+                    r.control.abort.cancel();
                 }
-                End::Fatal(e) => {
-                    if let Some(r) = &running {
-                        r.control.abort.cancel();
-                    }
-                    return Err(e);
-                }
-                End::Retry(reason) => reason,
-            };
+                return Err(e);
+            }
+            End::Retry(reason) => reason,
+        };
         if attempt == 0 {
             // The session had been established: a new loss starts now.
             trying_since = Instant::now();

@@ -9,14 +9,11 @@ use std::time::Duration;
 
 use pacer_engine::RunControl;
 use pacer_engine::setup::LimiterSetup;
-use pacer_proto::{
-    Assign, ControllerMessage, Report, controller_message::Body as In, worker_message::Body as Out,
-};
+use pacer_proto::{Assign, Report, controller_message::Body as In, worker_message::Body as Out};
 use pacer_stats::Recorder;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
 
 use crate::WorkerOutcome;
 use crate::session::{End, Tx, classify, send};
@@ -197,7 +194,7 @@ async fn first_reports(r: &mut Running, tx: &Tx) -> Result<bool, End> {
 pub(crate) async fn stream_reports(
     r: &mut Running,
     tx: &Tx,
-    inbound: &mut Streaming<ControllerMessage>,
+    inbound: &mut crate::served::Inbound,
     cancel: &CancellationToken,
 ) -> Result<(), End> {
     let mut finished_sent = first_reports(r, tx).await?;

@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
+use std::sync::Arc;
+
 use crate::report::{Running, stream_reports};
+use crate::served::{Hub, Inbound};
 use crate::{WorkerConfig, WorkerError};
 
 /// How long a controller has to answer Hello with Assign: it does so at once, unless it is
@@ -73,10 +76,7 @@ pub(crate) async fn send(tx: &Tx, body: Out) -> Result<(), End> {
 }
 
 /// Next message from the controller within `timeout`.
-pub(crate) async fn next(
-    inbound: &mut Streaming<ControllerMessage>,
-    timeout: Duration,
-) -> Result<In, End> {
+pub(crate) async fn next(inbound: &mut Inbound, timeout: Duration) -> Result<In, End> {
     match tokio::time::timeout(timeout, inbound.message()).await {
         Err(_) => Err(End::Retry(format!(
             "no message from the controller for {timeout:?}"
@@ -99,8 +99,9 @@ pub(crate) async fn session(
     running: &mut Option<Running>,
     cancel: &CancellationToken,
     attempt: &mut u32,
+    hub: &Arc<Hub>,
 ) -> End {
-    match session_inner(cfg, endpoint, running, cancel, attempt).await {
+    match session_inner(cfg, endpoint, running, cancel, attempt, hub).await {
         Ok(()) => End::Delivered,
         Err(end) => end,
     }
@@ -112,10 +113,14 @@ async fn session_inner(
     running: &mut Option<Running>,
     cancel: &CancellationToken,
     attempt: &mut u32,
+    hub: &Arc<Hub>,
 ) -> Result<(), End> {
     let hello = hello(cfg, running.as_ref());
-    let mut link = Link::open(cfg, endpoint, hello, running.is_some()).await?;
-    let assign = await_assign(&mut link.inbound).await?;
+    let link = Link::open(cfg, endpoint, hello, running.is_some()).await?;
+    // The served budget's messages go to the hub; the rest is read here as before.
+    hub.attach(&link.tx);
+    let mut inbound = Inbound::new(link.inbound, hub.clone());
+    let assign = await_assign(&mut inbound).await?;
     // The session is established: the next loss starts a new backoff.
     *attempt = 0;
     let peer_timeout =
@@ -126,9 +131,10 @@ async fn session_inner(
                 cfg,
                 &assign,
                 &link.tx,
-                &mut link.inbound,
+                &mut inbound,
                 cancel,
                 peer_timeout,
+                hub,
             )
             .await?;
             let Some(r) = prepared else {
@@ -142,7 +148,7 @@ async fn session_inner(
         return Err(End::Fatal(WorkerError::NotStarted));
     };
     r.peer_timeout = peer_timeout;
-    stream_reports(r, &link.tx, &mut link.inbound, cancel).await
+    stream_reports(r, &link.tx, &mut inbound, cancel).await
 }
 
 /// An open stream: what goes to the controller, what comes from it, and the client that
@@ -198,11 +204,12 @@ fn hello(cfg: &WorkerConfig, running: Option<&Running>) -> Hello {
             elapsed_us: r.elapsed_us(),
             finished: r.done().is_some(),
         }),
+        takes_served_budget: true,
     }
 }
 
 /// The controller's answer to Hello, which must be an Assign in this worker's protocol.
-async fn await_assign(inbound: &mut Streaming<ControllerMessage>) -> Result<Assign, End> {
+async fn await_assign(inbound: &mut Inbound) -> Result<Assign, End> {
     let assign = match next(inbound, ASSIGN_WITHIN).await? {
         In::Assign(a) => a,
         other => {

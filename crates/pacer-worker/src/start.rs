@@ -7,21 +7,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pacer_engine::setup::LimiterSetup;
+use pacer_engine::setup::{LimiterSetup, ServedByController};
 use pacer_engine::{Deps, EngineError, RunControl, RunOptions, RunReport, StartGate, StartHandle};
 use pacer_limiter::fleet::FleetConfig;
-use pacer_proto::{
-    Assign, ControllerMessage, controller_message::Body as In, worker_message::Body as Out,
-};
+use pacer_proto::{Assign, controller_message::Body as In, worker_message::Body as Out};
 use pacer_stats::Recorder;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
 
 use crate::assign::{plan_and_shard, shard_limits};
 use crate::clock;
 use crate::report::{EngineEnd, Running};
+use crate::served::{Hub, Inbound};
 use crate::session::{End, Tx, next, send};
 use crate::{WorkerConfig, WorkerError};
 
@@ -38,9 +36,10 @@ pub(crate) async fn prepare(
     cfg: &WorkerConfig,
     a: &Assign,
     tx: &Tx,
-    inbound: &mut Streaming<ControllerMessage>,
+    inbound: &mut Inbound,
     cancel: &CancellationToken,
     peer_timeout: Duration,
+    hub: &Arc<Hub>,
 ) -> Result<Option<Running>, End> {
     let Launched {
         recorder,
@@ -48,7 +47,7 @@ pub(crate) async fn prepare(
         control,
         mut gate,
         done,
-    } = match launch(cfg, a).await {
+    } = match launch(cfg, a, hub).await {
         Ok(l) => l,
         Err(e) => return Err(cannot_run(tx, e).await),
     };
@@ -109,7 +108,7 @@ struct Launched {
 
 /// Read the plan and the shard, build the limiter and spawn the engine now (HTTP client
 /// included), so a Start message finds nothing left to prepare.
-async fn launch(cfg: &WorkerConfig, a: &Assign) -> Result<Launched, WorkerError> {
+async fn launch(cfg: &WorkerConfig, a: &Assign, hub: &Arc<Hub>) -> Result<Launched, WorkerError> {
     let (plan, shard) = plan_and_shard(cfg, a)?;
     // Its ledger entries name the worker by index, as the per-worker table does.
     let recorder = Arc::new(
@@ -118,7 +117,28 @@ async fn launch(cfg: &WorkerConfig, a: &Assign) -> Result<Launched, WorkerError>
     );
     // With Redis the fleet paces every `scope: fleet` limit from one budget (the whole
     // limit); without it each worker keeps its weight's share of it.
+    // Without Redis the controller may serve the fleet: leases of its one budget and its
+    // tokens over the session. A worker given a Redis shares through it instead (as every
+    // worker of its fleet must: docs/distributed.md).
+    let served = a.served_limits || !a.served_credentials.is_empty();
     let setup = match &cfg.redis {
+        None if served => {
+            let s = LimiterSetup::served(
+                &plan,
+                &shard_limits(&plan.limits, &shard),
+                ServedByController {
+                    limits: a.served_limits,
+                    credentials: &a.served_credentials,
+                    workers: u32::try_from(a.weights.len()).unwrap_or(u32::MAX),
+                },
+                hub.clone(),
+                hub.clone(),
+                &recorder,
+            )
+            .map_err(WorkerError::Fleet)?;
+            hub.serve(s.limiter, s.tokens);
+            s.setup
+        }
         Some(r) => {
             let mut fc = FleetConfig::new(
                 r.url.clone(),
@@ -127,6 +147,7 @@ async fn launch(cfg: &WorkerConfig, a: &Assign) -> Result<Launched, WorkerError>
             fc.safe_mode_max = r.safe_mode_max;
             fc.ca_pem = r.ca_pem.clone();
             fc.budget = r.budget.clone();
+            fc.weight = r.weight;
             if let Some(idle) = r.budget_idle {
                 fc.budget_idle = idle;
             }
@@ -214,7 +235,7 @@ async fn ready(
 /// controller's clock (0 from a controller that sends none). `None`: the controller said Stop
 /// or Abort, or this process was asked to quit.
 async fn await_start(
-    inbound: &mut Streaming<ControllerMessage>,
+    inbound: &mut Inbound,
     peer_timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<Option<(Duration, u64)>, End> {
