@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pacer_import::{Import, ImportError, NoteKind};
+use pacer_import::{Import, NoteKind};
 
 use crate::exit::{self, Exit};
 
@@ -78,10 +78,9 @@ pub fn run(args: &ImportArgs) -> Exit {
                     |e| e.source()
                 ))
             );
-            return match e {
-                ImportError::Plan { .. } => Exit::Failure,
-                _ => Exit::Invalid,
-            };
+            // Every error is the input's (a plan that does not validate: a number beyond the
+            // plan's bounds).
+            return Exit::Invalid;
         }
     };
     match output {

@@ -805,9 +805,18 @@ impl<'o> Cx<'o> {
                     children: Vec::new(),
                 };
                 match self.number(&fake, "LoopController.loops", loc)? {
-                    Some(n) if n > 0 => Some(n),
-                    Some(_) => None,
-                    None if lc.str("LoopController.loops").trim() == "-1" => None,
+                    Some(0) => {
+                        self.note(
+                            NoteKind::Approximated,
+                            loc,
+                            &tg.class,
+                            "0 loops (no iteration in JMeter): imported as 1",
+                        );
+                        Some(1)
+                    }
+                    Some(n) => Some(n),
+                    // JMeter loops for ever on any negative count (the GUI writes -1).
+                    None if lc.str("LoopController.loops").trim().starts_with('-') => None,
                     None => Some(1),
                 }
             }

@@ -109,8 +109,9 @@ pub enum ImportError {
     Har { field: String, message: String },
     #[error("nothing to import: {0}")]
     Empty(String),
-    /// The importer wrote a plan that does not validate: a bug in the importer.
-    #[error("the imported plan does not validate (please report this): {source}")]
+    /// The plan written does not validate: a number of the source beyond the plan's bounds
+    /// (docs/plan-format.md, "Bounds"), or a bug in the importer.
+    #[error("the plan imported from it does not validate: {source}")]
     Plan {
         #[source]
         source: pacer_plan::PlanError,

@@ -345,6 +345,13 @@ fn malformed_input_is_an_error_naming_what_is_wrong() {
         e.contains("ThreadGroup testname=\"fixed\"") && e.contains("ThreadGroup.num_threads"),
         "{e}"
     );
+    // A number beyond the plan's bounds: the plan's own error, naming the field.
+    let many = data("thread_groups.jmx").replace(
+        "<stringProp name=\"ThreadGroup.num_threads\">3</stringProp>",
+        "<stringProp name=\"ThreadGroup.num_threads\">2000000</stringProp>",
+    );
+    let e = err(&many);
+    assert!(e.contains("does not validate") && e.contains("scenarios[0].vus"), "{e}");
     // Too large.
     let huge = " ".repeat(pacer_import::MAX_JMX_BYTES + 1);
     assert!(matches!(
