@@ -2,6 +2,7 @@
 //! `pacer_worker`). Exit code 0 when the final results were delivered, 1 otherwise.
 
 use std::io::Read as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -13,6 +14,27 @@ pub struct WorkerArgs {
     /// The controller's gRPC address (`host:port`), as `pacer controller --listen` shows it.
     #[arg(long, value_name = "ADDR")]
     pub connect: String,
+    /// The CA (PEM) that signed the controller's certificate: the worker speaks TLS and
+    /// verifies the controller before sending its session token. Re-read at each connection.
+    #[arg(
+        long,
+        env = "PACER_CA",
+        value_name = "FILE",
+        conflicts_with = "insecure_plaintext"
+    )]
+    pub ca: Option<PathBuf>,
+    /// The CA as PEM text rather than a file (the operator's worker pods get it from their
+    /// session Secret).
+    #[arg(long, env = "PACER_CA_PEM", hide = true, hide_env_values = true, conflicts_with_all = ["ca", "insecure_plaintext"])]
+    pub ca_pem: Option<String>,
+    /// The name the controller's certificate must carry (default: the host of --connect).
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// Speak to the controller without TLS: the session token and the plan cross the network
+    /// in the clear, and an impostor cannot be told from the controller. Only on a network you
+    /// trust (or loopback).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
     /// The test's session token (printed by the controller; prefer the environment variable;
     /// at least 16 bytes).
     #[arg(long, env = "PACER_SESSION_TOKEN", hide_env_values = true)]
@@ -49,6 +71,28 @@ pub struct WorkerArgs {
     /// Without Redis each worker keeps its weight's share of every fleet limit.
     #[command(flatten)]
     pub fleet: crate::fleet::FleetArgs,
+}
+
+/// `--ca` (TLS) or `--insecure-plaintext`: one is required.
+fn transport(args: &WorkerArgs) -> Result<pacer_worker::Transport, String> {
+    let ca = match (&args.ca, &args.ca_pem) {
+        (Some(file), _) => Some(pacer_worker::CaSource::File(file.clone())),
+        (None, Some(pem)) => Some(pacer_worker::CaSource::Pem(pem.clone())),
+        (None, None) => None,
+    };
+    match (ca, args.insecure_plaintext) {
+        (Some(ca), false) => Ok(pacer_worker::Transport::Tls(pacer_worker::TlsTrust {
+            ca,
+            server_name: args.server_name.clone(),
+        })),
+        (None, true) if args.server_name.is_some() => {
+            Err("--server-name: only with --ca (TLS)".into())
+        }
+        (None, true) => Ok(pacer_worker::Transport::InsecurePlaintext),
+        _ => Err(
+            "give --ca FILE (the CA that signed the controller's certificate), or --insecure-plaintext to send the session token and receive the plan in the clear".into(),
+        ),
+    }
 }
 
 /// `--session-token` / `PACER_SESSION_TOKEN` must be at least
@@ -116,6 +160,13 @@ pub async fn run(args: WorkerArgs) -> Exit {
         eprintln!("worker: error: {e}");
         return Exit::Invalid;
     }
+    let transport = match transport(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("worker: error: {e}");
+            return Exit::Invalid;
+        }
+    };
     let redis = match redis_join(&args.fleet) {
         Ok(r) => r,
         Err(e) => {
@@ -125,6 +176,7 @@ pub async fn run(args: WorkerArgs) -> Exit {
     };
     let cfg = pacer_worker::WorkerConfig {
         controller: args.connect.clone(),
+        transport,
         test_id: args.test_id.clone(),
         index: args.index,
         session_token: args.session_token.clone(),
