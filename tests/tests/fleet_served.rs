@@ -317,3 +317,40 @@ async fn controller_and_workers_share_one_token_one_refresh_and_one_pause() {
     assert!(!stats.workers.contains_key("3"), "worker 3 has no VU");
     mock.shutdown().await;
 }
+
+/// examples/served-fleet.yaml as written, with `pacer run --workers 4` against the mock's
+/// demo defaults (300 requests per minute per token): one token, no 429, the idle worker idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_fleet_example_runs_as_written() {
+    let _one = SERIAL.lock().await;
+    let mock = start_mock(MockConfig::default()).await;
+    let target = format!("http://{}", mock.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(workspace_root().join("examples/served-fleet.yaml")).unwrap();
+    let extra = [
+        "--workers".to_string(),
+        WORKERS.to_string(),
+        "--worker-header".to_string(),
+    ];
+    let envs = [("PACER_TARGET", target.as_str())];
+    let r = run_summary(dir.path(), &text, &extra, &envs, Duration::from_secs(60)).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let stats = mock.stats();
+    let throttled = stats.requests.by_status.get(&429).copied().unwrap_or(0);
+    eprintln!(
+        "examples/served-fleet.yaml: {} requests, {throttled} answered 429, tokens issued {}, \
+         per worker {:?}",
+        stats.requests.total,
+        stats.tokens.issued,
+        stats
+            .workers
+            .iter()
+            .map(|(k, w)| (k.clone(), w.count))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(stats.tokens.issued, 1, "one token for the fleet");
+    assert_eq!(throttled, 0);
+    assert!(!stats.workers.contains_key("3"), "worker 3 has no VU");
+    mock.shutdown().await;
+}

@@ -764,6 +764,7 @@ mod tests {
                 elapsed_us,
                 finished: false,
             }),
+            takes_served_budget: false,
         }
     }
 

@@ -26,8 +26,8 @@ use tonic::Status;
 
 use crate::Inner;
 
-/// The shortest time between a token's fetch and its refresh, whatever its lifetime and
-/// `refreshBefore` say: a token endpoint answering with tiny lifetimes must not be hammered.
+/// The shortest time between two fetches of a token, whatever its lifetime, `refreshBefore`
+/// or the workers' 401 reports say: a token endpoint must not be hammered.
 const MIN_REFRESH_AFTER: Duration = Duration::from_secs(1);
 
 /// What the controller serves its workers.
@@ -210,15 +210,6 @@ impl TokenServer {
         {
             return Ok(Some(grant(credential, cur, now)));
         }
-        if failed_generation > 0
-            && c.current
-                .as_ref()
-                .is_none_or(|cur| cur.generation < failed_generation)
-        {
-            return Err(Status::invalid_argument(format!(
-                "token_request.failed_generation: {failed_generation} was never handed out"
-            )));
-        }
         if !c.fetching {
             c.fetching = true;
             if failed_generation > 0 {
@@ -256,6 +247,16 @@ impl TokenServer {
     }
 }
 
+/// The generation of a new token: above the previous one and, so that a restarted controller
+/// hands out tokens its workers take as newer than what they hold, at least the wall clock in
+/// microseconds.
+fn next_generation(previous: Option<u64>) -> u64 {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    previous.map_or(1, |p| p.saturating_add(1)).max(now_us)
+}
+
 fn grant(credential: usize, cur: &Current, now: Instant) -> TokenGrant {
     TokenGrant {
         credential: credential as u32,
@@ -278,6 +279,7 @@ async fn serve_credential(
     refresh_before: Duration,
 ) {
     let mut refresh_at: Option<Instant> = None;
+    let mut fetched_at: Option<Instant> = None;
     loop {
         match refresh_at {
             Some(at) => {
@@ -290,7 +292,12 @@ async fn serve_credential(
             }
             None => wake.notified().await,
         }
+        // Workers' 401 reports (or a broken worker's) never fetch more often than this.
+        if let Some(at) = fetched_at {
+            tokio::time::sleep_until(at + MIN_REFRESH_AFTER).await;
+        }
         let requested = Instant::now();
+        fetched_at = Some(requested);
         let fetched = fetcher.fetch(credential).await;
         let Some(inner) = inner.upgrade() else { return };
         let Some(t) = inner.served.as_ref().and_then(|s| s.tokens.as_ref()) else {
@@ -305,7 +312,7 @@ async fn serve_credential(
             c.fetching = false;
             match fetched {
                 Ok(f) => {
-                    let generation = c.current.as_ref().map_or(1, |cur| cur.generation + 1);
+                    let generation = next_generation(c.current.as_ref().map(|cur| cur.generation));
                     let cur = Current {
                         token: f.token,
                         generation,

@@ -89,6 +89,7 @@ fn hello(index: Option<u32>) -> Hello {
         session_token: TOKEN.into(),
         name: "scripted".into(),
         resume: None,
+        takes_served_budget: false,
     }
 }
 

@@ -46,6 +46,7 @@ impl Worker {
             session_token: TOKEN.into(),
             name: format!("scripted-{index}"),
             resume: None,
+            takes_served_budget: false,
         };
         tx.send(msg(Body::Hello(hello))).await.unwrap();
         let rx = client

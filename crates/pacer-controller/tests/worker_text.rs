@@ -46,6 +46,7 @@ async fn a_workers_error_text_is_capped_and_its_control_characters_escaped() {
             session_token: TOKEN.into(),
             name: "hostile\nINFO forged line".into(),
             resume: None,
+            takes_served_budget: false,
         })),
     })
     .await

@@ -78,6 +78,7 @@ fn hello_frame(test_id: &str, token: &str) -> Bytes {
             session_token: token.into(),
             name: "flood".into(),
             resume: None,
+            takes_served_budget: false,
         })),
     };
     let payload = msg.encode_to_vec();
