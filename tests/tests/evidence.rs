@@ -267,3 +267,45 @@ async fn the_async_jobs_example_runs_against_the_mock() {
         r.stdout
     );
 }
+
+/// `{{attempt}}`: a request using it is rendered again for its retry (the catch-all echoes the
+/// path it got), while its correlation id stays the first attempt's, even when the request
+/// writes the header itself with `{{attempt}}` in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_renders_attempt_anew_and_keeps_the_correlation_id() {
+    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
+    config.record_arrivals = true;
+    let mock = start_mock(config).await;
+    mock.control().force_429(1, 0);
+    let target = format!("http://{}", mock.addr());
+    let plan = format!(
+        "name: attempt\ntarget: {target}\nretry:\n  on: [429]\n  maxAttempts: 2\n  backoff: {{base: 10ms, max: 10ms}}\n  retryAfterMax: 10ms\nscenarios:\n  - name: s\n    executor: shared-iterations\n    iterations: 1\n    requests:\n      - name: q\n        path: /retry/{{{{attempt}}}}\n        headers: {{X-Correlation-Id: \"mine-{{{{attempt}}}}\"}}\n        expect: {{status: [200], json: [{{pointer: /path, equals: /retry/2}}]}}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let r = run_summary(
+        dir.path(),
+        &plan,
+        &["--out".into(), format!("ledger={}", ledger.display())],
+        &[],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.summary["totals"]["checks_failed"], 0, "{}", r.stdout);
+    let ids: Vec<_> = mock
+        .control()
+        .arrivals()
+        .arrivals
+        .iter()
+        .map(|a| (a.status, a.correlation_id.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        ids,
+        [(429, "mine-1".to_string()), (200, "mine-1".to_string())]
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&ledger).unwrap().trim()).unwrap();
+    assert_eq!(line["correlationId"], "mine-1");
+    assert_eq!(line["attempt"], 1);
+}

@@ -59,6 +59,20 @@ impl Correlation {
     }
 }
 
+impl Correlation {
+    /// For a request rendered again on each attempt (`{{attempt}}`): its own header, if it
+    /// sets one, would render anew, so pacer sends the first attempt's id on every attempt.
+    pub(crate) fn for_retries(mut self, rendered_again: bool) -> Correlation {
+        if rendered_again && self.added.is_none() {
+            self.added = self
+                .id
+                .as_deref()
+                .and_then(|id| HeaderValue::from_str(id).ok());
+        }
+        self
+    }
+}
+
 /// The server's own id for the exchange: the first of [`SERVER_REQUEST_ID_HEADERS`] present
 /// with something printable in it, `(value, header)`.
 pub(crate) fn server_request_id(h: &HeaderMap) -> Option<(String, String)> {

@@ -189,23 +189,22 @@ async fn run_request(
     loop {
         polls += 1;
         let mut owned = None;
-        let prepared = {
-            let ctx = RenderCtx {
-                vars: &it.vars,
-                plan_vars: &sh.plan.variables,
-                iteration: it.iteration,
-                vu: it.vu,
-                scenario: &scenario.name,
-                worker: sh.worker,
-            };
-            prepare::prepared(sh, sc, ri, req, &ctx, &mut owned)
+        let ctx = RenderCtx {
+            vars: &it.vars,
+            plan_vars: &sh.plan.variables,
+            iteration: it.iteration,
+            vu: it.vu,
+            scenario: &scenario.name,
+            worker: sh.worker,
+            attempt: 1,
         };
-        let prepared = match prepared {
+        let prepared = match prepare::prepared(sh, sc, ri, req, &ctx, &mut owned) {
             Ok(p) => p,
             Err(why) => return not_prepared(sh, sc, ri, why, intended),
         };
+        let again = prepare::uses_attempt(req).then_some(&ctx);
         let (mut outcome, response) =
-            send_with_retries(sh, sc, ri, req, credential, prepared, intended).await;
+            send_with_retries(sh, sc, ri, req, credential, prepared, intended, again).await;
         let (missing, done) = {
             let resp = response.as_ref();
             let body = JsonBody::new(resp);

@@ -115,6 +115,27 @@ pub(crate) fn prepared<'a>(
     }
 }
 
+/// Does `req` use `{{attempt}}` anywhere (path, query, headers, body)? Such a request is
+/// rendered again for each attempt.
+pub(crate) fn uses_attempt(req: &Request) -> bool {
+    fn json(t: &pacer_plan::JsonTemplate) -> bool {
+        match t {
+            pacer_plan::JsonTemplate::Literal(_) => false,
+            pacer_plan::JsonTemplate::String(t) => t.uses_attempt(),
+            pacer_plan::JsonTemplate::Array(a) => a.iter().any(json),
+            pacer_plan::JsonTemplate::Object(o) => o.iter().any(|(_, t)| json(t)),
+        }
+    }
+    req.path.uses_attempt()
+        || req.query.iter().any(|(_, t)| t.uses_attempt())
+        || req.headers.iter().any(|(_, t)| t.uses_attempt())
+        || match &req.body {
+            None => false,
+            Some(Body::Text(t)) => t.uses_attempt(),
+            Some(Body::Json(j)) => json(j),
+        }
+}
+
 /// A request rendered once per logical request (retries resend the same thing: the same
 /// correlation id, the same body).
 pub(crate) struct Prepared {

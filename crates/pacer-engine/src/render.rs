@@ -8,6 +8,7 @@ use rand::Rng;
 use serde_json::Value;
 
 /// What a template can refer to while an iteration runs.
+#[derive(Clone, Copy)]
 pub(crate) struct RenderCtx<'a> {
     /// Values extracted earlier in this iteration; they shadow `plan_vars`.
     pub(crate) vars: &'a HashMap<String, Value>,
@@ -17,6 +18,8 @@ pub(crate) struct RenderCtx<'a> {
     pub(crate) vu: u32,
     pub(crate) scenario: &'a str,
     pub(crate) worker: u32,
+    /// The attempt of the logical request being rendered (`{{attempt}}`, 1-based).
+    pub(crate) attempt: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,7 @@ impl RenderCtx<'_> {
             Part::Vu => Value::from(self.vu),
             Part::Scenario => Value::String(self.scenario.to_string()),
             Part::Worker => Value::from(self.worker),
+            Part::Attempt => Value::from(self.attempt),
             Part::Lit(s) => Value::String(s.clone()),
             Part::Var(v) => self.var(v).cloned().unwrap_or(Value::Null),
         }
@@ -142,11 +146,15 @@ mod tests {
             vu: 2,
             scenario: "s",
             worker: 1,
+            attempt: 2,
         };
         let t =
             Template::parse("/p/{{vars.name}}/{{iteration}}/{{vu}}/{{worker}}?n={{vars.pageSize}}")
                 .unwrap();
         assert_eq!(ctx.render(&t).unwrap(), "/p/x/7/2/1?n=25");
+        let t = Template::parse("try {{attempt}}").unwrap();
+        assert!(t.uses_attempt());
+        assert_eq!(ctx.render(&t).unwrap(), "try 2");
         let j = JsonTemplate::Object(vec![
             (
                 "size".into(),
@@ -203,6 +211,7 @@ mod tests {
                 vu: u32::MAX,
                 scenario: "s",
                 worker: u32::MAX,
+                attempt: u32::MAX,
             };
             let (lo, hi) = (lo.min(hi), lo.max(hi));
             let src = format!(

@@ -16,7 +16,9 @@ use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use crate::evidence::{Correlation, Sent};
 use crate::http::{self, Response, TransportError};
 use crate::iteration::Shared;
+use crate::prepare;
 use crate::prepare::Prepared;
+use crate::render::RenderCtx;
 use crate::retry::{self, Exchange, Next, RetryAfter};
 
 /// How often the server's rate-limit headers are read, at most: four times a second is fresh
@@ -25,38 +27,45 @@ const SERVER_LIMITS_EVERY_MS: u64 = 250;
 
 /// Send `p` (the prepared form of `req`, request `ri` of scenario `sc`) with the plan's retries.
 /// `credential` is the request's (already resolved from the scenario's); `intended` is when the
-/// request was meant to start. Returns the logical request's outcome and the final response,
-/// if any.
+/// request was meant to start. `again`: the render context of a request that uses
+/// `{{attempt}}`, rendered again for each retry (its correlation id stays the first's).
+/// Returns the logical request's outcome and the final response, if any.
+#[allow(clippy::too_many_arguments)] // the request's coordinates, each needed here
 pub(crate) async fn send_with_retries(
     sh: &Shared,
     sc: usize,
     ri: usize,
     req: &Request,
     credential: Option<usize>,
-    p: &Prepared,
+    first: &Prepared,
     intended: Instant,
+    again: Option<&RenderCtx<'_>>,
 ) -> (RequestOutcome, Option<Response>) {
     let policy = &sh.plan.retry;
-    let s = Sending {
+    let correlation = Correlation::new(sh.plan.http.correlation_header.as_deref(), &first.headers)
+        .for_retries(again.is_some());
+    let keep_body = sh
+        .needs_body
+        .get(sc)
+        .and_then(|r| r.get(ri))
+        .copied()
+        .unwrap_or(true);
+    let base = Sending {
         sh,
         sc,
         ri,
         req,
-        p,
+        p: first,
         meta: RequestMeta {
             method: &req.method,
-            path: p.uri.path(),
+            path: first.uri.path(),
             request: &req.name,
         },
-        keep_body: sh
-            .needs_body
-            .get(sc)
-            .and_then(|r| r.get(ri))
-            .copied()
-            .unwrap_or(true),
-        correlation: Correlation::new(sh.plan.http.correlation_header.as_deref(), &p.headers),
+        keep_body,
+        correlation: &correlation,
     };
-    let credential = s.credential(credential);
+    let credential = base.credential(credential);
+    let mut rendered_again: Option<Prepared> = None;
     let mut out = RequestOutcome {
         failed: true,
         ..RequestOutcome::default()
@@ -69,6 +78,29 @@ pub(crate) async fn send_with_retries(
     loop {
         attempt += 1;
         out.attempts = attempt;
+        if attempt > 1
+            && let Some(ctx) = again
+        {
+            let ctx = RenderCtx { attempt, ..*ctx };
+            if let Err(why) = prepare::prepared(sh, sc, ri, req, &ctx, &mut rendered_again) {
+                let (kind, why) = match why {
+                    prepare::NotPrepared::Refused(_) => {
+                        (ErrorKind::OffOrigin, "its URL is not allowed".to_string())
+                    }
+                    prepare::NotPrepared::Invalid(msg) => (ErrorKind::Other, msg),
+                };
+                sh.warn_once(format!(
+                    "request {:?}: attempt {attempt} could not be rendered: {why}",
+                    req.name
+                ));
+                record_local_failure(sh, sc, ri, kind);
+                break;
+            }
+        }
+        let s = match &rendered_again {
+            Some(p) => base.with(p),
+            None => base.with(first),
+        };
         let grant = match s.acquire().await {
             Ok(g) => g,
             Err(kind) => {
@@ -149,10 +181,26 @@ struct Sending<'a> {
     /// A check, extract or poll reads the response body (otherwise it is drained).
     keep_body: bool,
     /// The logical request's correlation id, the same on every attempt.
-    correlation: Correlation,
+    correlation: &'a Correlation,
 }
 
-impl Sending<'_> {
+impl<'a> Sending<'a> {
+    /// The same request, sent as `p` (an attempt rendered again).
+    fn with<'b>(&self, p: &'b Prepared) -> Sending<'b>
+    where
+        'a: 'b,
+    {
+        Sending {
+            p,
+            meta: RequestMeta {
+                method: self.meta.method,
+                path: p.uri.path(),
+                request: self.meta.request,
+            },
+            ..*self
+        }
+    }
+
     /// Credentials go to the target's origin only: a request to an allowed host goes without
     /// (and the log says so, once).
     fn credential(&self, credential: Option<usize>) -> Option<usize> {

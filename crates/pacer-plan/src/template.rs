@@ -1,5 +1,5 @@
 //! Request templates: `{{uuid}}`, `{{randInt 1 10}}`, `{{isoNow -1h}}`, `{{epochMs}}`,
-//! `{{vars.NAME}}`, `{{iteration}}`, `{{vu}}`, `{{scenario}}`, `{{worker}}`.
+//! `{{vars.NAME}}`, `{{iteration}}`, `{{vu}}`, `{{scenario}}`, `{{worker}}`, `{{attempt}}`.
 //!
 //! Templates are parsed once, when the plan is validated, so a typo is a plan error with a field
 //! path and not a failure in the middle of a test. Rendering (which needs randomness and the
@@ -37,6 +37,9 @@ pub enum Part {
     Scenario,
     /// The worker index (0 when running alone).
     Worker,
+    /// The attempt number of the logical request (1, then 2 for its first retry, ...): a
+    /// request that uses it is rendered again for each attempt.
+    Attempt,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +88,11 @@ impl Template {
         self.parts.iter().all(|p| matches!(p, Part::Lit(_)))
     }
 
+    /// Does the template use `{{attempt}}` (so it is rendered again for each attempt)?
+    pub fn uses_attempt(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Attempt))
+    }
+
     /// Variables this template reads.
     pub fn vars(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
@@ -112,6 +120,7 @@ fn parse_placeholder(inner: &str) -> Result<Part, String> {
         "vu" => no_args(Part::Vu),
         "scenario" => no_args(Part::Scenario),
         "worker" => no_args(Part::Worker),
+        "attempt" => no_args(Part::Attempt),
         "randInt" => {
             let [lo, hi] = args.as_slice() else {
                 return Err("`randInt` takes two integers, e.g. {{randInt 1 10}}".into());
@@ -189,6 +198,7 @@ impl fmt::Display for Template {
                     }
                 }
                 Part::EpochMs => f.write_str("{{epochMs}}")?,
+                Part::Attempt => f.write_str("{{attempt}}")?,
                 Part::Var(v) => write!(f, "{{{{vars.{v}}}}}")?,
                 Part::Iteration => f.write_str("{{iteration}}")?,
                 Part::Vu => f.write_str("{{vu}}")?,
