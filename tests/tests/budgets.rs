@@ -2,7 +2,8 @@
 //! tests (different fleet ids), a real `redis-server` and the real mock API (its arrival log and
 //! token counts) on loopback. Processes naming one budget must behave like one client of the
 //! budget's limits, fetch one token for all, refuse a declaration that disagrees with the
-//! budget's, and leave the budget's keys in Redis after their test, until its idle time.
+//! budget's, and leave the budget's keys in Redis after their test, until its idle time. Tests
+//! with a backlog share the limit by weight; a test that needs less gets all it asks.
 //!
 //! Times are scaled down (a 5 s window). The tests share the machine's two cores, so they run
 //! one at a time.
@@ -48,8 +49,14 @@ fn mock_config() -> MockConfig {
 
 /// A test's plan: its own name, the budget's limit as it declares it.
 fn plan(name: &str, target: &str, limit: &str, duration: &str) -> String {
+    plan_at(name, target, limit, duration, OFFERED, "")
+}
+
+/// A test's plan offering `rate` per second, with `top` (plan fields) after its name.
+fn plan_at(name: &str, target: &str, limit: &str, duration: &str, rate: u32, top: &str) -> String {
     format!(
         r#"name: {name}
+{top}
 target: {target}
 auth:
   - {{ name: g, type: oauth2-clientCredentials, tokenUrl: /oauth/token, clientId: pacer-demo, clientSecret: demo-secret }}
@@ -59,7 +66,7 @@ retry: {{ maxAttempts: 2, backoff: {{ base: 50ms, max: 1s }} }}
 scenarios:
   - name: s
     executor: constant-arrival-rate
-    rate: {OFFERED}/s
+    rate: {rate}/s
     duration: {duration}
     maxInFlight: 100
     gracefulStop: 500ms
@@ -387,7 +394,7 @@ async fn the_budget_example_runs_as_written_by_two_tests_with_one_token() {
     let (alone, workers) = tokio::join!(
         pacer_async(args(&[]), env.clone(), Duration::from_secs(60)),
         pacer_async(
-            args(&["--workers", "2"]),
+            args(&["--workers", "2", "--weight", "3"]),
             env.clone(),
             Duration::from_secs(60)
         ),
@@ -420,4 +427,176 @@ async fn the_budget_example_runs_as_written_by_two_tests_with_one_token() {
     );
     assert_eq!(stats.tokens.issued, 1, "one token for both tests");
     mock.shutdown().await;
+}
+
+/// What two tests on one budget got from the mock over the steady part of their run.
+struct Pair {
+    /// Accepted per second: both, test 0, test 1.
+    total: f64,
+    by: [f64; 2],
+    /// Offered per second by test 1 (its arrivals at the mock).
+    offered_1: f64,
+    max_in_window: u64,
+    rejected: u64,
+    tokens: u64,
+}
+
+/// Run two tests on budget `acme` (plans `plans[i]` with `extra[i]` flags) for 8 s each, side
+/// by side, and measure the steady part: 1.5 s after the first arrival to 1 s before the end.
+async fn run_pair(plans: [String; 2], extra: [&[&str]; 2]) -> Pair {
+    let redis = RedisServer::start();
+    let mock = start_mock(mock_config()).await;
+    let target = format!("http://{}", mock.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |i: usize| {
+        let text = plans[i].replace("TARGET", &target);
+        spawn_run(
+            dir.path(),
+            &format!("fair-{i}"),
+            &text,
+            &redis.url(),
+            "acme",
+            i as u32,
+            extra[i],
+        )
+    };
+    let (a, b) = (spawn(0), spawn(1));
+    let (a, b) = tokio::join!(
+        wait(a, Duration::from_secs(40)),
+        wait(b, Duration::from_secs(40))
+    );
+    assert_ran(&a);
+    assert_ran(&b);
+    let stats = mock.stats();
+    let lim = &stats.limits[0];
+    let arrivals = mock.control().arrivals().arrivals;
+    let first = arrivals.first().unwrap().t_us;
+    let (from, to) = (first + 1_500_000, first + 7_000_000);
+    let secs = (to - from) as f64 / 1e6;
+    let count = |worker: Option<&str>, accepted: bool| {
+        arrivals
+            .iter()
+            .filter(|x| x.t_us >= from && x.t_us < to && (!accepted || x.status == 200))
+            .filter(|x| worker.is_none_or(|w| x.worker.as_deref() == Some(w)))
+            .count() as f64
+            / secs
+    };
+    let pair = Pair {
+        total: count(None, true),
+        by: [count(Some("0"), true), count(Some("1"), true)],
+        offered_1: count(Some("1"), false),
+        max_in_window: lim.max_offered_in_window,
+        rejected: lim.rejected,
+        tokens: stats.tokens.issued,
+    };
+    mock.shutdown().await;
+    pair
+}
+
+fn report(what: &str, p: &Pair) {
+    let allowed = LIMIT as f64 / WINDOW.as_secs_f64();
+    eprintln!(
+        "{what}: steady {:.1}/s ({:.1}% of {allowed}/s): test 0 {:.1}/s ({:.1}%), test 1 \
+         {:.1}/s ({:.1}%, offered {:.1}/s); max offered in a window {} of {LIMIT}, rejected {}, \
+         tokens issued {}",
+        p.total,
+        p.total / allowed * 100.0,
+        p.by[0],
+        p.by[0] / allowed * 100.0,
+        p.by[1],
+        p.by[1] / allowed * 100.0,
+        p.offered_1,
+        p.max_in_window,
+        p.rejected,
+        p.tokens
+    );
+}
+
+/// Inside the limit, nearly all of it used, one token.
+fn assert_shared(p: &Pair) {
+    let allowed = LIMIT as f64 / WINDOW.as_secs_f64();
+    assert!(
+        p.max_in_window <= LIMIT,
+        "over the limit: {} in a window",
+        p.max_in_window
+    );
+    assert!(p.total >= 0.9 * allowed, "together {:.1}/s", p.total);
+    assert_eq!(p.tokens, 1, "one token for both tests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_greedy_tests_with_equal_weights_each_get_half_of_the_budget() {
+    let _one = SERIAL.lock().await;
+    // equal weights through --weight (2 and 2: only the ratio counts)
+    let p = run_pair(
+        [
+            plan_at("fair-a", "TARGET", "500/5s", "8s", OFFERED, ""),
+            plan_at("fair-b", "TARGET", "500/5s", "8s", OFFERED, ""),
+        ],
+        [&["--weight", "2"], &["--weight", "2"]],
+    )
+    .await;
+    report("equal weights, each offering 2x", &p);
+    assert_shared(&p);
+    let allowed = LIMIT as f64 / WINDOW.as_secs_f64();
+    for (i, r) in p.by.iter().enumerate() {
+        assert!(*r >= 0.4 * allowed, "test {i}: {r:.1}/s of {allowed}/s");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_greedy_tests_weighted_3_to_1_share_the_budget_in_proportion() {
+    let _one = SERIAL.lock().await;
+    // the weight in the plan (next to its budget) for one, the default 1 for the other
+    let p = run_pair(
+        [
+            plan_at(
+                "fair-heavy",
+                "TARGET",
+                "500/5s",
+                "8s",
+                OFFERED,
+                "budget: acme\nweight: 3",
+            ),
+            plan_at("fair-light", "TARGET", "500/5s", "8s", OFFERED, ""),
+        ],
+        [&[], &[]],
+    )
+    .await;
+    report("weights 3:1, each offering 2x", &p);
+    assert_shared(&p);
+    let ratio = p.by[0] / p.by[1];
+    assert!(
+        (3.0 * 0.85..=3.0 * 1.15).contains(&ratio),
+        "3:1 within 15%: {:.1}/s and {:.1}/s ({ratio:.2})",
+        p.by[0],
+        p.by[1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_asking_a_fifth_of_the_budget_gets_it_next_to_a_greedy_one() {
+    let _one = SERIAL.lock().await;
+    let allowed = LIMIT as f64 / WINDOW.as_secs_f64();
+    let small = (allowed * 0.2) as u32;
+    let p = run_pair(
+        [
+            plan_at("fair-greedy", "TARGET", "500/5s", "8s", OFFERED, ""),
+            plan_at("fair-small", "TARGET", "500/5s", "8s", small, ""),
+        ],
+        [&[], &[]],
+    )
+    .await;
+    report("a greedy test (2x) and a small one (20%)", &p);
+    assert_shared(&p);
+    assert!(
+        p.by[1] >= 0.95 * f64::from(small),
+        "the small test gets all it asks: {:.1}/s of {small}/s",
+        p.by[1]
+    );
+    assert!(
+        p.by[0] >= 0.9 * allowed - f64::from(small),
+        "the greedy test gets the rest: {:.1}/s",
+        p.by[0]
+    );
 }

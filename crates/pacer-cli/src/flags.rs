@@ -18,9 +18,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--weight`: a test's weight on its budget, by the plan's rule for `weight:`.
+pub fn parse_weight(s: &str) -> Result<f64, String> {
+    let w: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: not a number (e.g. 1, 3, 0.5)"))?;
+    match pacer_plan::budget::weight_problem(w) {
+        Some(p) => Err(p),
+        None => Ok(w),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weights_are_bounded_numbers() {
+        assert_eq!(parse_weight("3"), Ok(3.0));
+        assert_eq!(parse_weight(" 0.5"), Ok(0.5));
+        for bad in ["0", "-1", "1001", "NaN", "inf", "heavy", ""] {
+            assert!(parse_weight(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_are_bounded() {

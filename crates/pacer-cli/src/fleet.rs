@@ -31,6 +31,11 @@ pub struct FleetArgs {
     /// With a budget, `--fleet` is optional.
     #[arg(long, env = "PACER_BUDGET", value_name = "NAME", value_parser = parse_budget)]
     pub budget: Option<String>,
+    /// This test's weight among the tests on the budget, overriding the plan's `weight:`
+    /// (default 1): tests with a backlog share each limit in proportion to their weights.
+    /// Needs a budget.
+    #[arg(long, env = "PACER_WEIGHT", value_name = "N", value_parser = crate::flags::parse_weight)]
+    pub weight: Option<f64>,
     /// How long a budget's keys outlive their last use (default: 1 hour). For tests.
     #[arg(long, env = "PACER_BUDGET_IDLE", value_name = "DURATION", hide = true, value_parser = crate::flags::parse_duration)]
     pub budget_idle: Option<Duration>,
@@ -57,6 +62,12 @@ impl FleetArgs {
         if self.fleet.is_some() && self.redis.is_none() {
             anyhow::bail!("--fleet needs --redis URL (or PACER_REDIS_URL)");
         }
+        if self.weight.is_some() && self.redis.is_none() {
+            anyhow::bail!(
+                "--weight needs --redis URL (or PACER_REDIS_URL): a weight is a share of a budget, \
+                 shared through Redis"
+            );
+        }
         if self.budget.is_some() && self.redis.is_none() {
             anyhow::bail!(
                 "--budget needs --redis URL (or PACER_REDIS_URL): a budget is shared through Redis"
@@ -72,6 +83,7 @@ impl FleetArgs {
         cfg.safe_mode_max = self.redis_safe_mode;
         cfg.ca_pem = self.ca_pem()?;
         cfg.budget = self.budget.clone();
+        cfg.weight = self.weight;
         if let Some(idle) = self.budget_idle {
             cfg.budget_idle = idle;
         }
@@ -105,6 +117,7 @@ impl std::fmt::Debug for FleetArgs {
             .field("fleet", &self.fleet)
             .field("budget", &self.budget)
             .field("budget_idle", &self.budget_idle)
+            .field("weight", &self.weight)
             .field("redis_safe_mode", &self.redis_safe_mode)
             .field("redis_ca", &self.redis_ca)
             .finish()
@@ -132,6 +145,12 @@ pub async fn setup(
     // With a budget the processes find each other by its name: this one's test id only says
     // who declared what, so it need not be shared.
     let budget = args.budget.as_deref().or(plan.budget());
+    if args.weight.is_some() && budget.is_none() {
+        anyhow::bail!(
+            "--weight is a test's share of a budget: name the budget too (--budget NAME or the \
+             plan's budget:)"
+        );
+    }
     let id = match (&args.fleet, budget) {
         (Some(id), _) => id.clone(),
         (None, Some(_)) => format!("run-{}", std::process::id()),

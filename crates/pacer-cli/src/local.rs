@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use pacer_controller::served::TokenService;
 use pacer_controller::{ControllerConfig, Coordinator};
 use pacer_plan::Plan;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,7 @@ async fn run_inner(plan: Arc<Plan>, args: &LocalRun<'_>) -> anyhow::Result<Exit>
     cfg.serve_limits = serve;
     let tokens = if serve {
         pacer_engine::setup::served_token_fetcher(&plan)?
+            .map(|(fetcher, recorder)| TokenService { fetcher, recorder })
     } else {
         None
     };

@@ -130,6 +130,7 @@ fn redis_join(f: &crate::fleet::FleetArgs) -> anyhow::Result<Option<pacer_worker
         fleet: f.fleet.clone(),
         budget: f.budget.clone(),
         budget_idle: f.budget_idle,
+        weight: f.weight,
         safe_mode_max: f.redis_safe_mode,
         ca_pem: f.ca_pem()?,
     }))

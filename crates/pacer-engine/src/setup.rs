@@ -45,11 +45,18 @@ pub struct Served {
 }
 
 /// The fetcher of a controller that serves its workers the plan's `share: fleet` OAuth2
-/// tokens (no Redis): `None` when the plan has none.
-pub fn served_token_fetcher(plan: &Plan) -> Result<Option<Arc<dyn TokenFetcher>>, SetupError> {
+/// tokens (no Redis), and the recorder its fetches are counted in (laid out like the plan):
+/// `None` when the plan has none.
+pub fn served_token_fetcher(
+    plan: &Plan,
+) -> Result<Option<(Arc<dyn TokenFetcher>, Arc<Recorder>)>, SetupError> {
     let client = crate::http::build_token_client(&plan.http)?;
-    Ok(crate::auth::ServedFetcher::from_plan(plan, client)
-        .map(|f| Arc::new(f) as Arc<dyn TokenFetcher>))
+    Ok(
+        crate::auth::ServedFetcher::from_plan(plan, client).map(|f| {
+            let recorder = f.recorder.clone();
+            (Arc::new(f) as Arc<dyn TokenFetcher>, recorder)
+        }),
+    )
 }
 
 /// A run's limiter and token source, and the fleet it joined (if any).

@@ -37,6 +37,12 @@ pub const MAX_VUS: u32 = 1_000_000;
 pub const MAX_ITERATIONS: u64 = 1_000_000_000_000;
 /// The most stages of a ramping executor.
 pub const MAX_STAGES: usize = 1000;
+/// The smallest weight of a test on a budget (`weight:`): a test with a hundredth of
+/// another's weight still gets a share, and a share is never a rounding error of a float.
+pub const MIN_BUDGET_WEIGHT: f64 = 0.01;
+/// The largest weight of a test on a budget: with [`MIN_BUDGET_WEIGHT`], at most 10^5 between
+/// two tests' shares, far beyond any policy anyone writes, and sums of weights stay exact.
+pub const MAX_BUDGET_WEIGHT: f64 = 1000.0;
 /// The largest scenario weight.
 pub const MAX_WEIGHT: u32 = 1000;
 /// The most attempts of a polled request.
@@ -74,6 +80,9 @@ pub fn check(spec: &PlanSpec) -> Vec<FieldError> {
         b.rate(format!("{p}.limit"), Some(l.limit));
         b.duration(format!("{p}.window"), l.window, MAX_TEST_DURATION);
         b.duration(format!("{p}.spread"), l.spread, MAX_WAIT);
+        if let Some(crate::reserve::Reserve::Rate(r)) = l.reserve {
+            b.rate(format!("{p}.reserve"), Some(r));
+        }
     }
     if let Some(r) = &spec.retry {
         if let Some(bo) = &r.backoff {

@@ -6,6 +6,7 @@
 //! This module decides what a budget's name may be and what "the same limit" means: two
 //! declarations of one budget agree when their [`definition`]s are equal.
 
+use crate::bounds::{MAX_BUDGET_WEIGHT, MIN_BUDGET_WEIGHT};
 use crate::error::FieldError;
 use crate::model::{Limit, Plan};
 use crate::spec::PlanSpec;
@@ -30,14 +31,38 @@ pub fn name_problem(name: &str) -> Option<String> {
     })
 }
 
-/// The plan's `budget:` field, checked (hooked into [`crate::validate`]).
+/// Why `weight` is not a test's weight on a budget (a number within
+/// [`MIN_BUDGET_WEIGHT`]..=[`MAX_BUDGET_WEIGHT`]), or `None` when it is one. One rule for the
+/// plan's `weight:` and `pacer run --weight`.
+pub fn weight_problem(weight: f64) -> Option<String> {
+    (!(MIN_BUDGET_WEIGHT..=MAX_BUDGET_WEIGHT).contains(&weight)).then(|| {
+        format!(
+            "{weight} must be a number from {MIN_BUDGET_WEIGHT} to {MAX_BUDGET_WEIGHT} (a test's \
+             share of its budget is in proportion to it; the default is 1)"
+        )
+    })
+}
+
+/// The plan's `budget:` and `weight:` fields, checked (hooked into [`crate::validate`]).
 pub fn check(spec: &PlanSpec) -> Vec<FieldError> {
-    spec.budget
+    let mut errors: Vec<FieldError> = spec
+        .budget
         .as_deref()
         .and_then(name_problem)
         .map(|p| FieldError::new("budget", p))
         .into_iter()
-        .collect()
+        .collect();
+    if let Some(w) = spec.weight {
+        if let Some(p) = weight_problem(w) {
+            errors.push(FieldError::new("weight", p));
+        } else if spec.budget.is_none() {
+            errors.push(FieldError::new(
+                "weight",
+                "a weight is a test's share of a budget: name the budget (`budget:`) too",
+            ));
+        }
+    }
+    errors
 }
 
 impl Plan {
@@ -45,14 +70,26 @@ impl Plan {
     pub fn budget(&self) -> Option<&str> {
         self.spec.budget.as_deref()
     }
+
+    /// The test's weight on its budget, if the plan sets one (validated: within bounds, and
+    /// only with `budget:`).
+    pub fn weight(&self) -> Option<f64> {
+        self.spec.weight
+    }
 }
 
 /// What a budget records of a limit, and compares between declarations: the rate, the window,
-/// the burst and the shape (what decides the shared GCRA). Which requests a limit matches,
-/// `adaptive` and `spread` are each test's own business and may differ.
+/// the burst, the shape (what decides the shared GCRA) and the reserve (the headroom the whole
+/// budget leaves to others: two tests leaving different headroom on one limit would each
+/// think the other's traffic is production). Which requests a limit matches, `adaptive` and
+/// `spread` are each test's own business and may differ.
 pub fn definition(limit: &Limit) -> String {
+    let reserve = limit
+        .reserve
+        .map(|r| format!(", reserve {r}"))
+        .unwrap_or_default();
     format!(
-        "{} within {}, burst {}, shape {}",
+        "{} within {}, burst {}, shape {}{reserve}",
         limit.limit,
         humantime::format_duration(limit.window),
         limit.burst,
@@ -88,12 +125,54 @@ mod tests {
     }
 
     #[test]
+    fn a_weight_is_bounded_and_needs_a_budget() {
+        let plan = |extra: &str| {
+            format!(
+                "name: t\ntarget: http://127.0.0.1:1\n{extra}\nscenarios:\n- {{name: s, \
+                 executor: constant-vus, vus: 1, duration: 1s, requests: [{{name: r, path: /}}]}}\n"
+            )
+        };
+        let ok = crate::load_str(
+            &plan("budget: acme\nweight: 3"),
+            "test.yaml",
+            &crate::Refs::default(),
+        )
+        .expect("a valid weight");
+        assert_eq!(ok.weight(), Some(3.0));
+        for (extra, want) in [
+            ("budget: acme\nweight: 0", "from 0.01 to 1000"),
+            ("budget: acme\nweight: -1", "from 0.01 to 1000"),
+            ("budget: acme\nweight: 1001", "from 0.01 to 1000"),
+            ("weight: 2", "name the budget"),
+        ] {
+            let text = crate::load_str(&plan(extra), "test.yaml", &crate::Refs::default())
+                .expect_err(extra)
+                .to_string();
+            assert!(
+                text.contains("weight") && text.contains(want),
+                "{extra}: {text}"
+            );
+        }
+        let text = crate::load_str(
+            &plan("budget: acme\nweight: heavy"),
+            "test.yaml",
+            &crate::Refs::default(),
+        )
+        .expect_err("not a number")
+        .to_string();
+        assert!(text.contains("weight"), "{text}");
+        assert!(weight_problem(f64::NAN).is_some());
+        assert!(weight_problem(f64::INFINITY).is_some());
+    }
+
+    #[test]
     fn definitions_differ_by_rate_window_burst_and_shape_only() {
         let src = "name: t\ntarget: http://127.0.0.1:1\nbudget: acme-prod\n\
                    limits:\n- {name: org, limit: 10/s, burst: 2, scope: fleet}\n\
                    - {name: org2, limit: 10/s, burst: 2, scope: fleet, adaptive: true}\n\
                    - {name: org3, limit: 10/s, burst: 3, scope: fleet}\n\
                    - {name: org4, limit: 10/s, burst: 2, scope: fleet, shape: token-bucket}\n\
+                   - {name: org5, limit: 10/s, burst: 2, scope: fleet, reserve: 10%}\n\
                    scenarios:\n- {name: s, executor: constant-vus, vus: 1, duration: 1s, \
                    requests: [{name: r, path: /}]}\n";
         let plan =
@@ -104,5 +183,9 @@ mod tests {
         assert_eq!(d[0], d[1], "adaptive is the test's own");
         assert_ne!(d[0], d[2]);
         assert_ne!(d[0], d[3]);
+        assert_eq!(
+            d[4], "10/s within 1s, burst 2, shape sliding-window, reserve 10%",
+            "two declarations that disagree on reserve are refused"
+        );
     }
 }

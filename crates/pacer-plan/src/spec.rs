@@ -33,6 +33,12 @@ pub struct PlanSpec {
     /// overrides it). 1-64 characters among `A-Z a-z 0-9 . _ -`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<String>,
+    /// This test's weight among the tests on its budget (default 1): each test with a backlog
+    /// gets the budget's limits in proportion to its weight, and a test that needs less leaves
+    /// the rest to the others (`pacer run --weight` overrides it). Needs `budget:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = crate::bounds::MIN_BUDGET_WEIGHT, max = crate::bounds::MAX_BUDGET_WEIGHT))]
+    pub weight: Option<f64>,
     /// Values available to templates as `{{vars.NAME}}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, serde_json::Value>,
@@ -199,6 +205,11 @@ pub struct LimitSpec {
     /// (fleet limits add their lease hold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<HumanDuration>,
+    /// Headroom pacer leaves unused for everyone else on this limit: a share (`10%`) or a rate
+    /// (`2/s`). Where the server reports what is left, pacer paces to that less the reserve
+    /// (docs/rate-limiting.md, "Headroom").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<crate::reserve::Reserve>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]

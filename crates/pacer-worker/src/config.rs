@@ -57,6 +57,8 @@ pub struct RedisJoin {
     pub budget: Option<String>,
     /// How long the budget's keys outlive their last use; `None`: the limiter's default.
     pub budget_idle: Option<Duration>,
+    /// This test's weight on the budget (`--weight`); `None`: the plan's `weight:`, else 1.
+    pub weight: Option<f64>,
     /// How long to send at a safe share while Redis fails, before pausing.
     pub safe_mode_max: Duration,
     /// PEM CA(s) to trust for `rediss://` instead of the system's roots.
@@ -140,6 +142,7 @@ mod tests {
             fleet: None,
             budget: None,
             budget_idle: None,
+            weight: None,
             safe_mode_max: Duration::from_secs(1),
             ca_pem: None,
         });

@@ -8,13 +8,22 @@
 //! so every process naming it paces from one GCRA per limit and one token per credential.
 //!
 //! ```text
-//! <tag>:limit:<name>     one limit's GCRA state (TAT, pause, AIMD factor), PX = ahead + keep
+//! <tag>:limit:<name>     one limit's GCRA state (TAT, pause, learned rate), PX = ahead + keep
+//! <tag>:learn:<name>     HASH: an adaptive limit's learner (owner, turn, version, encoded
+//!                        learner) and the fleet's answers not yet learned from, PX = keep
 //! <tag>:def:<name>       a budget's record of a limit's definition and the test that declared
 //!                        it first, PX = the budget's idle time, refreshed by every heartbeat
 //! <tag>:workers          ZSET worker id -> last heartbeat (ms, Redis clock), PEXPIRE 45 s
 //! <tag>:token:<cred>     the shared bearer token, PX = expires_in - refreshBefore
 //! <tag>:lock:<cred>      SET NX PX: the one refresher of that token
 //! <tag>:events           Pub/Sub channel: pauses and new tokens
+//! <tag>:tests            a budget's registry: HASH test id -> its weight, backlog, granted
+//!                        rate and last sighting ([`super::fair`]), PX = the budget's idle
+//! <tag>:limit:<name>:test:<id>  a budget's test's share of a limit (its own GCRA TAT)
+//! <tag>:granted          HASH limit -> slots granted (each process adds at most once a
+//!                        second), PX = keep; read twice, it is the rate used (status.rs)
+//! <tag>:last429          HASH limits, at_ms, retry_after_ms, process: the last 429 seen
+//!                        (written at most once a second per process), PX = keep
 //! ```
 //!
 //! `<cred>` is [`credential_id`]: a hash of the token URL, client id and scope, so different
@@ -30,6 +39,7 @@ pub const MAX_TEST_ID_LEN: usize = 64;
 pub struct Keys {
     prefix: String,
     budget: Option<String>,
+    test: String,
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), FleetError> {
@@ -61,7 +71,14 @@ impl Keys {
         Ok(Self {
             prefix,
             budget: budget.map(str::to_string),
+            test: test.to_string(),
         })
+    }
+
+    /// The keys of budget `budget`, for a reader that is no test of it (the RateBudget's
+    /// status): the registry and the limits, never a test's own keys.
+    pub fn of_budget(budget: &str) -> Result<Self, FleetError> {
+        Self::new("reader", Some(budget))
     }
 
     /// The budget these keys belong to, if any.
@@ -71,6 +88,11 @@ impl Keys {
 
     pub fn limit(&self, name: &str) -> String {
         format!("{}:limit:{name}", self.prefix)
+    }
+
+    /// An adaptive limit's learner and counters (`lua/learn.lua`).
+    pub fn learner(&self, name: &str) -> String {
+        format!("{}:learn:{name}", self.prefix)
     }
 
     pub fn definition(&self, name: &str) -> String {
@@ -91,6 +113,29 @@ impl Keys {
 
     pub fn events(&self) -> String {
         format!("{}:events", self.prefix)
+    }
+
+    /// A budget's registry of the tests using it (HASH test id -> record).
+    pub fn tests(&self) -> String {
+        format!("{}:tests", self.prefix)
+    }
+
+    /// This test's share of a budget's limit `name`: its own GCRA state at its share's rate.
+    pub fn share(&self, name: &str) -> String {
+        format!("{}:limit:{name}:test:{}", self.prefix, self.test)
+    }
+
+    /// The test id these keys were made for.
+    pub fn test(&self) -> &str {
+        &self.test
+    }
+
+    pub fn granted(&self) -> String {
+        format!("{}:granted", self.prefix)
+    }
+
+    pub fn last429(&self) -> String {
+        format!("{}:last429", self.prefix)
     }
 }
 
@@ -126,7 +171,13 @@ mod tests {
     #[test]
     fn keys_share_one_hash_tag() {
         let k = Keys::new("t-1", None).unwrap();
-        for key in [k.limit("per token"), k.workers(), k.token("g"), k.lock("g")] {
+        for key in [
+            k.limit("per token"),
+            k.learner("per token"),
+            k.workers(),
+            k.token("g"),
+            k.lock("g"),
+        ] {
             assert!(key.starts_with("{pacer:t-1}:"), "{key}");
         }
         assert!(Keys::new("", None).is_err());
@@ -144,10 +195,18 @@ mod tests {
             k.token("g"),
             k.lock("g"),
             k.events(),
+            k.granted(),
+            k.last429(),
+            k.tests(),
+            k.share("org"),
         ] {
             assert!(key.starts_with("{pacer:budget:acme-prod}:"), "{key}");
         }
         assert_eq!(k.budget(), Some("acme-prod"));
+        assert_eq!(
+            k.share("org"),
+            "{pacer:budget:acme-prod}:limit:org:test:t-1"
+        );
         let e = Keys::new("t-1", Some("acme prod")).unwrap_err().to_string();
         assert!(e.contains("budget \"acme prod\""), "{e}");
     }

@@ -35,10 +35,11 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use super::scripts::{self, FeedbackReply, LeaseReply};
 use super::{Event, Fleet, Mode};
-use crate::gcra::{
-    AIMD_DECREASE, AIMD_INCREASE, AIMD_MIN_FACTOR, DEFAULT_SPREAD, FleetLimitReport,
+use crate::gcra::{DEFAULT_SPREAD, FleetLimitReport};
+use crate::learn::{self, Change, Learner};
+use crate::{
+    Feedback, Grant, LimitReport, Limiter, LimiterError, LocalLimiter, PauseOrigin, RequestMeta,
 };
-use crate::{Feedback, Grant, LimitReport, Limiter, LimiterError, LocalLimiter, RequestMeta};
 
 /// A slot not used within its limit's *hold* after its own time lapses. The hold is
 /// [`LEASE_HOLD_SHARE`] of the limit's window, at least this (windows up to 5 s)...
@@ -67,9 +68,15 @@ const UNAVAILABLE_WAIT: Duration = Duration::from_secs(1);
 const DEMAND_TICK: Duration = Duration::from_millis(250);
 /// This worker's spend rate (for its safe share) is measured over ticks of this length.
 const SPEND_TICK: Duration = Duration::from_secs(1);
-/// Adaptive feedback goes to Redis at most this often per limit (the script decreases at most
-/// once per window anyway).
-const ADAPTIVE_FEEDBACK_EVERY: Duration = Duration::from_millis(100);
+/// How often every process adds what it saw of an adaptive limit to the fleet's counters, and
+/// the fleet's learner takes its turn ([`learn`]): a tenth of the shortest stretch
+/// ([`learn::MIN_STRETCH`]), so the batches cost the measurement at most a few percent, at one
+/// Redis call per process per limit every 100 ms.
+const LEARN_EVERY: Duration = Duration::from_millis(100);
+/// The learning process keeps its turn this long after its last call: a process that died (or
+/// stalled) is replaced by the next caller after at most this, and the learner continues from
+/// the state it stored last (the answers of its last 100 ms are lost, nothing more).
+const LEARN_TURN: Duration = Duration::from_secs(1);
 /// A pause learned locally that Redis already holds (within this) is not sent again.
 const PAUSE_SLACK: Duration = Duration::from_millis(5);
 
@@ -141,10 +148,12 @@ struct LimitState {
     pauses: u64,
     paused: Duration,
     throttled: u64,
-    /// The shared AIMD factor and the sustained one, as of the last reply.
+    /// The share of the ceiling paced at and the share measured to pass (0: not measured), as
+    /// the fleet's learner last wrote them (fixed limits: 1, 0).
     factor: f64,
     sustained: f64,
-    last_adaptive_feedback: Option<Instant>,
+    /// Adaptive limits: what this process saw since its last turn ([`LEARN_EVERY`]).
+    seen: Seen,
     spent_tick: u64,
     spent_tick_start: Instant,
     /// This worker's recent rate on this limit (tokens/s), for its safe share.
@@ -166,7 +175,7 @@ impl LimitState {
             throttled: 0,
             factor: 1.0,
             sustained: 0.0,
-            last_adaptive_feedback: None,
+            seen: Seen::default(),
             spent_tick: 0,
             spent_tick_start: now,
             spent_rate: 0.0,
@@ -209,6 +218,34 @@ impl LimitState {
             self.spent_tick_start = now;
         }
     }
+}
+
+/// What one process saw of an adaptive limit between two turns of the fleet's learner.
+#[derive(Debug, Default)]
+struct Seen {
+    accepted: u64,
+    refused: u64,
+    /// A server's own Retry-After paused the limit (the learner's count is spoiled).
+    paused: bool,
+    /// The rate a server stated last (IETF `RateLimit-Policy`).
+    stated: Option<f64>,
+}
+
+/// The fleet's learner of one adaptive limit, while this process is the one that learns.
+struct Learning {
+    /// The version of the stored learner this one continues.
+    version: u64,
+    learner: Learner,
+    /// What to store at the next turn (the learner has changed since the last).
+    pending: Option<Decision>,
+}
+
+/// What the learner decided, for Redis to store and apply.
+struct Decision {
+    encoded: String,
+    factor: f64,
+    sustained: f64,
+    pause: Duration,
 }
 
 /// One class's lease.
@@ -320,6 +357,8 @@ struct Inner {
     pause_changed: Notify,
     /// How long a state key outlives its last slot (ms).
     keep_ms: u64,
+    /// Slots granted and the last 429, noted in Redis for the budget's status.
+    notes: super::notes::Notes,
 }
 
 /// The limiter of a fleet worker: `scope: fleet` limits through Redis, `scope: worker` limits
@@ -330,6 +369,8 @@ pub struct FleetLimiter {
     /// `scope: worker` limits (in their own index space) and their plan indices.
     local: Option<(LocalLimiter, Vec<usize>)>,
     listener: JoinHandle<()>,
+    /// The turns at the fleet's learner, when a fleet limit is adaptive.
+    learning: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for FleetLimiter {
@@ -344,6 +385,9 @@ impl std::fmt::Debug for FleetLimiter {
 impl Drop for FleetLimiter {
     fn drop(&mut self) {
         self.listener.abort();
+        if let Some(t) = &self.learning {
+            t.abort();
+        }
     }
 }
 
@@ -393,9 +437,17 @@ impl FleetLimiter {
             classes: Mutex::new(HashMap::new()),
             pause_changed: Notify::new(),
             keep_ms,
+            notes: super::notes::Notes::default(),
         });
         let listener = tokio::spawn(listen(Arc::downgrade(&inner), fleet.subscribe()));
+        let learning = (inner.adaptive_bits() != 0).then(|| {
+            for l in inner.limits.iter().filter(|l| l.limit.adaptive) {
+                fleet.track_key(fleet.keys().learner(&l.limit.name));
+            }
+            tokio::spawn(learn_turns(Arc::downgrade(&inner)))
+        });
         Self {
+            learning,
             inner,
             plan_limits: limits.to_vec(),
             local: (!local_limits.is_empty())
@@ -433,7 +485,196 @@ impl FleetLimiter {
     }
 }
 
+/// A 429 or a 503: the server refused the request (for a limit, not for a fault).
+fn is_refusal(status: u16) -> bool {
+    status == 429 || status == 503
+}
+
+/// Every [`LEARN_EVERY`], this process's turn at each adaptive limit's learner: what it saw
+/// goes into the fleet's counters and, when it is the learning process, the learner runs over
+/// the fleet's totals. While Redis fails nothing is sent (the counts wait for it); once the
+/// worker leaves the fleet, nothing more.
+async fn learn_turns(inner: Weak<Inner>) {
+    let adaptive: Vec<usize> = match inner.upgrade() {
+        Some(i) => (0..i.limits.len())
+            .filter(|&j| i.limits[j].limit.adaptive)
+            .collect(),
+        None => return,
+    };
+    let mut learning: Vec<Option<Learning>> = adaptive.iter().map(|_| None).collect();
+    let mut tick = tokio::time::interval(LEARN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.fleet.is_leaving() {
+            return;
+        }
+        if inner.fleet.mode().0 != Mode::Healthy {
+            continue;
+        }
+        for (slot, &i) in learning.iter_mut().zip(&adaptive) {
+            // A change (a cut, a stated rate) is stored and applied at once, not a turn later.
+            if inner.learn_turn(i, slot).await {
+                inner.learn_turn(i, slot).await;
+            }
+        }
+    }
+}
+
 impl Inner {
+    /// The fleet limits (as bits) that are adaptive.
+    fn adaptive_bits(&self) -> u64 {
+        self.limits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.limit.adaptive)
+            .fold(0, |acc, (i, _)| acc | (1 << i))
+    }
+
+    /// One turn at limit `i`'s learner (`lua/learn.lua`); `slot` holds the learner while this
+    /// process is the learning one. True when the learner changed the rate with a pause or a
+    /// stated rate (the caller takes another turn at once, to store and apply it).
+    async fn learn_turn(&self, i: usize, slot: &mut Option<Learning>) -> bool {
+        let l = &self.limits[i];
+        let seen = std::mem::take(&mut self.state.lock()[i].seen);
+        let (version, pending) = match slot.as_mut() {
+            Some(x) => (i64::try_from(x.version).unwrap_or(-1), x.pending.take()),
+            None => (-1, None),
+        };
+        let mut inv = scripts::LEARN.key(self.fleet.keys().learner(&l.limit.name));
+        inv.key(&l.key)
+            .arg(self.fleet.worker_id())
+            .arg(LEARN_TURN.as_millis() as u64)
+            .arg(seen.accepted)
+            .arg(seen.refused)
+            .arg(u8::from(seen.paused))
+            .arg(seen.stated.map_or_else(String::new, |r| format!("{r:.6}")))
+            .arg(version)
+            .arg(pending.as_ref().map_or("", |p| p.encoded.as_str()))
+            .arg(format!("{:.6}", pending.as_ref().map_or(0.0, |p| p.factor)))
+            .arg(format!(
+                "{:.6}",
+                pending.as_ref().map_or(0.0, |p| p.sustained)
+            ))
+            .arg(pending.as_ref().map_or(0, |p| p.pause.as_micros() as u64))
+            .arg(self.fleet.keys().events())
+            .arg(&l.limit.name)
+            .arg(self.keep_ms)
+            .arg(format!("{:.6}", l.ceiling))
+            .arg(l.burst.max(1));
+        let reply = self
+            .fleet
+            .script("the learner's turn", inv)
+            .await
+            .and_then(|v| scripts::parse_learn(&v));
+        let r = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing was counted: what was seen waits for the next turn.
+                let mut st = self.state.lock();
+                let s = &mut st[i].seen;
+                s.accepted = s.accepted.saturating_add(seen.accepted);
+                s.refused = s.refused.saturating_add(seen.refused);
+                s.paused |= seen.paused;
+                s.stated = s.stated.or(seen.stated);
+                drop(st);
+                if let Some(x) = slot.as_mut() {
+                    x.pending = x.pending.take().or(pending);
+                }
+                if matches!(e, super::FleetError::Reply { .. }) {
+                    self.fleet.record_failure(&e);
+                }
+                tracing::debug!(error = %e, limit = %l.limit.name, "the learner's turn failed");
+                return false;
+            }
+        };
+        if !r.learner {
+            // Another process learns; what this one held is stale from now on.
+            *slot = None;
+            return false;
+        }
+        // The fleet's one clock: Redis'.
+        let now = r.now_us.saturating_mul(1000);
+        let mut learning = match slot.take() {
+            Some(mut x) if r.in_step => {
+                x.version = r.version;
+                x
+            }
+            _ => {
+                let stored = r.stored.as_deref().and_then(|t| match Learner::decode(t) {
+                    Ok(found) if (found.ceiling() - l.ceiling).abs() <= 1e-6 * l.ceiling => {
+                        Some(found)
+                    }
+                    Ok(_) => {
+                        tracing::info!(limit = %l.limit.name, "the stored learner has another ceiling: learning anew");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(limit = %l.limit.name, error = %e, "the stored learner is unreadable: learning anew");
+                        None
+                    }
+                });
+                tracing::debug!(limit = %l.limit.name, resumed = stored.is_some(), "this process learns for the fleet");
+                Learning {
+                    version: r.version,
+                    learner: stored.unwrap_or_else(|| Learner::new(l.ceiling, l.limit.window, now)),
+                    pending: None,
+                }
+            }
+        };
+        let learner = &mut learning.learner;
+        let mut changes = Vec::new();
+        if let Some(rate) = r.stated {
+            changes.extend(learner.stated(rate, now));
+        }
+        if r.paused {
+            learner.paused();
+        }
+        learner.observe(r.accepted, r.refused, now);
+        changes.extend(learner.tick(now));
+        let mut pause = Duration::ZERO;
+        for c in &changes {
+            match *c {
+                Change::Cut {
+                    rate,
+                    accepted,
+                    pause: p,
+                } => {
+                    tracing::debug!(limit = %l.limit.name, rate, accepted, ?p, "adaptive (fleet): refused, rate cut");
+                    pause = pause.max(p);
+                }
+                Change::Stated { rate, pause: p } => {
+                    tracing::debug!(limit = %l.limit.name, rate, "adaptive (fleet): the server stated its rate");
+                    pause = pause.max(p);
+                }
+                Change::Probe { rate } => {
+                    tracing::debug!(limit = %l.limit.name, rate, "adaptive (fleet): probing upward");
+                }
+            }
+        }
+        let factor = (learner.rate() / l.ceiling).clamp(learn::MIN_SHARE, 1.0);
+        let sustained = learner
+            .sustained()
+            .map_or(0.0, |s| (s / l.ceiling).clamp(0.0, 1.0));
+        {
+            // This process paces at it at once; the others from their next lease.
+            let mut st = self.state.lock();
+            st[i].factor = factor;
+            st[i].sustained = sustained;
+        }
+        learning.pending = Some(Decision {
+            encoded: learning.learner.encode(),
+            factor,
+            sustained,
+            pause,
+        });
+        *slot = Some(learning);
+        changes
+            .iter()
+            .any(|c| matches!(c, Change::Cut { .. } | Change::Stated { .. }))
+    }
+
     fn class(&self, bits: u64) -> Arc<Class> {
         self.classes
             .lock()
@@ -608,8 +849,7 @@ impl Inner {
         }
         inv.arg(want)
             .arg(LEASE_MAX_AHEAD.as_micros() as u64)
-            .arg(self.keep_ms)
-            .arg(AIMD_INCREASE);
+            .arg(self.keep_ms);
         for (&i, d) in class.limits.iter().zip(&debt) {
             let l = &self.limits[i];
             inv.arg(format!("{:.6}", l.ceiling))
@@ -617,6 +857,25 @@ impl Inner {
                 .arg(l.window_us)
                 .arg(u8::from(l.limit.adaptive))
                 .arg(*d);
+        }
+        // On a budget the lease keeps to this test's fair share (`fair`): the process says
+        // whether its test wants more than it gets (`fair::hungry`).
+        if self.fleet.keys().budget().is_some() {
+            let hungry = {
+                let st = class.st.lock();
+                let need = st.waiters.saturating_sub(st.holding);
+                super::fair::hungry(need, want, st.demand(Instant::now()))
+            };
+            super::fair::lease_tail(
+                &mut inv,
+                self.fleet.keys(),
+                class
+                    .limits
+                    .iter()
+                    .map(|&i| self.limits[i].limit.name.as_str()),
+                self.fleet.weight(),
+                hungry,
+            );
         }
         let reply = self
             .fleet
@@ -632,6 +891,15 @@ impl Inner {
                     wait_ms = r.wait.as_secs_f64() * 1e3,
                     ahead_ms = r.offsets.last().map(|o| o.as_secs_f64() * 1e3),
                     "lease"
+                );
+                self.notes.granted(
+                    &self.fleet,
+                    self.keep_ms,
+                    class
+                        .limits
+                        .iter()
+                        .map(|&i| self.limits[i].limit.name.as_str()),
+                    r.offsets.len() as u64,
                 );
                 self.apply_lease(class, &r, received, epoch)
             }
@@ -657,8 +925,7 @@ impl Inner {
         }
         inv.arg(0u32)
             .arg(LEASE_MAX_AHEAD.as_micros() as u64)
-            .arg(self.keep_ms)
-            .arg(AIMD_INCREASE);
+            .arg(self.keep_ms);
         for l in &self.limits {
             inv.arg(format!("{:.6}", l.ceiling))
                 .arg(l.burst.max(1))
@@ -685,7 +952,7 @@ impl Inner {
         {
             let mut st = self.state.lock();
             for (j, &i) in class.limits.iter().enumerate() {
-                st[i].factor = r.factors[j].max(AIMD_MIN_FACTOR);
+                st[i].factor = r.factors[j].max(learn::MIN_SHARE);
                 st[i].sustained = r.sustained[j];
             }
         }
@@ -824,23 +1091,40 @@ impl Inner {
             .filter(|i| bits & (1 << i) != 0)
             .collect();
         let now = Instant::now();
+        let refused = is_refusal(fb.status);
         let mut tell_redis = false;
         let mut extended = false;
         {
             let mut st = self.state.lock();
             for &i in &limits {
                 let s = &mut st[i];
+                let adaptive = self.limits[i].limit.adaptive;
                 if fb.status == 429 {
                     s.throttled += 1;
-                    if self.limits[i].limit.adaptive
-                        && s.last_adaptive_feedback
-                            .is_none_or(|t| now - t >= ADAPTIVE_FEEDBACK_EVERY)
-                    {
-                        s.last_adaptive_feedback = Some(now);
-                        tell_redis = true;
+                }
+                if adaptive {
+                    // For the fleet's learner, at this process's next turn.
+                    if refused {
+                        s.seen.refused += 1;
+                    } else {
+                        s.seen.accepted += 1;
+                    }
+                    if let Some(rate) = fb.stated_rate {
+                        s.seen.stated = Some(rate);
                     }
                 }
+                if !refused {
+                    continue;
+                }
+                // An adaptive limit pauses (briefly) when the learner cuts its rate: the plan's
+                // blunt default would stop the fleet for seconds on a refusal it acts on.
+                if adaptive && fb.pause_origin == PauseOrigin::PlanDefault {
+                    continue;
+                }
                 if let Some(ra) = fb.retry_after.filter(|ra| !ra.is_zero()) {
+                    if adaptive {
+                        s.seen.paused = true;
+                    }
                     let until = now + ra;
                     // Redis already holds this pause (we learned it from there): do not resend.
                     if s.pause_until.is_none_or(|p| p + PAUSE_SLACK < until) {
@@ -852,6 +1136,17 @@ impl Inner {
         }
         if extended {
             self.pause_changed.notify_waiters();
+        }
+        if fb.status == 429 && !limits.is_empty() {
+            self.notes.throttled(
+                &self.fleet,
+                self.keep_ms,
+                limits
+                    .iter()
+                    .map(|&i| self.limits[i].limit.name.clone())
+                    .collect(),
+                fb.retry_after,
+            );
         }
         // Tried even in safe mode: Redis may be slow rather than gone, and the other workers
         // can only learn the pause from it (the call runs on its own task, bounded).
@@ -870,18 +1165,12 @@ impl Inner {
         }
         inv.arg(self.fleet.keys().events())
             .arg(fb.retry_after.map_or(0, |d| d.as_micros() as u64))
-            .arg(u8::from(fb.status == 429))
-            .arg(self.keep_ms)
-            .arg(AIMD_DECREASE)
-            .arg(AIMD_MIN_FACTOR)
-            .arg(AIMD_INCREASE)
-            .arg(5_000_000u64);
+            .arg(self.keep_ms);
         for &i in &limits {
             let l = &self.limits[i];
             inv.arg(&l.limit.name)
                 .arg(format!("{:.6}", l.ceiling))
                 .arg(l.burst.max(1))
-                .arg(l.window_us)
                 .arg(u8::from(l.limit.adaptive));
         }
         let reply: Result<FeedbackReply, _> = self
@@ -892,12 +1181,6 @@ impl Inner {
         let received = Instant::now();
         match reply {
             Ok(r) => {
-                {
-                    let mut st = self.state.lock();
-                    for (j, &i) in limits.iter().enumerate() {
-                        st[i].factor = r.factors[j].max(AIMD_MIN_FACTOR);
-                    }
-                }
                 for (j, &i) in limits.iter().enumerate() {
                     if !r.pauses[j].is_zero() {
                         self.pause(i, received + r.pauses[j]);
@@ -998,14 +1281,13 @@ impl Limiter for FleetLimiter {
     }
 
     fn feedback(&self, req: &RequestMeta<'_>, fb: &Feedback) {
-        if fb.status != 429 && fb.status != 503 {
-            return;
-        }
         let (bits, local) = self.matched(req);
+        // Every answer teaches an adaptive limit (a worker's own, or the fleet's learner);
+        // a declared limit reacts to refusals only.
         if local && let Some((lim, _)) = &self.local {
             lim.feedback(req, fb);
         }
-        if bits != 0 {
+        if bits != 0 && (is_refusal(fb.status) || bits & self.inner.adaptive_bits() != 0) {
             self.inner.feedback(bits, fb);
         }
     }

@@ -15,9 +15,12 @@
 //!
 //! docs/rate-limiting.md ("Fleets") says what this guarantees and with which numbers.
 
+pub mod fair;
 pub mod keys;
 mod limiter;
+mod notes;
 mod scripts;
+pub mod status;
 mod tokens;
 
 use std::collections::BTreeSet;
@@ -108,6 +111,9 @@ pub struct FleetConfig {
     /// How long the budget's keys outlive their last use ([`BUDGET_IDLE`]; tests shorten it,
     /// within [`BUDGET_IDLE_MIN`]..=[`BUDGET_IDLE_MAX`]).
     pub budget_idle: Duration,
+    /// This test's weight among the tests on the budget (`weight:`, `--weight`; `None`: 1):
+    /// its share of each limit while others have a backlog ([`fair`]). Only with a budget.
+    pub weight: Option<f64>,
     /// TCP (and TLS) connect timeout. redis-rs' own default is 1 s.
     pub connect_timeout: Duration,
     /// Longest wait for any Redis answer; beyond it Redis counts as failing (safe mode).
@@ -129,6 +135,7 @@ impl FleetConfig {
             test_id: test_id.into(),
             budget: None,
             budget_idle: BUDGET_IDLE,
+            weight: None,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_millis(500),
             safe_mode_max: Duration::from_secs(10),
@@ -144,6 +151,7 @@ impl std::fmt::Debug for FleetConfig {
             .field("test_id", &self.test_id)
             .field("budget", &self.budget)
             .field("budget_idle", &self.budget_idle)
+            .field("weight", &self.weight)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("safe_mode_max", &self.safe_mode_max)
@@ -288,6 +296,9 @@ pub struct Fleet {
     max_workers: AtomicU32,
     health: Mutex<Health>,
     probing: AtomicBool,
+    /// Set when the worker leaves: an adaptive limit's learner stops taking turns (the last
+    /// worker deletes the keys it would otherwise start over in).
+    leaving: AtomicBool,
     /// Notified on every change of mode.
     health_changed: Notify,
     events: broadcast::Sender<Event>,
@@ -298,6 +309,8 @@ pub struct Fleet {
     budget_idle: Duration,
     /// The budget's definition keys this worker declared: every heartbeat refreshes them.
     definitions: Mutex<BTreeSet<String>>,
+    /// This test's weight on the budget (1 without one).
+    weight: f64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -320,6 +333,20 @@ impl Fleet {
                 "the budget's idle time {:?} must be within {:?}..={:?}",
                 cfg.budget_idle, BUDGET_IDLE_MIN, BUDGET_IDLE_MAX
             )));
+        }
+        match (cfg.weight, &cfg.budget) {
+            (Some(w), _) if pacer_plan::budget::weight_problem(w).is_some() => {
+                return Err(FleetError::Config(format!(
+                    "weight {}",
+                    pacer_plan::budget::weight_problem(w).unwrap_or_default()
+                )));
+            }
+            (Some(_), None) => {
+                return Err(FleetError::Config(
+                    "a weight is a test's share of a budget: name the budget too".into(),
+                ));
+            }
+            _ => {}
         }
         let addr = redacted_url(&cfg.url);
         let connect_err = |reason: String| FleetError::Connect {
@@ -406,12 +433,14 @@ impl Fleet {
             max_workers: AtomicU32::new(1),
             health: Mutex::new(Health::default()),
             probing: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             health_changed: Notify::new(),
             events,
             known_keys: Mutex::new(BTreeSet::new()),
             test_id: cfg.test_id.clone(),
             budget_idle: cfg.budget_idle,
             definitions: Mutex::new(BTreeSet::new()),
+            weight: cfg.weight.unwrap_or(1.0),
             tasks: Mutex::new(Vec::new()),
         });
         fleet
@@ -428,6 +457,11 @@ impl Fleet {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// This test's weight on its budget (1 without a budget or a weight).
+    pub fn weight(&self) -> f64 {
+        self.weight
     }
 
     pub fn worker_id(&self) -> &str {
@@ -505,6 +539,11 @@ impl Fleet {
             .lock()
             .extend(limits.iter().map(|(n, _)| self.keys.definition(n)));
         Ok(())
+    }
+
+    /// Whether the worker is leaving the fleet (or left).
+    pub(crate) fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
     }
 
     /// The current mode, and the epoch that changes with it.
@@ -688,6 +727,13 @@ impl Fleet {
             .arg((HEARTBEAT_STALE * 3).as_millis() as u64)
             .arg(self.keys.events())
             .arg(self.budget_idle.as_millis() as u64);
+        // On a budget: this test stays in the budget's registry of tests (with its weight).
+        if self.keys.budget().is_some() {
+            inv.key(self.keys.tests())
+                .arg(self.keys.test())
+                .arg(fair::weight_arg(self.weight))
+                .arg(fair::TEST_STALE.as_millis() as u64);
+        }
         let v = self.script("the heartbeat", inv).await?;
         let n = scripts::parse_count("the heartbeat", &v)?;
         self.set_workers(n);
@@ -699,6 +745,7 @@ impl Fleet {
     /// them now or later): they expire after the budget's idle time. Returns whether this
     /// worker cleaned up.
     pub async fn leave(self: &Arc<Self>) -> Result<bool, FleetError> {
+        self.leaving.store(true, Ordering::Release);
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
@@ -880,3 +927,6 @@ mod tests {
 
 #[cfg(test)]
 mod redis_tests;
+
+#[cfg(test)]
+mod fair_tests;

@@ -5,36 +5,162 @@
 -- ARGV[1]   want: tokens wanted (>= 1)
 -- ARGV[2]   max_ahead_us: grant no slot later than now + this
 -- ARGV[3]   keep_ms: how long an idle limit's state outlives its last slot
--- ARGV[4]   aimd_increase: share of the ceiling added after a window without 429
--- then per limit i, at 4 + (i-1)*5: ceiling (tokens/s), burst, window_us, adaptive (0|1),
+-- then per limit i, at 3 + (i-1)*5: ceiling (tokens/s), burst, window_us, adaptive (0|1:
+--           paced at the learned share of the ceiling, learn.lua),
 --           debt: tokens this worker sent in safe mode while Redis was gone (charged first)
 --
 -- Returns { granted, wait_us, {pause_us...}, {factor_ppm...}, {sustained_ppm...}, {offset_us...} }
 --   offset_us: each granted slot as a delay from now (durations, never absolute times)
 --   wait_us:   nothing granted: how long until a slot fits in max_ahead (or a pause ends)
 --   pause_us:  per limit, how long its Retry-After pause still holds (then nothing is granted)
+--
+-- Fair shares between the tests of a budget (see fair_begin below) add, when the last ARGV is
+-- 'fair1': KEYS[n + i] this test's share key of limit i, KEYS[2n + 1] the budget's registry.
+
+-- Fair shares between the tests of a budget (docs/rate-limiting.md, "Weights and fair shares").
+-- Each test may take slots of the budget's schedule only as fast as its share of each limit:
+-- share = weight / (its weight + the weights of the other tests with a backlog), so a test
+-- alone, or next to tests that need less than their shares, may use the whole limit (work-
+-- conserving), and tests with a backlog split it by weight. A test's share is a GCRA of its own
+-- per limit (KEYS[n + i]: "tat" in us) at limit rate x share, with a slack of a lease span; it
+-- is checked at the slot the budget's schedule offers and never moves that schedule, so no
+-- capacity is skipped. A test has a backlog while it wanted more than it got: its share
+-- stopped a lease, the lease was short, or the process said more requests wait than it asked
+-- for (hungry), within the last backlog_hold_ms.
+-- Registry (HASH test id -> "t1 weight backlog_ms seen_ms rate win_start_ms win_count", ms of
+-- this server's clock; rate: tokens granted to the test per second over its last whole
+-- FAIR_RATE_WINDOW_MS), refreshed here and by heartbeat.lua, which expires stale tests.
+-- The tail of ARGV: test id, weight, hungry (0|1), backlog_hold_ms, slack_us, share_keep_ms,
+-- 'fair1'.
+local FAIR_TAIL = 7
+local FAIR_RATE_WINDOW_MS = 1000
+
+local function fair_record(raw)
+  local r = { weight = 1, backlog = 0, seen = 0, rate = 0, ws = 0, wc = 0 }
+  if type(raw) ~= 'string' then
+    return r
+  end
+  local f = {}
+  for w in string.gmatch(raw, '%S+') do
+    f[#f + 1] = w
+  end
+  if f[1] ~= 't1' or #f ~= 7 then
+    return r
+  end
+  local v = {}
+  for i = 2, 7 do
+    v[i - 1] = tonumber(f[i])
+    if v[i - 1] == nil then
+      return r
+    end
+  end
+  r.weight, r.backlog, r.seen, r.rate, r.ws, r.wc = v[1], v[2], v[3], v[4], v[5], v[6]
+  if not (r.weight > 0) then
+    r.weight = 1
+  end
+  return r
+end
+
+-- nil without a budget; else the fair-share state of this lease (n: the limits).
+local function fair_begin()
+  if #ARGV <= FAIR_TAIL or ARGV[#ARGV] ~= 'fair1' or #KEYS < 3 or #KEYS % 2 ~= 1 then
+    return nil
+  end
+  local a = #ARGV - FAIR_TAIL
+  local f = { test = ARGV[a + 1], weight = tonumber(ARGV[a + 2]), hungry = ARGV[a + 3] == '1',
+              hold = tonumber(ARGV[a + 4]), slack = tonumber(ARGV[a + 5]),
+              keep = tonumber(ARGV[a + 6]), n = (#KEYS - 1) / 2, limited = false }
+  if not (f.weight and f.weight > 0) then
+    f.weight = 1
+  end
+  f.registry = KEYS[#KEYS]
+  return f
+end
+
+-- This test's share now, and its share keys' states (st: the limits' GCRA states).
+local function fair_load(f, now, st)
+  local now_ms = math.floor(now / 1000)
+  local all = redis.call('HGETALL', f.registry)
+  local others = 0
+  for i = 1, #all, 2 do
+    local r = fair_record(all[i + 1])
+    if all[i] == f.test then
+      f.rec = r
+    elseif now_ms - r.backlog <= f.hold and now_ms - r.seen <= f.hold then
+      others = others + r.weight
+    end
+  end
+  f.rec = f.rec or fair_record(nil)
+  f.share = f.weight / (f.weight + others)
+  f.now_ms = now_ms
+  f.tat, f.t, f.tau = {}, {}, {}
+  for i = 1, f.n do
+    f.tat[i] = tonumber(redis.call('GET', KEYS[f.n + i])) or 0
+    f.t[i] = st[i].t / f.share
+    f.tau[i] = math.max(st[i].tau, f.slack)
+  end
+end
+
+-- When this test's share allows a slot at `at`: nil if it does now.
+local function fair_blocks(f, at)
+  local next_at = nil
+  for i = 1, f.n do
+    local ok_at = f.tat[i] - f.tau[i]
+    if ok_at > at then
+      next_at = math.max(next_at or ok_at, ok_at)
+    end
+  end
+  return next_at
+end
+
+local function fair_take(f, at)
+  for i = 1, f.n do
+    f.tat[i] = math.max(f.tat[i], at) + f.t[i]
+  end
+end
+
+local function fair_save(f, now, want, granted)
+  for i = 1, f.n do
+    local ttl = math.floor(math.max(f.tat[i] - now, 0) / 1000 + f.tau[i] / 1000) + f.keep
+    redis.call('SET', KEYS[f.n + i], string.format('%.3f', f.tat[i]), 'PX', ttl)
+  end
+  local r = f.rec
+  r.weight = f.weight
+  r.seen = f.now_ms
+  if f.limited or f.hungry or granted < want then
+    r.backlog = f.now_ms
+  end
+  local el = f.now_ms - r.ws
+  if el >= FAIR_RATE_WINDOW_MS then
+    r.rate = r.wc * 1000 / el
+    r.ws = f.now_ms
+    r.wc = 0
+  end
+  r.wc = r.wc + granted
+  redis.call('HSET', f.registry, f.test, string.format('t1 %.6f %.0f %.0f %.3f %.0f %.0f',
+    r.weight, r.backlog, r.seen, r.rate, r.ws, r.wc))
+end
 
 local now = now_us()
 local want = tonumber(ARGV[1])
 local max_ahead = tonumber(ARGV[2])
 local keep_ms = tonumber(ARGV[3])
-local inc = tonumber(ARGV[4])
 local n = #KEYS
+local fair = fair_begin()
+if fair then
+  n = fair.n
+end
 local st = {}
 local pauses = {}
 local paused = 0
 local changed = false
 for i = 1, n do
-  local b = 4 + (i - 1) * 5
+  local b = 3 + (i - 1) * 5
   local ceiling = tonumber(ARGV[b + 1])
   local burst = tonumber(ARGV[b + 2])
-  local window = tonumber(ARGV[b + 3])
   local adaptive = ARGV[b + 4] == '1'
   local debt = tonumber(ARGV[b + 5])
   local s = load_state(KEYS[i], now)
-  if adaptive and maybe_increase(s, now, window, inc) then
-    changed = true
-  end
   local rate = ceiling
   if adaptive then
     rate = ceiling * s.factor
@@ -63,6 +189,9 @@ end
 local offsets = {}
 local granted = 0
 local wait = paused
+if fair and paused == 0 and want > 0 then
+  fair_load(fair, now, st)
+end
 if paused == 0 then
   while granted < want do
     local at = now
@@ -72,6 +201,15 @@ if paused == 0 then
     if at - now > max_ahead then
       wait = at - now - max_ahead
       break
+    end
+    local share_at = fair and fair_blocks(fair, at)
+    if share_at then
+      fair.limited = true
+      wait = share_at - now
+      break
+    end
+    if fair then
+      fair_take(fair, at)
     end
     for i = 1, n do
       st[i].tat = math.max(st[i].tat, at) + st[i].t
@@ -85,5 +223,9 @@ if granted > 0 or changed then
   for i = 1, n do
     save_state(KEYS[i], st[i], now, st[i].tau, keep_ms)
   end
+end
+if fair and fair.rec then
+  fair_save(fair, now, want, granted)
+  redis.call('PEXPIRE', fair.registry, keep_ms)
 end
 return { granted, math.ceil(wait), pauses, factors, sustained, offsets }
