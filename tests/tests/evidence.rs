@@ -97,8 +97,9 @@ async fn the_user_story_forecast_matches_the_run() {
     );
 }
 
-/// A fleet plan (two worker processes sharing a `scope: fleet` limit, no Redis): the forecast
-/// is the whole test's, and the two workers together measure it within 5%.
+/// A fleet plan (`pacer run --workers 2`: two worker processes sharing a `scope: fleet` limit
+/// that the controller serves, no Redis): the forecast is the whole test's, and the two
+/// workers together measure it within 5%.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_plans_forecast_matches_the_run_of_its_workers() {
     let mock = start_mock(pacer_mock::MockConfig::default()).await;
@@ -121,7 +122,14 @@ async fn a_fleet_plans_forecast_matches_the_run_of_its_workers() {
         "{}",
         stdout(&out)
     );
-    let r = run_summary(dir.path(), &text, &[], &envs, Duration::from_secs(90)).await;
+    let r = run_summary(
+        dir.path(),
+        &text,
+        &["--workers".into(), "2".into()],
+        &envs,
+        Duration::from_secs(90),
+    )
+    .await;
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let (rate, took) = measured(&r.summary, 5);
     println!(
@@ -308,4 +316,77 @@ async fn a_retry_renders_attempt_anew_and_keeps_the_correlation_id() {
         serde_json::from_str(std::fs::read_to_string(&ledger).unwrap().trim()).unwrap();
     assert_eq!(line["correlationId"], "mine-1");
     assert_eq!(line["attempt"], 1);
+}
+
+/// Two workers (`workers: 2`, one controller): each worker's ledger travels in its snapshot
+/// and the controller's `--out ledger=FILE` is the merge: one line per 429 the mock sent,
+/// each naming the worker that got it, with the id the mock received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleets_ledger_is_the_merge_of_its_workers() {
+    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
+    config.record_arrivals = true;
+    let mock = start_mock(config).await;
+    mock.control().force_429(6, 0);
+    let target = format!("http://{}", mock.addr());
+    let plan = format!(
+        "name: fleet-ledger\ntarget: {target}\nworkers: 2\nscenarios:\n  - name: s\n    executor: constant-arrival-rate\n    rate: 10/s\n    duration: 2s\n    requests:\n      - {{name: q, path: /api/v2/users/me}}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let r = run_summary(
+        dir.path(),
+        &plan,
+        &[
+            "--out".into(),
+            format!("ledger={}", ledger.display()),
+            "--workers".into(),
+            "2".into(),
+        ],
+        &[],
+        Duration::from_secs(60),
+    )
+    .await;
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&ledger)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let refused: Vec<String> = mock
+        .control()
+        .arrivals()
+        .arrivals
+        .iter()
+        .filter(|a| a.status == 429)
+        .map(|a| a.correlation_id.clone().unwrap())
+        .collect();
+    let mut logged: Vec<String> = lines
+        .iter()
+        .map(|l| l["correlationId"].as_str().unwrap().to_string())
+        .collect();
+    let mut expected = refused.clone();
+    logged.sort();
+    expected.sort();
+    let workers: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l["worker"].as_str()).collect();
+    println!(
+        "fleet ledger: {} lines from workers {workers:?}; the mock sent {} 429s",
+        lines.len(),
+        refused.len()
+    );
+    assert_eq!(refused.len(), 6, "{}", r.stdout);
+    assert_eq!(
+        logged, expected,
+        "one line per 429, with the ids the mock got"
+    );
+    assert!(
+        lines.iter().all(|l| l["worker"]
+            .as_str()
+            .is_some_and(|w| w == "worker 0" || w == "worker 1")),
+        "every line names its worker: {lines:?}"
+    );
+    let times: Vec<u64> = lines
+        .iter()
+        .map(|l| l["atUnixMs"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order");
 }

@@ -14,10 +14,19 @@ use pacer_plan::spec::LimitScope;
 /// The forecast's lines for `plan` (indented under the plan's line by the caller).
 /// `workers`: the processes that will run it (the plan's, or a LoadTest's).
 pub fn lines(plan: &Plan, workers: u32, latency: Duration) -> Vec<String> {
+    // Several workers pace a `scope: fleet` limit as one fleet (through Redis, or through the
+    // controller that serves it without Redis): the lease hold is part of the spread.
+    let fleet = |l: &pacer_plan::Limit| workers > 1 && l.scope == LimitScope::Fleet;
     let pacings: Vec<_> = plan
         .limits
         .iter()
-        .map(|l| pacing(l, DEFAULT_SPREAD))
+        .map(|l| {
+            if fleet(l) {
+                fleet_pacing(l, DEFAULT_SPREAD)
+            } else {
+                pacing(l, DEFAULT_SPREAD)
+            }
+        })
         .collect();
     let f = forecast(plan, &pacings, Assumptions { latency });
     let mut out = vec![format!(
@@ -59,23 +68,19 @@ pub fn lines(plan: &Plan, workers: u32, latency: Duration) -> Vec<String> {
         } else {
             ""
         };
-        let mut line = format!(
-            "  limit {}: wanted {}, paced at {} (burst {}), load {:.2}x{binds}",
+        let by_fleet = if plan.limits.get(i).is_some_and(fleet) {
+            " by the fleet"
+        } else {
+            ""
+        };
+        out.push(format!(
+            "  limit {}: wanted {}, paced at {}{by_fleet} (burst {}), load {:.2}x{binds}",
             l.name,
             per_sec(l.wanted),
             per_sec(l.paced),
             l.burst,
             l.load(),
-        );
-        if let Some(spec) = plan.limits.get(i).filter(|s| s.scope == LimitScope::Fleet)
-            && workers > 1
-        {
-            line.push_str(&format!(
-                " (with --redis: {})",
-                per_sec(fleet_pacing(spec, DEFAULT_SPREAD).rate)
-            ));
-        }
-        out.push(line);
+        ));
     }
     out.push(format!(
         "  run time: ~{} (graceful stops included where requests are still queued)",
@@ -121,8 +126,9 @@ fn fleet_note(plan: &Plan, workers: u32) -> String {
     if workers > 1 {
         let sep = if budget.is_empty() { "" } else { "; " };
         format!(
-            "  for the whole test ({workers} workers): each scope: fleet limit is shared by \
-             the workers (split by weight, or one budget through --redis){sep}{budget}"
+            "  for the whole test ({workers} workers): each scope: fleet limit is one budget \
+             the workers share (through --redis, or served by the controller), paced with \
+             the lease hold in its spread{sep}{budget}"
         )
     } else {
         format!("  {budget}")
