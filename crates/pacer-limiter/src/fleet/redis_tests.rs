@@ -117,6 +117,7 @@ fn limit(name: &str, rate: &str, burst: u32) -> Limit {
         request_in: vec![],
         adaptive: false,
         spread: None,
+        reserve: None,
     }
 }
 
@@ -154,8 +155,7 @@ async fn lease(
     }
     inv.arg(want)
         .arg(max_ahead.as_micros() as u64)
-        .arg(60_000u64)
-        .arg(crate::gcra::AIMD_INCREASE);
+        .arg(60_000u64);
     for x in ls {
         inv.arg(x.ceiling)
             .arg(x.burst)
@@ -171,7 +171,6 @@ async fn feedback(
     c: &mut MultiplexedConnection,
     ls: &[&L],
     retry_after: Duration,
-    is_429: bool,
 ) -> scripts::FeedbackReply {
     let mut inv = scripts::FEEDBACK.prepare_invoke();
     for x in ls {
@@ -179,17 +178,11 @@ async fn feedback(
     }
     inv.arg("{pacer:t}:events")
         .arg(retry_after.as_micros() as u64)
-        .arg(u8::from(is_429))
-        .arg(60_000u64)
-        .arg(crate::gcra::AIMD_DECREASE)
-        .arg(crate::gcra::AIMD_MIN_FACTOR)
-        .arg(crate::gcra::AIMD_INCREASE)
-        .arg(5_000_000u64);
+        .arg(60_000u64);
     for x in ls {
         inv.arg(&x.name)
             .arg(x.ceiling)
             .arg(x.burst)
-            .arg(x.window_us)
             .arg(u8::from(x.adaptive));
     }
     let v: Value = inv.invoke_async(c).await.unwrap();
@@ -272,7 +265,7 @@ async fn pauses_are_fleet_wide_only_extended_and_resume_at_the_rate() {
     sub.subscribe("{pacer:t}:events").await.unwrap();
     let a = l("a", 100.0, 5, Duration::from_secs(1));
     lease(&mut c, &[&a], 1, Duration::from_secs(1), 0).await;
-    let fb = feedback(&mut c, &[&a], Duration::from_secs(1), true).await;
+    let fb = feedback(&mut c, &[&a], Duration::from_secs(1)).await;
     assert!(fb.pauses[0] > Duration::from_millis(990), "{:?}", fb.pauses);
     // every worker hears it at once
     let msg = tokio::time::timeout(Duration::from_secs(2), async {
@@ -283,7 +276,7 @@ async fn pauses_are_fleet_wide_only_extended_and_resume_at_the_rate() {
     .unwrap();
     assert_eq!(msg.get_payload::<String>().unwrap(), "pause 1000000 a");
     // a shorter Retry-After does not shorten it
-    let fb = feedback(&mut c, &[&a], Duration::from_millis(100), true).await;
+    let fb = feedback(&mut c, &[&a], Duration::from_millis(100)).await;
     assert!(fb.pauses[0] > Duration::from_millis(900), "{:?}", fb.pauses);
     // while paused nothing is granted and the reply says for how long
     let p = lease(&mut c, &[&a], 5, Duration::from_secs(2), 0).await;
@@ -301,33 +294,139 @@ async fn pauses_are_fleet_wide_only_extended_and_resume_at_the_rate() {
     }
 }
 
+/// One turn at `learn.lua` for limit `a` by process `me`: what it saw, and what its learner
+/// (continuing `version`, -1: none) decided, if anything.
+#[allow(clippy::too_many_arguments)]
+async fn learn_turn(
+    c: &mut MultiplexedConnection,
+    a: &L,
+    me: &str,
+    turn: Duration,
+    seen: (u64, u64),
+    version: i64,
+    decided: Option<(&str, f64, f64, Duration)>,
+) -> scripts::LearnReply {
+    let (blob, factor, sustained, pause) = decided.unwrap_or(("", 0.0, 0.0, Duration::ZERO));
+    let mut inv = scripts::LEARN.key(format!("{{pacer:t}}:learn:{}", a.name));
+    inv.key(&a.key)
+        .arg(me)
+        .arg(turn.as_millis() as u64)
+        .arg(seen.0)
+        .arg(seen.1)
+        .arg(0u8)
+        .arg("")
+        .arg(version)
+        .arg(blob)
+        .arg(factor)
+        .arg(sustained)
+        .arg(pause.as_micros() as u64)
+        .arg("{pacer:t}:events")
+        .arg(&a.name)
+        .arg(60_000u64)
+        .arg(a.ceiling)
+        .arg(a.burst);
+    let v: Value = inv.invoke_async(c).await.unwrap();
+    scripts::parse_learn(&v).unwrap()
+}
+
 #[tokio::test]
-async fn the_adaptive_factor_is_shared_decreased_once_per_window_and_raised_after_a_quiet_one() {
+async fn one_process_learns_for_the_fleet_each_answer_counted_once_and_a_lapsed_one_replaced() {
     let r = RedisServer::start();
     let mut c = conn(&r).await;
-    let mut a = l("a", 100.0, 1, Duration::from_millis(300));
+    let mut a = l("a", 100.0, 1, Duration::from_secs(1));
     a.adaptive = true;
-    let fb = feedback(&mut c, &[&a], Duration::ZERO, true).await;
-    assert!((fb.factors[0] - 0.9).abs() < 1e-6, "{:?}", fb.factors);
-    let fb = feedback(&mut c, &[&a], Duration::ZERO, true).await;
-    assert!(
-        (fb.factors[0] - 0.9).abs() < 1e-6,
-        "at most once per window: {:?}",
-        fb.factors
-    );
-    // a window with a 429 in it does not raise the factor...
-    tokio::time::sleep(Duration::from_millis(320)).await;
-    let g = lease(&mut c, &[&a], 1, Duration::from_secs(1), 0).await;
-    assert!((g.factors[0] - 0.9).abs() < 1e-6, "{:?}", g.factors);
-    // ...a quiet one does, by 2% of the ceiling, and the held rate counts as sustained
-    tokio::time::sleep(Duration::from_millis(320)).await;
-    let g = lease(&mut c, &[&a], 1, Duration::from_secs(1), 0).await;
-    assert!((g.factors[0] - 0.92).abs() < 1e-6, "{:?}", g.factors);
-    assert!((g.sustained[0] - 0.9).abs() < 1e-6, "{:?}", g.sustained);
-    // and the slots follow the adapted rate: 92/s
+    let turn = Duration::from_millis(300);
+    // A takes the turn (nothing stored yet: it starts a learner of its own)...
+    let t = learn_turn(&mut c, &a, "A", turn, (10, 0), -1, None).await;
+    assert!(t.learner && !t.in_step && t.stored.is_none(), "{t:?}");
+    assert_eq!((t.version, t.accepted, t.refused), (0, 10, 0));
+    // ...B only reports...
+    let t = learn_turn(&mut c, &a, "B", turn, (5, 2), -1, None).await;
+    assert!(!t.learner, "{t:?}");
+    // ...and A, storing its learner and the rate it decided (half the ceiling), takes B's
+    // answers once.
+    let decided = Some(("learn1 A-1", 0.5, 0.25, Duration::ZERO));
+    let t = learn_turn(&mut c, &a, "A", turn, (1, 0), 0, decided).await;
+    assert!(t.learner && t.in_step, "{t:?}");
+    assert_eq!((t.version, t.accepted, t.refused), (1, 6, 2));
+    let t = learn_turn(&mut c, &a, "A", turn, (0, 0), 1, None).await;
+    assert_eq!((t.version, t.accepted, t.refused), (1, 0, 0));
+    // Every lease is granted at the learned rate, and says it.
     let g = lease(&mut c, &[&a], 3, Duration::from_secs(1), 0).await;
+    assert_eq!((g.factors[0], g.sustained[0]), (0.5, 0.25));
     let step = us(g.offsets[2]) - us(g.offsets[1]);
-    assert!((step - 10_870).abs() < 50, "{step}");
+    assert!((step - 20_000).abs() < 50, "{step}");
+    // A stops (died): after its turn lapses B takes over from A's stored learner...
+    learn_turn(&mut c, &a, "B", turn, (3, 0), -1, None).await;
+    tokio::time::sleep(turn + Duration::from_millis(20)).await;
+    let t = learn_turn(&mut c, &a, "B", turn, (0, 1), -1, None).await;
+    assert!(t.learner && !t.in_step, "{t:?}");
+    assert_eq!(t.stored.as_deref(), Some("learn1 A-1"));
+    assert_eq!((t.version, t.accepted, t.refused), (1, 3, 1));
+    // ...and A, back, is not the learner, and a write from its stale learner is not stored.
+    let stale = Some(("learn1 A-2", 1.0, 0.0, Duration::ZERO));
+    let t = learn_turn(&mut c, &a, "A", turn, (0, 0), 1, stale).await;
+    assert!(!t.learner, "{t:?}");
+    // B's cut: a slower rate and a pause, heard by every process.
+    let mut sub = redis::Client::open(r.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    sub.subscribe("{pacer:t}:events").await.unwrap();
+    let cut = Some(("learn1 B-1", 0.2, 0.0, Duration::from_millis(100)));
+    let t = learn_turn(&mut c, &a, "B", turn, (0, 0), 1, cut).await;
+    assert!(t.learner && t.in_step && t.version == 2, "{t:?}");
+    let msg = tokio::time::timeout(Duration::from_secs(2), async {
+        use futures::StreamExt;
+        sub.on_message().next().await.unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(msg.get_payload::<String>().unwrap(), "pause 100000 a");
+    let g = lease(&mut c, &[&a], 1, Duration::from_secs(1), 0).await;
+    assert_eq!(g.factors[0], 0.2);
+    assert!(g.pauses[0] > Duration::from_millis(50), "{:?}", g.pauses);
+}
+
+#[tokio::test]
+async fn a_state_of_the_aimd_days_is_read_for_its_rate_and_pause() {
+    let r = RedisServer::start();
+    let mut c = conn(&r).await;
+    let mut a = l("a", 100.0, 1, Duration::from_secs(1));
+    a.adaptive = true;
+    // "v1 tat pause factor last_decrease window_start window_start_factor last_429 sustained"
+    let _: () = redis::cmd("SET")
+        .arg(&a.key)
+        .arg("v1 0 0 0.5 123 456 0.5 789 0.3")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let g = lease(&mut c, &[&a], 2, Duration::from_secs(1), 0).await;
+    assert_eq!((g.factors[0], g.sustained[0]), (0.5, 0.3));
+    // The AIMD's fields are not raised by a quiet window any more, and are written as zeros.
+    let raw: String = redis::cmd("GET")
+        .arg(&a.key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let f: Vec<&str> = raw.split_whitespace().collect();
+    assert_eq!(
+        (f.len(), f[0], f[3], f[8]),
+        (9, "v1", "0.500000", "0.300000")
+    );
+    assert_eq!(&f[4..8], &["0", "0", "0", "0"], "{raw}");
+    // A record of another shape is a fresh limit, not an error.
+    for bad in ["v1 0 0 nan 0 0 0 0 0", "v3 1 2", "garbage"] {
+        let _: () = redis::cmd("SET")
+            .arg(&a.key)
+            .arg(bad)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let g = lease(&mut c, &[&a], 1, Duration::from_secs(1), 0).await;
+        assert_eq!((g.factors[0], g.sustained[0]), (1.0, 0.0), "{bad}");
+    }
 }
 
 #[tokio::test]
@@ -496,7 +595,10 @@ async fn a_budgets_keys_survive_its_tests_and_expire_when_idle() {
         keys,
         [
             "{pacer:budget:acme}:def:org",
-            "{pacer:budget:acme}:limit:org"
+            "{pacer:budget:acme}:limit:org",
+            // the test's share of the limit and the budget's registry of tests (fair.rs)
+            "{pacer:budget:acme}:limit:org:test:test-a",
+            "{pacer:budget:acme}:tests"
         ],
         "the budget outlives its last test"
     );
@@ -680,6 +782,8 @@ async fn a_pause_reaches_the_other_worker_and_safe_mode_is_bounded_then_recovers
             retry_after: Some(Duration::from_millis(600)),
             pause_origin: crate::PauseOrigin::Server,
             stated_rate: None,
+            server: None,
+            sent_ago: Duration::ZERO,
         },
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
