@@ -8,6 +8,13 @@
 //! limit (the mock's arrival log is the measure); with an IETF `RateLimit-Policy` the rate is
 //! right within 2 s. And a fixed window that sends `Retry-After` (whose pauses spoil the count:
 //! the bisection finds it), and examples/adaptive.yaml run as it is.
+//!
+//! The same against whole fleets (`scope: fleet`, real `pacer run --redis` processes and a real
+//! `redis-server`): 1 process and 4 processes learning one limit together at 2/s, 50/s and
+//! 500/s, and one process alone at 1/s and 1000/s (the ends of the issue's range). Each test
+//! runs its cases at once (the suite's wall time), so they share the 2 cores; the bars are
+//! generous ([`FLEET_WITHIN`], [`FLEET_REFUSED_AFTER_AT_MOST`]) and the measured numbers are
+//! printed (`--nocapture`) for docs/rate-limiting.md.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -38,9 +45,13 @@ struct Learned {
     /// Requests and 429s after `converged_at`.
     after: u64,
     refused_after: u64,
+    /// Requests and 429s from the end of the first span within the bar (a span that is within
+    /// on average can still hold the last refusals of the learning before it).
+    after_span: u64,
+    refused_after_span: u64,
 }
 
-fn learned(log: &[(f64, u16)], limit: f64) -> Learned {
+fn learned(log: &[(f64, u16)], limit: f64, within: f64) -> Learned {
     let start = log.iter().map(|(t, _)| *t).fold(f64::INFINITY, f64::min);
     let end = log.iter().map(|(t, _)| *t).fold(0.0, f64::max);
     // The last span ends a second before the last request (the run's end is not the limiter's).
@@ -49,7 +60,7 @@ fn learned(log: &[(f64, u16)], limit: f64) -> Learned {
     let mut t = end - 1.0 - span;
     while t >= start {
         let n = log.iter().filter(|(a, _)| *a >= t && *a < t + span).count() as f64;
-        if ((n / span) - limit).abs() > WITHIN * limit {
+        if ((n / span) - limit).abs() > within * limit {
             break;
         }
         converged_at = Some(t - start);
@@ -57,10 +68,13 @@ fn learned(log: &[(f64, u16)], limit: f64) -> Learned {
     }
     let from = start + converged_at.unwrap_or(f64::INFINITY);
     let after: Vec<_> = log.iter().filter(|(a, _)| *a >= from).collect();
+    let after_span: Vec<_> = log.iter().filter(|(a, _)| *a >= from + span).collect();
     Learned {
         converged_at,
         after: after.len() as u64,
         refused_after: after.iter().filter(|(_, s)| *s == 429).count() as u64,
+        after_span: after_span.len() as u64,
+        refused_after_span: after_span.iter().filter(|(_, s)| *s == 429).count() as u64,
     }
 }
 
@@ -116,7 +130,7 @@ scenarios:
         .iter()
         .map(|a| (a.t_us as f64 / 1e6, a.status))
         .collect();
-    let l = learned(&log, limit as f64);
+    let l = learned(&log, limit as f64, WITHIN);
     let sustainable = r.summary["limits"][0]["sustainable_rate"].as_f64();
     let share = l.refused_after as f64 / l.after.max(1) as f64;
     println!(
@@ -277,4 +291,254 @@ async fn the_adaptive_example_learns_the_mocks_hidden_5_per_second_as_its_commen
         .filter(|a| a.status == 429 && a.t_us > start + 10_000_000)
         .count();
     assert_eq!(late_429, 0, "429s after the first 10 s\n{text}");
+}
+
+/// The fleet cases' bar for the rate found and the summary's sustainable rate (the cases share
+/// the machine with each other, so it is wider than the one-process tests' 10%).
+const FLEET_WITHIN: f64 = 0.15;
+/// The fleet cases' bar for the share of 429s once the rate is found.
+const FLEET_REFUSED_AFTER_AT_MOST: f64 = 0.03;
+
+/// One learning run: a hidden token bucket of `limit`/s (burst `burst`, no `Retry-After`, no
+/// rate-limit headers) and `processes` pacer processes of `vus` VUs each, whose plan states a
+/// ceiling of 4x the limit, for `secs` seconds.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    limit: u64,
+    burst: u64,
+    processes: usize,
+    vus: u32,
+    secs: u64,
+}
+
+/// How long a 1/s case runs: the learner measures 20 accepted requests after the first
+/// refusal (20 s at 1/s) before it cuts, and a clean stretch of 20 s more before the rate is
+/// known to be sustainable.
+const SLOW_RUN: Duration = Duration::from_secs(50);
+
+/// Runs `cases` at once (each its own mock; through `redis` as `scope: fleet` limits when
+/// given, one fleet per case) and checks each against the fleet bars.
+async fn learn_at_once(cases: &[Case], redis: Option<&RedisServer>) {
+    let mut runs = Vec::new();
+    for (n, c) in cases.iter().enumerate() {
+        let mock = start_mock(MockConfig {
+            limits: vec![LimitConfig {
+                algorithm: Algorithm::TokenBucket,
+                burst: Some(c.burst),
+                retry_after: false,
+                headers: Some(HeadersConfig {
+                    inin: false,
+                    x_rate_limit: false,
+                    ietf: false,
+                    ..HeadersConfig::default()
+                }),
+                ..LimitConfig::new("hidden", LimitKey::Global, c.limit, Duration::from_secs(1))
+            }],
+            record_arrivals: true,
+            // 4x the fastest limit for the whole run, with room to spare.
+            max_arrivals: 500_000,
+            ..plain_mock_config(LatencyConfig::None)
+        })
+        .await;
+        let ceiling = 4 * c.limit;
+        let scope = if redis.is_some() { "fleet" } else { "worker" };
+        let plan = format!(
+            r#"name: learn-{limit}-{processes}
+target: http://{addr}
+limits:
+  - {{ name: guess, limit: {ceiling}/s, burst: {burst_guess}, adaptive: true, shape: token-bucket, scope: {scope} }}
+retry: {{ maxAttempts: 3, backoff: {{ base: 50ms, max: 1s }} }}
+scenarios:
+  - name: s
+    executor: constant-vus
+    vus: {vus}
+    duration: {secs}s
+    gracefulStop: 1s
+    requests: [{{ name: r, path: /api/v2/users/me }}]
+"#,
+            limit = c.limit,
+            processes = c.processes,
+            addr = mock.addr(),
+            vus = c.vus,
+            secs = c.secs,
+            burst_guess = (ceiling / 4).max(1),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "plan.yaml", &plan);
+        let fleet_id = format!("learn-{n}-{}", c.limit);
+        let children: Vec<_> = (0..c.processes)
+            .map(|i| {
+                let sj = dir.path().join(format!("s{i}.json"));
+                let mut args = vec![
+                    "run".to_string(),
+                    p.display().to_string(),
+                    "-q".into(),
+                    "--summary-json".into(),
+                    sj.display().to_string(),
+                ];
+                if let Some(r) = redis {
+                    args.extend([
+                        "--redis".into(),
+                        r.url(),
+                        "--fleet".into(),
+                        fleet_id.clone(),
+                    ]);
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                (pacer_spawn(&args), sj)
+            })
+            .collect();
+        runs.push((*c, mock, dir, children));
+    }
+    let mut failures = Vec::new();
+    for (c, mock, dir, children) in runs {
+        let outs = tokio::task::spawn_blocking(move || {
+            children
+                .into_iter()
+                .map(|(child, sj)| (wait_bounded(child, RUN_LIMIT), sj))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        let mut sustainable = Vec::new();
+        let mut text = String::new();
+        for (out, sj) in &outs {
+            text.push_str(&format!("{}\n{}\n", stdout(out), stderr(out)));
+            assert_eq!(out.status.code(), Some(0), "{c:?}: {text}");
+            assert!(!stderr(out).contains("panicked"), "{c:?}: {text}");
+            sustainable.push(summary(sj)["limits"][0]["sustainable_rate"].as_f64());
+        }
+        drop(dir);
+        let view = mock.control().arrivals();
+        assert!(
+            view.enabled && view.dropped == 0,
+            "{c:?}: the arrival log overflowed"
+        );
+        let log: Vec<(f64, u16)> = view
+            .arrivals
+            .iter()
+            .map(|a| (a.t_us as f64 / 1e6, a.status))
+            .collect();
+        let limit = c.limit as f64;
+        // When the rate is first within 10% (the issue's bar), and the bars themselves.
+        let tight = learned(&log, limit, WITHIN);
+        let l = learned(&log, limit, FLEET_WITHIN);
+        let share = l.refused_after_span as f64 / l.after_span.max(1) as f64;
+        let tight_share = tight.refused_after as f64 / tight.after.max(1) as f64;
+        println!(
+            "limit {}/s, {} process(es){}: within 10% from {:.1} s ({:.2}% 429s after); within \
+             15% from {:.1} s, after its first span {} of {} refused ({:.2}%); sustainable per \
+             process {:?}",
+            c.limit,
+            c.processes,
+            if redis.is_some() {
+                " through Redis"
+            } else {
+                ""
+            },
+            tight.converged_at.unwrap_or(f64::NAN),
+            100.0 * tight_share,
+            l.converged_at.unwrap_or(f64::NAN),
+            l.refused_after_span,
+            l.after_span,
+            100.0 * share,
+            sustainable,
+        );
+        let at = l.converged_at.unwrap_or(f64::INFINITY);
+        if at > CONVERGE_BY {
+            failures.push(format!("{c:?}: within 15% only from {at:.1} s"));
+        }
+        if share > FLEET_REFUSED_AFTER_AT_MOST {
+            failures.push(format!(
+                "{c:?}: {} of {} refused after the span from {at:.1} s",
+                l.refused_after_span, l.after_span
+            ));
+        }
+        for s in &sustainable {
+            let s = s.unwrap_or(0.0);
+            if (s - limit).abs() > FLEET_WITHIN * limit {
+                failures.push(format!("{c:?}: a summary says sustainable {s:.2}/s"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_4_processes_learns_2_50_and_500_per_second_together_through_redis() {
+    let redis = RedisServer::start();
+    let cases = [
+        Case {
+            limit: 2,
+            burst: 2,
+            processes: 4,
+            vus: 2,
+            secs: LEARN_RUN.as_secs(),
+        },
+        Case {
+            limit: 50,
+            burst: 10,
+            processes: 4,
+            vus: 8,
+            secs: LEARN_RUN.as_secs(),
+        },
+        Case {
+            limit: 500,
+            burst: 50,
+            processes: 4,
+            vus: 20,
+            secs: LEARN_RUN.as_secs(),
+        },
+    ];
+    learn_at_once(&cases, Some(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_through_redis_learns_2_50_and_500_per_second() {
+    let redis = RedisServer::start();
+    let cases = [
+        Case {
+            limit: 2,
+            burst: 2,
+            processes: 1,
+            vus: 4,
+            secs: LEARN_RUN.as_secs(),
+        },
+        Case {
+            limit: 50,
+            burst: 10,
+            processes: 1,
+            vus: 20,
+            secs: LEARN_RUN.as_secs(),
+        },
+        Case {
+            limit: 500,
+            burst: 50,
+            processes: 1,
+            vus: 60,
+            secs: LEARN_RUN.as_secs(),
+        },
+    ];
+    learn_at_once(&cases, Some(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_learns_1_and_1000_per_second_the_ends_of_the_range() {
+    let cases = [
+        Case {
+            limit: 1,
+            burst: 1,
+            processes: 1,
+            vus: 4,
+            secs: SLOW_RUN.as_secs(),
+        },
+        Case {
+            limit: 1000,
+            burst: 100,
+            processes: 1,
+            vus: 100,
+            secs: LEARN_RUN.as_secs(),
+        },
+    ];
+    learn_at_once(&cases, None).await;
 }

@@ -22,6 +22,11 @@
 //!
 //! Times are nanoseconds of the caller's clock; the learner keeps no clock itself, so it is
 //! tested as plain arithmetic.
+//!
+//! A fleet learns with the same learner: its processes add what they saw into Redis counters,
+//! and one of them at a time feeds the fleet's totals in batches ([`Learner::observe`]) on
+//! Redis' clock, and stores the learner between batches ([`Learner::encode`],
+//! [`Learner::decode`]) so another process can take over from where it stopped.
 
 use std::time::Duration;
 
@@ -61,6 +66,27 @@ pub const MIN_SHARE: f64 = 0.001;
 pub const PAUSE_INTERVALS: f64 = 2.0;
 
 const NS: f64 = 1e9;
+
+/// The first word of [`Learner::encode`]'s text: a record of another format (an older or
+/// newer pacer sharing the Redis) is refused by [`Learner::decode`], not misread.
+pub const ENCODING: &str = "learn1";
+/// The number of fields [`Learner::encode`] writes after [`ENCODING`].
+const ENCODED_FIELDS: usize = 17;
+
+/// Why an encoded learner was not read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the learner's record is not {ENCODING:?} (it starts with {0:?})")]
+    Format(String),
+    #[error("the learner's record has {0} fields instead of {ENCODED_FIELDS}")]
+    Fields(usize),
+    #[error("the learner's record field {field} is {value:?}: {why}")]
+    Field {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
 
 /// What the learner decided at the end of a stretch.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -146,6 +172,134 @@ impl Learner {
     /// The rate measured to pass without refusals, if one was.
     pub fn sustained(&self) -> Option<f64> {
         self.sustained
+    }
+
+    /// The ceiling it was created with (tokens/s).
+    pub fn ceiling(&self) -> f64 {
+        self.ceiling
+    }
+
+    /// A batch of answers counted elsewhere (a fleet's processes, between two of the learning
+    /// process's turns), taken as answered at `now`. A refusal in the batch starts the span
+    /// the server's rate is measured over at `now`, so the batch's own accepted answers (some
+    /// of them answered before the refusal) are not counted in it: span and count start
+    /// together.
+    pub fn observe(&mut self, accepted: u64, refused: u64, now: u64) {
+        if now < self.settle_until {
+            return;
+        }
+        self.accepted = self.accepted.saturating_add(accepted);
+        if self.first_refusal.is_some_and(|f| now > f) {
+            self.accepted_since_refusal = self.accepted_since_refusal.saturating_add(accepted);
+        }
+        if refused > 0 {
+            self.refused = self.refused.saturating_add(refused);
+            self.first_refusal.get_or_insert(now);
+        }
+    }
+
+    /// The learner as one line of text (see [`Learner::decode`]), to be stored between turns.
+    pub fn encode(&self) -> String {
+        fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+            v.map_or_else(|| "-".to_string(), |v| v.to_string())
+        }
+        format!(
+            "{ENCODING} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+            self.ceiling,
+            self.rate,
+            self.window_ns,
+            self.stretch_start,
+            self.accepted,
+            self.refused,
+            self.clean,
+            opt(self.sustained),
+            opt(self.refused_at),
+            opt(self.good),
+            opt(self.first_refusal),
+            self.accepted_since_refusal,
+            u8::from(self.probing),
+            u8::from(self.probing_ended),
+            u8::from(self.distorted),
+            self.settle_until,
+            opt(self.stated),
+        )
+    }
+
+    /// Reads [`Learner::encode`]'s text strictly: it comes from a shared store, so every
+    /// field is checked (rates finite and positive, the rate within the ceiling).
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        let mut words = text.split_ascii_whitespace();
+        let tag = words.next().unwrap_or_default();
+        if tag != ENCODING {
+            return Err(DecodeError::Format(tag.chars().take(16).collect()));
+        }
+        let f: Vec<&str> = words.collect();
+        if f.len() != ENCODED_FIELDS {
+            return Err(DecodeError::Fields(f.len()));
+        }
+        let bad = |field: &'static str, value: &str, why: &'static str| DecodeError::Field {
+            field,
+            value: value.chars().take(32).collect(),
+            why,
+        };
+        let rate = |field: &'static str, v: &str| -> Result<f64, DecodeError> {
+            v.parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .ok_or_else(|| bad(field, v, "not a positive rate"))
+        };
+        let opt_rate = |field: &'static str, v: &str| -> Result<Option<f64>, DecodeError> {
+            if v == "-" {
+                Ok(None)
+            } else {
+                rate(field, v).map(Some)
+            }
+        };
+        let int = |field: &'static str, v: &str| -> Result<u64, DecodeError> {
+            v.parse::<u64>()
+                .map_err(|_| bad(field, v, "not a non-negative integer"))
+        };
+        let opt_int = |field: &'static str, v: &str| -> Result<Option<u64>, DecodeError> {
+            if v == "-" {
+                Ok(None)
+            } else {
+                int(field, v).map(Some)
+            }
+        };
+        let flag = |field: &'static str, v: &str| -> Result<bool, DecodeError> {
+            match v {
+                "0" => Ok(false),
+                "1" => Ok(true),
+                _ => Err(bad(field, v, "not 0 or 1")),
+            }
+        };
+        let ceiling = rate("ceiling", f[0])?;
+        let r = rate("rate", f[1])?;
+        // Rounding in text never moves a rate by more than this share.
+        const SLACK: f64 = 1e-9;
+        if r > ceiling * (1.0 + SLACK) {
+            return Err(bad("rate", f[1], "above the ceiling"));
+        }
+        Ok(Self {
+            ceiling,
+            rate: r.min(ceiling),
+            window_ns: int("window_ns", f[2])?,
+            stretch_start: int("stretch_start", f[3])?,
+            accepted: int("accepted", f[4])?,
+            refused: int("refused", f[5])?,
+            clean: u32::try_from(int("clean", f[6])?)
+                .map_err(|_| bad("clean", f[6], "too large"))?,
+            sustained: opt_rate("sustained", f[7])?,
+            refused_at: opt_rate("refused_at", f[8])?,
+            good: opt_rate("good", f[9])?,
+            first_refusal: opt_int("first_refusal", f[10])?,
+            accepted_since_refusal: int("accepted_since_refusal", f[11])?,
+            probing: flag("probing", f[12])?,
+            probing_ended: flag("probing_ended", f[13])?,
+            distorted: flag("distorted", f[14])?,
+            settle_until: int("settle_until", f[15])?,
+            stated: opt_rate("stated", f[16])?,
+        })
     }
 
     /// The length of a stretch at the current rate.
@@ -421,6 +575,74 @@ mod tests {
         // Held 5% under the 20/s accepted since the first refusal (of a ceiling of 20/s).
         assert!((rate - 19.0).abs() < 1e-9, "{rate}");
         assert_eq!(pause, Duration::from_secs_f64(2.0 / 19.0));
+    }
+
+    #[test]
+    fn an_encoded_learner_reads_back_the_same_and_a_bad_record_is_an_error() {
+        let (l, _, _) = drive(10.0, 40.0, 12.0, 30.0);
+        let text = l.encode();
+        let back = Learner::decode(&text).unwrap();
+        assert_eq!(back.encode(), text);
+        assert_eq!(back.rate(), l.rate());
+        for bad in [
+            "",
+            "v1 1 2 3",
+            "learn1 1 2",
+            "learn0 40 10 1 0 0 0 0 - - - - 0 0 0 0 0 -",
+            // rate above the ceiling
+            "learn1 40 50 1 0 0 0 0 - - - - 0 0 0 0 0 -",
+            "learn1 40 NaN 1 0 0 0 0 - - - - 0 0 0 0 0 -",
+            "learn1 40 10 1 0 -3 0 0 - - - - 0 0 0 0 0 -",
+            "learn1 40 10 1 0 0 0 0 - - - - 0 2 0 0 0 -",
+            "learn1 40 10 1 0 0 0 0 inf - - - 0 0 0 0 0 -",
+        ] {
+            assert!(Learner::decode(bad).is_err(), "{bad}");
+        }
+        let e = Learner::decode("learn1 40 10 1 0 0 0 0 - - - - 0 0 0 7 0 -").unwrap_err();
+        assert!(e.to_string().contains("distorted"), "{e}");
+    }
+
+    /// The same server as [`drive`], but the answers reach the learner in batches every
+    /// 100 ms (a fleet's turns), and the learner is stored and read back at every turn.
+    #[test]
+    fn batches_of_answers_learn_the_limit_as_single_answers_do() {
+        for limit in [2.0, 50.0, 500.0] {
+            let ceiling = 4.0 * limit;
+            let mut l = Learner::new(ceiling, Duration::from_secs(1), 0);
+            let step = 10_000_000u64;
+            let (mut credit, mut tokens) = (0.0f64, limit);
+            let (mut acc, mut refd) = (0u64, 0u64);
+            let (mut late_refused, mut late_sent) = (0u64, 0u64);
+            let mut t = 0u64;
+            while t < 120 * 1_000_000_000 {
+                t += step;
+                tokens = (tokens + limit * 0.01).min(limit);
+                credit += l.rate() * 0.01;
+                while credit >= 1.0 {
+                    credit -= 1.0;
+                    let late = t > 30 * 1_000_000_000;
+                    late_sent += u64::from(late);
+                    if tokens >= 1.0 - 1e-9 {
+                        tokens -= 1.0;
+                        acc += 1;
+                    } else {
+                        late_refused += u64::from(late);
+                        refd += 1;
+                    }
+                }
+                if t.is_multiple_of(100_000_000) {
+                    l = Learner::decode(&l.encode()).unwrap();
+                    l.observe(std::mem::take(&mut acc), std::mem::take(&mut refd), t);
+                    l.tick(t);
+                }
+            }
+            let r = l.rate();
+            assert!((r - limit).abs() / limit <= 0.10, "limit {limit}: rate {r}");
+            assert!(
+                late_refused as f64 <= 0.01 * late_sent as f64,
+                "limit {limit}: {late_refused} of {late_sent} refused after 30 s"
+            );
+        }
     }
 
     #[test]

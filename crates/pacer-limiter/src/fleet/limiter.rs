@@ -15,8 +15,14 @@
 //! lease is nearly spent, so Redis sees about one call per lease.
 //!
 //! Pauses (Retry-After) are held locally, learned from this worker's responses, from Redis
-//! Pub/Sub and from lease replies; nothing polls Redis while paused. When Redis fails the
-//! worker runs in safe mode: a local GCRA per limit at `max(own recent rate, rate / workers) / 2`
+//! Pub/Sub and from lease replies; nothing polls Redis while paused.
+//!
+//! An adaptive fleet limit is learned once for the fleet ([`learn_turns`], `lua/learn.lua`):
+//! every worker adds what it saw to the limit's counters in Redis every [`LEARN_EVERY`], and
+//! the one worker whose turn it is runs the [`Learner`] over the fleet's totals, stores it, and
+//! writes the learned rate into the limit's state, which every lease is granted at.
+//!
+//! When Redis fails the worker runs in safe mode: a local GCRA per limit at `max(own recent rate, rate / workers) / 2`
 //! (the sum over the fleet stays below the rate) for at most `safe_mode_max`, then requests
 //! fail with [`LimiterError::Unavailable`] until Redis answers again. What was sent in safe
 //! mode is charged to the fleet's budget at the first lease after Redis is back.

@@ -7,7 +7,8 @@
 //! - [`Fleet`]: the connection to Redis shared by everything below, the worker's registration
 //!   (heartbeats, so the fleet size is known), the Pub/Sub listener, and the health state that
 //!   drives safe mode when Redis is slow or gone.
-//! - [`FleetLimiter`]: the [`crate::Limiter`] for a fleet (leases, pauses, AIMD, safe mode).
+//! - [`FleetLimiter`]: the [`crate::Limiter`] for a fleet (leases, pauses, the fleet's learner of
+//!   adaptive limits, safe mode).
 //! - [`TokenStore`]: the shared token cache's Redis primitives (the HTTP fetch stays in the
 //!   engine, which owns the HTTP client).
 //! - [`Keys`]: the Redis layout (a test's own, or a named budget's that many tests share:

@@ -15,11 +15,18 @@ pub(crate) static LEASE: LazyLock<Script> = LazyLock::new(|| {
         include_str!("lua/lease.lua")
     ))
 });
-/// Pauses and AIMD decreases on a server's 429/503 (see `lua/feedback.lua`).
+/// Fleet-wide pauses on a server's Retry-After (see `lua/feedback.lua`).
 pub(crate) static FEEDBACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/state.lua"),
         include_str!("lua/feedback.lua")
+    ))
+});
+/// An adaptive limit's counters and learner, and the learned rate (see `lua/learn.lua`).
+pub(crate) static LEARN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/state.lua"),
+        include_str!("lua/learn.lua")
     ))
 });
 pub(crate) static HEARTBEAT: LazyLock<Script> =
@@ -31,6 +38,15 @@ pub(crate) static TOKEN_PUT: LazyLock<Script> =
 /// Records or compares a budget's limit definitions (see `lua/declare.lua`).
 pub(crate) static DECLARE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/declare.lua")));
+/// Adds slots granted to `<tag>:granted` (see `lua/granted.lua`, `notes.rs`).
+pub(crate) static GRANTED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/granted.lua")));
+/// Records the fleet's last 429 (see `lua/last429.lua`, `notes.rs`).
+pub(crate) static LAST_429: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/last429.lua")));
+/// Reads a budget's status (see `lua/status.lua`, `status.rs`).
+pub(crate) static STATUS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/status.lua")));
 pub(crate) static COMPARE_AND_DELETE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/compare_and_delete.lua")));
 
@@ -44,16 +60,41 @@ pub(crate) struct LeaseReply {
     /// Per limit of the request: how long its Retry-After pause still holds (then nothing is
     /// granted).
     pub pauses: Vec<Duration>,
-    /// Per limit of the request: the shared AIMD factor and the sustained one (fixed limits: 1, 0).
+    /// Per limit of the request: the share of the ceiling paced at and the share measured to
+    /// pass, as the fleet's learner wrote them (declared limits: 1, 0).
     pub factors: Vec<f64>,
     pub sustained: Vec<f64>,
 }
 
-/// What `feedback.lua` answered: per limit, the remaining pause and the factor.
+/// What `feedback.lua` answered: per limit, the remaining pause.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct FeedbackReply {
     pub pauses: Vec<Duration>,
-    pub factors: Vec<f64>,
+}
+
+/// The longest encoded learner accepted from Redis (one is about 150 bytes).
+pub(crate) const MAX_LEARNER_TEXT: usize = 1024;
+
+/// What `learn.lua` answered.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct LearnReply {
+    /// This process is the fleet's learner for the limit now (the rest is empty otherwise).
+    pub learner: bool,
+    /// Redis' clock (microseconds): the fleet's one clock for the learner.
+    pub now_us: u64,
+    /// The version of the stored learner.
+    pub version: u64,
+    /// The fleet's answers since the learner's last turn.
+    pub accepted: u64,
+    pub refused: u64,
+    /// A server's Retry-After paused the limit since.
+    pub paused: bool,
+    /// The rate a server stated last since (per second).
+    pub stated: Option<f64>,
+    /// The caller's learner is the one stored last: it continues with it.
+    pub in_step: bool,
+    /// Otherwise the stored learner to continue from (`None`: none stored).
+    pub stored: Option<String>,
 }
 
 fn malformed(op: &'static str, what: impl Into<String>) -> FleetError {
@@ -171,11 +212,7 @@ pub(crate) fn parse_lease(
 
 pub(crate) fn parse_feedback(v: &Value, n: usize) -> Result<FeedbackReply, FleetError> {
     const OP: &str = "the feedback script";
-    let a = array(OP, v, "the reply")?;
-    if a.len() != 2 {
-        return Err(malformed(OP, format!("{} fields instead of 2", a.len())));
-    }
-    let p = array(OP, &a[0], "pauses")?;
+    let p = array(OP, v, "the reply")?;
     if p.len() != n {
         return Err(malformed(OP, format!("{} pauses for {n} limits", p.len())));
     }
@@ -183,9 +220,65 @@ pub(crate) fn parse_feedback(v: &Value, n: usize) -> Result<FeedbackReply, Fleet
         .iter()
         .map(|x| non_negative_us(OP, x, "a pause"))
         .collect::<Result<_, _>>()?;
-    Ok(FeedbackReply {
-        pauses,
-        factors: factors(OP, &a[1], "factors", n)?,
+    Ok(FeedbackReply { pauses })
+}
+
+fn count(op: &'static str, v: &Value, field: &str) -> Result<u64, FleetError> {
+    u64::try_from(int(op, v, field)?).map_err(|_| malformed(op, format!("{field} is negative")))
+}
+
+/// Parse `learn.lua`'s reply.
+pub(crate) fn parse_learn(v: &Value) -> Result<LearnReply, FleetError> {
+    const OP: &str = "the learner script";
+    let a = array(OP, v, "the reply")?;
+    let [
+        learner,
+        now,
+        version,
+        acc,
+        refused,
+        paused,
+        stated,
+        in_step,
+        stored,
+    ] = a
+    else {
+        return Err(malformed(OP, format!("{} fields instead of 9", a.len())));
+    };
+    let flag = |v: &Value, field: &str| match int(OP, v, field)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        x => Err(malformed(OP, format!("{field} is {x}, not 0 or 1"))),
+    };
+    let stated = text(OP, stated, "the stated rate")?;
+    let stated = if stated.is_empty() {
+        None
+    } else {
+        Some(
+            stated
+                .parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .ok_or_else(|| malformed(OP, "the stated rate is not a positive number"))?,
+        )
+    };
+    let stored = text(OP, stored, "the stored learner")?;
+    if stored.len() > MAX_LEARNER_TEXT {
+        return Err(malformed(
+            OP,
+            format!("the stored learner is {} bytes long", stored.len()),
+        ));
+    }
+    Ok(LearnReply {
+        learner: flag(learner, "learner")?,
+        now_us: count(OP, now, "the clock")?,
+        version: count(OP, version, "the version")?,
+        accepted: count(OP, acc, "accepted")?,
+        refused: count(OP, refused, "refused")?,
+        paused: flag(paused, "paused")?,
+        stated,
+        in_step: flag(in_step, "in_step")?,
+        stored: (!stored.is_empty()).then_some(stored),
     })
 }
 
@@ -253,6 +346,43 @@ mod tests {
         assert!(parse_declare(&zero, 2).is_err());
         assert!(parse_declare(&Value::Array(vec![Value::Int(1)]), 2).is_err());
         assert!(parse_declare(&Value::Int(1), 2).is_err());
+    }
+
+    #[test]
+    fn learn_replies_are_checked() {
+        let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
+        let reply = |learner: i64, acc: i64, stated: &str, stored: &str| {
+            Value::Array(vec![
+                Value::Int(learner),
+                Value::Int(1_700_000_000_000_000),
+                Value::Int(3),
+                Value::Int(acc),
+                Value::Int(2),
+                Value::Int(0),
+                s(stated),
+                Value::Int(0),
+                s(stored),
+            ])
+        };
+        let r = parse_learn(&reply(1, 10, "", "learn1 x")).unwrap();
+        assert!(r.learner && !r.paused);
+        assert_eq!((r.accepted, r.refused, r.version), (10, 2, 3));
+        assert_eq!(r.stated, None);
+        assert_eq!(r.stored.as_deref(), Some("learn1 x"));
+        let r = parse_learn(&reply(0, 0, "47.5", "")).unwrap();
+        assert_eq!((r.learner, r.stated, r.stored), (false, Some(47.5), None));
+        for bad in [
+            reply(2, 0, "", ""),
+            reply(1, -1, "", ""),
+            reply(1, 0, "nan", ""),
+            reply(1, 0, "-3", ""),
+            reply(1, 0, "", &"x".repeat(MAX_LEARNER_TEXT + 1)),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Int(1),
+        ] {
+            let e = parse_learn(&bad).unwrap_err();
+            assert!(e.to_string().contains("learner script"), "{e}");
+        }
     }
 
     fn ints(v: &[i64]) -> Value {
