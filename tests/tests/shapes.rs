@@ -399,3 +399,98 @@ fn validate_explains_5_per_second_burst_5_with_and_without_the_token_bucket_shap
     );
     assert!(!text.contains("warning"), "{text}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fixed windows aligned to the server's reset
+// ---------------------------------------------------------------------------------------------
+
+/// The fixed window of the aligned tests: 100 per 2 s (50/s), for the whole organisation.
+const FIXED_LIMIT: u64 = 100;
+const FIXED_WINDOW: Duration = Duration::from_secs(2);
+
+/// `pacer mock` with one global fixed window of [`FIXED_LIMIT`] per [`FIXED_WINDOW`], answering
+/// at once, sending its default `inin-ratelimit-*` headers (remaining, reset in whole seconds),
+/// recording arrivals.
+async fn fixed_mock() -> MockServer {
+    start_mock(MockConfig {
+        limits: vec![LimitConfig::new(
+            "fixed",
+            LimitKey::Global,
+            FIXED_LIMIT,
+            FIXED_WINDOW,
+        )],
+        record_arrivals: true,
+        ..plain_mock_config(LatencyConfig::None)
+    })
+    .await
+}
+
+/// The mock's fixed windows from its arrival log: a window opens at the first request when none
+/// is open (as the mock opens them) and lasts `window`. Returns, for each window that ended
+/// before the last arrival, (accepted, refused).
+fn fixed_windows(log: &[(f64, u16)], window: Duration) -> Vec<(u64, u64)> {
+    let w = window.as_secs_f64();
+    let mut out: Vec<(f64, u64, u64)> = Vec::new();
+    for &(t, status) in log {
+        if out.last().is_none_or(|&(start, _, _)| t >= start + w) {
+            out.push((t, 0, 0));
+        }
+        let last = out.last_mut().unwrap();
+        if status == 200 {
+            last.1 += 1;
+        } else {
+            last.2 += 1;
+        }
+    }
+    let end = log.last().map_or(0.0, |&(t, _)| t);
+    out.into_iter()
+        .filter(|&(start, _, _)| start + w <= end)
+        .map(|(_, a, r)| (a, r))
+        .collect()
+}
+
+/// What the aligned tests assert of a mock's windows: after the first, each used >= 97% of the
+/// limit and none refused anything. Prints what it saw.
+fn assert_aligned_windows(what: &str, log: &[(f64, u16)]) {
+    let windows = fixed_windows(log, FIXED_WINDOW);
+    println!(
+        "{what}: (accepted, refused) per {}-per-{FIXED_WINDOW:?} window: {windows:?}",
+        FIXED_LIMIT
+    );
+    assert!(windows.len() >= 3, "{what}: {windows:?}");
+    let used: Vec<f64> = windows[1..]
+        .iter()
+        .map(|&(a, _)| a as f64 / FIXED_LIMIT as f64)
+        .collect();
+    let least = used.iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "{what}: least use of a window after the first {:.1}%, mean {:.1}%",
+        100.0 * least,
+        100.0 * used.iter().sum::<f64>() / used.len() as f64
+    );
+    assert!(least >= USE_AT_LEAST, "{what}: {windows:?}");
+    let refused: u64 = windows[1..].iter().map(|&(_, r)| r).sum();
+    assert_eq!(
+        refused, 0,
+        "{what}: 429s after the first window: {windows:?}"
+    );
+}
+
+/// The declared fixed window of the aligned tests.
+const FIXED_DECLARED: &str = "{name: api, limit: 100/2s, shape: fixed-window, spread: 10ms";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_window_aligned_to_the_servers_reset_uses_the_whole_limit_without_429() {
+    let mock = fixed_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(
+        dir.path(),
+        plan(
+            &format!("http://{}", mock.addr()),
+            &format!("{FIXED_DECLARED}}}"),
+        ),
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_aligned_windows("one process", &mock_log(&mock));
+}

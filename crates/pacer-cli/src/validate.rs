@@ -182,11 +182,23 @@ fn explain_limit(l: &Limit, workers: u32) -> Vec<String> {
         }
     }
     if l.shape == LimitShape::FixedWindow {
-        out.push(
-            "  note: a fixed window is paced like a sliding one: pacer does not align to the \
-             server's reset yet, so it does not use the whole limit right after each reset"
-                .into(),
-        );
+        out.push(format!(
+            "  note: when the server sends its remaining count and reset (inin-ratelimit-*, \
+             X-RateLimit-*, IETF RateLimit), pacer aligns to the server's windows and spends \
+             what each has left until its reset (the whole {} per window); without them it \
+             paces a fixed window like a sliding one, at the rate above",
+            l.limit
+        ));
+    }
+    if let Some(r) = l.reserve {
+        let left = (l.limit.as_per_sec() - r.per_sec(l.limit.as_per_sec())).max(0.0);
+        out.push(format!(
+            "  reserve {r}: {} of the limit left unused for others; where the server reports \
+             what is left, pacer paces to that less others' traffic and the reserve (at most {} \
+             for pacer)",
+            per_sec(r.per_sec(l.limit.as_per_sec())),
+            per_sec(left),
+        ));
     }
     if l.shape == LimitShape::TokenBucket && l.scope == LimitScope::Fleet && workers > l.burst {
         // pacer_worker::shard_limits gives every worker at least one token of the burst.
@@ -387,12 +399,20 @@ mod tests {
     }
 
     #[test]
-    fn a_fixed_window_says_it_is_paced_like_a_sliding_one() {
+    fn a_fixed_window_says_when_it_aligns_and_when_it_is_paced_like_a_sliding_one() {
         let out =
             explain_limit1(&limit("{name: lim, limit: 300/min, shape: fixed-window}")).join("\n");
         assert!(out.contains("fixed-window 300/min, burst 1"), "{out}");
-        assert!(out.contains("paced like a sliding one"), "{out}");
+        assert!(out.contains("aligns to the server's windows"), "{out}");
+        assert!(out.contains("without them it paces a fixed window like a sliding one"), "{out}");
         assert!(!out.contains("warning"), "{out}");
+    }
+
+    #[test]
+    fn a_reserve_says_what_it_leaves() {
+        let out = explain_limit1(&limit("{name: lim, limit: 100/s, reserve: 10%}")).join("\n");
+        assert!(out.contains("reserve 10%: 10.0/s"), "{out}");
+        assert!(out.contains("at most 90.0/s for pacer"), "{out}");
     }
 
     #[test]

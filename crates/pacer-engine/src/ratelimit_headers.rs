@@ -1,9 +1,12 @@
-//! The server's own rate-limit headers, read so the report can show what the server said:
-//! Genesys `inin-ratelimit-*`, GitHub-style `X-RateLimit-*`, and the IETF `RateLimit` /
-//! `RateLimit-Policy` fields. Malformed values are ignored field by field, and every value
+//! The server's own rate-limit headers, read so the report can show what the server said and
+//! the limiter can steer by what is left ([`server_report`]): Genesys `inin-ratelimit-*`,
+//! GitHub-style `X-RateLimit-*`, and the IETF `RateLimit` / `RateLimit-Policy` fields. Malformed values are ignored field by field, and every value
 //! that is kept is bounded (a hostile server's headers cannot make the report hold infinities,
 //! absurd numbers or long strings).
 
+use std::time::Duration;
+
+use pacer_limiter::headroom::{MAX_RESET, ServerReport};
 use pacer_stats::ServerLimitHeaders;
 use reqwest::header::HeaderMap;
 
@@ -92,6 +95,33 @@ pub(crate) fn parse(h: &HeaderMap) -> Option<ServerLimitHeaders> {
     None
 }
 
+/// A reset larger than this many seconds is a Unix time, not a delay (2001-09-09: no server
+/// states a delay of 31 years; GitHub's `X-RateLimit-Reset` is an epoch, others' a delay).
+pub(crate) const EPOCH_RESET_ABOVE: f64 = 1e9;
+
+/// What the limiter steers by ([`pacer_limiter::headroom`]): remaining, the reset as a delay
+/// from now (an epoch converted with this machine's clock, one in the past as no delay, each
+/// at most [`pacer_limiter::headroom::MAX_RESET`]), and the limit the server states. `None`
+/// without a remaining count (the one number the limiter cannot do without).
+pub(crate) fn server_report(h: &HeaderMap) -> Option<ServerReport> {
+    let p = parse(h)?;
+    let remaining = p.remaining?;
+    let reset = p.reset_secs.map(|secs| {
+        let delay = if secs > EPOCH_RESET_ABOVE {
+            secs - now_ms() as f64 / 1000.0
+        } else {
+            secs
+        };
+        // Finite (parse bounds it), so from_secs_f64 cannot panic once clamped.
+        Duration::from_secs_f64(delay.clamp(0.0, MAX_RESET.as_secs_f64()))
+    });
+    Some(ServerReport {
+        remaining,
+        reset,
+        limit: p.limit,
+    })
+}
+
 /// The rate (per second) the server states it enforces: the first `RateLimit-Policy` item's
 /// `q` requests per `w` seconds (IETF draft). `None` without one, or when either is missing,
 /// zero or absurd (a hostile server cannot state an infinite or negative rate).
@@ -124,6 +154,35 @@ mod tests {
         h.insert("ratelimit-policy", "\"x\";q=10".parse().unwrap());
         assert_eq!(policy_rate(&h), None);
         assert_eq!(policy_rate(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_report_has_the_reset_as_a_bounded_delay_an_epoch_converted() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-limit", "5000".parse().unwrap());
+        h.insert("x-ratelimit-remaining", "4990".parse().unwrap());
+        let in_a_minute = now_ms() / 1000 + 60;
+        h.insert(
+            "x-ratelimit-reset",
+            in_a_minute.to_string().parse().unwrap(),
+        );
+        let r = server_report(&h).unwrap();
+        assert_eq!((r.remaining, r.limit), (4990, Some(5000)));
+        let d = r.reset.unwrap().as_secs_f64();
+        assert!((58.0..=61.0).contains(&d), "{d}");
+        // In the past: no delay. Absurd: at most a day.
+        h.insert("x-ratelimit-reset", "1000000001".parse().unwrap());
+        assert_eq!(server_report(&h).unwrap().reset, Some(Duration::ZERO));
+        h.insert("x-ratelimit-reset", "999999999".parse().unwrap());
+        assert_eq!(server_report(&h).unwrap().reset, Some(MAX_RESET));
+        h.insert("x-ratelimit-reset", "2.5".parse().unwrap());
+        assert_eq!(
+            server_report(&h).unwrap().reset,
+            Some(Duration::from_millis(2500))
+        );
+        // No remaining: nothing to steer by.
+        h.remove("x-ratelimit-remaining");
+        assert_eq!(server_report(&h), None);
     }
 
     #[test]
@@ -285,6 +344,9 @@ mod props {
                 prop_assert!(p.policy.as_ref().is_none_or(|s| s.chars().count() <= MAX_POLICY_CHARS));
                 // What is kept serializes (no infinities in the report's JSON).
                 prop_assert!(serde_json::to_string(&p).is_ok());
+            }
+            if let Some(r) = server_report(&h) {
+                prop_assert!(r.reset.is_none_or(|d| d <= MAX_RESET));
             }
         }
 

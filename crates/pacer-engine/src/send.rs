@@ -306,6 +306,10 @@ impl<'a> Sending<'a> {
                 stated_rate: matches_adaptive(self.sh, limits)
                     .then(|| crate::ratelimit_headers::policy_rate(&resp.headers))
                     .flatten(),
+                server: (limits != 0)
+                    .then(|| crate::ratelimit_headers::server_report(&resp.headers))
+                    .flatten(),
+                sent_ago: resp.service_time,
             },
         );
         let resp_bytes = resp.body_len

@@ -125,6 +125,7 @@ async fn main() {
         request_in: vec![],
         adaptive: false,
         spread: None,
+        reserve: None,
     };
     let pacing = fleet_pacing_rate(&limit, pacer_limiter::gcra::DEFAULT_SPREAD);
     let test_id = format!("sim-{}", std::process::id());

@@ -95,6 +95,8 @@ pub struct Limit {
     pub adaptive: bool,
     /// The accuracy bound's spread for this limit; `None`: the limiter's default.
     pub spread: Option<Duration>,
+    /// Headroom left unused for others (`reserve:`); `None`: none.
+    pub reserve: Option<crate::reserve::Reserve>,
 }
 
 impl Limit {

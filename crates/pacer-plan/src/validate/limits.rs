@@ -34,6 +34,9 @@ pub(super) fn limits(c: &mut Checker, specs: &[LimitSpec]) -> Vec<Limit> {
         if window.is_zero() {
             c.err(format!("{p}.window"), "must be above zero");
         }
+        if let Some(problem) = l.reserve.and_then(|r| r.problem(l.limit.as_per_sec())) {
+            c.err(format!("{p}.reserve"), problem);
+        }
         let m = l.matches.clone().unwrap_or_default();
         for (j, meth) in m.method_in.iter().enumerate() {
             if !is_token(meth) {
@@ -60,6 +63,7 @@ pub(super) fn limits(c: &mut Checker, specs: &[LimitSpec]) -> Vec<Limit> {
             request_in: m.request_in.clone(),
             adaptive: l.adaptive,
             spread: l.spread.map(HumanDuration::get),
+            reserve: l.reserve,
         });
     }
     limits
