@@ -71,6 +71,13 @@ scenarios:
     )
 }
 
+/// The token fetches a summary counts (the controller's, when it serves the tokens).
+fn fetches(s: &Value) -> u64 {
+    s["token_fetches"].as_array().map_or(0, |a| {
+        a.iter().map(|f| f["fetches"].as_u64().unwrap_or(0)).sum()
+    })
+}
+
 fn count_in(arrivals: &[Arrival], from_us: u64, to_us: u64, status: Option<u16>) -> usize {
     arrivals
         .iter()
@@ -147,8 +154,57 @@ async fn run_workers_fetches_one_token_and_its_busy_workers_use_the_whole_limit(
     check_budget(&mock, 8.0, "pacer run --workers 4");
     let stats = mock.stats();
     assert_eq!(stats.tokens.issued, 1, "one token for the fleet");
+    assert_eq!(
+        fetches(&r.summary),
+        1,
+        "the summary counts the controller's fetch"
+    );
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     assert_eq!(r.summary["limits"][0]["scope"], "fleet");
+    mock.shutdown().await;
+}
+
+/// Tokens that live 4 s, refreshed 2 s before expiry: the controller fetches one every 2 s and
+/// pushes it to every worker before the old one expires, so no request meets an expired token
+/// and the mock issues one token per refresh, not one per worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_refreshed_before_expiry_reaches_every_worker_in_time() {
+    let _one = SERIAL.lock().await;
+    let mut cfg = mock_config();
+    cfg.token_lifetime = Duration::from_secs(4);
+    let mock = start_mock(cfg).await;
+    let target = format!("http://{}", mock.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let text = plan(&target, "7s").replace("share: fleet }", "share: fleet, refreshBefore: 2s }");
+    assert!(text.contains("refreshBefore: 2s"));
+    let extra = [
+        "--workers".to_string(),
+        WORKERS.to_string(),
+        "--worker-header".to_string(),
+    ];
+    let r = run_summary(dir.path(), &text, &extra, &[], Duration::from_secs(60)).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let stats = mock.stats();
+    let unauthorized = stats.requests.by_status.get(&401).copied().unwrap_or(0);
+    let failed = r.summary["totals"]["failed"].as_u64().unwrap();
+    eprintln!(
+        "4 s tokens refreshed 2 s ahead over a 7 s run of 3 busy workers: tokens issued {}, \
+         fetches in the summary {}, {unauthorized} answers 401, {failed} failed requests, {} \
+         requests",
+        stats.tokens.issued,
+        fetches(&r.summary),
+        stats.requests.total
+    );
+    assert_eq!(unauthorized, 0, "a worker used an expired token");
+    assert_eq!(failed, 0);
+    // A fetch at the start and one every 2 s: 4 or 5 within the run and its graceful stop
+    // (3 workers fetching their own would be 3 times as many).
+    assert!(
+        (3..=5).contains(&stats.tokens.issued),
+        "tokens issued {}",
+        stats.tokens.issued
+    );
+    assert_eq!(fetches(&r.summary), stats.tokens.issued);
     mock.shutdown().await;
 }
 
@@ -299,6 +355,11 @@ async fn controller_and_workers_share_one_token_one_refresh_and_one_pause() {
     );
     assert_eq!(before.tokens.issued, 1, "one fetch for the whole fleet");
     assert_eq!(stats.tokens.issued, 2, "exactly one refresh after the 401s");
+    assert_eq!(
+        fetches(&s),
+        2,
+        "the summary counts the controller's fetches"
+    );
     assert_eq!(failed, 0, "requests failed after the refresh");
     assert!(
         in_pause <= 3,

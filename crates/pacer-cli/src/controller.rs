@@ -194,7 +194,10 @@ pub async fn run(args: ControllerArgs) -> Exit {
     // token per `share: fleet` credential; workers given a Redis share through it instead.
     cfg.serve_limits = true;
     let tokens = match pacer_engine::setup::served_token_fetcher(&plan) {
-        Ok(t) => t,
+        Ok(t) => t.map(|f| pacer_controller::served::TokenService {
+            fetcher: f.fetcher,
+            recorder: f.recorder,
+        }),
         Err(e) => {
             crate::exit::print_error(&e);
             return Exit::Invalid;

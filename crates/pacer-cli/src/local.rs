@@ -70,8 +70,10 @@ async fn run_inner(plan: Arc<Plan>, args: &LocalRun<'_>) -> anyhow::Result<Exit>
     let serve = args.fleet.redis.is_none();
     cfg.serve_limits = serve;
     let tokens = if serve {
-        pacer_engine::setup::served_token_fetcher(&plan)?
-            .map(|(fetcher, recorder)| TokenService { fetcher, recorder })
+        pacer_engine::setup::served_token_fetcher(&plan)?.map(|f| TokenService {
+            fetcher: f.fetcher,
+            recorder: f.recorder,
+        })
     } else {
         None
     };

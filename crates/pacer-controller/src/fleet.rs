@@ -588,6 +588,12 @@ impl Fleet {
                 refused.push((i, e));
             }
         }
+        // What the controller did itself for the fleet (the tokens it fetched for everyone).
+        if let Some(own) = inner.served.as_ref().and_then(|s| s.snapshot())
+            && let Err(e) = merged.merge(&own)
+        {
+            tracing::warn!("the controller's own counts cannot be merged: {e}");
+        }
         (merged, refused)
     }
 

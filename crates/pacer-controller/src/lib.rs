@@ -170,7 +170,7 @@ impl Coordinator {
     pub fn serving(
         plan: Arc<Plan>,
         cfg: ControllerConfig,
-        tokens: Option<Arc<dyn pacer_limiter::served::TokenFetcher>>,
+        tokens: Option<served::TokenService>,
     ) -> Result<Self, ControllerError> {
         if cfg.session_token.len() < pacer_proto::MIN_SESSION_TOKEN_BYTES {
             return Err(ControllerError::SessionTokenTooShort(

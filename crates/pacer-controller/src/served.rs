@@ -30,11 +30,21 @@ use crate::Inner;
 /// or the workers' 401 reports say: a token endpoint must not be hammered.
 const MIN_REFRESH_AFTER: Duration = Duration::from_secs(1);
 
+/// The tokens a controller serves: how it fetches them, and the recorder that counts the
+/// fetches (laid out like the plan; its snapshot joins the fleet's merge, so the summary's token
+/// fetches are the controller's).
+pub struct TokenService {
+    pub fetcher: Arc<dyn TokenFetcher>,
+    pub recorder: Arc<pacer_stats::Recorder>,
+}
+
 /// What the controller serves its workers.
 pub(crate) struct Served {
     /// The GCRA of the fleet limits and which plan limits they are; `None`: no fleet limit.
     budget: Option<(LocalLimiter, u64)>,
     tokens: Option<TokenServer>,
+    /// Counts the token fetches.
+    recorder: Option<Arc<pacer_stats::Recorder>>,
 }
 
 impl Served {
@@ -43,14 +53,23 @@ impl Served {
     pub(crate) fn new(
         plan: &Plan,
         serve_limits: bool,
-        fetcher: Option<Arc<dyn TokenFetcher>>,
+        tokens: Option<TokenService>,
     ) -> Option<Self> {
         let bits = fleet_bits(&plan.limits);
         let budget = (serve_limits && bits != 0).then(|| (served_budget(&plan.limits), bits));
-        let tokens = fetcher
-            .filter(|f| !f.served().is_empty())
-            .map(TokenServer::new);
-        (budget.is_some() || tokens.is_some()).then_some(Self { budget, tokens })
+        let tokens = tokens.filter(|t| !t.fetcher.served().is_empty());
+        let recorder = tokens.as_ref().map(|t| t.recorder.clone());
+        let tokens = tokens.map(|t| TokenServer::new(t.fetcher));
+        (budget.is_some() || tokens.is_some()).then_some(Self {
+            budget,
+            tokens,
+            recorder,
+        })
+    }
+
+    /// What the controller itself recorded (its token fetches), to merge with the workers'.
+    pub(crate) fn snapshot(&self) -> Option<pacer_stats::Snapshot> {
+        self.recorder.as_ref().map(|r| r.snapshot())
     }
 
     /// Whether the Assign says `served_limits`.

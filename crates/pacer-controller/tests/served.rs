@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use pacer_controller::served::TokenService;
 use pacer_controller::{ControllerConfig, Coordinator};
 use pacer_limiter::served::{Fetched, TokenFetcher};
 use pacer_limiter::{Token, TokenError};
@@ -54,7 +55,10 @@ async fn serve(fetcher: Arc<Counted>) -> (String, CancellationToken) {
     let mut cfg = ControllerConfig::new("t1", TOKEN, 2);
     cfg.serve_limits = true;
     cfg.wait_for_workers = Duration::from_secs(10);
-    let c = Coordinator::serving(plan(), cfg, Some(fetcher)).unwrap();
+    let plan = plan();
+    let recorder = Arc::new(pacer_stats::Recorder::new(pacer_stats::Layout::of(&plan)));
+    let tokens = TokenService { fetcher, recorder };
+    let c = Coordinator::serving(plan, cfg, Some(tokens)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();

@@ -340,11 +340,12 @@ impl TokenSource for Tokens {
 
 /// The `share: fleet` OAuth2 credentials of a plan, fetched by a controller that hands their
 /// tokens to its workers over the session (`pacer_limiter::served`, no Redis): the same client
-/// and fetch as every token here, with the fetches recorded in a recorder of its own.
+/// and fetch as every token here, with the fetches recorded in `recorder` (the controller
+/// merges it into the fleet's results, so the summary counts these fetches).
 pub(crate) struct ServedFetcher {
     creds: Vec<(usize, OAuthClient)>,
     client: reqwest::Client,
-    recorder: Recorder,
+    pub(crate) recorder: Arc<Recorder>,
 }
 
 impl ServedFetcher {
@@ -360,7 +361,7 @@ impl ServedFetcher {
         (!creds.is_empty()).then(|| Self {
             creds,
             client,
-            recorder: Recorder::new(pacer_stats::Layout::of(plan)),
+            recorder: Arc::new(Recorder::new(pacer_stats::Layout::of(plan))),
         })
     }
 }

@@ -44,17 +44,20 @@ pub struct Served {
     pub tokens: Option<Arc<ServedTokens>>,
 }
 
-/// The fetcher of a controller that serves its workers the plan's `share: fleet` OAuth2
-/// tokens (no Redis), and the recorder its fetches are counted in (laid out like the plan):
-/// `None` when the plan has none.
-pub fn served_token_fetcher(
-    plan: &Plan,
-) -> Result<Option<(Arc<dyn TokenFetcher>, Arc<Recorder>)>, SetupError> {
+/// How a controller that serves its workers the plan's `share: fleet` OAuth2 tokens (no
+/// Redis) fetches them, and the recorder its fetches are counted in (laid out like the plan).
+pub struct ServedFetch {
+    pub fetcher: Arc<dyn TokenFetcher>,
+    pub recorder: Arc<Recorder>,
+}
+
+/// The plan's [`ServedFetch`]: `None` when it has no `share: fleet` OAuth2 credential.
+pub fn served_token_fetcher(plan: &Plan) -> Result<Option<ServedFetch>, SetupError> {
     let client = crate::http::build_token_client(&plan.http)?;
     Ok(
-        crate::auth::ServedFetcher::from_plan(plan, client).map(|f| {
-            let recorder = f.recorder.clone();
-            (Arc::new(f) as Arc<dyn TokenFetcher>, recorder)
+        crate::auth::ServedFetcher::from_plan(plan, client).map(|f| ServedFetch {
+            recorder: f.recorder.clone(),
+            fetcher: Arc::new(f),
         }),
     )
 }
