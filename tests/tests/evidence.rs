@@ -145,7 +145,8 @@ async fn a_fleet_plans_forecast_matches_the_run_of_its_workers() {
 /// Forced 429s (named `forced` by the mock) and a limit refusing with 503 (named
 /// `nginx-503`): the ledger has exactly one line per such response the mock sent, each with a
 /// correlation id the mock received with that status, and the limit's name; retries keep
-/// their request's id with the next attempt number; the HTML report shows the table.
+/// their request's id with the next attempt number, the mock's own request id is captured;
+/// the HTML report shows the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_has_one_line_per_429_and_503_with_the_ids_the_mock_received() {
     let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
@@ -210,6 +211,9 @@ async fn the_ledger_has_one_line_per_429_and_503_with_the_ids_the_mock_received(
             other => panic!("status {other} in the ledger: {l}"),
         }
         assert!(l["attempt"].as_u64().unwrap() >= 1);
+        // The mock's own id for the exchange (Genesys Cloud's header), captured.
+        assert_eq!(l["serverRequestIdHeader"], "inin-correlation-id", "{l}");
+        assert_eq!(l["serverRequestId"].as_str().map(str::len), Some(36), "{l}");
     }
     let (n429, n503) = (
         lines.iter().filter(|l| l["status"] == 429).count(),

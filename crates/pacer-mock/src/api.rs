@@ -155,8 +155,17 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         Fault::None => {}
     }
     drop(rec);
-    outcome.response
+    let mut response = outcome.response;
+    // The server's own id for the exchange, as Genesys Cloud sends it on every answer: what a
+    // client's evidence ledger keeps beside its own correlation id.
+    if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        response.headers_mut().insert(SERVER_REQUEST_ID, id);
+    }
+    response
 }
+
+/// The header carrying the mock's id for each API answer (Genesys Cloud's name).
+pub(crate) const SERVER_REQUEST_ID: &str = "inin-correlation-id";
 
 /// Records a request whose client left before it was answered.
 struct Pending {
