@@ -31,9 +31,11 @@ e2e-deps:
 build: deps
 	$(CARGO) build -p pacer-cli
 
-# The LoadTest CRD, generated from crates/pacer-operator/src/crd.rs (a test fails when stale).
+# The CRDs, generated from crates/pacer-operator/src/crd.rs and ratebudget.rs (a test fails
+# when stale).
 crds:
-	$(CARGO) run -q -p pacer-cli -- crd > charts/pacer/crds/loadtests.pacer.dev.yaml
+	$(CARGO) run -q -p pacer-cli -- crd --kind load-test > charts/pacer/crds/loadtests.pacer.dev.yaml
+	$(CARGO) run -q -p pacer-cli -- crd --kind rate-budget > charts/pacer/crds/ratebudgets.pacer.dev.yaml
 
 # The Helm chart with the helm that `make e2e-deps` builds (tests/tests/chart.rs checks more).
 HELM ?= $(or $(PACER_TOOLS),$(HOME)/.cache/pacer-tools)/bin/helm

@@ -1491,3 +1491,202 @@ async fn the_user_story_runs_to_succeeded_as_kubectl_shows_it() {
          `scope: fleet` budget through it"
     );
 }
+
+/// Issue 19's RateBudget on a real API server: examples/ratebudget.yaml and the two LoadTests
+/// of examples/loadtest-budget-*.yaml (pointed at an in-process mock whose limit is
+/// organisation-wide, 50 per 5 s, and at a loopback redis-server), each offering far more than
+/// the limit alone. `kubectl get ratebudgets` shows the rate and both tests while they run (the
+/// printer columns, read through the API server's table), the budget's status lists them, and
+/// no 5 s window of the mock is over the limit.
+#[tokio::test]
+async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
+    const LIMIT: u64 = 50;
+    let install = installed().await;
+    let cluster = Cluster::shared();
+    let client = cluster.client().await.unwrap();
+    let ns = "e2e-budget";
+    cluster.create_namespace(ns).await.unwrap();
+    let redis = RedisServer::start();
+    let mock = start_mock(pacer_mock::MockConfig {
+        auth: pacer_mock::AuthMode::Required,
+        limits: vec![pacer_mock::LimitConfig {
+            name: "per-org".into(),
+            key: pacer_mock::LimitKey::Org,
+            limit: LIMIT,
+            window: Duration::from_secs(5),
+            methods: None,
+            path_prefix: None,
+            algorithm: pacer_mock::Algorithm::Sliding,
+            ..pacer_mock::LimitConfig::default()
+        }],
+        latency: LatencyConfig::Fixed {
+            value: Duration::from_millis(2),
+        },
+        ..pacer_mock::MockConfig::default()
+    })
+    .await;
+    // The mock's default client.
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "genesys-client",
+            "-n",
+            ns,
+            "--from-literal=clientId=pacer-demo",
+            "--from-literal=clientSecret=demo-secret",
+        ])
+        .await
+        .unwrap();
+    let read = |name: &str| -> Value {
+        serde_saphyr::from_str(
+            &std::fs::read_to_string(workspace_root().join("examples").join(name)).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut budget = read("ratebudget.yaml");
+    budget["spec"]["limits"][0]["limit"] = json!(format!("{LIMIT}/5s"));
+    budget["spec"]["redis"] = json!({ "url": redis.url() });
+    budget["spec"]["idleExpiry"] = json!("30s");
+    let names = ["budget-checkout", "budget-search"];
+    let tests_manifests: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            let mut lt = read(&format!("loadtest-{n}.yaml"));
+            assert_eq!(lt["metadata"]["name"], *n);
+            assert_eq!(lt["spec"]["budgetRef"]["name"], "acme-api");
+            lt["spec"]["workers"] = json!(1);
+            lt["spec"]["startTimeout"] = json!("60s");
+            lt["spec"]["workerTemplate"]["env"][0]["value"] = json!(format!("http://{}", mock.addr()));
+            lt["spec"]["plan"]["duration"] = json!("12s");
+            lt
+        })
+        .collect();
+    kubectl_apply_ok(ns, &[budget]).await;
+    kubectl_apply_ok(ns, &tests_manifests).await;
+
+    let tests = loadtests(client.clone(), ns);
+    let budgets: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource {
+            group: "pacer.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "pacer.dev/v1alpha1".into(),
+            kind: "RateBudget".into(),
+            plural: "ratebudgets".into(),
+        },
+    );
+    let started = Instant::now();
+    let mut ended: [Option<Value>; 2] = [None, None];
+    let mut max_tests = 0;
+    let mut table_while_running = String::new();
+    let mut status_while_running = Value::Null;
+    while ended.iter().any(Option::is_none) {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the tests on the budget did not end: {ended:?}\noperator log:\n{}\n{}",
+            operator_log(install),
+            cluster.diagnostics()
+        );
+        let rb = budgets
+            .get_opt("acme-api")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|o| o.data.get("status").cloned())
+            .unwrap_or(Value::Null);
+        let count = rb["testCount"].as_u64().unwrap_or(0);
+        max_tests = max_tests.max(count);
+        let rate_read = rb["rate"].as_str().is_some_and(|r| r.contains(" per s"));
+        if count == 2 && rate_read {
+            // `kubectl get ratebudgets` now: kept when it shows both tests and a rate used
+            let table = cluster
+                .kubectl_ok(&["get", "ratebudgets", "-n", ns])
+                .await
+                .unwrap();
+            let rate = table_cell(&table, "RATE", "TESTS");
+            let used = rate
+                .split('/')
+                .next()
+                .and_then(|u| u.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            let processes = table_cell(&table, "PROCESSES", "PAUSED")
+                .parse::<u32>()
+                .unwrap_or(0);
+            if table_cell(&table, "TESTS", "PROCESSES") == "2" && used > 0.0 && processes >= 2 {
+                status_while_running = rb.clone();
+                table_while_running = table;
+            }
+        }
+        for (i, n) in names.iter().enumerate() {
+            let s = status_of(&tests, n).await.unwrap_or_default();
+            if ["Succeeded", "Failed", "Aborted"].contains(&phase(&s)) {
+                ended[i] = Some(s);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let stats = mock.stats();
+    let lim = &stats.limits[0];
+    eprintln!(
+        "RateBudget e2e: max offered in a 5 s window {} of {LIMIT}, accepted {}, rejected {}, \
+         tokens issued {}\n{table_while_running}\nstatus: {status_while_running:#}",
+        lim.max_offered_in_window, lim.accepted, lim.rejected, stats.tokens.issued
+    );
+    for s in ended.iter().flatten() {
+        assert_eq!(phase(s), "Succeeded", "{s:#}\n{}", operator_log(install));
+    }
+    assert!(
+        lim.max_offered_in_window <= LIMIT,
+        "the budget's tests overran the limit: {} in a window",
+        lim.max_offered_in_window
+    );
+    assert_eq!(max_tests, 2, "the budget never showed both tests running");
+    // `kubectl get ratebudgets`: the columns, the rate and the tests
+    let mut lines = table_while_running.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "RATE", "TESTS", "PROCESSES", "PAUSED", "UNTIL", "LAST", "429", "LEFT", "AGE"],
+        "{table_while_running}"
+    );
+    assert!(
+        lines.next().unwrap_or_default().starts_with("acme-api "),
+        "{table_while_running}"
+    );
+    let rate = table_cell(&table_while_running, "RATE", "TESTS");
+    assert!(
+        rate.ends_with("per s") || rate.contains(" per s ("),
+        "the rate: {table_while_running}"
+    );
+    assert_eq!(table_cell(&table_while_running, "TESTS", "PROCESSES"), "2");
+    let listed: Vec<&str> = status_while_running["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(listed, names, "{status_while_running:#}");
+    assert_eq!(status_while_running["budget"], "e2e-budget.acme-api");
+    assert!(
+        status_while_running["processCount"].as_u64().unwrap_or(0) >= 2,
+        "{status_while_running:#}"
+    );
+    mock.shutdown().await;
+}
+
+/// The cell of a `kubectl get` table's first row under `column` (up to the column `next`).
+fn table_cell(table: &str, column: &str, next: &str) -> String {
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    let row = lines.next().unwrap_or_default();
+    let (Some(from), Some(to)) = (header.find(column), header.find(next)) else {
+        return String::new();
+    };
+    row.get(from..to.min(row.len()))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}

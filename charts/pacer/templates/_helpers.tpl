@@ -127,6 +127,17 @@ No verb on Secrets but create/delete: the controller never reads one.
 - apiGroups: ["pacer.dev"]
   resources: ["loadtests/finalizers"]
   verbs: ["update"]
+# RateBudgets: read for the LoadTests on them; the status written; the finalizer that holds a
+# budget while its tests run.
+- apiGroups: ["pacer.dev"]
+  resources: ["ratebudgets"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["pacer.dev"]
+  resources: ["ratebudgets/status"]
+  verbs: ["patch"]
+- apiGroups: ["pacer.dev"]
+  resources: ["ratebudgets/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "delete"]

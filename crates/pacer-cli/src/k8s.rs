@@ -124,9 +124,30 @@ pub struct ReportCommand {
     pub json: bool,
 }
 
+/// Which CustomResourceDefinition `pacer crd` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrdKind {
+    LoadTest,
+    RateBudget,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CrdArgs {
+    /// Print only this one (default: both, as one YAML stream).
+    #[arg(long, value_enum)]
+    pub kind: Option<CrdKind>,
+}
+
 /// `pacer crd`.
-pub fn crd() -> Exit {
-    match pacer_operator::crd::crd_yaml() {
+pub fn crd(args: &CrdArgs) -> Exit {
+    let yaml = match args.kind {
+        Some(CrdKind::LoadTest) => pacer_operator::crd::crd_yaml(),
+        Some(CrdKind::RateBudget) => pacer_operator::ratebudget::crd_yaml(),
+        None => pacer_operator::crd::crd_yaml().and_then(|lt| {
+            pacer_operator::ratebudget::crd_yaml().map(|rb| format!("{lt}---\n{rb}"))
+        }),
+    };
+    match yaml {
         Ok(y) => {
             print!("{y}");
             Exit::Passed

@@ -58,8 +58,8 @@ pub enum Command {
     Controller(Box<controller::ControllerArgs>),
     /// Join a controller's test and run this worker's share of the plan.
     Worker(Box<worker::WorkerArgs>),
-    /// Print the LoadTest CustomResourceDefinition (YAML) for `kubectl apply -f -`.
-    Crd,
+    /// Print the CustomResourceDefinitions (YAML: LoadTest, RateBudget) for `kubectl apply -f -`.
+    Crd(k8s::CrdArgs),
     /// Run LoadTests on Kubernetes: the operator (the Helm chart's controller; docs/kubernetes.md).
     Operator(Box<k8s::OperatorArgs>),
     /// Create a LoadTest from a plan file (or a LoadTest manifest) on Kubernetes.
@@ -123,7 +123,7 @@ pub async fn run_cli(cli: Cli) -> Exit {
         Command::Validate(args) => validate::run(&args),
         Command::Controller(args) => controller::run(*args).await,
         Command::Worker(args) => worker::run(*args).await,
-        Command::Crd => k8s::crd(),
+        Command::Crd(args) => k8s::crd(&args),
         Command::Operator(args) => k8s::operator(*args).await,
         Command::Submit(args) => k8s::submit(*args).await,
         Command::Watch(args) => k8s::watch(args).await,

@@ -32,6 +32,21 @@ where
     Ok(Api::namespaced(ctx.client.clone(), &ns))
 }
 
+/// The RateBudget `r` names, in the LoadTest's namespace (`None`: there is none; a reference
+/// to another namespace is not looked up, crate::budget refuses it).
+pub(crate) async fn get_budget(
+    lt: &LoadTest,
+    ctx: &Context,
+    r: &crate::ratebudget::BudgetRef,
+) -> Result<Option<crate::ratebudget::RateBudget>> {
+    let ns = lt.namespace().ok_or(Error::MissingNamespace)?;
+    if r.namespace.as_deref().is_some_and(|n| n != ns) {
+        return Ok(None);
+    }
+    let api: Api<crate::ratebudget::RateBudget> = namespaced(lt, ctx)?;
+    Ok(api.get_opt(&r.name).await?)
+}
+
 /// Write the status (server-side apply on the status subresource, forcing the operator's
 /// fields).
 pub(crate) async fn write_status(
@@ -135,7 +150,7 @@ pub(crate) async fn create_workers(
     token: &str,
 ) -> Result<()> {
     let secrets: Api<Secret> = namespaced(lt, ctx)?;
-    let secret = resources::session_secret(lt, &prepared.test_id, token, &ctx.config);
+    let secret = resources::session_secret(lt, prepared, token, &ctx.config);
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {

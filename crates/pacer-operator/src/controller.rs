@@ -251,7 +251,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio_util::sync::CancellationToke
                 .await;
         }
     });
-    futures::future::join_all(controllers).await;
+    // RateBudgets beside them (budget_status.rs): their status, their finalizer.
+    let budgets = crate::budget_status::run(ctx.clone(), shutdown.clone());
+    futures::future::join(futures::future::join_all(controllers), budgets).await;
     // Stop what still runs: the workers keep trying to reconnect for a while, then give up.
     for (id, handle) in ctx.running() {
         tracing::warn!("operator stopping: aborting test {id}");

@@ -85,6 +85,10 @@ pub struct LoadTestSpec {
     /// `true` stops a running test (it ends in phase Aborted); a test created suspended waits.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// The RateBudget (in this namespace) the test runs on: its limits, credentials and Redis
+    /// join the plan's, shared with every other test on it (docs/kubernetes.md, "RateBudget").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_ref: Option<crate::ratebudget::BudgetRef>,
 }
 
 /// When the worker image is pulled.

@@ -23,6 +23,8 @@
 //!   reported on its own instead of stopping the watch of all of them.
 
 mod api;
+pub mod budget;
+pub mod budget_status;
 pub mod controller;
 pub mod crd;
 pub mod diagnose;
@@ -33,6 +35,7 @@ pub mod metrics;
 mod phases;
 pub mod policy;
 pub mod prepare;
+pub mod ratebudget;
 pub mod reason;
 pub mod resources;
 pub mod runner;

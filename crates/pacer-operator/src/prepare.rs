@@ -29,6 +29,9 @@ pub struct Prepared {
     pub workers: u32,
     pub test_id: String,
     pub start_timeout: Duration,
+    /// The RateBudget the test runs on (`spec.budgetRef`): already merged into `plan`; its
+    /// credentials, Redis and idle expiry go to the worker pods.
+    pub budget: Option<crate::budget::Joined>,
 }
 
 /// What the spec does not say and the operator decides.
@@ -127,7 +130,31 @@ pub fn test_id(lt: &LoadTest) -> String {
 /// Check a LoadTest and make its plan: every problem found, each with its field path (in
 /// the order of the steps below).
 pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<FieldError>> {
-    let spec = &lt.spec;
+    prepare_on(lt, defaults, None, None)
+}
+
+/// [`prepare`] for a LoadTest whose `spec.budgetRef` the operator looked up (`found`; `None`:
+/// not looked up, which a LoadTest with a budgetRef is refused for): the budget merged into the
+/// plan ([`crate::budget::join`]) before it is checked, so its limits are checked with the
+/// plan's and the workers get the merged plan.
+pub fn prepare_on(
+    lt: &LoadTest,
+    defaults: &Defaults,
+    found: Option<crate::budget::Found<'_>>,
+    default_redis: Option<&crate::resources::RedisSource>,
+) -> Result<Prepared, Vec<FieldError>> {
+    let mut merged_spec = None;
+    let mut budget = None;
+    if lt.spec.budget_ref.is_some() {
+        let found = found.unwrap_or(crate::budget::Found::Missing);
+        let (plan, joined) = crate::budget::join(lt, found, default_redis)?;
+        let mut spec = lt.spec.clone();
+        spec.plan = plan;
+        spec.credentials.extend(joined.credentials.iter().cloned());
+        merged_spec = Some(spec);
+        budget = Some(joined);
+    }
+    let spec = merged_spec.as_ref().unwrap_or(&lt.spec);
     let mut errors = defaults.worker_policy.check(lt);
     let provided = provided_env(spec, &mut errors);
     let plan = validated_plan(spec, &provided, &mut errors);
@@ -156,6 +183,7 @@ pub fn prepare(lt: &LoadTest, defaults: &Defaults) -> Result<Prepared, Vec<Field
         workers,
         test_id: test_id(lt),
         start_timeout,
+        budget,
     })
 }
 

@@ -43,11 +43,21 @@ pub enum Reason {
     Deleted,
     /// The operator restarted while the test ran (the session lived in its memory).
     ControllerRestarted,
+    /// `spec.budgetRef` names no RateBudget of the LoadTest's namespace (or one being
+    /// deleted): nothing was started.
+    BudgetNotFound,
+    /// A RateBudget's spec is not valid (its `Valid=False`; a LoadTest on it ends with it).
+    InvalidBudget,
+    /// A RateBudget's Redis was read (`Observed=True`).
+    Observed,
+    /// A RateBudget's Redis is not read: a Redis whose URL is in a Secret the operator may not
+    /// read, or one that did not answer (`Observed=False`, the message says which).
+    NotObserved,
 }
 
 impl Reason {
     /// Every reason (for tests that check the wire names).
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 19] = [
         Self::Valid,
         Self::InvalidSpec,
         Self::InternalError,
@@ -63,6 +73,10 @@ impl Reason {
         Self::Aborted,
         Self::Deleted,
         Self::ControllerRestarted,
+        Self::BudgetNotFound,
+        Self::InvalidBudget,
+        Self::Observed,
+        Self::NotObserved,
     ];
 
     /// The string on the wire (the same as its serde name).
@@ -83,6 +97,10 @@ impl Reason {
             Self::Aborted => "Aborted",
             Self::Deleted => "Deleted",
             Self::ControllerRestarted => "ControllerRestarted",
+            Self::BudgetNotFound => "BudgetNotFound",
+            Self::InvalidBudget => "InvalidBudget",
+            Self::Observed => "Observed",
+            Self::NotObserved => "NotObserved",
         }
     }
 

@@ -93,9 +93,10 @@ fn meta(lt: &LoadTest, name: &str, test_id: &str) -> ObjectMeta {
 /// The Secret holding the test's session token and, when the fleet's Redis is given by URL,
 /// that URL (it may hold the Redis password): workers read both through `secretKeyRef`, so
 /// neither is in the Job's spec, where anyone who may read Jobs would see it.
-pub fn session_secret(lt: &LoadTest, test_id: &str, token: &str, cfg: &OperatorConfig) -> Secret {
+pub fn session_secret(lt: &LoadTest, p: &Prepared, token: &str, cfg: &OperatorConfig) -> Secret {
+    let test_id = p.test_id.as_str();
     let mut data = BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())]);
-    if let Some(RedisSource::Url(url)) = redis_source(lt, cfg) {
+    if let Some(RedisSource::Url(url)) = redis_for(lt, p, cfg) {
         data.insert(REDIS_URL_KEY.to_string(), url);
     }
     Secret {
@@ -212,6 +213,14 @@ pub fn redis_source(lt: &LoadTest, cfg: &OperatorConfig) -> Option<RedisSource> 
     }
 }
 
+/// Where a prepared LoadTest's workers find Redis: its RateBudget's, else [`redis_source`].
+pub fn redis_for(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Option<RedisSource> {
+    match &p.budget {
+        Some(b) => Some(b.redis.clone()),
+        None => redis_source(lt, cfg),
+    }
+}
+
 /// The Indexed Job running the workers: one pod per worker index (`JOB_COMPLETION_INDEX`),
 /// each running `pacer worker --connect <controller> --index <i>`.
 pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
@@ -235,7 +244,7 @@ pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
         field_env("PACER_WORKER_NAME", "metadata.name"),
         env("PACER_LOG", "info"),
     ];
-    let redis = redis_source(lt, cfg);
+    let redis = redis_for(lt, p, cfg);
     match &redis {
         Some(RedisSource::Url(_)) => {
             envs.push(secret_env("PACER_REDIS_URL", &names.secret, REDIS_URL_KEY))
@@ -248,7 +257,11 @@ pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
     if redis.is_some() {
         envs.push(env("PACER_FLEET", &p.test_id));
     }
-    for c in &spec.credentials {
+    if let Some(idle) = p.budget.as_ref().and_then(|b| b.idle) {
+        envs.push(env("PACER_BUDGET_IDLE", &format!("{}ms", idle.as_millis())));
+    }
+    let budget_credentials = p.budget.iter().flat_map(|b| b.credentials.iter());
+    for c in spec.credentials.iter().chain(budget_credentials) {
         for (var, key) in credential_envs(c) {
             envs.push(secret_env(&var, &c.secret_ref.name, &key));
         }

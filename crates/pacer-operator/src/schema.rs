@@ -41,6 +41,37 @@ pub fn plan_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// The most limits a RateBudget declares (a plan has a handful; each is a Redis key read by
+/// every status update).
+pub const MAX_BUDGET_LIMITS: u64 = 32;
+
+/// `schema_with` for `RateBudgetSpec::limits`: the plan's `limits` (`LimitSpec`), structural,
+/// at most [`MAX_BUDGET_LIMITS`].
+pub fn limits_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let generator = SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .into_generator();
+    let root = generator.into_root_schema_for::<Vec<pacer_plan::spec::LimitSpec>>();
+    let mut value = root.to_value();
+    structural(&mut value);
+    if let Value::Object(map) = &mut value {
+        map.insert("minItems".into(), json!(1));
+        map.insert("maxItems".into(), json!(MAX_BUDGET_LIMITS));
+        map.insert(
+            "description".into(),
+            json!(
+                "The organisation's limits, as a plan's limits (docs/plan-format.md); every one is shared by the budget's tests."
+            ),
+        );
+    }
+    schemars::Schema::try_from(value).unwrap_or_else(|_| {
+        schemars::json_schema!({ "type": "array", "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } })
+    })
+}
+
 /// Rewrite a schema (in place) into one Kubernetes accepts as structural.
 pub fn structural(v: &mut Value) {
     let Value::Object(map) = v else {

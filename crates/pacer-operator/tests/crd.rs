@@ -167,13 +167,16 @@ fn strict(v: &mut Value) {
 }
 
 fn validator() -> jsonschema::Validator {
-    let crd = crd();
+    validator_of(crd(), "LoadTest")
+}
+
+fn validator_of(crd: Value, kind: &str) -> jsonschema::Validator {
     let mut schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
     strict(&mut schema);
     // metadata is the API server's.
     schema["properties"]["metadata"] = json!({"type": "object"});
     schema["properties"]["apiVersion"] = json!({"type": "string", "enum": ["pacer.dev/v1alpha1"]});
-    schema["properties"]["kind"] = json!({"type": "string", "enum": ["LoadTest"]});
+    schema["properties"]["kind"] = json!({"type": "string", "enum": [kind]});
     schema["required"] = json!(["apiVersion", "kind", "spec"]);
     jsonschema::draft4::new(&schema).expect("the CRD schema compiles")
 }
@@ -205,9 +208,23 @@ fn the_example_loadtests_match_the_crd_schema() {
             "{name} does not match the CRD:\n{}",
             errs.join("\n")
         );
-        // And the operator accepts it.
-        let lt: pacer_operator::LoadTest = serde_json::from_value(doc).expect("a LoadTest");
-        if let Err(e) = pacer_operator::prepare::prepare(&lt, &Default::default()) {
+        // And the operator accepts it (on its RateBudget, from examples/ratebudget*.yaml).
+        let mut lt: pacer_operator::LoadTest = serde_json::from_value(doc).expect("a LoadTest");
+        lt.metadata.namespace = Some("default".into());
+        let budgets = example_budgets();
+        let found = lt.spec.budget_ref.as_ref().map(|r| {
+            match budgets
+                .iter()
+                .find(|b| b.metadata.name.as_deref() == Some(r.name.as_str()))
+            {
+                Some(b) => pacer_operator::budget::Found::Budget(b),
+                None => panic!("{name}: no examples/ratebudget*.yaml named {:?}", r.name),
+            }
+        });
+        let redis = pacer_operator::RedisSource::Url("redis://redis:6379".into());
+        if let Err(e) =
+            pacer_operator::prepare::prepare_on(&lt, &Default::default(), found, Some(&redis))
+        {
             panic!("{name}: the operator refuses it: {e:?}");
         }
         seen += 1;
@@ -321,5 +338,111 @@ fn the_worker_template_lets_no_other_pod_field_through() {
     assert!(
         open.is_empty(),
         "open schemas under workerTemplate: {open:?}"
+    );
+}
+
+const COMMITTED_BUDGET: &str = "charts/pacer/crds/ratebudgets.pacer.dev.yaml";
+
+fn budget_crd() -> Value {
+    let yaml = pacer_operator::ratebudget::crd_yaml().expect("the CRD renders");
+    serde_saphyr::from_str(&yaml).expect("the CRD is YAML")
+}
+
+#[test]
+fn the_committed_ratebudget_crd_is_not_stale() {
+    let generated = pacer_operator::ratebudget::crd_yaml().expect("the CRD renders");
+    let path = root().join(COMMITTED_BUDGET);
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    if committed != generated {
+        if std::env::var_os("PACER_UPDATE_CRDS").is_some() {
+            std::fs::write(&path, &generated).expect("write the CRD");
+            return;
+        }
+        panic!("{COMMITTED_BUDGET} is stale: regenerate it with `make crds`");
+    }
+}
+
+#[test]
+fn the_ratebudget_crd_tells_an_organisations_api_at_a_glance() {
+    let budget = budget_crd();
+    let spec = &budget["spec"];
+    assert_eq!(spec["scope"], "Namespaced");
+    assert_eq!(spec["names"]["kind"], "RateBudget");
+    assert_eq!(spec["names"]["shortNames"], json!(["rb"]));
+    let v = &spec["versions"][0];
+    assert_eq!(v["subresources"]["status"], json!({}));
+    let columns: Vec<&str> = v["additionalPrinterColumns"]
+        .as_array()
+        .expect("printer columns")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Rate",
+            "Tests",
+            "Processes",
+            "Paused Until",
+            "Last 429",
+            "Left",
+            "Age"
+        ]
+    );
+    let props = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(props["limits"]["maxItems"].as_u64(), Some(32));
+    assert_eq!(props["limits"]["items"]["type"], "object");
+    for field in ["limits", "credentials", "redis", "idleExpiry"] {
+        assert!(props.get(field).is_some(), "spec.{field} is missing");
+    }
+    structural(&v["schema"]["openAPIV3Schema"], "");
+    // A LoadTest refers to one.
+    let lt = crd();
+    let r = &lt["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["budgetRef"];
+    assert_eq!(r["required"], json!(["name"]));
+}
+
+/// Every examples/ratebudget*.yaml, checked against the CRD and by the operator.
+fn example_budgets() -> Vec<pacer_operator::ratebudget::RateBudget> {
+    let v = validator_of(budget_crd(), "RateBudget");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root().join("examples")).expect("examples/") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if !(name.starts_with("ratebudget") && name.ends_with(".yaml")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read example");
+        let doc: Value = serde_saphyr::from_str(&text).expect("example is YAML");
+        let errs = errors(&v, &doc);
+        assert!(
+            errs.is_empty(),
+            "{name} does not match the CRD:\n{}",
+            errs.join("\n")
+        );
+        let mut rb: pacer_operator::ratebudget::RateBudget =
+            serde_json::from_value(doc).expect("a RateBudget");
+        rb.metadata.namespace = Some("default".into());
+        let redis = pacer_operator::RedisSource::Url("redis://redis:6379".into());
+        let problems = pacer_operator::budget::check(&rb, Some(&redis));
+        assert!(
+            problems.is_empty(),
+            "{name}: the operator refuses it: {problems:?}"
+        );
+        out.push(rb);
+    }
+    out
+}
+
+#[test]
+fn the_example_ratebudgets_match_the_crd_and_the_operator() {
+    assert!(
+        !example_budgets().is_empty(),
+        "no examples/ratebudget*.yaml found"
     );
 }

@@ -1364,3 +1364,340 @@ async fn a_job_name_still_taken_aborts_the_run_and_retries_naming_the_job() {
     assert!(ctx.runs.lock().is_empty(), "the run is not kept");
     finish(server).await;
 }
+
+// ---- RateBudgets (spec.budgetRef; budget_status.rs) ----
+
+const BUDGET_PATH: &str = "/apis/pacer.dev/v1alpha1/namespaces/default/ratebudgets/acme-api";
+
+fn rate_budget() -> Value {
+    json!({
+        "apiVersion": "pacer.dev/v1alpha1",
+        "kind": "RateBudget",
+        "metadata": {"name": "acme-api", "namespace": "default", "uid": "rb-1", "generation": 1,
+                     "finalizers": [pacer_operator::ratebudget::BUDGET_FINALIZER]},
+        "spec": {
+            "limits": [{"name": "org", "limit": "5/s", "burst": 2}],
+            "credentials": [{"name": "genesys", "secretRef": {
+                "name": "acme-client", "clientIdKey": "id", "clientSecretKey": "secret"}}],
+            "idleExpiry": "10m"
+        }
+    })
+}
+
+/// `loadtest(name)` on the budget: its own credentials left to the budget's.
+fn on_budget(name: &str) -> LoadTest {
+    let mut lt = loadtest(name);
+    lt.spec.credentials.clear();
+    lt.spec.budget_ref = Some(pacer_operator::ratebudget::BudgetRef {
+        name: "acme-api".into(),
+        namespace: None,
+    });
+    lt
+}
+
+fn context_with_redis(client: Client, runner: FakeRunner) -> Arc<Context> {
+    let mut cfg = OperatorConfig::new("pacer.pacer-system.svc:7700", "pacer:test");
+    cfg.status_interval = Duration::ZERO;
+    cfg.default_redis = Some(RedisSource::Url("redis://pacer-redis:6379".into()));
+    Arc::new(Context::new(
+        client,
+        cfg,
+        Arc::new(runner),
+        Arc::new(Metrics::default()),
+    ))
+}
+
+#[tokio::test]
+async fn a_budget_ref_brings_the_budgets_limits_credentials_and_redis() {
+    let mut steps = vec![step(Method::GET, BUDGET_PATH, 200, rate_budget())];
+    steps.extend(starting_steps("run1"));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context_with_redis(client, runner.clone());
+    let (run, _, _) = started(&ctx, &runner, on_budget("run1")).await;
+    let plan = &run.spec.plan;
+    assert_eq!(plan.budget(), Some("default.acme-api"));
+    let names: Vec<&str> = plan.limits.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["per-token", "org"],
+        "the plan's own limit, then the budget's"
+    );
+    assert_eq!(
+        plan.limits[1].scope,
+        pacer_plan::spec::LimitScope::Fleet,
+        "a budget's limit is shared"
+    );
+    let seen = finish(server).await;
+    let job = &seen[2].1;
+    let env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .clone();
+    let var = |n: &str| env.iter().find(|e| e["name"] == n).cloned();
+    assert_eq!(
+        var("PACER_AUTH_GENESYS_CLIENT_ID").expect("the budget's credential")["valueFrom"]["secretKeyRef"],
+        json!({"name": "acme-client", "key": "id", "optional": false})
+    );
+    assert_eq!(
+        var("PACER_BUDGET_IDLE").expect("the idle expiry")["value"],
+        "600000ms"
+    );
+    assert!(var("PACER_REDIS_URL").is_some(), "the budget's Redis");
+    assert_eq!(
+        seen[1].1["stringData"]["redis-url"],
+        "redis://pacer-redis:6379"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_budget_fails_the_test_naming_it() {
+    let (client, server) = api_server(vec![
+        step(Method::GET, BUDGET_PATH, 404, not_found()),
+        status_patch("run1"),
+        event_post(),
+    ]);
+    let runner = FakeRunner::default();
+    let ctx = context_with_redis(client, runner.clone());
+    reconcile(Arc::new(on_budget("run1")), ctx)
+        .await
+        .expect("reconcile");
+    assert!(runner.run(TEST_ID).is_none(), "nothing started");
+    let seen = finish(server).await;
+    let status = &seen[1].1["status"];
+    assert_eq!(status["phase"], "Failed");
+    let valid = condition(status, "Valid");
+    assert_eq!(valid["reason"], "BudgetNotFound");
+    let message = valid["message"].as_str().expect("message");
+    assert!(message.contains("spec.budgetRef.name"), "{message}");
+    assert!(message.contains("\"acme-api\""), "{message}");
+    assert_eq!(seen[2].1["reason"], "BudgetNotFound");
+}
+
+#[tokio::test]
+async fn a_plan_limit_named_like_the_budgets_is_refused_naming_both() {
+    let (client, server) = api_server(vec![
+        step(Method::GET, BUDGET_PATH, 200, rate_budget()),
+        status_patch("run1"),
+        event_post(),
+    ]);
+    let runner = FakeRunner::default();
+    let ctx = context_with_redis(client, runner.clone());
+    let mut lt = on_budget("run1");
+    lt.spec.plan["limits"][0]["name"] = json!("org");
+    lt.spec.redis = Some(pacer_operator::crd::RedisSpec {
+        url: Some("redis://elsewhere:6379".into()),
+        secret_ref: None,
+    });
+    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    assert!(runner.run(TEST_ID).is_none(), "nothing started");
+    let seen = finish(server).await;
+    let valid = condition(&seen[1].1["status"], "Valid");
+    assert_eq!(valid["reason"], "InvalidSpec");
+    let message = valid["message"].as_str().expect("message");
+    assert!(
+        message.contains("spec.plan.limits[0].name") && message.contains("spec.limits[0]"),
+        "both limits named: {message}"
+    );
+    assert!(message.contains("spec.redis"), "{message}");
+}
+
+#[tokio::test]
+async fn a_budget_of_another_namespace_is_refused_saying_why() {
+    let (client, server) = api_server(vec![status_patch("run1"), event_post()]);
+    let runner = FakeRunner::default();
+    let ctx = context_with_redis(client, runner.clone());
+    let mut lt = on_budget("run1");
+    lt.spec.budget_ref.as_mut().expect("ref").namespace = Some("team-b".into());
+    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    let seen = finish(server).await;
+    let message = condition(&seen[0].1["status"], "Valid")["message"]
+        .as_str()
+        .expect("message")
+        .to_string();
+    assert!(message.contains("spec.budgetRef.namespace"), "{message}");
+    assert!(message.contains("Secrets of its namespace"), "{message}");
+}
+
+/// A throwaway `redis-server` on a loopback port (stopped on drop).
+struct Redis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server) must be installed for this test");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The budget's status from a real redis-server that a real fleet limiter wrote to: slots
+/// granted (the rate used), the processes, a 429 with its Retry-After (the pause and the last
+/// 429), written with server-side apply on the status subresource.
+#[tokio::test]
+async fn the_budget_status_reads_its_redis() {
+    use pacer_limiter::fleet::{Fleet, FleetConfig, FleetLimiter, FleetOptions};
+    use pacer_limiter::{Feedback, Limiter, RequestMeta};
+
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let rb: pacer_operator::ratebudget::RateBudget =
+        serde_json::from_value(rate_budget()).expect("a RateBudget");
+    let limits = pacer_operator::budget::limits(&rb);
+    let mut fc = FleetConfig::new(url.clone(), "run1-0a1b2c3d");
+    fc.budget = Some("default.acme-api".into());
+    let fleet = Fleet::connect(fc).await.expect("the fleet joins Redis");
+    let limiter = FleetLimiter::new(fleet.clone(), &limits, FleetOptions::default());
+    let req = RequestMeta {
+        method: "GET",
+        path: "/",
+        request: "r",
+    };
+    let reader = pacer_limiter::fleet::status::BudgetReader::new(&url, None).expect("reader");
+    let first = reader
+        .read("default.acme-api", &["org"])
+        .await
+        .expect("a first read");
+    // 5/s for ~3 s, bounded in count and time.
+    let started = tokio::time::Instant::now();
+    let mut sent = 0;
+    while sent < 40 && started.elapsed() < Duration::from_secs(4) {
+        tokio::time::timeout(Duration::from_secs(2), limiter.acquire(&req))
+            .await
+            .expect("a slot in time")
+            .expect("a slot");
+        sent += 1;
+    }
+    limiter.feedback(
+        &req,
+        &Feedback {
+            status: 429,
+            retry_after: Some(Duration::from_secs(30)),
+            pause_origin: pacer_limiter::PauseOrigin::Server,
+            stated_rate: None,
+            server: None,
+            sent_ago: Duration::ZERO,
+        },
+    );
+    // The notes are written at most once a second, on their own task (the 429's at once:
+    // this process wrote none before).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = reader
+        .read("default.acme-api", &["org"])
+        .await
+        .expect("a second read");
+    assert_eq!(second.process_count, 1);
+    let tests = [pacer_operator::budget_status::TestOnBudget {
+        name: "run1".into(),
+        phase: Some("Running".into()),
+        rps: Some(4.9),
+    }];
+    let status = pacer_operator::budget_status::build_status(
+        &rb,
+        &tests,
+        &pacer_operator::budget_status::Observation::Read(second.clone()),
+        Some(&first),
+        &[],
+    );
+    let org = &status.limits[0];
+    let used = org.used_per_second.expect("a rate used");
+    assert!(
+        (1.0..=8.0).contains(&used),
+        "5/s limit, {sent} requests: {used}/s used ({second:?})"
+    );
+    eprintln!(
+        "budget status: {sent} requests at the 5/s limit in {:.1} s; read {used}/s used, rate column {:?}",
+        started.elapsed().as_secs_f64(),
+        status.rate
+    );
+    assert!(
+        status
+            .rate
+            .as_deref()
+            .is_some_and(|r| r.contains("/5 per s")),
+        "{:?}",
+        status.rate
+    );
+    assert!(
+        status.paused_until.is_some(),
+        "the 30 s Retry-After pause is in force"
+    );
+    let last = status.last429.as_ref().expect("the last 429");
+    assert_eq!(last.limits, "org");
+    assert_eq!(last.retry_after_seconds, Some(30.0));
+    assert_eq!(status.test_count, Some(1));
+    assert_eq!(status.process_count, Some(1));
+    assert_eq!(status.budget.as_deref(), Some("default.acme-api"));
+
+    // The reconciler lists the LoadTests on the budget and applies the status.
+    let lt_list = json!({"apiVersion": "pacer.dev/v1alpha1", "kind": "LoadTestList",
+    "metadata": {}, "items": [
+        serde_json::to_value(on_budget("run1")).expect("json"),
+        serde_json::to_value(loadtest("other")).expect("json"),
+    ]});
+    let (client, server) = api_server(vec![
+        step(
+            Method::GET,
+            "/apis/pacer.dev/v1alpha1/namespaces/default/loadtests",
+            200,
+            lt_list,
+        ),
+        step(
+            Method::PATCH,
+            &format!("{BUDGET_PATH}/status"),
+            200,
+            rate_budget(),
+        ),
+    ]);
+    let mut cfg = OperatorConfig::new("pacer.pacer-system.svc:7700", "pacer:test");
+    cfg.default_redis = Some(RedisSource::Url(url.clone()));
+    let ctx = Arc::new(Context::new(
+        client,
+        cfg,
+        Arc::new(FakeRunner::default()),
+        Arc::new(Metrics::default()),
+    ));
+    let bctx = Arc::new(pacer_operator::budget_status::BudgetContext::new(ctx));
+    let action = pacer_operator::budget_status::reconcile_budget(Arc::new(rb), bctx)
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        action,
+        Action::requeue(pacer_operator::budget_status::BUDGET_STATUS_EVERY),
+        "a test runs on it: read again soon"
+    );
+    let seen = finish(server).await;
+    let written = &seen[1].1["status"];
+    assert_eq!(
+        written["tests"][0]["name"], "run1",
+        "only the test on the budget"
+    );
+    assert_eq!(written["tests"].as_array().map(Vec::len), Some(1));
+    assert_eq!(written["processCount"], 1);
+    assert_eq!(condition(written, "Observed")["status"], "True");
+    assert!(written["pausedUntil"].is_string(), "{written}");
+    let _ = fleet.leave().await;
+}

@@ -30,7 +30,7 @@ use kube::runtime::controller::Action;
 
 use crate::controller::{Context, Result, uid};
 use crate::crd::{LoadTest, LoadTestStatus, Phase};
-use crate::prepare::prepare;
+use crate::prepare::prepare_on;
 use crate::reason::Reason;
 use crate::status::{COND_VALID, set_condition};
 
@@ -45,19 +45,40 @@ pub(crate) async fn apply(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action
         }
         phase = None;
     }
-    let prepared = match prepare(&lt, &ctx.config.defaults) {
-        Ok(p) => p,
-        Err(errors) => return start::invalid(&lt, &ctx, &errors).await,
+    // A RateBudget is looked up only for a test that may start: once running, its plan holds
+    // the budget's limits as they were at its start.
+    let budget = match &lt.spec.budget_ref {
+        Some(r) if phase.is_none() || phase == Some(Phase::Pending) => {
+            crate::api::get_budget(&lt, &ctx, r).await?
+        }
+        _ => None,
+    };
+    let found = lt.spec.budget_ref.as_ref().map(|_| match &budget {
+        Some(rb) => crate::budget::Found::Budget(rb),
+        None => crate::budget::Found::Missing,
+    });
+    let running_now = matches!(phase, Some(Phase::Starting | Phase::Running));
+    let prepared = if running_now && lt.spec.budget_ref.is_some() {
+        // Not prepared again (the budget may have changed since the start): the run in memory
+        // holds what was prepared, and a run this operator lost is lost either way.
+        None
+    } else {
+        let default_redis = ctx.config.default_redis.as_ref();
+        match prepare_on(&lt, &ctx.config.defaults, found, default_redis) {
+            Ok(p) => Some(p),
+            Err(errors) => {
+                let reason = crate::budget::refusal_reason(&lt, found, default_redis);
+                return start::invalid(&lt, &ctx, &errors, reason).await;
+            }
+        }
     };
     let running = ctx.runs.lock().contains_key(&uid(&lt));
     match (phase, running) {
-        (None | Some(Phase::Pending), false) => {
-            if lt.spec.suspend {
-                start::suspended_before_start(&lt, &ctx).await
-            } else {
-                start::start(&lt, &ctx, prepared).await
-            }
-        }
+        (None | Some(Phase::Pending), false) => match prepared {
+            _ if lt.spec.suspend => start::suspended_before_start(&lt, &ctx).await,
+            Some(prepared) => start::start(&lt, &ctx, prepared).await,
+            None => running::lost_session(&lt, &ctx).await,
+        },
         (Some(Phase::Starting | Phase::Running), false) => running::lost_session(&lt, &ctx).await,
         _ => running::progress(&lt, &ctx).await,
     }

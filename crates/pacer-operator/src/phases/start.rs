@@ -29,6 +29,7 @@ pub(super) async fn invalid(
     lt: &LoadTest,
     ctx: &Context,
     errors: &[pacer_plan::FieldError],
+    reason: Reason,
 ) -> Result<Action> {
     let message = errors
         .iter()
@@ -38,19 +39,19 @@ pub(super) async fn invalid(
     let mut s = base_status(lt);
     s.phase = Some(Phase::Failed);
     s.message = Some(messages::invalid_spec(&message));
-    condition(&mut s, lt, COND_VALID, false, Reason::InvalidSpec, &message);
+    condition(&mut s, lt, COND_VALID, false, reason, &message);
     condition(
         &mut s,
         lt,
         COND_COMPLETE,
         true,
-        Reason::InvalidSpec,
+        reason,
         messages::NOTHING_STARTED,
     );
     s.completion_time = Some(now());
     write_status(lt, ctx, &s).await?;
     ctx.metrics.ended(Phase::Failed);
-    event(ctx, lt, EventType::Warning, Reason::InvalidSpec, message).await;
+    event(ctx, lt, EventType::Warning, reason, message).await;
     Ok(Action::await_change())
 }
 
