@@ -124,7 +124,7 @@ fn plan_line(plan: &pacer_plan::Plan) -> String {
 fn with_limits(line: String, plan: &pacer_plan::Plan) -> String {
     let mut out = line;
     for l in &plan.limits {
-        for s in explain_limit(l, plan.workers) {
+        for s in explain_limit(l) {
             out.push_str("\n  ");
             out.push_str(&s);
         }
@@ -148,8 +148,9 @@ fn with_forecast(
 
 /// What a limit costs: its pacing rate and margin in one process, through Redis for a
 /// `scope: fleet` limit, and a warning with the causes when the margin is over
-/// [`MARGIN_WARNING`]. `workers`: the plan's, which split a fleet limit without Redis.
-fn explain_limit(l: &Limit, workers: u32) -> Vec<String> {
+/// [`MARGIN_WARNING`]. A fleet limit is one budget however many workers share it (through
+/// Redis or served by the controller), so the number of workers does not change it.
+fn explain_limit(l: &Limit) -> Vec<String> {
     let local = pacing(l, DEFAULT_SPREAD);
     let window = match l.shape {
         LimitShape::TokenBucket => String::new(),
@@ -170,15 +171,15 @@ fn explain_limit(l: &Limit, workers: u32) -> Vec<String> {
     if l.scope == LimitScope::Fleet {
         let fleet = fleet_pacing(l, DEFAULT_SPREAD);
         out.push(format!(
-            "  with --redis (scope: fleet): paced at {} (margin {}), spread {} with the lease \
-             hold{}",
+            "  in a fleet (scope: fleet, one budget through --redis or served by the controller): \
+             paced at {} (margin {}), spread {} with the lease hold{}",
             per_sec(fleet.rate),
             percent(fleet.margin()),
             humantime::format_duration(fleet.spread),
             kept(&fleet, l.burst),
         ));
         if fleet.margin() > local.margin() {
-            worst = (fleet, " with --redis");
+            worst = (fleet, " in a fleet");
         }
     }
     if l.shape == LimitShape::FixedWindow {
@@ -198,15 +199,6 @@ fn explain_limit(l: &Limit, workers: u32) -> Vec<String> {
              for pacer)",
             per_sec(r.per_sec(l.limit.as_per_sec())),
             per_sec(left),
-        ));
-    }
-    if l.shape == LimitShape::TokenBucket && l.scope == LimitScope::Fleet && workers > l.burst {
-        // pacer_worker::shard_limits gives every worker at least one token of the burst.
-        out.push(format!(
-            "  warning: split among {workers} workers without --redis, each worker keeps at least \
-             one token, so up to {workers} requests can arrive at once at a bucket of {burst}: \
-             run the workers with --redis (one shared bucket), or at most {burst} of them",
-            burst = l.burst
         ));
     }
     let (p, where_) = worst;
@@ -343,18 +335,7 @@ mod tests {
     }
 
     fn explain_limit1(l: &Limit) -> Vec<String> {
-        explain_limit(l, 1)
-    }
-
-    #[test]
-    fn a_token_bucket_split_among_more_workers_than_tokens_warns() {
-        let l = limit("{name: lim, limit: 10/s, burst: 2, shape: token-bucket, scope: fleet}");
-        let out = explain_limit(&l, 4).join("\n");
-        assert!(
-            out.contains("split among 4 workers without --redis"),
-            "{out}"
-        );
-        assert!(!explain_limit(&l, 2).join("\n").contains("split among"));
+        explain_limit(l)
     }
 
     #[test]
@@ -390,10 +371,10 @@ mod tests {
         ))
         .join("\n");
         assert!(
-            out.contains("with --redis (scope: fleet): paced at 25.0/s"),
+            out.contains("in a fleet (scope: fleet, one budget through --redis or served by the controller): paced at 25.0/s"),
             "{out}"
         );
-        assert!(out.contains("warning: margin 75.0% with --redis"), "{out}");
+        assert!(out.contains("warning: margin 75.0% in a fleet"), "{out}");
         assert!(out.contains("a bucket too small for the spread"), "{out}");
         assert!(out.contains("lease hold, 50ms"), "{out}");
     }
@@ -404,7 +385,10 @@ mod tests {
             explain_limit1(&limit("{name: lim, limit: 300/min, shape: fixed-window}")).join("\n");
         assert!(out.contains("fixed-window 300/min, burst 1"), "{out}");
         assert!(out.contains("aligns to the server's windows"), "{out}");
-        assert!(out.contains("without them it paces a fixed window like a sliding one"), "{out}");
+        assert!(
+            out.contains("without them it paces a fixed window like a sliding one"),
+            "{out}"
+        );
         assert!(!out.contains("warning"), "{out}");
     }
 

@@ -68,7 +68,8 @@ pub struct WorkerArgs {
     pub resolve_plan_env: bool,
     /// The fleet's Redis (`--redis`, PACER_REDIS_URL): join the budget of `scope: fleet`
     /// limits and `share: fleet` tokens. `--fleet` defaults to the controller's test id.
-    /// Without Redis each worker keeps its weight's share of every fleet limit.
+    /// Without Redis the controller serves them (leases of one budget and the tokens, over the
+    /// session).
     #[command(flatten)]
     pub fleet: crate::fleet::FleetArgs,
 }

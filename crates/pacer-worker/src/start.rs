@@ -115,11 +115,11 @@ async fn launch(cfg: &WorkerConfig, a: &Assign, hub: &Arc<Hub>) -> Result<Launch
         Recorder::new(pacer_stats::Layout::of(&plan))
             .with_worker(&format!("worker {}", a.worker_index)),
     );
-    // With Redis the fleet paces every `scope: fleet` limit from one budget (the whole
-    // limit); without it each worker keeps its weight's share of it.
-    // Without Redis the controller may serve the fleet: leases of its one budget and its
-    // tokens over the session. A worker given a Redis shares through it instead (as every
-    // worker of its fleet must: docs/distributed.md).
+    // With Redis the fleet paces every `scope: fleet` limit from one budget (the whole limit)
+    // in Redis. Without it the controller serves the fleet: leases of its one budget and its
+    // tokens over the session (a controller that serves nothing, of an older pacer: each
+    // worker keeps its weight's share). A worker given a Redis shares through it instead, as
+    // every worker of its fleet must (docs/distributed.md).
     let served = a.served_limits || !a.served_credentials.is_empty();
     let setup = match &cfg.redis {
         None if served => {
