@@ -225,6 +225,18 @@ async fn the_ledger_has_one_line_per_429_and_503_with_the_ids_the_mock_received(
         mock.stats().requests.by_status
     );
     assert_eq!(n429, 7, "every forced 429 is in the ledger once");
+    // The summary counts them too (text and JSON).
+    assert_eq!(r.summary["evidence"]["throttled"], 7, "{}", r.stdout);
+    assert_eq!(
+        r.summary["evidence"]["server-error"].as_u64(),
+        Some(n503 as u64)
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("evidence: 7 throttled, {n503} server-error")),
+        "{}",
+        r.stdout
+    );
     assert!(n503 > 0, "the 503 limit refused some: {}", r.stdout);
     assert_eq!(
         logged, sent,

@@ -529,6 +529,24 @@ pub const ALLOWED_HOSTS: &str =
     "also allowed besides the target (http.allowHosts, sent no credentials)";
 
 /// The k6-like end-of-test summary. `color` adds ANSI colors to the ✓/✗ marks only.
+/// The evidence ledger's counts, and where its lines are.
+fn evidence(out: &mut String, s: &Summary) {
+    if s.evidence.is_empty() {
+        return;
+    }
+    let counts: Vec<String> = s
+        .evidence
+        .iter()
+        .map(|(cause, n)| format!("{n} {}", cause.as_str()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\n  evidence: {} (--out ledger=FILE: time, attempt, correlation id, server request id, \
+         limit of each)",
+        counts.join(", ")
+    );
+}
+
 pub fn render_text(summary: &Summary, color: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -545,6 +563,7 @@ pub fn render_text(summary: &Summary, color: bool) -> String {
     throttling(&mut out, summary);
     tokens_and_server(&mut out, summary);
     request_table(&mut out, &summary.requests);
+    evidence(&mut out, summary);
     if !summary.allowed_hosts.is_empty() {
         let _ = writeln!(
             out,

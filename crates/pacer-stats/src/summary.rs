@@ -58,6 +58,10 @@ pub struct Summary {
     /// credentials; filled by the runner from the plan).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// The evidence ledger's counts: attempts that ended in a 429, a 5xx, a timeout or a
+    /// transport error, by cause (all of them, also those beyond the ledger's bound).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub evidence: BTreeMap<crate::ledger::LedgerCause, u64>,
 }
 
 /// A distribution in milliseconds; every field is `null` when there were no samples.
@@ -436,6 +440,7 @@ pub fn summarize(
         server_limits: snapshot.server_limits.clone(),
         invalid_records: snapshot.invalid_records,
         allowed_hosts: Vec::new(),
+        evidence: snapshot.ledger.counts.clone(),
     }
 }
 
