@@ -600,3 +600,71 @@ async fn a_test_asking_a_fifth_of_the_budget_gets_it_next_to_a_greedy_one() {
         p.by[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_test_behind_a_greedy_two_worker_test_is_served_and_leaves_it_the_rest() {
+    let _one = SERIAL.lock().await;
+    // The greedy test's two processes each hold a lease of the schedule, so the small test's
+    // requests wait behind both and pile up: it must still not count as held back (that would
+    // cap the greedy test at half the limit and leave a third of it unused).
+    let allowed = LIMIT as f64 / WINDOW.as_secs_f64();
+    let small = (allowed * 0.2) as u32;
+    let redis = RedisServer::start();
+    let mock = start_mock(mock_config()).await;
+    let target = format!("http://{}", mock.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let greedy = spawn_run(
+        dir.path(),
+        "greedy2",
+        &plan_at("greedy2", &target, "500/5s", "8s", 2 * OFFERED, ""),
+        &redis.url(),
+        "acme",
+        0,
+        &["--workers", "2"],
+    );
+    let little = spawn_run(
+        dir.path(),
+        "small",
+        &plan_at("small", &target, "500/5s", "8s", small, ""),
+        &redis.url(),
+        "acme",
+        7,
+        &[],
+    );
+    let (greedy, little) = tokio::join!(
+        wait(greedy, Duration::from_secs(40)),
+        wait(little, Duration::from_secs(40))
+    );
+    assert_ran(&greedy);
+    assert_ran(&little);
+    let stats = mock.stats();
+    let lim = &stats.limits[0];
+    let arrivals = mock.control().arrivals().arrivals;
+    let first = arrivals.first().unwrap().t_us;
+    let (from, to) = (first + 1_500_000, first + 7_000_000);
+    let secs = (to - from) as f64 / 1e6;
+    let accepted = |workers: &[&str]| {
+        arrivals
+            .iter()
+            .filter(|x| x.t_us >= from && x.t_us < to && x.status == 200)
+            .filter(|x| x.worker.as_deref().is_some_and(|w| workers.contains(&w)))
+            .count() as f64
+            / secs
+    };
+    let (g, s) = (accepted(&["0", "1"]), accepted(&["7"]));
+    eprintln!(
+        "a greedy 2-worker test (2x) and a small one (20%): steady {:.1}/s ({:.1}% of \
+         {allowed}/s): greedy {g:.1}/s, small {s:.1}/s of {small}/s; max offered in a window {} \
+         of {LIMIT}, rejected {}, tokens issued {}",
+        g + s,
+        (g + s) / allowed * 100.0,
+        lim.max_offered_in_window,
+        lim.rejected,
+        stats.tokens.issued
+    );
+    assert!(lim.max_offered_in_window <= LIMIT, "{lim:?}");
+    assert!(s >= 0.9 * f64::from(small), "the small test: {s:.1}/s");
+    assert!(g + s >= 0.9 * allowed, "together {:.1}/s", g + s);
+    assert_eq!(stats.tokens.issued, 1, "one token for all three processes");
+    mock.shutdown().await;
+}

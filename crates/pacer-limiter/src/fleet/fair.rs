@@ -42,6 +42,15 @@ pub const TEST_STALE: Duration = HEARTBEAT_STALE;
 /// or full `maxInFlight` keeps more waiting is held back.
 pub const HUNGRY_WAIT: Duration = Duration::from_millis(2 * LEASE_MAX_SPAN.as_millis() as u64);
 
+/// A hungry process's test counts as having a backlog only while it is served at least this
+/// share of an equal split of the limit between the tests active on the budget. Many requests
+/// waiting do not by themselves mean a test is held back by the others: a test asking 20% of
+/// the limit next to greedy ones waits behind their leases (each up to [`LEASE_MAX_SPAN`] of the
+/// schedule) and may pile up requests while it is served all it asks; counting it would cap
+/// the greedy tests at their shares and leave the rest of the limit unused. A test held to its
+/// share by the others' shares is seen anyway: its own share stops its leases.
+pub const HUNGRY_MIN_SHARE: f64 = 0.8;
+
 /// The last argument of a lease that carries fair-share arguments (`lua/lease.lua`).
 const FAIR_MARK: &str = "fair1";
 
@@ -72,6 +81,7 @@ pub(crate) fn lease_tail<'a>(
         .arg(BACKLOG_HOLD.as_millis() as u64)
         .arg(SHARE_SLACK.as_micros() as u64)
         .arg(TEST_STALE.as_millis() as u64)
+        .arg(HUNGRY_MIN_SHARE)
         .arg(FAIR_MARK);
 }
 

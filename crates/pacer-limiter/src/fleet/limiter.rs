@@ -365,6 +365,8 @@ struct Inner {
     keep_ms: u64,
     /// Slots granted and the last 429, noted in Redis for the budget's status.
     notes: super::notes::Notes,
+    /// What the server's rate-limit headers say of each limit ([`super::server`]).
+    server: super::server::ServerViews,
 }
 
 /// The limiter of a fleet worker: `scope: fleet` limits through Redis, `scope: worker` limits
@@ -410,6 +412,7 @@ impl FleetLimiter {
                 LimitScope::Fleet => {
                     let key = fleet.keys().limit(&l.name);
                     fleet.track_key(key.clone());
+                    fleet.track_key(fleet.keys().server(&l.name));
                     let pacing = fleet_pacing(l, opts.spread);
                     fleet_limits.push(FleetLimit {
                         plan_index: i,
@@ -436,6 +439,8 @@ impl FleetLimiter {
         // A budget's state outlives its tests by the budget's idle time instead.
         let keep_ms = fleet.budget_keep_ms().unwrap_or(keep_ms);
         let state = fleet_limits.iter().map(|_| LimitState::new(now)).collect();
+        let server =
+            super::server::ServerViews::new(fleet_limits.iter().map(|l| (&l.limit, l.ceiling)));
         let inner = Arc::new(Inner {
             fleet: fleet.clone(),
             limits: fleet_limits,
@@ -444,6 +449,7 @@ impl FleetLimiter {
             pause_changed: Notify::new(),
             keep_ms,
             notes: super::notes::Notes::default(),
+            server,
         });
         let listener = tokio::spawn(listen(Arc::downgrade(&inner), fleet.subscribe()));
         let learning = (inner.adaptive_bits() != 0).then(|| {
@@ -714,13 +720,18 @@ impl Inner {
             .clone()
     }
 
+    /// Until when any of `limits` is paused (Retry-After) or held (a fixed window the
+    /// server's headers say is spent until its reset).
     fn pause_end(&self, limits: &[usize], now: Instant) -> Option<Instant> {
-        let st = self.state.lock();
-        limits
-            .iter()
-            .filter_map(|&i| st[i].pause_until)
-            .filter(|p| *p > now)
-            .max()
+        let paused = {
+            let st = self.state.lock();
+            limits
+                .iter()
+                .filter_map(|&i| st[i].pause_until)
+                .filter(|p| *p > now)
+                .max()
+        };
+        paused.max(self.server.hold_end(limits, now))
     }
 
     fn pause(&self, limit: usize, until: Instant) {
@@ -731,6 +742,7 @@ impl Inner {
     }
 
     fn spent(&self, limits: &[usize], now: Instant) {
+        self.server.granted(limits, self.fleet.workers(), now);
         let mut st = self.state.lock();
         for &i in limits {
             st[i].roll_spent(now);
@@ -856,9 +868,11 @@ impl Inner {
         inv.arg(want)
             .arg(LEASE_MAX_AHEAD.as_micros() as u64)
             .arg(self.keep_ms);
+        let now = Instant::now();
         for (&i, d) in class.limits.iter().zip(&debt) {
             let l = &self.limits[i];
-            inv.arg(format!("{:.6}", l.ceiling))
+            // The server's headers may steer the rate (the lease's rate is an argument).
+            inv.arg(format!("{:.6}", self.server.lease_rate(i, l.ceiling, now)))
                 .arg(l.burst.max(1))
                 .arg(l.window_us)
                 .arg(u8::from(l.limit.adaptive))
@@ -1100,6 +1114,17 @@ impl Inner {
         let refused = is_refusal(fb.status);
         let mut tell_redis = false;
         let mut extended = false;
+        if let Some(server) = &fb.server {
+            for &i in &limits {
+                if let Some(st) = self.server.observe(i, server, fb.sent_ago, now) {
+                    super::server::note(&self.fleet, &self.limits[i].limit.name, st, self.keep_ms);
+                }
+            }
+            // A spent window holds this process: waiters look again (and give up their slots).
+            if self.server.hold_end(&limits, now).is_some() {
+                self.pause_changed.notify_waiters();
+            }
+        }
         {
             let mut st = self.state.lock();
             for &i in &limits {
@@ -1233,6 +1258,7 @@ impl Inner {
                 unavailable: stats.unavailable,
                 unavailable_reason: stats.unavailable_reason,
             }),
+            server: self.server.state(i).filter(|h| h.remaining.is_some()),
         }
     }
 }
@@ -1289,11 +1315,15 @@ impl Limiter for FleetLimiter {
     fn feedback(&self, req: &RequestMeta<'_>, fb: &Feedback) {
         let (bits, local) = self.matched(req);
         // Every answer teaches an adaptive limit (a worker's own, or the fleet's learner);
-        // a declared limit reacts to refusals only.
+        // a declared limit reacts to refusals and to the server's rate-limit headers.
         if local && let Some((lim, _)) = &self.local {
             lim.feedback(req, fb);
         }
-        if bits != 0 && (is_refusal(fb.status) || bits & self.inner.adaptive_bits() != 0) {
+        if bits != 0
+            && (is_refusal(fb.status)
+                || fb.server.is_some()
+                || bits & self.inner.adaptive_bits() != 0)
+        {
             self.inner.feedback(bits, fb);
         }
     }

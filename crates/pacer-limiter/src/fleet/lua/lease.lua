@@ -25,14 +25,18 @@
 -- per limit (KEYS[n + i]: "tat" in us) at limit rate x share, with a slack of a lease span; it
 -- is checked at the slot the budget's schedule offers and never moves that schedule, so no
 -- capacity is skipped. A test has a backlog while it wanted more than it got: its share
--- stopped a lease, the lease was short, or the process said more requests wait than it asked
--- for (hungry), within the last backlog_hold_ms.
+-- stopped a lease, the lease was short, or its process was hungry (many requests waiting)
+-- while it got at least hungry_share of an equal split of the limit between the active tests
+-- (a test served below that is not held back by the others: its requests wait only behind
+-- their leases), within the last backlog_hold_ms.
 -- Registry (HASH test id -> "t1 weight backlog_ms seen_ms rate win_start_ms win_count", ms of
 -- this server's clock; rate: tokens granted to the test per second over its last whole
 -- FAIR_RATE_WINDOW_MS), refreshed here and by heartbeat.lua, which expires stale tests.
 -- The tail of ARGV: test id, weight, hungry (0|1), backlog_hold_ms, slack_us, share_keep_ms,
--- 'fair1'.
-local FAIR_TAIL = 7
+-- hungry_share, 'fair1'.
+local FAIR_TAIL = 8
+-- The shortest part of a rate window that says how fast a test is served now.
+local FAIR_RATE_MIN_MS = 250
 local FAIR_RATE_WINDOW_MS = 1000
 
 local function fair_record(raw)
@@ -69,7 +73,8 @@ local function fair_begin()
   local a = #ARGV - FAIR_TAIL
   local f = { test = ARGV[a + 1], weight = tonumber(ARGV[a + 2]), hungry = ARGV[a + 3] == '1',
               hold = tonumber(ARGV[a + 4]), slack = tonumber(ARGV[a + 5]),
-              keep = tonumber(ARGV[a + 6]), n = (#KEYS - 1) / 2, limited = false }
+              keep = tonumber(ARGV[a + 6]), hungry_share = tonumber(ARGV[a + 7]),
+              n = (#KEYS - 1) / 2, limited = false }
   if not (f.weight and f.weight > 0) then
     f.weight = 1
   end
@@ -82,19 +87,25 @@ local function fair_load(f, now, st)
   local now_ms = math.floor(now / 1000)
   local all = redis.call('HGETALL', f.registry)
   local others = 0
+  f.active = 1
   for i = 1, #all, 2 do
     local r = fair_record(all[i + 1])
     if all[i] == f.test then
       f.rec = r
-    elseif now_ms - r.backlog <= f.hold and now_ms - r.seen <= f.hold then
-      others = others + r.weight
+    elseif now_ms - r.seen <= f.hold then
+      f.active = f.active + 1
+      if now_ms - r.backlog <= f.hold then
+        others = others + r.weight
+      end
     end
   end
   f.rec = f.rec or fair_record(nil)
   f.share = f.weight / (f.weight + others)
   f.now_ms = now_ms
   f.tat, f.t, f.tau = {}, {}, {}
+  f.rate = math.huge
   for i = 1, f.n do
+    f.rate = math.min(f.rate, 1000000 / st[i].t)
     f.tat[i] = tonumber(redis.call('GET', KEYS[f.n + i])) or 0
     f.t[i] = st[i].t / f.share
     f.tau[i] = math.max(st[i].tau, f.slack)
@@ -127,9 +138,6 @@ local function fair_save(f, now, want, granted)
   local r = f.rec
   r.weight = f.weight
   r.seen = f.now_ms
-  if f.limited or f.hungry or granted < want then
-    r.backlog = f.now_ms
-  end
   local el = f.now_ms - r.ws
   if el >= FAIR_RATE_WINDOW_MS then
     r.rate = r.wc * 1000 / el
@@ -137,6 +145,14 @@ local function fair_save(f, now, want, granted)
     r.wc = 0
   end
   r.wc = r.wc + granted
+  local served = r.rate
+  if f.now_ms - r.ws >= FAIR_RATE_MIN_MS then
+    served = math.max(served, r.wc * 1000 / (f.now_ms - r.ws))
+  end
+  local held_back = f.hungry and served >= f.hungry_share * f.rate / f.active
+  if f.limited or held_back or granted < want then
+    r.backlog = f.now_ms
+  end
   redis.call('HSET', f.registry, f.test, string.format('t1 %.6f %.0f %.0f %.3f %.0f %.0f',
     r.weight, r.backlog, r.seen, r.rate, r.ws, r.wc))
 end
