@@ -454,7 +454,14 @@ impl Learner {
             // The load set the pace: nothing learned about the limit.
             return None;
         }
-        self.sustained = Some(measured.min(self.rate));
+        // A count within one request of the full rate is the full rate: at 1/s a stretch
+        // counts about 20, and one request short is 5% the limit was not short of.
+        let one_more = 1.0 / (elapsed.max(1) as f64 / NS);
+        self.sustained = Some(if measured + one_more >= self.rate {
+            self.rate
+        } else {
+            measured
+        });
         self.good = Some(self.rate);
         if self.refused_at.is_some_and(|r| self.rate >= r) {
             // The limit was raised: what was refused before passes now.
