@@ -406,3 +406,34 @@ async fn a_fleets_ledger_is_the_merge_of_its_workers() {
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order");
 }
+
+/// `pacer submit` says the forecast (on stderr) before it reaches for the cluster: here there
+/// is none (a kubeconfig naming a closed port), so it then fails, having said it.
+#[test]
+fn submit_prints_the_forecast_before_creating_the_loadtest() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = write(
+        dir.path(),
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\nusers: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u, namespace: default}}}}]\ncurrent-context: x\n"
+        ),
+    );
+    let example = workspace_root().join("examples/user-story.yaml");
+    let out = pacer(
+        &["submit", example.to_str().unwrap(), "--workers", "3"],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        Duration::from_secs(60),
+    );
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("forecast (assuming 100ms per answer"), "{err}");
+    assert!(err.contains("for the whole test (3 workers)"), "{err}");
+    assert!(err.contains("per-token binds"), "{err}");
+    assert!(!stdout(&out).contains("created"), "{}", stdout(&out));
+}

@@ -16,13 +16,20 @@ use pacer_plan::spec::LimitScope;
 pub fn lines(plan: &Plan, workers: u32, latency: Duration) -> Vec<String> {
     // Several workers pace a `scope: fleet` limit as one fleet (through Redis, or through the
     // controller that serves it without Redis): the lease hold is part of the spread.
+    // A `scope: worker` limit is kept by each worker on its own: the test gets it N times.
     let fleet = |l: &pacer_plan::Limit| workers > 1 && l.scope == LimitScope::Fleet;
+    let per_worker = |l: &pacer_plan::Limit| workers > 1 && l.scope == LimitScope::Worker;
     let pacings: Vec<_> = plan
         .limits
         .iter()
         .map(|l| {
             if fleet(l) {
                 fleet_pacing(l, DEFAULT_SPREAD)
+            } else if per_worker(l) {
+                let mut p = pacing(l, DEFAULT_SPREAD);
+                p.rate *= f64::from(workers);
+                p.burst = p.burst.saturating_mul(workers);
+                p
             } else {
                 pacing(l, DEFAULT_SPREAD)
             }
@@ -68,10 +75,14 @@ pub fn lines(plan: &Plan, workers: u32, latency: Duration) -> Vec<String> {
         } else {
             ""
         };
-        let by_fleet = if plan.limits.get(i).is_some_and(fleet) {
-            " by the fleet"
-        } else {
-            ""
+        let by_fleet = match plan.limits.get(i) {
+            Some(l) if fleet(l) => " by the fleet".to_string(),
+            Some(l) if per_worker(l) => format!(
+                " ({workers} workers x {} each: scope: worker, so the server gets it {workers} \
+                 times if it counts them together)",
+                per_sec(pacing(l, DEFAULT_SPREAD).rate)
+            ),
+            _ => String::new(),
         };
         out.push(format!(
             "  limit {}: wanted {}, paced at {}{by_fleet} (burst {}), load {:.2}x{binds}",

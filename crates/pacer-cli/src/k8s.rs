@@ -351,12 +351,22 @@ pub async fn submit(args: SubmitArgs) -> Exit {
         }
     };
     // The operator's own checks, before anything reaches the cluster.
-    if let Err(errors) = pacer_operator::prepare::prepare(&lt, &Default::default()) {
-        eprintln!("{}: invalid LoadTest:", args.plan.display());
-        for e in errors {
-            eprintln!("  - {e}");
+    match pacer_operator::prepare::prepare(&lt, &Default::default()) {
+        Ok(prepared) => {
+            // What it will ask of its limits, as `pacer validate` says it (on stderr: stdout
+            // is the created resource's name).
+            let latency = pacer_plan::forecast::DEFAULT_LATENCY;
+            for line in crate::forecast::lines(&prepared.plan, prepared.workers, latency) {
+                eprintln!("{line}");
+            }
         }
-        return Exit::Invalid;
+        Err(errors) => {
+            eprintln!("{}: invalid LoadTest:", args.plan.display());
+            for e in errors {
+                eprintln!("  - {e}");
+            }
+            return Exit::Invalid;
+        }
     }
     let created = async {
         let (client, ns) = client_and_namespace(&args.namespace).await?;
