@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use pacer_limiter::LocalLimiter;
 use pacer_limiter::fleet::LEASE_MAX_AHEAD;
-use pacer_limiter::served::{TokenFetcher, fleet_bits, served_budget};
+use pacer_limiter::served::{TokenFetcher, served_bits, served_budget};
 use pacer_limiter::{Token, TokenError};
 use pacer_plan::Plan;
 use pacer_proto::{LeaseGrant, LeaseRequest, Pause, Throttled, TokenGrant, controller_message};
@@ -55,7 +55,7 @@ impl Served {
         serve_limits: bool,
         tokens: Option<TokenService>,
     ) -> Option<Self> {
-        let bits = fleet_bits(&plan.limits);
+        let bits = served_bits(&plan.limits);
         let budget = (serve_limits && bits != 0).then(|| (served_budget(&plan.limits), bits));
         let tokens = tokens.filter(|t| !t.fetcher.served().is_empty());
         let recorder = tokens.as_ref().map(|t| t.recorder.clone());
@@ -464,6 +464,14 @@ mod tests {
     #[test]
     fn nothing_is_served_when_not_asked() {
         assert!(Served::new(&plan(), false, None).is_none());
+    }
+
+    /// An adaptive limit learns from every response, in each worker: it is not served.
+    #[test]
+    fn an_adaptive_fleet_limit_is_not_served() {
+        let text = "name: p\ntarget: http://127.0.0.1:9\nlimits:\n  - {name: f, limit: 10/s, scope: fleet, adaptive: true}\nscenarios:\n  - {name: s, executor: constant-vus, vus: 1, duration: 1s, requests: [{name: a, path: /a}]}\n";
+        let plan = pacer_plan::load_str(text, "plan.yaml", &Default::default()).unwrap();
+        assert!(Served::new(&plan, true, None).is_none());
     }
 
     /// The GCRA's clock is tokio's: run the checks inside a runtime.

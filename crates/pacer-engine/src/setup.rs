@@ -131,8 +131,9 @@ impl LimiterSetup {
     }
 
     /// A worker whose controller serves the fleet (no Redis; docs/distributed.md, "Tokens and
-    /// limits without Redis"): with `serve_limits` the plan's `scope: fleet` limits are leased
-    /// over `leases` (whole), else `own_limits` (the worker's share) are kept here; the tokens
+    /// limits without Redis"): with `serve_limits` the plan's non-adaptive `scope: fleet` limits
+    /// are leased over `leases` (whole: `pacer_limiter::served::served_bits`), and the others
+    /// kept here as `own_limits` has them (the worker's share); the tokens
     /// of `served_credentials` come over `tokens`, the others are this process's own. The
     /// served limiter and token source are returned too, for the session to deliver the
     /// controller's answers to.
@@ -150,8 +151,27 @@ impl LimiterSetup {
             workers,
         } = what;
         let (limiter, served_limiter, limits): (Arc<dyn Limiter>, _, _) = if serve_limits {
-            let l = Arc::new(ServedLimiter::new(leases, &plan.limits, workers));
-            (l.clone(), Some(l), plan.limits.clone())
+            let l = Arc::new(ServedLimiter::new(
+                leases,
+                &plan.limits,
+                own_limits,
+                workers,
+            ));
+            // The served limits whole, the others as this worker keeps them.
+            let served = pacer_limiter::served::served_bits(&plan.limits);
+            let limits = plan
+                .limits
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    if i < 64 && served & (1 << i) != 0 {
+                        l.clone()
+                    } else {
+                        own_limits.get(i).unwrap_or(l).clone()
+                    }
+                })
+                .collect();
+            (l.clone(), Some(l), limits)
         } else {
             (
                 Arc::new(LocalLimiter::new(own_limits)),
@@ -215,6 +235,13 @@ impl LimiterSetup {
                     safe_mode_secs: f.safe_mode.as_secs_f64(),
                     unavailable_secs: f.unavailable.as_secs_f64(),
                     unavailable_reason: f.unavailable_reason,
+                }),
+                server: r.server.and_then(|h| {
+                    Some(pacer_stats::ServerSaid {
+                        remaining: h.remaining?,
+                        limit: h.limit,
+                        others_rate: h.others_rate,
+                    })
                 }),
             })
             .collect()

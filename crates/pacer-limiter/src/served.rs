@@ -92,13 +92,16 @@ pub trait TokenFetcher: Send + Sync {
     async fn fetch(&self, credential: usize) -> Result<Fetched, TokenError>;
 }
 
-/// The `scope: fleet` limits of a plan as a bit set (the ones a controller serves).
-pub fn fleet_bits(limits: &[Limit]) -> u64 {
+/// The limits of a plan a controller serves, as a bit set: the `scope: fleet` ones that are
+/// not adaptive. An adaptive limit learns the server's rate from every response
+/// ([`crate::learn`]), which stays in each worker: each worker keeps its weight's share of it
+/// and learns that.
+pub fn served_bits(limits: &[Limit]) -> u64 {
     limits
         .iter()
         .enumerate()
         .take(64)
-        .filter(|(_, l)| l.scope == LimitScope::Fleet)
+        .filter(|(_, l)| l.scope == LimitScope::Fleet && !l.adaptive)
         .fold(0, |acc, (i, _)| acc | (1 << i))
 }
 
@@ -244,19 +247,21 @@ enum Step {
 }
 
 impl ServedLimiter {
-    /// The plan's limits (at most 64, as [`Grant::limits`]): `scope: fleet` ones leased over
-    /// `link`, the others kept here.
-    pub fn new(link: Arc<dyn LeaseLink>, limits: &[Limit], workers: u32) -> Self {
+    /// The plan's limits (at most 64, as [`Grant::limits`]): the served ones ([`served_bits`])
+    /// leased over `link`, the others kept here as `own` has them (the worker's version of
+    /// each plan limit, in plan order: its weight's share of an adaptive fleet limit).
+    pub fn new(link: Arc<dyn LeaseLink>, limits: &[Limit], own: &[Limit], workers: u32) -> Self {
         let limits: Vec<Limit> = limits.iter().take(64).cloned().collect();
+        let fleet = served_bits(&limits);
         let (local, index): (Vec<Limit>, Vec<usize>) = limits
             .iter()
             .enumerate()
-            .filter(|(_, l)| l.scope == LimitScope::Worker)
-            .map(|(i, l)| (l.clone(), i))
+            .filter(|(i, _)| fleet & (1 << i) == 0)
+            .map(|(i, l)| (own.get(i).unwrap_or(l).clone(), i))
             .unzip();
         Self {
             link,
-            fleet: fleet_bits(&limits),
+            fleet,
             pauses: Mutex::new(vec![PauseState::default(); limits.len()]),
             limits,
             local: (!local.is_empty()).then(|| (LocalLimiter::new(&local), index)),
@@ -522,6 +527,7 @@ impl ServedLimiter {
                 unavailable: Duration::ZERO,
                 unavailable_reason: None,
             }),
+            server: None,
         }
     }
 }
@@ -840,7 +846,7 @@ mod tests {
     async fn requests_go_at_their_leased_slots_and_fail_without_a_controller() {
         let link = Arc::new(FakeLink::default());
         link.up.store(true, Ordering::Relaxed);
-        let lim = Arc::new(ServedLimiter::new(link.clone(), &[fleet_limit()], 2));
+        let lim = Arc::new(ServedLimiter::new(link.clone(), &[fleet_limit()], &[], 2));
         let l2 = lim.clone();
         let t = tokio::spawn(async move { l2.acquire(&META).await });
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -865,13 +871,31 @@ mod tests {
         assert!(started.elapsed() >= UNAVAILABLE_WAIT);
     }
 
+    /// An adaptive fleet limit stays in the worker, at the worker's own share of it: no lease.
+    #[tokio::test(start_paused = true)]
+    async fn an_adaptive_fleet_limit_is_kept_here_at_the_workers_share() {
+        let link = Arc::new(FakeLink::default());
+        link.up.store(true, Ordering::Relaxed);
+        let mut adaptive = fleet_limit();
+        adaptive.adaptive = true;
+        let mut share = adaptive.clone();
+        share.limit = "50/s".parse().unwrap();
+        let lim = ServedLimiter::new(link.clone(), &[adaptive], &[share], 2);
+        let g = lim.acquire(&META).await.unwrap();
+        assert_eq!(g.limits, 1);
+        assert!(link.leases.lock().is_empty());
+        let r = &lim.report()[0];
+        assert_eq!(r.declared, "50/s");
+        assert!(r.fleet.is_none());
+    }
+
     /// A 429's pause holds here at once and goes to the controller; a pause the controller
     /// sends drops slots already leased.
     #[tokio::test(start_paused = true)]
     async fn a_pause_is_told_to_the_controller_and_one_from_it_holds_every_request() {
         let link = Arc::new(FakeLink::default());
         link.up.store(true, Ordering::Relaxed);
-        let lim = Arc::new(ServedLimiter::new(link.clone(), &[fleet_limit()], 2));
+        let lim = Arc::new(ServedLimiter::new(link.clone(), &[fleet_limit()], &[], 2));
         lim.feedback(
             &META,
             &Feedback {
