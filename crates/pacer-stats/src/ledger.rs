@@ -345,5 +345,16 @@ mod tests {
             counts: BTreeMap::new(),
         };
         assert!(l.check().unwrap_err().contains("entries[0].worker"));
+        // A worker's snapshot carrying it is refused, naming the field.
+        let mut snap = crate::Snapshot::empty(&crate::Layout::default());
+        snap.ledger = l;
+        let e = crate::Snapshot::from_json(&snap.to_json()).unwrap_err();
+        assert!(e.to_string().contains("ledger.entries[0].worker"), "{e}");
+        snap.ledger = Ledger {
+            entries: vec![entry(1, "x"); LEDGER_CAPACITY + 1],
+            counts: BTreeMap::new(),
+        };
+        let e = crate::Snapshot::from_json(&snap.to_json()).unwrap_err();
+        assert!(e.to_string().contains("more than 1000"), "{e}");
     }
 }
