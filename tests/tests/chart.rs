@@ -188,6 +188,7 @@ fn default_values_lint_and_render() {
             "CustomResourceDefinition",
             "Deployment",
             "NetworkPolicy",
+            "Secret",
             "Service",
             "ServiceAccount"
         ]
@@ -261,6 +262,7 @@ fn bundled_redis_and_dashboard() {
             "Deployment",
             "NetworkPolicy",
             "NetworkPolicy",
+            "Secret",
             "Secret",
             "Service",
             "Service",
@@ -602,5 +604,196 @@ fn the_shared_cluster_example_values_lint_and_render_the_defences() {
         find(&objects, "Secret")
             .iter()
             .any(|s| s["metadata"]["name"] == "pacer-redis-auth")
+    );
+}
+
+/// The controller's TLS Secret (the chart's own CA) of `objects`.
+fn tls_secret(objects: &[Value]) -> &Value {
+    find(objects, "Secret")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "pacer-tls")
+        .expect("the TLS Secret")
+}
+
+#[test]
+fn tls_is_on_by_default_with_a_generated_ca_mounted_by_the_controller() {
+    let objects = template(&[]);
+    let secret = tls_secret(&objects);
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    for key in ["ca.crt", "tls.crt"] {
+        assert!(
+            decoded(secret, key).starts_with("-----BEGIN CERTIFICATE-----"),
+            "{key}"
+        );
+    }
+    assert!(decoded(secret, "tls.key").contains("PRIVATE KEY-----"));
+    let args = controller_args(&objects);
+    for flag in [
+        "--tls-cert=/etc/pacer/tls/tls.crt",
+        "--tls-key=/etc/pacer/tls/tls.key",
+        "--worker-ca=/etc/pacer/tls/ca.crt",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{flag}: {args:?}");
+    }
+    assert!(
+        !args.contains(&"--insecure-plaintext".to_string()),
+        "{args:?}"
+    );
+    let pod = &deployment(&objects, "controller")["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "pacer-tls");
+    let mount = &pod["containers"][0]["volumeMounts"][0];
+    assert_eq!(mount["mountPath"], "/etc/pacer/tls");
+    assert_eq!(mount["readOnly"], true);
+    // The controller mounts the Secret: its RBAC still reads none.
+    check_rbac(&objects);
+
+    let off = template(&["tls.enabled=false"]);
+    assert!(
+        !find(&off, "Secret")
+            .iter()
+            .any(|s| s["metadata"]["name"] == "pacer-tls"),
+        "no TLS Secret when TLS is off"
+    );
+    let args = controller_args(&off);
+    assert!(
+        args.contains(&"--insecure-plaintext".to_string()),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a.starts_with("--tls-")), "{args:?}");
+    lint(&["tls.enabled=false"]);
+}
+
+#[test]
+fn tls_from_cert_manager_is_a_certificate_for_the_service_names() {
+    let sets = [
+        "tls.certManager.issuerRef.name=pacer-ca",
+        "tls.certManager.issuerRef.kind=ClusterIssuer",
+    ];
+    lint(&sets);
+    let objects = template(&sets);
+    assert!(
+        !find(&objects, "Secret")
+            .iter()
+            .any(|s| s["metadata"]["name"] == "pacer-tls"),
+        "cert-manager writes the Secret"
+    );
+    let cert = &find(&objects, "Certificate")[0];
+    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(cert["spec"]["secretName"], "pacer-tls");
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "pacer-ca");
+    assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    assert_eq!(
+        cert["spec"]["dnsNames"],
+        serde_json::json!([
+            "pacer",
+            "pacer.pacer-system",
+            "pacer.pacer-system.svc",
+            "pacer.pacer-system.svc.cluster.local"
+        ])
+    );
+    let args = controller_args(&objects);
+    assert!(
+        args.contains(&"--tls-cert=/etc/pacer/tls/tls.crt".to_string()),
+        "{args:?}"
+    );
+    // charts/pacer/examples/values-cert-manager.yaml renders the same Certificate
+    let chart_dir = chart();
+    let values = chart_dir.join("examples/values-cert-manager.yaml");
+    let values = values.to_str().expect("utf-8 path");
+    let chart_path = chart_dir.to_str().expect("utf-8 path");
+    let (ok, _, err) = run_helm(&["lint", "--strict", chart_path, "-f", values]);
+    assert!(ok, "helm lint -f {values}:\n{err}");
+    let (ok, out, err) = run_helm(&[
+        "template",
+        "pacer",
+        chart_path,
+        "--namespace",
+        "pacer-system",
+        "-f",
+        values,
+    ]);
+    assert!(ok, "helm template -f {values}:\n{err}");
+    assert!(
+        out.contains("kind: Certificate") && out.contains("name: pacer-ca"),
+        "{out}"
+    );
+    // values.schema.json: an issuer kind cert-manager does not know is refused
+    let chart = chart();
+    let (ok, _, err) = run_helm(&[
+        "template",
+        "pacer",
+        chart.to_str().expect("utf-8 path"),
+        "--set",
+        "tls.certManager.issuerRef.name=x",
+        "--set",
+        "tls.certManager.issuerRef.kind=Cluster",
+    ]);
+    assert!(!ok && err.contains("kind"), "{err}");
+}
+
+/// The chart's generated CA and certificate are what rustls accepts: a real `pacer
+/// controller` serves with them and a real `pacer worker` verifies it for the Service's name.
+#[test]
+fn the_generated_certificate_serves_a_worker_that_verifies_the_service_name() {
+    let objects = template(&[]);
+    let secret = tls_secret(&objects);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, key: &str| pacer_tests::write(dir.path(), name, &decoded(secret, key));
+    let (ca, cert, key) = (
+        file("ca.crt", "ca.crt"),
+        file("tls.crt", "tls.crt"),
+        file("tls.key", "tls.key"),
+    );
+    let plan = pacer_tests::write(
+        dir.path(),
+        "plan.yaml",
+        "name: p\ntarget: http://127.0.0.1:9\nscenarios:\n  - {name: s, executor: per-vu-iterations, vus: 1, iterations: 1, requests: [{name: r, path: /}]}\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let token = "chart-tls-session-token-0123456789";
+    let listen = format!("127.0.0.1:{port}");
+    let controller = pacer_tests::pacer_spawn(&[
+        "controller",
+        "--plan",
+        plan.to_str().expect("utf-8"),
+        "--listen",
+        &listen,
+        "--tls-cert",
+        cert.to_str().expect("utf-8"),
+        "--tls-key",
+        key.to_str().expect("utf-8"),
+        "--session-token",
+        token,
+        "-q",
+    ]);
+    let worker = pacer_tests::pacer_spawn(&[
+        "worker",
+        "--connect",
+        &listen,
+        "--server-name",
+        "pacer.pacer-system.svc",
+        "--ca",
+        ca.to_str().expect("utf-8"),
+        "--session-token",
+        token,
+        "--connect-for",
+        "30s",
+    ]);
+    let w = pacer_tests::wait_bounded(worker, std::time::Duration::from_secs(60));
+    let c = pacer_tests::wait_bounded(controller, std::time::Duration::from_secs(30));
+    assert_eq!(
+        w.status.code(),
+        Some(0),
+        "worker: {}",
+        pacer_tests::stderr(&w)
+    );
+    assert_eq!(
+        c.status.code(),
+        Some(0),
+        "controller: {}",
+        pacer_tests::stderr(&c)
     );
 }

@@ -150,6 +150,11 @@ async fn install() -> Install {
             &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
             "--set",
             "controller.statusInterval=1s",
+            // The harness's kubelet mounts no volumes, so the controller could not read the
+            // chart's TLS Secret: plaintext here. TLS over the operator's listener is tested in
+            // crates/pacer-operator/tests/grpc_routing.rs, the chart's certificate in chart.rs.
+            "--set",
+            "tls.enabled=false",
             // The unstartable-image test names an image of this (nonexistent) registry.
             "--set",
             "worker.allowedImages={registry.example/no-such-image:*}",

@@ -29,6 +29,18 @@ pub struct OperatorArgs {
     /// Where workers' gRPC streams arrive (one port for every test).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7700")]
     pub grpc_listen: SocketAddr,
+    /// `--tls-cert`/`--tls-key` (the listener's certificate, re-read when renewed) or
+    /// `--insecure-plaintext`.
+    #[command(flatten)]
+    pub tls: crate::controller::ServerTlsArgs,
+    /// The CA (PEM) that signed `--tls-cert`: each test's worker pods get it (through their
+    /// session Secret) and verify the listener with it. Required with `--tls-cert`.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure_plaintext")]
+    pub worker_ca: Option<PathBuf>,
+    /// The name worker pods verify the listener's certificate for (default: the host of
+    /// `--advertise-address`).
+    #[arg(long, value_name = "NAME", conflicts_with = "insecure_plaintext")]
+    pub worker_server_name: Option<String>,
     /// `/metrics`, `/healthz`, `/readyz`.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
     pub http_listen: SocketAddr,
@@ -207,12 +219,40 @@ async fn operator_inner(args: OperatorArgs) -> anyhow::Result<Exit> {
             shutdown.cancel();
         }
     });
+    let transport = args.tls.transport()?;
+    cfg.worker_trust = worker_trust(&args, &transport)?;
     let listen = pacer_operator::Listen {
         grpc: args.grpc_listen,
         http: args.http_listen,
+        transport,
     };
     pacer_operator::serve(client, cfg, listen, shutdown).await?;
     Ok(Exit::Passed)
+}
+
+/// What worker pods trust: with TLS, the CA of `--worker-ca` (checked to hold certificates).
+fn worker_trust(
+    args: &OperatorArgs,
+    transport: &pacer_controller::listener::Transport,
+) -> anyhow::Result<pacer_operator::WorkerTrust> {
+    use pacer_controller::listener::Transport;
+    Ok(match transport {
+        Transport::Tls(_) => {
+            let Some(ca) = &args.worker_ca else {
+                bail!(
+                    "--worker-ca FILE: required with --tls-cert (the CA worker pods verify the listener's certificate with)"
+                );
+            };
+            pacer_controller::tls::read_certificates("--worker-ca", ca)?;
+            let ca_pem = std::fs::read_to_string(ca)
+                .with_context(|| format!("--worker-ca {}: cannot read the file", ca.display()))?;
+            pacer_operator::WorkerTrust::Tls {
+                ca_pem,
+                server_name: args.worker_server_name.clone(),
+            }
+        }
+        Transport::InsecurePlaintext => pacer_operator::WorkerTrust::InsecurePlaintext,
+    })
 }
 
 async fn wait_for_termination() {

@@ -5,13 +5,14 @@
 //! connections, streams and unauthenticated streams), asks [`Routes`] for the test's
 //! coordinator, has it check the session token, and only then hands the request, first message
 //! included and untouched, to the test's own tonic service. Workers need nothing special:
-//! `pacer worker --test-id ID`.
+//! `pacer worker --test-id ID`. With TLS (on by default in the chart) the handshake comes
+//! first, under the listener's bounds on handshakes (`pacer_controller::listener`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use pacer_controller::Coordinator;
-use pacer_controller::listener::{self, ListenerLimits, Sessions};
+use pacer_controller::listener::{self, ListenerLimits, Sessions, Transport};
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -78,16 +79,24 @@ impl Sessions for Routes {
     }
 }
 
-/// Serve the routes on `listener` with the default limits until `shutdown`.
+/// Serve the routes on `listener` over `transport` with the default limits until `shutdown`.
 pub fn serve(
     routes: Routes,
     listener: tokio::net::TcpListener,
+    transport: Transport,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
-    serve_with(routes, listener, ListenerLimits::default(), shutdown)
+    tokio::spawn(listener::serve_with(
+        routes,
+        listener,
+        ListenerLimits::default(),
+        transport,
+        shutdown,
+    ))
 }
 
-/// Serve the routes on `listener` with `limits` until `shutdown` (tests use short timeouts).
+/// Serve the routes on `listener` in plaintext with `limits` until `shutdown` (tests use
+/// short timeouts).
 pub fn serve_with(
     routes: Routes,
     listener: tokio::net::TcpListener,

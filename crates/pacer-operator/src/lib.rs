@@ -70,6 +70,8 @@ pub struct OperatorConfig {
     pub namespaces: Vec<String>,
     /// This operator's pod (events' reportingInstance).
     pub instance: Option<String>,
+    /// What worker pods are told to trust: the listener's CA (TLS), or plaintext.
+    pub worker_trust: WorkerTrust,
 }
 
 impl OperatorConfig {
@@ -89,8 +91,23 @@ impl OperatorConfig {
             status_interval: Duration::from_secs(2),
             namespaces: Vec::new(),
             instance: None,
+            worker_trust: WorkerTrust::InsecurePlaintext,
         }
     }
+}
+
+/// What worker pods are told to trust when they dial the listener.
+#[derive(Clone, Debug)]
+pub enum WorkerTrust {
+    /// TLS: the CA (PEM) that signed the listener's certificate, handed to each test's workers
+    /// through its session Secret (`PACER_CA_PEM`), and the name to verify (`None`: the host
+    /// of the advertised address).
+    Tls {
+        ca_pem: String,
+        server_name: Option<String>,
+    },
+    /// Plaintext (`pacer operator --insecure-plaintext`): workers get `--insecure-plaintext`.
+    InsecurePlaintext,
 }
 
 /// Where the operator listens.
@@ -100,6 +117,8 @@ pub struct Listen {
     pub grpc: SocketAddr,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub http: SocketAddr,
+    /// TLS (the certificate files, re-read when renewed) or plaintext, for the gRPC listener.
+    pub transport: pacer_controller::listener::Transport,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +150,12 @@ pub async fn serve(
             source,
         })?;
     let grpc_addr = grpc_listener.local_addr().unwrap_or(listen.grpc);
-    let grpc_task = grpc::serve(routes.clone(), grpc_listener, shutdown.clone());
+    let grpc_task = grpc::serve(
+        routes.clone(),
+        grpc_listener,
+        listen.transport.clone(),
+        shutdown.clone(),
+    );
     let runner = Arc::new(runner::CoordinatorRunner::new(routes));
     let metrics = Arc::new(metrics::Metrics::default());
     let ctx = Arc::new(Context::new(client, config.clone(), runner, metrics));

@@ -14,9 +14,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-use crate::OperatorConfig;
 use crate::crd::LoadTest;
 use crate::prepare::{Prepared, credential_envs, uid_slug};
+use crate::{OperatorConfig, WorkerTrust};
 
 /// Label on everything a LoadTest owns: its name.
 pub const LABEL_LOADTEST: &str = "pacer.dev/loadtest";
@@ -24,6 +24,10 @@ pub const LABEL_LOADTEST: &str = "pacer.dev/loadtest";
 pub const LABEL_TEST_ID: &str = "pacer.dev/test-id";
 /// The key of the session token in the session Secret.
 pub const TOKEN_KEY: &str = "token";
+/// The key of the listener's CA in the session Secret (with TLS): workers read it as
+/// `PACER_CA_PEM` through `secretKeyRef`, like the token, so they need no volume and no read
+/// of the operator's own Secret, which may live in another namespace.
+pub const CA_KEY: &str = "ca.crt";
 /// The key of the fleet's Redis URL in the session Secret (when it is given by URL).
 pub const REDIS_URL_KEY: &str = "redis-url";
 /// Keys of the report ConfigMap.
@@ -98,6 +102,9 @@ pub fn session_secret(lt: &LoadTest, p: &Prepared, token: &str, cfg: &OperatorCo
     let mut data = BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())]);
     if let Some(RedisSource::Url(url)) = redis_for(lt, p, cfg) {
         data.insert(REDIS_URL_KEY.to_string(), url);
+    }
+    if let WorkerTrust::Tls { ca_pem, .. } = &cfg.worker_trust {
+        data.insert(CA_KEY.to_string(), ca_pem.clone());
     }
     Secret {
         metadata: meta(lt, &names(lt).secret, test_id),
@@ -257,6 +264,16 @@ pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
     if redis.is_some() {
         envs.push(env("PACER_FLEET", &p.test_id));
     }
+    let mut trust_args: Vec<String> = Vec::new();
+    match &cfg.worker_trust {
+        WorkerTrust::Tls { server_name, .. } => {
+            envs.push(secret_env("PACER_CA_PEM", &names.secret, CA_KEY));
+            if let Some(name) = server_name {
+                trust_args.extend(["--server-name".to_string(), name.clone()]);
+            }
+        }
+        WorkerTrust::InsecurePlaintext => trust_args.push("--insecure-plaintext".into()),
+    }
     if let Some(idle) = p.budget.as_ref().and_then(|b| b.idle) {
         envs.push(env("PACER_BUDGET_IDLE", &format!("{}ms", idle.as_millis())));
     }
@@ -286,20 +303,25 @@ pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
             .image_pull_policy
             .map(|p| p.as_str().to_string())
             .or_else(|| cfg.image_pull_policy.clone()),
-        args: Some(vec![
-            "worker".into(),
-            "--connect".into(),
-            cfg.advertise_address.clone(),
-            "--test-id".into(),
-            p.test_id.clone(),
-            "--index".into(),
-            "$(JOB_COMPLETION_INDEX)".into(),
-            "--name".into(),
-            "$(PACER_WORKER_NAME)".into(),
-            "--connect-for".into(),
-            connect_for,
-            "--resolve-plan-env".into(),
-        ]),
+        args: Some(
+            vec![
+                "worker".into(),
+                "--connect".into(),
+                cfg.advertise_address.clone(),
+                "--test-id".into(),
+                p.test_id.clone(),
+                "--index".into(),
+                "$(JOB_COMPLETION_INDEX)".into(),
+                "--name".into(),
+                "$(PACER_WORKER_NAME)".into(),
+                "--connect-for".into(),
+                connect_for,
+                "--resolve-plan-env".into(),
+            ]
+            .into_iter()
+            .chain(trust_args)
+            .collect(),
+        ),
         env: Some(envs),
         resources: Some(template.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {

@@ -2,10 +2,12 @@
 //! (`pacer_worker::run`) dial the same address, each is routed to its own test's coordinator by
 //! the test id of its Hello, runs its shard against a local HTTP server, and each test ends
 //! with its own results. A worker of a test that does not run here, or with another test's
-//! token, is refused.
+//! token, is refused. The listener speaks TLS, as the chart's does by default: the workers
+//! verify its certificate (made here with rcgen) against the CA they are given.
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +33,39 @@ fn plan(name: &str, target: std::net::SocketAddr) -> Arc<pacer_plan::Plan> {
     Arc::new(plan)
 }
 
+/// A CA and a certificate it signs for 127.0.0.1, as PEM files in `dir`: (CA, cert, key).
+fn pki(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("a key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("the CA");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("a key");
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
+    leaf.subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = leaf.signed_by(&key, &issuer).expect("the certificate");
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    (
+        write("ca.pem", ca_cert.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+static CA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 fn worker(addr: &str, test: &str, token: &str, index: u32) -> WorkerConfig {
     let mut cfg = WorkerConfig::new(addr, token);
+    cfg.transport = pacer_worker::Transport::Tls(pacer_worker::TlsTrust {
+        ca: pacer_worker::CaSource::File(CA.get().expect("the CA is written first").clone()),
+        server_name: None,
+    });
     cfg.test_id = Some(test.into());
     cfg.index = Some(index);
     cfg.name = format!("{test}-{index}");
@@ -61,7 +94,16 @@ async fn two_tests_share_one_listener() {
         .expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let shutdown = CancellationToken::new();
-    let server = serve(routes.clone(), listener, shutdown.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = pki(dir.path());
+    CA.set(ca).expect("one test writes the CA");
+    let tls = pacer_controller::tls::ServerTls::from_files(cert, key).expect("the pair loads");
+    let server = serve(
+        routes.clone(),
+        listener,
+        pacer_controller::listener::Transport::Tls(tls),
+        shutdown.clone(),
+    );
     let runner = CoordinatorRunner::new(routes.clone());
 
     let a = runner

@@ -435,6 +435,58 @@ async fn create_starts_the_run_the_secret_and_the_indexed_job() {
     assert_eq!(event["regarding"]["name"], "run1");
 }
 
+/// With TLS the session Secret carries the listener's CA, and the workers read it from there
+/// as `PACER_CA_PEM` (no volume, nothing of the operator's own Secret) with the name to verify;
+/// in plaintext they are told so.
+#[tokio::test]
+async fn workers_get_the_listeners_ca_through_their_session_secret() {
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let (client, server) = api_server(starting_steps("run1"));
+    let runner = FakeRunner::default();
+    let mut cfg = OperatorConfig::new("pacer.pacer-system.svc:7700", "pacer:test");
+    cfg.status_interval = Duration::ZERO;
+    cfg.worker_trust = pacer_operator::WorkerTrust::Tls {
+        ca_pem: CA.into(),
+        server_name: Some("pacer.pacer-system.svc".into()),
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        cfg,
+        Arc::new(runner.clone()),
+        Arc::new(Metrics::default()),
+    ));
+    started(&ctx, &runner, loadtest("run1")).await;
+    let seen = finish(server).await;
+    assert_eq!(seen[0].1["stringData"]["ca.crt"], CA);
+    let container = &seen[1].1["spec"]["template"]["spec"]["containers"][0];
+    let ca_env = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "PACER_CA_PEM")
+        .expect("PACER_CA_PEM");
+    assert_eq!(
+        ca_env["valueFrom"]["secretKeyRef"],
+        json!({"name": "run1-session-0a1b2c3d", "key": "ca.crt", "optional": false})
+    );
+    let args = container["args"].to_string();
+    assert!(
+        args.contains(r#""--server-name","pacer.pacer-system.svc""#),
+        "{args}"
+    );
+    assert!(!args.contains("--insecure-plaintext"), "{args}");
+
+    // Plaintext (the chart's tls.enabled=false): no CA, and the workers are told.
+    let (client, server) = api_server(starting_steps("run1"));
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    started(&ctx, &runner, loadtest("run1")).await;
+    let seen = finish(server).await;
+    assert!(seen[0].1["stringData"].get("ca.crt").is_none());
+    let args = seen[1].1["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--insecure-plaintext"), "{args}");
+}
+
 #[tokio::test]
 async fn workers_connect_then_the_test_runs_with_status_updates() {
     let mut steps = starting_steps("run1");
