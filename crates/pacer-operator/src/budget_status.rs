@@ -38,7 +38,8 @@ use serde_json::json;
 use crate::controller::{Context, MANAGER, causes};
 use crate::crd::LoadTest;
 use crate::ratebudget::{
-    BUDGET_FINALIZER, BudgetLast429, BudgetLimitStatus, BudgetTest, RateBudget, RateBudgetStatus,
+    BUDGET_FINALIZER, BudgetLast429, BudgetLimitStatus, BudgetTest, BudgetTestKind, RateBudget,
+    RateBudgetStatus,
 };
 use crate::reason::Reason;
 use crate::resources::RedisSource;
@@ -118,6 +119,8 @@ impl BudgetContext {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TestOnBudget {
     pub name: String,
+    /// Its `status.testId`: its id in the budget's registry of tests.
+    pub test_id: Option<String>,
     pub phase: Option<String>,
     pub rps: Option<f64>,
 }
@@ -192,30 +195,75 @@ pub fn build_status(
 
     let mut listed: Vec<&TestOnBudget> = tests.iter().collect();
     listed.sort_by_key(|t| (!t.active(), t.name.clone()));
-    let active = tests.iter().filter(|t| t.active()).count();
-    s.test_count = Some(u32::try_from(active).unwrap_or(u32::MAX));
     let snapshot = match observation {
         Observation::Read(snap) => Some(snap),
         Observation::NotObserved(_) => None,
     };
-    s.tests = listed
+    let registry = snapshot.map_or(&[][..], |snap| snap.tests.as_slice());
+    let entry = |id: Option<&str>| registry.iter().find(|r| Some(r.test.as_str()) == id);
+    let mut rows: Vec<BudgetTest> = listed
         .iter()
-        .take(MAX_STATUS_TESTS)
-        .map(|t| BudgetTest {
-            name: clip(&t.name, NAME_MAX_CHARS),
-            phase: t.phase.clone().unwrap_or_default(),
-            rps: t.rps.filter(|r| r.is_finite()),
-            processes: snapshot.map(|snap| {
-                let prefix = t.process_prefix();
-                let n = snap
-                    .processes
-                    .iter()
-                    .filter(|p| p.id.starts_with(&prefix))
-                    .count();
-                u32::try_from(n).unwrap_or(u32::MAX)
-            }),
+        .map(|t| {
+            let r = entry(t.test_id.as_deref());
+            BudgetTest {
+                name: clip(&t.name, NAME_MAX_CHARS),
+                kind: BudgetTestKind::LoadTest,
+                test_id: t.test_id.as_deref().map(|id| clip(id, NAME_MAX_CHARS)),
+                weight: r.map(|r| r.weight),
+                share: r.map(|r| round2(r.share)),
+                granted_per_second: r.map(|r| round2(r.rate)),
+                backlog: r.is_some_and(|r| r.backlog),
+                phase: t.phase.clone().unwrap_or_default(),
+                rps: t.rps.filter(|r| r.is_finite()),
+                processes: snapshot.map(|snap| {
+                    let prefix = t.process_prefix();
+                    let n = snap
+                        .processes
+                        .iter()
+                        .filter(|p| p.id.starts_with(&prefix))
+                        .count();
+                    u32::try_from(n).unwrap_or(u32::MAX)
+                }),
+            }
         })
         .collect();
+    // Tests in the budget's Redis that are none of these LoadTests: laptops, other clusters.
+    rows.extend(
+        registry
+            .iter()
+            .filter(|r| {
+                !tests
+                    .iter()
+                    .any(|t| t.test_id.as_deref() == Some(r.test.as_str()))
+            })
+            .map(|r| {
+                let id: String = r.test.chars().filter(|c| !c.is_control()).collect();
+                BudgetTest {
+                    name: clip(&id, NAME_MAX_CHARS),
+                    kind: BudgetTestKind::Other,
+                    test_id: Some(clip(&id, NAME_MAX_CHARS)),
+                    weight: Some(r.weight),
+                    share: Some(round2(r.share)),
+                    granted_per_second: Some(round2(r.rate)),
+                    backlog: r.backlog,
+                    ..BudgetTest::default()
+                }
+            }),
+    );
+    // Running LoadTests and the other tests in the registry (laptops: a registry entry lives
+    // while its processes beat).
+    let active = rows
+        .iter()
+        .filter(|r| match r.kind {
+            BudgetTestKind::LoadTest => {
+                !matches!(r.phase.as_str(), "Succeeded" | "Failed" | "Aborted")
+            }
+            BudgetTestKind::Other => true,
+        })
+        .count();
+    s.test_count = Some(u32::try_from(active).unwrap_or(u32::MAX));
+    rows.truncate(MAX_STATUS_TESTS);
+    s.tests = rows;
 
     let limits = crate::budget::limits(rb);
     match observation {
@@ -341,6 +389,7 @@ async fn tests_on(
         .filter(|o| o.data["spec"]["budgetRef"]["name"].as_str() == Some(name))
         .map(|o| TestOnBudget {
             name: o.name_any(),
+            test_id: o.data["status"]["testId"].as_str().map(str::to_string),
             phase: o.data["status"]["phase"].as_str().map(str::to_string),
             rps: o.data["status"]["rps"].as_f64(),
         })

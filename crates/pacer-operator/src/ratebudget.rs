@@ -33,7 +33,7 @@ pub const BUDGET_FINALIZER: &str = "pacer.dev/budget-in-use";
     status = "RateBudgetStatus",
     doc = "An organisation's API budget: its limits, credentials and Redis, shared by every LoadTest that refers to it",
     printcolumn = r#"{"name":"Rate","type":"string","description":"the busiest limit: used/limit per second","jsonPath":".status.rate"}"#,
-    printcolumn = r#"{"name":"Tests","type":"integer","description":"LoadTests running on the budget","jsonPath":".status.testCount"}"#,
+    printcolumn = r#"{"name":"Tests","type":"integer","description":"tests on the budget: running LoadTests and other tests in its Redis","jsonPath":".status.testCount"}"#,
     printcolumn = r#"{"name":"Processes","type":"integer","description":"processes beating in the budget's Redis (pods, pacer run)","jsonPath":".status.processCount"}"#,
     printcolumn = r#"{"name":"Paused Until","type":"string","description":"a Retry-After pause in force","jsonPath":".status.pausedUntil"}"#,
     printcolumn = r#"{"name":"Last 429","type":"string","description":"the limits the last refused request matched","jsonPath":".status.last429.limits"}"#,
@@ -94,10 +94,12 @@ pub struct RateBudgetStatus {
     /// The busiest limit, `used/limit per second (share)`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<String>,
-    /// LoadTests running (Starting or Running) on the budget.
+    /// Tests on the budget now: LoadTests that have not ended, and other tests in its Redis
+    /// (a `pacer run --budget` on a laptop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_count: Option<u32>,
-    /// Every LoadTest that refers to the budget (within a size bound, running ones first).
+    /// Every LoadTest that refers to the budget (running ones first), then the other tests in
+    /// its Redis, each with its weight and share (at most 50).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<BudgetTest>,
     /// Processes with a recent heartbeat in the budget's Redis (any test, any laptop).
@@ -123,11 +125,37 @@ pub struct RateBudgetStatus {
     pub observed_time: Option<Time>,
 }
 
-/// A LoadTest on the budget.
+/// What uses a budget: a LoadTest of its namespace, or a test the budget's Redis knows that is
+/// none of them (a `pacer run --budget` on a laptop, a LoadTest of another cluster).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum BudgetTestKind {
+    #[default]
+    LoadTest,
+    Other,
+}
+
+/// A test on the budget.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetTest {
+    /// The LoadTest's name, or the test id in Redis of another test.
     pub name: String,
+    pub kind: BudgetTestKind,
+    /// Its id in the budget's Redis (a LoadTest's `status.testId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_id: Option<String>,
+    /// Its weight and its share of each limit now (`weight / sum of the weights of the tests
+    /// with a backlog`), from the budget's registry of tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+    /// Slots the budget granted it per second (over its last whole second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_per_second: Option<f64>,
+    /// It wanted more than it got within the last second.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backlog: bool,
     /// Its phase (empty before the operator saw it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub phase: String,

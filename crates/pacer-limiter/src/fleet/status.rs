@@ -68,6 +68,9 @@ pub struct BudgetSnapshot {
     pub process_count: usize,
     pub limits: Vec<LimitSnapshot>,
     pub last_429: Option<Last429>,
+    /// The budget's registry of tests (`<tag>:tests`, [`super::fair`]): each test's weight,
+    /// share and rate, LoadTests and laptops alike (at most [`MAX_PROCESSES`]).
+    pub tests: Vec<super::fair::BudgetTest>,
 }
 
 impl BudgetSnapshot {
@@ -140,8 +143,7 @@ impl BudgetReader {
                 limits.len()
             )));
         }
-        // The test id is not used: a budget's keys are all under its name.
-        let keys = Keys::new("status", Some(budget))?;
+        let keys = Keys::of_budget(budget)?;
         let timeout = || FleetError::Timeout {
             op: OP,
             timeout: READ_TIMEOUT,
@@ -172,7 +174,13 @@ impl BudgetReader {
                 op: OP,
                 reason: e.to_string(),
             })?;
-        parse(&reply, limits)
+        let mut snapshot = parse(&reply, limits)?;
+        let mut tests = tokio::time::timeout(READ_TIMEOUT, super::fair::tests(&mut conn, budget))
+            .await
+            .map_err(|_| timeout())??;
+        tests.truncate(MAX_PROCESSES);
+        snapshot.tests = tests;
+        Ok(snapshot)
     }
 }
 
@@ -339,6 +347,7 @@ fn parse(v: &Value, limits: &[&str]) -> Result<BudgetSnapshot, FleetError> {
         process_count,
         limits: out,
         last_429,
+        tests: Vec::new(),
     })
 }
 
