@@ -1674,6 +1674,12 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
         .filter_map(|t| t["name"].as_str())
         .collect();
     assert_eq!(listed, names, "{status_while_running:#}");
+    // each with its share of the budget, from the budget's registry of tests (equal weights)
+    for t in status_while_running["tests"].as_array().unwrap() {
+        let share = t["share"].as_f64().unwrap_or(0.0);
+        assert!((0.0..=1.0).contains(&share) && share > 0.0, "{t}");
+        assert_eq!(t["weight"], 1.0, "{t}");
+    }
     assert_eq!(status_while_running["budget"], "e2e-budget.acme-api");
     assert!(
         status_while_running["processCount"].as_u64().unwrap_or(0) >= 2,

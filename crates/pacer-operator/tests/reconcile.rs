@@ -1664,6 +1664,7 @@ async fn the_budget_status_reads_its_redis() {
     assert_eq!(second.process_count, 1);
     let tests = [pacer_operator::budget_status::TestOnBudget {
         name: "run1".into(),
+        test_id: Some("run1-0a1b2c3d".into()),
         phase: Some("Running".into()),
         rps: Some(4.9),
     }];
@@ -1701,13 +1702,34 @@ async fn the_budget_status_reads_its_redis() {
     assert_eq!(last.limits, "org");
     assert_eq!(last.retry_after_seconds, Some(30.0));
     assert_eq!(status.test_count, Some(1));
+    let t = &status.tests[0];
+    assert_eq!(
+        t.weight,
+        Some(1.0),
+        "from the budget's registry of tests: {t:?}"
+    );
+    assert_eq!(t.share, Some(1.0), "alone on the budget: {t:?}");
+    // The same test, not a LoadTest: listed as another test of the budget.
+    let alone = pacer_operator::budget_status::build_status(
+        &rb,
+        &[],
+        &pacer_operator::budget_status::Observation::Read(second.clone()),
+        Some(&first),
+        &[],
+    );
+    assert_eq!(alone.test_count, Some(1), "a laptop's test counts");
+    assert_eq!(
+        alone.tests[0].kind,
+        pacer_operator::ratebudget::BudgetTestKind::Other
+    );
+    assert_eq!(alone.tests[0].name, "run1-0a1b2c3d");
     assert_eq!(status.process_count, Some(1));
     assert_eq!(status.budget.as_deref(), Some("default.acme-api"));
 
     // The reconciler lists the LoadTests on the budget and applies the status.
     let lt_list = json!({"apiVersion": "pacer.dev/v1alpha1", "kind": "LoadTestList",
     "metadata": {}, "items": [
-        serde_json::to_value(on_budget("run1")).expect("json"),
+        serde_json::to_value(running(on_budget("run1"))).expect("json"),
         serde_json::to_value(loadtest("other")).expect("json"),
     ]});
     let (client, server) = api_server(vec![
@@ -1748,6 +1770,7 @@ async fn the_budget_status_reads_its_redis() {
         "only the test on the budget"
     );
     assert_eq!(written["tests"].as_array().map(Vec::len), Some(1));
+    assert_eq!(written["tests"][0]["share"], 1.0, "{written}");
     assert_eq!(written["processCount"], 1);
     assert_eq!(condition(written, "Observed")["status"], "True");
     assert!(written["pausedUntil"].is_string(), "{written}");
