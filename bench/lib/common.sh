@@ -141,13 +141,14 @@ time_rss_mb() { awk '{printf "%.1f\n", $4 / 1024}' "$OUT/$1.time"; }
 time_elapsed() { awk '{print $1}' "$OUT/$1.time"; }
 
 # A pacer plan with one GET / scenario; the executor lines come as the second argument. Its
-# target is the running target (start_target exports BENCH_TARGET).
+# target is the running target (start_target exports BENCH_TARGET). No correlation id: the
+# peers send the same bare GET, so every generator sends the same bytes.
 write_plan() {
   local file=$1 executor=$2
   cat >"$file" <<EOF
 name: bench
 target: \${env:BENCH_TARGET:-http://127.0.0.1:9}
-http: { timeout: 60s, maxIdlePerHost: 20000 }
+http: { timeout: 60s, maxIdlePerHost: 20000, correlationId: false }
 retry: { maxAttempts: 1 }
 scenarios:
   - name: get
