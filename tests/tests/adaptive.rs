@@ -309,6 +309,9 @@ struct Case {
     processes: usize,
     vus: u32,
     secs: u64,
+    /// Kill the fleet's learning process (SIGKILL) this many seconds in: the others must take
+    /// over its learner and still find the limit.
+    kill_learner_at: Option<u64>,
 }
 
 /// How long a 1/s case runs: the learner measures 20 accepted requests after the first
@@ -388,21 +391,58 @@ scenarios:
                 (pacer_spawn(&args), sj)
             })
             .collect();
-        runs.push((*c, mock, dir, children));
+        runs.push((*c, mock, dir, children, fleet_id));
+    }
+    // The learning process of each fleet that is to lose it: its pid, from its worker id
+    // ("host-pid-random") as the learner's record in Redis names it.
+    let mut killed = Vec::new();
+    let started = std::time::Instant::now();
+    let mut kills: Vec<_> = runs
+        .iter()
+        .filter_map(|(c, _, _, _, id)| Some((c.kill_learner_at?, id.clone())))
+        .collect();
+    kills.sort();
+    for (at, id) in kills {
+        let redis = redis.expect("killing a learner needs a fleet");
+        tokio::time::sleep(Duration::from_secs(at).saturating_sub(started.elapsed())).await;
+        let owner = redis
+            .command(&["HGET", &format!("{{pacer:{id}}}:learn:guess"), "owner"])
+            .unwrap();
+        let pid: u32 = owner
+            .rsplit('-')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no learner's pid in {owner:?}"));
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -KILL {pid}");
+        println!("{id}: killed the learning process {pid} at {at} s");
+        killed.push(pid);
     }
     let mut failures = Vec::new();
-    for (c, mock, dir, children) in runs {
+    for (c, mock, dir, children, _) in runs {
         let outs = tokio::task::spawn_blocking(move || {
             children
                 .into_iter()
-                .map(|(child, sj)| (wait_bounded(child, RUN_LIMIT), sj))
+                .map(|(child, sj)| (child.id(), wait_bounded(child, RUN_LIMIT), sj))
                 .collect::<Vec<_>>()
         })
         .await
         .unwrap();
+        if c.kill_learner_at.is_some() {
+            assert!(
+                outs.iter().any(|(pid, _, _)| killed.contains(pid)),
+                "{c:?}: the learner killed was not one of this fleet's processes"
+            );
+        }
         let mut sustainable = Vec::new();
         let mut text = String::new();
-        for (out, sj) in &outs {
+        for (pid, out, sj) in &outs {
+            if killed.contains(pid) {
+                continue;
+            }
             text.push_str(&format!("{}\n{}\n", stdout(out), stderr(out)));
             assert_eq!(out.status.code(), Some(0), "{c:?}: {text}");
             assert!(!stderr(out).contains("panicked"), "{c:?}: {text}");
@@ -426,7 +466,7 @@ scenarios:
         let share = l.refused_after_span as f64 / l.after_span.max(1) as f64;
         let tight_share = tight.refused_after as f64 / tight.after.max(1) as f64;
         println!(
-            "limit {}/s, {} process(es){}: within 10% from {:.1} s ({:.2}% 429s after); within \
+            "limit {}/s, {} process(es){}{}: within 10% from {:.1} s ({:.2}% 429s after); within \
              15% from {:.1} s, after its first span {} of {} refused ({:.2}%); sustainable per \
              process {:?}",
             c.limit,
@@ -435,6 +475,10 @@ scenarios:
                 " through Redis"
             } else {
                 ""
+            },
+            match c.kill_learner_at {
+                Some(at) => format!(", the learner killed at {at} s"),
+                None => String::new(),
             },
             tight.converged_at.unwrap_or(f64::NAN),
             100.0 * tight_share,
@@ -474,6 +518,7 @@ async fn a_fleet_of_4_processes_learns_2_50_and_500_per_second_together_through_
             processes: 4,
             vus: 2,
             secs: LEARN_RUN.as_secs(),
+            kill_learner_at: None,
         },
         Case {
             limit: 50,
@@ -481,6 +526,7 @@ async fn a_fleet_of_4_processes_learns_2_50_and_500_per_second_together_through_
             processes: 4,
             vus: 8,
             secs: LEARN_RUN.as_secs(),
+            kill_learner_at: None,
         },
         Case {
             limit: 500,
@@ -488,6 +534,17 @@ async fn a_fleet_of_4_processes_learns_2_50_and_500_per_second_together_through_
             processes: 4,
             vus: 20,
             secs: LEARN_RUN.as_secs(),
+            kill_learner_at: None,
+        },
+        // The learning process dies in the middle of its first stretch (the cut comes at
+        // about 10 s at 2/s): another takes over from the learner it stored.
+        Case {
+            limit: 2,
+            burst: 2,
+            processes: 4,
+            vus: 2,
+            secs: LEARN_RUN.as_secs(),
+            kill_learner_at: Some(5),
         },
     ];
     learn_at_once(&cases, Some(&redis)).await;
@@ -503,6 +560,7 @@ async fn one_process_through_redis_learns_2_50_and_500_per_second() {
             processes: 1,
             vus: 4,
             secs: LEARN_RUN.as_secs(),
+            kill_learner_at: None,
         },
         Case {
             limit: 50,
@@ -510,6 +568,7 @@ async fn one_process_through_redis_learns_2_50_and_500_per_second() {
             processes: 1,
             vus: 20,
             secs: LEARN_RUN.as_secs(),
+            kill_learner_at: None,
         },
         Case {
             limit: 500,
@@ -517,6 +576,7 @@ async fn one_process_through_redis_learns_2_50_and_500_per_second() {
             processes: 1,
             vus: 60,
             secs: LEARN_RUN.as_secs(),
+            kill_learner_at: None,
         },
     ];
     learn_at_once(&cases, Some(&redis)).await;
@@ -531,6 +591,7 @@ async fn one_process_learns_1_and_1000_per_second_the_ends_of_the_range() {
             processes: 1,
             vus: 4,
             secs: SLOW_RUN.as_secs(),
+            kill_learner_at: None,
         },
         Case {
             limit: 1000,
@@ -538,6 +599,7 @@ async fn one_process_learns_1_and_1000_per_second_the_ends_of_the_range() {
             processes: 1,
             vus: 100,
             secs: LEARN_RUN.as_secs(),
+            kill_learner_at: None,
         },
     ];
     learn_at_once(&cases, None).await;
