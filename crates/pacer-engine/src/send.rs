@@ -384,7 +384,13 @@ impl<'a> Sending<'a> {
 
     /// What an attempt sends: the headers (approximately) and the body.
     fn bytes_sent(&self) -> u64 {
-        self.p.approx_header_bytes + self.p.body.as_ref().map_or(0, |b| b.len() as u64)
+        let correlation = match (&self.correlation.header, &self.correlation.added) {
+            (Some(name), Some(value)) => (name.as_str().len() + value.len() + 4) as u64,
+            _ => 0,
+        };
+        self.p.approx_header_bytes
+            + correlation
+            + self.p.body.as_ref().map_or(0, |b| b.len() as u64)
     }
 }
 
