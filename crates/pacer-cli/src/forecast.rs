@@ -128,10 +128,18 @@ fn verdict(f: &Forecast) -> String {
 /// What a fleet's forecast is: the whole test's, its limits shared by the workers.
 fn fleet_note(plan: &Plan, workers: u32) -> String {
     let budget = match &plan.spec.budget {
-        Some(b) => format!(
-            "budget {b:?} is shared with every other test naming it, so this test may get \
-             less than these rates while others run"
-        ),
+        Some(b) => {
+            let weight = plan.weight().map_or(String::new(), |w| {
+                format!(
+                    " (with weight {w}: its share of each limit is {w} / the sum of the weights \
+                     of the tests that want more than they get)"
+                )
+            });
+            format!(
+                "budget {b:?} is shared with every other test naming it, so this test may get \
+                 less than these rates while others run{weight}"
+            )
+        }
         None => String::new(),
     };
     if workers > 1 {
