@@ -242,12 +242,33 @@ impl Ledger {
                 (d > 0).then_some((*c, d))
             })
             .collect();
-        let entries = self
-            .entries
-            .iter()
-            .filter(|e| !earlier.entries.contains(e))
-            .cloned()
-            .collect();
+        let sorted = |l: &Ledger| l.entries.is_sorted_by(|a, b| a.cmp_key(b).is_le());
+        let entries = if sorted(self) && sorted(earlier) {
+            // Both in key order (as snapshots and merges keep them): one walk, not a search
+            // per entry (the series takes a delta every second).
+            let mut out = Vec::new();
+            let mut old = earlier.entries.iter().peekable();
+            for e in &self.entries {
+                while old.next_if(|o| o.cmp_key(e) == Ordering::Less).is_some() {}
+                let mut seen = false;
+                while let Some(o) = old.next_if(|o| o.cmp_key(e) == Ordering::Equal) {
+                    if o == e {
+                        seen = true;
+                        break;
+                    }
+                }
+                if !seen {
+                    out.push(e.clone());
+                }
+            }
+            out
+        } else {
+            self.entries
+                .iter()
+                .filter(|e| !earlier.entries.contains(e))
+                .cloned()
+                .collect()
+        };
         Ledger { entries, counts }
     }
 
@@ -312,7 +333,7 @@ mod tests {
         let side = |from: u64| {
             let mut l = Ledger::default();
             for t in (from..from + 700).map(|t| t * 3) {
-                l.push(entry(t, "x"));
+                l.push(entry(t, &format!("side{from}")));
             }
             l
         };
@@ -328,6 +349,19 @@ mod tests {
         assert_eq!(ab_c.total(), 2100);
         let d = ab_c.delta(&a);
         assert_eq!(d.total(), 1400);
+        // The walk over sorted ledgers and the search over unsorted ones agree.
+        let a = a.sorted();
+        let walked = ab_c.delta(&a);
+        let mut shuffled = a.clone();
+        shuffled.entries.reverse();
+        assert_eq!(walked, ab_c.delta(&shuffled));
+        assert_eq!(
+            walked.entries.len(),
+            ab_c.entries
+                .iter()
+                .filter(|e| !a.entries.contains(e))
+                .count()
+        );
     }
 
     #[test]
