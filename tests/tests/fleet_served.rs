@@ -71,6 +71,24 @@ scenarios:
     )
 }
 
+/// The workers' own count of their lease messages and of the requests that used them (their
+/// info line at the end), summed.
+fn lease_counts(stderr: &str) -> (u64, u64) {
+    let field = |line: &str, name: &str| -> u64 {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    stderr
+        .lines()
+        .filter(|l| l.contains("the controller's budget:"))
+        .fold((0, 0), |(l, r), line| {
+            (l + field(line, "leases"), r + field(line, "requests"))
+        })
+}
+
 /// The token fetches a summary counts (the controller's, when it serves the tokens).
 fn fetches(s: &Value) -> u64 {
     s["token_fetches"].as_array().map_or(0, |a| {
@@ -142,16 +160,29 @@ async fn run_workers_fetches_one_token_and_its_busy_workers_use_the_whole_limit(
         WORKERS.to_string(),
         "--worker-header".to_string(),
     ];
+    // The workers (children of pacer run, with its environment) say what leases cost.
     let r = run_summary(
         dir.path(),
         &plan(&target, "8s"),
         &extra,
-        &[],
+        &[("PACER_LOG", "warn,pacer_worker=info")],
         Duration::from_secs(60),
     )
     .await;
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     check_budget(&mock, 8.0, "pacer run --workers 4");
+    let (leases, requests) = lease_counts(&r.stderr);
+    eprintln!(
+        "pacer run --workers 4: {leases} lease messages for {requests} requests ({:.3} per \
+         request)",
+        leases as f64 / requests.max(1) as f64
+    );
+    assert!(requests > 1000, "{}", r.stderr);
+    assert!(
+        leases * 2 <= requests,
+        "a lease per {:.1} requests: not batched",
+        requests as f64 / leases as f64
+    );
     let stats = mock.stats();
     assert_eq!(stats.tokens.issued, 1, "one token for the fleet");
     assert_eq!(

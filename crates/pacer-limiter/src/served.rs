@@ -197,6 +197,8 @@ pub struct ServedLimiter {
     pauses: Mutex<Vec<PauseState>>,
     pause_changed: Notify,
     leases: AtomicU64,
+    /// Requests that went through the served limits.
+    granted: AtomicU64,
     /// The fleet's size, for the summary's limits table.
     workers: u32,
 }
@@ -270,13 +272,18 @@ impl ServedLimiter {
             next_id: AtomicU64::new(1),
             pause_changed: Notify::new(),
             leases: AtomicU64::new(0),
+            granted: AtomicU64::new(0),
             workers,
         }
     }
 
-    /// Leases asked for so far.
-    pub fn leases(&self) -> u64 {
-        self.leases.load(Ordering::Relaxed)
+    /// Leases asked for so far, and the requests that went through the served limits: the
+    /// messages a request costs.
+    pub fn leases(&self) -> (u64, u64) {
+        (
+            self.leases.load(Ordering::Relaxed),
+            self.granted.load(Ordering::Relaxed),
+        )
     }
 
     fn fleet_matched(&self, req: &RequestMeta<'_>) -> u64 {
@@ -463,6 +470,7 @@ impl ServedLimiter {
                         // never excess.
                         continue;
                     }
+                    self.granted.fetch_add(1, Ordering::Relaxed);
                     return Ok((started.elapsed().saturating_sub(paused), paused));
                 }
                 Step::Wait(until) => {

@@ -54,6 +54,11 @@ impl Hub {
         }
     }
 
+    /// The served limiter, once the engine has one.
+    pub(crate) fn limiter(&self) -> Option<Arc<ServedLimiter>> {
+        self.limiter.get().cloned()
+    }
+
     /// Queue a message on the current session; false when there is none (or it is full or
     /// closed: the caller asks again later).
     fn send(&self, body: Out) -> bool {

@@ -182,8 +182,17 @@ async fn launch(cfg: &WorkerConfig, a: &Assign, hub: &Arc<Hub>) -> Result<Launch
     ));
     let (done_tx, done) = watch::channel(None);
     let finishing = setup.clone();
+    let served = hub.limiter();
     tokio::spawn(async move {
         let end = engine_end(engine.await);
+        if let Some(l) = served {
+            let (leases, requests) = l.leases();
+            tracing::info!(
+                leases,
+                requests,
+                "the controller's budget: {leases} leases for {requests} requests"
+            );
+        }
         // Leave the fleet (the last one out deletes the test's keys) before saying done.
         finishing.finish().await;
         let _ = done_tx.send(Some(end));
