@@ -583,14 +583,9 @@ impl Inner {
         let r = match reply {
             Ok(r) => r,
             Err(e) => {
-                // Nothing was counted: what was seen waits for the next turn.
-                let mut st = self.state.lock();
-                let s = &mut st[i].seen;
-                s.accepted = s.accepted.saturating_add(seen.accepted);
-                s.refused = s.refused.saturating_add(seen.refused);
-                s.paused |= seen.paused;
-                s.stated = s.stated.or(seen.stated);
-                drop(st);
+                // What was seen is not sent again: a call that timed out may still have run in
+                // Redis, and counting an answer twice is worse than losing 100 ms of them. The
+                // decision is offered again (stored only if the version still matches).
                 if let Some(x) = slot.as_mut() {
                     x.pending = x.pending.take().or(pending);
                 }
@@ -742,7 +737,7 @@ impl Inner {
     }
 
     fn spent(&self, limits: &[usize], now: Instant) {
-        self.server.granted(limits, self.fleet.workers(), now);
+        self.server.granted(limits, now);
         let mut st = self.state.lock();
         for &i in limits {
             st[i].roll_spent(now);
@@ -872,7 +867,9 @@ impl Inner {
         for (&i, d) in class.limits.iter().zip(&debt) {
             let l = &self.limits[i];
             // The server's headers may steer the rate (the lease's rate is an argument).
-            inv.arg(format!("{:.6}", self.server.lease_rate(i, l.ceiling, now)))
+            let rate = self.server.lease_rate(i, l.ceiling, now);
+            tracing::debug!(limit = %l.limit.name, rate, "lease rate");
+            inv.arg(format!("{rate:.6}"))
                 .arg(l.burst.max(1))
                 .arg(l.window_us)
                 .arg(u8::from(l.limit.adaptive))
