@@ -198,18 +198,25 @@ impl Ledger {
         *n = n.saturating_add(1);
         if self.entries.len() < LEDGER_CAPACITY {
             self.entries.push(e);
+            if self.entries.len() == LEDGER_CAPACITY {
+                // Full from now on: kept in order, so the largest is the last.
+                self.entries.sort_by(LedgerEntry::cmp_key);
+            }
             return;
         }
-        // Full: replace the largest if the new one comes before it (rare: entries mostly come
-        // in time order, so this is one scan per dropped entry, over a thousand).
-        if let Some((i, last)) = self
+        // Full, so in order (this and `merge` keep a full ledger sorted): the new one replaces
+        // the largest, the last, if it comes before it. Entries mostly come in time order, so
+        // this is one comparison per dropped entry.
+        if self
             .entries
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.cmp_key(b.1))
-            && e.cmp_key(last) == Ordering::Less
+            .last()
+            .is_some_and(|last| e.cmp_key(last) == Ordering::Less)
         {
-            self.entries[i] = e;
+            self.entries.pop();
+            let at = self
+                .entries
+                .partition_point(|x| x.cmp_key(&e) != Ordering::Greater);
+            self.entries.insert(at, e);
         }
     }
 
