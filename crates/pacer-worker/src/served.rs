@@ -22,6 +22,12 @@ use tonic::{Status, Streaming};
 
 use crate::session::Tx;
 
+// A lease the limiter asks for always fits what the controller accepts.
+const _: () = assert!(
+    pacer_limiter::fleet::MAX_LEASE == pacer_proto::MAX_LEASE_WANT,
+    "pacer_proto::MAX_LEASE_WANT is the limiter's MAX_LEASE"
+);
+
 /// Slack on a grant's slot horizon: the controller measured its own clock, not ours.
 const AHEAD_SLACK: Duration = Duration::from_millis(100);
 
