@@ -3,6 +3,10 @@
 //! whose growth is the rate used) and the last 429 (`<tag>:last429`). Neither is on the path
 //! of a request: each is written at most once per [`NOTE_EVERY`] per process, on a task of its
 //! own, and a failed write is only logged (the status then lags, the test does not).
+//!
+//! Only a budget's processes note anything: a test's own fleet has no status to show them in,
+//! and its keys are all deleted by its last process (`lua/leave.lua`), which these would
+//! outlive.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,7 +49,7 @@ impl Notes {
         limits: impl Iterator<Item = &'a str>,
         n: u64,
     ) {
-        if n == 0 {
+        if n == 0 || fleet.keys().budget().is_none() {
             return;
         }
         let now = Instant::now();
@@ -83,6 +87,9 @@ impl Notes {
         limits: Vec<String>,
         retry_after: Option<Duration>,
     ) {
+        if fleet.keys().budget().is_none() {
+            return;
+        }
         let now = Instant::now();
         {
             let mut st = self.st.lock();

@@ -589,12 +589,21 @@ async fn a_budgets_keys_survive_its_tests_and_expire_when_idle() {
         request: "r",
     };
     lim.acquire(&meta).await.unwrap();
+    // The slots granted are noted for the budget's status on a task of their own (notes.rs).
+    for _ in 0..100 {
+        if !keys_matching(&mut c, "{pacer:budget:acme}:granted").await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(a.leave().await.unwrap(), "the budget's last process");
     let keys = keys_matching(&mut c, "{pacer:budget:acme}*").await;
     assert_eq!(
         keys,
         [
             "{pacer:budget:acme}:def:org",
+            // the slots granted, for the budget's status (notes.rs, status.rs)
+            "{pacer:budget:acme}:granted",
             "{pacer:budget:acme}:limit:org",
             // the test's share of the limit and the budget's registry of tests (fair.rs)
             "{pacer:budget:acme}:limit:org:test:test-a",
