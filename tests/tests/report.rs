@@ -626,7 +626,7 @@ async fn a_closed_model_series_has_no_planned_rate_and_bad_out_flags_are_refused
     );
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
     assert!(
-        stderr(&bad).contains("unknown series format"),
+        stderr(&bad).contains("unknown output format \"xml\": use json, csv or ledger"),
         "{}",
         stderr(&bad)
     );
