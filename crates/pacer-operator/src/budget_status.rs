@@ -338,6 +338,7 @@ pub fn build_status(
                     time: time_ms(l.at_ms)?,
                     retry_after_seconds: l.retry_after.map(|d| d.as_secs_f64()),
                     process: clip(&l.process, NAME_MAX_CHARS),
+                    server_limit: l.server_limit,
                 })
             });
         }

@@ -204,6 +204,9 @@ pub struct BudgetLast429 {
     /// The process that saw it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub process: String,
+    /// The limit the server stated in that answer, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_limit: Option<u64>,
 }
 
 /// The RateBudget CustomResourceDefinition as YAML (what `pacer crd --kind rate-budget` prints).

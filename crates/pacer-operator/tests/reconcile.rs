@@ -1650,7 +1650,11 @@ async fn the_budget_status_reads_its_redis() {
             retry_after: Some(Duration::from_secs(30)),
             pause_origin: pacer_limiter::PauseOrigin::Server,
             stated_rate: None,
-            server: None,
+            server: Some(pacer_limiter::headroom::ServerReport {
+                remaining: 0,
+                reset: None,
+                limit: Some(5),
+            }),
             sent_ago: Duration::ZERO,
         },
     );
@@ -1701,6 +1705,7 @@ async fn the_budget_status_reads_its_redis() {
     let last = status.last429.as_ref().expect("the last 429");
     assert_eq!(last.limits, "org");
     assert_eq!(last.retry_after_seconds, Some(30.0));
+    assert_eq!(last.server_limit, Some(5), "the limit the server stated");
     assert_eq!(status.test_count, Some(1));
     let t = &status.tests[0];
     assert_eq!(

@@ -1174,6 +1174,7 @@ impl Inner {
                     .map(|&i| self.limits[i].limit.name.clone())
                     .collect(),
                 fb.retry_after,
+                fb.server.and_then(|s| s.limit),
             );
         }
         // Tried even in safe mode: Redis may be slow rather than gone, and the other workers

@@ -78,14 +78,16 @@ impl Notes {
         });
     }
 
-    /// A 429 on a request matching `limits`: recorded as the fleet's last when this process's
-    /// last record is [`NOTE_EVERY`] old (a burst of 429s is one record a second).
+    /// A 429 on a request matching `limits` (with the limit the server stated in it, if any):
+    /// recorded as the fleet's last when this process's last record is [`NOTE_EVERY`] old (a
+    /// burst of 429s is one record a second).
     pub(crate) fn throttled(
         &self,
         fleet: &Arc<Fleet>,
         keep_ms: u64,
         limits: Vec<String>,
         retry_after: Option<Duration>,
+        server_limit: Option<u64>,
     ) {
         if fleet.keys().budget().is_none() {
             return;
@@ -106,7 +108,8 @@ impl Notes {
                 .arg(limits.join(","))
                 .arg(retry_ms)
                 .arg(fleet.worker_id())
-                .arg(keep_ms);
+                .arg(keep_ms)
+                .arg(server_limit.map(|l| l.to_string()).unwrap_or_default());
             if let Err(e) = fleet.script("noting a 429", inv).await {
                 tracing::debug!(error = %e, "the budget's last 429 was not written");
             }

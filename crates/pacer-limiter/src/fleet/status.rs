@@ -55,6 +55,9 @@ pub struct Last429 {
     pub at_ms: u64,
     pub retry_after: Option<Duration>,
     pub process: String,
+    /// The limit the server stated in that answer (`X-RateLimit-Limit`, `inin-ratelimit-allowed`,
+    /// IETF `q`), when it did.
+    pub server_limit: Option<u64>,
 }
 
 /// A budget at one instant.
@@ -302,6 +305,13 @@ fn parse(v: &Value, limits: &[&str]) -> Result<BudgetSnapshot, FleetError> {
             at_ms: unsigned(get("at_ms")?, "at_ms")?,
             retry_after: (retry_ms > 0).then(|| Duration::from_millis(retry_ms)),
             process: text(get("process")?, "the last 429's process")?,
+            // Absent in a record of an older pacer, empty when the server stated none.
+            server_limit: match last.get("server_limit") {
+                Some(v) if !text(v, "server_limit")?.is_empty() => {
+                    Some(unsigned(v, "server_limit")?)
+                }
+                _ => None,
+            },
         })
     };
 
@@ -390,6 +400,8 @@ mod tests {
                 bulk("2000"),
                 bulk("process"),
                 bulk("pod-a-1-ff"),
+                bulk("server_limit"),
+                bulk("50"),
             ],
             vec![bulk("org"), bulk("42")],
         );
@@ -407,6 +419,7 @@ mod tests {
         let l = s.last_429.as_ref().expect("a last 429");
         assert_eq!(l.limits, ["org"]);
         assert_eq!(l.retry_after, Some(Duration::from_secs(2)));
+        assert_eq!(l.server_limit, Some(50));
 
         let mut later = parse(&v, &["org"]).expect("valid");
         later.now_ms += 2000;
