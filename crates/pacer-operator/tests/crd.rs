@@ -23,20 +23,22 @@ fn crd() -> Value {
     serde_saphyr::from_str(&yaml).expect("the CRD is YAML")
 }
 
-#[test]
-fn the_committed_crd_is_not_stale() {
-    let generated = crd_yaml().expect("the CRD renders");
-    let path = root().join(COMMITTED);
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    if committed != generated {
+/// The committed copy at `committed` is `generated` (`PACER_UPDATE_CRDS=1` writes it).
+fn check_committed(committed: &str, generated: &str) {
+    let path = root().join(committed);
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    if on_disk != generated {
         if std::env::var_os("PACER_UPDATE_CRDS").is_some() {
-            std::fs::write(&path, &generated).expect("write the CRD");
+            std::fs::write(&path, generated).expect("write the CRD");
             return;
         }
-        panic!(
-            "{COMMITTED} is stale: regenerate it with `make crds` (or `cargo run -p pacer-cli -- crd > {COMMITTED}`)"
-        );
+        panic!("{committed} is stale: regenerate it with `make crds`");
     }
+}
+
+#[test]
+fn the_committed_crd_is_not_stale() {
+    check_committed(COMMITTED, &crd_yaml().expect("the CRD renders"));
 }
 
 #[test]
@@ -350,16 +352,10 @@ fn budget_crd() -> Value {
 
 #[test]
 fn the_committed_ratebudget_crd_is_not_stale() {
-    let generated = pacer_operator::ratebudget::crd_yaml().expect("the CRD renders");
-    let path = root().join(COMMITTED_BUDGET);
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    if committed != generated {
-        if std::env::var_os("PACER_UPDATE_CRDS").is_some() {
-            std::fs::write(&path, &generated).expect("write the CRD");
-            return;
-        }
-        panic!("{COMMITTED_BUDGET} is stale: regenerate it with `make crds`");
-    }
+    check_committed(
+        COMMITTED_BUDGET,
+        &pacer_operator::ratebudget::crd_yaml().expect("the CRD renders"),
+    );
 }
 
 #[test]
