@@ -446,3 +446,83 @@ async fn the_served_fleet_example_runs_as_written() {
     assert!(!stats.workers.contains_key("3"), "worker 3 has no VU");
     mock.shutdown().await;
 }
+
+/// The controller killed mid-run and started again (as `pacer controller` is restarted by a
+/// supervisor): while it is gone no worker sends anything past the slots it had leased (its
+/// requests wait, then fail as the limiter unavailable, never unpaced); the workers keep the
+/// token they hold, take their shards back to the new controller, lease from it, and the
+/// server's limit is never overrun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_serves_the_workers_again_and_nothing_goes_unpaced() {
+    let _one = SERIAL.lock().await;
+    let mock = start_mock(mock_config()).await;
+    let target = format!("http://{}", mock.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "plan.yaml", &plan(&target, "10s"));
+    let port = free_port();
+    let mut first = spawn_controller(&p, port, &dir.path().join("a.json"));
+    let workers: Vec<_> = (0..WORKERS).map(|_| spawn_worker(port)).collect();
+    let started = std::time::Instant::now();
+    while mock.stats().requests.total < 500 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the workers did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap(); // SIGKILL the controller mid-run
+    let _ = first.wait();
+    let killed_us = mock.control().uptime().as_micros() as u64;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let restarted_us = mock.control().uptime().as_micros() as u64;
+    let sj = dir.path().join("b.json");
+    let second = spawn_controller(&p, port, &sj);
+    let out = tokio::task::spawn_blocking(move || wait_bounded(second, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    for w in workers {
+        let o = tokio::task::spawn_blocking(move || wait_bounded(w, Duration::from_secs(20)))
+            .await
+            .unwrap();
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let s: Value = summary(&sj);
+    let stats = mock.stats();
+    let arrivals = mock.control().arrivals().arrivals;
+    // Slots leased before the kill cover at most a lease's span: nothing after 300 ms.
+    let in_outage = count_in(&arrivals, killed_us + 300_000, restarted_us, None);
+    let after = count_in(&arrivals, restarted_us, u64::MAX, Some(200));
+    let lim = &stats.limits[0];
+    eprintln!(
+        "controller killed at {:.2}s, restarted at {:.2}s: {in_outage} arrivals from 300 ms after \
+         the kill to the restart, {after} accepted after it; max in a window {} of {LIMIT}; \
+         tokens issued {}; the restarted controller counted {} requests, {} failed",
+        killed_us as f64 / 1e6,
+        restarted_us as f64 / 1e6,
+        lim.max_offered_in_window,
+        stats.tokens.issued,
+        s["totals"]["http_reqs"],
+        s["totals"]["failed"]
+    );
+    assert_eq!(s["fleet"]["resumed"], true);
+    assert_eq!(
+        in_outage, 0,
+        "requests went out while no controller served the budget"
+    );
+    assert!(after > 200, "only {after} accepted after the restart");
+    assert!(
+        lim.max_offered_in_window <= LIMIT,
+        "the fleet overran the limit: {} in a window",
+        lim.max_offered_in_window
+    );
+    assert_eq!(lim.rejected, 0);
+    assert_eq!(stats.tokens.issued, 1, "the workers kept their token");
+    mock.shutdown().await;
+}
