@@ -494,3 +494,49 @@ async fn a_fixed_window_aligned_to_the_servers_reset_uses_the_whole_limit_withou
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_aligned_windows("one process", &mock_log(&mock));
 }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_through_redis_use_an_aligned_fixed_window_whole_without_429() {
+    let mock = fixed_mock().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "plan.yaml",
+        &plan(
+            &format!("http://{}", mock.addr()),
+            &format!("{FIXED_DECLARED}, scope: fleet}}"),
+        ),
+    );
+    let url = redis.url();
+    let children: Vec<_> = (0..FLEET_PROCESSES)
+        .map(|i| {
+            let idx = i.to_string();
+            pacer_spawn(&[
+                "run",
+                p.to_str().unwrap(),
+                "-q",
+                "--worker-index",
+                &idx,
+                "--redis",
+                &url,
+                "--fleet",
+                "fixed",
+            ])
+        })
+        .collect();
+    let outs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|c| wait_bounded(c, RUN_LIMIT))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for o in &outs {
+        assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(o), stderr(o));
+    }
+    assert_aligned_windows(
+        &format!("{FLEET_PROCESSES} processes through Redis"),
+        &mock_log(&mock),
+    );
+}

@@ -205,6 +205,8 @@ pub struct LimitReport {
     pub paused: Duration,
     /// `scope: fleet` limits kept through Redis: this worker's view of the shared budget.
     pub fleet: Option<FleetLimitReport>,
+    /// What the server's rate-limit headers last said ([`crate::headroom`]); `None`: nothing.
+    pub server: Option<crate::headroom::HeadroomState>,
 }
 
 /// What a fleet worker saw of the shared budget (the same for every fleet limit of a worker).
@@ -314,6 +316,7 @@ impl LocalLimiter {
                     pauses: s.pauses,
                     paused: Duration::from_nanos(s.paused_ns),
                     fleet: None,
+                    server: Some(s.headroom.state()).filter(|h| h.remaining.is_some()),
                 }
             })
             .collect()

@@ -21,7 +21,7 @@
 //!   when others rise and comes back when they fall. A sliding window's or a bucket's count
 //!   also falls as old requests leave or tokens refill, which the headers do not say, so
 //!   there pacer does not guess others' rate.
-
+//!
 //! Every estimate errs on the safe side: a reset in whole seconds is read as an upper bound
 //! (servers round it up), so the window is taken to end no earlier than it does; requests
 //! granted since the answered one was sent count as not yet seen by the server.
@@ -137,9 +137,9 @@ const NS: f64 = 1e9;
 /// the side that makes others' traffic look smaller is the span's far end, a bucket at most).
 #[derive(Clone, Debug)]
 pub struct GrantLog {
-    /// The last [`RECENT_GRANTS`] grant times, exactly: spans they cover (what was sent since
-    /// an answer's request) are counted exactly, not in whole buckets.
-    recent: std::collections::VecDeque<u64>,
+    /// The last [`RECENT_GRANTS`] grant times (and how many each), exactly: spans they cover
+    /// (what was sent since an answer's request) are counted exactly, not in whole buckets.
+    recent: std::collections::VecDeque<(u64, u32)>,
     bucket_ns: u64,
     /// Counts per bucket, a ring indexed by `time / bucket_ns`.
     counts: Vec<u32>,
@@ -185,26 +185,49 @@ impl GrantLog {
 
     /// One grant at `now`.
     pub fn add(&mut self, now: u64) {
+        self.add_n(now, 1);
+    }
+
+    /// `n` grants at `now`.
+    pub fn add_n(&mut self, now: u64, n: u32) {
         if self.recent.len() == RECENT_GRANTS {
             self.recent.pop_front();
         }
-        self.recent.push_back(now);
+        self.recent.push_back((now, n));
         self.roll(now);
         let len = self.counts.len() as u64;
         let idx = ((now / self.bucket_ns) % len) as usize;
-        self.counts[idx] = self.counts[idx].saturating_add(1);
+        self.counts[idx] = self.counts[idx].saturating_add(n);
+    }
+
+    /// This process's own grants in the last `span` (each once, whatever it counts for in a
+    /// fleet): what it has in flight. Exact while the recent times cover the span.
+    pub fn own_since(&mut self, now: u64, span: u64) -> u64 {
+        let from = now.saturating_sub(span);
+        let covered = self.recent.len() < RECENT_GRANTS
+            || self.recent.front().is_some_and(|&(t, _)| t <= from);
+        if !covered {
+            return self.since(now, span);
+        }
+        let first = self.recent.partition_point(|&(t, _)| t <= from);
+        let last = self.recent.partition_point(|&(t, _)| t <= now);
+        last.saturating_sub(first) as u64
     }
 
     /// Grants in the last `span` before `now` (after `now - span`): exact while the recent
     /// times cover the span, else in whole buckets (at most the log's length).
     pub fn since(&mut self, now: u64, span: u64) -> u64 {
         let from = now.saturating_sub(span);
-        let covered =
-            self.recent.len() < RECENT_GRANTS || self.recent.front().is_some_and(|&t| t <= from);
+        let covered = self.recent.len() < RECENT_GRANTS
+            || self.recent.front().is_some_and(|&(t, _)| t <= from);
         if covered {
-            let first = self.recent.partition_point(|&t| t <= from);
-            let last = self.recent.partition_point(|&t| t <= now);
-            return last.saturating_sub(first) as u64;
+            let first = self.recent.partition_point(|&(t, _)| t <= from);
+            let last = self.recent.partition_point(|&(t, _)| t <= now);
+            return self
+                .recent
+                .range(first..last.max(first))
+                .map(|&(_, n)| u64::from(n))
+                .sum();
         }
         self.roll(now);
         let len = self.counts.len() as u64;
@@ -238,6 +261,8 @@ pub struct Headroom {
     /// Others' requests and the time they were counted over, in the current window.
     acc_others: f64,
     acc_ns: u64,
+    /// Whether others' traffic is measured ([`Headroom::without_others`]).
+    measure_others: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -279,6 +304,7 @@ impl Headroom {
             others: 0.0,
             acc_others: 0.0,
             acc_ns: 0,
+            measure_others: true,
         }
     }
 
@@ -299,11 +325,20 @@ impl Headroom {
         self.grants.add(now);
     }
 
+    /// Does not measure others' traffic (a fleet process: it sees only its own grants, and
+    /// cannot tell the rest of its fleet from others; scaling its own by the fleet's size was
+    /// tried and is too noisy, since leases hand a process its slots in batches). The reserve,
+    /// the alignment to the server's window and the holds stay.
+    pub fn without_others(mut self) -> Self {
+        self.measure_others = false;
+        self
+    }
+
     /// An answer at `now` to a request sent `sent_ago` before, with the server's headers.
     pub fn observe(&mut self, r: &ServerReport, sent_ago: Duration, now: u64) {
         let sent_ns = u64::try_from(sent_ago.as_nanos()).unwrap_or(u64::MAX);
         let sent_at = now.saturating_sub(sent_ns);
-        let ours_since = self.grants.since(now, sent_ns) as f64;
+        let ours_since = self.grants.own_since(now, sent_ns) as f64;
         let remaining = r.remaining as f64;
         let limit = r.limit.map_or(self.declared, |l| l as f64);
         let mut new_window = self.last.is_none();
@@ -338,6 +373,7 @@ impl Headroom {
         // over the window and divided by the time it spans, it does not depend on where the
         // window started (which pacer knows only within the reset's granularity).
         if self.shape == LimitShape::FixedWindow
+            && self.measure_others
             && let Some(last) = self.last
             && !new_window
             && now > last.at
@@ -370,6 +406,29 @@ impl Headroom {
         });
     }
 
+    /// The rate a fleet leases the limit at ([`crate::fleet`]: the rate is an argument of the
+    /// shared schedule, which hands out slots up to about a second ahead, so it must not swing
+    /// with every answer: each process hears a fraction of the answers, later): for an aligned
+    /// fixed window the window's own rate `(L - 1)/W` less the reserve, never below the
+    /// shape's paced rate less the reserve (a window the server says is spent holds instead:
+    /// [`Headroom::decision`]); otherwise the paced rate less the reserve. Never below
+    /// [`PROBE_SHARE`] of the paced rate: a slot at a crawl would push the shared schedule far
+    /// ahead for every process.
+    pub fn fleet_rate(&mut self, now: u64) -> f64 {
+        let least = self.paced * PROBE_SHARE;
+        let floor = (self.paced - self.reserve).max(least);
+        // One request of the window kept for the boundary: the last slot of a window at
+        // exactly `L/W` would meet the server's reset.
+        let window_rate =
+            (self.declared - 1.0).max(0.0) / (self.window_ns as f64 / NS).max(MIN_SPAN_SECS);
+        let aligned = self.aligned();
+        match self.decision(now) {
+            Some(Decision::Rate(_)) if aligned => (window_rate - self.reserve).max(floor),
+            Some(Decision::Rate(r)) => r.min(floor).max(least),
+            Some(Decision::Hold(_)) | None => floor,
+        }
+    }
+
     /// The rate to use now, or `None` when the server has said nothing (pace as declared).
     pub fn decision(&mut self, now: u64) -> Option<Decision> {
         let seen = self.last?;
@@ -379,7 +438,8 @@ impl Headroom {
         });
         let fresh = self.window_end.is_some_and(|end| end <= now);
         // Ours since the last answer's request was sent, and since that answer.
-        let ours_since = seen.ours_since + self.grants.since(now, now - seen.at.min(now)) as f64;
+        let ours_since =
+            seen.ours_since + self.grants.own_since(now, now - seen.at.min(now)) as f64;
         let remaining = if fresh {
             seen.limit.map_or(self.declared, |l| l as f64)
         } else {
@@ -524,6 +584,29 @@ mod tests {
             panic!()
         };
         assert!(r <= 9.0, "{r}");
+    }
+
+    #[test]
+    fn a_fleet_leases_an_aligned_window_at_its_own_rate_less_the_reserve() {
+        // 100/10s, reserve 10% (1/s), paced at 9/s without headers.
+        let mut h =
+            Headroom::new(&limit(LimitShape::FixedWindow, Some("10%")), 9.0).without_others();
+        assert!(
+            (h.fleet_rate(0) - 8.0).abs() < 1e-9,
+            "no headers: paced less the reserve"
+        );
+        let rep = ServerReport {
+            remaining: 90,
+            reset: Some(Duration::from_secs(9)),
+            limit: Some(100),
+        };
+        h.observe(&rep, Duration::ZERO, S);
+        // (100 - 1)/10 - 1 = 8.9/s, above the paced rate less the reserve.
+        assert!((h.fleet_rate(S) - 8.9).abs() < 1e-9, "{}", h.fleet_rate(S));
+        // A sliding window is only ever slowed by its reserve.
+        let mut h = Headroom::new(&limit(LimitShape::SlidingWindow, Some("10%")), 9.0);
+        h.observe(&rep, Duration::ZERO, S);
+        assert!((h.fleet_rate(S) - 8.0).abs() < 1e-9);
     }
 
     #[test]

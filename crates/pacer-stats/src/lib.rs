@@ -37,7 +37,7 @@ pub use snapshot::{
     ServerLimitHeaders, Snapshot, TokenFetchStats,
 };
 pub use summary::{
-    FleetPacing, LimitPacing, Summary, merge_limit_pacing, summarize, summarize_plan,
+    FleetPacing, LimitPacing, ServerSaid, Summary, merge_limit_pacing, summarize, summarize_plan,
 };
 
 /// Everything that can go wrong combining or decoding snapshots.

@@ -334,6 +334,18 @@ fn limits(out: &mut String, s: &Summary) {
         })
         .collect();
     table(out, "    ", &cells, &[false, false, false, false]);
+    for l in &s.limits {
+        if let Some(said) = &l.server {
+            let _ = writeln!(
+                out,
+                "    {}: the server last said {} left{}; others (outside pacer) used {:.2}/s",
+                l.name,
+                said.remaining,
+                said.limit.map_or(String::new(), |n| format!(" of {n}")),
+                said.others_rate
+            );
+        }
+    }
     if let Some(f) = s.limits.iter().find_map(|l| l.fleet.as_ref()) {
         let _ = writeln!(
             out,

@@ -215,6 +215,23 @@ pub struct LimitPacing {
     /// `scope: fleet` limits kept through Redis (`pacer run --redis`): this process's view.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetPacing>,
+    /// What the server's rate-limit headers last said of this limit, and how much of it others
+    /// (traffic outside pacer) used; `None` when the server sent no remaining count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerSaid>,
+}
+
+/// What the server's rate-limit headers said of a limit (docs/rate-limiting.md, "Headroom").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct ServerSaid {
+    /// Requests the server last said were left (everyone's use counted).
+    pub remaining: u64,
+    /// The limit it states, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// Others' use of the limit (requests per second) as measured from the server's count
+    /// less pacer's own requests (fixed windows; 0 when not measured).
+    pub others_rate: f64,
 }
 
 /// How a fleet process used the shared budget in Redis.
@@ -488,6 +505,13 @@ pub fn merge_limit_pacing(per_worker: &[Vec<LimitPacing>]) -> Vec<LimitPacing> {
                 unavailable_reason: fleets.iter().find_map(|f| f.unavailable_reason.clone()),
             });
         }
+        // Every process hears the same server: the least left and the most others used.
+        let said: Vec<&ServerSaid> = rows.iter().filter_map(|r| r.server.as_ref()).collect();
+        merged.server = (!said.is_empty()).then(|| ServerSaid {
+            remaining: said.iter().map(|s| s.remaining).min().unwrap_or(0),
+            limit: said.iter().filter_map(|s| s.limit).max(),
+            others_rate: said.iter().map(|s| s.others_rate).fold(0.0, f64::max),
+        });
     }
     out
 }
@@ -511,6 +535,7 @@ mod merge_tests {
             pauses: 1,
             paused_secs: 2.0,
             fleet,
+            server: None,
         }
     }
 

@@ -137,6 +137,11 @@ impl Keys {
     pub fn last429(&self) -> String {
         format!("{}:last429", self.prefix)
     }
+
+    /// What the server's rate-limit headers last said of limit `name` (`super::server`).
+    pub fn server(&self, name: &str) -> String {
+        format!("{}:server:{name}", self.prefix)
+    }
 }
 
 /// The id of a shared token in Redis: 32 hex digits of a 128-bit FNV-1a hash of the token URL,

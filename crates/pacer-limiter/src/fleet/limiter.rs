@@ -715,18 +715,13 @@ impl Inner {
             .clone()
     }
 
-    /// Until when any of `limits` is paused (Retry-After) or held (a fixed window the
-    /// server's headers say is spent until its reset).
     fn pause_end(&self, limits: &[usize], now: Instant) -> Option<Instant> {
-        let paused = {
-            let st = self.state.lock();
-            limits
-                .iter()
-                .filter_map(|&i| st[i].pause_until)
-                .filter(|p| *p > now)
-                .max()
-        };
-        paused.max(self.server.hold_end(limits, now))
+        let st = self.state.lock();
+        limits
+            .iter()
+            .filter_map(|&i| st[i].pause_until)
+            .filter(|p| *p > now)
+            .max()
     }
 
     fn pause(&self, limit: usize, until: Instant) {
@@ -867,9 +862,7 @@ impl Inner {
         for (&i, d) in class.limits.iter().zip(&debt) {
             let l = &self.limits[i];
             // The server's headers may steer the rate (the lease's rate is an argument).
-            let rate = self.server.lease_rate(i, l.ceiling, now);
-            tracing::debug!(limit = %l.limit.name, rate, "lease rate");
-            inv.arg(format!("{rate:.6}"))
+            inv.arg(format!("{:.6}", self.server.lease_rate(i, l.ceiling, now)))
                 .arg(l.burst.max(1))
                 .arg(l.window_us)
                 .arg(u8::from(l.limit.adaptive))
@@ -1116,10 +1109,6 @@ impl Inner {
                 if let Some(st) = self.server.observe(i, server, fb.sent_ago, now) {
                     super::server::note(&self.fleet, &self.limits[i].limit.name, st, self.keep_ms);
                 }
-            }
-            // A spent window holds this process: waiters look again (and give up their slots).
-            if self.server.hold_end(&limits, now).is_some() {
-                self.pause_changed.notify_waiters();
             }
         }
         {

@@ -21,6 +21,7 @@ pub mod keys;
 mod limiter;
 mod notes;
 mod scripts;
+pub mod server;
 pub mod status;
 mod tokens;
 

@@ -1,0 +1,246 @@
+//! The server's rate-limit headers in a fleet: each process reads them from its own answers
+//! into a [`Headroom`] per fleet limit (every process sees the same organisation-wide
+//! remaining), and steers the shared GCRA by the rate it passes to `lease.lua` in place of the
+//! ceiling (the script is unchanged: a lease's rate is an argument; [`Headroom::fleet_rate`]).
+//! An aligned fixed window is leased at its own rate `(L - 1)/W` less the reserve, since the
+//! window's requests then fit it wherever it starts. A process cannot tell the rest of its
+//! fleet from others' traffic, so a fleet does not measure others
+//! ([`Headroom::without_others`]), and it does not hold on a spent window either: a process
+//! hears a fraction of the answers, late, and a hold on stale news would drop the slots it
+//! leased (measured: windows 9% short). A fleet sharing a limit with traffic outside pacer
+//! keeps at least that traffic's share as its `reserve`; a 429 still pauses the fleet.
+//!
+//! What the server last said is noted in Redis, at most once per [`NOTE_EVERY`] per process,
+//! under `<tag>:server:<limit>` (a HASH: `remaining`, `limit`, `reset_at_ms`, `seen_ms`,
+//! `others_rate`; Unix milliseconds), for the budget's status ([`read`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pacer_plan::Limit;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::notes::NOTE_EVERY;
+use super::{Fleet, FleetError};
+use crate::headroom::{Headroom, HeadroomState, ServerReport};
+
+/// One fleet limit's view of the server.
+struct View {
+    headroom: Headroom,
+    last_note: Option<Instant>,
+}
+
+/// Every fleet limit's view of the server, in the limiter's order.
+pub(crate) struct ServerViews {
+    epoch: Instant,
+    views: Mutex<Vec<View>>,
+}
+
+/// What a process last heard from the server about one limit, as kept in Redis.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerState {
+    /// Requests the server said may still be sent (everyone's use counted).
+    pub remaining: u64,
+    /// The limit the server states, if it does.
+    pub limit: Option<u64>,
+    /// When the server's window ends (Unix ms), if it said.
+    pub reset_at_ms: Option<u64>,
+    /// When this was heard (Unix ms).
+    pub seen_ms: u64,
+    /// Others' traffic on the limit as measured (requests per second; 0 when not measured).
+    pub others_rate: f64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl ServerViews {
+    /// For the fleet limits and the rate each is paced at without headers.
+    pub(crate) fn new<'a>(limits: impl Iterator<Item = (&'a Limit, f64)>) -> Self {
+        Self {
+            epoch: Instant::now(),
+            views: Mutex::new(
+                limits
+                    .map(|(l, paced)| View {
+                        headroom: Headroom::new(l, paced).without_others(),
+                        last_note: None,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// An answer about limit `i`; returns the state to note in Redis when one is due.
+    pub(crate) fn observe(
+        &self,
+        i: usize,
+        r: &ServerReport,
+        sent_ago: Duration,
+        now: Instant,
+    ) -> Option<ServerState> {
+        let now_ns = self.ns(now);
+        let mut views = self.views.lock();
+        let v = views.get_mut(i)?;
+        v.headroom.observe(r, sent_ago, now_ns);
+        if v.last_note
+            .is_some_and(|t| now.saturating_duration_since(t) < NOTE_EVERY)
+        {
+            return None;
+        }
+        v.last_note = Some(now);
+        let st = v.headroom.state();
+        let wall = unix_ms();
+        Some(ServerState {
+            remaining: r.remaining,
+            limit: r.limit,
+            reset_at_ms: st
+                .reset_at
+                .map(|end| wall.saturating_add(end.saturating_sub(now_ns) / 1_000_000)),
+            seen_ms: wall,
+            others_rate: st.others_rate,
+        })
+    }
+
+    /// A request of `limits` was sent now by this process.
+    pub(crate) fn granted(&self, limits: &[usize], now: Instant) {
+        let now_ns = self.ns(now);
+        let mut views = self.views.lock();
+        for &i in limits {
+            if let Some(v) = views.get_mut(i) {
+                v.headroom.granted(now_ns);
+            }
+        }
+    }
+
+    /// The rate to lease limit `i` at: `paced` (the ceiling the lease would use) unless the
+    /// server's headers steer the limit (an aligned fixed window may go above it; anything
+    /// else only below).
+    pub(crate) fn lease_rate(&self, i: usize, paced: f64, now: Instant) -> f64 {
+        let now_ns = self.ns(now);
+        let mut views = self.views.lock();
+        match views.get_mut(i).filter(|v| v.headroom.steers()) {
+            Some(v) => v.headroom.fleet_rate(now_ns),
+            None => paced,
+        }
+    }
+
+    /// What limit `i` last heard (for reports).
+    pub(crate) fn state(&self, i: usize) -> Option<HeadroomState> {
+        self.views.lock().get(i).map(|v| v.headroom.state())
+    }
+}
+
+/// Note what the server said about `limit` in Redis (on its own task: never on a request's
+/// path; a failed write is only logged).
+pub(crate) fn note(fleet: &Arc<Fleet>, limit: &str, st: ServerState, keep_ms: u64) {
+    let fleet = fleet.clone();
+    let key = fleet.keys().server(limit);
+    tokio::spawn(async move {
+        let mut fields: Vec<(&str, String)> = vec![
+            ("remaining", st.remaining.to_string()),
+            ("seen_ms", st.seen_ms.to_string()),
+            ("others_rate", format!("{:.3}", st.others_rate)),
+        ];
+        if let Some(l) = st.limit {
+            fields.push(("limit", l.to_string()));
+        }
+        if let Some(r) = st.reset_at_ms {
+            fields.push(("reset_at_ms", r.to_string()));
+        }
+        let r = fleet
+            .query::<()>("noting the server's headers", 2, |c| {
+                Box::pin(async move {
+                    redis::pipe()
+                        .del(&key)
+                        .ignore()
+                        .hset_multiple(&key, &fields)
+                        .ignore()
+                        .pexpire(&key, i64::try_from(keep_ms).unwrap_or(i64::MAX))
+                        .ignore()
+                        .query_async(c)
+                        .await
+                })
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "the server's headers were not noted");
+        }
+    });
+}
+
+/// The largest number a noted field may hold and still be read (a hostile or corrupt entry
+/// cannot make a status hold absurd values).
+const MAX_NOTED: u64 = 1 << 53;
+
+/// What the fleet's processes last noted of what the server said about `limit` (`None`: nothing
+/// noted, or expired). For a budget's status (the operator's `RateBudget`): fields that do not
+/// parse, or absurd numbers, are left out.
+pub async fn read(fleet: &Arc<Fleet>, limit: &str) -> Result<Option<ServerState>, FleetError> {
+    let key = fleet.keys().server(limit);
+    let map: HashMap<String, String> = fleet
+        .query("reading the server's headers", 1, |c| {
+            Box::pin(async move { redis::cmd("HGETALL").arg(&key).query_async(c).await })
+        })
+        .await?;
+    Ok(parse(&map))
+}
+
+/// A noted HASH as a [`ServerState`]: `None` without its `remaining` and `seen_ms`.
+fn parse(map: &HashMap<String, String>) -> Option<ServerState> {
+    let num = |k: &str| {
+        map.get(k)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|n| *n <= MAX_NOTED)
+    };
+    Some(ServerState {
+        remaining: num("remaining")?,
+        limit: num("limit"),
+        reset_at_ms: num("reset_at_ms"),
+        seen_ms: num("seen_ms")?,
+        others_rate: map
+            .get("others_rate")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|r| r.is_finite() && *r >= 0.0 && *r <= MAX_NOTED as f64)
+            .unwrap_or(0.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_noted_hash_parses_and_garbage_is_left_out() {
+        let map: HashMap<String, String> = [
+            ("remaining", "42"),
+            ("seen_ms", "1700000000000"),
+            ("limit", "x"),
+            ("reset_at_ms", "99999999999999999999"),
+            ("others_rate", "NaN"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let st = parse(&map).unwrap();
+        assert_eq!(
+            st,
+            ServerState {
+                remaining: 42,
+                limit: None,
+                reset_at_ms: None,
+                seen_ms: 1_700_000_000_000,
+                others_rate: 0.0
+            }
+        );
+        assert_eq!(parse(&HashMap::new()), None);
+    }
+}
