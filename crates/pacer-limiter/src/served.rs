@@ -56,6 +56,9 @@ pub const TOKEN_WAIT: Duration = Duration::from_secs(30);
 /// A worker asks again for a token it is still waiting for after this long (its request may
 /// have been lost with a broken session).
 const TOKEN_ASK_AGAIN: Duration = Duration::from_secs(1);
+/// The longest a served token is believed to live, whatever the controller says: the
+/// engine's own cap on a token endpoint's `expires_in` (30 days).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 /// Demand is measured over ticks of this length (as in the Redis fleet limiter).
 const DEMAND_TICK: Duration = Duration::from_millis(250);
 
@@ -341,7 +344,10 @@ impl ServedLimiter {
 
     /// The controller paused these limits for `remaining` from `received`.
     pub fn paused(&self, limits: u64, remaining: Duration, received: Instant) {
-        let until = received + remaining;
+        // A pause no clock can hold is not one anybody meant (the session caps them at a day).
+        let Some(until) = received.checked_add(remaining) else {
+            return;
+        };
         let now = Instant::now();
         let mut extended = false;
         {
@@ -393,10 +399,12 @@ impl ServedLimiter {
             }
             // Slots are mapped from the moment the answer arrived: never earlier than the
             // controller meant.
-            st.slots.extend(offsets.iter().map(|o| received + *o));
+            st.slots
+                .extend(offsets.iter().filter_map(|o| received.checked_add(*o)));
             st.retry_at = offsets
                 .is_empty()
-                .then(|| received + wait.max(Duration::from_millis(1)));
+                .then(|| received.checked_add(wait.max(Duration::from_millis(1))))
+                .flatten();
         }
         class.changed.notify_waiters();
     }
@@ -694,7 +702,7 @@ impl ServedTokens {
                 *held = Held::Token {
                     token,
                     generation,
-                    expires_at: received + expires_in,
+                    expires_at: received + expires_in.min(MAX_TOKEN_LIFETIME),
                 };
             }
             Err(reason) => {
@@ -877,6 +885,21 @@ mod tests {
         let e = lim.acquire(&META).await.unwrap_err();
         assert!(matches!(e, LimiterError::Unavailable(_)), "{e}");
         assert!(started.elapsed() >= UNAVAILABLE_WAIT);
+    }
+
+    /// Numbers no clock can hold (a broken or hostile controller) are never a panic.
+    #[tokio::test(start_paused = true)]
+    async fn answers_no_clock_can_hold_are_dropped_not_a_panic() {
+        let link = Arc::new(FakeLink::default());
+        link.up.store(true, Ordering::Relaxed);
+        let lim = ServedLimiter::new(link.clone(), &[fleet_limit()], &[], 2);
+        let huge = Duration::from_secs(u64::MAX);
+        lim.paused(1, huge, Instant::now());
+        lim.granted(1, &[huge], huge, &[huge], Instant::now());
+        let own = Arc::new(StaticTokens::default());
+        let tokens = ServedTokens::new(link, &["oauth".into()], &[0], own);
+        tokens.delivered(0, 1, Ok(Token::new("t")), huge, Instant::now());
+        assert_eq!(tokens.token(0).await.unwrap().expose(), "t");
     }
 
     /// An adaptive fleet limit stays in the worker, at the worker's own share of it: no lease.
