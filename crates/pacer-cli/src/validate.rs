@@ -1,6 +1,8 @@
-//! `pacer validate`: check plan files and LoadTest manifests without running anything, and
-//! list every problem with its field path. A manifest is checked as the operator will check it,
-//! a plan as `pacer run` reads it, so a file that validates is one those accept.
+//! `pacer validate`: check plan files, LoadTest and RateBudget manifests without running
+//! anything, and list every problem with its field path. A manifest is checked as the operator
+//! will check it, a plan as `pacer run` reads it, so a file that validates is one those accept.
+//! A LoadTest on a RateBudget (`spec.budgetRef`) is checked with the budget when its file is
+//! given too, else its plan alone (the operator checks the budget's part).
 //!
 //! For a valid plan it also explains what each limit will cost: the rate pacer will pace it at
 //! (from the same function the limiters use, `pacer_plan::shape::pace`) and the margin left
@@ -14,6 +16,9 @@ use pacer_limiter::fleet::{fleet_pacing, lease_hold};
 use pacer_limiter::gcra::{DEFAULT_SPREAD, pacing};
 use pacer_plan::spec::LimitScope;
 use pacer_plan::{Limit, LimitShape, Pacing};
+
+use pacer_operator::budget::Found;
+use pacer_operator::ratebudget::RateBudget;
 
 use crate::exit::{self, Exit};
 
@@ -38,8 +43,9 @@ pub struct ValidateArgs {
 /// `pacer validate`: every file checked, each line printed; the exit code is the worst.
 pub fn run(args: &ValidateArgs) -> Exit {
     let mut worst = Exit::Passed;
+    let budgets = budgets_in(&args.plans);
     for p in &args.plans {
-        match validate_one(p, args.latency) {
+        match validate_one(p, args.latency, &budgets) {
             Ok(line) => println!("{}: ok: {line}", p.display()),
             Err((message, exit)) => {
                 eprintln!("{message}");
@@ -53,7 +59,11 @@ pub fn run(args: &ValidateArgs) -> Exit {
 /// One file. A LoadTest manifest is checked as the operator will check it
 /// (`pacer_operator::prepare`: its plan read as a LoadTest's, so no `${file:}` is read and
 /// `${env:}` names only what the LoadTest provides); a plan as `pacer run` reads it.
-fn validate_one(p: &Path, latency: Duration) -> Result<String, (String, Exit)> {
+fn validate_one(
+    p: &Path,
+    latency: Duration,
+    budgets: &[RateBudget],
+) -> Result<String, (String, Exit)> {
     let plan_error = |e: pacer_plan::PlanError| (e.to_string(), exit::for_plan_error(&e));
     let text = std::fs::read_to_string(p).map_err(|source| {
         plan_error(pacer_plan::PlanError::Io {
@@ -63,6 +73,9 @@ fn validate_one(p: &Path, latency: Duration) -> Result<String, (String, Exit)> {
     })?;
     let doc =
         pacer_plan::load::parse_document(&text, &p.display().to_string()).map_err(plan_error)?;
+    if doc.get("kind").and_then(|k| k.as_str()) == Some("RateBudget") {
+        return validate_budget(p, doc);
+    }
     if doc.get("kind").and_then(|k| k.as_str()) != Some("LoadTest") {
         return pacer_plan::load_file(p)
             .map(|plan| {
@@ -76,17 +89,35 @@ fn validate_one(p: &Path, latency: Duration) -> Result<String, (String, Exit)> {
             })
             .map_err(plan_error);
     }
-    let lt: pacer_operator::crd::LoadTest = serde_json::from_value(doc).map_err(|e| {
+    let mut lt: pacer_operator::crd::LoadTest = serde_json::from_value(doc).map_err(|e| {
         (
             format!("{}: not a LoadTest: {e}", p.display()),
             Exit::Invalid,
         )
     })?;
-    match pacer_operator::prepare::prepare(&lt, &Default::default()) {
+    lt.metadata
+        .namespace
+        .get_or_insert_with(|| DEFAULT_NAMESPACE.into());
+    let found = lt.spec.budget_ref.as_ref().map(|r| {
+        budgets
+            .iter()
+            .find(|b| b.metadata.name.as_deref() == Some(r.name.as_str()))
+            .map_or(Found::Unchecked, Found::Budget)
+    });
+    let on_budget = match (&lt.spec.budget_ref, found) {
+        (Some(r), Some(Found::Budget(_))) => format!(", on RateBudget {}", r.name),
+        (Some(r), _) => format!(
+            ", on RateBudget {} (not given: its limits and credentials are the operator's to check)",
+            r.name
+        ),
+        (None, _) => String::new(),
+    };
+    let redis = operator_redis();
+    match pacer_operator::prepare::prepare_on(&lt, &Default::default(), found, Some(&redis)) {
         Ok(prepared) => Ok(with_forecast(
             with_limits(
                 format!(
-                    "LoadTest {} ({} workers)",
+                    "LoadTest {} ({} workers{on_budget})",
                     plan_line(&prepared.plan),
                     prepared.workers
                 ),
@@ -104,6 +135,69 @@ fn validate_one(p: &Path, latency: Duration) -> Result<String, (String, Exit)> {
             ))
         }
     }
+}
+
+/// The namespace `kubectl apply` uses for a manifest that names none.
+const DEFAULT_NAMESPACE: &str = "default";
+
+/// The operator's default Redis, as far as a file can tell: there is one (a RateBudget without
+/// `spec.redis` is the operator's to refuse).
+fn operator_redis() -> pacer_operator::RedisSource {
+    pacer_operator::RedisSource::Url("redis://the-operators-default-redis".into())
+}
+
+/// The RateBudgets among `paths` (for the LoadTests on them); files that are none are skipped.
+fn budgets_in(paths: &[PathBuf]) -> Vec<RateBudget> {
+    paths
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            let doc = pacer_plan::load::parse_document(&text, &p.display().to_string()).ok()?;
+            if doc.get("kind").and_then(|k| k.as_str()) != Some("RateBudget") {
+                return None;
+            }
+            let mut rb: RateBudget = serde_json::from_value(doc).ok()?;
+            rb.metadata
+                .namespace
+                .get_or_insert_with(|| DEFAULT_NAMESPACE.into());
+            Some(rb)
+        })
+        .collect()
+}
+
+/// A RateBudget manifest, checked as the operator checks it, and what its limits cost.
+fn validate_budget(p: &Path, doc: serde_json::Value) -> Result<String, (String, Exit)> {
+    let mut rb: RateBudget = serde_json::from_value(doc).map_err(|e| {
+        (
+            format!("{}: not a RateBudget: {e}", p.display()),
+            Exit::Invalid,
+        )
+    })?;
+    rb.metadata
+        .namespace
+        .get_or_insert_with(|| DEFAULT_NAMESPACE.into());
+    let problems = pacer_operator::budget::check(&rb, Some(&operator_redis()));
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|e| format!("  - {e}")).collect();
+        return Err((
+            format!("{}: invalid RateBudget:\n{}", p.display(), list.join("\n")),
+            Exit::Invalid,
+        ));
+    }
+    let limits = pacer_operator::budget::limits(&rb);
+    let mut out = format!(
+        "RateBudget {} ({} limits, {} credentials)",
+        rb.metadata.name.as_deref().unwrap_or_default(),
+        limits.len(),
+        rb.spec.credentials.len()
+    );
+    for l in &limits {
+        for s in explain_limit(l) {
+            out.push_str("\n  ");
+            out.push_str(&s);
+        }
+    }
+    Ok(out)
 }
 
 /// What a valid plan will run, on one line: its name and scenarios, with the iterations of

@@ -199,6 +199,10 @@ pub enum Found<'a> {
     Budget(&'a RateBudget),
     /// No RateBudget of that name in the LoadTest's namespace.
     Missing,
+    /// Not looked up (`pacer validate` without the budget's file): the plan is checked alone,
+    /// as if the budget provided a credential for each of its `auth` entries; the budget's own
+    /// checks (its limits, a clash with the plan's) are the operator's.
+    Unchecked,
 }
 
 /// The LoadTest's plan with the budget merged in, and what the workers take from it; or every
@@ -224,6 +228,12 @@ pub fn join(
     }
     let rb = match found {
         Found::Budget(rb) => rb,
+        Found::Unchecked => {
+            return Err(vec![FieldError::new(
+                "spec.budgetRef.name",
+                "the RateBudget was not looked up",
+            )]);
+        }
         Found::Missing => {
             return Err(vec![FieldError::new(
                 "spec.budgetRef.name",

@@ -145,7 +145,9 @@ pub fn prepare_on(
 ) -> Result<Prepared, Vec<FieldError>> {
     let mut merged_spec = None;
     let mut budget = None;
-    if lt.spec.budget_ref.is_some() {
+    if lt.spec.budget_ref.is_some() && matches!(found, Some(crate::budget::Found::Unchecked)) {
+        merged_spec = Some(unchecked_budget(&lt.spec));
+    } else if lt.spec.budget_ref.is_some() {
         let found = found.unwrap_or(crate::budget::Found::Missing);
         let (plan, joined) = crate::budget::join(lt, found, default_redis)?;
         let mut spec = lt.spec.clone();
@@ -185,6 +187,38 @@ pub fn prepare_on(
         start_timeout,
         budget,
     })
+}
+
+/// A LoadTest's spec as [`crate::budget::Found::Unchecked`] checks it: the plan alone, with a
+/// stand-in credential (every key) for each of its `auth` entries the LoadTest gives none, as
+/// the budget may.
+fn unchecked_budget(spec: &LoadTestSpec) -> LoadTestSpec {
+    let mut spec = spec.clone();
+    let auths: Vec<String> = spec
+        .plan
+        .get("auth")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| Some(x.get("name")?.as_str()?.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in auths {
+        if spec.credentials.iter().any(|c| c.name == name) {
+            continue;
+        }
+        spec.credentials.push(CredentialRef {
+            name,
+            secret_ref: crate::crd::CredentialSecretRef {
+                name: "the RateBudget's".into(),
+                client_id_key: Some(PLACEHOLDER.into()),
+                client_secret_key: Some(PLACEHOLDER.into()),
+                token_key: Some(PLACEHOLDER.into()),
+            },
+        });
+    }
+    spec
 }
 
 /// The environment the worker pods will have, by name: a `workerTemplate.env` entry's literal
