@@ -196,6 +196,35 @@ mod tests {
         assert!(Reserve::Share(999_999).problem(10.0).is_none());
     }
 
+    fn load(reserve: &str) -> Result<crate::Plan, String> {
+        let src = format!(
+            "name: t\ntarget: http://127.0.0.1:1\nlimits:\n- {{name: org, limit: 10/s, reserve: {reserve}}}\n\
+             scenarios:\n- {{name: s, executor: constant-vus, vus: 1, duration: 1s, \
+             requests: [{{name: r, path: /}}]}}\n"
+        );
+        crate::load_str(&src, "test.yaml", &crate::Refs::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_plan_names_the_field_of_a_bad_reserve() {
+        let plan = load("'10%'").expect("a valid reserve");
+        assert_eq!(plan.limits[0].reserve, Some(Reserve::Share(100_000)));
+        for (bad, words) in [
+            ("'0%'", "a reserve of nothing"),
+            ("10/s", "all of the limit"),
+            ("'150%'", "expected a share of the limit"),
+            ("10", "bare number"),
+            ("1/0s", "expected a share"),
+        ] {
+            let err = load(bad).expect_err(bad);
+            assert!(err.contains("limits[0].reserve"), "{bad}: {err}");
+            assert!(err.contains(words), "{bad}: {err}");
+        }
+        // A rate's period is bounded like a limit's.
+        let err = load("1/1000h").expect_err("a period beyond the bounds");
+        assert!(err.contains("limits[0].reserve"), "{err}");
+    }
+
     proptest! {
         #[test]
         fn display_parses_back(ppm in 0u32..1_000_000) {

@@ -13,11 +13,12 @@
 //! reach the server up to the spread `D` late, so requests the server counts in a window `W`
 //! were granted within `W + D`: at most `b + r·(W + D)`, which must stay `<= L`. This is the
 //! sliding window's bound, unchanged. A fixed window (counters reset at boundaries) only counts
-//! the aligned windows, which are among the sliding ones, so the same rate is safe; it could
-//! use more (the whole `L` from each reset) if pacer knew where the server's windows start.
-//! pacer does not align to the server's reset (`X-RateLimit-Reset`, `inin-ratelimit-reset`)
-//! yet, so a fixed window is paced exactly like a sliding one; `pacer validate` and
-//! docs/rate-limiting.md say so.
+//! the aligned windows, which are among the sliding ones, so the same rate is safe, and it is
+//! what [`pace`] gives a fixed window. It could use more (the whole `L` from each reset) once
+//! pacer knows where the server's windows start: when the server sends its remaining count and
+//! reset (`X-RateLimit-Reset`, `inin-ratelimit-reset`, IETF `RateLimit`), the limiter aligns to
+//! them (`pacer_limiter::headroom`); without them a fixed window is paced exactly like a
+//! sliding one. `pacer validate` and docs/rate-limiting.md say which applies.
 //!
 //! # Token (and leaky) buckets: the rate itself, the burst less the spread's allowance
 //!
@@ -65,8 +66,9 @@ pub enum LimitShape {
     /// At most `limit` requests in any window of `window` ("300 requests within 60 seconds").
     #[default]
     SlidingWindow,
-    /// Counters reset at window boundaries ("5000 per hour, resets at X"). Paced like a
-    /// sliding window: pacer does not yet align to the server's reset.
+    /// Counters reset at window boundaries ("5000 per hour, resets at X"). Aligned to the
+    /// server's windows when its headers say what is left and when it resets; paced like a
+    /// sliding window without them.
     FixedWindow,
     /// A bucket of `burst` tokens refilled at `limit` ("rate r, burst b"; a leaky bucket "of
     /// size B leaking r/s" is burst B). pacer runs at the rate itself.
