@@ -1501,8 +1501,9 @@ async fn the_user_story_runs_to_succeeded_as_kubectl_shows_it() {
 /// of examples/loadtest-budget-*.yaml (pointed at an in-process mock whose limit is
 /// organisation-wide, 50 per 5 s, and at a loopback redis-server), each offering far more than
 /// the limit alone. `kubectl get ratebudgets` shows the rate and both tests while they run (the
-/// printer columns, read through the API server's table), the budget's status lists them, and
-/// no 5 s window of the mock is over the limit.
+/// printer columns, read through the API server's table), the budget's status lists them with
+/// their shares, and no 5 s window of the mock is over the limit. Then a forced 429 (Retry-After
+/// 8 s): the budget's status shows the pause in force and the last 429 with its limit.
 #[tokio::test]
 async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
     const LIMIT: u64 = 50;
@@ -1565,6 +1566,8 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
             lt["spec"]["startTimeout"] = json!("60s");
             lt["spec"]["workerTemplate"]["env"][0]["value"] = json!(format!("http://{}", mock.addr()));
             lt["spec"]["plan"]["duration"] = json!("12s");
+            // the forced 429 below is one of the requests: no threshold on 429s here
+            lt["spec"]["plan"].as_object_mut().unwrap().remove("thresholds");
             lt
         })
         .collect();
@@ -1588,6 +1591,8 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
     let mut max_tests = 0;
     let mut table_while_running = String::new();
     let mut status_while_running = Value::Null;
+    let mut forced = false;
+    let mut status_paused = Value::Null;
     while ended.iter().any(Option::is_none) {
         assert!(
             started.elapsed() < Duration::from_secs(180),
@@ -1604,9 +1609,22 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
             .unwrap_or(Value::Null);
         let count = rb["testCount"].as_u64().unwrap_or(0);
         max_tests = max_tests.max(count);
+        if forced
+            && status_paused.is_null()
+            && rb["pausedUntil"].is_string()
+            && rb["last429"]["limits"] == "org"
+        {
+            status_paused = rb.clone();
+        }
+        if !forced && !status_while_running.is_null() {
+            // the server refuses one request with Retry-After: 8 s
+            mock.control().force_429(1, 8);
+            forced = true;
+        }
         let rate_read = rb["rate"].as_str().is_some_and(|r| r.contains(" per s"));
-        if count == 2 && rate_read {
+        if !forced && count == 2 && rate_read {
             // `kubectl get ratebudgets` now: kept when it shows both tests and a rate used
+            // (before the forced 429 below)
             let table = cluster
                 .kubectl_ok(&["get", "ratebudgets", "-n", ns])
                 .await
@@ -1681,6 +1699,14 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
         assert_eq!(t["weight"], 1.0, "{t}");
     }
     assert_eq!(status_while_running["budget"], "e2e-budget.acme-api");
+    // after the forced 429: the pause in force and the last 429, with the limit it hit
+    eprintln!("after a forced 429: {status_paused:#}");
+    assert!(status_paused["pausedUntil"].is_string(), "no pause shown");
+    assert_eq!(status_paused["last429"]["retryAfterSeconds"], 8.0, "{status_paused:#}");
+    assert!(
+        status_paused["limits"][0]["pausedUntil"].is_string(),
+        "{status_paused:#}"
+    );
     assert!(
         status_while_running["processCount"].as_u64().unwrap_or(0) >= 2,
         "{status_while_running:#}"
