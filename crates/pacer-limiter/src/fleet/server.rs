@@ -217,6 +217,86 @@ fn parse(map: &HashMap<String, String>) -> Option<ServerState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Feedback, Limiter, PauseOrigin, RequestMeta};
+
+    #[tokio::test]
+    async fn what_the_server_said_is_noted_in_redis_and_read_back() {
+        let r = super::super::redis_tests::RedisServer::start();
+        let fleet = Fleet::connect(super::super::FleetConfig::new(r.url(), "t"))
+            .await
+            .unwrap();
+        let rate: pacer_plan::Rate = "100/2s".parse().unwrap();
+        let limit = Limit {
+            name: "org".into(),
+            limit: rate,
+            shape: pacer_plan::LimitShape::FixedWindow,
+            burst: 1,
+            window: rate.per(),
+            scope: pacer_plan::spec::LimitScope::Fleet,
+            method_in: vec![],
+            path_prefix: None,
+            request_in: vec![],
+            adaptive: false,
+            spread: None,
+            reserve: None,
+        };
+        let lim = super::super::FleetLimiter::new(
+            fleet.clone(),
+            std::slice::from_ref(&limit),
+            super::super::FleetOptions::default(),
+        );
+        assert_eq!(read(&fleet, "org").await.unwrap(), None);
+        let meta = RequestMeta {
+            method: "GET",
+            path: "/",
+            request: "r",
+        };
+        let before = unix_ms();
+        lim.feedback(
+            &meta,
+            &Feedback {
+                status: 200,
+                retry_after: None,
+                pause_origin: PauseOrigin::Server,
+                stated_rate: None,
+                server: Some(ServerReport {
+                    remaining: 57,
+                    reset: Some(Duration::from_secs(2)),
+                    limit: Some(100),
+                }),
+                sent_ago: Duration::from_millis(1),
+            },
+        );
+        // Written on its own task: wait for it (bounded).
+        let mut st = None;
+        for _ in 0..100 {
+            st = read(&fleet, "org").await.unwrap();
+            if st.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let st = st.expect("noted within a second");
+        assert_eq!((st.remaining, st.limit), (57, Some(100)));
+        assert!(st.seen_ms >= before, "{st:?}");
+        let reset = st.reset_at_ms.expect("a reset") - st.seen_ms;
+        assert!((1900..=2000).contains(&reset), "{st:?}");
+        // The lease's rate is the window's own, (100 - 1)/2 s, above the paced rate.
+        let views = ServerViews::new(std::iter::once((&limit, 48.0)));
+        assert_eq!(
+            views.lease_rate(0, 48.0, Instant::now()),
+            48.0,
+            "nothing heard yet"
+        );
+        let rep = ServerReport {
+            remaining: 57,
+            reset: Some(Duration::from_secs(2)),
+            limit: Some(100),
+        };
+        views.observe(0, &rep, Duration::ZERO, Instant::now());
+        let rate = views.lease_rate(0, 48.0, Instant::now());
+        assert!((rate - 49.5).abs() < 1e-6, "{rate}");
+    }
 
     #[test]
     fn a_noted_hash_parses_and_garbage_is_left_out() {
