@@ -733,6 +733,65 @@ mod tests {
         assert_eq!(ms(&r), [0, 111]);
     }
 
+    /// 100 requests at `lim` from now: the rate they went at (per second).
+    async fn rate_of_100(lim: &LocalLimiter) -> f64 {
+        let start = Instant::now();
+        lim.acquire(&META).await.unwrap();
+        for _ in 0..100 {
+            lim.acquire(&META).await.unwrap();
+        }
+        100.0 / start.elapsed().as_secs_f64()
+    }
+
+    fn answer(remaining: u64, reset: Duration) -> Feedback {
+        Feedback {
+            status: 200,
+            retry_after: None,
+            pause_origin: PauseOrigin::Server,
+            stated_rate: None,
+            server: Some(crate::headroom::ServerReport {
+                remaining,
+                reset: Some(reset),
+                limit: Some(200),
+            }),
+            sent_ago: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adaptive_fixed_window_goes_at_once_to_what_the_server_says_is_left() {
+        // A ceiling of 200 per 10 s; the server says 60 are left for the next 6 s.
+        let mut l = limit("200/10s", 1);
+        (l.shape, l.adaptive) = (pacer_plan::LimitShape::FixedWindow, true);
+        let lim = LocalLimiter::with_spread(&[l], Duration::ZERO);
+        lim.feedback(&META, &answer(60, Duration::from_secs(6)));
+        // 60 over 6 s (10/s, not the ceiling's 19.9/s), then the window is spent: a hold
+        // until its reset, and the paced rate until the next answer.
+        let start = Instant::now();
+        for _ in 0..60 {
+            lim.acquire(&META).await.unwrap();
+        }
+        let rate = 59.0 / start.elapsed().as_secs_f64();
+        assert!((9.5..=10.5).contains(&rate), "{rate}");
+        lim.acquire(&META).await.unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_secs(6),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reserve_is_left_unused() {
+        // 200 per 10 s (20/s), reserve 25%: at most 15/s with the server's headers.
+        let mut l = limit("200/10s", 1);
+        l.reserve = Some("25%".parse().unwrap());
+        let lim = LocalLimiter::with_spread(&[l], Duration::ZERO);
+        lim.feedback(&META, &answer(200, Duration::from_secs(10)));
+        let rate = rate_of_100(&lim).await;
+        assert!((14.5..=15.01).contains(&rate), "{rate}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn all_matched_limits_or_none() {
         let mut a = limit("10/s", 1);
