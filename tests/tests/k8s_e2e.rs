@@ -150,11 +150,10 @@ async fn install() -> Install {
             &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
             "--set",
             "controller.statusInterval=1s",
-            // The harness's kubelet mounts no volumes, so the controller could not read the
-            // chart's TLS Secret: plaintext here. TLS over the operator's listener is tested in
-            // crates/pacer-operator/tests/grpc_routing.rs, the chart's certificate in chart.rs.
+            // TLS as by default, with the chart's generated certificate (for the Service's
+            // names): the workers dial 127.0.0.1 here, so they verify the Service's name.
             "--set",
-            "tls.enabled=false",
+            &format!("controller.extraArgs={{--worker-server-name=pacer.{RELEASE_NS}.svc}}"),
             // The unstartable-image test names an image of this (nonexistent) registry.
             "--set",
             "worker.allowedImages={registry.example/no-such-image:*}",
@@ -469,6 +468,15 @@ async fn helm_install_runs_the_operator_as_its_service_account_and_a_loadtest() 
         Some("Running")
     );
     let sa = operator.spec.as_ref().unwrap().service_account_name.clone();
+    // TLS is on by default: the operator serves the chart's certificate from its mounted Secret
+    let args = operator.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        args.contains(&"--tls-cert=/etc/pacer/tls/tls.crt".to_string()),
+        "{args:?}"
+    );
     assert_eq!(sa.as_deref(), Some("pacer"));
     assert_eq!(http_status(install.metrics, "/readyz").await, Some(200));
     // the kubeconfig the kubelet gave the process holds a token of that ServiceAccount

@@ -4,8 +4,11 @@
 //! Succeeded or Failed with the exit code) and kills the process when the pod is deleted.
 //!
 //! Limits: one container per pod (the first; init containers and probes are ignored), restart
-//! policy `Never` semantics whatever the pod says, no volumes (a pod's ServiceAccount token is
-//! given as a kubeconfig in `$KUBECONFIG` instead of the in-cluster files), every pod shares the
+//! policy `Never` semantics whatever the pod says, no volumes but Secret volumes (a pod's
+//! ServiceAccount token is given as a kubeconfig in `$KUBECONFIG` instead of the in-cluster
+//! files; a Secret volume's keys are written as files under the pod's directory, and its
+//! `mountPath` in the container's arguments is rewritten to that directory: the chart's TLS
+//! Secret reaches the controller this way), every pod shares the
 //! host's network (two pods listening on one port collide) and there is no Service routing.
 //! Nothing here panics: a failure is written to `kubelet.log` and, where it concerns a pod,
 //! reported as the pod's failure.
@@ -623,10 +626,22 @@ impl Shared {
                 }
             }
         };
+        let mounts = match self.secret_volumes(pod, key, container, dir).await {
+            Ok(m) => m,
+            Err(message) => {
+                self.log(format!("{pod_name}: {message}"));
+                return Some(Exit::failed("CreateContainerConfigError", message));
+            }
+        };
         let argv: Vec<String> = command
             .iter()
             .chain(container.args.iter().flatten())
             .map(|a| env::expand(a, &vars))
+            .map(|a| {
+                mounts.iter().fold(a, |a, (mount_path, local)| {
+                    a.replace(mount_path.as_str(), &local.display().to_string())
+                })
+            })
             .collect();
         let Some((program, args)) = argv.split_first() else {
             return Some(Exit::failed("StartError", "an empty command".into()));
@@ -702,6 +717,50 @@ impl Shared {
     }
 
     /// The binary for `command[0]`: `pacer` (any path ending in it) is the real pacer binary.
+    /// The container's Secret volumes, written under `dir/volumes/<volume>/<key>`: each mount
+    /// path and the directory that stands for it.
+    async fn secret_volumes(
+        &self,
+        pod: &Pod,
+        key: &PodRef,
+        container: &Container,
+        dir: &Path,
+    ) -> Result<Vec<(String, PathBuf)>, String> {
+        let volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
+        let mut mounts = Vec::new();
+        for mount in container.volume_mounts.iter().flatten() {
+            let Some(name) = volumes
+                .iter()
+                .find(|v| v.name == mount.name)
+                .and_then(|v| v.secret.as_ref())
+                .and_then(|s| s.secret_name.clone())
+            else {
+                continue;
+            };
+            let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+                self.client.clone(),
+                &key.namespace,
+            )
+            .get(&name)
+            .await
+            .map_err(|e| format!("secret volume {}: reading secret {name:?}: {e}", mount.name))?;
+            let local = dir.join("volumes").join(&mount.name);
+            std::fs::create_dir_all(&local)
+                .map_err(|e| format!("creating {}: {e}", local.display()))?;
+            for (k, v) in secret.data.iter().flatten() {
+                let file = local.join(k);
+                std::fs::write(&file, &v.0)
+                    .map_err(|e| format!("writing {}: {e}", file.display()))?;
+            }
+            mounts.push((mount.mount_path.clone(), local));
+        }
+        Ok(mounts)
+    }
+
     async fn program(&self, name: &str) -> Result<PathBuf, String> {
         if Path::new(name).file_name().and_then(|n| n.to_str()) != Some("pacer") {
             return Ok(PathBuf::from(name));
