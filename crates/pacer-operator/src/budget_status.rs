@@ -312,6 +312,7 @@ pub fn build_status(
                     let per_sec = l.limit.as_per_sec();
                     let read = snap.limits.iter().find(|x| x.name == l.name);
                     let used = previous.and_then(|p| snap.rate_since(p, &l.name));
+                    let server = read.and_then(|r| r.server.as_ref());
                     BudgetLimitStatus {
                         name: l.name.clone(),
                         definition: read.and_then(|r| r.definition.clone()),
@@ -322,6 +323,13 @@ pub fn build_status(
                             .filter(|_| per_sec > 0.0)
                             .map(|u| round2(u * 100.0 / per_sec)),
                         paused_until: read.and_then(|r| r.paused_until_ms).and_then(time_ms),
+                        server_remaining: server.map(|h| h.remaining),
+                        server_limit: server.and_then(|h| h.limit),
+                        server_reset_at: server.and_then(|h| h.reset_at_ms).and_then(time_ms),
+                        server_seen_at: server.and_then(|h| time_ms(h.seen_ms)),
+                        others_per_second: server
+                            .map(|h| round2(h.others_rate))
+                            .filter(|r| *r > 0.0),
                     }
                 })
                 .collect();
@@ -343,9 +351,30 @@ pub fn build_status(
             });
         }
     }
-    // The server's own count of what is left is not recorded in Redis yet.
-    s.server_left = Some("not reported".into());
+    s.server_left = Some(server_left(&s.limits));
     s
+}
+
+/// The `Left` column: the limit the server said has the least left, `7 of 50 org` (without
+/// `of` when the server states no limit); `not reported` when none.
+fn server_left(limits: &[BudgetLimitStatus]) -> String {
+    limits
+        .iter()
+        .filter_map(|l| Some((l, l.server_remaining?)))
+        .min_by(|a, b| {
+            let share = |(l, left): &(&BudgetLimitStatus, u64)| match l.server_limit {
+                Some(lim) if lim > 0 => *left as f64 / lim as f64,
+                _ => *left as f64,
+            };
+            share(a).total_cmp(&share(b))
+        })
+        .map_or_else(
+            || "not reported".to_string(),
+            |(l, left)| match l.server_limit {
+                Some(lim) => format!("{left} of {lim} {}", l.name),
+                None => format!("{left} {}", l.name),
+            },
+        )
 }
 
 fn round2(v: f64) -> f64 {

@@ -116,8 +116,8 @@ pub struct RateBudgetStatus {
     pub paused_until: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last429: Option<BudgetLast429>,
-    /// What the server's rate-limit headers say is left (`not reported` until a process
-    /// records them).
+    /// What the server's rate-limit headers last said is left, for the limit with the least
+    /// (`7 of 50 org`; `not reported` when no process heard any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_left: Option<String>,
     /// When the budget's Redis was last read.
@@ -189,6 +189,19 @@ pub struct BudgetLimitStatus {
     /// A Retry-After pause in force: until when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_until: Option<Time>,
+    /// What the server's rate-limit headers last said of this limit (everyone's use counted):
+    /// requests left, the limit it states, when its window resets, when it was heard, and the
+    /// others' traffic pacer measured from it (requests per second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_remaining: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_reset_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_seen_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others_per_second: Option<f64>,
 }
 
 /// The last 429 a process of the budget saw.

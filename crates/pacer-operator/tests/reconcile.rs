@@ -1706,6 +1706,9 @@ async fn the_budget_status_reads_its_redis() {
     assert_eq!(last.limits, "org");
     assert_eq!(last.retry_after_seconds, Some(30.0));
     assert_eq!(last.server_limit, Some(5), "the limit the server stated");
+    // What the server's headers said in that answer (noted by the limiter, fleet/server.rs).
+    assert_eq!(status.server_left.as_deref(), Some("0 of 5 org"));
+    assert_eq!(status.limits[0].server_remaining, Some(0));
     assert_eq!(status.test_count, Some(1));
     let t = &status.tests[0];
     assert_eq!(

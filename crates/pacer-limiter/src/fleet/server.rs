@@ -195,7 +195,7 @@ pub async fn read(fleet: &Arc<Fleet>, limit: &str) -> Result<Option<ServerState>
 }
 
 /// A noted HASH as a [`ServerState`]: `None` without its `remaining` and `seen_ms`.
-fn parse(map: &HashMap<String, String>) -> Option<ServerState> {
+pub(crate) fn parse(map: &HashMap<String, String>) -> Option<ServerState> {
     let num = |k: &str| {
         map.get(k)
             .and_then(|v| v.trim().parse::<u64>().ok())

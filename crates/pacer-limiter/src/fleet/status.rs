@@ -45,6 +45,9 @@ pub struct LimitSnapshot {
     /// The definition recorded for the budget, and the test that declared it first.
     pub definition: Option<String>,
     pub declared_by: Option<String>,
+    /// What the server's rate-limit headers last said of it, as a process noted it
+    /// (`<tag>:server:<limit>`, [`super::server`]): what is left, its limit, its reset.
+    pub server: Option<super::server::ServerState>,
 }
 
 /// The last 429 a process of the budget saw.
@@ -169,6 +172,9 @@ impl BudgetReader {
         for l in limits {
             inv.key(keys.definition(l));
         }
+        for l in limits {
+            inv.key(keys.server(l));
+        }
         inv.arg(limits.len());
         let reply: Value = tokio::time::timeout(READ_TIMEOUT, inv.invoke_async(&mut conn))
             .await
@@ -258,8 +264,8 @@ fn pause_us(raw: &str) -> Option<f64> {
 /// Parse `lua/status.lua`'s reply for `limits`.
 fn parse(v: &Value, limits: &[&str]) -> Result<BudgetSnapshot, FleetError> {
     let a = array(v, "the reply")?;
-    if a.len() != 6 {
-        return Err(malformed(format!("{} fields instead of 6", a.len())));
+    if a.len() != 7 {
+        return Err(malformed(format!("{} fields instead of 7", a.len())));
     }
     let now_us = unsigned(&a[0], "the time")?;
     let now_ms = now_us / 1000;
@@ -321,11 +327,13 @@ fn parse(v: &Value, limits: &[&str]) -> Result<BudgetSnapshot, FleetError> {
     }
     let states = array(&a[4], "the states")?;
     let defs = array(&a[5], "the definitions")?;
-    if states.len() != limits.len() || defs.len() != limits.len() {
+    let servers = array(&a[6], "the server records")?;
+    if states.len() != limits.len() || defs.len() != limits.len() || servers.len() != limits.len() {
         return Err(malformed(format!(
-            "{} states and {} definitions for {} limits",
+            "{} states, {} definitions and {} server records for {} limits",
             states.len(),
             defs.len(),
+            servers.len(),
             limits.len()
         )));
     }
@@ -343,7 +351,15 @@ fn parse(v: &Value, limits: &[&str]) -> Result<BudgetSnapshot, FleetError> {
             },
             None => (None, None),
         };
+        let mut server = std::collections::HashMap::new();
+        for (k, val) in pairs(&servers[i], "a server record")? {
+            server.insert(
+                text(k, "a server record's field")?,
+                text(val, "a server record's value")?,
+            );
+        }
         out.push(LimitSnapshot {
+            server: super::server::parse(&server),
             name: (*name).to_string(),
             granted: granted.get(*name).copied().unwrap_or(0),
             paused_until_ms,
@@ -379,6 +395,14 @@ mod tests {
             Value::Array(vec![bulk(
                 "t-1\n5/s within 1s, burst 1, shape sliding-window",
             )]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("remaining"),
+                bulk("7"),
+                bulk("seen_ms"),
+                bulk("1700000009500"),
+                bulk("limit"),
+                bulk("50"),
+            ])]),
         ])
     }
 
@@ -420,6 +444,8 @@ mod tests {
         assert_eq!(l.limits, ["org"]);
         assert_eq!(l.retry_after, Some(Duration::from_secs(2)));
         assert_eq!(l.server_limit, Some(50));
+        let server = s.limits[0].server.as_ref().expect("the server's record");
+        assert_eq!((server.remaining, server.limit), (7, Some(50)));
 
         let mut later = parse(&v, &["org"]).expect("valid");
         later.now_ms += 2000;
