@@ -568,6 +568,55 @@ async fn helm_install_runs_the_operator_as_its_service_account_and_a_loadtest() 
     mock.shutdown().await;
 }
 
+/// `helm upgrade` keeps the chart's generated CA and certificate: the installed Secret is
+/// looked up and reused (workers of a running test keep trusting the controller), which a
+/// server-side dry run of an upgrade that changes another value shows.
+#[tokio::test]
+async fn helm_upgrade_keeps_the_generated_ca() {
+    installed().await;
+    let cluster = Cluster::shared();
+    let installed_ca = cluster
+        .kubectl_ok(&[
+            "get",
+            "secret",
+            "-n",
+            RELEASE_NS,
+            "pacer-tls",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ])
+        .await
+        .unwrap();
+    assert!(installed_ca.len() > 100, "{installed_ca}");
+    let chart = workspace_root().join("charts").join("pacer");
+    let out = helm(
+        cluster,
+        &[
+            "upgrade",
+            "pacer",
+            chart.to_str().unwrap(),
+            "-n",
+            RELEASE_NS,
+            "--reuse-values",
+            "--set",
+            "controller.statusInterval=3s",
+            "--dry-run=server",
+        ],
+    )
+    .await;
+    let manifest = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "helm upgrade --dry-run=server: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(manifest.contains("--status-interval=3s"), "{manifest}");
+    assert!(
+        manifest.contains(&format!("ca.crt: {installed_ca}")),
+        "the upgrade keeps the installed CA"
+    );
+}
+
 /// `controller.listenHost`: the chart renders it into both listen flags (default 0.0.0.0, an
 /// IPv6 address in brackets), and the installed operator (listenHost 127.0.0.1) listens on
 /// loopback only.
