@@ -82,10 +82,15 @@ fn transport(args: &WorkerArgs) -> Result<pacer_worker::Transport, String> {
         (None, None) => None,
     };
     match (ca, args.insecure_plaintext) {
-        (Some(ca), false) => Ok(pacer_worker::Transport::Tls(pacer_worker::TlsTrust {
-            ca,
-            server_name: args.server_name.clone(),
-        })),
+        (Some(ca), false) => {
+            let trust = pacer_worker::TlsTrust {
+                ca,
+                server_name: args.server_name.clone(),
+            };
+            // A CA that cannot be read is a wrong argument (exit 2), not a failed run.
+            trust.check().map_err(|e| e.to_string())?;
+            Ok(pacer_worker::Transport::Tls(trust))
+        }
         (None, true) if args.server_name.is_some() => {
             Err("--server-name: only with --ca (TLS)".into())
         }
