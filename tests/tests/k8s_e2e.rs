@@ -1742,6 +1742,9 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
         "the rate: {table_while_running}"
     );
     assert_eq!(table_cell(&table_while_running, "TESTS", "PROCESSES"), "2");
+    // what the mock's rate-limit headers said is left, of its 50
+    let left = table_cell(&table_while_running, "LEFT", "AGE");
+    assert!(left.ends_with(" of 50 org"), "Left: {table_while_running}");
     let listed: Vec<&str> = status_while_running["tests"]
         .as_array()
         .unwrap()
