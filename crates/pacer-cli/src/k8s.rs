@@ -243,11 +243,8 @@ fn worker_trust(
                     "--worker-ca FILE: required with --tls-cert (the CA worker pods verify the listener's certificate with)"
                 );
             };
-            pacer_controller::tls::read_certificates("--worker-ca", ca)?;
-            let ca_pem = std::fs::read_to_string(ca)
-                .with_context(|| format!("--worker-ca {}: cannot read the file", ca.display()))?;
             pacer_operator::WorkerTrust::Tls {
-                ca_pem,
+                ca: pacer_operator::WorkerCa::from_file(ca.clone())?,
                 server_name: args.worker_server_name.clone(),
             }
         }

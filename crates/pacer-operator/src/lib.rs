@@ -103,11 +103,64 @@ pub enum WorkerTrust {
     /// through its session Secret (`PACER_CA_PEM`), and the name to verify (`None`: the host
     /// of the advertised address).
     Tls {
-        ca_pem: String,
+        ca: WorkerCa,
         server_name: Option<String>,
     },
     /// Plaintext (`pacer operator --insecure-plaintext`): workers get `--insecure-plaintext`.
     InsecurePlaintext,
+}
+
+/// The CA handed to each new test's workers: `--worker-ca`, read again for every test, so a
+/// CA renewed on disk (the mounted Secret updated by cert-manager or an upgrade) reaches the
+/// next tests without a restart. A read that fails (a file half-written) hands out the last
+/// CA that read well, and says so.
+#[derive(Clone, Debug)]
+pub struct WorkerCa {
+    file: Option<std::path::PathBuf>,
+    last: Arc<parking_lot::Mutex<String>>,
+}
+
+impl WorkerCa {
+    /// The CA of `file`, checked to hold certificates now (a wrong path fails at start).
+    pub fn from_file(file: std::path::PathBuf) -> Result<Self, pacer_controller::tls::TlsError> {
+        let pem = Self::read(&file)?;
+        Ok(Self {
+            file: Some(file),
+            last: Arc::new(parking_lot::Mutex::new(pem)),
+        })
+    }
+
+    /// A fixed CA (tests, or a CA given as text).
+    pub fn from_pem(pem: impl Into<String>) -> Self {
+        Self {
+            file: None,
+            last: Arc::new(parking_lot::Mutex::new(pem.into())),
+        }
+    }
+
+    /// The CA (PEM) for a test starting now.
+    pub fn pem(&self) -> String {
+        let mut last = self.last.lock();
+        if let Some(file) = &self.file {
+            match Self::read(file) {
+                Ok(pem) => *last = pem,
+                Err(e) => tracing::warn!(
+                    "{}; handing workers the CA read last",
+                    pacer_controller::tls::error_chain(&e)
+                ),
+            }
+        }
+        last.clone()
+    }
+
+    fn read(file: &std::path::Path) -> Result<String, pacer_controller::tls::TlsError> {
+        pacer_controller::tls::read_certificates("--worker-ca", file)?;
+        std::fs::read_to_string(file).map_err(|source| pacer_controller::tls::TlsError::Read {
+            flag: "--worker-ca",
+            path: file.to_path_buf(),
+            source,
+        })
+    }
 }
 
 /// Where the operator listens.
@@ -181,4 +234,36 @@ pub async fn serve(
         return Err(OperatorError::Grpc(e));
     }
     result.map_err(OperatorError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use super::WorkerCa;
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn the_workers_ca_is_read_again_for_each_test_and_a_bad_read_keeps_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.crt");
+        let (first, renewed) = (ca_pem(), ca_pem());
+        std::fs::write(&file, &first).unwrap();
+        let ca = WorkerCa::from_file(file.clone()).unwrap();
+        assert_eq!(ca.pem(), first);
+        std::fs::write(&file, &renewed).unwrap();
+        assert_eq!(ca.pem(), renewed, "a renewed CA reaches the next test");
+        std::fs::write(&file, "half-written").unwrap();
+        assert_eq!(ca.pem(), renewed, "the last good CA");
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(ca.pem(), renewed);
+        let err = WorkerCa::from_file(file).unwrap_err().to_string();
+        assert!(err.contains("--worker-ca"), "{err}");
+    }
 }

@@ -103,8 +103,8 @@ pub fn session_secret(lt: &LoadTest, p: &Prepared, token: &str, cfg: &OperatorCo
     if let Some(RedisSource::Url(url)) = redis_for(lt, p, cfg) {
         data.insert(REDIS_URL_KEY.to_string(), url);
     }
-    if let WorkerTrust::Tls { ca_pem, .. } = &cfg.worker_trust {
-        data.insert(CA_KEY.to_string(), ca_pem.clone());
+    if let WorkerTrust::Tls { ca, .. } = &cfg.worker_trust {
+        data.insert(CA_KEY.to_string(), ca.pem());
     }
     Secret {
         metadata: meta(lt, &names(lt).secret, test_id),

@@ -446,7 +446,7 @@ async fn workers_get_the_listeners_ca_through_their_session_secret() {
     let mut cfg = OperatorConfig::new("pacer.pacer-system.svc:7700", "pacer:test");
     cfg.status_interval = Duration::ZERO;
     cfg.worker_trust = pacer_operator::WorkerTrust::Tls {
-        ca_pem: CA.into(),
+        ca: pacer_operator::WorkerCa::from_pem(CA),
         server_name: Some("pacer.pacer-system.svc".into()),
     };
     let ctx = Arc::new(Context::new(
