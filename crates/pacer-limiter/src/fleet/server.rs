@@ -10,8 +10,8 @@
 //! leased (measured: windows 9% short). A fleet sharing a limit with traffic outside pacer
 //! keeps at least that traffic's share as its `reserve`; a 429 still pauses the fleet.
 //!
-//! What the server last said is noted in Redis, at most once per [`NOTE_EVERY`] per process,
-//! under `<tag>:server:<limit>` (a HASH: `remaining`, `limit`, `reset_at_ms`, `seen_ms`,
+//! On a budget, what the server last said is noted in Redis, at most once per [`NOTE_EVERY`]
+//! per process, under `<tag>:server:<limit>` (a HASH: `remaining`, `limit`, `reset_at_ms`, `seen_ms`,
 //! `others_rate`; Unix milliseconds), for the budget's status ([`read`]).
 
 use std::collections::HashMap;
@@ -140,28 +140,33 @@ impl ServerViews {
 }
 
 /// Note what the server said about `limit` in Redis (on its own task: never on a request's
-/// path; a failed write is only logged).
+/// path; a failed write is only logged). Only on a budget: the note is for the budget's status
+/// (a fleet of one test has no reader, and its Redis calls per request stay as they were).
 pub(crate) fn note(fleet: &Arc<Fleet>, limit: &str, st: ServerState, keep_ms: u64) {
+    if fleet.keys().budget().is_none() {
+        return;
+    }
     let fleet = fleet.clone();
     let key = fleet.keys().server(limit);
     tokio::spawn(async move {
-        let mut fields: Vec<(&str, String)> = vec![
+        // A process leaving deletes the test's keys: a note written after would outlive it.
+        if fleet.is_leaving() {
+            return;
+        }
+        // Every field, each time (an empty one: the server did not say), so nothing of an
+        // older note lingers.
+        let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
+        let fields: [(&str, String); 5] = [
             ("remaining", st.remaining.to_string()),
+            ("limit", opt(st.limit)),
+            ("reset_at_ms", opt(st.reset_at_ms)),
             ("seen_ms", st.seen_ms.to_string()),
             ("others_rate", format!("{:.3}", st.others_rate)),
         ];
-        if let Some(l) = st.limit {
-            fields.push(("limit", l.to_string()));
-        }
-        if let Some(r) = st.reset_at_ms {
-            fields.push(("reset_at_ms", r.to_string()));
-        }
         let r = fleet
             .query::<()>("noting the server's headers", 2, |c| {
                 Box::pin(async move {
                     redis::pipe()
-                        .del(&key)
-                        .ignore()
                         .hset_multiple(&key, &fields)
                         .ignore()
                         .pexpire(&key, i64::try_from(keep_ms).unwrap_or(i64::MAX))
@@ -222,9 +227,9 @@ mod tests {
     #[tokio::test]
     async fn what_the_server_said_is_noted_in_redis_and_read_back() {
         let r = super::super::redis_tests::RedisServer::start();
-        let fleet = Fleet::connect(super::super::FleetConfig::new(r.url(), "t"))
-            .await
-            .unwrap();
+        let mut cfg = super::super::FleetConfig::new(r.url(), "t");
+        cfg.budget = Some("acme".into());
+        let fleet = Fleet::connect(cfg).await.unwrap();
         let rate: pacer_plan::Rate = "100/2s".parse().unwrap();
         let limit = Limit {
             name: "org".into(),
