@@ -1784,3 +1784,62 @@ async fn the_budget_status_reads_its_redis() {
     assert!(written["pausedUntil"].is_string(), "{written}");
     let _ = fleet.leave().await;
 }
+
+/// Deleting a RateBudget waits for the tests on it (its finalizer): refused while one has not
+/// ended, naming it; done once none runs (the finalizer removed, nothing else touched).
+#[tokio::test]
+async fn a_ratebudget_is_deleted_only_once_its_tests_ended() {
+    let mut deleting = rate_budget();
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let rb: pacer_operator::ratebudget::RateBudget =
+        serde_json::from_value(deleting.clone()).expect("a RateBudget");
+    let list = |items: Vec<LoadTest>| {
+        json!({"apiVersion": "pacer.dev/v1alpha1", "kind": "LoadTestList", "metadata": {},
+               "items": items.into_iter().map(|lt| serde_json::to_value(lt).expect("json")).collect::<Vec<_>>()})
+    };
+    let loadtests = "/apis/pacer.dev/v1alpha1/namespaces/default/loadtests";
+    let ended = with_status(
+        on_budget("done"),
+        &json!({"status": {"phase": "Succeeded", "testId": "done-0a1b2c3d"}}),
+    );
+
+    // a test still running on it: the deletion waits, naming it
+    let (client, server) = api_server(vec![step(
+        Method::GET,
+        loadtests,
+        200,
+        list(vec![running(on_budget("run1")), ended.clone()]),
+    )]);
+    let bctx = Arc::new(pacer_operator::budget_status::BudgetContext::new(
+        context_with_redis(client, FakeRunner::default()),
+    ));
+    let e = pacer_operator::budget_status::reconcile_budget(Arc::new(rb.clone()), bctx)
+        .await
+        .expect_err("the deletion waits");
+    let text = pacer_operator::controller::causes(&e);
+    assert!(text.contains("run1") && !text.contains("done"), "{text}");
+    finish(server).await;
+
+    // only ended tests: the finalizer goes
+    let mut gone = deleting;
+    gone["metadata"]["finalizers"] = json!([]);
+    let (client, server) = api_server(vec![
+        step(Method::GET, loadtests, 200, list(vec![ended])),
+        step(Method::PATCH, BUDGET_PATH, 200, gone),
+    ]);
+    let bctx = Arc::new(pacer_operator::budget_status::BudgetContext::new(
+        context_with_redis(client, FakeRunner::default()),
+    ));
+    pacer_operator::budget_status::reconcile_budget(Arc::new(rb), bctx)
+        .await
+        .expect("the finalizer is removed");
+    let seen = finish(server).await;
+    assert!(
+        seen[1]
+            .1
+            .to_string()
+            .contains(pacer_operator::ratebudget::BUDGET_FINALIZER),
+        "a patch of the finalizers: {}",
+        seen[1].1
+    );
+}

@@ -472,6 +472,25 @@ mod tests {
         assert!(e.to_string().contains("for 2 limits"), "{e}");
     }
 
+    #[tokio::test]
+    async fn a_redis_that_does_not_answer_is_named_without_its_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        // Nothing listens there now.
+        let reader = BudgetReader::new(&format!("redis://pacer:hunter2@127.0.0.1:{port}"), None)
+            .expect("a reader");
+        assert!(!format!("{reader:?}").contains("hunter2"));
+        let e = reader
+            .read("b", &["org"])
+            .await
+            .expect_err("nothing answers");
+        let text = format!("{} {e}", reader.addr());
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    }
+
     #[test]
     fn a_state_that_does_not_parse_is_a_fresh_limit() {
         assert_eq!(pause_us("v1 1 5 1 0 0 1 0 0"), Some(5.0));
