@@ -818,6 +818,13 @@ async fn the_operator_service_account_may_do_what_it_needs_and_never_read_secret
         ("delete", "loadtests.pacer.dev", None),
         ("patch", "loadtests.pacer.dev", Some("status")),
         ("update", "loadtests.pacer.dev", Some("finalizers")),
+        // RateBudgets: read, their status written, their finalizer
+        ("get", "ratebudgets.pacer.dev", None),
+        ("list", "ratebudgets.pacer.dev", None),
+        ("watch", "ratebudgets.pacer.dev", None),
+        ("patch", "ratebudgets.pacer.dev", None),
+        ("patch", "ratebudgets.pacer.dev", Some("status")),
+        ("update", "ratebudgets.pacer.dev", Some("finalizers")),
         ("create", "jobs.batch", None),
         ("delete", "jobs.batch", None),
         ("create", "secrets", None),
@@ -840,6 +847,9 @@ async fn the_operator_service_account_may_do_what_it_needs_and_never_read_secret
         ("watch", "secrets", None),
         ("update", "secrets", None),
         ("patch", "secrets", None),
+        // a RateBudget is the user's: the operator neither makes nor deletes one
+        ("create", "ratebudgets.pacer.dev", None),
+        ("delete", "ratebudgets.pacer.dev", None),
         // the Job controller makes the pods; the operator only reads their statuses
         ("create", "pods", None),
         ("delete", "pods", None),
