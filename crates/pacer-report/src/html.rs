@@ -657,6 +657,11 @@ fn limits_table(s: &Summary) -> Markup {
                     }
                 }
             }
+            @for l in &s.limits {
+                @if let Some(said) = &l.server {
+                    p.note { (pacer_stats::render::server_said(&l.name, said)) }
+                }
+            }
         }
     }
 }

@@ -299,6 +299,17 @@ fn time_breakdown(out: &mut String, s: &Summary) {
     out.push('\n');
 }
 
+/// What the server's headers last said of a limit, in the words of the text summary and the
+/// HTML report: `org: the server last said 57 left of 200; others (outside pacer) used 30.12/s`.
+pub fn server_said(limit: &str, said: &crate::ServerSaid) -> String {
+    format!(
+        "{limit}: the server last said {} left{}; others (outside pacer) used {:.2}/s",
+        said.remaining,
+        said.limit.map_or(String::new(), |n| format!(" of {n}")),
+        said.others_rate
+    )
+}
+
 fn limits(out: &mut String, s: &Summary) {
     if s.limits.is_empty() {
         return;
@@ -336,14 +347,7 @@ fn limits(out: &mut String, s: &Summary) {
     table(out, "    ", &cells, &[false, false, false, false]);
     for l in &s.limits {
         if let Some(said) = &l.server {
-            let _ = writeln!(
-                out,
-                "    {}: the server last said {} left{}; others (outside pacer) used {:.2}/s",
-                l.name,
-                said.remaining,
-                said.limit.map_or(String::new(), |n| format!(" of {n}")),
-                said.others_rate
-            );
+            let _ = writeln!(out, "    {}", server_said(&l.name, said));
         }
     }
     if let Some(f) = s.limits.iter().find_map(|l| l.fleet.as_ref()) {

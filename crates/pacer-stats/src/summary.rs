@@ -540,6 +540,36 @@ mod merge_tests {
     }
 
     #[test]
+    fn what_the_server_said_merges_as_the_least_left_and_the_most_others_used() {
+        let said = |remaining, others_rate| {
+            let mut r = row("fleet", 10.0, None);
+            r.server = Some(ServerSaid {
+                remaining,
+                limit: Some(200),
+                others_rate,
+            });
+            r
+        };
+        let merged = merge_limit_pacing(&[
+            vec![said(57, 30.0)],
+            vec![said(40, 31.5)],
+            vec![row("fleet", 10.0, None)],
+        ]);
+        let got = merged[0].server.clone().unwrap();
+        assert_eq!((got.remaining, got.limit), (40, Some(200)));
+        assert!((got.others_rate - 31.5).abs() < 1e-12);
+        assert_eq!(
+            crate::render::server_said("org", &got),
+            "org: the server last said 40 left of 200; others (outside pacer) used 31.50/s"
+        );
+        // A row without it stays without (old workers' JSON too).
+        let old: LimitPacing =
+            serde_json::from_value(serde_json::to_value(row("worker", 1.0, None)).unwrap())
+                .unwrap();
+        assert_eq!(old.server, None);
+    }
+
+    #[test]
     fn split_fleet_limits_add_up_and_redis_ones_are_shared() {
         let split =
             merge_limit_pacing(&[vec![row("fleet", 2.0, None)], vec![row("fleet", 3.0, None)]]);
