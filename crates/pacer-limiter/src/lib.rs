@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod gcra;
 pub mod headroom;
 pub mod learn;
+mod lease;
 pub mod served;
 pub use gcra::{FleetLimitReport, LimitReport, LocalLimiter, Reservation};
 

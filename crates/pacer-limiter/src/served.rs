@@ -3,10 +3,11 @@
 //!
 //! - [`ServedLimiter`]: a worker's [`Limiter`]. Its `scope: fleet` limits are one GCRA at the
 //!   controller ([`LocalLimiter::reserve`]); the worker takes slots of it in leases as the
-//!   Redis fleet limiter does (per class of limits, about one hold of its own demand or the
-//!   requests waiting, at most [`LEASE_MAX_SPAN`] of the schedule; a slot unused within its
-//!   hold lapses, capacity lost and never excess), so an idle worker takes nothing and the
-//!   busy ones use the whole limit. A 429's pause goes to the controller, which pauses the
+//!   Redis fleet limiter does, sized by the same rule (`lease::want`: per class of limits,
+//!   about one hold of its own demand or the requests waiting, at most
+//!   [`crate::fleet::LEASE_MAX_SPAN`] of the schedule; a slot unused within its hold lapses,
+//!   capacity lost and never excess), so an idle worker takes nothing and the busy ones use
+//!   the whole limit. A 429's pause goes to the controller, which pauses the
 //!   limit for every worker. `scope: worker` limits stay in this process.
 //! - [`ServedTokens`]: a worker's [`TokenSource`] for the credentials the controller fetches:
 //!   the token comes over the session, a 401 asks the controller for a new one (one refresh
@@ -36,8 +37,9 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep_until};
 
-use crate::fleet::{LEASE_MAX_SPAN, MAX_LEASE, fleet_pacing, lease_hold};
+use crate::fleet::{fleet_pacing, lease_hold};
 use crate::gcra::DEFAULT_SPREAD;
+use crate::lease::{self, Asking, HasAsking, InClass};
 use crate::{
     Feedback, Grant, LimitReport, Limiter, LimiterError, LocalLimiter, RequestMeta, Token,
     TokenError, TokenSource,
@@ -59,8 +61,6 @@ const TOKEN_ASK_AGAIN: Duration = Duration::from_secs(1);
 /// The longest a served token is believed to live, whatever the controller says: the
 /// engine's own cap on a token endpoint's `expires_in` (30 days).
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
-/// Demand is measured over ticks of this length (as in the Redis fleet limiter).
-const DEMAND_TICK: Duration = Duration::from_millis(250);
 
 /// The worker's way to the controller for leases. Each returns false when there is no
 /// session right now (nothing was sent).
@@ -121,41 +121,26 @@ struct Class {
     bits: u64,
     /// How late a slot may still be used: the shortest hold of its limits.
     hold: Duration,
-    /// At most this many slots per lease: [`LEASE_MAX_SPAN`] at its slowest limit's rate.
-    max_want: u32,
+    /// The rate of its slowest limit (a lease covers at most
+    /// [`crate::fleet::LEASE_MAX_SPAN`] of it).
+    slowest: f64,
     st: Mutex<ClassState>,
     changed: Notify,
 }
 
-#[derive(Default)]
 struct ClassState {
     slots: VecDeque<Instant>,
     /// The lease asked for and when.
     asked: Option<(u64, Instant)>,
     /// The controller said no room before this.
     retry_at: Option<Instant>,
-    waiters: usize,
-    holding: usize,
-    demand_tick: u64,
-    demand_tick_start: Option<Instant>,
-    demand_rate: f64,
+    /// The requests asking, and their demand (as the Redis fleet limiter counts them).
+    asking: Asking,
 }
 
-impl ClassState {
-    fn count_demand(&mut self, now: Instant) {
-        let start = *self.demand_tick_start.get_or_insert(now);
-        self.demand_tick += 1;
-        let el = now - start;
-        if el >= DEMAND_TICK {
-            let inst = self.demand_tick as f64 / el.as_secs_f64();
-            self.demand_rate = if self.demand_rate == 0.0 {
-                inst
-            } else {
-                0.5 * self.demand_rate + 0.5 * inst
-            };
-            self.demand_tick = 0;
-            self.demand_tick_start = Some(now);
-        }
+impl HasAsking for ClassState {
+    fn asking(&mut self) -> &mut Asking {
+        &mut self.asking
     }
 }
 
@@ -212,36 +197,6 @@ impl std::fmt::Debug for ServedLimiter {
             .field("limits", &self.limits.len())
             .field("fleet", &format_args!("{:#b}", self.fleet))
             .finish_non_exhaustive()
-    }
-}
-
-/// Counts a request in `acquire` (and, with `holding`, one sleeping on its slot).
-struct InClass<'a> {
-    class: &'a Class,
-    holding: bool,
-}
-
-impl InClass<'_> {
-    fn hold(&mut self, on: bool) {
-        if self.holding != on {
-            let mut st = self.class.st.lock();
-            if on {
-                st.holding += 1;
-            } else {
-                st.holding = st.holding.saturating_sub(1);
-            }
-            self.holding = on;
-        }
-    }
-}
-
-impl Drop for InClass<'_> {
-    fn drop(&mut self) {
-        let mut st = self.class.st.lock();
-        st.waiters = st.waiters.saturating_sub(1);
-        if self.holding {
-            st.holding = st.holding.saturating_sub(1);
-        }
     }
 }
 
@@ -318,14 +273,16 @@ impl ServedLimiter {
                 let slowest = picked()
                     .map(|l| fleet_pacing(l, DEFAULT_SPREAD).rate)
                     .fold(f64::INFINITY, f64::min);
-                let max_want = (slowest * LEASE_MAX_SPAN.as_secs_f64())
-                    .floor()
-                    .clamp(1.0, f64::from(MAX_LEASE)) as u32;
                 Arc::new(Class {
                     bits,
                     hold,
-                    max_want,
-                    st: Mutex::new(ClassState::default()),
+                    slowest,
+                    st: Mutex::new(ClassState {
+                        slots: VecDeque::new(),
+                        asked: None,
+                        retry_at: None,
+                        asking: Asking::new(Instant::now()),
+                    }),
                     changed: Notify::new(),
                 })
             })
@@ -425,12 +382,12 @@ impl ServedLimiter {
         if let Some(r) = st.retry_at.filter(|r| *r > now) {
             return Step::Wait(r);
         }
-        let demand = st.demand_rate * class.hold.as_secs_f64();
-        let need = st.waiters.saturating_sub(st.holding) as f64;
-        let want = demand
-            .max(need)
-            .ceil()
-            .clamp(1.0, f64::from(class.max_want)) as u32;
+        let want = lease::want(
+            st.asking.demand(now),
+            class.hold,
+            st.asking.need(),
+            class.slowest,
+        );
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         st.asked = Some((id, now));
         Step::Ask(id, want)
@@ -440,15 +397,7 @@ impl ServedLimiter {
         let class = self.class(bits);
         let started = Instant::now();
         let mut paused = Duration::ZERO;
-        {
-            let mut st = class.st.lock();
-            st.waiters += 1;
-            st.count_demand(started);
-        }
-        let mut me = InClass {
-            class: &class,
-            holding: false,
-        };
+        let mut me = InClass::enter(&class.st, started);
         let mut unreachable_since: Option<Instant> = None;
         loop {
             me.hold(false);
@@ -867,7 +816,9 @@ mod tests {
         let t = tokio::spawn(async move { l2.acquire(&META).await });
         tokio::time::sleep(Duration::from_millis(1)).await;
         let (id, bits, want) = link.leases.lock()[0];
-        assert_eq!((bits, want), (1, 1));
+        // One request so far: about a hold (50 ms) of 1 per 10 ms, as the first lease of the
+        // Redis fleet limiter.
+        assert_eq!((bits, want), (1, 5));
         let now = Instant::now();
         lim.granted(
             id,

@@ -43,6 +43,7 @@ use super::scripts::{self, FeedbackReply, LeaseReply};
 use super::{Event, Fleet, Mode};
 use crate::gcra::{DEFAULT_SPREAD, FleetLimitReport};
 use crate::learn::{self, Change, Learner};
+use crate::lease::{self, Asking, HasAsking, InClass};
 use crate::{
     Feedback, Grant, LimitReport, Limiter, LimiterError, LocalLimiter, PauseOrigin, RequestMeta,
 };
@@ -70,8 +71,6 @@ pub const LEASE_MAX_AHEAD: Duration = Duration::from_secs(2);
 const PREFETCH: Duration = Duration::from_millis(10);
 /// While Redis is unavailable a request waits this long for it before failing.
 const UNAVAILABLE_WAIT: Duration = Duration::from_secs(1);
-/// Demand is measured over ticks of this length.
-const DEMAND_TICK: Duration = Duration::from_millis(250);
 /// This worker's spend rate (for its safe share) is measured over ticks of this length.
 const SPEND_TICK: Duration = Duration::from_secs(1);
 /// How often every process adds what it saw of an adaptive limit to the fleet's counters, and
@@ -273,68 +272,13 @@ struct ClassState {
     fetching: bool,
     /// Redis said there is no room before this.
     retry_at: Option<Instant>,
-    /// Requests in `acquire`, and those of them sleeping until their slot.
-    waiters: usize,
-    holding: usize,
-    demand_tick: u64,
-    demand_tick_start: Instant,
-    demand_rate: f64,
+    /// The requests asking, and their demand.
+    asking: Asking,
 }
 
-impl ClassState {
-    /// Requests per second asking for this class: the last ticks' average, or while the first
-    /// tick runs, what it has seen so far (so the first leases grow quickly).
-    fn demand(&self, now: Instant) -> f64 {
-        if self.demand_rate > 0.0 {
-            return self.demand_rate;
-        }
-        let el = (now - self.demand_tick_start).max(Duration::from_millis(10));
-        self.demand_tick as f64 / el.as_secs_f64()
-    }
-
-    fn count_demand(&mut self, now: Instant) {
-        self.demand_tick += 1;
-        let el = now - self.demand_tick_start;
-        if el >= DEMAND_TICK {
-            let inst = self.demand_tick as f64 / el.as_secs_f64();
-            self.demand_rate = if self.demand_rate == 0.0 {
-                inst
-            } else {
-                0.5 * self.demand_rate + 0.5 * inst
-            };
-            self.demand_tick = 0;
-            self.demand_tick_start = now;
-        }
-    }
-}
-
-/// Counts a request in `acquire` (and, with `holding`, sleeping on a slot) while it lives.
-struct InClass<'a> {
-    class: &'a Class,
-    holding: bool,
-}
-
-impl Drop for InClass<'_> {
-    fn drop(&mut self) {
-        let mut st = self.class.st.lock();
-        st.waiters = st.waiters.saturating_sub(1);
-        if self.holding {
-            st.holding = st.holding.saturating_sub(1);
-        }
-    }
-}
-
-impl InClass<'_> {
-    fn hold(&mut self, on: bool) {
-        if self.holding != on {
-            let mut st = self.class.st.lock();
-            if on {
-                st.holding += 1;
-            } else {
-                st.holding = st.holding.saturating_sub(1);
-            }
-            self.holding = on;
-        }
+impl HasAsking for ClassState {
+    fn asking(&mut self) -> &mut Asking {
+        &mut self.asking
     }
 }
 
@@ -703,11 +647,7 @@ impl Inner {
                         reserved_until: None,
                         fetching: false,
                         retry_at: None,
-                        waiters: 0,
-                        holding: 0,
-                        demand_tick: 0,
-                        demand_tick_start: Instant::now(),
-                        demand_rate: 0.0,
+                        asking: Asking::new(Instant::now()),
                     }),
                     changed: Notify::new(),
                 })
@@ -830,8 +770,8 @@ impl Inner {
             return Step::Wait(Some(until - PREFETCH), notified);
         }
         st.fetching = true;
-        let demand = st.demand(now) * class.hold.as_secs_f64();
-        let need = st.waiters.saturating_sub(st.holding) as f64;
+        let demand = st.asking.demand(now);
+        let need = st.asking.need();
         drop(st);
         let slowest = {
             let ls = self.state.lock();
@@ -841,10 +781,7 @@ impl Inner {
                 .map(|&i| self.rate(i, &ls))
                 .fold(f64::INFINITY, f64::min)
         };
-        let k_max = (slowest * LEASE_MAX_SPAN.as_secs_f64())
-            .floor()
-            .clamp(1.0, f64::from(MAX_LEASE));
-        Step::Fetch(demand.max(need).ceil().clamp(1.0, k_max) as u32)
+        Step::Fetch(lease::want(demand, class.hold, need, slowest))
     }
 
     /// Ask Redis for a lease of `want` tokens for `class`.
@@ -873,8 +810,7 @@ impl Inner {
         if self.fleet.keys().budget().is_some() {
             let hungry = {
                 let st = class.st.lock();
-                let need = st.waiters.saturating_sub(st.holding);
-                super::fair::hungry(need, want, st.demand(Instant::now()))
+                super::fair::hungry(st.asking.need(), want, st.asking.demand(Instant::now()))
             };
             super::fair::lease_tail(
                 &mut inv,
@@ -989,15 +925,7 @@ impl Inner {
         let class = self.class(bits);
         let started = Instant::now();
         let mut paused = Duration::ZERO;
-        {
-            let mut st = class.st.lock();
-            st.waiters += 1;
-            st.count_demand(started);
-        }
-        let mut me = InClass {
-            class: &class,
-            holding: false,
-        };
+        let mut me = InClass::enter(&class.st, started);
         let done = |paused: Duration| Ok((started.elapsed().saturating_sub(paused), paused));
         'outer: loop {
             me.hold(false);
