@@ -1631,10 +1631,14 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
             assert_eq!(lt["spec"]["budgetRef"]["name"], "acme-api");
             lt["spec"]["workers"] = json!(1);
             lt["spec"]["startTimeout"] = json!("60s");
-            lt["spec"]["workerTemplate"]["env"][0]["value"] = json!(format!("http://{}", mock.addr()));
+            lt["spec"]["workerTemplate"]["env"][0]["value"] =
+                json!(format!("http://{}", mock.addr()));
             lt["spec"]["plan"]["duration"] = json!("12s");
             // the forced 429 below is one of the requests: no threshold on 429s here
-            lt["spec"]["plan"].as_object_mut().unwrap().remove("thresholds");
+            lt["spec"]["plan"]
+                .as_object_mut()
+                .unwrap()
+                .remove("thresholds");
             lt
         })
         .collect();
@@ -1736,10 +1740,25 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
     assert_eq!(max_tests, 2, "the budget never showed both tests running");
     // `kubectl get ratebudgets`: the columns, the rate and the tests
     let mut lines = table_while_running.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(
         header,
-        ["NAME", "RATE", "TESTS", "PROCESSES", "PAUSED", "UNTIL", "LAST", "429", "LEFT", "AGE"],
+        [
+            "NAME",
+            "RATE",
+            "TESTS",
+            "PROCESSES",
+            "PAUSED",
+            "UNTIL",
+            "LAST",
+            "429",
+            "LEFT",
+            "AGE"
+        ],
         "{table_while_running}"
     );
     assert!(
@@ -1772,7 +1791,10 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
     // after the forced 429: the pause in force and the last 429, with the limit it hit
     eprintln!("after a forced 429: {status_paused:#}");
     assert!(status_paused["pausedUntil"].is_string(), "no pause shown");
-    assert_eq!(status_paused["last429"]["retryAfterSeconds"], 8.0, "{status_paused:#}");
+    assert_eq!(
+        status_paused["last429"]["retryAfterSeconds"], 8.0,
+        "{status_paused:#}"
+    );
     assert!(
         status_paused["limits"][0]["pausedUntil"].is_string(),
         "{status_paused:#}"

@@ -125,8 +125,14 @@ fn csv_data_sets_and_header_managers() {
 fn throughput_timers_become_arrival_rates() {
     let (i, plan) = import_jmx("throughput.jmx");
     let s = &plan.scenarios;
-    assert!(matches!(s[0].executor, Executor::ConstantArrivalRate { .. }));
-    assert!(matches!(s[1].executor, Executor::ConstantArrivalRate { .. }));
+    assert!(matches!(
+        s[0].executor,
+        Executor::ConstantArrivalRate { .. }
+    ));
+    assert!(matches!(
+        s[1].executor,
+        Executor::ConstantArrivalRate { .. }
+    ));
     // 600/min over one sampler for 3 s; 20/s over two samplers: 10 iterations/s, 5 x 2 of them.
     assert!(
         i.yaml
@@ -238,7 +244,10 @@ fn the_user_story_example_is_the_import_of_its_jmx() {
     )
     .unwrap();
     let plan = load(&i.yaml);
-    assert!(matches!(plan.scenarios[0].executor, Executor::ConstantVus { .. }));
+    assert!(matches!(
+        plan.scenarios[0].executor,
+        Executor::ConstantVus { .. }
+    ));
     let committed = std::fs::read_to_string(root.join("user-story.yaml")).unwrap();
     assert_eq!(
         committed, i.yaml,
@@ -351,7 +360,10 @@ fn malformed_input_is_an_error_naming_what_is_wrong() {
         "<stringProp name=\"ThreadGroup.num_threads\">2000000</stringProp>",
     );
     let e = err(&many);
-    assert!(e.contains("does not validate") && e.contains("scenarios[0].vus"), "{e}");
+    assert!(
+        e.contains("does not validate") && e.contains("scenarios[0].vus"),
+        "{e}"
+    );
     // Too large.
     let huge = " ".repeat(pacer_import::MAX_JMX_BYTES + 1);
     assert!(matches!(

@@ -591,7 +591,10 @@ async fn a_budgets_keys_survive_its_tests_and_expire_when_idle() {
     lim.acquire(&meta).await.unwrap();
     // The slots granted are noted for the budget's status on a task of their own (notes.rs).
     for _ in 0..100 {
-        if !keys_matching(&mut c, "{pacer:budget:acme}:granted").await.is_empty() {
+        if !keys_matching(&mut c, "{pacer:budget:acme}:granted")
+            .await
+            .is_empty()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
