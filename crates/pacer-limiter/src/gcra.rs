@@ -23,14 +23,6 @@ use crate::{Feedback, Grant, Limiter, LimiterError, PauseOrigin, RequestMeta};
 /// docs/rate-limiting.md ("accuracy bound").
 pub const DEFAULT_SPREAD: Duration = Duration::from_millis(100);
 
-/// Fleet AIMD (`scope: fleet` adaptive limits, kept in Redis): multiply the rate by this on a
-/// 429 (at most once per window). One process learns instead ([`crate::learn`]).
-pub const AIMD_DECREASE: f64 = 0.9;
-/// Fleet AIMD: add this share of the ceiling after a window without 429.
-pub const AIMD_INCREASE: f64 = 0.02;
-/// Fleet AIMD: never go below this share of the ceiling.
-pub const AIMD_MIN_FACTOR: f64 = 0.05;
-
 /// The rate and burst this process's GCRA runs at for a limit, by its shape
 /// ([`pacer_plan::shape::pace`], the one place that decides them): for windows
 /// `r = (L - b) / (W + D)`; for a token bucket its own rate, less what the spread needs.

@@ -196,7 +196,8 @@ pub struct LimitSpec {
     /// Which requests the limit applies to (default: all).
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
     pub matches: Option<MatchSpec>,
-    /// Discover the sustainable rate at or below `limit` (AIMD on 429s).
+    /// Discover the sustainable rate at or below `limit` from what the server accepts and
+    /// refuses (pacer_limiter::learn, for one process and for a fleet).
     #[serde(default)]
     pub adaptive: bool,
     /// How much later than pacer's grant the server may count a request (network jitter,

@@ -464,10 +464,12 @@ pub fn summarize(
 /// The fleet's limits table from each worker's (`per_worker[w][l]`, the plan's limits in
 /// order; a worker that sent none is skipped). Per limit:
 ///
-/// - `scope: fleet` through Redis (`fleet` present): every worker paced to the one budget, so
-///   the rate, margin and adaptive rates are the fleet's (any worker's); Redis calls add up;
-///   workers, safe-mode and paused-for-Redis seconds are the most any worker saw;
-/// - `scope: fleet` without Redis: each worker kept its weight's share, so rates add up;
+/// - `scope: fleet` through Redis or served by the controller (`fleet` present): every worker
+///   paced to the one budget, so the rate, margin and adaptive rates are the fleet's (any
+///   worker's); Redis calls add up; workers, safe-mode and paused-for-Redis seconds are the
+///   most any worker saw;
+/// - `scope: fleet` adaptive without Redis (the controller does not serve it: its learner needs
+///   every answer): each worker kept its weight's share, so rates add up;
 /// - `scope: worker`: each process paces to the whole limit; the rates stay per process.
 ///
 /// Pauses and paused seconds are the most any worker had (a fleet pause is seen by all).
