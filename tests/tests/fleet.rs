@@ -229,8 +229,16 @@ async fn eight_processes_share_one_budget_with_few_redis_calls_and_worker_scope_
         steady >= 0.95 * allowed,
         "accepted {steady:.1}/s, under 95% of the {allowed}/s the limit allows"
     );
+    // What a request pays is the round trips its process makes (leases in batches): measured
+    // 0.021 per request. Redis' own count also holds the commands run inside the scripts and
+    // the once-a-second notes of each process of a budget (heartbeat, granted slots, what the
+    // server said), which grow with processes x seconds, not with requests: measured 0.082.
     assert!(
-        per_request <= 0.1,
+        client_calls as f64 / requests as f64 <= 0.05,
+        "{client_calls} Redis calls by the processes for {requests} requests"
+    );
+    assert!(
+        per_request <= 0.15,
         "{redis_commands} Redis commands for {requests} requests"
     );
     assert_eq!(stats.tokens.issued, 1, "one token for the fleet");
