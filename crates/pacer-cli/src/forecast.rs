@@ -11,6 +11,8 @@ use pacer_plan::Plan;
 use pacer_plan::forecast::{Assumptions, Forecast, forecast};
 use pacer_plan::spec::LimitScope;
 
+use crate::validate::per_sec;
+
 /// The forecast's lines for `plan` (indented under the plan's line by the caller).
 /// `workers`: the processes that will run it (the plan's, or a LoadTest's).
 pub fn lines(plan: &Plan, workers: u32, latency: Duration) -> Vec<String> {
@@ -156,17 +158,6 @@ fn fleet_note(plan: &Plan, workers: u32) -> String {
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A rate with the digits that matter: `0.91/s`, `59.3/s`, `19608/s`.
-fn per_sec(r: f64) -> String {
-    if r >= 100.0 {
-        format!("{r:.0}/s")
-    } else if r >= 10.0 {
-        format!("{r:.1}/s")
-    } else {
-        format!("{r:.2}/s")
-    }
 }
 
 fn percent(share: f64) -> String {

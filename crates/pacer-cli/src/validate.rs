@@ -398,8 +398,8 @@ fn kept(p: &Pacing, declared: u32) -> String {
     )
 }
 
-/// A rate with the digits that matter: `0.91/s`, `59.3/s`, `19608/s`.
-fn per_sec(r: f64) -> String {
+/// A rate with the digits that matter: `0.91/s`, `59.3/s`, `19608/s` (the forecast's too).
+pub(crate) fn per_sec(r: f64) -> String {
     if r >= 100.0 {
         format!("{r:.0}/s")
     } else if r >= 10.0 {
