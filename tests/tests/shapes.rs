@@ -8,8 +8,10 @@
 //! measured from nginx's own access log (and the same against `pacer mock`'s token bucket and
 //! nginx-like leaky bucket, from its arrival log); the same numbers declared as a window (what
 //! pacer did before shapes) use a fifth of it. The nginx configuration and the 5/s plan are the
-//! examples (examples/nginx-limit-req.conf, examples/token-bucket.yaml). A missing nginx fails
-//! the test with the way to install it: nothing is skipped silently.
+//! examples (examples/nginx-limit-req.conf, examples/token-bucket.yaml). The adaptive learner,
+//! given only a ceiling 4x too high, finds nginx's rate from its 429s alone (no Retry-After, no
+//! rate-limit headers). A missing nginx fails the test with the way to install it: nothing is
+//! skipped silently.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -539,4 +541,80 @@ async fn four_processes_through_redis_use_an_aligned_fixed_window_whole_without_
         &format!("{FLEET_PROCESSES} processes through Redis"),
         &mock_log(&mock),
     );
+}
+
+/// How long an adaptive run against nginx sends, and from when its accepted rate is judged: the
+/// learner finds a rate in a few seconds at these rates (docs/rate-limiting.md, "Adaptive
+/// limits"); the rest shows it holds it.
+const ADAPTIVE_RUN: Duration = Duration::from_secs(20);
+const ADAPTIVE_JUDGED_FROM: f64 = 8.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_learner_finds_nginx_limit_req_from_a_ceiling_4x_too_high() {
+    // nginx sends no Retry-After and no rate-limit headers: only 429s teach the learner.
+    let cases = [(10u32, 5u32), (100, 10)];
+    let servers: Vec<Nginx> = cases.iter().map(|(r, b)| Nginx::start(*r, *b)).collect();
+    let dirs: Vec<tempfile::TempDir> = cases.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let plans: Vec<String> = cases
+        .iter()
+        .zip(&servers)
+        .map(|((rate, _), server)| {
+            format!(
+                "name: learn-nginx\ntarget: {}\nlimits:\n  - {{name: guess, limit: {}/s, \
+                 adaptive: true, shape: token-bucket}}\nscenarios:\n  - name: s\n    \
+                 executor: constant-vus\n    vus: 20\n    duration: {}s\n    gracefulStop: 1s\n    \
+                 requests: [{{name: ok, path: /index.html}}]\n",
+                server.target(),
+                4 * rate,
+                ADAPTIVE_RUN.as_secs()
+            )
+        })
+        .collect();
+    let (a, b) = tokio::join!(
+        run_summary(dirs[0].path(), &plans[0], &[], &[], RUN_LIMIT),
+        run_summary(dirs[1].path(), &plans[1], &[], &[], RUN_LIMIT),
+    );
+    for ((r, (rate, burst)), server) in [&a, &b].into_iter().zip(cases).zip(&servers) {
+        let rate = f64::from(rate);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        let log = server.log();
+        let start = log.iter().map(|(t, _)| *t).fold(f64::INFINITY, f64::min);
+        let judged: Vec<&(f64, u16)> = log
+            .iter()
+            .filter(|(t, _)| *t >= start + ADAPTIVE_JUDGED_FROM)
+            .collect();
+        let accepted: Vec<f64> = judged
+            .iter()
+            .filter(|(_, s)| *s == 200)
+            .map(|(t, _)| *t)
+            .collect();
+        let refused = judged.len() - accepted.len();
+        let span = accepted.last().unwrap() - accepted.first().unwrap();
+        let got = (accepted.len() - 1) as f64 / span;
+        let share_refused = refused as f64 / judged.len() as f64;
+        let sustainable = r.summary["limits"][0]["sustainable_rate"].as_f64();
+        println!(
+            "nginx {rate}/s burst {burst}, ceiling {}/s: from {ADAPTIVE_JUDGED_FROM} s on \
+             {got:.2}/s accepted ({:.1}% of the rate), {refused} of {} refused ({:.2}%); \
+             summary sustainable {sustainable:?}/s",
+            4.0 * rate,
+            100.0 * got / rate,
+            judged.len(),
+            100.0 * share_refused
+        );
+        // Generous bounds: the measured numbers are in docs/rate-limiting.md.
+        assert!(
+            got >= 0.85 * rate && got <= 1.01 * rate,
+            "{rate}/s: {got:.2}/s"
+        );
+        assert!(
+            share_refused <= 0.03,
+            "{rate}/s: {share_refused:.4} refused"
+        );
+        let s = sustainable.unwrap_or(0.0);
+        assert!(
+            (s - rate).abs() <= 0.15 * rate,
+            "{rate}/s: sustainable {s:.2}/s"
+        );
+    }
 }
