@@ -1,7 +1,8 @@
 //! What a worker's leases of a shared budget have in common, whoever grants them (Redis'
 //! `fleet/lua/lease.lua` for [`crate::fleet::FleetLimiter`], the controller for
 //! [`crate::served::ServedLimiter`]): the demand of a class of requests, the requests waiting
-//! and holding a slot, and how many slots a lease asks for. One place, so both batch alike.
+//! and holding a slot, how many slots a lease asks for, and a limit's fleet-wide pause as the
+//! worker knows it. One place, so both batch and pause alike.
 
 use std::time::Duration;
 
@@ -181,5 +182,42 @@ mod tests {
         tokio::time::advance(Duration::from_millis(250)).await;
         drop(InClass::enter(&st, Instant::now()));
         assert!((st.lock().0.demand(Instant::now()) - 404.0).abs() < 1e-6);
+    }
+}
+
+/// What a worker knows of a fleet limit's pause (a server's Retry-After, heard from any worker),
+/// and its accounting for the report.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Pause {
+    pub(crate) until: Option<Instant>,
+    pub(crate) pauses: u64,
+    paused: Duration,
+}
+
+impl Pause {
+    /// Pause until `until` (only ever extended); true when it was extended.
+    pub(crate) fn extend(&mut self, until: Instant, now: Instant) -> bool {
+        match self.until.filter(|p| *p > now) {
+            Some(p) if p >= until => false,
+            Some(p) => {
+                self.paused += until - p;
+                self.until = Some(until);
+                true
+            }
+            None => {
+                self.pauses += 1;
+                self.paused += until - now;
+                self.until = Some(until);
+                true
+            }
+        }
+    }
+
+    /// Time paused so far: a pause still running counts only for the part that passed.
+    pub(crate) fn paused(&self, now: Instant) -> Duration {
+        let running = self
+            .until
+            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+        self.paused.saturating_sub(running)
     }
 }

@@ -39,7 +39,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::fleet::{fleet_pacing, lease_hold};
 use crate::gcra::DEFAULT_SPREAD;
-use crate::lease::{self, Asking, HasAsking, InClass};
+use crate::lease::{self, Asking, HasAsking, InClass, Pause};
 use crate::{
     Feedback, Grant, LimitReport, Limiter, LimiterError, LocalLimiter, RequestMeta, Token,
     TokenError, TokenSource,
@@ -144,33 +144,6 @@ impl HasAsking for ClassState {
     }
 }
 
-/// What the worker knows of a fleet limit's pause, and its accounting.
-#[derive(Clone, Copy, Default)]
-struct PauseState {
-    until: Option<Instant>,
-    pauses: u64,
-    paused: Duration,
-}
-
-impl PauseState {
-    fn extend(&mut self, until: Instant, now: Instant) -> bool {
-        match self.until.filter(|p| *p > now) {
-            Some(p) if p >= until => false,
-            Some(p) => {
-                self.paused += until - p;
-                self.until = Some(until);
-                true
-            }
-            None => {
-                self.pauses += 1;
-                self.paused += until - now;
-                self.until = Some(until);
-                true
-            }
-        }
-    }
-}
-
 /// A worker's limiter when its controller serves the fleet's budget (see the module doc).
 pub struct ServedLimiter {
     link: Arc<dyn LeaseLink>,
@@ -182,7 +155,7 @@ pub struct ServedLimiter {
     /// Lease id -> class bits, for the answers.
     asked: Mutex<HashMap<u64, u64>>,
     next_id: AtomicU64,
-    pauses: Mutex<Vec<PauseState>>,
+    pauses: Mutex<Vec<Pause>>,
     pause_changed: Notify,
     leases: AtomicU64,
     /// Requests that went through the served limits.
@@ -222,7 +195,7 @@ impl ServedLimiter {
         Self {
             link,
             fleet,
-            pauses: Mutex::new(vec![PauseState::default(); limits.len()]),
+            pauses: Mutex::new(vec![Pause::default(); limits.len()]),
             limits,
             local: (!local.is_empty()).then(|| (LocalLimiter::new(&local), index)),
             classes: Mutex::new(HashMap::new()),
@@ -465,9 +438,6 @@ impl ServedLimiter {
         let pacing = fleet_pacing(l, DEFAULT_SPREAD);
         let declared = l.limit.as_per_sec();
         let p = self.pauses.lock()[i];
-        let running = p.until.map_or(Duration::ZERO, |u| {
-            u.saturating_duration_since(Instant::now())
-        });
         LimitReport {
             name: l.name.clone(),
             declared: l.limit.to_string(),
@@ -482,7 +452,7 @@ impl ServedLimiter {
             current_rate: pacing.rate,
             sustainable_rate: None,
             pauses: p.pauses,
-            paused: p.paused.saturating_sub(running),
+            paused: p.paused(Instant::now()),
             // One budget for the fleet (not a share): the summary shows its rate once. No
             // Redis: no Redis calls, no safe mode.
             fleet: Some(crate::FleetLimitReport {

@@ -43,7 +43,7 @@ use super::scripts::{self, FeedbackReply, LeaseReply};
 use super::{Event, Fleet, Mode};
 use crate::gcra::{DEFAULT_SPREAD, FleetLimitReport};
 use crate::learn::{self, Change, Learner};
-use crate::lease::{self, Asking, HasAsking, InClass};
+use crate::lease::{self, Asking, HasAsking, InClass, Pause};
 use crate::{
     Feedback, Grant, LimitReport, Limiter, LimiterError, LocalLimiter, PauseOrigin, RequestMeta,
 };
@@ -149,9 +149,7 @@ struct FleetLimit {
 /// What this worker knows of a fleet limit.
 #[derive(Debug)]
 struct LimitState {
-    pause_until: Option<Instant>,
-    pauses: u64,
-    paused: Duration,
+    pause: Pause,
     throttled: u64,
     /// The share of the ceiling paced at and the share measured to pass (0: not measured), as
     /// the fleet's learner last wrote them (fixed limits: 1, 0).
@@ -174,9 +172,7 @@ struct LimitState {
 impl LimitState {
     fn new(now: Instant) -> Self {
         Self {
-            pause_until: None,
-            pauses: 0,
-            paused: Duration::ZERO,
+            pause: Pause::default(),
             throttled: 0,
             factor: 1.0,
             sustained: 0.0,
@@ -188,25 +184,6 @@ impl LimitState {
             safe_tat: now,
             safe_interval: Duration::ZERO,
             safe_debt: 0,
-        }
-    }
-
-    /// Pause until `until` (only ever extended); true when it was extended.
-    fn extend_pause(&mut self, until: Instant, now: Instant) -> bool {
-        let current = self.pause_until.filter(|p| *p > now);
-        match current {
-            Some(p) if p >= until => false,
-            Some(p) => {
-                self.paused += until - p;
-                self.pause_until = Some(until);
-                true
-            }
-            None => {
-                self.pauses += 1;
-                self.paused += until - now;
-                self.pause_until = Some(until);
-                true
-            }
         }
     }
 
@@ -659,14 +636,14 @@ impl Inner {
         let st = self.state.lock();
         limits
             .iter()
-            .filter_map(|&i| st[i].pause_until)
+            .filter_map(|&i| st[i].pause.until)
             .filter(|p| *p > now)
             .max()
     }
 
     fn pause(&self, limit: usize, until: Instant) {
         let now = Instant::now();
-        if self.state.lock()[limit].extend_pause(until, now) {
+        if self.state.lock()[limit].pause.extend(until, now) {
             self.pause_changed.notify_waiters();
         }
     }
@@ -1072,10 +1049,10 @@ impl Inner {
                     }
                     let until = now + ra;
                     // Redis already holds this pause (we learned it from there): do not resend.
-                    if s.pause_until.is_none_or(|p| p + PAUSE_SLACK < until) {
+                    if s.pause.until.is_none_or(|p| p + PAUSE_SLACK < until) {
                         tell_redis = true;
                     }
-                    extended |= s.extend_pause(until, now);
+                    extended |= s.pause.extend(until, now);
                 }
             }
         }
@@ -1143,9 +1120,6 @@ impl Inner {
         let s = &st[i];
         let declared = l.limit.limit.as_per_sec();
         let stats = self.fleet.stats();
-        let paused_now = s.pause_until.map_or(Duration::ZERO, |p| {
-            p.saturating_duration_since(Instant::now())
-        });
         LimitReport {
             name: l.limit.name.clone(),
             declared: l.limit.limit.to_string(),
@@ -1163,9 +1137,8 @@ impl Inner {
                 .adaptive
                 .then_some(l.ceiling * s.sustained)
                 .filter(|r| *r > 0.0),
-            pauses: s.pauses,
-            // A pause still running at the end counts only for the part that passed.
-            paused: s.paused.saturating_sub(paused_now),
+            pauses: s.pause.pauses,
+            paused: s.pause.paused(Instant::now()),
             fleet: Some(FleetLimitReport {
                 workers: stats.workers,
                 redis_calls: stats.redis_calls,
