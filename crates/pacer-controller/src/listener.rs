@@ -267,7 +267,7 @@ fn incoming<S: Sessions>(
                             Ok(Err(e)) => {
                                 tracing::debug!(
                                     "gRPC listener: TLS handshake with {peer:?} failed: {}",
-                                    crate::tls::error_chain(&e)
+                                    pacer_proto::error_chain(&e)
                                 );
                                 None
                             }

@@ -237,7 +237,7 @@ impl ReloadingCert {
                     }
                     Err(e) => tracing::warn!(
                         "TLS: the certificate files changed but do not load ({}); still presenting the previous certificate",
-                        error_chain(&e)
+                        pacer_proto::error_chain(&e)
                     ),
                 }
             }
@@ -270,16 +270,4 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
         key: key.to_path_buf(),
         source,
     })
-}
-
-/// An error and its sources, `: `-joined (a TLS failure's cause is often two levels down).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

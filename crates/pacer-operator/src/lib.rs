@@ -146,7 +146,7 @@ impl WorkerCa {
                 Ok(pem) => *last = pem,
                 Err(e) => tracing::warn!(
                     "{}; handing workers the CA read last",
-                    pacer_controller::tls::error_chain(&e)
+                    pacer_proto::error_chain(&e)
                 ),
             }
         }

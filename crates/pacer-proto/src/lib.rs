@@ -76,6 +76,20 @@ pub const MIN_SESSION_TOKEN_BYTES: usize = 16;
 /// keeps a hostile or broken peer from filling logs and the LoadTest's status.
 pub const MAX_PEER_TEXT_CHARS: usize = 1024;
 
+/// An error and its sources, `: `-joined: what either end of the channel reports when it
+/// cannot connect or handshake (tonic's transport error says only "transport error", and a TLS
+/// failure's cause is often two levels down).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Text that came from the other side of the protocol, made safe to log: control characters
 /// (newlines that would forge log lines, terminal escapes) escaped as `\n`, `\u{1b}`, and at
 /// most [`MAX_PEER_TEXT_CHARS`] characters kept, with a note of how many were cut.

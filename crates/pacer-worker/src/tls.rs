@@ -248,19 +248,6 @@ pub(crate) async fn dial(
             End::Fatal(crate::WorkerError::Untrusted(c.to_string()))
         }
         Some(c) => End::Retry(format!("cannot connect: {c}")),
-        None => End::Retry(format!("cannot connect: {}", chain(&e))),
+        None => End::Retry(format!("cannot connect: {}", pacer_proto::error_chain(&e))),
     })
-}
-
-/// An error and its sources, `: `-joined (tonic's transport error says only "transport
-/// error"; the cause is below).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
