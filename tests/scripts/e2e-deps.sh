@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # `make e2e-deps`: builds, from their Go modules with the machine's Go, pinned versions of the
-# tools the Kubernetes end-to-end tests need: kube-apiserver and kube-controller-manager (from
-# k8s.io/kubernetes through a wrapper module that pins each staging module), etcd, and helm v4.
+# tools the Kubernetes end-to-end tests need: kube-apiserver, kube-controller-manager, and for the
+# real-node suite (`make e2e-node`) kubelet and kube-scheduler (from k8s.io/kubernetes through a
+# wrapper module that pins each staging module), etcd, and helm v4.
 # Binaries go to $PACER_TOOLS (default ~/.cache/pacer-tools/bin), outside git. A second run is
 # a no-op: each binary is rebuilt only when missing or built for another version.
 set -euo pipefail
 
-K8S_VERSION=1.35.4          # kube-apiserver, kube-controller-manager
+K8S_VERSION=1.35.4          # kube-apiserver, kube-controller-manager, kubelet, kube-scheduler
 ETCD_VERSION=3.6.16
 HELM_VERSION=4.3.1
 
@@ -58,8 +59,14 @@ GO
   echo "$ETCD_VERSION" > "$bin/etcd.version"
 fi
 
-if ! have kube-apiserver "$K8S_VERSION" || ! have kube-controller-manager "$K8S_VERSION"; then
-  echo "e2e-deps: building kube-apiserver and kube-controller-manager v$K8S_VERSION (takes a while)"
+# The commands built from k8s.io/kubernetes, all in one wrapper module.
+K8S_COMMANDS="kube-apiserver kube-controller-manager kubelet kube-scheduler"
+k8s_missing=""
+for c in $K8S_COMMANDS; do
+  have "$c" "$K8S_VERSION" || k8s_missing="$k8s_missing $c"
+done
+if [ -n "$k8s_missing" ]; then
+  echo "e2e-deps: building$k8s_missing v$K8S_VERSION (takes a while)"
   w="$tools/src/kubernetes-$K8S_VERSION"; mkdir -p "$w"; cd "$w"
   if [ ! -f go.mod ]; then
     go mod init pacer-e2e-kubernetes >/dev/null 2>&1
@@ -71,24 +78,24 @@ if ! have kube-apiserver "$K8S_VERSION" || ! have kube-controller-manager "$K8S_
       grep -E '^\s+k8s\.io/[a-z0-9-]+ v0\.0\.0$' "$kmod" | awk -v v="0.${K8S_VERSION#1.}" \
         '{print "replace " $1 " => " $1 " v" v}'
     } >> go.mod
-    cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-)
-GO
+  fi
+  # tools.go imports every command, so `go mod tidy` keeps all their dependencies; a wrapper
+  # made before kubelet and kube-scheduler were added is tidied again.
+  want="$(printf '//go:build tools\n\npackage tools\n\nimport (\n'
+          for c in $K8S_COMMANDS; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+          printf ')\n')"
+  if [ "$(cat tools.go 2>/dev/null)" != "$want" ]; then
+    printf '%s\n' "$want" > tools.go
     go mod tidy >/dev/null
   fi
   ld="-X k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.io/client-go/pkg/version.gitVersion=v$K8S_VERSION"
   ld="$ld -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
-  go build -ldflags "$ld" -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-  go build -ldflags "$ld" -o "$bin/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager
-  echo "$K8S_VERSION" > "$bin/kube-apiserver.version"
-  echo "$K8S_VERSION" > "$bin/kube-controller-manager.version"
+  for c in $k8s_missing; do
+    start=$(date +%s)
+    go build -ldflags "$ld" -o "$bin/$c" "k8s.io/kubernetes/cmd/$c"
+    echo "$K8S_VERSION" > "$bin/$c.version"
+    echo "e2e-deps: $c built in $(( $(date +%s) - start )) s"
+  done
 fi
 
 echo "e2e-deps: ready in $bin: $(ls "$bin" | grep -v '\.version$' | tr '\n' ' ')"
