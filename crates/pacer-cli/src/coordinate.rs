@@ -13,7 +13,7 @@ use pacer_plan::Plan;
 use crate::exit::Exit;
 use crate::interrupt::{self, Stopping};
 use crate::output::{OutputArgs, Outputs};
-use crate::report::{ReportOutputs, SnapshotSource, no_limits};
+use crate::report::{ReportOutputs, SeriesFrom, SnapshotSource, no_limits};
 
 /// How long the gRPC server has, once the test is over, to close the workers' last streams.
 pub const SERVER_STOP_WAIT: Duration = Duration::from_secs(2);
@@ -32,7 +32,18 @@ pub async fn drive(
         Arc::new(move || c.status().merged)
     };
     let layout = pacer_stats::Layout::of(plan);
-    let outputs = match Outputs::start(report, plan, &layout, source, no_limits()).await {
+    // The series is the coordinator's, built from the workers' reports in the second each
+    // closes (sampling the merge on this clock put requests in the wrong seconds).
+    let outputs = match Outputs::start(
+        report,
+        plan,
+        &layout,
+        source,
+        no_limits(),
+        SeriesFrom::Fleet,
+    )
+    .await
+    {
         Ok(o) => o,
         Err(e) => {
             crate::exit::print_anyhow(&e);
@@ -100,6 +111,7 @@ pub async fn drive(
             &summary,
             workers,
             outcome.abort_reason.as_deref(),
+            Some(&outcome.series),
         )
         .await
     {

@@ -13,7 +13,7 @@ use pacer_plan::Plan;
 use pacer_report::{MetricsServer, WorkerRow};
 use pacer_stats::{Layout, Snapshot, Summary};
 
-use crate::report::{LimitsProbe, ReportOutputs, ReportSink, SnapshotSource};
+use crate::report::{LimitsProbe, ReportOutputs, ReportSink, SeriesFrom, SnapshotSource};
 
 /// How often the live progress updates on a terminal: a status line redrawn in place costs
 /// nothing to read, so it follows the run closely.
@@ -84,10 +84,11 @@ impl<'a> Outputs<'a> {
         layout: &Layout,
         source: SnapshotSource,
         limits: LimitsProbe,
+        series: SeriesFrom,
     ) -> anyhow::Result<Self> {
         let metrics =
             crate::metrics::start(args.metrics, plan, source.clone(), limits.clone()).await?;
-        let sink = ReportSink::start(args, plan, layout, source, limits);
+        let sink = ReportSink::start(args, plan, layout, source, limits, series);
         Ok(Self {
             args,
             metrics,
@@ -96,7 +97,8 @@ impl<'a> Outputs<'a> {
     }
 
     /// Write the series files and the HTML report (with `workers`' rows, built only when a
-    /// report is written), then stop serving metrics.
+    /// report is written; `fleet_series`: the coordinator's, for [`SeriesFrom::Fleet`]), then
+    /// stop serving metrics.
     pub async fn finish(
         self,
         plan: &Plan,
@@ -104,10 +106,19 @@ impl<'a> Outputs<'a> {
         summary: &Summary,
         workers: impl FnOnce() -> Vec<WorkerRow>,
         abort_reason: Option<&str>,
+        fleet_series: Option<&pacer_report::FleetSeriesOutput>,
     ) -> anyhow::Result<()> {
         if let Some(sink) = self.sink {
-            sink.finish(self.args, plan, snapshot, summary, &workers(), abort_reason)
-                .await?;
+            sink.finish(
+                self.args,
+                plan,
+                snapshot,
+                summary,
+                &workers(),
+                abort_reason,
+                fleet_series,
+            )
+            .await?;
         }
         if let Some(metrics) = self.metrics {
             metrics.shutdown(crate::metrics::SHUTDOWN_GRACE).await;

@@ -1,16 +1,20 @@
 //! `pacer run --report FILE` and `--out json=FILE|csv=FILE`: a sampler task takes a snapshot
-//! every second and feeds the per-second series; at the end the series is written out and the
-//! HTML report rendered (pacer-report does the work; this is the wiring).
+//! every second and feeds the per-second series (a fleet's comes from its coordinator, built
+//! from the workers' reports); at the end the series is written out and the HTML report
+//! rendered by [`write_files`], which `pacer report NAME` calls too (pacer-report does the
+//! work; this is the wiring).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use pacer_limiter::LimitReport;
 use pacer_plan::Plan;
-use pacer_report::{LimiterSample, PlannedRate, ReportInput, SeriesBuilder, WorkerRow};
+use pacer_report::{
+    FleetSeriesOutput, LimiterSample, PlannedRate, ReportInput, Series, SeriesBuilder, WorkerRow,
+};
 use pacer_stats::{Layout, Recorder, Snapshot, Summary};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -110,10 +114,21 @@ pub(crate) fn unix_ms(at: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Samples the recorder every second while the run goes; [`ReportSink::finish`] writes the
-/// series files and the HTML report.
+/// Where a running test's per-second series comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeriesFrom {
+    /// Sampled every second from the run's snapshot source (this process's recorder).
+    Sampler,
+    /// Built by the coordinator from its workers' reports, each in the second it closes
+    /// (`pacer_report::fleet`), and handed over at the end.
+    Fleet,
+}
+
+/// Samples the recorder every second while the run goes (or waits for the fleet's series);
+/// [`ReportSink::finish`] writes the series files and the HTML report.
 pub struct ReportSink {
-    task: JoinHandle<SeriesBuilder>,
+    /// The sampler; `None` when the series comes from the fleet.
+    task: Option<JoinHandle<SeriesBuilder>>,
     stop: CancellationToken,
     started: Instant,
     started_unix_ms: u64,
@@ -128,6 +143,7 @@ impl ReportSink {
         layout: &Layout,
         source: SnapshotSource,
         limits: LimitsProbe,
+        from: SeriesFrom,
     ) -> Option<Self> {
         if args.report.is_none() && args.out.is_empty() {
             return None;
@@ -136,29 +152,31 @@ impl ReportSink {
         let started_unix_ms = unix_ms(SystemTime::now());
         let stop = CancellationToken::new();
         let mut builder = SeriesBuilder::new(layout, PlannedRate::from_plan(plan));
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            let limits = limits.clone();
-            async move {
-                let first = tokio::time::Instant::from_std(started) + Duration::from_secs(1);
-                let mut tick = tokio::time::interval_at(first, Duration::from_secs(1));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = stop.cancelled() => break,
+        let task = (from == SeriesFrom::Sampler).then(|| {
+            tokio::spawn({
+                let stop = stop.clone();
+                let limits = limits.clone();
+                async move {
+                    let first = tokio::time::Instant::from_std(started) + Duration::from_secs(1);
+                    let mut tick = tokio::time::interval_at(first, Duration::from_secs(1));
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {}
+                            _ = stop.cancelled() => break,
+                        }
+                        let snapshot = source();
+                        let samples = limits();
+                        builder.push(
+                            started.elapsed(),
+                            unix_ms(SystemTime::now()),
+                            &snapshot,
+                            Some(&samples),
+                        );
                     }
-                    let snapshot = source();
-                    let samples = limits();
-                    builder.push(
-                        started.elapsed(),
-                        unix_ms(SystemTime::now()),
-                        &snapshot,
-                        Some(&samples),
-                    );
+                    builder
                 }
-                builder
-            }
+            })
         });
         Some(Self {
             task,
@@ -169,7 +187,9 @@ impl ReportSink {
         })
     }
 
-    /// Close the series with the run's final snapshot, then write every requested file.
+    /// Close the series with the run's final snapshot (or take the fleet's), then write every
+    /// requested file.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish(
         self,
         args: &ReportOutputs,
@@ -178,40 +198,84 @@ impl ReportSink {
         summary: &Summary,
         workers: &[WorkerRow],
         abort_reason: Option<&str>,
+        fleet_series: Option<&FleetSeriesOutput>,
     ) -> anyhow::Result<()> {
         self.stop.cancel();
-        let builder = self.task.await.context("the report sampler failed")?;
-        let samples = (self.limits)();
-        let series = builder.finish(
-            self.started.elapsed(),
-            unix_ms(SystemTime::now()),
-            snapshot,
-            Some(&samples),
-        );
-        for out in &args.out {
-            let text = match out.format {
-                SeriesFormat::JsonLines => series.to_jsonl(),
-                SeriesFormat::Csv => series.to_csv(),
-                SeriesFormat::Ledger => ledger_jsonl(&snapshot.ledger),
-            };
-            std::fs::write(&out.path, text)
-                .with_context(|| format!("cannot write {}", out.path.display()))?;
-        }
-        if let Some(path) = &args.report {
-            let html = pacer_report::render_html(&ReportInput {
+        let (series, started_unix_ms) = match (self.task, fleet_series) {
+            (Some(task), _) => {
+                let builder = task.await.context("the report sampler failed")?;
+                let samples = (self.limits)();
+                let series = builder.finish(
+                    self.started.elapsed(),
+                    unix_ms(SystemTime::now()),
+                    snapshot,
+                    Some(&samples),
+                );
+                (series, Some(self.started_unix_ms))
+            }
+            (None, Some(fleet)) => (fleet.fleet.clone(), fleet.started_unix_ms),
+            (None, None) => (Series::default(), Some(self.started_unix_ms)),
+        };
+        write_files(
+            args.report.as_deref(),
+            &args.out,
+            &ReportData {
+                plan_source: Some(&plan.source),
+                snapshot,
                 summary,
                 series: &series,
-                plan_source: Some(&plan.source),
                 workers,
-                started_unix_ms: Some(self.started_unix_ms),
+                started_unix_ms,
                 abort_reason,
-                ledger: Some(&snapshot.ledger),
-            });
-            std::fs::write(path, html)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        Ok(())
+            },
+        )
     }
+}
+
+/// Everything the report files of one run are made of, however the run was had: this
+/// process's, a fleet's, or a LoadTest's stored report (`pacer report NAME`).
+#[derive(Clone, Copy, Debug)]
+pub struct ReportData<'a> {
+    /// The plan as written (`Plan::source`), listed in the HTML report.
+    pub plan_source: Option<&'a serde_json::Value>,
+    /// The run's final cumulative snapshot (the ledger's source).
+    pub snapshot: &'a Snapshot,
+    pub summary: &'a Summary,
+    pub series: &'a Series,
+    pub workers: &'a [WorkerRow],
+    pub started_unix_ms: Option<u64>,
+    pub abort_reason: Option<&'a str>,
+}
+
+/// Write the HTML report to `html` and each `--out` file: the one place a run's report files
+/// are made, for `pacer run`, `pacer controller` and `pacer report NAME`.
+pub fn write_files(
+    html: Option<&Path>,
+    outs: &[SeriesOut],
+    data: &ReportData,
+) -> anyhow::Result<()> {
+    for out in outs {
+        let text = match out.format {
+            SeriesFormat::JsonLines => data.series.to_jsonl(),
+            SeriesFormat::Csv => data.series.to_csv(),
+            SeriesFormat::Ledger => ledger_jsonl(&data.snapshot.ledger),
+        };
+        std::fs::write(&out.path, text)
+            .with_context(|| format!("cannot write {}", out.path.display()))?;
+    }
+    if let Some(path) = html {
+        let page = pacer_report::render_html(&ReportInput {
+            summary: data.summary,
+            series: data.series,
+            plan_source: data.plan_source,
+            workers: data.workers,
+            started_unix_ms: data.started_unix_ms,
+            abort_reason: data.abort_reason,
+            ledger: Some(&data.snapshot.ledger),
+        });
+        std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The ledger's kept entries as JSON Lines, in time order; a warning on stderr when the

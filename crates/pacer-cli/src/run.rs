@@ -78,7 +78,15 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
         move || limiter.report()
     });
     let source = crate::report::recorder_source(recorder.clone());
-    let outputs = Outputs::start(&args.report, &plan, recorder.layout(), source, limits).await?;
+    let outputs = Outputs::start(
+        &args.report,
+        &plan,
+        recorder.layout(),
+        source,
+        limits,
+        crate::report::SeriesFrom::Sampler,
+    )
+    .await?;
     let control = RunControl::default();
     let interactive = std::io::stderr().is_terminal();
     let abort_watch = watch_abort_on_fail(&plan, recorder.clone(), control.clone());
@@ -143,6 +151,7 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
             &summary,
             Vec::new,
             abort_reason.as_deref(),
+            None,
         )
         .await?;
     Ok(exit::for_verdict(summary.passed, abort_reason.as_deref()))

@@ -11,9 +11,10 @@
 //! it only through its methods (`admit`, `accept_report`, `finish`, `halt`, `fail`, `end`,
 //! ...), never field by field.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pacer_proto::{ControllerMessage, Hello, controller_message};
+use pacer_report::FleetSeries;
 use pacer_stats::{AbortWatch, Snapshot, StatsError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -188,7 +189,15 @@ pub(crate) struct Fleet {
     abort_watch: Option<AbortWatch>,
     /// The generation last judged, and when.
     judged: Option<(u64, Instant)>,
+    /// The fleet's per-second series, fed each kept report ([`Fleet::with_series`]).
+    series: Option<FleetSeries>,
 }
+
+/// How far ahead of the controller's own clock a worker's report may be stamped and still
+/// land in the second it says (the worker's clock is mapped onto the controller's to ~0.1 ms
+/// on loopback; a second covers any drift). A stamp further ahead is held at this bound, so
+/// a worker cannot make the series grow faster than time passes.
+const SERIES_STAMP_AHEAD: Duration = Duration::from_secs(1);
 
 /// The fleet is judged (merge checked, abortOnFail evaluated) at most this often while
 /// reports stream in: a merge is O(workers), and a report arrives from each worker every
@@ -227,7 +236,45 @@ impl Fleet {
             generation: 0,
             abort_watch: None,
             judged: None,
+            series: None,
         }
+    }
+
+    /// Keep the fleet's per-second series from the workers' reports.
+    pub fn with_series(mut self, series: FleetSeries) -> Self {
+        self.series = Some(series);
+        self
+    }
+
+    /// The series learns the common start on the wall clock.
+    fn series_started(&mut self, start: Instant) {
+        if let Some(series) = &mut self.series {
+            let now = Instant::now();
+            let wall = SystemTime::now();
+            let wall_start = if start >= now {
+                wall.checked_add(start - now)
+            } else {
+                wall.checked_sub(now - start)
+            };
+            let unix_ms = wall_start
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            series.set_started_unix_ms(unix_ms);
+        }
+    }
+
+    /// Worker `index`'s report was kept: into the series, its stamp bounded by this clock.
+    fn series_report(&mut self, index: u32, now: Instant) {
+        let bound = self.elapsed(now).saturating_add(SERIES_STAMP_AHEAD);
+        let slot = &self.slots[index as usize];
+        if let (Some(series), Some(snapshot)) = (&mut self.series, &slot.snapshot) {
+            series.report(index as usize, slot.elapsed.min(bound), snapshot);
+        }
+    }
+
+    /// Admit only resuming workers from now on: the test started under another controller.
+    pub fn only_resuming(&mut self) {
+        self.resume_only = true;
     }
 
     /// The common start has been set (the start is under way, or a worker resumed).
@@ -311,6 +358,9 @@ impl Fleet {
                 // The Hello travelled a few ms; reports correct the rest.
                 let elapsed = Duration::from_micros(r.elapsed_us);
                 self.start = Some(now.checked_sub(elapsed).unwrap_or(now));
+                if let Some(start) = self.start {
+                    self.series_started(start);
+                }
                 self.resumed = true;
                 for s in &mut self.slots {
                     // Workers that do not come back are lost `lost_after` from now.
@@ -379,6 +429,7 @@ impl Fleet {
         let kept = keep_newest(&mut self.slots[index as usize], report);
         if kept {
             self.generation += 1;
+            self.series_report(index, Instant::now());
         }
         kept
     }
@@ -392,10 +443,12 @@ impl Fleet {
         stopped_early: bool,
         error: Option<String>,
     ) {
-        let slot = &mut self.slots[index as usize];
-        if let Some(r) = report {
-            keep_newest(slot, r);
+        if let Some(r) = report
+            && keep_newest(&mut self.slots[index as usize], r)
+        {
+            self.series_report(index, Instant::now());
         }
+        let slot = &mut self.slots[index as usize];
         slot.stopped_early = stopped_early;
         match error {
             None => slot.state = WorkerState::Finished,
@@ -494,6 +547,7 @@ impl Fleet {
     /// message is queued, so the time spent sending does not shift later workers.
     pub fn start_all(&mut self, inner: &Inner, at: Instant) {
         self.start = Some(at);
+        self.series_started(at);
         for s in &mut self.slots {
             let start_in = at.saturating_duration_since(Instant::now());
             if let Some(c) = &s.conn {
@@ -707,8 +761,14 @@ impl Fleet {
         for s in &mut self.slots {
             s.conn = None;
         }
+        let series = self
+            .series
+            .take()
+            .map(|s| s.finish(elapsed))
+            .unwrap_or_default();
         FleetOutcome {
             test_id: inner.cfg.test_id.clone(),
+            series,
             merged,
             elapsed,
             workers: self.rows(inner, elapsed),

@@ -182,7 +182,13 @@ impl Coordinator {
         let plan_source_json =
             serde_json::to_string(&plan.source).map_err(ControllerError::Plan)?;
         let layout = Layout::of(&plan);
-        let fleet = fleet::Fleet::new(cfg.weights.len());
+        let fleet = fleet::Fleet::new(cfg.weights.len()).with_series(
+            pacer_report::FleetSeries::new(
+                &layout,
+                pacer_report::PlannedRate::from_plan(&plan),
+                cfg.weights.len(),
+            ),
+        );
         let served = served::Served::new(&plan, cfg.serve_limits, tokens);
         Ok(Self {
             inner: Arc::new(Inner {

@@ -89,6 +89,9 @@ pub struct FleetStatus {
 #[derive(Clone, Debug)]
 pub struct FleetOutcome {
     pub test_id: String,
+    /// The fleet's per-second series and each worker's, aligned on the common start
+    /// (`pacer_report::fleet`).
+    pub series: pacer_report::FleetSeriesOutput,
     /// Every worker's last counted snapshot, merged exactly.
     pub merged: Snapshot,
     pub elapsed: Duration,

@@ -1,7 +1,8 @@
 //! pacer-report: what people look at after (and during) a run.
 //!
 //! - [`series`]: one record per second built from cumulative snapshots ([`SeriesBuilder`]),
-//!   written as JSON Lines or CSV.
+//!   written as JSON Lines or CSV; [`fleet`]: a fleet's, from its workers' reports stamped
+//!   with their time since the common start ([`FleetSeries`]).
 //! - [`html`]: the self-contained HTML report (verdict, thresholds, charts over time, tables,
 //!   the plan that ran), with [`svg`] charts generated here and no scripts.
 //! - [`prom`]: a snapshot in the Prometheus text format; [`server`]: a tiny `/metrics` server
@@ -13,6 +14,7 @@
 //! the HTML and prometheus-client for the metrics text).
 
 pub mod evidence;
+pub mod fleet;
 pub mod html;
 pub mod prom;
 pub mod redact;
@@ -22,6 +24,7 @@ pub mod svg;
 
 use std::net::SocketAddr;
 
+pub use fleet::{FleetSeries, FleetSeriesOutput};
 pub use html::{ReportInput, WorkerRow, render as render_html};
 pub use prom::{LATENCY_BUCKETS_SECONDS, MetricsContext, render as render_prometheus};
 pub use series::{LimiterSample, PauseWindow, PlannedRate, Series, SeriesBuilder, SeriesPoint};

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 /// A tail shorter than this (seconds) is folded into the last full second rather than kept as
 /// a row of its own, whose per-second rate would be noise.
-const MIN_TAIL_SECS: f64 = 0.25;
+pub(crate) const MIN_TAIL_SECS: f64 = 0.25;
 /// Pause windows kept; later pauses only count in `active_pauses`, and the report says so.
 pub const MAX_PAUSE_WINDOWS: usize = 10_000;
 /// Longest `ratelimit_policy` text kept per row (servers choose its length).

@@ -178,6 +178,20 @@ impl Running {
     }
 }
 
+/// The first whole multiple of `every` after the shard's `start` that is still ahead of `now`
+/// (a session opened mid-run keeps the fleet's cadence).
+fn next_report_at(start: Instant, now: Instant, every: Duration) -> Instant {
+    let every = every.max(MIN_INTERVAL);
+    let Some(since) = now.checked_duration_since(start) else {
+        return start + every;
+    };
+    let periods = since.as_nanos() / every.as_nanos() + 1;
+    let nanos = u64::try_from(periods.saturating_mul(every.as_nanos())).unwrap_or(u64::MAX);
+    start
+        .checked_add(Duration::from_nanos(nanos))
+        .unwrap_or(now + every)
+}
+
 /// A session's first messages: the latest cumulative report (a resumed session's controller
 /// takes the shard back from it), and Finished at once if the engine has ended already.
 /// Whether Finished was sent.
@@ -198,7 +212,10 @@ pub(crate) async fn stream_reports(
     cancel: &CancellationToken,
 ) -> Result<(), End> {
     let mut finished_sent = first_reports(r, tx).await?;
-    let mut reports = tokio::time::interval_at(Instant::now() + r.report_every, r.report_every);
+    // Reports fall due at whole intervals of the common start, so the controller can put
+    // each one in the second it closes (pacer_report::fleet).
+    let first = next_report_at(r.start, Instant::now(), r.report_every);
+    let mut reports = tokio::time::interval_at(first, r.report_every);
     reports.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut beats = tokio::time::interval(r.heartbeat_every);
     beats.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -319,6 +336,30 @@ mod tests {
             Some("the engine could not run: x")
         );
         assert_eq!(o.http_reqs, 0);
+    }
+
+    #[test]
+    fn reports_fall_due_at_whole_intervals_of_the_start() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        assert_eq!(next_report_at(start, start, second), start + second);
+        assert_eq!(
+            next_report_at(start + second, start, second),
+            start + 2 * second
+        );
+        assert_eq!(
+            next_report_at(start, start + ms(2_300), second),
+            start + ms(3_000)
+        );
+        assert_eq!(
+            next_report_at(start, start + ms(3_000), second),
+            start + ms(4_000)
+        );
+        assert_eq!(
+            next_report_at(start, start + ms(1_100), ms(250)),
+            start + ms(1_250)
+        );
     }
 
     #[test]
