@@ -18,6 +18,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `pacer worker --lost-after`: a duration within the worker's bounds
+/// (`pacer_worker::check_lost_after`).
+pub fn parse_lost_after(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    pacer_worker::check_lost_after("--lost-after", d).map_err(|e| e.to_string())
+}
+
 /// `--weight`: a test's weight on its budget, by the plan's rule for `weight:`.
 pub fn parse_weight(s: &str) -> Result<f64, String> {
     let w: f64 = s
@@ -33,6 +40,14 @@ pub fn parse_weight(s: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_after_is_a_bounded_duration() {
+        assert_eq!(parse_lost_after("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_lost_after("1s").unwrap_err().contains("--lost-after"));
+        assert!(parse_lost_after("2h").is_err());
+        assert!(parse_lost_after("soon").is_err());
+    }
 
     #[test]
     fn weights_are_bounded_numbers() {

@@ -57,6 +57,11 @@ pub struct WorkerArgs {
     /// After losing the controller, keep running the shard and reconnecting this long.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::flags::parse_duration)]
     pub reconnect_for: Duration,
+    /// Stop this worker's load once no controller has been heard from this long (5s to 1h):
+    /// longer than a controller's restart or failover, short enough that a controller gone
+    /// for good leaves little load behind. The worker still reconnects to deliver its results.
+    #[arg(long, env = "PACER_LOST_AFTER", value_name = "DURATION", default_value = "30s", value_parser = crate::flags::parse_lost_after)]
+    pub lost_after: Duration,
     /// Abort when standard input reaches its end (`pacer run --workers` ties its worker
     /// processes to itself this way, so they die with it).
     #[arg(long, hide = true)]
@@ -191,6 +196,7 @@ pub async fn run(args: WorkerArgs) -> Exit {
         force_worker_header: args.worker_header,
         connect_for: args.connect_for,
         reconnect_for: args.reconnect_for,
+        lost_after: args.lost_after,
         resolve_plan_env: args.resolve_plan_env,
         redis,
     };

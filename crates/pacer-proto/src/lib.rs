@@ -71,6 +71,30 @@ pub const MAX_HELLO_BYTES: usize = 64 << 10;
 /// operator).
 pub const MIN_SESSION_TOKEN_BYTES: usize = 16;
 
+/// How long a running worker keeps sending with no message from any controller before it
+/// stops its load on its own (`pacer worker --lost-after`, a LoadTest's `spec.lostAfter`).
+/// Longer than a controller's restart or failover, which a worker must ride out: the
+/// operator's standby takes its Lease at most about 17 s after the leader's last renewal (a
+/// 15 s lease seen at most 2 s late), becomes Ready and is dialed within the worker's 2 s
+/// backoff, so a worker hears from it about 20 s after it last heard the old one. Short enough
+/// to protect the target: a controller gone for good (deleted, its node lost, a test it cannot
+/// resume) leaves at most this much load behind, not the rest of the test.
+pub const LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The shortest `lost_after`: below a few heartbeats (1 s each) a busy controller or one slow
+/// reconnect would stop a healthy worker's load.
+pub const MIN_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The longest `lost_after`: past an hour the bound protects nothing, and durations stay far
+/// from overflowing an `Instant`.
+pub const MAX_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What is wrong with a `lost_after` of `d`, if anything (the caller names the field).
+pub fn lost_after_problem(d: std::time::Duration) -> Option<String> {
+    (!(MIN_LOST_AFTER..=MAX_LOST_AFTER).contains(&d))
+        .then(|| format!("{d:?} is not between {MIN_LOST_AFTER:?} and {MAX_LOST_AFTER:?}"))
+}
+
 /// Longest text from the other side (a worker's error, a gRPC status message, a stop reason)
 /// that is logged or put in a status, in characters. A real error is a line or two; the cap
 /// keeps a hostile or broken peer from filling logs and the LoadTest's status.
@@ -212,6 +236,16 @@ impl From<controller_message::Body> for ControllerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_after_is_bounded() {
+        assert_eq!(lost_after_problem(LOST_AFTER), None);
+        assert_eq!(lost_after_problem(MIN_LOST_AFTER), None);
+        assert_eq!(lost_after_problem(MAX_LOST_AFTER), None);
+        let p = lost_after_problem(std::time::Duration::from_secs(1)).unwrap();
+        assert_eq!(p, "1s is not between 5s and 3600s");
+        assert!(lost_after_problem(std::time::Duration::from_secs(3601)).is_some());
+    }
 
     #[test]
     fn peer_text_escapes_control_characters_and_caps_the_length() {

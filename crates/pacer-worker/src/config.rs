@@ -15,6 +15,26 @@ pub(crate) const CONNECT_FOR: Duration = Duration::from_secs(60);
 /// controller pod to be rescheduled and restarted, which then takes the shard back.
 pub(crate) const RECONNECT_FOR: Duration = Duration::from_secs(300);
 
+/// A `lost_after` outside the protocol's bounds (`pacer_proto::lost_after_problem`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {problem}")]
+pub struct LostAfterError {
+    /// The field or flag that held it (`--lost-after`).
+    pub field: String,
+    pub problem: String,
+}
+
+/// Check a `lost_after` given as `field`.
+pub fn check_lost_after(field: &str, value: Duration) -> Result<Duration, LostAfterError> {
+    match pacer_proto::lost_after_problem(value) {
+        None => Ok(value),
+        Some(problem) => Err(LostAfterError {
+            field: field.to_string(),
+            problem,
+        }),
+    }
+}
+
 /// How a worker finds and talks to its controller.
 #[derive(Clone)]
 pub struct WorkerConfig {
@@ -37,6 +57,10 @@ pub struct WorkerConfig {
     /// After losing the controller, keep running and trying to reconnect this long (default
     /// 5 min); past it a running shard goes on, but a finished one gives up delivering.
     pub reconnect_for: Duration,
+    /// A running shard that hears nothing from any controller this long stops its load (the
+    /// engine is aborted); it still reconnects to deliver its results within
+    /// `reconnect_for` (default `pacer_proto::LOST_AFTER`, 30 s).
+    pub lost_after: Duration,
     /// Resolve the plan's `${env:NAME}` references in this process's environment: the
     /// Kubernetes operator sends them unresolved, so credentials (the worker pods' Secrets)
     /// never pass through the controller.
@@ -77,6 +101,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("force_worker_header", &self.force_worker_header)
             .field("connect_for", &self.connect_for)
             .field("reconnect_for", &self.reconnect_for)
+            .field("lost_after", &self.lost_after)
             .field("resolve_plan_env", &self.resolve_plan_env)
             .field(
                 "redis",
@@ -101,6 +126,7 @@ impl WorkerConfig {
             force_worker_header: false,
             connect_for: CONNECT_FOR,
             reconnect_for: RECONNECT_FOR,
+            lost_after: pacer_proto::LOST_AFTER,
             resolve_plan_env: false,
             redis: None,
         }
@@ -132,6 +158,20 @@ mod tests {
         assert_eq!(url("127.0.0.1:7000"), "http://127.0.0.1:7000");
         assert_eq!(url("http://c:1"), "http://c:1");
         assert_eq!(url("https://c:1"), "https://c:1");
+    }
+
+    #[test]
+    fn lost_after_is_bounded_and_the_error_names_the_field() {
+        let d = pacer_proto::LOST_AFTER;
+        assert_eq!(check_lost_after("--lost-after", d), Ok(d));
+        for bad in [
+            Duration::ZERO,
+            Duration::from_secs(4),
+            Duration::from_secs(3601),
+        ] {
+            let e = check_lost_after("spec.lostAfter", bad).unwrap_err();
+            assert!(e.to_string().starts_with("spec.lostAfter: "), "{e}");
+        }
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! common instant, runs its shard with the engine and streams CUMULATIVE snapshots every
 //! second until it has delivered its final one.
 //!
-//! Losing the controller does not stop the shard: the worker keeps running and reconnects
-//! with backoff (100 ms doubling to 2 s, with jitter) for [`WorkerConfig::reconnect_for`],
-//! resuming its session (its index, its elapsed time, its latest snapshot). Because every
-//! report is cumulative, the controller that takes it back, restarted or not, neither loses
-//! nor double-counts anything.
+//! Losing the controller does not stop the shard at once: the worker keeps running and
+//! reconnects with backoff (100 ms doubling to 2 s, with jitter) for
+//! [`WorkerConfig::reconnect_for`], resuming its session (its index, its elapsed time, its
+//! latest snapshot). Because every report is cumulative, the controller that takes it back,
+//! restarted or not, neither loses nor double-counts anything. A shard that hears from no
+//! controller for [`WorkerConfig::lost_after`] (default `pacer_proto::LOST_AFTER`, 30 s) stops its load
+//! on its own and only tries to deliver its results.
 //!
 //! The rooms, in the order a worker goes through them:
 //! - `config`: how a worker finds and talks to its controller ([`WorkerConfig`]);
@@ -38,7 +40,7 @@ mod start;
 mod tls;
 
 pub use assign::{plan_from_assign, plan_from_assign_env, shard_limits};
-pub use config::{RedisJoin, WorkerConfig};
+pub use config::{LostAfterError, RedisJoin, WorkerConfig, check_lost_after};
 pub use tls::{CaSource, ConnectError, TlsTrust, Transport};
 
 use reconnect::{AfterLoss, Standing};

@@ -69,6 +69,9 @@ pub(crate) struct Running {
     heartbeat_every: Duration,
     /// How long the controller may be silent; each session's Assign sets it anew.
     pub(crate) peer_timeout: Duration,
+    /// When a controller was last heard from (any message, any session): the watchdog of
+    /// `lost_after` ([`watch_for_lost`]) reads it.
+    heard: watch::Sender<Instant>,
 }
 
 impl Running {
@@ -95,7 +98,24 @@ impl Running {
             report_every: interval(a.report_interval_ms),
             heartbeat_every: interval(a.heartbeat_interval_ms),
             peer_timeout,
+            heard: watch::Sender::new(Instant::now()),
         }
+    }
+
+    /// A controller was heard from just now.
+    pub(crate) fn heard(&self) {
+        self.heard.send_replace(Instant::now());
+    }
+
+    /// Start the watchdog that stops this shard's load once no controller has been heard
+    /// from for `lost_after` ([`watch_for_lost`]).
+    pub(crate) fn guard(&self, lost_after: Duration) {
+        tokio::spawn(watch_for_lost(
+            self.heard.subscribe(),
+            lost_after,
+            self.control.abort.clone(),
+            self.done.clone(),
+        ));
     }
 
     pub(crate) fn done(&self) -> Option<EngineEnd> {
@@ -260,6 +280,7 @@ pub(crate) async fn stream_reports(
             }
             m = inbound.message() => {
                 last_heard = Instant::now();
+                r.heard();
                 match m {
                     Ok(Some(m)) => r.obey(m.body),
                     Ok(None) if finished_sent => return Ok(()),
@@ -268,6 +289,40 @@ pub(crate) async fn stream_reports(
                     Err(status) => return Err(classify(&status)),
                 }
             }
+        }
+    }
+}
+
+/// Whether a controller last heard from at `heard` is lost at `now`.
+fn is_lost(heard: Instant, now: Instant, lost_after: Duration) -> bool {
+    now.saturating_duration_since(heard) >= lost_after
+}
+
+/// The watchdog of `lost_after`: once no controller has been heard from for that long, the
+/// shard's engine is aborted (in-flight requests end, no new one starts), so a worker whose
+/// controller is gone for good stops loading the target on its own. Ends with the engine.
+/// The worker keeps reconnecting meanwhile: a controller that comes back still gets the
+/// results, marked stopped early.
+async fn watch_for_lost(
+    mut heard: watch::Receiver<Instant>,
+    lost_after: Duration,
+    abort: CancellationToken,
+    mut done: watch::Receiver<Option<EngineEnd>>,
+) {
+    loop {
+        let last = *heard.borrow_and_update();
+        if is_lost(last, Instant::now(), lost_after) {
+            tracing::error!(
+                "no controller heard from for {lost_after:?} (--lost-after): stopping this worker's load"
+            );
+            abort.cancel();
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(last + lost_after) => {}
+            changed = heard.changed() => if changed.is_err() { return },
+            _ = abort.cancelled() => return,
+            _ = done.wait_for(Option::is_some) => return,
         }
     }
 }
@@ -372,6 +427,42 @@ mod tests {
             interval(u32::MAX),
             Duration::from_millis(u64::from(u32::MAX))
         );
+    }
+
+    #[test]
+    fn a_controller_is_lost_once_silent_for_lost_after() {
+        let t = Instant::now();
+        let after = Duration::from_secs(30);
+        assert!(!is_lost(t, t, after));
+        assert!(!is_lost(t, t + Duration::from_millis(29_999), after));
+        assert!(is_lost(t, t + after, after));
+        // A clock read before `heard` (another thread's update) is not lost.
+        assert!(!is_lost(t + after, t, after));
+    }
+
+    /// The watchdog aborts the shard after `lost_after` of silence, and each message from a
+    /// controller postpones it.
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_stops_the_load_after_lost_after_of_silence() {
+        let (r, _ended) = idle_running(0, "t", vec![1]);
+        let after = Duration::from_secs(30);
+        r.guard(after);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        r.heard();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(!r.control.abort.is_cancelled(), "heard 20 s ago");
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(r.control.abort.is_cancelled(), "silent for 31 s");
+    }
+
+    /// A shard that ends by itself needs no watchdog: it stops without aborting anything.
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_ends_with_the_engine() {
+        let (r, ended) = idle_running(0, "t", vec![1]);
+        r.guard(Duration::from_secs(30));
+        ended.send(Some(EngineEnd::default())).unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!r.control.abort.is_cancelled());
     }
 
     #[test]

@@ -142,7 +142,10 @@ async fn session_inner(
             };
             *running = Some(r);
         }
-        Some(r) => same_shard(&assign, r)?,
+        Some(r) => {
+            same_shard(&assign, r)?;
+            r.heard();
+        }
     }
     let Some(r) = running.as_mut() else {
         return Err(End::Fatal(WorkerError::NotStarted));

@@ -85,15 +85,9 @@ pub(crate) async fn prepare(
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
     );
-    Ok(Some(Running::new(
-        a,
-        recorder,
-        setup,
-        control,
-        start,
-        done,
-        peer_timeout,
-    )))
+    let running = Running::new(a, recorder, setup, control, start, done, peer_timeout);
+    running.guard(cfg.lost_after);
+    Ok(Some(running))
 }
 
 /// An engine spawned and waiting at its start gate.
