@@ -85,6 +85,10 @@ pub struct OperatorArgs {
     /// (repeat; default: none, and worker pods never mount a ServiceAccount token).
     #[arg(long = "allowed-service-account", value_name = "NAME")]
     pub allowed_service_accounts: Vec<String>,
+    /// A Secret every worker pod pulls its image with (repeat; the chart passes its
+    /// `imagePullSecrets`). It must exist in each namespace where LoadTests run.
+    #[arg(long = "worker-image-pull-secret", value_name = "NAME")]
+    pub worker_image_pull_secrets: Vec<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -110,6 +114,11 @@ pub struct SubmitArgs {
     /// Then watch it until it ends; the exit code is the verdict (0, 99, 1).
     #[arg(long)]
     pub wait: bool,
+    /// Put the plan in this ConfigMap (created or replaced, key `plan.yaml`) and make the
+    /// LoadTest refer to it (`spec.planRef`) instead of holding it: for plans near the API
+    /// server's 1.5 MiB object limit, or kept apart from the resource.
+    #[arg(long, value_name = "NAME")]
+    pub plan_configmap: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -187,6 +196,7 @@ async fn operator_inner(args: OperatorArgs) -> anyhow::Result<Exit> {
         .context("cannot reach Kubernetes (in-cluster config or kubeconfig)")?;
     let mut cfg = OperatorConfig::new(args.advertise_address.clone(), args.worker_image.clone());
     cfg.image_pull_policy = args.worker_image_pull_policy.clone();
+    cfg.worker_image_pull_secrets = args.worker_image_pull_secrets.clone();
     cfg.namespaces = args.namespaces.clone();
     cfg.status_interval = args.status_interval.max(Duration::from_millis(200));
     cfg.defaults.start_timeout = args.start_timeout;
@@ -405,8 +415,18 @@ pub async fn submit(args: SubmitArgs) -> Exit {
             return Exit::Invalid;
         }
     }
+    let (lt, plan_cm) = match &args.plan_configmap {
+        Some(name) => match plan_apart(lt, name) {
+            Ok(x) => x,
+            Err(e) => return failure(e),
+        },
+        None => (lt, None),
+    };
     let created = async {
         let (client, ns) = client_and_namespace(&args.namespace).await?;
+        if let Some(cm) = &plan_cm {
+            apply_plan_config_map(&client, &ns, cm).await?;
+        }
         let api: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
         let created = api
             .create(&PostParams::default(), &lt)
@@ -427,6 +447,44 @@ pub async fn submit(args: SubmitArgs) -> Exit {
     watch_loop(client, &ns, &name, Duration::from_secs(2))
         .await
         .unwrap_or_else(failure)
+}
+
+/// The LoadTest with its plan moved into the ConfigMap `name` (key
+/// [`pacer_operator::crd::DEFAULT_PLAN_KEY`]), which it refers to by `spec.planRef`.
+fn plan_apart(mut lt: LoadTest, name: &str) -> anyhow::Result<(LoadTest, Option<ConfigMap>)> {
+    let key = pacer_operator::crd::DEFAULT_PLAN_KEY;
+    let text = serde_json::to_string_pretty(&lt.spec.plan).context("writing the plan")?;
+    let cm = pacer_operator::planref::plan_config_map(name, None, key, &text);
+    lt.spec.plan = serde_json::Value::Null;
+    lt.spec.plan_ref = Some(pacer_operator::crd::PlanRef {
+        name: name.to_string(),
+        key: key.to_string(),
+    });
+    Ok((lt, Some(cm)))
+}
+
+/// Create or replace the plan's ConfigMap (server-side apply).
+async fn apply_plan_config_map(client: &Client, ns: &str, cm: &ConfigMap) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let name = cm.metadata.name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(cm)?;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("apiVersion".into(), "v1".into());
+        o.insert("kind".into(), "ConfigMap".into());
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    cms.patch(
+        &name,
+        &PatchParams::apply("pacer-submit").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .with_context(|| format!("writing the plan's ConfigMap {ns}/{name}"))?;
+    eprintln!(
+        "configmap/{name} holds the plan (key {})",
+        pacer_operator::crd::DEFAULT_PLAN_KEY
+    );
+    Ok(())
 }
 
 /// `pacer watch`.
@@ -618,6 +676,18 @@ mod tests {
         let named = loadtest_from_file(&args(&["--name", "t1"]), PLAN).unwrap();
         assert_eq!(named.metadata.name.as_deref(), Some("t1"));
         assert!(named.metadata.generate_name.is_none());
+    }
+
+    #[test]
+    fn a_plan_apart_goes_into_a_configmap_the_loadtest_refers_to() {
+        let lt = loadtest_from_file(&args(&["--plan-configmap", "plans"]), PLAN).unwrap();
+        let (apart, cm) = plan_apart(lt.clone(), "plans").unwrap();
+        let cm = cm.unwrap();
+        assert!(apart.spec.plan.is_null());
+        assert_eq!(apart.spec.plan_ref.as_ref().unwrap().name, "plans");
+        // The operator reads it back into the same plan.
+        let inlined = pacer_operator::planref::inline(&apart, Some(&cm)).unwrap();
+        assert_eq!(inlined.spec.plan, lt.spec.plan);
     }
 
     fn ended(phase: &str, reason: &str) -> LoadTest {

@@ -45,7 +45,7 @@ pub fn run(args: &ValidateArgs) -> Exit {
     let mut worst = Exit::Passed;
     let budgets = budgets_in(&args.plans);
     for p in &args.plans {
-        match validate_one(p, args.latency, &budgets) {
+        match validate_one(p, args.latency, &budgets, &args.plans) {
             Ok(line) => println!("{}: ok: {line}", p.display()),
             Err((message, exit)) => {
                 eprintln!("{message}");
@@ -63,6 +63,7 @@ fn validate_one(
     p: &Path,
     latency: Duration,
     budgets: &[RateBudget],
+    paths: &[PathBuf],
 ) -> Result<String, (String, Exit)> {
     let plan_error = |e: pacer_plan::PlanError| (e.to_string(), exit::for_plan_error(&e));
     let text = std::fs::read_to_string(p).map_err(|source| {
@@ -75,6 +76,9 @@ fn validate_one(
         pacer_plan::load::parse_document(&text, &p.display().to_string()).map_err(plan_error)?;
     if doc.get("kind").and_then(|k| k.as_str()) == Some("RateBudget") {
         return validate_budget(p, doc);
+    }
+    if doc.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap") {
+        return validate_plan_config_map(p, doc);
     }
     if doc.get("kind").and_then(|k| k.as_str()) != Some("LoadTest") {
         return pacer_plan::load_file(p)
@@ -98,6 +102,33 @@ fn validate_one(
     lt.metadata
         .namespace
         .get_or_insert_with(|| DEFAULT_NAMESPACE.into());
+    if let Some(r) = lt.spec.plan_ref.clone() {
+        let config_maps = config_maps_in(paths);
+        let cm = config_maps
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(r.name.as_str()));
+        if cm.is_none() {
+            let errors = pacer_operator::policy::WorkerPolicy::default().check(&lt);
+            if errors.is_empty() {
+                return Ok(format!(
+                    "LoadTest with its plan in ConfigMap {} key {} (not given: give its file too, or the operator checks the plan when the test starts)",
+                    r.name, r.key
+                ));
+            }
+            let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+            return Err((
+                format!("{}: invalid LoadTest:\n{}", p.display(), list.join("\n")),
+                Exit::Invalid,
+            ));
+        }
+        lt = pacer_operator::planref::inline(&lt, cm).map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+            (
+                format!("{}: invalid LoadTest:\n{}", p.display(), list.join("\n")),
+                Exit::Invalid,
+            )
+        })?;
+    }
     let found = lt.spec.budget_ref.as_ref().map(|r| {
         budgets
             .iter()
@@ -163,6 +194,57 @@ fn budgets_in(paths: &[PathBuf]) -> Vec<RateBudget> {
             Some(rb)
         })
         .collect()
+}
+
+/// The ConfigMaps among `paths` (for the LoadTests whose `spec.planRef` names one).
+fn config_maps_in(paths: &[PathBuf]) -> Vec<k8s_openapi::api::core::v1::ConfigMap> {
+    paths
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            let doc = pacer_plan::load::parse_document(&text, &p.display().to_string()).ok()?;
+            if doc.get("kind").and_then(|k| k.as_str()) != Some("ConfigMap") {
+                return None;
+            }
+            serde_json::from_value(doc).ok()
+        })
+        .collect()
+}
+
+/// A ConfigMap of plans (for `spec.planRef`): each key named `*.yaml`, `*.yml` or `*.json`
+/// checked as a LoadTest's plan, with every `${env:}` taken as given (the LoadTest referring
+/// to it says which are).
+fn validate_plan_config_map(p: &Path, doc: serde_json::Value) -> Result<String, (String, Exit)> {
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(doc).map_err(|e| {
+        (
+            format!("{}: not a ConfigMap: {e}", p.display()),
+            Exit::Invalid,
+        )
+    })?;
+    let name = cm.metadata.name.clone().unwrap_or_default();
+    let given = |_: &str| Some(pacer_operator::prepare::PLACEHOLDER.to_string());
+    let refs = pacer_plan::Refs::Remote { provided: &given };
+    let mut lines = Vec::new();
+    for (key, text) in cm.data.iter().flatten() {
+        if ![".yaml", ".yml", ".json"].iter().any(|x| key.ends_with(x)) {
+            continue;
+        }
+        let source = format!("{}: ConfigMap {name}, key {key}", p.display());
+        let plan = pacer_plan::load::parse_document(text, &source)
+            .and_then(|doc| pacer_plan::load_value(doc, &source, &refs))
+            .map_err(|e| (e.to_string(), exit::for_plan_error(&e)))?;
+        lines.push(format!("{key}: {}", plan_line(&plan)));
+    }
+    if lines.is_empty() {
+        return Err((
+            format!(
+                "{}: ConfigMap {name} has no key named *.yaml, *.yml or *.json (a plan)",
+                p.display()
+            ),
+            Exit::Invalid,
+        ));
+    }
+    Ok(format!("ConfigMap {name} of plans: {}", lines.join("; ")))
 }
 
 /// A RateBudget manifest, checked as the operator checks it, and what its limits cost.

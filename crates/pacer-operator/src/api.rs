@@ -47,6 +47,16 @@ pub(crate) async fn get_budget(
     Ok(api.get_opt(&r.name).await?)
 }
 
+/// The ConfigMap of `spec.planRef`, in the LoadTest's namespace (`None`: there is none).
+pub(crate) async fn get_plan_config_map(
+    lt: &LoadTest,
+    ctx: &Context,
+    r: &crate::crd::PlanRef,
+) -> Result<Option<ConfigMap>> {
+    let api: Api<ConfigMap> = namespaced(lt, ctx)?;
+    Ok(api.get_opt(&r.name).await?)
+}
+
 /// Write the status (server-side apply on the status subresource, forcing the operator's
 /// fields).
 pub(crate) async fn write_status(

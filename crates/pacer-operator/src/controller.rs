@@ -77,6 +77,8 @@ pub struct Context {
     /// Running tests by LoadTest uid.
     pub runs: Mutex<HashMap<String, RunEntry>>,
     pub metrics: Arc<Metrics>,
+    /// Each running test's last published figures, for `/metrics`.
+    pub board: crate::loadtest_metrics::Board,
     pub reporter: Reporter,
     /// The LoadTest API answered: the operator is ready.
     pub ready: AtomicBool,
@@ -99,12 +101,18 @@ impl Context {
             runner,
             runs: Mutex::new(HashMap::new()),
             metrics,
+            board: Default::default(),
             reporter,
             ready: AtomicBool::new(false),
         }
     }
 
-    /// Handles of the running tests (for /metrics).
+    /// The uids of the running tests (for /metrics).
+    pub fn running_uids(&self) -> std::collections::HashSet<String> {
+        self.runs.lock().keys().cloned().collect()
+    }
+
+    /// Handles of the running tests.
     pub fn running(&self) -> Vec<(String, Arc<dyn RunHandle>)> {
         self.runs
             .lock()

@@ -9,7 +9,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMapVolumeSource, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+    ResourceRequirements, SecretVolumeSource, SecurityContext, Toleration,
+    TopologySpreadConstraint, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -41,12 +46,23 @@ pub const FINALIZER: &str = "pacer.dev/cleanup";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.plan) != has(self.planRef)",
+    "message": "give exactly one of plan (inline) and planRef (a ConfigMap key)"
+}]))]
 pub struct LoadTestSpec {
     /// The test plan, as in a plan file (docs/plan-format.md). `${env:NAME}` references are
     /// resolved by the worker pods, from `credentials` and `workerTemplate.env`; `${file:}`
-    /// references are not allowed here.
+    /// references are not allowed here. Exactly one of `plan` and `planRef`.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     #[schemars(schema_with = "crate::schema::plan_schema")]
     pub plan: serde_json::Value,
+    /// The plan kept in a ConfigMap of the LoadTest's namespace instead of inline (a plan
+    /// near the object size limit, or one kept apart from the resource): read by the operator
+    /// when the test starts and checked exactly as an inline plan. Exactly one of `plan` and
+    /// `planRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_ref: Option<PlanRef>,
     /// Worker pods sharing the plan (default: the plan's `workers`, else 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
@@ -89,6 +105,26 @@ pub struct LoadTestSpec {
     /// join the plan's, shared with every other test on it (docs/kubernetes.md, "RateBudget").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_ref: Option<crate::ratebudget::BudgetRef>,
+}
+
+/// A plan in a ConfigMap key (YAML or JSON, as in a plan file).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanRef {
+    /// The ConfigMap's name, in the LoadTest's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the plan (default `plan.yaml`).
+    #[serde(default = "default_plan_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// The key `planRef` reads when it names none, and `pacer submit --plan-configmap` writes.
+pub const DEFAULT_PLAN_KEY: &str = "plan.yaml";
+
+fn default_plan_key() -> String {
+    DEFAULT_PLAN_KEY.to_string()
 }
 
 /// When the worker image is pulled.
@@ -140,6 +176,65 @@ pub struct WorkerTemplate {
     /// Annotations of the worker pods (e.g. to keep a service mesh sidecar out).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Secrets (in the LoadTest's namespace) to pull the worker image with, besides the
+    /// operator's own (`--worker-image-pull-secret`, the chart's `imagePullSecrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Environment from ConfigMaps (every key); a Secret only when it is one of the test's
+    /// `credentials` (the operator refuses any other).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub env_from: Vec<EnvFromSource>,
+    /// Volumes of the worker pods: ConfigMaps, empty dirs, PersistentVolumeClaims, and
+    /// Secrets of the test's `credentials` only. No hostPath or other source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub volumes: Vec<WorkerVolume>,
+    /// Where the worker container mounts `volumes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub volume_mounts: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// A PriorityClass of the cluster (not one of the `system-` ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub runtime_class_name: Option<String>,
+    /// The worker container's security context: only stricter than the operator's
+    /// (non-root, no privilege escalation, read-only root, every capability dropped,
+    /// RuntimeDefault seccomp); a looser field is refused, named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+    /// The worker pod's security context (user, groups, fsGroup), by the same rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
+}
+
+/// A volume of the worker pods: one of the sources a load test needs, nothing that reaches
+/// the node (hostPath) or another's data.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.configMap) ? 1 : 0) + (has(self.secret) ? 1 : 0) + (has(self.emptyDir) ? 1 : 0) + (has(self.persistentVolumeClaim) ? 1 : 0) == 1",
+    "message": "give exactly one of configMap, secret, emptyDir, persistentVolumeClaim (hostPath and the other volume sources are not allowed)"
+}]))]
+pub struct WorkerVolume {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapVolumeSource>,
+    /// Only the Secret of one of the test's `credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir: Option<EmptyDirVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
 }
 
 /// One credential of the plan, read from a Secret by the worker pods.
@@ -337,9 +432,45 @@ pub struct LoadTestStatus {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// SHA-256 (hex) of the test's session token, written before its workers are created: an
+    /// operator that restarts verifies the workers that reconnect against it, without
+    /// reading the session Secret (docs/security.md, "Resuming a test after a restart").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token_sha256: Option<String>,
+    /// SHA-256 (hex) of the plan the workers were given: a restarted operator resumes the
+    /// test only if the spec still prepares into this very plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_sha256: Option<String>,
     /// The pods and session Secret were deleted by the cleanup policy.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cleaned_up: bool,
+    /// Where the plan came from: `spec.plan` or the ConfigMap of `spec.planRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_source: Option<PlanSource>,
+}
+
+/// Where a LoadTest's plan came from.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanSource {
+    pub kind: PlanSourceKind,
+    /// The ConfigMap (kind ConfigMap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The ConfigMap's resourceVersion the test was checked and started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum PlanSourceKind {
+    /// `spec.plan`.
+    #[default]
+    Inline,
+    /// `spec.planRef`.
+    ConfigMap,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]

@@ -9,6 +9,8 @@
 //!   made structural for `spec.plan`;
 //! - [`prepare`]: a LoadTest -> a validated plan, workers, test id; [`policy`]: what a
 //!   LoadTest may ask of its worker pods (images, ServiceAccounts, env);
+//! - [`planref`]: `spec.planRef`, a plan read from a ConfigMap and checked as an inline one;
+//! - [`pod_template`]: the rest of `spec.workerTemplate` laid over the worker pod;
 //! - [`resources`]: the Secret, Job and ConfigMap a LoadTest owns;
 //! - [`controller`]: reconcile, finalizer, error policy, the watch loop; `phases`: the phase
 //!   machine each reconcile runs; `api`: its calls to the API server; [`verdict`]: how a test
@@ -18,6 +20,7 @@
 //! - [`grpc`]: the shared listener that routes each worker to its test;
 //! - [`diagnose`]: why worker pods are missing;
 //! - [`status`]: conditions and live numbers; [`metrics`]: `/metrics`, `/healthz`, `/readyz`;
+//!   [`loadtest_metrics`]: each running test's figures there, from the last merged state;
 //! - [`sizes`]: the status and the report kept under the API server's size limits;
 //! - [`lenient`]: LoadTests watched by their metadata, so one the operator cannot read is
 //!   reported on its own instead of stopping the watch of all of them.
@@ -30,9 +33,12 @@ pub mod crd;
 pub mod diagnose;
 pub mod grpc;
 pub mod lenient;
+pub mod loadtest_metrics;
 mod messages;
 pub mod metrics;
 mod phases;
+pub mod planref;
+pub mod pod_template;
 pub mod policy;
 pub mod prepare;
 pub mod ratebudget;
@@ -61,6 +67,9 @@ pub struct OperatorConfig {
     /// The pacer image of the workers when a LoadTest names none.
     pub worker_image: String,
     pub image_pull_policy: Option<String>,
+    /// Secrets every worker pod pulls its image with (`--worker-image-pull-secret`, the
+    /// chart's `imagePullSecrets`), in the LoadTest's namespace.
+    pub worker_image_pull_secrets: Vec<String>,
     /// The fleet's Redis when a LoadTest names none.
     pub default_redis: Option<RedisSource>,
     /// How often a running test's status is written.
@@ -87,6 +96,7 @@ impl OperatorConfig {
             },
             worker_image,
             image_pull_policy: None,
+            worker_image_pull_secrets: Vec::new(),
             default_redis: None,
             status_interval: Duration::from_secs(2),
             namespaces: Vec::new(),

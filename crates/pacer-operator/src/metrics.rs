@@ -1,7 +1,7 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus text: the operator's own counters,
-//! then every running test's pacer metrics, rendered by pacer-report from the fleet's merged
-//! snapshot with a `loadtest` label), `/healthz` (the process answers) and `/readyz` (the
-//! LoadTest API answered).
+//! then every running test's live figures as last published by the reconciler, labelled by
+//! namespace and LoadTest name: [`crate::loadtest_metrics`]), `/healthz` (the process
+//! answers) and `/readyz` (this replica leads and the LoadTest API answered).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -143,20 +143,12 @@ pub fn merge_expositions(parts: &[String]) -> String {
 }
 
 async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
-    let running = ctx.running();
-    let mut parts = vec![ctx.metrics.render(running.len())];
-    for (test_id, handle) in running {
-        if let Some((plan, snapshot, elapsed)) = handle.snapshot() {
-            let mc = pacer_report::MetricsContext {
-                const_labels: vec![("loadtest".into(), test_id)],
-                plan: plan.name.clone(),
-                limit_names: plan.limits.iter().map(|l| l.name.clone()).collect(),
-                elapsed_secs: Some(elapsed.as_secs_f64()),
-                ..pacer_report::MetricsContext::default()
-            };
-            parts.push(pacer_report::render_prometheus(&snapshot, &mc));
-        }
-    }
+    // The last published figures of each running test: nothing merged here.
+    let running = ctx.running_uids();
+    let parts = vec![
+        ctx.metrics.render(running.len()),
+        ctx.board.render(&running),
+    ];
     (
         [(header::CONTENT_TYPE, pacer_report::prom::CONTENT_TYPE)],
         merge_expositions(&parts),
@@ -173,7 +165,7 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, &'static str) {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the LoadTest API has not answered yet\n",
+            "not ready: a standby (another replica leads), or the LoadTest API has not answered yet\n",
         )
     }
 }

@@ -158,6 +158,15 @@ pub fn prepare_on(
     }
     let spec = merged_spec.as_ref().unwrap_or(&lt.spec);
     let mut errors = defaults.worker_policy.check(lt);
+    if lt.spec.plan_ref.is_some() {
+        // The operator reads the ConfigMap and hands the LoadTest here inlined
+        // (crate::planref); whoever calls this without doing so has no plan to check.
+        errors.push(FieldError::new(
+            "spec.planRef",
+            "the plan is in a ConfigMap: read it first (pacer validate takes the ConfigMap's file too)",
+        ));
+        return Err(errors);
+    }
     let provided = provided_env(spec, &mut errors);
     let plan = validated_plan(spec, &provided, &mut errors);
     if let Some(plan) = &plan {
@@ -256,10 +265,19 @@ fn validated_plan(
     provided: &BTreeMap<String, Option<String>>,
     errors: &mut Vec<FieldError>,
 ) -> Option<Plan> {
+    // With `envFrom`, the pods have names only their ConfigMaps and Secrets know.
+    let env_from = spec
+        .worker_template
+        .as_ref()
+        .is_some_and(|t| !t.env_from.is_empty());
     let env = |name: &str| -> Option<String> {
         provided
             .get(name)
             .map(|v| v.clone().unwrap_or_else(|| PLACEHOLDER.to_string()))
+            .or_else(|| {
+                (env_from && !name.starts_with(pacer_plan::refs::RESERVED_ENV_PREFIX))
+                    .then(|| PLACEHOLDER.to_string())
+            })
     };
     let doc = json!({
         "apiVersion": "pacer.dev/v1alpha1",

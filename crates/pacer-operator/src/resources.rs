@@ -340,7 +340,7 @@ pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
     let workers = i32::try_from(p.workers).unwrap_or(i32::MAX);
     // Workers end by themselves; this bounds pods that never do (waiting, plan, margin).
     let deadline = p.start_timeout + p.plan.max_duration() + std::time::Duration::from_secs(300);
-    Job {
+    let mut job = Job {
         metadata: meta(lt, &names.job, &p.test_id),
         spec: Some(JobSpec {
             completion_mode: Some("Indexed".into()),
@@ -383,7 +383,11 @@ pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
             ..JobSpec::default()
         }),
         status: None,
+    };
+    if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        crate::pod_template::apply(pod, &template, &cfg.worker_image_pull_secrets);
     }
+    job
 }
 
 fn default_resources() -> ResourceRequirements {

@@ -102,6 +102,11 @@ pub trait RunHandle: Send + Sync {
     fn snapshot(&self) -> Option<(Arc<Plan>, Snapshot, Duration)> {
         None
     }
+    /// What the last [`RunHandle::live`] took from the merged snapshot besides its numbers
+    /// (for `/metrics`, which merges nothing itself).
+    fn figures(&self) -> Option<Arc<crate::loadtest_metrics::Figures>> {
+        None
+    }
 }
 
 /// Why a run could not be started (nothing was started then).
@@ -151,6 +156,7 @@ impl TestRunner for CoordinatorRunner {
             plan: spec.plan.clone(),
             previous: Mutex::new(None),
             end: Mutex::new(None),
+            figures: Mutex::new(None),
         });
         let routes = self.routes.clone();
         let h = handle.clone();
@@ -222,6 +228,7 @@ struct CoordinatorRun {
     plan: Arc<Plan>,
     previous: Mutex<Option<(Instant, u64)>>,
     end: Mutex<Option<RunEnd>>,
+    figures: Mutex<Option<Arc<crate::loadtest_metrics::Figures>>>,
 }
 
 impl RunHandle for CoordinatorRun {
@@ -243,6 +250,10 @@ impl RunHandle for CoordinatorRun {
             _ => 0.0,
         };
         *prev = Some((now, stats.requests));
+        *self.figures.lock() = Some(Arc::new(crate::loadtest_metrics::figures_of(
+            &self.plan,
+            &status.merged,
+        )));
         stats
     }
 
@@ -256,6 +267,10 @@ impl RunHandle for CoordinatorRun {
 
     fn end(&self) -> Option<RunEnd> {
         self.end.lock().clone()
+    }
+
+    fn figures(&self) -> Option<Arc<crate::loadtest_metrics::Figures>> {
+        self.figures.lock().clone()
     }
 
     fn snapshot(&self) -> Option<(Arc<Plan>, Snapshot, Duration)> {

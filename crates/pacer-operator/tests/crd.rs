@@ -213,6 +213,14 @@ fn the_example_loadtests_match_the_crd_schema() {
         // And the operator accepts it (on its RateBudget, from examples/ratebudget*.yaml).
         let mut lt: pacer_operator::LoadTest = serde_json::from_value(doc).expect("a LoadTest");
         lt.metadata.namespace = Some("default".into());
+        // A plan in a ConfigMap: the one of that name among the examples, read as the
+        // operator reads it.
+        if let Some(r) = lt.spec.plan_ref.clone() {
+            let cm = example_config_map(&r.name)
+                .unwrap_or_else(|| panic!("{name}: no ConfigMap example named {:?}", r.name));
+            lt = pacer_operator::planref::inline(&lt, Some(&cm))
+                .unwrap_or_else(|e| panic!("{name}: its planRef does not read: {e:?}"));
+        }
         let budgets = example_budgets();
         let found = lt.spec.budget_ref.as_ref().map(|r| {
             match budgets
@@ -232,6 +240,20 @@ fn the_example_loadtests_match_the_crd_schema() {
         seen += 1;
     }
     assert!(seen >= 1, "no examples/loadtest-*.yaml found");
+}
+
+/// The ConfigMap named `name` among examples/*.yaml.
+fn example_config_map(name: &str) -> Option<k8s_openapi::api::core::v1::ConfigMap> {
+    std::fs::read_dir(root().join("examples"))
+        .expect("examples/")
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.ok()?.path()).ok()?;
+            let doc: Value = serde_saphyr::from_str(&text).ok()?;
+            (doc["kind"] == "ConfigMap" && doc["metadata"]["name"] == name)
+                .then(|| serde_json::from_value(doc).ok())
+                .flatten()
+        })
+        .next()
 }
 
 #[test]
@@ -328,11 +350,38 @@ fn the_worker_template_lets_no_other_pod_field_through() {
             "affinity",
             "annotations",
             "env",
+            "envFrom",
+            "imagePullSecrets",
             "labels",
             "nodeSelector",
+            "podSecurityContext",
+            "priorityClassName",
             "resources",
+            "runtimeClassName",
+            "securityContext",
             "serviceAccountName",
-            "tolerations"
+            "tolerations",
+            "topologySpreadConstraints",
+            "volumeMounts",
+            "volumes"
+        ]
+    );
+    // A volume is one of the allowed sources: hostPath and the rest are not in the schema.
+    let mut sources: Vec<&str> = template["properties"]["volumes"]["items"]["properties"]
+        .as_object()
+        .expect("volume properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    sources.sort_unstable();
+    assert_eq!(
+        sources,
+        [
+            "configMap",
+            "emptyDir",
+            "name",
+            "persistentVolumeClaim",
+            "secret"
         ]
     );
     let mut open = Vec::new();

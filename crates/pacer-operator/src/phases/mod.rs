@@ -58,7 +58,17 @@ pub(crate) async fn apply(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action
         None => crate::budget::Found::Missing,
     });
     let running_now = matches!(phase, Some(Phase::Starting | Phase::Running));
-    let prepared = if running_now && lt.spec.budget_ref.is_some() {
+    // A plan in a ConfigMap (spec.planRef) is read only for a test that may start, then
+    // checked as an inline one; once running, the run in memory holds it.
+    let lt = if running_now {
+        lt
+    } else {
+        match crate::planref::resolve(&lt, &ctx).await? {
+            Ok(inlined) => Arc::new(inlined),
+            Err(errors) => return start::invalid(&lt, &ctx, &errors, Reason::InvalidSpec).await,
+        }
+    };
+    let prepared = if running_now && (lt.spec.budget_ref.is_some() || lt.spec.plan_ref.is_some()) {
         // Not prepared again (the budget may have changed since the start): the run in memory
         // holds what was prepared, and a run this operator lost is lost either way.
         None

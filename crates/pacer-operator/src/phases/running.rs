@@ -75,6 +75,8 @@ pub(super) async fn progress(lt: &LoadTest, ctx: &Context) -> Result<Action> {
     }
     let phase = lt.phase().unwrap_or(Phase::Pending);
     let live = handle.live();
+    ctx.board
+        .publish(lt, &live, handle.figures().as_deref(), prepared.workers);
     let next_phase = if live.started {
         Phase::Running
     } else {
