@@ -89,6 +89,14 @@ pub struct OperatorArgs {
     /// `imagePullSecrets`). It must exist in each namespace where LoadTests run.
     #[arg(long = "worker-image-pull-secret", value_name = "NAME")]
     pub worker_image_pull_secrets: Vec<String>,
+    /// Lead through this Lease (coordination.k8s.io) before reconciling or listening for
+    /// workers, so several replicas can run: one leads, the others wait, not Ready, and one
+    /// takes over within seconds when it dies. Default: no election (a single replica).
+    #[arg(long, value_name = "NAME")]
+    pub leader_elect_lease: Option<String>,
+    /// The Lease's namespace (the chart's: its release namespace).
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
+    pub leader_elect_namespace: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -207,6 +215,26 @@ async fn operator_inner(args: OperatorArgs) -> anyhow::Result<Exit> {
         args.allowed_service_accounts.clone(),
     );
     cfg.instance = std::env::var("POD_NAME").ok();
+    cfg.leader_election = match &args.leader_elect_lease {
+        None => None,
+        Some(lease) => {
+            let Some(namespace) = args.leader_elect_namespace.clone() else {
+                bail!(
+                    "--leader-elect-lease: give the Lease's namespace (--leader-elect-namespace or POD_NAMESPACE)"
+                );
+            };
+            // The pod's name: unique among replicas, the same after a restart in place.
+            let identity = cfg
+                .instance
+                .clone()
+                .unwrap_or_else(|| format!("pacer-operator-{}", std::process::id()));
+            Some(pacer_operator::leader::LeaseSettings::new(
+                namespace,
+                lease.clone(),
+                identity,
+            ))
+        }
+    };
     cfg.default_redis = match (&args.default_redis_url, &args.default_redis_secret) {
         (Some(url), _) => Some(RedisSource::Url(url.clone())),
         (None, Some(s)) => {

@@ -18,6 +18,7 @@
 //!   [`reason`]: the reasons of conditions and Events, shared with the CLI;
 //! - [`runner`]: the seam between Kubernetes and the coordinator (faked in tests);
 //! - [`grpc`]: the shared listener that routes each worker to its test;
+//! - [`leader`]: leader election over a Lease (two replicas: one leads, one waits, not Ready);
 //! - [`diagnose`]: why worker pods are missing;
 //! - [`status`]: conditions and live numbers; [`metrics`]: `/metrics`, `/healthz`, `/readyz`;
 //!   [`loadtest_metrics`]: each running test's figures there, from the last merged state;
@@ -32,6 +33,7 @@ pub mod controller;
 pub mod crd;
 pub mod diagnose;
 pub mod grpc;
+pub mod leader;
 pub mod lenient;
 pub mod loadtest_metrics;
 mod messages;
@@ -53,6 +55,8 @@ pub mod verdict;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 pub use controller::{Context, Error, error_policy, reconcile};
 pub use crd::{LoadTest, LoadTestSpec, LoadTestStatus, Phase};
@@ -81,6 +85,9 @@ pub struct OperatorConfig {
     pub instance: Option<String>,
     /// What worker pods are told to trust: the listener's CA (TLS), or plaintext.
     pub worker_trust: WorkerTrust,
+    /// Lead through this Lease before reconciling or listening for workers (`None`: lead at
+    /// once, a single replica).
+    pub leader_election: Option<leader::LeaseSettings>,
 }
 
 impl OperatorConfig {
@@ -102,6 +109,7 @@ impl OperatorConfig {
             namespaces: Vec::new(),
             instance: None,
             worker_trust: WorkerTrust::InsecurePlaintext,
+            leader_election: None,
         }
     }
 }
@@ -196,16 +204,65 @@ pub enum OperatorError {
     Controller(#[from] controller::Error),
     #[error("the gRPC listener failed")]
     Grpc(#[source] tonic::transport::Error),
+    /// This replica led and may no longer: it stops, and comes back as a standby.
+    #[error("stopped leading")]
+    Leadership(#[source] leader::LeaderError),
 }
 
-/// Run the operator until `shutdown`: the gRPC listener, the HTTP endpoints, the controller.
+/// Run the operator until `shutdown`: the HTTP endpoints, then (once this replica leads,
+/// with `config.leader_election`) the gRPC listener and the controller. A standby serves
+/// `/healthz` and `/metrics`, and `/readyz` says not ready, so a Service sends workers to the
+/// leader only; it binds no gRPC port. A leader that loses its Lease returns
+/// [`OperatorError::Leadership`]: the process exits and comes back as a standby, and the new
+/// leader takes the running tests over.
 pub async fn serve(
     client: kube::Client,
     config: OperatorConfig,
     listen: Listen,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
 ) -> Result<(), OperatorError> {
     let routes = grpc::Routes::default();
+    let runner = Arc::new(runner::CoordinatorRunner::new(routes.clone()));
+    let metrics = Arc::new(metrics::Metrics::default());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        runner,
+        metrics,
+    ));
+    let (http_addr, http_task) = metrics::serve(listen.http, ctx.clone(), shutdown.clone())
+        .await
+        .map_err(|source| OperatorError::Listen {
+            addr: listen.http,
+            source,
+        })?;
+    tracing::info!("operator: metrics and health on http://{http_addr}");
+    // Leadership first: a standby neither reconciles nor listens for workers.
+    let held = match config.leader_election.clone() {
+        None => None,
+        Some(settings) => {
+            let mut elector = leader::Elector::new(client, settings);
+            if !elector.acquire(&shutdown).await {
+                let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+                return Ok(());
+            }
+            // Held beside the work: losing it stops everything (`shutdown`). It is given up
+            // only once the work has stopped (`release`), so two replicas never overlap.
+            let (stop, release) = (shutdown.clone(), CancellationToken::new());
+            let task = tokio::spawn({
+                let release = release.clone();
+                async move {
+                    let held = elector.hold(release).await;
+                    if let Err(e) = &held {
+                        tracing::error!("{}", controller::causes(e));
+                        stop.cancel();
+                    }
+                    held
+                }
+            });
+            Some((task, release))
+        }
+    };
     let grpc_listener = tokio::net::TcpListener::bind(listen.grpc)
         .await
         .map_err(|source| OperatorError::Listen {
@@ -214,22 +271,13 @@ pub async fn serve(
         })?;
     let grpc_addr = grpc_listener.local_addr().unwrap_or(listen.grpc);
     let grpc_task = grpc::serve(
-        routes.clone(),
+        routes,
         grpc_listener,
         listen.transport.clone(),
         shutdown.clone(),
     );
-    let runner = Arc::new(runner::CoordinatorRunner::new(routes));
-    let metrics = Arc::new(metrics::Metrics::default());
-    let ctx = Arc::new(Context::new(client, config.clone(), runner, metrics));
-    let (http_addr, http_task) = metrics::serve(listen.http, ctx.clone(), shutdown.clone())
-        .await
-        .map_err(|source| OperatorError::Listen {
-            addr: listen.http,
-            source,
-        })?;
     tracing::info!(
-        "operator: workers dial {} (gRPC on {grpc_addr}); metrics and health on http://{http_addr}; watching {}",
+        "operator: workers dial {} (gRPC on {grpc_addr}); watching {}",
         config.advertise_address,
         if config.namespaces.is_empty() {
             "every namespace".to_string()
@@ -240,7 +288,15 @@ pub async fn serve(
     let result = controller::run(ctx, shutdown.clone()).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), grpc_task).await {
+    let grpc_result = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
+    if let Some((held, release)) = held {
+        // The work has stopped: give the Lease up (unless it was lost) before the process goes.
+        release.cancel();
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), held).await {
+            return Err(OperatorError::Leadership(e));
+        }
+    }
+    if let Ok(Ok(Err(e))) = grpc_result {
         return Err(OperatorError::Grpc(e));
     }
     result.map_err(OperatorError::from)
