@@ -187,7 +187,8 @@ pub async fn run(args: ControllerArgs) -> Exit {
     if generated_token {
         eprintln!(
             "controller: start each worker with: PACER_SESSION_TOKEN={} pacer worker --connect {addr} --test-id {} {worker_trust}",
-            cfg.session_token, cfg.test_id
+            cfg.session.token().unwrap_or_default(),
+            cfg.test_id
         );
     }
     // The controller serves its fleet one budget for the `scope: fleet` limits (leases) and one

@@ -175,6 +175,8 @@ pub(crate) struct Fleet {
     start: Option<Instant>,
     /// This controller took over a running test from reconnecting workers.
     resumed: bool,
+    /// Only resuming workers are admitted ([`crate::ControllerConfig::resume_only`]).
+    resume_only: bool,
     /// The first reason the fleet was stopped or aborted ([`Fleet::halt`]).
     stop_reason: Option<String>,
     /// The fleet's abortOnFail threshold that stopped it.
@@ -229,6 +231,7 @@ impl Fleet {
                 .collect(),
             start: None,
             resumed: false,
+            resume_only: false,
             stop_reason: None,
             abort_reason: None,
             failure: None,
@@ -372,7 +375,7 @@ impl Fleet {
                 );
             }
         } else {
-            if started {
+            if started || self.resume_only {
                 return Err(Status::failed_precondition(format!(
                     "the test has already started; worker index {index} cannot join now"
                 )));
@@ -919,6 +922,33 @@ mod tests {
         let (c, _rx) = conn(2);
         let late = f.admit("t1", &hello(Some(0), None), c, now).unwrap_err();
         assert_eq!(late.code(), tonic::Code::FailedPrecondition);
+    }
+
+    /// A coordinator rebuilt after its controller restarted mid-test: a fresh worker (a
+    /// process that lost its shard) would run the shard a second time, so only resuming
+    /// workers get in, even before the first of them has set the start.
+    #[test]
+    fn a_resume_only_fleet_refuses_fresh_workers_before_and_after_the_first_resume() {
+        let mut f = Fleet::new(2);
+        f.only_resuming();
+        let now = Instant::now() + Duration::from_secs(60);
+        let (c, _rx) = conn(1);
+        let fresh = f.admit("t1", &hello(Some(0), None), c, now).unwrap_err();
+        assert_eq!(fresh.code(), tonic::Code::FailedPrecondition);
+        assert!(!f.started(), "a refused worker sets nothing");
+        let (c, _rx) = conn(2);
+        assert_eq!(
+            f.admit("t1", &hello(Some(1), Some(3_000_000)), c, now).ok(),
+            Some((1, true))
+        );
+        assert_eq!(f.elapsed(now), Duration::from_secs(3));
+        let (c, _rx) = conn(3);
+        assert!(f.admit("t1", &hello(Some(0), None), c, now).is_err());
+        let (c, _rx) = conn(4);
+        assert_eq!(
+            f.admit("t1", &hello(Some(0), Some(3_000_000)), c, now).ok(),
+            Some((0, true))
+        );
     }
 
     #[test]

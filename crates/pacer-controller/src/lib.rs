@@ -16,6 +16,7 @@
 //! - [`report`]: the fleet outcome, the per-worker table, progress lines.
 
 pub mod fleet;
+pub mod key;
 pub mod listener;
 pub mod report;
 pub mod served;
@@ -32,7 +33,6 @@ use pacer_proto::v1::coordinator_server::CoordinatorServer;
 use pacer_proto::{ControllerMessage, Hello, PROTOCOL_VERSION, controller_message};
 use pacer_stats::{Layout, Snapshot};
 use parking_lot::Mutex;
-use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -45,9 +45,10 @@ pub use report::{FleetOutcome, FleetStatus, ProgressTracker, WorkerView};
 pub struct ControllerConfig {
     /// Names the test; workers that send another id are refused.
     pub test_id: String,
-    /// The per-test secret every worker must present in its Hello (at least
-    /// [`pacer_proto::MIN_SESSION_TOKEN_BYTES`]; [`Coordinator::new`] refuses a shorter one).
-    pub session_token: String,
+    /// What the per-test secret every worker presents in its Hello must match: the token (at
+    /// least [`pacer_proto::MIN_SESSION_TOKEN_BYTES`]; [`Coordinator::new`] refuses a shorter
+    /// one) or, for a coordinator rebuilt after a restart, its SHA-256 ([`key::SessionKey`]).
+    pub session: key::SessionKey,
     /// One weight per worker (`len` = the number of workers).
     pub weights: Vec<u32>,
     /// Tell workers to send `X-Pacer-Worker: <index>` with every request.
@@ -68,13 +69,19 @@ pub struct ControllerConfig {
     /// Serve the plan's `scope: fleet` limits to the workers as leases of one budget (when no
     /// Redis shares them; default false: workers split them by weight).
     pub serve_limits: bool,
+    /// This coordinator takes over a test whose workers had already started (its controller
+    /// restarted): only resuming workers are admitted, the first one's elapsed time sets the
+    /// common start, and a fresh Hello (a worker process that lost its shard) is refused, since
+    /// starting it would send its shard's load a second time. [`ControllerConfig::wait_for_workers`]
+    /// then bounds the wait for the first worker to come back (default false).
+    pub resume_only: bool,
 }
 
 impl ControllerConfig {
     pub fn new(test_id: impl Into<String>, session_token: impl Into<String>, workers: u32) -> Self {
         Self {
             test_id: test_id.into(),
-            session_token: session_token.into(),
+            session: key::SessionKey::Token(session_token.into()),
             weights: vec![1; workers as usize],
             send_worker_header: false,
             wait_for_workers: Duration::from_secs(60),
@@ -84,6 +91,7 @@ impl ControllerConfig {
             report_interval: Duration::from_secs(1),
             hello_timeout: Duration::from_secs(10),
             serve_limits: false,
+            resume_only: false,
         }
     }
 }
@@ -172,23 +180,26 @@ impl Coordinator {
         cfg: ControllerConfig,
         tokens: Option<served::TokenService>,
     ) -> Result<Self, ControllerError> {
-        if cfg.session_token.len() < pacer_proto::MIN_SESSION_TOKEN_BYTES {
-            return Err(ControllerError::SessionTokenTooShort(
-                cfg.session_token.len(),
-            ));
+        if let Some(len) = cfg.session.token_len()
+            && len < pacer_proto::MIN_SESSION_TOKEN_BYTES
+        {
+            return Err(ControllerError::SessionTokenTooShort(len));
         }
         let shards = Shard::all(&cfg.weights)?;
         let plan_spec_json = serde_json::to_string(&plan.spec).map_err(ControllerError::Plan)?;
         let plan_source_json =
             serde_json::to_string(&plan.source).map_err(ControllerError::Plan)?;
         let layout = Layout::of(&plan);
-        let fleet = fleet::Fleet::new(cfg.weights.len()).with_series(
+        let mut fleet = fleet::Fleet::new(cfg.weights.len()).with_series(
             pacer_report::FleetSeries::new(
                 &layout,
                 pacer_report::PlannedRate::from_plan(&plan),
                 cfg.weights.len(),
             ),
         );
+        if cfg.resume_only {
+            fleet.only_resuming();
+        }
         let served = served::Served::new(&plan, cfg.serve_limits, tokens);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -407,7 +418,7 @@ pub(crate) fn check_hello(cfg: &ControllerConfig, h: &Hello) -> Result<(), tonic
             env!("CARGO_PKG_VERSION")
         )));
     }
-    if !same_secret(&h.session_token, &cfg.session_token) {
+    if !cfg.session.accepts(&h.session_token) {
         return Err(tonic::Status::unauthenticated(
             "hello.session_token: not this test's session token",
         ));
@@ -420,13 +431,6 @@ pub(crate) fn check_hello(cfg: &ControllerConfig, h: &Hello) -> Result<(), tonic
         )));
     }
     Ok(())
-}
-
-/// Compare secrets in constant time (`subtle`): how long the comparison takes says nothing
-/// of where the first differing byte is. (A length mismatch returns at once: the length of a
-/// generated token is no secret.)
-fn same_secret(given: &str, expected: &str) -> bool {
-    bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 /// A message for a worker's stream.
@@ -481,8 +485,9 @@ mod tests {
 
     #[test]
     fn same_secret_compares_whole_tokens() {
-        assert!(same_secret("0123456789abcdef", "0123456789abcdef"));
-        assert!(!same_secret("0123456789abcdeX", "0123456789abcdef"));
-        assert!(!same_secret("0123456789abcde", "0123456789abcdef"));
+        let key = key::SessionKey::from("0123456789abcdef");
+        assert!(key.accepts("0123456789abcdef"));
+        assert!(!key.accepts("0123456789abcdeX"));
+        assert!(!key.accepts("0123456789abcde"));
     }
 }

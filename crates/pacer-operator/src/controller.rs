@@ -25,7 +25,6 @@ use tokio::time::Instant;
 
 use crate::OperatorConfig;
 use crate::crd::{FINALIZER, LoadTest};
-use crate::messages;
 use crate::metrics::Metrics;
 use crate::phases::{self, internal_error};
 use crate::prepare::Prepared;
@@ -67,6 +66,13 @@ pub struct RunEntry {
     pub last_write: Option<Instant>,
     /// Why it is being stopped (suspend), once asked.
     pub stopping: Option<String>,
+    /// What every status write records for an operator that restarts to resume the run:
+    /// the session token's SHA-256 and the plan's (written again with each status, so a write
+    /// from a stale copy of the LoadTest never drops them).
+    pub(crate) record: crate::phases::Record,
+    /// Taken over after a restart (`phases::resume`): its live numbers are written only once
+    /// every worker is back or lost, so the status never goes backwards.
+    pub resumed: bool,
 }
 
 /// What every reconcile shares.
@@ -262,10 +268,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio_util::sync::CancellationToke
     // RateBudgets beside them (budget_status.rs): their status, their finalizer.
     let budgets = crate::budget_status::run(ctx.clone(), shutdown.clone());
     futures::future::join(futures::future::join_all(controllers), budgets).await;
-    // Stop what still runs: the workers keep trying to reconnect for a while, then give up.
-    for (id, handle) in ctx.running() {
-        tracing::warn!("operator stopping: aborting test {id}");
-        handle.abort(messages::SHUTTING_DOWN);
+    // What still runs is left to the next operator (a restart, an upgrade, the standby): the
+    // workers keep their shards running and reconnect to it, which verifies them against the
+    // status and resumes the test (phases::resume). Aborting them here would end the test.
+    for (id, _) in ctx.running() {
+        tracing::warn!("operator stopping: test {id} keeps running; the next operator resumes it");
     }
     Ok(())
 }

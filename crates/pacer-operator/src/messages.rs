@@ -43,7 +43,33 @@ pub(crate) fn workers_created(
 /// Why a run is aborted when its Job or Secret could not be created.
 pub(crate) const WORKERS_NOT_CREATED: &str = "the worker pods could not be created";
 
-pub(crate) const LOST_SESSION: &str = "the controller restarted while the test ran; the test's session lived in its memory and is lost: run the test again";
+/// A test the restarted operator cannot resume, and why (`why` names what is missing).
+pub(crate) fn cannot_resume(why: &str) -> String {
+    format!(
+        "the controller restarted while the test ran and cannot resume it: {why}; its workers were deleted: run the test again"
+    )
+}
+
+/// No worker came back to a resumed test.
+pub(crate) fn not_resumed(workers: u32, waited: Duration) -> String {
+    cannot_resume(&format!(
+        "none of its {workers} workers reconnected within {}s",
+        waited.as_secs()
+    ))
+}
+
+/// The Event of a test taken over after a restart.
+pub(crate) fn resumed_event(test_id: &str, workers: u32, running: bool, wait: Duration) -> String {
+    format!(
+        "the controller restarted: resuming test {test_id}, {}: its {workers} workers are verified against status.sessionTokenSha256 as they reconnect (up to {}s)",
+        if running {
+            "which was running"
+        } else {
+            "which was starting"
+        },
+        wait.as_secs()
+    )
+}
 
 /// The status message of a running test.
 pub(crate) fn running(stopping: Option<&str>) -> String {
@@ -76,6 +102,3 @@ pub(crate) const INTERNAL_ERROR_ABORT: &str = "the operator failed on this LoadT
 pub(crate) fn internal_error(what: &str) -> String {
     format!("the operator failed on this LoadTest (a bug, please report it): {what}")
 }
-
-/// Why the runs still going are aborted when the operator stops.
-pub(crate) const SHUTTING_DOWN: &str = "the controller is shutting down";

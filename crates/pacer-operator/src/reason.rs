@@ -41,8 +41,12 @@ pub enum Reason {
     Aborted,
     /// The LoadTest was deleted while it ran.
     Deleted,
-    /// The operator restarted while the test ran (the session lived in its memory).
+    /// The operator restarted while the test ran and could not resume it (the message says
+    /// why: nothing to verify its workers against, the plan changed, no worker came back).
     ControllerRestarted,
+    /// The Event of a test taken over by a restarted operator (or a new leader): its workers
+    /// are verified against the token's hash on the status and resume.
+    Resumed,
     /// `spec.budgetRef` names no RateBudget of the LoadTest's namespace (or one being
     /// deleted): nothing was started.
     BudgetNotFound,
@@ -57,7 +61,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason (for tests that check the wire names).
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Self::Valid,
         Self::InvalidSpec,
         Self::InternalError,
@@ -73,6 +77,7 @@ impl Reason {
         Self::Aborted,
         Self::Deleted,
         Self::ControllerRestarted,
+        Self::Resumed,
         Self::BudgetNotFound,
         Self::InvalidBudget,
         Self::Observed,
@@ -97,6 +102,7 @@ impl Reason {
             Self::Aborted => "Aborted",
             Self::Deleted => "Deleted",
             Self::ControllerRestarted => "ControllerRestarted",
+            Self::Resumed => "Resumed",
             Self::BudgetNotFound => "BudgetNotFound",
             Self::InvalidBudget => "InvalidBudget",
             Self::Observed => "Observed",
@@ -154,6 +160,7 @@ mod tests {
             Reason::Starting,
             Reason::Started,
             Reason::Running,
+            Reason::Resumed,
         ];
         for r in Reason::ALL.into_iter().filter(|r| !not_an_end.contains(r)) {
             assert!(

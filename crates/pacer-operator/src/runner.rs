@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pacer_controller::key::SessionKey;
 use pacer_controller::{ControllerConfig, ControllerError, Coordinator, FleetStatus, WorkerState};
 use pacer_plan::Plan;
 use pacer_stats::{Snapshot, ThresholdResult};
@@ -19,11 +20,17 @@ use crate::grpc::Routes;
 #[derive(Clone, Debug)]
 pub struct RunSpec {
     pub test_id: String,
-    pub session_token: String,
+    /// What the workers' token must match: the token a new test was given, or the SHA-256
+    /// kept on the status for a test taken over after a restart.
+    pub session: SessionKey,
     pub plan: Arc<Plan>,
     pub workers: u32,
-    /// Give up when not every worker is ready after this long.
+    /// Give up when not every worker is ready after this long (a resumed test: when no worker
+    /// came back within it).
     pub wait_for_workers: Duration,
+    /// The test had started under a previous operator: only workers that resume it are
+    /// admitted (`ControllerConfig::resume_only`).
+    pub resume_only: bool,
 }
 
 /// A worker's health as the controller sees it.
@@ -68,6 +75,9 @@ pub enum RunEnd {
     },
     /// Stopped before the start (suspend, deletion).
     Stopped(String),
+    /// A test taken over after a restart: no worker came back to resume it within
+    /// [`RunSpec::wait_for_workers`].
+    NotResumed { workers: u32, waited: Duration },
     /// Anything else.
     Error(String),
 }
@@ -138,11 +148,9 @@ impl CoordinatorRunner {
 
 impl TestRunner for CoordinatorRunner {
     fn start(&self, spec: RunSpec) -> Result<Arc<dyn RunHandle>, StartError> {
-        let mut cfg = ControllerConfig::new(
-            spec.test_id.clone(),
-            spec.session_token,
-            spec.workers.max(1),
-        );
+        let mut cfg = ControllerConfig::new(spec.test_id.clone(), "", spec.workers.max(1));
+        cfg.session = spec.session;
+        cfg.resume_only = spec.resume_only;
         cfg.wait_for_workers = spec.wait_for_workers;
         // The fleet's `scope: fleet` limits as one budget leased to the pods (workers given a
         // Redis share through it instead); tokens are not served: the pods, not this
@@ -161,6 +169,7 @@ impl TestRunner for CoordinatorRunner {
         let routes = self.routes.clone();
         let h = handle.clone();
         let test_id = spec.test_id;
+        let resume_only = spec.resume_only;
         tokio::spawn(async move {
             let result = coordinator.run().await;
             let end = match result {
@@ -195,6 +204,12 @@ impl TestRunner for CoordinatorRunner {
                         stats,
                     }))
                 }
+                Err(ControllerError::WorkersMissing {
+                    expected, waited, ..
+                }) if resume_only => RunEnd::NotResumed {
+                    workers: expected as u32,
+                    waited,
+                },
                 Err(ControllerError::WorkersMissing {
                     expected,
                     connected,

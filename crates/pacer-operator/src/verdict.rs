@@ -29,6 +29,8 @@ pub enum Outcome<'a> {
     },
     /// Stopped before the common start.
     Stopped(&'a str),
+    /// Taken over after a restart, and no worker came back within `waited` to resume it.
+    NotResumed { workers: u32, waited: Duration },
     /// The run failed for another reason.
     Error(&'a str),
 }
@@ -75,6 +77,11 @@ pub fn verdict(outcome: &Outcome<'_>) -> Verdict {
             Phase::Aborted,
             Reason::Aborted,
             format!("stopped before the start: {reason}"),
+        ),
+        Outcome::NotResumed { workers, waited } => (
+            Phase::Failed,
+            Reason::ControllerRestarted,
+            crate::messages::not_resumed(workers, waited),
         ),
         Outcome::Error(e) => (Phase::Failed, Reason::RunFailed, e.to_string()),
     };

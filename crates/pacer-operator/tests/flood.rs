@@ -62,10 +62,11 @@ async fn a_flood_before_authentication_is_refused_in_bounded_memory_and_a_real_w
     let run = CoordinatorRunner::new(routes.clone())
         .start(RunSpec {
             test_id: "flood-1".into(),
-            session_token: TOKEN.into(),
+            session: TOKEN.into(),
             plan: plan(target),
             workers: 1,
             wait_for_workers: Duration::from_secs(40),
+            resume_only: false,
         })
         .expect("start");
 

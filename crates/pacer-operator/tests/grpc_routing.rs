@@ -109,19 +109,21 @@ async fn two_tests_share_one_listener() {
     let a = runner
         .start(RunSpec {
             test_id: "alpha-1".into(),
-            session_token: "token-a-0123456789abcdef".into(),
+            session: "token-a-0123456789abcdef".into(),
             plan: plan("alpha", target),
             workers: 2,
             wait_for_workers: Duration::from_secs(20),
+            resume_only: false,
         })
         .expect("start alpha");
     let b = runner
         .start(RunSpec {
             test_id: "beta-2".into(),
-            session_token: "token-b-0123456789abcdef".into(),
+            session: "token-b-0123456789abcdef".into(),
             plan: plan("beta", target),
             workers: 1,
             wait_for_workers: Duration::from_secs(20),
+            resume_only: false,
         })
         .expect("start beta");
     assert_eq!(routes.len(), 2);

@@ -232,6 +232,8 @@ const TEST_ID: &str = "run1-0a1b2c3d";
 
 fn starting_steps(name: &str) -> Vec<Step> {
     vec![
+        // What a restarted operator resumes from, before any worker exists.
+        status_patch(name),
         ok_echo(Method::POST, &format!("/api/v1{NS_PATH}/secrets")),
         ok_echo(Method::POST, &format!("/apis/batch/v1{NS_PATH}/jobs")),
         status_patch(name),
@@ -363,16 +365,16 @@ async fn create_starts_the_run_the_secret_and_the_indexed_job() {
     );
     let seen = finish(server).await;
 
-    let secret = &seen[0].1;
+    let secret = &seen[1].1;
     assert_eq!(secret["metadata"]["name"], "run1-session-0a1b2c3d");
     assert_eq!(
         secret["stringData"]["token"],
-        run.spec.session_token.as_str()
+        run.spec.session.token().expect("a token")
     );
     assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "LoadTest");
     assert_eq!(secret["metadata"]["ownerReferences"][0]["controller"], true);
 
-    let job = &seen[1].1;
+    let job = &seen[2].1;
     assert_eq!(job["metadata"]["name"], "run1-workers");
     assert_eq!(job["metadata"]["ownerReferences"][0]["name"], "run1");
     assert_eq!(job["spec"]["completionMode"], "Indexed");
@@ -417,20 +419,20 @@ async fn create_starts_the_run_the_secret_and_the_indexed_job() {
     );
     assert_eq!(by_name("TARGET")["value"], "http://api.example:8080");
     // No secret value anywhere in the Job.
-    assert!(!job.to_string().contains(&run.spec.session_token));
+    assert!(!job.to_string().contains(run.spec.session.token().expect("a token")));
 
-    let status = &seen[2].1["status"];
+    let status = &seen[3].1["status"];
     assert_eq!(status["phase"], "Starting");
     assert_eq!(status["testId"], TEST_ID);
     assert_eq!(status["workers"]["ready"], "0/3");
     assert_eq!(status["observedGeneration"], 1);
     assert!(
-        seen[2].0.contains("fieldManager=pacer-operator"),
+        seen[3].0.contains("fieldManager=pacer-operator"),
         "{}",
-        seen[2].0
+        seen[3].0
     );
-    assert!(seen[2].0.contains("force=true"), "{}", seen[2].0);
-    let event = &seen[3].1;
+    assert!(seen[3].0.contains("force=true"), "{}", seen[3].0);
+    let event = &seen[4].1;
     assert_eq!(event["reason"], "Starting");
     assert_eq!(event["regarding"]["name"], "run1");
 }
@@ -457,8 +459,8 @@ async fn workers_get_the_listeners_ca_through_their_session_secret() {
     ));
     started(&ctx, &runner, loadtest("run1")).await;
     let seen = finish(server).await;
-    assert_eq!(seen[0].1["stringData"]["ca.crt"], CA);
-    let container = &seen[1].1["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(seen[1].1["stringData"]["ca.crt"], CA);
+    let container = &seen[2].1["spec"]["template"]["spec"]["containers"][0];
     let ca_env = container["env"]
         .as_array()
         .expect("env")
@@ -482,8 +484,8 @@ async fn workers_get_the_listeners_ca_through_their_session_secret() {
     let ctx = context(client, runner.clone());
     started(&ctx, &runner, loadtest("run1")).await;
     let seen = finish(server).await;
-    assert!(seen[0].1["stringData"].get("ca.crt").is_none());
-    let args = seen[1].1["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(seen[1].1["stringData"].get("ca.crt").is_none());
+    let args = seen[2].1["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(args.contains("--insecure-plaintext"), "{args}");
 }
 
@@ -544,13 +546,13 @@ async fn workers_connect_then_the_test_runs_with_status_updates() {
 
     let seen = finish(server).await;
     assert!(
-        seen[4]
+        seen[5]
             .0
             .contains("labelSelector=pacer.dev%2Ftest-id%3Drun1-0a1b2c3d"),
         "{}",
-        seen[4].0
+        seen[5].0
     );
-    let waiting = &seen[5].1["status"];
+    let waiting = &seen[6].1["status"];
     assert_eq!(waiting["phase"], "Starting");
     assert_eq!(waiting["workers"]["ready"], "2/3");
     let msg = waiting["message"].as_str().expect("message");
@@ -563,7 +565,7 @@ async fn workers_connect_then_the_test_runs_with_status_updates() {
     let cond = condition(waiting, "WorkersReady");
     assert_eq!(cond["status"], "False");
 
-    let running = &seen[6].1["status"];
+    let running = &seen[7].1["status"];
     assert_eq!(running["phase"], "Running");
     assert_eq!(running["workers"]["ready"], "3/3");
     assert_eq!(running["rps"], 61.2);
@@ -574,8 +576,8 @@ async fn workers_connect_then_the_test_runs_with_status_updates() {
     assert_eq!(running["progress"]["percent"], 12.5);
     assert_eq!(running["thresholds"][0]["passed"], true);
     assert_eq!(running["workerHealth"].as_array().map(Vec::len), Some(3));
-    assert_eq!(seen[7].1["reason"], "Running");
-    assert_eq!(seen[8].1["status"]["requests"], 900);
+    assert_eq!(seen[8].1["reason"], "Running");
+    assert_eq!(seen[9].1["status"]["requests"], 900);
 }
 
 fn finished_steps(name: &str, cleanup: bool) -> Vec<Step> {
@@ -614,21 +616,21 @@ async fn success_stores_the_report_and_cleans_up() {
     assert_eq!(a, Action::await_change());
     assert!(ctx.runs.lock().is_empty());
     let seen = finish(server).await;
-    let cm = &seen[4].1;
+    let cm = &seen[5].1;
     assert_eq!(cm["kind"], "ConfigMap");
     assert_eq!(cm["data"]["summary.txt"], "the summary");
     assert_eq!(cm["metadata"]["ownerReferences"][0]["name"], "run1");
-    assert!(seen[4].0.contains("fieldManager=pacer-operator"));
-    assert!(seen[5].0.contains("DELETE"), "{}", seen[5].0);
-    let status = &seen[7].1["status"];
+    assert!(seen[5].0.contains("fieldManager=pacer-operator"));
+    assert!(seen[6].0.contains("DELETE"), "{}", seen[6].0);
+    let status = &seen[8].1["status"];
     assert_eq!(status["phase"], "Succeeded");
     assert_eq!(status["report"]["configMap"], "run1-report");
     assert_eq!(status["cleanedUp"], true);
     assert!(status["completionTime"].is_string());
     let complete = condition(status, "Complete");
     assert_eq!(complete["reason"], "Succeeded");
-    assert_eq!(seen[8].1["reason"], "Succeeded");
-    assert_eq!(seen[8].1["type"], "Normal");
+    assert_eq!(seen[9].1["reason"], "Succeeded");
+    assert_eq!(seen[9].1["type"], "Normal");
 }
 
 #[tokio::test]
@@ -645,7 +647,7 @@ async fn a_failed_threshold_fails_the_test_and_keeps_the_pods() {
         .await
         .expect("reconcile");
     let seen = finish(server).await;
-    let status = &seen[5].1["status"];
+    let status = &seen[6].1["status"];
     assert_eq!(status["phase"], "Failed");
     assert!(
         status.get("cleanedUp").is_none(),
@@ -659,8 +661,8 @@ async fn a_failed_threshold_fails_the_test_and_keeps_the_pods() {
     );
     let complete = condition(status, "Complete");
     assert_eq!(complete["reason"], "ThresholdsFailed");
-    assert_eq!(seen[6].1["reason"], "ThresholdsFailed");
-    assert_eq!(seen[6].1["type"], "Warning");
+    assert_eq!(seen[7].1["reason"], "ThresholdsFailed");
+    assert_eq!(seen[7].1["type"], "Warning");
 }
 
 #[tokio::test]
@@ -699,16 +701,16 @@ async fn suspend_stops_the_workers_and_ends_aborted() {
     }
     let seen = finish(server).await;
     assert!(
-        seen[4].1["status"]["message"]
+        seen[5].1["status"]["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("stopping: suspended")),
         "{}",
-        seen[4].1
+        seen[5].1
     );
-    let status = &seen[8].1["status"];
+    let status = &seen[9].1["status"];
     assert_eq!(status["phase"], "Aborted");
     assert_eq!(status["cleanedUp"], true);
-    assert_eq!(seen[9].1["reason"], "Aborted");
+    assert_eq!(seen[10].1["reason"], "Aborted");
 }
 
 /// The default policy (onSuccess) deletes the workers of a suspended test too: the user asked
@@ -734,9 +736,9 @@ async fn suspend_deletes_the_workers_under_the_default_cleanup_policy() {
         .await
         .expect("reconcile");
     let seen = finish(server).await;
-    assert!(seen[6].0.contains("DELETE"), "{}", seen[6].0);
     assert!(seen[7].0.contains("DELETE"), "{}", seen[7].0);
-    let status = &seen[8].1["status"];
+    assert!(seen[8].0.contains("DELETE"), "{}", seen[8].0);
+    let status = &seen[9].1["status"];
     assert_eq!(status["phase"], "Aborted");
     assert_eq!(status["cleanedUp"], true);
 }
@@ -778,13 +780,13 @@ async fn deletion_stops_the_run_and_deletes_the_workers() {
     assert!(ctx.runs.lock().is_empty());
     let seen = finish(server).await;
     assert!(
-        seen[4].0.contains("propagationPolicy") || seen[4].1.to_string().contains("Background"),
+        seen[5].0.contains("propagationPolicy") || seen[5].1.to_string().contains("Background"),
         "{:?}",
-        seen[4]
+        seen[5]
     );
-    assert_eq!(seen[6].1["status"]["phase"], "Aborted");
-    assert_eq!(seen[7].1["reason"], "Aborted");
-    assert!(seen[8].1.to_string().contains("remove"), "{}", seen[8].1);
+    assert_eq!(seen[7].1["status"]["phase"], "Aborted");
+    assert_eq!(seen[8].1["reason"], "Aborted");
+    assert!(seen[9].1.to_string().contains("remove"), "{}", seen[9].1);
 }
 
 #[tokio::test]
@@ -826,7 +828,7 @@ async fn worker_pods_that_cannot_start_fail_the_test_with_their_reasons() {
         .await
         .expect("reconcile");
     let seen = finish(server).await;
-    let status = &seen[5].1["status"];
+    let status = &seen[6].1["status"];
     assert_eq!(status["phase"], "Failed");
     let msg = status["message"].as_str().expect("message");
     assert!(
@@ -841,7 +843,7 @@ async fn worker_pods_that_cannot_start_fail_the_test_with_their_reasons() {
     assert!(msg.contains("could not reach the controller"), "{msg}");
     let cond = condition(status, "WorkersReady");
     assert_eq!(cond["reason"], "WorkersMissing");
-    assert_eq!(seen[6].1["reason"], "WorkersMissing");
+    assert_eq!(seen[7].1["reason"], "WorkersMissing");
 }
 
 #[tokio::test]
@@ -885,15 +887,327 @@ async fn an_invalid_spec_names_the_field() {
     assert!(msg.contains("spec.plan.scenarios[0].rate"), "{msg}");
 }
 
-#[tokio::test]
-async fn a_restarted_operator_fails_a_test_it_no_longer_runs() {
-    let (client, server) = api_server(vec![status_patch("run1"), event_post()]);
-    let ctx = context(client, FakeRunner::default());
-    let lt = running(loadtest("run1"));
-    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+// ---- A restarted operator (or a new leader) resumes what runs (phases/resume.rs). ----
+
+/// A test this operator started: its run (with the token the workers got) and what its
+/// status recorded before the workers were created.
+async fn recorded_start(name: &str) -> (Arc<FakeRun>, Value) {
+    let (client, server) = api_server(starting_steps(name));
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, _, _) = started(&ctx, &runner, loadtest(name)).await;
     let seen = finish(server).await;
-    assert_eq!(seen[0].1["status"]["phase"], "Failed");
-    assert_eq!(seen[1].1["reason"], "ControllerRestarted");
+    let record = seen[0].1["status"].clone();
+    // The Starting status repeats it (a write from a stale copy never drops it).
+    for field in ["testId", "sessionTokenSha256", "planSha256"] {
+        assert_eq!(seen[3].1["status"][field], record[field], "{field}");
+    }
+    (run, record)
+}
+
+/// `lt` Running under a previous operator, with what that operator recorded.
+fn running_with(lt: LoadTest, record: &Value) -> LoadTest {
+    with_status(
+        lt,
+        &json!({"status": {"phase": "Running", "testId": TEST_ID, "requests": 500,
+            "startTime": "2020-01-01T00:00:00Z",
+            "sessionTokenSha256": record["sessionTokenSha256"],
+            "planSha256": record["planSha256"]}}),
+    )
+}
+
+fn delete_workers_steps() -> Vec<Step> {
+    vec![
+        ok_echo(
+            Method::DELETE,
+            &format!("/apis/batch/v1{NS_PATH}/jobs/run1-workers"),
+        ),
+        ok_echo(
+            Method::DELETE,
+            &format!("/api/v1{NS_PATH}/secrets/run1-session-0a1b2c3d"),
+        ),
+    ]
+}
+
+/// The record holds the token's SHA-256, never the token, and is written before the Secret
+/// and the Job exist.
+#[tokio::test]
+async fn the_tokens_hash_is_recorded_before_any_worker_exists() {
+    let (run, record) = recorded_start("run1").await;
+    let token = run.spec.session.token().expect("a new test's token");
+    assert_eq!(record["testId"], TEST_ID);
+    let hash = record["sessionTokenSha256"].as_str().expect("the hash");
+    assert_eq!(hash, pacer_controller::key::sha256_hex(token.as_bytes()));
+    assert_eq!(record["planSha256"].as_str().map(str::len), Some(64));
+    assert!(!record.to_string().contains(token), "{record}");
+    assert!(record.get("phase").is_none(), "the phase is not changed: {record}");
+}
+
+/// The path that used to end Failed (ControllerRestarted): the run is rebuilt from the spec,
+/// admits only resuming workers checked against the recorded hash, and an Event says so;
+/// nothing is written until every worker is back, then the status goes on from there.
+#[tokio::test]
+async fn a_restarted_operator_resumes_a_running_test_from_its_record() {
+    let (first, record) = recorded_start("run1").await;
+    let token = first.spec.session.token().expect("a token").to_string();
+
+    let mut steps = vec![event_post()];
+    // Workers back: the status, then the end.
+    steps.push(status_patch("run1"));
+    steps.extend(finished_steps("run1", true));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let lt = running_with(loadtest("run1"), &record);
+    let action = reconcile(Arc::new(lt.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::ZERO));
+    let run = runner.run(TEST_ID).expect("the run is rebuilt");
+    assert!(run.spec.resume_only, "only resuming workers are admitted");
+    assert_eq!(run.spec.wait_for_workers, Duration::from_secs(30));
+    assert_eq!(run.spec.workers, 3);
+    assert_eq!(run.spec.plan.spec, first.spec.plan.spec, "the same plan");
+    // The key is the recorded hash: the workers' token passes, nothing else does.
+    assert_eq!(run.spec.session.token(), None, "the token itself is not known");
+    assert!(run.spec.session.accepts(&token));
+    assert!(!run.spec.session.accepts("0123456789abcdef0123456789abcdef"));
+
+    // Not every worker is back: nothing is written (the status said 500 requests).
+    *run.stats.lock() = LiveStats {
+        started: true,
+        requests: 120,
+        workers: workers(&[Running, Waiting, Waiting]),
+        ..running_stats()
+    };
+    reconcile(Arc::new(lt.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    // Every worker back, with its cumulative numbers.
+    *run.stats.lock() = LiveStats {
+        requests: 600,
+        ..running_stats()
+    };
+    reconcile(Arc::new(lt.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    *run.end.lock() = Some(result(true));
+    reconcile(Arc::new(lt), ctx.clone())
+        .await
+        .expect("reconcile");
+
+    let seen = finish(server).await;
+    assert_eq!(seen[0].1["reason"], "Resumed");
+    assert_eq!(seen[0].1["type"], "Normal");
+    let note = seen[0].1["note"].as_str().expect("note");
+    assert!(note.contains("the controller restarted: resuming test run1-0a1b2c3d"), "{note}");
+    let live = &seen[1].1["status"];
+    assert_eq!(live["phase"], "Running");
+    assert_eq!(live["requests"], 600);
+    assert_eq!(live["sessionTokenSha256"], record["sessionTokenSha256"]);
+    let end = &seen[5].1["status"];
+    assert_eq!(end["phase"], "Succeeded");
+    assert_eq!(seen[6].1["reason"], "Succeeded");
+}
+
+/// A fresh worker (a process that lost its shard) would send its load a second time: only a
+/// resuming one is admitted, and a wrong token is refused, by the real coordinator.
+#[tokio::test]
+async fn a_resumed_coordinator_refuses_a_wrong_token_and_a_fresh_worker() {
+    use pacer_operator::runner::{CoordinatorRunner, RunSpec, TestRunner};
+    let token = "0123456789abcdef0123456789abcdef".to_string();
+    let routes = pacer_operator::grpc::Routes::default();
+    let key = pacer_controller::key::SessionKey::from_sha256_hex(
+        "status.sessionTokenSha256",
+        &pacer_controller::key::sha256_hex(token.as_bytes()),
+    )
+    .expect("hex");
+    let plan = Arc::new(
+        pacer_plan::load_str(
+            "name: p\ntarget: http://127.0.0.1:9\nscenarios:\n  - {name: s, executor: constant-vus, vus: 1, duration: 1s, requests: [{name: a, path: /a}]}\n",
+            "plan.yaml",
+            &Default::default(),
+        )
+        .expect("plan"),
+    );
+    let _run = CoordinatorRunner::new(routes.clone())
+        .start(RunSpec {
+            test_id: "t-1".into(),
+            session: key,
+            plan,
+            workers: 2,
+            wait_for_workers: Duration::from_secs(30),
+            resume_only: true,
+        })
+        .expect("start");
+    let coordinator = routes.get("t-1").expect("routed");
+    let hello = |token: &str, resume: bool| pacer_proto::Hello {
+        protocol_version: pacer_proto::PROTOCOL_VERSION,
+        test_id: "t-1".into(),
+        worker_index: Some(0),
+        version: "0".into(),
+        session_token: token.into(),
+        name: "w".into(),
+        resume: resume.then_some(pacer_proto::Resume {
+            elapsed_us: 1_000_000,
+            finished: false,
+        }),
+        takes_served_budget: true,
+    };
+    let wrong = coordinator
+        .check_hello(&hello("fedcba9876543210fedcba9876543210", true))
+        .expect_err("a wrong token");
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    assert!(wrong.message().contains("hello.session_token"), "{wrong:?}");
+    // The recorded hash itself is not a token either.
+    let digest = pacer_controller::key::sha256_hex(token.as_bytes());
+    assert!(coordinator.check_hello(&hello(&digest, true)).is_err());
+    coordinator
+        .check_hello(&hello(&token, true))
+        .expect("the workers' token");
+}
+
+/// What makes a test impossible to resume: each ends Failed (ControllerRestarted, the message
+/// says why) and its workers are deleted, although the cleanup policy (onSuccess, the
+/// default) would keep a failed test's pods.
+#[tokio::test]
+async fn a_test_that_cannot_be_resumed_fails_and_its_workers_are_deleted_whatever_the_policy() {
+    let (_, record) = recorded_start("run1").await;
+    let mut edited = loadtest("run1");
+    edited.spec.plan["scenarios"][0]["vus"] = json!(60);
+    let cases: Vec<(&str, LoadTest)> = vec![
+        // An operator that did not record the token's hash (or a status cleared by hand).
+        (
+            "status.sessionTokenSha256 is missing",
+            running(loadtest("run1")),
+        ),
+        (
+            "status.sessionTokenSha256: 3 characters",
+            running_with(
+                loadtest("run1"),
+                &json!({"sessionTokenSha256": "abc", "planSha256": record["planSha256"]}),
+            ),
+        ),
+        // spec.plan edited while it ran: the workers run the old plan.
+        (
+            "the plan is not the one its workers run",
+            running_with(edited, &record),
+        ),
+    ];
+    for (why, lt) in cases {
+        let mut steps = delete_workers_steps();
+        steps.push(status_patch("run1"));
+        steps.push(event_post());
+        let (client, server) = api_server(steps);
+        let runner = FakeRunner::default();
+        let ctx = context(client, runner.clone());
+        assert_eq!(
+            lt.spec.cleanup, None,
+            "the default policy, onSuccess, keeps a failed test's pods"
+        );
+        reconcile(Arc::new(lt), ctx.clone())
+            .await
+            .expect("reconcile");
+        assert!(runner.run(TEST_ID).is_none(), "{why}: nothing resumed");
+        let seen = finish(server).await;
+        assert!(seen[0].0.starts_with("DELETE"), "{why}: {}", seen[0].0);
+        assert!(seen[1].0.starts_with("DELETE"), "{why}: {}", seen[1].0);
+        let status = &seen[2].1["status"];
+        assert_eq!(status["phase"], "Failed", "{why}");
+        assert_eq!(status["cleanedUp"], true, "{why}");
+        let complete = condition(status, "Complete");
+        assert_eq!(complete["reason"], "ControllerRestarted", "{why}");
+        let message = status["message"].as_str().expect("message");
+        assert!(message.contains(why), "{why}: {message}");
+        assert!(message.contains("cannot resume"), "{message}");
+        assert_eq!(seen[3].1["reason"], "ControllerRestarted");
+        assert_eq!(seen[3].1["type"], "Warning");
+    }
+}
+
+/// Resumed, but none of the workers came back within the bound: Failed with that reason,
+/// and the workers deleted whatever the policy.
+#[tokio::test]
+async fn a_resumed_test_no_worker_came_back_to_fails_and_its_workers_are_deleted() {
+    let (_, record) = recorded_start("run1").await;
+    let mut steps = vec![event_post()];
+    steps.extend(delete_workers_steps());
+    steps.push(status_patch("run1"));
+    steps.push(event_post());
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let lt = running_with(loadtest("run1"), &record);
+    reconcile(Arc::new(lt.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    let run = runner.run(TEST_ID).expect("resumed");
+    *run.end.lock() = Some(RunEnd::NotResumed {
+        workers: 3,
+        waited: Duration::from_secs(30),
+    });
+    reconcile(Arc::new(lt), ctx.clone())
+        .await
+        .expect("reconcile");
+    let seen = finish(server).await;
+    assert!(seen[1].0.starts_with("DELETE") && seen[2].0.starts_with("DELETE"));
+    let status = &seen[3].1["status"];
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["cleanedUp"], true);
+    let message = status["message"].as_str().expect("message");
+    assert!(
+        message.contains("none of its 3 workers reconnected within 30s"),
+        "{message}"
+    );
+    assert_eq!(seen[4].1["reason"], "ControllerRestarted");
+}
+
+/// A test still Starting when the operator restarted waits for its workers as a new one
+/// does (they may not have started: fresh workers are admitted).
+#[tokio::test]
+async fn a_test_still_starting_is_resumed_with_its_start_timeout() {
+    let (_, record) = recorded_start("run1").await;
+    let (client, server) = api_server(vec![event_post()]);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let mut lt = running_with(loadtest("run1"), &record);
+    if let Some(s) = lt.status.as_mut() {
+        s.phase = Some(Phase::Starting);
+    }
+    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    let run = runner.run(TEST_ID).expect("resumed");
+    assert!(!run.spec.resume_only);
+    assert_eq!(run.spec.wait_for_workers, Duration::from_secs(90));
+    let seen = finish(server).await;
+    assert_eq!(seen[0].1["reason"], "Resumed");
+}
+
+/// A start recorded but not finished (the operator stopped between the record and the
+/// Starting status): what it created holds a token nobody knows now, so it goes first.
+#[tokio::test]
+async fn a_start_interrupted_after_its_record_deletes_what_it_created_and_starts_again() {
+    let (_, record) = recorded_start("run1").await;
+    let mut steps = delete_workers_steps();
+    steps.extend(starting_steps("run1"));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let lt = with_status(
+        loadtest("run1"),
+        &json!({"status": {"testId": TEST_ID,
+            "sessionTokenSha256": record["sessionTokenSha256"],
+            "planSha256": record["planSha256"]}}),
+    );
+    reconcile(Arc::new(lt), ctx).await.expect("reconcile");
+    let run = runner.run(TEST_ID).expect("started again");
+    let seen = finish(server).await;
+    let new_hash = seen[2].1["status"]["sessionTokenSha256"].clone();
+    assert_ne!(new_hash, record["sessionTokenSha256"], "a new token");
+    assert_eq!(
+        new_hash,
+        pacer_controller::key::sha256_hex(run.spec.session.token().expect("token").as_bytes())
+    );
+    assert_eq!(seen[5].1["status"]["phase"], "Starting");
 }
 
 #[tokio::test]
@@ -938,7 +1252,7 @@ async fn a_fixed_spec_is_checked_again_and_starts() {
     reconcile(Arc::new(lt), ctx).await.expect("reconcile");
     assert!(runner.run(TEST_ID).is_some(), "the fixed test started");
     let seen = finish(server).await;
-    let status = &seen[2].1["status"];
+    let status = &seen[3].1["status"];
     assert_eq!(status["phase"], "Starting");
     assert_eq!(status["observedGeneration"], 2);
     let conditions = status["conditions"].as_array().expect("conditions");
@@ -1062,7 +1376,7 @@ async fn allowed_images_and_service_accounts_start_confined_pods_without_a_token
     ));
     started(&ctx, &runner, lt).await;
     let seen = finish(server).await;
-    let pod = &seen[1].1["spec"]["template"]["spec"];
+    let pod = &seen[2].1["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "load-runner");
     assert_eq!(pod["automountServiceAccountToken"], false);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -1102,12 +1416,12 @@ async fn a_redis_url_with_a_password_reaches_workers_only_through_the_session_se
     ));
     started(&ctx, &runner, loadtest("run1")).await;
     let seen = finish(server).await;
-    let secret = &seen[0].1;
+    let secret = &seen[1].1;
     assert_eq!(
         secret["stringData"]["redis-url"],
         format!("redis://pacer:{PASSWORD}@pacer-redis.pacer-system.svc:6379")
     );
-    let job = &seen[1].1;
+    let job = &seen[2].1;
     let env = job["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
         .expect("env")
@@ -1124,7 +1438,7 @@ async fn a_redis_url_with_a_password_reaches_workers_only_through_the_session_se
         !job.to_string().contains(PASSWORD),
         "no password in the Job"
     );
-    for (what, body) in &seen[2..] {
+    for (what, body) in &seen[3..] {
         assert!(!body.to_string().contains(PASSWORD), "{what}");
     }
 }
@@ -1156,7 +1470,7 @@ async fn a_thousand_workers_keep_the_status_under_the_api_servers_limit() {
     let lt = running(lt);
     reconcile(Arc::new(lt), ctx).await.expect("reconcile");
     let seen = finish(server).await;
-    let patch = &seen[4].1;
+    let patch = &seen[5].1;
     let size = serde_json::to_vec(patch).expect("json").len();
     // The object may hold 1.5 MiB (etcd); the status keeps well under it, spec included.
     assert!(size < 512 * 1024, "the status patch is {size} bytes");
@@ -1188,13 +1502,13 @@ async fn a_report_refused_as_too_large_is_replaced_once_never_retried() {
         .await
         .expect("reconcile");
     let seen = finish(server).await;
-    assert_eq!(seen[4].1["data"]["summary.txt"], "the summary");
-    let short = seen[5].1["data"]["summary.txt"].as_str().expect("text");
+    assert_eq!(seen[5].1["data"]["summary.txt"], "the summary");
+    let short = seen[6].1["data"]["summary.txt"].as_str().expect("text");
     assert!(
         short.contains("refused by the API server as too large"),
         "{short}"
     );
-    let status = &seen[8].1["status"];
+    let status = &seen[9].1["status"];
     assert_eq!(status["phase"], "Succeeded");
     assert_eq!(status["report"]["configMap"], "run1-report");
 
@@ -1211,7 +1525,7 @@ async fn a_report_refused_as_too_large_is_replaced_once_never_retried() {
     let lt = running(lt);
     reconcile(Arc::new(lt), ctx).await.expect("reconcile");
     let seen = finish(server).await;
-    let status = &seen[8].1["status"];
+    let status = &seen[9].1["status"];
     assert_eq!(status["phase"], "Succeeded");
     assert!(status["report"].is_null(), "{status}");
 }
@@ -1320,10 +1634,10 @@ async fn a_status_refused_as_too_large_is_written_once_more_without_worker_rows(
         .expect("the smaller status is accepted: no error, no retry loop");
     let seen = finish(server).await;
     assert_eq!(
-        seen[4].1["status"]["workerHealth"].as_array().map(Vec::len),
+        seen[5].1["status"]["workerHealth"].as_array().map(Vec::len),
         Some(3)
     );
-    let slim = &seen[5].1["status"];
+    let slim = &seen[6].1["status"];
     assert_eq!(slim["phase"], "Running");
     assert!(slim["workerHealth"].is_null(), "{slim}");
     assert_eq!(slim["workerHealthOmitted"], 3);
@@ -1364,7 +1678,7 @@ async fn a_running_loadtest_edited_into_an_unreadable_one_is_stopped_and_failed(
         Some("the LoadTest can no longer be read")
     );
     let seen = finish(server).await;
-    assert_eq!(seen[5].1["status"]["phase"], "Failed");
+    assert_eq!(seen[6].1["status"]["phase"], "Failed");
 }
 
 #[tokio::test]
@@ -1390,6 +1704,7 @@ async fn a_job_name_still_taken_aborts_the_run_and_retries_naming_the_job() {
     let conflict = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": "jobs.batch \"run1-workers\" already exists", "reason": "AlreadyExists", "code": 409});
     let (client, server) = api_server(vec![
+        status_patch("run1"),
         ok_echo(Method::POST, &format!("/api/v1{NS_PATH}/secrets")),
         step(
             Method::POST,
@@ -1481,7 +1796,7 @@ async fn a_budget_ref_brings_the_budgets_limits_credentials_and_redis() {
         "a budget's limit is shared"
     );
     let seen = finish(server).await;
-    let job = &seen[2].1;
+    let job = &seen[3].1;
     let env = job["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
         .expect("env")
@@ -1497,7 +1812,7 @@ async fn a_budget_ref_brings_the_budgets_limits_credentials_and_redis() {
     );
     assert!(var("PACER_REDIS_URL").is_some(), "the budget's Redis");
     assert_eq!(
-        seen[1].1["stringData"]["redis-url"],
+        seen[2].1["stringData"]["redis-url"],
         "redis://pacer-redis:6379"
     );
 }

@@ -79,6 +79,10 @@ pub(super) async fn finish(
             }
         }
         RunEnd::Stopped(reason) => Outcome::Stopped(reason),
+        RunEnd::NotResumed { workers, waited } => Outcome::NotResumed {
+            workers: *workers,
+            waited: *waited,
+        },
         RunEnd::Error(e) => Outcome::Error(e),
     };
     let verdict = verdict(&outcome);
@@ -109,7 +113,10 @@ pub(super) async fn finish(
         verdict.reason,
         &verdict.message,
     );
-    if cleanup_due(lt, verdict.phase) {
+    // A test taken over after a restart that no worker came back to: whatever is left of its
+    // workers cannot be verified, so it goes whatever the policy.
+    let unverifiable = matches!(end, RunEnd::NotResumed { .. });
+    if unverifiable || cleanup_due(lt, verdict.phase) {
         s.cleaned_up = delete_workers(lt, ctx).await?;
     }
     write_status(lt, ctx, &s).await?;

@@ -8,8 +8,11 @@
 //! - Starting, Running ([`running`]): while workers are missing, their pods say why
 //!   (WorkersReady); every worker ready -> the coordinator starts them together -> Running.
 //!   The status is written every `status_interval`: progress, RPS, p50/p95/p99, errors, 429s,
-//!   time throttled, thresholds, per-worker health. A run this operator does not hold (it
-//!   restarted) is lost.
+//!   time throttled, thresholds, per-worker health.
+//! - Starting, Running, but not held here ([`resume`]): this operator restarted (or took
+//!   over as the leader); the run is rebuilt from the spec and the status (the token's and
+//!   the plan's SHA-256), and the workers that reconnect resume it. A test that cannot be
+//!   resumed ends Failed and its workers are deleted, whatever the cleanup policy.
 //! - end ([`end`]): the report goes into a ConfigMap; the phase, reason and message are the
 //!   [`crate::verdict`]; the cleanup policy deletes the workers; the TTL deletes the LoadTest.
 //! - deletion ([`end::cleanup`], the finalizer): the workers are stopped and deleted; the
@@ -21,6 +24,7 @@
 //! [`Context::runs`]: crate::controller::Context::runs
 
 pub(crate) mod end;
+pub(crate) mod resume;
 pub(crate) mod running;
 pub(crate) mod start;
 
@@ -35,6 +39,7 @@ use crate::reason::Reason;
 use crate::status::{COND_VALID, set_condition};
 
 pub(crate) use end::{cleanup, internal_error};
+pub(crate) use resume::Record;
 
 /// A LoadTest that exists (not being deleted): move it along.
 pub(crate) async fn apply(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action> {
@@ -44,6 +49,13 @@ pub(crate) async fn apply(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action
             return end::ended(&lt, &ctx).await;
         }
         phase = None;
+    }
+    if matches!(phase, Some(Phase::Starting | Phase::Running))
+        && !ctx.runs.lock().contains_key(&uid(&lt))
+    {
+        // Under way, but not in this operator's memory: it restarted, or just became the
+        // leader. Before anything else (a spec edited since the start is the resume's to judge).
+        return resume::resume(&lt, &ctx).await;
     }
     // A RateBudget is looked up only for a test that may start: once running, its plan holds
     // the budget's limits as they were at its start.
@@ -87,9 +99,9 @@ pub(crate) async fn apply(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action
         (None | Some(Phase::Pending), false) => match prepared {
             _ if lt.spec.suspend => start::suspended_before_start(&lt, &ctx).await,
             Some(prepared) => start::start(&lt, &ctx, prepared).await,
-            None => running::lost_session(&lt, &ctx).await,
+            None => resume::resume(&lt, &ctx).await,
         },
-        (Some(Phase::Starting | Phase::Running), false) => running::lost_session(&lt, &ctx).await,
+        (Some(Phase::Starting | Phase::Running), false) => resume::resume(&lt, &ctx).await,
         _ => running::progress(&lt, &ctx).await,
     }
 }

@@ -1,60 +1,47 @@
 //! A test under way (Starting or Running): its status written every `status_interval` from
 //! the run's live numbers, why its missing workers are missing, a stop asked for when it is
-//! suspended, and its end handed to [`super::end::finish`]. A test whose run this operator
-//! does not hold (it restarted) is lost.
+//! suspended, and its end handed to [`super::end::finish`]. The status never goes backwards:
+//! a Running test stays Running, and a resumed one ([`super::resume`]) writes its numbers only
+//! once every worker is back or lost.
 
 use std::time::Duration;
 
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use pacer_controller::WorkerState;
 use tokio::time::Instant;
 
-use super::end::{cleanup_due, finish, ttl_action};
-use super::{base_status, condition};
-use crate::api::{delete_workers, event, why_missing, write_status};
+use super::base_status;
+use super::condition;
+use super::end::finish;
+use crate::api::{event, why_missing, write_status};
 use crate::controller::{Context, Result, uid};
 use crate::crd::{LoadTest, Phase};
 use crate::messages;
 use crate::reason::Reason;
-use crate::status::{COND_COMPLETE, COND_WORKERS_READY, apply_live, now};
+use crate::runner::LiveStats;
+use crate::status::{COND_WORKERS_READY, apply_live};
 
 /// The shortest requeue while a status write is not yet due.
 const MIN_REQUEUE: Duration = Duration::from_millis(100);
 
-/// The operator restarted while the test ran: the session lived in its memory only.
-pub(super) async fn lost_session(lt: &LoadTest, ctx: &Context) -> Result<Action> {
-    let message = messages::LOST_SESSION;
-    let mut s = base_status(lt);
-    s.phase = Some(Phase::Failed);
-    s.message = Some(message.into());
-    s.completion_time = Some(now());
-    condition(
-        &mut s,
-        lt,
-        COND_COMPLETE,
-        true,
-        Reason::ControllerRestarted,
-        message,
-    );
-    let cleaned = cleanup_due(lt, Phase::Failed) && delete_workers(lt, ctx).await?;
-    s.cleaned_up = cleaned;
-    write_status(lt, ctx, &s).await?;
-    ctx.metrics.ended(Phase::Failed);
-    event(
-        ctx,
-        lt,
-        EventType::Warning,
-        Reason::ControllerRestarted,
-        message.into(),
-    )
-    .await;
-    Ok(ttl_action(lt, &s))
+/// A resumed run that was Running and whose workers are not all back (or lost) yet: its
+/// numbers would be short of what the status already says, so nothing is written until they
+/// are. (A resumed test that was Starting writes as a new one does.)
+fn still_resuming(resumed: bool, phase: Phase, live: &LiveStats) -> bool {
+    resumed
+        && phase == Phase::Running
+        && (!live.started
+            || live
+                .workers
+                .iter()
+                .any(|w| w.state == WorkerState::Waiting))
 }
 
 /// A run this operator holds: finish it if it ended, else write its status when due.
 pub(super) async fn progress(lt: &LoadTest, ctx: &Context) -> Result<Action> {
     let key = uid(lt);
-    let (handle, prepared, last_write, stopping) = {
+    let (handle, prepared, last_write, stopping, record, resumed) = {
         let mut runs = ctx.runs.lock();
         let Some(run) = runs.get_mut(&key) else {
             return Ok(Action::requeue(ctx.config.status_interval));
@@ -68,6 +55,8 @@ pub(super) async fn progress(lt: &LoadTest, ctx: &Context) -> Result<Action> {
             run.prepared.clone(),
             run.last_write,
             run.stopping.clone(),
+            run.record.clone(),
+            run.resumed,
         )
     };
     if let Some(end) = handle.end() {
@@ -77,7 +66,11 @@ pub(super) async fn progress(lt: &LoadTest, ctx: &Context) -> Result<Action> {
     let live = handle.live();
     ctx.board
         .publish(lt, &live, handle.figures().as_deref(), prepared.workers);
-    let next_phase = if live.started {
+    if still_resuming(resumed, phase, &live) {
+        return Ok(Action::requeue(ctx.config.status_interval.max(MIN_REQUEUE)));
+    }
+    // Never back to Starting (a resumed test was Running before its first worker came back).
+    let next_phase = if live.started || phase == Phase::Running {
         Phase::Running
     } else {
         Phase::Starting
@@ -90,6 +83,8 @@ pub(super) async fn progress(lt: &LoadTest, ctx: &Context) -> Result<Action> {
     }
     let mut s = base_status(lt);
     s.phase = Some(next_phase);
+    s.test_id = Some(prepared.test_id.clone());
+    record.apply(&mut s);
     apply_live(&mut s, &live, prepared.workers);
     if next_phase == Phase::Starting {
         let missing: Vec<u32> = live

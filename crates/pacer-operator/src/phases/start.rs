@@ -1,13 +1,16 @@
 //! A LoadTest seen for the first time (or again after its invalid spec was fixed): refused
-//! for its spec, held while suspended, or started: the coordinator first, then the session
-//! Secret and the Job of workers, then the Starting status.
+//! for its spec, held while suspended, or started: the coordinator first, then what an
+//! operator that restarts needs to resume the test (the token's and the plan's SHA-256, on the
+//! status, before any worker exists), then the session Secret and the Job of workers, then the
+//! Starting status.
 
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use pacer_controller::key::SessionKey;
 use tokio::time::Instant;
 
-use super::{base_status, condition};
-use crate::api::{create_workers, event, write_status};
+use super::{Record, base_status, condition};
+use crate::api::{create_workers, delete_workers, event, write_status};
 use crate::controller::{Context, Result, RunEntry, uid};
 use crate::crd::{LoadTest, Phase};
 use crate::messages;
@@ -98,15 +101,34 @@ fn random_token() -> String {
 /// Start the run and create its workers -> Starting.
 pub(super) async fn start(lt: &LoadTest, ctx: &Context, prepared: Prepared) -> Result<Action> {
     let names = names(lt);
+    if lt
+        .status
+        .as_ref()
+        .is_some_and(|s| s.session_token_sha256.is_some())
+    {
+        // A start recorded but never finished (the operator stopped before the Starting
+        // status, or the Job could not be created): what it created holds another token.
+        delete_workers(lt, ctx).await?;
+    }
     let token = random_token();
+    let key = SessionKey::Token(token.clone());
+    let record = Record::of(&key, &prepared);
     let handle = ctx.runner.start(RunSpec {
         test_id: prepared.test_id.clone(),
-        session_token: token.clone(),
+        session: key,
         plan: prepared.plan.clone(),
         workers: prepared.workers,
         wait_for_workers: prepared.start_timeout,
+        resume_only: false,
     })?;
-    let created = create_workers(lt, ctx, &prepared, &token).await;
+    // The record first: no worker may exist that a restarted operator could not verify.
+    let mut recorded = base_status(lt);
+    recorded.test_id = Some(prepared.test_id.clone());
+    record.apply(&mut recorded);
+    let created = match write_status(lt, ctx, &recorded).await {
+        Ok(()) => create_workers(lt, ctx, &prepared, &token).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = created {
         handle.abort(messages::WORKERS_NOT_CREATED);
         return Err(e);
@@ -118,12 +140,15 @@ pub(super) async fn start(lt: &LoadTest, ctx: &Context, prepared: Prepared) -> R
             prepared: prepared.clone(),
             last_write: Some(Instant::now()),
             stopping: None,
+            record: record.clone(),
+            resumed: false,
         },
     );
     ctx.metrics.started();
     let mut s = base_status(lt);
     s.phase = Some(Phase::Starting);
     s.test_id = Some(prepared.test_id.clone());
+    record.apply(&mut s);
     s.message = Some(messages::waiting_for_workers(
         prepared.workers,
         prepared.start_timeout,

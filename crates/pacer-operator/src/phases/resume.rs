@@ -1,0 +1,231 @@
+//! A test this operator finds Starting or Running but does not hold: it restarted (a crash,
+//! `helm upgrade`, a drained node) or just became the leader. The run lived in the previous
+//! operator's memory; its workers did not: they keep running their shards and reconnect. So
+//! the run is rebuilt from what the LoadTest records, and the workers that come back resume it
+//! (their cumulative snapshots: nothing lost, nothing counted twice).
+//!
+//! What is needed, and where it comes from:
+//! - the test id (`status.testId`);
+//! - what to verify a worker's token against, without reading the session Secret: the
+//!   token's SHA-256, `status.sessionTokenSha256`, written before the workers were created
+//!   ([`Record`]; docs/security.md says why this is safe);
+//! - the plan: prepared again from the spec (and its RateBudget), and resumed only if it is
+//!   the very plan the workers were given (`status.planSha256`);
+//! - the common start: the first worker that resumes says how long its shard has run (its own
+//!   monotonic clock, against which the shard really runs), as `pacer controller` does after
+//!   a restart; a wall clock in the status, from another pod's clock, would be less exact.
+//!
+//! [`resume`] is a plain function of the LoadTest and the [`Context`]: whoever reconciles a
+//! test it does not hold (a restarted operator, a new leader) calls it. A test that cannot be
+//! resumed ([`cannot_resume`]) ends Failed (reason `ControllerRestarted`, the message says
+//! why) and its worker Job and session Secret are deleted whatever the cleanup policy: workers
+//! nobody can verify must not keep sending load.
+
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use pacer_controller::key::{SessionKey, sha256_hex};
+use tokio::time::Instant;
+
+use super::end::ttl_action;
+use super::{base_status, condition};
+use crate::api::{delete_workers, event, get_budget, write_status};
+use crate::controller::{Context, Result, RunEntry, uid};
+use crate::crd::{LoadTest, LoadTestStatus, Phase};
+use crate::messages;
+use crate::prepare::{Prepared, prepare_on};
+use crate::reason::Reason;
+use crate::runner::RunSpec;
+use crate::status::{COND_COMPLETE, now};
+
+/// How long a resumed Running test waits for its first worker to come back. A worker whose
+/// shard runs retries every 2 s at most (2.5 s with jitter: pacer-worker's reconnect
+/// backoff) and never gives up; the rest is room for a busy node. Past it, the workers are
+/// taken as gone. (A test still Starting waits its `startTimeout`, as a new one does.)
+pub const RESUME_WITHIN: Duration = Duration::from_secs(30);
+
+/// The field that holds the token's SHA-256, as errors name it.
+const TOKEN_FIELD: &str = "status.sessionTokenSha256";
+
+/// What the status records of a run for an operator that restarts: written before the
+/// workers are created and again with every status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Record {
+    /// `status.sessionTokenSha256`.
+    pub token_sha256: String,
+    /// `status.planSha256` (`None`: the plan did not serialize; such a test cannot resume).
+    pub plan_sha256: Option<String>,
+}
+
+impl Record {
+    /// The record of a run of `prepared` whose workers present `key`.
+    pub fn of(key: &SessionKey, prepared: &Prepared) -> Self {
+        Self {
+            token_sha256: key.sha256_hex(),
+            plan_sha256: plan_sha256(prepared),
+        }
+    }
+
+    /// Write it into a status about to be written.
+    pub fn apply(&self, s: &mut LoadTestStatus) {
+        s.session_token_sha256 = Some(self.token_sha256.clone());
+        s.plan_sha256 = self.plan_sha256.clone();
+    }
+}
+
+/// The SHA-256 of what the workers are given (the plan as sent in their Assign, and how many
+/// share it): two preparations of one spec give the same (the plan's maps are ordered).
+fn plan_sha256(prepared: &Prepared) -> Option<String> {
+    let spec = serde_json::to_string(&prepared.plan.spec).ok()?;
+    Some(sha256_hex(
+        format!("workers={}\n{spec}", prepared.workers).as_bytes(),
+    ))
+}
+
+/// Take over a Starting or Running test this operator does not hold (see the module doc).
+pub(crate) async fn resume(lt: &LoadTest, ctx: &Context) -> Result<Action> {
+    let status = lt.status.clone().unwrap_or_default();
+    let was_running = lt.phase() == Some(Phase::Running);
+    let (prepared, key) = match resumable(lt, ctx, &status).await? {
+        Ok(found) => found,
+        Err(why) => return cannot_resume(lt, ctx, &why).await,
+    };
+    let wait = if was_running {
+        RESUME_WITHIN
+    } else {
+        prepared.start_timeout
+    };
+    let record = Record::of(&key, &prepared);
+    let handle = ctx.runner.start(RunSpec {
+        test_id: prepared.test_id.clone(),
+        session: key,
+        plan: prepared.plan.clone(),
+        workers: prepared.workers,
+        wait_for_workers: wait,
+        resume_only: was_running,
+    })?;
+    tracing::warn!(
+        test = %prepared.test_id,
+        "resuming a test this operator did not hold (it restarted or just became the leader)"
+    );
+    ctx.runs.lock().insert(
+        uid(lt),
+        RunEntry {
+            handle,
+            prepared: prepared.clone(),
+            // Nothing is written until the workers are back (running.rs).
+            last_write: Some(Instant::now()),
+            stopping: None,
+            record,
+            resumed: true,
+        },
+    );
+    ctx.metrics.started();
+    event(
+        ctx,
+        lt,
+        EventType::Normal,
+        Reason::Resumed,
+        messages::resumed_event(&prepared.test_id, prepared.workers, was_running, wait),
+    )
+    .await;
+    Ok(Action::requeue(ctx.config.status_interval))
+}
+
+/// The prepared plan and the key to verify workers with, or why the test cannot be resumed.
+async fn resumable(
+    lt: &LoadTest,
+    ctx: &Context,
+    status: &LoadTestStatus,
+) -> Result<Result<(Prepared, SessionKey), String>> {
+    let Some(test_id) = status.test_id.as_deref() else {
+        return Ok(Err("status.testId is missing".into()));
+    };
+    let key = match status.session_token_sha256.as_deref() {
+        None => {
+            return Ok(Err(format!(
+                "{TOKEN_FIELD} is missing (the test was started by an operator that did not record it), so no reconnecting worker can be verified"
+            )));
+        }
+        Some(hex) => match SessionKey::from_sha256_hex(TOKEN_FIELD, hex) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(e.to_string())),
+        },
+    };
+    let budget = match &lt.spec.budget_ref {
+        Some(r) => get_budget(lt, ctx, r).await?,
+        None => None,
+    };
+    let found = lt.spec.budget_ref.as_ref().map(|_| match &budget {
+        Some(rb) => crate::budget::Found::Budget(rb),
+        None => crate::budget::Found::Missing,
+    });
+    let prepared = match prepare_on(
+        lt,
+        &ctx.config.defaults,
+        found,
+        ctx.config.default_redis.as_ref(),
+    ) {
+        Ok(p) => p,
+        Err(errors) => {
+            let problems = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Ok(Err(format!(
+                "the spec no longer prepares into a plan: {problems}"
+            )));
+        }
+    };
+    if prepared.test_id != test_id {
+        return Ok(Err(format!(
+            "status.testId {test_id:?} is not this LoadTest's ({:?})",
+            prepared.test_id
+        )));
+    }
+    let recorded = status.plan_sha256.as_deref();
+    if recorded.is_none() || recorded != plan_sha256(&prepared).as_deref() {
+        return Ok(Err(
+            "the plan is not the one its workers run (status.planSha256: spec.plan, spec.workers or the RateBudget changed since the start)"
+                .into(),
+        ));
+    }
+    Ok(Ok((prepared, key)))
+}
+
+/// The test cannot be resumed: Failed with `why`, and its workers deleted whatever the
+/// cleanup policy (nobody can verify them, so nobody may let them send).
+pub(super) async fn cannot_resume(lt: &LoadTest, ctx: &Context, why: &str) -> Result<Action> {
+    let message = messages::cannot_resume(why);
+    let mut s = base_status(lt);
+    s.phase = Some(Phase::Failed);
+    s.message = Some(message.clone());
+    s.completion_time = Some(now());
+    condition(
+        &mut s,
+        lt,
+        COND_COMPLETE,
+        true,
+        Reason::ControllerRestarted,
+        &message,
+    );
+    s.cleaned_up = delete_workers(lt, ctx).await?;
+    write_status(lt, ctx, &s).await?;
+    ctx.metrics.ended(Phase::Failed);
+    tracing::warn!(test = ?status_test_id(lt), "{message}");
+    event(
+        ctx,
+        lt,
+        EventType::Warning,
+        Reason::ControllerRestarted,
+        message,
+    )
+    .await;
+    Ok(ttl_action(lt, &s))
+}
+
+fn status_test_id(lt: &LoadTest) -> Option<&str> {
+    lt.status.as_ref().and_then(|s| s.test_id.as_deref())
+}
