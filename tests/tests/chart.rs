@@ -797,3 +797,67 @@ fn the_generated_certificate_serves_a_worker_that_verifies_the_service_name() {
         pacer_tests::stderr(&c)
     );
 }
+
+/// `metrics.serviceMonitor.enabled` renders a Prometheus Operator ServiceMonitor that selects
+/// the controller's Service (and only it) on its metrics port; the chart's `imagePullSecrets`
+/// reach the worker pods through the operator's `--worker-image-pull-secret`; the operator may
+/// `get` ConfigMaps (a LoadTest's `spec.planRef`).
+#[test]
+fn a_service_monitor_scrapes_the_controller_and_pull_secrets_reach_the_workers() {
+    let sets = [
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=kube-prometheus-stack",
+        "imagePullSecrets[0].name=regcred",
+        "redis.enabled=true",
+        "redis.auth.password=0123456789abcdef",
+    ];
+    lint(&sets);
+    let objects = template(&sets);
+    let monitors = find(&objects, "ServiceMonitor");
+    assert_eq!(monitors.len(), 1, "{:?}", kinds(&objects));
+    let sm = monitors[0];
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["metadata"]["namespace"], "pacer-system");
+    assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(
+        sm["spec"]["namespaceSelector"]["matchNames"][0],
+        "pacer-system"
+    );
+    // It selects the controller's Service, which has the metrics port, and not Redis's.
+    let selector = sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    let services = find(&objects, "Service");
+    let selected: Vec<&&Value> = services
+        .iter()
+        .filter(|s| {
+            selector
+                .iter()
+                .all(|(k, v)| &s["metadata"]["labels"][k.as_str()] == v)
+        })
+        .collect();
+    assert_eq!(selected.len(), 1, "{selected:?}");
+    assert!(
+        selected[0]["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == "metrics")
+    );
+    let args = controller_args(&objects);
+    assert!(
+        args.contains(&"--worker-image-pull-secret=regcred".to_string()),
+        "{args:?}"
+    );
+    let rules = serde_json::to_string(&find(&objects, "ClusterRole")[0]["rules"]).expect("json");
+    assert!(
+        rules.contains(
+            r#"{"apiGroups":[""],"resources":["configmaps"],"verbs":["get","create","patch"]}"#
+        ),
+        "{rules}"
+    );
+    // Off by default.
+    assert!(find(&template(&[]), "ServiceMonitor").is_empty());
+}

@@ -829,6 +829,7 @@ async fn the_operator_service_account_may_do_what_it_needs_and_never_read_secret
         ("delete", "jobs.batch", None),
         ("create", "secrets", None),
         ("delete", "secrets", None),
+        ("get", "configmaps", None),
         ("create", "configmaps", None),
         ("patch", "configmaps", None),
         ("list", "pods", None),
@@ -858,7 +859,6 @@ async fn the_operator_service_account_may_do_what_it_needs_and_never_read_secret
         ("create", "services", None),
         ("update", "loadtests.pacer.dev", None),
         ("create", "loadtests.pacer.dev", None),
-        ("get", "configmaps", None),
         ("create", "roles.rbac.authorization.k8s.io", None),
         ("*", "*", None),
     ];

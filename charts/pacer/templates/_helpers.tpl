@@ -144,9 +144,11 @@ No verb on Secrets but create/delete: the controller never reads one.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create", "delete"]
+# ConfigMaps: the report written; `get` for a LoadTest's spec.planRef (its plan in a
+# ConfigMap), read once when the test starts.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]

@@ -343,6 +343,29 @@ mod tests {
     }
 
     #[test]
+    fn the_grafana_dashboard_uses_only_loadtest_families_the_operator_exposes() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../charts/pacer/dashboards/pacer.json");
+        let dashboard = std::fs::read_to_string(&path).unwrap();
+        let board = Board::default();
+        board.publish(&lt("ns", "t", "u1"), &live(), None, 1);
+        let text = board.render(&HashSet::from(["u1".to_string()]));
+        let mut used = 0;
+        for (i, _) in dashboard.match_indices("pacer_loadtest_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "the dashboard uses {name}, which the operator does not expose"
+            );
+            used += 1;
+        }
+        assert!(used >= 8, "{used}");
+    }
+
+    #[test]
     fn the_series_are_capped_oldest_tests_first() {
         let board = Board::default();
         let mut running = HashSet::new();
