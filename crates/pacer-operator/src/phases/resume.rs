@@ -9,8 +9,9 @@
 //! - what to verify a worker's token against, without reading the session Secret: the
 //!   token's SHA-256, `status.sessionTokenSha256`, written before the workers were created
 //!   ([`Record`]; docs/security.md says why this is safe);
-//! - the plan: prepared again from the spec (and its RateBudget), and resumed only if it is
-//!   the very plan the workers were given (`status.planSha256`);
+//! - the plan: prepared again from the spec (its `planRef` ConfigMap and its RateBudget read
+//!   again), and resumed only if it is the very plan the workers were given
+//!   (`status.planSha256`);
 //! - the common start: the first worker that resumes says how long its shard has run (its own
 //!   monotonic clock, against which the shard really runs), as `pacer controller` does after
 //!   a restart; a wall clock in the status, from another pod's clock, would be less exact.
@@ -153,6 +154,13 @@ async fn resumable(
             Err(e) => return Ok(Err(e.to_string())),
         },
     };
+    // A plan in a ConfigMap (spec.planRef) is read again; a ConfigMap changed since the start
+    // gives another plan, which the check below refuses.
+    let inlined = match crate::planref::resolve(lt, ctx).await? {
+        Ok(inlined) => inlined,
+        Err(errors) => return Ok(Err(format!("spec.planRef: {}", problems(&errors)))),
+    };
+    let lt = &inlined;
     let budget = match &lt.spec.budget_ref {
         Some(r) => get_budget(lt, ctx, r).await?,
         None => None,
@@ -169,13 +177,9 @@ async fn resumable(
     ) {
         Ok(p) => p,
         Err(errors) => {
-            let problems = errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
             return Ok(Err(format!(
-                "the spec no longer prepares into a plan: {problems}"
+                "the spec no longer prepares into a plan: {}",
+                problems(&errors)
             )));
         }
     };
@@ -193,6 +197,14 @@ async fn resumable(
         ));
     }
     Ok(Ok((prepared, key)))
+}
+
+fn problems(errors: &[pacer_plan::FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The test cannot be resumed: Failed with `why`, and its workers deleted whatever the
