@@ -142,6 +142,11 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     if let Some(reason) = &abort_reason {
         println!("aborted: {reason}");
     }
+    // A `unique` data source that ran out stopped the run: it did not run as written.
+    let data_out = report.data_exhausted.as_ref().map(ToString::to_string);
+    if let Some(reason) = &data_out {
+        println!("stopped: {reason}");
+    }
     args.output
         .write_summary_json(|| pacer_stats::render_json(&summary))?;
     outputs
@@ -150,10 +155,13 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
             &snapshot,
             &summary,
             Vec::new,
-            abort_reason.as_deref(),
+            abort_reason.as_deref().or(data_out.as_deref()),
             None,
         )
         .await?;
+    if data_out.is_some() {
+        return Ok(Exit::Failure);
+    }
     Ok(exit::for_verdict(summary.passed, abort_reason.as_deref()))
 }
 

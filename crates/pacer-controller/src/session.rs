@@ -107,6 +107,7 @@ async fn serve_stream(
             .served
             .as_ref()
             .map_or_else(Vec::new, |s| s.served_credentials()),
+        data: data_files(&inner.plan),
     });
     tx.send(msg(assign))
         .await
@@ -146,6 +147,20 @@ async fn serve_stream(
     heartbeats.abort();
     disconnect(inner, index, conn_id);
     result
+}
+
+/// The plan's data files as the controller read them, for every worker's Assign (each takes
+/// its own rows: docs/distributed.md, "Test data").
+fn data_files(plan: &pacer_plan::Plan) -> Vec<pacer_proto::v1::DataFile> {
+    plan.data
+        .iter()
+        .filter_map(|d| {
+            Some(pacer_proto::v1::DataFile {
+                name: d.name.clone(),
+                text: d.text.as_deref()?.to_string(),
+            })
+        })
+        .collect()
 }
 
 fn unknown_body() -> Status {

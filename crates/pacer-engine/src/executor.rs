@@ -45,6 +45,9 @@ impl ScenarioRun {
         deadline: Option<Instant>,
     ) {
         let sh = &self.shared;
+        let Some(taken) = sh.take_rows(self.scenario) else {
+            return;
+        };
         let sleep_deadline = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -52,7 +55,7 @@ impl ScenarioRun {
             }
         };
         let outcome = tokio::select! {
-            o = run_iteration(sh, self.scenario, vu, iteration, intended.into_std()) => o,
+            o = run_iteration(sh, self.scenario, vu, iteration, intended.into_std(), taken) => o,
             _ = self.hard.cancelled() => interrupted(intended),
             _ = sleep_deadline => interrupted(intended),
         };

@@ -15,12 +15,13 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use pacer_limiter::{Limiter, TokenSource};
-use pacer_plan::{AuthRef, Expect, ExtractFrom, Plan, Poll, Request};
+use pacer_plan::{AuthRef, Expect, ExtractFrom, Plan, Poll, Request, Shard};
 use pacer_stats::{ErrorKind, IterationOutcome, Recorder, RequestOutcome, RetryOutcome};
 use reqwest::header::HeaderValue;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::feed::{DataExhausted, Feeders, Taken};
 use crate::http::{self, Response};
 use crate::prepare::{self, NotPrepared, StaticRequest, StaticUrl};
 use crate::render::RenderCtx;
@@ -53,6 +54,12 @@ pub(crate) struct Shared {
     /// request): the others' bodies are drained.
     pub(crate) needs_body: Vec<Vec<bool>>,
     warned: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// The plan's test data as this process takes it.
+    pub(crate) feeders: Feeders,
+    /// Set when a `unique` source ran out; the run then stops through `stop_all`.
+    pub(crate) data_out: std::sync::OnceLock<DataExhausted>,
+    /// The run's graceful stop (every scenario's stop is a child of it).
+    stop_all: CancellationToken,
 }
 
 /// Distinct warnings logged per run; past this, new ones are dropped (a hostile server could
@@ -67,8 +74,9 @@ impl Shared {
         tokens: Arc<dyn TokenSource>,
         recorder: Arc<Recorder>,
         opts: &crate::RunOptions,
-        hard_stop: CancellationToken,
-    ) -> Self {
+        control: crate::RunControl,
+    ) -> Result<Self, crate::feed::DataMissing> {
+        let feeders = Feeders::new(&plan, opts.shard.as_ref().unwrap_or(&Shard::whole()))?;
         let static_urls = prepare::static_urls(&plan);
         let static_requests = prepare::static_requests(&plan, &static_urls);
         let needs_body = plan
@@ -76,7 +84,7 @@ impl Shared {
             .iter()
             .map(|sc| sc.requests.iter().map(reads_body).collect())
             .collect();
-        Self {
+        Ok(Self {
             static_urls,
             static_requests,
             needs_body,
@@ -89,10 +97,28 @@ impl Shared {
             worker_header: opts
                 .send_worker_header
                 .then(|| HeaderValue::from(opts.worker)),
-            hard_stop,
+            hard_stop: control.abort,
             last_limits_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             warned: parking_lot::Mutex::new(Default::default()),
+            feeders,
+            data_out: std::sync::OnceLock::new(),
+            stop_all: control.stop,
+        })
+    }
+
+    /// The rows of one iteration of scenario `sc`; `None` when a `unique` source ran out, which
+    /// stops the run (once, with the reason kept for its report).
+    pub(crate) fn take_rows(&self, sc: usize) -> Option<Taken> {
+        match self.feeders.take(sc) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                if self.data_out.set(e.clone()).is_ok() {
+                    tracing::warn!("{e}");
+                }
+                self.stop_all.cancel();
+                None
+            }
         }
     }
 
@@ -130,11 +156,13 @@ pub(crate) async fn run_iteration(
     vu: u32,
     iteration: u64,
     intended: Instant,
+    taken: Taken,
 ) -> IterationOutcome {
     let mut it = IterationState {
         vu,
         iteration,
         vars: HashMap::new(),
+        taken,
     };
     let mut failed = false;
     let mut req_intended = intended;
@@ -160,6 +188,8 @@ struct IterationState {
     vu: u32,
     iteration: u64,
     vars: HashMap<String, Value>,
+    /// The row of each data source this iteration took.
+    taken: Taken,
 }
 
 struct StepResult {
@@ -197,6 +227,7 @@ async fn run_request(
             scenario: &scenario.name,
             worker: sh.worker,
             attempt: 1,
+            data: Some((&sh.feeders, &it.taken)),
         };
         let prepared = match prepare::prepared(sh, sc, ri, req, &ctx, &mut owned) {
             Ok(p) => p,

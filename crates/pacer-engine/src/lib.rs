@@ -9,6 +9,7 @@
 mod auth;
 mod evidence;
 mod executor;
+mod feed;
 mod http;
 mod iteration;
 mod pool;
@@ -28,6 +29,7 @@ use pacer_stats::Recorder;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use feed::{DataExhausted, DataMissing};
 pub use http::{ClientError, HttpClient, Outgoing, Response, TransportError};
 pub use iteration::WORKER_HEADER;
 
@@ -129,6 +131,8 @@ pub struct RunControl {
 pub enum EngineError {
     #[error(transparent)]
     Client(#[from] http::ClientError),
+    #[error(transparent)]
+    Data(#[from] feed::DataMissing),
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +140,9 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// The run was stopped (gracefully or hard) before its plan ended.
     pub stopped_early: bool,
+    /// A `unique` data source ran out of rows, which stopped the run: the plan did not run as
+    /// written (a caller fails the run and says why).
+    pub data_exhausted: Option<DataExhausted>,
 }
 
 /// The most idle connections kept per host when the plan does not say (`maxIdlePerHost`): the
@@ -196,7 +203,10 @@ pub async fn run(
     opts: RunOptions,
     control: RunControl,
 ) -> Result<RunReport, EngineError> {
+    let shard = Arc::new(opts.shard.clone().unwrap_or_default());
     let client = http::HttpClient::new(&plan.http, pool_hint(&plan))?;
+    // The run's own graceful stop: the caller's, or a source of test data running out.
+    let stop_all = control.stop.child_token();
     let tokens = match deps.tokens {
         Some(t) => t,
         None => Arc::new(auth::Tokens::from_plan(
@@ -212,15 +222,18 @@ pub async fn run(
         tokens,
         deps.recorder,
         &opts,
-        control.abort.clone(),
-    ));
+        RunControl {
+            stop: stop_all.clone(),
+            abort: control.abort.clone(),
+        },
+    )?);
     let Some(t0) = time_zero(opts.start.clone(), &control).await else {
         return Ok(RunReport {
             elapsed: Duration::ZERO,
             stopped_early: true,
+            data_exhausted: None,
         });
     };
-    let shard = Arc::new(opts.shard.clone().unwrap_or_default());
     let mut tasks = tokio::task::JoinSet::new();
     for (i, sc) in plan.scenarios.iter().enumerate() {
         let start = t0 + sc.start_time;
@@ -231,11 +244,11 @@ pub async fn run(
             scenario: i,
             shard: shard.clone(),
             start,
-            stop: control.stop.child_token(),
+            stop: stop_all.child_token(),
             hard: hard.clone(),
         });
         let graceful = sc.graceful_stop;
-        let stop = control.stop.clone();
+        let stop = stop_all.clone();
         // Supervisor: interrupts in-flight iterations `gracefulStop` after the scenario's end,
         // or after a graceful stop request.
         let supervisor = tokio::spawn({
@@ -260,7 +273,8 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     Ok(RunReport {
         elapsed: t0.elapsed(),
-        stopped_early: control.stop.is_cancelled() || control.abort.is_cancelled(),
+        stopped_early: stop_all.is_cancelled() || control.abort.is_cancelled(),
+        data_exhausted: shared.data_out.get().cloned(),
     })
 }
 

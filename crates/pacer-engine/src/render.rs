@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use pacer_plan::{JsonTemplate, Part, Template};
+
+use crate::feed::Feeders;
 use rand::Rng;
 use serde_json::Value;
 
@@ -20,11 +22,21 @@ pub(crate) struct RenderCtx<'a> {
     pub(crate) worker: u32,
     /// The attempt of the logical request being rendered (`{{attempt}}`, 1-based).
     pub(crate) attempt: u32,
+    /// The rows this iteration took (`{{data.NAME.COLUMN}}`); `None` in a context without
+    /// data.
+    pub(crate) data: Option<(&'a Feeders, &'a [Option<usize>])>,
 }
 
+/// A placeholder without a value.
 #[derive(Debug, thiserror::Error)]
-#[error("{{{{vars.{0}}}}} is not set (not in `variables`, and no earlier request extracted it)")]
-pub(crate) struct MissingVar(pub(crate) String);
+pub(crate) enum MissingVar {
+    #[error(
+        "{{{{vars.{0}}}}} is not set (not in `variables`, and no earlier request extracted it)"
+    )]
+    Var(String),
+    #[error("{{{{data.{0}.{1}}}}} has no value (this iteration took no row of `{0}`)")]
+    Data(String, String),
+}
 
 /// Now shifted by the offset. A validated plan's offset is at most a century
 /// (`pacer_plan::bounds::MAX_TIME_OFFSET`); anything beyond the calendar saturates at its
@@ -54,6 +66,12 @@ impl RenderCtx<'_> {
         self.vars.get(name).or_else(|| self.plan_vars.get(name))
     }
 
+    fn data_value(&self, source: &str, column: &str) -> Result<&Value, MissingVar> {
+        self.data
+            .and_then(|(feeders, taken)| feeders.value(taken, source, column))
+            .ok_or_else(|| MissingVar::Data(source.to_string(), column.to_string()))
+    }
+
     pub(crate) fn render(&self, t: &Template) -> Result<String, MissingVar> {
         let mut out = String::new();
         self.render_into(t, &mut out)?;
@@ -69,7 +87,13 @@ impl RenderCtx<'_> {
                     Some(v) => {
                         let _ = write!(out, "{v}");
                     }
-                    None => return Err(MissingVar(name.clone())),
+                    None => return Err(MissingVar::Var(name.clone())),
+                },
+                Part::Data { source, column } => match self.data_value(source, column)? {
+                    Value::String(s) => out.push_str(s),
+                    v => {
+                        let _ = write!(out, "{v}");
+                    }
                 },
                 other => {
                     let _ = match self.scalar(other) {
@@ -96,6 +120,10 @@ impl RenderCtx<'_> {
             Part::Attempt => Value::from(self.attempt),
             Part::Lit(s) => Value::String(s.clone()),
             Part::Var(v) => self.var(v).cloned().unwrap_or(Value::Null),
+            Part::Data { source, column } => self
+                .data_value(source, column)
+                .cloned()
+                .unwrap_or(Value::Null),
         }
     }
 
@@ -108,7 +136,8 @@ impl RenderCtx<'_> {
                 [Part::Var(name)] => self
                     .var(name)
                     .cloned()
-                    .ok_or_else(|| MissingVar(name.clone()))?,
+                    .ok_or_else(|| MissingVar::Var(name.clone()))?,
+                [Part::Data { source, column }] => self.data_value(source, column)?.clone(),
                 [single] if !matches!(single, Part::Lit(_)) => self.scalar(single),
                 _ => Value::String(self.render(tpl)?),
             },
@@ -147,6 +176,7 @@ mod tests {
             scenario: "s",
             worker: 1,
             attempt: 2,
+            data: None,
         };
         let t =
             Template::parse("/p/{{vars.name}}/{{iteration}}/{{vu}}/{{worker}}?n={{vars.pageSize}}")
@@ -212,6 +242,7 @@ mod tests {
                 scenario: "s",
                 worker: u32::MAX,
                 attempt: u32::MAX,
+                data: None,
             };
             let (lo, hi) = (lo.min(hi), lo.max(hi));
             let src = format!(

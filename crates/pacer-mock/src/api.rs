@@ -18,7 +18,7 @@ use crate::config::{AuthMode, HeadersConfig, ResetFormat};
 use crate::endpoints::{self, Route, error_json};
 use crate::limits::{Decision, Identity, LimitStatus};
 use crate::state::Shared;
-use crate::stats::{WorkerHeader, worker_header};
+use crate::stats::{Logged, WorkerHeader, worker_header};
 use crate::tokens::{Bearer, TokenProblem, bearer};
 
 /// Largest request body read; bigger ones get 413.
@@ -102,12 +102,17 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         arrival,
         worker: Some(worker_header(&parts.headers)),
         // Copied only when the arrival log keeps it.
-        correlation: shared
-            .config
-            .record_arrivals
-            .then(|| parts.headers.get(crate::stats::CORRELATION_HEADER))
-            .flatten()
-            .map(|v| v.as_bytes().to_vec()),
+        logged: if shared.config.record_arrivals {
+            Logged {
+                correlation: parts
+                    .headers
+                    .get(crate::stats::CORRELATION_HEADER)
+                    .map(|v| v.as_bytes().to_vec()),
+                path: parts.uri.path_and_query().map(|p| p.as_str().to_owned()),
+            }
+        } else {
+            Logged::default()
+        },
     };
     let body = axum::body::to_bytes(body, MAX_BODY).await;
     let outcome = match body {
@@ -138,13 +143,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
     let status = outcome.response.status().as_u16();
     let worker = pending.worker.take().unwrap_or(WorkerHeader::Absent);
     let mut rec = shared.recorder.lock();
-    rec.record_api(
-        route.label(),
-        status,
-        arrival,
-        &worker,
-        pending.correlation.as_deref(),
-    );
+    rec.record_api(route.label(), status, arrival, &worker, &pending.logged);
     if stalled {
         rec.stalled += 1;
     }
@@ -174,8 +173,8 @@ struct Pending {
     arrival: u64,
     /// `None` once the request was recorded normally.
     worker: Option<WorkerHeader>,
-    /// The request's correlation id header, as received (the arrival log cleans it).
-    correlation: Option<Vec<u8>>,
+    /// What the arrival log keeps of the request, as received (the log cleans it).
+    logged: Logged,
 }
 
 /// Status recorded for requests the client abandoned (nginx's "client closed request").
@@ -189,7 +188,7 @@ impl Drop for Pending {
                 CLIENT_CLOSED,
                 self.arrival,
                 &worker,
-                self.correlation.as_deref(),
+                &self.logged,
             );
         }
     }

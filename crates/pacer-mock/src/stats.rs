@@ -124,6 +124,10 @@ pub struct Arrival {
     /// The request's `X-Correlation-Id` ([`CORRELATION_HEADER`]), printable and bounded.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub correlation_id: Option<String>,
+    /// The request's path and query, printable and bounded ([`MAX_LOGGED_PATH`]): what a
+    /// test of templates and test data checks the values it sent against.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path: Option<String>,
 }
 
 /// The header whose value the arrival log keeps: what `pacer run` sends by default, so a test
@@ -133,6 +137,10 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 /// The longest correlation id kept (longer ones are cut): a UUID is 36 characters.
 pub const MAX_CORRELATION_ID: usize = 128;
 
+/// The longest path (with its query) the arrival log keeps (longer ones are cut): room for
+/// an API path with a few ids and query parameters, while a log of `maxArrivals` stays small.
+pub const MAX_LOGGED_PATH: usize = 512;
+
 /// An arrival as stored: worker ids are shared with the tally, not copied per request.
 #[derive(Debug, Clone)]
 struct ArrivalRecord {
@@ -140,6 +148,28 @@ struct ArrivalRecord {
     status: u16,
     worker: Option<Arc<str>>,
     correlation_id: Option<Box<str>>,
+    path: Option<Box<str>>,
+}
+
+/// What the arrival log keeps of one request besides its time, status and worker: copied
+/// only when the log is on.
+#[derive(Debug, Default)]
+pub(crate) struct Logged {
+    /// The correlation id header, as received.
+    pub(crate) correlation: Option<Vec<u8>>,
+    /// The path and query, as received.
+    pub(crate) path: Option<String>,
+}
+
+/// Printable ASCII of `raw`, at most `max` characters; `None` when nothing is left.
+fn printable(raw: &[u8], max: usize) -> Option<Box<str>> {
+    let s: String = raw
+        .iter()
+        .filter(|b| (0x20..0x7f).contains(*b))
+        .take(max)
+        .map(|&b| char::from(b))
+        .collect();
+    (!s.is_empty()).then(|| s.into_boxed_str())
 }
 
 /// What `GET /_mock/arrivals` returns.
@@ -258,6 +288,7 @@ impl Recorder {
                     status,
                     worker: worker_id,
                     correlation_id: None,
+                    path: None,
                 });
             } else {
                 self.arrivals_dropped += 1;
@@ -266,30 +297,30 @@ impl Recorder {
     }
 
     /// [`Recorder::record`] for an API request, keeping its correlation id (the value of
-    /// [`CORRELATION_HEADER`], printable ASCII only, at most [`MAX_CORRELATION_ID`]) in the
-    /// arrival log when the arrival is logged.
+    /// [`CORRELATION_HEADER`], printable ASCII only, at most [`MAX_CORRELATION_ID`]) and its
+    /// path and query (at most [`MAX_LOGGED_PATH`]) in the arrival log when the arrival is
+    /// logged.
     pub(crate) fn record_api(
         &mut self,
         route: &str,
         status: u16,
         arrival_us: u64,
         worker: &WorkerHeader,
-        correlation: Option<&[u8]>,
+        logged: &Logged,
     ) {
         let before = self.arrivals.len();
         self.record(route, status, arrival_us, worker, true);
         if self.arrivals.len() > before
             && let Some(last) = self.arrivals.last_mut()
         {
-            last.correlation_id = correlation.and_then(|raw| {
-                let s: String = raw
-                    .iter()
-                    .filter(|b| (0x20..0x7f).contains(*b))
-                    .take(MAX_CORRELATION_ID)
-                    .map(|&b| char::from(b))
-                    .collect();
-                (!s.is_empty()).then(|| s.into_boxed_str())
-            });
+            last.correlation_id = logged
+                .correlation
+                .as_deref()
+                .and_then(|raw| printable(raw, MAX_CORRELATION_ID));
+            last.path = logged
+                .path
+                .as_deref()
+                .and_then(|p| printable(p.as_bytes(), MAX_LOGGED_PATH));
         }
     }
 
@@ -395,6 +426,7 @@ impl From<ArrivalsSnapshot> for ArrivalsView {
                     status: a.status,
                     worker: a.worker.as_deref().map(str::to_owned),
                     correlation_id: a.correlation_id.as_deref().map(str::to_owned),
+                    path: a.path.as_deref().map(str::to_owned),
                 })
                 .collect(),
         }

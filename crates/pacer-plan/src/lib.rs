@@ -5,6 +5,7 @@
 
 pub mod bounds;
 pub mod budget;
+pub mod data;
 pub mod duration;
 pub mod error;
 pub mod forecast;

@@ -80,7 +80,13 @@ pub fn load_value(doc: Value, source_name: &str, refs: &Refs<'_>) -> Result<Plan
             return Err(fail(vec![FieldError::new(path, message)]));
         }
     };
-    validate::validate(spec, source).map_err(fail)
+    let mut plan = validate::validate(spec, source).map_err(&fail)?;
+    // A plan of this machine's operator reads its data files now; a LoadTest's reads none
+    // (its rows are attached by the operator from ConfigMaps, or by a worker from its Assign).
+    if let Refs::Local { base_dir, .. } = &refs {
+        crate::data::read_files(&mut plan, base_dir).map_err(&fail)?;
+    }
+    Ok(plan)
 }
 
 fn redacted(redactor: &Redactor, errors: Vec<FieldError>) -> Vec<FieldError> {

@@ -16,6 +16,8 @@ pub struct Plan {
     /// What a distributed run does when a worker is lost.
     pub on_worker_loss: WorkerLoss,
     pub variables: BTreeMap<String, serde_json::Value>,
+    /// The `data:` sources, in name order (their rows attached when read: [`crate::data`]).
+    pub data: Vec<crate::data::DataSource>,
     pub http: HttpOptions,
     pub auth: Vec<Auth>,
     pub limits: Vec<Limit>,

@@ -42,6 +42,10 @@ pub struct PlanSpec {
     /// Values available to templates as `{{vars.NAME}}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, serde_json::Value>,
+    /// Test data (feeders): CSV or JSON Lines files whose rows templates use as
+    /// `{{data.NAME.COLUMN}}`, one row of each source per iteration.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, crate::data::DataSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -1,5 +1,6 @@
 //! Request templates: `{{uuid}}`, `{{randInt 1 10}}`, `{{isoNow -1h}}`, `{{epochMs}}`,
-//! `{{vars.NAME}}`, `{{iteration}}`, `{{vu}}`, `{{scenario}}`, `{{worker}}`, `{{attempt}}`.
+//! `{{vars.NAME}}`, `{{data.SOURCE.COLUMN}}`, `{{iteration}}`, `{{vu}}`, `{{scenario}}`,
+//! `{{worker}}`, `{{attempt}}`.
 //!
 //! Templates are parsed once, when the plan is validated, so a typo is a plan error with a field
 //! path and not a failure in the middle of a test. Rendering (which needs randomness and the
@@ -30,6 +31,11 @@ pub enum Part {
     EpochMs,
     /// A plan variable or a value extracted earlier in the iteration.
     Var(String),
+    /// A column of the row the iteration took from a `data:` source.
+    Data {
+        source: String,
+        column: String,
+    },
     /// The iteration number within the scenario on this worker (0-based).
     Iteration,
     /// The VU number (1-based; 0 in arrival-rate executors, which have no VUs).
@@ -91,6 +97,14 @@ impl Template {
     /// Does the template use `{{attempt}}` (so it is rendered again for each attempt)?
     pub fn uses_attempt(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Attempt))
+    }
+
+    /// The `(source, column)` of each `{{data.SOURCE.COLUMN}}`.
+    pub fn data_refs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Data { source, column } => Some((source.as_str(), column.as_str())),
+            _ => None,
+        })
     }
 
     /// Variables this template reads.
@@ -161,6 +175,27 @@ fn parse_placeholder(inner: &str) -> Result<Part, String> {
             _ => Err("`isoNow` takes at most one offset, e.g. {{isoNow -1h}}".into()),
         },
         _ => {
+            if let Some(rest) = head.strip_prefix("data.") {
+                let Some((source, column)) = rest.split_once('.') else {
+                    return Err(format!(
+                        "`data.{rest}`: name a source and a column, e.g. {{{{data.users.email}}}}"
+                    ));
+                };
+                let good = |s: &str| {
+                    !s.is_empty()
+                        && s.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                };
+                if !good(source) || !good(column) {
+                    return Err(format!(
+                        "bad data reference `data.{rest}` (names use A-Z a-z 0-9 _ -)"
+                    ));
+                }
+                return no_args(Part::Data {
+                    source: source.to_string(),
+                    column: column.to_string(),
+                });
+            }
             if let Some(name) = head.strip_prefix("vars.") {
                 if name.is_empty()
                     || !name
@@ -172,7 +207,7 @@ fn parse_placeholder(inner: &str) -> Result<Part, String> {
                 return no_args(Part::Var(name.to_string()));
             }
             Err(format!(
-                "unknown template function `{head}` (known: uuid, randInt, isoNow, epochMs, vars.NAME, iteration, vu, scenario, worker)"
+                "unknown template function `{head}` (known: uuid, randInt, isoNow, epochMs, vars.NAME, data.SOURCE.COLUMN, iteration, vu, scenario, worker, attempt)"
             ))
         }
     }
@@ -200,6 +235,7 @@ impl fmt::Display for Template {
                 Part::EpochMs => f.write_str("{{epochMs}}")?,
                 Part::Attempt => f.write_str("{{attempt}}")?,
                 Part::Var(v) => write!(f, "{{{{vars.{v}}}}}")?,
+                Part::Data { source, column } => write!(f, "{{{{data.{source}.{column}}}}}")?,
                 Part::Iteration => f.write_str("{{iteration}}")?,
                 Part::Vu => f.write_str("{{vu}}")?,
                 Part::Scenario => f.write_str("{{scenario}}")?,
@@ -237,6 +273,20 @@ mod tests {
         assert!(Template::parse("{{}}").is_err());
         assert!(Template::parse("{{isoNow +18446744073709551615s}}").is_err());
         assert!(Template::parse("{{isoNow -36500d}}").is_ok());
+    }
+
+    #[test]
+    fn data_references() {
+        let t = Template::parse("/u/{{data.users.email}}?d={{ data.days.from }}").unwrap();
+        assert_eq!(
+            t.data_refs().collect::<Vec<_>>(),
+            vec![("users", "email"), ("days", "from")]
+        );
+        assert_eq!(Template::parse(&t.to_string()).unwrap(), t);
+        assert!(Template::parse("{{data.users}}").is_err());
+        assert!(Template::parse("{{data..x}}").is_err());
+        assert!(Template::parse("{{data.users.a.b}}").is_err());
+        assert!(Template::parse("{{data.users.email 1}}").is_err());
     }
 
     #[test]

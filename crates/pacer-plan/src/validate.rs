@@ -79,6 +79,7 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
     let (scenarios, request_names) =
         scenarios::scenarios(&mut c, &spec, target.as_ref(), &http, &auth_names);
     let thresholds = thresholds::thresholds(&mut c, &spec.thresholds, &request_names);
+    let data = crate::data::sources(&mut c.errors, &spec.data);
 
     if !c.errors.is_empty() {
         return Err(c.errors);
@@ -86,12 +87,13 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
     let Some(target) = target else {
         return Err(vec![FieldError::new("target", "invalid")]);
     };
-    Ok(Plan {
+    let plan = Plan {
         name: spec.name.clone(),
         target,
         workers: spec.workers.unwrap_or(1),
         on_worker_loss: spec.on_worker_loss.unwrap_or_default(),
         variables: spec.variables.clone(),
+        data,
         http,
         auth,
         limits,
@@ -100,7 +102,14 @@ pub fn validate(spec: PlanSpec, source: serde_json::Value) -> Result<Plan, Vec<F
         thresholds,
         source,
         spec,
-    })
+    };
+    let mut errors = Vec::new();
+    crate::data::check_refs(&mut errors, &plan);
+    if errors.is_empty() {
+        Ok(plan)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The plan's own fields: `name`, `target` (returned when it is an http(s) URL with a host),

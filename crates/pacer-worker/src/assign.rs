@@ -14,11 +14,12 @@ use crate::{WorkerConfig, WorkerError};
 /// worker resolves `${env:}` itself, [`pacer_plan::Refs::worker_pod`]), the shard from the
 /// index and weights the controller gave.
 pub(crate) fn plan_and_shard(cfg: &WorkerConfig, a: &Assign) -> Result<(Plan, Shard), WorkerError> {
-    let plan = if cfg.resolve_plan_env {
+    let mut plan = if cfg.resolve_plan_env {
         plan_from_assign_env(a, &pacer_plan::Refs::worker_pod())?
     } else {
         plan_from_assign(a)?
     };
+    attach_data(&mut plan, a)?;
     let shard = Shard::new(a.worker_index, a.weights.clone())
         .map_err(|e| WorkerError::Protocol(format!("assign.{e}")))?;
     Ok((plan, shard))
@@ -52,6 +53,34 @@ pub fn plan_from_assign(a: &Assign) -> Result<Plan, WorkerError> {
                 .join("; "),
         )
     })
+}
+
+/// The plan's data files from the Assign, parsed and checked here as the controller did (the
+/// same parser and bounds: the worker trusts no input). Each source must come: a worker never
+/// reads a file of its own.
+pub fn attach_data(plan: &mut Plan, a: &Assign) -> Result<(), WorkerError> {
+    let texts = a
+        .data
+        .iter()
+        .map(|f| (f.name.clone(), f.text.clone()))
+        .collect();
+    pacer_plan::data::attach(plan, texts).map_err(|errors| {
+        WorkerError::Plan(format!(
+            "assign.data: {}",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    })?;
+    if let Some(d) = plan.data.iter().find(|d| d.table.is_none()) {
+        return Err(WorkerError::Plan(format!(
+            "assign.data: the plan's source `{}` came without its file",
+            d.name
+        )));
+    }
+    Ok(())
 }
 
 /// The limits this worker paces to: worker-scoped limits as declared (each process keeps

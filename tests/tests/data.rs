@@ -1,0 +1,331 @@
+//! Test data (feeders, docs/plan-format.md "Test data"), end to end: the real `pacer` binary
+//! against `pacer mock`, whose arrival log keeps every request's path, so each test checks
+//! the values the server received. `unique` rows are used exactly once by one process, by
+//! `pacer run --workers 3` and by `pacer controller` with 3 `pacer worker`s; rows running out
+//! end the run, failed, with the reason; `cycle` and `random` rows; every request of one
+//! iteration sees the same row.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use pacer_tests::{
+    pacer_async, pacer_spawn, plain_mock_config, start_mock, stderr, stdout, wait_bounded, write,
+};
+
+/// Rows of the users file.
+const ROWS: usize = 30;
+
+/// `id,email` rows `0..n`.
+fn users(n: usize) -> String {
+    let mut s = String::from("id,email\n");
+    for i in 0..n {
+        s.push_str(&format!("{i},user{i}@example.com\n"));
+    }
+    s
+}
+
+/// A plan whose one scenario sends two requests per iteration, both naming the row and the
+/// iteration: `/a/<id>/<iteration>` and `/b/<email>/<iteration>`.
+fn plan(target: &str, mode: &str, executor: &str) -> String {
+    format!(
+        "name: data\ntarget: {target}\ndata:\n  users:\n    file: data/users.csv\n    mode: {mode}\nscenarios:\n  - name: s\n    {executor}\n    gracefulStop: 2s\n    requests:\n      - {{ name: a, path: \"/a/{{{{data.users.id}}}}/{{{{iteration}}}}\" }}\n      - {{ name: b, path: \"/b/{{{{data.users.email}}}}/{{{{iteration}}}}\" }}\n"
+    )
+}
+
+/// The paths the mock received.
+fn paths(mock: &pacer_mock::MockServer) -> Vec<String> {
+    mock.control()
+        .arrivals()
+        .arrivals
+        .into_iter()
+        .filter_map(|a| a.path)
+        .collect()
+}
+
+/// The row ids of the `/a/` requests, and a check that each iteration's `/b/` request has the
+/// same row's email.
+fn rows_used(paths: &[String]) -> Vec<usize> {
+    let mut by_iteration: BTreeMap<String, (Option<usize>, Option<String>)> = BTreeMap::new();
+    for p in paths {
+        let parts: Vec<&str> = p.split('/').collect();
+        match parts.as_slice() {
+            ["", "a", id, it] => {
+                by_iteration.entry(it.to_string()).or_default().0 = id.parse().ok()
+            }
+            ["", "b", email, it] => {
+                by_iteration.entry(it.to_string()).or_default().1 = Some(email.to_string())
+            }
+            _ => panic!("unexpected path {p}"),
+        }
+    }
+    let mut ids = Vec::new();
+    for (it, (id, email)) in by_iteration {
+        let id = id.unwrap_or_else(|| panic!("iteration {it} sent no /a/"));
+        assert_eq!(
+            email.as_deref(),
+            Some(format!("user{id}@example.com").as_str()),
+            "iteration {it}: both requests see the same row"
+        );
+        ids.push(id);
+    }
+    ids
+}
+
+fn setup(dir: &Path, target: &str, mode: &str, executor: &str, rows: usize) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    write(&dir.join("data"), "users.csv", &users(rows));
+    write(dir, "plan.yaml", &plan(target, mode, executor))
+}
+
+async fn run(args: &[&str]) -> std::process::Output {
+    pacer_async(
+        args.iter().map(|s| s.to_string()).collect(),
+        Vec::new(),
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+/// 30 iterations over 3 VUs use each of the 30 rows once, and both requests of an iteration
+/// see the same row.
+const SHARED_30: &str = "executor: shared-iterations\n    vus: 3\n    iterations: 30";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_rows_are_used_once_by_one_process() {
+    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
+    config.record_arrivals = true;
+    let mock = start_mock(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = setup(
+        dir.path(),
+        &format!("http://{}", mock.addr()),
+        "unique",
+        SHARED_30,
+        ROWS,
+    );
+    let out = run(&["run", "-q", p.to_str().unwrap()]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let mut ids = rows_used(&paths(&mock));
+    ids.sort_unstable();
+    assert_eq!(ids, (0..ROWS).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_rows_are_split_across_run_workers_with_none_twice_and_none_skipped() {
+    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
+    config.record_arrivals = true;
+    let mock = start_mock(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = setup(
+        dir.path(),
+        &format!("http://{}", mock.addr()),
+        "unique",
+        SHARED_30,
+        ROWS,
+    );
+    let out = run(&["run", "-q", p.to_str().unwrap(), "--workers", "3"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let mut ids = rows_used(&paths(&mock));
+    ids.sort_unstable();
+    assert_eq!(ids, (0..ROWS).collect::<Vec<_>>(), "every row exactly once");
+}
+
+/// An arrival-rate plan: 10/s for 3 s is 30 arrivals over `pacer controller` and 3 `pacer
+/// worker` processes; each arrival takes a row of its worker's block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_rows_are_split_across_controller_workers() {
+    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
+    config.record_arrivals = true;
+    let mock = start_mock(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = setup(
+        dir.path(),
+        &format!("http://{}", mock.addr()),
+        "unique",
+        "executor: constant-arrival-rate\n    rate: 10/s\n    duration: 3s",
+        ROWS,
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let session = "data-session-0123456789";
+    let controller = pacer_spawn(&[
+        "controller",
+        "--plan",
+        p.to_str().unwrap(),
+        "--expect-workers",
+        "3",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--insecure-plaintext",
+        "--test-id",
+        "t-data",
+        "--session-token",
+        session,
+        "-q",
+    ]);
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            pacer_spawn(&[
+                "worker",
+                "--connect",
+                &format!("127.0.0.1:{port}"),
+                "--insecure-plaintext",
+                "--test-id",
+                "t-data",
+                "--session-token",
+                session,
+                "--connect-for",
+                "20s",
+            ])
+        })
+        .collect();
+    let out =
+        tokio::task::spawn_blocking(move || wait_bounded(controller, Duration::from_secs(60)))
+            .await
+            .unwrap();
+    for w in workers {
+        let _ = tokio::task::spawn_blocking(move || wait_bounded(w, Duration::from_secs(10))).await;
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let mut ids = rows_used(&paths(&mock));
+    ids.sort_unstable();
+    assert_eq!(ids, (0..ROWS).collect::<Vec<_>>(), "every row exactly once");
+}
+
+/// 30 iterations for 10 rows: the run stops after the 10th, fails (exit 1) and says why; no
+/// row is used twice. With 3 workers, each stops when its block is used, and the fleet fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_running_out_end_the_run_with_the_reason() {
+    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
+    config.record_arrivals = true;
+    let mock = start_mock(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = setup(
+        dir.path(),
+        &format!("http://{}", mock.addr()),
+        "unique",
+        SHARED_30,
+        10,
+    );
+    let out = run(&["run", "-q", p.to_str().unwrap()]).await;
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("test data `users` ran out: all 10 rows"),
+        "{text}"
+    );
+    let mut ids = rows_used(&paths(&mock));
+    ids.sort_unstable();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>());
+
+    mock.control().reset();
+    let out = run(&["run", "-q", p.to_str().unwrap(), "--workers", "3"]).await;
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("test data `users` ran out"), "{text}");
+    let mut ids = rows_used(&paths(&mock));
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (0..10).collect::<Vec<_>>(),
+        "each row once across the fleet"
+    );
+}
+
+/// `cycle`: 30 iterations over 7 rows take rows 0..7 round and round (each 4 or 5 times);
+/// `random`: every row taken is one of the file's. Both requests of an iteration see the same
+/// row in both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cycle_and_random_rows() {
+    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
+    config.record_arrivals = true;
+    let mock = start_mock(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("http://{}", mock.addr());
+    let p = setup(dir.path(), &target, "cycle", SHARED_30, 7);
+    let out = run(&["run", "-q", p.to_str().unwrap()]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let ids = rows_used(&paths(&mock));
+    assert_eq!(ids.len(), 30);
+    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    for id in ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (0..7).collect::<Vec<_>>()
+    );
+    assert!(counts.values().all(|&n| n == 4 || n == 5), "{counts:?}");
+
+    mock.control().reset();
+    let p = setup(dir.path(), &target, "random", SHARED_30, 7);
+    let out = run(&["run", "-q", p.to_str().unwrap()]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let ids = rows_used(&paths(&mock));
+    assert_eq!(ids.len(), 30);
+    let distinct: BTreeSet<usize> = ids.iter().copied().collect();
+    assert!(distinct.iter().all(|&i| i < 7), "{distinct:?}");
+    // 30 draws of 7 rows: fewer than 3 distinct has a probability below 1e-17.
+    assert!(distinct.len() >= 3, "{distinct:?}");
+}
+
+/// A template naming a column the file does not have is a plan error naming the field, and
+/// nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_column_is_a_plan_error() {
+    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
+    config.record_arrivals = true;
+    let mock = start_mock(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = setup(
+        dir.path(),
+        &format!("http://{}", mock.addr()),
+        "unique",
+        SHARED_30,
+        3,
+    );
+    write(&dir.path().join("data"), "users.csv", "id,mail\n1,a\n");
+    let out = run(&["run", "-q", p.to_str().unwrap()]).await;
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("scenarios[0].requests[1].path: {{data.users.email}}: data/users.csv has no column `email`"),
+        "{text}"
+    );
+    assert!(paths(&mock).is_empty());
+}
