@@ -441,15 +441,6 @@ pub struct LoadTestStatus {
     /// test only if the spec still prepares into this very plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_sha256: Option<String>,
-    /// SHA-256 (hex) of the test's session token, written before its workers are created: an
-    /// operator that restarts verifies the workers that reconnect against it, without
-    /// reading the session Secret (docs/security.md, "Resuming a test after a restart").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_token_sha256: Option<String>,
-    /// SHA-256 (hex) of the plan the workers were given: a restarted operator resumes the
-    /// test only if the spec still prepares into this very plan.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan_sha256: Option<String>,
     /// The pods and session Secret were deleted by the cleanup policy.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cleaned_up: bool,
