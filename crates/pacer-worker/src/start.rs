@@ -203,9 +203,14 @@ async fn launch(cfg: &WorkerConfig, a: &Assign, hub: &Arc<Hub>) -> Result<Launch
 /// How the engine's task ended, as the worker reports it.
 fn engine_end(r: Result<Result<RunReport, EngineError>, tokio::task::JoinError>) -> EngineEnd {
     match r {
-        Ok(Ok(report)) => EngineEnd {
-            stopped_early: report.stopped_early,
-            error: String::new(),
+        // A `unique` data source that ran out ended the run before its plan did: the test
+        // fails, and the controller says why.
+        Ok(Ok(report)) => match report.data_exhausted {
+            Some(e) => EngineEnd::failed(e.to_string()),
+            None => EngineEnd {
+                stopped_early: report.stopped_early,
+                error: String::new(),
+            },
         },
         Ok(Err(e)) => EngineEnd::failed(format!("the engine could not run: {e}")),
         Err(e) => EngineEnd::failed(format!("the engine task failed: {e}")),
@@ -285,11 +290,13 @@ mod tests {
         let ran = engine_end(Ok(Ok(RunReport {
             elapsed: Duration::from_secs(1),
             stopped_early: false,
+            data_exhausted: None,
         })));
         assert_eq!(ran, EngineEnd::default());
         let stopped = engine_end(Ok(Ok(RunReport {
             elapsed: Duration::from_secs(1),
             stopped_early: true,
+            data_exhausted: None,
         })));
         assert!(stopped.stopped_early && stopped.error.is_empty());
     }
