@@ -132,7 +132,10 @@ fn worker_command(
         .arg(format!("{}s", LOCAL_WAIT_FOR_WORKERS.as_secs()))
         .arg("--reconnect-for")
         .arg(format!("{}s", LOCAL_RECONNECT_FOR.as_secs()))
-        .env("PACER_SESSION_TOKEN", cfg.session.token().unwrap_or_default())
+        .env(
+            "PACER_SESSION_TOKEN",
+            cfg.session.token().unwrap_or_default(),
+        )
         // A CA of this process's environment would contradict --insecure-plaintext.
         .env_remove("PACER_CA")
         .env_remove("PACER_CA_PEM");

@@ -419,7 +419,10 @@ async fn create_starts_the_run_the_secret_and_the_indexed_job() {
     );
     assert_eq!(by_name("TARGET")["value"], "http://api.example:8080");
     // No secret value anywhere in the Job.
-    assert!(!job.to_string().contains(run.spec.session.token().expect("a token")));
+    assert!(
+        !job.to_string()
+            .contains(run.spec.session.token().expect("a token"))
+    );
 
     let status = &seen[3].1["status"];
     assert_eq!(status["phase"], "Starting");
@@ -940,7 +943,10 @@ async fn the_tokens_hash_is_recorded_before_any_worker_exists() {
     assert_eq!(hash, pacer_controller::key::sha256_hex(token.as_bytes()));
     assert_eq!(record["planSha256"].as_str().map(str::len), Some(64));
     assert!(!record.to_string().contains(token), "{record}");
-    assert!(record.get("phase").is_none(), "the phase is not changed: {record}");
+    assert!(
+        record.get("phase").is_none(),
+        "the phase is not changed: {record}"
+    );
 }
 
 /// The path that used to end Failed (ControllerRestarted): the run is rebuilt from the spec,
@@ -969,7 +975,11 @@ async fn a_restarted_operator_resumes_a_running_test_from_its_record() {
     assert_eq!(run.spec.workers, 3);
     assert_eq!(run.spec.plan.spec, first.spec.plan.spec, "the same plan");
     // The key is the recorded hash: the workers' token passes, nothing else does.
-    assert_eq!(run.spec.session.token(), None, "the token itself is not known");
+    assert_eq!(
+        run.spec.session.token(),
+        None,
+        "the token itself is not known"
+    );
     assert!(run.spec.session.accepts(&token));
     assert!(!run.spec.session.accepts("0123456789abcdef0123456789abcdef"));
 
@@ -1000,7 +1010,10 @@ async fn a_restarted_operator_resumes_a_running_test_from_its_record() {
     assert_eq!(seen[0].1["reason"], "Resumed");
     assert_eq!(seen[0].1["type"], "Normal");
     let note = seen[0].1["note"].as_str().expect("note");
-    assert!(note.contains("the controller restarted: resuming test run1-0a1b2c3d"), "{note}");
+    assert!(
+        note.contains("the controller restarted: resuming test run1-0a1b2c3d"),
+        "{note}"
+    );
     let live = &seen[1].1["status"];
     assert_eq!(live["phase"], "Running");
     assert_eq!(live["requests"], 600);

@@ -31,11 +31,7 @@ const MIN_REQUEUE: Duration = Duration::from_millis(100);
 fn still_resuming(resumed: bool, phase: Phase, live: &LiveStats) -> bool {
     resumed
         && phase == Phase::Running
-        && (!live.started
-            || live
-                .workers
-                .iter()
-                .any(|w| w.state == WorkerState::Waiting))
+        && (!live.started || live.workers.iter().any(|w| w.state == WorkerState::Waiting))
 }
 
 /// A run this operator holds: finish it if it ended, else write its status when due.
