@@ -11,6 +11,11 @@
 //! - production jumps to 60% for a while: pacer's rate falls within one window, no window of
 //!   the mock refuses anything after the jump's first window;
 //! - production back at 30%: pacer takes the room back.
+//!
+//! The same with a fleet: two `pacer run --redis URL --budget acme` processes (two tests on one
+//! budget, each offered 3x the limit) against a real redis-server. Each process tells the
+//! fleet's own use from others' by the fleet's schedule (each lease says how many slots the
+//! fleet had before it), so the fleet leaves production its room as one process does.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -103,24 +108,55 @@ fn rate(log: &[(f64, u16, String)], who: &str, from: f64, to: f64) -> f64 {
     n as f64 / (to - from)
 }
 
+/// One test at a time: each is a timed run against its own mock, and two at once on 2 cores
+/// would measure the machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pacer_leaves_production_its_room_and_the_reserve_and_follows_it() {
+    let _one = SERIAL.lock().await;
+    against_production(&[vec![]]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_a_budget_leaves_production_its_room_and_follows_it() {
+    let _one = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let fleet = [
+        "--redis".to_string(),
+        redis.url(),
+        "--budget".into(),
+        "acme".into(),
+    ];
+    against_production(&[fleet.to_vec(), fleet.to_vec()]).await;
+}
+
+/// Production's phases against the org mock, and one `pacer run` of examples/headroom.yaml per
+/// entry of `runs` (its extra arguments) at once; what the mock saw, measured and checked.
+async fn against_production(runs: &[Vec<String>]) {
     // Built (or found) before production starts, so pacer starts when it should.
     tokio::task::spawn_blocking(pacer_bin).await.unwrap();
     let mock = org_mock().await;
     let addr = mock.addr();
     let prod = tokio::spawn(production(addr));
     tokio::time::sleep(PACER_AFTER).await;
-    let dir = tempfile::tempdir().unwrap();
     let example = std::fs::read_to_string(workspace_root().join("examples/headroom.yaml")).unwrap();
     let target = format!("http://{addr}");
     let env = [
         ("PACER_TARGET", target.as_str()),
         ("PACER_DURATION", PACER_RUN),
     ];
-    let run = run_summary(dir.path(), &example, &[], &env, RUN_LIMIT).await;
+    let dirs: Vec<_> = runs.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let done = futures::future::join_all(
+        runs.iter()
+            .zip(&dirs)
+            .map(|(extra, dir)| run_summary(dir.path(), &example, extra, &env, RUN_LIMIT)),
+    )
+    .await;
     let prod = prod.await.unwrap();
-    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    for run in &done {
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    }
 
     // The arrival log: (seconds, status, who): pacer sends no worker header.
     let view = mock.control().arrivals();
@@ -205,7 +241,9 @@ async fn pacer_leaves_production_its_room_and_the_reserve_and_follows_it() {
         "pacer: {pacer_429} 429s of {} arrivals",
         log.iter().filter(|(_, _, w)| w == "pacer").count()
     );
-    println!("summary limits: {}", run.summary["limits"]);
+    for run in &done {
+        println!("summary limits: {}", run.summary["limits"]);
+    }
 
     assert_eq!(refused("steady"), 0, "production refused while steady");
     assert!(

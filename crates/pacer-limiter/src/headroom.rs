@@ -21,6 +21,10 @@
 //!   when others rise and comes back when they fall. A sliding window's or a bucket's count
 //!   also falls as old requests leave or tokens refill, which the headers do not say, so
 //!   there pacer does not guess others' rate.
+//! - **in a fleet** a process sees its own answers but the fleet's grants only through its
+//!   leases: each lease says how many slots the whole fleet was granted on the limit before it
+//!   ([`SlotLog`]), so the fleet's use between two answers is read off its schedule, and
+//!   others' traffic is what the server counted beyond it ([`Headroom::in_fleet`]).
 //!
 //! Every estimate errs on the safe side: a reset in whole seconds is read as an upper bound
 //! (servers round it up), so the window is taken to end no earlier than it does; requests
@@ -240,6 +244,74 @@ impl GrantLog {
     }
 }
 
+/// A fleet's schedule as one process learns it from its leases: points (time, the fleet's slots
+/// on the limit up to and including that time), from which the fleet's use between two
+/// instants is interpolated. Each lease adds its first and last slot: its slots are consecutive
+/// in the fleet's count, and the other processes' fall between two of this process's leases,
+/// counted there as spread evenly (their sum over a window is exact, only its split in time is
+/// not). Bounded: points older than [`SLOT_HISTORY_WINDOWS`] windows, or beyond
+/// [`MAX_SLOT_POINTS`], are forgotten.
+#[derive(Clone, Debug, Default)]
+pub struct SlotLog {
+    /// (ns of the caller's clock, cumulative slots), in the fleet's count order.
+    points: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// How many windows of a fleet's schedule a [`SlotLog`] keeps: the two answers between which
+/// the fleet's use is read are at most a window apart (an answer of an older window starts a
+/// new one), and the lease horizon adds at most a couple of seconds ahead.
+const SLOT_HISTORY_WINDOWS: u64 = 2;
+/// The most points a [`SlotLog`] keeps (two per lease; a busy process leases a few times a
+/// second per class, so this is minutes of leases).
+const MAX_SLOT_POINTS: usize = 4096;
+
+impl SlotLog {
+    /// The fleet's slot number `n` is at `at` (ns), as a lease said.
+    pub fn add(&mut self, at: u64, n: u64) {
+        // Leases of different classes sharing the limit may answer out of order: keep the
+        // count's order (the times follow it up to the clock mapping's jitter).
+        let pos = self.points.partition_point(|&(_, m)| m <= n);
+        if pos > 0 && self.points[pos - 1].1 == n {
+            return;
+        }
+        self.points.insert(pos, (at, n));
+        while self.points.len() > MAX_SLOT_POINTS {
+            self.points.pop_front();
+        }
+    }
+
+    /// Forget points older than `keep_ns` before `now`, keeping the newest old one (the start
+    /// of the interpolation to the next).
+    fn trim(&mut self, now: u64, keep_ns: u64) {
+        let from = now.saturating_sub(keep_ns);
+        while self.points.len() > 2 && self.points.get(1).is_some_and(|&(t, _)| t < from) {
+            self.points.pop_front();
+        }
+    }
+
+    /// The fleet's slots up to `t` (interpolated between the points around it), or `None`
+    /// when `t` is outside what the points cover (before the first, after the last: the fleet
+    /// may have been granted slots there that this process has not heard of yet).
+    pub fn at(&self, t: u64) -> Option<f64> {
+        let first = *self.points.front()?;
+        let last = *self.points.back()?;
+        if t < first.0 || t > last.0 {
+            return None;
+        }
+        let i = self.points.partition_point(|&(pt, _)| pt <= t);
+        if i == 0 || i >= self.points.len() {
+            return Some(last.1 as f64);
+        }
+        let (t0, n0) = self.points[i - 1];
+        let (t1, n1) = self.points[i];
+        if t1 <= t0 {
+            return Some(n1 as f64);
+        }
+        let f = (t - t0) as f64 / (t1 - t0) as f64;
+        Some(n0 as f64 + f * (n1 as f64 - n0 as f64))
+    }
+}
+
 /// One limit's view of the server: fed every answer's [`ServerReport`] and every grant, asked
 /// for a [`Decision`].
 #[derive(Clone, Debug)]
@@ -261,8 +333,16 @@ pub struct Headroom {
     /// Others' requests and the time they were counted over, in the current window.
     acc_others: f64,
     acc_ns: u64,
-    /// Whether others' traffic is measured ([`Headroom::without_others`]).
-    measure_others: bool,
+    /// How long others were measured over in the current window (not halved).
+    window_measured_ns: u64,
+    /// Others' rate as measured at the end of the last window measured over at least half its
+    /// length: what reports show ([`Headroom::state`]). The current estimate also moves with
+    /// the end of a run (a fleet's processes leave with slots leased and unused, which count
+    /// as the fleet's), which a report must not take for others' traffic.
+    whole_others: Option<f64>,
+    /// In a fleet ([`Headroom::in_fleet`]): the fleet's schedule, whose use between two answers
+    /// is pacer's; `None`: this process is pacer.
+    fleet: Option<SlotLog>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -282,7 +362,8 @@ pub struct HeadroomState {
     pub limit: Option<u64>,
     /// The server's window end, ns of the caller's clock.
     pub reset_at: Option<u64>,
-    /// Others' rate (per second).
+    /// Others' rate (per second) at the end of the last window measured over at least half its
+    /// length; before one, the current estimate.
     pub others_rate: f64,
 }
 
@@ -304,7 +385,9 @@ impl Headroom {
             others: 0.0,
             acc_others: 0.0,
             acc_ns: 0,
-            measure_others: true,
+            window_measured_ns: 0,
+            whole_others: None,
+            fleet: None,
         }
     }
 
@@ -325,13 +408,35 @@ impl Headroom {
         self.grants.add(now);
     }
 
-    /// Does not measure others' traffic (a fleet process: it sees only its own grants, and
-    /// cannot tell the rest of its fleet from others; scaling its own by the fleet's size was
-    /// tried and is too noisy, since leases hand a process its slots in batches). The reserve,
-    /// the alignment to the server's window and the holds stay.
-    pub fn without_others(mut self) -> Self {
-        self.measure_others = false;
+    /// A fleet process: pacer's use is the fleet's, as its leases tell ([`Headroom::fleet_slots`]);
+    /// others' traffic is what the server counted beyond it, and the fleet's lease rate leaves it
+    /// ([`Headroom::fleet_rate`]).
+    pub fn in_fleet(mut self) -> Self {
+        self.fleet = Some(SlotLog::default());
         self
+    }
+
+    /// A lease granted this process the fleet's slots `first..=last` (cumulative numbers) at
+    /// `first_at` and `last_at` (ns).
+    pub fn fleet_slots(&mut self, first: (u64, u64), last: (u64, u64)) {
+        let keep = self.window_ns.saturating_mul(SLOT_HISTORY_WINDOWS);
+        if let Some(log) = self.fleet.as_mut() {
+            log.add(first.0, first.1);
+            log.add(last.0, last.1);
+            log.trim(first.0, keep);
+        }
+    }
+
+    /// pacer's requests of the limit sent in `(from, to]` (ns): the fleet's (from its schedule;
+    /// `None` while the schedule does not cover both ends) or this process's own.
+    fn ours_between(&mut self, from: u64, to: u64, now: u64) -> Option<f64> {
+        match &self.fleet {
+            Some(log) => Some(log.at(to)? - log.at(from)?),
+            None => Some(
+                self.grants.since(now, now.saturating_sub(from)) as f64
+                    - self.grants.since(now, now.saturating_sub(to)) as f64,
+            ),
+        }
     }
 
     /// An answer at `now` to a request sent `sent_ago` before, with the server's headers.
@@ -373,15 +478,21 @@ impl Headroom {
         // over the window and divided by the time it spans, it does not depend on where the
         // window started (which pacer knows only within the reset's granularity).
         if self.shape == LimitShape::FixedWindow
-            && self.measure_others
             && let Some(last) = self.last
             && !new_window
             && now > last.at
         {
-            let ours = self.grants.since(now, now - last.sent_at.min(now)) as f64
-                - self.grants.since(now, now - sent_at.min(now)) as f64;
-            self.acc_others += (last.remaining - remaining) - ours;
-            self.acc_ns += now - last.at;
+            // Signed: answers may come back out of their requests' order.
+            let ours = if sent_at >= last.sent_at {
+                self.ours_between(last.sent_at, sent_at, now)
+            } else {
+                self.ours_between(sent_at, last.sent_at, now).map(|o| -o)
+            };
+            if let Some(ours) = ours {
+                self.acc_others += (last.remaining - remaining) - ours;
+                self.acc_ns += now - last.at;
+                self.window_measured_ns += now - last.at;
+            }
             let min_span =
                 (self.window_ns as f64 * MIN_MEASURE_SHARE).max(MIN_MEASURE.as_nanos() as f64);
             if self.acc_ns as f64 >= min_span {
@@ -395,7 +506,10 @@ impl Headroom {
             }
         }
         if new_window {
-            (self.acc_others, self.acc_ns) = (0.0, 0);
+            if self.window_measured_ns >= self.window_ns / 2 {
+                self.whole_others = Some(self.others);
+            }
+            (self.acc_others, self.acc_ns, self.window_measured_ns) = (0.0, 0, 0);
         }
         self.last = Some(Seen {
             at: now,
@@ -411,19 +525,25 @@ impl Headroom {
     /// with every answer: each process hears a fraction of the answers, later): for an aligned
     /// fixed window the window's own rate `(L - 1)/W` less the reserve, never below the
     /// shape's paced rate less the reserve (a window the server says is spent holds instead:
-    /// [`Headroom::decision`]); otherwise the paced rate less the reserve. Never below
-    /// [`PROBE_SHARE`] of the paced rate: a slot at a crawl would push the shared schedule far
-    /// ahead for every process.
+    /// [`Headroom::decision`]); otherwise the paced rate less the reserve. A fleet that measures
+    /// others ([`Headroom::in_fleet`]) leaves their rate too: a steady rate, which uses the
+    /// window's rest as evenly as others do. Never below [`PROBE_SHARE`] of the paced rate: a
+    /// slot at a crawl would push the shared schedule far ahead for every process.
     pub fn fleet_rate(&mut self, now: u64) -> f64 {
         let least = self.paced * PROBE_SHARE;
-        let floor = (self.paced - self.reserve).max(least);
+        let others = if self.fleet.is_some() {
+            self.others
+        } else {
+            0.0
+        };
+        let floor = (self.paced - self.reserve - others).max(least);
         // One request of the window kept for the boundary: the last slot of a window at
         // exactly `L/W` would meet the server's reset.
         let window_rate =
             (self.declared - 1.0).max(0.0) / (self.window_ns as f64 / NS).max(MIN_SPAN_SECS);
         let aligned = self.aligned();
         match self.decision(now) {
-            Some(Decision::Rate(_)) if aligned => (window_rate - self.reserve).max(floor),
+            Some(Decision::Rate(_)) if aligned => (window_rate - self.reserve - others).max(floor),
             Some(Decision::Rate(r)) => r.min(floor).max(least),
             Some(Decision::Hold(_)) | None => floor,
         }
@@ -476,7 +596,7 @@ impl Headroom {
             remaining: self.last.map(|s| s.remaining as u64),
             limit: self.last.and_then(|s| s.limit),
             reset_at: self.window_end,
-            others_rate: self.others,
+            others_rate: self.whole_others.unwrap_or(self.others),
         }
     }
 }
@@ -589,8 +709,7 @@ mod tests {
     #[test]
     fn a_fleet_leases_an_aligned_window_at_its_own_rate_less_the_reserve() {
         // 100/10s, reserve 10% (1/s), paced at 9/s without headers.
-        let mut h =
-            Headroom::new(&limit(LimitShape::FixedWindow, Some("10%")), 9.0).without_others();
+        let mut h = Headroom::new(&limit(LimitShape::FixedWindow, Some("10%")), 9.0).in_fleet();
         assert!(
             (h.fleet_rate(0) - 8.0).abs() < 1e-9,
             "no headers: paced less the reserve"
@@ -607,6 +726,59 @@ mod tests {
         let mut h = Headroom::new(&limit(LimitShape::SlidingWindow, Some("10%")), 9.0);
         h.observe(&rep, Duration::ZERO, S);
         assert!((h.fleet_rate(S) - 8.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_fleet_tells_its_own_use_from_others_by_its_schedule() {
+        // 100/10s, reserve 10% (1/s). The fleet sends 4/s, one slot of each four this
+        // process's (its leases say the fleet's count before them); others outside pacer send
+        // 3/s, so the server counts 7/s, as this process's answers say.
+        let mut h = Headroom::new(&limit(LimitShape::FixedWindow, Some("10%")), 9.0).in_fleet();
+        for k in 0..36u64 {
+            let t = k * S / 4;
+            if k % 4 == 0 {
+                // Our lease: the fleet's slot k + 1 is at t.
+                h.fleet_slots((t, k + 1), (t, k + 1));
+                h.granted(t);
+                let rep = ServerReport {
+                    remaining: 100 - (7 * (k + 1)) / 4,
+                    reset: Some(Duration::from_secs(10 - t / S)),
+                    limit: Some(100),
+                };
+                h.observe(&rep, Duration::from_millis(1), t + S / 1000);
+            }
+        }
+        let st = h.state();
+        assert!((st.others_rate - 3.0).abs() < 0.5, "{st:?}");
+        // The lease rate leaves others' rate and the reserve: (100 - 1)/10 - 1 - 3 = 5.9/s.
+        let r = h.fleet_rate(8 * S + S / 1000);
+        assert!((r - 5.9).abs() < 0.5, "{r}");
+        // Without a schedule covering the answers, others are not guessed.
+        let mut h = Headroom::new(&limit(LimitShape::FixedWindow, None), 9.0).in_fleet();
+        for k in 0..8u64 {
+            let rep = ServerReport {
+                remaining: 100 - 5 * k,
+                reset: Some(Duration::from_secs(9)),
+                limit: Some(100),
+            };
+            h.observe(&rep, Duration::ZERO, k * S / 10);
+        }
+        assert_eq!(h.state().others_rate, 0.0);
+    }
+
+    #[test]
+    fn the_slot_log_interpolates_between_leases_and_knows_its_bounds() {
+        let mut log = SlotLog::default();
+        assert_eq!(log.at(5), None);
+        log.add(100, 11);
+        log.add(200, 21);
+        // Out of order (another class's lease): kept in the count's order.
+        log.add(150, 15);
+        assert_eq!(log.at(100), Some(11.0));
+        assert_eq!(log.at(125), Some(13.0));
+        assert_eq!(log.at(175), Some(18.0));
+        assert_eq!(log.at(99), None);
+        assert_eq!(log.at(201), None);
     }
 
     #[test]

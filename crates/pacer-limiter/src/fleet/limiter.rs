@@ -824,6 +824,9 @@ impl Inner {
                         .map(|&i| self.limits[i].limit.name.as_str()),
                     r.offsets.len() as u64,
                 );
+                for (&i, &before) in class.limits.iter().zip(&r.before) {
+                    self.server.leased(i, before, &r.offsets, received);
+                }
                 self.apply_lease(class, &r, received, epoch)
             }
             Err(e) => {

@@ -396,6 +396,7 @@ async fn a_state_of_the_aimd_days_is_read_for_its_rate_and_pause() {
     let mut a = l("a", 100.0, 1, Duration::from_secs(1));
     a.adaptive = true;
     // "v1 tat pause factor last_decrease window_start window_start_factor last_429 sustained"
+    // (the AIMD days; the first of its fields is now the slots granted)
     let _: () = redis::cmd("SET")
         .arg(&a.key)
         .arg("v1 0 0 0.5 123 456 0.5 789 0.3")
@@ -404,7 +405,9 @@ async fn a_state_of_the_aimd_days_is_read_for_its_rate_and_pause() {
         .unwrap();
     let g = lease(&mut c, &[&a], 2, Duration::from_secs(1), 0).await;
     assert_eq!((g.factors[0], g.sustained[0]), (0.5, 0.3));
-    // The AIMD's fields are not raised by a quiet window any more, and are written as zeros.
+    // The first of the AIMD's fields is now the fleet's slot count (this lease's came after
+    // 123); the others are not raised by a quiet window any more, and are written as zeros.
+    assert_eq!(g.before, vec![123]);
     let raw: String = redis::cmd("GET")
         .arg(&a.key)
         .query_async(&mut c)
@@ -415,7 +418,7 @@ async fn a_state_of_the_aimd_days_is_read_for_its_rate_and_pause() {
         (f.len(), f[0], f[3], f[8]),
         (9, "v1", "0.500000", "0.300000")
     );
-    assert_eq!(&f[4..8], &["0", "0", "0", "0"], "{raw}");
+    assert_eq!(&f[4..8], &["125", "0", "0", "0"], "{raw}");
     // A record of another shape is a fresh limit, not an error.
     for bad in ["v1 0 0 nan 0 0 0 0 0", "v3 1 2", "garbage"] {
         let _: () = redis::cmd("SET")

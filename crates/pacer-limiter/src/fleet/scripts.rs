@@ -64,6 +64,10 @@ pub(crate) struct LeaseReply {
     /// pass, as the fleet's learner wrote them (declared limits: 1, 0).
     pub factors: Vec<f64>,
     pub sustained: Vec<f64>,
+    /// Per limit of the request: the slots the whole fleet (or budget) was granted on it before
+    /// this lease's, which are the next ones of its schedule (`fleet/server.rs` tells the
+    /// fleet's own use from others' traffic with it).
+    pub before: Vec<u64>,
 }
 
 /// What `feedback.lua` answered: per limit, the remaining pause.
@@ -160,8 +164,8 @@ pub(crate) fn parse_lease(
 ) -> Result<LeaseReply, FleetError> {
     const OP: &str = "the lease script";
     let a = array(OP, v, "the reply")?;
-    if a.len() != 6 {
-        return Err(malformed(OP, format!("{} fields instead of 6", a.len())));
+    if a.len() != 7 {
+        return Err(malformed(OP, format!("{} fields instead of 7", a.len())));
     }
     let granted = int(OP, &a[0], "granted")?;
     if granted < 0 || granted > i64::from(want) {
@@ -201,12 +205,23 @@ pub(crate) fn parse_lease(
         last = d;
         offsets.push(d);
     }
+    let b = array(OP, &a[6], "before")?;
+    if b.len() != n {
+        return Err(malformed(OP, format!("{} counts for {n} limits", b.len())));
+    }
+    let before = b
+        .iter()
+        .map(|x| {
+            u64::try_from(int(OP, x, "a count")?).map_err(|_| malformed(OP, "a count is negative"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(LeaseReply {
         offsets,
         wait,
         pauses,
         factors: factors_v,
         sustained,
+        before,
     })
 }
 
@@ -398,10 +413,12 @@ mod tests {
             ints(&[1_000_000]),
             ints(&[0]),
             ints(&[0, 1000]),
+            ints(&[41]),
         ]);
         let r = parse_lease(&ok, 1, 2, Duration::from_secs(1)).unwrap();
         assert_eq!(r.offsets, vec![Duration::ZERO, Duration::from_micros(1000)]);
         assert_eq!(r.factors, vec![1.0]);
+        assert_eq!(r.before, vec![41]);
 
         let bad = [
             Value::Nil,
@@ -414,6 +431,7 @@ mod tests {
                 ints(&[1]),
                 ints(&[0]),
                 ints(&[0, 1, 2]),
+                ints(&[0]),
             ]),
             // slots out of order
             Value::Array(vec![
@@ -423,6 +441,7 @@ mod tests {
                 ints(&[1]),
                 ints(&[0]),
                 ints(&[5, 1]),
+                ints(&[0]),
             ]),
             // negative wait
             Value::Array(vec![
@@ -432,6 +451,7 @@ mod tests {
                 ints(&[1]),
                 ints(&[0]),
                 ints(&[]),
+                ints(&[0]),
             ]),
             // factor out of range
             Value::Array(vec![
@@ -441,6 +461,17 @@ mod tests {
                 ints(&[2_000_000]),
                 ints(&[0]),
                 ints(&[]),
+                ints(&[0]),
+            ]),
+            // a negative count
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(0),
+                ints(&[0]),
+                ints(&[1]),
+                ints(&[0]),
+                ints(&[]),
+                ints(&[-1]),
             ]),
             // wrong number of limits
             Value::Array(vec![
@@ -450,6 +481,7 @@ mod tests {
                 ints(&[1, 1]),
                 ints(&[0]),
                 ints(&[]),
+                ints(&[0]),
             ]),
         ];
         for b in &bad {

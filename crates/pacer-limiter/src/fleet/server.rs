@@ -3,12 +3,15 @@
 //! remaining), and steers the shared GCRA by the rate it passes to `lease.lua` in place of the
 //! ceiling (the script is unchanged: a lease's rate is an argument; [`Headroom::fleet_rate`]).
 //! An aligned fixed window is leased at its own rate `(L - 1)/W` less the reserve, since the
-//! window's requests then fit it wherever it starts. A process cannot tell the rest of its
-//! fleet from others' traffic, so a fleet does not measure others
-//! ([`Headroom::without_others`]), and it does not hold on a spent window either: a process
-//! hears a fraction of the answers, late, and a hold on stale news would drop the slots it
-//! leased (measured: windows 9% short). A fleet sharing a limit with traffic outside pacer
-//! keeps at least that traffic's share as its `reserve`; a 429 still pauses the fleet.
+//! window's requests then fit it wherever it starts. A process tells its fleet's use from
+//! others' traffic by the fleet's schedule: each lease answers how many slots the fleet had
+//! been granted on the limit before it (the `granted` count in the limit's state), so the
+//! fleet's use between two of this process's answers is read off the schedule, and what the
+//! server counted beyond it is others' ([`Headroom::in_fleet`]); the lease rate leaves their
+//! rate, so when production rises the fleet's share falls within a window, and comes back
+//! when it falls. A fleet does not hold on a spent window: a process hears a fraction of the
+//! answers, late, and a hold on stale news would drop the slots it leased (measured: windows
+//! 9% short); a 429 still pauses the fleet.
 //!
 //! On a budget, what the server last said is noted in Redis, at most once per [`NOTE_EVERY`]
 //! per process, under `<tag>:server:<limit>` (a HASH: `remaining`, `limit`, `reset_at_ms`, `seen_ms`,
@@ -67,7 +70,7 @@ impl ServerViews {
             views: Mutex::new(
                 limits
                     .map(|(l, paced)| View {
-                        headroom: Headroom::new(l, paced).without_others(),
+                        headroom: Headroom::new(l, paced).in_fleet(),
                         last_note: None,
                     })
                     .collect(),
@@ -98,6 +101,12 @@ impl ServerViews {
         }
         v.last_note = Some(now);
         let st = v.headroom.state();
+        tracing::debug!(
+            limit = i,
+            remaining = r.remaining,
+            others_rate = st.others_rate,
+            "the server's headers (once a second)"
+        );
         let wall = unix_ms();
         Some(ServerState {
             remaining: r.remaining,
@@ -118,6 +127,26 @@ impl ServerViews {
             if let Some(v) = views.get_mut(i) {
                 v.headroom.granted(now_ns);
             }
+        }
+    }
+
+    /// A lease granted this process `n` slots of limit `i` at `offsets` from `received`, after
+    /// the fleet's `before` slots on it (`lease.lua`'s count).
+    pub(crate) fn leased(&self, i: usize, before: u64, offsets: &[Duration], received: Instant) {
+        let (Some(first), Some(last)) = (offsets.first(), offsets.last()) else {
+            return;
+        };
+        let n = offsets.len() as u64;
+        let at = |o: &Duration| {
+            self.ns(received)
+                .saturating_add(u64::try_from(o.as_nanos()).unwrap_or(u64::MAX))
+        };
+        let mut views = self.views.lock();
+        if let Some(v) = views.get_mut(i) {
+            v.headroom.fleet_slots(
+                (at(first), before.saturating_add(1)),
+                (at(last), before.saturating_add(n)),
+            );
         }
     }
 

@@ -250,7 +250,7 @@ fn pairs<'a>(v: &'a Value, field: &str) -> Result<Vec<(&'a Value, &'a Value)>, F
 }
 
 /// The pause end (µs of the Redis clock) in a limit's state
-/// (`v1 tat pause factor last_decrease window_start window_start_factor last_429 sustained`,
+/// (`v1 tat pause factor granted 0 0 0 sustained`,
 /// lua/state.lua). A state that does not parse is what the scripts take it for: a fresh limit.
 fn pause_us(raw: &str) -> Option<f64> {
     let f: Vec<&str> = raw.split_whitespace().collect();

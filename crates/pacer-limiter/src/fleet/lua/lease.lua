@@ -9,8 +9,11 @@
 --           paced at the learned share of the ceiling, learn.lua),
 --           debt: tokens this worker sent in safe mode while Redis was gone (charged first)
 --
--- Returns { granted, wait_us, {pause_us...}, {factor_ppm...}, {sustained_ppm...}, {offset_us...} }
+-- Returns { granted, wait_us, {pause_us...}, {factor_ppm...}, {sustained_ppm...}, {offset_us...},
+--           {before...} }
 --   offset_us: each granted slot as a delay from now (durations, never absolute times)
+--   before:    per limit, the slots the fleet was granted on it before this lease's (its state's
+--              `granted` count: this lease's slots are the next ones of the fleet's schedule)
 --   wait_us:   nothing granted: how long until a slot fits in max_ahead (or a pause ends)
 --   pause_us:  per limit, how long its Retry-After pause still holds (then nothing is granted)
 --
@@ -205,6 +208,10 @@ end
 local offsets = {}
 local granted = 0
 local wait = paused
+local before = {}
+for i = 1, n do
+  before[i] = st[i].granted
+end
 if fair and paused == 0 and want > 0 then
   fair_load(fair, now, st)
 end
@@ -237,6 +244,7 @@ end
 
 if granted > 0 or changed then
   for i = 1, n do
+    st[i].granted = st[i].granted + granted
     save_state(KEYS[i], st[i], now, st[i].tau, keep_ms)
   end
 end
@@ -244,4 +252,4 @@ if fair and fair.rec then
   fair_save(fair, now, want, granted)
   redis.call('PEXPIRE', fair.registry, keep_ms)
 end
-return { granted, math.ceil(wait), pauses, factors, sustained, offsets }
+return { granted, math.ceil(wait), pauses, factors, sustained, offsets, before }
