@@ -123,11 +123,38 @@ fn controller_args(objects: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The name of the Role of the leader election (leases and the replica's own pod label).
+const LEADER_ROLE: &str = "pacer-leader-election";
+
+/// The Role of the leader election: in the release's namespace, leases get/create/update and
+/// pods patch (a replica's own role label), nothing else.
+fn check_leader_role(objects: &[Value]) {
+    let role = find(objects, "Role")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == LEADER_ROLE)
+        .expect("the leader election's Role");
+    assert_eq!(role["metadata"]["namespace"], "pacer-system");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}
+        ])
+    );
+    let binding = find(objects, "RoleBinding")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == LEADER_ROLE)
+        .expect("its RoleBinding");
+    assert_eq!(binding["subjects"][0]["name"], "pacer");
+}
+
 /// Every Role/ClusterRole rule: no verb on Secrets but create and delete; nothing wildcard.
 fn check_rbac(objects: &[Value]) {
+    check_leader_role(objects);
     let roles: Vec<&Value> = objects
         .iter()
         .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+        .filter(|o| o["metadata"]["name"] != LEADER_ROLE)
         .collect();
     assert!(!roles.is_empty(), "no Role or ClusterRole rendered");
     for role in roles {
@@ -188,6 +215,9 @@ fn default_values_lint_and_render() {
             "CustomResourceDefinition",
             "Deployment",
             "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Secret",
             "Service",
             "ServiceAccount"
@@ -196,6 +226,10 @@ fn default_values_lint_and_render() {
     check_rbac(&objects);
     let args = controller_args(&objects);
     assert_eq!(args[0], "operator");
+    assert!(
+        args.contains(&"--leader-elect-lease=pacer-leader".to_string()),
+        "{args:?}"
+    );
     assert!(
         !args
             .iter()
@@ -262,6 +296,9 @@ fn bundled_redis_and_dashboard() {
             "Deployment",
             "NetworkPolicy",
             "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Secret",
             "Secret",
             "Service",
@@ -293,10 +330,11 @@ fn namespaced_watch_uses_roles() {
     let roles = find(&objects, "Role");
     let namespaces: Vec<&str> = roles
         .iter()
+        .filter(|r| r["metadata"]["name"] != LEADER_ROLE)
         .map(|r| r["metadata"]["namespace"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(namespaces, ["team-a", "team-b"]);
-    assert_eq!(find(&objects, "RoleBinding").len(), 2);
+    assert_eq!(find(&objects, "RoleBinding").len(), 3, "and the leader election's");
     assert!(find(&objects, "ClusterRole").is_empty());
     check_rbac(&objects);
     let args = controller_args(&objects);
@@ -310,6 +348,7 @@ fn the_values_schema_refuses_bad_values() {
     let path = chart.to_str().expect("utf-8 path");
     for bad in [
         "service.grpcPort=0",
+        "controller.replicas=0",
         "controller.statusInterval=soon",
         "image.pullPolicy=Sometimes",
         "redis.external.url=http://not-redis",
@@ -860,4 +899,35 @@ fn a_service_monitor_scrapes_the_controller_and_pull_secrets_reach_the_workers()
     );
     // Off by default.
     assert!(find(&template(&[]), "ServiceMonitor").is_empty());
+}
+
+/// Two replicas by default: one leads through a Lease, the Service routes workers to the
+/// leader's pod label only, both replicas are Ready (a rolling update surges a standby before
+/// an old pod goes), and a PodDisruptionBudget keeps one through drains; one replica has no
+/// PodDisruptionBudget (it would block every drain).
+#[test]
+fn two_replicas_elect_a_leader_the_service_selects_and_a_budget_keeps_one() {
+    let objects = template(&[]);
+    let d = deployment(&objects, "controller");
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let pod = &d["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["pacer.dev/role"], "standby");
+    assert_eq!(
+        env_of(d, "POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    // The Deployment's own selector does not depend on the role (the label changes).
+    assert!(d["spec"]["selector"]["matchLabels"]["pacer.dev/role"].is_null());
+    let svc = &find(&objects, "Service")[0];
+    assert_eq!(svc["spec"]["selector"]["pacer.dev/role"], "leader");
+    let pdb = &find(&objects, "PodDisruptionBudget")[0];
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    let one = template(&["controller.replicas=1"]);
+    assert!(find(&one, "PodDisruptionBudget").is_empty());
+    assert_eq!(deployment(&one, "controller")["spec"]["replicas"], 1);
 }

@@ -150,6 +150,10 @@ async fn install() -> Install {
             &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
             "--set",
             "controller.statusInterval=1s",
+            // One replica: pods share the host's network here, and a second would collide on
+            // the metrics port (tests/tests/k8s_leader.rs runs two).
+            "--set",
+            "controller.replicas=1",
             // TLS as by default, with the chart's generated certificate (for the Service's
             // names): the workers dial 127.0.0.1 here, so they verify the Service's name.
             "--set",

@@ -41,8 +41,14 @@ pub struct OperatorArgs {
     /// `--advertise-address`).
     #[arg(long, value_name = "NAME", conflicts_with = "insecure_plaintext")]
     pub worker_server_name: Option<String>,
-    /// `/metrics`, `/healthz`, `/readyz`.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
+    /// `/metrics`, `/healthz`, `/readyz`. Given twice, the last wins (the chart's
+    /// `controller.extraArgs` can move it; port 0: any free port, logged).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9090",
+        overrides_with = "http_listen"
+    )]
     pub http_listen: SocketAddr,
     /// The pacer image of worker pods when a LoadTest names none.
     #[arg(long, env = "PACER_WORKER_IMAGE", value_name = "IMAGE", default_value = concat!("pacer:", env!("CARGO_PKG_VERSION")))]
@@ -228,11 +234,11 @@ async fn operator_inner(args: OperatorArgs) -> anyhow::Result<Exit> {
                 .instance
                 .clone()
                 .unwrap_or_else(|| format!("pacer-operator-{}", std::process::id()));
-            Some(pacer_operator::leader::LeaseSettings::new(
-                namespace,
-                lease.clone(),
-                identity,
-            ))
+            let mut settings =
+                pacer_operator::leader::LeaseSettings::new(namespace, lease.clone(), identity);
+            // Its pod carries its role (the chart's Service selects the leader).
+            settings.pod = cfg.instance.clone();
+            Some(settings)
         }
     };
     cfg.default_redis = match (&args.default_redis_url, &args.default_redis_secret) {

@@ -1,6 +1,12 @@
 //! Leader election over a `coordination.k8s.io/v1` Lease, so the chart can run two operator
 //! replicas: one leads (reconciles LoadTests and serves the workers' gRPC listener), the other
-//! waits, not Ready, and takes over within seconds when the leader dies.
+//! waits and takes over within seconds when the leader dies.
+//!
+//! Each replica labels its own pod with its role ([`ROLE_LABEL`]) and the chart's Service
+//! selects `leader`, so workers reach the leader only. Both replicas are Ready: a standby that
+//! were not Ready would stall every rolling update (a new pod, a standby, never becomes
+//! available, so the Deployment never takes the old leader down), make `helm --wait` time out
+//! and leave a PodDisruptionBudget no disruption to allow, blocking every node drain.
 //!
 //! kube-rs has no elector. The maintained crate that fits this kube (kube-lease-manager 0.13)
 //! renews by patching without a `resourceVersion`, and a leader whose renewals fail keeps
@@ -10,15 +16,18 @@
 //! between), a Lease's expiry is judged on this process's monotonic clock from when it last
 //! saw the Lease change (never by comparing wall clocks across nodes), and a leader that has
 //! not renewed within [`RENEW_DEADLINE`] steps down by itself, [`LEASE_DURATION`] minus
-//! [`RENEW_DEADLINE`] before any standby may take the Lease. Its RBAC is `get`, `create` and
-//! `update` on leases in the release's namespace.
+//! [`RENEW_DEADLINE`] before any standby may take the Lease. Its RBAC, in the release's
+//! namespace: `get`, `create` and `update` on leases, `patch` on pods (its own pod's label).
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +54,27 @@ pub const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// with a huge duration must not keep every replica a standby forever.
 const MAX_BELIEVED_LEASE: Duration = Duration::from_secs(300);
 
+/// The label each replica puts on its own pod: the chart's Service selects
+/// `pacer.dev/role: leader`, so workers dial the leader only.
+pub const ROLE_LABEL: &str = "pacer.dev/role";
+
+/// What a replica is, as its pod's [`ROLE_LABEL`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Standby,
+}
+
+impl Role {
+    /// The label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Standby => "standby",
+        }
+    }
+}
+
 /// Which Lease, who this replica is, and the timings.
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
@@ -53,6 +83,9 @@ pub struct LeaseSettings {
     /// This replica's identity in the Lease (its pod's name): unique among the replicas, and
     /// the same after a restart in place, which then renews at once instead of waiting.
     pub identity: String,
+    /// This replica's pod, in the Lease's namespace, labelled with its role ([`ROLE_LABEL`]);
+    /// `None` outside a pod (no label, no Service to route).
+    pub pod: Option<String>,
     pub lease_duration: Duration,
     pub renew_every: Duration,
     pub renew_deadline: Duration,
@@ -70,6 +103,7 @@ impl LeaseSettings {
             namespace: namespace.into(),
             name: name.into(),
             identity: identity.into(),
+            pod: None,
             lease_duration: LEASE_DURATION,
             renew_every: RENEW_EVERY,
             renew_deadline: RENEW_DEADLINE,
@@ -120,16 +154,45 @@ struct Observed {
 /// One replica's side of the election.
 pub struct Elector {
     api: Api<Lease>,
+    pods: Api<Pod>,
     settings: LeaseSettings,
     observed: Option<Observed>,
+    /// The role this replica's pod is labelled with, once the label is written.
+    marked: Option<Role>,
 }
 
 impl Elector {
     pub fn new(client: Client, settings: LeaseSettings) -> Self {
         Self {
-            api: Api::namespaced(client, &settings.namespace),
+            api: Api::namespaced(client.clone(), &settings.namespace),
+            pods: Api::namespaced(client, &settings.namespace),
             settings,
             observed: None,
+            marked: None,
+        }
+    }
+
+    /// Label this replica's pod with `role`, unless it is already. A failure is logged and
+    /// tried again at the next call: until then the Service may route as before.
+    async fn mark(&mut self, role: Role) {
+        let Some(pod) = self.settings.pod.clone() else {
+            return;
+        };
+        if self.marked == Some(role) {
+            return;
+        }
+        let patch = serde_json::json!({"metadata": {"labels": {ROLE_LABEL: role.as_str()}}});
+        match self
+            .pods
+            .patch(&pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => self.marked = Some(role),
+            Err(e) => tracing::warn!(
+                "cannot label the pod {pod} {ROLE_LABEL}={} (workers may be routed to the wrong replica until it is): {}",
+                role.as_str(),
+                crate::controller::causes(&e)
+            ),
         }
     }
 
@@ -246,12 +309,17 @@ impl Elector {
         }
     }
 
-    /// Wait until this replica leads, looking every `retry_every`; `false` on `shutdown`.
-    pub async fn acquire(&mut self, shutdown: &CancellationToken) -> bool {
+    /// Wait until this replica leads, looking every `retry_every`; `false` on `shutdown`. Its
+    /// pod is labelled standby meanwhile and leader once it leads; `ready` (the `/readyz`
+    /// flag) is set once the Lease answered as a standby, and cleared when it leads (the
+    /// controller sets it again once the LoadTest API answered).
+    pub async fn acquire(&mut self, shutdown: &CancellationToken, ready: &AtomicBool) -> bool {
         let mut said: Option<Option<String>> = None;
         loop {
             match self.try_once().await {
                 Ok(Standing::Leading) => {
+                    ready.store(false, Ordering::Release);
+                    self.mark(Role::Leader).await;
                     tracing::info!(
                         "leader: this replica ({}) holds the Lease {}",
                         self.settings.identity,
@@ -260,6 +328,8 @@ impl Elector {
                     return true;
                 }
                 Ok(Standing::Following(holder)) => {
+                    self.mark(Role::Standby).await;
+                    ready.store(true, Ordering::Release);
                     if said.as_ref() != Some(&holder) {
                         tracing::info!(
                             "standby: the Lease {} is held by {}",
@@ -310,6 +380,8 @@ impl Elector {
                 Ok(Standing::Leading) => {
                     renewed = Instant::now();
                     last_error = None;
+                    // A label that failed when this replica took the Lease is written now.
+                    self.mark(Role::Leader).await;
                 }
                 Ok(Standing::Following(holder)) => {
                     return Err(LeaderError::Taken {
@@ -378,7 +450,11 @@ mod tests {
         down: bool,
         /// (method, path) of every request, for the RBAC the elector needs.
         seen: Vec<(Method, String)>,
+        /// Each pod's role label, as patched.
+        roles: std::collections::BTreeMap<String, String>,
     }
+
+    const PODS: &str = "/api/v1/namespaces/pacer-system/pods/";
 
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/pacer-system/leases";
 
@@ -404,6 +480,14 @@ mod tests {
                 },
                 (&Method::POST, PATH) if self.lease.is_some() => status(409, "AlreadyExists"),
                 (&Method::POST, PATH) => self.store(body),
+                (&Method::PATCH, p) if p.starts_with(PODS) => {
+                    let pod = p.trim_start_matches(PODS).to_string();
+                    let role = body["metadata"]["labels"][ROLE_LABEL]
+                        .as_str()
+                        .unwrap_or("");
+                    self.roles.insert(pod, role.to_string());
+                    (200, json!({"metadata": {"name": "pod"}}))
+                }
                 (&Method::PUT, p) if p == format!("{PATH}/operator") => {
                     let sent = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
                     if sent != self.version.to_string() {
@@ -453,10 +537,9 @@ mod tests {
     }
 
     fn elector(api: &Arc<Mutex<FakeApi>>, identity: &str) -> Elector {
-        Elector::new(
-            client(api),
-            LeaseSettings::new("pacer-system", "operator", identity),
-        )
+        let mut settings = LeaseSettings::new("pacer-system", "operator", identity);
+        settings.pod = Some(identity.to_string());
+        Elector::new(client(api), settings)
     }
 
     #[tokio::test(start_paused = true)]
@@ -480,15 +563,22 @@ mod tests {
         let lease = api.lock().lease.clone().unwrap();
         assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
         assert_eq!(lease["spec"]["leaseTransitions"], 0);
-        // The elector's verbs: get, create, update. The chart's Role grants these only.
-        let verbs: std::collections::BTreeSet<_> =
-            api.lock().seen.iter().map(|(m, _)| m.clone()).collect();
+        // The elector's verbs on leases: get, create, update; on pods: patch (its own, from
+        // acquire and hold, not here). The chart's Role grants these only.
+        let verbs = |on: &str| -> std::collections::BTreeSet<Method> {
+            let seen = &api.lock().seen;
+            seen.iter()
+                .filter(|(_, p)| p.contains(on))
+                .map(|(m, _)| m.clone())
+                .collect()
+        };
         assert_eq!(
-            verbs,
+            verbs("/leases"),
             [Method::GET, Method::POST, Method::PUT]
                 .into_iter()
                 .collect()
         );
+        assert!(verbs("/pods").is_empty(), "try_once labels nothing");
     }
 
     #[tokio::test(start_paused = true)]
@@ -499,8 +589,12 @@ mod tests {
         // The leader dies: nothing renews. The standby looks every 2 s.
         let died = Instant::now();
         let shutdown = CancellationToken::new();
-        assert!(b.acquire(&shutdown).await);
+        let ready = AtomicBool::new(false);
+        assert!(b.acquire(&shutdown, &ready).await);
         let took = died.elapsed();
+        // Labelled leader, and not Ready until the controller says the LoadTest API answered.
+        assert_eq!(api.lock().roles["pod-b"], "leader");
+        assert!(!ready.load(Ordering::Acquire));
         assert!(
             took >= LEASE_DURATION && took <= LEASE_DURATION + RETRY_EVERY,
             "took over after {took:?}"
@@ -593,12 +687,46 @@ mod tests {
         held.await.unwrap().unwrap();
         assert_eq!(api.lock().holder(), None);
         let released = Instant::now();
-        assert!(b.acquire(&CancellationToken::new()).await);
+        assert!(
+            b.acquire(&CancellationToken::new(), &AtomicBool::new(false))
+                .await
+        );
         assert!(
             released.elapsed() <= RETRY_EVERY,
             "{:?}",
             released.elapsed()
         );
+    }
+
+    /// A standby labels its pod `standby` and is Ready (so rollouts and drains proceed); the
+    /// Service's selector (`leader`) keeps workers off it.
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_is_labelled_standby_and_ready() {
+        let api = Arc::new(Mutex::new(FakeApi::default()));
+        let mut a = elector(&api, "pod-a");
+        assert!(
+            a.acquire(&CancellationToken::new(), &AtomicBool::new(false))
+                .await
+        );
+        let mut b = elector(&api, "pod-b");
+        let (shutdown, ready) = (CancellationToken::new(), Arc::new(AtomicBool::new(false)));
+        let waiting = tokio::spawn({
+            let (shutdown, ready) = (shutdown.clone(), ready.clone());
+            async move { b.acquire(&shutdown, &ready).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(ready.load(Ordering::Acquire));
+        assert_eq!(api.lock().roles["pod-a"], "leader");
+        assert_eq!(api.lock().roles["pod-b"], "standby");
+        shutdown.cancel();
+        assert!(!waiting.await.unwrap(), "shut down before leading");
+        let patches = api
+            .lock()
+            .seen
+            .iter()
+            .filter(|(m, p)| *m == Method::PATCH && p.ends_with("/pods/pod-b"))
+            .count();
+        assert_eq!(patches, 1, "the label is written once");
     }
 
     /// A Lease claiming a day keeps nobody waiting past [`MAX_BELIEVED_LEASE`].
@@ -615,7 +743,10 @@ mod tests {
         }
         let mut b = elector(&api, "pod-b");
         let started = Instant::now();
-        assert!(b.acquire(&CancellationToken::new()).await);
+        assert!(
+            b.acquire(&CancellationToken::new(), &AtomicBool::new(false))
+                .await
+        );
         assert!(started.elapsed() <= MAX_BELIEVED_LEASE + RETRY_EVERY);
     }
 }

@@ -211,8 +211,8 @@ pub enum OperatorError {
 
 /// Run the operator until `shutdown`: the HTTP endpoints, then (once this replica leads,
 /// with `config.leader_election`) the gRPC listener and the controller. A standby serves
-/// `/healthz` and `/metrics`, and `/readyz` says not ready, so a Service sends workers to the
-/// leader only; it binds no gRPC port. A leader that loses its Lease returns
+/// `/healthz`, `/readyz` and `/metrics`, binds no gRPC port and labels its pod standby; the
+/// chart's Service selects the leader's label (`leader::ROLE_LABEL`). A leader that loses its Lease returns
 /// [`OperatorError::Leadership`]: the process exits and comes back as a standby, and the new
 /// leader takes the running tests over.
 pub async fn serve(
@@ -242,7 +242,7 @@ pub async fn serve(
         None => None,
         Some(settings) => {
             let mut elector = leader::Elector::new(client, settings);
-            if !elector.acquire(&shutdown).await {
+            if !elector.acquire(&shutdown, &ctx.ready).await {
                 let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
                 return Ok(());
             }

@@ -1,7 +1,7 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus text: the operator's own counters,
 //! then every running test's live figures as last published by the reconciler, labelled by
 //! namespace and LoadTest name: [`crate::loadtest_metrics`]), `/healthz` (the process
-//! answers) and `/readyz` (this replica leads and the LoadTest API answered).
+//! answers) and `/readyz` (a standby: the Lease answered; the leader: the LoadTest API did).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -165,7 +165,7 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, &'static str) {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: a standby (another replica leads), or the LoadTest API has not answered yet\n",
+            "not ready: neither the Lease (a standby) nor the LoadTest API (the leader) has answered yet\n",
         )
     }
 }
