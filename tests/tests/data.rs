@@ -329,3 +329,40 @@ async fn an_unknown_column_is_a_plan_error() {
     );
     assert!(paths(&mock).is_empty());
 }
+
+/// examples/user-story-data.yaml as written, against the mock's demo defaults (OAuth2, 300
+/// requests per minute per token): each of the CSV's 24 rows is one query, every query is
+/// answered 200 (the mock checks that `pageNumber` is an integer: the CSV's `types`), none
+/// throttled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_story_data_example_runs_as_written() {
+    let mut config = pacer_mock::MockConfig::default();
+    config.record_arrivals = true;
+    let mock = start_mock(config).await;
+    let example = pacer_tests::workspace_root().join("examples/user-story-data.yaml");
+    let out = pacer_async(
+        vec!["run".into(), "-q".into(), example.display().to_string()],
+        vec![("PACER_TARGET".into(), format!("http://{}", mock.addr()))],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let stats = mock.stats();
+    let queries = paths(&mock)
+        .iter()
+        .filter(|p| p.as_str() == "/api/v2/analytics/conversations/details/query")
+        .count();
+    assert_eq!(queries, 24);
+    // 24 queries and 1 token request, every one answered 200.
+    assert_eq!(
+        stats.requests.by_status.into_iter().collect::<Vec<_>>(),
+        [(200, 25)]
+    );
+    assert_eq!(stats.tokens.issued, 1);
+}

@@ -12,6 +12,7 @@
 //! function of the plan and the shard, so no row is used twice and none is skipped, without
 //! Redis. The controller sends each worker its rows (docs/distributed.md, "Test data").
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
@@ -102,6 +103,48 @@ pub struct DataSpec {
     /// `csv` or `jsonl`; by default from the file's extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DataFormat>,
+    /// CSV columns whose values are not strings (`integer`, `number`, `boolean`): a
+    /// placeholder that is a whole JSON value keeps the type (`pageNumber:
+    /// "{{data.queries.page}}"` sends a number). JSON Lines values have their own types.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub types: BTreeMap<String, ColumnType>,
+}
+
+/// The type of a CSV column's values.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColumnType {
+    String,
+    /// A whole number (64-bit).
+    Integer,
+    /// Any JSON number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+}
+
+impl ColumnType {
+    /// The value of a CSV field of this type.
+    fn value(self, field: String) -> Result<Value, String> {
+        let bad = |what: &str| format!("{field:?} is not {what}");
+        Ok(match self {
+            ColumnType::String => Value::String(field),
+            ColumnType::Integer => {
+                Value::from(field.trim().parse::<i64>().map_err(|_| bad("an integer"))?)
+            }
+            ColumnType::Number => {
+                let n: f64 = field.trim().parse().map_err(|_| bad("a number"))?;
+                serde_json::Number::from_f64(n)
+                    .map(Value::Number)
+                    .ok_or_else(|| bad("a finite number"))?
+            }
+            ColumnType::Boolean => match field.trim() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => return Err(bad("true or false")),
+            },
+        })
+    }
 }
 
 /// A source's rows: the column names, and each row's values in column order (strings for
@@ -126,6 +169,8 @@ pub struct DataSource {
     pub file: String,
     pub mode: DataMode,
     pub format: DataFormat,
+    /// The types of CSV columns that are not strings.
+    pub types: BTreeMap<String, ColumnType>,
     /// `None` until [`attach`]ed (a LoadTest's plan as read by the operator or a worker).
     pub table: Option<Arc<Table>>,
     /// The file's text as attached: what a controller sends its workers (at most
@@ -173,7 +218,7 @@ impl DataSource {
 /// The `data:` section: names and formats checked, nothing read.
 pub(crate) fn sources(
     errors: &mut Vec<FieldError>,
-    spec: &std::collections::BTreeMap<String, DataSpec>,
+    spec: &BTreeMap<String, DataSpec>,
 ) -> Vec<DataSource> {
     if spec.len() > MAX_DATA_SOURCES {
         errors.push(FieldError::new(
@@ -200,11 +245,18 @@ pub(crate) fn sources(
                 DataFormat::Csv
             }
         };
+        if format == DataFormat::Jsonl && !d.types.is_empty() {
+            errors.push(FieldError::new(
+                format!("{p}.types"),
+                "JSON Lines values have their own types: `types` is for CSV columns",
+            ));
+        }
         out.push(DataSource {
             name: name.clone(),
             file: d.file.clone(),
             mode: d.mode,
             format,
+            types: d.types.clone(),
             table: None,
             text: None,
         });
@@ -249,7 +301,7 @@ pub fn attach(plan: &mut Plan, texts: Vec<(String, String)>) -> Result<(), Vec<F
             ));
             continue;
         }
-        match parse(&text, d.format) {
+        match parse(&text, d.format, &d.types) {
             Ok(t) => {
                 d.table = Some(Arc::new(t));
                 d.text = Some(Arc::from(text));
@@ -331,10 +383,14 @@ fn read_capped(p: &Path) -> Result<String, String> {
 }
 
 /// Parse a data file's text (at most [`MAX_DATA_BYTES`] is the caller's to check).
-pub fn parse(text: &str, format: DataFormat) -> Result<Table, String> {
+pub fn parse(
+    text: &str,
+    format: DataFormat,
+    types: &BTreeMap<String, ColumnType>,
+) -> Result<Table, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let table = match format {
-        DataFormat::Csv => parse_csv(text)?,
+        DataFormat::Csv => parse_csv(text, types)?,
         DataFormat::Jsonl => parse_jsonl(text)?,
     };
     if table.rows.is_empty() {
@@ -378,7 +434,7 @@ fn check_columns(columns: &[String]) -> Result<(), String> {
 /// RFC 4180 CSV: `,` between fields, `"` around a field that holds `,`, `"` or a line break,
 /// `""` for a quote inside; LF or CRLF line ends; blank lines skipped. The first record is the
 /// header. Errors name the line.
-fn parse_csv(text: &str) -> Result<Table, String> {
+fn parse_csv(text: &str, types: &BTreeMap<String, ColumnType>) -> Result<Table, String> {
     let mut records = CsvRecords {
         chars: text.chars().peekable(),
         line: 1,
@@ -388,6 +444,16 @@ fn parse_csv(text: &str) -> Result<Table, String> {
         .ok_or("empty file: the first line names the columns")?;
     let columns: Vec<String> = header.into_iter().map(|h| h.trim().to_string()).collect();
     check_columns(&columns).map_err(|e| format!("line 1 (the header): {e}"))?;
+    let mut typed = vec![ColumnType::String; columns.len()];
+    for (name, t) in types {
+        let i = columns.iter().position(|c| c == name).ok_or_else(|| {
+            format!(
+                "`types` names the column `{name}`, which the header does not have (its columns: {})",
+                columns.join(", ")
+            )
+        })?;
+        typed[i] = *t;
+    }
     let mut rows = Vec::new();
     while let Some((line, fields)) = records.next_record()? {
         if fields.len() != columns.len() {
@@ -397,12 +463,16 @@ fn parse_csv(text: &str) -> Result<Table, String> {
                 columns.len()
             ));
         }
-        push_row(
-            &mut rows,
-            &columns,
-            line,
-            fields.into_iter().map(Value::String),
-        )?;
+        let values = fields
+            .into_iter()
+            .zip(&typed)
+            .zip(&columns)
+            .map(|((f, t), c)| {
+                t.value(f)
+                    .map_err(|e| format!("line {line}, column `{c}`: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        push_row(&mut rows, &columns, line, values.into_iter())?;
     }
     Ok(Table { columns, rows })
 }
@@ -636,6 +706,7 @@ mod tests {
         let t = parse(
             "\u{feff}id,name\r\n1,\"a, b\"\r\n\r\n2,\"say \"\"hi\"\"\nthere\"\n3,\n",
             DataFormat::Csv,
+            &BTreeMap::new(),
         )
         .unwrap();
         assert_eq!(t.columns, ["id", "name"]);
@@ -647,31 +718,64 @@ mod tests {
 
     #[test]
     fn csv_errors_name_the_line() {
-        let e = parse("a,b\n1,2\n3\n", DataFormat::Csv).unwrap_err();
+        let e = parse("a,b\n1,2\n3\n", DataFormat::Csv, &BTreeMap::new()).unwrap_err();
         assert!(e.contains("line 3: 1 fields, the header has 2"), "{e}");
-        let e = parse("a,b\n1,\"2\n", DataFormat::Csv).unwrap_err();
+        let e = parse("a,b\n1,\"2\n", DataFormat::Csv, &BTreeMap::new()).unwrap_err();
         assert!(e.contains("line 2: a quoted field is never closed"), "{e}");
-        let e = parse("a,b\n1,\"2\"x\n", DataFormat::Csv).unwrap_err();
+        let e = parse("a,b\n1,\"2\"x\n", DataFormat::Csv, &BTreeMap::new()).unwrap_err();
         assert!(e.contains("line 2: text after a closing quote"), "{e}");
         assert!(
-            parse("a,b\n", DataFormat::Csv)
+            parse("a,b\n", DataFormat::Csv, &BTreeMap::new())
                 .unwrap_err()
                 .contains("no rows")
         );
         assert!(
-            parse("", DataFormat::Csv)
+            parse("", DataFormat::Csv, &BTreeMap::new())
                 .unwrap_err()
                 .contains("empty file")
         );
-        let e = parse("a,a\n1,2\n", DataFormat::Csv).unwrap_err();
+        let e = parse("a,a\n1,2\n", DataFormat::Csv, &BTreeMap::new()).unwrap_err();
         assert!(e.contains("named twice"), "{e}");
-        let e = parse("a,\n1,2\n", DataFormat::Csv).unwrap_err();
+        let e = parse("a,\n1,2\n", DataFormat::Csv, &BTreeMap::new()).unwrap_err();
         assert!(e.contains("column 2"), "{e}");
         let wide = (0..=MAX_DATA_COLUMNS)
             .map(|i| format!("c{i}"))
             .collect::<Vec<_>>();
-        let e = parse(&format!("{}\n", wide.join(",")), DataFormat::Csv).unwrap_err();
+        let e = parse(
+            &format!("{}\n", wide.join(",")),
+            DataFormat::Csv,
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
         assert!(e.contains("257 columns, at most 256"), "{e}");
+    }
+
+    #[test]
+    fn csv_columns_may_have_types() {
+        let types = BTreeMap::from([
+            ("page".to_string(), ColumnType::Integer),
+            ("ok".to_string(), ColumnType::Boolean),
+            ("x".to_string(), ColumnType::Number),
+        ]);
+        let t = parse("page,ok,x,s\n3,true,1.5,7\n", DataFormat::Csv, &types).unwrap();
+        assert_eq!(
+            t.rows[0],
+            vec![
+                Value::from(3),
+                Value::Bool(true),
+                Value::from(1.5),
+                Value::from("7")
+            ]
+        );
+        let e = parse(
+            "page,ok,x\n3,true,1\nthree,false,2\n",
+            DataFormat::Csv,
+            &types,
+        )
+        .unwrap_err();
+        assert_eq!(e, "line 3, column `page`: \"three\" is not an integer");
+        let e = parse("p,ok,x\n3,true,1\n", DataFormat::Csv, &types).unwrap_err();
+        assert!(e.contains("`types` names the column `page`"), "{e}");
     }
 
     #[test]
@@ -679,16 +783,22 @@ mod tests {
         let t = parse(
             "{\"id\": 1, \"tags\": [\"x\"]}\n\n{\"tags\": [], \"id\": 2}\n",
             DataFormat::Jsonl,
+            &BTreeMap::new(),
         )
         .unwrap();
         assert_eq!(t.columns, ["id", "tags"]);
         assert_eq!(t.rows[1], vec![Value::from(2), serde_json::json!([])]);
-        let e = parse("{\"id\": 1}\n{\"di\": 2}\n", DataFormat::Jsonl).unwrap_err();
+        let e = parse(
+            "{\"id\": 1}\n{\"di\": 2}\n",
+            DataFormat::Jsonl,
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
         assert!(e.contains("line 2: the keys differ"), "{e}");
-        let e = parse("{\"id\": 1}\n[1]\n", DataFormat::Jsonl).unwrap_err();
+        let e = parse("{\"id\": 1}\n[1]\n", DataFormat::Jsonl, &BTreeMap::new()).unwrap_err();
         assert!(e.contains("line 2: not a JSON object"), "{e}");
         assert!(
-            parse("\n", DataFormat::Jsonl)
+            parse("\n", DataFormat::Jsonl, &BTreeMap::new())
                 .unwrap_err()
                 .contains("empty file")
         );
