@@ -56,6 +56,10 @@ pub struct OperatorArgs {
     /// Pull policy of that image (default: Kubernetes' own).
     #[arg(long, value_parser = ["Always", "IfNotPresent", "Never"])]
     pub worker_image_pull_policy: Option<String>,
+    /// Worker pods on the node's network (`hostNetwork: true`), for clusters without a pod
+    /// network (the chart's `hostNetwork`).
+    #[arg(long)]
+    pub worker_host_network: bool,
     /// Run the LoadTests of this namespace only (repeat for several; default: every namespace).
     #[arg(long = "namespace", short = 'n', value_name = "NAMESPACE")]
     pub namespaces: Vec<String>,
@@ -219,6 +223,7 @@ async fn operator_inner(args: OperatorArgs) -> anyhow::Result<Exit> {
         &args.worker_image,
         args.allowed_images.clone(),
         args.allowed_service_accounts.clone(),
+    cfg.worker_host_network = args.worker_host_network;
     );
     cfg.instance = std::env::var("POD_NAME").ok();
     cfg.leader_election = match &args.leader_elect_lease {

@@ -75,6 +75,9 @@ pub struct OperatorConfig {
     /// chart's `imagePullSecrets`), in the LoadTest's namespace.
     pub worker_image_pull_secrets: Vec<String>,
     /// The fleet's Redis when a LoadTest names none.
+    /// Worker pods on the node's network (`--worker-host-network`, the chart's `hostNetwork`),
+    /// for clusters without a pod network.
+    pub worker_host_network: bool,
     pub default_redis: Option<RedisSource>,
     /// How often a running test's status is written.
     pub status_interval: Duration,
@@ -105,6 +108,7 @@ impl OperatorConfig {
             image_pull_policy: None,
             worker_image_pull_secrets: Vec::new(),
             default_redis: None,
+            worker_host_network: false,
             status_interval: Duration::from_secs(2),
             namespaces: Vec::new(),
             instance: None,

@@ -368,6 +368,11 @@ pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
                         .then(|| template.tolerations.clone()),
                     affinity: template.affinity.clone(),
                     enable_service_links: Some(false),
+                    host_network: cfg.worker_host_network.then_some(true),
+                    // a host-network pod keeps the cluster's DNS only with this policy
+                    dns_policy: cfg
+                        .worker_host_network
+                        .then(|| "ClusterFirstWithHostNet".into()),
                     termination_grace_period_seconds: Some(45),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),

@@ -1,5 +1,6 @@
 //! A Kubernetes control plane of local processes: etcd, kube-apiserver (RBAC), and
-//! kube-controller-manager, plus the process [`Kubelet`]. Everything listens on 127.0.0.1 ports
+//! kube-controller-manager, plus the process [`Kubelet`] or a real node (node.rs: containerd,
+//! kubelet, kube-scheduler). Everything listens on 127.0.0.1 ports
 //! picked at start, keeps its data and logs in one temporary directory, and is killed (process
 //! groups) and removed when the [`Cluster`] is dropped, or by a watchdog when the test process
 //! ends without dropping it (a shared `static` cluster, a crash).
@@ -21,6 +22,7 @@ use tokio::runtime::Runtime;
 
 use super::kubeconfig::{Credentials, service_account_token, write_kubeconfig};
 use super::kubelet::{Kubelet, KubeletOptions, default_entrypoints};
+use super::node::{self, RealNode, RealNodeOptions};
 use super::pki::{Pki, SERVICE_CIDR};
 use super::proc::{Component, GroupRegistry, Watchdog, free_port, tail};
 
@@ -52,7 +54,7 @@ pub fn tools_dir() -> PathBuf {
     root.join("bin")
 }
 
-fn tool(name: &str) -> Result<PathBuf> {
+pub(crate) fn tool(name: &str) -> Result<PathBuf> {
     let path = tools_dir().join(name);
     if !path.is_file() {
         bail!(
@@ -77,8 +79,11 @@ pub fn kubectl_bin() -> PathBuf {
 /// How to start a [`Cluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// Start the process kubelet (default: yes).
+    /// Start the process kubelet (default: yes; never with `real_node`).
     pub kubelet: bool,
+    /// A real node instead of the process kubelet: containerd, kubelet and kube-scheduler
+    /// (node.rs; `make e2e-node`). Pods then run in containers and must use `hostNetwork`.
+    pub real_node: Option<RealNodeOptions>,
     /// Let the kubelet bind only this namespace's pods (default: every namespace).
     pub kubelet_namespace: Option<String>,
     /// The binary run for pods whose command is `pacer` (default: [`crate::pacer_bin`]).
@@ -95,6 +100,7 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
             kubelet: true,
+            real_node: None,
             kubelet_namespace: None,
             pacer_bin: None,
             entrypoints: default_entrypoints(),
@@ -113,6 +119,8 @@ pub struct Cluster {
     kubeconfig: PathBuf,
     components: Vec<Component>,
     kubelet: Option<Kubelet>,
+    node: Option<RealNode>,
+    node_cleanup: Option<PathBuf>,
     runtime: HarnessRuntime,
     watchdog: Option<Watchdog>,
 }
@@ -146,7 +154,7 @@ impl std::fmt::Debug for Cluster {
 
 /// Run `fut` to completion on `runtime` from a thread of its own, so that this works from
 /// synchronous code and from inside another runtime alike.
-fn block_on<F>(runtime: &Runtime, fut: F) -> Result<F::Output>
+pub(crate) fn block_on<F>(runtime: &Runtime, fut: F) -> Result<F::Output>
 where
     F: Future + Send,
     F::Output: Send,
@@ -184,8 +192,14 @@ impl Cluster {
     /// cleaned up by the watchdog when the binary exits. Panics (failing the calling test) with
     /// the reason when it could not start.
     pub fn shared() -> &'static Cluster {
+        Self::shared_with(ClusterOptions::default)
+    }
+
+    /// [`Cluster::shared`] started with `options()` by the first caller (a later caller's
+    /// options are not used: a test binary has one shared cluster).
+    pub fn shared_with(options: impl FnOnce() -> ClusterOptions) -> &'static Cluster {
         static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
-        match SHARED.get_or_init(|| Cluster::start().map_err(|e| format!("{e:#}"))) {
+        match SHARED.get_or_init(|| Cluster::start_with(options()).map_err(|e| format!("{e:#}"))) {
             Ok(c) => c,
             Err(e) => panic!("the e2e cluster did not start: {e}"),
         }
@@ -219,6 +233,8 @@ impl Cluster {
             kubeconfig: dir.join("admin.kubeconfig"),
             components: Vec::new(),
             kubelet: None,
+            node: None,
+            node_cleanup: None,
             runtime: HarnessRuntime(None),
             watchdog: Some(watchdog),
         };
@@ -321,9 +337,16 @@ impl Cluster {
             },
             None,
         )?;
+        // A real node is watched by the node lifecycle controller, which removes the not-ready
+        // taint a new Node gets (the process kubelet's Node sends no heartbeats: it would be
+        // marked unreachable).
+        let mut controllers = CONTROLLERS.to_vec();
+        if options.real_node.is_some() {
+            controllers.push("node-lifecycle-controller");
+        }
         let kcm_args: Vec<String> = vec![
             format!("--kubeconfig={}", p(&kcm_kubeconfig)),
-            format!("--controllers={}", CONTROLLERS.join(",")),
+            format!("--controllers={}", controllers.join(",")),
             "--use-service-account-credentials=true".into(),
             format!(
                 "--service-account-private-key-file={}",
@@ -353,7 +376,24 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(200));
         }
 
-        if options.kubelet {
+        if let Some(node_options) = &options.real_node {
+            // importing images and registering the node take longer than the control plane
+            let node_deadline = Instant::now() + options.startup_timeout;
+            let node = node::start(
+                rt,
+                &client,
+                &dir,
+                &cluster.server,
+                &pki,
+                &groups,
+                node_options,
+                &mut cluster.components,
+                node_deadline,
+            );
+            // the cleanup script exists as soon as the node started to start
+            cluster.node_cleanup = Some(dir.join("cleanup.sh"));
+            cluster.node = Some(node?);
+        } else if options.kubelet {
             let kubelet = Kubelet::start(
                 rt.handle(),
                 client,
@@ -429,6 +469,11 @@ impl Cluster {
 
     pub fn kubelet(&self) -> Option<&Kubelet> {
         self.kubelet.as_ref()
+    }
+
+    /// The real node, when the cluster was started with one.
+    pub fn real_node(&self) -> Option<&RealNode> {
+        self.node.as_ref()
     }
 
     /// An admin client in the caller's runtime.
@@ -549,9 +594,18 @@ impl Drop for Cluster {
         if let Some(rt) = self.runtime.0.take() {
             rt.shutdown_background();
         }
-        // the controller manager first, etcd last
+        // the real node's processes and the controller manager first, etcd last
         while let Some(mut c) = self.components.pop() {
             c.kill();
+        }
+        if let Some(script) = self.node_cleanup.take() {
+            match std::process::Command::new("sh").arg(&script).status() {
+                Ok(s) if s.success() => {}
+                other => eprintln!(
+                    "the real node's cleanup ({}) did not finish: {other:?}",
+                    script.display()
+                ),
+            }
         }
         if let Some(mut w) = self.watchdog.take() {
             w.stop();

@@ -1,6 +1,7 @@
 //! A Kubernetes cluster for end-to-end tests without containers: etcd, kube-apiserver and
 //! kube-controller-manager (built by `make e2e-deps`) as local processes on loopback ports, and
-//! a kubelet of this crate that runs pods as local processes. See `docs/testing.md`.
+//! a kubelet of this crate that runs pods as local processes, or a real node (containerd, the
+//! real kubelet and kube-scheduler: `node.rs`). See `docs/testing.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -14,6 +15,7 @@ mod cluster;
 mod env;
 mod kubeconfig;
 mod kubelet;
+mod node;
 mod pki;
 mod proc;
 
@@ -23,6 +25,7 @@ pub use cluster::{
 };
 pub use kubeconfig::{Credentials, service_account_token, write_kubeconfig};
 pub use kubelet::{Kubelet, KubeletOptions, default_entrypoints};
+pub use node::{ImageArchive, PAUSE_IMAGE, RealNode, RealNodeOptions, ctr, normalise_reference};
 pub use pki::Pki;
 pub use proc::{free_port, group_alive};
 

@@ -172,6 +172,8 @@ while kill -0 "$parent" 2>/dev/null; do sleep 1; done
 if [ -f "$dir/pgids" ]; then
   for g in $(cat "$dir/pgids"); do kill -9 "-$g" 2>/dev/null; done
 fi
+# a real node's containers, shims, mounts and cgroups (tests/src/kube/node.rs)
+[ -f "$dir/cleanup.sh" ] && sh "$dir/cleanup.sh"
 [ "$keep" = 1 ] || rm -rf "$dir"
 "#;
 
