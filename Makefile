@@ -11,7 +11,7 @@ help:
 	@echo "make test   - install what is missing, then run the whole test suite"
 	@echo "make check  - fmt, clippy and every test that needs no Go-built tool (minutes, not half an hour)"
 	@echo "make lint   - cargo fmt --check and clippy -D warnings"
-	@echo "make e2e-deps - build kube-apiserver, etcd, helm for the Kubernetes e2e tests (once)"
+	@echo "make e2e-deps - build kube-apiserver, etcd, helm, kubelet, kube-scheduler for the Kubernetes e2e tests (once)"
 	@echo "make crds   - regenerate charts/pacer/crds/ from the Rust types (pacer crd)"
 	@echo "make chart  - helm lint and helm template of charts/pacer (helm from make e2e-deps)"
 	@echo "make bench  - benchmarks against peers (see docs/benchmarks.md)"
@@ -58,7 +58,10 @@ test: deps e2e-deps
 # Kubernetes tools (k8s_*.rs and chart.rs in tests/), so a cold machine starts testing in
 # minutes instead of after the 15-30 minute `make e2e-deps`. Redis still comes from `make deps`.
 GO_TOOL_TESTS := $(wildcard tests/tests/k8s_*.rs) tests/tests/chart.rs
-E2E_NO_GO := $(patsubst tests/tests/%.rs,--test %,$(filter-out $(GO_TOOL_TESTS),$(wildcard tests/tests/*.rs)))
+# tests/tests/node_e2e.rs needs the image, containerd and the kubelet (`make e2e-node`; the
+# `node-e2e` feature).
+NODE_TESTS := tests/tests/node_e2e.rs
+E2E_NO_GO := $(patsubst tests/tests/%.rs,--test %,$(filter-out $(GO_TOOL_TESTS) $(NODE_TESTS),$(wildcard tests/tests/*.rs)))
 check: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

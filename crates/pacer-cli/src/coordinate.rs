@@ -88,22 +88,7 @@ pub async fn drive(
         return Exit::Failure;
     }
     // The report's row per worker: each one's last snapshot.
-    let workers = || -> Vec<pacer_report::WorkerRow> {
-        outcome
-            .workers
-            .iter()
-            .zip(&outcome.worker_snapshots)
-            .filter_map(|(w, snap)| {
-                snap.as_ref().map(|s| {
-                    pacer_report::WorkerRow::from_snapshot(
-                        &format!("{} {}", w.index, w.name),
-                        s,
-                        outcome.elapsed,
-                    )
-                })
-            })
-            .collect()
-    };
+    let workers = || outcome.worker_rows();
     if let Err(e) = outputs
         .finish(
             plan,

@@ -161,6 +161,14 @@ pub struct ReportCommand {
     /// The JSON summary instead of the text.
     #[arg(long)]
     pub json: bool,
+    /// Also write the self-contained HTML report to FILE, as `pacer run --report` does (from
+    /// the run data the operator stored when the test ended).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Also write the fleet's per-second series: `json=FILE` (JSON Lines) or `csv=FILE`; or the
+    /// evidence ledger: `ledger=FILE`. Repeatable; as `pacer run --out`.
+    #[arg(long = "out", value_name = "FORMAT=FILE", value_parser = crate::report::parse_out)]
+    pub out: Vec<crate::report::SeriesOut>,
 }
 
 /// Which CustomResourceDefinition `pacer crd` prints.
@@ -647,6 +655,31 @@ async fn watch_loop(client: Client, ns: &str, name: &str, every: Duration) -> an
     }
 }
 
+/// `pacer report NAME --html FILE --out FORMAT=FILE`: the stored run data rendered by the
+/// code path of `pacer run --report` ([`crate::report::write_files`]).
+async fn write_report_files(
+    cms: &Api<ConfigMap>,
+    args: &ReportCommand,
+    test_id: &str,
+) -> anyhow::Result<()> {
+    let data = pacer_operator::run_data::load(cms, &args.name, test_id).await?;
+    let summary = data.summary()?;
+    let workers = data.worker_rows();
+    crate::report::write_files(
+        args.html.as_deref(),
+        &args.out,
+        &crate::report::ReportData {
+            plan_source: Some(&data.plan_source),
+            snapshot: &data.snapshot,
+            summary: &summary,
+            series: &data.series.fleet,
+            workers: &workers,
+            started_unix_ms: data.series.started_unix_ms,
+            abort_reason: data.abort_reason.as_deref(),
+        },
+    )
+}
+
 /// `pacer report`.
 pub async fn report(args: ReportCommand) -> Exit {
     let r = async {
@@ -664,6 +697,16 @@ pub async fn report(args: ReportCommand) -> Exit {
             );
         };
         let cms: Api<ConfigMap> = Api::namespaced(client, &ns);
+        if args.html.is_some() || !args.out.is_empty() {
+            let test_id = lt
+                .status
+                .as_ref()
+                .and_then(|s| s.test_id.clone())
+                .unwrap_or_default();
+            write_report_files(&cms, &args, &test_id)
+                .await
+                .with_context(|| format!("the report files of LoadTest {ns}/{}", args.name))?;
+        }
         let cm = cms
             .get(&r.config_map)
             .await

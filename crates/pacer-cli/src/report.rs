@@ -53,7 +53,7 @@ pub struct SeriesOut {
     pub path: PathBuf,
 }
 
-fn parse_out(text: &str) -> Result<SeriesOut, String> {
+pub(crate) fn parse_out(text: &str) -> Result<SeriesOut, String> {
     let (format, path) = text.split_once('=').ok_or_else(|| {
         format!("expected FORMAT=FILE (json=series.jsonl, csv=series.csv), got {text:?}")
     })?;

@@ -129,6 +129,24 @@ impl FleetOutcome {
         summary
     }
 
+    /// How a worker is named in the report's worker table: `<index> <name>`.
+    pub fn worker_label(&self, w: &WorkerView) -> String {
+        format!("{} {}", w.index, w.name)
+    }
+
+    /// The report's row per worker (`table-workers`): each one's last counted snapshot.
+    pub fn worker_rows(&self) -> Vec<pacer_report::WorkerRow> {
+        self.workers
+            .iter()
+            .zip(&self.worker_snapshots)
+            .filter_map(|(w, snap)| {
+                snap.as_ref().map(|s| {
+                    pacer_report::WorkerRow::from_snapshot(&self.worker_label(w), s, self.elapsed)
+                })
+            })
+            .collect()
+    }
+
     pub fn lost(&self) -> usize {
         lost(&self.workers)
     }

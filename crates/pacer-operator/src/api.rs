@@ -152,6 +152,26 @@ pub(crate) async fn store_report(
     }))
 }
 
+/// Store a finished test's run data (`pacer report NAME --html`) in its chunk ConfigMaps
+/// (run_data.rs); data too large is logged and left out.
+pub(crate) async fn store_run_data(
+    lt: &LoadTest,
+    ctx: &Context,
+    test_id: &str,
+    data: &crate::run_data::RunData,
+) -> Result<()> {
+    let cms: Api<ConfigMap> = namespaced(lt, ctx)?;
+    match crate::run_data::store(&cms, lt, test_id, data).await {
+        Ok(_) => Ok(()),
+        // Refused as too large: the verdict must not wait on it (the summary is stored).
+        Err(e) if crate::sizes::is_too_large(&e) => {
+            tracing::warn!(loadtest = %lt.name_any(), "the run data was refused as too large: {e}");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Create the session Secret and the Indexed Job of workers.
 pub(crate) async fn create_workers(
     lt: &LoadTest,

@@ -46,6 +46,7 @@ pub mod prepare;
 pub mod ratebudget;
 pub mod reason;
 pub mod resources;
+pub mod run_data;
 pub mod runner;
 pub mod schema;
 pub mod sizes;

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::grpc::Routes;
+use crate::run_data::RunData;
 
 /// What a run needs.
 #[derive(Clone, Debug)]
@@ -117,6 +118,11 @@ pub trait RunHandle: Send + Sync {
     fn figures(&self) -> Option<Arc<crate::loadtest_metrics::Figures>> {
         None
     }
+    /// Once a run has finished: its results as data, for the report `pacer report` renders
+    /// ([`RunData`]; `None` for a run that did not finish, or a runner without them).
+    fn run_data(&self) -> Option<Arc<RunData>> {
+        None
+    }
 }
 
 /// Why a run could not be started (nothing was started then).
@@ -165,6 +171,7 @@ impl TestRunner for CoordinatorRunner {
             previous: Mutex::new(None),
             end: Mutex::new(None),
             figures: Mutex::new(None),
+            data: Mutex::new(None),
         });
         let routes = self.routes.clone();
         let h = handle.clone();
@@ -174,6 +181,7 @@ impl TestRunner for CoordinatorRunner {
             let result = coordinator.run().await;
             let end = match result {
                 Ok(outcome) => {
+                    *h.data.lock() = Some(Arc::new(RunData::from_outcome(&h.plan, &outcome)));
                     let summary = outcome.summary(&h.plan);
                     let mut stats = stats_of(
                         &h.plan,
@@ -244,6 +252,8 @@ struct CoordinatorRun {
     previous: Mutex<Option<(Instant, u64)>>,
     end: Mutex<Option<RunEnd>>,
     figures: Mutex<Option<Arc<crate::loadtest_metrics::Figures>>>,
+    /// The finished run's data (set before `end`).
+    data: Mutex<Option<Arc<RunData>>>,
 }
 
 impl RunHandle for CoordinatorRun {
@@ -286,6 +296,10 @@ impl RunHandle for CoordinatorRun {
 
     fn figures(&self) -> Option<Arc<crate::loadtest_metrics::Figures>> {
         self.figures.lock().clone()
+    }
+
+    fn run_data(&self) -> Option<Arc<RunData>> {
+        self.data.lock().clone()
     }
 
     fn snapshot(&self) -> Option<(Arc<Plan>, Snapshot, Duration)> {

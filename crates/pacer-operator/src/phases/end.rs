@@ -10,7 +10,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use super::{base_status, condition};
-use crate::api::{delete_loadtest, delete_workers, event, store_report, why_missing, write_status};
+use crate::api::{
+    delete_loadtest, delete_workers, event, store_report, store_run_data, why_missing, write_status,
+};
 use crate::controller::{Context, Result, uid};
 use crate::crd::{CleanupPolicy, LoadTest, LoadTestStatus, Phase};
 use crate::messages;
@@ -59,6 +61,15 @@ pub(super) async fn finish(
         RunEnd::Finished(result) => {
             apply_live(&mut s, &result.stats, prepared.workers);
             s.report = store_report(lt, ctx, &prepared.test_id, &result.text, &result.json).await?;
+            // The run as data, for `pacer report NAME --html/--out` (run_data.rs).
+            let data = ctx
+                .runs
+                .lock()
+                .get(&uid(lt))
+                .and_then(|r| r.handle.run_data());
+            if let Some(data) = data {
+                store_run_data(lt, ctx, &prepared.test_id, &data).await?;
+            }
             Outcome::Finished {
                 result,
                 stopping: stopping.as_deref(),

@@ -1,0 +1,431 @@
+//! A LoadTest's report on a real API server (issue 20, parts 1 and 6): `pacer submit` of a plan
+//! file with a credential from a Secret, `pacer watch` to the end (its exit code is the
+//! verdict), then `pacer report NAME --html --out json= --out csv=`, rendered from the run data
+//! the operator stored in ConfigMaps when the test ended. The report's request count, 429s and
+//! p95 equal the LoadTest's status and the mock's own count, and its series has one row per
+//! second of the run. The chart is installed once (`helm install`, the operator as its
+//! ServiceAccount, listening on 127.0.0.1), the mock is a `pacer mock` process with a limit
+//! that refuses some requests. Needs `make e2e-deps`.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use pacer_tests::kube::{Cluster, eventually, free_port, tools_dir};
+use pacer_tests::{pacer_async, pacer_bin, stderr, stdout, workspace_root};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+const RELEASE_NS: &str = "pacer-system";
+
+/// The plan: 16 arrivals a second for 6 s over 2 workers, against a mock that lets a client
+/// through 10 times a second: some are refused with 429, none retried (`maxAttempts: 1`), so
+/// the mock's count is the attempts'.
+const RATE: u64 = 16;
+const SECS: u64 = 6;
+const WORKERS: u32 = 2;
+const CLIENT_ID: &str = "report-e2e";
+const CLIENT_SECRET: &str = "report-e2e-secret-7c1";
+
+fn plan(target: &str) -> String {
+    format!(
+        r#"name: k8s-report
+target: {target}
+auth:
+  - name: api
+    type: oauth2-clientCredentials
+    tokenUrl: /oauth/token
+    clientId: ${{env:PACER_AUTH_API_CLIENT_ID}}
+    clientSecret: ${{env:PACER_AUTH_API_CLIENT_SECRET}}
+retry: {{ maxAttempts: 1 }}
+scenarios:
+  - name: me
+    executor: constant-arrival-rate
+    rate: {RATE}/s
+    duration: {SECS}s
+    maxInFlight: 100
+    auth: api
+    requests:
+      - {{ name: me, path: /api/v2/users/me }}
+thresholds:
+  http_req_duration: ["p(95)<5000ms"]
+"#
+    )
+}
+
+async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(tools_dir().join("helm"));
+    cmd.arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(150), cmd.output())
+        .await
+        .expect("helm finishes within 150 s")
+        .expect("helm runs (make e2e-deps)")
+}
+
+/// `GET http://127.0.0.1:<port><path>`: the status code and the body (not chunked: the mock's
+/// stats and the operator's probes answer with a length).
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    Some((code, body.to_string()))
+}
+
+/// What the `helm install` left running.
+struct Install {
+    /// The operator's pod.
+    operator: String,
+}
+
+static INSTALL: OnceCell<Install> = OnceCell::const_new();
+
+async fn installed() -> &'static Install {
+    INSTALL.get_or_init(install).await
+}
+
+/// The chart, as k8s_e2e.rs installs it: the operator listens on loopback (every pod shares
+/// the host's network here) with the chart's generated TLS certificate.
+async fn install() -> Install {
+    let build = std::thread::spawn(pacer_bin);
+    let cluster = Cluster::shared();
+    build.join().unwrap();
+    let client = cluster.client().await.unwrap();
+    let grpc = free_port().unwrap();
+    let metrics = free_port().unwrap();
+    let chart = workspace_root().join("charts").join("pacer");
+    let out = helm(
+        cluster,
+        &[
+            "install",
+            "pacer",
+            chart.to_str().unwrap(),
+            "-n",
+            RELEASE_NS,
+            "--create-namespace",
+            "--set",
+            &format!("service.grpcPort={grpc}"),
+            "--set",
+            &format!("service.metricsPort={metrics}"),
+            "--set",
+            "controller.listenHost=127.0.0.1",
+            "--set",
+            &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
+            "--set",
+            "controller.statusInterval=1s",
+            "--set",
+            &format!("controller.extraArgs={{--worker-server-name=pacer.{RELEASE_NS}.svc}}"),
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "helm install failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.diagnostics()
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    eventually(
+        Duration::from_secs(30),
+        "the CRD is established",
+        || async {
+            let crd = crds.get("loadtests.pacer.dev").await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    let operator = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .unwrap_or_else(|| panic!("no Running operator pod\n{}", cluster.diagnostics()));
+    eventually(
+        Duration::from_secs(30),
+        "the operator's /readyz",
+        || async { (http_get(metrics, "/readyz").await?.0 == 200).then_some(()) },
+    )
+    .await;
+    Install {
+        operator: operator.metadata.name.unwrap(),
+    }
+}
+
+/// `pacer mock` as a process on a free loopback port, stopped on drop.
+struct MockProcess {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl MockProcess {
+    fn start(args: &[&str], log: &Path) -> Self {
+        let port = free_port().unwrap();
+        let out = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(pacer_bin())
+            .args(["mock", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env_remove("PACER_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self { port, child }
+    }
+
+    async fn stats(&self) -> Value {
+        let (code, body) = http_get(self.port, "/_mock/stats").await.unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `pacer ARGS` with the cluster's kubeconfig, bounded.
+async fn pacer_k8s(args: &[&str], limit: Duration) -> Output {
+    let kubeconfig = Cluster::shared().kubeconfig().display().to_string();
+    pacer_async(
+        args.iter().map(|s| s.to_string()).collect(),
+        vec![("KUBECONFIG".into(), kubeconfig)],
+        limit,
+    )
+    .await
+}
+
+/// `data-value` of the element with this id.
+fn data_value(html: &str, id: &str) -> f64 {
+    let at = html
+        .find(&format!(r#"id="{id}""#))
+        .unwrap_or_else(|| panic!("no #{id}"));
+    let rest = &html[at..];
+    let v = rest.find("data-value=\"").unwrap() + "data-value=\"".len();
+    let end = rest[v..].find('"').unwrap();
+    rest[v..v + end].parse().unwrap()
+}
+
+#[tokio::test]
+async fn submit_watch_and_report_agree_with_the_status_and_the_mock() {
+    let install = installed().await;
+    let cluster = Cluster::shared();
+    let client = cluster.client().await.unwrap();
+    let ns = "e2e-report";
+    let name = "k8s-report";
+    cluster.create_namespace(ns).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockProcess::start(
+        &[
+            "--client",
+            &format!("{CLIENT_ID}:{CLIENT_SECRET}:report-org"),
+            "--limit",
+            "me:client:10/1s",
+            "--latency",
+            "fixed:3ms",
+        ],
+        &dir.path().join("mock.log"),
+    );
+    eventually(Duration::from_secs(30), "pacer mock answers", || async {
+        (http_get(mock.port, "/_mock/stats").await?.0 == 200).then_some(())
+    })
+    .await;
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "report-client",
+            "-n",
+            ns,
+            &format!("--from-literal=clientId={CLIENT_ID}"),
+            &format!("--from-literal=clientSecret={CLIENT_SECRET}"),
+        ])
+        .await
+        .unwrap();
+    let plan_path = dir.path().join("plan.yaml");
+    std::fs::write(&plan_path, plan(&format!("http://127.0.0.1:{}", mock.port))).unwrap();
+
+    // submit, then watch to the end: the exit code is the verdict (passed: 0)
+    let submit = pacer_k8s(
+        &[
+            "submit",
+            plan_path.to_str().unwrap(),
+            "-n",
+            ns,
+            "--name",
+            name,
+            "--workers",
+            &WORKERS.to_string(),
+            "--credential",
+            "api=report-client",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(submit.status.code(), Some(0), "{}", stderr(&submit));
+    let watch = pacer_k8s(
+        &["watch", name, "-n", ns, "--every", "1"],
+        Duration::from_secs(180),
+    )
+    .await;
+    let operator_log = || {
+        cluster
+            .pod_log(RELEASE_NS, &install.operator)
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        watch.status.code(),
+        Some(0),
+        "watch: {}\n{}\noperator log:\n{}",
+        stdout(&watch),
+        stderr(&watch),
+        operator_log()
+    );
+
+    let tests: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource {
+            group: "pacer.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "pacer.dev/v1alpha1".into(),
+            kind: "LoadTest".into(),
+            plural: "loadtests".into(),
+        },
+    );
+    let status = tests.get(name).await.unwrap().data["status"].clone();
+    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    let requests = status["requests"].as_u64().unwrap();
+    let throttled = status["throttled"].as_u64().unwrap();
+    let p95 = status["latency"]["p95"].as_str().unwrap().to_string();
+
+    // the report files, from the stored run data
+    let html = dir.path().join("report.html");
+    let jsonl = dir.path().join("series.jsonl");
+    let csv = dir.path().join("series.csv");
+    let report = pacer_k8s(
+        &[
+            "report",
+            name,
+            "-n",
+            ns,
+            "--html",
+            html.to_str().unwrap(),
+            "--out",
+            &format!("json={}", jsonl.display()),
+            "--out",
+            &format!("csv={}", csv.display()),
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(report.status.code(), Some(0), "{}", stderr(&report));
+    assert!(stdout(&report).contains("http_reqs"), "{}", stdout(&report));
+    let page = std::fs::read_to_string(&html).unwrap();
+    let reqs = data_value(&page, "tile-http-reqs") as u64;
+    let refused = data_value(&page, "tile-throttled") as u64;
+    let report_p95 = format!("{:.1}ms", data_value(&page, "tile-duration-p95"));
+    // the mock's count: every attempt reached it (none retried), its 429s are the refusals
+    let stats = mock.stats().await;
+    let mock_count = stats["requests"]["byRoute"]["GET /api/v2/users/me"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{:#}", stats["requests"]));
+    eprintln!(
+        "k8s report: {reqs} requests, {refused} 429s, p95 {report_p95}; status {requests}, \
+         {throttled}, {p95}; mock {mock_count}"
+    );
+    assert_eq!(reqs, requests, "report vs status");
+    assert_eq!(reqs, mock_count, "report vs mock");
+    assert_eq!(reqs, RATE * SECS);
+    assert_eq!(refused, throttled, "429s: report vs status");
+    assert!(refused > 0, "the mock's limit refused none");
+    assert_eq!(report_p95, p95, "p95: report vs status");
+    assert!(page.contains(r#"id="table-workers""#), "a row per worker");
+    assert!(
+        !page.contains(CLIENT_SECRET),
+        "the secret reached the report"
+    );
+
+    // the series: one row per second of the run, adding up to the total
+    let rows: Vec<Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary_json = pacer_k8s(
+        &["report", name, "-n", ns, "--json"],
+        Duration::from_secs(30),
+    )
+    .await;
+    let summary: Value = serde_json::from_str(&stdout(&summary_json)).unwrap();
+    let elapsed = summary["elapsed_secs"].as_f64().unwrap();
+    eprintln!(
+        "series: {} rows for {elapsed:.2} s: {:?}",
+        rows.len(),
+        rows.iter()
+            .map(|r| r["attempts"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        (rows.len() as f64 - elapsed).abs() <= 1.0,
+        "{} rows for {elapsed} s",
+        rows.len()
+    );
+    let sum: u64 = rows.iter().map(|r| r["attempts"].as_u64().unwrap()).sum();
+    assert_eq!(sum, requests);
+    let throttled_rows: u64 = rows.iter().map(|r| r["throttled"].as_u64().unwrap()).sum();
+    assert_eq!(throttled_rows, throttled);
+    let csv_text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv_text.lines().count(), rows.len() + 1, "{csv_text}");
+
+    // where it is kept: the chunk ConfigMaps of the run data, owned by the LoadTest
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let chunk = cms.get(&format!("{name}-report-data-0")).await.unwrap();
+    assert_eq!(
+        chunk.data.as_ref().unwrap()["testId"],
+        status["testId"].as_str().unwrap()
+    );
+    assert!(
+        chunk
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o.kind == "LoadTest" && o.name == name)),
+        "{:?}",
+        chunk.metadata
+    );
+}
