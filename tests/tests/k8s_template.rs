@@ -7,6 +7,8 @@
 //!   Job's pods carry the template (and the chart's pull Secret), and a scrape of the
 //!   operator's `/metrics` mid-run shows the LoadTest's series; it ends Succeeded with the
 //!   mock's count, its status saying where the plan came from;
+//! - `pacer submit --plan-configmap`: the plan file into a ConfigMap, a LoadTest referring
+//!   to it, watched to Succeeded (exit code 0);
 //! - what is refused: a hostPath volume and a LoadTest with both `plan` and `planRef` by
 //!   `kubectl apply` (the CRD's CEL rules), a `planRef` to a missing ConfigMap and a Secret
 //!   volume that is not one of the test's credentials by the operator, each naming the field.
@@ -24,7 +26,7 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
 use pacer_mock::LatencyConfig;
 use pacer_tests::kube::{Cluster, eventually, free_port, tools_dir};
-use pacer_tests::{pacer_bin, plain_mock_config, start_mock, workspace_root};
+use pacer_tests::{pacer_async, pacer_bin, plain_mock_config, start_mock, workspace_root};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -434,4 +436,69 @@ async fn a_hostpath_a_foreign_secret_both_plans_and_a_missing_configmap_are_refu
             .items
             .is_empty()
     );
+}
+
+/// `pacer submit plan.yaml --plan-configmap NAME --wait`: the ConfigMap holds the plan, the
+/// LoadTest refers to it and holds none, and the test runs to Succeeded (exit code 0).
+#[tokio::test]
+async fn pacer_submit_puts_the_plan_in_a_configmap_and_runs_it() {
+    installed().await;
+    let cluster = Cluster::shared();
+    let client = cluster.client().await.unwrap();
+    let ns = "e2e-submit";
+    cluster.create_namespace(ns).await.unwrap();
+    let mock = start_mock(plain_mock_config(LatencyConfig::Fixed {
+        value: Duration::from_millis(5),
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        plan_text("submitted", &format!("http://{}", mock.addr()), "4/s", "3s"),
+    )
+    .unwrap();
+    let kubeconfig = cluster.kubeconfig().to_str().unwrap().to_string();
+    let out = pacer_async(
+        [
+            "submit",
+            plan.to_str().unwrap(),
+            "-n",
+            ns,
+            "--name",
+            "submitted",
+            "--plan-configmap",
+            "submitted-plan",
+            "--wait",
+        ]
+        .map(String::from)
+        .to_vec(),
+        vec![("KUBECONFIG".into(), kubeconfig)],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm = cms.get("submitted-plan").await.unwrap();
+    let text = &cm.data.unwrap()["plan.yaml"];
+    assert!(text.contains("submitted"), "{text}");
+    let lt = loadtests(client, ns).get("submitted").await.unwrap();
+    assert_eq!(
+        lt.data["spec"]["planRef"],
+        json!({"name": "submitted-plan", "key": "plan.yaml"})
+    );
+    assert!(
+        lt.data["spec"].get("plan").is_none(),
+        "{:#}",
+        lt.data["spec"]
+    );
+    assert_eq!(lt.data["status"]["requests"], 12, "{:#}", lt.data["status"]);
+    assert_eq!(mock.stats().requests.by_route["GET /api/v2/users/me"], 12);
+    mock.shutdown().await;
 }
