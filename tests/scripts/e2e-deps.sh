@@ -21,6 +21,19 @@ have() { # name version: true when $bin/name exists and was built for version
   [ -x "$bin/$1" ] && [ "$(cat "$bin/$1.version" 2>/dev/null)" = "$2" ]
 }
 
+# The real node of `make e2e-node` (tests/src/kube/node.rs): Debian's containerd (with ctr) and
+# runc, and a static libc for the pause image it builds (gcc -static).
+need_apt=()
+command -v containerd >/dev/null || need_apt+=(containerd)
+command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_apt+=(runc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/libc.a ] || need_apt+=(libc6-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "e2e-deps: installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
 if ! command -v go >/dev/null; then
   echo "e2e-deps: Go is required (it builds kube-apiserver, etcd and helm from their modules)" >&2
   exit 1
