@@ -124,7 +124,21 @@ pub(crate) async fn resolve(
     ctx: &crate::controller::Context,
 ) -> crate::controller::Result<Result<LoadTest, Vec<FieldError>>> {
     let cm = match &lt.spec.plan_ref {
-        Some(r) => crate::api::get_plan_config_map(lt, ctx, r).await?,
+        Some(r) => match crate::api::get_plan_config_map(lt, ctx, r).await {
+            Ok(cm) => cm,
+            // An operator whose RBAC predates planRef: the test fails saying so, instead of
+            // the reconcile retrying for ever.
+            Err(crate::controller::Error::Kube(kube::Error::Api(e))) if e.code == 403 => {
+                return Ok(Err(vec![FieldError::new(
+                    "spec.planRef.name",
+                    format!(
+                        "the operator may not read ConfigMaps in this namespace (its RBAC needs get on configmaps: upgrade the chart) to read {:?}",
+                        r.name
+                    ),
+                )]));
+            }
+            Err(e) => return Err(e),
+        },
         None => None,
     };
     Ok(inline(lt, cm.as_ref()).map(|mut inlined| {
