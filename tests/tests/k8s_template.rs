@@ -322,6 +322,7 @@ async fn a_plan_from_a_configmap_runs_in_templated_pods_and_shows_on_metrics() {
         "pacer_loadtest_requests_per_second",
         "pacer_loadtest_throttled_total",
         "pacer_loadtest_pacing_seconds_total",
+        "pacer_loadtest_paused_requests_total",
         "pacer_loadtest_progress_ratio",
     ] {
         assert!(

@@ -12,7 +12,7 @@
 //! names), `limit` (the plan's declared limit names, at most [`MAX_LIMITS_PER_TEST`] a test,
 //! the rest summed under [`OTHER_LIMITS`]), `quantile` and `state` (fixed sets). At most
 //! [`MAX_LOADTESTS`] tests are exposed (oldest first); `pacer_operator_loadtest_series_omitted`
-//! counts the others. So one operator exposes at most 200 x (13 + 17) = 6,000 series here.
+//! counts the others. So one operator exposes at most 200 x (14 + 17) = 6,200 series here.
 //! No scenario, request or server-sent string becomes a label.
 
 use std::collections::{BTreeMap, HashSet};
@@ -43,6 +43,8 @@ pub struct Figures {
     pub pacing_seconds: f64,
     /// Seconds requests waited in Retry-After pauses, summed.
     pub paused_seconds: f64,
+    /// Logical requests that waited in a Retry-After pause at all.
+    pub paused_requests: u64,
 }
 
 /// The figures of a merged snapshot.
@@ -67,6 +69,12 @@ pub fn figures_of(plan: &Plan, merged: &Snapshot) -> Figures {
         throttled_by_limit: by_limit,
         pacing_seconds: total.limiter_wait_us_sum as f64 / 1e6,
         paused_seconds: total.paused_us_sum as f64 / 1e6,
+        // Every request records its pause, 0 when it had none (kept exactly by the HDR
+        // histogram): the others waited.
+        paused_requests: total
+            .paused
+            .count()
+            .saturating_sub(total.paused.histogram().count_at(0)),
     }
 }
 
@@ -204,6 +212,12 @@ const PER_TEST: &[(&str, &str, &str, Value)] = &[
         |r| r.figures.paused_seconds,
     ),
     (
+        "pacer_loadtest_paused_requests_total",
+        "counter",
+        "Requests that waited in a Retry-After pause (a 429 or 503 paused their limit).",
+        |r| r.figures.paused_requests as f64,
+    ),
+    (
         "pacer_loadtest_started",
         "gauge",
         "1 once every worker started at the common instant (Running), 0 while Starting.",
@@ -322,6 +336,7 @@ mod tests {
             throttled_by_limit: vec![("search \"api\"".into(), 4)],
             pacing_seconds: 1.5,
             paused_seconds: 0.25,
+            paused_requests: 2,
         };
         board.publish(&lt("team-a", "checkout", "u1"), &live(), Some(&figures), 3);
         let running = HashSet::from(["u1".to_string()]);
@@ -333,6 +348,7 @@ mod tests {
             "pacer_loadtest_limit_throttled_total{namespace=\"team-a\",loadtest=\"checkout\",limit=\"search \\\"api\\\"\"} 4",
             "pacer_loadtest_workers{namespace=\"team-a\",loadtest=\"checkout\",state=\"desired\"} 3",
             "pacer_loadtest_pacing_seconds_total{namespace=\"team-a\",loadtest=\"checkout\"} 1.5",
+            "pacer_loadtest_paused_requests_total{namespace=\"team-a\",loadtest=\"checkout\"} 2",
             "pacer_loadtest_progress_ratio{namespace=\"team-a\",loadtest=\"checkout\"} 0.5",
             "pacer_operator_loadtest_series_omitted 0",
         ] {
@@ -407,10 +423,15 @@ mod tests {
                     .throttled_by_limit
                     .insert(l, u64::from(l) + 1 + i as u64);
             }
+            // Three requests without a pause, two paused 1.5 s and 2 ms.
+            for us in [0, 0, 0, 1_500_000, 2_000] {
+                r.stats.paused.record(us);
+            }
         }
         let f = figures_of(&plan, &snap);
         assert_eq!(f.throttled_by_limit.len(), MAX_LIMITS_PER_TEST + 1);
         assert_eq!(f.throttled_by_limit[0], ("l0".to_string(), 1));
+        assert_eq!(f.paused_requests, 2);
         // 17 + 18 + 19 + 20
         assert_eq!(
             f.throttled_by_limit[MAX_LIMITS_PER_TEST],
