@@ -24,39 +24,23 @@ use tokio::sync::OnceCell;
 
 const RELEASE_NS: &str = "pacer-system";
 
-/// The plan: 16 arrivals a second for 6 s over 2 workers, against a mock that lets a client
-/// through 10 times a second: some are refused with 429, none retried (`maxAttempts: 1`), so
-/// the mock's count is the attempts'.
+/// examples/submit-report.yaml: 16 arrivals a second for 6 s over 2 workers, no retries, so
+/// the mock's count is the attempts'; the mock lets the client through 10 times a second,
+/// so some are refused with 429.
+const EXAMPLE: &str = "examples/submit-report.yaml";
 const RATE: u64 = 16;
 const SECS: u64 = 6;
 const WORKERS: u32 = 2;
 const CLIENT_ID: &str = "report-e2e";
 const CLIENT_SECRET: &str = "report-e2e-secret-7c1";
 
+/// The example as it is, pointed at the mock's port.
 fn plan(target: &str) -> String {
-    format!(
-        r#"name: k8s-report
-target: {target}
-auth:
-  - name: api
-    type: oauth2-clientCredentials
-    tokenUrl: /oauth/token
-    clientId: ${{env:PACER_AUTH_API_CLIENT_ID}}
-    clientSecret: ${{env:PACER_AUTH_API_CLIENT_SECRET}}
-retry: {{ maxAttempts: 1 }}
-scenarios:
-  - name: me
-    executor: constant-arrival-rate
-    rate: {RATE}/s
-    duration: {SECS}s
-    maxInFlight: 100
-    auth: api
-    requests:
-      - {{ name: me, path: /api/v2/users/me }}
-thresholds:
-  http_req_duration: ["p(95)<5000ms"]
-"#
-    )
+    let text = std::fs::read_to_string(workspace_root().join(EXAMPLE)).unwrap();
+    assert!(
+        text.contains(&format!("rate: {RATE}/s")) && text.contains(&format!("duration: {SECS}s"))
+    );
+    text.replace("http://127.0.0.1:8080", target)
 }
 
 async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
@@ -245,7 +229,7 @@ async fn submit_watch_and_report_agree_with_the_status_and_the_mock() {
     let cluster = Cluster::shared();
     let client = cluster.client().await.unwrap();
     let ns = "e2e-report";
-    let name = "k8s-report";
+    let name = "submit-report";
     cluster.create_namespace(ns).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mock = MockProcess::start(
@@ -291,7 +275,7 @@ async fn submit_watch_and_report_agree_with_the_status_and_the_mock() {
             "--workers",
             &WORKERS.to_string(),
             "--credential",
-            "api=report-client",
+            "genesys=report-client",
         ],
         Duration::from_secs(30),
     )
