@@ -63,6 +63,13 @@ pub struct LoadTestSpec {
     /// `planRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_ref: Option<PlanRef>,
+    /// Where the files of the plan's test data (`data:`) come from: for each source of the
+    /// plan, by name, a ConfigMap key of the LoadTest's namespace, read by the operator when
+    /// the test starts and sent to the workers (never a file of the operator's disk).
+    /// `pacer submit` packs a plan's local files into ConfigMaps and fills this in.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = pacer_plan::data::MAX_DATA_SOURCES))]
+    pub data: BTreeMap<String, DataRef>,
     /// Worker pods sharing the plan (default: the plan's `workers`, else 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
@@ -116,6 +123,18 @@ pub struct PlanRef {
     pub name: String,
     /// The key holding the plan (default `plan.yaml`).
     #[serde(default = "default_plan_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// A data source's file in a ConfigMap key.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DataRef {
+    /// The ConfigMap's name, in the LoadTest's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: String,
+    /// The key holding the file's text (CSV or JSON Lines, as the plan's source says).
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }

@@ -51,6 +51,7 @@ pub mod runner;
 pub mod schema;
 pub mod sizes;
 pub mod status;
+pub mod test_data;
 pub mod verdict;
 
 use std::net::SocketAddr;

@@ -87,7 +87,13 @@ pub(crate) async fn apply(lt: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action
     } else {
         let default_redis = ctx.config.default_redis.as_ref();
         match prepare_on(&lt, &ctx.config.defaults, found, default_redis) {
-            Ok(p) => Some(p),
+            // The plan's test data from the ConfigMaps spec.data names.
+            Ok(mut p) => match crate::test_data::resolve(&lt, &ctx, &mut p).await? {
+                Ok(()) => Some(p),
+                Err(errors) => {
+                    return start::invalid(&lt, &ctx, &errors, Reason::InvalidSpec).await;
+                }
+            },
             Err(errors) => {
                 let reason = crate::budget::refusal_reason(&lt, found, default_redis);
                 return start::invalid(&lt, &ctx, &errors, reason).await;

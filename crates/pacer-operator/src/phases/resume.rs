@@ -183,6 +183,11 @@ async fn resumable(
             )));
         }
     };
+    // The test data, read again from its ConfigMaps (a resuming worker asks for its Assign).
+    let mut prepared = prepared;
+    if let Err(errors) = crate::test_data::resolve(lt, ctx, &mut prepared).await? {
+        return Ok(Err(format!("spec.data: {}", problems(&errors))));
+    }
     if prepared.test_id != test_id {
         return Ok(Err(format!(
             "status.testId {test_id:?} is not this LoadTest's ({:?})",
