@@ -41,7 +41,9 @@ fn rows(path: &Path) -> Vec<Value> {
 }
 
 fn attempts(rows: &[Value]) -> Vec<u64> {
-    rows.iter().map(|r| r["attempts"].as_u64().unwrap()).collect()
+    rows.iter()
+        .map(|r| r["attempts"].as_u64().unwrap())
+        .collect()
 }
 
 fn free_port() -> u16 {
@@ -103,7 +105,11 @@ async fn two_workers_write_the_rows_of_one_process() {
         );
     }
     let total = r2.summary["totals"]["http_reqs"].as_u64().unwrap();
-    assert_eq!(b.iter().sum::<u64>(), total, "the rows add up to the summary");
+    assert_eq!(
+        b.iter().sum::<u64>(),
+        total,
+        "the rows add up to the summary"
+    );
     assert_eq!(total, RATE * SECS);
     for row in &two {
         assert_eq!(row["planned_rate"].as_f64(), Some(RATE as f64), "{row}");
@@ -180,7 +186,10 @@ async fn a_late_worker_gives_no_rows_before_the_fleet_started() {
         rows.len()
     );
     let last_end = rows.last().unwrap()["elapsed_secs"].as_f64().unwrap();
-    assert!((last_end - duration).abs() < 0.5, "{last_end} vs {duration}");
+    assert!(
+        (last_end - duration).abs() < 0.5,
+        "{last_end} vs {duration}"
+    );
     for row in &rows {
         assert_eq!(row["planned_rate"].as_f64(), Some(RATE as f64), "{row}");
     }
