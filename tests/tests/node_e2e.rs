@@ -600,6 +600,156 @@ async fn an_image_that_does_not_exist_fails_the_loadtest_with_the_kubelets_reaso
     );
 }
 
+/// A worker container killed mid-run (SIGKILL to its task, as an OOM kill would), as
+/// docs/distributed.md "Losing a worker" promises under `onWorkerLoss: continue`: the worker is
+/// lost after the loss timeout with its last report kept (the requests it sent after it are not
+/// counted, so the status is at most the mock's count and short of it by what one report
+/// interval holds), the two others finish, the thresholds decide (Succeeded), and the kubelet
+/// restarted the container in place (the Job's `restartPolicy: OnFailure`) and the controller
+/// refused the restarted worker (the test had started), so no shard runs twice.
+#[tokio::test]
+async fn a_worker_container_killed_mid_run_is_lost_and_its_report_kept() {
+    installed().await;
+    let cluster = cluster();
+    let client = cluster.client().await.unwrap();
+    let ns = "node-kill";
+    let name = "kill";
+    cluster.create_namespace(ns).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockProcess::start(&["--auth", "off"], &dir.path().join("mock.log"));
+    eventually(Duration::from_secs(30), "pacer mock answers", || async {
+        (http_get(mock.port, "/_mock/stats").await?.0 == 200).then_some(())
+    })
+    .await;
+    // 5/s for each of 3 workers, 20 s: 300 requests when nothing is lost
+    let (rate, seconds, workers) = (15u64, 20u64, 3u64);
+    let lt = json!({
+        "apiVersion": "pacer.dev/v1alpha1",
+        "kind": "LoadTest",
+        "metadata": { "name": name },
+        "spec": {
+            "workers": workers,
+            "startTimeout": "60s",
+            "plan": {
+                "name": name,
+                "target": mock.url(),
+                "scenarios": [{
+                    "name": "me",
+                    "executor": "constant-arrival-rate",
+                    "rate": format!("{rate}/s"),
+                    "duration": format!("{seconds}s"),
+                    "requests": [{ "name": "me", "method": "GET", "path": "/api/v2/users/me" }],
+                }],
+                "thresholds": { "http_req_failed": ["rate<0.01"] },
+            },
+        },
+    });
+    kubectl_apply_ok(ns, &lt).await;
+    let tests = loadtests(client.clone(), ns);
+    wait_phase(
+        &tests,
+        name,
+        &["Running", "Succeeded", "Failed", "Aborted"],
+        Duration::from_secs(120),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let victim = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_LOADTEST}={name}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .min()
+        .unwrap();
+    let (id, pid) = container_of(ns, &victim).await;
+    let socket = cluster.real_node().unwrap().containerd_socket.clone();
+    ctr(
+        &socket,
+        &["-n", "k8s.io", "tasks", "kill", "--signal", "SIGKILL", &id],
+    )
+    .unwrap();
+    let status = wait_phase(
+        &tests,
+        name,
+        &["Succeeded", "Failed", "Aborted"],
+        Duration::from_secs(180),
+    )
+    .await;
+    let restarts = pods
+        .get(&victim)
+        .await
+        .ok()
+        .and_then(|p| {
+            p.status?
+                .container_statuses?
+                .first()
+                .map(|c| c.restart_count)
+        })
+        .unwrap_or(0);
+    let served = mock.stats().await["requests"]["byRoute"]["GET /api/v2/users/me"]
+        .as_u64()
+        .unwrap();
+    let counted = status["requests"].as_u64().unwrap();
+    eprintln!(
+        "a worker container killed mid-run (pid {pid}): {}, {counted} requests counted of {served} \
+         served, workers {}, the killed pod restarted {restarts} time(s)",
+        phase(&status),
+        status["workers"]
+    );
+    assert_eq!(phase(&status), "Succeeded", "{status:#}");
+    assert_eq!(status["workers"]["lost"], 1, "{status:#}");
+    let rows = status["workerHealth"].as_array().unwrap();
+    let lost: Vec<&Value> = rows.iter().filter(|w| w["state"] == "lost").collect();
+    assert_eq!(lost.len(), 1, "{status:#}");
+    assert_eq!(lost[0]["name"], victim.as_str(), "{status:#}");
+    assert!(lost[0]["reason"].as_str().is_some(), "{status:#}");
+    assert_eq!(
+        rows.iter()
+            .map(|w| w["requests"].as_u64().unwrap())
+            .sum::<u64>(),
+        counted
+    );
+    // the others ran their whole shard; the lost one's last report is kept
+    let per_worker = rate * seconds / workers;
+    for w in rows.iter().filter(|w| w["state"] != "lost") {
+        assert_eq!(w["requests"], per_worker, "{status:#}");
+    }
+    assert!(lost[0]["requests"].as_u64().unwrap() < per_worker);
+    // what the lost worker sent after its last report (1 s apart) is served, not counted
+    let per_worker_per_second = rate / workers;
+    assert!(
+        counted <= served && served - counted <= 2 * per_worker_per_second,
+        "counted {counted}, served {served}"
+    );
+    assert!(restarts >= 1, "the kubelet restarted the killed container");
+    // the restarted container's log (the kubelet's <ns>_<pod>_<uid>/<container>/<restart>.log)
+    let pod_logs = cluster.real_node().unwrap().pod_logs.clone();
+    let restarted: String = std::fs::read_dir(&pod_logs)
+        .unwrap()
+        .flatten()
+        .filter(|d| {
+            d.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{ns}_{victim}_"))
+        })
+        .flat_map(|d| {
+            std::fs::read_dir(d.path().join("worker"))
+                .unwrap()
+                .flatten()
+        })
+        .filter(|f| f.file_name() != "0.log")
+        .map(|f| std::fs::read_to_string(f.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        restarted.contains("cannot join now"),
+        "the restarted worker is refused: {restarted}"
+    );
+    assert_eq!(status["errors"], 0, "{status:#}");
+}
+
 /// A cluster of its own with a real node and a running pod, dropped: the container's
 /// processes, the mounts under its directory, its cgroups and the directory are gone (the
 /// watchdog runs the same cleanup when a test process dies).
