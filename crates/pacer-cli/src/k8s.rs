@@ -223,6 +223,7 @@ async fn operator_inner(args: OperatorArgs) -> anyhow::Result<Exit> {
     let mut cfg = OperatorConfig::new(args.advertise_address.clone(), args.worker_image.clone());
     cfg.image_pull_policy = args.worker_image_pull_policy.clone();
     cfg.worker_image_pull_secrets = args.worker_image_pull_secrets.clone();
+    cfg.worker_host_network = args.worker_host_network;
     cfg.namespaces = args.namespaces.clone();
     cfg.status_interval = args.status_interval.max(Duration::from_millis(200));
     cfg.defaults.start_timeout = args.start_timeout;
@@ -231,7 +232,6 @@ async fn operator_inner(args: OperatorArgs) -> anyhow::Result<Exit> {
         &args.worker_image,
         args.allowed_images.clone(),
         args.allowed_service_accounts.clone(),
-    cfg.worker_host_network = args.worker_host_network;
     );
     cfg.instance = std::env::var("POD_NAME").ok();
     cfg.leader_election = match &args.leader_elect_lease {
@@ -444,8 +444,34 @@ pub async fn submit(args: SubmitArgs) -> Exit {
             return Exit::Invalid;
         }
     };
+    // A plan file's test data: its local files packed into ConfigMaps the LoadTest names.
+    let (lt, data_cms) = match pack_data(&args, lt) {
+        Ok(x) => x,
+        Err(e) => {
+            crate::exit::print_anyhow(&e);
+            return Exit::Invalid;
+        }
+    };
     // The operator's own checks, before anything reaches the cluster.
-    match pacer_operator::prepare::prepare(&lt, &Default::default()) {
+    let prepared = pacer_operator::prepare::prepare(&lt, &Default::default()).and_then(|mut p| {
+        let found = data_cms
+            .iter()
+            .map(|cm| {
+                (
+                    cm.metadata.name.clone().unwrap_or_default(),
+                    Some(cm.clone()),
+                )
+            })
+            .collect();
+        let plan = std::sync::Arc::make_mut(&mut p.plan);
+        if !lt.spec.data.is_empty() && data_cms.is_empty() {
+            // A manifest naming ConfigMaps of the cluster: the operator reads them.
+            return Ok(p);
+        }
+        pacer_operator::test_data::attach(plan, &lt.spec, &found)?;
+        Ok(p)
+    });
+    match prepared {
         Ok(prepared) => {
             // What it will ask of its limits, as `pacer validate` says it (on stderr: stdout
             // is the created resource's name).
@@ -473,6 +499,9 @@ pub async fn submit(args: SubmitArgs) -> Exit {
         let (client, ns) = client_and_namespace(&args.namespace).await?;
         if let Some(cm) = &plan_cm {
             apply_plan_config_map(&client, &ns, cm).await?;
+        }
+        for cm in &data_cms {
+            apply_data_config_map(&client, &ns, cm).await?;
         }
         let api: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
         let created = api
@@ -508,6 +537,91 @@ fn plan_apart(mut lt: LoadTest, name: &str) -> anyhow::Result<(LoadTest, Option<
         key: key.to_string(),
     });
     Ok((lt, Some(cm)))
+}
+
+/// The most bytes a ConfigMap holds (the API server's limit on its data), less room for its
+/// name, labels and key.
+const MAX_CONFIGMAP_TEXT: usize = 1024 * 1024 - 4096;
+
+/// A plan file's `data:` sources read from the plan's directory, each into a ConfigMap
+/// `<name>-data-<source>` (key `<source>.csv` or `.jsonl`) that `spec.data` names, so the
+/// operator reads them in the cluster. A LoadTest manifest is left as written (its
+/// `spec.data` names ConfigMaps of the cluster already).
+fn pack_data(args: &SubmitArgs, mut lt: LoadTest) -> anyhow::Result<(LoadTest, Vec<ConfigMap>)> {
+    let Some(sources) = lt
+        .spec
+        .plan
+        .get("data")
+        .and_then(|d| d.as_object())
+        .cloned()
+    else {
+        return Ok((lt, Vec::new()));
+    };
+    if !lt.spec.data.is_empty() {
+        return Ok((lt, Vec::new()));
+    }
+    let base_dir = args.plan.parent().map(PathBuf::from).unwrap_or_default();
+    let prefix = dns_name(
+        args.name
+            .as_deref()
+            .or_else(|| lt.spec.plan.get("name").and_then(|n| n.as_str()))
+            .unwrap_or("loadtest"),
+    );
+    let mut cms = Vec::new();
+    for (name, source) in sources {
+        let spec: pacer_plan::data::DataSpec = serde_json::from_value(source)
+            .with_context(|| format!("{}: data.{name}", args.plan.display()))?;
+        let format = spec
+            .format
+            .or_else(|| pacer_plan::data::DataFormat::of_file(&spec.file))
+            .with_context(|| format!("data.{name}.format: neither .csv nor .jsonl"))?;
+        let text = pacer_plan::data::read_file(&base_dir, &spec.file)
+            .map_err(|e| anyhow::anyhow!("data.{name}.file: {e}"))?;
+        if text.len() > MAX_CONFIGMAP_TEXT {
+            bail!(
+                "data.{name}.file: {} bytes, more than a ConfigMap holds ({MAX_CONFIGMAP_TEXT}): give the LoadTest fewer rows",
+                text.len()
+            );
+        }
+        let ext = match format {
+            pacer_plan::data::DataFormat::Csv => "csv",
+            pacer_plan::data::DataFormat::Jsonl => "jsonl",
+        };
+        let cm_name = format!("{prefix}-data-{}", dns_name(&name));
+        let key = format!("{name}.{ext}");
+        cms.push(pacer_operator::test_data::data_config_map(
+            &cm_name, &key, &text,
+        ));
+        lt.spec.data.insert(
+            name,
+            pacer_operator::crd::DataRef {
+                config_map: cm_name,
+                key,
+            },
+        );
+    }
+    Ok((lt, cms))
+}
+
+/// Create or replace a data source's ConfigMap (server-side apply).
+async fn apply_data_config_map(client: &Client, ns: &str, cm: &ConfigMap) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let name = cm.metadata.name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(cm)?;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("apiVersion".into(), "v1".into());
+        o.insert("kind".into(), "ConfigMap".into());
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    cms.patch(
+        &name,
+        &PatchParams::apply("pacer-submit").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .with_context(|| format!("writing the data ConfigMap {ns}/{name}"))?;
+    eprintln!("configmap/{name} holds test data");
+    Ok(())
 }
 
 /// Create or replace the plan's ConfigMap (server-side apply).
@@ -743,6 +857,36 @@ mod tests {
     }
 
     const PLAN: &str = "name: User Story\ntarget: http://api\nscenarios:\n  - name: s\n    executor: constant-vus\n    vus: 2\n    duration: 5s\n    requests: [{name: q, path: /}]\n";
+
+    /// `pacer submit` of a plan with test data: the file beside the plan goes into a
+    /// ConfigMap that `spec.data` names, and the operator's check of the columns passes.
+    #[test]
+    fn a_plans_data_files_are_packed_into_configmaps() {
+        let dir = std::env::temp_dir().join(format!("pacer-submit-data-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::write(dir.join("data/users.csv"), "id,email\n1,a@x\n").unwrap();
+        let plan = format!("{PLAN}data:\n  users: {{ file: data/users.csv, mode: unique }}\n")
+            .replace("path: /", "path: \"/u/{{data.users.email}}\"");
+        let mut a = args(&[]);
+        a.plan = dir.join("plan.yaml");
+        let lt = loadtest_from_file(&a, &plan).unwrap();
+        let (lt, cms) = pack_data(&a, lt).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = &lt.spec.data["users"];
+        assert_eq!(
+            (r.config_map.as_str(), r.key.as_str()),
+            ("user-story-data-users", "users.csv")
+        );
+        assert_eq!(cms.len(), 1);
+        assert_eq!(
+            cms[0].data.as_ref().unwrap()["users.csv"],
+            "id,email\n1,a@x\n"
+        );
+        let mut p = pacer_operator::prepare::prepare(&lt, &Default::default()).unwrap();
+        let found = [("user-story-data-users".to_string(), Some(cms[0].clone()))].into();
+        pacer_operator::test_data::attach(std::sync::Arc::make_mut(&mut p.plan), &lt.spec, &found)
+            .unwrap();
+    }
 
     #[test]
     fn a_plan_becomes_a_loadtest() {

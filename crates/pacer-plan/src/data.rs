@@ -340,24 +340,27 @@ pub fn read_files(plan: &mut Plan, base_dir: &Path) -> Result<(), Vec<FieldError
     let mut errors = Vec::new();
     let mut texts = Vec::new();
     for d in &plan.data {
-        let p = Path::new(&d.file);
-        let p = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            base_dir.join(p)
-        };
-        match read_capped(&p) {
+        match read_file(base_dir, &d.file) {
             Ok(t) => texts.push((d.name.clone(), t)),
-            Err(why) => errors.push(FieldError::new(
-                format!("data.{}.file", d.name),
-                format!("cannot read {}: {why}", p.display()),
-            )),
+            Err(why) => errors.push(FieldError::new(format!("data.{}.file", d.name), why)),
         }
     }
     if !errors.is_empty() {
         return Err(errors);
     }
     attach(plan, texts)
+}
+
+/// The text of a data file (a relative path from `base_dir`, the plan file's directory), at
+/// most [`MAX_DATA_BYTES`]; the error says which file and why.
+pub fn read_file(base_dir: &Path, file: &str) -> Result<String, String> {
+    let p = Path::new(file);
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    };
+    read_capped(&p).map_err(|why| format!("cannot read {}: {why}", p.display()))
 }
 
 /// A regular file of at most [`MAX_DATA_BYTES`], as UTF-8. The type is checked on the opened
