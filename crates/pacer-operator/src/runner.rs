@@ -109,10 +109,6 @@ pub trait RunHandle: Send + Sync {
     fn abort(&self, reason: &str);
     /// `Some` once the run has ended.
     fn end(&self) -> Option<RunEnd>;
-    /// The plan, the fleet's merged snapshot and the test time (for `/metrics`).
-    fn snapshot(&self) -> Option<(Arc<Plan>, Snapshot, Duration)> {
-        None
-    }
     /// What the last [`RunHandle::live`] took from the merged snapshot besides its numbers
     /// (for `/metrics`, which merges nothing itself).
     fn figures(&self) -> Option<Arc<crate::loadtest_metrics::Figures>> {
@@ -300,11 +296,6 @@ impl RunHandle for CoordinatorRun {
 
     fn run_data(&self) -> Option<Arc<RunData>> {
         self.data.lock().clone()
-    }
-
-    fn snapshot(&self) -> Option<(Arc<Plan>, Snapshot, Duration)> {
-        let s = self.coordinator.status();
-        s.started.then(|| (self.plan.clone(), s.merged, s.elapsed))
     }
 }
 
