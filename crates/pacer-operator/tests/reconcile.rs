@@ -2171,3 +2171,89 @@ async fn a_ratebudget_is_deleted_only_once_its_tests_ended() {
         seen[1].1
     );
 }
+
+// ---- spec.planRef: the plan read from a ConfigMap (planref.rs). ----
+
+/// `loadtest(name)` with its plan in the ConfigMap `plans` (key `plan.yaml`) instead of inline.
+fn with_plan_ref(name: &str) -> LoadTest {
+    let mut lt = loadtest(name);
+    lt.spec.plan = Value::Null;
+    lt.spec.plan_ref = Some(pacer_operator::crd::PlanRef {
+        name: "plans".into(),
+        key: "plan.yaml".into(),
+    });
+    lt
+}
+
+fn config_map_get(status: u16, reply: Value) -> Step {
+    step(
+        Method::GET,
+        &format!("/api/v1{NS_PATH}/configmaps/plans"),
+        status,
+        reply,
+    )
+}
+
+/// The plan is read from its ConfigMap once, checked as an inline one, and run; the status
+/// says where it came from.
+#[tokio::test]
+async fn a_plan_ref_is_read_from_its_configmap_and_started() {
+    let text = serde_saphyr::to_string(&plan()).expect("YAML");
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "plans", "namespace": "default", "resourceVersion": "42"},
+        "data": {"plan.yaml": text}});
+    let mut steps = vec![config_map_get(200, cm)];
+    steps.extend(starting_steps("run1"));
+    let (client, server) = api_server(steps);
+    let runner = FakeRunner::default();
+    let ctx = context(client, runner.clone());
+    let (run, _, _) = started(&ctx, &runner, with_plan_ref("run1")).await;
+    assert_eq!(run.spec.plan.name, "analytics");
+    assert_eq!(
+        run.spec.plan.spec.auth[0].client_secret.as_deref(),
+        Some("${env:PACER_AUTH_GENESYS_CLIENT_SECRET}"),
+        "the plan as written, references unresolved"
+    );
+    let seen = finish(server).await;
+    assert!(seen[0].0.starts_with("GET "), "{}", seen[0].0);
+    let status = &seen[1].1["status"];
+    assert_eq!(
+        status["planSource"],
+        json!({"kind": "ConfigMap", "configMap": "plans", "key": "plan.yaml", "resourceVersion": "42"})
+    );
+}
+
+/// A ConfigMap that is missing, or that the operator may not read, fails the test naming
+/// `spec.planRef.name`; nothing is started.
+#[tokio::test]
+async fn a_missing_or_forbidden_plan_configmap_fails_the_test_naming_the_field() {
+    let forbidden = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "configmaps \"plans\" is forbidden", "reason": "Forbidden", "code": 403});
+    for (status, reply, says) in [
+        (404, not_found(), "no ConfigMap \"plans\""),
+        (403, forbidden, "needs get on configmaps"),
+    ] {
+        let (client, server) = api_server(vec![
+            config_map_get(status, reply),
+            status_patch("run1"),
+            event_post(),
+        ]);
+        let runner = FakeRunner::default();
+        let ctx = context(client, runner.clone());
+        let action = reconcile(Arc::new(with_plan_ref("run1")), ctx)
+            .await
+            .expect("reconcile");
+        assert_eq!(action, Action::await_change());
+        assert!(runner.runs.lock().is_empty(), "nothing is started");
+        let seen = finish(server).await;
+        let written = &seen[1].1["status"];
+        assert_eq!(written["phase"], "Failed");
+        let msg = condition(written, "Valid")["message"]
+            .as_str()
+            .expect("message");
+        assert!(
+            msg.contains("spec.planRef.name") && msg.contains(says),
+            "{msg}"
+        );
+    }
+}
