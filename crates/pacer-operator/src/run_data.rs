@@ -560,6 +560,66 @@ mod tests {
         assert!(e.contains("http_req_duration"), "{e}");
     }
 
+    /// The one decision: the summary `pacer report` computes from the stored data is the
+    /// one the run computed (`FleetOutcome::summary`), thresholds, limits and hosts included.
+    #[test]
+    fn the_stored_summary_is_the_runs() {
+        use pacer_stats::{Attempt, Recorder, RequestOutcome};
+        let doc = serde_json::json!({
+            "name": "p", "target": "http://api",
+            "http": {"allowHosts": ["other.example"]},
+            "limits": [{"name": "per-token", "limit": "10/s"}],
+            "scenarios": [{"name": "s", "executor": "constant-vus", "vus": 1, "duration": "1s",
+                           "requests": [{"name": "q", "path": "/"}]}],
+            "thresholds": {"http_req_duration{request:q}": ["p(95)<20ms", {"threshold": "p(99)<30ms", "abortOnFail": true, "delayAbortEval": "2s"}],
+                           "http_reqs_throttled": ["rate<0.01"]}
+        });
+        let none = |_: &str| -> Option<String> { None };
+        let plan = pacer_plan::load_value(doc, "p", &pacer_plan::Refs::Remote { provided: &none })
+            .unwrap();
+        let rec = Recorder::new(pacer_stats::Layout::of(&plan));
+        for ms in [5u64, 10, 40] {
+            let status = if ms == 40 { 429 } else { 200 };
+            rec.record_attempt(
+                0,
+                0,
+                &Attempt {
+                    service_time: Duration::from_millis(ms),
+                    status: Some(status),
+                    ..Default::default()
+                },
+            );
+            rec.record_request(
+                0,
+                0,
+                &RequestOutcome {
+                    duration: Duration::from_millis(ms),
+                    attempts: 1,
+                    ..Default::default()
+                },
+            );
+        }
+        let outcome = FleetOutcome {
+            test_id: "t".into(),
+            series: FleetSeriesOutput::default(),
+            merged: rec.snapshot(),
+            elapsed: Duration::from_millis(2_500),
+            workers: Vec::new(),
+            worker_snapshots: Vec::new(),
+            worker_limits: Vec::new(),
+            abort_reason: None,
+            failure: None,
+            stopped_early: false,
+            resumed: false,
+        };
+        let data = RunData::from_outcome(&plan, &outcome);
+        let back = RunData::decode(&data.encode().unwrap()).unwrap();
+        let stored = back.summary().unwrap();
+        assert_eq!(stored, outcome.summary(&plan));
+        assert_eq!(stored.thresholds.len(), 3);
+        assert!(!stored.passed, "a 40 ms p95 and a 429 fail it");
+    }
+
     #[test]
     fn chunk_names_stay_valid_for_the_longest_loadtest_names() {
         let long = "a".repeat(253);
