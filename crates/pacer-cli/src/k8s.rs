@@ -530,6 +530,13 @@ pub async fn submit(args: SubmitArgs) -> Exit {
 fn plan_apart(mut lt: LoadTest, name: &str) -> anyhow::Result<(LoadTest, Option<ConfigMap>)> {
     let key = pacer_operator::crd::DEFAULT_PLAN_KEY;
     let text = serde_json::to_string_pretty(&lt.spec.plan).context("writing the plan")?;
+    let max = pacer_operator::planref::MAX_PLAN_BYTES;
+    if text.len() > max {
+        bail!(
+            "--plan-configmap: the plan is {} bytes as JSON; a ConfigMap holds at most {max}",
+            text.len()
+        );
+    }
     let cm = pacer_operator::planref::plan_config_map(name, None, key, &text);
     lt.spec.plan = serde_json::Value::Null;
     lt.spec.plan_ref = Some(pacer_operator::crd::PlanRef {
