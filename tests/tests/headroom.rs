@@ -128,12 +128,24 @@ async fn a_fleet_on_a_budget_leaves_production_its_room_and_follows_it() {
         "--budget".into(),
         "acme".into(),
     ];
-    against_production(&[fleet.to_vec(), fleet.to_vec()]).await;
+    let back_prod = against_production(&[fleet.to_vec(), fleet.to_vec()]).await;
+    // The budget's status reads what the processes noted of the server: others' rate too.
+    let noted: f64 = redis
+        .command(&["HGET", "{pacer:budget:acme}:server:org", "others_rate"])
+        .unwrap()
+        .parse()
+        .unwrap();
+    println!("noted for the budget's status: others {noted:.1}/s");
+    assert!(
+        (0.5 * back_prod..=1.5 * back_prod).contains(&noted),
+        "the budget noted others at {noted:.1}/s while production sent {back_prod:.1}/s"
+    );
 }
 
 /// Production's phases against the org mock, and one `pacer run` of examples/headroom.yaml per
 /// entry of `runs` (its extra arguments) at once; what the mock saw, measured and checked.
-async fn against_production(runs: &[Vec<String>]) {
+/// Returns production's rate in its last phase.
+async fn against_production(runs: &[Vec<String>]) -> f64 {
     // Built (or found) before production starts, so pacer starts when it should.
     tokio::task::spawn_blocking(pacer_bin).await.unwrap();
     let mock = org_mock().await;
@@ -243,6 +255,14 @@ async fn against_production(runs: &[Vec<String>]) {
     );
     for run in &done {
         println!("summary limits: {}", run.summary["limits"]);
+        // The summary says what the server said others used (the last whole window's).
+        let others = run.summary["limits"][0]["server"]["others_rate"]
+            .as_f64()
+            .unwrap_or(-1.0);
+        assert!(
+            (0.5 * back_prod..=1.5 * back_prod).contains(&others),
+            "the summary says others used {others:.1}/s while production sent {back_prod:.1}/s"
+        );
     }
 
     assert_eq!(refused("steady"), 0, "production refused while steady");
@@ -268,4 +288,12 @@ async fn against_production(runs: &[Vec<String>]) {
         "pacer back at {recovered:.1}/s of {:.1}/s left",
         left(back_prod)
     );
+    // No window of the mock over the limit (its fixed window refuses what is over): nobody's
+    // request refused, but in the jump's first window, which production's jump alone may fill.
+    let over = log
+        .iter()
+        .filter(|(t, s, _)| *s != 200 && !(jump..jump + w).contains(t))
+        .count();
+    assert_eq!(over, 0, "requests refused outside the jump's first window");
+    back_prod
 }
