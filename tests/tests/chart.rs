@@ -334,7 +334,11 @@ fn namespaced_watch_uses_roles() {
         .map(|r| r["metadata"]["namespace"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(namespaces, ["team-a", "team-b"]);
-    assert_eq!(find(&objects, "RoleBinding").len(), 3, "and the leader election's");
+    assert_eq!(
+        find(&objects, "RoleBinding").len(),
+        3,
+        "and the leader election's"
+    );
     assert!(find(&objects, "ClusterRole").is_empty());
     check_rbac(&objects);
     let args = controller_args(&objects);
@@ -930,4 +934,62 @@ fn two_replicas_elect_a_leader_the_service_selects_and_a_budget_keeps_one() {
     let one = template(&["controller.replicas=1"]);
     assert!(find(&one, "PodDisruptionBudget").is_empty());
     assert_eq!(deployment(&one, "controller")["spec"]["replicas"], 1);
+}
+
+/// `hostNetwork` (charts/pacer/examples/values-host-network.yaml, the real-node e2e's values):
+/// the controller's pod on the node's network with the cluster's DNS kept, worker pods too
+/// (`--worker-host-network`), one replica (so no PodDisruptionBudget), listeners on loopback and
+/// the API server's address in `controller.extraEnv`; by default none of it.
+#[test]
+fn the_host_network_example_puts_the_controller_and_workers_on_the_nodes_network() {
+    let chart = chart();
+    let values = chart.join("examples/values-host-network.yaml");
+    let (chart, values) = (
+        chart.to_str().expect("utf-8 path"),
+        values.to_str().expect("utf-8 path"),
+    );
+    let (ok, out, err) = run_helm(&["lint", "--strict", chart, "-f", values]);
+    assert!(ok, "helm lint -f {values}:\n{out}\n{err}");
+    let (ok, out, err) = run_helm(&[
+        "template",
+        "pacer",
+        chart,
+        "--namespace",
+        "pacer-system",
+        "-f",
+        values,
+    ]);
+    assert!(ok, "helm template -f {values}:\n{err}");
+    let objects: Vec<Value> = serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&out)
+        .expect("YAML")
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect();
+    let d = deployment(&objects, "controller");
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert_eq!(d["spec"]["replicas"], 1);
+    assert!(find(&objects, "PodDisruptionBudget").is_empty());
+    let args = controller_args(&objects);
+    for flag in [
+        "--worker-host-network",
+        "--grpc-listen=127.0.0.1:7700",
+        "--http-listen=127.0.0.1:9090",
+        "--advertise-address=127.0.0.1:7700",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{flag}: {args:?}");
+    }
+    assert_eq!(env_of(d, "KUBERNETES_SERVICE_HOST")["value"], "127.0.0.1");
+    assert_eq!(env_of(d, "KUBERNETES_SERVICE_PORT")["value"], "6443");
+    // the chart's own variables stay first
+    assert_eq!(
+        pod["containers"][0]["env"][0]["name"], "PACER_LOG",
+        "{pod:#}"
+    );
+
+    let defaults = template(&[]);
+    let pod = &deployment(&defaults, "controller")["spec"]["template"]["spec"];
+    assert!(pod["hostNetwork"].is_null() && pod["dnsPolicy"].is_null());
+    assert!(!controller_args(&defaults).contains(&"--worker-host-network".to_string()));
 }

@@ -197,6 +197,7 @@ async fn install() -> Install {
     let no_registry = free_port().unwrap();
     let api_port = cluster.server().rsplit_once(':').unwrap().1.to_string();
     let chart = workspace_root().join("charts").join("pacer");
+    let example = chart.join("examples").join("values-host-network.yaml");
     let started = Instant::now();
     let out = helm(
         cluster,
@@ -211,37 +212,20 @@ async fn install() -> Install {
             &format!("image.repository={repository}"),
             "--set",
             &format!("image.tag={tag}"),
-            // no pod network: every pod on the node's, the node being 127.0.0.1; one replica,
-            // as two would ask for the same host ports on the one node (the second is never
-            // scheduled)
-            "--set",
-            "hostNetwork=true",
-            "--set",
-            "controller.replicas=1",
+            // hostNetwork, one replica, loopback listeners, the API server's address: the
+            // example for a cluster without a pod network, as a user would install it
+            "-f",
+            example.to_str().unwrap(),
             "--set",
             &format!("service.grpcPort={grpc}"),
             "--set",
             &format!("service.metricsPort={metrics}"),
             "--set",
-            "controller.listenHost=127.0.0.1",
-            "--set",
             &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
-            "--set",
-            "controller.statusInterval=1s",
-            // One replica: a second on the one node's network would collide on its ports.
-            "--set",
-            "controller.replicas=1",
-            "--set",
-            &format!("controller.extraArgs={{--worker-server-name=pacer.{RELEASE_NS}.svc}}"),
-            // the `kubernetes` Service's address does not route (no kube-proxy)
-            "--set",
-            "controller.extraEnv[0].name=KUBERNETES_SERVICE_HOST",
-            "--set",
-            "controller.extraEnv[0].value=127.0.0.1",
-            "--set",
-            "controller.extraEnv[1].name=KUBERNETES_SERVICE_PORT",
             "--set-string",
             &format!("controller.extraEnv[1].value={api_port}"),
+            "--set",
+            "controller.statusInterval=1s",
             "--set",
             &format!("worker.allowedImages={{127.0.0.1:{no_registry}/*}}"),
             "--wait",
