@@ -32,6 +32,10 @@ pub const MAX_LOADTESTS: usize = 200;
 pub const MAX_LIMITS_PER_TEST: usize = 16;
 /// The `limit` label of the 429s of the limits beyond [`MAX_LIMITS_PER_TEST`].
 pub const OTHER_LIMITS: &str = "(other)";
+/// A row not published again for this long belongs to a test that ended: a running test
+/// publishes every status interval (seconds), and without a scraper nothing else would drop
+/// the rows of ended tests from memory.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What only the merged snapshot knows, taken when the run's live numbers are (the same
 /// merge): 429s by declared limit, time pacing and paused.
@@ -88,6 +92,7 @@ struct Row {
     live: LiveStats,
     figures: Figures,
     desired: u32,
+    published: std::time::Instant,
 }
 
 /// The last published figures of every running test, by LoadTest uid.
@@ -107,7 +112,9 @@ impl Board {
         desired: u32,
     ) {
         let uid = crate::controller::uid(lt);
+        let now = std::time::Instant::now();
         let mut rows = self.rows.lock();
+        rows.retain(|_, r| now.saturating_duration_since(r.published) < STALE_AFTER);
         let order = match rows.get(&uid) {
             Some(r) => r.order,
             None => {
@@ -129,6 +136,7 @@ impl Board {
                 live,
                 figures: figures.cloned().unwrap_or_default(),
                 desired,
+                published: now,
             },
         );
     }
