@@ -8,14 +8,15 @@
 //! writes the `# HELP`/`# TYPE` lines, the `_total` suffix of counters, the `_bucket`/`_sum`/
 //! `_count` series and `le` bounds of histograms, label escaping and the number formats.
 //!
-//! Why 0.0.4 and not OpenMetrics (the library's default): the operator serves its own counters
-//! and every running test's metrics in one exposition by merging texts family by family
-//! (pacer-operator's `merge_expositions`), which OpenMetrics' single `# EOF` terminator does
-//! not allow; Prometheus reads both formats alike, and the names are the same in both.
+//! Why 0.0.4 and not OpenMetrics (the library's default): the operator's `/metrics` is 0.0.4
+//! text too, its own counters and each running LoadTest's figures joined family by family
+//! (pacer-operator's `merge_expositions`, which OpenMetrics' single `# EOF` terminator would not
+//! allow), and one format for both is simpler to scrape; Prometheus reads both alike.
 //!
 //! Names follow Prometheus conventions: `pacer_` prefix, snake_case, base units (seconds,
 //! bytes), `_total` on counters; the Grafana dashboard (charts/pacer/dashboards) uses them and
-//! a test checks that it uses nothing else. Latency histograms use the classic buckets of
+//! a test checks that it uses nothing else (its `pacer_loadtest_*` panels read the operator's
+//! families, which pacer-operator's `loadtest_metrics` checks). Latency histograms use the classic buckets of
 //! [`LATENCY_BUCKETS_SECONDS`]; each bucket is the cumulative count of samples `<=` its bound,
 //! computed from the HDR histogram (3 significant digits, so a sample within 0.1% above a
 //! bound may be counted in it).
