@@ -141,8 +141,8 @@ pub struct MockArgs {
     #[arg(long)]
     pub no_catch_all: bool,
 
-    /// Keep a log of API arrivals (time, status, X-Pacer-Worker), served at
-    /// GET /_mock/arrivals.
+    /// Keep a log of API arrivals (time, status, X-Pacer-Worker, X-Correlation-Id, path),
+    /// served at GET /_mock/arrivals.
     #[arg(long)]
     pub record_arrivals: bool,
 
