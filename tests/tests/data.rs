@@ -336,9 +336,11 @@ async fn an_unknown_column_is_a_plan_error() {
 /// throttled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_story_data_example_runs_as_written() {
-    let mut config = pacer_mock::MockConfig::default();
-    config.record_arrivals = true;
-    let mock = start_mock(config).await;
+    let mock = start_mock(pacer_mock::MockConfig {
+        record_arrivals: true,
+        ..Default::default()
+    })
+    .await;
     let example = pacer_tests::workspace_root().join("examples/user-story-data.yaml");
     let out = pacer_async(
         vec!["run".into(), "-q".into(), example.display().to_string()],
