@@ -328,6 +328,7 @@ async fn submit_packs_the_csv_and_three_worker_pods_use_every_row_once() {
     );
     assert_eq!(lt.data["status"]["phase"], "Succeeded");
     assert_eq!(lt.data["status"]["requests"], json!(2 * ROWS));
+    assert_eq!(mock.stats().await["requests"]["total"], json!(2 * ROWS));
     let mut ids = rows_used(&mock).await;
     ids.sort_unstable();
     assert_eq!(ids, (0..ROWS).collect::<Vec<_>>(), "every row exactly once");
