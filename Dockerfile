@@ -5,30 +5,36 @@
 #
 #   docker build -t pacer:0.1.0 .
 #
-# Stage 1 builds the release binary with the Rust toolchain; stage 2 is Debian slim with CA
-# certificates and the binary, running as an unprivileged user.
+# Without Docker or a registry, `make image` builds the same image with buildah (image/build.sh):
+# it runs image/rootfs.sh on this machine's release build and builds this file's last stage as it
+# is written (the `COPY --from=builder /rootfs/` taken from its own directory), so USER,
+# ENTRYPOINT and CMD below are the image's in both ways; tests/tests/image.rs checks them on the
+# built image.
+#
+# Stage 1 builds the release binary with the Rust toolchain and assembles the root filesystem
+# (image/rootfs.sh: the binary, the shared libraries it links, CA certificates, /etc/passwd with
+# the user nonroot 65532); stage 2 is that filesystem alone: no shell, no package manager.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=trixie
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
-# cmake and a C toolchain: aws-lc-sys (rustls' crypto provider) builds C code.
+# cmake and a C toolchain: aws-lc-sys (rustls' crypto provider) builds C code; ca-certificates
+# for the image (image/rootfs.sh copies its bundle).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake make g++ perl \
+ && apt-get install -y --no-install-recommends cmake make g++ perl ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p pacer-cli \
- && install -m 0755 target/release/pacer /usr/local/bin/pacer
+ && image/rootfs.sh target/release/pacer /rootfs
 
-FROM debian:${DEBIAN_RELEASE}-slim
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=builder /usr/local/bin/pacer /usr/local/bin/pacer
-# The chart's pods run as non-root with a read-only root filesystem: pacer writes nothing.
+FROM scratch
+COPY --from=builder /rootfs/ /
+# The chart's pods run as non-root (numeric, so the kubelet can check runAsNonRoot) with a
+# read-only root filesystem: pacer writes nothing it is not told to.
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/pacer"]
 CMD ["--help"]

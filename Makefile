@@ -4,7 +4,7 @@ CARGO ?= cargo
 PACER := target/debug/pacer
 DEMO_PORT ?= 18080
 
-.PHONY: all build demo test check lint fmt deps e2e-deps crds chart bench bench-fleet clean help report-shot
+.PHONY: all build demo test check lint fmt deps e2e-deps crds chart bench bench-fleet clean help report-shot image image-test e2e-node
 
 help:
 	@echo "make demo   - build, start the mock API, run examples/user-story.yaml, show the summary"
@@ -12,6 +12,9 @@ help:
 	@echo "make check  - fmt, clippy and every test that needs no Go-built tool (minutes, not half an hour)"
 	@echo "make lint   - cargo fmt --check and clippy -D warnings"
 	@echo "make e2e-deps - build kube-apiserver, etcd, helm, kubelet, kube-scheduler for the Kubernetes e2e tests (once)"
+	@echo "make image  - the container image without Docker or a registry: $(IMAGE), saved as $(IMAGE_ARCHIVE)"
+	@echo "make image-test - make image, then run it with podman (tests/tests/image.rs)"
+	@echo "make e2e-node - make image, then the chart and the image on a real node: containerd, kubelet, kube-scheduler"
 	@echo "make crds   - regenerate charts/pacer/crds/ from the Rust types (pacer crd)"
 	@echo "make chart  - helm lint and helm template of charts/pacer (helm from make e2e-deps)"
 	@echo "make bench  - benchmarks against peers (see docs/benchmarks.md)"
@@ -30,6 +33,35 @@ e2e-deps:
 
 build: deps
 	$(CARGO) build -p pacer-cli
+
+# The container image without Docker or a registry (image/build.sh, buildah and podman from
+# apt-get when missing): the release binary in a root filesystem of its own (image/rootfs.sh),
+# the Dockerfile's last stage built by buildah, tagged $(IMAGE) in the local container storage
+# and saved as the OCI archive $(IMAGE_ARCHIVE) for kind, containerd or a registry
+# (docs/kubernetes.md "Install"). The name and tag are the chart's defaults (repository pacer,
+# tag = appVersion = the crate version).
+IMAGE_NAME := pacer
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n1)
+IMAGE := $(IMAGE_NAME):$(IMAGE_VERSION)
+IMAGE_ARCHIVE := target/image/$(IMAGE_NAME)-$(IMAGE_VERSION).oci.tar
+image: deps
+	@bash image/build.sh $(IMAGE_NAME) $(IMAGE_VERSION) $(IMAGE_ARCHIVE)
+
+# The built image run with podman (tests/tests/image.rs; helm from e2e-deps for the chart's
+# securityContext). Not part of `make test`: the release build alone takes minutes on 2 cores.
+image-test: image e2e-deps
+	PACER_IMAGE=$(IMAGE) PACER_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) \
+	  $(CARGO) test -p pacer-tests --features image --test image
+	$(CARGO) clippy -p pacer-tests --features image --test image -- -D warnings
+
+# The real-node end-to-end tests (tests/tests/node_e2e.rs, docs/testing.md "A real node"): the
+# image of `make image` in containerd under the kubelet and kube-scheduler of `make e2e-deps`,
+# the chart with hostNetwork, the user story in worker containers. Not part of `make test`: it
+# needs the image's release build.
+e2e-node: image e2e-deps
+	PACER_IMAGE=$(IMAGE) PACER_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) \
+	  $(CARGO) test -p pacer-tests --features node-e2e --test node_e2e -- --test-threads=5
+	$(CARGO) clippy -p pacer-tests --features node-e2e --test node_e2e -- -D warnings
 
 # The CRDs, generated from crates/pacer-operator/src/crd.rs and ratebudget.rs (a test fails
 # when stale).
@@ -58,10 +90,12 @@ test: deps e2e-deps
 # Kubernetes tools (k8s_*.rs and chart.rs in tests/), so a cold machine starts testing in
 # minutes instead of after the 15-30 minute `make e2e-deps`. Redis still comes from `make deps`.
 GO_TOOL_TESTS := $(wildcard tests/tests/k8s_*.rs) tests/tests/chart.rs
+# tests/tests/image.rs needs the built image (`make image-test`; the `image` feature).
+IMAGE_TESTS := tests/tests/image.rs
 # tests/tests/node_e2e.rs needs the image, containerd and the kubelet (`make e2e-node`; the
 # `node-e2e` feature).
 NODE_TESTS := tests/tests/node_e2e.rs
-E2E_NO_GO := $(patsubst tests/tests/%.rs,--test %,$(filter-out $(GO_TOOL_TESTS) $(NODE_TESTS),$(wildcard tests/tests/*.rs)))
+E2E_NO_GO := $(patsubst tests/tests/%.rs,--test %,$(filter-out $(GO_TOOL_TESTS) $(IMAGE_TESTS) $(NODE_TESTS),$(wildcard tests/tests/*.rs)))
 check: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
