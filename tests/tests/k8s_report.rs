@@ -396,6 +396,36 @@ async fn submit_watch_and_report_agree_with_the_status_and_the_mock() {
     let csv_text = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(csv_text.lines().count(), rows.len() + 1, "{csv_text}");
 
+    // each worker's own series, adding up to its row in the status
+    let w0 = dir.path().join("worker0.jsonl");
+    let worker = pacer_k8s(
+        &[
+            "report",
+            name,
+            "-n",
+            ns,
+            "--worker",
+            "0",
+            "--out",
+            &format!("json={}", w0.display()),
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(worker.status.code(), Some(0), "{}", stderr(&worker));
+    let w0_sum: u64 = std::fs::read_to_string(&w0)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["attempts"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    let health = status["workerHealth"].as_array().unwrap();
+    let w0_status = health.iter().find(|w| w["index"] == 0).unwrap()["requests"].as_u64();
+    assert_eq!(Some(w0_sum), w0_status, "{status:#}");
+
     // where it is kept: the chunk ConfigMaps of the run data, owned by the LoadTest
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let chunk = cms.get(&format!("{name}-report-data-0")).await.unwrap();

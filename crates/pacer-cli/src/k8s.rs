@@ -169,6 +169,10 @@ pub struct ReportCommand {
     /// evidence ledger: `ledger=FILE`. Repeatable; as `pacer run --out`.
     #[arg(long = "out", value_name = "FORMAT=FILE", value_parser = crate::report::parse_out)]
     pub out: Vec<crate::report::SeriesOut>,
+    /// With `--html`/`--out`: worker N's own report and series (0-based, as the worker table
+    /// numbers them) instead of the fleet's.
+    #[arg(long, value_name = "N")]
+    pub worker: Option<usize>,
 }
 
 /// Which CustomResourceDefinition `pacer crd` prints.
@@ -784,6 +788,10 @@ async fn write_report_files(
     test_id: &str,
 ) -> anyhow::Result<()> {
     let data = pacer_operator::run_data::load(cms, &args.name, test_id).await?;
+    let data = match args.worker {
+        Some(index) => data.worker(index)?,
+        None => data,
+    };
     let summary = data.summary()?;
     let workers = data.worker_rows();
     crate::report::write_files(

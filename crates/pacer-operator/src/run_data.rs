@@ -72,6 +72,9 @@ pub struct WorkerData {
     pub label: String,
     /// Its last counted snapshot (`None`: it never reported).
     pub snapshot: Option<Snapshot>,
+    /// Its limits table with that snapshot.
+    #[serde(default)]
+    pub limits: Vec<LimitPacing>,
 }
 
 /// Everything a LoadTest's report files are made of.
@@ -126,6 +129,8 @@ pub enum RunDataError {
         "the run data does not fit in {MAX_CHUNKS} ConfigMaps of {CHUNK_BYTES} bytes even without its per-worker detail ({0} bytes compressed)"
     )]
     DoesNotFit(usize),
+    #[error("no worker {index} in the stored run data: {why}")]
+    NoWorker { index: usize, why: String },
     #[error("cannot compress the run data")]
     Deflate(#[source] std::io::Error),
 }
@@ -161,10 +166,11 @@ impl RunData {
             workers: outcome
                 .workers
                 .iter()
-                .zip(&outcome.worker_snapshots)
-                .map(|(w, s)| WorkerData {
+                .enumerate()
+                .map(|(i, w)| WorkerData {
                     label: outcome.worker_label(w),
-                    snapshot: s.clone(),
+                    snapshot: outcome.worker_snapshots.get(i).cloned().flatten(),
+                    limits: outcome.worker_limits.get(i).cloned().unwrap_or_default(),
                 })
                 .collect(),
             workers_omitted: false,
@@ -213,6 +219,38 @@ impl RunData {
                     .map(|s| WorkerRow::from_snapshot(&w.label, s, elapsed))
             })
             .collect()
+    }
+
+    /// Worker `index`'s own run: its snapshot, series and limits table in place of the
+    /// fleet's (`pacer report NAME --worker N`).
+    pub fn worker(&self, index: usize) -> Result<RunData, RunDataError> {
+        let missing = |why: &str| RunDataError::NoWorker {
+            index,
+            why: why.to_string(),
+        };
+        let w = self
+            .workers
+            .get(index)
+            .ok_or_else(|| missing(&format!("the run had {} workers", self.workers.len())))?;
+        let snapshot = w.snapshot.clone().ok_or_else(|| {
+            missing(if self.workers_omitted {
+                "the per-worker detail was left out to fit"
+            } else {
+                "it never reported"
+            })
+        })?;
+        let series = self.series.workers.get(index).cloned().unwrap_or_default();
+        Ok(RunData {
+            snapshot,
+            limits: w.limits.clone(),
+            series: FleetSeriesOutput {
+                fleet: series,
+                workers: Vec::new(),
+                started_unix_ms: self.series.started_unix_ms,
+            },
+            workers: Vec::new(),
+            ..self.clone()
+        })
     }
 
     /// Compressed and cut into chunks of at most [`CHUNK_BYTES`], at most [`MAX_CHUNKS`] of
@@ -486,6 +524,7 @@ mod tests {
                 .map(|i| WorkerData {
                     label: format!("{i} w"),
                     snapshot: Some(Snapshot::empty(&layout)),
+                    limits: Vec::new(),
                 })
                 .collect(),
             workers_omitted: false,
@@ -504,6 +543,13 @@ mod tests {
         let s = d.summary().unwrap();
         assert_eq!(s.thresholds.len(), 1);
         assert_eq!(d.worker_rows().len(), 2);
+        let one = d.worker(1).unwrap();
+        assert_eq!(one.series.fleet, d.series.workers[1]);
+        assert!(one.workers.is_empty() && one.worker_rows().is_empty());
+        assert!(matches!(
+            d.worker(2),
+            Err(RunDataError::NoWorker { index: 2, .. })
+        ));
     }
 
     #[test]

@@ -330,6 +330,11 @@ mod tests {
             let rows: Vec<u64> = w.points.iter().map(|p| p.attempts).collect();
             assert_eq!(rows, vec![5, 5, 5, 5]);
         }
+        // Row by row, the fleet's is the sum of the workers'.
+        for (i, p) in out.fleet.points.iter().enumerate() {
+            let sum: u64 = out.workers.iter().map(|w| w.points[i].attempts).sum();
+            assert_eq!(p.attempts, sum, "row {}", i + 1);
+        }
         assert_eq!(out.started_unix_ms, Some(1_000_000));
     }
 
