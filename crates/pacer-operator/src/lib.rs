@@ -76,10 +76,10 @@ pub struct OperatorConfig {
     /// Secrets every worker pod pulls its image with (`--worker-image-pull-secret`, the
     /// chart's `imagePullSecrets`), in the LoadTest's namespace.
     pub worker_image_pull_secrets: Vec<String>,
-    /// The fleet's Redis when a LoadTest names none.
     /// Worker pods on the node's network (`--worker-host-network`, the chart's `hostNetwork`),
     /// for clusters without a pod network.
     pub worker_host_network: bool,
+    /// The fleet's Redis when a LoadTest names none.
     pub default_redis: Option<RedisSource>,
     /// How often a running test's status is written.
     pub status_interval: Duration,
@@ -109,8 +109,8 @@ impl OperatorConfig {
             worker_image,
             image_pull_policy: None,
             worker_image_pull_secrets: Vec::new(),
-            default_redis: None,
             worker_host_network: false,
+            default_redis: None,
             status_interval: Duration::from_secs(2),
             namespaces: Vec::new(),
             instance: None,
@@ -215,6 +215,39 @@ pub enum OperatorError {
     Leadership(#[source] leader::LeaderError),
 }
 
+/// How long a new leader keeps trying to bind the workers' port while it is in use: an old
+/// leader on the same network (host network, a restart in place, pacer's own end-to-end tests
+/// whose pods share the host's) holds it for the few seconds its shutdown takes.
+const GRPC_BIND_FOR: Duration = Duration::from_secs(30);
+
+/// Bind the workers' gRPC port, waiting (up to [`GRPC_BIND_FOR`]) while another process holds it.
+async fn bind_grpc(
+    addr: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<tokio::net::TcpListener, OperatorError> {
+    let started = tokio::time::Instant::now();
+    let mut said = false;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < GRPC_BIND_FOR
+                    && !shutdown.is_cancelled() =>
+            {
+                if !said {
+                    tracing::info!(
+                        "{addr} is still in use (the previous leader stopping?): retrying for up to {GRPC_BIND_FOR:?}"
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(source) => return Err(OperatorError::Listen { addr, source }),
+        }
+    }
+}
+
 /// Run the operator until `shutdown`: the HTTP endpoints, then (once this replica leads,
 /// with `config.leader_election`) the gRPC listener and the controller. A standby serves
 /// `/healthz`, `/readyz` and `/metrics`, binds no gRPC port and labels its pod standby; the
@@ -269,12 +302,7 @@ pub async fn serve(
             Some((task, release))
         }
     };
-    let grpc_listener = tokio::net::TcpListener::bind(listen.grpc)
-        .await
-        .map_err(|source| OperatorError::Listen {
-            addr: listen.grpc,
-            source,
-        })?;
+    let grpc_listener = bind_grpc(listen.grpc, &shutdown).await?;
     let grpc_addr = grpc_listener.local_addr().unwrap_or(listen.grpc);
     let grpc_task = grpc::serve(
         routes,
@@ -294,7 +322,11 @@ pub async fn serve(
     let result = controller::run(ctx, shutdown.clone()).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
-    let grpc_result = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
+    let mut grpc_task = grpc_task;
+    let grpc_result = tokio::time::timeout(Duration::from_secs(5), &mut grpc_task).await;
+    // Streams still open after that (workers wait for the next leader) are dropped with the
+    // listener, so its port is free for a successor on the same network.
+    grpc_task.abort();
     if let Some((held, release)) = held {
         // The work has stopped: give the Lease up (unless it was lost) before the process goes.
         release.cancel();

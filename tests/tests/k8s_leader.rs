@@ -1,0 +1,549 @@
+//! Two operator replicas with leader election (issue 17 part 3), on a real Kubernetes API
+//! server (the harness of `pacer_tests::kube`): `helm install` of charts/pacer with its
+//! default `replicas: 2`. One replica holds the Lease `pacer-leader` and labels its pod
+//! `pacer.dev/role: leader`, the other labels its pod `standby` and waits. Shown: the
+//! leader's process killed with SIGKILL mid-run, the standby takes the Lease (the time is
+//! measured and printed) and resumes the running LoadTest, which ends Succeeded with its status
+//! counting exactly what `pacer mock` received; and a `helm upgrade` changing another value in
+//! the middle of a test (a rolling update of both replicas) leaves the test's result intact.
+//! The operator's ServiceAccount may touch leases and pod labels in its own namespace only.
+//! Needs `make e2e-deps`.
+//!
+//! Pods share the host's network here: both replicas are told `--http-listen=127.0.0.1:0`
+//! (any free port, through `controller.extraArgs`; the last flag wins), and only the leader
+//! binds the workers' port. A copy of the few helpers of k8s_restart.rs it needs (each test
+//! binary gets its own API server and release).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use pacer_tests::kube::{Cluster, eventually, free_port, tools_dir};
+use pacer_tests::{pacer_bin, workspace_root};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, OnceCell};
+
+const RELEASE_NS: &str = "pacer-system";
+const OPERATOR_PODS: &str = "app.kubernetes.io/component=controller";
+const LEASE: &str = "pacer-leader";
+const OPERATOR_SA: &str = "system:serviceaccount:pacer-system:pacer";
+
+/// The tests here take the operator down: one at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(tools_dir().join("helm"));
+    cmd.arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(200), cmd.output())
+        .await
+        .expect("helm finishes within 200 s")
+        .expect("helm runs (make e2e-deps)")
+}
+
+/// `GET http://127.0.0.1:<port><path>`: the status code and the body (not chunked), or `None`.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    Some((code, body.to_string()))
+}
+
+fn loadtests(client: kube::Client, ns: &str) -> Api<DynamicObject> {
+    let resource = ApiResource {
+        group: "pacer.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "pacer.dev/v1alpha1".into(),
+        kind: "LoadTest".into(),
+        plural: "loadtests".into(),
+    };
+    Api::namespaced_with(client, ns, &resource)
+}
+
+/// The values the release was installed with (an upgrade reuses them).
+struct Install {
+    chart: String,
+}
+
+static INSTALL: OnceCell<Install> = OnceCell::const_new();
+
+async fn installed() -> &'static Install {
+    INSTALL.get_or_init(install).await
+}
+
+async fn install() -> Install {
+    let build = std::thread::spawn(pacer_bin);
+    let cluster = Cluster::shared();
+    build.join().unwrap();
+    let grpc = free_port().unwrap();
+    let chart = workspace_root().join("charts").join("pacer");
+    let chart = chart.to_str().unwrap().to_string();
+    let out = helm(
+        cluster,
+        &[
+            "install",
+            "pacer",
+            &chart,
+            "-n",
+            RELEASE_NS,
+            "--create-namespace",
+            // controller.replicas: the chart's default, 2
+            "--set",
+            &format!("service.grpcPort={grpc}"),
+            "--set",
+            "controller.listenHost=127.0.0.1",
+            "--set",
+            &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
+            "--set",
+            "controller.statusInterval=1s",
+            "--set",
+            &format!(
+                "controller.extraArgs={{--worker-server-name=pacer.{RELEASE_NS}.svc,--http-listen=127.0.0.1:0}}"
+            ),
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "helm install failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.diagnostics()
+    );
+    Install { chart }
+}
+
+/// The running operator pods (not being deleted): name, pid of the process the kubelet runs,
+/// and the `pacer.dev/role` label.
+async fn operator_pods(client: &kube::Client) -> Vec<(String, Option<u32>, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    let kubelet = Cluster::shared().kubelet().unwrap();
+    pods.list(&ListParams::default().labels(OPERATOR_PODS))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| {
+            let name = p.metadata.name?;
+            let role = p
+                .metadata
+                .labels
+                .and_then(|l| l.get("pacer.dev/role").cloned())
+                .unwrap_or_default();
+            Some((name.clone(), kubelet.pid(RELEASE_NS, &name), role))
+        })
+        .collect()
+}
+
+/// The Lease's holder, if any.
+async fn holder(client: &kube::Client) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), RELEASE_NS);
+    leases
+        .get_opt(LEASE)
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+/// Two running replicas, one holding the Lease and labelled leader, the other labelled
+/// standby: (leader, its pid, standby).
+async fn elected(client: &kube::Client) -> (String, u32, String) {
+    eventually(
+        Duration::from_secs(90),
+        "a leader and a standby, labelled",
+        || async {
+            let leader = holder(client).await?;
+            let pods = operator_pods(client).await;
+            let (_, pid, role) = pods.iter().find(|(n, _, _)| *n == leader)?;
+            let standby = pods
+                .iter()
+                .find(|(n, _, r)| *n != leader && r == "standby")?;
+            let pid = (*pid)?;
+            (role == "leader" && pods.len() == 2).then(|| (leader.clone(), pid, standby.0.clone()))
+        },
+    )
+    .await
+}
+
+async fn kubectl_apply_ok(ns: &str, manifest: &Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("loadtest.yaml");
+    std::fs::write(&path, serde_saphyr::to_string(manifest).unwrap()).unwrap();
+    let out = Cluster::shared()
+        .kubectl(&["apply", "-n", ns, "-f", path.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn status_of(tests: &Api<DynamicObject>, name: &str) -> Option<Value> {
+    let lt = tests.get_opt(name).await.ok()??;
+    Some(lt.data.get("status").cloned().unwrap_or(Value::Null))
+}
+
+fn phase(status: &Value) -> &str {
+    status["phase"].as_str().unwrap_or("")
+}
+
+/// The Events of an object: (reason, message), in order.
+async fn events_of(ns: &str, name: &str) -> Vec<(String, String)> {
+    let out = Cluster::shared()
+        .kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "json",
+        ])
+        .await
+        .unwrap();
+    let list: Value = serde_json::from_str(&out).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (s(&e["reason"]), s(&e["message"]))
+        })
+        .collect()
+}
+
+/// `pacer mock` as a process on a free loopback port, recording every arrival; killed on drop.
+struct MockProcess {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl MockProcess {
+    fn start(log: &Path) -> Self {
+        let port = free_port().unwrap();
+        let out = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(pacer_bin())
+            .args(["mock", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--record-arrivals", "--auth", "off", "--no-limits"])
+            .env_remove("PACER_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn up(&self) {
+        eventually(Duration::from_secs(30), "pacer mock answers", || async {
+            http_get(self.port, "/_mock/stats").await.map(|_| ())
+        })
+        .await;
+    }
+
+    /// How many API requests arrived.
+    async fn arrivals(&self) -> usize {
+        let (code, body) = http_get(self.port, "/_mock/arrivals").await.unwrap();
+        assert_eq!(code, 200, "{body}");
+        let view: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(view["dropped"], 0);
+        view["arrivals"].as_array().unwrap().len()
+    }
+}
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const RATE: u64 = 20;
+
+/// 2 workers, `RATE`/s for `seconds`, a threshold that holds.
+fn loadtest(name: &str, target: &str, seconds: u64) -> Value {
+    json!({
+        "apiVersion": "pacer.dev/v1alpha1",
+        "kind": "LoadTest",
+        "metadata": { "name": name },
+        "spec": {
+            "workers": 2,
+            "startTimeout": "90s",
+            "plan": {
+                "name": name,
+                "target": target,
+                "scenarios": [{
+                    "name": "me",
+                    "executor": "constant-arrival-rate",
+                    "rate": format!("{RATE}/s"),
+                    "duration": format!("{seconds}s"),
+                    "maxInFlight": 50,
+                    "requests": [{ "name": "me", "method": "GET", "path": "/api/v2/users/me" }]
+                }],
+                "thresholds": { "http_req_failed": ["rate<0.01"] }
+            }
+        }
+    })
+}
+
+/// Follow a LoadTest until it ends: its last status, the phases and the `requests` it showed.
+async fn follow(
+    tests: &Api<DynamicObject>,
+    name: &str,
+    limit: Duration,
+) -> (Value, Vec<String>, Vec<u64>) {
+    let started = Instant::now();
+    let (mut phases, mut counts): (Vec<String>, Vec<u64>) = (Vec::new(), Vec::new());
+    loop {
+        assert!(
+            started.elapsed() < limit,
+            "{name} did not end within {limit:?}; phases {phases:?}\n{}",
+            Cluster::shared().diagnostics()
+        );
+        if let Some(s) = status_of(tests, name).await {
+            let p = match phase(&s) {
+                "" => "Pending".to_string(),
+                p => p.to_string(),
+            };
+            if phases.last() != Some(&p) {
+                phases.push(p.clone());
+            }
+            if let Some(n) = s["requests"].as_u64()
+                && counts.last() != Some(&n)
+            {
+                counts.push(n);
+            }
+            if ["Succeeded", "Failed", "Aborted"].contains(&p.as_str()) {
+                return (s, phases, counts);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn running_with(tests: &Api<DynamicObject>, name: &str, requests: u64) -> Value {
+    eventually(
+        Duration::from_secs(120),
+        &format!("{name} Running with {requests} requests"),
+        || async {
+            let s = status_of(tests, name).await?;
+            (phase(&s) == "Running" && s["requests"].as_u64()? >= requests).then_some(s)
+        },
+    )
+    .await
+}
+
+/// The test ended as without the disruption: Succeeded, every planned request sent once, the
+/// status counting exactly what the mock received, never going backwards.
+async fn assert_intact(
+    status: &Value,
+    phases: &[String],
+    counts: &[u64],
+    mock: &MockProcess,
+    planned: u64,
+    what: &str,
+) {
+    let received = mock.arrivals().await as u64;
+    assert_eq!(
+        phase(status),
+        "Succeeded",
+        "{what}: {status:#}\n{}",
+        Cluster::shared().diagnostics()
+    );
+    assert_eq!(status["requests"], received, "{what}: {status:#}");
+    assert_eq!(received, planned, "{what}: every planned request, once");
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]),
+        "{what}: {counts:?}"
+    );
+    // Followed from its creation: once Running, only Running until Succeeded.
+    let from_running: Vec<&str> = phases
+        .iter()
+        .map(String::as_str)
+        .skip_while(|p| *p != "Running")
+        .collect();
+    assert_eq!(from_running, ["Running", "Succeeded"], "{what}: {phases:?}");
+}
+
+#[tokio::test]
+async fn the_operator_may_hold_its_lease_and_label_its_pods_in_its_namespace_only() {
+    installed().await;
+    let cluster = Cluster::shared();
+    let can = |verb: &'static str, resource: &'static str, ns: &'static str| async move {
+        let out = cluster
+            .kubectl(&[
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                "-n",
+                ns,
+                "--as",
+                OPERATOR_SA,
+            ])
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for verb in ["get", "create", "update"] {
+        assert!(
+            can(verb, "leases.coordination.k8s.io", RELEASE_NS).await,
+            "{verb} leases"
+        );
+    }
+    assert!(can("patch", "pods", RELEASE_NS).await);
+    for (verb, resource, ns) in [
+        ("delete", "leases.coordination.k8s.io", RELEASE_NS),
+        ("list", "leases.coordination.k8s.io", RELEASE_NS),
+        ("update", "leases.coordination.k8s.io", "default"),
+        ("patch", "pods", "default"),
+        ("update", "pods", RELEASE_NS),
+        ("delete", "pods", RELEASE_NS),
+    ] {
+        assert!(
+            !can(verb, resource, ns).await,
+            "may {verb} {resource} in {ns}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_killed_leaders_standby_takes_the_lease_and_the_running_test_ends_as_without_it() {
+    installed().await;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::shared();
+    let client = cluster.client().await.unwrap();
+    let (ns, name, seconds) = ("e2e-failover", "failover", 30);
+    cluster.create_namespace(ns).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockProcess::start(&dir.path().join("mock.log"));
+    mock.up().await;
+    let (leader, pid, standby) = elected(&client).await;
+    kubectl_apply_ok(ns, &loadtest(name, &mock.url(), seconds)).await;
+    let tests = loadtests(client.clone(), ns);
+    let follower = tokio::spawn({
+        let tests = tests.clone();
+        async move { follow(&tests, name, Duration::from_secs(240)).await }
+    });
+    running_with(&tests, name, RATE * 3).await;
+
+    // SIGKILL: no goodbye, the Lease is left to expire.
+    let killed = Instant::now();
+    let pgid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL).unwrap();
+    let took = eventually(
+        Duration::from_secs(60),
+        "the standby takes the Lease",
+        || async {
+            (holder(&client).await.as_deref() == Some(standby.as_str())).then(|| killed.elapsed())
+        },
+    )
+    .await;
+    let (status, phases, counts) = follower.await.unwrap();
+    let events = events_of(ns, name).await;
+    eprintln!(
+        "failover: leader {leader} killed; {standby} took the Lease {:.1} s later; the test ended {:.1} s after the kill; phases {phases:?}; status requests {counts:?}",
+        took.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+    // The Lease lasts 15 s, looked at every 2 s; the bound leaves room for a loaded machine.
+    assert!(took < Duration::from_secs(30), "took over after {took:?}");
+    assert_intact(&status, &phases, &counts, &mock, RATE * seconds, "failover").await;
+    assert!(
+        events.iter().any(|(reason, _)| reason == "Resumed"),
+        "{events:?}"
+    );
+    // The new leader is labelled, and a new standby (the ReplicaSet's replacement) too.
+    let (now_leader, _, _) = elected(&client).await;
+    assert_eq!(now_leader, standby);
+}
+
+#[tokio::test]
+async fn a_helm_upgrade_mid_test_leaves_its_result_intact() {
+    let install = installed().await;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::shared();
+    let client = cluster.client().await.unwrap();
+    let (ns, name, seconds) = ("e2e-upgrade", "upgraded", 25);
+    cluster.create_namespace(ns).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockProcess::start(&dir.path().join("mock.log"));
+    mock.up().await;
+    let (before, _, _) = elected(&client).await;
+    kubectl_apply_ok(ns, &loadtest(name, &mock.url(), seconds)).await;
+    let tests = loadtests(client.clone(), ns);
+    let follower = tokio::spawn({
+        let tests = tests.clone();
+        async move { follow(&tests, name, Duration::from_secs(240)).await }
+    });
+    running_with(&tests, name, RATE * 3).await;
+
+    // Another value changed: a new pod template, so both replicas are replaced one by one.
+    let upgrading = Instant::now();
+    let out = helm(
+        cluster,
+        &[
+            "upgrade",
+            "pacer",
+            &install.chart,
+            "-n",
+            RELEASE_NS,
+            "--reuse-values",
+            "--set",
+            "controller.statusInterval=2s",
+            "--wait",
+            "--timeout",
+            "150s",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "helm upgrade: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.diagnostics()
+    );
+    let upgraded_in = upgrading.elapsed();
+    let (status, phases, counts) = follower.await.unwrap();
+    let (after, _, _) = elected(&client).await;
+    eprintln!(
+        "upgrade: helm upgrade --wait took {:.1} s; leader {before} before, {after} after; phases {phases:?}; status requests {counts:?}",
+        upgraded_in.as_secs_f64()
+    );
+    assert_ne!(before, after, "the rollout replaced the leader's pod");
+    assert_intact(&status, &phases, &counts, &mock, RATE * seconds, "upgrade").await;
+}
