@@ -26,8 +26,10 @@ const RELEASE_NS: &str = "pacer-system";
 
 /// examples/submit-report.yaml: 16 arrivals a second for 6 s over 2 workers, no retries, so
 /// the mock's count is the attempts'; the mock lets the client through 10 times a second,
-/// so some are refused with 429.
+/// so some are refused with 429. Each arrival takes its own row of the CSV beside it
+/// (`unique`), which `pacer submit` packs into a ConfigMap.
 const EXAMPLE: &str = "examples/submit-report.yaml";
+const DATA: &str = "examples/data/report-users.csv";
 const RATE: u64 = 16;
 const SECS: u64 = 6;
 const WORKERS: u32 = 2;
@@ -240,6 +242,7 @@ async fn submit_watch_and_report_agree_with_the_status_and_the_mock() {
             "me:client:10/1s",
             "--latency",
             "fixed:3ms",
+            "--record-arrivals",
         ],
         &dir.path().join("mock.log"),
     );
@@ -260,6 +263,12 @@ async fn submit_watch_and_report_agree_with_the_status_and_the_mock() {
         ])
         .await
         .unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::copy(
+        workspace_root().join(DATA),
+        dir.path().join("data/report-users.csv"),
+    )
+    .unwrap();
     let plan_path = dir.path().join("plan.yaml");
     std::fs::write(&plan_path, plan(&format!("http://127.0.0.1:{}", mock.port))).unwrap();
 
@@ -355,6 +364,22 @@ async fn submit_watch_and_report_agree_with_the_status_and_the_mock() {
     assert_eq!(reqs, requests, "report vs status");
     assert_eq!(reqs, mock_count, "report vs mock");
     assert_eq!(reqs, RATE * SECS);
+    // every row of the CSV reached the mock exactly once, over both workers
+    let (code, body) = http_get(mock.port, "/_mock/arrivals").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let arrivals: Value = serde_json::from_str(&body).unwrap();
+    let mut users: Vec<u64> = arrivals["arrivals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["path"].as_str()?.split_once("?user=")?.1.parse().ok())
+        .collect();
+    users.sort_unstable();
+    assert_eq!(
+        users,
+        (1..=RATE * SECS).collect::<Vec<_>>(),
+        "each row once"
+    );
     assert_eq!(refused, throttled, "429s: report vs status");
     assert!(refused > 0, "the mock's limit refused none");
     assert_eq!(report_p95, p95, "p95: report vs status");
