@@ -557,7 +557,7 @@ for i in 1 2 3 4 5 6 7 8 9 10; do
     done
   done
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF -- "-address $socket "; then kill -9 "${{p#/proc/}}" 2>/dev/null; fi
+    if {{ tr '\0' ' ' < "$p/cmdline"; }} 2>/dev/null | grep -qF -- "-address $socket "; then kill -9 "${{p#/proc/}}" 2>/dev/null; fi
   done
   grep -F " $dir/" /proc/self/mountinfo | awk '{{print $5}}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
   for c in $(cgroups); do find "$c" -depth -type d -exec rmdir {{}} \; 2>/dev/null; done
