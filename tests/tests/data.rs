@@ -230,6 +230,15 @@ async fn rows_running_out_end_the_run_with_the_reason() {
         SHARED_30,
         10,
     );
+    // pacer validate says so before the run
+    let out = run(&["validate", p.to_str().unwrap()]).await;
+    assert!(
+        stdout(&out).contains(
+            "data users: 10 rows, unique; the plan starts 30 iterations that take a row: the run will stop, failed, after 10"
+        ),
+        "{}",
+        stdout(&out)
+    );
     let out = run(&["run", "-q", p.to_str().unwrap()]).await;
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert_eq!(out.status.code(), Some(1), "{text}");

@@ -95,6 +95,7 @@ pub fn lines(plan: &Plan, workers: u32, latency: Duration) -> Vec<String> {
             l.load(),
         ));
     }
+    out.extend(data_lines(plan));
     out.push(format!(
         "  run time: ~{} (graceful stops included where requests are still queued)",
         humantime::format_duration(round_ms(f.run_time))
@@ -108,6 +109,41 @@ pub fn lines(plan: &Plan, workers: u32, latency: Duration) -> Vec<String> {
     }
     out.push(verdict(&f));
     out
+}
+
+/// A line per test data source: its rows, and whether a `unique` one has enough for the
+/// iterations that take a row (too few stop the run, failed: docs/plan-format.md "Test data").
+fn data_lines(plan: &Plan) -> Vec<String> {
+    use pacer_plan::data::{DataMode, iterations_taking};
+    plan.data
+        .iter()
+        .map(|d| {
+            let mode = match d.mode {
+                DataMode::Unique => "unique",
+                DataMode::Cycle => "cycle",
+                DataMode::Random => "random",
+            };
+            let Some(t) = &d.table else {
+                return format!(
+                    "  data {}: {mode}, rows from the ConfigMap of spec.data",
+                    d.name
+                );
+            };
+            let rows = t.rows.len() as u64;
+            let need = match (d.mode, iterations_taking(plan, &d.name)) {
+                (DataMode::Unique, Some(n)) if n > rows => format!(
+                    "; the plan starts {n} iterations that take a row: the run will stop, failed, after {rows}"
+                ),
+                (DataMode::Unique, Some(n)) => format!("; {n} iterations take a row"),
+                (DataMode::Unique, None) => {
+                    "; VUs take rows as fast as they iterate: the run stops, failed, when none is left"
+                        .to_string()
+                }
+                _ => String::new(),
+            };
+            format!("  data {}: {rows} rows, {mode}{need}", d.name)
+        })
+        .collect()
 }
 
 /// The closing line: which limit binds and what to change, or that nothing will queue.

@@ -215,6 +215,17 @@ impl DataSource {
     }
 }
 
+/// How many iterations take a row of `source` in a whole run: the sum over the scenarios that
+/// use it of their planned iterations; `None` when one of them is a VU executor (its count
+/// depends on response times).
+pub fn iterations_taking(plan: &Plan, source: &str) -> Option<u64> {
+    (0..plan.scenarios.len())
+        .filter(|&s| scenario_sources(plan, s).contains(&source))
+        .try_fold(0u64, |sum, s| {
+            Some(sum.saturating_add(plan.scenarios[s].executor.planned_iterations()?))
+        })
+}
+
 /// The `data:` section: names and formats checked, nothing read.
 pub(crate) fn sources(
     errors: &mut Vec<FieldError>,
@@ -844,6 +855,7 @@ mod tests {
         assert_eq!(t.rows.len(), 2);
         assert_eq!(p.data[0].mode, DataMode::Unique);
         assert_eq!(scenario_sources(&p, 0), ["users"]);
+        assert_eq!(iterations_taking(&p, "users"), Some(10));
     }
 
     #[test]
