@@ -105,6 +105,12 @@ pub struct LoadTestSpec {
     /// no sum of them overflows.
     #[schemars(regex(pattern = r"^([0-9]{1,6}(ms|s|m|h)){1,4}$"), length(max = 32))]
     pub start_timeout: Option<String>,
+    /// How long a worker pod keeps sending when it can reach no controller (default 30s, 5s to
+    /// 1h): past it, the worker stops its load on its own. Longer than an operator failover
+    /// (about 20 s), short enough that a test whose controller is gone leaves little load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,6}(ms|s|m|h)){1,4}$"), length(max = 32))]
+    pub lost_after: Option<String>,
     /// `true` stops a running test (it ends in phase Aborted); a test created suspended waits.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,

@@ -29,6 +29,9 @@ pub struct Prepared {
     pub workers: u32,
     pub test_id: String,
     pub start_timeout: Duration,
+    /// How long its workers keep sending without a controller (`spec.lostAfter`,
+    /// `pacer worker --lost-after`).
+    pub lost_after: Duration,
     /// The RateBudget the test runs on (`spec.budgetRef`): already merged into `plan`; its
     /// credentials, Redis and idle expiry go to the worker pods.
     pub budget: Option<crate::budget::Joined>,
@@ -180,6 +183,10 @@ pub fn prepare_on(
         errors.push(e);
         defaults.start_timeout
     });
+    let lost_after = lost_after(spec).unwrap_or_else(|e| {
+        errors.push(e);
+        pacer_proto::LOST_AFTER
+    });
     let written = written_plan(spec, plan.is_some(), &mut errors);
 
     if !errors.is_empty() {
@@ -194,6 +201,7 @@ pub fn prepare_on(
         workers,
         test_id: test_id(lt),
         start_timeout,
+        lost_after,
         budget,
     })
 }
@@ -362,6 +370,26 @@ fn start_timeout(spec: &LoadTestSpec, defaults: &Defaults) -> Result<Duration, F
     }
 }
 
+/// `spec.lostAfter`, within the protocol's bounds (`pacer_proto::lost_after_problem`).
+fn lost_after(spec: &LoadTestSpec) -> Result<Duration, FieldError> {
+    let Some(s) = &spec.lost_after else {
+        return Ok(pacer_proto::LOST_AFTER);
+    };
+    let d = pacer_plan::duration::parse(s).map_err(|e| {
+        FieldError::new(
+            "spec.lostAfter",
+            format!("{s:?}: {e} (a duration such as 30s or 2m)"),
+        )
+    })?;
+    match pacer_proto::lost_after_problem(d) {
+        None => Ok(d),
+        Some(problem) => Err(FieldError::new(
+            "spec.lostAfter",
+            format!("{s:?}: {problem}"),
+        )),
+    }
+}
+
 /// What the workers receive: the plan as written, references unresolved. Only a plan that
 /// validated says why it cannot be read as written (a reference standing for a number).
 fn written_plan(
@@ -436,6 +464,18 @@ mod tests {
             let e = timeout(json!(refused)).expect_err(refused);
             assert_eq!(e.path, "spec.startTimeout");
             assert!(e.to_string().contains("from 5s to 3600s"), "{e}");
+        }
+    }
+
+    #[test]
+    fn lost_after_is_bounded_or_the_default() {
+        let at = |v: serde_json::Value| lost_after(&spec(json!({"lostAfter": v})));
+        assert_eq!(lost_after(&spec(json!({}))), Ok(pacer_proto::LOST_AFTER));
+        assert_eq!(at(json!("2m")), Ok(Duration::from_secs(120)));
+        for refused in ["4s", "2h", "soon"] {
+            let e = at(json!(refused)).expect_err(refused);
+            assert_eq!(e.path, "spec.lostAfter");
+            assert!(e.to_string().contains(refused), "{e}");
         }
     }
 

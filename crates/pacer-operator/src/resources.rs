@@ -316,6 +316,8 @@ pub fn worker_job(lt: &LoadTest, p: &Prepared, cfg: &OperatorConfig) -> Job {
                 "$(PACER_WORKER_NAME)".into(),
                 "--connect-for".into(),
                 connect_for,
+                "--lost-after".into(),
+                format!("{}ms", p.lost_after.as_millis()),
                 "--resolve-plan-env".into(),
             ]
             .into_iter()
@@ -406,5 +408,50 @@ fn default_resources() -> ResourceRequirements {
             Quantity("512Mi".into()),
         )])),
         claims: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn job_args(spec_extra: serde_json::Value) -> Vec<String> {
+        let mut spec = json!({"plan": {
+            "name": "t", "target": "http://api.example",
+            "scenarios": [{"name": "s", "executor": "constant-vus", "vus": 1, "duration": "1s",
+                           "requests": [{"name": "r", "path": "/"}]}]
+        }});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(spec_extra.as_object().unwrap().clone());
+        let lt: LoadTest = serde_json::from_value(json!({
+            "apiVersion": "pacer.dev/v1alpha1", "kind": "LoadTest",
+            "metadata": {"name": "t", "namespace": "ns", "uid": "1234abcd-0000"},
+            "spec": spec
+        }))
+        .unwrap();
+        let cfg = OperatorConfig::new("pacer.pacer-system.svc:7700", "pacer:test");
+        let p = crate::prepare::prepare(&lt, &cfg.defaults).unwrap();
+        let job = worker_job(&lt, &p, &cfg);
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        pod.containers[0].args.clone().unwrap()
+    }
+
+    fn lost_after_arg(args: &[String]) -> &str {
+        let i = args.iter().position(|a| a == "--lost-after").unwrap();
+        &args[i + 1]
+    }
+
+    /// The workers stop their load after `spec.lostAfter` without a controller (30 s unless
+    /// the LoadTest says).
+    #[test]
+    fn the_workers_get_the_loadtests_lost_after() {
+        assert_eq!(lost_after_arg(&job_args(json!({}))), "30000ms");
+        let args = job_args(json!({"lostAfter": "45s"}));
+        assert_eq!(lost_after_arg(&args), "45000ms");
     }
 }
