@@ -60,11 +60,12 @@ pub(super) async fn progress(lt: &LoadTest, ctx: &Context) -> Result<Action> {
     }
     let phase = lt.phase().unwrap_or(Phase::Pending);
     let live = handle.live();
-    ctx.board
-        .publish(lt, &live, handle.figures().as_deref(), prepared.workers);
+    // Nor /metrics: its counters would go down while the workers come back.
     if still_resuming(resumed, phase, &live) {
         return Ok(Action::requeue(ctx.config.status_interval.max(MIN_REQUEUE)));
     }
+    ctx.board
+        .publish(lt, &live, handle.figures().as_deref(), prepared.workers);
     // Never back to Starting (a resumed test was Running before its first worker came back).
     let next_phase = if live.started || phase == Phase::Running {
         Phase::Running
