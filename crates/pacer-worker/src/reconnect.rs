@@ -1,7 +1,9 @@
 //! After a lost session: whether to try again or give up ([`after_loss`], pure), how long to
 //! wait first ([`backoff`]), and the wait itself ([`pause`]), during which the shard keeps
-//! running. A running shard never gives up on its controller; a worker that has not started,
-//! or has finished and only has its results to deliver, does after its deadline.
+//! running. A running shard never gives up on its controller (though its load stops after
+//! `lost_after` without one: the watchdog in `report`, after which it is finished and only has
+//! its results to deliver); a worker that has not started, or has finished, does after its
+//! deadline.
 
 use std::time::Duration;
 
