@@ -859,6 +859,29 @@ mod tests {
         }
     }
 
+    /// A worker's stamp is bounded by the controller's own clock: a report claiming to be an
+    /// hour into a test that started 3 s ago adds a few rows to the series, not 3600.
+    #[test]
+    fn a_report_stamped_far_ahead_is_held_to_the_controllers_clock() {
+        let layout = pacer_stats::Layout {
+            scenarios: Vec::new(),
+        };
+        let series = FleetSeries::new(&layout, pacer_report::PlannedRate::default(), 1);
+        let mut f = Fleet::new(1).with_series(series);
+        let now = Instant::now();
+        let (c, _rx) = conn(1);
+        f.admit("t1", &hello(Some(0), Some(3_000_000)), c, now)
+            .unwrap();
+        let mut ahead = report(1);
+        ahead.elapsed_us = 3_600_000_000;
+        assert!(f.accept_report(0, ahead));
+        let closed = f.series.as_ref().map(FleetSeries::closed_seconds);
+        assert!(
+            closed.is_some_and(|n| n <= 4),
+            "{closed:?} seconds closed for a test 3 s old"
+        );
+    }
+
     #[test]
     fn a_fresh_worker_takes_the_first_free_slot_and_its_labels_are_bounded() {
         let mut f = Fleet::new(2);
