@@ -79,6 +79,13 @@ fn setup(dir: &Path, target: &str, mode: &str, executor: &str, rows: usize) -> s
     write(dir, "plan.yaml", &plan(target, mode, executor))
 }
 
+/// `pacer mock` without auth or limits, keeping the arrival log, and a directory for the plan.
+async fn recording_mock() -> (pacer_mock::MockServer, tempfile::TempDir) {
+    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
+    config.record_arrivals = true;
+    (start_mock(config).await, tempfile::tempdir().unwrap())
+}
+
 async fn run(args: &[&str]) -> std::process::Output {
     pacer_async(
         args.iter().map(|s| s.to_string()).collect(),
@@ -94,10 +101,7 @@ const SHARED_30: &str = "executor: shared-iterations\n    vus: 3\n    iterations
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_rows_are_used_once_by_one_process() {
-    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
-    config.record_arrivals = true;
-    let mock = start_mock(config).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (mock, dir) = recording_mock().await;
     let p = setup(
         dir.path(),
         &format!("http://{}", mock.addr()),
@@ -120,10 +124,7 @@ async fn unique_rows_are_used_once_by_one_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_rows_are_split_across_run_workers_with_none_twice_and_none_skipped() {
-    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
-    config.record_arrivals = true;
-    let mock = start_mock(config).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (mock, dir) = recording_mock().await;
     let p = setup(
         dir.path(),
         &format!("http://{}", mock.addr()),
@@ -148,10 +149,7 @@ async fn unique_rows_are_split_across_run_workers_with_none_twice_and_none_skipp
 /// worker` processes; each arrival takes a row of its worker's block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_rows_are_split_across_controller_workers() {
-    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
-    config.record_arrivals = true;
-    let mock = start_mock(config).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (mock, dir) = recording_mock().await;
     let p = setup(
         dir.path(),
         &format!("http://{}", mock.addr()),
@@ -219,10 +217,7 @@ async fn unique_rows_are_split_across_controller_workers() {
 /// row is used twice. With 3 workers, each stops when its block is used, and the fleet fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_running_out_end_the_run_with_the_reason() {
-    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
-    config.record_arrivals = true;
-    let mock = start_mock(config).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (mock, dir) = recording_mock().await;
     let p = setup(
         dir.path(),
         &format!("http://{}", mock.addr()),
@@ -269,10 +264,7 @@ async fn rows_running_out_end_the_run_with_the_reason() {
 /// row in both modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cycle_and_random_rows() {
-    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
-    config.record_arrivals = true;
-    let mock = start_mock(config).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (mock, dir) = recording_mock().await;
     let target = format!("http://{}", mock.addr());
     let p = setup(dir.path(), &target, "cycle", SHARED_30, 7);
     let out = run(&["run", "-q", p.to_str().unwrap()]).await;
@@ -317,10 +309,7 @@ async fn cycle_and_random_rows() {
 /// nothing is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_column_is_a_plan_error() {
-    let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
-    config.record_arrivals = true;
-    let mock = start_mock(config).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (mock, dir) = recording_mock().await;
     let p = setup(
         dir.path(),
         &format!("http://{}", mock.addr()),
