@@ -502,10 +502,11 @@ pub async fn submit(args: SubmitArgs) -> Exit {
     let created = async {
         let (client, ns) = client_and_namespace(&args.namespace).await?;
         if let Some(cm) = &plan_cm {
-            apply_plan_config_map(&client, &ns, cm).await?;
+            let holds = format!("the plan (key {})", pacer_operator::crd::DEFAULT_PLAN_KEY);
+            apply_config_map(&client, &ns, cm, &holds).await?;
         }
         for cm in &data_cms {
-            apply_data_config_map(&client, &ns, cm).await?;
+            apply_config_map(&client, &ns, cm, "test data").await?;
         }
         let api: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
         let created = api
@@ -614,8 +615,14 @@ fn pack_data(args: &SubmitArgs, mut lt: LoadTest) -> anyhow::Result<(LoadTest, V
     Ok((lt, cms))
 }
 
-/// Create or replace a data source's ConfigMap (server-side apply).
-async fn apply_data_config_map(client: &Client, ns: &str, cm: &ConfigMap) -> anyhow::Result<()> {
+/// Create or replace a ConfigMap `pacer submit` writes (server-side apply), saying what it
+/// `holds` (the plan, test data).
+async fn apply_config_map(
+    client: &Client,
+    ns: &str,
+    cm: &ConfigMap,
+    holds: &str,
+) -> anyhow::Result<()> {
     use kube::api::{Patch, PatchParams};
     let name = cm.metadata.name.clone().unwrap_or_default();
     let mut body = serde_json::to_value(cm)?;
@@ -630,32 +637,8 @@ async fn apply_data_config_map(client: &Client, ns: &str, cm: &ConfigMap) -> any
         &Patch::Apply(&body),
     )
     .await
-    .with_context(|| format!("writing the data ConfigMap {ns}/{name}"))?;
-    eprintln!("configmap/{name} holds test data");
-    Ok(())
-}
-
-/// Create or replace the plan's ConfigMap (server-side apply).
-async fn apply_plan_config_map(client: &Client, ns: &str, cm: &ConfigMap) -> anyhow::Result<()> {
-    use kube::api::{Patch, PatchParams};
-    let name = cm.metadata.name.clone().unwrap_or_default();
-    let mut body = serde_json::to_value(cm)?;
-    if let Some(o) = body.as_object_mut() {
-        o.insert("apiVersion".into(), "v1".into());
-        o.insert("kind".into(), "ConfigMap".into());
-    }
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    cms.patch(
-        &name,
-        &PatchParams::apply("pacer-submit").force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .with_context(|| format!("writing the plan's ConfigMap {ns}/{name}"))?;
-    eprintln!(
-        "configmap/{name} holds the plan (key {})",
-        pacer_operator::crd::DEFAULT_PLAN_KEY
-    );
+    .with_context(|| format!("writing the ConfigMap {ns}/{name} ({holds})"))?;
+    eprintln!("configmap/{name} holds {holds}");
     Ok(())
 }
 

@@ -65,29 +65,8 @@ pub fn inline(lt: &LoadTest, cm: Option<&ConfigMap>) -> Result<LoadTest, Vec<Fie
             ),
         )]);
     };
-    let text = match cm.data.as_ref().and_then(|d| d.get(&r.key)) {
-        Some(t) => t,
-        None => {
-            let keys: Vec<&str> = cm
-                .data
-                .iter()
-                .flat_map(|d| d.keys().map(String::as_str))
-                .collect();
-            return Err(vec![FieldError::new(
-                "spec.planRef.key",
-                format!(
-                    "ConfigMap {:?} has no key {:?} (it has: {})",
-                    r.name,
-                    r.key,
-                    if keys.is_empty() {
-                        "none".to_string()
-                    } else {
-                        keys.join(", ")
-                    }
-                ),
-            )]);
-        }
-    };
+    let text =
+        key_text(cm, &r.name, &r.key).map_err(|e| vec![FieldError::new("spec.planRef.key", e)])?;
     if text.len() > MAX_PLAN_BYTES {
         return Err(vec![FieldError::new(
             "spec.planRef.key",
@@ -115,6 +94,27 @@ pub fn inline(lt: &LoadTest, cm: Option<&ConfigMap>) -> Result<LoadTest, Vec<Fie
     inlined.spec.plan = doc;
     inlined.spec.plan_ref = None;
     Ok(inlined)
+}
+
+/// The text of `key` in the ConfigMap `name` (a plan, a data file), or why there is none,
+/// naming the keys it has.
+pub fn key_text<'a>(cm: &'a ConfigMap, name: &str, key: &str) -> Result<&'a str, String> {
+    if let Some(t) = cm.data.as_ref().and_then(|d| d.get(key)) {
+        return Ok(t);
+    }
+    let keys: Vec<&str> = cm
+        .data
+        .iter()
+        .flat_map(|d| d.keys().map(String::as_str))
+        .collect();
+    Err(format!(
+        "ConfigMap {name:?} has no key {key:?} (it has: {})",
+        if keys.is_empty() {
+            "none".to_string()
+        } else {
+            keys.join(", ")
+        }
+    ))
 }
 
 /// [`inline`] with the ConfigMap read from the API server, and the status's `planSource` set

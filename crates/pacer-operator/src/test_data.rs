@@ -71,26 +71,7 @@ fn text_of<'a>(r: &DataRef, cm: Option<&'a ConfigMap>) -> Result<&'a str, String
             r.config_map
         ));
     };
-    match cm.data.as_ref().and_then(|d| d.get(&r.key)) {
-        Some(t) => Ok(t),
-        None => {
-            let keys: Vec<&str> = cm
-                .data
-                .iter()
-                .flat_map(|d| d.keys().map(String::as_str))
-                .collect();
-            Err(format!(
-                "ConfigMap {:?} has no key {:?} (it has: {})",
-                r.config_map,
-                r.key,
-                if keys.is_empty() {
-                    "none".to_string()
-                } else {
-                    keys.join(", ")
-                }
-            ))
-        }
-    }
+    crate::planref::key_text(cm, &r.config_map, &r.key)
 }
 
 /// Read the ConfigMaps `spec.data` names and [`attach`] their files to the prepared plan. The
