@@ -548,3 +548,59 @@ async fn two_loadtests_weighted_3_to_1_share_one_ratebudget_in_proportion() {
     );
     b.mock.shutdown().await;
 }
+
+/// A budget that declares more than the server allows: the server's 429 (its own limit, with
+/// its rate-limit headers and Retry-After) shows in the RateBudget's status as the last 429,
+/// with the limit the server stated in it, beside the budget's declared limit.
+#[tokio::test]
+async fn a_429_shows_in_the_budgets_status_with_the_limit_the_server_named() {
+    installed().await;
+    let _one = SERIAL.lock().await;
+    let b = budget("e2e-refused").await;
+    // Twice what the server allows: the server refuses, naming its limit in its headers.
+    let mut rb = example("ratebudget.yaml");
+    rb["spec"]["limits"][0]["limit"] = json!(format!("{}/5s", 2 * LIMIT));
+    rb["spec"]["limits"][0]["burst"] = json!(1);
+    rb["spec"]["redis"] = json!({ "url": b.redis.url() });
+    rb["spec"]["idleExpiry"] = json!("30s");
+    kubectl_apply_ok(b.ns, &[rb]).await;
+    // Without retries: a refused request is counted, not retried for up to 30 s of backoff.
+    let mut lt = b.loadtest("overrun", Duration::from_secs(6), None);
+    lt["spec"]["plan"].as_object_mut().unwrap().remove("retry");
+    kubectl_apply_ok(b.ns, &[lt]).await;
+    let client = Cluster::shared().client().await.unwrap();
+    let budgets: Api<DynamicObject> = Api::namespaced_with(
+        client,
+        b.ns,
+        &ApiResource {
+            group: "pacer.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "pacer.dev/v1alpha1".into(),
+            kind: "RateBudget".into(),
+            plural: "ratebudgets".into(),
+        },
+    );
+    let last = eventually(
+        Duration::from_secs(60),
+        "the RateBudget's status shows a 429 with the server's limit",
+        || {
+            let budgets = budgets.clone();
+            async move {
+                let rb = budgets.get_opt("acme-api").await.ok()??;
+                let st = rb.data.get("status")?.clone();
+                st["last429"]["serverLimit"].is_u64().then_some(st)
+            }
+        },
+    )
+    .await;
+    eprintln!("after the server's 429: {last:#}");
+    assert_eq!(last["last429"]["serverLimit"], LIMIT, "{last:#}");
+    assert_eq!(last["last429"]["limits"], "org", "{last:#}");
+    assert!(
+        last["last429"]["retryAfterSeconds"].as_f64().unwrap_or(0.0) > 0.0,
+        "{last:#}"
+    );
+    b.succeeded(&["overrun"]).await;
+    assert!(b.mock.stats().limits[0].rejected > 0);
+    b.mock.shutdown().await;
+}
