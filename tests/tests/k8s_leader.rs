@@ -7,6 +7,8 @@
 //! counting exactly what `pacer mock` received; and a `helm upgrade` changing another value in
 //! the middle of a test (a rolling update of both replicas) leaves the test's result intact.
 //! The operator's ServiceAccount may touch leases and pod labels in its own namespace only.
+//! And with no operator left at all (the Deployment scaled to 0), the workers stop their load
+//! on their own within the LoadTest's `spec.lostAfter`.
 //! Needs `make e2e-deps`.
 //!
 //! Pods share the host's network here: both replicas are told `--http-listen=127.0.0.1:0`
@@ -24,7 +26,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams};
-use pacer_tests::kube::{Cluster, eventually, free_port, tools_dir};
+use pacer_tests::kube::{Cluster, eventually, free_port, group_alive, tools_dir};
 use pacer_tests::{pacer_bin, workspace_root};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, OnceCell};
@@ -546,4 +548,88 @@ async fn a_helm_upgrade_mid_test_leaves_its_result_intact() {
     );
     assert_ne!(before, after, "the rollout replaced the leader's pod");
     assert_intact(&status, &phases, &counts, &mock, RATE * seconds, "upgrade").await;
+}
+
+/// Both replicas gone mid-test (the Deployment scaled to 0, as an uninstall or a lost node
+/// pool would leave it): the worker pods, which nobody stops, stop their load on their own
+/// within the LoadTest's `spec.lostAfter` (5 s here) of the last operator's exit.
+#[tokio::test]
+async fn with_no_operator_left_the_workers_stop_their_load_within_lost_after() {
+    installed().await;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::shared();
+    let client = cluster.client().await.unwrap();
+    let (ns, name, seconds) = ("e2e-orphaned", "orphaned", 60);
+    let lost_after = Duration::from_secs(5);
+    cluster.create_namespace(ns).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockProcess::start(&dir.path().join("mock.log"));
+    mock.up().await;
+    elected(&client).await;
+    let mut lt = loadtest(name, &mock.url(), seconds);
+    lt["spec"]["lostAfter"] = json!("5s");
+    kubectl_apply_ok(ns, &lt).await;
+    let tests = loadtests(client.clone(), ns);
+    running_with(&tests, name, RATE * 2).await;
+
+    let pids: Vec<u32> = operator_pods(&client)
+        .await
+        .into_iter()
+        .filter_map(|(_, pid, _)| pid)
+        .collect();
+    let scale = |replicas: &'static str| {
+        let cluster = Cluster::shared();
+        async move {
+            cluster
+                .kubectl_ok(&[
+                    "scale",
+                    "deployment/pacer",
+                    "-n",
+                    RELEASE_NS,
+                    &format!("--replicas={replicas}"),
+                ])
+                .await
+                .unwrap();
+        }
+    };
+    scale("0").await;
+    eventually(
+        Duration::from_secs(60),
+        "every operator process gone",
+        || async { pids.iter().all(|p| !group_alive(*p)).then_some(()) },
+    )
+    .await;
+    let gone = Instant::now();
+    let mut last = mock.arrivals().await;
+    let mut last_growth = Duration::ZERO;
+    while gone.elapsed() < lost_after + Duration::from_secs(7) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = mock.arrivals().await;
+        if now != last {
+            last = now;
+            last_growth = gone.elapsed();
+        }
+    }
+    eprintln!(
+        "orphaned: the last operator process gone; the mock's last request {:.2} s later (lostAfter {lost_after:?}); {last} of the plan's {} sent",
+        last_growth.as_secs_f64(),
+        RATE * seconds
+    );
+    // The workers last heard from the operator at most a heartbeat (1 s) before it was gone.
+    assert!(
+        last_growth <= lost_after + Duration::from_secs(3),
+        "the workers kept sending {last_growth:?} after the operator was gone"
+    );
+    assert!(
+        (last as u64) < RATE * seconds / 2,
+        "{last}: the load did not stop"
+    );
+
+    // Back to two replicas for the other tests; the test itself is deleted.
+    scale("2").await;
+    elected(&client).await;
+    cluster
+        .kubectl_ok(&["delete", "loadtest", name, "-n", ns, "--wait=false"])
+        .await
+        .unwrap();
 }
