@@ -174,6 +174,7 @@ pub fn prepare_on(
     let plan = validated_plan(spec, &provided, &mut errors);
     if let Some(plan) = &plan {
         errors.extend(unknown_credentials(spec, plan));
+        errors.extend(crate::test_data::check_names(plan, spec));
     }
     let workers = workers(spec, plan.as_ref(), defaults).unwrap_or_else(|e| {
         errors.push(e);

@@ -23,25 +23,10 @@ pub type Found = BTreeMap<String, Option<ConfigMap>>;
 /// named in `spec.data`, every `spec.data` entry a source of the plan, each key there, each
 /// file valid for its source (its columns those the templates name). Errors name the field.
 pub fn attach(plan: &mut Plan, spec: &LoadTestSpec, found: &Found) -> Result<(), Vec<FieldError>> {
-    let mut errors = Vec::new();
-    for name in spec.data.keys() {
-        if !plan.data.iter().any(|d| &d.name == name) {
-            errors.push(FieldError::new(
-                format!("spec.data.{name}"),
-                format!("the plan has no data source {name:?} (its `data:` names it)"),
-            ));
-        }
-    }
+    let mut errors = check_names(plan, spec);
     let mut texts = Vec::new();
     for d in &plan.data {
         let Some(r) = spec.data.get(&d.name) else {
-            errors.push(FieldError::new(
-                format!("spec.data.{}", d.name),
-                format!(
-                    "the plan's data source {:?} needs its file from a ConfigMap: spec.data.{}: {{configMap: NAME, key: KEY}} (pacer submit packs a plan's files)",
-                    d.name, d.name
-                ),
-            ));
             continue;
         };
         match text_of(r, found.get(&r.config_map).and_then(Option::as_ref)) {
@@ -61,6 +46,32 @@ pub fn attach(plan: &mut Plan, spec: &LoadTestSpec, found: &Found) -> Result<(),
             })
             .collect()
     })
+}
+
+/// `spec.data` names the plan's sources, each once, and nothing else: what the LoadTest says
+/// before any ConfigMap is read (the operator's checks, `pacer validate`, `pacer submit`).
+pub fn check_names(plan: &Plan, spec: &LoadTestSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for name in spec.data.keys() {
+        if !plan.data.iter().any(|d| &d.name == name) {
+            errors.push(FieldError::new(
+                format!("spec.data.{name}"),
+                format!("the plan has no data source {name:?} (its `data:` names it)"),
+            ));
+        }
+    }
+    for d in &plan.data {
+        if !spec.data.contains_key(&d.name) {
+            errors.push(FieldError::new(
+                format!("spec.data.{}", d.name),
+                format!(
+                    "the plan's data source {:?} needs its file from a ConfigMap: spec.data.{}: {{configMap: NAME, key: KEY}} (pacer submit packs a plan's files)",
+                    d.name, d.name
+                ),
+            ));
+        }
+    }
+    errors
 }
 
 /// The text of one key, or why there is none.
@@ -137,8 +148,13 @@ scenarios:
         LoadTest::new("t", spec)
     }
 
-    fn prepared(lt: &LoadTest) -> Plan {
-        let p = crate::prepare::prepare(lt, &Default::default()).unwrap();
+    /// The plan of a LoadTest whose `spec.data` names its one source (the operator's check
+    /// passes), for checking other specs' `attach` against.
+    fn prepared() -> Plan {
+        let lt = loadtest(
+            serde_json::json!({ "users": { "configMap": "users-data", "key": "users.csv" } }),
+        );
+        let p = crate::prepare::prepare(&lt, &Default::default()).unwrap();
         (*p.plan).clone()
     }
 
@@ -158,7 +174,7 @@ scenarios:
         let lt = loadtest(
             serde_json::json!({ "users": { "configMap": "users-data", "key": "users.csv" } }),
         );
-        let mut plan = prepared(&lt);
+        let mut plan = prepared();
         assert!(
             plan.data[0].table.is_none(),
             "a LoadTest's plan reads no file"
@@ -171,7 +187,17 @@ scenarios:
     #[test]
     fn every_problem_names_its_field() {
         let lt = loadtest(serde_json::json!({}));
-        let e = messages(attach(&mut prepared(&lt), &lt.spec, &Found::new()));
+        // The operator's check, before any ConfigMap is read.
+        let e: Vec<String> = crate::prepare::prepare(&lt, &Default::default())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            e[0].starts_with("spec.data.users: the plan's data source"),
+            "{e:?}"
+        );
+        let e = messages(attach(&mut prepared(), &lt.spec, &Found::new()));
         assert!(
             e[0].starts_with("spec.data.users: the plan's data source"),
             "{e:?}"
@@ -181,11 +207,7 @@ scenarios:
             "users": { "configMap": "users-data", "key": "people.csv" },
             "other": { "configMap": "users-data", "key": "x" }
         }));
-        let e = messages(attach(
-            &mut prepared(&lt),
-            &lt.spec,
-            &found("id,email\n1,a\n"),
-        ));
+        let e = messages(attach(&mut prepared(), &lt.spec, &found("id,email\n1,a\n")));
         assert!(
             e[0].starts_with("spec.data.other: the plan has no data source"),
             "{e:?}"
@@ -197,11 +219,7 @@ scenarios:
 
         let lt =
             loadtest(serde_json::json!({ "users": { "configMap": "nope", "key": "users.csv" } }));
-        let e = messages(attach(
-            &mut prepared(&lt),
-            &lt.spec,
-            &found("id,email\n1,a\n"),
-        ));
+        let e = messages(attach(&mut prepared(), &lt.spec, &found("id,email\n1,a\n")));
         assert!(
             e[0].starts_with("spec.data.users: no ConfigMap \"nope\""),
             "{e:?}"
@@ -210,20 +228,12 @@ scenarios:
         let lt = loadtest(
             serde_json::json!({ "users": { "configMap": "users-data", "key": "users.csv" } }),
         );
-        let e = messages(attach(
-            &mut prepared(&lt),
-            &lt.spec,
-            &found("id,mail\n1,a\n"),
-        ));
+        let e = messages(attach(&mut prepared(), &lt.spec, &found("id,mail\n1,a\n")));
         assert!(
             e[0].starts_with("spec.plan.scenarios[0].requests[0].path: {{data.users.email}}: users.csv has no column `email`"),
             "{e:?}"
         );
-        let e = messages(attach(
-            &mut prepared(&lt),
-            &lt.spec,
-            &found("id,email\n1\n"),
-        ));
+        let e = messages(attach(&mut prepared(), &lt.spec, &found("id,email\n1\n")));
         assert_eq!(
             e,
             ["spec.plan.data.users.file: users.csv: line 2: 1 fields, the header has 2"]
