@@ -276,7 +276,9 @@ async fn operator_inner(args: OperatorArgs) -> anyhow::Result<Exit> {
         let shutdown = shutdown.clone();
         async move {
             wait_for_termination().await;
-            tracing::warn!("stopping: running tests go on, and the next leader (or this one, restarted) resumes them");
+            tracing::warn!(
+                "stopping: running tests go on, and the next leader (or this one, restarted) resumes them"
+            );
             shutdown.cancel();
         }
     });
