@@ -124,9 +124,10 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
-    /// The value of a CSV field of this type.
+    /// The value of a CSV field of this type. The error does not repeat the field: a data
+    /// file may hold test users' secrets, and errors reach logs and a LoadTest's status.
     fn value(self, field: String) -> Result<Value, String> {
-        let bad = |what: &str| format!("{field:?} is not {what}");
+        let bad = |what: &str| format!("the value is not {what}");
         Ok(match self {
             ColumnType::String => Value::String(field),
             ColumnType::Integer => {
@@ -609,8 +610,15 @@ fn parse_jsonl(text: &str) -> Result<Table, String> {
         if raw.trim().is_empty() {
             continue;
         }
-        let obj: serde_json::Map<String, Value> = serde_json::from_str(raw)
-            .map_err(|e| format!("line {line}: not a JSON object: {e}"))?;
+        let obj: serde_json::Map<String, Value> = serde_json::from_str(raw).map_err(|e| {
+            // Not serde's message: it may quote the value.
+            let why = match e.classify() {
+                serde_json::error::Category::Data => "not a JSON object",
+                serde_json::error::Category::Eof => "incomplete JSON",
+                _ => "not valid JSON",
+            };
+            format!("line {line}: {why} (at column {})", e.column())
+        })?;
         let cols = match &columns {
             Some(c) => c,
             None => {
@@ -787,7 +795,7 @@ mod tests {
             &types,
         )
         .unwrap_err();
-        assert_eq!(e, "line 3, column `page`: \"three\" is not an integer");
+        assert_eq!(e, "line 3, column `page`: the value is not an integer");
         let e = parse("p,ok,x\n3,true,1\n", DataFormat::Csv, &types).unwrap_err();
         assert!(e.contains("`types` names the column `page`"), "{e}");
     }
@@ -811,6 +819,13 @@ mod tests {
         assert!(e.contains("line 2: the keys differ"), "{e}");
         let e = parse("{\"id\": 1}\n[1]\n", DataFormat::Jsonl, &BTreeMap::new()).unwrap_err();
         assert!(e.contains("line 2: not a JSON object"), "{e}");
+        let e = parse(
+            "{\"id\": 1}\n\"hunter2\"\n",
+            DataFormat::Jsonl,
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e, "line 2: not a JSON object (at column 9)");
         assert!(
             parse("\n", DataFormat::Jsonl, &BTreeMap::new())
                 .unwrap_err()
