@@ -3,8 +3,9 @@
 //! Dockerfile's last stage (its USER, ENTRYPOINT and CMD, and image/rootfs.sh's files and nothing
 //! else: no shell); `pacer --version`, `pacer mock` answering on loopback and a `pacer run`
 //! against it work with a read-only root filesystem, no /tmp, as uid 65532 (checked from
-//! outside: podman inspect and the process's /proc entries); the chart's securityContext holds
-//! for this image.
+//! outside: podman inspect and the process's /proc entries); an HTTPS target is verified with
+//! the image's CA bundle (an unknown CA refused, the same CA accepted once it is the bundle); the
+//! chart's securityContext holds for this image.
 //!
 //! It needs the image, so it is not part of `cargo test --workspace` (the `image` feature is off
 //! there): `make image-test` builds the image and runs it. podman comes from `make image`,
@@ -21,6 +22,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use serde_json::Value;
 
 /// The image's user and group, as the Dockerfile's USER says: numeric, so a kubelet can check
@@ -380,6 +382,109 @@ fn pacer_runs_in_the_image_read_only_as_uid_65532() {
         "{stats}"
     );
     drop(container);
+}
+
+/// An `openssl s_server` stopped when the test ends.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `pacer run` in the image (read-only, host network) of a plan of 2 GETs to
+/// `https://localhost:port/`, with `extra` podman arguments; the exit code and the output.
+fn run_https_plan(dir: &Path, port: u16, extra: &[&str]) -> (Option<i32>, String) {
+    let plan = format!(
+        "name: image-tls\ntarget: https://localhost:{port}\nscenarios:\n  - name: s\n    \
+         executor: per-vu-iterations\n    vus: 1\n    iterations: 2\n    \
+         requests: [{{name: r, path: /, expect: {{status: [200]}}}}]\n\
+         thresholds:\n  http_req_failed: [\"rate<0.01\"]\n"
+    );
+    pacer_tests::write(dir, "plan.yaml", &plan);
+    let volume = format!("{}:/plan:ro", dir.display());
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--read-only",
+        "--read-only-tmpfs=false",
+        "-v",
+        &volume,
+    ];
+    args.extend(extra);
+    args.extend([loaded(), "run", "/plan/plan.yaml"]);
+    let out = podman(&args, PODMAN_LIMIT);
+    let text = format!(
+        "{}\n{}",
+        pacer_tests::stdout(&out),
+        pacer_tests::stderr(&out)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn pacer_in_the_image_verifies_https_targets_with_its_ca_bundle() {
+    // A CA of the test's own and a certificate for localhost, served by `openssl s_server -www`
+    // (a 200 status page for every GET) on 127.0.0.1.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "pacer image test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let ca_path = pacer_tests::write(dir.path(), "ca.pem", &ca_cert.pem());
+    let cert_path = pacer_tests::write(dir.path(), "cert.pem", &cert.pem());
+    let key_path = pacer_tests::write(dir.path(), "key.pem", &key.serialize_pem());
+    let port = pacer_tests::kube::free_port().unwrap();
+    let _server = Server(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert_path)
+            .arg("-key")
+            .arg(&key_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl (Debian's openssl, a dependency of ca-certificates)"),
+    );
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < MOCK_START_LIMIT,
+            "openssl s_server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The image's own bundle (the build machine's public CAs) does not know the test's CA:
+    // every request fails verification, so pacer verifies.
+    let plans = tempfile::tempdir().unwrap();
+    let (code, out) = run_https_plan(plans.path(), port, &[]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("UnknownIssuer"), "{out}");
+
+    // The test's CA in place of the bundle, at the path the image holds it: both requests
+    // pass, so pacer in the image reads its CA certificates from there.
+    let bundle = format!(
+        "{}:/etc/ssl/certs/ca-certificates.crt:ro",
+        ca_path.display()
+    );
+    let (code, out) = run_https_plan(plans.path(), port, &["-v", &bundle]);
+    assert_eq!(code, Some(0), "{out}");
 }
 
 fn helm_template() -> Vec<Value> {
