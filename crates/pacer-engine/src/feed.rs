@@ -11,7 +11,6 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use pacer_plan::data::{DataMode, Table};
 use pacer_plan::{Plan, Shard};
@@ -44,8 +43,6 @@ struct Feeder {
     table: Arc<Table>,
     /// This process's rows of the table.
     rows: Range<usize>,
-    /// Rows taken so far (`unique`, `cycle`).
-    next: AtomicU64,
 }
 
 /// Every source of the plan, and which each scenario takes a row of.
@@ -54,6 +51,8 @@ pub(crate) struct Feeders {
     feeders: Vec<Feeder>,
     /// By scenario: indices into `feeders`.
     by_scenario: Vec<Vec<usize>>,
+    /// Rows taken so far of each source (`unique`, `cycle`).
+    next: parking_lot::Mutex<Vec<u64>>,
 }
 
 /// The rows one iteration took: by source index, `None` for a source its scenario does not use.
@@ -75,7 +74,6 @@ impl Feeders {
                 mode: d.mode,
                 rows: d.share(plan, shard),
                 table,
-                next: AtomicU64::new(0),
             });
         }
         let by_scenario = (0..plan.scenarios.len())
@@ -90,39 +88,41 @@ impl Feeders {
             })
             .collect();
         Ok(Self {
+            next: parking_lot::Mutex::new(vec![0; feeders.len()]),
             names: plan.data.iter().map(|d| d.name.clone()).collect(),
             feeders,
             by_scenario,
         })
     }
 
-    /// The rows of one iteration of scenario `sc`, or the source that ran out.
+    /// The rows of one iteration of scenario `sc`, or the source that ran out. All or nothing:
+    /// when one `unique` source has no row left, no other source's row is taken (it would be
+    /// skipped), so the cursors move together under one lock, held for a few comparisons.
     pub(crate) fn take(&self, sc: usize) -> Result<Taken, DataExhausted> {
         let mut taken = vec![None; self.feeders.len()];
         let Some(used) = self.by_scenario.get(sc) else {
             return Ok(taken);
         };
+        let mut next = self.next.lock();
         for &i in used {
             let f = &self.feeders[i];
             let len = f.rows.len() as u64;
-            let exhausted = || DataExhausted {
-                name: self.names[i].clone(),
-                rows: len,
-            };
-            if len == 0 {
-                return Err(exhausted());
+            if len == 0 || (f.mode == DataMode::Unique && next[i] >= len) {
+                return Err(DataExhausted {
+                    name: self.names[i].clone(),
+                    rows: len,
+                });
             }
+        }
+        for &i in used {
+            let f = &self.feeders[i];
+            let len = f.rows.len() as u64;
             let k = match f.mode {
-                DataMode::Unique => {
-                    let k = f.next.fetch_add(1, Ordering::Relaxed);
-                    if k >= len {
-                        return Err(exhausted());
-                    }
-                    k
-                }
-                DataMode::Cycle => f.next.fetch_add(1, Ordering::Relaxed) % len,
+                DataMode::Unique => next[i],
+                DataMode::Cycle => next[i] % len,
                 DataMode::Random => rand::rng().random_range(0..len),
             };
+            next[i] = next[i].saturating_add(1);
             taken[i] = Some(f.rows.start + k as usize);
         }
         Ok(taken)
@@ -197,6 +197,33 @@ mod tests {
         let f = Feeders::new(&p, &Shard::equal(1, 2).unwrap()).unwrap();
         // 3 rows over 2 workers with 2 iterations each of scenario a: rows 0-1 and 2.
         assert_eq!(rows(&f, 2), [Some(2), None]);
+    }
+
+    /// Two unique sources, one with fewer rows: when it runs out, the other's next row is
+    /// not taken (so not skipped).
+    #[test]
+    fn a_source_running_out_takes_no_row_of_another() {
+        let yaml = "name: t\ntarget: http://127.0.0.1:9\ndata:\n  a: { file: a.csv, mode: unique }\n  b: { file: b.csv, mode: unique }\nscenarios:\n  - { name: s, executor: shared-iterations, vus: 1, iterations: 4, requests: [{ name: r, path: \"/{{data.a.x}}/{{data.b.x}}\" }] }\n";
+        let mut p = pacer_plan::load_str(
+            yaml,
+            "plan.yaml",
+            &pacer_plan::Refs::Remote {
+                provided: &|_| None,
+            },
+        )
+        .unwrap();
+        pacer_plan::data::attach(
+            &mut p,
+            vec![
+                ("a".into(), "x\n1\n2\n3\n".into()),
+                ("b".into(), "x\n1\n".into()),
+            ],
+        )
+        .unwrap();
+        let f = Feeders::new(&p, &Shard::whole()).unwrap();
+        assert_eq!(f.take(0).unwrap(), [Some(0), Some(0)]);
+        assert_eq!(f.take(0).unwrap_err().name, "b");
+        assert_eq!(*f.next.lock(), [1, 1], "a's second row is still there");
     }
 
     #[test]
