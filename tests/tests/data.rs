@@ -342,7 +342,7 @@ async fn the_user_story_data_example_runs_as_written() {
     let example = pacer_tests::workspace_root().join("examples/user-story-data.yaml");
     let out = pacer_async(
         vec!["run".into(), "-q".into(), example.display().to_string()],
-        vec![("PACER_TARGET".into(), format!("http://{}", mock.addr()))],
+        vec![("TARGET".into(), format!("http://{}", mock.addr()))],
         Duration::from_secs(60),
     )
     .await;

@@ -2,8 +2,9 @@
 //! submit` of a plan whose `unique` CSV source sits beside it packs the file into a ConfigMap
 //! and names it in `spec.data`; the operator reads it, its coordinator sends it to 3 worker
 //! pods, and the mock's arrival log shows every row used exactly once, both requests of each
-//! iteration with the same row. A LoadTest naming a ConfigMap that does not exist fails
-//! naming `spec.data.<source>`. The chart is installed once (as k8s_report.rs installs it),
+//! iteration with the same row. examples/user-story-data.yaml, submitted as it is with a
+//! credential, runs on 3 worker pods (24 queries, all 200). A LoadTest naming a ConfigMap that
+//! does not exist fails naming `spec.data.<source>`. The chart is installed once (as k8s_report.rs installs it),
 //! the mock is a `pacer mock` process. Needs `make e2e-deps`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -376,5 +377,102 @@ async fn a_missing_data_configmap_fails_the_loadtest_naming_the_field() {
     assert!(
         text.contains(r#"spec.data.users: no ConfigMap \"not-there\""#),
         "{status:#}"
+    );
+}
+
+/// examples/user-story-data.yaml as a user submits it (`pacer submit --workers 3 --credential`):
+/// its CSV packed into a ConfigMap, 3 worker pods query each of the 24 intervals and pages
+/// once, all answered 200 by the mock (which checks `pageNumber` is an integer: the CSV's
+/// `types`), the status's count the mock's.
+#[tokio::test]
+async fn the_user_story_data_example_runs_on_three_worker_pods() {
+    let install = installed().await;
+    let cluster = Cluster::shared();
+    let client = cluster.client().await.unwrap();
+    let ns = "e2e-data-story";
+    let name = "user-story-data";
+    cluster.create_namespace(ns).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (id, secret) = ("story-e2e", "story-e2e-secret-9f2");
+    let mock = MockProcess::start(
+        &["--client", &format!("{id}:{secret}:story-org")],
+        &dir.path().join("mock.log"),
+    );
+    eventually(Duration::from_secs(30), "pacer mock answers", || async {
+        (http_get(mock.port, "/_mock/stats").await?.0 == 200).then_some(())
+    })
+    .await;
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "story-client",
+            "-n",
+            ns,
+            &format!("--from-literal=clientId={id}"),
+            &format!("--from-literal=clientSecret={secret}"),
+        ])
+        .await
+        .unwrap();
+    let example = std::fs::read_to_string(workspace_root().join("examples/user-story-data.yaml"))
+        .unwrap()
+        .replace(
+            "http://127.0.0.1:8080",
+            &format!("http://127.0.0.1:{}", mock.port),
+        );
+    std::fs::write(dir.path().join("plan.yaml"), example).unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::copy(
+        workspace_root().join("examples/data/analytics-intervals.csv"),
+        dir.path().join("data/analytics-intervals.csv"),
+    )
+    .unwrap();
+    let submit = pacer_k8s(
+        &[
+            "submit",
+            dir.path().join("plan.yaml").to_str().unwrap(),
+            "-n",
+            ns,
+            "--name",
+            name,
+            "--workers",
+            "3",
+            "--credential",
+            "genesys=story-client",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(submit.status.code(), Some(0), "{}", stderr(&submit));
+    let watch = pacer_k8s(
+        &["watch", name, "-n", ns, "--every", "1"],
+        Duration::from_secs(180),
+    )
+    .await;
+    assert_eq!(
+        watch.status.code(),
+        Some(0),
+        "watch: {}\n{}\noperator log:\n{}",
+        stdout(&watch),
+        stderr(&watch),
+        cluster
+            .pod_log(RELEASE_NS, &install.operator)
+            .unwrap_or_default()
+    );
+    let lt = loadtests(client, ns).get(name).await.unwrap();
+    assert_eq!(lt.data["status"]["requests"], json!(24));
+    let stats = mock.stats().await;
+    assert_eq!(
+        stats["requests"]["byRoute"]["POST /api/v2/analytics/conversations/details/query"],
+        json!(24),
+        "{:#}",
+        stats["requests"]
+    );
+    let by_status = stats["requests"]["byStatus"].as_object().unwrap();
+    assert!(
+        by_status.keys().all(|s| s == "200"),
+        "{:#}",
+        stats["requests"]
     );
 }
