@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use pacer_tests::kube::{Cluster, eventually, free_port, group_alive, tools_dir};
-use pacer_tests::{pacer_bin, workspace_root};
+use pacer_tests::{RedisServer, pacer_bin, workspace_root};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -277,13 +277,23 @@ impl MockProcess {
         .await;
     }
 
-    /// How many API requests arrived.
-    async fn arrivals(&self) -> usize {
+    /// When each API request arrived, in seconds since the mock started.
+    async fn arrival_times(&self) -> Vec<f64> {
         let (code, body) = http_get(self.port, "/_mock/arrivals").await.unwrap();
         assert_eq!(code, 200, "{body}");
         let view: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(view["dropped"], 0);
-        view["arrivals"].as_array().unwrap().len()
+        view["arrivals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["tUs"].as_u64().unwrap() as f64 / 1e6)
+            .collect()
+    }
+
+    /// How many API requests arrived.
+    async fn arrivals(&self) -> usize {
+        self.arrival_times().await.len()
     }
 }
 
@@ -295,6 +305,33 @@ impl Drop for MockProcess {
 }
 
 const RATE: u64 = 20;
+
+/// The most arrivals in any window of `width` seconds.
+fn most_in_window(arrivals: &[f64], width: f64) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mut most = 0;
+    let mut first = 0;
+    for (i, &t) in sorted.iter().enumerate() {
+        while sorted[first] <= t - width {
+            first += 1;
+        }
+        most = most.max(i + 1 - first);
+    }
+    most
+}
+
+/// The fleet limit of [`with_fleet_limit`]: a little above `RATE`, so it caps what any number
+/// of workers could send (a second wave would show as seconds at the cap).
+const FLEET_CAP: u64 = 25;
+
+/// The LoadTest on 3 workers sharing a `scope: fleet` limit through `redis`.
+fn with_fleet_limit(mut lt: Value, redis: &str) -> Value {
+    lt["spec"]["workers"] = json!(3);
+    lt["spec"]["redis"] = json!({ "url": redis });
+    lt["spec"]["plan"]["limits"] = json!([{ "name": "fleet-cap", "limit": format!("{FLEET_CAP}/s"), "burst": 1, "scope": "fleet" }]);
+    lt
+}
 
 /// 2 workers, `RATE`/s for `seconds`, a threshold that holds.
 fn loadtest(name: &str, target: &str, seconds: u64) -> Value {
@@ -454,8 +491,11 @@ async fn a_killed_leaders_standby_takes_the_lease_and_the_running_test_ends_as_w
     let dir = tempfile::tempdir().unwrap();
     let mock = MockProcess::start(&dir.path().join("mock.log"));
     mock.up().await;
+    let redis = RedisServer::start();
     let (leader, pid, standby) = elected(&client).await;
-    kubectl_apply_ok(ns, &loadtest(name, &mock.url(), seconds)).await;
+    // As the issue shows it: 3 workers under a fleet limit kept in Redis.
+    let lt = with_fleet_limit(loadtest(name, &mock.url(), seconds), &redis.url());
+    kubectl_apply_ok(ns, &lt).await;
     let tests = loadtests(client.clone(), ns);
     let follower = tokio::spawn({
         let tests = tests.clone();
@@ -477,10 +517,16 @@ async fn a_killed_leaders_standby_takes_the_lease_and_the_running_test_ends_as_w
     .await;
     let (status, phases, counts) = follower.await.unwrap();
     let events = events_of(ns, name).await;
+    let most = most_in_window(&mock.arrival_times().await, 1.0);
     eprintln!(
-        "failover: leader {leader} killed; {standby} took the Lease {:.1} s later; the test ended {:.1} s after the kill; phases {phases:?}; status requests {counts:?}",
+        "failover: leader {leader} killed; {standby} took the Lease {:.1} s later; the test ended {:.1} s after the kill; phases {phases:?}; status requests {counts:?}; most in any 1 s: {most}",
         took.as_secs_f64(),
         killed.elapsed().as_secs_f64()
+    );
+    // No second wave: no second of the run above the fleet's cap (and its burst).
+    assert!(
+        most as u64 <= FLEET_CAP + 2,
+        "{most} requests in one second"
     );
     // The Lease lasts 15 s, looked at every 2 s; the bound leaves room for a loaded machine.
     assert!(took < Duration::from_secs(30), "took over after {took:?}");
