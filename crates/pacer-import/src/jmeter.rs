@@ -543,7 +543,7 @@ impl<'o> Cx<'o> {
             let var = text::var_name(n);
             self.variables.entry(var.clone()).or_insert((
                 Value::String(format!("csv-{var}")),
-                Some(format!("from {file:?} in JMeter (CSV Data Set Config): pacer has no feeders, every iteration uses this value")),
+                Some(format!("from {file:?} in JMeter (CSV Data Set Config): this value in every iteration until the file is declared under `data:` and used as {{{{data.NAME.{var}}}}}")),
             ));
         }
         self.note(
@@ -551,7 +551,7 @@ impl<'o> Cx<'o> {
             loc,
             "CSVDataSet",
             format!(
-                "pacer plans have no feeders: the variables {} are plan variables with one placeholder value each (set them in `variables`)",
+                "the variables {} are plan variables with one placeholder value each: to feed them from the file, declare it under `data:` (a header row naming its columns) and use {{{{data.NAME.COLUMN}}}} instead (docs/plan-format.md, \"Test data\")",
                 names.join(", ")
             ),
         );

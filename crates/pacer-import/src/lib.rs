@@ -7,8 +7,9 @@
 //! [`pacer_plan::load_str`] (references read with an empty environment: every reference the
 //! importer writes has a fallback), so a plan that imports is one `pacer run` accepts.
 //!
-//! The importer never invents plan features: what the plan format cannot say (feeders,
-//! transactions, conditions) is a note, not a new field.
+//! The importer never invents plan features: what the plan format cannot say (transactions,
+//! conditions), and what it says differently (a JMeter CSV Data Set's file, which pacer's
+//! `data:` reads with a header row), is a note, not a guess.
 
 pub mod har;
 pub mod jmeter;

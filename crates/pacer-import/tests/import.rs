@@ -85,7 +85,8 @@ fn thread_groups_become_executors() {
 #[test]
 fn csv_data_sets_and_header_managers() {
     let (i, plan) = import_jmx("csv_headers.jmx");
-    // No feeders in the plan format: the CSV's variables are plain variables, and listed.
+    // The CSV's variables are plain variables, and listed (pacer's `data:` wants a header row
+    // the JMeter file may not have: the user declares it).
     assert!(untranslated(&i).contains(&(NoteKind::Untranslated, "CSVDataSet".into())));
     assert!(plan.variables.contains_key("user") && plan.variables.contains_key("pass"));
     // The Authorization header's value is never copied.
