@@ -4,7 +4,8 @@
 //! pods, and the mock's arrival log shows every row used exactly once, both requests of each
 //! iteration with the same row. examples/user-story-data.yaml, submitted as it is with a
 //! credential, runs on 3 worker pods (24 queries, all 200). A LoadTest naming a ConfigMap that
-//! does not exist fails naming `spec.data.<source>`. The chart is installed once (as k8s_report.rs installs it),
+//! does not exist fails naming `spec.data.<source>`; one with too few rows for its iterations
+//! fails saying the data ran out, each row used once. The chart is installed once (as k8s_report.rs installs it),
 //! the mock is a `pacer mock` process. Needs `make e2e-deps`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -475,4 +476,60 @@ async fn the_user_story_data_example_runs_on_three_worker_pods() {
         "{:#}",
         stats["requests"]
     );
+}
+
+/// 30 iterations for 10 rows on 3 worker pods: each pod stops when its block is used, the
+/// test ends Failed, and its status says why; no row is used twice.
+#[tokio::test]
+async fn rows_running_out_fail_the_loadtest_saying_why() {
+    installed().await;
+    let cluster = Cluster::shared();
+    let client = cluster.client().await.unwrap();
+    let ns = "e2e-data-out";
+    let name = "too-few-rows";
+    cluster.create_namespace(ns).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockProcess::start(
+        &["--auth", "off", "--no-limits", "--record-arrivals"],
+        &dir.path().join("mock.log"),
+    );
+    eventually(Duration::from_secs(30), "pacer mock answers", || async {
+        (http_get(mock.port, "/_mock/stats").await?.0 == 200).then_some(())
+    })
+    .await;
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/users.csv"), users(10)).unwrap();
+    let plan_path = dir.path().join("plan.yaml");
+    std::fs::write(&plan_path, plan(&format!("http://127.0.0.1:{}", mock.port))).unwrap();
+    let submit = pacer_k8s(
+        &[
+            "submit",
+            plan_path.to_str().unwrap(),
+            "-n",
+            ns,
+            "--name",
+            name,
+            "--workers",
+            &WORKERS.to_string(),
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(submit.status.code(), Some(0), "{}", stderr(&submit));
+    let watch = pacer_k8s(
+        &["watch", name, "-n", ns, "--every", "1"],
+        Duration::from_secs(180),
+    )
+    .await;
+    assert_ne!(watch.status.code(), Some(0), "{}", stdout(&watch));
+    let lt = loadtests(client, ns).get(name).await.unwrap();
+    let status = &lt.data["status"];
+    assert_eq!(status["phase"], "Failed", "{status:#}");
+    assert!(
+        status.to_string().contains("test data `users` ran out"),
+        "{status:#}"
+    );
+    let mut ids = rows_used(&mock).await;
+    ids.sort_unstable();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>(), "each row once");
 }
