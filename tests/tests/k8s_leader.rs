@@ -13,20 +13,22 @@
 //!
 //! Pods share the host's network here: both replicas are told `--http-listen=127.0.0.1:0`
 //! (any free port, through `controller.extraArgs`; the last flag wins), and only the leader
-//! binds the workers' port. A copy of the few helpers of k8s_restart.rs it needs (each test
-//! binary gets its own API server and release).
+//! binds the workers' port. The steps around the installed chart are `pacer_tests::kube::e2e`
+//! (each test binary gets its own API server and release).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, ListParams};
-use pacer_tests::kube::{Cluster, eventually, free_port, group_alive, tools_dir};
+use kube::api::ListParams;
+use pacer_tests::kube::e2e::{
+    Followed, MockProcess, events_of, follow, helm, kubectl_apply_ok, loadtests, most_in_window,
+    phase, running_with,
+};
+use pacer_tests::kube::{Cluster, eventually, free_port, group_alive};
 use pacer_tests::{RedisServer, pacer_bin, workspace_root};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, OnceCell};
@@ -38,49 +40,6 @@ const OPERATOR_SA: &str = "system:serviceaccount:pacer-system:pacer";
 
 /// The tests here take the operator down: one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(tools_dir().join("helm"));
-    cmd.arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(200), cmd.output())
-        .await
-        .expect("helm finishes within 200 s")
-        .expect("helm runs (make e2e-deps)")
-}
-
-/// `GET http://127.0.0.1:<port><path>`: the status code and the body (not chunked), or `None`.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    Some((code, body.to_string()))
-}
-
-fn loadtests(client: kube::Client, ns: &str) -> Api<DynamicObject> {
-    let resource = ApiResource {
-        group: "pacer.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "pacer.dev/v1alpha1".into(),
-        kind: "LoadTest".into(),
-        plural: "loadtests".into(),
-    };
-    Api::namespaced_with(client, ns, &resource)
-}
 
 /// The values the release was installed with (an upgrade reuses them).
 struct Install {
@@ -193,133 +152,10 @@ async fn elected(client: &kube::Client) -> (String, u32, String) {
     .await
 }
 
-async fn kubectl_apply_ok(ns: &str, manifest: &Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("loadtest.yaml");
-    std::fs::write(&path, serde_saphyr::to_string(manifest).unwrap()).unwrap();
-    let out = Cluster::shared()
-        .kubectl(&["apply", "-n", ns, "-f", path.to_str().unwrap()])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-async fn status_of(tests: &Api<DynamicObject>, name: &str) -> Option<Value> {
-    let lt = tests.get_opt(name).await.ok()??;
-    Some(lt.data.get("status").cloned().unwrap_or(Value::Null))
-}
-
-fn phase(status: &Value) -> &str {
-    status["phase"].as_str().unwrap_or("")
-}
-
-/// The Events of an object: (reason, message), in order.
-async fn events_of(ns: &str, name: &str) -> Vec<(String, String)> {
-    let out = Cluster::shared()
-        .kubectl_ok(&[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-            "-o",
-            "json",
-        ])
-        .await
-        .unwrap();
-    let list: Value = serde_json::from_str(&out).unwrap();
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-            (s(&e["reason"]), s(&e["message"]))
-        })
-        .collect()
-}
-
-/// `pacer mock` as a process on a free loopback port, recording every arrival; killed on drop.
-struct MockProcess {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl MockProcess {
-    fn start(log: &Path) -> Self {
-        let port = free_port().unwrap();
-        let out = std::fs::File::create(log).unwrap();
-        let child = std::process::Command::new(pacer_bin())
-            .args(["mock", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--record-arrivals", "--auth", "off", "--no-limits"])
-            .env_remove("PACER_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Self { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    async fn up(&self) {
-        eventually(Duration::from_secs(30), "pacer mock answers", || async {
-            http_get(self.port, "/_mock/stats").await.map(|_| ())
-        })
-        .await;
-    }
-
-    /// When each API request arrived, in seconds since the mock started.
-    async fn arrival_times(&self) -> Vec<f64> {
-        let (code, body) = http_get(self.port, "/_mock/arrivals").await.unwrap();
-        assert_eq!(code, 200, "{body}");
-        let view: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(view["dropped"], 0);
-        view["arrivals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["tUs"].as_u64().unwrap() as f64 / 1e6)
-            .collect()
-    }
-
-    /// How many API requests arrived.
-    async fn arrivals(&self) -> usize {
-        self.arrival_times().await.len()
-    }
-}
-
-impl Drop for MockProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const RATE: u64 = 20;
 
-/// The most arrivals in any window of `width` seconds.
-fn most_in_window(arrivals: &[f64], width: f64) -> usize {
-    let mut sorted = arrivals.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mut most = 0;
-    let mut first = 0;
-    for (i, &t) in sorted.iter().enumerate() {
-        while sorted[first] <= t - width {
-            first += 1;
-        }
-        most = most.max(i + 1 - first);
-    }
-    most
-}
+/// `pacer mock` without its token check and its default limits: the load is the plan's alone.
+const MOCK_ARGS: &[&str] = &["--auth", "off", "--no-limits"];
 
 /// The fleet limit of [`with_fleet_limit`]: a little above `RATE`, so it caps what any number
 /// of workers could send (a second wave would show as seconds at the cap).
@@ -359,64 +195,15 @@ fn loadtest(name: &str, target: &str, seconds: u64) -> Value {
     })
 }
 
-/// Follow a LoadTest until it ends: its last status, the phases and the `requests` it showed.
-async fn follow(
-    tests: &Api<DynamicObject>,
-    name: &str,
-    limit: Duration,
-) -> (Value, Vec<String>, Vec<u64>) {
-    let started = Instant::now();
-    let (mut phases, mut counts): (Vec<String>, Vec<u64>) = (Vec::new(), Vec::new());
-    loop {
-        assert!(
-            started.elapsed() < limit,
-            "{name} did not end within {limit:?}; phases {phases:?}\n{}",
-            Cluster::shared().diagnostics()
-        );
-        if let Some(s) = status_of(tests, name).await {
-            let p = match phase(&s) {
-                "" => "Pending".to_string(),
-                p => p.to_string(),
-            };
-            if phases.last() != Some(&p) {
-                phases.push(p.clone());
-            }
-            if let Some(n) = s["requests"].as_u64()
-                && counts.last() != Some(&n)
-            {
-                counts.push(n);
-            }
-            if ["Succeeded", "Failed", "Aborted"].contains(&p.as_str()) {
-                return (s, phases, counts);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn running_with(tests: &Api<DynamicObject>, name: &str, requests: u64) -> Value {
-    eventually(
-        Duration::from_secs(120),
-        &format!("{name} Running with {requests} requests"),
-        || async {
-            let s = status_of(tests, name).await?;
-            (phase(&s) == "Running" && s["requests"].as_u64()? >= requests).then_some(s)
-        },
-    )
-    .await
-}
-
 /// The test ended as without the disruption: Succeeded, every planned request sent once, the
 /// status counting exactly what the mock received, never going backwards.
-async fn assert_intact(
-    status: &Value,
-    phases: &[String],
-    counts: &[u64],
-    mock: &MockProcess,
-    planned: u64,
-    what: &str,
-) {
-    let received = mock.arrivals().await as u64;
+async fn assert_intact(followed: &Followed, mock: &MockProcess, planned: u64, what: &str) {
+    let Followed {
+        status,
+        phases,
+        counts,
+    } = followed;
+    let received = mock.arrivals().await.len() as u64;
     assert_eq!(
         phase(status),
         "Succeeded",
@@ -489,7 +276,7 @@ async fn a_killed_leaders_standby_takes_the_lease_and_the_running_test_ends_as_w
     let (ns, name, seconds) = ("e2e-failover", "failover", 30);
     cluster.create_namespace(ns).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mock = MockProcess::start(&dir.path().join("mock.log"));
+    let mock = MockProcess::start(&dir.path().join("mock.log"), MOCK_ARGS);
     mock.up().await;
     let redis = RedisServer::start();
     let (leader, pid, standby) = elected(&client).await;
@@ -515,13 +302,15 @@ async fn a_killed_leaders_standby_takes_the_lease_and_the_running_test_ends_as_w
         },
     )
     .await;
-    let (status, phases, counts) = follower.await.unwrap();
+    let followed = follower.await.unwrap();
     let events = events_of(ns, name).await;
-    let most = most_in_window(&mock.arrival_times().await, 1.0);
+    let most = most_in_window(&mock.arrivals().await, 1.0);
     eprintln!(
-        "failover: leader {leader} killed; {standby} took the Lease {:.1} s later; the test ended {:.1} s after the kill; phases {phases:?}; status requests {counts:?}; most in any 1 s: {most}",
+        "failover: leader {leader} killed; {standby} took the Lease {:.1} s later; the test ended {:.1} s after the kill; phases {:?}; status requests {:?}; most in any 1 s: {most}",
         took.as_secs_f64(),
-        killed.elapsed().as_secs_f64()
+        killed.elapsed().as_secs_f64(),
+        followed.phases,
+        followed.counts
     );
     // No second wave: no second of the run above the fleet's cap (and its burst).
     assert!(
@@ -530,11 +319,8 @@ async fn a_killed_leaders_standby_takes_the_lease_and_the_running_test_ends_as_w
     );
     // The Lease lasts 15 s, looked at every 2 s; the bound leaves room for a loaded machine.
     assert!(took < Duration::from_secs(30), "took over after {took:?}");
-    assert_intact(&status, &phases, &counts, &mock, RATE * seconds, "failover").await;
-    assert!(
-        events.iter().any(|(reason, _)| reason == "Resumed"),
-        "{events:?}"
-    );
+    assert_intact(&followed, &mock, RATE * seconds, "failover").await;
+    assert!(events.iter().any(|e| e.reason == "Resumed"), "{events:?}");
     // The new leader is labelled, and a new standby (the ReplicaSet's replacement) too.
     let (now_leader, _, _) = elected(&client).await;
     assert_eq!(now_leader, standby);
@@ -549,7 +335,7 @@ async fn a_helm_upgrade_mid_test_leaves_its_result_intact() {
     let (ns, name, seconds) = ("e2e-upgrade", "upgraded", 25);
     cluster.create_namespace(ns).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mock = MockProcess::start(&dir.path().join("mock.log"));
+    let mock = MockProcess::start(&dir.path().join("mock.log"), MOCK_ARGS);
     mock.up().await;
     let (before, _, _) = elected(&client).await;
     kubectl_apply_ok(ns, &loadtest(name, &mock.url(), seconds)).await;
@@ -586,14 +372,16 @@ async fn a_helm_upgrade_mid_test_leaves_its_result_intact() {
         cluster.diagnostics()
     );
     let upgraded_in = upgrading.elapsed();
-    let (status, phases, counts) = follower.await.unwrap();
+    let followed = follower.await.unwrap();
     let (after, _, _) = elected(&client).await;
     eprintln!(
-        "upgrade: helm upgrade --wait took {:.1} s; leader {before} before, {after} after; phases {phases:?}; status requests {counts:?}",
-        upgraded_in.as_secs_f64()
+        "upgrade: helm upgrade --wait took {:.1} s; leader {before} before, {after} after; phases {:?}; status requests {:?}",
+        upgraded_in.as_secs_f64(),
+        followed.phases,
+        followed.counts
     );
     assert_ne!(before, after, "the rollout replaced the leader's pod");
-    assert_intact(&status, &phases, &counts, &mock, RATE * seconds, "upgrade").await;
+    assert_intact(&followed, &mock, RATE * seconds, "upgrade").await;
 }
 
 /// Both replicas gone mid-test (the Deployment scaled to 0, as an uninstall or a lost node
@@ -609,7 +397,7 @@ async fn with_no_operator_left_the_workers_stop_their_load_within_lost_after() {
     let lost_after = Duration::from_secs(5);
     cluster.create_namespace(ns).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mock = MockProcess::start(&dir.path().join("mock.log"));
+    let mock = MockProcess::start(&dir.path().join("mock.log"), MOCK_ARGS);
     mock.up().await;
     elected(&client).await;
     let mut lt = loadtest(name, &mock.url(), seconds);
@@ -646,11 +434,11 @@ async fn with_no_operator_left_the_workers_stop_their_load_within_lost_after() {
     )
     .await;
     let gone = Instant::now();
-    let mut last = mock.arrivals().await;
+    let mut last = mock.arrivals().await.len();
     let mut last_growth = Duration::ZERO;
     while gone.elapsed() < lost_after + Duration::from_secs(7) {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = mock.arrivals().await;
+        let now = mock.arrivals().await.len();
         if now != last {
             last = now;
             last_growth = gone.elapsed();

@@ -12,6 +12,8 @@
 //! ```
 
 mod cluster;
+/// What the k8s_*.rs tests share around an installed chart (helm, LoadTests, `pacer mock`).
+pub mod e2e;
 mod env;
 mod kubeconfig;
 mod kubelet;
