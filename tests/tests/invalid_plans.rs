@@ -302,3 +302,44 @@ fn bad_arguments_exit_2() {
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout(&out).contains("run"));
 }
+
+/// `pacer validate plans/*.yaml | head`: the reader goes away after one line. The rest of the
+/// output is dropped and the command ends with its own verdict, not a panic on the closed pipe
+/// (exit 101). 500 copies of one plan (150 KB) print more than a pipe's 64 KiB buffer.
+#[test]
+fn a_reader_that_closes_the_pipe_early_is_no_panic() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("p.yaml");
+    std::fs::write(&plan, GOOD).unwrap();
+    let plan = plan.to_str().unwrap().to_string();
+    let args: Vec<&str> = std::iter::once("validate")
+        .chain(std::iter::repeat_n(plan.as_str(), 500))
+        .collect();
+    let mut child = Command::new(pacer_bin())
+        .args(&args)
+        .env_remove("PACER_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains(": ok: "), "{first}");
+    // The read end is closed here (the reader is dropped); pacer goes on writing into it.
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -82,7 +82,7 @@ pub async fn drive(
         }
     };
     let summary = outcome.summary(plan);
-    println!("{}", outcome.render_text(&summary, output.summary_color()));
+    crate::outln!("{}", outcome.render_text(&summary, output.summary_color()));
     if let Err(e) = output.write_summary_json(|| outcome.render_json(&summary)) {
         crate::exit::print_anyhow(&e);
         return Exit::Failure;

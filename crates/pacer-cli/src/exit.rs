@@ -84,6 +84,18 @@ pub fn print_anyhow(e: &anyhow::Error) {
     eprintln!("error: {}", error_text(e.chain()));
 }
 
+/// Write to stdout for [`crate::outln!`] and [`crate::out!`]: a closed pipe drops the output,
+/// another failure is said on stderr once per write (stderr's own failure cannot be said).
+pub fn stdout_write(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,11 +89,11 @@ pub fn run(args: &ImportArgs) -> Exit {
                 eprintln!("{}: cannot write: {e}", out.display());
                 return Exit::Failure;
             }
-            println!("{}: plan written (it validates)", out.display());
-            print!("{}", listing(&import));
+            crate::outln!("{}: plan written (it validates)", out.display());
+            crate::out!("{}", listing(&import));
         }
         None => {
-            print!("{}", import.yaml);
+            crate::out!("{}", import.yaml);
             eprint!("{}", listing(&import));
         }
     }

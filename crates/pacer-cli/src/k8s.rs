@@ -200,7 +200,7 @@ pub fn crd(args: &CrdArgs) -> Exit {
     };
     match yaml {
         Ok(y) => {
-            print!("{y}");
+            crate::out!("{y}");
             Exit::Passed
         }
         Err(e) => {
@@ -522,7 +522,7 @@ pub async fn submit(args: SubmitArgs) -> Exit {
         Ok(x) => x,
         Err(e) => return failure(e),
     };
-    println!("loadtest.pacer.dev/{name} created in namespace {ns}");
+    crate::outln!("loadtest.pacer.dev/{name} created in namespace {ns}");
     if !args.wait {
         eprintln!("watch it with: pacer watch {name} -n {ns}");
         return Exit::Passed;
@@ -748,7 +748,7 @@ async fn watch_loop(client: Client, ns: &str, name: &str, every: Duration) -> an
         let lines = status_lines(&lt);
         if lines != last {
             for l in &lines {
-                println!("{l}");
+                crate::outln!("{l}");
             }
             last = lines;
         }
@@ -829,9 +829,9 @@ pub async fn report(args: ReportCommand) -> Exit {
         let Some(text) = cm.data.as_ref().and_then(|d| d.get(key)) else {
             bail!("ConfigMap {ns}/{} has no key {key}", r.config_map);
         };
-        print!("{text}");
+        crate::out!("{text}");
         if !text.ends_with('\n') {
-            println!();
+            crate::outln!();
         }
         Ok(verdict(&lt))
     }

@@ -1,6 +1,30 @@
 //! The `pacer` command line. `main` is thin: everything is reachable from [`run_cli`] so tests
 //! can drive a subcommand in-process.
 
+/// `println!` for what a command prints on stdout, which does not panic when the reader has gone
+/// (`pacer validate plans/*.yaml | head`): std's `println!` panics on a closed pipe (Rust ignores
+/// SIGPIPE, so the write fails with EPIPE), and restoring SIGPIPE's default would let a hostile
+/// server that closes a connection kill the process. A reader that went away wanted no more
+/// output, so that write is dropped and the command goes on to its verdict; any other failure
+/// (a full disk under `> file`) is said on stderr, not lost.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::exit::stdout_write(::std::format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::exit::stdout_write(::std::format_args!("{}\n", ::std::format_args!($($arg)*)))
+    };
+}
+
+/// [`outln!`] without the newline.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::exit::stdout_write(::std::format_args!($($arg)*))
+    };
+}
+
 pub mod controller;
 pub mod coordinate;
 pub mod exit;
@@ -138,7 +162,7 @@ pub async fn run_cli(cli: Cli) -> Exit {
         },
         Command::Schema => match serde_json::to_string_pretty(&pacer_plan::json_schema()) {
             Ok(s) => {
-                println!("{s}");
+                crate::outln!("{s}");
                 Exit::Passed
             }
             Err(e) => {

@@ -135,17 +135,17 @@ async fn execute(plan: Arc<Plan>, args: &RunArgs) -> anyhow::Result<Exit> {
     let snapshot = recorder.snapshot();
     let mut summary = pacer_stats::summarize_plan(&plan, &snapshot, report.elapsed);
     summary.limits = fleet.pacing();
-    println!(
+    crate::outln!(
         "{}",
         pacer_stats::render_text(&summary, args.output.summary_color())
     );
     if let Some(reason) = &abort_reason {
-        println!("aborted: {reason}");
+        crate::outln!("aborted: {reason}");
     }
     // A `unique` data source that ran out stopped the run: it did not run as written.
     let data_out = report.data_exhausted.as_ref().map(ToString::to_string);
     if let Some(reason) = &data_out {
-        println!("stopped: {reason}");
+        crate::outln!("stopped: {reason}");
     }
     args.output
         .write_summary_json(|| pacer_stats::render_json(&summary))?;

@@ -46,7 +46,7 @@ pub fn run(args: &ValidateArgs) -> Exit {
     let budgets = budgets_in(&args.plans);
     for p in &args.plans {
         match validate_one(p, args.latency, &budgets, &args.plans) {
-            Ok(line) => println!("{}: ok: {line}", p.display()),
+            Ok(line) => crate::outln!("{}: ok: {line}", p.display()),
             Err((message, exit)) => {
                 eprintln!("{message}");
                 worst = exit;
