@@ -1,19 +1,38 @@
-//! What pacer's Kubernetes end-to-end tests (`tests/tests/k8s_*.rs`) share once the chart is
-//! installed: `helm`, plain HTTP to a loopback port, the LoadTest API and a LoadTest's status and
-//! Events, following a LoadTest to its end, and `pacer mock` as a process with its arrival log.
-//! Each test binary installs its own release in its own API server; these are the steps around
-//! that, written once (several files still carry copies of their own, older than this module).
+//! What pacer's Kubernetes end-to-end tests (`tests/tests/k8s_*.rs`) share: the chart
+//! installed with the e2e values ([`Install`], extra values per test binary), `helm`, plain HTTP
+//! to a loopback port, LoadTest manifests, `kubectl apply`, a LoadTest's status, phase, worker
+//! pods and Events, following a LoadTest to its end, and `pacer mock` as a process. Each test
+//! binary installs its own release in its own API server; every file used to carry its own
+//! copy of these steps (and the copies drifted), so they are written once, here.
 //! Every wait is bounded; a failure panics with what was awaited, as a test's assert would.
 
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject};
-use serde_json::Value;
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use serde_json::{Value, json};
 
-use super::{Cluster, eventually, free_port, tools_dir};
+use super::{Cluster, eventually, free_port, group_alive, tools_dir};
+
+/// The namespace every test binary installs the chart (release `pacer`) in.
+pub const RELEASE_NS: &str = "pacer-system";
+/// The label selector of the operator's pods (the chart's controller component).
+pub const OPERATOR_PODS: &str = "app.kubernetes.io/component=controller";
+/// The label the operator puts on everything a LoadTest owns (Job, pods, Secrets).
+pub const LABEL_LOADTEST: &str = "pacer.dev/loadtest";
+/// How long `helm install --wait` may wait for the release (the chart's pods Ready).
+const HELM_WAIT: &str = "120s";
+/// How long the CRD may take to be established after the install (the API server's
+/// discovery, seconds on a busy machine).
+const CRD_WITHIN: Duration = Duration::from_secs(30);
+/// How long the operator may take to run and answer `/readyz` after the install (a leader is
+/// elected first; 60 s as the slowest copy waited).
+const OPERATOR_WITHIN: Duration = Duration::from_secs(60);
 
 /// The longest `helm` runs: an install with `--wait` on a busy machine.
 const HELM_WITHIN: Duration = Duration::from_secs(200);
@@ -30,6 +49,152 @@ pub async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
         .await
         .unwrap_or_else(|_| panic!("helm {args:?} did not finish within {HELM_WITHIN:?}"))
         .expect("helm runs (make e2e-deps)")
+}
+
+/// How a test binary installs charts/pacer (release `pacer` in [`RELEASE_NS`]), once: the
+/// operator listens on loopback (every pod shares the host's network here) on free ports, TLS
+/// as by default with the chart's generated certificate (the workers dial 127.0.0.1, so they
+/// verify the Service's name), status every second. What a test needs on top (one replica,
+/// an allow-list, a pull secret) are further `--set` values and operator flags.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Install {
+    sets: Vec<String>,
+    extra_args: Vec<String>,
+}
+
+/// What [`Install::run`] left running.
+#[derive(Debug)]
+pub struct Installed {
+    /// The chart's directory, as given to helm (an upgrade names it again).
+    pub chart: String,
+    /// The operator's gRPC port (the workers').
+    pub grpc: u16,
+    /// The operator's metrics and health port.
+    pub metrics: u16,
+    /// The operator's pod that was Running after the install.
+    pub operator: String,
+}
+
+impl Install {
+    /// The chart with the e2e values only.
+    pub fn chart() -> Self {
+        Self::default()
+    }
+
+    /// A further `helm --set KEY=VALUE`.
+    pub fn set(mut self, value: impl Into<String>) -> Self {
+        self.sets.push(value.into());
+        self
+    }
+
+    /// A further operator flag (in `controller.extraArgs`, after `--worker-server-name`).
+    pub fn extra_arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    /// `helm install --wait`, then the CRD established, an operator pod Running and its
+    /// `/readyz` answering 200; the pacer binary (the kubelet runs it for pods) builds while
+    /// the control plane starts.
+    pub async fn run(self) -> Installed {
+        let build = std::thread::spawn(crate::pacer_bin);
+        let cluster = Cluster::shared();
+        build.join().expect("the pacer binary builds");
+        let client = cluster.client().await.expect("a client of the cluster");
+        let grpc = free_port().expect("a free port");
+        let metrics = free_port().expect("a free port");
+        let chart = crate::workspace_root()
+            .join("charts")
+            .join("pacer")
+            .display()
+            .to_string();
+        let extra_args = std::iter::once(format!("--worker-server-name=pacer.{RELEASE_NS}.svc"))
+            .chain(self.extra_args)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut sets = vec![
+            format!("service.grpcPort={grpc}"),
+            format!("service.metricsPort={metrics}"),
+            "controller.listenHost=127.0.0.1".to_string(),
+            format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
+            "controller.statusInterval=1s".to_string(),
+            format!("controller.extraArgs={{{extra_args}}}"),
+        ];
+        sets.extend(self.sets);
+        let mut args: Vec<&str> = vec![
+            "install",
+            "pacer",
+            &chart,
+            "-n",
+            RELEASE_NS,
+            "--create-namespace",
+        ];
+        for set in &sets {
+            args.extend(["--set", set]);
+        }
+        args.extend(["--wait", "--timeout", HELM_WAIT]);
+        let out = helm(cluster, &args).await;
+        assert!(
+            out.status.success(),
+            "helm install failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cluster.diagnostics()
+        );
+
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        eventually(CRD_WITHIN, "the CRD is established", || async {
+            let crd = crds.get("loadtests.pacer.dev").await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+        let pods: Api<Pod> = Api::namespaced(client, RELEASE_NS);
+        let operator = eventually(OPERATOR_WITHIN, "a Running operator pod", || async {
+            pods.list(&ListParams::default().labels(OPERATOR_PODS))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .and_then(|p| p.metadata.name)
+        })
+        .await;
+        eventually(OPERATOR_WITHIN, "the operator's /readyz", || async {
+            (http_status(metrics, "/readyz").await == Some(200)).then_some(())
+        })
+        .await;
+        Installed {
+            chart,
+            grpc,
+            metrics,
+            operator,
+        }
+    }
+}
+
+impl Installed {
+    /// The log of the operator's pod (empty when the kubelet has none).
+    pub fn operator_log(&self) -> String {
+        Cluster::shared()
+            .pod_log(RELEASE_NS, &self.operator)
+            .unwrap_or_default()
+    }
+}
+
+/// `pacer ARGS` with the cluster's kubeconfig, bounded by `limit`.
+pub async fn pacer_k8s(args: &[&str], limit: Duration) -> Output {
+    let kubeconfig = Cluster::shared().kubeconfig().display().to_string();
+    crate::pacer_async(
+        args.iter().map(|s| s.to_string()).collect(),
+        vec![("KUBECONFIG".into(), kubeconfig)],
+        limit,
+    )
+    .await
 }
 
 /// `GET http://127.0.0.1:<port><path>`: the status code and the body (a chunked one joined),
@@ -60,6 +225,11 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
             body.to_string()
         },
     ))
+}
+
+/// `GET http://127.0.0.1:<port><path>`: the status code, or `None` when nothing answers.
+pub async fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path).await.map(|(code, _)| code)
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -106,6 +276,44 @@ pub async fn kubectl_apply_ok(ns: &str, manifest: &Value) {
     );
 }
 
+/// `kubectl apply -n NS -f` of `manifests` written to one YAML file (documents separated by
+/// `---`), as a user would; kubectl's output, a refusal included (a test of refusals reads it).
+pub async fn kubectl_apply(ns: &str, manifests: &[Value]) -> Output {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("manifests.yaml");
+    let text = manifests
+        .iter()
+        .map(|m| serde_saphyr::to_string(m).expect("a manifest as YAML"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    std::fs::write(&path, text).expect("the manifests written");
+    Cluster::shared()
+        .kubectl(&["apply", "-n", ns, "-f", &path.display().to_string()])
+        .await
+        .expect("kubectl runs")
+}
+
+/// [`kubectl_apply`] of several manifests at once; a refusal fails the test with kubectl's
+/// words.
+pub async fn kubectl_apply_all_ok(ns: &str, manifests: &[Value]) {
+    let out = kubectl_apply(ns, manifests).await;
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A LoadTest manifest named `name` with this `spec`.
+pub fn loadtest(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "pacer.dev/v1alpha1",
+        "kind": "LoadTest",
+        "metadata": { "name": name },
+        "spec": spec,
+    })
+}
+
 /// A LoadTest's `.status` (`Null` before the operator wrote one); `None` when it is not there.
 pub async fn status_of(tests: &Api<DynamicObject>, name: &str) -> Option<Value> {
     let lt = tests.get_opt(name).await.ok()??;
@@ -115,6 +323,86 @@ pub async fn status_of(tests: &Api<DynamicObject>, name: &str) -> Option<Value> 
 /// A status's phase (empty before the first).
 pub fn phase(status: &Value) -> &str {
     status["phase"].as_str().unwrap_or("")
+}
+
+/// Wait (at most `limit`) for the LoadTest to reach one of `phases`; its status then.
+pub async fn wait_phase(
+    tests: &Api<DynamicObject>,
+    name: &str,
+    phases: &[&str],
+    limit: Duration,
+) -> Value {
+    eventually(limit, &format!("LoadTest {name} in {phases:?}"), || async {
+        let s = status_of(tests, name).await?;
+        phases.contains(&phase(&s)).then_some(s)
+    })
+    .await
+}
+
+/// The worker pods of a LoadTest: `(name, pid of its process when running)`.
+pub async fn worker_pods(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Vec<(String, Option<u32>)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let kubelet = Cluster::shared().kubelet().expect("the process kubelet");
+    pods.list(&ListParams::default().labels(&format!("{LABEL_LOADTEST}={name}")))
+        .await
+        .expect("the worker pods listed")
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let pod = p.metadata.name?;
+            let pid = kubelet.pid(ns, &pod);
+            Some((pod, pid))
+        })
+        .collect()
+}
+
+/// Wait (at most 60 s) until a LoadTest's Job, pods and Secrets are gone and the processes of
+/// `pids` too; then check by name that the Job `<name>-workers` and every session Secret
+/// `<name>-session-<uid>` are gone.
+pub async fn wait_workers_gone(client: &kube::Client, ns: &str, name: &str, pids: &[u32]) {
+    let selector = format!("{LABEL_LOADTEST}={name}");
+    let lp = ListParams::default().labels(&selector);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    eventually(
+        Duration::from_secs(60),
+        &format!("{name}'s Job, pods, Secrets and processes gone"),
+        || async {
+            let left = jobs.list(&lp).await.ok()?.items.len()
+                + pods.list(&lp).await.ok()?.items.len()
+                + secrets.list(&lp).await.ok()?.items.len();
+            (left == 0 && !pids.iter().any(|&p| group_alive(p))).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        jobs.get_opt(&format!("{name}-workers"))
+            .await
+            .expect("the Job read")
+            .is_none(),
+        "{name}-workers is left"
+    );
+    let session = format!("{name}-session-");
+    assert!(
+        !secrets
+            .list(&ListParams::default())
+            .await
+            .expect("the Secrets listed")
+            .items
+            .iter()
+            .any(|s| s
+                .metadata
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .starts_with(&session)),
+        "a session Secret of {name} is left"
+    );
 }
 
 /// The phases a LoadTest ends in.
@@ -243,11 +531,22 @@ impl MockProcess {
     /// Start it with `args` after the listen address and `--record-arrivals` (e.g. `--auth
     /// off`, `--no-limits`), logging to `log`.
     pub fn start(log: &Path, args: &[&str]) -> Self {
+        Self::spawn(
+            log,
+            std::iter::once("--record-arrivals").chain(args.iter().copied()),
+        )
+    }
+
+    /// Start it with `args` after the listen address only (no arrival log), logging to `log`.
+    pub fn start_plain(log: &Path, args: &[&str]) -> Self {
+        Self::spawn(log, args.iter().copied())
+    }
+
+    fn spawn<'a>(log: &Path, args: impl IntoIterator<Item = &'a str>) -> Self {
         let port = free_port().expect("a free port");
         let out = std::fs::File::create(log).expect("the mock's log");
         let child = std::process::Command::new(crate::pacer_bin())
             .args(["mock", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--record-arrivals")
             .args(args)
             .env_remove("PACER_LOG")
             .stdin(std::process::Stdio::null())
@@ -269,6 +568,15 @@ impl MockProcess {
             http_get(self.port, "/_mock/stats").await.map(|_| ())
         })
         .await;
+    }
+
+    /// `GET /_mock/stats`, as JSON.
+    pub async fn stats(&self) -> Value {
+        let (code, body) = http_get(self.port, "/_mock/stats")
+            .await
+            .expect("the mock answers /_mock/stats");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("stats as JSON")
     }
 
     /// When each API request arrived, in seconds since the mock started (none dropped).
