@@ -9,248 +9,41 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use pacer_mock::LatencyConfig;
-use pacer_tests::kube::{Cluster, eventually, free_port, group_alive, tools_dir};
-use pacer_tests::{RedisServer, pacer_bin, plain_mock_config, start_mock, workspace_root};
+use pacer_tests::kube::e2e::{
+    Install, Installed, LABEL_LOADTEST, MockProcess, RELEASE_NS, events_of, helm, http_status,
+    kubectl_apply, kubectl_apply_all_ok, loadtest, loadtests, phase, status_of, wait_phase,
+    wait_workers_gone, worker_pods,
+};
+use pacer_tests::kube::{Cluster, eventually};
+use pacer_tests::{RedisServer, plain_mock_config, start_mock, workspace_root};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-const RELEASE_NS: &str = "pacer-system";
 /// The chart's ServiceAccount, as the API server names it.
 const OPERATOR_USER: &str = "system:serviceaccount:pacer-system:pacer";
-/// The label the operator puts on everything a LoadTest owns.
-const LABEL_LOADTEST: &str = "pacer.dev/loadtest";
 
-async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(tools_dir().join("helm"));
-    cmd.arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(150), cmd.output())
-        .await
-        .expect("helm finishes within 150 s")
-        .expect("helm runs (make e2e-deps)")
-}
-
-/// `GET http://127.0.0.1:<port><path>`: the status code and the body, or `None` when nothing
-/// answers.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Some((code, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// `GET http://127.0.0.1:<port><path>`: the status code, or `None` when nothing answers.
-async fn http_status(port: u16, path: &str) -> Option<u16> {
-    http_get(port, path).await.map(|(code, _)| code)
-}
-
-fn loadtests(client: kube::Client, ns: &str) -> Api<DynamicObject> {
-    let resource = ApiResource {
-        group: "pacer.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "pacer.dev/v1alpha1".into(),
-        kind: "LoadTest".into(),
-        plural: "loadtests".into(),
-    };
-    Api::namespaced_with(client, ns, &resource)
-}
-
-/// What the shared `helm install` left running.
-struct Install {
-    grpc: u16,
-    metrics: u16,
-    /// The operator's pod.
-    operator: String,
-}
-
-static INSTALL: OnceCell<Install> = OnceCell::const_new();
+static INSTALL: OnceCell<Installed> = OnceCell::const_new();
 
 /// The chart installed once per test binary: the first test to ask installs it (`helm install
 /// --wait`), checks the CRD is established and waits for the operator's `/readyz`.
-async fn installed() -> &'static Install {
-    INSTALL.get_or_init(install).await
-}
-
-async fn install() -> Install {
-    // the pacer binary builds while the control plane starts (the kubelet runs it for pods)
-    let build = std::thread::spawn(pacer_bin);
-    let cluster = Cluster::shared();
-    build.join().unwrap();
-    let client = cluster.client().await.unwrap();
-    let grpc = free_port().unwrap();
-    let metrics = free_port().unwrap();
-    let chart = workspace_root().join("charts").join("pacer");
-
-    // `helm install --wait`: the Deployment's pod runs `pacer operator` through the process
-    // kubelet, Ready once it started. Every pod shares the host's network here, so the
-    // operator listens on loopback only (the chart's default is 0.0.0.0).
-    let out = helm(
-        cluster,
-        &[
-            "install",
-            "pacer",
-            chart.to_str().unwrap(),
-            "-n",
-            RELEASE_NS,
-            "--create-namespace",
-            "--set",
-            &format!("service.grpcPort={grpc}"),
-            "--set",
-            &format!("service.metricsPort={metrics}"),
-            "--set",
-            "controller.listenHost=127.0.0.1",
-            "--set",
-            &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
-            "--set",
-            "controller.statusInterval=1s",
-            // One replica: pods share the host's network here, and a second would collide on
-            // the metrics port (tests/tests/k8s_leader.rs runs two).
-            "--set",
-            "controller.replicas=1",
-            // TLS as by default, with the chart's generated certificate (for the Service's
-            // names): the workers dial 127.0.0.1 here, so they verify the Service's name.
-            "--set",
-            &format!("controller.extraArgs={{--worker-server-name=pacer.{RELEASE_NS}.svc}}"),
-            // The unstartable-image test names an image of this (nonexistent) registry.
-            "--set",
-            "worker.allowedImages={registry.example/no-such-image:*}",
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "helm install failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.diagnostics()
-    );
-
-    // the chart's CRD is accepted and established
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    eventually(
-        Duration::from_secs(30),
-        "the CRD is established",
-        || async {
-            let crd = crds.get("loadtests.pacer.dev").await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await;
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
-    let operator = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
+async fn installed() -> &'static Installed {
+    INSTALL
+        .get_or_init(|| {
+            Install::chart()
+                // One replica: pods share the host's network here, and a second would collide
+                // on the metrics port (tests/tests/k8s_leader.rs runs two).
+                .set("controller.replicas=1")
+                // The unstartable-image test names an image of this (nonexistent) registry.
+                .set("worker.allowedImages={registry.example/no-such-image:*}")
+                .run()
+        })
         .await
-        .unwrap()
-        .items
-        .into_iter()
-        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .unwrap_or_else(|| panic!("no Running operator pod\n{}", cluster.diagnostics()));
-    eventually(
-        Duration::from_secs(30),
-        "the operator's /readyz",
-        || async { (http_status(metrics, "/readyz").await == Some(200)).then_some(()) },
-    )
-    .await;
-    Install {
-        grpc,
-        metrics,
-        operator: operator.metadata.name.unwrap(),
-    }
-}
-
-fn operator_log(install: &Install) -> String {
-    Cluster::shared()
-        .pod_log(RELEASE_NS, &install.operator)
-        .unwrap_or_default()
-}
-
-/// `kubectl apply -f` of `manifests` (JSON objects) written to a file, as a user would.
-async fn kubectl_apply(ns: &str, manifests: &[Value]) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("loadtests.yaml");
-    let text = manifests
-        .iter()
-        .map(|m| serde_saphyr::to_string(m).unwrap())
-        .collect::<Vec<_>>()
-        .join("---\n");
-    std::fs::write(&path, text).unwrap();
-    Cluster::shared()
-        .kubectl(&["apply", "-n", ns, "-f", path.to_str().unwrap()])
-        .await
-        .unwrap()
-}
-
-async fn kubectl_apply_ok(ns: &str, manifests: &[Value]) {
-    let out = kubectl_apply(ns, manifests).await;
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A LoadTest manifest.
-fn loadtest(name: &str, spec: Value) -> Value {
-    json!({
-        "apiVersion": "pacer.dev/v1alpha1",
-        "kind": "LoadTest",
-        "metadata": { "name": name },
-        "spec": spec,
-    })
 }
 
 /// A plan of `GET /api/v2/users/me` against `target`.
@@ -259,129 +52,6 @@ fn users_me_plan(name: &str, target: &str, scenario: Value) -> Value {
     scenario["name"] = json!("me");
     scenario["requests"] = json!([{ "name": "me", "method": "GET", "path": "/api/v2/users/me" }]);
     json!({ "name": name, "target": target, "scenarios": [scenario] })
-}
-
-/// The LoadTest's `.status` (`Null` before the operator wrote one).
-async fn status_of(tests: &Api<DynamicObject>, name: &str) -> Option<Value> {
-    let lt = tests.get_opt(name).await.ok()??;
-    Some(lt.data.get("status").cloned().unwrap_or(Value::Null))
-}
-
-fn phase(status: &Value) -> &str {
-    status["phase"].as_str().unwrap_or("")
-}
-
-/// Wait for the LoadTest to reach one of `phases`; its status then.
-async fn wait_phase(
-    tests: &Api<DynamicObject>,
-    name: &str,
-    phases: &[&str],
-    limit: Duration,
-) -> Value {
-    eventually(limit, &format!("LoadTest {name} in {phases:?}"), || async {
-        let s = status_of(tests, name).await?;
-        phases.contains(&phase(&s)).then_some(s)
-    })
-    .await
-}
-
-/// The worker pods of a LoadTest: `(name, pid of its process when running)`.
-async fn worker_pods(client: &kube::Client, ns: &str, name: &str) -> Vec<(String, Option<u32>)> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let kubelet = Cluster::shared().kubelet().unwrap();
-    pods.list(&ListParams::default().labels(&format!("{LABEL_LOADTEST}={name}")))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|p| {
-            let pod = p.metadata.name.unwrap();
-            let pid = kubelet.pid(ns, &pod);
-            (pod, pid)
-        })
-        .collect()
-}
-
-/// Wait until a LoadTest's Job, pods and Secrets are gone and the processes of `pids` too.
-async fn wait_workers_gone(client: &kube::Client, ns: &str, name: &str, pids: &[u32]) {
-    let selector = format!("{LABEL_LOADTEST}={name}");
-    let lp = ListParams::default().labels(&selector);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    eventually(
-        Duration::from_secs(60),
-        &format!("{name}'s Job, pods, Secrets and processes gone"),
-        || async {
-            let left = jobs.list(&lp).await.ok()?.items.len()
-                + pods.list(&lp).await.ok()?.items.len()
-                + secrets.list(&lp).await.ok()?.items.len();
-            (left == 0 && !pids.iter().any(|&p| group_alive(p))).then_some(())
-        },
-    )
-    .await;
-    // and by name: the Job `<name>-workers`, the session Secret `<name>-session-<uid>`
-    assert!(
-        jobs.get_opt(&format!("{name}-workers"))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let session = format!("{name}-session-");
-    assert!(
-        !secrets
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .any(|s| s
-                .metadata
-                .name
-                .as_deref()
-                .unwrap_or("")
-                .starts_with(&session)),
-        "a session Secret of {name} is left"
-    );
-}
-
-/// The Events of an object: `(type, reason, message)` in the order they happened (their
-/// `eventTime`, in microseconds).
-async fn events_of(ns: &str, name: &str) -> Vec<(String, String, String)> {
-    let out = Cluster::shared()
-        .kubectl_ok(&[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-            "-o",
-            "json",
-        ])
-        .await
-        .unwrap();
-    let list: Value = serde_json::from_str(&out).unwrap();
-    let mut events: Vec<(String, (String, String, String))> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-            let at = [
-                &e["eventTime"],
-                &e["firstTimestamp"],
-                &e["metadata"]["creationTimestamp"],
-            ]
-            .into_iter()
-            .find(|v| v.is_string())
-            .map(s)
-            .unwrap_or_default();
-            (at, (s(&e["type"]), s(&e["reason"]), s(&e["message"])))
-        })
-        .collect();
-    events.sort_by(|a, b| a.0.cmp(&b.0));
-    events.into_iter().map(|(_, e)| e).collect()
 }
 
 /// The keys of a Redis.
@@ -393,47 +63,6 @@ fn redis_keys(redis: &RedisServer) -> Vec<String> {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect()
-}
-
-/// `pacer mock` as a process on a free loopback port, killed on drop.
-struct MockProcess {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl MockProcess {
-    fn start(args: &[&str], log: &Path) -> Self {
-        let port = free_port().unwrap();
-        let out = std::fs::File::create(log).unwrap();
-        let child = std::process::Command::new(pacer_bin())
-            .args(["mock", "--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env_remove("PACER_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Self { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// `GET /_mock/stats`.
-    async fn stats(&self) -> Value {
-        let (code, body) = http_get(self.port, "/_mock/stats").await.unwrap();
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-}
-
-impl Drop for MockProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The LISTEN sockets on `port` in /proc/net/tcp and tcp6: their local addresses, in hex.
@@ -548,13 +177,13 @@ async fn helm_install_runs_the_operator_as_its_service_account_and_a_loadtest() 
         phase(&status),
         "Succeeded",
         "status: {status:#}\noperator log:\n{}\n{}",
-        operator_log(install),
+        install.operator_log(),
         cluster.diagnostics()
     );
     assert!(
-        !operator_log(install).to_lowercase().contains("forbidden"),
+        !install.operator_log().to_lowercase().contains("forbidden"),
         "the chart's RBAC is enough:\n{}",
-        operator_log(install)
+        install.operator_log()
     );
     let listed = cluster
         .kubectl_ok(&[
@@ -908,7 +537,7 @@ async fn suspend_mid_run_ends_aborted_with_the_workers_gone() {
         &format!("http://{}", mock.addr()),
         json!({ "executor": "constant-vus", "vus": 2, "duration": "60s", "gracefulStop": "1s" }),
     );
-    kubectl_apply_ok(
+    kubectl_apply_all_ok(
         ns,
         &[loadtest(
             "suspend",
@@ -978,9 +607,9 @@ async fn suspend_mid_run_ends_aborted_with_the_workers_gone() {
     assert_eq!(mock.stats().requests.total, served);
     let events = events_of(ns, "suspend").await;
     assert!(
-        events
-            .iter()
-            .any(|(t, r, m)| t == "Warning" && r == "Aborted" && m.contains("suspend")),
+        events.iter().any(|e| e.type_ == "Warning"
+            && e.reason == "Aborted"
+            && e.message.contains("suspend")),
         "{events:?}"
     );
     mock.shutdown().await;
@@ -1007,7 +636,7 @@ async fn deleting_a_running_loadtest_removes_its_workers_secret_and_redis_keys()
         json!({ "executor": "constant-vus", "vus": 2, "duration": "60s", "gracefulStop": "1s" }),
     );
     plan["limits"] = json!([{ "name": "budget", "limit": "20/s", "burst": 2, "scope": "fleet" }]);
-    kubectl_apply_ok(
+    kubectl_apply_all_ok(
         ns,
         &[loadtest(
             "delete",
@@ -1105,7 +734,7 @@ async fn two_loadtests_run_side_by_side_with_their_own_numbers() {
             ),
         })
     };
-    kubectl_apply_ok(
+    kubectl_apply_all_ok(
         ns,
         &[
             loadtest(
@@ -1177,7 +806,7 @@ async fn an_image_off_the_allow_list_is_refused_by_the_installed_operator() {
         "http://127.0.0.1:9",
         json!({ "executor": "constant-vus", "vus": 1, "duration": "2s" }),
     );
-    kubectl_apply_ok(
+    kubectl_apply_all_ok(
         ns,
         &[loadtest(
             "offlist",
@@ -1233,7 +862,7 @@ async fn a_loadtest_reading_a_file_fails_and_the_canary_appears_nowhere() {
             &target,
             json!({ "executor": "constant-vus", "vus": 1, "duration": "1s" }),
         );
-        kubectl_apply_ok(ns, &[loadtest(name, json!({ "workers": 1, "plan": plan }))]).await;
+        kubectl_apply_all_ok(ns, &[loadtest(name, json!({ "workers": 1, "plan": plan }))]).await;
         let status = wait_phase(
             &tests,
             name,
@@ -1251,11 +880,11 @@ async fn a_loadtest_reading_a_file_fails_and_the_canary_appears_nowhere() {
         assert!(!status.to_string().contains(canary), "{status:#}");
         let events = eventually(Duration::from_secs(30), "the InvalidSpec event", || async {
             let ev = events_of(ns, name).await;
-            ev.iter().any(|e| e.1 == "InvalidSpec").then_some(ev)
+            ev.iter().any(|e| e.reason == "InvalidSpec").then_some(ev)
         })
         .await;
-        for (_, _, m) in &events {
-            assert!(!m.contains(canary), "{m}");
+        for e in &events {
+            assert!(!e.message.contains(canary), "{}", e.message);
         }
         assert!(worker_pods(&client, ns, name).await.is_empty());
     }
@@ -1275,7 +904,7 @@ async fn a_worker_pod_that_cannot_start_fails_the_test_naming_the_pod() {
         "http://127.0.0.1:9",
         json!({ "executor": "constant-vus", "vus": 1, "duration": "2s" }),
     );
-    kubectl_apply_ok(
+    kubectl_apply_all_ok(
         ns,
         &[loadtest(
             "badpod",
@@ -1310,10 +939,10 @@ async fn a_worker_pod_that_cannot_start_fails_the_test_naming_the_pod() {
     eprintln!("a worker pod that cannot start: {message}");
     let events = events_of(ns, "badpod").await;
     assert!(
-        events.iter().any(|(t, r, m)| t == "Warning"
-            && r == "WorkersMissing"
-            && names_a_pod(m)
-            && m.contains("no-such-image")),
+        events.iter().any(|e| e.type_ == "Warning"
+            && e.reason == "WorkersMissing"
+            && names_a_pod(&e.message)
+            && e.message.contains("no-such-image")),
         "{events:?}"
     );
 }
@@ -1335,9 +964,9 @@ async fn the_user_story_runs_to_succeeded_as_kubectl_shows_it() {
     cluster.create_namespace(ns).await.unwrap();
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mock = MockProcess::start(
-        &["--client", "genesys-e2e:e2e-secret:demo-org"],
+    let mock = MockProcess::start_plain(
         &dir.path().join("mock.log"),
+        &["--client", "genesys-e2e:e2e-secret:demo-org"],
     );
     eventually(Duration::from_secs(30), "pacer mock answers", || async {
         (http_status(mock.port, "/_mock/stats").await == Some(200)).then_some(())
@@ -1379,7 +1008,7 @@ async fn the_user_story_runs_to_succeeded_as_kubectl_shows_it() {
         fleet_limits, 1,
         "the example's per-token budget is the fleet's"
     );
-    kubectl_apply_ok(ns, &[lt]).await;
+    kubectl_apply_all_ok(ns, &[lt]).await;
 
     // follow it as `kubectl get lt -w` would: every phase, the columns and Redis while it runs
     let tests = loadtests(client.clone(), ns);
@@ -1392,7 +1021,7 @@ async fn the_user_story_runs_to_succeeded_as_kubectl_shows_it() {
         assert!(
             started.elapsed() < Duration::from_secs(180),
             "the user story did not end; phases {phases:?}\noperator log:\n{}\n{}",
-            operator_log(install),
+            install.operator_log(),
             cluster.diagnostics()
         );
         let Some(s) = status_of(&tests, name).await else {
@@ -1428,7 +1057,7 @@ async fn the_user_story_runs_to_succeeded_as_kubectl_shows_it() {
         phase(&status),
         "Succeeded",
         "{status:#}\noperator log:\n{}",
-        operator_log(install)
+        install.operator_log()
     );
     // Pending (accepted, no status yet) → Starting → Running → Succeeded, never backwards
     let order = ["Pending", "Starting", "Running", "Succeeded"];
@@ -1543,7 +1172,7 @@ async fn the_user_story_runs_to_succeeded_as_kubectl_shows_it() {
 
     // the Events tell the story, in order
     let events = events_of(ns, name).await;
-    let reasons: Vec<&str> = events.iter().map(|(_, r, _)| r.as_str()).collect();
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
     let story = ["Starting", "Running", "Succeeded"];
     let at: Vec<usize> = story
         .iter()
@@ -1555,7 +1184,7 @@ async fn the_user_story_runs_to_succeeded_as_kubectl_shows_it() {
         })
         .collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{events:?}");
-    assert!(events.iter().all(|(t, _, _)| t == "Normal"), "{events:?}");
+    assert!(events.iter().all(|e| e.type_ == "Normal"), "{events:?}");
 
     // onSuccess: the workers and the session Secret are gone
     wait_workers_gone(&client, ns, name, &pids).await;
@@ -1646,8 +1275,8 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
             lt
         })
         .collect();
-    kubectl_apply_ok(ns, &[budget]).await;
-    kubectl_apply_ok(ns, &tests_manifests).await;
+    kubectl_apply_all_ok(ns, &[budget]).await;
+    kubectl_apply_all_ok(ns, &tests_manifests).await;
 
     let tests = loadtests(client.clone(), ns);
     let budgets: Api<DynamicObject> = Api::namespaced_with(
@@ -1672,7 +1301,7 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
         assert!(
             started.elapsed() < Duration::from_secs(180),
             "the tests on the budget did not end: {ended:?}\noperator log:\n{}\n{}",
-            operator_log(install),
+            install.operator_log(),
             cluster.diagnostics()
         );
         let rb = budgets
@@ -1734,7 +1363,7 @@ async fn two_loadtests_share_one_ratebudget_as_kubectl_shows_it() {
         lim.max_offered_in_window, lim.accepted, lim.rejected, stats.tokens.issued
     );
     for s in ended.iter().flatten() {
-        assert_eq!(phase(s), "Succeeded", "{s:#}\n{}", operator_log(install));
+        assert_eq!(phase(s), "Succeeded", "{s:#}\n{}", install.operator_log());
     }
     assert!(
         lim.max_offered_in_window <= LIMIT,
