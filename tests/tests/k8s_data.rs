@@ -11,207 +11,27 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, ListParams};
-use pacer_tests::kube::{Cluster, eventually, free_port, tools_dir};
-use pacer_tests::{pacer_async, pacer_bin, stderr, stdout, workspace_root};
+use pacer_tests::kube::e2e::{Install, Installed, MockProcess, http_get, loadtests, pacer_k8s};
+use pacer_tests::kube::{Cluster, eventually};
+use pacer_tests::{stderr, stdout, workspace_root};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-const RELEASE_NS: &str = "pacer-system";
+static INSTALL: OnceCell<Installed> = OnceCell::const_new();
+
+/// The chart, as k8s_e2e.rs installs it: the operator listens on loopback (every pod shares
+/// the host's network here) with the chart's generated TLS certificate.
+async fn installed() -> &'static Installed {
+    INSTALL.get_or_init(|| Install::chart().run()).await
+}
 
 /// Rows of the users file, and iterations of the plan: each row once.
 const ROWS: usize = 30;
 const WORKERS: u32 = 3;
-
-async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(tools_dir().join("helm"));
-    cmd.arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(150), cmd.output())
-        .await
-        .expect("helm finishes within 150 s")
-        .expect("helm runs (make e2e-deps)")
-}
-
-/// `GET http://127.0.0.1:<port><path>`: the status code and the body (not chunked: the mock's
-/// stats and the operator's probes answer with a length).
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    Some((code, body.to_string()))
-}
-
-/// What the `helm install` left running.
-struct Install {
-    /// The operator's pod.
-    operator: String,
-}
-
-static INSTALL: OnceCell<Install> = OnceCell::const_new();
-
-async fn installed() -> &'static Install {
-    INSTALL.get_or_init(install).await
-}
-
-/// The chart, as k8s_e2e.rs installs it: the operator listens on loopback (every pod shares
-/// the host's network here) with the chart's generated TLS certificate.
-async fn install() -> Install {
-    let build = std::thread::spawn(pacer_bin);
-    let cluster = Cluster::shared();
-    build.join().unwrap();
-    let client = cluster.client().await.unwrap();
-    let grpc = free_port().unwrap();
-    let metrics = free_port().unwrap();
-    let chart = workspace_root().join("charts").join("pacer");
-    let out = helm(
-        cluster,
-        &[
-            "install",
-            "pacer",
-            chart.to_str().unwrap(),
-            "-n",
-            RELEASE_NS,
-            "--create-namespace",
-            "--set",
-            &format!("service.grpcPort={grpc}"),
-            "--set",
-            &format!("service.metricsPort={metrics}"),
-            "--set",
-            "controller.listenHost=127.0.0.1",
-            "--set",
-            &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
-            "--set",
-            "controller.statusInterval=1s",
-            "--set",
-            &format!("controller.extraArgs={{--worker-server-name=pacer.{RELEASE_NS}.svc}}"),
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "helm install failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.diagnostics()
-    );
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    eventually(
-        Duration::from_secs(30),
-        "the CRD is established",
-        || async {
-            let crd = crds.get("loadtests.pacer.dev").await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
-    let operator = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .unwrap_or_else(|| panic!("no Running operator pod\n{}", cluster.diagnostics()));
-    eventually(
-        Duration::from_secs(30),
-        "the operator's /readyz",
-        || async { (http_get(metrics, "/readyz").await?.0 == 200).then_some(()) },
-    )
-    .await;
-    Install {
-        operator: operator.metadata.name.unwrap(),
-    }
-}
-
-/// `pacer mock` as a process on a free loopback port, stopped on drop.
-struct MockProcess {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl MockProcess {
-    fn start(args: &[&str], log: &Path) -> Self {
-        let port = free_port().unwrap();
-        let out = std::fs::File::create(log).unwrap();
-        let child = std::process::Command::new(pacer_bin())
-            .args(["mock", "--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env_remove("PACER_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Self { port, child }
-    }
-
-    async fn stats(&self) -> Value {
-        let (code, body) = http_get(self.port, "/_mock/stats").await.unwrap();
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-}
-
-impl Drop for MockProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `pacer ARGS` with the cluster's kubeconfig, bounded.
-async fn pacer_k8s(args: &[&str], limit: Duration) -> Output {
-    let kubeconfig = Cluster::shared().kubeconfig().display().to_string();
-    pacer_async(
-        args.iter().map(|s| s.to_string()).collect(),
-        vec![("KUBECONFIG".into(), kubeconfig)],
-        limit,
-    )
-    .await
-}
-
-fn loadtests(client: kube::Client, ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(
-        client,
-        ns,
-        &ApiResource {
-            group: "pacer.dev".into(),
-            version: "v1alpha1".into(),
-            api_version: "pacer.dev/v1alpha1".into(),
-            kind: "LoadTest".into(),
-            plural: "loadtests".into(),
-        },
-    )
-}
 
 /// A plan of `ROWS` shared iterations over 3 VUs, each sending `/a/<id>/<iteration>` and
 /// `/b/<email>/<iteration>` of its row of `data/users.csv`.
@@ -271,9 +91,9 @@ async fn submit_packs_the_csv_and_three_worker_pods_use_every_row_once() {
     let name = "users-once";
     cluster.create_namespace(ns).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mock = MockProcess::start(
-        &["--auth", "off", "--no-limits", "--record-arrivals"],
+    let mock = MockProcess::start_plain(
         &dir.path().join("mock.log"),
+        &["--auth", "off", "--no-limits", "--record-arrivals"],
     );
     eventually(Duration::from_secs(30), "pacer mock answers", || async {
         (http_get(mock.port, "/_mock/stats").await?.0 == 200).then_some(())
@@ -319,9 +139,7 @@ async fn submit_packs_the_csv_and_three_worker_pods_use_every_row_once() {
         "watch: {}\n{}\noperator log:\n{}",
         stdout(&watch),
         stderr(&watch),
-        cluster
-            .pod_log(RELEASE_NS, &install.operator)
-            .unwrap_or_default()
+        install.operator_log()
     );
     let lt = loadtests(client.clone(), ns).get(name).await.unwrap();
     assert_eq!(
@@ -395,9 +213,9 @@ async fn the_user_story_data_example_runs_on_three_worker_pods() {
     cluster.create_namespace(ns).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (id, secret) = ("story-e2e", "story-e2e-secret-9f2");
-    let mock = MockProcess::start(
-        &["--client", &format!("{id}:{secret}:story-org")],
+    let mock = MockProcess::start_plain(
         &dir.path().join("mock.log"),
+        &["--client", &format!("{id}:{secret}:story-org")],
     );
     eventually(Duration::from_secs(30), "pacer mock answers", || async {
         (http_get(mock.port, "/_mock/stats").await?.0 == 200).then_some(())
@@ -457,9 +275,7 @@ async fn the_user_story_data_example_runs_on_three_worker_pods() {
         "watch: {}\n{}\noperator log:\n{}",
         stdout(&watch),
         stderr(&watch),
-        cluster
-            .pod_log(RELEASE_NS, &install.operator)
-            .unwrap_or_default()
+        install.operator_log()
     );
     let lt = loadtests(client, ns).get(name).await.unwrap();
     assert_eq!(lt.data["status"]["requests"], json!(24));
@@ -489,9 +305,9 @@ async fn rows_running_out_fail_the_loadtest_saying_why() {
     let name = "too-few-rows";
     cluster.create_namespace(ns).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mock = MockProcess::start(
-        &["--auth", "off", "--no-limits", "--record-arrivals"],
+    let mock = MockProcess::start_plain(
         &dir.path().join("mock.log"),
+        &["--auth", "off", "--no-limits", "--record-arrivals"],
     );
     eventually(Duration::from_secs(30), "pacer mock answers", || async {
         (http_get(mock.port, "/_mock/stats").await?.0 == 200).then_some(())
