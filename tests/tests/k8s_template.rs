@@ -13,154 +13,42 @@
 //!   `kubectl apply` (the CRD's CEL rules), a `planRef` to a missing ConfigMap and a Secret
 //!   volume that is not one of the test's credentials by the operator, each naming the field.
 //!
-//! Needs `make e2e-deps`. The helpers are the few of k8s_e2e.rs this file needs.
+//! Needs `make e2e-deps`. The steps around the chart are `pacer_tests::kube::e2e`.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use pacer_mock::LatencyConfig;
-use pacer_tests::kube::{Cluster, eventually, free_port, tools_dir};
-use pacer_tests::{pacer_async, pacer_bin, plain_mock_config, start_mock, workspace_root};
+use pacer_tests::kube::e2e::{
+    Install, Installed, LABEL_LOADTEST, http_get, kubectl_apply, loadtest, loadtests, phase,
+    wait_phase,
+};
+use pacer_tests::kube::{Cluster, eventually};
+use pacer_tests::{pacer_async, plain_mock_config, start_mock};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-const RELEASE_NS: &str = "pacer-system";
 /// The chart's `imagePullSecrets`, which every worker pod must carry too.
 const CHART_PULL_SECRET: &str = "chart-registry";
-/// The label the operator puts on everything a LoadTest owns.
-const LABEL_LOADTEST: &str = "pacer.dev/loadtest";
 
-async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(tools_dir().join("helm"));
-    cmd.arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(150), cmd.output())
-        .await
-        .expect("helm finishes within 150 s")
-        .expect("helm runs (make e2e-deps)")
-}
+/// The chart installed once per test binary, with the pull Secret every worker pod must carry.
+static INSTALL: OnceCell<Installed> = OnceCell::const_new();
 
-/// `GET http://127.0.0.1:<port><path>`: the status code and the body (HTTP/1.0, so never
-/// chunked), or `None` when nothing answers.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    Some((code, body.to_string()))
-}
-
-fn loadtests(client: kube::Client, ns: &str) -> Api<DynamicObject> {
-    let resource = ApiResource {
-        group: "pacer.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "pacer.dev/v1alpha1".into(),
-        kind: "LoadTest".into(),
-        plural: "loadtests".into(),
-    };
-    Api::namespaced_with(client, ns, &resource)
-}
-
-/// The operator's metrics port, once the chart is installed (once per test binary).
-static INSTALL: OnceCell<u16> = OnceCell::const_new();
-
+/// The operator's metrics port, once the chart is installed.
 async fn installed() -> u16 {
-    *INSTALL.get_or_init(install).await
-}
-
-async fn install() -> u16 {
-    let build = std::thread::spawn(pacer_bin);
-    let cluster = Cluster::shared();
-    build.join().unwrap();
-    let grpc = free_port().unwrap();
-    let metrics = free_port().unwrap();
-    let chart = workspace_root().join("charts").join("pacer");
-    let out = helm(
-        cluster,
-        &[
-            "install",
-            "pacer",
-            chart.to_str().unwrap(),
-            "-n",
-            RELEASE_NS,
-            "--create-namespace",
-            "--set",
-            &format!("service.grpcPort={grpc}"),
-            "--set",
-            &format!("service.metricsPort={metrics}"),
-            "--set",
-            "controller.listenHost=127.0.0.1",
-            "--set",
-            &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
-            "--set",
-            "controller.statusInterval=1s",
-            "--set",
-            &format!("controller.extraArgs={{--worker-server-name=pacer.{RELEASE_NS}.svc}}"),
-            "--set",
-            &format!("imagePullSecrets[0].name={CHART_PULL_SECRET}"),
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "helm install failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.diagnostics()
-    );
-    eventually(
-        Duration::from_secs(60),
-        "the operator's /readyz",
-        || async { (http_get(metrics, "/readyz").await?.0 == 200).then_some(()) },
-    )
-    .await;
-    metrics
-}
-
-/// `kubectl apply -f` of `manifests` written to a file, as a user would.
-async fn kubectl_apply(ns: &str, manifests: &[Value]) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("manifests.yaml");
-    let text = manifests
-        .iter()
-        .map(|m| serde_saphyr::to_string(m).unwrap())
-        .collect::<Vec<_>>()
-        .join("---\n");
-    std::fs::write(&path, text).unwrap();
-    Cluster::shared()
-        .kubectl(&["apply", "-n", ns, "-f", path.to_str().unwrap()])
+    INSTALL
+        .get_or_init(|| {
+            Install::chart()
+                .set(format!("imagePullSecrets[0].name={CHART_PULL_SECRET}"))
+                .run()
+        })
         .await
-        .unwrap()
-}
-
-fn loadtest(name: &str, spec: Value) -> Value {
-    json!({
-        "apiVersion": "pacer.dev/v1alpha1",
-        "kind": "LoadTest",
-        "metadata": { "name": name },
-        "spec": spec,
-    })
+        .metrics
 }
 
 /// A plan of `GET /api/v2/users/me` at `rate` for `duration` against `target`, as YAML text.
@@ -168,28 +56,6 @@ fn plan_text(name: &str, target: &str, rate: &str, duration: &str) -> String {
     format!(
         "name: {name}\ntarget: {target}\nscenarios:\n  - name: me\n    executor: constant-arrival-rate\n    rate: {rate}\n    duration: {duration}\n    requests:\n      - name: me\n        path: /api/v2/users/me\n"
     )
-}
-
-async fn status_of(tests: &Api<DynamicObject>, name: &str) -> Option<Value> {
-    let lt = tests.get_opt(name).await.ok()??;
-    Some(lt.data.get("status").cloned().unwrap_or(Value::Null))
-}
-
-fn phase(status: &Value) -> &str {
-    status["phase"].as_str().unwrap_or("")
-}
-
-async fn wait_phase(
-    tests: &Api<DynamicObject>,
-    name: &str,
-    phases: &[&str],
-    limit: Duration,
-) -> Value {
-    eventually(limit, &format!("LoadTest {name} in {phases:?}"), || async {
-        let s = status_of(tests, name).await?;
-        phases.contains(&phase(&s)).then_some(s)
-    })
-    .await
 }
 
 /// The value of the sample `name{labels}` (labels as written, in order) in an exposition.
