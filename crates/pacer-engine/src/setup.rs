@@ -9,7 +9,6 @@ use pacer_limiter::fleet::{
 };
 use pacer_limiter::served::{LeaseLink, ServedLimiter, ServedTokens, TokenFetcher, TokenLink};
 use pacer_limiter::{Limiter, LocalLimiter, TokenSource};
-use pacer_plan::spec::LimitScope;
 use pacer_plan::{Limit, Plan};
 use pacer_stats::{FleetPacing, LimitPacing, Recorder};
 
@@ -218,10 +217,7 @@ impl LimiterSetup {
                 declared: r.declared,
                 window_secs: l.window.as_secs_f64(),
                 burst: r.burst,
-                scope: match l.scope {
-                    LimitScope::Fleet => "fleet".into(),
-                    LimitScope::Worker => "worker".into(),
-                },
+                scope: l.scope,
                 pacing_rate: r.pacing_rate,
                 margin: r.margin,
                 adaptive: r.adaptive,

@@ -177,6 +177,16 @@ pub enum LimitScope {
     Worker,
 }
 
+/// The plan's own word for the scope (`fleet`, `worker`), as summaries and reports print it.
+impl std::fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fleet => "fleet",
+            Self::Worker => "worker",
+        })
+    }
+}
+
 /// A limit the server enforces, as the server states it.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use pacer_plan::spec::LimitScope;
 use pacer_plan::threshold::Threshold;
 use serde::Serialize;
 
@@ -198,8 +199,8 @@ pub struct LimitPacing {
     /// The server's counting window, seconds.
     pub window_secs: f64,
     pub burst: u32,
-    /// `worker` or `fleet`.
-    pub scope: String,
+    /// `worker` or `fleet`, the plan's scope (serde's name is the plan's word).
+    pub scope: LimitScope,
     /// The rate pacer paced to (per second), from the accuracy bound.
     pub pacing_rate: f64,
     /// Share of the declared rate kept as margin.
@@ -485,7 +486,7 @@ pub fn merge_limit_pacing(per_worker: &[Vec<LimitPacing>]) -> Vec<LimitPacing> {
             .filter(|r| r.name == merged.name)
             .collect();
         let shared = merged.fleet.is_some();
-        if merged.scope == "fleet" && !shared {
+        if merged.scope == LimitScope::Fleet && !shared {
             merged.pacing_rate = rows.iter().map(|r| r.pacing_rate).sum();
             let sum_opt =
                 |f: fn(&LimitPacing) -> Option<f64>| rows.iter().map(|r| f(r)).sum::<Option<f64>>();
@@ -522,13 +523,13 @@ pub fn merge_limit_pacing(per_worker: &[Vec<LimitPacing>]) -> Vec<LimitPacing> {
 mod merge_tests {
     use super::*;
 
-    fn row(scope: &str, rate: f64, fleet: Option<FleetPacing>) -> LimitPacing {
+    fn row(scope: LimitScope, rate: f64, fleet: Option<FleetPacing>) -> LimitPacing {
         LimitPacing {
             name: "per-token".into(),
             declared: "300/min".into(),
             window_secs: 60.0,
             burst: 1,
-            scope: scope.into(),
+            scope,
             pacing_rate: rate,
             margin: 0.02,
             adaptive: false,
@@ -544,7 +545,7 @@ mod merge_tests {
     #[test]
     fn what_the_server_said_merges_as_the_least_left_and_the_most_others_used() {
         let said = |remaining, others_rate| {
-            let mut r = row("fleet", 10.0, None);
+            let mut r = row(LimitScope::Fleet, 10.0, None);
             r.server = Some(ServerSaid {
                 remaining,
                 limit: Some(200),
@@ -555,7 +556,7 @@ mod merge_tests {
         let merged = merge_limit_pacing(&[
             vec![said(57, 30.0)],
             vec![said(40, 31.5)],
-            vec![row("fleet", 10.0, None)],
+            vec![row(LimitScope::Fleet, 10.0, None)],
         ]);
         let got = merged[0].server.clone().unwrap();
         assert_eq!((got.remaining, got.limit), (40, Some(200)));
@@ -565,16 +566,19 @@ mod merge_tests {
             "org: the server last said 40 left of 200; others (outside pacer) used 31.50/s"
         );
         // A row without it stays without (old workers' JSON too).
-        let old: LimitPacing =
-            serde_json::from_value(serde_json::to_value(row("worker", 1.0, None)).unwrap())
-                .unwrap();
+        let old: LimitPacing = serde_json::from_value(
+            serde_json::to_value(row(LimitScope::Worker, 1.0, None)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(old.server, None);
     }
 
     #[test]
     fn split_fleet_limits_add_up_and_redis_ones_are_shared() {
-        let split =
-            merge_limit_pacing(&[vec![row("fleet", 2.0, None)], vec![row("fleet", 3.0, None)]]);
+        let split = merge_limit_pacing(&[
+            vec![row(LimitScope::Fleet, 2.0, None)],
+            vec![row(LimitScope::Fleet, 3.0, None)],
+        ]);
         assert_eq!(split[0].pacing_rate, 5.0);
         assert_eq!(split[0].pauses, 1);
         let f = |calls, safe| FleetPacing {
@@ -584,9 +588,9 @@ mod merge_tests {
             ..FleetPacing::default()
         };
         let redis = merge_limit_pacing(&[
-            vec![row("fleet", 4.9, Some(f(10, 0.0)))],
+            vec![row(LimitScope::Fleet, 4.9, Some(f(10, 0.0)))],
             vec![],
-            vec![row("fleet", 4.9, Some(f(7, 1.5)))],
+            vec![row(LimitScope::Fleet, 4.9, Some(f(7, 1.5)))],
         ]);
         assert_eq!(redis[0].pacing_rate, 4.9);
         let fl = redis[0].fleet.as_ref().unwrap();
@@ -595,8 +599,8 @@ mod merge_tests {
             (17, 2, 1.5)
         );
         let per_process = merge_limit_pacing(&[
-            vec![row("worker", 4.9, None)],
-            vec![row("worker", 4.9, None)],
+            vec![row(LimitScope::Worker, 4.9, None)],
+            vec![row(LimitScope::Worker, 4.9, None)],
         ]);
         assert_eq!(per_process[0].pacing_rate, 4.9);
         assert!(merge_limit_pacing(&[vec![], vec![]]).is_empty());
