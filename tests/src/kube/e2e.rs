@@ -596,6 +596,15 @@ impl MockProcess {
             .map(|us| us as f64 / 1e6)
             .collect()
     }
+
+    /// The mock's clock now, in seconds since it started (the time base of [`Self::arrivals`]).
+    pub async fn now(&self) -> f64 {
+        let stats = self.stats().await;
+        let us = stats["uptimeUs"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("uptimeUs in the mock's stats: {stats}"));
+        us as f64 / 1e6
+    }
 }
 
 impl Drop for MockProcess {
