@@ -15,130 +15,36 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, ListParams};
-use pacer_tests::kube::{Cluster, eventually, free_port, tools_dir};
-use pacer_tests::{RedisServer, pacer_bin, workspace_root};
+use kube::api::ListParams;
+use pacer_tests::RedisServer;
+use pacer_tests::kube::e2e::{
+    Followed, Install, Installed, LABEL_LOADTEST, MockProcess, OPERATOR_PODS, RELEASE_NS,
+    events_of, follow, http_get, kubectl_apply_ok, loadtests, most_in_window, phase, running_with,
+};
+use pacer_tests::kube::{Cluster, eventually};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-const RELEASE_NS: &str = "pacer-system";
-/// The label the operator puts on everything a LoadTest owns.
-const LABEL_LOADTEST: &str = "pacer.dev/loadtest";
-/// The operator's pods.
-const OPERATOR_PODS: &str = "app.kubernetes.io/component=controller";
+/// `pacer mock` without auth or limits of its own (the plan's fleet limit is what paces).
+const MOCK_ARGS: &[&str] = &["--auth", "off", "--no-limits"];
 
-async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(tools_dir().join("helm"));
-    cmd.arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(150), cmd.output())
-        .await
-        .expect("helm finishes within 150 s")
-        .expect("helm runs (make e2e-deps)")
-}
-
-/// `GET http://127.0.0.1:<port><path>`: the status code and the body (the mock and the
-/// operator answer with a length, never chunked, for these), or `None` when nothing answers.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    Some((code, body.to_string()))
-}
-
-fn loadtests(client: kube::Client, ns: &str) -> Api<DynamicObject> {
-    let resource = ApiResource {
-        group: "pacer.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "pacer.dev/v1alpha1".into(),
-        kind: "LoadTest".into(),
-        plural: "loadtests".into(),
-    };
-    Api::namespaced_with(client, ns, &resource)
-}
-
-/// What the `helm install` left running.
-struct Install {
-    metrics: u16,
-}
-
-static INSTALL: OnceCell<Install> = OnceCell::const_new();
-
-/// The tests here kill the one operator: one at a time.
-static OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn installed() -> &'static Install {
-    INSTALL.get_or_init(install).await
-}
+static INSTALL: OnceCell<Installed> = OnceCell::const_new();
 
 /// The chart with one operator replica (its replacement is the ReplicaSet's), listening on
 /// loopback (every pod shares the host's network here), TLS as by default.
-async fn install() -> Install {
-    let build = std::thread::spawn(pacer_bin);
-    let cluster = Cluster::shared();
-    build.join().unwrap();
-    let grpc = free_port().unwrap();
-    let metrics = free_port().unwrap();
-    let chart = workspace_root().join("charts").join("pacer");
-    let out = helm(
-        cluster,
-        &[
-            "install",
-            "pacer",
-            chart.to_str().unwrap(),
-            "-n",
-            RELEASE_NS,
-            "--create-namespace",
-            "--set",
-            "controller.replicas=1",
-            "--set",
-            &format!("service.grpcPort={grpc}"),
-            "--set",
-            &format!("service.metricsPort={metrics}"),
-            "--set",
-            "controller.listenHost=127.0.0.1",
-            "--set",
-            &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
-            "--set",
-            "controller.statusInterval=1s",
-            "--set",
-            &format!("controller.extraArgs={{--worker-server-name=pacer.{RELEASE_NS}.svc}}"),
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "helm install failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.diagnostics()
-    );
-    operator_ready(metrics, Duration::from_secs(60)).await;
-    Install { metrics }
+async fn installed() -> &'static Installed {
+    INSTALL
+        .get_or_init(|| Install::chart().set("controller.replicas=1").run())
+        .await
 }
+
+/// The tests here kill the one operator: one at a time.
+static OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Wait for an operator pod to run and answer `/readyz` (a leader, when they elect one).
 async fn operator_ready(metrics: u16, limit: Duration) {
@@ -195,135 +101,6 @@ async fn operator_replaced(client: &kube::Client, dead: &str, metrics: u16) {
     operator_ready(metrics, Duration::from_secs(90)).await;
 }
 
-async fn kubectl_apply_ok(ns: &str, manifest: &Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("loadtest.yaml");
-    std::fs::write(&path, serde_saphyr::to_string(manifest).unwrap()).unwrap();
-    let out = Cluster::shared()
-        .kubectl(&["apply", "-n", ns, "-f", path.to_str().unwrap()])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-async fn status_of(tests: &Api<DynamicObject>, name: &str) -> Option<Value> {
-    let lt = tests.get_opt(name).await.ok()??;
-    Some(lt.data.get("status").cloned().unwrap_or(Value::Null))
-}
-
-fn phase(status: &Value) -> &str {
-    status["phase"].as_str().unwrap_or("")
-}
-
-/// The Events of an object: `(reason, message)`.
-async fn events_of(ns: &str, name: &str) -> Vec<(String, String)> {
-    let out = Cluster::shared()
-        .kubectl_ok(&[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-            "-o",
-            "json",
-        ])
-        .await
-        .unwrap();
-    let list: Value = serde_json::from_str(&out).unwrap();
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-            (s(&e["reason"]), s(&e["message"]))
-        })
-        .collect()
-}
-
-/// `pacer mock` as a process on a free loopback port, without auth or limits of its own (the
-/// plan's fleet limit is what paces), recording every arrival; killed on drop.
-struct MockProcess {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl MockProcess {
-    fn start(log: &Path) -> Self {
-        let port = free_port().unwrap();
-        let out = std::fs::File::create(log).unwrap();
-        let child = std::process::Command::new(pacer_bin())
-            .args(["mock", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--auth", "off", "--no-limits", "--record-arrivals"])
-            .env_remove("PACER_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Self { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    async fn up(&self) {
-        eventually(Duration::from_secs(30), "pacer mock answers", || async {
-            http_get(self.port, "/_mock/stats").await.map(|_| ())
-        })
-        .await;
-    }
-
-    /// When each API request arrived, in seconds since the mock started.
-    async fn arrivals(&self) -> Vec<f64> {
-        let (code, body) = http_get(self.port, "/_mock/arrivals").await.unwrap();
-        assert_eq!(code, 200, "{body}");
-        let view: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(view["dropped"], 0);
-        view["arrivals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["tUs"].as_u64().unwrap() as f64 / 1e6)
-            .collect()
-    }
-
-    /// The mock's clock now (seconds since it started).
-    async fn now(&self) -> f64 {
-        let (_, body) = http_get(self.port, "/_mock/stats").await.unwrap();
-        let stats: Value = serde_json::from_str(&body).unwrap();
-        stats["uptimeUs"].as_u64().unwrap() as f64 / 1e6
-    }
-}
-
-impl Drop for MockProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The most arrivals in any window of `width` seconds.
-fn most_in_window(arrivals: &[f64], width: f64) -> usize {
-    let mut sorted = arrivals.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mut most = 0;
-    let mut first = 0;
-    for (i, &t) in sorted.iter().enumerate() {
-        while sorted[first] <= t - width {
-            first += 1;
-        }
-        most = most.max(i + 1 - first);
-    }
-    most
-}
-
 /// The arrival rate of the plan (requests per second) and its duration: long enough that the
 /// workers still run when the new operator takes over (with the chart's leader election, a
 /// replacement waits for the dead leader's Lease to expire: about 16 s measured).
@@ -359,56 +136,6 @@ fn restart_loadtest(name: &str, target: &str, redis: &str) -> Value {
     })
 }
 
-/// Follow a LoadTest until it ends, recording every phase and every `requests` the status
-/// showed (which must never go backwards).
-async fn follow(
-    tests: &Api<DynamicObject>,
-    name: &str,
-    limit: Duration,
-) -> (Value, Vec<String>, Vec<u64>) {
-    let started = Instant::now();
-    let mut phases: Vec<String> = Vec::new();
-    let mut counts: Vec<u64> = Vec::new();
-    loop {
-        assert!(
-            started.elapsed() < limit,
-            "{name} did not end within {limit:?}; phases {phases:?}\n{}",
-            Cluster::shared().diagnostics()
-        );
-        if let Some(s) = status_of(tests, name).await {
-            let p = match phase(&s) {
-                "" => "Pending".to_string(),
-                p => p.to_string(),
-            };
-            if phases.last() != Some(&p) {
-                phases.push(p.clone());
-            }
-            if let Some(n) = s["requests"].as_u64()
-                && counts.last() != Some(&n)
-            {
-                counts.push(n);
-            }
-            if ["Succeeded", "Failed", "Aborted"].contains(&p.as_str()) {
-                return (s, phases, counts);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Wait until the test is Running and its status counts at least `requests`.
-async fn running_with(tests: &Api<DynamicObject>, name: &str, requests: u64) -> Value {
-    eventually(
-        Duration::from_secs(120),
-        &format!("{name} Running with {requests} requests"),
-        || async {
-            let s = status_of(tests, name).await?;
-            (phase(&s) == "Running" && s["requests"].as_u64()? >= requests).then_some(s)
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn a_killed_operator_is_replaced_and_the_running_test_ends_as_without_it() {
     let install = installed().await;
@@ -420,7 +147,7 @@ async fn a_killed_operator_is_replaced_and_the_running_test_ends_as_without_it()
     cluster.create_namespace(ns).await.unwrap();
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mock = MockProcess::start(&dir.path().join("mock.log"));
+    let mock = MockProcess::start(&dir.path().join("mock.log"), MOCK_ARGS);
     mock.up().await;
     kubectl_apply_ok(ns, &restart_loadtest(name, &mock.url(), &redis.url())).await;
     let tests = loadtests(client.clone(), ns);
@@ -438,14 +165,15 @@ async fn a_killed_operator_is_replaced_and_the_running_test_ends_as_without_it()
     operator_replaced(&client, &dead, install.metrics).await;
     eventually(Duration::from_secs(90), "the Resumed Event", || async {
         let events = events_of(ns, name).await;
-        events
-            .iter()
-            .any(|(reason, _)| reason == "Resumed")
-            .then_some(())
+        events.iter().any(|e| e.reason == "Resumed").then_some(())
     })
     .await;
     let resumed_after = killed_at.elapsed();
-    let (status, phases, counts) = follower.await.unwrap();
+    let Followed {
+        status,
+        phases,
+        counts,
+    } = follower.await.unwrap();
 
     let arrivals = mock.arrivals().await;
     let events = events_of(ns, name).await;
@@ -488,8 +216,9 @@ async fn a_killed_operator_is_replaced_and_the_running_test_ends_as_without_it()
     assert_eq!(status["sessionTokenSha256"], recorded.as_str());
     // The Event names the restart and the resume.
     assert!(
-        events.iter().any(|(reason, message)| reason == "Resumed"
-            && message.contains("the controller restarted: resuming test")),
+        events.iter().any(|e| e.reason == "Resumed"
+            && e.message
+                .contains("the controller restarted: resuming test")),
         "{events:?}"
     );
 }
@@ -505,7 +234,7 @@ async fn a_test_that_cannot_be_resumed_ends_with_its_reason_and_its_load_stops()
     cluster.create_namespace(ns).await.unwrap();
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mock = MockProcess::start(&dir.path().join("mock.log"));
+    let mock = MockProcess::start(&dir.path().join("mock.log"), MOCK_ARGS);
     mock.up().await;
     let mut lt = restart_loadtest(name, &mock.url(), &redis.url());
     lt["spec"]["workers"] = json!(2);
@@ -521,7 +250,7 @@ async fn a_test_that_cannot_be_resumed_ends_with_its_reason_and_its_load_stops()
     tokio::time::sleep(Duration::from_secs(2)).await;
     let dead = kill_operator(&client).await;
     operator_replaced(&client, &dead, install.metrics).await;
-    let (status, _, _) = follow(&tests, name, Duration::from_secs(120)).await;
+    let status = follow(&tests, name, Duration::from_secs(120)).await.status;
     let failed_at = mock.now().await;
     assert_eq!(phase(&status), "Failed", "{status:#}");
     let complete = status["conditions"]
