@@ -11,28 +11,26 @@
 //! same for two LoadTests on the budget, with equal weights and with `weight: 3` in one plan
 //! (the split in proportion). Needs `make e2e-deps`.
 //!
-//! The helpers (helm install, kubectl apply, a LoadTest's status) are copied from k8s_e2e.rs:
-//! each k8s test binary installs the chart into its own API server.
+//! The steps around the chart (its install, kubectl apply, a LoadTest's status) are
+//! `pacer_tests::kube::e2e`: each k8s test binary installs the chart into its own API server.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::api::{ApiResource, DynamicObject};
 use pacer_mock::LatencyConfig;
 use pacer_mock::MockServer;
-use pacer_tests::kube::{Cluster, eventually, free_port, tools_dir};
+use pacer_tests::kube::e2e::{
+    ENDED, Install, Installed, kubectl_apply_all_ok, loadtests, phase, status_of,
+};
+use pacer_tests::kube::{Cluster, eventually};
 use pacer_tests::{
-    RedisServer, pacer_bin, pacer_spawn, start_mock, stderr, stdout, wait_bounded, workspace_root,
-    write,
+    RedisServer, pacer_spawn, start_mock, stderr, stdout, wait_bounded, workspace_root, write,
 };
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
-
-const RELEASE_NS: &str = "pacer-system";
 
 /// The organisation's limit: 500 per 5 s (100/s) for every client together, burst 1, as the
 /// budget declares it. A limit of this size loses little to the accuracy bound: a sliding
@@ -49,139 +47,18 @@ const TAIL: Duration = Duration::from_secs(1);
 /// How long each of two LoadTests runs (started by one `kubectl apply`).
 const LOADTEST_RUN: Duration = Duration::from_secs(14);
 
-/// The chart installed once per test binary (the operator's pod name).
-static INSTALL: OnceCell<String> = OnceCell::const_new();
+/// The chart installed once per test binary, as k8s_e2e.rs does (one replica listening on
+/// loopback).
+static INSTALL: OnceCell<Installed> = OnceCell::const_new();
+
+async fn installed() -> &'static Installed {
+    INSTALL
+        .get_or_init(|| Install::chart().set("controller.replicas=1").run())
+        .await
+}
 
 /// One measured run at a time: two at once on 2 cores would measure the machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn installed() -> &'static str {
-    INSTALL
-        .get_or_init(|| async {
-            let build = std::thread::spawn(pacer_bin);
-            let cluster = Cluster::shared();
-            build.join().unwrap();
-            install(cluster).await
-        })
-        .await
-}
-
-async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(tools_dir().join("helm"));
-    cmd.arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(150), cmd.output())
-        .await
-        .expect("helm finishes within 150 s")
-        .expect("helm runs (make e2e-deps)")
-}
-
-/// `helm install` of the chart, as k8s_e2e.rs does (one replica listening on loopback); the
-/// operator's pod name.
-async fn install(cluster: &Cluster) -> String {
-    let grpc = free_port().unwrap();
-    let metrics = free_port().unwrap();
-    let chart = workspace_root().join("charts").join("pacer");
-    let out = helm(
-        cluster,
-        &[
-            "install",
-            "pacer",
-            chart.to_str().unwrap(),
-            "-n",
-            RELEASE_NS,
-            "--create-namespace",
-            "--set",
-            &format!("service.grpcPort={grpc}"),
-            "--set",
-            &format!("service.metricsPort={metrics}"),
-            "--set",
-            "controller.listenHost=127.0.0.1",
-            "--set",
-            &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
-            "--set",
-            "controller.statusInterval=1s",
-            "--set",
-            "controller.replicas=1",
-            "--set",
-            &format!("controller.extraArgs={{--worker-server-name=pacer.{RELEASE_NS}.svc}}"),
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "helm install failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.diagnostics()
-    );
-    let client = cluster.client().await.unwrap();
-    let pods: Api<Pod> = Api::namespaced(client, RELEASE_NS);
-    eventually(Duration::from_secs(60), "the operator pod Running", || {
-        let pods = pods.clone();
-        async move {
-            pods.list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                .and_then(|p| p.metadata.name)
-        }
-    })
-    .await
-}
-
-/// `kubectl apply -f` of `manifests` written to a file, as a user would.
-async fn kubectl_apply_ok(ns: &str, manifests: &[Value]) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("manifests.yaml");
-    let text = manifests
-        .iter()
-        .map(|m| serde_saphyr::to_string(m).unwrap())
-        .collect::<Vec<_>>()
-        .join("---\n");
-    std::fs::write(&path, text).unwrap();
-    let out = Cluster::shared()
-        .kubectl(&["apply", "-n", ns, "-f", path.to_str().unwrap()])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn loadtests(client: kube::Client, ns: &str) -> Api<DynamicObject> {
-    let resource = ApiResource {
-        group: "pacer.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "pacer.dev/v1alpha1".into(),
-        kind: "LoadTest".into(),
-        plural: "loadtests".into(),
-    };
-    Api::namespaced_with(client, ns, &resource)
-}
-
-fn phase(status: &Value) -> &str {
-    status["phase"].as_str().unwrap_or("")
-}
-
-async fn status_of(tests: &Api<DynamicObject>, name: &str) -> Value {
-    tests
-        .get_opt(name)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|lt| lt.data.get("status").cloned())
-        .unwrap_or(Value::Null)
-}
 
 /// The laptop's plan: the budget's limit under the same name and definition (a laptop shares
 /// only the limits it declares), the budget's client with `share: fleet`, far more offered than
@@ -280,7 +157,7 @@ async fn budget(ns: &'static str) -> Budget {
     budget["spec"]["limits"][0]["burst"] = json!(1);
     budget["spec"]["redis"] = json!({ "url": redis.url() });
     budget["spec"]["idleExpiry"] = json!("30s");
-    kubectl_apply_ok(ns, &[budget]).await;
+    kubectl_apply_all_ok(ns, &[budget]).await;
     Budget {
         ns,
         redis,
@@ -335,17 +212,15 @@ impl Budget {
         let started = Instant::now();
         for name in names {
             loop {
-                let s = status_of(&self.tests, name).await;
-                if ["Succeeded", "Failed", "Aborted"].contains(&phase(&s)) {
+                let s = status_of(&self.tests, name).await.unwrap_or_default();
+                if ENDED.contains(&phase(&s)) {
                     assert_eq!(phase(&s), "Succeeded", "{name}: {s:#}");
                     break;
                 }
                 assert!(
                     started.elapsed() < Duration::from_secs(120),
                     "LoadTest {name} did not end: {s:#}\n{}\n{}",
-                    Cluster::shared()
-                        .pod_log(RELEASE_NS, installed().await)
-                        .unwrap_or_default(),
+                    installed().await.operator_log(),
                     Cluster::shared().diagnostics()
                 );
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -450,7 +325,7 @@ async fn a_loadtest_and_a_laptop_share_one_ratebudget_near_its_limit() {
     let b = budget("e2e-laptop").await;
     // Longer than the laptop's run, which starts once the LoadTest's requests arrive.
     let lt = b.loadtest("loadtest", HOST_RUN + Duration::from_secs(12), None);
-    kubectl_apply_ok(b.ns, &[lt]).await;
+    kubectl_apply_all_ok(b.ns, &[lt]).await;
     b.arrived("loadtest").await;
     let dir = tempfile::tempdir().unwrap();
     let plan = write(dir.path(), "laptop.yaml", &host_plan(&b.target));
@@ -500,7 +375,7 @@ async fn two_loadtests_share_one_ratebudget_near_its_limit_with_equal_weights() 
         .iter()
         .map(|n| b.loadtest(n, LOADTEST_RUN, None))
         .collect();
-    kubectl_apply_ok(b.ns, &lts).await;
+    kubectl_apply_all_ok(b.ns, &lts).await;
     b.succeeded(&names).await;
     let each = b.measured("two LoadTests, equal weights", &names);
     for (side, share) in names.iter().zip(&each) {
@@ -537,7 +412,7 @@ async fn two_loadtests_weighted_3_to_1_share_one_ratebudget_in_proportion() {
         open_loop(b.loadtest(names[0], LOADTEST_RUN, Some(3.0))),
         open_loop(b.loadtest(names[1], LOADTEST_RUN, None)),
     ];
-    kubectl_apply_ok(b.ns, &lts).await;
+    kubectl_apply_all_ok(b.ns, &lts).await;
     b.succeeded(&names).await;
     let each = b.measured("two LoadTests, weights 3:1", &names);
     let ratio = each[0] / each[1].max(1e-9);
@@ -563,11 +438,11 @@ async fn a_429_shows_in_the_budgets_status_with_the_limit_the_server_named() {
     rb["spec"]["limits"][0]["burst"] = json!(1);
     rb["spec"]["redis"] = json!({ "url": b.redis.url() });
     rb["spec"]["idleExpiry"] = json!("30s");
-    kubectl_apply_ok(b.ns, &[rb]).await;
+    kubectl_apply_all_ok(b.ns, &[rb]).await;
     // Without retries: a refused request is counted, not retried for up to 30 s of backoff.
     let mut lt = b.loadtest("overrun", Duration::from_secs(6), None);
     lt["spec"]["plan"].as_object_mut().unwrap().remove("retry");
-    kubectl_apply_ok(b.ns, &[lt]).await;
+    kubectl_apply_all_ok(b.ns, &[lt]).await;
     let client = Cluster::shared().client().await.unwrap();
     let budgets: Api<DynamicObject> = Api::namespaced_with(
         client,
