@@ -75,13 +75,20 @@ impl Record {
     }
 }
 
-/// The SHA-256 of what the workers are given (the plan as sent in their Assign, and how many
-/// share it): two preparations of one spec give the same (the plan's maps are ordered).
+/// The SHA-256 of what the workers are given (the plan as sent in their Assign, how many
+/// share it, and each test data source's file as sent beside it): two preparations of one
+/// spec and the same ConfigMaps give the same (the plan's maps are ordered). A data ConfigMap
+/// edited mid-run changes it, so a resumed test never hands a worker other rows than those
+/// its shard started with (`unique` rows would be used twice or skipped).
 fn plan_sha256(prepared: &Prepared) -> Option<String> {
     let spec = serde_json::to_string(&prepared.plan.spec).ok()?;
-    Some(sha256_hex(
-        format!("workers={}\n{spec}", prepared.workers).as_bytes(),
-    ))
+    let mut text = format!("workers={}\n{spec}", prepared.workers);
+    for d in &prepared.plan.data {
+        let file = d.text.as_deref().unwrap_or("");
+        // Length-prefixed, so no file's text can pass for another's name or boundary.
+        text.push_str(&format!("\ndata {} {}\n{file}", d.name, file.len()));
+    }
+    Some(sha256_hex(text.as_bytes()))
 }
 
 /// Take over a Starting or Running test this operator does not hold (see the module doc).
@@ -197,7 +204,7 @@ async fn resumable(
     let recorded = status.plan_sha256.as_deref();
     if recorded.is_none() || recorded != plan_sha256(&prepared).as_deref() {
         return Ok(Err(
-            "the plan is not the one its workers run (status.planSha256: spec.plan, spec.workers or the RateBudget changed since the start)"
+            "the plan is not the one its workers run (status.planSha256: spec.plan, spec.workers, the RateBudget or a test data ConfigMap changed since the start)"
                 .into(),
         ));
     }
@@ -245,4 +252,56 @@ pub(super) async fn cannot_resume(lt: &LoadTest, ctx: &Context, why: &str) -> Re
 
 fn status_test_id(lt: &LoadTest) -> Option<&str> {
     lt.status.as_ref().and_then(|s| s.test_id.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::plan_sha256;
+    use crate::crd::LoadTest;
+    use crate::prepare::{Defaults, Prepared, prepare};
+
+    fn with_rows(prepared: &Prepared, csv: &str) -> Prepared {
+        let mut plan = (*prepared.plan).clone();
+        pacer_plan::data::attach(&mut plan, vec![("users".into(), csv.into())]).expect("attach");
+        Prepared {
+            plan: Arc::new(plan),
+            ..prepared.clone()
+        }
+    }
+
+    #[test]
+    fn the_resume_hash_covers_the_test_data_as_sent() {
+        let lt: LoadTest = serde_json::from_value(json!({
+            "apiVersion": "pacer.dev/v1alpha1",
+            "kind": "LoadTest",
+            "metadata": {"name": "t", "namespace": "ns", "uid": "0f3a-9b2c"},
+            "spec": {
+                "workers": 2,
+                "data": {"users": {"configMap": "t-data-users", "key": "users.csv"}},
+                "plan": {
+                    "name": "t",
+                    "target": "http://127.0.0.1:9",
+                    "duration": "1s",
+                    "data": {"users": {"file": "users.csv", "mode": "unique"}},
+                    "scenarios": [{
+                        "name": "s",
+                        "executor": "constant-arrival-rate",
+                        "rate": "1/s",
+                        "requests": [{"name": "r", "path": "/u/{{data.users.id}}"}]
+                    }]
+                }
+            }
+        }))
+        .expect("loadtest");
+        let prepared = prepare(&lt, &Defaults::default()).expect("prepared");
+        let a = plan_sha256(&with_rows(&prepared, "id\n1\n2\n"));
+        assert!(a.is_some());
+        assert_eq!(a, plan_sha256(&with_rows(&prepared, "id\n1\n2\n")));
+        assert_ne!(a, plan_sha256(&with_rows(&prepared, "id\n1\n3\n")));
+        assert_ne!(a, plan_sha256(&prepared));
+    }
 }
