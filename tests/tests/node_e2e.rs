@@ -12,14 +12,16 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
+use kube::api::{ListParams, PostParams};
+use pacer_tests::kube::e2e::{
+    MockProcess, RELEASE_NS, helm, http_get, loadtests, phase, wait_phase,
+};
 use pacer_tests::kube::{
     Cluster, ClusterOptions, ImageArchive, KUBERNETES_VERSION, RealNodeOptions, ctr, eventually,
     free_port, tools_dir,
@@ -28,7 +30,6 @@ use pacer_tests::{RedisServer, pacer_bin, workspace_root};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-const RELEASE_NS: &str = "pacer-system";
 /// The label the operator puts on everything a LoadTest owns.
 const LABEL_LOADTEST: &str = "pacer.dev/loadtest";
 /// The user the image runs as (the Dockerfile's `USER`).
@@ -67,96 +68,6 @@ fn cluster() -> &'static Cluster {
             ..ClusterOptions::default()
         }
     })
-}
-
-async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(tools_dir().join("helm"));
-    cmd.arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(240), cmd.output())
-        .await
-        .expect("helm finishes within 240 s")
-        .expect("helm runs (make e2e-deps)")
-}
-
-/// `GET http://127.0.0.1:<port><path>`: the status code and the body, or `None` when nothing
-/// answers.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Some((code, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn loadtests(client: kube::Client, ns: &str) -> Api<DynamicObject> {
-    let resource = ApiResource {
-        group: "pacer.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "pacer.dev/v1alpha1".into(),
-        kind: "LoadTest".into(),
-        plural: "loadtests".into(),
-    };
-    Api::namespaced_with(client, ns, &resource)
-}
-
-/// The LoadTest's `.status` (`Null` before the operator wrote one).
-async fn status_of(tests: &Api<DynamicObject>, name: &str) -> Option<Value> {
-    let lt = tests.get_opt(name).await.ok()??;
-    Some(lt.data.get("status").cloned().unwrap_or(Value::Null))
-}
-
-fn phase(status: &Value) -> &str {
-    status["phase"].as_str().unwrap_or("")
-}
-
-async fn wait_phase(
-    tests: &Api<DynamicObject>,
-    name: &str,
-    phases: &[&str],
-    limit: Duration,
-) -> Value {
-    eventually(limit, &format!("LoadTest {name} in {phases:?}"), || async {
-        let s = status_of(tests, name).await?;
-        phases.contains(&phase(&s)).then_some(s)
-    })
-    .await
 }
 
 /// `kubectl apply -f` of `manifest` written to a file, as a user would.
@@ -437,9 +348,9 @@ async fn helm_install_runs_the_user_story_in_containers() {
     cluster.create_namespace(ns).await.unwrap();
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mock = MockProcess::start(
-        &["--client", "genesys-e2e:e2e-secret:demo-org"],
+    let mock = MockProcess::start_plain(
         &dir.path().join("mock.log"),
+        &["--client", "genesys-e2e:e2e-secret:demo-org"],
     );
     eventually(Duration::from_secs(30), "pacer mock answers", || async {
         (http_get(mock.port, "/_mock/stats").await?.0 == 200).then_some(())
@@ -600,7 +511,7 @@ async fn a_worker_container_killed_mid_run_is_lost_and_its_report_kept() {
     let name = "kill";
     cluster.create_namespace(ns).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mock = MockProcess::start(&["--auth", "off"], &dir.path().join("mock.log"));
+    let mock = MockProcess::start_plain(&dir.path().join("mock.log"), &["--auth", "off"]);
     eventually(Duration::from_secs(30), "pacer mock answers", || async {
         (http_get(mock.port, "/_mock/stats").await?.0 == 200).then_some(())
     })
@@ -811,45 +722,4 @@ async fn dropping_a_real_node_cluster_leaves_no_container_mount_or_cgroup() {
         .filter_map(|p| std::fs::read_to_string(p.path().join("cgroup")).ok())
         .any(|c| c.contains(&cgroup));
     assert!(!pause_left, "a process of the node's cgroup is left");
-}
-
-/// `pacer mock` as a process on a free loopback port, killed on drop.
-struct MockProcess {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl MockProcess {
-    fn start(args: &[&str], log: &Path) -> Self {
-        let port = free_port().unwrap();
-        let out = std::fs::File::create(log).unwrap();
-        let child = std::process::Command::new(pacer_bin())
-            .args(["mock", "--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env_remove("PACER_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Self { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// `GET /_mock/stats`.
-    async fn stats(&self) -> Value {
-        let (code, body) = http_get(self.port, "/_mock/stats").await.unwrap();
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-}
-
-impl Drop for MockProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
