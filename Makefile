@@ -4,14 +4,15 @@ CARGO ?= cargo
 PACER := target/debug/pacer
 DEMO_PORT ?= 18080
 
-.PHONY: all build demo test check lint fmt deps e2e-deps crds chart bench bench-fleet clean help report-shot image image-test e2e-node
+.PHONY: all build demo test check lint fmt deps e2e-deps e2e-node-deps crds chart bench bench-fleet clean help report-shot image image-test e2e-node
 
 help:
 	@echo "make demo   - build, start the mock API, run examples/user-story.yaml, show the summary"
 	@echo "make test   - install what is missing, then run the whole test suite"
 	@echo "make check  - fmt, clippy and every test that needs no Go-built tool (minutes, not half an hour)"
 	@echo "make lint   - cargo fmt --check and clippy -D warnings"
-	@echo "make e2e-deps - build kube-apiserver, etcd, helm, kubelet, kube-scheduler for the Kubernetes e2e tests (once)"
+	@echo "make e2e-deps - build kube-apiserver, etcd, helm for the Kubernetes e2e tests (once)"
+	@echo "make e2e-node-deps - e2e-deps plus kubelet, kube-scheduler, containerd and runc for make e2e-node (once)"
 	@echo "make image  - the container image without Docker or a registry: $(IMAGE), saved as $(IMAGE_ARCHIVE)"
 	@echo "make image-test - make image, then run it with podman (tests/tests/image.rs)"
 	@echo "make e2e-node - make image, then the chart and the image on a real node: containerd, kubelet, kube-scheduler"
@@ -30,6 +31,9 @@ deps:
 # built from their Go modules into ~/.cache/pacer-tools/bin (a no-op when they are there).
 e2e-deps:
 	@bash tests/scripts/e2e-deps.sh
+
+e2e-node-deps:
+	@bash tests/scripts/e2e-deps.sh --node
 
 build: deps
 	$(CARGO) build -p pacer-cli
@@ -55,10 +59,10 @@ image-test: image e2e-deps
 	$(CARGO) clippy -p pacer-tests --features image --test image -- -D warnings
 
 # The real-node end-to-end tests (tests/tests/node_e2e.rs, docs/testing.md "A real node"): the
-# image of `make image` in containerd under the kubelet and kube-scheduler of `make e2e-deps`,
+# image of `make image` in containerd under the kubelet and kube-scheduler of `make e2e-node-deps`,
 # the chart with hostNetwork, the user story in worker containers. Not part of `make test`: it
 # needs the image's release build.
-e2e-node: image e2e-deps
+e2e-node: image e2e-node-deps
 	PACER_IMAGE=$(IMAGE) PACER_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) \
 	  $(CARGO) test -p pacer-tests --features node-e2e --test node_e2e -- --test-threads=5
 	$(CARGO) clippy -p pacer-tests --features node-e2e --test node_e2e -- -D warnings

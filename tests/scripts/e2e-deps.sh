@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # `make e2e-deps`: builds, from their Go modules with the machine's Go, pinned versions of the
-# tools the Kubernetes end-to-end tests need: kube-apiserver, kube-controller-manager, and for the
-# real-node suite (`make e2e-node`) kubelet and kube-scheduler (from k8s.io/kubernetes through a
-# wrapper module that pins each staging module), etcd, and helm v4.
+# tools the Kubernetes end-to-end tests need: kube-apiserver and kube-controller-manager (from
+# k8s.io/kubernetes through a wrapper module that pins each staging module), etcd, and helm v4.
+# `make e2e-node-deps` (this script with --node) adds what only the real-node suite
+# (`make e2e-node`) needs: kubelet and kube-scheduler from the same wrapper module, and Debian's
+# containerd and runc. They stay out of `make test`'s path: the kubelet alone takes ~400 CPU-s
+# to build (12 min on a busy 2-core machine) for a suite `make test` does not run.
 # Binaries go to $PACER_TOOLS (default ~/.cache/pacer-tools/bin), outside git. A second run is
 # a no-op: each binary is rebuilt only when missing or built for another version.
 set -euo pipefail
@@ -21,12 +24,21 @@ have() { # name version: true when $bin/name exists and was built for version
   [ -x "$bin/$1" ] && [ "$(cat "$bin/$1.version" 2>/dev/null)" = "$2" ]
 }
 
+node=false
+case "${1:-}" in
+  --node) node=true ;;
+  "") ;;
+  *) echo "e2e-deps: unknown argument $1 (--node adds the real node's tools)" >&2; exit 2 ;;
+esac
+
 # The real node of `make e2e-node` (tests/src/kube/node.rs): Debian's containerd (with ctr) and
 # runc, and a static libc for the pause image it builds (gcc -static).
 need_apt=()
+if $node; then
 command -v containerd >/dev/null || need_apt+=(containerd)
 command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_apt+=(runc)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/libc.a ] || need_apt+=(libc6-dev)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "e2e-deps: installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -72,8 +84,11 @@ GO
   echo "$ETCD_VERSION" > "$bin/etcd.version"
 fi
 
-# The commands built from k8s.io/kubernetes, all in one wrapper module.
-K8S_COMMANDS="kube-apiserver kube-controller-manager kubelet kube-scheduler"
+# The commands built from k8s.io/kubernetes, all in one wrapper module whose tools.go lists every
+# one of them (so the module is the same whichever are built); --node builds the node's too.
+K8S_ALL="kube-apiserver kube-controller-manager kubelet kube-scheduler"
+K8S_COMMANDS="kube-apiserver kube-controller-manager"
+if $node; then K8S_COMMANDS="$K8S_ALL"; fi
 k8s_missing=""
 for c in $K8S_COMMANDS; do
   have "$c" "$K8S_VERSION" || k8s_missing="$k8s_missing $c"
@@ -95,7 +110,7 @@ if [ -n "$k8s_missing" ]; then
   # tools.go imports every command, so `go mod tidy` keeps all their dependencies; a wrapper
   # made before kubelet and kube-scheduler were added is tidied again.
   want="$(printf '//go:build tools\n\npackage tools\n\nimport (\n'
-          for c in $K8S_COMMANDS; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+          for c in $K8S_ALL; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
           printf ')\n')"
   if [ "$(cat tools.go 2>/dev/null)" != "$want" ]; then
     printf '%s\n' "$want" > tools.go

@@ -1,6 +1,6 @@
 //! pacer's image in real containers under a real kubelet (`make e2e-node`): the harness's
 //! control plane with a real node (containerd, the kubelet and kube-scheduler of `make
-//! e2e-deps`; `pacer_tests::kube` node.rs), the image `make image` built imported into
+//! e2e-node-deps`; `pacer_tests::kube` node.rs), the image `make image` built imported into
 //! containerd (nothing is pulled), `helm install` of charts/pacer with `hostNetwork: true` (there
 //! is no pod network here: every pod, the mock and Redis are on 127.0.0.1), and what only a real
 //! node shows: the chart's pod spec in force (the image's user 65532, the read-only root

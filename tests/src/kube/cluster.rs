@@ -59,7 +59,8 @@ pub(crate) fn tool(name: &str) -> Result<PathBuf> {
     if !path.is_file() {
         bail!(
             "{} is missing: run `make e2e-deps` (tests/scripts/e2e-deps.sh) to build the \
-             Kubernetes end-to-end tools",
+             Kubernetes end-to-end tools (`make e2e-node-deps` for the real node's kubelet and \
+             kube-scheduler)",
             path.display()
         );
     }

@@ -1,6 +1,6 @@
 //! A real node for the e2e: containerd (Debian's package, with its own root, state, socket and
 //! runc root in the cluster's directory), the real kubelet and kube-scheduler built by `make
-//! e2e-deps`, so the chart's pods run in real containers (images, security contexts, probes,
+//! e2e-node-deps`, so the chart's pods run in real containers (images, security contexts, probes,
 //! restarts) instead of as processes of the test. Nothing is pulled: a pause image built here
 //! (`gcc -static`) and the image archives the test names are imported with `ctr`.
 //!
@@ -122,7 +122,7 @@ pub(crate) fn start(
         if which(program).is_none() {
             bail!(
                 "{program} is missing: the real-node e2e needs Debian's containerd and runc \
-                 (`make e2e-deps` installs them)"
+                 (`make e2e-node-deps` installs them)"
             );
         }
     }
