@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use super::{base_status, condition};
+use super::{base_status, condition, failed_status};
 use crate::api::{
     delete_loadtest, delete_workers, event, store_report, store_run_data, why_missing, write_status,
 };
@@ -230,23 +230,12 @@ pub(crate) async fn internal_error(lt: &LoadTest, ctx: &Context, what: &str) -> 
         run.handle.abort(messages::INTERNAL_ERROR_ABORT);
     }
     let message = messages::internal_error(what);
-    let mut s = base_status(lt);
-    s.phase = Some(Phase::Failed);
-    s.message = Some(message.clone());
-    s.completion_time = Some(now());
+    let mut s = failed_status(lt, Reason::InternalError, message.clone(), &message);
     condition(
         &mut s,
         lt,
         COND_VALID,
         false,
-        Reason::InternalError,
-        &message,
-    );
-    condition(
-        &mut s,
-        lt,
-        COND_COMPLETE,
-        true,
         Reason::InternalError,
         &message,
     );

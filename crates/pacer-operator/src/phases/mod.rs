@@ -130,6 +130,24 @@ fn base_status(lt: &LoadTest) -> LoadTestStatus {
     s
 }
 
+/// The status that ends the test Failed now: the phase, `message`, the completion time, and
+/// `Complete=True` for `reason` saying `complete` (what each failure adds, it adds after).
+fn failed_status(lt: &LoadTest, reason: Reason, message: String, complete: &str) -> LoadTestStatus {
+    let mut s = base_status(lt);
+    s.phase = Some(Phase::Failed);
+    s.message = Some(message);
+    s.completion_time = Some(crate::status::now());
+    condition(
+        &mut s,
+        lt,
+        crate::status::COND_COMPLETE,
+        true,
+        reason,
+        complete,
+    );
+    s
+}
+
 /// Set the condition `type_` of the status for the LoadTest's current generation.
 fn condition(
     s: &mut LoadTestStatus,

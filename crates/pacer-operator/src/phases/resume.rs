@@ -30,7 +30,7 @@ use pacer_controller::key::{SessionKey, sha256_hex};
 use tokio::time::Instant;
 
 use super::end::ttl_action;
-use super::{base_status, condition};
+use super::failed_status;
 use crate::api::{delete_workers, event, get_budget, write_status};
 use crate::controller::{Context, Result, RunEntry, uid};
 use crate::crd::{LoadTest, LoadTestStatus, Phase};
@@ -38,7 +38,6 @@ use crate::messages;
 use crate::prepare::{Prepared, prepare_on};
 use crate::reason::Reason;
 use crate::runner::RunSpec;
-use crate::status::{COND_COMPLETE, now};
 
 /// How long a resumed Running test waits for its first worker to come back. A worker whose
 /// shard runs retries every 2 s at most (2.5 s with jitter: pacer-worker's reconnect
@@ -223,18 +222,7 @@ fn problems(errors: &[pacer_plan::FieldError]) -> String {
 /// cleanup policy (nobody can verify them, so nobody may let them send).
 pub(super) async fn cannot_resume(lt: &LoadTest, ctx: &Context, why: &str) -> Result<Action> {
     let message = messages::cannot_resume(why);
-    let mut s = base_status(lt);
-    s.phase = Some(Phase::Failed);
-    s.message = Some(message.clone());
-    s.completion_time = Some(now());
-    condition(
-        &mut s,
-        lt,
-        COND_COMPLETE,
-        true,
-        Reason::ControllerRestarted,
-        &message,
-    );
+    let mut s = failed_status(lt, Reason::ControllerRestarted, message.clone(), &message);
     s.cleaned_up = delete_workers(lt, ctx).await?;
     write_status(lt, ctx, &s).await?;
     ctx.metrics.ended(Phase::Failed);

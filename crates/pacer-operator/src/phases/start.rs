@@ -9,7 +9,7 @@ use kube::runtime::events::EventType;
 use pacer_controller::key::SessionKey;
 use tokio::time::Instant;
 
-use super::{Record, base_status, condition};
+use super::{Record, base_status, condition, failed_status};
 use crate::api::{create_workers, delete_workers, event, write_status};
 use crate::controller::{Context, Result, RunEntry, uid};
 use crate::crd::{LoadTest, Phase};
@@ -39,19 +39,13 @@ pub(super) async fn invalid(
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ");
-    let mut s = base_status(lt);
-    s.phase = Some(Phase::Failed);
-    s.message = Some(messages::invalid_spec(&message));
-    condition(&mut s, lt, COND_VALID, false, reason, &message);
-    condition(
-        &mut s,
+    let mut s = failed_status(
         lt,
-        COND_COMPLETE,
-        true,
         reason,
+        messages::invalid_spec(&message),
         messages::NOTHING_STARTED,
     );
-    s.completion_time = Some(now());
+    condition(&mut s, lt, COND_VALID, false, reason, &message);
     write_status(lt, ctx, &s).await?;
     ctx.metrics.ended(Phase::Failed);
     event(ctx, lt, EventType::Warning, reason, message).await;
