@@ -24,30 +24,76 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use pacer_tests::RedisServer;
 use pacer_tests::kube::e2e::{
-    Followed, Install, Installed, MockProcess, OPERATOR_PODS, RELEASE_NS, events_of, follow, helm,
-    kubectl_apply_ok, loadtests, most_in_window, phase, running_with,
+    Followed, MockProcess, events_of, follow, helm, kubectl_apply_ok, loadtests, most_in_window,
+    phase, running_with,
 };
-use pacer_tests::kube::{Cluster, eventually, group_alive};
+use pacer_tests::kube::{Cluster, eventually, free_port, group_alive};
+use pacer_tests::{RedisServer, pacer_bin, workspace_root};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, OnceCell};
 
+const RELEASE_NS: &str = "pacer-system";
+const OPERATOR_PODS: &str = "app.kubernetes.io/component=controller";
 const LEASE: &str = "pacer-leader";
 const OPERATOR_SA: &str = "system:serviceaccount:pacer-system:pacer";
 
 /// The tests here take the operator down: one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// The release (an upgrade reuses its values).
-static INSTALL: OnceCell<Installed> = OnceCell::const_new();
+/// The values the release was installed with (an upgrade reuses them).
+struct Install {
+    chart: String,
+}
 
-/// The chart with its default two replicas (`controller.replicas`), each serving metrics on
-/// any free port.
-async fn installed() -> &'static Installed {
-    INSTALL
-        .get_or_init(|| Install::chart().any_http_port().run())
-        .await
+static INSTALL: OnceCell<Install> = OnceCell::const_new();
+
+async fn installed() -> &'static Install {
+    INSTALL.get_or_init(install).await
+}
+
+async fn install() -> Install {
+    let build = std::thread::spawn(pacer_bin);
+    let cluster = Cluster::shared();
+    build.join().unwrap();
+    let grpc = free_port().unwrap();
+    let chart = workspace_root().join("charts").join("pacer");
+    let chart = chart.to_str().unwrap().to_string();
+    let out = helm(
+        cluster,
+        &[
+            "install",
+            "pacer",
+            &chart,
+            "-n",
+            RELEASE_NS,
+            "--create-namespace",
+            // controller.replicas: the chart's default, 2
+            "--set",
+            &format!("service.grpcPort={grpc}"),
+            "--set",
+            "controller.listenHost=127.0.0.1",
+            "--set",
+            &format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
+            "--set",
+            "controller.statusInterval=1s",
+            "--set",
+            &format!(
+                "controller.extraArgs={{--worker-server-name=pacer.{RELEASE_NS}.svc,--http-listen=127.0.0.1:0}}"
+            ),
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "helm install failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.diagnostics()
+    );
+    Install { chart }
 }
 
 /// The running operator pods (not being deleted): name, pid of the process the kubelet runs,
