@@ -111,10 +111,7 @@ async fn helm_install_runs_the_operator_as_its_service_account_and_a_loadtest() 
         "{args:?}"
     );
     assert_eq!(sa.as_deref(), Some("pacer"));
-    assert_eq!(
-        http_status(install.metrics.unwrap(), "/readyz").await,
-        Some(200)
-    );
+    assert_eq!(http_status(install.metrics, "/readyz").await, Some(200));
     // the kubeconfig the kubelet gave the process holds a token of that ServiceAccount
     let pod_kubeconfig = cluster
         .kubelet()
@@ -324,7 +321,7 @@ async fn the_operator_listens_on_the_configured_host() {
         operator_args.contains(&format!("--grpc-listen=127.0.0.1:{}", install.grpc)),
         "{operator_args}"
     );
-    for port in [install.grpc, install.metrics.unwrap()] {
+    for port in [install.grpc, install.metrics] {
         // 0100007F is 127.0.0.1 as /proc/net/tcp writes it
         assert_eq!(listeners(port), ["0100007F"], "listeners on port {port}");
     }

@@ -162,7 +162,7 @@ async fn a_killed_operator_is_replaced_and_the_running_test_ends_as_without_it()
         let tests = tests.clone();
         async move { follow(&tests, name, Duration::from_secs(240)).await }
     });
-    operator_replaced(&client, &dead, install.metrics.unwrap()).await;
+    operator_replaced(&client, &dead, install.metrics).await;
     eventually(Duration::from_secs(90), "the Resumed Event", || async {
         let events = events_of(ns, name).await;
         events.iter().any(|e| e.reason == "Resumed").then_some(())
@@ -249,7 +249,7 @@ async fn a_test_that_cannot_be_resumed_ends_with_its_reason_and_its_load_stops()
     kubectl_apply_ok(ns, &lt).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let dead = kill_operator(&client).await;
-    operator_replaced(&client, &dead, install.metrics.unwrap()).await;
+    operator_replaced(&client, &dead, install.metrics).await;
     let status = follow(&tests, name, Duration::from_secs(120)).await.status;
     let failed_at = mock.now().await;
     assert_eq!(phase(&status), "Failed", "{status:#}");

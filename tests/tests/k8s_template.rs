@@ -49,7 +49,6 @@ async fn installed() -> u16 {
         })
         .await
         .metrics
-        .unwrap()
 }
 
 /// A plan of `GET /api/v2/users/me` at `rate` for `duration` against `target`, as YAML text.

@@ -62,7 +62,6 @@ pub async fn helm(cluster: &Cluster, args: &[&str]) -> Output {
 pub struct Install {
     sets: Vec<String>,
     extra_args: Vec<String>,
-    any_http_port: bool,
 }
 
 /// What [`Install::run`] left running.
@@ -72,8 +71,8 @@ pub struct Installed {
     pub chart: String,
     /// The operator's gRPC port (the workers').
     pub grpc: u16,
-    /// The operator's metrics and health port; `None` after [`Install::any_http_port`].
-    pub metrics: Option<u16>,
+    /// The operator's metrics and health port.
+    pub metrics: u16,
     /// The operator's pod that was Running after the install.
     pub operator: String,
 }
@@ -96,19 +95,8 @@ impl Install {
         self
     }
 
-    /// Every operator replica serves metrics and health on any free loopback port
-    /// (`--http-listen=127.0.0.1:0`, after the chart's own flag: the last wins), so that several
-    /// replicas on the host's network do not collide; there is then no fixed port to wait on
-    /// for `/readyz` (`helm --wait` saw the pods Ready).
-    pub fn any_http_port(mut self) -> Self {
-        self.any_http_port = true;
-        self.extra_args
-            .push("--http-listen=127.0.0.1:0".to_string());
-        self
-    }
-
     /// `helm install --wait`, then the CRD established, an operator pod Running and its
-    /// `/readyz` answering 200 (unless [`Self::any_http_port`]); the pacer binary (the kubelet runs it for pods) builds while
+    /// `/readyz` answering 200; the pacer binary (the kubelet runs it for pods) builds while
     /// the control plane starts.
     pub async fn run(self) -> Installed {
         let build = std::thread::spawn(crate::pacer_bin);
@@ -116,7 +104,7 @@ impl Install {
         build.join().expect("the pacer binary builds");
         let client = cluster.client().await.expect("a client of the cluster");
         let grpc = free_port().expect("a free port");
-        let metrics = (!self.any_http_port).then(|| free_port().expect("a free port"));
+        let metrics = free_port().expect("a free port");
         let chart = crate::workspace_root()
             .join("charts")
             .join("pacer")
@@ -126,14 +114,14 @@ impl Install {
             .chain(self.extra_args)
             .collect::<Vec<_>>()
             .join(",");
-        let mut sets = vec![format!("service.grpcPort={grpc}")];
-        sets.extend(metrics.map(|port| format!("service.metricsPort={port}")));
-        sets.extend([
+        let mut sets = vec![
+            format!("service.grpcPort={grpc}"),
+            format!("service.metricsPort={metrics}"),
             "controller.listenHost=127.0.0.1".to_string(),
             format!("controller.advertiseAddress=127.0.0.1:{grpc}"),
             "controller.statusInterval=1s".to_string(),
             format!("controller.extraArgs={{{extra_args}}}"),
-        ]);
+        ];
         sets.extend(self.sets);
         let mut args: Vec<&str> = vec![
             "install",
@@ -177,12 +165,10 @@ impl Install {
                 .and_then(|p| p.metadata.name)
         })
         .await;
-        if let Some(metrics) = metrics {
-            eventually(OPERATOR_WITHIN, "the operator's /readyz", || async {
-                (http_status(metrics, "/readyz").await == Some(200)).then_some(())
-            })
-            .await;
-        }
+        eventually(OPERATOR_WITHIN, "the operator's /readyz", || async {
+            (http_status(metrics, "/readyz").await == Some(200)).then_some(())
+        })
+        .await;
         Installed {
             chart,
             grpc,
