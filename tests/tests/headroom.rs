@@ -16,6 +16,11 @@
 //! budget, each offered 3x the limit) against a real redis-server. Each process tells the
 //! fleet's own use from others' by the fleet's schedule (each lease says how many slots the
 //! fleet had before it), so the fleet leaves production its room as one process does.
+//!
+//! And a fleet led by a controller without Redis: `pacer run --workers 2` serves the fleet
+//! limit from its controller, to which the workers forward what the server's headers said with
+//! their lease requests; the controller knows every slot it granted, so it measures others'
+//! traffic and steers the served lease rate as a Redis fleet does.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -142,6 +147,12 @@ async fn a_fleet_on_a_budget_leaves_production_its_room_and_follows_it() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_fleet_leaves_production_its_room_and_follows_it() {
+    let _one = SERIAL.lock().await;
+    against_production(&[vec!["--workers".to_string(), "2".into()]]).await;
+}
+
 /// Production's phases against the org mock, and one `pacer run` of examples/headroom.yaml per
 /// entry of `runs` (its extra arguments) at once; what the mock saw, measured and checked.
 /// Returns production's rate in its last phase.
@@ -245,6 +256,12 @@ async fn against_production(runs: &[Vec<String>]) -> f64 {
         left(back_prod),
         refused("back")
     );
+    let refusals: Vec<String> = log
+        .iter()
+        .filter(|(_, s, _)| *s != 200)
+        .map(|(t, _, who)| format!("{who} {:+.2}s", t - jump))
+        .collect();
+    println!("refused (from the jump): {refusals:?}");
     let pacer_429 = log
         .iter()
         .filter(|(_, s, w)| w == "pacer" && *s != 200)

@@ -776,7 +776,11 @@ impl Fleet {
             elapsed,
             workers: self.rows(inner, elapsed),
             worker_snapshots: self.slots.iter().map(|s| s.snapshot.clone()).collect(),
-            worker_limits: self.slots.iter().map(|s| s.limits.clone()).collect(),
+            worker_limits: self
+                .slots
+                .iter()
+                .map(|s| served_said(inner, s.limits.clone()))
+                .collect(),
             abort_reason: self.abort_reason.clone(),
             failure,
             stopped_early: self.stop_reason.is_some()
@@ -806,6 +810,23 @@ fn keep_newest(slot: &mut Slot, r: Decoded) -> bool {
     }
     slot.reports += 1;
     true
+}
+
+/// A worker's limits table with what the controller heard of the server for the limits it
+/// serves (the workers forward the headers; only the controller knows the fleet's slots, so
+/// only it measures others' traffic): the summary shows it as a Redis fleet's does.
+fn served_said(
+    inner: &Inner,
+    mut rows: Vec<pacer_stats::LimitPacing>,
+) -> Vec<pacer_stats::LimitPacing> {
+    if let Some(served) = &inner.served {
+        for (i, row) in rows.iter_mut().enumerate() {
+            if let Some(said) = served.server_said(i) {
+                row.server = Some(said);
+            }
+        }
+    }
+    rows
 }
 
 #[cfg(test)]

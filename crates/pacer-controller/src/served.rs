@@ -13,12 +13,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use pacer_limiter::LocalLimiter;
 use pacer_limiter::fleet::LEASE_MAX_AHEAD;
-use pacer_limiter::served::{TokenFetcher, served_bits, served_budget};
+use pacer_limiter::headroom::ServerReport;
+use pacer_limiter::served::{Heard, ServedBudget, TokenFetcher};
 use pacer_limiter::{Token, TokenError};
 use pacer_plan::Plan;
-use pacer_proto::{LeaseGrant, LeaseRequest, Pause, Throttled, TokenGrant, controller_message};
+use pacer_proto::{
+    LeaseGrant, LeaseRequest, Pause, ServerHeard, Throttled, TokenGrant, controller_message,
+};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -40,8 +42,9 @@ pub struct TokenService {
 
 /// What the controller serves its workers.
 pub(crate) struct Served {
-    /// The GCRA of the fleet limits and which plan limits they are; `None`: no fleet limit.
-    budget: Option<(LocalLimiter, u64)>,
+    /// The GCRA of the fleet limits, steered by what the workers heard of the server; `None`:
+    /// no fleet limit.
+    budget: Option<ServedBudget>,
     tokens: Option<TokenServer>,
     /// Counts the token fetches.
     recorder: Option<Arc<pacer_stats::Recorder>>,
@@ -55,8 +58,9 @@ impl Served {
         serve_limits: bool,
         tokens: Option<TokenService>,
     ) -> Option<Self> {
-        let bits = served_bits(&plan.limits);
-        let budget = (serve_limits && bits != 0).then(|| (served_budget(&plan.limits), bits));
+        let budget = serve_limits
+            .then(|| ServedBudget::new(&plan.limits))
+            .flatten();
         let tokens = tokens.filter(|t| !t.fetcher.served().is_empty());
         let recorder = tokens.as_ref().map(|t| t.recorder.clone());
         let tokens = tokens.map(|t| TokenServer::new(t.fetcher));
@@ -72,6 +76,17 @@ impl Served {
         self.recorder.as_ref().map(|r| r.snapshot())
     }
 
+    /// What the workers heard of the server about served limit `i`, and others' traffic as
+    /// measured against the fleet's slots (`None`: not served, or no headers heard).
+    pub(crate) fn server_said(&self, i: usize) -> Option<pacer_stats::ServerSaid> {
+        let h = self.budget.as_ref()?.server_state(i)?;
+        Some(pacer_stats::ServerSaid {
+            remaining: h.remaining?,
+            limit: h.limit,
+            others_rate: h.others_rate,
+        })
+    }
+
     /// Whether the Assign says `served_limits`.
     pub(crate) fn serves_limits(&self) -> bool {
         self.budget.is_some()
@@ -84,7 +99,7 @@ impl Served {
         })
     }
 
-    fn budget(&self, what: &str) -> Result<&(LocalLimiter, u64), Status> {
+    fn budget(&self, what: &str) -> Result<&ServedBudget, Status> {
         self.budget.as_ref().ok_or_else(|| {
             Status::failed_precondition(format!(
                 "{what}: this controller serves no limits (the Assign did not say served_limits)"
@@ -103,8 +118,9 @@ impl Served {
 
     /// A lease: slots of the fleet's GCRA.
     pub(crate) fn lease(&self, r: &LeaseRequest) -> Result<LeaseGrant, Status> {
-        let (gcra, fleet) = self.budget("lease_request")?;
-        self.check_limits("lease_request.limits", r.limits, *fleet)?;
+        let budget = self.budget("lease_request")?;
+        let fleet = budget.fleet();
+        self.check_limits("lease_request.limits", r.limits, fleet)?;
         if r.want == 0 || r.want > pacer_proto::MAX_LEASE_WANT {
             return Err(Status::invalid_argument(format!(
                 "lease_request.want: {} is not in 1..={}",
@@ -112,7 +128,22 @@ impl Served {
                 pacer_proto::MAX_LEASE_WANT
             )));
         }
-        let res = gcra.reserve(r.limits, r.want, LEASE_MAX_AHEAD);
+        if r.heard.len() > pacer_proto::MAX_HEARD {
+            return Err(Status::invalid_argument(format!(
+                "lease_request.heard: {} entries, at most {}",
+                r.heard.len(),
+                pacer_proto::MAX_HEARD
+            )));
+        }
+        let heard = r
+            .heard
+            .iter()
+            .map(|h| check_heard(h, fleet))
+            .collect::<Result<Vec<_>, _>>()?;
+        for h in &heard {
+            budget.heard(h);
+        }
+        let res = budget.reserve(r.limits, r.want, LEASE_MAX_AHEAD);
         let us = |d: &Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         Ok(LeaseGrant {
             id: r.id,
@@ -124,8 +155,8 @@ impl Served {
 
     /// A worker saw a 429: pause the limits for everyone. The Pause to broadcast.
     pub(crate) fn throttled(&self, t: &Throttled) -> Result<Pause, Status> {
-        let (gcra, fleet) = self.budget("throttled")?;
-        self.check_limits("throttled.limits", t.limits, *fleet)?;
+        let budget = self.budget("throttled")?;
+        self.check_limits("throttled.limits", t.limits, budget.fleet())?;
         if t.retry_after_us == 0 || t.retry_after_us > pacer_proto::MAX_PAUSE_US {
             return Err(Status::invalid_argument(format!(
                 "throttled.retry_after_us: {} is not in 1..={}",
@@ -133,7 +164,7 @@ impl Served {
                 pacer_proto::MAX_PAUSE_US
             )));
         }
-        let remaining = gcra.pause(t.limits, Duration::from_micros(t.retry_after_us));
+        let remaining = budget.pause(t.limits, Duration::from_micros(t.retry_after_us));
         tracing::info!(
             limits = format_args!("{:#b}", t.limits),
             pause_ms = remaining.as_millis() as u64,
@@ -167,6 +198,36 @@ impl Served {
             t.shutdown();
         }
     }
+}
+
+/// A worker's `ServerHeard`, checked: a served limit, every duration within its bound (a
+/// refusal names the field).
+fn check_heard(h: &ServerHeard, fleet: u64) -> Result<Heard, Status> {
+    if h.limit >= 64 || fleet & (1 << h.limit) == 0 {
+        return Err(Status::invalid_argument(format!(
+            "lease_request.heard.limit: {} is not one of the plan's served limits ({fleet:#b})",
+            h.limit
+        )));
+    }
+    let bounded = |field: &str, v: u64, max: u64| {
+        if v > max {
+            return Err(Status::invalid_argument(format!(
+                "lease_request.heard.{field}: {v} is over {max}"
+            )));
+        }
+        Ok(Duration::from_micros(v))
+    };
+    let reset = bounded("reset_us", h.reset_us, pacer_proto::MAX_PAUSE_US)?;
+    Ok(Heard {
+        limit: h.limit,
+        report: ServerReport {
+            remaining: h.remaining,
+            reset: (!reset.is_zero()).then_some(reset),
+            limit: (h.stated_limit > 0).then_some(h.stated_limit),
+        },
+        sent_ago: bounded("sent_ago_us", h.sent_ago_us, pacer_proto::MAX_HEARD_AGE_US)?,
+        age: bounded("age_us", h.age_us, pacer_proto::MAX_HEARD_AGE_US)?,
+    })
 }
 
 /// One served credential's token.
@@ -396,6 +457,7 @@ mod tests {
             id: 7,
             limits: 0b01,
             want,
+            heard: vec![],
         };
         let g = tokio_test_block(|| s.lease(&ok(3)).unwrap());
         assert_eq!(g.id, 7);
@@ -407,6 +469,7 @@ mod tests {
                     id: 1,
                     limits: 0b10,
                     want: 1,
+                    heard: vec![],
                 },
                 "lease_request.limits",
             ),
@@ -415,6 +478,7 @@ mod tests {
                     id: 1,
                     limits: 0,
                     want: 1,
+                    heard: vec![],
                 },
                 "lease_request.limits",
             ),
@@ -423,6 +487,7 @@ mod tests {
                     id: 1,
                     limits: 1 << 40,
                     want: 1,
+                    heard: vec![],
                 },
                 "lease_request.limits",
             ),
@@ -459,6 +524,102 @@ mod tests {
             "{}",
             e.message()
         );
+    }
+
+    /// What the workers heard of the server steers the served lease rate (an aligned fixed
+    /// window at its own rate less the reserve), and every field of it is checked.
+    #[test]
+    fn the_servers_headers_steer_the_lease_rate_and_are_checked() {
+        let text = "name: p\ntarget: http://127.0.0.1:9\nlimits:\n  - {name: f, limit: 100/10s, shape: fixed-window, scope: fleet, reserve: 10%}\n  - {name: w, limit: 5/s}\nscenarios:\n  - {name: s, executor: constant-vus, vus: 1, duration: 1s, requests: [{name: a, path: /a}]}\n";
+        let plan = pacer_plan::load_str(text, "plan.yaml", &Default::default()).unwrap();
+        let s = Served::new(&plan, true, None).unwrap();
+        let heard = ServerHeard {
+            limit: 0,
+            remaining: 90,
+            reset_us: 9_000_000,
+            stated_limit: 100,
+            sent_ago_us: 1_000,
+            age_us: 2_000,
+        };
+        let req = |heard: Vec<ServerHeard>| LeaseRequest {
+            id: 1,
+            limits: 0b01,
+            want: 1,
+            heard,
+        };
+        let budget = s.budget.as_ref().unwrap();
+        tokio_test_block(|| {
+            let paced = budget.rate(0).unwrap();
+            s.lease(&req(vec![])).unwrap();
+            // No headers yet: paced less the reserve (10% of 10/s).
+            let r = budget.rate(0).unwrap();
+            assert!((r - (paced - 1.0)).abs() < 1e-6, "{r} {paced}");
+            s.lease(&req(vec![heard])).unwrap();
+            s.lease(&req(vec![])).unwrap();
+            // (100 - 1)/10 - 1 (the reserve) = 8.9/s.
+            let r = budget.rate(0).unwrap();
+            assert!((r - 8.9).abs() < 1e-6, "{r}");
+            let said = s.server_said(0).unwrap();
+            assert_eq!((said.remaining, said.limit), (90, Some(100)));
+            assert!(s.server_said(1).is_none());
+        });
+        for (bad, field) in [
+            (
+                ServerHeard { limit: 1, ..heard },
+                "lease_request.heard.limit",
+            ),
+            (
+                ServerHeard { limit: 64, ..heard },
+                "lease_request.heard.limit",
+            ),
+            (
+                ServerHeard {
+                    reset_us: pacer_proto::MAX_PAUSE_US + 1,
+                    ..heard
+                },
+                "lease_request.heard.reset_us",
+            ),
+            (
+                ServerHeard {
+                    sent_ago_us: u64::MAX,
+                    ..heard
+                },
+                "lease_request.heard.sent_ago_us",
+            ),
+            (
+                ServerHeard {
+                    age_us: pacer_proto::MAX_HEARD_AGE_US + 1,
+                    ..heard
+                },
+                "lease_request.heard.age_us",
+            ),
+        ] {
+            let e = tokio_test_block(|| s.lease(&req(vec![bad])).unwrap_err());
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(field), "{}", e.message());
+        }
+        let e = tokio_test_block(|| {
+            s.lease(&req(vec![heard; pacer_proto::MAX_HEARD + 1]))
+                .unwrap_err()
+        });
+        assert!(
+            e.message().starts_with("lease_request.heard:"),
+            "{}",
+            e.message()
+        );
+        // Whatever a server says (a hostile one: every number at its extreme) is no panic.
+        let wild = ServerHeard {
+            limit: 0,
+            remaining: u64::MAX,
+            reset_us: pacer_proto::MAX_PAUSE_US,
+            stated_limit: u64::MAX,
+            sent_ago_us: pacer_proto::MAX_HEARD_AGE_US,
+            age_us: pacer_proto::MAX_HEARD_AGE_US,
+        };
+        tokio_test_block(|| {
+            s.lease(&req(vec![wild])).unwrap();
+            s.lease(&req(vec![])).unwrap();
+        });
     }
 
     #[test]

@@ -150,6 +150,7 @@ async fn leases_pauses_and_tokens_are_served_and_checked() {
         id: 7,
         limits: 0b01,
         want: 3,
+        heard: vec![],
     }))
     .await;
     let In::LeaseGrant(ga) = a.next().await.unwrap() else {
@@ -161,6 +162,7 @@ async fn leases_pauses_and_tokens_are_served_and_checked() {
         id: 1,
         limits: 0b01,
         want: 1,
+        heard: vec![],
     }))
     .await;
     let In::LeaseGrant(gb) = b.next().await.unwrap() else {
@@ -235,6 +237,7 @@ async fn leases_pauses_and_tokens_are_served_and_checked() {
         id: 2,
         limits: 0b01,
         want: 1,
+        heard: vec![],
     }))
     .await;
     let In::LeaseGrant(g) = b.next().await.unwrap() else {
@@ -249,6 +252,7 @@ async fn leases_pauses_and_tokens_are_served_and_checked() {
         id: 3,
         limits: 0b10,
         want: 1,
+        heard: vec![],
     }))
     .await;
     let err = a.next().await.unwrap_err();

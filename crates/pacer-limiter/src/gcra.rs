@@ -64,6 +64,9 @@ struct State {
     /// The rate the server's headers allow now (`None`: they do not steer this limit, or said
     /// nothing yet), and until when nothing is left (ns since `epoch`; 0: not held).
     server_rate: Option<f64>,
+    /// A controller serving the limit to a fleet sets the rate it leases at from what the
+    /// workers heard of the server ([`LocalLimiter::set_lease_rate`]); it wins over the rest.
+    lease_rate: Option<f64>,
     hold_until: u64,
     /// When the server's view last voided the queued reservations (ns since `epoch`).
     last_void: u64,
@@ -84,6 +87,9 @@ impl State {
     /// steer the limit, what they allow (an aligned fixed window may go above the sliding
     /// window's rate; anything else only below it).
     fn rate(&self) -> f64 {
+        if let Some(r) = self.lease_rate {
+            return r;
+        }
         let own = self.learner.as_ref().map_or(self.ceiling, Learner::rate);
         match self.server_rate {
             Some(r) if self.headroom.aligned() => r,
@@ -250,6 +256,7 @@ impl LocalLimiter {
                     learner: l.adaptive.then(|| Learner::new(pacing.rate, l.window, 0)),
                     headroom: Headroom::new(l, pacing.rate),
                     server_rate: None,
+                    lease_rate: None,
                     hold_until: 0,
                     last_void: 0,
                     limit: l.clone(),
@@ -363,6 +370,20 @@ impl LocalLimiter {
             out.offsets.push(Duration::from_nanos(ahead));
         }
         out
+    }
+
+    /// Lease limit `i` at `rate` per second from now on (`None`: its own pacing again): what a
+    /// controller serving a fleet limit decides from the server's headers
+    /// (`crate::served::ServedBudget`). A rate that is not finite and positive is ignored.
+    pub fn set_lease_rate(&self, i: usize, rate: Option<f64>) {
+        if let Some(s) = self.states.lock().get_mut(i) {
+            s.lease_rate = rate.filter(|r| r.is_finite() && *r > 0.0);
+        }
+    }
+
+    /// The rate limit `i` is paced at now (per second).
+    pub fn rate(&self, i: usize) -> Option<f64> {
+        self.states.lock().get(i).map(State::rate)
     }
 
     /// Pause every limit of `bits` for `pause` from now (a pause is only ever extended, and it

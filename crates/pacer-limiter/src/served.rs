@@ -15,6 +15,13 @@
 //!   source.
 //! - [`TokenFetcher`]: what the controller fetches tokens with (the engine's OAuth client).
 //!
+//! - [`ServedBudget`]: the controller's side of the served limits: the one GCRA, steered by
+//!   what the workers heard of the server's rate-limit headers (each lease request carries the
+//!   newest answer's remaining, reset and stated limit per limit, [`Heard`]) through the same
+//!   [`crate::headroom`] logic a Redis fleet uses: the controller knows every slot it granted,
+//!   so others' traffic is what the server counted beyond the fleet's slots, and the lease
+//!   rate of an aligned fixed window leaves others' rate and the reserve.
+//!
 //! Neither knows gRPC: the worker's session implements [`LeaseLink`] and [`TokenLink`] and
 //! delivers the controller's answers through [`ServedLimiter::granted`],
 //! [`ServedLimiter::paused`] and [`ServedTokens::delivered`].
@@ -37,8 +44,10 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep_until};
 
+use crate::fleet::server::ServerViews;
 use crate::fleet::{fleet_pacing, lease_hold};
 use crate::gcra::DEFAULT_SPREAD;
+use crate::headroom::{HeadroomState, ServerReport};
 use crate::lease::{self, Asking, HasAsking, InClass, Pause};
 use crate::{
     Feedback, Grant, LimitReport, Limiter, LimiterError, LocalLimiter, RequestMeta, Token,
@@ -66,8 +75,9 @@ pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 /// session right now (nothing was sent).
 pub trait LeaseLink: Send + Sync {
     /// Ask for up to `want` slots of every limit in `limits` (plan bit set), answered with
-    /// [`ServedLimiter::granted`] under the same `id`.
-    fn request_lease(&self, id: u64, limits: u64, want: u32) -> bool;
+    /// [`ServedLimiter::granted`] under the same `id`; `heard`: what the server's headers said
+    /// since the last request (for the controller's [`ServedBudget::heard`]).
+    fn request_lease(&self, id: u64, limits: u64, want: u32, heard: &[Heard]) -> bool;
     /// A 429/503 asked to pause these limits for `pause`: pause them for the fleet.
     fn throttled(&self, limits: u64, pause: Duration) -> bool;
 }
@@ -77,6 +87,18 @@ pub trait TokenLink: Send + Sync {
     /// Ask for `credential`'s token: `failed_generation` 0 when the worker has none, else the
     /// generation a 401 refused.
     fn request_token(&self, credential: u32, failed_generation: u64) -> bool;
+}
+
+/// One answer's rate-limit headers about a served limit, as a worker forwards them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Heard {
+    /// The plan's limit index.
+    pub limit: u32,
+    pub report: ServerReport,
+    /// How long before the answer its request was sent.
+    pub sent_ago: Duration,
+    /// How long before the lease request the answer came.
+    pub age: Duration,
 }
 
 /// A token the controller fetched, and how long it lives.
@@ -113,6 +135,138 @@ pub fn served_bits(limits: &[Limit]) -> u64 {
 /// (its `scope: worker` limits are in it but never reserved).
 pub fn served_budget(limits: &[Limit]) -> LocalLimiter {
     LocalLimiter::with_pacing(limits, DEFAULT_SPREAD, |l| fleet_pacing(l, DEFAULT_SPREAD))
+}
+
+/// How far ahead a controller grants slots of a limit the server's headers steer (instead of
+/// [`crate::fleet::LEASE_MAX_AHEAD`]): slots granted are the workers', so a rate the headers
+/// lower (others' traffic rose) takes effect only after them. Busy workers keep every request
+/// they may have in flight asleep on a slot, which at the full 2 s put the fall a whole window
+/// late (measured: production refused at the end of the jump's first window); a controller
+/// answers in well under a millisecond, so a quarter second ahead loses no slot.
+pub const STEERED_MAX_AHEAD: Duration = Duration::from_millis(250);
+
+/// The controller's side of the served fleet limits (see the module doc): one GCRA for the
+/// fleet, whose lease rate per limit follows what the workers heard of the server
+/// ([`crate::fleet::server`]'s views, the same decision a Redis fleet makes).
+pub struct ServedBudget {
+    gcra: LocalLimiter,
+    /// The served limits (plan bit set).
+    fleet: u64,
+    views: ServerViews,
+    /// Each limit's rate without headers.
+    paced: Vec<f64>,
+    /// Each limit's slots granted so far (the fleet's count, as `lease.lua`'s `granted`);
+    /// held across a reservation so the counts follow the grants' order.
+    slots: Mutex<Vec<u64>>,
+    /// Per limit, when the newest answer observed came: the workers' answers arrive out of
+    /// order (each forwards its newest with its next lease request), and an older one after a
+    /// newer would read a fixed window's count going back.
+    newest: Mutex<Vec<Option<Instant>>>,
+}
+
+impl std::fmt::Debug for ServedBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedBudget")
+            .field("fleet", &format_args!("{:#b}", self.fleet))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServedBudget {
+    /// The plan's served limits ([`served_bits`]); `None` when it has none.
+    pub fn new(limits: &[Limit]) -> Option<Self> {
+        let limits = &limits[..limits.len().min(64)];
+        let fleet = served_bits(limits);
+        if fleet == 0 {
+            return None;
+        }
+        let paced: Vec<f64> = limits
+            .iter()
+            .map(|l| fleet_pacing(l, DEFAULT_SPREAD).rate)
+            .collect();
+        Some(Self {
+            gcra: served_budget(limits),
+            fleet,
+            views: ServerViews::new(limits.iter().zip(paced.iter().copied())),
+            slots: Mutex::new(vec![0; limits.len()]),
+            newest: Mutex::new(vec![None; limits.len()]),
+            paced,
+        })
+    }
+
+    /// The served limits (plan bit set).
+    pub fn fleet(&self) -> u64 {
+        self.fleet
+    }
+
+    /// Reserve up to `want` slots of every limit of `bits` ([`LocalLimiter::reserve`]) at the
+    /// rate the server's headers allow each now.
+    pub fn reserve(&self, bits: u64, want: u32, max_ahead: Duration) -> crate::Reservation {
+        let bits = bits & self.fleet;
+        let picked = || (0..self.paced.len()).filter(move |i| bits & (1 << i) != 0);
+        let mut slots = self.slots.lock();
+        let now = Instant::now();
+        let mut steered = false;
+        for i in picked() {
+            let paced = self.paced[i];
+            let rate = self.views.lease_rate(i, paced, now);
+            // Unsteered (no headers, or a shape they do not steer): the limit's own pacing.
+            let by_headers = rate.to_bits() != paced.to_bits();
+            steered |= by_headers;
+            self.gcra.set_lease_rate(i, by_headers.then_some(rate));
+        }
+        let max_ahead = if steered {
+            max_ahead.min(STEERED_MAX_AHEAD)
+        } else {
+            max_ahead
+        };
+        let res = self.gcra.reserve(bits, want, max_ahead);
+        let n = res.offsets.len() as u64;
+        if n > 0 {
+            for i in picked() {
+                let before = slots[i];
+                self.views.leased(i, before, &res.offsets, now);
+                slots[i] = before.saturating_add(n);
+            }
+        }
+        res
+    }
+
+    /// A worker heard the server about a served limit (checked by the caller: the session
+    /// bounds every field). Others' limits are ignored.
+    pub fn heard(&self, h: &Heard) {
+        let i = h.limit as usize;
+        if i >= 64 || self.fleet & (1 << i) == 0 {
+            return;
+        }
+        let at = Instant::now()
+            .checked_sub(h.age)
+            .unwrap_or_else(Instant::now);
+        {
+            let mut newest = self.newest.lock();
+            let Some(n) = newest.get_mut(i) else { return };
+            if n.is_some_and(|n| at < n) {
+                return;
+            }
+            *n = Some(at);
+        }
+        let _ = self.views.observe(i, &h.report, h.sent_ago, at);
+    }
+
+    /// Pause every limit of `bits` for the fleet ([`LocalLimiter::pause`]).
+    pub fn pause(&self, bits: u64, pause: Duration) -> Duration {
+        self.gcra.pause(bits & self.fleet, pause)
+    }
+
+    /// What limit `i` last heard of the server, and others' rate (for logs and reports).
+    pub fn server_state(&self, i: usize) -> Option<HeadroomState> {
+        self.views.state(i).filter(|s| s.remaining.is_some())
+    }
+
+    /// The rate limit `i` is leased at now.
+    pub fn rate(&self, i: usize) -> Option<f64> {
+        self.gcra.rate(i)
+    }
 }
 
 /// One class's leased slots (a class: the set of fleet limits a request matches).
@@ -162,6 +316,8 @@ pub struct ServedLimiter {
     granted: AtomicU64,
     /// The fleet's size, for the summary's limits table.
     workers: u32,
+    /// Per plan limit: the newest answer's headers not yet forwarded (report, sent ago, when).
+    heard: Mutex<Vec<Option<(ServerReport, Duration, Instant)>>>,
 }
 
 impl std::fmt::Debug for ServedLimiter {
@@ -196,6 +352,7 @@ impl ServedLimiter {
             link,
             fleet,
             pauses: Mutex::new(vec![Pause::default(); limits.len()]),
+            heard: Mutex::new(vec![None; limits.len()]),
             limits,
             local: (!local.is_empty()).then(|| (LocalLimiter::new(&local), index)),
             classes: Mutex::new(HashMap::new()),
@@ -412,7 +569,8 @@ impl ServedLimiter {
                 }
                 Step::Ask(id, want) => {
                     self.asked.lock().insert(id, bits);
-                    if self.link.request_lease(id, bits, want) {
+                    let heard = self.take_heard(now);
+                    if self.link.request_lease(id, bits, want, &heard) {
                         self.leases.fetch_add(1, Ordering::Relaxed);
                         unreachable_since = None;
                     } else {
@@ -431,6 +589,24 @@ impl ServedLimiter {
                 }
             }
         }
+    }
+
+    /// The headers heard since the last lease request, to forward with the next.
+    fn take_heard(&self, now: Instant) -> Vec<Heard> {
+        self.heard
+            .lock()
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                let (report, sent_ago, at) = h.take()?;
+                Some(Heard {
+                    limit: i as u32,
+                    report,
+                    sent_ago,
+                    age: now.saturating_duration_since(at),
+                })
+            })
+            .collect()
     }
 
     fn report_fleet(&self, i: usize) -> LimitReport {
@@ -496,10 +672,22 @@ impl Limiter for ServedLimiter {
         if let Some((lim, _)) = &self.local {
             lim.feedback(req, fb);
         }
+        let bits = self.fleet_matched(req);
+        if let Some(server) = fb.server
+            && bits != 0
+        {
+            // The newest answer per limit goes to the controller with the next lease request.
+            let now = Instant::now();
+            let mut heard = self.heard.lock();
+            for (i, h) in heard.iter_mut().enumerate() {
+                if bits & (1 << i) != 0 {
+                    *h = Some((server, fb.sent_ago, now));
+                }
+            }
+        }
         if fb.status != 429 && fb.status != 503 {
             return;
         }
-        let bits = self.fleet_matched(req);
         let Some(pause) = fb.retry_after.filter(|p| !p.is_zero()) else {
             return;
         };
@@ -731,11 +919,13 @@ mod tests {
         leases: Mutex<Vec<(u64, u64, u32)>>,
         tokens: Mutex<Vec<(u32, u64)>>,
         pauses: Mutex<Vec<(u64, Duration)>>,
+        heard: Mutex<Vec<Heard>>,
     }
 
     impl LeaseLink for FakeLink {
-        fn request_lease(&self, id: u64, limits: u64, want: u32) -> bool {
+        fn request_lease(&self, id: u64, limits: u64, want: u32, heard: &[Heard]) -> bool {
             self.leases.lock().push((id, limits, want));
+            self.heard.lock().extend_from_slice(heard);
             self.up.load(Ordering::Relaxed)
         }
         fn throttled(&self, limits: u64, pause: Duration) -> bool {
@@ -876,6 +1066,55 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_secs(2));
         assert!(g.paused >= Duration::from_millis(1900), "{g:?}");
         assert_eq!(lim.report()[0].pauses, 1);
+    }
+
+    /// What the server's headers said goes to the controller with the next lease request: the
+    /// newest answer per limit, once, with how long ago it came.
+    #[tokio::test(start_paused = true)]
+    async fn the_servers_headers_go_to_the_controller_with_the_next_lease() {
+        let link = Arc::new(FakeLink::default());
+        link.up.store(true, Ordering::Relaxed);
+        let lim = Arc::new(ServedLimiter::new(link.clone(), &[fleet_limit()], &[], 2));
+        let said = |remaining| Feedback {
+            status: 200,
+            retry_after: None,
+            pause_origin: crate::PauseOrigin::Server,
+            stated_rate: None,
+            server: Some(ServerReport {
+                remaining,
+                reset: Some(Duration::from_secs(1)),
+                limit: Some(100),
+            }),
+            sent_ago: Duration::from_millis(3),
+        };
+        lim.feedback(&META, &said(50));
+        lim.feedback(&META, &said(49));
+        tokio::time::advance(Duration::from_millis(20)).await;
+        let l2 = lim.clone();
+        let t = tokio::spawn(async move { l2.acquire(&META).await });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let heard = link.heard.lock().clone();
+        assert_eq!(heard.len(), 1, "{heard:?}");
+        assert_eq!((heard[0].limit, heard[0].report.remaining), (0, 49));
+        assert_eq!(heard[0].sent_ago, Duration::from_millis(3));
+        assert!(heard[0].age >= Duration::from_millis(20), "{heard:?}");
+        let (id, _, _) = link.leases.lock()[0];
+        lim.granted(
+            id,
+            &[Duration::ZERO, Duration::from_millis(1)],
+            Duration::ZERO,
+            &[Duration::ZERO],
+            Instant::now(),
+        );
+        t.await.unwrap().unwrap();
+        // Said once: the next lease carries nothing new.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let l2 = lim.clone();
+        let t = tokio::spawn(async move { l2.acquire(&META).await });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(link.leases.lock().len(), 2);
+        assert_eq!(link.heard.lock().len(), 1);
+        t.abort();
     }
 
     /// A served token is asked for once, used until it expires, refused once per generation

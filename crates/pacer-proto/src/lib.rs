@@ -14,8 +14,8 @@ pub mod v1 {
 
 pub use v1::{
     Abort, Assign, ControllerMessage, Finished, Heartbeat, Hello, LeaseGrant, LeaseRequest, Pause,
-    Ping, Pong, Ready, Report, Resume, Start, Stop, Throttled, TokenGrant, TokenRequest,
-    WorkerMessage, controller_message, worker_message,
+    Ping, Pong, Ready, Report, Resume, ServerHeard, Start, Stop, Throttled, TokenGrant,
+    TokenRequest, WorkerMessage, controller_message, worker_message,
 };
 
 /// Most slots one [`LeaseRequest`] may ask for (as the Redis lease: `pacer_limiter`'s
@@ -29,6 +29,14 @@ pub const MAX_TOKEN_BYTES: usize = 16 << 10;
 /// Longest pause a [`Throttled`] or [`Pause`] may ask for: a day (a longer Retry-After is not
 /// one anybody meant).
 pub const MAX_PAUSE_US: u64 = 86_400_000_000;
+
+/// The most `ServerHeard` entries one `LeaseRequest` carries (one per limit of a plan, which
+/// has at most 64 that a bit set can name).
+pub const MAX_HEARD: usize = 64;
+
+/// The longest a `ServerHeard`'s request may have been in flight, or its answer kept before it
+/// was forwarded: older news of a server's window is not news (the controller drops it).
+pub const MAX_HEARD_AGE_US: u64 = 60_000_000;
 
 impl std::fmt::Debug for TokenGrant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use pacer_limiter::Token;
 use pacer_limiter::fleet::LEASE_MAX_AHEAD;
-use pacer_limiter::served::{LeaseLink, ServedLimiter, ServedTokens, TokenLink};
+use pacer_limiter::served::{Heard, LeaseLink, ServedLimiter, ServedTokens, TokenLink};
 use pacer_proto::{
-    ControllerMessage, LeaseRequest, Throttled, TokenRequest, WorkerMessage,
+    ControllerMessage, LeaseRequest, ServerHeard, Throttled, TokenRequest, WorkerMessage,
     controller_message::Body as In, worker_message::Body as Out,
 };
 use parking_lot::Mutex;
@@ -164,8 +164,17 @@ impl Hub {
 }
 
 impl LeaseLink for Hub {
-    fn request_lease(&self, id: u64, limits: u64, want: u32) -> bool {
-        self.send(Out::LeaseRequest(LeaseRequest { id, limits, want }))
+    fn request_lease(&self, id: u64, limits: u64, want: u32, heard: &[Heard]) -> bool {
+        self.send(Out::LeaseRequest(LeaseRequest {
+            id,
+            limits,
+            want,
+            heard: heard
+                .iter()
+                .take(pacer_proto::MAX_HEARD)
+                .map(server_heard)
+                .collect(),
+        }))
     }
 
     fn throttled(&self, limits: u64, pause: Duration) -> bool {
@@ -176,6 +185,23 @@ impl LeaseLink for Hub {
             limits,
             retry_after_us,
         }))
+    }
+}
+
+/// A server's headers as the controller takes them: whatever the server said, every duration
+/// within the bounds the controller checks (a hostile server cannot break the session).
+fn server_heard(h: &Heard) -> ServerHeard {
+    let us = |d: Duration, max: u64| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).min(max);
+    ServerHeard {
+        limit: h.limit,
+        remaining: h.report.remaining,
+        reset_us: h
+            .report
+            .reset
+            .map_or(0, |r| us(r, pacer_proto::MAX_PAUSE_US).max(1)),
+        stated_limit: h.report.limit.unwrap_or(0),
+        sent_ago_us: us(h.sent_ago, pacer_proto::MAX_HEARD_AGE_US),
+        age_us: us(h.age, pacer_proto::MAX_HEARD_AGE_US),
     }
 }
 
