@@ -80,6 +80,17 @@ fn setup(dir: &Path, target: &str, mode: &str, executor: &str, rows: usize) -> s
 }
 
 /// `pacer mock` without auth or limits, keeping the arrival log, and a directory for the plan.
+/// The run exited with `code`; its output says why when it did not.
+fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}{}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
 async fn recording_mock() -> (pacer_mock::MockServer, tempfile::TempDir) {
     let mut config = plain_mock_config(pacer_mock::LatencyConfig::None);
     config.record_arrivals = true;
@@ -110,13 +121,7 @@ async fn unique_rows_are_used_once_by_one_process() {
         ROWS,
     );
     let out = run(&["run", "-q", p.to_str().unwrap()]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let mut ids = rows_used(&paths(&mock));
     ids.sort_unstable();
     assert_eq!(ids, (0..ROWS).collect::<Vec<_>>());
@@ -133,13 +138,7 @@ async fn unique_rows_are_split_across_run_workers_with_none_twice_and_none_skipp
         ROWS,
     );
     let out = run(&["run", "-q", p.to_str().unwrap(), "--workers", "3"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let mut ids = rows_used(&paths(&mock));
     ids.sort_unstable();
     assert_eq!(ids, (0..ROWS).collect::<Vec<_>>(), "every row exactly once");
@@ -201,13 +200,7 @@ async fn unique_rows_are_split_across_controller_workers() {
     for w in workers {
         let _ = tokio::task::spawn_blocking(move || wait_bounded(w, Duration::from_secs(10))).await;
     }
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let mut ids = rows_used(&paths(&mock));
     ids.sort_unstable();
     assert_eq!(ids, (0..ROWS).collect::<Vec<_>>(), "every row exactly once");
@@ -268,13 +261,7 @@ async fn cycle_and_random_rows() {
     let target = format!("http://{}", mock.addr());
     let p = setup(dir.path(), &target, "cycle", SHARED_30, 7);
     let out = run(&["run", "-q", p.to_str().unwrap()]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let ids = rows_used(&paths(&mock));
     assert_eq!(ids.len(), 30);
     let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
@@ -290,13 +277,7 @@ async fn cycle_and_random_rows() {
     mock.control().reset();
     let p = setup(dir.path(), &target, "random", SHARED_30, 7);
     let out = run(&["run", "-q", p.to_str().unwrap()]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let ids = rows_used(&paths(&mock));
     assert_eq!(ids.len(), 30);
     let distinct: BTreeSet<usize> = ids.iter().copied().collect();
@@ -346,13 +327,7 @@ async fn the_user_story_data_example_runs_as_written() {
         Duration::from_secs(60),
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_exit(&out, 0);
     let stats = mock.stats();
     let queries = paths(&mock)
         .iter()
