@@ -29,7 +29,7 @@ pub async fn drive(
     // Reports and metrics read the fleet's merge of every worker's latest snapshot.
     let source: SnapshotSource = {
         let c = coordinator.clone();
-        Arc::new(move || c.status().merged)
+        Arc::new(move || (*c.status().merged).clone())
     };
     let layout = pacer_stats::Layout::of(plan);
     // The series is the coordinator's, built from the workers' reports in the second each

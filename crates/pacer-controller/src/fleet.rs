@@ -2,20 +2,36 @@
 //! state and its LATEST cumulative snapshot. Replacing (never adding) a worker's snapshot is
 //! what makes reconnects and controller restarts exact: nothing is lost, nothing counted twice.
 //!
+//! The fleet's merge is kept running, not redone: each kept report's delta against the
+//! worker's previous one (`Snapshot::delta_continuing`) is added once into the fleet total
+//! ([`Fleet::take_report`]), and the same delta feeds the per-second series. What the status,
+//! the `abortOnFail` judgement, the operator's `/metrics` and the final outcome read is that
+//! total made whole (the server's latest headers and the controller's own counts added at
+//! read time, [`Fleet::merged`]), built at most once per generation and shared as an
+//! `Arc`. A merge of every worker's latest snapshot is thus O(workers) once per read
+//! generation instead of once per read, and a report costs one delta whatever the fleet's
+//! size. The total equals a full merge of the latest counted snapshots exactly (debug builds
+//! assert it at the end; tests/incremental_merge.rs checks it after any sequence of reports).
+//! A report that does not continue its worker's previous one (counts that went down: a
+//! broken or hostile worker, never a resumed one, which keeps its recorder) is refused and
+//! named; the previous one stays counted.
+//!
 //! Verdict integrity: a worker whose snapshot cannot be merged into the others' (a hostile or
 //! broken worker can send histograms that each decode but overflow together) is marked failed
 //! with the reason and its numbers are kept apart, never merged; the run then fails naming it.
-//! Workers are merged in index order, so the first one that no longer fits is the one named.
+//! The worker named is the one whose report no longer fits the fleet total; the total is then
+//! rebuilt from the other workers' latest snapshots (once per such worker).
 //!
 //! The fleet keeps its own invariants: the session and the run loop (lib.rs, session.rs) change
 //! it only through its methods (`admit`, `accept_report`, `finish`, `halt`, `fail`, `end`,
 //! ...), never field by field.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pacer_proto::{ControllerMessage, Hello, controller_message};
 use pacer_report::FleetSeries;
-use pacer_stats::{AbortWatch, Snapshot, StatsError};
+use pacer_stats::{AbortWatch, ServerLimitHeaders, Snapshot, StatsError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -118,6 +134,35 @@ pub(crate) struct Slot {
     pub(crate) lost_at: Option<Duration>,
     /// Its snapshot could not be merged into the fleet's: it is kept apart, not counted.
     pub(crate) unmergeable: bool,
+    /// The counters of its latest snapshot the per-worker rows show, summed once per report
+    /// (a status shows every worker's; summing their histograms per status would be
+    /// O(workers x requests) histogram additions).
+    pub(crate) totals: WorkerTotals,
+}
+
+/// A worker's counters as its row shows them ([`crate::report::WorkerView`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WorkerTotals {
+    pub(crate) attempts: u64,
+    pub(crate) failed: u64,
+    pub(crate) throttled: u64,
+    pub(crate) iterations: u64,
+}
+
+impl WorkerTotals {
+    /// The sums over every request and scenario (saturating, as a merge's are).
+    fn of(s: &Snapshot) -> Self {
+        let mut t = WorkerTotals::default();
+        for sc in &s.scenarios {
+            t.iterations = t.iterations.saturating_add(sc.stats.iterations);
+            for r in &sc.requests {
+                t.attempts = t.attempts.saturating_add(r.stats.attempts);
+                t.failed = t.failed.saturating_add(r.stats.failed);
+                t.throttled = t.throttled.saturating_add(r.stats.throttled);
+            }
+        }
+        t
+    }
 }
 
 /// How the controller halts its workers: one path ([`Fleet::halt`]) for both.
@@ -187,6 +232,12 @@ pub(crate) struct Fleet {
     ended: bool,
     /// Bumped on every accepted report, so merges happen only when something changed.
     generation: u64,
+    /// The running fleet total: every counted report's delta added once (`None` before the
+    /// first). Without the server's headers and the controller's own counts, which
+    /// [`Fleet::merged`] adds at read time.
+    total: Option<Snapshot>,
+    /// The fleet's merged state as last built, and the generation it shows.
+    cached: Option<(u64, Arc<Snapshot>)>,
     /// The fleet's `abortOnFail` thresholds (built on the first [`Fleet::judge`]).
     abort_watch: Option<AbortWatch>,
     /// The generation last judged, and when.
@@ -201,10 +252,12 @@ pub(crate) struct Fleet {
 /// a worker cannot make the series grow faster than time passes.
 const SERIES_STAMP_AHEAD: Duration = Duration::from_secs(1);
 
-/// The fleet is judged (merge checked, abortOnFail evaluated) at most this often while
-/// reports stream in: a merge is O(workers), and a report arrives from each worker every
-/// second, so judging on every report would be O(workers²) per second. Half the report
-/// interval keeps an abort within about a second of the report that shows the failure.
+/// The fleet is judged (abortOnFail evaluated on its merged state) at most this often while
+/// reports stream in: building the merged state copies the fleet total and evaluating the
+/// thresholds reads every request's histograms, and a report arrives from each worker every
+/// second, so judging on every report would do that workers times a second. Half the
+/// report interval keeps an abort within about a second of the report that shows the
+/// failure.
 const JUDGE_EVERY: Duration = Duration::from_millis(500);
 
 impl Fleet {
@@ -227,6 +280,7 @@ impl Fleet {
                     reason: None,
                     lost_at: None,
                     unmergeable: false,
+                    totals: WorkerTotals::default(),
                 })
                 .collect(),
             start: None,
@@ -237,6 +291,8 @@ impl Fleet {
             failure: None,
             ended: false,
             generation: 0,
+            total: None,
+            cached: None,
             abort_watch: None,
             judged: None,
             series: None,
@@ -266,12 +322,119 @@ impl Fleet {
         }
     }
 
-    /// Worker `index`'s report was kept: into the series, its stamp bounded by this clock.
-    fn series_report(&mut self, index: u32, now: Instant) {
+    /// Keep worker `index`'s report if it is newer than the one held (cumulative: the newest
+    /// replaces) and continues it; true when kept. A counted worker's delta is added into the
+    /// fleet total once and handed to the series (its stamp bounded by this clock): one
+    /// delta per report, for both. A delta the total cannot carry makes the worker
+    /// unmergeable ([`Fleet::set_unmergeable`]).
+    fn take_report(&mut self, index: u32, mut r: Decoded, now: Instant) -> bool {
+        let i = index as usize;
         let bound = self.elapsed(now).saturating_add(SERIES_STAMP_AHEAD);
-        let slot = &self.slots[index as usize];
-        if let (Some(series), Some(snapshot)) = (&mut self.series, &slot.snapshot) {
-            series.report(index as usize, slot.elapsed.min(bound), snapshot);
+        let slot = &self.slots[i];
+        if slot.snapshot.is_some() && r.seq <= slot.seq {
+            tracing::debug!("worker {index}: stale report {} (have {})", r.seq, slot.seq);
+            return false;
+        }
+        // Zero counts as absent, so that a merge of deltas and of whole snapshots agree.
+        r.snapshot.canonicalize();
+        let mut counted = !slot.unmergeable;
+        let delta = match (&slot.snapshot, counted) {
+            (Some(previous), true) => match r.snapshot.delta_continuing(previous) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(
+                        "worker {index}: report {} refused: it does not continue the worker's report {} ({e}); that one stays counted",
+                        r.seq,
+                        slot.seq
+                    );
+                    return false;
+                }
+            },
+            _ => None,
+        };
+        let mut refused = None;
+        if counted {
+            // A first report is its own delta.
+            let add = delta.as_ref().unwrap_or(&r.snapshot);
+            let total = self
+                .total
+                .get_or_insert_with(|| Snapshot::empty(&r.snapshot.layout()));
+            match total.merge_in_place(add) {
+                Ok(()) => {
+                    let stamp = Duration::from_micros(r.elapsed_us).min(bound);
+                    if let Some(series) = &mut self.series {
+                        series.report(i, stamp, add, slot.snapshot.as_ref());
+                    }
+                }
+                Err(e) => {
+                    counted = false;
+                    refused = Some(e);
+                }
+            }
+        }
+        let slot = &mut self.slots[i];
+        slot.seq = r.seq;
+        slot.elapsed = Duration::from_micros(r.elapsed_us);
+        slot.totals = WorkerTotals::of(&r.snapshot);
+        slot.snapshot = Some(r.snapshot);
+        if !r.limits.is_empty() {
+            slot.limits = r.limits;
+        }
+        slot.reports += 1;
+        if let Some(e) = refused {
+            self.set_unmergeable(i, &e);
+            // Its earlier reports are in the total (and the merge may have stopped half way):
+            // rebuild it from the others.
+            self.rebuild_total();
+        }
+        debug_assert!(counted || self.slots[i].unmergeable);
+        true
+    }
+
+    /// Worker `i`'s snapshot cannot be merged into the fleet's: it is failed with the reason,
+    /// told to stop, and its numbers are kept apart from now on.
+    fn set_unmergeable(&mut self, i: usize, e: &StatsError) {
+        let s = &mut self.slots[i];
+        let reason = format!("its report cannot be merged into the fleet's: {e}");
+        tracing::error!("worker {}: {reason}; its numbers are not counted", s.index);
+        if let Some(c) = s.conn.take() {
+            let _ = c.tx.try_send(crate::msg(controller_message::Body::Abort(
+                pacer_proto::Abort {
+                    reason: reason.clone(),
+                },
+            )));
+        }
+        s.state = WorkerState::Failed;
+        s.unmergeable = true;
+        s.reason = Some(reason);
+    }
+
+    /// The fleet total from scratch: every counted worker's latest snapshot merged, in index
+    /// order; one that does not fit is made unmergeable too. Only after a worker was found
+    /// unmergeable (at most once per worker), so O(workers) that many times at most.
+    fn rebuild_total(&mut self) {
+        // Each round either ends or makes one more worker unmergeable.
+        for _ in 0..=self.slots.len() {
+            let mut total: Option<Snapshot> = None;
+            let mut refused = None;
+            for (i, s) in self.slots.iter().enumerate() {
+                let Some(snap) = s.snapshot.as_ref().filter(|_| !s.unmergeable) else {
+                    continue;
+                };
+                let t = total.get_or_insert_with(|| Snapshot::empty(&snap.layout()));
+                // `merge` leaves `t` as it was on error.
+                if let Err(e) = t.merge(snap) {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+            match refused {
+                Some((i, e)) => self.set_unmergeable(i, &e),
+                None => {
+                    self.total = total;
+                    return;
+                }
+            }
         }
     }
 
@@ -429,10 +592,9 @@ impl Fleet {
     /// Keep a running worker's report if it is newer than the one held (cumulative: the
     /// newest replaces); true when kept.
     pub fn accept_report(&mut self, index: u32, report: Decoded) -> bool {
-        let kept = keep_newest(&mut self.slots[index as usize], report);
+        let kept = self.take_report(index, report, Instant::now());
         if kept {
             self.generation += 1;
-            self.series_report(index, Instant::now());
         }
         kept
     }
@@ -446,14 +608,14 @@ impl Fleet {
         stopped_early: bool,
         error: Option<String>,
     ) {
-        if let Some(r) = report
-            && keep_newest(&mut self.slots[index as usize], r)
-        {
-            self.series_report(index, Instant::now());
+        if let Some(r) = report {
+            self.take_report(index, r, Instant::now());
         }
         let slot = &mut self.slots[index as usize];
         slot.stopped_early = stopped_early;
         match error {
+            // An unmergeable worker stays failed, with that reason.
+            _ if slot.unmergeable => {}
             None => slot.state = WorkerState::Finished,
             Some(e) => {
                 slot.state = WorkerState::Failed;
@@ -630,62 +792,79 @@ impl Fleet {
         self.slots.iter().all(|s| s.state.is_settled())
     }
 
-    /// Every counted worker's latest snapshot, merged exactly, and the workers whose snapshot
-    /// did not fit (index, why). Layouts were checked when each report arrived; what can
-    /// still fail is a histogram the merged total could not carry.
-    fn merge_counted(&self, inner: &Inner) -> (Snapshot, Vec<(usize, StatsError)>) {
-        let mut merged = Snapshot::empty(&inner.layout);
-        let mut refused = Vec::new();
-        for (i, s) in self.slots.iter().enumerate() {
-            let Some(snap) = s.snapshot.as_ref().filter(|_| !s.unmergeable) else {
-                continue;
-            };
-            // On error `merge` leaves `merged` as it was: this worker is simply not counted.
-            if let Err(e) = merged.merge(snap) {
-                refused.push((i, e));
+    /// The server's latest rate-limit headers among the counted workers' latest snapshots,
+    /// as a merge in index order picks them (the newest by `at_unix_ms`, the first on a tie).
+    /// Not kept in the running total: a worker's latest headers may be older than those of
+    /// its previous report (a recorder keeps the last recorded), and the total would keep
+    /// the newest ever seen.
+    fn latest_server_limits(&self) -> Option<ServerLimitHeaders> {
+        let mut best: Option<&ServerLimitHeaders> = None;
+        for s in self.slots.iter().filter(|s| !s.unmergeable) {
+            if let Some(h) = s.snapshot.as_ref().and_then(|x| x.server_limits.as_ref())
+                && best.is_none_or(|b| h.at_unix_ms > b.at_unix_ms)
+            {
+                best = Some(h);
             }
         }
-        // What the controller did itself for the fleet (the tokens it fetched for everyone).
+        best.cloned()
+    }
+
+    /// The fleet's merged state from the running total: the total, the server's latest
+    /// headers and what the controller did itself for the fleet (the tokens it fetched for
+    /// everyone), read now. One copy of the total, O(workers) comparisons.
+    fn build_merged(&self, inner: &Inner) -> Snapshot {
+        let mut merged = self
+            .total
+            .clone()
+            .unwrap_or_else(|| Snapshot::empty(&inner.layout));
+        merged.server_limits = self.latest_server_limits();
+        if let Some(own) = inner.served.as_ref().and_then(|s| s.snapshot())
+            && let Err(e) = merged.merge_in_place(&own)
+        {
+            tracing::warn!("the controller's own counts cannot be merged: {e}");
+        }
+        merged
+    }
+
+    /// Every counted worker's latest snapshot merged from scratch, in index order, with the
+    /// controller's own counts: what the running total must equal (checked in debug builds
+    /// and tests, never redone in production).
+    #[cfg(any(test, debug_assertions))]
+    pub(crate) fn full_merge(&self, inner: &Inner) -> Snapshot {
+        let mut merged = Snapshot::empty(&inner.layout);
+        for s in self.slots.iter().filter(|s| !s.unmergeable) {
+            if let Some(snap) = &s.snapshot
+                && let Err(e) = merged.merge(snap)
+            {
+                tracing::error!("worker {}: full merge: {e}", s.index);
+            }
+        }
         if let Some(own) = inner.served.as_ref().and_then(|s| s.snapshot())
             && let Err(e) = merged.merge(&own)
         {
             tracing::warn!("the controller's own counts cannot be merged: {e}");
         }
-        (merged, refused)
-    }
-
-    /// The fleet's merged snapshot as it stands, without the workers whose snapshot does not
-    /// fit (read-only, for status displays; [`Fleet::merge_workers`] marks them).
-    pub fn merged(&self, inner: &Inner) -> Snapshot {
-        self.merge_counted(inner).0
-    }
-
-    /// Merge every worker's latest snapshot; a worker whose snapshot cannot be merged is
-    /// marked failed with the reason, told to stop, and left out (its numbers kept apart).
-    pub fn merge_workers(&mut self, inner: &Inner) -> Snapshot {
-        let (merged, refused) = self.merge_counted(inner);
-        for (i, e) in refused {
-            let s = &mut self.slots[i];
-            let reason = format!("its report cannot be merged into the fleet's: {e}");
-            tracing::error!("worker {}: {reason}; its numbers are not counted", s.index);
-            if let Some(c) = s.conn.take() {
-                let _ = c.tx.try_send(crate::msg(controller_message::Body::Abort(
-                    pacer_proto::Abort {
-                        reason: reason.clone(),
-                    },
-                )));
-            }
-            s.state = WorkerState::Failed;
-            s.unmergeable = true;
-            s.reason = Some(reason);
-        }
         merged
     }
 
-    /// While the run goes: merge (marking workers whose snapshot does not fit) and evaluate
-    /// the fleet's `abortOnFail` thresholds on the result, stopping every worker on the first
-    /// crossing. Cheap to call often: it works only when a report arrived and at most every
-    /// [`JUDGE_EVERY`].
+    /// The fleet's merged state, built at most once per generation (a kept report, a finish)
+    /// and shared: the status, the `abortOnFail` judgement, progress displays and the
+    /// operator's `/metrics` read this. The controller's own counts are those of the build.
+    pub fn merged(&mut self, inner: &Inner) -> Arc<Snapshot> {
+        if let Some((generation, merged)) = &self.cached
+            && *generation == self.generation
+        {
+            return merged.clone();
+        }
+        let merged = Arc::new(self.build_merged(inner));
+        self.cached = Some((self.generation, merged.clone()));
+        merged
+    }
+
+    /// While the run goes: evaluate the fleet's `abortOnFail` thresholds on its merged state
+    /// (workers whose snapshot does not fit were marked as their report arrived), stopping
+    /// every worker on the first crossing. Cheap to call often: it works only when a report
+    /// arrived and at most every [`JUDGE_EVERY`].
     pub fn judge(&mut self, inner: &Inner, now: Instant, elapsed: Duration) {
         if self.judged.is_some_and(|(generation, at)| {
             generation == self.generation || now.saturating_duration_since(at) < JUDGE_EVERY
@@ -693,7 +872,7 @@ impl Fleet {
             return;
         }
         self.judged = Some((self.generation, now));
-        let merged = self.merge_workers(inner);
+        let merged = self.merged(inner);
         let watch = self
             .abort_watch
             .get_or_insert_with(|| AbortWatch::new(&inner.plan.thresholds));
@@ -712,7 +891,7 @@ impl Fleet {
             .collect()
     }
 
-    pub fn status(&self, inner: &Inner) -> FleetStatus {
+    pub fn status(&mut self, inner: &Inner) -> FleetStatus {
         let now = Instant::now();
         let elapsed = self
             .start
@@ -728,8 +907,16 @@ impl Fleet {
     }
 
     pub fn outcome(&mut self, inner: &Inner, now: Instant) -> FleetOutcome {
-        // Final reports may have arrived since the last judgement: check them all now.
-        let merged = self.merge_workers(inner);
+        // Built now, not from the cache: the controller's own counts have settled.
+        let merged = self.build_merged(inner);
+        #[cfg(debug_assertions)]
+        {
+            let full = self.full_merge(inner);
+            debug_assert!(
+                merged == full,
+                "the running fleet total differs from a full merge of the workers' latest snapshots"
+            );
+        }
         let start = self.start.unwrap_or(now);
         let elapsed = now.saturating_duration_since(start);
         // The test took as long as its longest worker ran (the controller's own clock adds
@@ -764,10 +951,11 @@ impl Fleet {
         for s in &mut self.slots {
             s.conn = None;
         }
+        let slots = &self.slots;
         let series = self
             .series
             .take()
-            .map(|s| s.finish(elapsed))
+            .map(|s| s.finish(elapsed, |i| slots.get(i).and_then(|s| s.snapshot.as_ref())))
             .unwrap_or_default();
         FleetOutcome {
             test_id: inner.cfg.test_id.clone(),
@@ -789,27 +977,6 @@ impl Fleet {
             resumed: self.resumed,
         }
     }
-}
-
-/// Keep a report if it is newer than the one held (cumulative: the newest replaces).
-fn keep_newest(slot: &mut Slot, r: Decoded) -> bool {
-    if slot.snapshot.is_some() && r.seq <= slot.seq {
-        tracing::debug!(
-            "worker {}: stale report {} (have {})",
-            slot.index,
-            r.seq,
-            slot.seq
-        );
-        return false;
-    }
-    slot.seq = r.seq;
-    slot.elapsed = Duration::from_micros(r.elapsed_us);
-    slot.snapshot = Some(r.snapshot);
-    if !r.limits.is_empty() {
-        slot.limits = r.limits;
-    }
-    slot.reports += 1;
-    true
 }
 
 /// A worker's limits table with what the controller heard of the server for the limits it
@@ -1158,3 +1325,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "fleet_merge_tests.rs"]
+mod merge_tests;

@@ -301,7 +301,7 @@ impl Coordinator {
 
     /// What the fleet looks like now (for progress displays).
     pub fn status(&self) -> FleetStatus {
-        let f = self.inner.fleet.lock();
+        let mut f = self.inner.fleet.lock();
         f.status(&self.inner)
     }
 

@@ -3,6 +3,7 @@
 //! and live progress lines whose rates come from subtracting cumulative snapshots.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pacer_plan::Plan;
@@ -42,13 +43,7 @@ pub struct WorkerView {
 
 impl WorkerView {
     pub(crate) fn new(s: &Slot, weight: u32, elapsed: Duration) -> Self {
-        let (total, iterations) = match &s.snapshot {
-            Some(snap) => (
-                snap.total(),
-                snap.scenarios.iter().map(|x| x.stats.iterations).sum(),
-            ),
-            None => (Default::default(), 0),
-        };
+        let t = s.totals;
         let secs = elapsed.as_secs_f64();
         WorkerView {
             index: s.index,
@@ -56,15 +51,15 @@ impl WorkerView {
             version: s.version.clone(),
             state: s.state,
             weight,
-            http_reqs: total.attempts,
+            http_reqs: t.attempts,
             rate_per_sec: if secs > 0.0 {
-                total.attempts as f64 / secs
+                t.attempts as f64 / secs
             } else {
                 0.0
             },
-            errors: total.failed,
-            throttled: total.throttled,
-            iterations,
+            errors: t.failed,
+            throttled: t.throttled,
+            iterations: t.iterations,
             reports: s.reports,
             reported_at_secs: s.elapsed.as_secs_f64(),
             lost_at_secs: s.lost_at.map(|d| d.as_secs_f64()),
@@ -79,8 +74,9 @@ pub struct FleetStatus {
     /// The common start has passed.
     pub started: bool,
     pub elapsed: Duration,
-    /// Every worker's latest snapshot, merged.
-    pub merged: Snapshot,
+    /// Every counted worker's latest snapshot, merged: the fleet's state of its last
+    /// generation, shared (cloning the status does not copy it).
+    pub merged: Arc<Snapshot>,
     pub workers: Vec<WorkerView>,
     pub stop_reason: Option<String>,
 }
@@ -225,7 +221,7 @@ pub fn render_workers(rows: &[WorkerView]) -> String {
 /// (`Snapshot::delta`), so rates and the p95 are those of the last interval, per worker too.
 #[derive(Default)]
 pub struct ProgressTracker {
-    previous: Option<(Snapshot, Duration)>,
+    previous: Option<(Arc<Snapshot>, Duration)>,
     per_worker: Vec<(u64, Duration)>,
 }
 
@@ -241,7 +237,7 @@ impl ProgressTracker {
                     (None, Duration::ZERO)
                 }
             },
-            None => (Some(status.merged.clone()), now),
+            None => (Some((*status.merged).clone()), now),
         };
         let total = status.merged.total();
         let (rate, p95) = match &interval {

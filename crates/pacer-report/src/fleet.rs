@@ -12,9 +12,14 @@
 //! worker had time to report it. The rows are then those a single process would sample, to
 //! the jitter of the workers' report timers.
 //!
+//! The caller computes each report's delta once (the controller adds the same delta into its
+//! running fleet total) and hands it here with the worker's previous and new cumulative
+//! snapshots, which it keeps anyway: this series keeps no copy of them.
+//!
 //! Per worker, the same reports make the worker's own series. Memory: the open seconds'
-//! merged deltas (at most [`MAX_OPEN_SECONDS`]), one cumulative snapshot per worker, and one
-//! row per second per worker and for the fleet.
+//! merged deltas (at most [`MAX_OPEN_SECONDS`]), each worker's series builder (which keeps
+//! the cumulative snapshots its rows start from), and one row per second per worker and for
+//! the fleet.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -63,8 +68,6 @@ pub struct FleetSeriesOutput {
 /// One worker's part.
 #[derive(Debug)]
 struct WorkerTrack {
-    /// Its snapshot last absorbed (empty before its first report).
-    base: Snapshot,
     /// Its own series, fed its cumulative snapshot at each whole second.
     series: SeriesBuilder,
     /// Seconds already pushed into `series`.
@@ -101,7 +104,6 @@ impl FleetSeries {
             open: VecDeque::new(),
             workers: (0..workers)
                 .map(|_| WorkerTrack {
-                    base: Snapshot::empty(layout),
                     series: SeriesBuilder::new(layout, planned.clone()),
                     pushed: 0,
                     elapsed: Duration::ZERO,
@@ -131,42 +133,50 @@ impl FleetSeries {
         self.started_unix_ms.unwrap_or(0).saturating_add(offset)
     }
 
-    /// Worker `index`'s cumulative `snapshot`, stamped `elapsed` since the common start (a
-    /// report the controller kept: newer than the one before). A snapshot that does not
-    /// continue the worker's previous one (another run's) is taken as the new base and
-    /// counts nowhere. The caller bounds `elapsed` by its own clock (each second between
-    /// the last one closed and this one becomes a row).
-    pub fn report(&mut self, index: usize, elapsed: Duration, snapshot: &Snapshot) {
+    /// Worker `index`'s report, stamped `elapsed` since the common start: `delta`, what it
+    /// recorded since its `previous` report (`None`: this is its first, and `delta` is all of
+    /// it). The caller computed the delta once,
+    /// from a report it kept (newer than the one before, and continuing it). The caller
+    /// bounds `elapsed` by its own clock (each second between the last one closed and this
+    /// one becomes a row).
+    pub fn report(
+        &mut self,
+        index: usize,
+        elapsed: Duration,
+        delta: &Snapshot,
+        previous: Option<&Snapshot>,
+    ) {
         let Some(track) = self.workers.get_mut(index) else {
             tracing::warn!(worker = index, "series: no such worker; report left out");
             return;
         };
         let second = second_of(elapsed);
-        let delta = match snapshot.delta(&track.base) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                tracing::warn!(worker = index, error = %e, "series: report does not continue the last one; left out");
-                None
+        // The worker's own series: seconds before this report's are final now, at its
+        // previous cumulative snapshot.
+        if track.pushed + 1 < second {
+            let empty;
+            let base = match previous {
+                Some(p) => p,
+                None => {
+                    empty = Snapshot::empty(&self.layout);
+                    &empty
+                }
+            };
+            while track.pushed + 1 < second {
+                track.pushed += 1;
+                let at = track.pushed as f64;
+                let unix_ms = self
+                    .started_unix_ms
+                    .unwrap_or(0)
+                    .saturating_add(track.pushed.saturating_mul(1000));
+                track
+                    .series
+                    .push(Duration::from_secs_f64(at), unix_ms, base, None);
             }
-        };
-        // The worker's own series: seconds before this report's are final now.
-        while track.pushed + 1 < second {
-            track.pushed += 1;
-            let at = track.pushed as f64;
-            let unix_ms = self
-                .started_unix_ms
-                .unwrap_or(0)
-                .saturating_add(track.pushed.saturating_mul(1000));
-            track
-                .series
-                .push(Duration::from_secs_f64(at), unix_ms, &track.base, None);
         }
-        track.base = snapshot.clone();
         track.elapsed = track.elapsed.max(elapsed);
         track.reported = true;
-        if let Some(delta) = delta {
-            self.add(second, &delta);
-        }
+        self.add(second, delta);
         // Close what every worker has had time to report.
         while self.closed + 1 + CLOSE_AFTER_SECS <= second && !self.open.is_empty() {
             self.close_one();
@@ -190,7 +200,7 @@ impl FleetSeries {
         while self.open.len() <= slot {
             self.open.push_back(Snapshot::empty(&self.layout));
         }
-        if let Err(e) = self.open[slot].merge(delta) {
+        if let Err(e) = self.open[slot].merge_in_place(delta) {
             tracing::warn!(error = %e, "series: a worker's second cannot be merged; left out");
         }
     }
@@ -200,7 +210,7 @@ impl FleetSeries {
         let Some(bucket) = self.open.pop_front() else {
             return;
         };
-        if let Err(e) = self.closed_total.merge(&bucket) {
+        if let Err(e) = self.closed_total.merge_in_place(&bucket) {
             tracing::warn!(error = %e, "series: a second cannot be merged; left out");
         }
         self.closed += 1;
@@ -215,8 +225,13 @@ impl FleetSeries {
     }
 
     /// The series, the fleet's last row ending at `end` since the common start (the run's
-    /// length: its longest worker's), each worker's at its last report.
-    pub fn finish(mut self, end: Duration) -> FleetSeriesOutput {
+    /// length: its longest worker's), each worker's at its last report: `latest(i)` is worker
+    /// `i`'s last cumulative snapshot handed to [`FleetSeries::report`] (the caller keeps it).
+    pub fn finish<'a>(
+        mut self,
+        end: Duration,
+        latest: impl Fn(usize) -> Option<&'a Snapshot>,
+    ) -> FleetSeriesOutput {
         while self.open.len() > 1 {
             self.close_one();
         }
@@ -233,15 +248,16 @@ impl FleetSeries {
         let workers = self
             .workers
             .into_iter()
-            .map(|w| {
-                if !w.reported {
+            .enumerate()
+            .map(|(i, w)| {
+                let Some(last) = latest(i).filter(|_| w.reported) else {
                     return Series::default();
-                }
+                };
                 let at = w.elapsed.as_secs_f64();
                 let unix_ms = started_unix_ms
                     .unwrap_or(0)
                     .saturating_add((at * 1000.0) as u64);
-                w.series.finish(w.elapsed, unix_ms, &w.base, None)
+                w.series.finish(w.elapsed, unix_ms, last, None)
             })
             .collect();
         FleetSeriesOutput {
@@ -293,6 +309,41 @@ mod tests {
         Duration::from_millis(v)
     }
 
+    /// What the controller does with each kept report: its delta against the worker's
+    /// previous one, computed once, the cumulative snapshots kept by the caller (`last`). A
+    /// report that does not continue the previous one is refused, as the controller does.
+    struct Feed {
+        series: FleetSeries,
+        last: Vec<Option<Snapshot>>,
+    }
+
+    impl Feed {
+        fn new(series: FleetSeries, workers: usize) -> Self {
+            Feed {
+                series,
+                last: vec![None; workers + 8],
+            }
+        }
+
+        fn report(&mut self, i: usize, at: Duration, snap: Snapshot) {
+            let delta = match &self.last[i] {
+                Some(p) => match snap.delta_continuing(p) {
+                    Ok(d) => d,
+                    Err(_) => return,
+                },
+                None => snap.clone(),
+            };
+            self.series.report(i, at, &delta, self.last[i].as_ref());
+            self.last[i] = Some(snap);
+        }
+
+        fn finish(self, end: Duration) -> FleetSeriesOutput {
+            let last = self.last;
+            self.series
+                .finish(end, |i| last.get(i).and_then(Option::as_ref))
+        }
+    }
+
     #[test]
     fn reports_land_in_the_second_they_close() {
         assert_eq!(second_of(Duration::ZERO), 1);
@@ -308,18 +359,18 @@ mod tests {
     #[test]
     fn two_workers_make_the_rows_of_one_process() {
         let layout = layout();
-        let mut series = FleetSeries::new(&layout, PlannedRate::default(), 2);
-        series.set_started_unix_ms(1_000_000);
+        let mut series = Feed::new(FleetSeries::new(&layout, PlannedRate::default(), 2), 2);
+        series.series.set_started_unix_ms(1_000_000);
         let (a, b) = (Recorder::new(layout.clone()), Recorder::new(layout.clone()));
         for k in 1..=4u64 {
             hit(&a, 5);
             hit(&b, 5);
-            series.report(0, ms(k * 1000 + 2), &a.snapshot());
-            series.report(1, ms(k * 1000 + 150), &b.snapshot());
+            series.report(0, ms(k * 1000 + 2), a.snapshot());
+            series.report(1, ms(k * 1000 + 150), b.snapshot());
         }
         // The final reports, just after the end.
-        series.report(0, ms(4_020), &a.snapshot());
-        series.report(1, ms(4_030), &b.snapshot());
+        series.report(0, ms(4_020), a.snapshot());
+        series.report(1, ms(4_030), b.snapshot());
         let out = series.finish(ms(4_030));
         let rows: Vec<u64> = out.fleet.points.iter().map(|p| p.attempts).collect();
         assert_eq!(rows, vec![10, 10, 10, 10]);
@@ -341,13 +392,13 @@ mod tests {
     #[test]
     fn a_missed_report_leaves_a_gap_and_nothing_is_lost() {
         let layout = layout();
-        let mut series = FleetSeries::new(&layout, PlannedRate::default(), 1);
+        let mut series = Feed::new(FleetSeries::new(&layout, PlannedRate::default(), 1), 1);
         let rec = Recorder::new(layout.clone());
         hit(&rec, 3);
-        series.report(0, ms(1_001), &rec.snapshot());
+        series.report(0, ms(1_001), rec.snapshot());
         hit(&rec, 7);
         // Second 2's report never came; second 3's has both.
-        series.report(0, ms(3_001), &rec.snapshot());
+        series.report(0, ms(3_001), rec.snapshot());
         let out = series.finish(ms(3_001));
         let rows: Vec<u64> = out.fleet.points.iter().map(|p| p.attempts).collect();
         assert_eq!(rows, vec![3, 0, 7]);
@@ -357,17 +408,17 @@ mod tests {
     #[test]
     fn a_report_far_ahead_closes_the_oldest_seconds_and_counts_everything() {
         let layout = layout();
-        let mut series = FleetSeries::new(&layout, PlannedRate::default(), 2);
+        let mut series = Feed::new(FleetSeries::new(&layout, PlannedRate::default(), 2), 2);
         let rec = Recorder::new(layout.clone());
         hit(&rec, 2);
-        series.report(0, ms(1_000), &rec.snapshot());
+        series.report(0, ms(1_000), rec.snapshot());
         hit(&rec, 2);
-        series.report(0, ms(100_000), &rec.snapshot());
+        series.report(0, ms(100_000), rec.snapshot());
         // A report for a second closed long ago counts in the oldest open one.
         let other = Recorder::new(layout.clone());
         hit(&other, 5);
-        series.report(1, ms(1_000), &other.snapshot());
-        assert!(series.open.len() <= MAX_OPEN_SECONDS);
+        series.report(1, ms(1_000), other.snapshot());
+        assert!(series.series.open.len() <= MAX_OPEN_SECONDS);
         let out = series.finish(ms(100_000));
         let total: u64 = out.fleet.points.iter().map(|p| p.attempts).sum();
         assert_eq!(total, 9);
@@ -377,15 +428,15 @@ mod tests {
     #[test]
     fn out_of_range_workers_and_foreign_snapshots_change_nothing() {
         let layout = layout();
-        let mut series = FleetSeries::new(&layout, PlannedRate::default(), 1);
+        let mut series = Feed::new(FleetSeries::new(&layout, PlannedRate::default(), 1), 1);
         let rec = Recorder::new(layout.clone());
         hit(&rec, 4);
-        series.report(7, ms(1_000), &rec.snapshot());
-        series.report(0, ms(1_000), &rec.snapshot());
+        series.report(7, ms(1_000), rec.snapshot());
+        series.report(0, ms(1_000), rec.snapshot());
         // A restarted recorder: fewer counts than before.
         let fresh = Recorder::new(layout.clone());
         hit(&fresh, 1);
-        series.report(0, ms(2_000), &fresh.snapshot());
+        series.report(0, ms(2_000), fresh.snapshot());
         let out = series.finish(ms(2_000));
         let total: u64 = out.fleet.points.iter().map(|p| p.attempts).sum();
         assert_eq!(total, 4);

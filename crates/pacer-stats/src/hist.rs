@@ -119,10 +119,16 @@ impl Hist {
 
     /// Exact merge. Fails only if the result could no longer be serialized.
     pub(crate) fn add(&mut self, other: &Hist) -> Result<(), String> {
+        self.fits(other)?;
+        self.add_unchecked(other)
+    }
+
+    /// Whether [`Hist::add`] of `other` stays serializable (changes nothing).
+    pub(crate) fn fits(&self, other: &Hist) -> Result<(), String> {
         if self.count().saturating_add(other.count()) > MAX_TOTAL_COUNT {
             return Err(format!("more than {MAX_TOTAL_COUNT} samples"));
         }
-        self.add_unchecked(other)
+        Ok(())
     }
 
     /// Merge without the serializability cap (for totals that are only displayed).

@@ -279,6 +279,91 @@ impl Ledger {
         Ledger { entries, counts }
     }
 
+    /// [`Ledger::delta`] for a ledger that must continue `earlier` as one recorder's does, so
+    /// that merging the result into a merge that held `earlier` is exactly the merge holding
+    /// this ledger instead (a controller's running fleet total). A recorder's counts never go
+    /// down, and its entries leave only when the bound pushes them out: the ledger is full and
+    /// what left sorts after every entry kept, so it could not be among the first
+    /// [`LEDGER_CAPACITY`] of any merge holding this ledger. The error names what broke that.
+    /// (Entries of one key that differ elsewhere are kept in the order they came, by any
+    /// merge; at the bound, which of them stays may then depend on the order of the merges.)
+    pub fn delta_continuing(&self, earlier: &Ledger) -> Result<Ledger, String> {
+        let mut counts = BTreeMap::new();
+        for (cause, &n) in &earlier.counts {
+            let now = self.counts.get(cause).copied().unwrap_or(0);
+            if now < n {
+                return Err(format!(
+                    "counts.{}: {now} is below the {n} reported before",
+                    cause.as_str()
+                ));
+            }
+        }
+        for (cause, &n) in &self.counts {
+            let d = n - earlier.counts.get(cause).copied().unwrap_or(0).min(n);
+            if d > 0 {
+                counts.insert(*cause, d);
+            }
+        }
+        fn sorted(l: &Ledger) -> Vec<&LedgerEntry> {
+            let mut v: Vec<&LedgerEntry> = l.entries.iter().collect();
+            if !v.is_sorted_by(|a, b| a.cmp_key(b).is_le()) {
+                v.sort_by(|a, b| a.cmp_key(b));
+            }
+            v
+        }
+        let (now, before) = (sorted(self), sorted(earlier));
+        let (mut added, mut gone) = (Vec::new(), Vec::new());
+        let (mut i, mut j) = (0, 0);
+        while i < now.len() && j < before.len() {
+            match now[i].cmp_key(before[j]) {
+                Ordering::Less => {
+                    added.push(now[i].clone());
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    gone.push(before[j]);
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    // A run of one key on each side: match equal entries one to one.
+                    let end_i = i + now[i..].partition_point(|e| e.cmp_key(now[i]).is_eq());
+                    let end_j = j + before[j..].partition_point(|e| e.cmp_key(before[j]).is_eq());
+                    let mut matched = vec![false; end_i - i];
+                    for old in &before[j..end_j] {
+                        let found = (i..end_i).find(|&k| !matched[k - i] && now[k] == *old);
+                        match found {
+                            Some(k) => matched[k - i] = true,
+                            None => gone.push(old),
+                        }
+                    }
+                    for (k, m) in matched.iter().enumerate() {
+                        if !m {
+                            added.push(now[i + k].clone());
+                        }
+                    }
+                    (i, j) = (end_i, end_j);
+                }
+            }
+        }
+        added.extend(now[i..].iter().map(|e| (*e).clone()));
+        gone.extend(&before[j..]);
+        if let Some(first_gone) = gone.first() {
+            let full = self.entries.len() >= LEDGER_CAPACITY;
+            let last_kept = now.last();
+            if !full || last_kept.is_some_and(|l| first_gone.cmp_key(l).is_lt()) {
+                return Err(format!(
+                    "entries: an entry reported before (at {} ms) is gone while the ledger {}",
+                    first_gone.at_unix_ms,
+                    if full { "keeps later ones" } else { "has room" }
+                ));
+            }
+        }
+        Ok(Ledger {
+            entries: added,
+            counts,
+        })
+    }
+
     /// A decoded ledger holds what a recorder can: at most [`LEDGER_CAPACITY`] entries, each
     /// text within [`MAX_LEDGER_TEXT`].
     pub fn check(&self) -> Result<(), String> {

@@ -162,6 +162,9 @@ enum Op {
     Sum,
     /// `delta`: counts must not go negative.
     Subtract,
+    /// Check that a `Merge` would succeed (no histogram over the wire format's count), and
+    /// change nothing: [`Snapshot::merge_in_place`]'s first pass.
+    Fits,
 }
 
 /// Where a combined value lives, for error messages; only formatted on error.
@@ -183,6 +186,7 @@ impl fmt::Display for At<'_> {
 impl Op {
     fn num(self, at: At<'_>, field: &str, a: &mut u64, b: u64) -> Result<(), StatsError> {
         *a = match self {
+            Op::Fits => *a,
             Op::Merge | Op::Sum => a.saturating_add(b),
             Op::Subtract => a.checked_sub(b).ok_or_else(|| {
                 StatsError::NotAPrefix(format!("{at} {field}: {a} - {b} is negative"))
@@ -198,6 +202,9 @@ impl Op {
         a: &mut BTreeMap<K, u64>,
         b: &BTreeMap<K, u64>,
     ) -> Result<(), StatsError> {
+        if self == Op::Fits {
+            return Ok(());
+        }
         for (k, &bv) in b {
             match a.get_mut(k) {
                 Some(av) => self.num(at, &format!("{field}[{k}]"), av, bv)?,
@@ -225,6 +232,7 @@ impl Op {
             reason,
         };
         match self {
+            Op::Fits => a.fits(b).map_err(histogram_error),
             Op::Merge => a.add(b).map_err(histogram_error),
             Op::Sum => a.add_unchecked(b).map_err(histogram_error),
             Op::Subtract => a
@@ -478,6 +486,10 @@ impl Snapshot {
                 ra.stats.combine(&rb.stats, op, at)?;
             }
         }
+        if op == Op::Fits {
+            // Only histograms can refuse a merge.
+            return Ok(());
+        }
         let at = At {
             scenario: "token_fetches",
             request: None,
@@ -515,9 +527,8 @@ impl Snapshot {
             &mut self.invalid_records,
             other.invalid_records,
         )?;
-        if op == Op::Subtract {
-            self.ledger = self.ledger.delta(&other.ledger);
-        } else {
+        // The ledger's delta is its caller's ([`Snapshot::delta`], [`Snapshot::delta_continuing`]).
+        if op != Op::Subtract {
             self.ledger.merge(&other.ledger);
         }
         if op != Op::Subtract {
@@ -551,7 +562,56 @@ impl Snapshot {
         self.check_layout(earlier)?;
         let mut d = self.clone();
         d.combine(earlier, Op::Subtract)?;
+        d.ledger = self.ledger.delta(&earlier.ledger);
         Ok(d)
+    }
+
+    /// [`Snapshot::delta`] for a report that must continue `earlier` as one recorder's
+    /// snapshots do, so that adding the result into a merge ([`Snapshot::merge_in_place`]) is
+    /// exactly the merge with this snapshot in `earlier`'s place (what a controller's running
+    /// fleet total relies on): besides every count and histogram, the ledger must continue
+    /// too ([`crate::ledger::Ledger::delta_continuing`]). The error names the field.
+    pub fn delta_continuing(&self, earlier: &Snapshot) -> Result<Snapshot, StatsError> {
+        self.check_layout(earlier)?;
+        let ledger = self
+            .ledger
+            .delta_continuing(&earlier.ledger)
+            .map_err(|why| StatsError::NotAPrefix(format!("ledger.{why}")))?;
+        let mut d = self.clone();
+        d.ledger = crate::ledger::Ledger::default();
+        d.combine(earlier, Op::Subtract)?;
+        d.ledger = ledger;
+        Ok(d)
+    }
+
+    /// [`Snapshot::merge`] without the copy: the histograms are checked first (the only part
+    /// that can refuse), then everything is added in place. On error `self` is unchanged,
+    /// except if a histogram's resize then overflows memory (`hdrhistogram`'s only other
+    /// failure, which the value clamp of [`crate::hist`] rules out): a caller that must stay
+    /// exact even then rebuilds what it merged.
+    pub fn merge_in_place(&mut self, other: &Snapshot) -> Result<(), StatsError> {
+        self.check_layout(other)?;
+        self.combine(other, Op::Fits)?;
+        self.combine(other, Op::Merge)
+    }
+
+    /// Drop the entries whose count is zero (a status, an error kind, a limit, a credential,
+    /// a ledger cause): as if never seen, the form [`Snapshot::delta`] leaves. A decoder of
+    /// untrusted snapshots applies it so that a merge of deltas and a merge of whole
+    /// snapshots agree key for key.
+    pub fn canonicalize(&mut self) {
+        for s in &mut self.scenarios {
+            for r in &mut s.requests {
+                let st = &mut r.stats;
+                st.status.retain(|_, v| *v != 0);
+                st.errors.retain(|_, v| *v != 0);
+                st.throttled_by_limit.retain(|_, v| *v != 0);
+                st.throttled_by_server_limit.retain(|_, v| *v != 0);
+            }
+        }
+        self.token_fetches
+            .retain(|_, t| t.count != 0 || t.wait_us_sum != 0);
+        self.ledger.counts.retain(|_, n| *n != 0);
     }
 
     /// JSON for the wire. Cannot fail for snapshots built by this crate; should serialization
