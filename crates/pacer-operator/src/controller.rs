@@ -75,6 +75,33 @@ pub struct RunEntry {
     pub resumed: bool,
 }
 
+impl Context {
+    /// Hold a test this operator now runs (started here, or taken over by `phases::resume`)
+    /// and count it started: the one place a run enters `runs`.
+    pub(crate) fn hold(
+        &self,
+        uid: String,
+        handle: Arc<dyn RunHandle>,
+        prepared: &Prepared,
+        record: crate::phases::Record,
+        resumed: bool,
+    ) {
+        self.runs.lock().insert(
+            uid,
+            RunEntry {
+                handle,
+                prepared: prepared.clone(),
+                // A resumed run writes nothing until its workers are back (running.rs).
+                last_write: Some(Instant::now()),
+                stopping: None,
+                record,
+                resumed,
+            },
+        );
+        self.metrics.started();
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,

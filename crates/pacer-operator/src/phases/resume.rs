@@ -27,12 +27,11 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use pacer_controller::key::{SessionKey, sha256_hex};
-use tokio::time::Instant;
 
 use super::end::ttl_action;
 use super::failed_status;
 use crate::api::{delete_workers, event, get_budget, write_status};
-use crate::controller::{Context, Result, RunEntry, uid};
+use crate::controller::{Context, Result, uid};
 use crate::crd::{LoadTest, LoadTestStatus, Phase};
 use crate::messages;
 use crate::prepare::{Prepared, prepare_on};
@@ -116,19 +115,7 @@ pub(crate) async fn resume(lt: &LoadTest, ctx: &Context) -> Result<Action> {
         test = %prepared.test_id,
         "resuming a test this operator did not hold (it restarted or just became the leader)"
     );
-    ctx.runs.lock().insert(
-        uid(lt),
-        RunEntry {
-            handle,
-            prepared: prepared.clone(),
-            // Nothing is written until the workers are back (running.rs).
-            last_write: Some(Instant::now()),
-            stopping: None,
-            record,
-            resumed: true,
-        },
-    );
-    ctx.metrics.started();
+    ctx.hold(uid(lt), handle, &prepared, record, true);
     event(
         ctx,
         lt,

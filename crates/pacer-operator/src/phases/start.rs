@@ -7,11 +7,10 @@
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use pacer_controller::key::SessionKey;
-use tokio::time::Instant;
 
 use super::{Record, base_status, condition, failed_status};
 use crate::api::{create_workers, delete_workers, event, write_status};
-use crate::controller::{Context, Result, RunEntry, uid};
+use crate::controller::{Context, Result, uid};
 use crate::crd::{LoadTest, Phase};
 use crate::messages;
 use crate::prepare::Prepared;
@@ -127,18 +126,7 @@ pub(super) async fn start(lt: &LoadTest, ctx: &Context, prepared: Prepared) -> R
         handle.abort(messages::WORKERS_NOT_CREATED);
         return Err(e);
     }
-    ctx.runs.lock().insert(
-        uid(lt),
-        RunEntry {
-            handle,
-            prepared: prepared.clone(),
-            last_write: Some(Instant::now()),
-            stopping: None,
-            record: record.clone(),
-            resumed: false,
-        },
-    );
-    ctx.metrics.started();
+    ctx.hold(uid(lt), handle, &prepared, record.clone(), false);
     let mut s = base_status(lt);
     s.phase = Some(Phase::Starting);
     s.test_id = Some(prepared.test_id.clone());
