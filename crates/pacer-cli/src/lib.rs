@@ -115,6 +115,14 @@ pub fn main_from_env() -> ExitCode {
     init_tracing(&cli.log);
     // One TLS crypto provider for the whole process (reqwest and kube must agree).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // One multi-thread runtime for the process, tokio's defaults on purpose: one worker thread
+    // per core this process may run on (sched_getaffinity, so `taskset -c 1 pacer run` gets
+    // one thread and no cross-thread hand-offs), `TOKIO_WORKER_THREADS` to override. Work
+    // stealing lets a VU's iteration and its connection's task run on whichever worker is
+    // free; the connection pool is one per run (per-origin idle stacks under a short lock)
+    // rather than one per core, so a connection freed on one core serves a VU on the other and
+    // a run never holds more connections than requests in flight. Measured in bench/cores.sh
+    // (docs/benchmarks.md "Cores").
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

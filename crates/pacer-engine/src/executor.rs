@@ -300,7 +300,12 @@ async fn closed_vus(run: Arc<ScenarioRun>, vus: u32, end: Instant, iterations: I
         let counter = counter.clone();
         set.spawn(async move {
             let mut done = 0u64;
-            while Instant::now() < end && !run.stopping() {
+            loop {
+                // One clock read: the loop's deadline and the iteration's intended start.
+                let now = Instant::now();
+                if now >= end || run.stopping() {
+                    break;
+                }
                 if let Iterations::PerVu(n) = iterations
                     && done >= n
                 {
@@ -312,7 +317,7 @@ async fn closed_vus(run: Arc<ScenarioRun>, vus: u32, end: Instant, iterations: I
                     Iterations::Shared { first, .. } => first + k,
                     Iterations::Unbounded | Iterations::PerVu(_) => k,
                 };
-                run.iteration(vu, number, Instant::now(), None).await;
+                run.iteration(vu, number, now, None).await;
                 done += 1;
                 let think = run.think_time();
                 if !think.is_zero() && !run.sleep_until(Instant::now() + think).await {

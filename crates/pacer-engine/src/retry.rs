@@ -95,15 +95,16 @@ pub(crate) fn next(
 }
 
 /// The Retry-After of an answer: read on a 429 or a 503 only (elsewhere it means nothing to
-/// pacing), relative to `now`, clamped to `max`.
+/// pacing), relative to `now` (asked only when there is a header to read: most answers carry
+/// none, and the clock is not free on the hot path), clamped to `max`.
 pub(crate) fn retry_after_of(
     status: u16,
     value: Option<&[u8]>,
-    now: SystemTime,
+    now: impl FnOnce() -> SystemTime,
     max: Duration,
 ) -> Option<RetryAfter> {
     match value {
-        Some(v) if status == 429 || status == 503 => Some(parse_retry_after(v, now, max)),
+        Some(v) if status == 429 || status == 503 => Some(parse_retry_after(v, now(), max)),
         _ => None,
     }
 }
@@ -387,13 +388,13 @@ mod tests {
     fn retry_after_is_read_on_429_and_503_only() {
         let now = SystemTime::now();
         let max = Duration::from_secs(120);
-        assert_eq!(retry_after_of(429, Some(b"2"), now, max), Some(TWO_S));
-        assert_eq!(retry_after_of(503, Some(b"2"), now, max), Some(TWO_S));
-        assert_eq!(retry_after_of(200, Some(b"2"), now, max), None);
-        assert_eq!(retry_after_of(502, Some(b"2"), now, max), None);
-        assert_eq!(retry_after_of(429, None, now, max), None);
+        assert_eq!(retry_after_of(429, Some(b"2"), || now, max), Some(TWO_S));
+        assert_eq!(retry_after_of(503, Some(b"2"), || now, max), Some(TWO_S));
+        assert_eq!(retry_after_of(200, Some(b"2"), || now, max), None);
+        assert_eq!(retry_after_of(502, Some(b"2"), || now, max), None);
+        assert_eq!(retry_after_of(429, None, || now, max), None);
         assert_eq!(
-            retry_after_of(429, Some(b"soon"), now, max),
+            retry_after_of(429, Some(b"soon"), || now, max),
             Some(RetryAfter::Malformed)
         );
     }

@@ -290,7 +290,7 @@ impl<'a> Sending<'a> {
         let retry_after = retry::retry_after_of(
             resp.status,
             resp.headers.get(RETRY_AFTER).map(HeaderValue::as_bytes),
-            SystemTime::now(),
+            SystemTime::now,
             policy.retry_after_max,
         );
         self.sh.limiter.feedback(
