@@ -4,7 +4,7 @@ CARGO ?= cargo
 PACER := target/debug/pacer
 DEMO_PORT ?= 18080
 
-.PHONY: all build demo test check lint fmt deps e2e-deps e2e-node-deps crds chart bench bench-fleet clean help report-shot image image-test e2e-node
+.PHONY: all build demo test check lint fmt deps e2e-deps e2e-node-deps crds chart bench bench-fleet bench-controller clean help report-shot image image-test e2e-node
 
 help:
 	@echo "make demo   - build, start the mock API, run examples/user-story.yaml, show the summary"
@@ -20,6 +20,7 @@ help:
 	@echo "make chart  - helm lint and helm template of charts/pacer (helm from make e2e-deps)"
 	@echo "make bench  - benchmarks against peers (see docs/benchmarks.md)"
 	@echo "make bench-fleet - 1000 simulated workers sharing one Redis at 20k/s (docs/benchmarks.md)"
+	@echo "make bench-controller - pacer controller with 1000 simulated workers, 10 min (BENCH_QUICK=1: 20 s; docs/benchmarks.md)"
 	@echo "make report-shot - a short run against pacer mock, its HTML report, a screenshot in docs/report.png"
 
 all: build
@@ -125,6 +126,9 @@ bench: deps
 # The fleet limiter under load: a throwaway redis-server, 1000 simulated workers (not a test).
 bench-fleet: deps
 	@bash bench/fleet-sim.sh
+
+bench-controller: deps
+	@bash bench/controller-scale.sh
 
 clean:
 	$(CARGO) clean
