@@ -412,3 +412,94 @@ fn an_unmergeable_worker_is_named_and_left_out() {
     ];
     run(&steps).expect("exact");
 }
+
+/// Bytes of histogram counts one snapshot holds (8 per counts-array entry; the rest of a
+/// snapshot is small beside them).
+fn hist_bytes(s: &Snapshot) -> usize {
+    let mut n = 0;
+    for sc in &s.scenarios {
+        n += sc.stats.iteration_duration.histogram().distinct_values();
+        for r in &sc.requests {
+            let st = &r.stats;
+            for h in [
+                &st.retry_after_ms,
+                &st.duration,
+                &st.service_time,
+                &st.limiter_wait,
+                &st.paused,
+                &st.backoff,
+                &st.send_lag,
+            ] {
+                n += h.histogram().distinct_values();
+            }
+        }
+    }
+    n * 8
+}
+
+/// The memory estimate behind docs/benchmarks.md's controller figures: one worker's
+/// cumulative snapshot of 3 scenarios x 10 requests after 10 minutes at 5 requests a second
+/// per request (latencies 5 ms to 2 s, 1 in 10 throttled with a Retry-After), and what the
+/// controller keeps of it per worker (`cargo test -p pacer-controller --lib
+/// per_worker_memory -- --nocapture` prints it). Asserts only that the estimate is sane.
+#[test]
+fn per_worker_memory() {
+    use pacer_stats::{Layout, ScenarioLayout};
+    let layout = Layout {
+        scenarios: (0..3)
+            .map(|s| ScenarioLayout {
+                name: format!("s{s}"),
+                requests: (0..10).map(|r| format!("r{r}")).collect(),
+            })
+            .collect(),
+    };
+    let rec = Recorder::new(layout.clone());
+    let empty = hist_bytes(&Snapshot::empty(&layout));
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for k in 0..(600 * 5) {
+        for s in 0..3 {
+            for r in 0..10 {
+                // xorshift: a spread of latencies, log-uniform from 5 ms to ~2 s.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let us = 5_000u64 << (x % 9);
+                let us = us + x % us;
+                let throttled = (k + r) % 10 == 0;
+                rec.record_attempt(
+                    s,
+                    r,
+                    &Attempt {
+                        service_time: Duration::from_micros(us),
+                        status: Some(if throttled { 429 } else { 200 }),
+                        retry_after: throttled.then(|| Duration::from_millis(1 + x % 2_000)),
+                        ..Default::default()
+                    },
+                );
+                rec.record_request(
+                    s,
+                    r,
+                    &RequestOutcome {
+                        duration: Duration::from_micros(us + x % 1_000),
+                        send_lag: Some(Duration::from_micros(x % 3_000)),
+                        attempts: 1,
+                        failed: throttled,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
+    let full = hist_bytes(&rec.snapshot());
+    let json = rec.snapshot().to_json().len();
+    eprintln!(
+        "per worker: empty snapshot {} KiB of histogram counts, after 10 min {} KiB (wire JSON {} KiB); \
+         the controller keeps 1 copy per worker in its slot and 2 in the worker's series builder \
+         (before: 4): at 1000 workers {} MiB",
+        empty / 1024,
+        full / 1024,
+        json / 1024,
+        3 * full * 1000 / (1 << 20)
+    );
+    assert!(full >= empty && empty > 0);
+}
