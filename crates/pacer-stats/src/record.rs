@@ -3,16 +3,9 @@
 //! Which scenarios and requests exist is fixed at start ([`Layout`]), so records are addressed
 //! by index and each (scenario, request) entry has its own lock: tasks hitting different
 //! requests never contend, and the critical section is a few additions and histogram records.
-//!
-//! The entries are striped by thread: each of the runtime's threads records into its own copy
-//! of every entry (a thread takes a stripe the first time it records), and a snapshot adds the
-//! stripes up (exactly: counts and histograms merge without loss). Without it, every request of
-//! a run on several cores wrote the same lock and the same histogram counts, whose cache lines
-//! then moved between the cores on every request (docs/benchmarks.md "Cores").
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -185,43 +178,10 @@ struct ScenarioCell {
     requests: Vec<Mutex<RequestStats>>,
 }
 
-/// One thread's copy of every entry, aligned to its own cache lines (128 bytes: two lines, for
-/// CPUs that fetch lines in pairs), so two stripes never share one.
-#[repr(align(128))]
-struct Stripe(Vec<ScenarioCell>);
-
-/// Stripes at most: one per thread that records, up to this many (more threads share them
-/// round-robin). Each stripe holds a copy of every entry's histograms, so the bound keeps a
-/// large machine's recorder from growing with its cores; past 8 cores the sharing is rare
-/// enough that collisions cost little.
-const MAX_STRIPES: usize = 8;
-
-/// Hands each thread its stripe number, round-robin, the first time it records.
-static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// This thread's stripe number (taken modulo a recorder's stripe count); `usize::MAX`:
-    /// not taken yet.
-    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-/// This thread's stripe number, taken on first use.
-fn this_thread_stripe() -> usize {
-    STRIPE.with(|s| {
-        let mut n = s.get();
-        if n == usize::MAX {
-            n = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed);
-            s.set(n);
-        }
-        n
-    })
-}
-
 /// Thread-safe recorder, shared as `Arc<Recorder>` by many tasks on several threads.
 pub struct Recorder {
     layout: Layout,
-    /// Per thread (see the module docs); at least one.
-    stripes: Box<[Stripe]>,
+    scenarios: Vec<ScenarioCell>,
     token_fetches: Mutex<BTreeMap<String, TokenFetchStats>>,
     server_limits: Mutex<Option<ServerLimitHeaders>>,
     /// Records addressed to a scenario or request that does not exist: an engine bug, but
@@ -234,36 +194,22 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder with one stripe per core this process may use (at most [`MAX_STRIPES`]).
     pub fn new(layout: Layout) -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_stripes(layout, cores)
-    }
-
-    /// A recorder with `stripes` stripes (clamped to 1..=[`MAX_STRIPES`]).
-    pub fn with_stripes(layout: Layout, stripes: usize) -> Self {
-        let stripe = || {
-            Stripe(
-                layout
-                    .scenarios
+        let scenarios = layout
+            .scenarios
+            .iter()
+            .map(|s| ScenarioCell {
+                stats: Mutex::new(ScenarioStats::default()),
+                requests: s
+                    .requests
                     .iter()
-                    .map(|s| ScenarioCell {
-                        stats: Mutex::new(ScenarioStats::default()),
-                        requests: s
-                            .requests
-                            .iter()
-                            .map(|_| Mutex::new(RequestStats::default()))
-                            .collect(),
-                    })
+                    .map(|_| Mutex::new(RequestStats::default()))
                     .collect(),
-            )
-        };
-        let stripes = (0..stripes.clamp(1, MAX_STRIPES))
-            .map(|_| stripe())
+            })
             .collect();
         Self {
             layout,
-            stripes,
+            scenarios,
             token_fetches: Mutex::new(BTreeMap::new()),
             server_limits: Mutex::new(None),
             invalid_records: AtomicU64::new(0),
@@ -289,14 +235,9 @@ impl Recorder {
         &self.layout
     }
 
-    /// This thread's stripe.
-    fn stripe(&self) -> &[ScenarioCell] {
-        &self.stripes[this_thread_stripe() % self.stripes.len()].0
-    }
-
     fn request(&self, scenario: usize, request: usize) -> Option<&Mutex<RequestStats>> {
         let cell = self
-            .stripe()
+            .scenarios
             .get(scenario)
             .and_then(|s| s.requests.get(request));
         if cell.is_none() {
@@ -306,7 +247,7 @@ impl Recorder {
     }
 
     fn scenario(&self, scenario: usize) -> Option<&Mutex<ScenarioStats>> {
-        let cell = self.stripe().get(scenario).map(|s| &s.stats);
+        let cell = self.scenarios.get(scenario).map(|s| &s.stats);
         if cell.is_none() {
             self.invalid_records.fetch_add(1, Ordering::Relaxed);
         }
@@ -453,51 +394,26 @@ impl Recorder {
         self.invalid_records.load(Ordering::Relaxed)
     }
 
-    /// Everything recorded since start: each entry's stripes added up (exactly: counts add,
-    /// histograms merge). Locks one entry of one stripe at a time, so it is not an atomic cut
-    /// across entries, which cumulative counters do not need.
+    /// Everything recorded since start. Locks one entry at a time, so it is not an atomic
+    /// cut across entries, which cumulative counters do not need.
     pub fn snapshot(&self) -> Snapshot {
-        let (first, rest) = self
-            .stripes
-            .split_first()
-            .map_or((&[][..], &[][..]), |(f, r)| (&f.0[..], r));
         let scenarios = self
             .layout
             .scenarios
             .iter()
-            .zip(first)
-            .enumerate()
-            .map(|(si, (layout, cell))| {
-                let mut stats = cell.stats.lock().clone();
-                for stripe in rest {
-                    if let Some(other) = stripe.0.get(si) {
-                        stats.absorb(&other.stats.lock());
-                    }
-                }
-                ScenarioSnapshot {
-                    name: layout.name.clone(),
-                    stats,
-                    requests: layout
-                        .requests
-                        .iter()
-                        .zip(&cell.requests)
-                        .enumerate()
-                        .map(|(ri, (name, r))| {
-                            let mut stats = r.lock().clone();
-                            for stripe in rest {
-                                if let Some(other) =
-                                    stripe.0.get(si).and_then(|c| c.requests.get(ri))
-                                {
-                                    stats.absorb(&other.lock());
-                                }
-                            }
-                            RequestSnapshot {
-                                name: name.clone(),
-                                stats,
-                            }
-                        })
-                        .collect(),
-                }
+            .zip(&self.scenarios)
+            .map(|(layout, cell)| ScenarioSnapshot {
+                name: layout.name.clone(),
+                stats: cell.stats.lock().clone(),
+                requests: layout
+                    .requests
+                    .iter()
+                    .zip(&cell.requests)
+                    .map(|(name, r)| RequestSnapshot {
+                        name: name.clone(),
+                        stats: r.lock().clone(),
+                    })
+                    .collect(),
             })
             .collect();
         Snapshot {
@@ -651,57 +567,5 @@ mod tests {
         let last = snap.server_limits.unwrap();
         assert_eq!(last.remaining, Some(4));
         assert_eq!(last.reset_secs, None);
-    }
-
-    #[test]
-    fn stripes_add_up_to_what_one_recorder_would_hold() {
-        let one = Recorder::with_stripes(layout(), 1);
-        let four = std::sync::Arc::new(Recorder::with_stripes(layout(), 4));
-        let request = |ms: u64| RequestOutcome {
-            duration: Duration::from_millis(ms),
-            attempts: 1,
-            failed: ms.is_multiple_of(3),
-            ..Default::default()
-        };
-        let attempt = |ms: u64| Attempt {
-            service_time: Duration::from_millis(ms),
-            status: Some(if ms.is_multiple_of(5) { 429 } else { 200 }),
-            ..Default::default()
-        };
-        for ms in 1..=40 {
-            one.record_attempt(0, 1, &attempt(ms));
-            one.record_request(0, 1, &request(ms));
-        }
-        one.record_iteration(0, &IterationOutcome::default());
-        // Four threads, so records land in several stripes (a thread takes its stripe on first
-        // use, round-robin).
-        std::thread::scope(|s| {
-            for t in 0..4u64 {
-                let four = four.clone();
-                s.spawn(move || {
-                    for ms in (1..=40).filter(|ms| ms % 4 == t) {
-                        four.record_attempt(0, 1, &attempt(ms));
-                        four.record_request(0, 1, &request(ms));
-                    }
-                    if t == 0 {
-                        four.record_iteration(0, &IterationOutcome::default());
-                    }
-                });
-            }
-        });
-        let (a, b) = (one.snapshot(), four.snapshot());
-        let (ra, rb) = (
-            &a.scenarios[0].requests[1].stats,
-            &b.scenarios[0].requests[1].stats,
-        );
-        assert_eq!((rb.attempts, rb.requests, rb.failed), (40, 40, 13));
-        assert_eq!(rb.status, ra.status);
-        assert_eq!(rb.duration_us_sum, ra.duration_us_sum);
-        for p in [50.0, 90.0, 99.0, 100.0] {
-            assert_eq!(rb.duration.percentile(p), ra.duration.percentile(p));
-            assert_eq!(rb.service_time.percentile(p), ra.service_time.percentile(p));
-        }
-        assert_eq!(b.scenarios[0].stats.iterations, 1);
-        assert_eq!(b.scenarios[0].requests[0].stats.attempts, 0);
     }
 }
