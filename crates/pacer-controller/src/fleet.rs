@@ -11,7 +11,7 @@
 //! `Arc`. A merge of every worker's latest snapshot is thus O(workers) once per read
 //! generation instead of once per read, and a report costs one delta whatever the fleet's
 //! size. The total equals a full merge of the latest counted snapshots exactly (debug builds
-//! assert it at the end; tests/incremental_merge.rs checks it after any sequence of reports).
+//! assert it at the end; fleet_merge_tests.rs checks it after any sequence of reports).
 //! A report that does not continue its worker's previous one (counts that went down: a
 //! broken or hostile worker, never a resumed one, which keeps its recorder) is refused and
 //! named; the previous one stays counted.
