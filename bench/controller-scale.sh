@@ -18,6 +18,8 @@
 #   PACER_BIN, SIM_BIN the pacer binary and the simulator to measure (default: built here)
 #   HEAPTRACK=1        run the controller under heaptrack (RSS and CPU then include heaptrack's)
 #   CONTROLLER_CPU, SIM_CPU  cores to pin them to (default 0 and 1 on 2 cores or more)
+#   BENCH_MAX_RSS_MIB  stop the controller when its RSS passes this (default: half the memory
+#                      available at the start): at 1000 workers it has reached 11 GiB
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -90,11 +92,17 @@ if [ "${HEAPTRACK:-0}" = 1 ]; then
   done
 fi
 
+# The benchmark must not take the machine's memory: the controller is stopped past this.
+MAX_RSS_KB=$(( ${BENCH_MAX_RSS_MIB:-$(awk '/^MemAvailable:/ {print int($2 / 2048)}' /proc/meminfo)} * 1024 ))
 # RSS (kB) and CPU ticks of the controller every second, until it exits (bounded).
 (
   for _ in $(seq $((SECS + JOIN_BOUND + 120))); do
     [ -r "/proc/$cpid/stat" ] || break
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$cpid/status" 2>/dev/null) || break
+    if [ "${rss:-0}" -gt "$MAX_RSS_KB" ]; then
+      echo "controller stopped: RSS $((rss / 1024)) MiB passed BENCH_MAX_RSS_MIB=$((MAX_RSS_KB / 1024))" >"$OUT/rss-guard"
+      kill "$cpid" 2>/dev/null || true
+    fi
     ticks=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$cpid/stat" 2>/dev/null) || break
     echo "$(date +%s.%N) ${rss:-0} ${ticks:-0}"
     sleep 1
@@ -113,6 +121,7 @@ for _ in $(seq 300); do kill -0 "$wrapper" 2>/dev/null || break; sleep 0.1; done
 kill "$wrapper" 2>/dev/null || true
 wait "$wrapper" 2>/dev/null || true
 wait "$sampler" 2>/dev/null || true
+if [ -e "$OUT/rss-guard" ]; then cat "$OUT/rss-guard"; fi
 cat "$OUT/sim.out"
 if [ "$rc" = 1 ]; then
   # Workers refused or lost by the controller: a result (the simulator names them), not a

@@ -8,6 +8,12 @@
 //! from other processes, so decoding checks the header before `hdrhistogram` sees it: the
 //! stock deserializer trusts the declared payload length and bounds, which would let a few
 //! hostile bytes make us allocate gigabytes.
+//!
+//! A histogram without samples allocates nothing: an HDR counts array is at least 2048
+//! entries (16 KiB) even when empty, and a snapshot has 7 histograms per request, so a
+//! 30-request plan's empty snapshot was 3.3 MiB. A controller keeps snapshots per worker
+//! (docs/benchmarks.md "Controller at scale": 8.5 MiB per expected worker before any
+//! report); empty ones now cost a few bytes each, and compare, merge and encode as before.
 
 use std::cell::Cell;
 use std::fmt;
@@ -42,33 +48,50 @@ const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9304 | 0x10;
 /// cookie, payload length, normalizing offset, digits (4 bytes each), low, high, ratio (8 each).
 const V2_HEADER_LEN: usize = 40;
 
-/// A latency histogram (see the module docs for its configuration).
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Hist(#[serde(with = "base64_v2")] Histogram<u64>);
+/// A latency histogram (see the module docs for its configuration). `None` until the first
+/// sample: no counts array is allocated for an empty one.
+#[derive(Clone, Default)]
+pub struct Hist(Option<Histogram<u64>>);
 
-impl Default for Hist {
-    fn default() -> Self {
-        Self::new()
+/// The histogram every empty [`Hist`] reads as (one, shared).
+fn empty_histogram() -> &'static Histogram<u64> {
+    static EMPTY: std::sync::OnceLock<Histogram<u64>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(new_histogram)
+}
+
+/// A histogram of the one configuration.
+fn new_histogram() -> Histogram<u64> {
+    // Auto-resize with 3 digits and low = 1 is a valid configuration: creation cannot fail.
+    match Histogram::new(SIGFIG) {
+        Ok(h) => h,
+        Err(e) => unreachable!("histogram configuration rejected: {e}"),
     }
 }
 
 impl Hist {
+    /// An empty histogram (nothing allocated until the first sample).
     pub fn new() -> Self {
-        // Auto-resize with 3 digits and low = 1 is a valid configuration: creation cannot fail.
-        match Histogram::new(SIGFIG) {
-            Ok(h) => Hist(h),
-            Err(e) => unreachable!("histogram configuration rejected: {e}"),
-        }
+        Hist(None)
+    }
+
+    /// Wrap a histogram of this configuration; an empty one is kept as nothing.
+    fn of(h: Histogram<u64>) -> Self {
+        Hist((!h.is_empty()).then_some(h))
+    }
+
+    /// The histogram, allocated now if it had no sample.
+    fn get_mut(&mut self) -> &mut Histogram<u64> {
+        self.0.get_or_insert_with(new_histogram)
     }
 
     /// Record a raw value (in this histogram's unit), clamped to [`MAX_MICROS`].
     pub fn record(&mut self, value: u64) {
         let value = value.min(MAX_MICROS);
-        if self.0.record(value).is_err() {
+        let h = self.get_mut();
+        if h.record(value).is_err() {
             // Only a resize overflowing usize fails, which the clamp rules out; saturating
             // keeps the sample rather than losing it.
-            self.0.saturating_record(value);
+            h.saturating_record(value);
         }
     }
 
@@ -85,15 +108,15 @@ impl Hist {
 
     /// The underlying histogram, read-only so the configuration invariants hold.
     pub fn histogram(&self) -> &Histogram<u64> {
-        &self.0
+        self.0.as_ref().unwrap_or_else(|| empty_histogram())
     }
 
     pub fn count(&self) -> u64 {
-        self.0.len()
+        self.0.as_ref().map_or(0, Histogram::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.count() == 0
     }
 
     /// The value at percentile `p` (0..=100); `None` without samples.
@@ -101,19 +124,22 @@ impl Hist {
         if self.is_empty() || !p.is_finite() {
             return None;
         }
-        Some(self.0.value_at_quantile((p / 100.0).clamp(0.0, 1.0)))
+        Some(
+            self.histogram()
+                .value_at_quantile((p / 100.0).clamp(0.0, 1.0)),
+        )
     }
 
     pub fn min(&self) -> Option<u64> {
-        (!self.is_empty()).then(|| self.0.min())
+        (!self.is_empty()).then(|| self.histogram().min())
     }
 
     pub fn max(&self) -> Option<u64> {
-        (!self.is_empty()).then(|| self.0.max())
+        (!self.is_empty()).then(|| self.histogram().max())
     }
 
     pub fn mean(&self) -> Option<f64> {
-        let m = self.0.mean();
+        let m = self.histogram().mean();
         (!self.is_empty() && m.is_finite()).then_some(m)
     }
 
@@ -133,13 +159,27 @@ impl Hist {
 
     /// Merge without the serializability cap (for totals that are only displayed).
     pub(crate) fn add_unchecked(&mut self, other: &Hist) -> Result<(), String> {
-        self.0.add(&other.0).map_err(|e| e.to_string())
+        match &other.0 {
+            Some(o) if !o.is_empty() => self.get_mut().add(o).map_err(|e| e.to_string()),
+            _ => Ok(()),
+        }
     }
 
     /// Exact subtraction; fails if `other` holds a sample this histogram does not.
     /// May leave `self` half-subtracted on error: callers work on a copy.
     pub(crate) fn subtract(&mut self, other: &Hist) -> Result<(), String> {
-        self.0.subtract(&other.0).map_err(|e| e.to_string())
+        let Some(o) = other.0.as_ref().filter(|o| !o.is_empty()) else {
+            return Ok(());
+        };
+        let Some(h) = self.0.as_mut() else {
+            return Err("cannot subtract samples from an empty histogram".to_string());
+        };
+        h.subtract(o).map_err(|e| e.to_string())?;
+        if h.is_empty() {
+            // Back to nothing: its memory is released.
+            self.0 = None;
+        }
+        Ok(())
     }
 }
 
@@ -157,7 +197,7 @@ impl PartialEq for Hist {
                 .map(|v| (v.value_iterated_to(), v.count_at_value()))
                 .collect::<Vec<_>>()
         };
-        self.count() == other.count() && samples(&self.0) == samples(&other.0)
+        self.count() == other.count() && samples(self.histogram()) == samples(other.histogram())
     }
 }
 
@@ -324,6 +364,20 @@ fn check_v2_payload(payload: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// On the wire: base64 of HDR V2 deflate (an empty histogram as the empty one encodes, so
+/// peers of earlier versions read it).
+impl serde::Serialize for Hist {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        base64_v2::serialize(self.histogram(), s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Hist {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        base64_v2::deserialize(d).map(Hist::of)
+    }
+}
+
 /// `#[serde(with = "base64_v2")]` for `Histogram<u64>`: base64 of HDR V2 deflate.
 pub mod base64_v2 {
     use hdrhistogram::Histogram;
@@ -352,11 +406,38 @@ mod tests {
         h
     }
 
+    /// An empty histogram holds no counts array, reads and encodes as an empty HDR histogram
+    /// does (peers of earlier versions read it), and one emptied by a subtraction lets its
+    /// array go.
+    #[test]
+    fn an_empty_histogram_allocates_nothing_and_reads_as_empty() {
+        let empty = Hist::new();
+        assert!(empty.0.is_none());
+        assert_eq!(empty, Hist::of(new_histogram()));
+        assert_eq!(
+            serde_json::to_string(&empty).unwrap(),
+            serde_json::to_string(&encode(&new_histogram()).unwrap()).unwrap()
+        );
+        let back: Hist = serde_json::from_str(&serde_json::to_string(&empty).unwrap()).unwrap();
+        assert!(back.0.is_none(), "an empty one decodes to nothing");
+        assert_eq!((empty.count(), empty.min(), empty.percentile(99.0)), (0, None, None));
+
+        let mut h = hist_of(&[3, 40]);
+        let mut sum = Hist::new();
+        sum.add(&empty).unwrap();
+        assert!(sum.0.is_none(), "adding nothing allocates nothing");
+        sum.add(&h).unwrap();
+        assert_eq!(sum, h);
+        h.subtract(&sum).unwrap();
+        assert!(h.0.is_none() && h.is_empty());
+        assert!(Hist::new().subtract(&sum).is_err(), "samples it does not hold");
+    }
+
     #[test]
     fn round_trips_and_compares_by_samples() {
         let h = hist_of(&[0, 1, 5, 999, 12_345, 3_000_000_000]);
         let text = encode(h.histogram()).unwrap();
-        let back = Hist(decode(&text).unwrap());
+        let back = Hist::of(decode(&text).unwrap());
         assert_eq!(back, h);
         assert!(back.histogram().is_auto_resize());
         // An empty histogram equals one that grew and shrank back to nothing.
@@ -465,7 +546,7 @@ mod tests {
                 if let Ok(h) = decode(&wire_with_payload(p)) {
                     // Whatever decodes must be usable: merge, subtract, quantiles, encode.
                     let mut a = Hist::new();
-                    let b = Hist(h);
+                    let b = Hist::of(h);
                     let _ = a.add(&b);
                     let _ = a.subtract(&b);
                     let _ = (b.percentile(99.0), b.mean(), b.min(), b.max());
