@@ -420,7 +420,10 @@ mod tests {
         );
         let back: Hist = serde_json::from_str(&serde_json::to_string(&empty).unwrap()).unwrap();
         assert!(back.0.is_none(), "an empty one decodes to nothing");
-        assert_eq!((empty.count(), empty.min(), empty.percentile(99.0)), (0, None, None));
+        assert_eq!(
+            (empty.count(), empty.min(), empty.percentile(99.0)),
+            (0, None, None)
+        );
 
         let mut h = hist_of(&[3, 40]);
         let mut sum = Hist::new();
@@ -430,7 +433,10 @@ mod tests {
         assert_eq!(sum, h);
         h.subtract(&sum).unwrap();
         assert!(h.0.is_none() && h.is_empty());
-        assert!(Hist::new().subtract(&sum).is_err(), "samples it does not hold");
+        assert!(
+            Hist::new().subtract(&sum).is_err(),
+            "samples it does not hold"
+        );
     }
 
     #[test]
