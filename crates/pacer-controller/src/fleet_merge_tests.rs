@@ -195,19 +195,7 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
     for w in 0..WORKERS {
         let (tx, _rx) = mpsc::channel(64);
         conn_id += 1;
-        let hello = Hello {
-            protocol_version: pacer_proto::PROTOCOL_VERSION,
-            test_id: "t1".into(),
-            worker_index: Some(w as u32),
-            version: String::new(),
-            session_token: String::new(),
-            name: format!("w{w}"),
-            resume: Some(pacer_proto::Resume {
-                elapsed_us: 1,
-                finished: false,
-            }),
-            takes_served_budget: false,
-        };
+        let hello = resuming_hello(w, 1);
         f.admit("t1", &hello, Conn { id: conn_id, tx }, now)
             .expect("admitted");
     }
@@ -248,19 +236,7 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
                 {
                     let (tx, _rx) = mpsc::channel(64);
                     conn_id += 1;
-                    let hello = Hello {
-                        protocol_version: pacer_proto::PROTOCOL_VERSION,
-                        test_id: "t1".into(),
-                        worker_index: Some(w as u32),
-                        version: String::new(),
-                        session_token: String::new(),
-                        name: format!("w{w}"),
-                        resume: Some(pacer_proto::Resume {
-                            elapsed_us: sims[w].seq * 1_000_000,
-                            finished: false,
-                        }),
-                        takes_served_budget: false,
-                    };
+                    let hello = resuming_hello(w, sims[w].seq * 1_000_000);
                     f.admit("t1", &hello, Conn { id: conn_id, tx }, now)
                         .expect("a running or lost worker resumes");
                 }
@@ -502,4 +478,21 @@ fn per_worker_memory() {
         3 * full * 1000 / (1 << 20)
     );
     assert!(full >= empty && empty > 0);
+}
+
+/// Worker `w`'s Hello resuming at `elapsed_us` of the test.
+fn resuming_hello(w: usize, elapsed_us: u64) -> Hello {
+    Hello {
+        protocol_version: pacer_proto::PROTOCOL_VERSION,
+        test_id: "t1".into(),
+        worker_index: Some(w as u32),
+        version: String::new(),
+        session_token: String::new(),
+        name: format!("w{w}"),
+        resume: Some(pacer_proto::Resume {
+            elapsed_us,
+            finished: false,
+        }),
+        takes_served_budget: false,
+    }
 }
