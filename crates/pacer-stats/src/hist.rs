@@ -14,16 +14,25 @@
 //! 30-request plan's empty snapshot was 3.3 MiB. A controller keeps snapshots per worker
 //! (docs/benchmarks.md "Controller at scale": 8.5 MiB per expected worker before any
 //! report); empty ones now cost a few bytes each, and compare, merge and encode as before.
+//!
+//! A histogram decoded from the wire stays PACKED: the counts as the V2 payload holds them
+//! (zig-zag varints, a run of zeros as one negative number), about 2 bytes per recorded
+//! bucket instead of 8 bytes for every bucket of the range. A controller decodes a report
+//! from every worker every second and keeps each worker's latest: decoding a 10-minute
+//! worker's snapshot into dense arrays took ~3 ms and ~20 MiB, and subtracting two of them
+//! ~5 ms (docs/benchmarks.md "Controller at scale"). Packed histograms subtract and add by
+//! walking both payloads, add into a dense one bucket by bucket, and turn dense (once, kept)
+//! when something reads their values. A merge that grows past [`PACKED_MAX_BYTES`] turns
+//! dense: a running total takes many small additions, which a dense array does in place.
 
 use std::cell::Cell;
 use std::fmt;
-use std::io::Read;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::{Deserializer, Serializer as _, V2DeflateSerializer};
+use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
 
 /// Significant decimal digits kept by every histogram.
 pub const SIGFIG: u8 = 3;
@@ -48,10 +57,45 @@ const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9304 | 0x10;
 /// cookie, payload length, normalizing offset, digits (4 bytes each), low, high, ratio (8 each).
 const V2_HEADER_LEN: usize = 40;
 
-/// A latency histogram (see the module docs for its configuration). `None` until the first
-/// sample: no counts array is allocated for an empty one.
+/// A latency histogram (see the module docs for its configuration and its forms).
 #[derive(Clone, Default)]
-pub struct Hist(Option<Histogram<u64>>);
+pub struct Hist(Repr);
+
+#[derive(Clone, Default)]
+enum Repr {
+    /// No sample: nothing allocated.
+    #[default]
+    Empty,
+    /// An HDR counts array over the whole range (what recording and running totals use).
+    Dense(Histogram<u64>),
+    /// The counts as a V2 payload (what decoding gives).
+    Packed(Packed),
+}
+
+/// A packed histogram grows dense when a merge would make its payload longer than this: a
+/// dense array of the usual latency range (tens of microseconds to seconds) is 60-100 KB, and
+/// a merge of packed payloads rewrites both, where a dense one adds each bucket in place.
+pub const PACKED_MAX_BYTES: usize = 4096;
+
+/// Counts as the V2 payload encodes them: in index order, a zig-zag varint per bucket, a run
+/// of `n >= 2` empty buckets as `-n`. Never empty (`total > 0`).
+struct Packed {
+    payload: Box<[u8]>,
+    total: u64,
+    /// The dense form, built when a value is first read (percentiles, min, max, mean).
+    dense: std::sync::OnceLock<Histogram<u64>>,
+}
+
+impl Clone for Packed {
+    /// A copy of the counts; the dense form is rebuilt if the copy is read.
+    fn clone(&self) -> Self {
+        Packed {
+            payload: self.payload.clone(),
+            total: self.total,
+            dense: std::sync::OnceLock::new(),
+        }
+    }
+}
 
 /// The histogram every empty [`Hist`] reads as (one, shared).
 fn empty_histogram() -> &'static Histogram<u64> {
@@ -71,17 +115,45 @@ fn new_histogram() -> Histogram<u64> {
 impl Hist {
     /// An empty histogram (nothing allocated until the first sample).
     pub fn new() -> Self {
-        Hist(None)
+        Hist(Repr::Empty)
     }
 
     /// Wrap a histogram of this configuration; an empty one is kept as nothing.
+    #[cfg(test)]
     fn of(h: Histogram<u64>) -> Self {
-        Hist((!h.is_empty()).then_some(h))
+        Hist(if h.is_empty() {
+            Repr::Empty
+        } else {
+            Repr::Dense(h)
+        })
     }
 
-    /// The histogram, allocated now if it had no sample.
+    /// Packed counts; an empty payload is kept as nothing.
+    fn packed(payload: Vec<u8>, total: u64) -> Self {
+        Hist(if total == 0 {
+            Repr::Empty
+        } else {
+            Repr::Packed(Packed {
+                payload: payload.into_boxed_slice(),
+                total,
+                dense: std::sync::OnceLock::new(),
+            })
+        })
+    }
+
+    /// The histogram, dense (allocated now if it had no sample, unpacked if packed).
     fn get_mut(&mut self) -> &mut Histogram<u64> {
-        self.0.get_or_insert_with(new_histogram)
+        if !matches!(self.0, Repr::Dense(_)) {
+            let dense = match std::mem::take(&mut self.0) {
+                Repr::Packed(p) => p.dense.into_inner().unwrap_or_else(|| unpack(&p.payload)),
+                _ => new_histogram(),
+            };
+            self.0 = Repr::Dense(dense);
+        }
+        match &mut self.0 {
+            Repr::Dense(h) => h,
+            _ => unreachable!("made dense above"),
+        }
     }
 
     /// Record a raw value (in this histogram's unit), clamped to [`MAX_MICROS`].
@@ -106,13 +178,22 @@ impl Hist {
         self.record(ms.min(MAX_MILLIS));
     }
 
-    /// The underlying histogram, read-only so the configuration invariants hold.
+    /// The underlying histogram, read-only so the configuration invariants hold (a packed one
+    /// is unpacked once and kept).
     pub fn histogram(&self) -> &Histogram<u64> {
-        self.0.as_ref().unwrap_or_else(|| empty_histogram())
+        match &self.0 {
+            Repr::Empty => empty_histogram(),
+            Repr::Dense(h) => h,
+            Repr::Packed(p) => p.dense.get_or_init(|| unpack(&p.payload)),
+        }
     }
 
     pub fn count(&self) -> u64 {
-        self.0.as_ref().map_or(0, Histogram::len)
+        match &self.0 {
+            Repr::Empty => 0,
+            Repr::Dense(h) => h.len(),
+            Repr::Packed(p) => p.total,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -143,6 +224,15 @@ impl Hist {
         (!self.is_empty() && m.is_finite()).then_some(m)
     }
 
+    /// `(bucket index, count)` of every recorded bucket, ascending.
+    fn buckets(&self) -> Vec<(usize, u64)> {
+        match &self.0 {
+            Repr::Empty => Vec::new(),
+            Repr::Dense(h) => dense_buckets(h).collect(),
+            Repr::Packed(p) => PayloadIter::new(&p.payload).collect(),
+        }
+    }
+
     /// Exact merge. Fails only if the result could no longer be serialized.
     pub(crate) fn add(&mut self, other: &Hist) -> Result<(), String> {
         self.fits(other)?;
@@ -159,28 +249,289 @@ impl Hist {
 
     /// Merge without the serializability cap (for totals that are only displayed).
     pub(crate) fn add_unchecked(&mut self, other: &Hist) -> Result<(), String> {
-        match &other.0 {
-            Some(o) if !o.is_empty() => self.get_mut().add(o).map_err(|e| e.to_string()),
-            _ => Ok(()),
+        match (&mut self.0, &other.0) {
+            (_, Repr::Empty) => Ok(()),
+            (Repr::Empty, _) => {
+                *self = other.clone();
+                Ok(())
+            }
+            (Repr::Dense(h), Repr::Dense(o)) => h.add(o).map_err(|e| e.to_string()),
+            (Repr::Dense(h), Repr::Packed(o)) => add_payload(h, &o.payload),
+            (Repr::Packed(p), Repr::Packed(o))
+                if p.payload.len() + o.payload.len() <= PACKED_MAX_BYTES =>
+            {
+                let (payload, total) = combine_payloads(&p.payload, &o.payload, false)?;
+                *self = Hist::packed(payload, total);
+                Ok(())
+            }
+            (Repr::Packed(_), Repr::Packed(o)) => add_payload(self.get_mut(), &o.payload),
+            (Repr::Packed(_), Repr::Dense(o)) => self.get_mut().add(o).map_err(|e| e.to_string()),
         }
     }
 
     /// Exact subtraction; fails if `other` holds a sample this histogram does not.
     /// May leave `self` half-subtracted on error: callers work on a copy.
     pub(crate) fn subtract(&mut self, other: &Hist) -> Result<(), String> {
-        let Some(o) = other.0.as_ref().filter(|o| !o.is_empty()) else {
+        if other.is_empty() {
             return Ok(());
-        };
-        let Some(h) = self.0.as_mut() else {
-            return Err("cannot subtract samples from an empty histogram".to_string());
-        };
-        h.subtract(o).map_err(|e| e.to_string())?;
-        if h.is_empty() {
+        }
+        match (&mut self.0, &other.0) {
+            (Repr::Empty, _) => {
+                return Err("cannot subtract samples from an empty histogram".to_string());
+            }
+            (Repr::Packed(p), Repr::Packed(o)) => {
+                let (payload, total) = combine_payloads(&p.payload, &o.payload, true)?;
+                *self = Hist::packed(payload, total);
+                return Ok(());
+            }
+            (Repr::Dense(h), Repr::Dense(o)) => h.subtract(o).map_err(|e| e.to_string())?,
+            (Repr::Dense(h), Repr::Packed(o)) => {
+                h.subtract(other_dense(o)).map_err(|e| e.to_string())?;
+            }
+            (Repr::Packed(_), Repr::Dense(o)) => {
+                let o = o.clone();
+                self.get_mut().subtract(&o).map_err(|e| e.to_string())?;
+            }
+            (_, Repr::Empty) => {}
+        }
+        if self.is_empty() {
             // Back to nothing: its memory is released.
-            self.0 = None;
+            self.0 = Repr::Empty;
         }
         Ok(())
     }
+}
+
+/// A packed histogram's dense form, for a dense operation that needs one.
+fn other_dense(p: &Packed) -> &Histogram<u64> {
+    p.dense.get_or_init(|| unpack(&p.payload))
+}
+
+// The bucket layout of the one configuration (3 significant digits, lowest value 1): index
+// `i` below 2048 holds the value `i`; above, each run of 1024 indices doubles the width of
+// its buckets. Written out because `hdrhistogram` keeps it private; the tests check it
+// against the crate's own iteration.
+/// log2 of half the sub-buckets per bucket (2048 sub-buckets for 3 digits).
+const SUB_BUCKET_HALF_MAGNITUDE: u32 = 10;
+const SUB_BUCKET_HALF: u64 = 1 << SUB_BUCKET_HALF_MAGNITUDE;
+const SUB_BUCKET_MASK: u64 = (SUB_BUCKET_HALF << 1) - 1;
+
+/// The lowest value of bucket `index`, and the bucket's width.
+fn bucket_value(index: usize) -> (u64, u64) {
+    let i = index as u64;
+    let bucket = (i >> SUB_BUCKET_HALF_MAGNITUDE).saturating_sub(1);
+    let sub = if i < SUB_BUCKET_HALF << 1 {
+        i
+    } else {
+        (i & (SUB_BUCKET_HALF - 1)) + SUB_BUCKET_HALF
+    };
+    (sub << bucket, 1 << bucket)
+}
+
+/// The bucket index that holds `value`.
+fn bucket_index(value: u64) -> usize {
+    let pow2ceiling = 64 - (value | SUB_BUCKET_MASK).leading_zeros();
+    let bucket = pow2ceiling - (SUB_BUCKET_HALF_MAGNITUDE + 1);
+    let sub = value >> bucket;
+    (((u64::from(bucket) + 1) << SUB_BUCKET_HALF_MAGNITUDE) + sub - SUB_BUCKET_HALF) as usize
+}
+
+/// A dense histogram's recorded buckets, `(index, count)` ascending.
+fn dense_buckets(h: &Histogram<u64>) -> impl Iterator<Item = (usize, u64)> + '_ {
+    h.iter_recorded()
+        .map(|v| (bucket_index(v.value_iterated_to()), v.count_at_value()))
+}
+
+/// The dense histogram a (validated) payload encodes.
+fn unpack(payload: &[u8]) -> Histogram<u64> {
+    let mut h = new_histogram();
+    // Validated payloads only: the additions cannot overflow (total <= MAX_TOTAL_COUNT) and
+    // the values are within the wire's range.
+    let _ = add_payload(&mut h, payload);
+    h
+}
+
+/// Add a (validated) payload's counts into a dense histogram, bucket by bucket.
+fn add_payload(h: &mut Histogram<u64>, payload: &[u8]) -> Result<(), String> {
+    for (i, n) in PayloadIter::new(payload) {
+        h.record_n(bucket_value(i).0, n)
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(())
+}
+
+/// Walk two payloads in index order into a third: `a + b`, or `a - b` (which fails if `b`
+/// holds a sample `a` does not). Returns the payload and its total.
+fn combine_payloads(a: &[u8], b: &[u8], subtract: bool) -> Result<(Vec<u8>, u64), String> {
+    let mut out = PayloadWriter::with_capacity(if subtract {
+        a.len() / 4
+    } else {
+        a.len() + b.len()
+    });
+    let mut ai = PayloadIter::new(a).peekable();
+    let mut bi = PayloadIter::new(b).peekable();
+    loop {
+        let (index, count) = match (ai.peek().copied(), bi.peek().copied()) {
+            (None, None) => break,
+            (Some((i, n)), None) => {
+                ai.next();
+                (i, n)
+            }
+            (None, Some((i, n))) => {
+                bi.next();
+                if subtract {
+                    return Err(format!(
+                        "{n} samples in bucket {i} that the histogram does not hold"
+                    ));
+                }
+                (i, n)
+            }
+            (Some((i, n)), Some((j, m))) => {
+                if i < j {
+                    ai.next();
+                    (i, n)
+                } else if j < i {
+                    bi.next();
+                    if subtract {
+                        return Err(format!(
+                            "{m} samples in bucket {j} that the histogram does not hold"
+                        ));
+                    }
+                    (j, m)
+                } else {
+                    ai.next();
+                    bi.next();
+                    let c = if subtract {
+                        n.checked_sub(m).ok_or_else(|| {
+                            format!("{m} samples in bucket {i} where the histogram holds {n}")
+                        })?
+                    } else {
+                        n.checked_add(m)
+                            .ok_or_else(|| format!("bucket {i} overflows"))?
+                    };
+                    (i, c)
+                }
+            }
+        };
+        out.push(index, count)?;
+    }
+    Ok(out.finish())
+}
+
+/// Reads a validated payload: `(index, count)` of every non-empty bucket, ascending.
+struct PayloadIter<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    index: usize,
+}
+
+impl<'a> PayloadIter<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        PayloadIter {
+            bytes,
+            at: 0,
+            index: 0,
+        }
+    }
+}
+
+impl Iterator for PayloadIter<'_> {
+    type Item = (usize, u64);
+
+    fn next(&mut self) -> Option<(usize, u64)> {
+        loop {
+            let (zz, len) = read_varint(self.bytes.get(self.at..)?)?;
+            self.at += len;
+            let v = zig_zag(zz);
+            if v < 0 {
+                self.index = self.index.saturating_add(v.unsigned_abs() as usize);
+            } else {
+                let index = self.index;
+                self.index = self.index.saturating_add(1);
+                if v > 0 {
+                    return Some((index, v as u64));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a payload from `(index, count)` pairs in ascending index order.
+struct PayloadWriter {
+    bytes: Vec<u8>,
+    /// The next index the payload is at.
+    index: usize,
+    total: u64,
+}
+
+impl PayloadWriter {
+    fn with_capacity(n: usize) -> Self {
+        PayloadWriter {
+            bytes: Vec::with_capacity(n),
+            index: 0,
+            total: 0,
+        }
+    }
+
+    fn push(&mut self, index: usize, count: u64) -> Result<(), String> {
+        if count == 0 {
+            return Ok(());
+        }
+        let count = i64::try_from(count).map_err(|_| format!("bucket {index} overflows"))?;
+        self.total = self
+            .total
+            .checked_add(count as u64)
+            .filter(|t| *t <= MAX_TOTAL_COUNT)
+            .ok_or_else(|| format!("more than {MAX_TOTAL_COUNT} samples"))?;
+        match index - self.index {
+            0 => {}
+            1 => write_varint(&mut self.bytes, 0),
+            gap => write_varint(&mut self.bytes, un_zig_zag(-(gap as i64))),
+        }
+        write_varint(&mut self.bytes, un_zig_zag(count));
+        self.index = index + 1;
+        Ok(())
+    }
+
+    fn finish(self) -> (Vec<u8>, u64) {
+        (self.bytes, self.total)
+    }
+}
+
+fn zig_zag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+fn un_zig_zag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+/// The V2 varint: LEB128 of at most 9 bytes, the 9th taken whole. `None` when truncated.
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    for len in 0..9 {
+        let b = *bytes.get(len)?;
+        if len == 8 {
+            return Some((value | (u64::from(b) << 56), 9));
+        }
+        value |= u64::from(b & 0x7f) << (7 * len);
+        if b & 0x80 == 0 {
+            return Some((value, len + 1));
+        }
+    }
+    None
+}
+
+fn write_varint(out: &mut Vec<u8>, mut n: u64) {
+    for _ in 0..8 {
+        if n < 0x80 {
+            out.push(n as u8);
+            return;
+        }
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
 }
 
 /// Durations as whole microseconds, saturating (for sums).
@@ -188,16 +539,11 @@ pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Equal when the same samples were recorded; the size the counts array happened to grow to
-/// (which depends on the merge order) does not matter.
+/// Equal when the same samples were recorded; the form (dense, packed) and the size the
+/// counts array happened to grow to (which depends on the merge order) do not matter.
 impl PartialEq for Hist {
     fn eq(&self, other: &Self) -> bool {
-        let samples = |h: &Histogram<u64>| {
-            h.iter_recorded()
-                .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                .collect::<Vec<_>>()
-        };
-        self.count() == other.count() && samples(self.histogram()) == samples(other.histogram())
+        self.count() == other.count() && self.buckets() == other.buckets()
     }
 }
 
@@ -264,6 +610,53 @@ pub fn encode(h: &Histogram<u64>) -> Result<String, String> {
 /// Decode what [`encode`] produced, rejecting anything else without panicking or allocating
 /// more than the caps allow.
 pub fn decode(text: &str) -> Result<Histogram<u64>, String> {
+    Ok(decode_packed(text)?.histogram().clone())
+}
+
+thread_local! {
+    /// One inflater per thread, reset for each histogram: a new one allocates and clears
+    /// ~40 KB of state, and a snapshot holds hundreds of histograms.
+    static INFLATE: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(true));
+}
+
+/// Inflate a zlib stream of at most [`MAX_DECOMPRESSED_LEN`] bytes.
+fn inflate(compressed: &[u8]) -> Result<Vec<u8>, String> {
+    INFLATE.with(|z| {
+        let mut z = z.borrow_mut();
+        z.reset(true);
+        let mut raw = Vec::with_capacity((compressed.len() * 4).min(MAX_DECOMPRESSED_LEN + 1));
+        loop {
+            if raw.len() == raw.capacity() {
+                if raw.len() > MAX_DECOMPRESSED_LEN {
+                    return Err("histogram decompresses to more than allowed".to_string());
+                }
+                raw.reserve((raw.len()).clamp(64, MAX_DECOMPRESSED_LEN + 1 - raw.len()));
+            }
+            let consumed = usize::try_from(z.total_in()).unwrap_or(usize::MAX);
+            let input = compressed.get(consumed..).unwrap_or_default();
+            let before = (z.total_in(), z.total_out());
+            let status = z
+                .decompress_vec(input, &mut raw, flate2::FlushDecompress::None)
+                .map_err(|e| format!("bad deflate data: {e}"))?;
+            if raw.len() > MAX_DECOMPRESSED_LEN {
+                return Err("histogram decompresses to more than allowed".to_string());
+            }
+            match status {
+                flate2::Status::StreamEnd => return Ok(raw),
+                _ if (z.total_in(), z.total_out()) == before && raw.len() < raw.capacity() => {
+                    return Err("bad deflate data: truncated stream".to_string());
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+/// Decode the wire form into a packed histogram: the counts stay as the payload holds them,
+/// checked (every varint, every index within the declared range, the total) but not spread
+/// into a counts array.
+fn decode_packed(text: &str) -> Result<Hist, String> {
     if text.len() > MAX_ENCODED_LEN {
         return Err(format!(
             "encoded histogram longer than {MAX_ENCODED_LEN} bytes"
@@ -280,29 +673,37 @@ pub fn decode(text: &str) -> Result<Histogram<u64>, String> {
     if usize::try_from(compressed_len).ok() != Some(compressed.len()) {
         return Err("compressed length does not match the data".to_string());
     }
-    let mut raw = Vec::new();
-    flate2::read::ZlibDecoder::new(compressed)
-        .take(MAX_DECOMPRESSED_LEN as u64 + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("bad deflate data: {e}"))?;
-    if raw.len() > MAX_DECOMPRESSED_LEN {
-        return Err("histogram decompresses to more than allowed".to_string());
-    }
-    check_v2_header(&raw)?;
-    check_v2_payload(&raw[V2_HEADER_LEN..])?;
-    let mut h: Histogram<u64> = Deserializer::new()
-        .deserialize(&mut raw.as_slice())
-        .map_err(|e| e.to_string())?;
-    charge_budget(h.distinct_values() as u64)?;
-    if h.len() > MAX_TOTAL_COUNT {
+    let mut raw = inflate(compressed)?;
+    let high = check_v2_header(&raw)?;
+    let len = counts_len(high);
+    let total = check_v2_payload(&raw[V2_HEADER_LEN..], len)?;
+    // Charged what reading it may allocate (its dense form), though packed it holds less.
+    charge_budget(len as u64)?;
+    if total > MAX_TOTAL_COUNT {
         return Err(format!("more than {MAX_TOTAL_COUNT} samples"));
     }
-    // Deserialized histograms come back with auto-resize off; merging needs it on.
-    h.auto(true);
-    Ok(h)
+    raw.drain(..V2_HEADER_LEN);
+    Ok(Hist::packed(raw, total))
 }
 
-fn check_v2_header(raw: &[u8]) -> Result<(), String> {
+/// The length of the counts array `hdrhistogram` gives a histogram of the one configuration
+/// whose highest trackable value is `high` (a payload may not reach past it).
+fn counts_len(high: u64) -> usize {
+    let mut buckets: u64 = 1;
+    let mut smallest_untrackable = SUB_BUCKET_HALF << 1;
+    while smallest_untrackable <= high {
+        if smallest_untrackable > u64::MAX / 2 {
+            buckets += 1;
+            break;
+        }
+        smallest_untrackable <<= 1;
+        buckets += 1;
+    }
+    ((buckets + 1) * SUB_BUCKET_HALF) as usize
+}
+
+/// Check the header; returns the declared highest trackable value.
+fn check_v2_header(raw: &[u8]) -> Result<u64, String> {
     let truncated = || "truncated histogram header".to_string();
     if be_u32(raw, 0) != Some(V2_COOKIE) {
         return Err("not an HDR V2 histogram inside the deflate stream".to_string());
@@ -330,51 +731,60 @@ fn check_v2_header(raw: &[u8]) -> Result<(), String> {
             "histogram range {high} is outside 2..={MAX_WIRE_HIGH}"
         ));
     }
-    Ok(())
+    Ok(high)
 }
 
-/// Walk the payload's varints (LEB128, at most 9 bytes, the 9th taken whole) the way the
-/// stock decoder will. The encoding that zig-zag decodes to `i64::MIN` makes it negate
-/// `i64::MIN`, which panics when overflow checks are on; nothing legitimate produces it.
-fn check_v2_payload(payload: &[u8]) -> Result<(), String> {
-    let mut at = 0;
+/// Walk the payload's varints (LEB128, at most 9 bytes, the 9th taken whole) as the stock
+/// decoder would, refusing what it would refuse or panic on: a truncated varint, a bucket
+/// past the declared range (`len` buckets), the encoding that zig-zag decodes to `i64::MIN`
+/// (the stock decoder negates it), a total that overflows. Returns the total count.
+fn check_v2_payload(payload: &[u8], len: usize) -> Result<u64, String> {
+    let (mut at, mut index, mut total) = (0usize, 0usize, 0u64);
     while at < payload.len() {
-        let mut value: u64 = 0;
-        let mut len = 0;
-        loop {
-            let b = *payload
-                .get(at + len)
-                .ok_or_else(|| "truncated count in histogram".to_string())?;
-            if len == 8 {
-                value |= u64::from(b) << 56;
-                len += 1;
-                break;
-            }
-            value |= u64::from(b & 0x7f) << (7 * len);
-            len += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        if value == u64::MAX {
+        let (zz, n) = read_varint(&payload[at..])
+            .ok_or_else(|| "truncated count in histogram".to_string())?;
+        at += n;
+        if zz == u64::MAX {
             return Err("invalid count encoding in histogram".to_string());
         }
-        at += len;
+        let v = zig_zag(zz);
+        if v < 0 {
+            index = index.saturating_add(usize::try_from(v.unsigned_abs()).unwrap_or(usize::MAX));
+            continue;
+        }
+        if v > 0 {
+            if index >= len {
+                return Err(format!(
+                    "histogram counts reach past its range ({len} buckets)"
+                ));
+            }
+            total = total
+                .checked_add(v as u64)
+                .ok_or_else(|| "histogram total overflows".to_string())?;
+        }
+        index = index.saturating_add(1);
     }
-    Ok(())
+    Ok(total)
 }
 
 /// On the wire: base64 of HDR V2 deflate (an empty histogram as the empty one encodes, so
 /// peers of earlier versions read it).
 impl serde::Serialize for Hist {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        base64_v2::serialize(self.histogram(), s)
+        match &self.0 {
+            // Unpacked for the encoder and dropped: writing a snapshot keeps nothing.
+            Repr::Packed(p) if p.dense.get().is_none() => {
+                base64_v2::serialize(&unpack(&p.payload), s)
+            }
+            _ => base64_v2::serialize(self.histogram(), s),
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Hist {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        base64_v2::deserialize(d).map(Hist::of)
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        decode_packed(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -412,14 +822,17 @@ mod tests {
     #[test]
     fn an_empty_histogram_allocates_nothing_and_reads_as_empty() {
         let empty = Hist::new();
-        assert!(empty.0.is_none());
+        assert!(matches!(empty.0, Repr::Empty));
         assert_eq!(empty, Hist::of(new_histogram()));
         assert_eq!(
             serde_json::to_string(&empty).unwrap(),
             serde_json::to_string(&encode(&new_histogram()).unwrap()).unwrap()
         );
         let back: Hist = serde_json::from_str(&serde_json::to_string(&empty).unwrap()).unwrap();
-        assert!(back.0.is_none(), "an empty one decodes to nothing");
+        assert!(
+            matches!(back.0, Repr::Empty),
+            "an empty one decodes to nothing"
+        );
         assert_eq!(
             (empty.count(), empty.min(), empty.percentile(99.0)),
             (0, None, None)
@@ -428,11 +841,14 @@ mod tests {
         let mut h = hist_of(&[3, 40]);
         let mut sum = Hist::new();
         sum.add(&empty).unwrap();
-        assert!(sum.0.is_none(), "adding nothing allocates nothing");
+        assert!(
+            matches!(sum.0, Repr::Empty),
+            "adding nothing allocates nothing"
+        );
         sum.add(&h).unwrap();
         assert_eq!(sum, h);
         h.subtract(&sum).unwrap();
-        assert!(h.0.is_none() && h.is_empty());
+        assert!(matches!(h.0, Repr::Empty) && h.is_empty());
         assert!(
             Hist::new().subtract(&sum).is_err(),
             "samples it does not hold"
@@ -572,5 +988,143 @@ mod tests {
             assert!(decode(&text).is_err());
         });
         assert!(decode(&text).is_ok(), "budget is restored afterwards");
+    }
+    /// The bucket layout written out here is `hdrhistogram`'s: every index of a histogram
+    /// spanning the wire's whole range, in the crate's own iteration order.
+    #[test]
+    fn the_bucket_layout_is_hdrhistograms() {
+        let mut h = new_histogram();
+        h.record(MAX_WIRE_HIGH - 1).unwrap();
+        for (i, v) in h.iter_all().enumerate() {
+            let (low, width) = bucket_value(i);
+            assert_eq!(low + width - 1, v.value_iterated_to(), "index {i}");
+            assert_eq!(h.lowest_equivalent(v.value_iterated_to()), low, "index {i}");
+            assert_eq!(bucket_index(low), i);
+            assert_eq!(bucket_index(low + width - 1), i);
+        }
+        assert_eq!(counts_len(h.high()), h.distinct_values());
+    }
+
+    fn packed_of(values: &[u64]) -> Hist {
+        let text = encode(hist_of(values).histogram()).unwrap();
+        let h = decode_packed(&text).unwrap();
+        assert!(values.is_empty() || matches!(h.0, Repr::Packed(_)));
+        h
+    }
+
+    /// A histogram decodes packed, reads as the dense one does, and packed arithmetic is the
+    /// dense arithmetic, whatever mix of forms meets.
+    #[test]
+    fn packed_histograms_read_add_and_subtract_as_dense_ones() {
+        let a_values = [0u64, 1, 5, 999, 2047, 2048, 12_345, 12_346, 3_000_000_000];
+        let b_values = [5u64, 12_345, 77, 77, 4_000_000];
+        let (a, b) = (hist_of(&a_values), hist_of(&b_values));
+        let (pa, pb) = (packed_of(&a_values), packed_of(&b_values));
+        assert_eq!(pa, a);
+        for q in [0.0, 1.0, 50.0, 99.0, 99.9, 100.0] {
+            assert_eq!(pa.percentile(q), a.percentile(q));
+        }
+        assert_eq!(
+            (pa.min(), pa.max(), pa.mean()),
+            (a.min(), a.max(), a.mean())
+        );
+        assert_eq!(pa.count(), a.count());
+
+        let mut sum = a.clone();
+        sum.add(&b).unwrap();
+        for (x, y) in [(&pa, &pb), (&a, &pb), (&pa, &b)] {
+            let mut s = x.clone();
+            s.add(y).unwrap();
+            assert_eq!(s, sum);
+            s.subtract(y).unwrap();
+            assert_eq!(s, a);
+        }
+        let mut psum = pa.clone();
+        psum.add(&pb).unwrap();
+        assert!(
+            matches!(psum.0, Repr::Packed(_)),
+            "a small merge stays packed"
+        );
+        let mut d = psum.clone();
+        d.subtract(&pa).unwrap();
+        assert_eq!(d, b);
+        d.subtract(&pb).unwrap();
+        assert!(matches!(d.0, Repr::Empty));
+        assert!(
+            pb.clone().subtract(&pa).is_err(),
+            "samples it does not hold"
+        );
+        let mut wire = serde_json::to_string(&psum).unwrap();
+        assert_eq!(wire, serde_json::to_string(&sum).unwrap());
+        wire = serde_json::to_string(&Hist::new()).unwrap();
+        assert!(serde_json::from_str::<Hist>(&wire).unwrap().is_empty());
+    }
+
+    /// A merge past [`PACKED_MAX_BYTES`] turns dense, with the same samples.
+    #[test]
+    fn a_large_merge_turns_dense() {
+        let wide: Vec<u64> = (0..5_000u64).map(|i| i * 7).collect();
+        let (a, b) = (packed_of(&wide), packed_of(&[3, 4]));
+        let mut s = b.clone();
+        s.add(&a).unwrap();
+        assert!(matches!(s.0, Repr::Dense(_)));
+        let mut dense = hist_of(&wide);
+        dense.add(&hist_of(&[3, 4])).unwrap();
+        assert_eq!(s, dense);
+    }
+
+    proptest::proptest! {
+        /// Whatever the stock decoder reads, the packed decoder reads the same samples; what
+        /// it refuses, the packed decoder refuses too (the stock one never panics here: the
+        /// payload check runs first).
+        #[test]
+        fn the_packed_decoder_agrees_with_the_stock_one(
+            payload in proptest::collection::vec(
+                proptest::sample::select(vec![0x00u8, 0x01, 0x02, 0x03, 0x04, 0x7f, 0x80, 0x81, 0xfe, 0xff]),
+                0..48,
+            ),
+        ) {
+            let text = wire_with_payload(&payload);
+            let ours = decode_packed(&text);
+            let bytes = STANDARD.decode(&text).unwrap();
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::ZlibDecoder::new(&bytes[8..]),
+                &mut raw,
+            ).unwrap();
+            let stock = if check_v2_payload(&raw[V2_HEADER_LEN..], usize::MAX).is_ok() {
+                hdrhistogram::serialization::Deserializer::new()
+                    .deserialize::<u64, _>(&mut raw.as_slice())
+                    .ok()
+            } else {
+                None
+            };
+            match (ours, stock) {
+                (Ok(h), Some(s)) => proptest::prop_assert_eq!(h, Hist(if s.is_empty() { Repr::Empty } else { Repr::Dense(s) })),
+                (Err(_), None) => {}
+                (Ok(h), None) => proptest::prop_assert!(false, "ours took what the stock decoder refused: {h:?}"),
+                (Err(e), Some(s)) => proptest::prop_assert!(false, "ours refused ({e}) what the stock decoder read: {} samples", s.len()),
+            }
+        }
+
+        /// Packed subtraction and addition give the dense results for random histograms.
+        #[test]
+        fn packed_arithmetic_is_dense_arithmetic(
+            a in proptest::collection::vec(0u64..5_000_000, 0..200),
+            b in proptest::collection::vec(0u64..5_000_000, 0..200),
+        ) {
+            let mut both = a.clone();
+            both.extend_from_slice(&b);
+            let (pa, pboth) = (packed_of(&a), packed_of(&both));
+            let mut d = pboth.clone();
+            d.subtract(&pa).unwrap();
+            proptest::prop_assert_eq!(&d, &hist_of(&b));
+            let mut s = pa.clone();
+            s.add(&packed_of(&b)).unwrap();
+            proptest::prop_assert_eq!(&s, &hist_of(&both));
+            let mut dense = hist_of(&a);
+            dense.add(&d).unwrap();
+            proptest::prop_assert_eq!(&dense, &hist_of(&both));
+        }
     }
 }

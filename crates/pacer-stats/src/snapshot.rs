@@ -17,9 +17,10 @@ use crate::record::{Layout, ScenarioLayout};
 /// Version of the snapshot wire format; `from_json` rejects any other.
 pub const SNAPSHOT_FORMAT: u32 = 1;
 
-/// Histogram counts-array entries one decoded snapshot may allocate (8 bytes each): room for
-/// hundreds of requests whose histograms span the full hour, and a bound on what hostile input
-/// can make the controller allocate.
+/// Histogram counts-array entries one decoded snapshot may allocate (8 bytes each) once its
+/// histograms are read (decoded, they stay packed and hold less: see [`crate::hist`]): room
+/// for hundreds of requests whose histograms span the full hour, and a bound on what hostile
+/// input can make the controller allocate.
 const DECODE_BUDGET_ENTRIES: u64 = 32 << 20;
 
 /// The last rate-limit headers a server sent.
