@@ -1,12 +1,15 @@
-//! Per-second time series, built from the cumulative snapshots a run takes every second.
+//! Per-second time series, built from the snapshots a run takes every second.
 //!
-//! [`SeriesBuilder::push`] gets the cumulative [`Snapshot`] at the end of each second and keeps
-//! one [`SeriesPoint`] for it (the interval's values come from [`Snapshot::delta`]), plus the
-//! snapshot itself as the base of the next interval. Memory grows by one small record per
-//! second and one [`PauseWindow`] per Retry-After pause (capped); no raw samples are kept.
+//! [`SeriesBuilder::push_delta`] gets what was recorded in each second (a delta [`Snapshot`])
+//! and keeps one [`SeriesPoint`] for it, plus that delta until the next push (a short final
+//! tail is folded into the last row). [`SeriesBuilder::push`] gets the cumulative snapshot
+//! instead and keeps it as the base of the next interval's delta. Memory grows by one small
+//! record per second and one [`PauseWindow`] per Retry-After pause (capped); no raw samples
+//! are kept, and a delta-fed builder keeps no cumulative snapshot.
 //!
-//! Whoever owns the snapshots feeds the builder: `pacer run` from its recorder, a controller
-//! from the merge of its workers' snapshots. The builder does no I/O and never blocks.
+//! Whoever owns the snapshots feeds the builder: `pacer run` its recorder's cumulative ones,
+//! a controller the merged deltas of its workers' reports. The builder does no I/O and never
+//! blocks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use pacer_plan::ramp::RampSchedule;
 use pacer_plan::{Executor, Plan};
-use pacer_stats::{Layout, RequestStats, Snapshot};
+use pacer_stats::{Layout, RequestStats, ServerLimitHeaders, Snapshot};
 use serde::{Deserialize, Serialize};
 
 /// A tail shorter than this (seconds) is folded into the last full second rather than kept as
@@ -171,15 +174,23 @@ impl PlannedRate {
     }
 }
 
-/// Builds a [`Series`] from cumulative snapshots taken about once a second.
+/// Builds a [`Series`] from snapshots taken about once a second: either each interval's
+/// delta ([`SeriesBuilder::push_delta`]) or the cumulative snapshot at its end
+/// ([`SeriesBuilder::push`], which takes the delta from the one before).
 #[derive(Debug)]
 pub struct SeriesBuilder {
+    layout: Layout,
     planned: PlannedRate,
-    /// The snapshot the next interval starts from, and when it was taken.
-    base: Snapshot,
+    /// The cumulative snapshot the next interval starts from, for [`SeriesBuilder::push`]
+    /// only (`None` until its first push): a delta-fed builder keeps no cumulative snapshot.
+    base: Option<Snapshot>,
+    /// When the next interval starts (the end of the last row).
     base_secs: f64,
-    /// The base before the last push, to fold a short tail into the last row.
-    previous_base: Option<(Snapshot, f64)>,
+    /// The last row's delta and start, to fold a short tail into that row.
+    last: Option<(Snapshot, f64)>,
+    /// The rate-limit headers the rows show: those of the latest interval that had any (a
+    /// delta keeps its later snapshot's headers, so for one recorder these are its latest).
+    server_limits: Option<ServerLimitHeaders>,
     limits_before: Vec<LimiterSample>,
     windows: Vec<PauseWindow>,
     /// [`MAX_PAUSE_WINDOWS`] (smaller in tests).
@@ -194,10 +205,12 @@ impl SeriesBuilder {
     /// A builder for a run laid out as `layout`, starting now.
     pub fn new(layout: &Layout, planned: PlannedRate) -> Self {
         Self {
+            layout: layout.clone(),
             planned,
-            base: Snapshot::empty(layout),
+            base: None,
             base_secs: 0.0,
-            previous_base: None,
+            last: None,
+            server_limits: None,
             limits_before: Vec::new(),
             windows: Vec::new(),
             max_windows: MAX_PAUSE_WINDOWS,
@@ -222,21 +235,11 @@ impl SeriesBuilder {
         snapshot: &Snapshot,
         limits: Option<&[LimiterSample]>,
     ) {
-        let t1 = at.as_secs_f64().max(self.base_secs);
-        let delta = self.delta(&self.base, snapshot);
-        self.update_pauses(self.base_secs, t1, limits, &delta.total());
-        let point = self.point(
-            self.points.len() as u64 + 1,
-            self.base_secs,
-            t1,
-            unix_ms,
-            &delta,
-            snapshot,
-        );
-        self.points.push(point);
-        let old = std::mem::replace(&mut self.base, snapshot.clone());
-        self.previous_base = Some((old, self.base_secs));
-        self.base_secs = t1;
+        let delta = self.delta_to(snapshot);
+        // The rows show the cumulative snapshot's headers, whatever the delta's.
+        self.server_limits.clone_from(&snapshot.server_limits);
+        self.push_delta(at, unix_ms, delta, limits);
+        self.base = Some(snapshot.clone());
     }
 
     /// The last interval, ending with the run's final snapshot; a tail shorter than a quarter
@@ -248,37 +251,69 @@ impl SeriesBuilder {
         snapshot: &Snapshot,
         limits: Option<&[LimiterSample]>,
     ) -> Series {
+        let delta = self.delta_to(snapshot);
+        self.server_limits.clone_from(&snapshot.server_limits);
+        self.finish_delta(at, unix_ms, delta, limits)
+    }
+
+    /// Record the interval `(end of the last row, at]` (wall clock `unix_ms` at its end),
+    /// given `delta`, what was recorded in it. `limits` as for [`SeriesBuilder::push`].
+    pub fn push_delta(
+        &mut self,
+        at: Duration,
+        unix_ms: u64,
+        delta: Snapshot,
+        limits: Option<&[LimiterSample]>,
+    ) {
+        let t0 = self.base_secs;
+        let t1 = at.as_secs_f64().max(t0);
+        self.note_server_limits(&delta);
+        self.update_pauses(t0, t1, limits, &delta.total());
+        let point = self.point(self.points.len() as u64 + 1, t0, t1, unix_ms, &delta);
+        self.points.push(point);
+        self.last = Some((delta, t0));
+        self.base_secs = t1;
+    }
+
+    /// The last interval, given its `delta` (as [`SeriesBuilder::push_delta`]); a tail shorter
+    /// than a quarter second is folded into the previous row.
+    pub fn finish_delta(
+        mut self,
+        at: Duration,
+        unix_ms: u64,
+        delta: Snapshot,
+        limits: Option<&[LimiterSample]>,
+    ) -> Series {
         let t1 = at.as_secs_f64().max(self.base_secs);
         let fold = t1 - self.base_secs < MIN_TAIL_SECS && !self.points.is_empty();
-        let tail = self.delta(&self.base, snapshot);
-        self.update_pauses(self.base_secs, t1, limits, &tail.total());
-        match (fold, self.previous_base.take()) {
-            (true, Some((from, t0))) => {
+        self.note_server_limits(&delta);
+        self.update_pauses(self.base_secs, t1, limits, &delta.total());
+        let folded = match (fold, self.last.take()) {
+            (true, Some((mut row, t0))) => match row.merge_in_place(&delta) {
+                Ok(()) => Some((row, t0)),
+                Err(e) => {
+                    // Only histograms past their wire format's count refuse: the tail keeps
+                    // a row of its own rather than being lost.
+                    tracing::warn!(error = %e, "series: the tail cannot be folded; kept apart");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let (delta, t0) = match folded {
+            Some(row) => {
                 self.points.pop();
-                let delta = self.delta(&from, snapshot);
-                let point = self.point(
-                    self.points.len() as u64 + 1,
-                    t0,
-                    t1,
-                    unix_ms,
-                    &delta,
-                    snapshot,
-                );
-                self.points.push(point);
+                row
             }
-            _ => {
-                let delta = tail;
-                let point = self.point(
-                    self.points.len() as u64 + 1,
-                    self.base_secs,
-                    t1,
-                    unix_ms,
-                    &delta,
-                    snapshot,
-                );
-                self.points.push(point);
-            }
-        }
+            None => (delta, self.base_secs),
+        };
+        let point = self.point(self.points.len() as u64 + 1, t0, t1, unix_ms, &delta);
+        self.points.push(point);
+        self.into_series()
+    }
+
+    /// The rows so far, without a last interval (a caller that stopped keeping rows).
+    pub fn into_series(self) -> Series {
         Series {
             points: self.points,
             pauses: self.windows,
@@ -286,7 +321,17 @@ impl SeriesBuilder {
         }
     }
 
-    fn delta(&self, from: &Snapshot, to: &Snapshot) -> Snapshot {
+    /// What was recorded between the base of [`SeriesBuilder::push`] (nothing before its
+    /// first) and `to`.
+    fn delta_to(&self, to: &Snapshot) -> Snapshot {
+        let empty;
+        let from = match &self.base {
+            Some(base) => base,
+            None => {
+                empty = Snapshot::empty(&self.layout);
+                &empty
+            }
+        };
         match to.delta(from) {
             Ok(d) => d,
             Err(e) => {
@@ -295,6 +340,13 @@ impl SeriesBuilder {
                 tracing::warn!(error = %e, "series: snapshot is not a continuation; interval left empty");
                 Snapshot::empty(&to.layout())
             }
+        }
+    }
+
+    /// An interval's headers replace the kept ones when it has any.
+    fn note_server_limits(&mut self, delta: &Snapshot) {
+        if delta.server_limits.is_some() {
+            self.server_limits.clone_from(&delta.server_limits);
         }
     }
 
@@ -367,15 +419,7 @@ impl SeriesBuilder {
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
-    fn point(
-        &self,
-        t: u64,
-        t0: f64,
-        t1: f64,
-        unix_ms: u64,
-        delta: &Snapshot,
-        now: &Snapshot,
-    ) -> SeriesPoint {
+    fn point(&self, t: u64, t0: f64, t1: f64, unix_ms: u64, delta: &Snapshot) -> SeriesPoint {
         let secs = t1 - t0;
         let d = delta.total();
         let (mut iterations, mut dropped) = (0u64, 0u64);
@@ -385,7 +429,7 @@ impl SeriesBuilder {
         }
         let with_status: u64 = d.status.values().fold(0u64, |a, &n| a.saturating_add(n));
         let ms = |h: &pacer_stats::Hist, p: f64| h.percentile(p).map(|us| us as f64 / 1000.0);
-        let limits = now.server_limits.as_ref();
+        let limits = self.server_limits.as_ref();
         SeriesPoint {
             t,
             elapsed_secs: finite(t1),
@@ -402,7 +446,13 @@ impl SeriesBuilder {
             failures: d.failed,
             throttled: d.throttled,
             errors: d.attempts.saturating_sub(with_status),
-            status: d.status.clone(),
+            // A delta has no zero counts; a first report merged as it came might.
+            status: d
+                .status
+                .iter()
+                .filter(|(_, n)| **n != 0)
+                .map(|(k, n)| (*k, *n))
+                .collect(),
             iterations,
             dropped_iterations: dropped,
             duration_p50_ms: ms(&d.duration, 50.0),
@@ -721,6 +771,55 @@ mod tests {
         let s = b.finish(secs(0.05), 0, &rec.snapshot(), None);
         assert_eq!(s.points.len(), 1);
         assert_eq!(s.points[0].attempts, 1);
+    }
+
+    /// The same run fed as deltas and as cumulative snapshots makes the same rows: counts,
+    /// percentiles, pauses, the server's headers (the latest interval's, even when its stamp
+    /// is older), and a short tail folded into the last row.
+    #[test]
+    fn delta_fed_rows_equal_cumulative_rows() {
+        for tail in [0.1, 0.6] {
+            let rec = recorder();
+            let mut cumulative = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+            let mut fed = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+            let mut before = Snapshot::empty(rec.layout());
+            let mut step = |k: u64| {
+                for n in 0..k % 4 {
+                    hit(&rec, if n == 1 { 429 } else { 200 }, 10 * k + n);
+                }
+                if k % 3 == 1 {
+                    rec.record_server_limits(ServerLimitHeaders {
+                        at_unix_ms: 10_000 - k,
+                        source: "x-ratelimit".into(),
+                        remaining: Some(k),
+                        ..Default::default()
+                    });
+                }
+                let sample = [LimiterSample {
+                    name: "l".into(),
+                    pauses: k / 3,
+                    paused_secs: (k / 3) as f64 * 0.7,
+                    pacing_rate: 1.0,
+                }];
+                let snap = rec.snapshot();
+                let delta = snap.delta(&before).unwrap();
+                before = snap.clone();
+                (snap, delta, sample)
+            };
+            for k in 1..=7u64 {
+                let (snap, delta, sample) = step(k);
+                cumulative.push(secs(k as f64), k * 1000, &snap, Some(&sample));
+                fed.push_delta(secs(k as f64), k * 1000, delta, Some(&sample));
+            }
+            let (snap, delta, sample) = step(8);
+            let end = secs(7.0 + tail);
+            let want = cumulative.finish(end, 7_100, &snap, Some(&sample));
+            let got = fed.finish_delta(end, 7_100, delta, Some(&sample));
+            assert_eq!(got, want, "tail {tail}");
+            assert_eq!(want.points.len(), if tail < MIN_TAIL_SECS { 7 } else { 8 });
+            assert!(!want.pauses.is_empty());
+            assert_eq!(want.points[6].ratelimit_remaining, Some(7));
+        }
     }
 
     #[test]
