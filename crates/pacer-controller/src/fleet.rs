@@ -363,7 +363,7 @@ impl Fleet {
                 Ok(()) => {
                     let stamp = Duration::from_micros(r.elapsed_us).min(bound);
                     if let Some(series) = &mut self.series {
-                        series.report(i, stamp, add, slot.snapshot.as_ref());
+                        series.report(i, stamp, add);
                     }
                 }
                 Err(e) => {
@@ -951,11 +951,10 @@ impl Fleet {
         for s in &mut self.slots {
             s.conn = None;
         }
-        let slots = &self.slots;
         let series = self
             .series
             .take()
-            .map(|s| s.finish(elapsed, |i| slots.get(i).and_then(|s| s.snapshot.as_ref())))
+            .map(|s| s.finish(elapsed))
             .unwrap_or_default();
         FleetOutcome {
             test_id: inner.cfg.test_id.clone(),

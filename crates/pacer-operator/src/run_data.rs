@@ -247,6 +247,8 @@ impl RunData {
                 fleet: series,
                 workers: Vec::new(),
                 started_unix_ms: self.series.started_unix_ms,
+                // This worker's rows (as `fleet`) end early if the workers' rows did.
+                workers_truncated: self.series.workers_truncated,
             },
             workers: Vec::new(),
             ..self.clone()
@@ -519,6 +521,7 @@ mod tests {
                 fleet: series.clone(),
                 workers: vec![series; workers],
                 started_unix_ms: Some(1),
+                workers_truncated: false,
             },
             workers: (0..workers)
                 .map(|i| WorkerData {

@@ -1,5 +1,5 @@
-//! The per-second series of a fleet, built from its workers' cumulative snapshots, each
-//! stamped with the worker's time since the fleet's common start.
+//! The per-second series of a fleet, built from what its workers' reports add (each report's
+//! delta), each stamped with the worker's time since the fleet's common start.
 //!
 //! Sampling the merge of the workers' latest snapshots on the controller's own clock (what
 //! `pacer controller` did) puts requests in the wrong second: the merge is up to a report
@@ -13,18 +13,20 @@
 //! the jitter of the workers' report timers.
 //!
 //! The caller computes each report's delta once (the controller adds the same delta into its
-//! running fleet total) and hands it here with the worker's previous and new cumulative
-//! snapshots, which it keeps anyway: this series keeps no copy of them.
+//! running fleet total) and hands it here: this series keeps no cumulative snapshot.
 //!
-//! Per worker, the same reports make the worker's own series. Memory: the open seconds'
-//! merged deltas (at most [`MAX_OPEN_SECONDS`]), each worker's series builder (which keeps
-//! the cumulative snapshots its rows start from), and one row per second per worker and for
-//! the fleet.
+//! Per worker, the same reports make the worker's own series: a worker's deltas are merged
+//! until a report of a later second arrives, then pushed as its row (and the seconds it
+//! skipped get empty rows). Memory: the open seconds' merged deltas (at most
+//! [`MAX_OPEN_SECONDS`]); per worker, the merged deltas of its current second and its last
+//! row's delta (to fold a short tail into that row), never a cumulative snapshot; the
+//! fleet's last row's delta; one row per second for the fleet, and one per second per worker
+//! up to [`MAX_WORKER_ROWS`] in all.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use pacer_stats::{Layout, Snapshot};
+use pacer_stats::{Layout, ServerLimitHeaders, Snapshot};
 use serde::{Deserialize, Serialize};
 
 use crate::series::{MIN_TAIL_SECS, PlannedRate, Series, SeriesBuilder};
@@ -39,6 +41,12 @@ pub const CLOSE_AFTER_SECS: u64 = 3;
 pub const MAX_OPEN_SECONDS: usize = 8;
 /// Workers kept apart in the series (`Assign.weights` has at most this many entries).
 const MAX_WORKERS: usize = 10_000;
+/// Workers' rows kept, all workers together. A row is about 0.5 KB in memory (and more as
+/// JSON), so this bounds them near 50 MB: every row of 100 workers for a quarter hour, of
+/// 1000 for 100 seconds. Past it the workers' rows stop (each worker's series then ends at
+/// about the same second) and [`FleetSeriesOutput::workers_truncated`] says so; the fleet's
+/// rows, one per second, are always kept.
+pub const MAX_WORKER_ROWS: usize = 100_000;
 
 /// The second a report stamped `elapsed` since the common start belongs to (1-based: second
 /// `k` is `(k-1, k]`). Reports are due at whole seconds and arrive up to a few milliseconds
@@ -63,13 +71,23 @@ pub struct FleetSeriesOutput {
     pub workers: Vec<Series>,
     /// The common start, Unix milliseconds (`None` when the fleet never started).
     pub started_unix_ms: Option<u64>,
+    /// The workers' rows reached [`MAX_WORKER_ROWS`] (all workers together) and later ones
+    /// were not kept: each worker's series in `workers` ends early, at about the same second.
+    /// `fleet` is whole either way.
+    #[serde(default)]
+    pub workers_truncated: bool,
 }
 
 /// One worker's part.
 #[derive(Debug)]
 struct WorkerTrack {
-    /// Its own series, fed its cumulative snapshot at each whole second.
-    series: SeriesBuilder,
+    /// Its own series, fed the merged deltas of each whole second; `None` once the workers'
+    /// rows reached their bound (its rows so far are then in `stopped`).
+    series: Option<SeriesBuilder>,
+    /// Its rows when the workers' rows stopped.
+    stopped: Series,
+    /// What it reported since the last row pushed into `series` (`None`: nothing).
+    pending: Option<Snapshot>,
     /// Seconds already pushed into `series`.
     pushed: u64,
     /// Its latest report's stamp.
@@ -82,13 +100,19 @@ struct WorkerTrack {
 pub struct FleetSeries {
     layout: Layout,
     fleet: SeriesBuilder,
-    /// The fleet's cumulative numbers at the end of the last closed second.
-    closed_total: Snapshot,
+    /// The newest rate-limit headers of the closed seconds (by `at_unix_ms`, as a merge of
+    /// the workers' snapshots keeps them): what the fleet's rows show.
+    server_limits: Option<ServerLimitHeaders>,
     /// Seconds closed into `fleet`.
     closed: u64,
     /// The merged deltas of seconds `closed + 1`, `closed + 2`, ...
     open: VecDeque<Snapshot>,
     workers: Vec<WorkerTrack>,
+    /// Rows pushed into the workers' series so far.
+    worker_rows: usize,
+    /// [`MAX_WORKER_ROWS`] (smaller in tests).
+    max_worker_rows: usize,
+    workers_truncated: bool,
     started_unix_ms: Option<u64>,
 }
 
@@ -99,17 +123,22 @@ impl FleetSeries {
         Self {
             layout: layout.clone(),
             fleet: SeriesBuilder::new(layout, planned.clone()),
-            closed_total: Snapshot::empty(layout),
+            server_limits: None,
             closed: 0,
             open: VecDeque::new(),
             workers: (0..workers)
                 .map(|_| WorkerTrack {
-                    series: SeriesBuilder::new(layout, planned.clone()),
+                    series: Some(SeriesBuilder::new(layout, planned.clone())),
+                    stopped: Series::default(),
+                    pending: None,
                     pushed: 0,
                     elapsed: Duration::ZERO,
                     reported: false,
                 })
                 .collect(),
+            worker_rows: 0,
+            max_worker_rows: MAX_WORKER_ROWS,
+            workers_truncated: false,
             started_unix_ms: None,
         }
     }
@@ -134,52 +163,81 @@ impl FleetSeries {
     }
 
     /// Worker `index`'s report, stamped `elapsed` since the common start: `delta`, what it
-    /// recorded since its `previous` report (`None`: this is its first, and `delta` is all of
-    /// it). The caller computed the delta once,
-    /// from a report it kept (newer than the one before, and continuing it). The caller
-    /// bounds `elapsed` by its own clock (each second between the last one closed and this
-    /// one becomes a row).
-    pub fn report(
-        &mut self,
-        index: usize,
-        elapsed: Duration,
-        delta: &Snapshot,
-        previous: Option<&Snapshot>,
-    ) {
-        let Some(track) = self.workers.get_mut(index) else {
+    /// recorded since its previous report (all of it for its first). The caller computed the
+    /// delta once, from a report it kept (newer than the one before, and continuing it). The
+    /// caller bounds `elapsed` by its own clock (each second between the last one closed and
+    /// this one becomes a row).
+    pub fn report(&mut self, index: usize, elapsed: Duration, delta: &Snapshot) {
+        if index >= self.workers.len() {
             tracing::warn!(worker = index, "series: no such worker; report left out");
             return;
-        };
-        let second = second_of(elapsed);
-        // The worker's own series: seconds before this report's are final now, at its
-        // previous cumulative snapshot.
-        if track.pushed + 1 < second {
-            let empty;
-            let base = match previous {
-                Some(p) => p,
-                None => {
-                    empty = Snapshot::empty(&self.layout);
-                    &empty
-                }
-            };
-            while track.pushed + 1 < second {
-                track.pushed += 1;
-                let at = track.pushed as f64;
-                let unix_ms = self
-                    .started_unix_ms
-                    .unwrap_or(0)
-                    .saturating_add(track.pushed.saturating_mul(1000));
-                track
-                    .series
-                    .push(Duration::from_secs_f64(at), unix_ms, base, None);
-            }
         }
-        track.elapsed = track.elapsed.max(elapsed);
-        track.reported = true;
+        let second = second_of(elapsed);
+        self.track(index, second, elapsed, delta);
         self.add(second, delta);
         // Close what every worker has had time to report.
         while self.closed + 1 + CLOSE_AFTER_SECS <= second && !self.open.is_empty() {
             self.close_one();
+        }
+    }
+
+    /// The worker's own series: the seconds before this report's are final now, the first
+    /// with what it reported since its last row, the others empty; `delta` waits for the
+    /// report of a later second.
+    fn track(&mut self, index: usize, second: u64, elapsed: Duration, delta: &Snapshot) {
+        let start = self.started_unix_ms.unwrap_or(0);
+        let Some(track) = self.workers.get_mut(index) else {
+            return;
+        };
+        track.elapsed = track.elapsed.max(elapsed);
+        track.reported = true;
+        if self.workers_truncated {
+            return;
+        }
+        let mut full = false;
+        if let Some(series) = &mut track.series {
+            while track.pushed + 1 < second {
+                if self.worker_rows >= self.max_worker_rows {
+                    full = true;
+                    break;
+                }
+                track.pushed += 1;
+                let at = Duration::from_secs(track.pushed);
+                let unix_ms = start.saturating_add(track.pushed.saturating_mul(1000));
+                let row = track
+                    .pending
+                    .take()
+                    .unwrap_or_else(|| Snapshot::empty(&self.layout));
+                series.push_delta(at, unix_ms, row, None);
+                self.worker_rows += 1;
+            }
+        }
+        if full {
+            self.stop_workers();
+            return;
+        }
+        match &mut track.pending {
+            None => track.pending = Some(delta.clone()),
+            Some(pending) => {
+                if let Err(e) = pending.merge_in_place(delta) {
+                    tracing::warn!(error = %e, "series: a worker's report cannot be merged; left out of its rows");
+                } else if delta.server_limits.is_some() {
+                    // One worker's latest headers are those of its latest report, as in its
+                    // cumulative snapshot (a merge would keep the newest stamp).
+                    pending.server_limits.clone_from(&delta.server_limits);
+                }
+            }
+        }
+    }
+
+    /// The workers' rows reached their bound: keep those so far, drop what would make more.
+    fn stop_workers(&mut self) {
+        self.workers_truncated = true;
+        for track in &mut self.workers {
+            track.pending = None;
+            if let Some(series) = track.series.take() {
+                track.stopped = series.into_series();
+            }
         }
     }
 
@@ -210,60 +268,73 @@ impl FleetSeries {
         let Some(bucket) = self.open.pop_front() else {
             return;
         };
-        if let Err(e) = self.closed_total.merge_in_place(&bucket) {
-            tracing::warn!(error = %e, "series: a second cannot be merged; left out");
-        }
         self.closed += 1;
         let at = self.closed as f64;
         let unix_ms = self.unix_ms_at(at);
-        self.fleet.push(
-            Duration::from_secs_f64(at),
-            unix_ms,
-            &self.closed_total,
-            None,
-        );
+        let bucket = self.with_fleet_headers(bucket);
+        self.fleet
+            .push_delta(Duration::from_secs_f64(at), unix_ms, bucket, None);
+    }
+
+    /// `bucket` with the newest headers of the fleet so far: a merge of all the seconds up to
+    /// this one would have them (newer by `at_unix_ms`, the first of equals).
+    fn with_fleet_headers(&mut self, mut bucket: Snapshot) -> Snapshot {
+        let newer = match (&self.server_limits, &bucket.server_limits) {
+            (Some(a), Some(b)) => b.at_unix_ms > a.at_unix_ms,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if newer {
+            self.server_limits.clone_from(&bucket.server_limits);
+        }
+        bucket.server_limits.clone_from(&self.server_limits);
+        bucket
     }
 
     /// The series, the fleet's last row ending at `end` since the common start (the run's
-    /// length: its longest worker's), each worker's at its last report: `latest(i)` is worker
-    /// `i`'s last cumulative snapshot handed to [`FleetSeries::report`] (the caller keeps it).
-    pub fn finish<'a>(
-        mut self,
-        end: Duration,
-        latest: impl Fn(usize) -> Option<&'a Snapshot>,
-    ) -> FleetSeriesOutput {
+    /// length: its longest worker's), each worker's at its last report.
+    pub fn finish(mut self, end: Duration) -> FleetSeriesOutput {
         while self.open.len() > 1 {
             self.close_one();
         }
-        let mut total = self.closed_total.clone();
-        if let Some(last) = self.open.pop_front()
-            && let Err(e) = total.merge(&last)
-        {
-            tracing::warn!(error = %e, "series: the last second cannot be merged; left out");
-        }
+        let last = self
+            .open
+            .pop_front()
+            .unwrap_or_else(|| Snapshot::empty(&self.layout));
+        let last = self.with_fleet_headers(last);
         let end_secs = end.as_secs_f64();
         let end_unix_ms = self.unix_ms_at(end_secs);
-        let fleet = self.fleet.finish(end, end_unix_ms, &total, None);
+        let fleet = self.fleet.finish_delta(end, end_unix_ms, last, None);
         let started_unix_ms = self.started_unix_ms;
+        let mut worker_rows = self.worker_rows;
+        let mut workers_truncated = self.workers_truncated;
+        let layout = self.layout;
         let workers = self
             .workers
             .into_iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let Some(last) = latest(i).filter(|_| w.reported) else {
-                    return Series::default();
+            .map(|w| {
+                let Some(series) = w.series.filter(|_| w.reported) else {
+                    return w.stopped;
                 };
+                // The last row may be a row of its own.
+                if worker_rows >= self.max_worker_rows {
+                    workers_truncated = true;
+                    return series.into_series();
+                }
+                worker_rows += 1;
                 let at = w.elapsed.as_secs_f64();
                 let unix_ms = started_unix_ms
                     .unwrap_or(0)
                     .saturating_add((at * 1000.0) as u64);
-                w.series.finish(w.elapsed, unix_ms, last, None)
+                let tail = w.pending.unwrap_or_else(|| Snapshot::empty(&layout));
+                series.finish_delta(w.elapsed, unix_ms, tail, None)
             })
             .collect();
         FleetSeriesOutput {
             fleet,
             workers,
             started_unix_ms,
+            workers_truncated,
         }
     }
 }
@@ -271,7 +342,8 @@ impl FleetSeries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pacer_stats::{Attempt, Recorder, RequestOutcome, ScenarioLayout};
+    use pacer_stats::{Attempt, Recorder, RequestOutcome, ScenarioLayout, ServerLimitHeaders};
+    use std::collections::VecDeque;
 
     fn layout() -> Layout {
         Layout {
@@ -310,7 +382,7 @@ mod tests {
     }
 
     /// What the controller does with each kept report: its delta against the worker's
-    /// previous one, computed once, the cumulative snapshots kept by the caller (`last`). A
+    /// previous one, computed once, from the cumulative snapshots the caller keeps (`last`). A
     /// report that does not continue the previous one is refused, as the controller does.
     struct Feed {
         series: FleetSeries,
@@ -333,14 +405,12 @@ mod tests {
                 },
                 None => snap.clone(),
             };
-            self.series.report(i, at, &delta, self.last[i].as_ref());
+            self.series.report(i, at, &delta);
             self.last[i] = Some(snap);
         }
 
         fn finish(self, end: Duration) -> FleetSeriesOutput {
-            let last = self.last;
-            self.series
-                .finish(end, |i| last.get(i).and_then(Option::as_ref))
+            self.series.finish(end)
         }
     }
 
@@ -440,5 +510,269 @@ mod tests {
         let out = series.finish(ms(2_000));
         let total: u64 = out.fleet.points.iter().map(|p| p.attempts).sum();
         assert_eq!(total, 4);
+    }
+    /// A small deterministic random source (xorshift64*), so a failing seed can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    /// Random traffic for one second of one worker: statuses, durations, 429s with a
+    /// Retry-After, now and then the server's rate-limit headers.
+    fn traffic(rec: &Recorder, rng: &mut Rng, at_unix_ms: u64) {
+        for _ in 0..rng.below(12) {
+            let status = match rng.below(10) {
+                0 | 1 => 429,
+                2 => 503,
+                _ => 200,
+            };
+            let ms = 1 + rng.below(400);
+            rec.record_attempt(
+                0,
+                0,
+                &Attempt {
+                    service_time: Duration::from_millis(ms),
+                    status: Some(status),
+                    retry_after: (status == 429).then(|| Duration::from_secs(1 + rng.below(4))),
+                    ..Default::default()
+                },
+            );
+            rec.record_request(
+                0,
+                0,
+                &RequestOutcome {
+                    duration: Duration::from_millis(ms + rng.below(50)),
+                    attempts: 1,
+                    ..Default::default()
+                },
+            );
+        }
+        if rng.below(3) == 0 {
+            rec.record_server_limits(ServerLimitHeaders {
+                // Stamps may tie or go back (another clock, a late response).
+                at_unix_ms: at_unix_ms.saturating_sub(rng.below(3) * 700),
+                source: "x-ratelimit".into(),
+                limit: Some(100),
+                remaining: Some(rng.below(100)),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// The series as the code computed it before it was fed deltas: each worker's series from
+    /// its cumulative snapshots, the fleet's from the cumulative total of its closed seconds.
+    struct Reference {
+        layout: Layout,
+        fleet: SeriesBuilder,
+        closed_total: Snapshot,
+        closed: u64,
+        open: VecDeque<Snapshot>,
+        /// Per worker: its series, seconds pushed, latest stamp, latest snapshot.
+        workers: Vec<(SeriesBuilder, u64, Duration, Option<Snapshot>)>,
+        start: u64,
+    }
+
+    impl Reference {
+        fn new(layout: &Layout, workers: usize, start: u64) -> Self {
+            Reference {
+                layout: layout.clone(),
+                fleet: SeriesBuilder::new(layout, PlannedRate::default()),
+                closed_total: Snapshot::empty(layout),
+                closed: 0,
+                open: VecDeque::new(),
+                workers: (0..workers)
+                    .map(|_| {
+                        let b = SeriesBuilder::new(layout, PlannedRate::default());
+                        (b, 0, Duration::ZERO, None)
+                    })
+                    .collect(),
+                start,
+            }
+        }
+
+        fn report(&mut self, i: usize, elapsed: Duration, snap: Snapshot) {
+            let second = second_of(elapsed);
+            let empty = Snapshot::empty(&self.layout);
+            let (series, pushed, at, last) = &mut self.workers[i];
+            let base = last.as_ref().unwrap_or(&empty);
+            while *pushed + 1 < second {
+                *pushed += 1;
+                let unix_ms = self.start + *pushed * 1000;
+                series.push(Duration::from_secs(*pushed), unix_ms, base, None);
+            }
+            let delta = snap.delta_continuing(base).unwrap();
+            *at = (*at).max(elapsed);
+            *last = Some(snap);
+            let second = second.max(self.closed + 1);
+            while second - self.closed > MAX_OPEN_SECONDS as u64 {
+                if self.open.is_empty() {
+                    self.open.push_back(Snapshot::empty(&self.layout));
+                }
+                self.close_one();
+            }
+            let slot = (second - self.closed - 1) as usize;
+            while self.open.len() <= slot {
+                self.open.push_back(Snapshot::empty(&self.layout));
+            }
+            self.open[slot].merge_in_place(&delta).unwrap();
+            while self.closed + 1 + CLOSE_AFTER_SECS <= second && !self.open.is_empty() {
+                self.close_one();
+            }
+        }
+
+        fn close_one(&mut self) {
+            let bucket = self.open.pop_front().unwrap();
+            self.closed_total.merge_in_place(&bucket).unwrap();
+            self.closed += 1;
+            let unix_ms = self.start + self.closed * 1000;
+            let at = Duration::from_secs(self.closed);
+            self.fleet.push(at, unix_ms, &self.closed_total, None);
+        }
+
+        fn finish(mut self, end: Duration) -> FleetSeriesOutput {
+            while self.open.len() > 1 {
+                self.close_one();
+            }
+            let mut total = self.closed_total.clone();
+            if let Some(last) = self.open.pop_front() {
+                total.merge(&last).unwrap();
+            }
+            let unix_ms = |at: Duration| self.start + (at.as_secs_f64() * 1000.0) as u64;
+            let fleet = self.fleet.finish(end, unix_ms(end), &total, None);
+            let workers = self
+                .workers
+                .into_iter()
+                .map(|(series, _, at, last)| match last {
+                    Some(last) => series.finish(at, unix_ms(at), &last, None),
+                    None => Series::default(),
+                })
+                .collect();
+            FleetSeriesOutput {
+                fleet,
+                workers,
+                started_unix_ms: Some(self.start),
+                workers_truncated: false,
+            }
+        }
+    }
+
+    /// Several workers reporting at whole seconds with jitter, some reports missed, some
+    /// arriving late and out of order between workers, a short final tail: the rows from the
+    /// deltas are those the cumulative snapshots made.
+    #[test]
+    fn delta_fed_rows_equal_the_cumulative_reference() {
+        let layout = layout();
+        let mut headers = false;
+        for seed in 1..=24u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let workers = 1 + rng.below(4) as usize;
+            let seconds = 2 + rng.below(14);
+            let start = 1_700_000_000_000;
+            // (arrival, worker, stamp, cumulative snapshot), in the order they are taken.
+            let mut reports = Vec::new();
+            for w in 0..workers {
+                let rec = Recorder::new(layout.clone());
+                let mut arrival = 0u64;
+                // A worker that joins late has no reports before.
+                let first = 1 + rng.below(3).saturating_sub(1);
+                for k in first..=seconds {
+                    traffic(&rec, &mut rng, start + k * 1000);
+                    if rng.below(6) == 0 && k < seconds {
+                        continue; // a missed report: the next one has both seconds
+                    }
+                    let stamp = k * 1000 + rng.below(200);
+                    arrival = arrival.max(stamp + rng.below(2500));
+                    reports.push((arrival, w, stamp, rec.snapshot()));
+                }
+                // The final report, a short tail after the last whole second.
+                traffic(&rec, &mut rng, start + seconds * 1000 + 100);
+                let stamp = seconds * 1000 + rng.below(240);
+                arrival = arrival.max(stamp);
+                reports.push((arrival, w, stamp, rec.snapshot()));
+            }
+            reports.sort_by_key(|r| r.0);
+            let end = ms(reports.iter().map(|r| r.2).max().unwrap_or(0));
+            let mut fed = Feed::new(
+                FleetSeries::new(&layout, PlannedRate::default(), workers),
+                workers,
+            );
+            fed.series.set_started_unix_ms(start);
+            let mut reference = Reference::new(&layout, workers, start);
+            for (_, w, stamp, snap) in reports {
+                reference.report(w, ms(stamp), snap.clone());
+                fed.report(w, ms(stamp), snap);
+            }
+            let want = reference.finish(end);
+            let got = fed.finish(end);
+            assert!(!got.workers_truncated);
+            assert_eq!(got.fleet, want.fleet, "seed {seed}: fleet");
+            for (i, (g, w)) in got.workers.iter().zip(&want.workers).enumerate() {
+                assert_eq!(g, w, "seed {seed}: worker {i}");
+            }
+            assert_eq!(got, want, "seed {seed}");
+            headers |= got
+                .fleet
+                .points
+                .iter()
+                .any(|p| p.ratelimit_remaining.is_some());
+        }
+        assert!(headers, "some rows show the server's headers");
+    }
+
+    /// Past the bound the workers' rows stop, all at about the same second, and the output
+    /// says so; the fleet's rows are whole.
+    #[test]
+    fn worker_rows_are_bounded() {
+        let layout = layout();
+        let mut fleet = FleetSeries::new(&layout, PlannedRate::default(), 2);
+        fleet.max_worker_rows = 5;
+        let mut series = Feed::new(fleet, 2);
+        let (a, b) = (Recorder::new(layout.clone()), Recorder::new(layout.clone()));
+        for k in 1..=6u64 {
+            hit(&a, 2);
+            hit(&b, 3);
+            series.report(0, ms(k * 1000 + 5), a.snapshot());
+            series.report(1, ms(k * 1000 + 9), b.snapshot());
+        }
+        assert!(series.series.workers_truncated);
+        assert!(series.series.workers.iter().all(|w| w.pending.is_none()));
+        let out = series.finish(ms(6_009));
+        assert!(out.workers_truncated);
+        let rows: Vec<usize> = out.workers.iter().map(|w| w.points.len()).collect();
+        assert_eq!(rows, vec![3, 2]);
+        let fleet: Vec<u64> = out.fleet.points.iter().map(|p| p.attempts).collect();
+        assert_eq!(fleet, vec![5; 6]);
+        // The bound counts the last rows too; without it nothing is cut.
+        let mut fleet = FleetSeries::new(&layout, PlannedRate::default(), 2);
+        fleet.max_worker_rows = 11;
+        let mut series = Feed::new(fleet, 2);
+        let (a, b) = (Recorder::new(layout.clone()), Recorder::new(layout.clone()));
+        for k in 1..=6u64 {
+            hit(&a, 1);
+            hit(&b, 1);
+            series.report(0, ms(k * 1000 + 5), a.snapshot());
+            series.report(1, ms(k * 1000 + 9), b.snapshot());
+        }
+        let out = series.finish(ms(6_009));
+        assert!(out.workers_truncated, "12 rows for a bound of 11");
+        assert_eq!(
+            out.workers.iter().map(|w| w.points.len()).sum::<usize>(),
+            11
+        );
+        let json = serde_json::to_string(&FleetSeriesOutput::default()).unwrap();
+        let old = json.replace(",\"workers_truncated\":false", "");
+        assert_ne!(old, json);
+        let back: FleetSeriesOutput = serde_json::from_str(&old).unwrap();
+        assert!(!back.workers_truncated, "absent in older output");
     }
 }
