@@ -18,10 +18,11 @@
 //! Per worker, the same reports make the worker's own series: a worker's deltas are merged
 //! until a report of a later second arrives, then pushed as its row (and the seconds it
 //! skipped get empty rows). Memory: the open seconds' merged deltas (at most
-//! [`MAX_OPEN_SECONDS`]); per worker, the merged deltas of its current second and its last
-//! row's delta (to fold a short tail into that row), never a cumulative snapshot; the
-//! fleet's last row's delta; one row per second for the fleet, and one per second per worker
-//! up to [`MAX_WORKER_ROWS`] in all.
+//! [`MAX_OPEN_SECONDS`]); per worker, the merged deltas since its last row and nothing else
+//! (no cumulative snapshot; its final tail never needs folding into its last row, see
+//! `WorkerTrack::series`); the fleet's last row's delta (to fold a short tail into it); one
+//! row per second for the fleet, and one per second per worker up to [`MAX_WORKER_ROWS`] in
+//! all.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -82,7 +83,10 @@ pub struct FleetSeriesOutput {
 #[derive(Debug)]
 struct WorkerTrack {
     /// Its own series, fed the merged deltas of each whole second; `None` once the workers'
-    /// rows reached their bound (its rows so far are then in `stopped`).
+    /// rows reached their bound (its rows so far are then in `stopped`). It keeps no delta
+    /// for a tail fold: its rows end at a whole second `p` before the second of its latest
+    /// report, `second_of(elapsed) > p`, so `elapsed - p >= MIN_TAIL_SECS` and its last row
+    /// (ending at `elapsed`) is never short.
     series: Option<SeriesBuilder>,
     /// Its rows when the workers' rows stopped.
     stopped: Series,
@@ -128,7 +132,7 @@ impl FleetSeries {
             open: VecDeque::new(),
             workers: (0..workers)
                 .map(|_| WorkerTrack {
-                    series: Some(SeriesBuilder::new(layout, planned.clone())),
+                    series: Some(SeriesBuilder::new(layout, planned.clone()).without_tail_fold()),
                     stopped: Series::default(),
                     pending: None,
                     pushed: 0,
@@ -712,6 +716,13 @@ mod tests {
                 reference.report(w, ms(stamp), snap.clone());
                 fed.report(w, ms(stamp), snap);
             }
+            // No delta is kept per worker for a tail fold (and none is needed).
+            let tracks = &fed.series.workers;
+            assert!(
+                tracks
+                    .iter()
+                    .all(|w| w.series.as_ref().is_some_and(|b| !b.keeps_a_delta()))
+            );
             let want = reference.finish(end);
             let got = fed.finish(end);
             assert!(!got.workers_truncated);

@@ -188,6 +188,8 @@ pub struct SeriesBuilder {
     base_secs: f64,
     /// The last row's delta and start, to fold a short tail into that row.
     last: Option<(Snapshot, f64)>,
+    /// Whether to keep `last` (see [`SeriesBuilder::without_tail_fold`]).
+    keep_last: bool,
     /// The rate-limit headers the rows show: those of the latest interval that had any (a
     /// delta keeps its later snapshot's headers, so for one recorder these are its latest).
     server_limits: Option<ServerLimitHeaders>,
@@ -210,6 +212,7 @@ impl SeriesBuilder {
             base: None,
             base_secs: 0.0,
             last: None,
+            keep_last: true,
             server_limits: None,
             limits_before: Vec::new(),
             windows: Vec::new(),
@@ -218,6 +221,20 @@ impl SeriesBuilder {
             latest: BTreeMap::new(),
             points: Vec::new(),
         }
+    }
+
+    /// A builder that keeps no delta between pushes, for a caller whose last interval is
+    /// never shorter than [`MIN_TAIL_SECS`] (a fleet's worker, whose rows end before the second
+    /// its last report belongs to): a tail that is shorter all the same keeps a row of its own.
+    pub(crate) fn without_tail_fold(mut self) -> Self {
+        self.keep_last = false;
+        self
+    }
+
+    /// Whether a delta is kept for a tail fold (tests of the memory it keeps).
+    #[cfg(test)]
+    pub(crate) fn keeps_a_delta(&self) -> bool {
+        self.last.is_some()
     }
 
     /// The rows so far.
@@ -271,7 +288,7 @@ impl SeriesBuilder {
         self.update_pauses(t0, t1, limits, &delta.total());
         let point = self.point(self.points.len() as u64 + 1, t0, t1, unix_ms, &delta);
         self.points.push(point);
-        self.last = Some((delta, t0));
+        self.last = self.keep_last.then_some((delta, t0));
         self.base_secs = t1;
     }
 
