@@ -507,7 +507,16 @@ fn un_zig_zag(v: i64) -> u64 {
 }
 
 /// The V2 varint: LEB128 of at most 9 bytes, the 9th taken whole. `None` when truncated.
+#[inline]
 fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    // Most counts and zero runs of a latency histogram fit one byte.
+    match bytes.first() {
+        Some(&b) if b < 0x80 => Some((u64::from(b), 1)),
+        _ => read_long_varint(bytes),
+    }
+}
+
+fn read_long_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value: u64 = 0;
     for len in 0..9 {
         let b = *bytes.get(len)?;
