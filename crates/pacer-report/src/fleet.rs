@@ -283,14 +283,7 @@ impl FleetSeries {
     /// `bucket` with the newest headers of the fleet so far: a merge of all the seconds up to
     /// this one would have them (newer by `at_unix_ms`, the first of equals).
     fn with_fleet_headers(&mut self, mut bucket: Snapshot) -> Snapshot {
-        let newer = match (&self.server_limits, &bucket.server_limits) {
-            (Some(a), Some(b)) => b.at_unix_ms > a.at_unix_ms,
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        if newer {
-            self.server_limits.clone_from(&bucket.server_limits);
-        }
+        ServerLimitHeaders::keep_newest(&mut self.server_limits, &bucket.server_limits);
         bucket.server_limits.clone_from(&self.server_limits);
         bucket
     }

@@ -89,6 +89,19 @@ struct Packed {
     dense: std::sync::OnceLock<Histogram<u64>>,
 }
 
+impl Packed {
+    /// The dense form, unpacked on first use and kept.
+    fn dense(&self) -> &Histogram<u64> {
+        self.dense.get_or_init(|| unpack(&self.payload))
+    }
+
+    /// The dense form, by value (the kept one, or unpacked now).
+    fn into_dense(self) -> Histogram<u64> {
+        let Packed { payload, dense, .. } = self;
+        dense.into_inner().unwrap_or_else(|| unpack(&payload))
+    }
+}
+
 impl Clone for Packed {
     /// A copy of the counts; the dense form is rebuilt if the copy is read.
     fn clone(&self) -> Self {
@@ -147,10 +160,7 @@ impl Hist {
     /// The histogram, dense (allocated now if it had no sample, unpacked if packed).
     fn get_mut(&mut self) -> &mut Histogram<u64> {
         if !matches!(self.0, Repr::Dense(_)) {
-            let dense = match std::mem::take(&mut self.0) {
-                Repr::Packed(p) => p.dense.into_inner().unwrap_or_else(|| unpack(&p.payload)),
-                _ => new_histogram(),
-            };
+            let dense = std::mem::take(self).into_histogram();
             self.0 = Repr::Dense(dense);
         }
         match &mut self.0 {
@@ -187,7 +197,16 @@ impl Hist {
         match &self.0 {
             Repr::Empty => empty_histogram(),
             Repr::Dense(h) => h,
-            Repr::Packed(p) => p.dense.get_or_init(|| unpack(&p.payload)),
+            Repr::Packed(p) => p.dense(),
+        }
+    }
+
+    /// The histogram by value, dense (a new empty one if it has no sample).
+    fn into_histogram(self) -> Histogram<u64> {
+        match self.0 {
+            Repr::Empty => new_histogram(),
+            Repr::Dense(h) => h,
+            Repr::Packed(p) => p.into_dense(),
         }
     }
 
@@ -294,11 +313,10 @@ impl Hist {
             }
             (Repr::Dense(h), Repr::Dense(o)) => h.subtract(o).map_err(|e| e.to_string())?,
             (Repr::Dense(h), Repr::Packed(o)) => {
-                h.subtract(other_dense(o)).map_err(|e| e.to_string())?;
+                h.subtract(o.dense()).map_err(|e| e.to_string())?;
             }
             (Repr::Packed(_), Repr::Dense(o)) => {
-                let o = o.clone();
-                self.get_mut().subtract(&o).map_err(|e| e.to_string())?;
+                self.get_mut().subtract(o).map_err(|e| e.to_string())?;
             }
             (_, Repr::Empty) => {}
         }
@@ -308,11 +326,6 @@ impl Hist {
         }
         Ok(())
     }
-}
-
-/// A packed histogram's dense form, for a dense operation that needs one.
-fn other_dense(p: &Packed) -> &Histogram<u64> {
-    p.dense.get_or_init(|| unpack(&p.payload))
 }
 
 // The bucket layout of the one configuration (3 significant digits, lowest value 1): index
@@ -670,7 +683,7 @@ fn encode_payload(payload: &[u8], high: u64) -> String {
 /// Decode what [`encode`] produced, rejecting anything else without panicking or allocating
 /// more than the caps allow.
 pub fn decode(text: &str) -> Result<Histogram<u64>, String> {
-    Ok(decode_packed(text)?.histogram().clone())
+    Ok(decode_packed(text)?.into_histogram())
 }
 
 thread_local! {

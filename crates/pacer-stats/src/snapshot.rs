@@ -36,6 +36,21 @@ pub struct ServerLimitHeaders {
     pub policy: Option<String>,
 }
 
+impl ServerLimitHeaders {
+    /// Keep in `kept` the newer of `kept` and `other` (by `at_unix_ms`; `kept` of equals):
+    /// the rule every merge of snapshots follows.
+    pub fn keep_newest(kept: &mut Option<Self>, other: &Option<Self>) {
+        let newer = match (&*kept, other) {
+            (Some(a), Some(b)) => b.at_unix_ms > a.at_unix_ms,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if newer {
+            kept.clone_from(other);
+        }
+    }
+}
+
 /// How logical requests ended, as far as retrying goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryOutcomeCounts {
@@ -534,14 +549,7 @@ impl Snapshot {
         }
         if op != Op::Subtract {
             // A delta keeps the later snapshot's headers: they are the latest either way.
-            let newer = match (&self.server_limits, &other.server_limits) {
-                (Some(a), Some(b)) => b.at_unix_ms > a.at_unix_ms,
-                (None, Some(_)) => true,
-                _ => false,
-            };
-            if newer {
-                self.server_limits.clone_from(&other.server_limits);
-            }
+            ServerLimitHeaders::keep_newest(&mut self.server_limits, &other.server_limits);
         }
         Ok(())
     }
