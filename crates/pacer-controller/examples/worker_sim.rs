@@ -30,6 +30,15 @@
 //!   reports of second T (once half of them are merged). The time from that second's instant to
 //!   each worker's Stop is the abort's decision plus its delivery.
 //!
+//! What one report costs the controller, without a controller (`--measure-reports`): one
+//! worker's traffic is recorded second by second and, at 1, 10, 60, 300 and 600 s (up to
+//! `--seconds`), its cumulative snapshot is encoded as a report carries it; printed are its
+//! size, the decode (`Snapshot::from_json_bytes`, median of 20) and the delta against the
+//! previous second's report (`Snapshot::delta_continuing`), as the controller does per report,
+//! and that delta's size as a report of its own would carry it:
+//!
+//!   cargo run --release -p pacer-controller --example worker_sim -- --measure-reports --seconds 600
+//!
 //! Snapshots are built by [`PROFILES`] recorders, not one per worker (a thousand recorders
 //! encoding their histograms every second would measure this process, not the controller):
 //! worker `i` sends profile `i % PROFILES`'s cumulative snapshot. The controller cannot tell:
@@ -47,7 +56,7 @@ use pacer_proto::{
 };
 use pacer_stats::{
     Attempt, ErrorKind, IterationOutcome, Layout, LimitPacing, Recorder, RequestOutcome,
-    RetryOutcome,
+    RetryOutcome, ScenarioLayout, Snapshot,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
@@ -107,6 +116,7 @@ struct Args {
     probe_every: u64,
     fail_at: Option<u64>,
     print_plan: bool,
+    measure_reports: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -123,11 +133,16 @@ fn args() -> Result<Args, String> {
         probe_every: 5,
         fail_at: None,
         print_plan: false,
+        measure_reports: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         if k == "--print-plan" {
             a.print_plan = true;
+            continue;
+        }
+        if k == "--measure-reports" {
+            a.measure_reports = true;
             continue;
         }
         let v = it.next().ok_or(format!("{k} needs a value"))?;
@@ -234,6 +249,10 @@ fn main() {
     };
     if a.print_plan {
         print!("{}", plan_yaml(&a));
+        return;
+    }
+    if a.measure_reports {
+        measure_reports(&a);
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -676,6 +695,55 @@ fn record_second(r: &Recorder, layout: &Layout, limits: usize, rate: u64, failin
     }
     if failing {
         r.record_dropped(0, DROPS_AT_FAIL);
+    }
+}
+
+/// `--measure-reports`: the cost of one worker's report to the controller as the test goes on
+/// (see the module docs). The plan's layout and its two limits, one worker's rate.
+fn measure_reports(a: &Args) {
+    const AT: [u64; 5] = [1, 10, 60, 300, 600];
+    const ROUNDS: usize = 20;
+    let layout = Layout {
+        scenarios: (0..a.scenarios)
+            .map(|s| ScenarioLayout {
+                name: format!("s{s}"),
+                requests: (0..a.requests).map(|r| format!("r{r}")).collect(),
+            })
+            .collect(),
+    };
+    let rec = Recorder::new(layout.clone());
+    let mut previous: Option<Vec<u8>> = None;
+    println!("second  report_bytes  decode_ms  delta_ms  delta_bytes");
+    for second in 1..=a.seconds {
+        record_second(&rec, &layout, 2, a.rate, false);
+        let json = rec.snapshot().to_json().into_bytes();
+        if AT.contains(&second) {
+            let mut decode: Vec<f64> = (0..ROUNDS)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    let _ = Snapshot::from_json_bytes(&json).expect("own snapshot decodes");
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            decode.sort_by(f64::total_cmp);
+            let now = Snapshot::from_json_bytes(&json).expect("own snapshot decodes");
+            let delta = previous.as_deref().map(|p| {
+                let before = Snapshot::from_json_bytes(p).expect("own snapshot decodes");
+                let t = std::time::Instant::now();
+                let d = now
+                    .delta_continuing(&before)
+                    .expect("a later snapshot continues");
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                format!("{ms:>8.3}  {:>11}", d.to_json().len())
+            });
+            println!(
+                "{second:>6}  {:>12}  {:>9.3}  {}",
+                json.len(),
+                decode[ROUNDS / 2],
+                delta.unwrap_or_else(|| "       -            -".to_string())
+            );
+        }
+        previous = Some(json);
     }
 }
 
