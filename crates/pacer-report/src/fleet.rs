@@ -340,6 +340,7 @@ impl FleetSeries {
 mod tests {
     use super::*;
     use pacer_stats::{Attempt, Recorder, RequestOutcome, ScenarioLayout, ServerLimitHeaders};
+    use rand::Rng as _;
     use std::collections::VecDeque;
 
     fn layout() -> Layout {
@@ -508,39 +509,28 @@ mod tests {
         let total: u64 = out.fleet.points.iter().map(|p| p.attempts).sum();
         assert_eq!(total, 4);
     }
-    /// A small deterministic random source (xorshift64*), so a failing seed can be replayed.
-    struct Rng(u64);
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-    }
+    /// A seeded random source, so a failing seed can be replayed.
+    type Rng = rand::rngs::StdRng;
 
     /// Random traffic for one second of one worker: statuses, durations, 429s with a
     /// Retry-After, now and then the server's rate-limit headers.
     fn traffic(rec: &Recorder, rng: &mut Rng, at_unix_ms: u64) {
-        for _ in 0..rng.below(12) {
-            let status = match rng.below(10) {
+        for _ in 0..rng.random_range(0..12u64) {
+            let status = match rng.random_range(0..10u64) {
                 0 | 1 => 429,
                 2 => 503,
                 _ => 200,
             };
-            let ms = 1 + rng.below(400);
+            let ms = 1 + rng.random_range(0..400u64);
             rec.record_attempt(
                 0,
                 0,
                 &Attempt {
                     service_time: Duration::from_millis(ms),
                     status: Some(status),
-                    retry_after: (status == 429).then(|| Duration::from_secs(1 + rng.below(4))),
+                    retry_after: (status == 429)
+                        .then(|| Duration::from_secs(1 + rng.random_range(0..4u64))),
                     ..Default::default()
                 },
             );
@@ -548,19 +538,19 @@ mod tests {
                 0,
                 0,
                 &RequestOutcome {
-                    duration: Duration::from_millis(ms + rng.below(50)),
+                    duration: Duration::from_millis(ms + rng.random_range(0..50u64)),
                     attempts: 1,
                     ..Default::default()
                 },
             );
         }
-        if rng.below(3) == 0 {
+        if rng.random_range(0..3u64) == 0 {
             rec.record_server_limits(ServerLimitHeaders {
                 // Stamps may tie or go back (another clock, a late response).
-                at_unix_ms: at_unix_ms.saturating_sub(rng.below(3) * 700),
+                at_unix_ms: at_unix_ms.saturating_sub(rng.random_range(0..3u64) * 700),
                 source: "x-ratelimit".into(),
                 limit: Some(100),
-                remaining: Some(rng.below(100)),
+                remaining: Some(rng.random_range(0..100u64)),
                 ..Default::default()
             });
         }
@@ -671,9 +661,9 @@ mod tests {
         let layout = layout();
         let mut headers = false;
         for seed in 1..=24u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-            let workers = 1 + rng.below(4) as usize;
-            let seconds = 2 + rng.below(14);
+            let mut rng = <Rng as rand::SeedableRng>::seed_from_u64(seed);
+            let workers = 1 + rng.random_range(0..4u64) as usize;
+            let seconds = 2 + rng.random_range(0..14u64);
             let start = 1_700_000_000_000;
             // (arrival, worker, stamp, cumulative snapshot), in the order they are taken.
             let mut reports = Vec::new();
@@ -681,19 +671,19 @@ mod tests {
                 let rec = Recorder::new(layout.clone());
                 let mut arrival = 0u64;
                 // A worker that joins late has no reports before.
-                let first = 1 + rng.below(3).saturating_sub(1);
+                let first = 1 + rng.random_range(0..3u64).saturating_sub(1);
                 for k in first..=seconds {
                     traffic(&rec, &mut rng, start + k * 1000);
-                    if rng.below(6) == 0 && k < seconds {
+                    if rng.random_range(0..6u64) == 0 && k < seconds {
                         continue; // a missed report: the next one has both seconds
                     }
-                    let stamp = k * 1000 + rng.below(200);
-                    arrival = arrival.max(stamp + rng.below(2500));
+                    let stamp = k * 1000 + rng.random_range(0..200u64);
+                    arrival = arrival.max(stamp + rng.random_range(0..2500u64));
                     reports.push((arrival, w, stamp, rec.snapshot()));
                 }
                 // The final report, a short tail after the last whole second.
                 traffic(&rec, &mut rng, start + seconds * 1000 + 100);
-                let stamp = seconds * 1000 + rng.below(240);
+                let stamp = seconds * 1000 + rng.random_range(0..240u64);
                 arrival = arrival.max(stamp);
                 reports.push((arrival, w, stamp, rec.snapshot()));
             }
