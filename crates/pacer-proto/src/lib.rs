@@ -51,7 +51,7 @@ impl std::fmt::Debug for TokenGrant {
 }
 
 /// The protocol version this build speaks (`Hello.protocol_version`, `Assign.protocol_version`).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest gRPC message either side accepts (a snapshot of a large plan is a few hundred kB;
 /// this leaves room without letting a peer make us buffer without bound).
