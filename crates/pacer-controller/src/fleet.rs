@@ -1,26 +1,31 @@
 //! The fleet as the controller knows it: one slot per worker index with its connection, its
-//! state and its LATEST cumulative snapshot. Replacing (never adding) a worker's snapshot is
-//! what makes reconnects and controller restarts exact: nothing is lost, nothing counted twice.
+//! state, the sequence number of its last COUNTED report and its counters. Reports are deltas
+//! (protocol 2, proto/pacer/v1/coordinator.proto): each one holds what its worker recorded
+//! after the report it names (`since_seq`), which must be the one counted last; a worker that
+//! reconnects is told that number (`Assign.counted_seq`) and continues from it, so reconnects
+//! and controller restarts stay exact: nothing is lost, nothing counted twice.
 //!
-//! The fleet's merge is kept running, not redone: each kept report's delta against the
-//! worker's previous one (`Snapshot::delta_continuing`) is added once into the fleet total
-//! ([`Fleet::take_report`]), and the same delta feeds the per-second series. What the status,
-//! the `abortOnFail` judgement, the operator's `/metrics` and the final outcome read is that
-//! total made whole (the server's latest headers and the controller's own counts added at
-//! read time, [`Fleet::merged`]), built at most once per generation and shared as an
-//! `Arc`. A merge of every worker's latest snapshot is thus O(workers) once per read
-//! generation instead of once per read, and a report costs one delta whatever the fleet's
-//! size. The total equals a full merge of the latest counted snapshots exactly (debug builds
-//! assert it at the end; fleet_merge_tests.rs checks it after any sequence of reports).
-//! A report that does not continue its worker's previous one (counts that went down: a
-//! broken or hostile worker, never a resumed one, which keeps its recorder) is refused and
-//! named; the previous one stays counted.
+//! The fleet's merge is kept running, not redone: each counted report's delta is added once
+//! into the fleet total ([`Fleet::take_report`]) and feeds the per-second series. What the
+//! status, the `abortOnFail` judgement, the operator's `/metrics` and the final outcome read
+//! is that total made whole (the server's latest headers and the controller's own counts
+//! added at read time, [`Fleet::merged`]), built at most once per generation and shared as an
+//! `Arc`. A report costs one interval of its worker's traffic, whatever the test's length or
+//! the fleet's size, and the controller keeps no snapshot per worker while the test runs
+//! (issue 23: with cumulative reports, 1000 workers cost 2.5 cores and 550 MiB at 10
+//! minutes). The total equals a full merge of the counted reports exactly (debug builds keep
+//! each worker's counted sum to assert it at the end; fleet_merge_tests.rs checks it after
+//! any sequence of reports). A report that does not continue the one counted last (a broken
+//! or hostile worker; a reconnecting one is told where to continue) fails its worker by name.
 //!
-//! Verdict integrity: a worker whose snapshot cannot be merged into the others' (a hostile or
-//! broken worker can send histograms that each decode but overflow together) is marked failed
-//! with the reason and its numbers are kept apart, never merged; the run then fails naming it.
-//! The worker named is the one whose report no longer fits the fleet total; the total is then
-//! rebuilt from the other workers' latest snapshots (once per such worker).
+//! A worker's own results for its row in reports (`pacer report --worker N`) come with its
+//! Finished message, once: a cumulative snapshot checked against the counters of the reports
+//! counted, kept while their sizes stay within [`MAX_WORKER_DETAIL_BYTES`].
+//!
+//! Verdict integrity: a worker whose report cannot be merged into the fleet total (a hostile
+//! or broken worker can send histograms that each decode but overflow together) is marked
+//! failed with the reason, and nothing of it is counted from that report on (the merge checks
+//! before it adds, so the total stays exact); the run then fails naming it.
 //!
 //! The fleet keeps its own invariants: the session and the run loop (lib.rs, session.rs) change
 //! it only through its methods (`admit`, `accept_report`, `finish`, `halt`, `fail`, `end`,
@@ -120,10 +125,18 @@ pub(crate) struct Slot {
     pub(crate) state: WorkerState,
     pub(crate) conn: Option<Conn>,
     pub(crate) last_heard: Option<Instant>,
-    /// The latest cumulative snapshot (replaced, never added).
-    pub(crate) snapshot: Option<Snapshot>,
-    /// Its limiter's table with that snapshot (empty: it sent none).
+    /// The server's rate-limit headers as its latest counted report had them (a worker's
+    /// newest; the fleet shows the newest of all).
+    pub(crate) server_limits: Option<ServerLimitHeaders>,
+    /// Its final results from its Finished message (for its row in reports), when kept.
+    pub(crate) detail: Option<Snapshot>,
+    /// Every counted report of it merged: what the running total is checked against.
+    #[cfg(any(test, debug_assertions))]
+    pub(crate) counted: Option<Snapshot>,
+    /// Its limiter's table with its latest report (empty: it sent none).
     pub(crate) limits: Vec<pacer_stats::LimitPacing>,
+    /// The sequence number of its last counted report (0: none): the next one must continue
+    /// it (`Report.since_seq`).
     pub(crate) seq: u64,
     /// The worker's elapsed time at its latest report.
     pub(crate) elapsed: Duration,
@@ -132,11 +145,10 @@ pub(crate) struct Slot {
     pub(crate) reason: Option<String>,
     /// Test time at which the worker was marked lost.
     pub(crate) lost_at: Option<Duration>,
-    /// Its snapshot could not be merged into the fleet's: it is kept apart, not counted.
+    /// A report of it could not be merged into the fleet's: nothing of it is counted since.
     pub(crate) unmergeable: bool,
-    /// The counters of its latest snapshot the per-worker rows show, summed once per report
-    /// (a status shows every worker's; summing their histograms per status would be
-    /// O(workers x requests) histogram additions).
+    /// The counters of its counted reports, summed as each is counted (a status shows every
+    /// worker's row).
     pub(crate) totals: WorkerTotals,
 }
 
@@ -151,7 +163,7 @@ pub(crate) struct WorkerTotals {
 
 impl WorkerTotals {
     /// The sums over every request and scenario (saturating, as a merge's are).
-    fn of(s: &Snapshot) -> Self {
+    pub(crate) fn of(s: &Snapshot) -> Self {
         let mut t = WorkerTotals::default();
         for sc in &s.scenarios {
             t.iterations = t.iterations.saturating_add(sc.stats.iterations);
@@ -162,6 +174,14 @@ impl WorkerTotals {
             }
         }
         t
+    }
+
+    /// Add another report's counters (saturating, as a merge's are).
+    fn add(&mut self, o: &WorkerTotals) {
+        self.attempts = self.attempts.saturating_add(o.attempts);
+        self.failed = self.failed.saturating_add(o.failed);
+        self.throttled = self.throttled.saturating_add(o.throttled);
+        self.iterations = self.iterations.saturating_add(o.iterations);
     }
 }
 
@@ -194,10 +214,12 @@ pub(crate) struct Readiness {
     pub(crate) missing: Vec<u32>,
 }
 
-/// A report as decoded from the wire: its sequence number, the worker's elapsed time, the
-/// snapshot and the limits table.
+/// A report as decoded from the wire: its sequence number, the report it continues, the
+/// worker's elapsed time, the delta and the limits table.
 pub(crate) struct Decoded {
     pub(crate) seq: u64,
+    /// The report whose state this one's delta starts from (0: the worker's start).
+    pub(crate) since_seq: u64,
     pub(crate) elapsed_us: u64,
     pub(crate) snapshot: Snapshot,
     pub(crate) limits: Vec<pacer_stats::LimitPacing>,
@@ -232,6 +254,11 @@ pub(crate) struct Fleet {
     ended: bool,
     /// Bumped on every accepted report, so merges happen only when something changed.
     generation: u64,
+    /// Bytes (as received) of the workers' final results kept for their rows
+    /// ([`MAX_WORKER_DETAIL_BYTES`]).
+    detail_bytes: usize,
+    /// Some worker's final results were not kept for lack of room.
+    detail_omitted: bool,
     /// The running fleet total: every counted report's delta added once (`None` before the
     /// first). Without the server's headers and the controller's own counts, which
     /// [`Fleet::merged`] adds at read time.
@@ -260,6 +287,15 @@ const SERIES_STAMP_AHEAD: Duration = Duration::from_secs(1);
 /// failure.
 const JUDGE_EVERY: Duration = Duration::from_millis(500);
 
+/// The workers' final results (their own rows in reports, `pacer report --worker N`) are
+/// kept while their sizes on the wire add up to at most this; past it, none is kept and the
+/// outcome says the detail was left out. A worker's final snapshot of a 30-request plan is
+/// ~120 KB after 10 minutes, packed in memory about as much: 1000 workers' would be ~120 MiB,
+/// half the controller's memory goal (issue 23), while the operator's stored run data leaves
+/// per-worker detail out past a few MiB anyway (pacer-operator run_data.rs). 32 MiB keeps
+/// every worker's detail of a fleet of tens, or of hundreds on a short test.
+pub(crate) const MAX_WORKER_DETAIL_BYTES: usize = 32 << 20;
+
 impl Fleet {
     pub fn new(workers: usize) -> Self {
         Fleet {
@@ -271,7 +307,10 @@ impl Fleet {
                     state: WorkerState::Waiting,
                     conn: None,
                     last_heard: None,
-                    snapshot: None,
+                    server_limits: None,
+                    detail: None,
+                    #[cfg(any(test, debug_assertions))]
+                    counted: None,
                     limits: Vec::new(),
                     seq: 0,
                     elapsed: Duration::ZERO,
@@ -291,6 +330,8 @@ impl Fleet {
             failure: None,
             ended: false,
             generation: 0,
+            detail_bytes: 0,
+            detail_omitted: false,
             total: None,
             cached: None,
             abort_watch: None,
@@ -322,81 +363,73 @@ impl Fleet {
         }
     }
 
-    /// Keep worker `index`'s report if it is newer than the one held (cumulative: the newest
-    /// replaces) and continues it; true when kept. A counted worker's delta is added into the
-    /// fleet total once and handed to the series (its stamp bounded by this clock): one
-    /// delta per report, for both. A delta the total cannot carry makes the worker
-    /// unmergeable ([`Fleet::set_unmergeable`]).
+    /// Count worker `index`'s report if it is newer than the one counted last and continues
+    /// it; true when counted. Its delta is added into the fleet total once and handed to the
+    /// series (its stamp bounded by this clock). A report that continues another one fails
+    /// the worker by name ([`Fleet::fail_worker`]); a delta the total cannot carry makes the
+    /// worker unmergeable ([`Fleet::set_unmergeable`]).
     fn take_report(&mut self, index: u32, mut r: Decoded, now: Instant) -> bool {
         let i = index as usize;
         let bound = self.elapsed(now).saturating_add(SERIES_STAMP_AHEAD);
         let slot = &self.slots[i];
-        if slot.snapshot.is_some() && r.seq <= slot.seq {
+        if slot.unmergeable {
+            return false;
+        }
+        if r.seq <= slot.seq {
             tracing::debug!("worker {index}: stale report {} (have {})", r.seq, slot.seq);
+            return false;
+        }
+        if r.since_seq != slot.seq {
+            let reason = format!(
+                "its report {} continues its report {}, but the last one counted is {}{}",
+                r.seq,
+                r.since_seq,
+                slot.seq,
+                if slot.seq == 0 { " (none)" } else { "" }
+            );
+            self.fail_worker(i, reason);
             return false;
         }
         // Zero counts as absent, so that a merge of deltas and of whole snapshots agree.
         r.snapshot.canonicalize();
-        let mut counted = !slot.unmergeable;
-        let delta = match (&slot.snapshot, counted) {
-            (Some(previous), true) => match r.snapshot.delta_continuing(previous) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    tracing::warn!(
-                        "worker {index}: report {} refused: it does not continue the worker's report {} ({e}); that one stays counted",
-                        r.seq,
-                        slot.seq
-                    );
-                    return false;
-                }
-            },
-            _ => None,
-        };
-        let mut refused = None;
-        if counted {
-            // A first report is its own delta.
-            let add = delta.as_ref().unwrap_or(&r.snapshot);
-            let total = self
-                .total
-                .get_or_insert_with(|| Snapshot::empty(&r.snapshot.layout()));
-            match total.merge_in_place(add) {
-                Ok(()) => {
-                    let stamp = Duration::from_micros(r.elapsed_us).min(bound);
-                    if let Some(series) = &mut self.series {
-                        series.report(i, stamp, add);
-                    }
-                }
-                Err(e) => {
-                    counted = false;
-                    refused = Some(e);
-                }
-            }
+        let total = self
+            .total
+            .get_or_insert_with(|| Snapshot::empty(&r.snapshot.layout()));
+        // On error the total is as it was: the merge checks every histogram first.
+        if let Err(e) = total.merge_in_place(&r.snapshot) {
+            self.set_unmergeable(i, &e);
+            return false;
+        }
+        let stamp = Duration::from_micros(r.elapsed_us).min(bound);
+        if let Some(series) = &mut self.series {
+            series.report(i, stamp, &r.snapshot);
         }
         let slot = &mut self.slots[i];
         slot.seq = r.seq;
         slot.elapsed = Duration::from_micros(r.elapsed_us);
-        slot.totals = WorkerTotals::of(&r.snapshot);
-        slot.snapshot = Some(r.snapshot);
+        slot.totals.add(&WorkerTotals::of(&r.snapshot));
+        slot.server_limits = r.snapshot.server_limits.clone();
+        #[cfg(any(test, debug_assertions))]
+        {
+            let counted = slot
+                .counted
+                .get_or_insert_with(|| Snapshot::empty(&r.snapshot.layout()));
+            if let Err(e) = counted.merge_in_place(&r.snapshot) {
+                tracing::error!("worker {index}: its counted sum cannot take the report: {e}");
+            }
+        }
         if !r.limits.is_empty() {
             slot.limits = r.limits;
         }
         slot.reports += 1;
-        if let Some(e) = refused {
-            self.set_unmergeable(i, &e);
-            // Its earlier reports are in the total (and the merge may have stopped half way):
-            // rebuild it from the others.
-            self.rebuild_total();
-        }
-        debug_assert!(counted || self.slots[i].unmergeable);
         true
     }
 
-    /// Worker `i`'s snapshot cannot be merged into the fleet's: it is failed with the reason,
-    /// told to stop, and its numbers are kept apart from now on.
-    fn set_unmergeable(&mut self, i: usize, e: &StatsError) {
+    /// Worker `i` broke the protocol's bookkeeping (its report does not continue the one
+    /// counted): it is failed with `reason`, told to stop, and nothing more of it is counted.
+    fn fail_worker(&mut self, i: usize, reason: String) {
         let s = &mut self.slots[i];
-        let reason = format!("its report cannot be merged into the fleet's: {e}");
-        tracing::error!("worker {}: {reason}; its numbers are not counted", s.index);
+        tracing::error!("worker {}: {reason}; it is failed", s.index);
         if let Some(c) = s.conn.take() {
             let _ = c.tx.try_send(crate::msg(controller_message::Body::Abort(
                 pacer_proto::Abort {
@@ -409,33 +442,19 @@ impl Fleet {
         s.reason = Some(reason);
     }
 
-    /// The fleet total from scratch: every counted worker's latest snapshot merged, in index
-    /// order; one that does not fit is made unmergeable too. Only after a worker was found
-    /// unmergeable (at most once per worker), so O(workers) that many times at most.
-    fn rebuild_total(&mut self) {
-        // Each round either ends or makes one more worker unmergeable.
-        for _ in 0..=self.slots.len() {
-            let mut total: Option<Snapshot> = None;
-            let mut refused = None;
-            for (i, s) in self.slots.iter().enumerate() {
-                let Some(snap) = s.snapshot.as_ref().filter(|_| !s.unmergeable) else {
-                    continue;
-                };
-                let t = total.get_or_insert_with(|| Snapshot::empty(&snap.layout()));
-                // `merge` leaves `t` as it was on error.
-                if let Err(e) = t.merge(snap) {
-                    refused = Some((i, e));
-                    break;
-                }
-            }
-            match refused {
-                Some((i, e)) => self.set_unmergeable(i, &e),
-                None => {
-                    self.total = total;
-                    return;
-                }
-            }
-        }
+    /// Worker `i`'s report cannot be merged into the fleet's: it is failed with the reason,
+    /// told to stop, and nothing more of it is counted (what was counted before stays).
+    fn set_unmergeable(&mut self, i: usize, e: &StatsError) {
+        self.fail_worker(
+            i,
+            format!("its report cannot be merged into the fleet's: {e}"),
+        );
+    }
+
+    /// The sequence number of worker `index`'s last counted report (0: none): what a
+    /// resuming worker continues from and what the controller's heartbeats tell it.
+    pub fn counted_seq(&self, index: u32) -> u64 {
+        self.slots[index as usize].seq
     }
 
     /// Admit only resuming workers from now on: the test started under another controller.
@@ -589,8 +608,8 @@ impl Fleet {
         self.slots[index as usize].state = WorkerState::Ready;
     }
 
-    /// Keep a running worker's report if it is newer than the one held (cumulative: the
-    /// newest replaces); true when kept.
+    /// Count a running worker's report if it is newer than the one counted last and
+    /// continues it; true when counted.
     pub fn accept_report(&mut self, index: u32, report: Decoded) -> bool {
         let kept = self.take_report(index, report, Instant::now());
         if kept {
@@ -599,17 +618,22 @@ impl Fleet {
         kept
     }
 
-    /// Worker `index` finished: its final report (if it sent one) is kept, and it is
+    /// Worker `index` finished: its final report (if it sent one) is counted, its final
+    /// results (`detail`: the snapshot and its size on the wire) kept for its row, and it is
     /// finished or, with an `error` (its own words), failed. Its stream is closed.
     pub fn finish(
         &mut self,
         index: u32,
         report: Option<Decoded>,
+        detail: Option<(Snapshot, usize)>,
         stopped_early: bool,
         error: Option<String>,
     ) {
         if let Some(r) = report {
             self.take_report(index, r, Instant::now());
+        }
+        if let Some((snapshot, bytes)) = detail {
+            self.keep_detail(index as usize, snapshot, bytes);
         }
         let slot = &mut self.slots[index as usize];
         slot.stopped_early = stopped_early;
@@ -624,6 +648,44 @@ impl Fleet {
         }
         slot.conn = None;
         self.generation += 1;
+    }
+
+    /// Keep worker `i`'s final results for its row if they agree with the reports counted
+    /// (the same counters: they are display only, never counted) and there is room
+    /// ([`MAX_WORKER_DETAIL_BYTES`]).
+    fn keep_detail(&mut self, i: usize, mut snapshot: Snapshot, bytes: usize) {
+        if self.detail_omitted {
+            return;
+        }
+        snapshot.canonicalize();
+        let s = &mut self.slots[i];
+        let said = WorkerTotals::of(&snapshot);
+        if s.unmergeable || said != s.totals {
+            tracing::warn!(
+                "worker {}: its final results ({} requests) disagree with its reports counted ({}): not shown as its row",
+                s.index,
+                said.attempts,
+                s.totals.attempts
+            );
+            return;
+        }
+        match self.detail_bytes.checked_add(bytes) {
+            Some(n) if n <= MAX_WORKER_DETAIL_BYTES => {
+                self.detail_bytes = n;
+                s.detail = Some(snapshot);
+            }
+            _ => {
+                tracing::warn!(
+                    "the workers' own results pass {} MiB: per-worker detail is left out of the report",
+                    MAX_WORKER_DETAIL_BYTES >> 20
+                );
+                self.detail_omitted = true;
+                self.detail_bytes = 0;
+                for s in &mut self.slots {
+                    s.detail = None;
+                }
+            }
+        }
     }
 
     /// Stream `conn` of worker `index` ended. Before the start a worker that leaves frees its
@@ -759,10 +821,10 @@ impl Fleet {
                     timeout.as_secs_f64()
                 );
                 lost.push(format!(
-                    "worker {} lost at {:.1}s: {reason}; keeping its last report ({} requests)",
+                    "worker {} lost at {:.1}s: {reason}; keeping its reports counted ({} requests)",
                     s.index,
                     at.as_secs_f64(),
-                    s.snapshot.as_ref().map_or(0, |x| x.total().attempts)
+                    s.totals.attempts
                 ));
                 s.state = WorkerState::Lost;
                 s.lost_at = Some(at);
@@ -792,15 +854,15 @@ impl Fleet {
         self.slots.iter().all(|s| s.state.is_settled())
     }
 
-    /// The server's latest rate-limit headers among the counted workers' latest snapshots,
-    /// as a merge in index order picks them (the newest by `at_unix_ms`, the first on a tie).
+    /// The server's latest rate-limit headers among the workers' latest counted reports, as
+    /// a merge in index order picks them (the newest by `at_unix_ms`, the first on a tie).
     /// Not kept in the running total: a worker's latest headers may be older than those of
     /// its previous report (a recorder keeps the last recorded), and the total would keep
     /// the newest ever seen.
     fn latest_server_limits(&self) -> Option<ServerLimitHeaders> {
         let mut best: Option<&ServerLimitHeaders> = None;
-        for s in self.slots.iter().filter(|s| !s.unmergeable) {
-            if let Some(h) = s.snapshot.as_ref().and_then(|x| x.server_limits.as_ref())
+        for s in &self.slots {
+            if let Some(h) = s.server_limits.as_ref()
                 && best.is_none_or(|b| h.at_unix_ms > b.at_unix_ms)
             {
                 best = Some(h);
@@ -826,19 +888,20 @@ impl Fleet {
         merged
     }
 
-    /// Every counted worker's latest snapshot merged from scratch, in index order, with the
-    /// controller's own counts: what the running total must equal (checked in debug builds
-    /// and tests, never redone in production).
+    /// Every worker's counted reports, summed per worker and then merged in index order,
+    /// with the server's latest headers and the controller's own counts: what the running
+    /// total must equal (checked in debug builds and tests, never kept in production).
     #[cfg(any(test, debug_assertions))]
     pub(crate) fn full_merge(&self, inner: &Inner) -> Snapshot {
         let mut merged = Snapshot::empty(&inner.layout);
-        for s in self.slots.iter().filter(|s| !s.unmergeable) {
-            if let Some(snap) = &s.snapshot
+        for s in &self.slots {
+            if let Some(snap) = &s.counted
                 && let Err(e) = merged.merge(snap)
             {
                 tracing::error!("worker {}: full merge: {e}", s.index);
             }
         }
+        merged.server_limits = self.latest_server_limits();
         if let Some(own) = inner.served.as_ref().and_then(|s| s.snapshot())
             && let Err(e) = merged.merge(&own)
         {
@@ -962,7 +1025,8 @@ impl Fleet {
             merged,
             elapsed,
             workers: self.rows(inner, elapsed),
-            worker_snapshots: self.slots.iter().map(|s| s.snapshot.clone()).collect(),
+            worker_snapshots: self.slots.iter_mut().map(|s| s.detail.take()).collect(),
+            workers_omitted: self.detail_omitted,
             worker_limits: self
                 .slots
                 .iter()
@@ -1035,9 +1099,11 @@ mod tests {
             .collect()
     }
 
+    /// A worker's first report (it continues none), numbered `seq`.
     fn report(seq: u64) -> Decoded {
         Decoded {
             seq,
+            since_seq: 0,
             elapsed_us: seq * 1000,
             snapshot: Snapshot::empty(&pacer_stats::Layout {
                 scenarios: Vec::new(),
@@ -1168,7 +1234,7 @@ mod tests {
         let (c, _rx) = conn(1);
         f.admit("t1", &hello(Some(0), Some(1000)), c, now)
             .expect("admitted");
-        f.finish(0, Some(report(3)), false, None);
+        f.finish(0, Some(report(3)), None, false, None);
         assert_eq!(f.state(0), WorkerState::Finished);
         assert!(f.slots[0].conn.is_none(), "its stream is closed");
         let (c, _rx) = conn(2);
@@ -1202,17 +1268,49 @@ mod tests {
     }
 
     #[test]
-    fn reports_replace_never_add_and_stale_ones_change_nothing() {
+    fn stale_reports_change_nothing() {
         let mut f = Fleet::new(1);
         let (c, _rx) = conn(1);
         f.admit("t1", &hello(Some(0), Some(0)), c, Instant::now())
             .expect("admitted");
         assert!(f.accept_report(0, report(2)));
+        assert_eq!(f.counted_seq(0), 2);
         assert!(!f.accept_report(0, report(2)), "a replay");
         assert!(!f.accept_report(0, report(1)), "an older one");
         assert_eq!((f.slots[0].seq, f.slots[0].reports), (2, 1));
         assert_eq!(f.slots[0].elapsed, Duration::from_millis(2));
-        assert_eq!(f.generation, 1, "only the kept report counts as a change");
+        assert_eq!(
+            f.generation, 1,
+            "only the counted report counts as a change"
+        );
+        assert_eq!(f.state(0), WorkerState::Running);
+    }
+
+    /// A report must continue the one counted last: one that continues another (a worker
+    /// that lost track, or lies) fails its worker by name, and it is told to stop.
+    #[test]
+    fn a_report_that_does_not_continue_the_counted_one_fails_its_worker() {
+        let mut f = Fleet::new(1);
+        let (c, mut rx) = conn(1);
+        f.admit("t1", &hello(Some(0), Some(0)), c, Instant::now())
+            .expect("admitted");
+        assert!(f.accept_report(0, report(1)));
+        let mut skips = report(3);
+        skips.since_seq = 2;
+        assert!(!f.accept_report(0, skips));
+        assert_eq!(f.state(0), WorkerState::Failed);
+        let (index, reason) = f.first_failed().expect("failed");
+        assert_eq!(index, 0);
+        assert!(
+            reason.contains("its report 3 continues its report 2, but the last one counted is 1"),
+            "{reason}"
+        );
+        assert_eq!(sent(&mut rx), [("Abort", reason)]);
+        // Nothing more of it is counted.
+        let mut next = report(4);
+        next.since_seq = 1;
+        assert!(!f.accept_report(0, next));
+        assert_eq!(f.counted_seq(0), 1);
     }
 
     #[test]
@@ -1221,7 +1319,7 @@ mod tests {
         let (c, _rx) = conn(1);
         f.admit("t1", &hello(Some(1), None), c, Instant::now())
             .expect("admitted");
-        f.finish(1, None, true, Some("no such host".into()));
+        f.finish(1, None, None, true, Some("no such host".into()));
         assert_eq!(f.first_failed(), Some((1, "no such host".into())));
         assert!(f.slots[1].stopped_early);
     }

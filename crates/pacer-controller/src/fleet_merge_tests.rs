@@ -1,9 +1,11 @@
-//! The incremental merge's property (issue 23, "How it is shown"): after any sequence of
-//! reports (growing cumulative snapshots with histograms, ledgers and rate-limit headers),
-//! stale and replayed reports, reconnects, losses, finishes, reports that do not continue
-//! their worker's previous one, and workers whose histograms overflow the fleet's, the
-//! fleet's running total made whole ([`Fleet::merged`]) equals a full merge of the latest
-//! counted snapshots exactly (`==`), and the series' rows add up to the same totals.
+//! The incremental merge's property (issue 23, "How it is shown"), for delta reports
+//! (protocol 2): after any sequence of reports, stale and replayed reports, reports lost with
+//! a broken stream and the reconnect that continues from the report counted last, losses,
+//! finishes, reports that continue the wrong one, and workers whose histograms overflow the
+//! fleet's, the fleet's running total made whole ([`Fleet::merged`]) equals a merge of every
+//! worker's CUMULATIVE snapshot as of its last counted report exactly (`==`): the deltas
+//! rebuild the workers' state, nothing lost, nothing twice. The series' rows add up to the
+//! same totals, and a finished worker's own results are its cumulative snapshot.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +36,7 @@ fn plan() -> Arc<Plan> {
 #[derive(Clone, Debug)]
 enum Step {
     /// Worker `w` records `hits` requests (latencies from `spread`, some 429s with ledger
-    /// entries and headers stamped `at`) and reports.
+    /// entries and headers stamped `at`) and reports what it recorded since its last report.
     Report {
         w: usize,
         hits: u64,
@@ -42,18 +44,20 @@ enum Step {
         ledger: u64,
         at: u64,
     },
-    /// Worker `w` sends its last report again (the same sequence number).
+    /// Worker `w` records and sends a report that never arrives (its stream broke).
+    Drop { w: usize, hits: u64 },
+    /// Worker `w` sends its last delivered report again (the same sequence number).
     Replay { w: usize },
     /// Worker `w` sends a report older than its last one.
     Stale { w: usize },
-    /// Worker `w` reconnects and resumes (same recorder).
+    /// Worker `w` reconnects and resumes from the report the controller counted last.
     Reconnect { w: usize },
-    /// Worker `w` is lost (its last report is kept).
+    /// Worker `w` is lost (its reports counted stay).
     Lose { w: usize },
-    /// Worker `w` finishes with a final report.
+    /// Worker `w` finishes with a final report and its cumulative results.
     Finish { w: usize },
-    /// Worker `w` sends counts that went down (another recorder's): refused.
-    GoesDown { w: usize },
+    /// Worker `w` sends a report continuing one the controller did not count last.
+    Skips { w: usize },
     /// Worker `w` sends a histogram the fleet total cannot carry: unmergeable.
     Overflow { w: usize },
 }
@@ -64,12 +68,13 @@ fn step() -> impl Strategy<Value = Step> {
         6 => (w.clone(), 0..40u64, 1..5_000u64, 0..LEDGER_BURST, 0..2_000u64).prop_map(
             |(w, hits, spread, ledger, at)| Step::Report { w, hits, spread, ledger, at }
         ),
+        1 => (w.clone(), 0..40u64).prop_map(|(w, hits)| Step::Drop { w, hits }),
         1 => w.clone().prop_map(|w| Step::Replay { w }),
         1 => w.clone().prop_map(|w| Step::Stale { w }),
-        1 => w.clone().prop_map(|w| Step::Reconnect { w }),
+        2 => w.clone().prop_map(|w| Step::Reconnect { w }),
         1 => w.clone().prop_map(|w| Step::Lose { w }),
         1 => w.clone().prop_map(|w| Step::Finish { w }),
-        1 => w.clone().prop_map(|w| Step::GoesDown { w }),
+        1 => w.clone().prop_map(|w| Step::Skips { w }),
         1 => w.prop_map(|w| Step::Overflow { w }),
     ]
 }
@@ -77,11 +82,48 @@ fn step() -> impl Strategy<Value = Step> {
 /// A worker as the test drives it: its recorder and what it sent.
 struct Sim {
     rec: Recorder,
+    /// Added to every cumulative snapshot: what the recorder cannot record (an overflowing
+    /// histogram that was counted once).
+    extra: Option<Snapshot>,
     seq: u64,
-    /// Every report sent, by sequence number - 1.
+    /// The cumulative snapshot of every report sent, by sequence number - 1.
     sent: Vec<Snapshot>,
+    /// The report the next one continues (0: none, the next one is cumulative).
+    base: u64,
+    /// The last report that reached the controller, as sent.
+    delivered: Option<(u64, u64, Snapshot)>,
     /// Unique correlation ids (ledger keys never tie).
     next_id: u64,
+}
+
+impl Sim {
+    /// The worker's results now.
+    fn cumulative(&self) -> Snapshot {
+        let mut now = self.rec.snapshot();
+        if let Some(x) = &self.extra {
+            now.merge(x).expect("the extra fits one worker");
+        }
+        now
+    }
+
+    /// The worker's cumulative results as of report `seq` (0: nothing).
+    fn at(&self, seq: u64, layout: &pacer_stats::Layout) -> Snapshot {
+        match seq {
+            0 => Snapshot::empty(layout),
+            k => self.sent[(k - 1) as usize].clone(),
+        }
+    }
+
+    /// Its next report: `(seq, since_seq, delta)`, and it is remembered as sent.
+    fn next_report(&mut self, layout: &pacer_stats::Layout) -> (u64, u64, Snapshot) {
+        let now = self.cumulative();
+        let delta = now.delta(&self.at(self.base, layout)).expect("a delta");
+        self.seq += 1;
+        self.sent.push(now);
+        let since = self.base;
+        self.base = self.seq;
+        (self.seq, since, delta)
+    }
 }
 
 fn record(sim: &mut Sim, w: usize, hits: u64, spread: u64, ledger: u64, at: u64) {
@@ -147,9 +189,10 @@ fn record(sim: &mut Sim, w: usize, hits: u64, spread: u64, ledger: u64, at: u64)
     }
 }
 
-fn decoded(seq: u64, snapshot: Snapshot) -> Decoded {
+fn decoded((seq, since_seq, snapshot): (u64, u64, Snapshot)) -> Decoded {
     Decoded {
         seq,
+        since_seq,
         elapsed_us: seq * 1_000_000 + 5_000,
         snapshot,
         limits: Vec::new(),
@@ -181,13 +224,17 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
     )
     .expect("coordinator");
     let inner = &c.inner;
+    let layout = &inner.layout;
     let now = Instant::now();
     let mut f = inner.fleet.lock();
     let mut sims: Vec<Sim> = (0..WORKERS)
         .map(|_| Sim {
-            rec: Recorder::new(inner.layout.clone()),
+            rec: Recorder::new(layout.clone()),
+            extra: None,
             seq: 0,
             sent: Vec::new(),
+            base: 0,
+            delivered: None,
             next_id: 0,
         })
         .collect();
@@ -199,10 +246,8 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
         f.admit("t1", &hello, Conn { id: conn_id, tx }, now)
             .expect("admitted");
     }
-    // Whether any worker became unmergeable after one of its reports was counted (its
-    // earlier deltas stay in the series' rows, which cannot take them back).
-    let mut counted_then_refused = false;
     for s in steps {
+        let running = |f: &Fleet, w: usize| f.slots[w].state == WorkerState::Running;
         match *s {
             Step::Report {
                 w,
@@ -213,123 +258,154 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
             } => {
                 let sim = &mut sims[w];
                 record(sim, w, hits, spread, ledger, at);
-                sim.seq += 1;
-                let snap = sim.rec.snapshot();
-                sim.sent.push(snap.clone());
-                f.accept_report(w as u32, decoded(sim.seq, snap));
+                let r = sim.next_report(layout);
+                // The session takes reports only from a running worker (session.rs).
+                if running(&f, w) {
+                    sim.delivered = Some(r.clone());
+                    let continues = r.1 == f.counted_seq(w as u32);
+                    let counted = f.accept_report(w as u32, decoded(r));
+                    prop_assert_eq!(counted, continues);
+                }
+            }
+            Step::Drop { w, hits } => {
+                let sim = &mut sims[w];
+                record(sim, w, hits, 100, 0, 7);
+                sim.next_report(layout);
             }
             Step::Replay { w } => {
-                let sim = &sims[w];
-                if let Some(last) = sim.sent.last() {
-                    prop_assert!(!f.accept_report(w as u32, decoded(sim.seq, last.clone())));
+                if let Some(r) = sims[w].delivered.clone() {
+                    prop_assert!(!f.accept_report(w as u32, decoded(r)));
                 }
             }
             Step::Stale { w } => {
                 let sim = &sims[w];
-                if sim.seq >= 2 {
-                    let older = sim.sent[sim.sent.len() - 2].clone();
-                    prop_assert!(!f.accept_report(w as u32, decoded(sim.seq - 1, older)));
+                let counted = f.counted_seq(w as u32);
+                if counted >= 1 {
+                    // A report numbered at or below the one counted, whatever it says.
+                    let r = (counted, counted.saturating_sub(1), sim.at(counted, layout));
+                    prop_assert!(!f.accept_report(w as u32, decoded(r)));
                 }
             }
             Step::Reconnect { w } => {
-                if f.slots[w].state == WorkerState::Running || f.slots[w].state == WorkerState::Lost
-                {
+                if matches!(f.slots[w].state, WorkerState::Running | WorkerState::Lost) {
                     let (tx, _rx) = mpsc::channel(64);
                     conn_id += 1;
                     let hello = resuming_hello(w, sims[w].seq * 1_000_000);
                     f.admit("t1", &hello, Conn { id: conn_id, tx }, now)
                         .expect("a running or lost worker resumes");
+                    // The Assign says where to continue.
+                    sims[w].base = f.counted_seq(w as u32);
                 }
             }
             Step::Lose { w } => {
-                if f.slots[w].state == WorkerState::Running {
+                if running(&f, w) {
                     f.slots[w].state = WorkerState::Lost;
                     f.slots[w].conn = None;
                 }
             }
             Step::Finish { w } => {
-                if f.slots[w].state == WorkerState::Running {
+                if running(&f, w) {
                     let sim = &mut sims[w];
-                    sim.seq += 1;
-                    let snap = sim.rec.snapshot();
-                    sim.sent.push(snap.clone());
-                    f.finish(w as u32, Some(decoded(sim.seq, snap)), false, None);
+                    let r = sim.next_report(layout);
+                    let whole = sim.cumulative();
+                    let bytes = whole.to_json().len();
+                    f.finish(
+                        w as u32,
+                        Some(decoded(r)),
+                        Some((whole, bytes)),
+                        false,
+                        None,
+                    );
                 }
             }
-            Step::GoesDown { w } => {
-                if f.slots[w].snapshot.is_some() && !f.slots[w].unmergeable {
-                    let before = f.slots[w].snapshot.clone();
-                    // Another recorder's numbers, below what the worker reported; the
-                    // worker's own next report takes the same sequence number.
-                    let fresh = Snapshot::empty(&inner.layout);
-                    let went_down = before
-                        .as_ref()
-                        .is_some_and(|b| fresh.delta_continuing(b).is_err());
-                    let kept = f.accept_report(w as u32, decoded(sims[w].seq + 1, fresh));
-                    prop_assert_eq!(kept, !went_down);
-                    if went_down {
-                        prop_assert_eq!(&f.slots[w].snapshot, &before, "the previous report stays");
-                    } else {
-                        // Nothing was reported yet: the empty one is as good.
-                        sims[w].seq += 1;
-                        sims[w].sent.push(Snapshot::empty(&inner.layout));
-                    }
+            Step::Skips { w } => {
+                if running(&f, w) {
+                    let sim = &mut sims[w];
+                    let counted = f.counted_seq(w as u32);
+                    let (seq, _, delta) = sim.next_report(layout);
+                    let wrong = counted + 1 + seq % 3;
+                    prop_assert!(!f.accept_report(w as u32, decoded((seq, wrong, delta))));
+                    prop_assert_eq!(f.slots[w].state, WorkerState::Failed);
+                    let reason = f.slots[w].reason.clone().unwrap_or_default();
+                    prop_assert!(reason.contains("the last one counted is"), "{}", reason);
                 }
             }
             Step::Overflow { w } => {
-                if !f.slots[w].unmergeable {
+                if running(&f, w) {
                     let sim = &mut sims[w];
                     // The worker's own numbers plus 3 x 2^60 samples: twice makes the total
                     // overflow (a first time may fit).
-                    let mut snap = sim.rec.snapshot();
-                    if snap.merge(&overflowing(&inner.layout)).is_ok() {
-                        sim.seq += 1;
-                        let had = f.slots[w].snapshot.is_some();
-                        let kept = f.accept_report(w as u32, decoded(sim.seq, snap.clone()));
-                        sim.sent.push(snap);
-                        if f.slots[w].unmergeable {
+                    let mut extra = sim.extra.clone().unwrap_or_else(|| Snapshot::empty(layout));
+                    let fits_one = extra.merge(&overflowing(layout)).is_ok()
+                        && sim.rec.snapshot().merge(&extra).is_ok();
+                    if fits_one {
+                        sim.extra = Some(extra);
+                        let r = sim.next_report(layout);
+                        let continues = r.1 == f.counted_seq(w as u32);
+                        let counted = f.accept_report(w as u32, decoded(r));
+                        if continues && !counted {
                             prop_assert_eq!(f.slots[w].state, WorkerState::Failed);
                             let reason = f.slots[w].reason.clone().unwrap_or_default();
                             prop_assert!(reason.contains("cannot be merged"), "{}", reason);
-                            counted_then_refused |= had;
                         }
-                        let _ = kept;
                     }
                 }
             }
         }
-        // The property, after every step.
+        // The property, after every step: the total is every worker's cumulative state as
+        // of its last counted report.
         let merged = f.merged(inner);
-        let full = f.full_merge(inner);
-        prop_assert!(*merged == full, "running total != full merge after {:?}", s);
-        // Every worker's row shows its latest snapshot's counters.
-        for slot in &f.slots {
-            let expect = slot
-                .snapshot
-                .as_ref()
-                .map(WorkerTotals::of)
-                .unwrap_or_default();
-            prop_assert_eq!(slot.totals, expect);
+        let mut expect = Snapshot::empty(layout);
+        for (w, sim) in sims.iter().enumerate() {
+            let counted = sim.at(f.counted_seq(w as u32), layout);
+            prop_assert!(expect.merge(&counted).is_ok());
+        }
+        expect.canonicalize();
+        prop_assert!(
+            *merged == expect,
+            "running total != the counted states after {:?}",
+            s
+        );
+        prop_assert!(*merged == f.full_merge(inner));
+        // Every worker's row shows its counted state's counters.
+        for (w, slot) in f.slots.iter().enumerate() {
+            let counted = sims[w].at(slot.seq, layout);
+            prop_assert_eq!(slot.totals, WorkerTotals::of(&counted));
         }
     }
+    let counted: Vec<u64> = (0..WORKERS as u32).map(|w| f.counted_seq(w)).collect();
+    let finished: Vec<bool> = f
+        .slots
+        .iter()
+        .map(|s| s.state == WorkerState::Finished)
+        .collect();
     let out = f.outcome(inner, Instant::now());
-    prop_assert!(out.merged == f.full_merge(inner));
-    if !counted_then_refused {
-        prop_assert_eq!(series_attempts(&out.series), out.merged.total().attempts);
-        let rows: u64 = out.series.fleet.points.iter().map(|p| p.requests).sum();
-        prop_assert_eq!(rows, out.merged.total().requests);
-        // Each worker's own rows add up to its counted snapshot.
-        for (i, s) in out.worker_snapshots.iter().enumerate() {
-            let counted = !f.slots[i].unmergeable;
-            if let (Some(snap), true) = (s, counted) {
-                let rows: u64 = out.series.workers[i]
-                    .points
-                    .iter()
-                    .map(|p| p.attempts)
-                    .sum();
-                prop_assert_eq!(rows, snap.total().attempts, "worker {}", i);
-            }
+    // A finished worker's own results are its cumulative state; others show none.
+    for (w, detail) in out.worker_snapshots.iter().enumerate() {
+        if finished[w] {
+            let mut at = sims[w].at(counted[w], layout);
+            at.canonicalize();
+            prop_assert_eq!(detail.as_ref(), Some(&at), "worker {}", w);
+        } else {
+            prop_assert!(detail.is_none(), "worker {} did not finish", w);
         }
+    }
+    prop_assert_eq!(series_attempts(&out.series), out.merged.total().attempts);
+    let rows: u64 = out.series.fleet.points.iter().map(|p| p.requests).sum();
+    prop_assert_eq!(rows, out.merged.total().requests);
+    // Each worker's own rows add up to its counted state.
+    for (w, sim) in sims.iter().enumerate() {
+        let rows: u64 = out.series.workers[w]
+            .points
+            .iter()
+            .map(|p| p.attempts)
+            .sum();
+        prop_assert_eq!(
+            rows,
+            sim.at(counted[w], layout).total().attempts,
+            "worker {}",
+            w
+        );
     }
     Ok(())
 }
@@ -387,97 +463,6 @@ fn an_unmergeable_worker_is_named_and_left_out() {
         },
     ];
     run(&steps).expect("exact");
-}
-
-/// Bytes of histogram counts one snapshot holds (8 per counts-array entry; the rest of a
-/// snapshot is small beside them).
-fn hist_bytes(s: &Snapshot) -> usize {
-    let mut n = 0;
-    for sc in &s.scenarios {
-        n += sc.stats.iteration_duration.histogram().distinct_values();
-        for r in &sc.requests {
-            let st = &r.stats;
-            for h in [
-                &st.retry_after_ms,
-                &st.duration,
-                &st.service_time,
-                &st.limiter_wait,
-                &st.paused,
-                &st.backoff,
-                &st.send_lag,
-            ] {
-                n += h.histogram().distinct_values();
-            }
-        }
-    }
-    n * 8
-}
-
-/// The memory estimate behind docs/benchmarks.md's controller figures: one worker's
-/// cumulative snapshot of 3 scenarios x 10 requests after 10 minutes at 5 requests a second
-/// per request (latencies 5 ms to 2 s, 1 in 10 throttled with a Retry-After), and what the
-/// controller keeps of it per worker (`cargo test -p pacer-controller --lib
-/// per_worker_memory -- --nocapture` prints it). Asserts only that the estimate is sane.
-#[test]
-fn per_worker_memory() {
-    use pacer_stats::{Layout, ScenarioLayout};
-    let layout = Layout {
-        scenarios: (0..3)
-            .map(|s| ScenarioLayout {
-                name: format!("s{s}"),
-                requests: (0..10).map(|r| format!("r{r}")).collect(),
-            })
-            .collect(),
-    };
-    let rec = Recorder::new(layout.clone());
-    let empty = hist_bytes(&Snapshot::empty(&layout));
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for k in 0..(600 * 5) {
-        for s in 0..3 {
-            for r in 0..10 {
-                // xorshift: a spread of latencies, log-uniform from 5 ms to ~2 s.
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let us = 5_000u64 << (x % 9);
-                let us = us + x % us;
-                let throttled = (k + r) % 10 == 0;
-                rec.record_attempt(
-                    s,
-                    r,
-                    &Attempt {
-                        service_time: Duration::from_micros(us),
-                        status: Some(if throttled { 429 } else { 200 }),
-                        retry_after: throttled.then(|| Duration::from_millis(1 + x % 2_000)),
-                        ..Default::default()
-                    },
-                );
-                rec.record_request(
-                    s,
-                    r,
-                    &RequestOutcome {
-                        duration: Duration::from_micros(us + x % 1_000),
-                        send_lag: Some(Duration::from_micros(x % 3_000)),
-                        attempts: 1,
-                        failed: throttled,
-                        ..Default::default()
-                    },
-                );
-            }
-        }
-    }
-    let full = hist_bytes(&rec.snapshot());
-    let json = rec.snapshot().to_json().len();
-    eprintln!(
-        "per worker: empty snapshot {} KiB of histogram counts, after 10 min {} KiB (wire JSON {} KiB); \
-         the controller keeps 1 copy per worker in its slot and 2 in the worker's series builder \
-         (before: 4): at 1000 workers {} MiB",
-        empty / 1024,
-        full / 1024,
-        json / 1024,
-        3 * full * 1000 / (1 << 20)
-    );
-    assert!(full >= empty && empty > 0);
 }
 
 /// Worker `w`'s Hello resuming at `elapsed_us` of the test.

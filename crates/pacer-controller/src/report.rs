@@ -92,8 +92,13 @@ pub struct FleetOutcome {
     pub merged: Snapshot,
     pub elapsed: Duration,
     pub workers: Vec<WorkerView>,
-    /// Each worker's last counted snapshot (index order; `None`: it never reported).
+    /// Each worker's own results from its Finished message, checked against its reports
+    /// counted (index order; `None`: it did not finish, its results disagreed, or
+    /// `workers_omitted`).
     pub worker_snapshots: Vec<Option<Snapshot>>,
+    /// The workers' own results were left out to bound the controller's memory
+    /// (`fleet::MAX_WORKER_DETAIL_BYTES`).
+    pub workers_omitted: bool,
     /// Each worker's limits table with that snapshot (merged into the summary's).
     pub worker_limits: Vec<Vec<pacer_stats::LimitPacing>>,
     /// An abortOnFail threshold stopped the fleet.
@@ -130,7 +135,7 @@ impl FleetOutcome {
         format!("{} {}", w.index, w.name)
     }
 
-    /// The report's row per worker (`table-workers`): each one's last counted snapshot.
+    /// The report's row per worker (`table-workers`): each finished one's own results.
     pub fn worker_rows(&self) -> Vec<pacer_report::WorkerRow> {
         self.workers
             .iter()

@@ -90,6 +90,9 @@ async fn serve_stream(
     };
     let (index, conn_id, resuming) = admit(inner, &hello, tx)?;
     let shard = &inner.shards[index as usize];
+    // The worker's next report continues this one (nothing can be counted for its index
+    // until that report: any older stream of it no longer holds the slot).
+    let counted_seq = inner.fleet.lock().counted_seq(index);
     let interval_ms = |d: Duration| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
     let assign = controller_message::Body::Assign(pacer_proto::Assign {
         protocol_version: PROTOCOL_VERSION,
@@ -108,6 +111,7 @@ async fn serve_stream(
             .as_ref()
             .map_or_else(Vec::new, |s| s.served_credentials()),
         data: data_files(&inner.plan),
+        counted_seq,
     });
     tx.send(msg(assign))
         .await
@@ -126,6 +130,7 @@ async fn serve_stream(
     }
     let heartbeats = tokio::spawn(heartbeat(
         inner.clone(),
+        index,
         tx.clone(),
         inner.cfg.heartbeat_interval,
     ));
@@ -170,12 +175,16 @@ fn unknown_body() -> Status {
     ))
 }
 
-async fn heartbeat(inner: Arc<Inner>, tx: Tx, every: Duration) {
+/// The controller's heartbeats to worker `index`, each with the last report of it counted
+/// (the worker then forgets the state of older ones).
+async fn heartbeat(inner: Arc<Inner>, index: u32, tx: Tx, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        let counted_seq = inner.fleet.lock().counted_seq(index);
         let body = controller_message::Body::Heartbeat(pacer_proto::Heartbeat {
             sent_us: inner.epoch.elapsed().as_micros() as u64,
+            counted_seq,
         });
         if tx.send(msg(body)).await.is_err() {
             return;
@@ -253,6 +262,13 @@ async fn on_message(
         },
         _ => None,
     };
+    let detail = match &body {
+        Body::Finished(fin) if !fin.snapshot_json.is_empty() => Some((
+            decode_snapshot_bytes(&inner.layout, &fin.snapshot_json, "finished.snapshot_json")?,
+            fin.snapshot_json.len(),
+        )),
+        _ => None,
+    };
     let mut f = inner.fleet.lock();
     let state = f.heard(index, conn, Instant::now())?;
     let order = |what: &str| out_of_order(what, index, state);
@@ -284,7 +300,7 @@ async fn on_message(
                 None => tracing::info!("worker {index} finished"),
                 Some(e) => tracing::warn!("worker {index} failed: {e}"),
             }
-            f.finish(index, decoded, fin.stopped_early, error);
+            f.finish(index, decoded, detail, fin.stopped_early, error);
             next = Next::Close;
         }
     }
@@ -335,6 +351,7 @@ async fn on_served(
 fn decode_report(inner: &Inner, r: &Report, field: &str) -> Result<Decoded, Status> {
     Ok(Decoded {
         seq: r.seq,
+        since_seq: r.since_seq,
         elapsed_us: r.elapsed_us,
         snapshot: decode_snapshot(&inner.layout, r, field)?,
         limits: decode_limits(inner.plan.limits.len(), r, field)?,
@@ -376,19 +393,28 @@ pub fn decode_snapshot(
     r: &Report,
     field: &str,
 ) -> Result<Snapshot, Status> {
-    if r.snapshot_json.len() > pacer_proto::MAX_SNAPSHOT_BYTES {
+    decode_snapshot_bytes(layout, &r.snapshot_json, &format!("{field}.snapshot_json"))
+}
+
+/// [`decode_snapshot`] of a snapshot's JSON bytes; `field` names them in errors.
+fn decode_snapshot_bytes(
+    layout: &pacer_stats::Layout,
+    json: &[u8],
+    field: &str,
+) -> Result<Snapshot, Status> {
+    if json.len() > pacer_proto::MAX_SNAPSHOT_BYTES {
         return Err(Status::invalid_argument(format!(
-            "{field}.snapshot_json: {} bytes is more than the {} allowed",
-            r.snapshot_json.len(),
+            "{field}: {} bytes is more than the {} allowed",
+            json.len(),
             pacer_proto::MAX_SNAPSHOT_BYTES
         )));
     }
-    let snap = Snapshot::from_json_bytes(&r.snapshot_json)
-        .map_err(|e| Status::invalid_argument(format!("{field}.snapshot_json: {e}")))?;
+    let snap = Snapshot::from_json_bytes(json)
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))?;
     let got = snap.layout();
     if &got != layout {
         return Err(Status::invalid_argument(format!(
-            "{field}.snapshot_json: its scenarios and requests are not the plan's ({} scenarios, plan has {})",
+            "{field}: its scenarios and requests are not the plan's ({} scenarios, plan has {})",
             got.scenarios.len(),
             layout.scenarios.len()
         )));

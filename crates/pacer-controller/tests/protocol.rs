@@ -180,6 +180,7 @@ async fn protocol_violations_are_refused_with_the_field_named() {
             msg(Body::Hello(hello(Some(0)))),
             msg(Body::Report(Report {
                 seq: 1,
+                since_seq: 0,
                 elapsed_us: 0,
                 snapshot_json: b"{}".to_vec(),
                 limits_json: Vec::new(),
@@ -252,6 +253,14 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
     for (i, w) in workers.iter_mut().enumerate() {
         let rec = Recorder::new(layout.clone());
         let mut seq = 0;
+        // Protocol 2: each report is what was recorded after the previous one.
+        let mut sent = Snapshot::empty(&layout);
+        let mut delta = |rec: &Recorder| {
+            let now = rec.snapshot();
+            let d = now.delta(&sent).unwrap();
+            sent = now;
+            d.to_json().into_bytes()
+        };
         for round in 0..3u64 {
             for k in 0..50u64 {
                 let us = 100 + (i as u64 * 7919 + round * 104_729 + k * 15_485) % 900_000;
@@ -263,8 +272,9 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
             seq += 1;
             let r = Report {
                 seq,
+                since_seq: seq - 1,
                 elapsed_us: round * 1000,
-                snapshot_json: rec.snapshot().to_json().into_bytes(),
+                snapshot_json: delta(&rec),
                 limits_json: Vec::new(),
             };
             w.send(Body::Report(r.clone())).await;
@@ -274,12 +284,14 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
         w.send(Body::Finished(pacer_proto::Finished {
             report: Some(Report {
                 seq: seq + 1,
+                since_seq: seq,
                 elapsed_us: 5000,
-                snapshot_json: rec.snapshot().to_json().into_bytes(),
+                snapshot_json: delta(&rec),
                 limits_json: Vec::new(),
             }),
             stopped_early: false,
             error: String::new(),
+            snapshot_json: rec.snapshot().to_json().into_bytes(),
         }))
         .await;
     }
@@ -294,6 +306,10 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
         "the fleet's merge is one recorder's snapshot"
     );
     assert_eq!(out.merged.total().requests, 300);
+    // Each worker's own results came with its Finished, checked against its reports.
+    for s in &out.worker_snapshots {
+        assert_eq!(s.as_ref().map(|s| s.total().requests), Some(150));
+    }
     assert!(
         out.workers
             .iter()
@@ -307,6 +323,7 @@ async fn a_garbage_snapshot_is_refused_naming_the_field() {
     let layout = pacer_stats::Layout::of(&plan());
     let r = |bytes: &[u8]| Report {
         seq: 1,
+        since_seq: 0,
         elapsed_us: 0,
         snapshot_json: bytes.to_vec(),
         limits_json: Vec::new(),
@@ -370,7 +387,7 @@ proptest! {
         let decoded: Vec<Snapshot> = recorders
             .iter()
             .map(|r| {
-                let wire = Report { seq: 1, elapsed_us: 0, snapshot_json: r.snapshot().to_json().into_bytes(), limits_json: Vec::new() }
+                let wire = Report { seq: 1, since_seq: 0, elapsed_us: 0, snapshot_json: r.snapshot().to_json().into_bytes(), limits_json: Vec::new() }
                     .encode_to_vec();
                 let report = Report::decode(wire.as_slice()).unwrap();
                 decode_snapshot(&layout, &report, "report").unwrap()
@@ -421,12 +438,14 @@ async fn a_finished_worker_that_resumes_is_refused_as_already_finished() {
         .send(Body::Finished(pacer_proto::Finished {
             report: Some(Report {
                 seq: 1,
+                since_seq: 0,
                 elapsed_us: 1000,
                 snapshot_json: snapshot.to_json().into_bytes(),
                 limits_json: Vec::new(),
             }),
             stopped_early: false,
             error: String::new(),
+            snapshot_json: Vec::new(),
         }))
         .await;
     assert!(workers[0].next().await.is_err(), "the close is the receipt");

@@ -84,11 +84,15 @@ impl Worker {
         }
     }
 
-    async fn finish(&self, snapshot: &Snapshot) {
+    /// Finish with a last report continuing report `since` (0: none) with `delta`.
+    async fn finish(&self, since: u64, delta: &Snapshot) {
+        let mut last = report(since + 1, delta);
+        last.since_seq = since;
         self.send(Body::Finished(pacer_proto::Finished {
-            report: Some(report(2, snapshot)),
+            report: Some(last),
             stopped_early: false,
             error: String::new(),
+            snapshot_json: Vec::new(),
         }))
         .await;
     }
@@ -98,9 +102,11 @@ fn msg(body: Body) -> WorkerMessage {
     WorkerMessage { body: Some(body) }
 }
 
+/// A worker's first report (`since_seq` 0), `seq` as given.
 fn report(seq: u64, snapshot: &Snapshot) -> Report {
     Report {
         seq,
+        since_seq: 0,
         elapsed_us: 1000,
         snapshot_json: snapshot.to_json().into_bytes(),
         limits_json: Vec::new(),
@@ -184,7 +190,7 @@ async fn a_worker_whose_report_breaks_the_merge_fails_the_run_by_name() {
         panic!("worker 1 was not told to stop: {told:?}");
     };
     assert!(a.reason.contains("cannot be merged"), "{}", a.reason);
-    workers[0].finish(&good).await;
+    workers[0].finish(1, &honest(0)).await;
 
     let out = tokio::time::timeout(LIMIT, run)
         .await
@@ -217,7 +223,7 @@ async fn a_fleet_that_measured_nothing_does_not_pass() {
     let (run, workers, stop) = started_fleet().await;
     let nothing = honest(0);
     for w in &workers {
-        w.finish(&nothing).await;
+        w.finish(0, &nothing).await;
     }
     let out = tokio::time::timeout(LIMIT, run)
         .await

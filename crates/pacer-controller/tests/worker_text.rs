@@ -71,6 +71,7 @@ async fn a_workers_error_text_is_capped_and_its_control_characters_escaped() {
             report: None,
             stopped_early: true,
             error,
+            snapshot_json: Vec::new(),
         })),
     })
     .await

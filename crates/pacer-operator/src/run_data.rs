@@ -70,7 +70,7 @@ pub struct StoredThreshold {
 pub struct WorkerData {
     /// `<index> <name>`, as the report's worker table shows it.
     pub label: String,
-    /// Its last counted snapshot (`None`: it never reported).
+    /// Its own final results (`None`: it did not finish, or they were left out).
     pub snapshot: Option<Snapshot>,
     /// Its limits table with that snapshot.
     #[serde(default)]
@@ -97,7 +97,8 @@ pub struct RunData {
     /// The fleet's series and each worker's.
     pub series: FleetSeriesOutput,
     pub workers: Vec<WorkerData>,
-    /// Per-worker snapshots and series were left out to fit [`MAX_CHUNKS`].
+    /// Per-worker snapshots and series were left out to fit [`MAX_CHUNKS`], or the
+    /// controller kept no per-worker snapshots (`FleetOutcome::workers_omitted`).
     #[serde(default)]
     pub workers_omitted: bool,
     /// The plan as written (`Plan::source`: references unresolved, no secret).
@@ -173,7 +174,7 @@ impl RunData {
                     limits: outcome.worker_limits.get(i).cloned().unwrap_or_default(),
                 })
                 .collect(),
-            workers_omitted: false,
+            workers_omitted: outcome.workers_omitted,
             plan_source: plan.source.clone(),
             abort_reason: outcome.abort_reason.clone(),
             failure: outcome.failure.clone(),
@@ -236,7 +237,7 @@ impl RunData {
             missing(if self.workers_omitted {
                 "the per-worker detail was left out to fit"
             } else {
-                "it never reported"
+                "it sent no final results (it never reported, or was lost or failed before it finished)"
             })
         })?;
         let series = self.series.workers.get(index).cloned().unwrap_or_default();
@@ -655,6 +656,7 @@ mod tests {
             elapsed: Duration::from_millis(2_500),
             workers: Vec::new(),
             worker_snapshots: Vec::new(),
+            workers_omitted: false,
             worker_limits: Vec::new(),
             abort_reason: None,
             failure: None,
