@@ -650,6 +650,11 @@ impl Fleet {
         self.generation += 1;
     }
 
+    /// Workers' own results are still kept (none was left out for lack of room yet).
+    pub fn keeps_detail(&self) -> bool {
+        !self.detail_omitted
+    }
+
     /// Keep worker `i`'s final results for its row if they agree with the reports counted
     /// (the same counters: they are display only, never counted) and there is room
     /// ([`MAX_WORKER_DETAIL_BYTES`]).
@@ -1311,6 +1316,44 @@ mod tests {
         next.since_seq = 1;
         assert!(!f.accept_report(0, next));
         assert_eq!(f.counted_seq(0), 1);
+    }
+
+    /// A worker's own results are kept when their counters are those of its reports
+    /// counted, and while they fit [`MAX_WORKER_DETAIL_BYTES`]; past it, none is kept.
+    #[test]
+    fn a_workers_own_results_are_checked_and_bounded() {
+        let layout = pacer_stats::Layout {
+            scenarios: vec![pacer_stats::ScenarioLayout {
+                name: "s".into(),
+                requests: vec!["a".into()],
+            }],
+        };
+        let with = |attempts: u64| {
+            let mut s = Snapshot::empty(&layout);
+            s.scenarios[0].requests[0].stats.attempts = attempts;
+            s
+        };
+        let mut f = Fleet::new(3);
+        for i in 0..3 {
+            let (c, _rx) = conn(i + 1);
+            f.admit("t1", &hello(Some(i as u32), Some(0)), c, Instant::now())
+                .expect("admitted");
+            let mut r = report(1);
+            r.snapshot = with(5);
+            assert!(f.accept_report(i as u32, r));
+        }
+        // Worker 0 says it made 6 requests, its reports 5: not shown.
+        f.finish(0, None, Some((with(6), 10)), false, None);
+        assert!(f.slots[0].detail.is_none());
+        assert!(f.keeps_detail());
+        // Worker 1's agree: kept.
+        f.finish(1, None, Some((with(5), MAX_WORKER_DETAIL_BYTES - 10)), false, None);
+        assert!(f.slots[1].detail.is_some());
+        // Worker 2's would pass the bound: none is kept from now on.
+        f.finish(2, None, Some((with(5), 11)), false, None);
+        assert!(!f.keeps_detail());
+        assert!(f.slots.iter().all(|s| s.detail.is_none()));
+        assert!(f.slots.iter().all(|s| s.state == WorkerState::Finished));
     }
 
     #[test]

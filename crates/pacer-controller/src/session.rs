@@ -262,11 +262,17 @@ async fn on_message(
         },
         _ => None,
     };
+    // A worker's own results are decoded only while the fleet keeps them (decoding 1000
+    // workers' final snapshots the fleet then drops would cost a second of CPU at the end).
     let detail = match &body {
-        Body::Finished(fin) if !fin.snapshot_json.is_empty() => Some((
-            decode_snapshot_bytes(&inner.layout, &fin.snapshot_json, "finished.snapshot_json")?,
-            fin.snapshot_json.len(),
-        )),
+        Body::Finished(fin)
+            if !fin.snapshot_json.is_empty() && inner.fleet.lock().keeps_detail() =>
+        {
+            Some((
+                decode_snapshot_bytes(&inner.layout, &fin.snapshot_json, "finished.snapshot_json")?,
+                fin.snapshot_json.len(),
+            ))
+        }
         _ => None,
     };
     let mut f = inner.fleet.lock();
