@@ -145,7 +145,7 @@ impl Hist {
     }
 
     /// Packed counts; an empty payload is kept as nothing.
-    fn packed(payload: Vec<u8>, total: u64) -> Self {
+    fn from_payload(payload: Vec<u8>, total: u64) -> Self {
         Hist(if total == 0 {
             Repr::Empty
         } else {
@@ -155,6 +155,37 @@ impl Hist {
                 dense: std::sync::OnceLock::new(),
             })
         })
+    }
+
+    /// The same samples in the compact form: a dense histogram's counts written as the V2
+    /// payload (about 2 bytes per recorded bucket instead of 8 bytes for every bucket of its
+    /// range: a latency histogram's array is 60-100 KB), what a decoded one holds. For a
+    /// snapshot kept a while as the base of later deltas (a worker keeps those of its reports
+    /// the controller has not yet counted): subtracting it from another packed one walks both
+    /// payloads and unpacks neither. An empty histogram stays empty and a packed one is
+    /// copied. A dense one whose counts the wire could not hold (a display-only sum past
+    /// [`MAX_TOTAL_COUNT`], which [`Hist::add`] refuses) is copied dense rather than lost.
+    pub fn packed(&self) -> Hist {
+        match &self.0 {
+            Repr::Empty => Hist::new(),
+            Repr::Packed(p) => Hist(Repr::Packed(p.clone())),
+            Repr::Dense(h) => {
+                let mut out = PayloadWriter::with_capacity(64);
+                for (i, n) in dense_buckets(h) {
+                    if out.push(i, n).is_err() {
+                        return self.clone();
+                    }
+                }
+                let (payload, total) = out.finish();
+                Hist::from_payload(payload, total)
+            }
+        }
+    }
+
+    /// Whether the samples are held packed (for tests of the forms).
+    #[cfg(test)]
+    pub(crate) fn is_packed(&self) -> bool {
+        matches!(self.0, Repr::Packed(_))
     }
 
     /// The histogram, dense (allocated now if it had no sample, unpacked if packed).
@@ -283,7 +314,7 @@ impl Hist {
                 if p.payload.len() + o.payload.len() <= PACKED_MAX_BYTES =>
             {
                 let (payload, total) = combine_payloads(&p.payload, &o.payload, false)?;
-                *self = Hist::packed(payload, total);
+                *self = Hist::from_payload(payload, total);
                 Ok(())
             }
             (Repr::Packed(_), Repr::Packed(o)) => add_payload(self.get_mut(), &o.payload),
@@ -308,7 +339,7 @@ impl Hist {
             }
             (Repr::Packed(p), Repr::Packed(o)) => {
                 let (payload, total) = combine_payloads(&p.payload, &o.payload, true)?;
-                *self = Hist::packed(payload, total);
+                *self = Hist::from_payload(payload, total);
                 return Ok(());
             }
             (Repr::Dense(h), Repr::Dense(o)) => h.subtract(o).map_err(|e| e.to_string())?,
@@ -757,7 +788,7 @@ fn decode_packed(text: &str) -> Result<Hist, String> {
         return Err(format!("more than {MAX_TOTAL_COUNT} samples"));
     }
     raw.drain(..V2_HEADER_LEN);
-    Ok(Hist::packed(raw, total))
+    Ok(Hist::from_payload(raw, total))
 }
 
 /// The length of the counts array `hdrhistogram` gives a histogram of the one configuration
@@ -1206,6 +1237,25 @@ mod tests {
             let mut dense = hist_of(&a);
             dense.add(&d).unwrap();
             proptest::prop_assert_eq!(&dense, &hist_of(&both));
+        }
+    }
+    proptest::proptest! {
+        /// `packed` keeps the samples (and the wire form's meaning), whatever form it starts
+        /// from, and turns a dense histogram packed.
+        #[test]
+        fn packing_keeps_the_samples(
+            values in proptest::collection::vec(0u64..5_000_000_000, 0..300),
+        ) {
+            let dense = hist_of(&values);
+            let packed = dense.packed();
+            proptest::prop_assert_eq!(&packed, &dense);
+            proptest::prop_assert_eq!(packed.is_packed(), !values.is_empty());
+            proptest::prop_assert_eq!(packed.is_empty(), values.is_empty());
+            proptest::prop_assert_eq!(packed.packed(), dense.clone());
+            proptest::prop_assert_eq!(Hist::new().packed(), Hist::new());
+            let back: Hist = serde_json::from_str(&serde_json::to_string(&packed).unwrap()).unwrap();
+            proptest::prop_assert_eq!(&back, &dense);
+            proptest::prop_assert_eq!(packed.percentile(99.0), dense.percentile(99.0));
         }
     }
     proptest::proptest! {

@@ -181,6 +181,9 @@ enum Op {
     /// Check that a `Merge` would succeed (no histogram over the wire format's count), and
     /// change nothing: [`Snapshot::merge_in_place`]'s first pass.
     Fits,
+    /// Copy the other side, its histograms packed ([`Snapshot::packed`]): through `combine`
+    /// so that the one list of fields there is also the list of what is copied.
+    Pack,
 }
 
 /// Where a combined value lives, for error messages; only formatted on error.
@@ -203,6 +206,7 @@ impl Op {
     fn num(self, at: At<'_>, field: &str, a: &mut u64, b: u64) -> Result<(), StatsError> {
         *a = match self {
             Op::Fits => *a,
+            Op::Pack => b,
             Op::Merge | Op::Sum => a.saturating_add(b),
             Op::Subtract => a.checked_sub(b).ok_or_else(|| {
                 StatsError::NotAPrefix(format!("{at} {field}: {a} - {b} is negative"))
@@ -218,8 +222,13 @@ impl Op {
         a: &mut BTreeMap<K, u64>,
         b: &BTreeMap<K, u64>,
     ) -> Result<(), StatsError> {
-        if self == Op::Fits {
-            return Ok(());
+        match self {
+            Op::Fits => return Ok(()),
+            Op::Pack => {
+                a.clone_from(b);
+                return Ok(());
+            }
+            Op::Merge | Op::Sum | Op::Subtract => {}
         }
         for (k, &bv) in b {
             match a.get_mut(k) {
@@ -249,6 +258,10 @@ impl Op {
         };
         match self {
             Op::Fits => a.fits(b).map_err(histogram_error),
+            Op::Pack => {
+                *a = b.packed();
+                Ok(())
+            }
             Op::Merge => a.add(b).map_err(histogram_error),
             Op::Sum => a.add_unchecked(b).map_err(histogram_error),
             Op::Subtract => a
@@ -502,8 +515,8 @@ impl Snapshot {
                 ra.stats.combine(&rb.stats, op, at)?;
             }
         }
-        if op == Op::Fits {
-            // Only histograms can refuse a merge.
+        if matches!(op, Op::Fits | Op::Pack) {
+            // Only histograms can refuse a merge; `packed` copies the rest itself.
             return Ok(());
         }
         let at = At {
@@ -552,6 +565,36 @@ impl Snapshot {
             ServerLimitHeaders::keep_newest(&mut self.server_limits, &other.server_limits);
         }
         Ok(())
+    }
+
+    /// The same snapshot with every histogram packed ([`Hist::packed`]): the compact form a
+    /// decoded snapshot has, a fraction of a dense one's memory (a dense latency histogram is
+    /// 60-100 KB, a packed one about 2 bytes per recorded bucket), for a snapshot kept a
+    /// while: a worker keeps the cumulative snapshots of its reports that the controller has
+    /// not yet counted, as the bases of its next deltas. Equal to `self` (samples compare,
+    /// not forms); deltas, merges and `to_json` give what the dense one gives. The dense
+    /// histograms are read, never copied dense.
+    pub fn packed(&self) -> Snapshot {
+        let mut out = Snapshot::empty(&self.layout());
+        if out.combine(self, Op::Pack).is_err() {
+            // Op::Pack cannot fail (it copies); should it ever, a dense copy is still exact.
+            return self.clone();
+        }
+        // Named one by one, so that a new field is not forgotten here.
+        let Snapshot {
+            format,
+            scenarios: _,
+            token_fetches,
+            server_limits,
+            invalid_records,
+            ledger,
+        } = self;
+        out.format = *format;
+        out.token_fetches.clone_from(token_fetches);
+        out.server_limits.clone_from(server_limits);
+        out.invalid_records = *invalid_records;
+        out.ledger.clone_from(ledger);
+        out
     }
 
     /// Add `other` (e.g. another worker's snapshot) into this one, exactly. Layouts must have
@@ -721,6 +764,145 @@ mod tests {
                 })
                 .collect(),
         })
+    }
+
+    fn hist_of(values: &[u64]) -> Hist {
+        let mut h = Hist::new();
+        for &v in values {
+            h.record(v);
+        }
+        h
+    }
+
+    /// A snapshot with every field set (a struct literal, so a new field must be set here
+    /// too): its counters are `n`, its histograms hold `values` (each shifted a little, so
+    /// they differ).
+    fn filled(values: &[u64], n: u64) -> Snapshot {
+        let h = |shift: u64| hist_of(&values.iter().map(|v| v + shift).collect::<Vec<_>>());
+        let request = RequestStats {
+            attempts: n,
+            requests: n,
+            failed: n,
+            throttled: n,
+            status: BTreeMap::from([(200, n), (429, n)]),
+            errors: BTreeMap::from([("timeout".to_string(), n)]),
+            bytes_sent: n,
+            bytes_received: n,
+            retries: n,
+            retry_outcomes: RetryOutcomeCounts {
+                not_retried: n,
+                succeeded_after_retry: n,
+                gave_up: n,
+                not_retryable: n,
+            },
+            checks_passed: n,
+            checks_failed: n,
+            throttled_by_limit: BTreeMap::from([(0, n)]),
+            throttled_by_server_limit: BTreeMap::from([("api".to_string(), n)]),
+            retry_after_ms: h(1),
+            retry_after_malformed: n,
+            duration: h(2),
+            service_time: h(3),
+            limiter_wait: h(4),
+            paused: h(5),
+            backoff: h(6),
+            send_lag: h(7),
+            duration_us_sum: n,
+            service_time_us_sum: n,
+            limiter_wait_us_sum: n,
+            paused_us_sum: n,
+            backoff_us_sum: n,
+        };
+        let mut s = snap(&[("s", &["a", "b"]), ("t", &["c"])]);
+        for sc in &mut s.scenarios {
+            sc.stats = ScenarioStats {
+                iterations: n,
+                iterations_failed: n,
+                interrupted: n,
+                dropped_iterations: n,
+                iteration_duration: h(8),
+            };
+            for r in &mut sc.requests {
+                r.stats = request.clone();
+            }
+        }
+        s.token_fetches.insert(
+            "cred".into(),
+            TokenFetchStats {
+                count: n,
+                wait_us_sum: n,
+            },
+        );
+        s.server_limits = Some(ServerLimitHeaders {
+            at_unix_ms: n,
+            source: "ratelimit".into(),
+            ..Default::default()
+        });
+        s.invalid_records = n;
+        s
+    }
+
+    /// Every histogram of a snapshot, in a fixed order (for the tests of forms).
+    fn hists(s: &Snapshot) -> Vec<&Hist> {
+        let mut out = Vec::new();
+        for sc in &s.scenarios {
+            out.push(&sc.stats.iteration_duration);
+            for r in &sc.requests {
+                let st = &r.stats;
+                out.extend([
+                    &st.retry_after_ms,
+                    &st.duration,
+                    &st.service_time,
+                    &st.limiter_wait,
+                    &st.paused,
+                    &st.backoff,
+                    &st.send_lag,
+                ]);
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// A packed snapshot is the same snapshot: every histogram packed, and its deltas,
+        /// merges and JSON are the dense one's.
+        #[test]
+        fn a_packed_snapshot_reads_subtracts_merges_and_encodes_as_the_dense_one(
+            a in proptest::collection::vec(0u64..5_000_000, 0..100),
+            b in proptest::collection::vec(0u64..5_000_000, 0..100),
+            n in 0u64..1000,
+            m in 0u64..1000,
+        ) {
+            let mut both = a.clone();
+            both.extend_from_slice(&b);
+            let (early, later) = (filled(&a, n), filled(&both, n + m));
+            let (pe, pl) = (early.packed(), later.packed());
+            proptest::prop_assert_eq!(&pe, &early);
+            proptest::prop_assert_eq!(&pl, &later);
+            for h in hists(&pl) {
+                proptest::prop_assert_eq!(h.is_packed(), !h.is_empty());
+            }
+            let dense_delta = later.delta_continuing(&early).unwrap();
+            proptest::prop_assert_eq!(&pl.delta_continuing(&pe).unwrap(), &dense_delta);
+            proptest::prop_assert_eq!(&pl.delta(&pe).unwrap(), &later.delta(&early).unwrap());
+            proptest::prop_assert_eq!(&later.delta_continuing(&pe).unwrap(), &dense_delta);
+            let mut dense_sum = early.clone();
+            dense_sum.merge_in_place(&dense_delta).unwrap();
+            proptest::prop_assert_eq!(&dense_sum, &later);
+            let mut packed_sum = early.clone();
+            packed_sum.merge_in_place(&pl.delta_continuing(&pe).unwrap()).unwrap();
+            proptest::prop_assert_eq!(&packed_sum, &later);
+            let mut merged = pe.clone();
+            merged.merge(&pl).unwrap();
+            let mut dense_merged = early.clone();
+            dense_merged.merge(&later).unwrap();
+            proptest::prop_assert_eq!(&merged, &dense_merged);
+            proptest::prop_assert_eq!(
+                &Snapshot::from_json(&pl.to_json()).unwrap(),
+                &Snapshot::from_json(&later.to_json()).unwrap()
+            );
+            proptest::prop_assert_eq!(&Snapshot::from_json(&pl.to_json()).unwrap(), &later);
+        }
     }
 
     #[test]
