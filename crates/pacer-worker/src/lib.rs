@@ -1,13 +1,16 @@
 //! A pacer worker: dials the controller (`proto/pacer/v1/coordinator.proto`), receives the
 //! plan and its [`Shard`](pacer_plan::Shard), measures the round trip, starts at the fleet's
-//! common instant, runs its shard with the engine and streams CUMULATIVE snapshots every
-//! second until it has delivered its final one.
+//! common instant, runs its shard with the engine and streams reports every second (DELTAS:
+//! what was recorded since its previous report, so a report costs one second of data however
+//! long the test runs) until it has delivered its final one.
 //!
 //! Losing the controller does not stop the shard at once: the worker keeps running and
 //! reconnects with backoff (100 ms doubling to 2 s, with jitter) for
-//! [`WorkerConfig::reconnect_for`], resuming its session (its index, its elapsed time, its
-//! latest snapshot). Because every report is cumulative, the controller that takes it back,
-//! restarted or not, neither loses nor double-counts anything. A shard that hears from no
+//! [`WorkerConfig::reconnect_for`], resuming its session (its index, its elapsed time).
+//! Because the worker keeps the cumulative state of the reports the controller has not yet
+//! acknowledged as counted, its next report continues exactly the one the controller counted
+//! last (the whole results after a controller's restart), so nothing is lost or counted
+//! twice. A shard that hears from no
 //! controller for [`WorkerConfig::lost_after`] (default `pacer_proto::LOST_AFTER`, 30 s) stops its load
 //! on its own and only tries to deliver its results.
 //!
@@ -17,7 +20,7 @@
 //! - `assign`: the plan, shard and limits read from the controller's Assign;
 //! - `start`: a fresh worker's way to the common start (engine at the gate, Ready, Start);
 //! - `clock`: the controller's clock against ours, from Ping/Pong samples;
-//! - `report`: the running shard, its cumulative reports and the loop that streams them;
+//! - `report`: the running shard, its delta reports and the loop that streams them;
 //! - `reconnect`: after a lost session, whether to try again, and when.
 //!
 //! This file keeps the public face: [`run`], its outcome and its errors.

@@ -1,16 +1,30 @@
 //! The shard while it runs and after: what a worker holds across sessions ([`Running`]: the
-//! recorder, the limiter, the engine's controls and its end), the reports it sends (each one
-//! CUMULATIVE, so a controller that takes one back neither loses nor double-counts), and the
+//! recorder, the limiter, the engine's controls and its end), the reports it sends, and the
 //! loop of one session once the shard is under way ([`stream_reports`]): reports every
 //! interval, heartbeats, the controller's Stop and Abort, Finished when the engine ends.
+//!
+//! Reports are DELTAS (protocol 2): each one holds what was recorded after the report it
+//! continues (`Report.since_seq`), so a report costs one interval of data however long the
+//! test has run, and a controller with a thousand workers adds each one into its total
+//! instead of decoding and subtracting a whole cumulative snapshot per worker every second
+//! (docs/benchmarks.md "Controller at scale"). To continue exactly from whatever report the
+//! controller counted last, the worker keeps the cumulative snapshots of the reports it sent
+//! and that are not yet known to be counted ([`Running`]'s `sent`, packed so that a few cost
+//! little): the controller names the last one it counted in each Heartbeat (the older ones
+//! are forgotten) and in the Assign of a resumed session (the later ones were lost with the
+//! broken stream and are dropped; 0, a restarted controller, makes the next report
+//! cumulative again). Neither a reconnect nor a controller's restart loses or double-counts
+//! anything. Finished carries the final delta and, for the worker's own row in reports, the
+//! final cumulative snapshot (never counted).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pacer_engine::RunControl;
 use pacer_engine::setup::LimiterSetup;
 use pacer_proto::{Assign, Report, controller_message::Body as In, worker_message::Body as Out};
-use pacer_stats::Recorder;
+use pacer_stats::{Recorder, Snapshot};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +38,15 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// The shortest report or heartbeat interval a controller may ask for: a floor, so a broken
 /// Assign cannot make the worker snapshot in a busy loop.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The most reports a worker keeps sent and not yet known to be counted by the controller
+/// (their cumulative snapshots, packed: tens to hundreds of KB each for a large plan late in
+/// a test). The controller acknowledges every heartbeat interval (a second), so one or two
+/// are held normally; a whole minute of reports at the default interval uncounted means the
+/// controller is far behind. Past it the periodic reports are skipped rather than piling up
+/// memory: the next report sent continues the last one sent and so covers the longer
+/// interval, nothing is lost.
+pub(crate) const MAX_UNCOUNTED_REPORTS: usize = 64;
 
 /// A report or heartbeat interval from the Assign's milliseconds.
 fn interval(ms: u32) -> Duration {
@@ -64,7 +87,17 @@ pub(crate) struct Running {
     start: Instant,
     /// The engine's end, once it has returned.
     done: watch::Receiver<Option<EngineEnd>>,
+    /// The `seq` of the last report sent (0: none yet).
     seq: u64,
+    /// The cumulative snapshots (packed) of the reports sent, by `seq`, oldest first: those
+    /// the controller is not yet known to have counted, after the last one it has (`counted`,
+    /// when held: the base the next report continues from if every later one is lost).
+    sent: VecDeque<(u64, Snapshot)>,
+    /// The `seq` of the last report the controller said it counted (0: none yet).
+    counted: u64,
+    /// Periodic reports are being skipped because [`MAX_UNCOUNTED_REPORTS`] are uncounted
+    /// (logged once per such episode, not once per interval).
+    behind: bool,
     report_every: Duration,
     heartbeat_every: Duration,
     /// How long the controller may be silent; each session's Assign sets it anew.
@@ -95,6 +128,9 @@ impl Running {
             start,
             done,
             seq: 0,
+            sent: VecDeque::new(),
+            counted: 0,
+            behind: false,
             report_every: interval(a.report_interval_ms),
             heartbeat_every: interval(a.heartbeat_interval_ms),
             peer_timeout,
@@ -129,36 +165,179 @@ impl Running {
             .as_micros() as u64
     }
 
-    pub(crate) fn report(&mut self) -> Report {
-        self.seq += 1;
+    /// How many of the reports held in `sent` the controller is not yet known to have counted.
+    fn uncounted(&self) -> usize {
+        self.sent
+            .iter()
+            .filter(|(seq, _)| *seq > self.counted)
+            .count()
+    }
+
+    /// The next report (numbered `seq + 1`, not yet sent or held) and the cumulative snapshot
+    /// it brings the controller to: what was recorded after the last report sent (all of it
+    /// when none is held), the cumulative packed first so that the subtraction walks two
+    /// packed histograms and the snapshot kept as the next base never grows a dense copy.
+    /// Fails only when the recorder's snapshot does not continue the last one sent (a bug).
+    fn next_report(&self) -> Result<(Report, Snapshot), String> {
+        let Some((seq, base)) = self.sent.back() else {
+            return Ok(self.whole_report());
+        };
+        let cumulative = self.recorder.snapshot().packed();
+        // `delta_continuing`: the controller adds it into a total that holds the base, which
+        // must give exactly the total holding this snapshot (the ledger too).
+        let delta = cumulative
+            .delta_continuing(base)
+            .map_err(|e| format!("the snapshot does not continue report {seq}: {e}"))?;
+        Ok((self.numbered(*seq, delta.to_json()), cumulative))
+    }
+
+    /// The next report as everything since the start (`since_seq` 0), and that cumulative.
+    fn whole_report(&self) -> (Report, Snapshot) {
+        let cumulative = self.recorder.snapshot().packed();
+        (self.numbered(0, cumulative.to_json()), cumulative)
+    }
+
+    /// The next report: `snapshot_json` recorded after report `since_seq`.
+    fn numbered(&self, since_seq: u64, snapshot_json: String) -> Report {
         Report {
-            seq: self.seq,
+            seq: self.seq + 1,
+            since_seq,
             elapsed_us: self.elapsed_us(),
-            snapshot_json: self.recorder.snapshot().to_json().into_bytes(),
+            snapshot_json: snapshot_json.into_bytes(),
             // The limits table is informational: an encoding failure sends none.
             limits_json: serde_json::to_vec(&self.setup.pacing()).unwrap_or_default(),
         }
     }
 
-    /// The report due every interval, unless its snapshot is larger than the protocol allows
-    /// (`pacer_proto::MAX_SNAPSHOT_BYTES`): that one is logged and skipped.
-    fn periodic_report(&mut self) -> Option<Out> {
-        let report = self.report();
-        let bytes = report.snapshot_json.len();
-        if bytes > pacer_proto::MAX_SNAPSHOT_BYTES {
-            tracing::error!("snapshot of {bytes} bytes is too large to send");
-            return None;
-        }
-        Some(Out::Report(report))
+    /// Take `report` (from [`Running::next_report`]) as sent: its number is used and its
+    /// cumulative snapshot is held until the controller has counted a later one.
+    fn sent(&mut self, report: &Report, cumulative: Snapshot) {
+        self.seq = report.seq;
+        self.sent.push_back((report.seq, cumulative));
     }
 
-    /// The final message: the last cumulative report and how the engine ended.
+    /// The report due now, unless it cannot be sent: its delta is larger than the protocol
+    /// allows (`pacer_proto::MAX_SNAPSHOT_BYTES`), or [`MAX_UNCOUNTED_REPORTS`] are already
+    /// uncounted. A skipped report uses no `seq` and is not held: the next one continues the
+    /// last one sent, so it carries what this one would have.
+    fn report(&mut self) -> Option<Report> {
+        if self.uncounted() >= MAX_UNCOUNTED_REPORTS {
+            if !self.behind {
+                tracing::warn!(
+                    "the controller has not counted the last {MAX_UNCOUNTED_REPORTS} reports (up to {}; it counted {}): skipping reports until it catches up",
+                    self.seq,
+                    self.counted
+                );
+                self.behind = true;
+            }
+            return None;
+        }
+        let (report, cumulative) = match self.next_report() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("report not sent: {e}");
+                return None;
+            }
+        };
+        let bytes = report.snapshot_json.len();
+        if bytes > pacer_proto::MAX_SNAPSHOT_BYTES {
+            tracing::error!("a report of {bytes} bytes is too large to send");
+            return None;
+        }
+        self.sent(&report, cumulative);
+        Some(report)
+    }
+
+    /// The report due every interval, unless skipped ([`Running::report`]).
+    fn periodic_report(&mut self) -> Option<Out> {
+        self.report().map(Out::Report)
+    }
+
+    /// The final message: the last delta, how the engine ended, and the final cumulative
+    /// snapshot for the worker's own row in reports when the message has room for it
+    /// (`Finished.snapshot_json`; empty otherwise, and logged). Always sent, however many
+    /// reports are uncounted: it is the worker's last word.
     fn finished(&mut self, end: EngineEnd) -> Out {
+        let (report, cumulative) = match self.next_report() {
+            Ok(r) => r,
+            Err(e) => {
+                // Cannot happen with one recorder; if it did, a cumulative report that
+                // continues nothing makes the controller fail this worker by name rather
+                // than count something wrong.
+                tracing::error!("final report: {e}; sending it cumulative");
+                self.sent.clear();
+                self.whole_report()
+            }
+        };
+        let whole = cumulative.to_json();
+        let total = report.snapshot_json.len() + whole.len() + report.limits_json.len();
+        let snapshot_json = if total <= pacer_proto::MAX_SNAPSHOT_BYTES {
+            whole.into_bytes()
+        } else {
+            tracing::warn!(
+                "the final cumulative snapshot is not sent ({total} bytes with the final report, over {}): reports will not show this worker's own row",
+                pacer_proto::MAX_SNAPSHOT_BYTES
+            );
+            Vec::new()
+        };
+        self.sent(&report, cumulative);
         Out::Finished(pacer_proto::Finished {
-            report: Some(self.report()),
+            report: Some(report),
             stopped_early: end.stopped_early,
             error: end.error,
+            snapshot_json,
         })
+    }
+
+    /// The controller counted the reports up to `seq` (its Heartbeat's `counted_seq`): the
+    /// ones before it are forgotten, `seq` itself stays as the base of a resumed session. A
+    /// number this worker never sent (a confused controller) is ignored.
+    fn counted(&mut self, seq: u64) {
+        if seq == 0 || seq <= self.counted {
+            return;
+        }
+        if seq > self.seq {
+            tracing::warn!(
+                "heartbeat.counted_seq: {seq} is above the last report sent ({}): ignored",
+                self.seq
+            );
+            return;
+        }
+        self.counted = seq;
+        while self.sent.front().is_some_and(|(s, _)| *s < seq) {
+            self.sent.pop_front();
+        }
+        if self.behind && self.uncounted() < MAX_UNCOUNTED_REPORTS {
+            tracing::info!("the controller caught up (counted {seq}): reporting again");
+            self.behind = false;
+        }
+    }
+
+    /// A resumed session's controller counted the reports up to `counted_seq`
+    /// (`Assign.counted_seq`; 0: none, a restarted controller). The reports sent after it
+    /// were lost with the broken stream and are dropped, so the next report continues it;
+    /// after 0 the next report is cumulative. Fails when this worker no longer holds that
+    /// report's snapshot (or never sent it): it cannot then continue exactly.
+    pub(crate) fn resume_from(&mut self, counted_seq: u64) -> Result<(), String> {
+        self.behind = false;
+        if counted_seq == 0 {
+            self.sent.clear();
+            self.counted = 0;
+            return Ok(());
+        }
+        let held = match (self.sent.front(), self.sent.back()) {
+            (Some((first, _)), Some((last, _))) => format!("reports {first} to {last}"),
+            _ => "no report".to_string(),
+        };
+        self.sent.retain(|(seq, _)| *seq == counted_seq);
+        if self.sent.back().map(|(seq, _)| *seq) != Some(counted_seq) {
+            return Err(format!(
+                "assign.counted_seq: {counted_seq} is not a report this worker can continue from: it holds the cumulative state of {held} (last sent {}, last counted {})",
+                self.seq, self.counted
+            ));
+        }
+        self.counted = counted_seq;
+        Ok(())
     }
 
     /// What the worker did, once its final results are delivered.
@@ -174,7 +353,7 @@ impl Running {
     }
 
     /// Act on a message from the controller while the shard runs.
-    fn obey(&self, body: Option<In>) {
+    fn obey(&mut self, body: Option<In>) {
         match body {
             Some(In::Stop(s)) => {
                 tracing::warn!("controller: stop ({})", pacer_proto::peer_text(&s.reason));
@@ -184,7 +363,8 @@ impl Running {
                 tracing::warn!("controller: abort ({})", pacer_proto::peer_text(&a.reason));
                 self.control.abort.cancel();
             }
-            Some(In::Heartbeat(_) | In::Pong(_)) => {}
+            Some(In::Heartbeat(h)) => self.counted(h.counted_seq),
+            Some(In::Pong(_)) => {}
             Some(other) => {
                 tracing::warn!(
                     "ignoring {} from the controller while running",
@@ -212,11 +392,13 @@ fn next_report_at(start: Instant, now: Instant, every: Duration) -> Instant {
         .unwrap_or(now + every)
 }
 
-/// A session's first messages: the latest cumulative report (a resumed session's controller
-/// takes the shard back from it), and Finished at once if the engine has ended already.
-/// Whether Finished was sent.
+/// A session's first messages: a report at once (a resumed session's continues the report
+/// its controller counted last, [`Running::resume_from`]), and Finished at once if the
+/// engine has ended already. Whether Finished was sent.
 async fn first_reports(r: &mut Running, tx: &Tx) -> Result<bool, End> {
-    send(tx, Out::Report(r.report())).await?;
+    if let Some(report) = r.report() {
+        send(tx, Out::Report(report)).await?;
+    }
     let Some(end) = r.done() else {
         return Ok(false);
     };
@@ -262,7 +444,8 @@ pub(crate) async fn stream_reports(
             }
             _ = beats.tick() => {
                 let sent_us = r.elapsed_us();
-                send(tx, Out::Heartbeat(pacer_proto::Heartbeat { sent_us })).await?;
+                let beat = pacer_proto::Heartbeat { sent_us, counted_seq: 0 };
+                send(tx, Out::Heartbeat(beat)).await?;
             }
             _ = cancel.cancelled(), if !abort.is_cancelled() => {
                 // After Finished was sent, being asked to quit is the normal end of a run.
@@ -360,19 +543,265 @@ pub(crate) fn idle_running(
 mod tests {
     use super::*;
 
-    /// Every report is cumulative and numbered: a controller that takes one back orders them
-    /// by `seq`.
+    use pacer_stats::{Attempt, RequestOutcome};
+
+    /// Every report is numbered and continues the one before it: a controller that takes one
+    /// back checks it continues the one it counted last.
     #[test]
     fn reports_are_numbered_and_the_finished_one_carries_the_last() {
         let (mut r, _ended) = idle_running(1, "t", vec![1, 2]);
-        assert_eq!(r.report().seq, 1);
-        assert_eq!(r.report().seq, 2);
+        let first = r.report().unwrap();
+        assert_eq!((first.seq, first.since_seq), (1, 0));
+        let second = r.report().unwrap();
+        assert_eq!((second.seq, second.since_seq), (2, 1));
         let Out::Finished(f) = r.finished(EngineEnd::failed("no")) else {
             panic!("not a Finished");
         };
-        assert_eq!(f.report.map(|r| r.seq), Some(3));
+        assert_eq!(f.report.map(|r| (r.seq, r.since_seq)), Some((3, 2)));
         assert!(f.stopped_early);
         assert_eq!(f.error, "no");
+    }
+
+    /// A running shard with one scenario of one request, and its recorder.
+    fn recording() -> (Running, Arc<Recorder>, watch::Sender<Option<EngineEnd>>) {
+        let (ended, done) = watch::channel(None);
+        let recorder = Arc::new(Recorder::new(pacer_stats::Layout {
+            scenarios: vec![pacer_stats::ScenarioLayout {
+                name: "s".into(),
+                requests: vec!["r".into()],
+            }],
+        }));
+        let a = Assign {
+            worker_index: 0,
+            test_id: "t".into(),
+            weights: vec![1],
+            ..Default::default()
+        };
+        let r = Running::new(
+            &a,
+            recorder.clone(),
+            Arc::new(LimiterSetup::local(&[])),
+            RunControl::default(),
+            Instant::now(),
+            done,
+            DEFAULT_INTERVAL,
+        );
+        (r, recorder, ended)
+    }
+
+    /// Record `n` requests of a few milliseconds each (different each call).
+    fn record(recorder: &Recorder, n: u64, ms: u64) {
+        for i in 0..n {
+            let took = Duration::from_micros(ms * 1000 + i * 37);
+            recorder.record_attempt(
+                0,
+                0,
+                &Attempt {
+                    service_time: took,
+                    status: Some(if i % 5 == 0 { 429 } else { 200 }),
+                    bytes_sent: 10,
+                    bytes_received: 100 + i,
+                    ..Default::default()
+                },
+            );
+            recorder.record_request(
+                0,
+                0,
+                &RequestOutcome {
+                    duration: took,
+                    attempts: 1,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    fn delta_of(report: &Report) -> Snapshot {
+        Snapshot::from_json_bytes(&report.snapshot_json).unwrap()
+    }
+
+    fn held(r: &Running) -> Vec<u64> {
+        r.sent.iter().map(|(seq, _)| *seq).collect()
+    }
+
+    fn heartbeat(counted_seq: u64) -> Option<In> {
+        Some(In::Heartbeat(pacer_proto::Heartbeat {
+            sent_us: 0,
+            counted_seq,
+        }))
+    }
+
+    /// What a controller does: each report continues the one it counted last, and adding the
+    /// deltas up gives the worker's cumulative results exactly.
+    #[test]
+    fn the_deltas_chain_and_sum_to_the_cumulative() {
+        let (mut r, recorder, _ended) = recording();
+        let mut total: Option<Snapshot> = None;
+        let mut last = 0;
+        for i in 1..=6 {
+            record(&recorder, i * 3, i);
+            let report = r.report().unwrap();
+            assert_eq!((report.seq, report.since_seq), (last + 1, last));
+            let delta = delta_of(&report);
+            assert_eq!(
+                delta.total().requests,
+                i * 3,
+                "report {i} holds its interval only"
+            );
+            match total.as_mut() {
+                None => total = Some(delta),
+                Some(t) => t.merge_in_place(&delta).unwrap(),
+            }
+            assert_eq!(total.as_ref().unwrap(), &recorder.snapshot());
+            last = report.seq;
+            r.obey(heartbeat(last));
+        }
+        // An interval with nothing recorded is an empty delta, still numbered.
+        let idle = r.report().unwrap();
+        assert_eq!((idle.seq, idle.since_seq), (7, 6));
+        assert_eq!(delta_of(&idle).total().requests, 0);
+    }
+
+    /// The controller's Heartbeat says which report it counted last: the older ones are
+    /// forgotten, that one stays (a resumed session may continue it); a number not above the
+    /// last counted, or above the last sent, changes nothing.
+    #[test]
+    fn a_heartbeat_forgets_the_reports_before_the_counted_one() {
+        let (mut r, recorder, _ended) = recording();
+        for i in 1..=4 {
+            record(&recorder, 2, i);
+            r.report().unwrap();
+        }
+        assert_eq!(held(&r), [1, 2, 3, 4]);
+        r.obey(heartbeat(0));
+        assert_eq!(held(&r), [1, 2, 3, 4], "0: nothing counted yet");
+        r.obey(heartbeat(3));
+        assert_eq!(held(&r), [3, 4]);
+        r.obey(heartbeat(2));
+        assert_eq!(held(&r), [3, 4], "an older count changes nothing");
+        r.obey(heartbeat(9));
+        assert_eq!(held(&r), [3, 4], "a report never sent cannot be counted");
+        r.obey(heartbeat(4));
+        assert_eq!(held(&r), [4]);
+        let next = r.report().unwrap();
+        assert_eq!((next.seq, next.since_seq), (5, 4));
+    }
+
+    /// A restarted controller counted nothing (`Assign.counted_seq` 0): the next report is
+    /// the whole results since the start, numbered on.
+    #[test]
+    fn a_resume_from_nothing_sends_the_cumulative() {
+        let (mut r, recorder, _ended) = recording();
+        for i in 1..=3 {
+            record(&recorder, 4, i);
+            r.report().unwrap();
+        }
+        r.obey(heartbeat(2));
+        r.resume_from(0).unwrap();
+        assert!(held(&r).is_empty());
+        record(&recorder, 1, 9);
+        let next = r.report().unwrap();
+        assert_eq!((next.seq, next.since_seq), (4, 0));
+        assert_eq!(delta_of(&next), recorder.snapshot());
+    }
+
+    /// A resumed session continues the report its controller counted last: the ones sent
+    /// after it were lost with the stream and are dropped, and the next delta covers them.
+    #[test]
+    fn a_resume_continues_the_counted_report() {
+        let (mut r, recorder, _ended) = recording();
+        let mut at_3 = None;
+        for i in 1..=5 {
+            record(&recorder, 2, i);
+            r.report().unwrap();
+            if i == 3 {
+                at_3 = Some(recorder.snapshot());
+            }
+        }
+        r.obey(heartbeat(2));
+        r.resume_from(3).unwrap();
+        assert_eq!(held(&r), [3]);
+        record(&recorder, 3, 7);
+        let next = r.report().unwrap();
+        assert_eq!((next.seq, next.since_seq), (6, 3));
+        let expected = recorder
+            .snapshot()
+            .delta_continuing(&at_3.unwrap())
+            .unwrap();
+        assert_eq!(delta_of(&next), expected);
+        assert_eq!(delta_of(&next).total().requests, 2 * 2 + 3);
+    }
+
+    /// A controller that counted a report this worker no longer holds (forgotten after a
+    /// later count) or never sent: the worker cannot continue it exactly, and says so.
+    #[test]
+    fn a_resume_from_an_unknown_report_fails_by_name() {
+        for k in [2, 7] {
+            let (mut r, recorder, _ended) = recording();
+            for i in 1..=4 {
+                record(&recorder, 2, i);
+                r.report().unwrap();
+            }
+            r.obey(heartbeat(3));
+            let e = r.resume_from(k).unwrap_err();
+            assert!(e.starts_with(&format!("assign.counted_seq: {k} ")), "{e}");
+            assert!(e.contains("reports 3 to 4"), "{e}");
+            assert!(e.contains("last sent 4, last counted 3"), "{e}");
+        }
+        let (mut r, _recorder, _ended) = recording();
+        let e = r.resume_from(1).unwrap_err();
+        assert!(e.contains("no report"), "{e}");
+    }
+
+    /// A controller far behind: past [`MAX_UNCOUNTED_REPORTS`] uncounted, periodic reports
+    /// are skipped (no number used, nothing held), and once it counts again the next report
+    /// continues the last one sent, covering the skipped intervals.
+    #[test]
+    fn reports_are_skipped_while_too_many_are_uncounted() {
+        let (mut r, recorder, _ended) = recording();
+        for i in 0..MAX_UNCOUNTED_REPORTS as u64 {
+            record(&recorder, 1, i % 10 + 1);
+            assert!(r.periodic_report().is_some());
+        }
+        record(&recorder, 5, 3);
+        assert!(r.periodic_report().is_none());
+        assert!(r.report().is_none());
+        assert_eq!(r.seq, MAX_UNCOUNTED_REPORTS as u64);
+        assert_eq!(r.sent.len(), MAX_UNCOUNTED_REPORTS);
+        assert!(r.behind);
+        r.obey(heartbeat(10));
+        assert!(!r.behind);
+        let next = r.report().unwrap();
+        let last = MAX_UNCOUNTED_REPORTS as u64;
+        assert_eq!((next.seq, next.since_seq), (last + 1, last));
+        assert_eq!(delta_of(&next).total().requests, 5);
+        // Finished is sent however far behind the controller is.
+        r.obey(heartbeat(0));
+        while r.uncounted() < MAX_UNCOUNTED_REPORTS {
+            r.report().unwrap();
+        }
+        assert!(r.report().is_none());
+        assert!(matches!(r.finished(EngineEnd::default()), Out::Finished(_)));
+    }
+
+    /// Finished counts its last delta like any report and carries the whole results apart,
+    /// for the worker's own row.
+    #[test]
+    fn finished_carries_the_final_delta_and_the_cumulative() {
+        let (mut r, recorder, _ended) = recording();
+        record(&recorder, 4, 2);
+        r.report().unwrap();
+        record(&recorder, 6, 3);
+        let Out::Finished(f) = r.finished(EngineEnd::default()) else {
+            panic!("not a Finished");
+        };
+        let report = f.report.unwrap();
+        assert_eq!((report.seq, report.since_seq), (2, 1));
+        assert_eq!(delta_of(&report).total().requests, 6);
+        let whole = Snapshot::from_json_bytes(&f.snapshot_json).unwrap();
+        assert_eq!(whole, recorder.snapshot());
+        assert_eq!(whole.total().requests, 10);
+        assert!(!f.stopped_early && f.error.is_empty());
     }
 
     #[test]

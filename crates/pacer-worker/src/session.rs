@@ -144,6 +144,9 @@ async fn session_inner(
         }
         Some(r) => {
             same_shard(&assign, r)?;
+            // Continue from the report this controller counted last (none: from the start).
+            r.resume_from(assign.counted_seq)
+                .map_err(|m| End::Fatal(WorkerError::Protocol(m)))?;
             r.heard();
         }
     }

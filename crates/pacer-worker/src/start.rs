@@ -273,6 +273,8 @@ async fn cannot_run(tx: &Tx, e: WorkerError) -> End {
             report: None,
             stopped_early: true,
             error: e.to_string(),
+            // The worker did not run: no results.
+            snapshot_json: Vec::new(),
         }),
     )
     .await;
