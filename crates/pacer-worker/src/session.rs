@@ -143,10 +143,7 @@ async fn session_inner(
             *running = Some(r);
         }
         Some(r) => {
-            same_shard(&assign, r)?;
-            // Continue from the report this controller counted last (none: from the start).
-            r.resume_from(assign.counted_seq)
-                .map_err(|m| End::Fatal(WorkerError::Protocol(m)))?;
+            resume(&assign, r)?;
             r.heard();
         }
     }
@@ -232,6 +229,15 @@ async fn await_assign(inbound: &mut Inbound) -> Result<Assign, End> {
         ))));
     }
     Ok(assign)
+}
+
+/// Take a resumed session's Assign: the same shard, and the reports continue from the one
+/// this controller counted last (`Assign.counted_seq`; none: from the start). A report this
+/// worker cannot continue exactly is fatal: resuming would lose or double-count results.
+fn resume(assign: &Assign, r: &mut Running) -> Result<(), End> {
+    same_shard(assign, r)?;
+    r.resume_from(assign.counted_seq)
+        .map_err(|m| End::Fatal(WorkerError::Protocol(m)))
 }
 
 /// A resumed session must be assigned the shard this worker already runs.
@@ -353,6 +359,27 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    /// A resumed session continues the report its controller counted, or fails by name when
+    /// the worker cannot.
+    #[test]
+    fn a_resumed_session_continues_the_counted_report_or_fails() {
+        let (mut r, _ended) = crate::report::idle_running(1, "t", vec![1, 2]);
+        let assign = |counted_seq: u64| Assign {
+            worker_index: 1,
+            weights: vec![1, 2],
+            test_id: "t".into(),
+            counted_seq,
+            ..Default::default()
+        };
+        assert!(resume(&assign(0), &mut r).is_ok());
+        match resume(&assign(5), &mut r) {
+            Err(End::Fatal(WorkerError::Protocol(m))) => {
+                assert!(m.starts_with("assign.counted_seq: 5 "), "{m}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 
