@@ -1,7 +1,7 @@
 //! Worker simulator (a benchmark, not a test): N simulated workers in one process, each with its
 //! own gRPC connection and `Coordinator.Session` stream to one `pacer controller`, speaking the
-//! real protocol (Hello with the session token, Assign, Ready, Start, a cumulative Report every
-//! second at whole seconds of the common start, Heartbeats, Finished; Stop/Abort obeyed) with
+//! real protocol (Hello with the session token, Assign, Ready, Start, a Report every second at
+//! whole seconds of the common start, Heartbeats, Finished; Stop/Abort obeyed) with
 //! realistic snapshots: the plan's scenarios and requests (read from the Assign), lognormal
 //! latencies with medians from 20 to 200 ms, a few 429s counted against the plan's limits
 //! (`throttled_by_limit`), retries, a limits table (`LimitPacing`) in every report. It does what
@@ -30,19 +30,31 @@
 //!   reports of second T (once half of them are merged). The time from that second's instant to
 //!   each worker's Stop is the abort's decision plus its delivery.
 //!
+//! Reports are protocol 2's DELTAS: each worker's report holds what was recorded after its
+//! previous report (`Report.since_seq`, 0 for the first, which holds everything so far), and
+//! Finished holds the last delta and the whole (cumulative) snapshot in `snapshot_json`. The
+//! simulator never resumes a session, so `Assign.counted_seq` (0 for a fresh worker) and the
+//! controller's `Heartbeat.counted_seq` are not needed.
+//!
 //! What one report costs the controller, without a controller (`--measure-reports`): one
-//! worker's traffic is recorded second by second and, at 1, 10, 60, 300 and 600 s (up to
-//! `--seconds`), its cumulative snapshot is encoded as a report carries it; printed are its
-//! size, the decode (`Snapshot::from_json_bytes`, median of 20) and the delta against the
-//! previous second's report (`Snapshot::delta_continuing`), as the controller does per report,
-//! and that delta's size as a report of its own would carry it:
+//! worker's traffic is recorded second by second, and every second the worker's report is made
+//! as pacer-worker makes it (the cumulative snapshot packed, `Snapshot::delta_continuing`
+//! against the previous second's, `to_json`) and counted as the controller counts it (decoded
+//! with `Snapshot::from_json_bytes`, added into a running total with
+//! `Snapshot::merge_in_place`). At 1, 10, 60, 300 and 600 s (up to `--seconds`) it prints: the
+//! report's (the delta's) size, its decode and its merge into the total (each the median of 20
+//! rounds), the worker's cost of making it, and, for comparison, the size of the cumulative
+//! snapshot a protocol-1 report carried that second. At the end it checks that the total of
+//! the deltas is the worker's cumulative snapshot:
 //!
 //!   cargo run --release -p pacer-controller --example worker_sim -- --measure-reports --seconds 600
 //!
 //! Snapshots are built by [`PROFILES`] recorders, not one per worker (a thousand recorders
 //! encoding their histograms every second would measure this process, not the controller):
-//! worker `i` sends profile `i % PROFILES`'s cumulative snapshot. The controller cannot tell:
-//! each stream's reports are cumulative, increasing and of the plan's layout.
+//! worker `i` sends profile `i % PROFILES`'s reports, the one-second deltas made once per
+//! profile and second. The controller cannot tell: each stream's deltas continue one another
+//! and are of the plan's layout. A worker that missed a second (its task was late) makes its
+//! own delta against the last second it sent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -50,6 +62,8 @@ use std::time::Duration;
 
 use pacer_plan::spec::LimitScope;
 use pacer_proto::v1::coordinator_client::CoordinatorClient;
+use std::sync::OnceLock;
+
 use pacer_proto::{
     ControllerMessage, Finished, Heartbeat, Hello, PROTOCOL_VERSION, Ready, Report, WorkerMessage,
     controller_message::Body as In, worker_message::Body as Out,
@@ -208,13 +222,48 @@ fn plan_yaml(a: &Args) -> String {
     s
 }
 
-/// One second's reports: each profile's cumulative snapshot and limits table, as sent.
+/// One second's reports, per profile: the delta since the previous second as a report carries
+/// it, and the cumulative snapshot (what the workers' next deltas continue, and the fleet's
+/// totals for the status probe); the limits table.
 struct Tick {
     second: u64,
     at: Instant,
-    snapshots: Vec<Vec<u8>>,
+    /// `delta_continuing` of the previous second's cumulative (the whole for second 1), JSON.
+    deltas: Vec<Vec<u8>>,
+    /// The cumulative snapshots, packed.
+    cumulative: Vec<Snapshot>,
+    /// The cumulative snapshots' JSON, for Finished: encoded on first use, once per profile.
+    wholes: Vec<OnceLock<Vec<u8>>>,
     limits: Vec<u8>,
     last: bool,
+}
+
+impl Tick {
+    /// Profile `profile`'s cumulative snapshot as JSON (Finished's `snapshot_json`).
+    fn whole(&self, profile: usize) -> Vec<u8> {
+        self.wholes[profile]
+            .get_or_init(|| self.cumulative[profile].to_json().into_bytes())
+            .clone()
+    }
+
+    /// What a worker of `profile` that last sent `since` (none: nothing) reports for this
+    /// second: the delta after it, as JSON. The one-second delta is shared; a worker that
+    /// missed a second makes its own.
+    fn delta_after(&self, profile: usize, since: Option<&Tick>) -> Vec<u8> {
+        let previous = since.map_or(0, |t| t.second);
+        if previous + 1 == self.second {
+            return self.deltas[profile].clone();
+        }
+        match since {
+            None => self.whole(profile),
+            Some(t) => self.cumulative[profile]
+                .delta_continuing(&t.cumulative[profile])
+                .map(|d| d.to_json().into_bytes())
+                .unwrap_or_else(|e| {
+                    panic!("second {} does not continue {}: {e}", self.second, t.second)
+                }),
+        }
+    }
 }
 
 /// What the workers share.
@@ -317,7 +366,7 @@ async fn run(a: Args) -> i32 {
     let sent_secs = start.map_or(1.0, |s| s.elapsed().as_secs_f64().max(1.0));
     let mb = ctx.report_bytes.load(Ordering::Relaxed) as f64 / 1e6;
     println!(
-        "reports: {mb:.1} MB of snapshots ({:.2} MB/s, {:.1} KB per report)",
+        "reports: {mb:.1} MB of deltas ({:.2} MB/s, {:.1} KB per report)",
         mb / sent_secs,
         mb * 1e3
             / ctx
@@ -475,20 +524,26 @@ async fn worker(i: u32, ctx: Arc<Ctx>) -> Result<(), String> {
             },
             _ = beats.tick() => {
                 let sent_us = ctx.endpoint_age_us();
-                send(Out::Heartbeat(Heartbeat { sent_us })).await?;
+                send(Out::Heartbeat(Heartbeat { sent_us, counted_seq: 0 })).await?;
             }
             changed = ticks.changed(), if started && !finished => {
                 if changed.is_err() {
                     return Err("the generator ended".into());
                 }
                 let Some(tick) = ticks.borrow_and_update().clone() else { continue };
+                let r = report(&tick, last.as_deref(), profile);
+                ctx.report_bytes.fetch_add(r.snapshot_json.len() as u64, Ordering::Relaxed);
                 let body = if tick.last {
                     finished = true;
-                    finish(Some(&tick), profile, false)
+                    Out::Finished(Finished {
+                        report: Some(r),
+                        stopped_early: false,
+                        error: String::new(),
+                        snapshot_json: tick.whole(profile),
+                    })
                 } else {
-                    Out::Report(report(&tick, profile, tick.second))
+                    Out::Report(r)
                 };
-                ctx.report_bytes.fetch_add(tick.snapshots[profile].len() as u64, Ordering::Relaxed);
                 send(body).await?;
                 if let Some(q) = ctx.queued.get(tick.second as usize) {
                     q.fetch_add(1, Ordering::Relaxed);
@@ -509,21 +564,37 @@ impl Ctx {
     }
 }
 
-fn report(tick: &Tick, profile: usize, seq: u64) -> Report {
+/// The report of `tick` (numbered by its second) for a worker that last sent `since` (its
+/// `seq`, the second, is `since_seq`; none: 0 and everything so far).
+fn report(tick: &Tick, since: Option<&Tick>, profile: usize) -> Report {
     Report {
-        seq,
+        seq: tick.second,
+        since_seq: since.map_or(0, |t| t.second),
         elapsed_us: tick.second * 1_000_000,
-        snapshot_json: tick.snapshots[profile].clone(),
+        snapshot_json: tick.delta_after(profile, since),
         limits_json: tick.limits.clone(),
     }
 }
 
-/// The final message: the latest report (an empty one before the first second).
-fn finish(tick: Option<&Tick>, profile: usize, stopped_early: bool) -> Out {
+/// Finished after a Stop or Abort: the final delta, empty (nothing was recorded after `last`,
+/// the last report sent; numbered after it), and the cumulative snapshot; no report before the
+/// first second.
+fn finish(last: Option<&Tick>, profile: usize, stopped_early: bool) -> Out {
+    let report = last.map(|t| Report {
+        seq: t.second + 1,
+        since_seq: t.second,
+        elapsed_us: t.second * 1_000_000,
+        snapshot_json: t.cumulative[profile]
+            .delta_continuing(&t.cumulative[profile])
+            .map(|d| d.to_json().into_bytes())
+            .unwrap_or_else(|e| panic!("a snapshot continues itself: {e}")),
+        limits_json: t.limits.clone(),
+    });
     Out::Finished(Finished {
-        report: tick.map(|t| report(t, profile, t.second + 1)),
+        report,
         stopped_early,
         error: String::new(),
+        snapshot_json: last.map(|t| t.whole(profile)).unwrap_or_default(),
     })
 }
 
@@ -567,14 +638,24 @@ async fn generate(ctx: Arc<Ctx>) {
         .map(|_| Recorder::new(layout.clone()))
         .collect();
     let fail_from = ctx.args.fail_at.unwrap_or(u64::MAX);
+    let mut previous: Option<Vec<Snapshot>> = None;
     for second in 1..=ctx.args.seconds {
         for r in &recorders {
             record_second(r, &layout, limits.len(), ctx.args.rate, second >= fail_from);
         }
-        let snapshots: Vec<Vec<u8>> = recorders
+        let cumulative: Vec<Snapshot> = recorders.iter().map(|r| r.snapshot().packed()).collect();
+        let deltas: Vec<Vec<u8>> = cumulative
             .iter()
-            .map(|r| r.snapshot().to_json().into_bytes())
+            .enumerate()
+            .map(|(p, now)| match previous.as_ref() {
+                None => now.to_json().into_bytes(),
+                Some(before) => now
+                    .delta_continuing(&before[p])
+                    .map(|d| d.to_json().into_bytes())
+                    .unwrap_or_else(|e| panic!("a recorder's snapshot continues: {e}")),
+            })
             .collect();
+        previous = Some(cumulative.clone());
         let limits_json = serde_json::to_vec(&pacing(&limits, second)).unwrap_or_default();
         let at = start + Duration::from_secs(second);
         tokio::time::sleep_until(at).await;
@@ -584,7 +665,9 @@ async fn generate(ctx: Arc<Ctx>) {
         let tick = Tick {
             second,
             at,
-            snapshots,
+            deltas,
+            wholes: cumulative.iter().map(|_| OnceLock::new()).collect(),
+            cumulative,
             limits: limits_json,
             last: second == ctx.args.seconds,
         };
@@ -699,7 +782,8 @@ fn record_second(r: &Recorder, layout: &Layout, limits: usize, rate: u64, failin
 }
 
 /// `--measure-reports`: the cost of one worker's report to the controller as the test goes on
-/// (see the module docs). The plan's layout and its two limits, one worker's rate.
+/// (see the module docs): protocol 2's path, a delta decoded and merged into a running total.
+/// The plan's layout and its two limits, one worker's rate.
 fn measure_reports(a: &Args) {
     const AT: [u64; 5] = [1, 10, 60, 300, 600];
     const ROUNDS: usize = 20;
@@ -712,39 +796,60 @@ fn measure_reports(a: &Args) {
             .collect(),
     };
     let rec = Recorder::new(layout.clone());
-    let mut previous: Option<Vec<u8>> = None;
-    println!("second  report_bytes  decode_ms  delta_ms  delta_bytes");
+    fn median_ms(rounds: usize, mut f: impl FnMut() -> f64) -> f64 {
+        let mut xs: Vec<f64> = (0..rounds).map(|_| f()).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[rounds / 2]
+    }
+    // What the worker keeps (its last report's cumulative, packed) and what the controller
+    // keeps (the total of the deltas it counted).
+    let mut previous: Option<Snapshot> = None;
+    let mut total = Snapshot::empty(&layout);
+    println!(
+        "# protocol 2, one worker's report each second; at the seconds listed: delta_bytes = the report's snapshot_json (the delta since the previous second); decode_ms = Snapshot::from_json_bytes of it and merge_ms = merge_in_place of it into the running total (what a controller does per report; medians of {ROUNDS}); worker_ms = the worker making it (snapshot, packed, delta_continuing, to_json); cumulative_bytes = the cumulative snapshot a protocol-1 report carried"
+    );
+    println!("second  delta_bytes  decode_ms  merge_ms  worker_ms  cumulative_bytes");
     for second in 1..=a.seconds {
         record_second(&rec, &layout, 2, a.rate, false);
-        let json = rec.snapshot().to_json().into_bytes();
+        let t = std::time::Instant::now();
+        let cumulative = rec.snapshot().packed();
+        let json = match previous.as_ref() {
+            None => cumulative.to_json(),
+            Some(before) => cumulative
+                .delta_continuing(before)
+                .expect("a later snapshot continues")
+                .to_json(),
+        }
+        .into_bytes();
+        let worker_ms = t.elapsed().as_secs_f64() * 1e3;
+        let delta = Snapshot::from_json_bytes(&json).expect("own delta decodes");
         if AT.contains(&second) {
-            let mut decode: Vec<f64> = (0..ROUNDS)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    let _ = Snapshot::from_json_bytes(&json).expect("own snapshot decodes");
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .collect();
-            decode.sort_by(f64::total_cmp);
-            let now = Snapshot::from_json_bytes(&json).expect("own snapshot decodes");
-            let delta = previous.as_deref().map(|p| {
-                let before = Snapshot::from_json_bytes(p).expect("own snapshot decodes");
+            let decode = median_ms(ROUNDS, || {
                 let t = std::time::Instant::now();
-                let d = now
-                    .delta_continuing(&before)
-                    .expect("a later snapshot continues");
-                let ms = t.elapsed().as_secs_f64() * 1e3;
-                format!("{ms:>8.3}  {:>11}", d.to_json().len())
+                let _ = Snapshot::from_json_bytes(&json).expect("own delta decodes");
+                t.elapsed().as_secs_f64() * 1e3
+            });
+            let merge = median_ms(ROUNDS, || {
+                let mut sum = total.clone();
+                let t = std::time::Instant::now();
+                sum.merge_in_place(&delta).expect("deltas add up");
+                t.elapsed().as_secs_f64() * 1e3
             });
             println!(
-                "{second:>6}  {:>12}  {:>9.3}  {}",
+                "{second:>6}  {:>11}  {decode:>9.3}  {merge:>8.3}  {worker_ms:>9.3}  {:>16}",
                 json.len(),
-                decode[ROUNDS / 2],
-                delta.unwrap_or_else(|| "       -            -".to_string())
+                cumulative.to_json().len()
             );
         }
-        previous = Some(json);
+        total.merge_in_place(&delta).expect("deltas add up");
+        previous = Some(cumulative);
     }
+    let exact = total == rec.snapshot();
+    println!(
+        "# the total of the {} deltas {} the worker's cumulative snapshot",
+        a.seconds,
+        if exact { "is" } else { "is NOT" }
+    );
 }
 
 /// A lognormal duration around `median_ms` (Box-Muller).
@@ -813,15 +918,13 @@ async fn probe(ctx: Arc<Ctx>) {
 /// The fleet's HTTP exchanges once every worker's report of `tick` is counted.
 fn fleet_attempts(ctx: &Ctx, tick: &Tick) -> u64 {
     let workers = u64::from(ctx.args.workers);
-    tick.snapshots
+    tick.cumulative
         .iter()
         .enumerate()
-        .map(|(p, json)| {
-            // Workers p, p + PROFILES, ... send this profile's snapshot.
+        .map(|(p, s)| {
+            // Workers p, p + PROFILES, ... send this profile's reports.
             let senders = workers.saturating_sub(p as u64).div_ceil(PROFILES as u64);
-            pacer_stats::Snapshot::from_json_bytes(json)
-                .map_or(0, |s| s.total().attempts)
-                .saturating_mul(senders)
+            s.total().attempts.saturating_mul(senders)
         })
         .fold(0u64, u64::saturating_add)
 }
