@@ -21,7 +21,7 @@
 //! What it measures itself (printed at the end, and as one `RESULT key=value ...` line):
 //! - status latency (`--metrics`): every `--probe-every` seconds, the fleet's total of HTTP
 //!   exchanges after that second's reports is known here exactly; `/metrics` (the controller's
-//!   merge of every worker's latest snapshot) is polled every [`POLL_EVERY`] until its
+//!   fleet total of the reports it counted) is polled every [`POLL_EVERY`] until its
 //!   `pacer_http_reqs_total` reaches it. The latency is counted from the second's instant, when
 //!   every worker sends its report (real workers report at whole seconds of the common start);
 //! - the abort (`--fail-at T`): from second T on, every worker's report counts

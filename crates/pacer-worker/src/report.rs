@@ -40,8 +40,8 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The most reports a worker keeps sent and not yet known to be counted by the controller
-/// (their cumulative snapshots, packed: tens to hundreds of KB each for a large plan late in
-/// a test). The controller acknowledges every heartbeat interval (a second), so one or two
+/// (their cumulative snapshots, packed: of the order of their JSON, ~90 KB for a 30-request
+/// plan 5 minutes in by `worker_sim --measure-reports`, so a few MB at most). The controller acknowledges every heartbeat interval (a second), so one or two
 /// are held normally; a whole minute of reports at the default interval uncounted means the
 /// controller is far behind. Past it the periodic reports are skipped rather than piling up
 /// memory: the next report sent continues the last one sent and so covers the longer
