@@ -87,7 +87,7 @@ pub async fn drive(
         crate::exit::print_anyhow(&e);
         return Exit::Failure;
     }
-    // The report's row per worker: each one's last snapshot.
+    // The report's row per worker: each finished worker's own results.
     let workers = || outcome.worker_rows();
     if let Err(e) = outputs
         .finish(

@@ -1347,7 +1347,13 @@ mod tests {
         assert!(f.slots[0].detail.is_none());
         assert!(f.keeps_detail());
         // Worker 1's agree: kept.
-        f.finish(1, None, Some((with(5), MAX_WORKER_DETAIL_BYTES - 10)), false, None);
+        f.finish(
+            1,
+            None,
+            Some((with(5), MAX_WORKER_DETAIL_BYTES - 10)),
+            false,
+            None,
+        );
         assert!(f.slots[1].detail.is_some());
         // Worker 2's would pass the bound: none is kept from now on.
         f.finish(2, None, Some((with(5), 11)), false, None);
