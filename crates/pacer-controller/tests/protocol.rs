@@ -134,15 +134,19 @@ async fn protocol_violations_are_refused_with_the_field_named() {
         "hello.session_token",
     )
     .await;
-    let mut v2 = hello(None);
-    v2.protocol_version = 2;
-    refused(
-        &addr,
-        vec![msg(Body::Hello(v2))],
-        Code::FailedPrecondition,
-        "hello.protocol_version",
-    )
-    .await;
+    // A newer protocol, and protocol 1 (cumulative reports, which this controller would
+    // count as deltas).
+    for version in [PROTOCOL_VERSION + 1, 1] {
+        let mut other = hello(None);
+        other.protocol_version = version;
+        refused(
+            &addr,
+            vec![msg(Body::Hello(other))],
+            Code::FailedPrecondition,
+            "hello.protocol_version",
+        )
+        .await;
+    }
     let mut other_test = hello(None);
     other_test.test_id = "t2".into();
     refused(
