@@ -234,6 +234,8 @@ struct Tick {
     cumulative: Vec<Snapshot>,
     /// The cumulative snapshots' JSON, for Finished: encoded on first use, once per profile.
     wholes: Vec<OnceLock<Vec<u8>>>,
+    /// The empty deltas after this second, for a Finished after a Stop: the same.
+    nothing: Vec<OnceLock<Vec<u8>>>,
     limits: Vec<u8>,
     last: bool,
 }
@@ -243,6 +245,20 @@ impl Tick {
     fn whole(&self, profile: usize) -> Vec<u8> {
         self.wholes[profile]
             .get_or_init(|| self.cumulative[profile].to_json().into_bytes())
+            .clone()
+    }
+
+    /// Profile `profile`'s empty delta after this second (a Finished after a Stop), made once
+    /// per profile: made per worker, the thousand Stops of an abort would take the
+    /// simulator's core seconds, and the abort's measured delivery with them.
+    fn nothing_after(&self, profile: usize) -> Vec<u8> {
+        self.nothing[profile]
+            .get_or_init(|| {
+                let c = &self.cumulative[profile];
+                c.delta_continuing(c)
+                    .map(|d| d.to_json().into_bytes())
+                    .unwrap_or_else(|e| panic!("a snapshot continues itself: {e}"))
+            })
             .clone()
     }
 
@@ -524,7 +540,12 @@ async fn worker(i: u32, ctx: Arc<Ctx>) -> Result<(), String> {
             },
             _ = beats.tick() => {
                 let sent_us = ctx.endpoint_age_us();
-                send(Out::Heartbeat(Heartbeat { sent_us, counted_seq: 0 })).await?;
+                let beat = send(Out::Heartbeat(Heartbeat { sent_us, counted_seq: 0 })).await;
+                // After Finished the controller closes the stream: that is the receipt.
+                if beat.is_err() && finished {
+                    return Ok(());
+                }
+                beat?;
             }
             changed = ticks.changed(), if started && !finished => {
                 if changed.is_err() {
@@ -584,10 +605,7 @@ fn finish(last: Option<&Tick>, profile: usize, stopped_early: bool) -> Out {
         seq: t.second + 1,
         since_seq: t.second,
         elapsed_us: t.second * 1_000_000,
-        snapshot_json: t.cumulative[profile]
-            .delta_continuing(&t.cumulative[profile])
-            .map(|d| d.to_json().into_bytes())
-            .unwrap_or_else(|e| panic!("a snapshot continues itself: {e}")),
+        snapshot_json: t.nothing_after(profile),
         limits_json: t.limits.clone(),
     });
     Out::Finished(Finished {
@@ -667,6 +685,7 @@ async fn generate(ctx: Arc<Ctx>) {
             at,
             deltas,
             wholes: cumulative.iter().map(|_| OnceLock::new()).collect(),
+            nothing: cumulative.iter().map(|_| OnceLock::new()).collect(),
             cumulative,
             limits: limits_json,
             last: second == ctx.args.seconds,

@@ -18,7 +18,7 @@
 //! Per worker, the same reports make the worker's own series: a worker's deltas are merged
 //! until a report of a later second arrives, then pushed as its row (and the seconds it
 //! skipped get empty rows). Memory: the open seconds' merged deltas (at most
-//! [`MAX_OPEN_SECONDS`]); per worker, the merged deltas since its last row and nothing else
+//! [`MAX_OPEN_SECONDS`]; only what a row reads of them, [`row_part`]); per worker, the merged deltas since its last row and nothing else
 //! (no cumulative snapshot; its final tail never needs folding into its last row, see
 //! `WorkerTrack::series`); the fleet's last row's delta (to fold a short tail into it); one
 //! row per second for the fleet, and one per second per worker up to [`MAX_WORKER_ROWS`] in
@@ -30,7 +30,7 @@ use std::time::Duration;
 use pacer_stats::{Layout, ServerLimitHeaders, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::series::{MIN_TAIL_SECS, PlannedRate, Series, SeriesBuilder};
+use crate::series::{MIN_TAIL_SECS, PlannedRate, Series, SeriesBuilder, row_part};
 
 /// A second is closed into the fleet's row once a report stamped this many seconds later has
 /// arrived from any worker: reports are due every second, so by then every worker still
@@ -177,6 +177,8 @@ impl FleetSeries {
             return;
         }
         let second = second_of(elapsed);
+        // Only what the rows read is kept, in the open seconds and per worker.
+        let delta = &row_part(delta);
         self.track(index, second, elapsed, delta);
         self.add(second, delta);
         // Close what every worker has had time to report.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use pacer_plan::ramp::RampSchedule;
 use pacer_plan::{Executor, Plan};
-use pacer_stats::{Layout, RequestStats, ServerLimitHeaders, Snapshot};
+use pacer_stats::{Hist, Layout, Ledger, RequestStats, ServerLimitHeaders, Snapshot};
 use serde::{Deserialize, Serialize};
 
 /// A tail shorter than this (seconds) is folded into the last full second rather than kept as
@@ -201,6 +201,31 @@ pub struct SeriesBuilder {
     /// The latest window of each limit (index into `windows`).
     latest: BTreeMap<String, usize>,
     points: Vec<SeriesPoint>,
+}
+
+/// What a row reads of a delta (`SeriesBuilder::point`, `update_pauses` and
+/// `note_server_limits`, which must read nothing else): each request's counters and its
+/// duration, service-time and Retry-After histograms, each scenario's counters, the server's
+/// headers. The other histograms (limiter wait, pauses, backoff, send lag, iteration
+/// duration), the evidence ledger and the token fetches are left out: a fleet's series holds
+/// the merged deltas of its open seconds and each worker's delta since its last row, and at
+/// 1000 workers those histograms, dense in the seconds' sums, were a third of the
+/// controller's memory (docs/benchmarks.md, "Controller at scale").
+pub fn row_part(delta: &Snapshot) -> Snapshot {
+    let mut d = delta.clone();
+    for s in &mut d.scenarios {
+        s.stats.iteration_duration = Hist::new();
+        for r in &mut s.requests {
+            let st = &mut r.stats;
+            st.limiter_wait = Hist::new();
+            st.paused = Hist::new();
+            st.backoff = Hist::new();
+            st.send_lag = Hist::new();
+        }
+    }
+    d.ledger = Ledger::default();
+    d.token_fetches.clear();
+    d
 }
 
 impl SeriesBuilder {
@@ -799,6 +824,11 @@ mod tests {
             let rec = recorder();
             let mut cumulative = SeriesBuilder::new(rec.layout(), PlannedRate::default());
             let mut fed = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+            // Fed only what a row reads (`row_part`), with the limiter's samples and without
+            // them (pauses from Retry-After).
+            let mut parted = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+            let mut whole = SeriesBuilder::new(rec.layout(), PlannedRate::default());
+            let mut parted_bare = SeriesBuilder::new(rec.layout(), PlannedRate::default());
             let mut before = Snapshot::empty(rec.layout());
             let mut step = |k: u64| {
                 for n in 0..k % 4 {
@@ -826,11 +856,23 @@ mod tests {
             for k in 1..=7u64 {
                 let (snap, delta, sample) = step(k);
                 cumulative.push(secs(k as f64), k * 1000, &snap, Some(&sample));
+                parted.push_delta(secs(k as f64), k * 1000, row_part(&delta), Some(&sample));
+                whole.push_delta(secs(k as f64), k * 1000, delta.clone(), None);
+                parted_bare.push_delta(secs(k as f64), k * 1000, row_part(&delta), None);
                 fed.push_delta(secs(k as f64), k * 1000, delta, Some(&sample));
             }
             let (snap, delta, sample) = step(8);
             let end = secs(7.0 + tail);
             let want = cumulative.finish(end, 7_100, &snap, Some(&sample));
+            let got_parted = parted.finish_delta(end, 7_100, row_part(&delta), Some(&sample));
+            assert_eq!(got_parted, want, "tail {tail}, row parts");
+            let got_whole = whole.finish_delta(end, 7_100, delta.clone(), None);
+            let got_bare = parted_bare.finish_delta(end, 7_100, row_part(&delta), None);
+            assert_eq!(
+                got_bare, got_whole,
+                "tail {tail}, row parts, pauses from Retry-After"
+            );
+            assert!(!got_whole.pauses.is_empty());
             let got = fed.finish_delta(end, 7_100, delta, Some(&sample));
             assert_eq!(got, want, "tail {tail}");
             assert_eq!(want.points.len(), if tail < MIN_TAIL_SECS { 7 } else { 8 });
