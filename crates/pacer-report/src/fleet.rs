@@ -42,12 +42,16 @@ pub const CLOSE_AFTER_SECS: u64 = 3;
 pub const MAX_OPEN_SECONDS: usize = 8;
 /// Workers kept apart in the series (`Assign.weights` has at most this many entries).
 const MAX_WORKERS: usize = 10_000;
-/// Workers' rows kept, all workers together. A row is about 0.5 KB in memory (and more as
-/// JSON), so this bounds them near 50 MB: every row of 100 workers for a quarter hour, of
-/// 1000 for 100 seconds. Past it the workers' rows stop (each worker's series then ends at
-/// about the same second) and [`FleetSeriesOutput::workers_truncated`] says so; the fleet's
-/// rows, one per second, are always kept.
-pub const MAX_WORKER_ROWS: usize = 100_000;
+/// Workers' rows kept, all workers together. A row costs the controller ~0.8 KB of memory
+/// (the row, its status map, the series' spare capacity; more as JSON): measured at 1000
+/// workers, 100,000 rows held 75 MiB of the controller's 285 MiB, a third of its 256 MiB goal
+/// (docs/benchmarks.md, "Controller at scale"). 25,000 keeps ~20 MB: every row of 10 workers
+/// for 40 minutes, of 100 for 250 seconds, of 1000 for 25; the operator's stored run data
+/// drops per-worker series before the fleet's when they do not fit anyway. Past it the
+/// workers' rows stop (each worker's series then ends at about the same second) and
+/// [`FleetSeriesOutput::workers_truncated`] says so; the fleet's rows, one per second, are
+/// always kept.
+pub const MAX_WORKER_ROWS: usize = 25_000;
 
 /// The second a report stamped `elapsed` since the common start belongs to (1-based: second
 /// `k` is `(k-1, k]`). Reports are due at whole seconds and arrive up to a few milliseconds
