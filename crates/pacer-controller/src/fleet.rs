@@ -163,7 +163,7 @@ pub(crate) struct WorkerTotals {
 
 impl WorkerTotals {
     /// The sums over every request and scenario (saturating, as a merge's are).
-    pub(crate) fn of(s: &Snapshot) -> Self {
+    fn of(s: &Snapshot) -> Self {
         let mut t = WorkerTotals::default();
         for sc in &s.scenarios {
             t.iterations = t.iterations.saturating_add(sc.stats.iterations);

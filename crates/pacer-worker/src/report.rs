@@ -518,6 +518,21 @@ pub(crate) fn idle_running(
     test_id: &str,
     weights: Vec<u32>,
 ) -> (Running, watch::Sender<Option<EngineEnd>>) {
+    let layout = pacer_stats::Layout {
+        scenarios: Vec::new(),
+    };
+    let (running, _recorder, ended) = running_with(index, test_id, weights, layout);
+    (running, ended)
+}
+
+/// [`idle_running`] recording into a recorder of `layout`, which it also returns.
+#[cfg(test)]
+fn running_with(
+    index: u32,
+    test_id: &str,
+    weights: Vec<u32>,
+    layout: pacer_stats::Layout,
+) -> (Running, Arc<Recorder>, watch::Sender<Option<EngineEnd>>) {
     let (ended, done) = watch::channel(None);
     let a = Assign {
         worker_index: index,
@@ -525,18 +540,17 @@ pub(crate) fn idle_running(
         weights,
         ..Default::default()
     };
+    let recorder = Arc::new(Recorder::new(layout));
     let running = Running::new(
         &a,
-        Arc::new(Recorder::new(pacer_stats::Layout {
-            scenarios: Vec::new(),
-        })),
+        recorder.clone(),
         Arc::new(LimiterSetup::local(&[])),
         RunControl::default(),
         Instant::now(),
         done,
         DEFAULT_INTERVAL,
     );
-    (running, ended)
+    (running, recorder, ended)
 }
 
 #[cfg(test)]
@@ -564,29 +578,13 @@ mod tests {
 
     /// A running shard with one scenario of one request, and its recorder.
     fn recording() -> (Running, Arc<Recorder>, watch::Sender<Option<EngineEnd>>) {
-        let (ended, done) = watch::channel(None);
-        let recorder = Arc::new(Recorder::new(pacer_stats::Layout {
+        let layout = pacer_stats::Layout {
             scenarios: vec![pacer_stats::ScenarioLayout {
                 name: "s".into(),
                 requests: vec!["r".into()],
             }],
-        }));
-        let a = Assign {
-            worker_index: 0,
-            test_id: "t".into(),
-            weights: vec![1],
-            ..Default::default()
         };
-        let r = Running::new(
-            &a,
-            recorder.clone(),
-            Arc::new(LimiterSetup::local(&[])),
-            RunControl::default(),
-            Instant::now(),
-            done,
-            DEFAULT_INTERVAL,
-        );
-        (r, recorder, ended)
+        running_with(0, "t", vec![1], layout)
     }
 
     /// Record `n` requests of a few milliseconds each (different each call).
