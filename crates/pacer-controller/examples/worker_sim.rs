@@ -56,14 +56,12 @@
 //! and are of the plan's layout. A worker that missed a second (its task was late) makes its
 //! own delta against the last second it sent.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pacer_plan::spec::LimitScope;
 use pacer_proto::v1::coordinator_client::CoordinatorClient;
-use std::sync::OnceLock;
-
 use pacer_proto::{
     ControllerMessage, Finished, Heartbeat, Hello, PROTOCOL_VERSION, Ready, Report, WorkerMessage,
     controller_message::Body as In, worker_message::Body as Out,
