@@ -239,11 +239,20 @@ struct Tick {
 }
 
 impl Tick {
-    /// Profile `profile`'s cumulative snapshot as JSON (Finished's `snapshot_json`).
-    fn whole(&self, profile: usize) -> Vec<u8> {
-        self.wholes[profile]
-            .get_or_init(|| self.cumulative[profile].to_json().into_bytes())
-            .clone()
+    /// Profile `profile`'s cumulative snapshot as JSON (Finished's `snapshot_json`) when it
+    /// fits `max` (`Assign.detail_max_bytes`), and whether it was left out, as a worker does.
+    fn whole_within(&self, profile: usize, max: u64) -> (Vec<u8>, bool) {
+        let whole = self.whole_json(profile);
+        if whole.len() as u64 <= max {
+            (whole.clone(), false)
+        } else {
+            (Vec::new(), true)
+        }
+    }
+
+    /// Profile `profile`'s cumulative snapshot as JSON, made once per profile.
+    fn whole_json(&self, profile: usize) -> &Vec<u8> {
+        self.wholes[profile].get_or_init(|| self.cumulative[profile].to_json().into_bytes())
     }
 
     /// Profile `profile`'s empty delta after this second (a Finished after a Stop), made once
@@ -269,7 +278,7 @@ impl Tick {
             return self.deltas[profile].clone();
         }
         match since {
-            None => self.whole(profile),
+            None => self.whole_json(profile).clone(),
             Some(t) => self.cumulative[profile]
                 .delta_continuing(&t.cumulative[profile])
                 .map(|d| d.to_json().into_bytes())
@@ -526,7 +535,7 @@ async fn worker(i: u32, ctx: Arc<Ctx>) -> Result<(), String> {
                         ctx.stops.lock().push(Instant::now());
                         if !finished {
                             finished = true;
-                            send(finish(last.as_deref(), profile, true)).await?;
+                            send(finish(last.as_deref(), profile, true, assign.detail_max_bytes)).await?;
                         }
                     }
                     _ => {}
@@ -554,11 +563,14 @@ async fn worker(i: u32, ctx: Arc<Ctx>) -> Result<(), String> {
                 ctx.report_bytes.fetch_add(r.snapshot_json.len() as u64, Ordering::Relaxed);
                 let body = if tick.last {
                     finished = true;
+                    let (snapshot_json, detail_left_out) =
+                        tick.whole_within(profile, assign.detail_max_bytes);
                     Out::Finished(Finished {
                         report: Some(r),
                         stopped_early: false,
                         error: String::new(),
-                        snapshot_json: tick.whole(profile),
+                        snapshot_json,
+                        detail_left_out,
                     })
                 } else {
                     Out::Report(r)
@@ -596,9 +608,9 @@ fn report(tick: &Tick, since: Option<&Tick>, profile: usize) -> Report {
 }
 
 /// Finished after a Stop or Abort: the final delta, empty (nothing was recorded after `last`,
-/// the last report sent; numbered after it), and the cumulative snapshot; no report before the
-/// first second.
-fn finish(last: Option<&Tick>, profile: usize, stopped_early: bool) -> Out {
+/// the last report sent; numbered after it), and the cumulative snapshot if it fits
+/// `detail_max` (`Assign.detail_max_bytes`); no report before the first second.
+fn finish(last: Option<&Tick>, profile: usize, stopped_early: bool, detail_max: u64) -> Out {
     let report = last.map(|t| Report {
         seq: t.second + 1,
         since_seq: t.second,
@@ -606,11 +618,15 @@ fn finish(last: Option<&Tick>, profile: usize, stopped_early: bool) -> Out {
         snapshot_json: t.nothing_after(profile),
         limits_json: t.limits.clone(),
     });
+    let (snapshot_json, detail_left_out) = last
+        .map(|t| t.whole_within(profile, detail_max))
+        .unwrap_or_default();
     Out::Finished(Finished {
         report,
         stopped_early,
         error: String::new(),
-        snapshot_json: last.map(|t| t.whole(profile)).unwrap_or_default(),
+        snapshot_json,
+        detail_left_out,
     })
 }
 

@@ -20,7 +20,8 @@
 //!
 //! A worker's own results for its row in reports (`pacer report --worker N`) come with its
 //! Finished message, once: a cumulative snapshot checked against the counters of the reports
-//! counted, kept while their sizes stay within [`MAX_WORKER_DETAIL_BYTES`].
+//! counted, sent only when it fits the worker's equal share of [`MAX_WORKER_DETAIL_BYTES`]
+//! ([`detail_share`]), so the workers' final messages never bring more than that together.
 //!
 //! Verdict integrity: a worker whose report cannot be merged into the fleet total (a hostile
 //! or broken worker can send histograms that each decode but overflow together) is marked
@@ -254,10 +255,7 @@ pub(crate) struct Fleet {
     ended: bool,
     /// Bumped on every accepted report, so merges happen only when something changed.
     generation: u64,
-    /// Bytes (as received) of the workers' final results kept for their rows
-    /// ([`MAX_WORKER_DETAIL_BYTES`]).
-    detail_bytes: usize,
-    /// Some worker's final results were not kept for lack of room.
+    /// Some worker's final results were left out for their size ([`detail_share`]).
     detail_omitted: bool,
     /// The running fleet total: every counted report's delta added once (`None` before the
     /// first). Without the server's headers and the controller's own counts, which
@@ -287,14 +285,25 @@ const SERIES_STAMP_AHEAD: Duration = Duration::from_secs(1);
 /// failure.
 const JUDGE_EVERY: Duration = Duration::from_millis(500);
 
-/// The workers' final results (their own rows in reports, `pacer report --worker N`) are
-/// kept while their sizes on the wire add up to at most this; past it, none is kept and the
-/// outcome says the detail was left out. A worker's final snapshot of a 30-request plan is
+/// The room for the workers' final results (their own rows in reports, `pacer report
+/// --worker N`), shared equally: each worker is told its share (`Assign.detail_max_bytes`,
+/// [`detail_share`]) and sends its results only when they fit, so the final messages,
+/// which all arrive within the same second, hold at most this together, and the controller
+/// never buffers results it then drops. A worker's final snapshot of a 30-request plan is
 /// ~120 KB after 10 minutes, packed in memory about as much: 1000 workers' would be ~120 MiB,
 /// half the controller's memory goal (issue 23), while the operator's stored run data leaves
 /// per-worker detail out past a few MiB anyway (pacer-operator run_data.rs). 32 MiB keeps
-/// every worker's detail of a fleet of tens, or of hundreds on a short test.
+/// every worker's detail of a fleet of tens (3.2 MiB each for 10), or of hundreds on a short
+/// test (32 KiB each for 1000).
 pub(crate) const MAX_WORKER_DETAIL_BYTES: usize = 32 << 20;
+
+/// The most one of `workers` workers' final results may take on the wire
+/// (`Assign.detail_max_bytes`): its equal share of [`MAX_WORKER_DETAIL_BYTES`]. Larger ones
+/// are left out (by the worker, or by the session if it sends them anyway), so the kept ones
+/// stay within it together.
+pub(crate) fn detail_share(workers: usize) -> usize {
+    MAX_WORKER_DETAIL_BYTES / workers.max(1)
+}
 
 impl Fleet {
     pub fn new(workers: usize) -> Self {
@@ -330,7 +339,6 @@ impl Fleet {
             failure: None,
             ended: false,
             generation: 0,
-            detail_bytes: 0,
             detail_omitted: false,
             total: None,
             cached: None,
@@ -619,22 +627,25 @@ impl Fleet {
     }
 
     /// Worker `index` finished: its final report (if it sent one) is counted, its final
-    /// results (`detail`: the snapshot and its size on the wire) kept for its row, and it is
-    /// finished or, with an `error` (its own words), failed. Its stream is closed.
+    /// results (`detail`) kept for its row, or noted as left out for their size
+    /// (`detail_left_out`), and it is finished or, with an `error` (its own words), failed.
+    /// Its stream is closed.
     pub fn finish(
         &mut self,
         index: u32,
         report: Option<Decoded>,
-        detail: Option<(Snapshot, usize)>,
+        detail: Option<Snapshot>,
+        detail_left_out: bool,
         stopped_early: bool,
         error: Option<String>,
     ) {
         if let Some(r) = report {
             self.take_report(index, r, Instant::now());
         }
-        if let Some((snapshot, bytes)) = detail {
-            self.keep_detail(index as usize, snapshot, bytes);
+        if let Some(snapshot) = detail {
+            self.keep_detail(index as usize, snapshot);
         }
+        self.detail_omitted |= detail_left_out;
         let slot = &mut self.slots[index as usize];
         slot.stopped_early = stopped_early;
         match error {
@@ -650,18 +661,9 @@ impl Fleet {
         self.generation += 1;
     }
 
-    /// Workers' own results are still kept (none was left out for lack of room yet).
-    pub fn keeps_detail(&self) -> bool {
-        !self.detail_omitted
-    }
-
     /// Keep worker `i`'s final results for its row if they agree with the reports counted
-    /// (the same counters: they are display only, never counted) and there is room
-    /// ([`MAX_WORKER_DETAIL_BYTES`]).
-    fn keep_detail(&mut self, i: usize, mut snapshot: Snapshot, bytes: usize) {
-        if self.detail_omitted {
-            return;
-        }
+    /// (the same counters: they are display only, never counted).
+    fn keep_detail(&mut self, i: usize, mut snapshot: Snapshot) {
         snapshot.canonicalize();
         let s = &mut self.slots[i];
         let said = WorkerTotals::of(&snapshot);
@@ -674,23 +676,7 @@ impl Fleet {
             );
             return;
         }
-        match self.detail_bytes.checked_add(bytes) {
-            Some(n) if n <= MAX_WORKER_DETAIL_BYTES => {
-                self.detail_bytes = n;
-                s.detail = Some(snapshot);
-            }
-            _ => {
-                tracing::warn!(
-                    "the workers' own results pass {} MiB: per-worker detail is left out of the report",
-                    MAX_WORKER_DETAIL_BYTES >> 20
-                );
-                self.detail_omitted = true;
-                self.detail_bytes = 0;
-                for s in &mut self.slots {
-                    s.detail = None;
-                }
-            }
-        }
+        s.detail = Some(snapshot);
     }
 
     /// Stream `conn` of worker `index` ended. Before the start a worker that leaves frees its
@@ -1239,7 +1225,7 @@ mod tests {
         let (c, _rx) = conn(1);
         f.admit("t1", &hello(Some(0), Some(1000)), c, now)
             .expect("admitted");
-        f.finish(0, Some(report(3)), None, false, None);
+        f.finish(0, Some(report(3)), None, false, false, None);
         assert_eq!(f.state(0), WorkerState::Finished);
         assert!(f.slots[0].conn.is_none(), "its stream is closed");
         let (c, _rx) = conn(2);
@@ -1319,9 +1305,10 @@ mod tests {
     }
 
     /// A worker's own results are kept when their counters are those of its reports
-    /// counted, and while they fit [`MAX_WORKER_DETAIL_BYTES`]; past it, none is kept.
+    /// counted; one left out for its size marks the outcome (`workers_omitted`) and leaves
+    /// the others kept.
     #[test]
-    fn a_workers_own_results_are_checked_and_bounded() {
+    fn a_workers_own_results_are_checked_and_left_out_when_too_large() {
         let layout = pacer_stats::Layout {
             scenarios: vec![pacer_stats::ScenarioLayout {
                 name: "s".into(),
@@ -1343,23 +1330,31 @@ mod tests {
             assert!(f.accept_report(i as u32, r));
         }
         // Worker 0 says it made 6 requests, its reports 5: not shown.
-        f.finish(0, None, Some((with(6), 10)), false, None);
+        f.finish(0, None, Some(with(6)), false, false, None);
         assert!(f.slots[0].detail.is_none());
-        assert!(f.keeps_detail());
+        assert!(!f.detail_omitted);
         // Worker 1's agree: kept.
-        f.finish(
-            1,
-            None,
-            Some((with(5), MAX_WORKER_DETAIL_BYTES - 10)),
-            false,
-            None,
-        );
+        f.finish(1, None, Some(with(5)), false, false, None);
         assert!(f.slots[1].detail.is_some());
-        // Worker 2's would pass the bound: none is kept from now on.
-        f.finish(2, None, Some((with(5), 11)), false, None);
-        assert!(!f.keeps_detail());
-        assert!(f.slots.iter().all(|s| s.detail.is_none()));
+        // Worker 2's were too large to send: the outcome says so, worker 1's stay.
+        f.finish(2, None, None, true, false, None);
+        assert!(f.slots[1].detail.is_some() && f.slots[2].detail.is_none());
+        assert!(f.detail_omitted);
         assert!(f.slots.iter().all(|s| s.state == WorkerState::Finished));
+    }
+
+    /// Each worker's share of the room for the workers' own results: the shares never add
+    /// up to more than the room.
+    #[test]
+    fn detail_shares_add_up_to_the_room_at_most() {
+        for workers in [0, 1, 3, 10, 1000, 10_000] {
+            let share = detail_share(workers);
+            assert!(
+                share * workers.max(1) <= MAX_WORKER_DETAIL_BYTES,
+                "{workers}"
+            );
+        }
+        assert_eq!(detail_share(1000), MAX_WORKER_DETAIL_BYTES / 1000);
     }
 
     #[test]
@@ -1368,7 +1363,7 @@ mod tests {
         let (c, _rx) = conn(1);
         f.admit("t1", &hello(Some(1), None), c, Instant::now())
             .expect("admitted");
-        f.finish(1, None, None, true, Some("no such host".into()));
+        f.finish(1, None, None, false, true, Some("no such host".into()));
         assert_eq!(f.first_failed(), Some((1, "no such host".into())));
         assert!(f.slots[1].stopped_early);
     }

@@ -308,14 +308,7 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
                     let sim = &mut sims[w];
                     let r = sim.next_report(layout);
                     let whole = sim.cumulative();
-                    let bytes = whole.to_json().len();
-                    f.finish(
-                        w as u32,
-                        Some(decoded(r)),
-                        Some((whole, bytes)),
-                        false,
-                        None,
-                    );
+                    f.finish(w as u32, Some(decoded(r)), Some(whole), false, false, None);
                 }
             }
             Step::Skips { w } => {

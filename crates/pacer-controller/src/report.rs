@@ -96,8 +96,8 @@ pub struct FleetOutcome {
     /// counted (index order; `None`: it did not finish, its results disagreed, or
     /// `workers_omitted`).
     pub worker_snapshots: Vec<Option<Snapshot>>,
-    /// The workers' own results were left out to bound the controller's memory
-    /// (`fleet::MAX_WORKER_DETAIL_BYTES`).
+    /// Some workers' own results were left out to bound the controller's memory: over their
+    /// share of `fleet::MAX_WORKER_DETAIL_BYTES` (`fleet::detail_share`).
     pub workers_omitted: bool,
     /// Each worker's limits table with that snapshot (merged into the summary's).
     pub worker_limits: Vec<Vec<pacer_stats::LimitPacing>>,

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::fleet::{Conn, Decoded, WorkerState};
+use crate::fleet::{Conn, Decoded, WorkerState, detail_share};
 use crate::{Inner, check_hello, msg};
 
 /// The tonic service: a task per stream.
@@ -112,6 +112,7 @@ async fn serve_stream(
             .map_or_else(Vec::new, |s| s.served_credentials()),
         data: data_files(&inner.plan),
         counted_seq,
+        detail_max_bytes: detail_share(inner.shards.len()) as u64,
     });
     tx.send(msg(assign))
         .await
@@ -262,18 +263,28 @@ async fn on_message(
         },
         _ => None,
     };
-    // A worker's own results are decoded only while the fleet keeps them (decoding 1000
-    // workers' final snapshots the fleet then drops would cost a second of CPU at the end).
-    let detail = match &body {
-        Body::Finished(fin)
-            if !fin.snapshot_json.is_empty() && inner.fleet.lock().keeps_detail() =>
-        {
-            Some((
-                decode_snapshot_bytes(&inner.layout, &fin.snapshot_json, "finished.snapshot_json")?,
-                fin.snapshot_json.len(),
-            ))
+    // A worker's own results are decoded only when they fit its share of the room for them
+    // (`Assign.detail_max_bytes`; a worker that sends larger ones anyway is not trusted to
+    // bound the controller's memory).
+    let share = detail_share(inner.shards.len());
+    let (detail, detail_left_out) = match &body {
+        Body::Finished(fin) if fin.snapshot_json.len() > share => {
+            tracing::warn!(
+                "worker {index}: its own results ({} bytes) are over its share of the room for them ({share} bytes): not kept",
+                fin.snapshot_json.len()
+            );
+            (None, true)
         }
-        _ => None,
+        Body::Finished(fin) if !fin.snapshot_json.is_empty() => (
+            Some(decode_snapshot_bytes(
+                &inner.layout,
+                &fin.snapshot_json,
+                "finished.snapshot_json",
+            )?),
+            fin.detail_left_out,
+        ),
+        Body::Finished(fin) => (None, fin.detail_left_out),
+        _ => (None, false),
     };
     let mut f = inner.fleet.lock();
     let state = f.heard(index, conn, Instant::now())?;
@@ -306,7 +317,14 @@ async fn on_message(
                 None => tracing::info!("worker {index} finished"),
                 Some(e) => tracing::warn!("worker {index} failed: {e}"),
             }
-            f.finish(index, decoded, detail, fin.stopped_early, error);
+            f.finish(
+                index,
+                decoded,
+                detail,
+                detail_left_out,
+                fin.stopped_early,
+                error,
+            );
             next = Next::Close;
         }
     }

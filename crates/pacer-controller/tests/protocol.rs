@@ -296,6 +296,7 @@ async fn the_fleet_outcome_is_the_exact_merge_of_the_latest_reports() {
             stopped_early: false,
             error: String::new(),
             snapshot_json: rec.snapshot().to_json().into_bytes(),
+            detail_left_out: false,
         }))
         .await;
     }
@@ -450,6 +451,7 @@ async fn a_finished_worker_that_resumes_is_refused_as_already_finished() {
             stopped_early: false,
             error: String::new(),
             snapshot_json: Vec::new(),
+            detail_left_out: false,
         }))
         .await;
     assert!(workers[0].next().await.is_err(), "the close is the receipt");

@@ -93,6 +93,7 @@ impl Worker {
             stopped_early: false,
             error: String::new(),
             snapshot_json: Vec::new(),
+            detail_left_out: false,
         }))
         .await;
     }

@@ -72,6 +72,7 @@ async fn a_workers_error_text_is_capped_and_its_control_characters_escaped() {
             stopped_early: true,
             error,
             snapshot_json: Vec::new(),
+            detail_left_out: false,
         })),
     })
     .await

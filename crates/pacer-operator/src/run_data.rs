@@ -97,8 +97,9 @@ pub struct RunData {
     /// The fleet's series and each worker's.
     pub series: FleetSeriesOutput,
     pub workers: Vec<WorkerData>,
-    /// Per-worker snapshots and series were left out to fit [`MAX_CHUNKS`], or the
-    /// controller kept no per-worker snapshots (`FleetOutcome::workers_omitted`).
+    /// Per-worker snapshots and series were left out to fit [`MAX_CHUNKS`], or some
+    /// workers' own results were over their share of the controller's room for them
+    /// (`FleetOutcome::workers_omitted`).
     #[serde(default)]
     pub workers_omitted: bool,
     /// The plan as written (`Plan::source`: references unresolved, no secret).
@@ -235,7 +236,7 @@ impl RunData {
             .ok_or_else(|| missing(&format!("the run had {} workers", self.workers.len())))?;
         let snapshot = w.snapshot.clone().ok_or_else(|| {
             missing(if self.workers_omitted {
-                "the per-worker detail was left out to fit"
+                "its own results were left out to fit (the stored run data's room, or its share of the controller's room for workers' own results), or it sent none"
             } else {
                 "it sent no final results (it never reported, or was lost or failed before it finished)"
             })

@@ -102,9 +102,19 @@ pub(crate) struct Running {
     heartbeat_every: Duration,
     /// How long the controller may be silent; each session's Assign sets it anew.
     pub(crate) peer_timeout: Duration,
+    /// The most `Finished.snapshot_json` may hold (`Assign.detail_max_bytes`, this worker's
+    /// share of the controller's room for the workers' own results); each session's Assign
+    /// sets it anew.
+    pub(crate) detail_max: usize,
     /// When a controller was last heard from (any message, any session): the watchdog of
     /// `lost_after` ([`watch_for_lost`]) reads it.
     heard: watch::Sender<Instant>,
+}
+
+/// `Assign.detail_max_bytes` as a size (saturating on a 32-bit target: the message bound
+/// applies anyway).
+pub(crate) fn detail_max(a: &Assign) -> usize {
+    usize::try_from(a.detail_max_bytes).unwrap_or(usize::MAX)
 }
 
 impl Running {
@@ -134,6 +144,7 @@ impl Running {
             report_every: interval(a.report_interval_ms),
             heartbeat_every: interval(a.heartbeat_interval_ms),
             peer_timeout,
+            detail_max: detail_max(a),
             heard: watch::Sender::new(Instant::now()),
         }
     }
@@ -254,9 +265,10 @@ impl Running {
     }
 
     /// The final message: the last delta, how the engine ended, and the final cumulative
-    /// snapshot for the worker's own row in reports when the message has room for it
-    /// (`Finished.snapshot_json`; empty otherwise, and logged). Always sent, however many
-    /// reports are uncounted: it is the worker's last word.
+    /// snapshot for the worker's own row in reports when it fits this worker's share of the
+    /// controller's room (`Assign.detail_max_bytes`) and the message
+    /// (`Finished.snapshot_json`; otherwise empty, `detail_left_out`, and logged). Always sent,
+    /// however many reports are uncounted: it is the worker's last word.
     fn finished(&mut self, end: EngineEnd) -> Out {
         let (report, cumulative) = match self.next_report() {
             Ok(r) => r,
@@ -271,21 +283,22 @@ impl Running {
         };
         let whole = cumulative.to_json();
         let total = report.snapshot_json.len() + whole.len() + report.limits_json.len();
-        let snapshot_json = if total <= pacer_proto::MAX_SNAPSHOT_BYTES {
-            whole.into_bytes()
-        } else {
-            tracing::warn!(
-                "the final cumulative snapshot is not sent ({total} bytes with the final report, over {}): reports will not show this worker's own row",
-                pacer_proto::MAX_SNAPSHOT_BYTES
+        let fits = whole.len() <= self.detail_max && total <= pacer_proto::MAX_SNAPSHOT_BYTES;
+        if !fits {
+            tracing::info!(
+                "this worker's own results ({} bytes) are not sent: over its share of the controller's room ({} bytes) or the message's; reports show its counters, not its own row",
+                whole.len(),
+                self.detail_max
             );
-            Vec::new()
-        };
+        }
+        let snapshot_json = if fits { whole.into_bytes() } else { Vec::new() };
         self.sent(&report, cumulative);
         Out::Finished(pacer_proto::Finished {
             report: Some(report),
             stopped_early: end.stopped_early,
             error: end.error,
             snapshot_json,
+            detail_left_out: !fits,
         })
     }
 
@@ -538,6 +551,8 @@ fn running_with(
         worker_index: index,
         test_id: test_id.into(),
         weights,
+        // A controller of a few workers: room for any worker's own results.
+        detail_max_bytes: pacer_proto::MAX_SNAPSHOT_BYTES as u64,
         ..Default::default()
     };
     let recorder = Arc::new(Recorder::new(layout));
@@ -799,7 +814,32 @@ mod tests {
         let whole = Snapshot::from_json_bytes(&f.snapshot_json).unwrap();
         assert_eq!(whole, recorder.snapshot());
         assert_eq!(whole.total().requests, 10);
-        assert!(!f.stopped_early && f.error.is_empty());
+        assert!(!f.stopped_early && f.error.is_empty() && !f.detail_left_out);
+    }
+
+    /// Whole results larger than this worker's share of the controller's room
+    /// (`Assign.detail_max_bytes`) are left out, and it says so; the final delta is sent
+    /// (and counted) all the same.
+    #[test]
+    fn finished_leaves_out_results_over_its_share() {
+        let (mut r, recorder, _ended) = recording();
+        record(&recorder, 4, 2);
+        let whole = recorder.snapshot().packed().to_json().len();
+        r.detail_max = whole - 1;
+        let Out::Finished(f) = r.finished(EngineEnd::default()) else {
+            panic!("not a Finished");
+        };
+        assert!(f.snapshot_json.is_empty() && f.detail_left_out);
+        assert_eq!(delta_of(&f.report.unwrap()).total().requests, 4);
+
+        let (mut r, recorder, _ended) = recording();
+        record(&recorder, 4, 2);
+        r.detail_max = whole;
+        let Out::Finished(f) = r.finished(EngineEnd::default()) else {
+            panic!("not a Finished");
+        };
+        assert_eq!(f.snapshot_json.len(), whole);
+        assert!(!f.detail_left_out);
     }
 
     #[test]

@@ -151,6 +151,7 @@ async fn session_inner(
         return Err(End::Fatal(WorkerError::NotStarted));
     };
     r.peer_timeout = peer_timeout;
+    r.detail_max = crate::report::detail_max(&assign);
     stream_reports(r, &link.tx, &mut inbound, cancel).await
 }
 

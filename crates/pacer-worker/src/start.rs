@@ -275,6 +275,7 @@ async fn cannot_run(tx: &Tx, e: WorkerError) -> End {
             error: e.to_string(),
             // The worker did not run: no results.
             snapshot_json: Vec::new(),
+            detail_left_out: false,
         }),
     )
     .await;
