@@ -84,6 +84,23 @@ impl Worker {
         }
     }
 
+    /// Wait until the controller's heartbeat says report `seq` of this worker was counted
+    /// (other messages in between are skipped).
+    async fn counted(&mut self, seq: u64) {
+        loop {
+            let m = tokio::time::timeout(LIMIT, self.rx.message())
+                .await
+                .expect("a heartbeat in time")
+                .unwrap()
+                .expect("the stream is open");
+            if let Some(controller_message::Body::Heartbeat(h)) = m.body
+                && h.counted_seq >= seq
+            {
+                return;
+            }
+        }
+    }
+
     /// Finish with a last report continuing report `since` (0: none) with `delta`.
     async fn finish(&self, since: u64, delta: &Snapshot) {
         let mut last = report(since + 1, delta);
@@ -182,6 +199,9 @@ async fn a_worker_whose_report_breaks_the_merge_fails_the_run_by_name() {
     let (run, mut workers, stop) = started_fleet().await;
     let good = honest(40);
     workers[0].send(Body::Report(report(1, &good))).await;
+    // The honest report is in the total first (the two streams are served concurrently:
+    // the other order would make the honest one the report that cannot be merged).
+    workers[0].counted(1).await;
     workers[1]
         .send(Body::Report(report(1, &overflowing())))
         .await;
