@@ -190,12 +190,14 @@ impl Coordinator {
         let plan_source_json =
             serde_json::to_string(&plan.source).map_err(ControllerError::Plan)?;
         let layout = Layout::of(&plan);
-        let mut fleet =
-            fleet::Fleet::new(cfg.weights.len()).with_series(pacer_report::FleetSeries::new(
+        let mut fleet = fleet::Fleet::new(cfg.weights.len()).with_series(
+            pacer_report::FleetSeries::new(
                 &layout,
                 pacer_report::PlannedRate::from_plan(&plan),
                 cfg.weights.len(),
-            ));
+            )
+            .for_length(plan.max_duration()),
+        );
         if cfg.resume_only {
             fleet.only_resuming();
         }

@@ -47,10 +47,11 @@ const MAX_WORKERS: usize = 10_000;
 /// workers, 100,000 rows held 75 MiB of the controller's 285 MiB, a third of its 256 MiB goal
 /// (docs/benchmarks.md, "Controller at scale"). 25,000 keeps ~20 MB: every row of 10 workers
 /// for 40 minutes, of 100 for 250 seconds, of 1000 for 25; the operator's stored run data
-/// drops per-worker series before the fleet's when they do not fit anyway. Past it the
-/// workers' rows stop (each worker's series then ends at about the same second) and
-/// [`FleetSeriesOutput::workers_truncated`] says so; the fleet's rows, one per second, are
-/// always kept.
+/// drops per-worker series before the fleet's when they do not fit anyway. A run whose
+/// every worker's rows could pass it keeps none ([`FleetSeries::for_length`]); past it
+/// otherwise (a run longer than planned) the workers' rows stop, each worker's series then
+/// ending at about the same second. [`FleetSeriesOutput::workers_truncated`] says so; the
+/// fleet's rows, one per second, are always kept.
 pub const MAX_WORKER_ROWS: usize = 25_000;
 
 /// The second a report stamped `elapsed` since the common start belongs to (1-based: second
@@ -77,8 +78,9 @@ pub struct FleetSeriesOutput {
     /// The common start, Unix milliseconds (`None` when the fleet never started).
     pub started_unix_ms: Option<u64>,
     /// The workers' rows reached [`MAX_WORKER_ROWS`] (all workers together) and later ones
-    /// were not kept: each worker's series in `workers` ends early, at about the same second.
-    /// `fleet` is whole either way.
+    /// were not kept: each worker's series in `workers` ends early, at about the same second;
+    /// or, for a run whose every worker's rows could not fit (`FleetSeries::for_length`),
+    /// none were kept. `fleet` is whole either way.
     #[serde(default)]
     pub workers_truncated: bool,
 }
@@ -149,6 +151,27 @@ impl FleetSeries {
             workers_truncated: false,
             started_unix_ms: None,
         }
+    }
+
+    /// The run lasts at most `longest` (`Plan::max_duration`). When every worker's rows for
+    /// all of it could pass [`MAX_WORKER_ROWS`], none are kept from the start: a series of
+    /// every worker that ends early tells little, and building it costs each worker's
+    /// pending delta on top of the rows (measured at 1000 workers: 268 MiB peak and 233 MiB
+    /// steady against 206 and 198 without them; docs/benchmarks.md, "Controller at scale").
+    /// [`FleetSeriesOutput::workers_truncated`] says so; the fleet's rows are kept.
+    pub fn for_length(mut self, longest: Duration) -> Self {
+        // A row per second, the first and the last partial: whole seconds rounded up, plus one.
+        let rows = longest
+            .as_secs()
+            .saturating_add(u64::from(longest.subsec_nanos() > 0))
+            .saturating_add(1);
+        let all = u64::try_from(self.workers.len())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(rows);
+        if all > self.max_worker_rows as u64 {
+            self.stop_workers();
+        }
+        self
     }
 
     /// The common start on the wall clock (rows carry `start + t` as their `unix_ms`).
@@ -727,6 +750,41 @@ mod tests {
                 .any(|p| p.ratelimit_remaining.is_some());
         }
         assert!(headers, "some rows show the server's headers");
+    }
+
+    /// A run whose every worker's rows cannot fit the bound keeps none from the start (and
+    /// no worker's pending delta); one whose rows fit keeps them all.
+    #[test]
+    fn worker_rows_are_left_out_when_the_run_cannot_fit_them() {
+        let layout = layout();
+        let run = |longest: Duration| {
+            let mut fleet = FleetSeries::new(&layout, PlannedRate::default(), 2);
+            fleet.max_worker_rows = 14;
+            let mut series = Feed::new(fleet.for_length(longest), 2);
+            let (a, b) = (Recorder::new(layout.clone()), Recorder::new(layout.clone()));
+            for k in 1..=6u64 {
+                hit(&a, 2);
+                hit(&b, 3);
+                series.report(0, ms(k * 1000 + 5), a.snapshot());
+                series.report(1, ms(k * 1000 + 9), b.snapshot());
+            }
+            let s = &series.series;
+            assert!(!s.workers_truncated || s.workers.iter().all(|w| w.pending.is_none()));
+            series.finish(ms(6_009))
+        };
+        // 2 workers x (6 s + 1) = 14 rows: kept, all of them.
+        let out = run(Duration::from_secs(6));
+        assert!(!out.workers_truncated);
+        assert_eq!(
+            out.workers.iter().map(|w| w.points.len()).sum::<usize>(),
+            12
+        );
+        // 6.5 s: 2 x 8 = 16 rows could be needed, over 14: none kept.
+        let out = run(Duration::from_millis(6_500));
+        assert!(out.workers_truncated);
+        assert!(out.workers.iter().all(|w| w.points.is_empty()));
+        let fleet: Vec<u64> = out.fleet.points.iter().map(|p| p.attempts).collect();
+        assert_eq!(fleet, vec![5; 6], "the fleet's rows are whole");
     }
 
     /// Past the bound the workers' rows stop, all at about the same second, and the output
