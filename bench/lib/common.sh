@@ -7,6 +7,7 @@
 #   BENCH_ROUNDS=N        alternating rounds per tool (default 3, quick 1)
 #   BENCH_OUT=DIR         keep raw outputs there (default: a temporary directory, removed)
 #   PACER_BIN=PATH        a pacer binary to measure instead of building target/release/pacer
+#   BENCH_PEERS=0         pacer alone: the peers (oha, wrk) are neither installed nor run
 #   SERVER_CPU, CLIENT_CPU  cores to pin target and client to (default 0 and 1)
 
 set -euo pipefail

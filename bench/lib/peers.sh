@@ -46,6 +46,12 @@ ensure_wrk() {
 }
 
 ensure_peers() {
+  # BENCH_PEERS=0: pacer alone (e.g. two pacer builds compared), nothing installed.
+  if [ "${BENCH_PEERS:-1}" = 0 ]; then
+    OHA="" WRK=""
+    PEER_VERSIONS="not run (BENCH_PEERS=0)"
+    return 0
+  fi
   ensure_oha || true
   ensure_wrk || true
   local oha_v="missing" wrk_v="missing"
