@@ -23,27 +23,31 @@ pub(crate) const SERVER_REQUEST_ID_HEADERS: [&str; 8] = [
 ];
 
 /// The correlation id of one logical request: the header it goes in (`None`: the plan turned
-/// it off) and its value. A request that sets the header itself keeps its own value.
-pub(crate) struct Correlation {
-    pub(crate) header: Option<HeaderName>,
+/// it off) and its value. A request that sets the header itself keeps its own value. Held by
+/// every request in flight: the header's name is the run's (parsed once, [`Shared`]'s), not a
+/// copy.
+///
+/// [`Shared`]: crate::iteration::Shared
+pub(crate) struct Correlation<'a> {
+    pub(crate) header: Option<&'a HeaderName>,
     /// `Some` when pacer adds the header (the request does not set it).
     pub(crate) added: Option<HeaderValue>,
     /// The id as the ledger shows it.
     pub(crate) id: Option<String>,
 }
 
-impl Correlation {
+impl<'a> Correlation<'a> {
     /// A new id for a request whose prepared headers are `headers`, under the plan's
-    /// `http.correlationId` header (lower case, validated with the plan).
-    pub(crate) fn new(header: Option<&str>, headers: &HeaderMap) -> Correlation {
-        let Some(name) = header.and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()) else {
+    /// `http.correlationId` header (`None`: turned off).
+    pub(crate) fn new(header: Option<&'a HeaderName>, headers: &HeaderMap) -> Correlation<'a> {
+        let Some(name) = header else {
             return Correlation {
                 header: None,
                 added: None,
                 id: None,
             };
         };
-        if let Some(own) = headers.get(&name) {
+        if let Some(own) = headers.get(name) {
             return Correlation {
                 id: ledger_text(own.as_bytes()),
                 header: Some(name),
@@ -62,10 +66,10 @@ impl Correlation {
     }
 }
 
-impl Correlation {
+impl Correlation<'_> {
     /// For a request rendered again on each attempt (`{{attempt}}`): its own header, if it
     /// sets one, would render anew, so pacer sends the first attempt's id on every attempt.
-    pub(crate) fn for_retries(mut self, rendered_again: bool) -> Correlation {
+    pub(crate) fn for_retries(mut self, rendered_again: bool) -> Self {
         if rendered_again && self.added.is_none() {
             self.added = self
                 .id
@@ -158,10 +162,11 @@ mod tests {
     #[test]
     fn a_request_keeps_its_own_correlation_header() {
         let mut h = HeaderMap::new();
-        let c = Correlation::new(Some("x-correlation-id"), &h);
+        let name = HeaderName::from_static("x-correlation-id");
+        let c = Correlation::new(Some(&name), &h);
         assert!(c.added.is_some() && c.id.as_deref().is_some_and(|i| i.len() == 36));
         h.insert("x-correlation-id", HeaderValue::from_static("mine"));
-        let c = Correlation::new(Some("x-correlation-id"), &h);
+        let c = Correlation::new(Some(&name), &h);
         assert!(c.added.is_none());
         assert_eq!(c.id.as_deref(), Some("mine"));
         let c = Correlation::new(None, &h);

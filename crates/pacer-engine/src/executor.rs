@@ -14,7 +14,7 @@ use pacer_plan::ramp::RampSchedule;
 use pacer_plan::{Executor, Shard, VuStage};
 use pacer_stats::IterationOutcome;
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -48,9 +48,11 @@ impl ScenarioRun {
         let Some(taken) = sh.take_rows(self.scenario) else {
             return;
         };
+        // Boxed when there is a deadline (ramping VUs only): an inline `Sleep` (112 bytes)
+        // would be held by every arrival's future, which never has one.
         let sleep_deadline = async {
             match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
+                Some(d) => Box::pin(tokio::time::sleep_until(d)).await,
                 None => std::future::pending().await,
             }
         };
@@ -199,12 +201,8 @@ fn start_arrivals(
         }
         match sem.clone().try_acquire_owned() {
             Ok(permit) => {
-                let r = run.clone();
                 let due = tokio::time::Instant::from_std(due);
-                handle.spawn(async move {
-                    r.iteration(0, k, due, None).await;
-                    drop(permit);
-                });
+                handle.spawn(arrival(run.clone(), k, due, permit));
             }
             Err(_) => {
                 dropped += 1;
@@ -221,6 +219,32 @@ fn start_arrivals(
     }
     waker.abort();
 }
+
+/// One arrival of the open model, as the task it runs in: its iteration, then its place in
+/// `maxInFlight` given back. One such task is held per request in flight (10,000 of them at
+/// 10000/s against a 1 s server), so its size is the engine's memory per request: a named
+/// function so that the test below measures the very future that is spawned, and not an
+/// `async fn`, whose future would keep its arguments twice (see [`crate::HttpClient::send`]).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn arrival(
+    run: Arc<ScenarioRun>,
+    k: u64,
+    due: Instant,
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        run.iteration(0, k, due, None).await;
+        drop(permit);
+    }
+}
+
+/// The most bytes an arrival's future may take. tokio allocates a task as one cell aligned to
+/// 128 bytes on x86_64: its header and trailer (~104 bytes) and the future. Up to ~1944 bytes of
+/// future the cell is 2048 bytes, jemalloc's 2 KiB size class; at 3720 bytes (before the
+/// changes of issue 23, part 3: docs/benchmarks.md, "10,000 in flight") it was 4 KiB per
+/// request in flight. The margin under 1944 is for the compiler's layout changing a little.
+#[cfg(test)]
+const ARRIVAL_FUTURE_MAX_BYTES: usize = 1920;
 
 /// The arrival thread sleeps at least this long between two wakes: an arrival due sooner than
 /// that after the last wake waits for the next one, and every arrival due by then starts
@@ -462,7 +486,57 @@ async fn ramping_vus(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use pacer_limiter::Unlimited;
+    use pacer_plan::{Refs, load_str};
+    use pacer_stats::{Layout, Recorder};
+
     use super::*;
+    use crate::{RunControl, RunOptions, auth, http};
+
+    /// A scenario of `plan_yaml`'s plan as an executor would run it (nothing is sent).
+    fn scenario_run(plan_yaml: &str) -> Arc<ScenarioRun> {
+        let plan = Arc::new(load_str(plan_yaml, "plan.yaml", &Refs::default()).unwrap());
+        let recorder = Arc::new(Recorder::new(Layout::of(&plan)));
+        let tokens = Arc::new(auth::Tokens::from_plan(
+            &plan,
+            http::build_token_client(&plan.http).unwrap(),
+            recorder.clone(),
+        ));
+        let shared = Shared::new(
+            plan.clone(),
+            http::HttpClient::new(&plan.http, 1).unwrap(),
+            Arc::new(Unlimited),
+            tokens,
+            recorder,
+            &RunOptions::default(),
+            RunControl::default(),
+        )
+        .unwrap();
+        Arc::new(ScenarioRun {
+            shared: Arc::new(shared),
+            scenario: 0,
+            shard: Arc::new(Shard::whole()),
+            start: Instant::now(),
+            stop: CancellationToken::new(),
+            hard: CancellationToken::new(),
+        })
+    }
+
+    /// The task of one arrival is what the engine holds per request in flight: it must stay
+    /// small (see [`ARRIVAL_FUTURE_MAX_BYTES`]), whatever the plan uses (auth, retries, polls).
+    #[tokio::test]
+    async fn an_arrival_future_stays_small() {
+        let run = scenario_run(concat!(
+            "name: t\ntarget: http://127.0.0.1:9\n",
+            "scenarios:\n  - { name: s, executor: constant-arrival-rate, rate: 10/s, duration: 1s, requests: [{ name: r, path: / }] }\n",
+        ));
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let size = std::mem::size_of_val(&arrival(run, 0, Instant::now(), permit));
+        eprintln!("an arrival's future: {size} bytes");
+        assert!(size <= ARRIVAL_FUTURE_MAX_BYTES, "{size} bytes");
+    }
 
     #[test]
     fn vu_curve_activation() {

@@ -124,27 +124,37 @@ impl HttpClient {
 
     /// Send one request and read the whole body (at most `http.maxBodyBytes`; kept only if
     /// `out.keep_body`), within the plan's `http.timeout`.
-    pub async fn send(&self, out: Outgoing<'_>) -> Result<Response, TransportError> {
-        let sent_at = Instant::now();
-        match tokio::time::timeout(self.timeout, self.pool.exchange(&out)).await {
-            Ok(Ok(r)) => Ok(Response {
-                status: r.parts.status.as_u16(),
-                headers: r.parts.headers,
-                body: r.body,
-                body_len: r.body_len,
-                sent_at,
-                service_time: sent_at.elapsed(),
-            }),
-            Ok(Err((kind, message))) => Err(TransportError {
-                kind,
-                message,
-                service_time: sent_at.elapsed(),
-            }),
-            Err(_) => Err(TransportError {
-                kind: ErrorKind::Timeout,
-                message: format!("no complete response within {:?}", self.timeout),
-                service_time: sent_at.elapsed(),
-            }),
+    ///
+    /// Not an `async fn`, on purpose: an `async fn`'s future keeps each argument twice (as
+    /// captured, and in the local it is moved into), and every request in flight holds this
+    /// one; the block below uses `out` where it was captured.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn send(
+        &self,
+        out: Outgoing<'_>,
+    ) -> impl Future<Output = Result<Response, TransportError>> + Send {
+        async move {
+            let sent_at = Instant::now();
+            match tokio::time::timeout(self.timeout, self.pool.exchange(&out)).await {
+                Ok(Ok(r)) => Ok(Response {
+                    status: r.parts.status.as_u16(),
+                    headers: r.parts.headers,
+                    body: r.body,
+                    body_len: r.body_len,
+                    sent_at,
+                    service_time: sent_at.elapsed(),
+                }),
+                Ok(Err((kind, message))) => Err(TransportError {
+                    kind,
+                    message,
+                    service_time: sent_at.elapsed(),
+                }),
+                Err(_) => Err(TransportError {
+                    kind: ErrorKind::Timeout,
+                    message: format!("no complete response within {:?}", self.timeout),
+                    service_time: sent_at.elapsed(),
+                }),
+            }
         }
     }
 }
@@ -229,12 +239,14 @@ pub struct Outgoing<'a> {
     pub headers: &'a HeaderMap,
     /// A bearer token's header value (marked sensitive), when the request has a credential.
     pub authorization: Option<HeaderValue>,
-    pub body: Bytes,
+    /// Borrowed, like the correlation value below: a request in flight holds its
+    /// `Outgoing`, so what is borrowed is not held twice.
+    pub body: Option<&'a Bytes>,
     /// Keep the response body (a check or an extract reads it); otherwise it is drained.
     pub keep_body: bool,
     /// The correlation id header pacer adds (`http.correlationId`), when the request does
     /// not set it itself.
-    pub correlation: Option<(&'a http::HeaderName, HeaderValue)>,
+    pub correlation: Option<(&'a http::HeaderName, &'a HeaderValue)>,
 }
 
 /// What one attempt produced.

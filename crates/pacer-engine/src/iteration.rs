@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use pacer_limiter::{Limiter, TokenSource};
 use pacer_plan::{AuthRef, Expect, ExtractFrom, Plan, Poll, Request, Shard};
 use pacer_stats::{ErrorKind, IterationOutcome, Recorder, RequestOutcome, RetryOutcome};
-use reqwest::header::HeaderValue;
+use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     pub(crate) recorder: Arc<Recorder>,
     worker: u32,
     pub(crate) worker_header: Option<HeaderValue>,
+    /// `http.correlationId`'s header (lower case, validated with the plan), parsed once: a
+    /// custom header name is an allocation, and each request in flight refers to this one.
+    pub(crate) correlation_header: Option<HeaderName>,
     /// Cancelled when in-flight work must end now (after graceful stop, or on abort).
     pub(crate) hard_stop: CancellationToken,
     /// When the server's rate-limit headers were last read (ms since `epoch`; 0: never).
@@ -84,6 +87,11 @@ impl Shared {
             .iter()
             .map(|sc| sc.requests.iter().map(reads_body).collect())
             .collect();
+        let correlation_header = plan
+            .http
+            .correlation_header
+            .as_deref()
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
         Ok(Self {
             static_urls,
             static_requests,
@@ -97,6 +105,7 @@ impl Shared {
             worker_header: opts
                 .send_worker_header
                 .then(|| HeaderValue::from(opts.worker)),
+            correlation_header,
             hard_stop: control.abort,
             last_limits_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -149,36 +158,39 @@ fn reads_body(req: &Request) -> bool {
 }
 
 /// Run one iteration of scenario `sc`. `intended` is when the schedule meant it to start: the
-/// first request's latency is measured from there (no coordinated omission).
-pub(crate) async fn run_iteration(
+/// first request's latency is measured from there (no coordinated omission). Not an `async fn`
+/// so that the iteration's state is kept once, not twice (see [`http::HttpClient::send`]).
+pub(crate) fn run_iteration(
     sh: &Shared,
     sc: usize,
     vu: u32,
     iteration: u64,
     intended: Instant,
     taken: Taken,
-) -> IterationOutcome {
+) -> impl Future<Output = IterationOutcome> + Send {
     let mut it = IterationState {
         vu,
         iteration,
         vars: HashMap::new(),
         taken,
     };
-    let mut failed = false;
-    for ri in 0..sh.plan.scenarios[sc].requests.len() {
-        // The first request is due when the iteration was; each next one when it starts.
-        let req_intended = if ri == 0 { intended } else { Instant::now() };
-        let step = run_request(sh, sc, ri, &mut it, req_intended).await;
-        failed |= step.failed;
-        if step.stop_iteration {
-            failed = true;
-            break;
+    async move {
+        let mut failed = false;
+        for ri in 0..sh.plan.scenarios[sc].requests.len() {
+            // The first request is due when the iteration was; each next one when it starts.
+            let req_intended = if ri == 0 { intended } else { Instant::now() };
+            let step = run_request(sh, sc, ri, &mut it, req_intended).await;
+            failed |= step.failed;
+            if step.stop_iteration {
+                failed = true;
+                break;
+            }
         }
-    }
-    IterationOutcome {
-        duration: intended.elapsed(),
-        failed,
-        interrupted: false,
+        IterationOutcome {
+            duration: intended.elapsed(),
+            failed,
+            interrupted: false,
+        }
     }
 }
 

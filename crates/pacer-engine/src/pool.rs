@@ -125,7 +125,9 @@ impl Pool {
         if let Some(tx) = self.shared_h2(&origin).await? {
             return Box::pin(send_h2(tx, build(out, out.uri.clone(), None), limit)).await;
         }
-        let mut req: Option<Request<Body>> = None;
+        // A request a closing connection handed back unsent (rare): boxed, so that the future
+        // every request in flight holds does not keep room for a whole `Request` (256 bytes).
+        let mut req: Option<Box<Request<Body>>> = None;
         loop {
             let (conn, reused) = match origin.checkout() {
                 Some(tx) => (Conn::H1(tx), true),
@@ -148,28 +150,36 @@ impl Pool {
                             "the connection closed before the request was sent".into(),
                         ));
                     }
-                    let wire = req.take().unwrap_or_else(|| {
-                        let pq = out.uri.path_and_query().cloned();
-                        let uri = Uri::from(pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
-                        build(out, uri, Some(&origin.host_header))
-                    });
-                    match tx.try_send_request(wire).await {
-                        Ok(resp) => {
-                            // A body over the cap ends here: the connection, its rest unread,
-                            // is dropped (closed), not given back.
-                            let out = read_body(resp, limit).await?;
-                            origin.checkin(tx, self.max_idle);
-                            return Ok(out);
-                        }
+                    let wire = req.take().map_or_else(
+                        || {
+                            let pq = out.uri.path_and_query().cloned();
+                            let uri =
+                                Uri::from(pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
+                            build(out, uri, Some(&origin.host_header))
+                        },
+                        |r| *r,
+                    );
+                    // A `let` of its own: matching on the awaited result around the body's read
+                    // would keep that result (~270 bytes) alive while the body is read.
+                    let resp = match tx.try_send_request(wire).await {
+                        Ok(resp) => resp,
                         Err(mut e) => match e.take_message() {
                             // Never written: the connection was closing; try the next one.
-                            Some(r) if reused => req = Some(r),
+                            Some(r) if reused => {
+                                req = Some(Box::new(r));
+                                continue;
+                            }
                             _ => {
                                 let e = e.into_error();
                                 return Err((classify(&e, false), chain(&e)));
                             }
                         },
-                    }
+                    };
+                    // A body over the cap ends here: the connection, its rest unread, is
+                    // dropped (closed), not given back.
+                    let out = read_body(resp, limit).await?;
+                    origin.checkin(tx, self.max_idle);
+                    return Ok(out);
                 }
             }
         }
@@ -413,9 +423,9 @@ fn build(out: &Outgoing<'_>, uri: Uri, host: Option<&HeaderValue>) -> Request<Bo
         headers.insert(AUTHORIZATION, a.clone());
     }
     if let Some((name, value)) = &out.correlation {
-        headers.insert((*name).clone(), value.clone());
+        headers.insert((*name).clone(), (*value).clone());
     }
-    let mut req = Request::new(Full::new(out.body.clone()));
+    let mut req = Request::new(Full::new(out.body.cloned().unwrap_or_default()));
     *req.method_mut() = out.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
@@ -451,57 +461,65 @@ struct BodyLimit {
 
 /// Read the body frame by frame: past `limit.max` bytes (or a `Content-Length` above it) the
 /// exchange fails as [`ErrorKind::BodyTooLarge`] without reading the rest; a body nobody needs
-/// is counted and dropped frame by frame (drained), so it costs no memory.
-async fn read_body(resp: Response<Incoming>, limit: BodyLimit) -> Result<Received, Failure> {
+/// is counted and dropped frame by frame (drained), so it costs no memory. Not an `async fn`:
+/// its future keeps the response's parts once, not twice (see [`HttpClient::send`]).
+///
+/// [`HttpClient::send`]: crate::http::HttpClient::send
+fn read_body(
+    resp: Response<Incoming>,
+    limit: BodyLimit,
+) -> impl Future<Output = Result<Received, Failure>> + Send {
     use http_body_util::BodyExt;
     let (parts, mut body) = resp.into_parts();
-    let too_large = || {
-        (
-            ErrorKind::BodyTooLarge,
-            format!(
-                "the response body is larger than http.maxBodyBytes ({} bytes)",
-                limit.max
-            ),
-        )
-    };
-    // hyper's size hint is the `Content-Length` of a response that has a body (not of a
-    // HEAD, 204 or 304 answer, whose Content-Length describes a body that never comes).
-    if hyper::body::Body::size_hint(&body).lower() > limit.max {
-        return Err(too_large());
-    }
-    // A 429's or a 5xx's body may name the limit it is about (ratelimit_headers::
-    // server_limit_name), for the summary and the evidence ledger.
-    let keep = limit.keep
-        || parts.status == http::StatusCode::TOO_MANY_REQUESTS
-        || parts.status.is_server_error();
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut len = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            let kind = match classify(&e, false) {
-                ErrorKind::Other | ErrorKind::Protocol => ErrorKind::Body,
-                k => k,
-            };
-            (kind, chain(&e))
-        })?;
-        if let Ok(data) = frame.into_data() {
-            len = len.saturating_add(data.len() as u64);
-            if len > limit.max {
-                return Err(too_large());
-            }
-            if keep && !data.is_empty() {
-                chunks.push(data);
+    async move {
+        let too_large = || {
+            (
+                ErrorKind::BodyTooLarge,
+                format!(
+                    "the response body is larger than http.maxBodyBytes ({} bytes)",
+                    limit.max
+                ),
+            )
+        };
+        // hyper's size hint is the `Content-Length` of a response that has a body (not of a
+        // HEAD, 204 or 304 answer, whose Content-Length describes a body that never comes).
+        if hyper::body::Body::size_hint(&body).lower() > limit.max {
+            return Err(too_large());
+        }
+        // A 429's or a 5xx's body may name the limit it is about (ratelimit_headers::
+        // server_limit_name), for the summary and the evidence ledger.
+        let keep = limit.keep
+            || parts.status == http::StatusCode::TOO_MANY_REQUESTS
+            || parts.status.is_server_error();
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut len = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                let kind = match classify(&e, false) {
+                    ErrorKind::Other | ErrorKind::Protocol => ErrorKind::Body,
+                    k => k,
+                };
+                (kind, chain(&e))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                len = len.saturating_add(data.len() as u64);
+                if len > limit.max {
+                    return Err(too_large());
+                }
+                if keep && !data.is_empty() {
+                    chunks.push(data);
+                }
             }
         }
+        let body = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.swap_remove(0),
+            _ => Bytes::from(chunks.concat()),
+        };
+        Ok(Received {
+            parts,
+            body,
+            body_len: len,
+        })
     }
-    let body = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.swap_remove(0),
-        _ => Bytes::from(chunks.concat()),
-    };
-    Ok(Received {
-        parts,
-        body,
-        body_len: len,
-    })
 }

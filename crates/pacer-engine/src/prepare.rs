@@ -96,14 +96,16 @@ pub(crate) fn static_requests(
 }
 
 /// The prepared form of request `ri` of scenario `sc` for this iteration: a literal request's
-/// (prepared once for the run), or `req` rendered now with `ctx` into `owned`.
+/// (prepared once for the run), or `req` rendered now with `ctx` into `owned`. `owned` is a box:
+/// it is kept by the request's future while the request is in flight, and an inline
+/// `Prepared` (256 bytes) would be held by every request in flight, literal ones included.
 pub(crate) fn prepared<'a>(
     sh: &'a Shared,
     sc: usize,
     ri: usize,
     req: &Request,
     ctx: &RenderCtx<'_>,
-    owned: &'a mut Option<Prepared>,
+    owned: &'a mut Option<Box<Prepared>>,
 ) -> Result<&'a Prepared, NotPrepared> {
     let static_url = sh.static_urls.get(sc).and_then(|r| r.get(ri)?.as_ref());
     match sh.static_requests.get(sc).and_then(|r| r.get(ri)?.as_ref()) {
@@ -111,7 +113,7 @@ pub(crate) fn prepared<'a>(
             .get_or_init(|| prepare(sh, req, static_url, ctx))
             .as_ref()
             .map_err(NotPrepared::clone),
-        None => prepare(sh, req, static_url, ctx).map(|p| &*owned.insert(p)),
+        None => prepare(sh, req, static_url, ctx).map(|p| &**owned.insert(Box::new(p))),
     }
 }
 

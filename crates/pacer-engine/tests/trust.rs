@@ -351,7 +351,7 @@ async fn a_big_body_nothing_reads_is_drained_and_counted_not_kept() {
                 uri: &uri,
                 headers: &http::HeaderMap::new(),
                 authorization: None,
-                body: Bytes::new(),
+                body: None,
                 keep_body: keep,
                 correlation: None,
             })
