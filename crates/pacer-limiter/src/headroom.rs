@@ -34,6 +34,7 @@
 
 use std::time::Duration;
 
+use pacer_plan::bounds::MAX_RATE_PER_SEC;
 use pacer_plan::{Limit, LimitShape};
 
 /// The reset headers state whole seconds (inin, X-RateLimit, IETF `t`): a window's end is known
@@ -119,8 +120,10 @@ pub fn decide(i: &Inputs) -> Decision {
                 return Decision::Hold(Duration::from_secs_f64(t));
             }
             // A window that ends within a millisecond is spent at once (the rest of it is
-            // at most `left` requests, which the server allows).
-            Decision::Rate(left / t.max(MIN_SPAN_SECS))
+            // at most `left` requests, which the server allows). No faster than any plan may
+            // go: a server's huge `remaining` over a tiny reset would otherwise overflow to an
+            // infinite rate.
+            Decision::Rate((left / t.max(MIN_SPAN_SECS)).min(MAX_RATE_PER_SEC))
         }
         // The server says nothing is left until its reset (its count, whatever its shape).
         (_, Some(t)) if fin(i.remaining) - fin(i.ours_since) < 1.0 => {
