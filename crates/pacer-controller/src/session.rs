@@ -263,27 +263,8 @@ async fn on_message(
         },
         _ => None,
     };
-    // A worker's own results are decoded only when they fit its share of the room for them
-    // (`Assign.detail_max_bytes`; a worker that sends larger ones anyway is not trusted to
-    // bound the controller's memory).
-    let share = detail_share(inner.shards.len());
     let (detail, detail_left_out) = match &body {
-        Body::Finished(fin) if fin.snapshot_json.len() > share => {
-            tracing::warn!(
-                "worker {index}: its own results ({} bytes) are over its share of the room for them ({share} bytes): not kept",
-                fin.snapshot_json.len()
-            );
-            (None, true)
-        }
-        Body::Finished(fin) if !fin.snapshot_json.is_empty() => (
-            Some(decode_snapshot_bytes(
-                &inner.layout,
-                &fin.snapshot_json,
-                "finished.snapshot_json",
-            )?),
-            fin.detail_left_out,
-        ),
-        Body::Finished(fin) => (None, fin.detail_left_out),
+        Body::Finished(fin) => own_results(inner, index, fin)?,
         _ => (None, false),
     };
     let mut f = inner.fleet.lock();
@@ -331,6 +312,31 @@ async fn on_message(
     drop(f);
     inner.changed.notify_waiters();
     Ok(next)
+}
+
+/// Worker `index`'s own results from its Finished (for its row in reports), and whether they
+/// were left out for their size. Decoded only when they fit its share of the room for them
+/// (`Assign.detail_max_bytes`): a worker that sends larger ones anyway is not trusted to
+/// bound the controller's memory.
+fn own_results(
+    inner: &Inner,
+    index: u32,
+    fin: &pacer_proto::Finished,
+) -> Result<(Option<Snapshot>, bool), Status> {
+    let share = detail_share(inner.shards.len());
+    if fin.snapshot_json.len() > share {
+        tracing::warn!(
+            "worker {index}: its own results ({} bytes) are over its share of the room for them ({share} bytes): not kept",
+            fin.snapshot_json.len()
+        );
+        return Ok((None, true));
+    }
+    if fin.snapshot_json.is_empty() {
+        return Ok((None, fin.detail_left_out));
+    }
+    let snapshot =
+        decode_snapshot_bytes(&inner.layout, &fin.snapshot_json, "finished.snapshot_json")?;
+    Ok((Some(snapshot), fin.detail_left_out))
 }
 
 /// A message of the served budget (`crate::served`): a lease answered on this stream, a pause

@@ -436,6 +436,18 @@ mod tests {
             self.last[i] = Some(snap);
         }
 
+        /// Two workers (0 and 1) of `layout` each second for 6 seconds, `hits` requests each
+        /// (worker 0's report 5 ms after the second, worker 1's 9 ms).
+        fn two_workers_for_six_seconds(&mut self, layout: &Layout, hits: (u64, u64)) {
+            let (a, b) = (Recorder::new(layout.clone()), Recorder::new(layout.clone()));
+            for k in 1..=6u64 {
+                hit(&a, hits.0);
+                hit(&b, hits.1);
+                self.report(0, ms(k * 1000 + 5), a.snapshot());
+                self.report(1, ms(k * 1000 + 9), b.snapshot());
+            }
+        }
+
         fn finish(self, end: Duration) -> FleetSeriesOutput {
             self.series.finish(end)
         }
@@ -761,13 +773,7 @@ mod tests {
             let mut fleet = FleetSeries::new(&layout, PlannedRate::default(), 2);
             fleet.max_worker_rows = 14;
             let mut series = Feed::new(fleet.for_length(longest), 2);
-            let (a, b) = (Recorder::new(layout.clone()), Recorder::new(layout.clone()));
-            for k in 1..=6u64 {
-                hit(&a, 2);
-                hit(&b, 3);
-                series.report(0, ms(k * 1000 + 5), a.snapshot());
-                series.report(1, ms(k * 1000 + 9), b.snapshot());
-            }
+            series.two_workers_for_six_seconds(&layout, (2, 3));
             let s = &series.series;
             assert!(!s.workers_truncated || s.workers.iter().all(|w| w.pending.is_none()));
             series.finish(ms(6_009))
@@ -795,13 +801,7 @@ mod tests {
         let mut fleet = FleetSeries::new(&layout, PlannedRate::default(), 2);
         fleet.max_worker_rows = 5;
         let mut series = Feed::new(fleet, 2);
-        let (a, b) = (Recorder::new(layout.clone()), Recorder::new(layout.clone()));
-        for k in 1..=6u64 {
-            hit(&a, 2);
-            hit(&b, 3);
-            series.report(0, ms(k * 1000 + 5), a.snapshot());
-            series.report(1, ms(k * 1000 + 9), b.snapshot());
-        }
+        series.two_workers_for_six_seconds(&layout, (2, 3));
         assert!(series.series.workers_truncated);
         assert!(series.series.workers.iter().all(|w| w.pending.is_none()));
         let out = series.finish(ms(6_009));
@@ -814,13 +814,7 @@ mod tests {
         let mut fleet = FleetSeries::new(&layout, PlannedRate::default(), 2);
         fleet.max_worker_rows = 11;
         let mut series = Feed::new(fleet, 2);
-        let (a, b) = (Recorder::new(layout.clone()), Recorder::new(layout.clone()));
-        for k in 1..=6u64 {
-            hit(&a, 1);
-            hit(&b, 1);
-            series.report(0, ms(k * 1000 + 5), a.snapshot());
-            series.report(1, ms(k * 1000 + 9), b.snapshot());
-        }
+        series.two_workers_for_six_seconds(&layout, (1, 1));
         let out = series.finish(ms(6_009));
         assert!(out.workers_truncated, "12 rows for a bound of 11");
         assert_eq!(
