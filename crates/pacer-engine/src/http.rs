@@ -1,8 +1,8 @@
-//! The HTTP side. Requests go through [`HttpClient`]: hyper connections (keep-alive HTTP/1.1,
-//! and HTTP/2 by ALPN or prior knowledge) over rustls, kept in the engine's own pool
-//! ([`crate::pool`]), one for the whole run. It is the hot path, so it is hyper without the
-//! layers of a general-purpose client (no redirects, cookies, proxies or decompression, which a
-//! load test does not want either). OAuth2 token fetches, which are rare, use reqwest
+//! The HTTP side. Requests go through [`HttpClient`]: keep-alive HTTP/1.1 (the engine's own
+//! exchange, [`crate::h1`]) and HTTP/2 by ALPN or prior knowledge (hyper), over rustls, on
+//! connections kept in the engine's own pool ([`crate::pool`]), one for the whole run. It is
+//! the hot path, so it has none of the layers of a general-purpose client (no redirects,
+//! cookies, proxies or decompression, which a load test does not want either). OAuth2 token fetches, which are rare, use reqwest
 //! ([`build_token_client`]).
 //!
 //! Credentials go only to their origin: the plan's `http.headers` named in

@@ -10,6 +10,7 @@ mod auth;
 mod evidence;
 mod executor;
 mod feed;
+mod h1;
 mod http;
 mod iteration;
 mod pool;

@@ -8,9 +8,12 @@
 //! - HTTP/2 (by ALPN, or `http2: true` for prior knowledge): one connection that every request
 //!   to the origin multiplexes over, opened again when the server closes it.
 //!
-//! Each connection is a hyper `client::conn` connection driven by a task of its own. A request
-//! that an idle connection could not take (the server closed it meanwhile, and the request was
-//! never written) goes to the next connection; a request that was written is never sent again
+//! An HTTP/1.1 connection is its socket (TCP, or TLS over it) and nothing else: the request that
+//! takes it writes and reads it itself ([`crate::h1`], the engine's own exchange: no task and
+//! no buffers per connection). An HTTP/2 connection is hyper's `client::conn::http2`, driven by
+//! a task of its own. An idle connection the server closed (or sent unasked bytes on) is
+//! dropped when a request would take it; a request whose first byte could not be written on a
+//! reused connection goes to the next one; a request that was written is never sent again
 //! here (retries are the plan's, in send.rs).
 //!
 //! A response body is read frame by frame and never past `http.maxBodyBytes` (a server may be
@@ -24,17 +27,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pacer_stats::ErrorKind;
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
+use crate::h1;
 use crate::http::{Outgoing, classify, error_chain as chain};
 
 type Body = Full<Bytes>;
@@ -87,12 +91,12 @@ const MODE_H1: u8 = 1;
 const MODE_H2: u8 = 2;
 
 struct Idle {
-    tx: http1::SendRequest<Body>,
+    stream: h1::Stream,
     since: Instant,
 }
 
 enum Conn {
-    H1(http1::SendRequest<Body>),
+    H1(h1::Stream),
     H2(http2::SendRequest<Body>),
 }
 
@@ -125,12 +129,9 @@ impl Pool {
         if let Some(tx) = self.shared_h2(&origin).await? {
             return Box::pin(send_h2(tx, build(out, out.uri.clone(), None), limit)).await;
         }
-        // A request a closing connection handed back unsent (rare): boxed, so that the future
-        // every request in flight holds does not keep room for a whole `Request` (256 bytes).
-        let mut req: Option<Box<Request<Body>>> = None;
         loop {
             let (conn, reused) = match origin.checkout() {
-                Some(tx) => (Conn::H1(tx), true),
+                Some(stream) => (Conn::H1(stream), true),
                 // Boxed: the connect's state (TLS included) is large and rare; the hot path's
                 // future stays small (it is moved on every request).
                 None => (Box::pin(self.connect(&origin)).await?, false),
@@ -140,46 +141,20 @@ impl Pool {
                     let req = build(out, out.uri.clone(), None);
                     return Box::pin(send_h2(origin.keep_h2(tx), req, limit)).await;
                 }
-                Conn::H1(mut tx) => {
-                    if tx.ready().await.is_err() {
-                        if reused {
-                            continue;
+                Conn::H1(mut stream) => {
+                    // A body over the cap, or any failure, ends here: the connection, its
+                    // rest unread, is dropped (closed), not given back.
+                    match h1::exchange(&mut stream, out, &origin.host_header, limit, reused).await {
+                        Ok(done) => {
+                            if done.reusable {
+                                origin.checkin(stream, self.max_idle);
+                            }
+                            return Ok(done.received);
                         }
-                        return Err((
-                            ErrorKind::Protocol,
-                            "the connection closed before the request was sent".into(),
-                        ));
+                        // Closed while idle, and not a byte was written: the next connection.
+                        Err(h1::Error::Unsent) => continue,
+                        Err(h1::Error::Failed(f)) => return Err(f),
                     }
-                    let wire = req.take().map_or_else(
-                        || {
-                            let pq = out.uri.path_and_query().cloned();
-                            let uri =
-                                Uri::from(pq.unwrap_or_else(|| PathAndQuery::from_static("/")));
-                            build(out, uri, Some(&origin.host_header))
-                        },
-                        |r| *r,
-                    );
-                    // A `let` of its own: matching on the awaited result around the body's read
-                    // would keep that result (~270 bytes) alive while the body is read.
-                    let resp = match tx.try_send_request(wire).await {
-                        Ok(resp) => resp,
-                        Err(mut e) => match e.take_message() {
-                            // Never written: the connection was closing; try the next one.
-                            Some(r) if reused => {
-                                req = Some(Box::new(r));
-                                continue;
-                            }
-                            _ => {
-                                let e = e.into_error();
-                                return Err((classify(&e, false), chain(&e)));
-                            }
-                        },
-                    };
-                    // A body over the cap ends here: the connection, its rest unread, is
-                    // dropped (closed), not given back.
-                    let out = read_body(resp, limit).await?;
-                    origin.checkin(tx, self.max_idle);
-                    return Ok(out);
                 }
             }
         }
@@ -208,9 +183,9 @@ impl Pool {
         }
         match Box::pin(self.connect(origin)).await? {
             Conn::H2(tx) => Ok(Some(origin.keep_h2(tx))),
-            Conn::H1(tx) => {
+            Conn::H1(stream) => {
                 origin.mode.store(MODE_H1, Ordering::Release);
-                origin.checkin(tx, self.max_idle);
+                origin.checkin(stream, self.max_idle);
                 Ok(None)
             }
         }
@@ -286,10 +261,15 @@ impl Pool {
                     .connect(server_name, tcp)
                     .await
                     .map_err(|e| (ErrorKind::Tls, format!("TLS handshake: {}", chain(&e))))?;
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                handshake(TokioIo::new(tls), h2).await
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    handshake_h2(TokioIo::new(tls)).await
+                } else {
+                    Ok(Conn::H1(h1::Stream::Tls(Box::new(tls))))
+                }
+            } else if self.http2_only {
+                handshake_h2(TokioIo::new(tcp)).await
             } else {
-                handshake(TokioIo::new(tcp), self.http2_only).await
+                Ok(Conn::H1(h1::Stream::Tcp(tcp)))
             }
         };
         match tokio::time::timeout(self.connect_timeout, open).await {
@@ -329,7 +309,7 @@ impl Origin {
     }
 
     /// The most recently used idle HTTP/1.1 connection that is still open.
-    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+    fn checkout(&self) -> Option<h1::Stream> {
         let mut idle = self.idle.lock();
         while let Some(c) = idle.pop_back() {
             if c.since.elapsed() >= IDLE_TIMEOUT {
@@ -337,17 +317,15 @@ impl Origin {
                 idle.clear();
                 return None;
             }
-            if !c.tx.is_closed() {
-                return Some(c.tx);
+            let mut c = c;
+            if c.stream.is_open() {
+                return Some(c.stream);
             }
         }
         None
     }
 
-    fn checkin(&self, tx: http1::SendRequest<Body>, max_idle: usize) {
-        if tx.is_closed() {
-            return;
-        }
+    fn checkin(&self, stream: h1::Stream, max_idle: usize) {
         let now = Instant::now();
         let mut idle = self.idle.lock();
         while idle
@@ -357,7 +335,7 @@ impl Origin {
             idle.pop_front();
         }
         if idle.len() < max_idle {
-            idle.push_back(Idle { tx, since: now });
+            idle.push_back(Idle { stream, since: now });
         }
     }
 }
@@ -383,28 +361,20 @@ async fn tcp_connect(name: &str, port: u16) -> Result<TcpStream, Failure> {
     ))
 }
 
-async fn handshake<T>(io: T, h2: bool) -> Result<Conn, Failure>
+/// HTTP/2's handshake (hyper's), and the task that drives the connection.
+async fn handshake_h2<T>(io: T) -> Result<Conn, Failure>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let failed = |e: hyper::Error| (ErrorKind::Protocol, format!("handshake: {}", chain(&e)));
-    if h2 {
-        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(io)
-            .await
-            .map_err(failed)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Conn::H2(tx))
-    } else {
-        let (tx, conn) = http1::Builder::new().handshake(io).await.map_err(failed)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Conn::H1(tx))
-    }
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(io)
+        .await
+        .map_err(|e| (ErrorKind::Protocol, format!("handshake: {}", chain(&e))))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Conn::H2(tx))
 }
 
 /// The request on the wire: `uri` in the form the protocol sends (the path and query for
@@ -454,9 +424,9 @@ async fn send_h2(
 
 /// How much of a body to read, and whether to keep it.
 #[derive(Clone, Copy)]
-struct BodyLimit {
-    max: u64,
-    keep: bool,
+pub(crate) struct BodyLimit {
+    pub(crate) max: u64,
+    pub(crate) keep: bool,
 }
 
 /// Read the body frame by frame: past `limit.max` bytes (or a `Content-Length` above it) the
