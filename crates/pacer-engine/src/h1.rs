@@ -194,9 +194,10 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 /// they are not copied).
 fn encode<'a>(out: &Outgoing<'a>, host: &HeaderValue) -> (Vec<u8>, Option<&'a Bytes>) {
     let body = out.body.filter(|b| !b.is_empty());
-    let path = out.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let path = if path.is_empty() { "/" } else { path };
-    let mut size = out.method.as_str().len() + path.len() + 64 + host.len();
+    // The origin form: an empty path is "/" (also before a query: `http://h?q` is `/?q`).
+    let path = out.uri.path_and_query().map_or("", |pq| pq.as_str());
+    let slash = !path.starts_with('/');
+    let mut size = out.method.as_str().len() + path.len() + 65 + host.len();
     for (k, v) in out.headers {
         size += k.as_str().len() + v.len() + 4;
     }
@@ -210,7 +211,7 @@ fn encode<'a>(out: &Outgoing<'a>, host: &HeaderValue) -> (Vec<u8>, Option<&'a By
     size += inline.map_or(0, |b| b.len());
     let mut w = Vec::with_capacity(size);
     w.extend_from_slice(out.method.as_str().as_bytes());
-    w.push(b' ');
+    w.extend_from_slice(if slash { b" /" } else { b" " });
     w.extend_from_slice(path.as_bytes());
     w.extend_from_slice(b" HTTP/1.1\r\n");
     let header = |w: &mut Vec<u8>, k: &HeaderName, v: &HeaderValue| {
@@ -268,13 +269,8 @@ async fn write_request(
     reused: bool,
 ) -> Result<(), Error> {
     let failed = |e: io::Error| {
-        let kind = if e.kind() == io::ErrorKind::TimedOut {
-            ErrorKind::Timeout
-        } else {
-            ErrorKind::Protocol
-        };
         Error::Failed((
-            kind,
+            io_kind(&e, ErrorKind::Protocol),
             format!("the connection failed while the request was written: {e}"),
         ))
     };
@@ -1084,6 +1080,14 @@ mod tests {
             String::from_utf8(w).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nhost: h:8\r\n\r\n"
         );
+        for (uri, line) in [
+            ("http://h:8", "GET / HTTP/1.1"),
+            ("http://h:8?q", "GET /?q HTTP/1.1"),
+        ] {
+            let uri: http::Uri = uri.parse().unwrap();
+            let (w, _) = encode(&outgoing(&Method::GET, &uri, &empty, None), &host);
+            assert!(String::from_utf8(w).unwrap().starts_with(line), "{uri}");
+        }
         let big = Bytes::from(vec![b'x'; INLINE_BODY + 1]);
         let (w, rest) = encode(&outgoing(&Method::POST, &uri, &empty, Some(&big)), &host);
         assert!(
