@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, HOST};
+use http::header::AUTHORIZATION;
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use http_body_util::Full;
@@ -127,7 +127,7 @@ impl Pool {
             keep: out.keep_body,
         };
         if let Some(tx) = self.shared_h2(&origin).await? {
-            return Box::pin(send_h2(tx, build(out, out.uri.clone(), None), limit)).await;
+            return Box::pin(send_h2(tx, build_h2(out), limit)).await;
         }
         loop {
             let (conn, reused) = match origin.checkout() {
@@ -138,7 +138,7 @@ impl Pool {
             };
             match conn {
                 Conn::H2(tx) => {
-                    let req = build(out, out.uri.clone(), None);
+                    let req = build_h2(out);
                     return Box::pin(send_h2(origin.keep_h2(tx), req, limit)).await;
                 }
                 Conn::H1(mut stream) => {
@@ -377,15 +377,9 @@ where
     Ok(Conn::H2(tx))
 }
 
-/// The request on the wire: `uri` in the form the protocol sends (the path and query for
-/// HTTP/1.1, absolute for HTTP/2), `host` for HTTP/1.1 (unless the plan sets `Host`).
-fn build(out: &Outgoing<'_>, uri: Uri, host: Option<&HeaderValue>) -> Request<Body> {
+/// The HTTP/2 request: the absolute URI gives the `:scheme` and `:authority` pseudo-headers.
+fn build_h2(out: &Outgoing<'_>) -> Request<Body> {
     let mut headers = HeaderMap::with_capacity(out.headers.len() + 2);
-    if let Some(h) = host
-        && !out.headers.contains_key(HOST)
-    {
-        headers.insert(HOST, h.clone());
-    }
     for (k, v) in out.headers {
         headers.append(k.clone(), v.clone());
     }
@@ -397,7 +391,7 @@ fn build(out: &Outgoing<'_>, uri: Uri, host: Option<&HeaderValue>) -> Request<Bo
     }
     let mut req = Request::new(Full::new(out.body.cloned().unwrap_or_default()));
     *req.method_mut() = out.method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = out.uri.clone();
     *req.headers_mut() = headers;
     req
 }
