@@ -2,8 +2,8 @@
 //! exchange, [`crate::h1`]) and HTTP/2 by ALPN or prior knowledge (hyper), over rustls, on
 //! connections kept in the engine's own pool ([`crate::pool`]), one for the whole run. It is
 //! the hot path, so it has none of the layers of a general-purpose client (no redirects,
-//! cookies, proxies or decompression, which a load test does not want either). OAuth2 token fetches, which are rare, use reqwest
-//! ([`build_token_client`]).
+//! cookies, proxies or decompression, which a load test does not want either). OAuth2 token
+//! fetches, which are rare, use reqwest ([`build_token_client`]).
 //!
 //! Credentials go only to their origin: the plan's `http.headers` named in
 //! [`CREDENTIAL_HEADERS`] are added only to requests for the target's origin, and never to the
