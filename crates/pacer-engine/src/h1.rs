@@ -523,7 +523,7 @@ async fn read_head(stream: &mut Stream, head_request: bool) -> Result<(Head, Byt
     }
 }
 
-/// An I/O error's kind for the report: a timeout is one, anything else is `other`.
+/// An I/O error's kind for the report: `Timeout` when it timed out, else `other`.
 fn io_kind(e: &io::Error, other: ErrorKind) -> ErrorKind {
     if e.kind() == io::ErrorKind::TimedOut {
         ErrorKind::Timeout
@@ -532,14 +532,12 @@ fn io_kind(e: &io::Error, other: ErrorKind) -> ErrorKind {
     }
 }
 
-/// The answer when its body is complete in `buf` (with whether its connection may be
-/// reused), or what is needed to read the rest.
-#[allow(clippy::type_complexity)] // one use, named in the doc above
-fn start_body(
-    head: Head,
-    mut buf: BytesMut,
-    limit: BodyLimit,
-) -> Result<Result<(Received, bool), Box<Rest>>, Failure> {
+/// An answer whose body came whole with its head (and whether its connection may be reused),
+/// or what it takes to read the rest.
+type Started = Result<(Received, bool), Box<Rest>>;
+
+/// Start the body: take what of it `buf` holds.
+fn start_body(head: Head, mut buf: BytesMut, limit: BodyLimit) -> Result<Started, Failure> {
     let Head {
         parts,
         framing,
@@ -563,14 +561,14 @@ fn start_body(
         chunks: Vec::new(),
         len: 0,
     };
+    let done = body.consume(&mut buf)?;
     let rest = Rest {
         parts,
         keep_alive,
-        done: body.consume(&mut buf)?,
         body,
         buf,
     };
-    Ok(if rest.done {
+    Ok(if done {
         Ok(rest.finish())
     } else {
         Err(Box::new(rest))
@@ -583,7 +581,6 @@ struct Rest {
     keep_alive: bool,
     body: BodyReader,
     buf: BytesMut,
-    done: bool,
 }
 
 impl Rest {
