@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::http::Outgoing;
-use crate::pool::{BodyLimit, Failure, Received};
+use crate::pool::{BodyLimit, Failure, Received, joined};
 
 /// How much room each read of the socket gets: a typical API answer (head and a small JSON
 /// body, under 1-2 KB) arrives in one read, and 4 KiB is one of jemalloc's size classes. A
@@ -545,19 +545,15 @@ fn start_body(head: Head, mut buf: BytesMut, limit: BodyLimit) -> Result<Started
     } = head;
     let decoder = match framing {
         Framing::Empty => Decoder::Length(0),
-        Framing::Length(n) if n > limit.max => return Err(too_large(limit.max)),
+        Framing::Length(n) if n > limit.max => return Err(limit.too_large()),
         Framing::Length(n) => Decoder::Length(n),
         Framing::Chunked => Decoder::Chunked(Chunked::Size, 0),
         Framing::UntilClose => Decoder::UntilClose,
     };
     let mut body = BodyReader {
         decoder,
-        // A 429's or a 5xx's body may name the limit it is about (ratelimit_headers::
-        // server_limit_name), for the summary and the evidence ledger.
-        keep: limit.keep
-            || parts.status == StatusCode::TOO_MANY_REQUESTS
-            || parts.status.is_server_error(),
-        max: limit.max,
+        keep: limit.keeps(parts.status),
+        limit,
         chunks: Vec::new(),
         len: 0,
     };
@@ -604,19 +600,11 @@ impl Rest {
     }
 }
 
-fn too_large(max: u64) -> Failure {
-    (
-        ErrorKind::BodyTooLarge,
-        format!("the response body is larger than http.maxBodyBytes ({max} bytes)"),
-    )
-}
-
 /// A body being read: its decoder, and what of it is kept.
 struct BodyReader {
     decoder: Decoder,
     keep: bool,
-    /// `http.maxBodyBytes`.
-    max: u64,
+    limit: BodyLimit,
     chunks: Vec<Bytes>,
     /// The body's bytes so far, kept or not.
     len: u64,
@@ -629,8 +617,8 @@ impl BodyReader {
             match self.decoder.decode(buf).map_err(|m| (ErrorKind::Body, m))? {
                 Decoded::Data(n) => {
                     self.len = self.len.saturating_add(n as u64);
-                    if self.len > self.max {
-                        return Err(too_large(self.max));
+                    if self.len > self.limit.max {
+                        return Err(self.limit.too_large());
                     }
                     if self.keep {
                         self.chunks.push(buf.split_to(n).freeze());
@@ -675,11 +663,7 @@ impl BodyReader {
 
     /// The body as kept (empty when not kept).
     fn finish(&mut self) -> Bytes {
-        match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.swap_remove(0),
-            _ => Bytes::from(self.chunks.concat()),
-        }
+        joined(std::mem::take(&mut self.chunks))
     }
 }
 

@@ -311,13 +311,12 @@ impl Origin {
     /// The most recently used idle HTTP/1.1 connection that is still open.
     fn checkout(&self) -> Option<h1::Stream> {
         let mut idle = self.idle.lock();
-        while let Some(c) = idle.pop_back() {
+        while let Some(mut c) = idle.pop_back() {
             if c.since.elapsed() >= IDLE_TIMEOUT {
                 // The rest are older still.
                 idle.clear();
                 return None;
             }
-            let mut c = c;
             if c.stream.is_open() {
                 return Some(c.stream);
             }
@@ -423,6 +422,35 @@ pub(crate) struct BodyLimit {
     pub(crate) keep: bool,
 }
 
+impl BodyLimit {
+    /// Whether an answer of `status` keeps its body: when the request reads it, and always a
+    /// 429's or a 5xx's, whose body may name the limit it is about (ratelimit_headers::
+    /// server_limit_name), for the summary and the evidence ledger.
+    pub(crate) fn keeps(&self, status: http::StatusCode) -> bool {
+        self.keep || status == http::StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+    }
+
+    /// A body over `http.maxBodyBytes` (by its length, or as it arrives).
+    pub(crate) fn too_large(&self) -> Failure {
+        (
+            ErrorKind::BodyTooLarge,
+            format!(
+                "the response body is larger than http.maxBodyBytes ({} bytes)",
+                self.max
+            ),
+        )
+    }
+}
+
+/// A kept body from the pieces it arrived in (one piece: no copy).
+pub(crate) fn joined(mut chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    }
+}
+
 /// Read the body frame by frame: past `limit.max` bytes (or a `Content-Length` above it) the
 /// exchange fails as [`ErrorKind::BodyTooLarge`] without reading the rest; a body nobody needs
 /// is counted and dropped frame by frame (drained), so it costs no memory. Not an `async fn`:
@@ -436,25 +464,12 @@ fn read_body(
     use http_body_util::BodyExt;
     let (parts, mut body) = resp.into_parts();
     async move {
-        let too_large = || {
-            (
-                ErrorKind::BodyTooLarge,
-                format!(
-                    "the response body is larger than http.maxBodyBytes ({} bytes)",
-                    limit.max
-                ),
-            )
-        };
         // hyper's size hint is the `Content-Length` of a response that has a body (not of a
         // HEAD, 204 or 304 answer, whose Content-Length describes a body that never comes).
         if hyper::body::Body::size_hint(&body).lower() > limit.max {
-            return Err(too_large());
+            return Err(limit.too_large());
         }
-        // A 429's or a 5xx's body may name the limit it is about (ratelimit_headers::
-        // server_limit_name), for the summary and the evidence ledger.
-        let keep = limit.keep
-            || parts.status == http::StatusCode::TOO_MANY_REQUESTS
-            || parts.status.is_server_error();
+        let keep = limit.keeps(parts.status);
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut len = 0u64;
         while let Some(frame) = body.frame().await {
@@ -468,21 +483,16 @@ fn read_body(
             if let Ok(data) = frame.into_data() {
                 len = len.saturating_add(data.len() as u64);
                 if len > limit.max {
-                    return Err(too_large());
+                    return Err(limit.too_large());
                 }
                 if keep && !data.is_empty() {
                     chunks.push(data);
                 }
             }
         }
-        let body = match chunks.len() {
-            0 => Bytes::new(),
-            1 => chunks.swap_remove(0),
-            _ => Bytes::from(chunks.concat()),
-        };
         Ok(Received {
             parts,
-            body,
+            body: joined(chunks),
             body_len: len,
         })
     }
