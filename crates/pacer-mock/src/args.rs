@@ -64,6 +64,12 @@ pub struct MockArgs {
     #[arg(long = "static")]
     pub static_mode: bool,
 
+    /// With --static: answer every request with FILE's bytes (read once at start, at most
+    /// 16 MiB, served as application/json) instead of the tiny body; for benchmarks whose
+    /// client parses and checks a realistic answer.
+    #[arg(long, value_name = "FILE")]
+    pub static_body: Option<PathBuf>,
+
     /// Whether API endpoints require a bearer token from /oauth/token [default: required].
     #[arg(long, value_enum, value_name = "MODE")]
     pub auth: Option<AuthMode>,
@@ -307,6 +313,9 @@ impl MockArgs {
         }
         if self.static_mode {
             c.static_mode = true;
+        }
+        if let Some(body) = self.static_body {
+            c.static_body = Some(body);
         }
         if let Some(auth) = self.auth {
             c.auth = auth;

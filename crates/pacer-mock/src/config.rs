@@ -6,11 +6,20 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::MockError;
+
+/// The body of every static-mode answer when no `staticBody` is given.
+pub const DEFAULT_STATIC_BODY: &str = "{\"ok\":true}";
+
+/// The largest `staticBody` file: a benchmark body is a realistic API answer (an analytics
+/// page of conversations is tens to hundreds of KiB), and the whole file is held in memory
+/// once for the server's life.
+pub const MAX_STATIC_BODY: u64 = 16 * 1024 * 1024;
 
 /// The whole configuration of the mock API.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -22,6 +31,10 @@ pub struct MockConfig {
     /// faults, only a request counter.
     #[serde(rename = "static")]
     pub static_mode: bool,
+    /// With `static`: a file whose bytes are the body of every answer (read once at start,
+    /// at most [`MAX_STATIC_BODY`]), instead of `{"ok":true}`. A path relative to the working
+    /// directory.
+    pub static_body: Option<PathBuf>,
     /// Whether API endpoints require a bearer token from `/oauth/token`.
     pub auth: AuthMode,
     /// Lifetime of issued tokens (`expires_in`).
@@ -60,6 +73,7 @@ impl Default for MockConfig {
         MockConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             static_mode: false,
+            static_body: None,
             auth: AuthMode::Required,
             token_lifetime: Duration::from_secs(3600),
             clients: vec![ClientConfig {
@@ -454,6 +468,12 @@ const MAX_WINDOW: Duration = Duration::from_secs(86_400);
 impl MockConfig {
     /// Checks ranges and consistency; names the offending field.
     pub fn validate(&self) -> Result<(), MockError> {
+        if self.static_body.is_some() && !self.static_mode {
+            return Err(MockError::invalid(
+                "staticBody",
+                "is the body of static mode's answers: set `static: true` (--static) too",
+            ));
+        }
         if self.token_lifetime.is_zero() {
             return Err(MockError::invalid("tokenLifetime", "must be > 0"));
         }
@@ -717,6 +737,37 @@ pub(crate) mod duration_str {
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
             super::seconds_to_duration(v).map_err(E::custom)
         }
+    }
+}
+
+impl MockConfig {
+    /// The body of every static-mode answer: `staticBody`'s bytes, or `{"ok":true}`. Read once
+    /// at start; a file over [`MAX_STATIC_BODY`] is an error, not a truncated body.
+    pub(crate) fn read_static_body(&self) -> Result<bytes::Bytes, MockError> {
+        use std::io::Read;
+        let Some(path) = &self.static_body else {
+            return Ok(bytes::Bytes::from_static(DEFAULT_STATIC_BODY.as_bytes()));
+        };
+        let read_error = |source| MockError::ReadStaticBody {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        let mut body = Vec::new();
+        // One byte past the cap tells a file at the cap from a larger one.
+        file.take(MAX_STATIC_BODY + 1)
+            .read_to_end(&mut body)
+            .map_err(read_error)?;
+        if body.len() as u64 > MAX_STATIC_BODY {
+            return Err(MockError::invalid(
+                "staticBody",
+                format!(
+                    "{} is larger than {MAX_STATIC_BODY} bytes, the most a static body may be",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(body.into())
     }
 }
 

@@ -22,6 +22,13 @@ pub enum MockError {
     /// `field` is the path of the offending field, e.g. `limits[0].window`.
     #[error("invalid config: {field}: {message}")]
     InvalidConfig { field: String, message: String },
+    /// The `staticBody` file could not be read.
+    #[error("invalid config: staticBody: cannot read {path}: {source}")]
+    ReadStaticBody {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -33,8 +33,8 @@ mod tokens;
 pub use args::{MockArgs, Switch, TokenLimitSpec, UnavailableSpec};
 pub use config::{
     Algorithm, AuthMode, ClientConfig, EndpointsConfig, HeadersConfig, LatencyConfig, LimitConfig,
-    LimitKey, MockConfig, ResetFormat, RetryAfterFormat, StallConfig, TokenRateLimit,
-    UnavailableConfig,
+    LimitKey, MAX_STATIC_BODY, MockConfig, ResetFormat, RetryAfterFormat, StallConfig,
+    TokenRateLimit, UnavailableConfig,
 };
 pub use control::{Control, FaultsUpdate, FaultsView, Force401, Force429};
 pub use error::MockError;

@@ -30,8 +30,6 @@ use crate::stats::StatsView;
 
 /// How long `shutdown` lets in-flight responses (a stall, a slow latency) finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// The whole body of every `--static` response.
-const STATIC_BODY: &str = "{\"ok\":true}";
 
 fn router(shared: Arc<Shared>) -> Router {
     let control = Router::new()
@@ -52,7 +50,8 @@ async fn static_ok(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     shared.static_requests.fetch_add(1, Ordering::Relaxed);
     (
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        STATIC_BODY,
+        // A reference-counted clone: the body is never copied per answer.
+        shared.static_body.clone(),
     )
 }
 
@@ -175,7 +174,8 @@ pub async fn serve(config: MockConfig, listener: TcpListener) -> Result<MockServ
     config.validate()?;
     let addr = listener.local_addr()?;
     let static_mode = config.static_mode;
-    let shared = Arc::new(Shared::new(config));
+    let static_body = config.read_static_body()?;
+    let shared = Arc::new(Shared::new(config, static_body));
     let app = router(shared.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     // Small JSON answers to request/response traffic: Nagle's algorithm would only add delay.

@@ -29,10 +29,12 @@ pub(crate) struct Shared {
     pub jobs: Mutex<JobStore>,
     /// The only counter of `--static` mode (a lock would cost throughput).
     pub static_requests: AtomicU64,
+    /// The body of every `--static` answer (`staticBody`, or `{"ok":true}`).
+    pub static_body: bytes::Bytes,
 }
 
 impl Shared {
-    pub(crate) fn new(config: MockConfig) -> Self {
+    pub(crate) fn new(config: MockConfig, static_body: bytes::Bytes) -> Self {
         Shared {
             start: Instant::now(),
             clients: config
@@ -53,6 +55,7 @@ impl Shared {
             faults: Mutex::new(Faults::from_config(&config)),
             jobs: Mutex::new(JobStore::default()),
             static_requests: AtomicU64::new(0),
+            static_body,
             config,
         }
     }

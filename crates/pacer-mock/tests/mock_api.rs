@@ -875,6 +875,75 @@ async fn static_mode_counts_only() {
 }
 
 #[tokio::test]
+async fn static_body_is_the_files_bytes_and_a_bad_one_is_named() {
+    let dir = std::env::temp_dir().join(format!("pacer-mock-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = format!(
+        "{{\"totalHits\":3,\"conversations\":[{}]}}",
+        ["{\"id\":\"c\"}"; 3].join(",")
+    );
+    let file = dir.join("page.json");
+    std::fs::write(&file, &body).unwrap();
+    let m = Mock::start(MockConfig {
+        static_mode: true,
+        static_body: Some(file.clone()),
+        ..MockConfig::default()
+    })
+    .await;
+    for path in ["/", "/api/v2/analytics/conversations/details/query"] {
+        let r = m.http.post(m.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(r.text().await.unwrap(), body);
+    }
+    m.server.shutdown().await;
+
+    let start = |config: MockConfig| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        serve(config, listener)
+            .await
+            .expect_err("must not start")
+            .to_string()
+    };
+    // Without static mode the body would be silently unused.
+    let e = start(MockConfig {
+        static_body: Some(file.clone()),
+        ..MockConfig::default()
+    })
+    .await;
+    assert!(
+        e.contains("staticBody") && e.contains("static: true"),
+        "{e}"
+    );
+    // A missing file names the field and the path, with the OS's reason.
+    let missing = dir.join("missing.json");
+    let e = start(MockConfig {
+        static_mode: true,
+        static_body: Some(missing.clone()),
+        ..MockConfig::default()
+    })
+    .await;
+    assert!(
+        e.contains("staticBody") && e.contains(&*missing.to_string_lossy()),
+        "{e}"
+    );
+    // A file over the cap is refused whole, never truncated.
+    let big = dir.join("big.json");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(pacer_mock::MAX_STATIC_BODY + 1)
+        .unwrap();
+    let e = start(MockConfig {
+        static_mode: true,
+        static_body: Some(big),
+        ..MockConfig::default()
+    })
+    .await;
+    assert!(e.contains("staticBody") && e.contains("larger than"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
 async fn shutdown_and_drop_stop_the_server() {
     let m = Mock::start(base()).await;
     let addr = m.server.addr();
