@@ -59,8 +59,8 @@ def ratio(a_path, b_path):
 
 
 def pacer_summary(path, field):
-    """A number from pacer's --summary-json: http_reqs, elapsed, dropped, send lag percentiles,
-    duration percentiles."""
+    """A number from pacer's --summary-json: http_reqs, ok, elapsed, checks_failed, dropped,
+    send lag percentiles, duration percentiles."""
     with open(path) as f:
         s = json.load(f)
     t = s["totals"]
@@ -70,6 +70,8 @@ def pacer_summary(path, field):
         v = t["status"].get("200", 0)
     elif field == "elapsed":
         v = s["elapsed_secs"]
+    elif field == "checks_failed":
+        v = t["checks_failed"]
     elif field == "dropped":
         v = s["scenario_totals"]["dropped_iterations"]
     elif field.startswith("lag_"):
