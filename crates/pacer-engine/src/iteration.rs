@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::feed::{DataExhausted, Feeders, Taken};
 use crate::http::{self, Response};
+use crate::json_reads::Reads;
 use crate::prepare::{self, NotPrepared, StaticRequest, StaticUrl};
 use crate::render::RenderCtx;
 use crate::send::{record_local_failure, send_with_retries};
@@ -53,9 +54,9 @@ pub(crate) struct Shared {
     /// Requests with nothing to render (URL, headers and body all literal), by scenario and
     /// request: prepared on first use and sent as they are after that.
     pub(crate) static_requests: Vec<Vec<Option<StaticRequest>>>,
-    /// Whether a check, extract or poll reads each request's response body (by scenario and
-    /// request): the others' bodies are drained.
-    pub(crate) needs_body: Vec<Vec<bool>>,
+    /// What each request's checks, extracts and poll conditions read of a JSON answer (by
+    /// scenario and request); `None`: nothing, and its bodies are drained, not kept.
+    pub(crate) json_reads: Vec<Vec<Option<Reads>>>,
     warned: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// The plan's test data as this process takes it.
     pub(crate) feeders: Feeders,
@@ -82,10 +83,10 @@ impl Shared {
         let feeders = Feeders::new(&plan, opts.shard.as_ref().unwrap_or(&Shard::whole()))?;
         let static_urls = prepare::static_urls(&plan);
         let static_requests = prepare::static_requests(&plan, &static_urls);
-        let needs_body = plan
+        let json_reads = plan
             .scenarios
             .iter()
-            .map(|sc| sc.requests.iter().map(reads_body).collect())
+            .map(|sc| sc.requests.iter().map(Reads::of).collect())
             .collect();
         let correlation_header = plan
             .http
@@ -95,7 +96,7 @@ impl Shared {
         Ok(Self {
             static_urls,
             static_requests,
-            needs_body,
+            json_reads,
             plan,
             client,
             limiter,
@@ -145,16 +146,6 @@ impl Shared {
             );
         }
     }
-}
-
-/// Does a check, an extract or a poll condition read `req`'s response body?
-fn reads_body(req: &Request) -> bool {
-    !req.expect.json.is_empty()
-        || req
-            .extract
-            .iter()
-            .any(|(_, ex)| matches!(ex.from, ExtractFrom::JsonPointer(_)))
-        || req.poll.as_ref().is_some_and(|p| !p.until.json.is_empty())
 }
 
 /// Run one iteration of scenario `sc`. `intended` is when the schedule meant it to start: the
@@ -251,7 +242,12 @@ async fn run_request(
             send_with_retries(sh, sc, ri, req, credential, prepared, intended, again).await;
         let (missing, done) = {
             let resp = response.as_ref();
-            let body = JsonBody::new(resp);
+            let reads = sh
+                .json_reads
+                .get(sc)
+                .and_then(|r| r.get(ri))
+                .and_then(Option::as_ref);
+            let body = JsonBody::new(resp, reads);
             count_checks(&req.expect, resp, &body, &mut outcome);
             let missing = extract(req, resp, &body, &mut it.vars);
             let done = match &req.poll {
@@ -334,23 +330,29 @@ fn not_prepared(
 }
 
 /// A response's body as JSON, parsed when a check, an extract or a poll condition first reads
-/// it, and at most once (`None`: no response, or not JSON).
+/// it, at most once, and only as far as the request's pointers read (`reads`; json_reads.rs).
+/// `None`: no response, nothing reads it, or not JSON.
 struct JsonBody<'a> {
     resp: Option<&'a Response>,
+    reads: Option<&'a Reads>,
     doc: OnceCell<Option<Value>>,
 }
 
 impl<'a> JsonBody<'a> {
-    fn new(resp: Option<&'a Response>) -> Self {
+    fn new(resp: Option<&'a Response>, reads: Option<&'a Reads>) -> Self {
         Self {
             resp,
+            reads,
             doc: OnceCell::new(),
         }
     }
 
     fn get(&self) -> Option<&Value> {
         self.doc
-            .get_or_init(|| self.resp.and_then(|r| serde_json::from_slice(&r.body).ok()))
+            .get_or_init(|| {
+                let (resp, reads) = (self.resp?, self.reads?);
+                reads.parse(&resp.body)
+            })
             .as_ref()
     }
 }
@@ -486,6 +488,15 @@ mod tests {
         }
     }
 
+    /// The pointers of `expect`'s JSON conditions, as a run builds them.
+    fn reads_of(expect: &Expect) -> Reads {
+        Reads::of_pointers(expect.json.iter().map(|c| c.pointer.as_str()))
+    }
+
+    fn body<'a>(resp: &'a Response, reads: &'a Reads) -> JsonBody<'a> {
+        JsonBody::new(Some(resp), Some(reads))
+    }
+
     fn equals(pointer: &str, v: Value) -> JsonCheck {
         JsonCheck {
             pointer: pointer.into(),
@@ -517,18 +528,19 @@ mod tests {
         assert_eq!(planned_checks(&expect), 3);
         assert_eq!(planned_checks(&Expect::default()), 0);
 
+        let reads = reads_of(&expect);
         let resp = response(200, &[], r#"{"state":"done","n":3}"#);
         let mut out = RequestOutcome::default();
-        count_checks(&expect, Some(&resp), &JsonBody::new(Some(&resp)), &mut out);
+        count_checks(&expect, Some(&resp), &body(&resp, &reads), &mut out);
         assert_eq!((out.checks_passed, out.checks_failed), (2, 1));
 
         // Without an answer every check fails; a body that is not JSON fails its conditions.
         let mut out = RequestOutcome::default();
-        count_checks(&expect, None, &JsonBody::new(None), &mut out);
+        count_checks(&expect, None, &JsonBody::new(None, Some(&reads)), &mut out);
         assert_eq!((out.checks_passed, out.checks_failed), (0, 3));
         let text = response(500, &[], "not json");
         let mut out = RequestOutcome::default();
-        count_checks(&expect, Some(&text), &JsonBody::new(Some(&text)), &mut out);
+        count_checks(&expect, Some(&text), &body(&text, &reads), &mut out);
         assert_eq!((out.checks_passed, out.checks_failed), (0, 3));
     }
 
@@ -550,14 +562,15 @@ mod tests {
             ),
         ]);
         let mut vars = HashMap::from([("opt".to_string(), json!("stale"))]);
+        let reads = Reads::of(&req).unwrap();
         let resp = response(201, &[("location", "/jobs/7")], r#"{"id":7}"#);
-        let missing = extract(&req, Some(&resp), &JsonBody::new(Some(&resp)), &mut vars);
+        let missing = extract(&req, Some(&resp), &body(&resp, &reads), &mut vars);
         assert_eq!(missing, None);
         assert_eq!(vars.get("id"), Some(&json!(7)));
         assert_eq!(vars.get("loc"), Some(&json!("/jobs/7")));
         assert_eq!(vars.get("opt"), None);
 
-        let missing = extract(&req, None, &JsonBody::new(None), &mut vars);
+        let missing = extract(&req, None, &JsonBody::new(None, Some(&reads)), &mut vars);
         assert_eq!(missing.as_deref(), Some("id"));
         assert!(vars.is_empty());
     }
@@ -568,15 +581,16 @@ mod tests {
             status: vec![],
             json: vec![equals("/state", json!("done"))],
         };
+        let reads = reads_of(&until);
         let done = response(404, &[], r#"{"state":"done"}"#);
         let running = response(200, &[], r#"{"state":"running"}"#);
-        assert!(poll_holds(&until, Some(&done), &JsonBody::new(Some(&done))));
+        assert!(poll_holds(&until, Some(&done), &body(&done, &reads)));
+        assert!(!poll_holds(&until, Some(&running), &body(&running, &reads)));
         assert!(!poll_holds(
             &until,
-            Some(&running),
-            &JsonBody::new(Some(&running))
+            None,
+            &JsonBody::new(None, Some(&reads))
         ));
-        assert!(!poll_holds(&until, None, &JsonBody::new(None)));
         let status_only = Expect {
             status: vec![200],
             json: vec![],
@@ -584,12 +598,12 @@ mod tests {
         assert!(poll_holds(
             &status_only,
             Some(&running),
-            &JsonBody::new(Some(&running))
+            &JsonBody::new(Some(&running), None)
         ));
         assert!(!poll_holds(
             &status_only,
             Some(&done),
-            &JsonBody::new(Some(&done))
+            &JsonBody::new(Some(&done), None)
         ));
     }
 
@@ -615,11 +629,14 @@ mod tests {
 
     #[test]
     fn the_body_is_parsed_once_and_only_when_read() {
-        let resp = response(200, &[], r#"{"a":1}"#);
-        let body = JsonBody::new(Some(&resp));
+        let resp = response(200, &[], r#"{"a":1,"b":2}"#);
+        let reads = Reads::of_pointers(["/a"]);
+        let body = body(&resp, &reads);
         assert!(body.doc.get().is_none());
         assert_eq!(body.get(), Some(&json!({"a": 1})));
         assert!(std::ptr::eq(body.get().unwrap(), body.get().unwrap()));
-        assert_eq!(JsonBody::new(None).get(), None);
+        assert_eq!(JsonBody::new(None, Some(&reads)).get(), None);
+        // Nothing reads it: nothing is parsed.
+        assert_eq!(JsonBody::new(Some(&resp), None).get(), None);
     }
 }

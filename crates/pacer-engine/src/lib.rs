@@ -13,6 +13,7 @@ mod feed;
 mod h1;
 mod http;
 mod iteration;
+mod json_reads;
 mod pool;
 mod prepare;
 mod ratelimit_headers;

@@ -49,11 +49,10 @@ pub(crate) async fn send_with_retries(
     let correlation = Correlation::new(sh.correlation_header.as_ref(), &first.headers)
         .for_retries(again.is_some());
     let keep_body = sh
-        .needs_body
+        .json_reads
         .get(sc)
         .and_then(|r| r.get(ri))
-        .copied()
-        .unwrap_or(true);
+        .is_none_or(Option::is_some);
     // Each attempt's `Sending` is made afresh from these (a template kept beside it would be
     // held by every request in flight).
     let credential = Sending {
