@@ -4,12 +4,12 @@
 //! of the answer is ever looked at. Building the whole document as a `serde_json::Value` cost
 //! about 4.4 µs of client CPU per KiB of answer (an allocation per string, key, object and
 //! array, and as many frees): 400 µs per request for a 93 KB page of analytics conversations,
-//! 80% of it building and dropping the tree (perf; docs/benchmarks.md "JSON checks on large
-//! answers"). Now 90 µs. So each request's
-//! pointers become one tree of tokens ([`Reads`]), built once per run, and an answer is parsed
-//! against it: the values a pointer ends at are built whole, the objects and arrays on the way
-//! keep only the members some pointer goes through, and everything else is skipped by serde's
-//! `IgnoredAny`, which checks the grammar without allocating.
+//! 80% of it building and dropping the tree. So each request's pointers become one tree of
+//! tokens ([`Reads`]), built once per run, and an answer is parsed against it: the values a
+//! pointer ends at are built whole, the objects and arrays on the way keep only the members
+//! some pointer goes through, and everything else is skipped by serde's `IgnoredAny`, which
+//! checks the grammar without allocating. The same request now costs 90 µs (docs/benchmarks.md,
+//! "JSON checks on large answers").
 //!
 //! The result is a sparse `Value` on which every pointer of the request finds exactly what it
 //! finds on the whole document (property-tested below), so `JsonCheck::holds` and extraction
