@@ -1,5 +1,7 @@
 //! Test data (feeders): the `data:` section of a plan. Each source is a CSV file (a header row
-//! names the columns) or a JSON Lines file (one object a line, the same keys on every line),
+//! names the columns, or the plan's `columns:` do for a file without one, as JMeter's usually
+//! are; any one-character `delimiter:`) or a JSON Lines file (one object a line, the same keys
+//! on every line),
 //! used from templates as `{{data.NAME.COLUMN}}`; an iteration takes one row of each source its
 //! scenario uses, so every request of the iteration sees the same row.
 //!
@@ -103,6 +105,18 @@ pub struct DataSpec {
     /// `csv` or `jsonl`; by default from the file's extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DataFormat>,
+    /// CSV without a header row (as JMeter's files usually are): the columns' names, in
+    /// order; every line of the file is then a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    /// With `columns`: skip the file's first line (a header the plan's `columns` replace;
+    /// JMeter's `ignoreFirstLine`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_first_line: bool,
+    /// The CSV field separator: one character, `,` by default (`"\t"` in YAML is a tab).
+    /// Quoting stays RFC 4180's, with this character in place of the comma.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
     /// CSV columns whose values are not strings (`integer`, `number`, `boolean`): a
     /// placeholder that is a whole JSON value keeps the type (`pageNumber:
     /// "{{data.queries.page}}"` sends a number). JSON Lines values have their own types.
@@ -163,6 +177,32 @@ impl Table {
     }
 }
 
+/// How a CSV file is laid out: where its column names come from, and what separates its
+/// fields. The default is RFC 4180's: a header row, commas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsvLayout {
+    /// The plan's names for the columns (`columns:`): no header row, every line a row.
+    /// `None`: the first line names them.
+    pub columns: Option<Vec<String>>,
+    /// With `columns`: the first line is skipped (`skipFirstLine:`).
+    pub skip_first_line: bool,
+    /// The field separator (`delimiter:`).
+    pub delimiter: char,
+}
+
+/// The separator when a plan names none: RFC 4180's.
+pub const DEFAULT_DELIMITER: char = ',';
+
+impl Default for CsvLayout {
+    fn default() -> Self {
+        Self {
+            columns: None,
+            skip_first_line: false,
+            delimiter: DEFAULT_DELIMITER,
+        }
+    }
+}
+
 /// A validated source: its declaration, and its rows once attached.
 #[derive(Clone, Debug)]
 pub struct DataSource {
@@ -172,6 +212,8 @@ pub struct DataSource {
     pub format: DataFormat,
     /// The types of CSV columns that are not strings.
     pub types: BTreeMap<String, ColumnType>,
+    /// A CSV file's column names and separator (the default for JSON Lines).
+    pub layout: CsvLayout,
     /// `None` until [`attach`]ed (a LoadTest's plan as read by the operator or a worker).
     pub table: Option<Arc<Table>>,
     /// The file's text as attached: what a controller sends its workers (at most
@@ -263,12 +305,14 @@ pub(crate) fn sources(
                 "JSON Lines values have their own types: `types` is for CSV columns",
             ));
         }
+        let layout = csv_layout(errors, &p, d, format);
         out.push(DataSource {
             name: name.clone(),
             file: d.file.clone(),
             mode: d.mode,
             format,
             types: d.types.clone(),
+            layout,
             table: None,
             text: None,
         });
@@ -276,14 +320,136 @@ pub(crate) fn sources(
     out
 }
 
-/// Every `{{data.NAME.*}}` names a declared source (columns are checked when the rows are
-/// [`attach`]ed).
+/// A source's `columns`, `skipFirstLine` and `delimiter`, checked: CSV only, the names as a
+/// header's would be, one separator character that cannot be mistaken for quoting or a line
+/// end. `types` must then name one of `columns`.
+fn csv_layout(
+    errors: &mut Vec<FieldError>,
+    p: &str,
+    d: &DataSpec,
+    format: DataFormat,
+) -> CsvLayout {
+    if format == DataFormat::Jsonl {
+        let jsonl = |field: &str| {
+            FieldError::new(
+                format!("{p}.{field}"),
+                format!(
+                    "`{field}` is for CSV files: a JSON Lines object names its own columns and needs no separator"
+                ),
+            )
+        };
+        if d.columns.is_some() {
+            errors.push(jsonl("columns"));
+        }
+        if d.skip_first_line {
+            errors.push(jsonl("skipFirstLine"));
+        }
+        if d.delimiter.is_some() {
+            errors.push(jsonl("delimiter"));
+        }
+        return CsvLayout::default();
+    }
+    if d.skip_first_line && d.columns.is_none() {
+        errors.push(FieldError::new(
+            format!("{p}.skipFirstLine"),
+            "only with `columns`: without them the first line is the header, never a row",
+        ));
+    }
+    if let Some(columns) = &d.columns {
+        if columns.is_empty() {
+            errors.push(FieldError::new(
+                format!("{p}.columns"),
+                "name at least one column",
+            ));
+        }
+        if columns.len() > MAX_DATA_COLUMNS {
+            errors.push(FieldError::new(
+                format!("{p}.columns"),
+                format!("{} columns, at most {MAX_DATA_COLUMNS}", columns.len()),
+            ));
+        }
+        for (i, c) in columns.iter().enumerate() {
+            if let Err(e) = check_name(c) {
+                errors.push(FieldError::new(
+                    format!("{p}.columns[{i}]"),
+                    format!("the name {e}"),
+                ));
+            } else if columns[..i].contains(c) {
+                errors.push(FieldError::new(
+                    format!("{p}.columns[{i}]"),
+                    format!("`{c}` is named twice"),
+                ));
+            }
+        }
+        for name in d.types.keys() {
+            if !columns.contains(name) {
+                errors.push(FieldError::new(
+                    format!("{p}.types.{name}"),
+                    format!("not one of `columns` ({})", columns.join(", ")),
+                ));
+            }
+        }
+    }
+    let delimiter = match d.delimiter.as_deref() {
+        None => DEFAULT_DELIMITER,
+        Some(raw) => {
+            let mut chars = raw.chars();
+            match (chars.next(), chars.next()) {
+                (Some('"'), None) => {
+                    errors.push(FieldError::new(
+                        format!("{p}.delimiter"),
+                        "`\"` quotes fields: it cannot also separate them",
+                    ));
+                    DEFAULT_DELIMITER
+                }
+                (Some('\r' | '\n'), None) => {
+                    errors.push(FieldError::new(
+                        format!("{p}.delimiter"),
+                        "a line break ends a row: it cannot separate fields",
+                    ));
+                    DEFAULT_DELIMITER
+                }
+                (Some(c), None) => c,
+                _ => {
+                    errors.push(FieldError::new(
+                        format!("{p}.delimiter"),
+                        format!(
+                            "one character (`\"\\t\"` for a tab), got {}",
+                            raw.chars().count()
+                        ),
+                    ));
+                    DEFAULT_DELIMITER
+                }
+            }
+        }
+    };
+    CsvLayout {
+        columns: d.columns.clone(),
+        skip_first_line: d.skip_first_line,
+        delimiter,
+    }
+}
+
+/// Every `{{data.NAME.*}}` names a declared source, and one of its `columns` when the plan
+/// names them (other columns are checked when the rows are [`attach`]ed).
 pub(crate) fn check_refs(errors: &mut Vec<FieldError>, plan: &Plan) {
-    for_each_ref(plan, |path, source, _column| {
-        if !plan.data.iter().any(|d| d.name == source) {
+    for_each_ref(plan, |path, source, column| {
+        let Some(d) = plan.data.iter().find(|d| d.name == source) else {
             errors.push(FieldError::new(
                 path,
                 format!("{{{{data.{source}.…}}}}: no source `{source}` in `data`"),
+            ));
+            return;
+        };
+        if let Some(columns) = &d.layout.columns
+            && !columns.iter().any(|c| c == column)
+        {
+            errors.push(FieldError::new(
+                path,
+                format!(
+                    "{{{{data.{source}.{column}}}}}: `data.{source}.columns` has no `{column}` (its columns: {})",
+                    columns.join(", ")
+                ),
             ));
         }
     });
@@ -313,7 +479,7 @@ pub fn attach(plan: &mut Plan, texts: Vec<(String, String)>) -> Result<(), Vec<F
             ));
             continue;
         }
-        match parse(&text, d.format, &d.types) {
+        match parse_with(&text, d.format, &d.types, &d.layout) {
             Ok(t) => {
                 d.table = Some(Arc::new(t));
                 d.text = Some(Arc::from(text));
@@ -397,15 +563,26 @@ fn read_capped(p: &Path) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
 }
 
-/// Parse a data file's text (at most [`MAX_DATA_BYTES`] is the caller's to check).
+/// Parse a data file's text, a CSV file with a header row and commas (at most
+/// [`MAX_DATA_BYTES`] is the caller's to check).
 pub fn parse(
     text: &str,
     format: DataFormat,
     types: &BTreeMap<String, ColumnType>,
 ) -> Result<Table, String> {
+    parse_with(text, format, types, &CsvLayout::default())
+}
+
+/// Parse a data file's text, a CSV file laid out as `layout` says.
+pub fn parse_with(
+    text: &str,
+    format: DataFormat,
+    types: &BTreeMap<String, ColumnType>,
+    layout: &CsvLayout,
+) -> Result<Table, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let table = match format {
-        DataFormat::Csv => parse_csv(text, types)?,
+        DataFormat::Csv => parse_csv(text, types, layout)?,
         DataFormat::Jsonl => parse_jsonl(text)?,
     };
     if table.rows.is_empty() {
@@ -446,24 +623,42 @@ fn check_columns(columns: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// RFC 4180 CSV: `,` between fields, `"` around a field that holds `,`, `"` or a line break,
-/// `""` for a quote inside; LF or CRLF line ends; blank lines skipped. The first record is the
-/// header. Errors name the line.
-fn parse_csv(text: &str, types: &BTreeMap<String, ColumnType>) -> Result<Table, String> {
+/// RFC 4180 CSV: `,` (or the layout's delimiter) between fields, `"` around a field that
+/// holds the delimiter, `"` or a line break, `""` for a quote inside; LF or CRLF line ends;
+/// blank lines skipped. The first record is the header, unless the layout names the columns
+/// (then every record is a row, but a skipped first one). Errors name the line.
+fn parse_csv(
+    text: &str,
+    types: &BTreeMap<String, ColumnType>,
+    layout: &CsvLayout,
+) -> Result<Table, String> {
     let mut records = CsvRecords {
         chars: text.chars().peekable(),
         line: 1,
+        delimiter: layout.delimiter,
     };
-    let (_, header) = records
-        .next_record()?
-        .ok_or("empty file: the first line names the columns")?;
-    let columns: Vec<String> = header.into_iter().map(|h| h.trim().to_string()).collect();
-    check_columns(&columns).map_err(|e| format!("line 1 (the header): {e}"))?;
+    let (columns, named_by) = match &layout.columns {
+        Some(columns) => {
+            check_columns(columns).map_err(|e| format!("`columns`: {e}"))?;
+            if layout.skip_first_line {
+                records.next_record()?;
+            }
+            (columns.clone(), "`columns`")
+        }
+        None => {
+            let (_, header) = records
+                .next_record()?
+                .ok_or("empty file: the first line names the columns")?;
+            let columns: Vec<String> = header.into_iter().map(|h| h.trim().to_string()).collect();
+            check_columns(&columns).map_err(|e| format!("line 1 (the header): {e}"))?;
+            (columns, "the header")
+        }
+    };
     let mut typed = vec![ColumnType::String; columns.len()];
     for (name, t) in types {
         let i = columns.iter().position(|c| c == name).ok_or_else(|| {
             format!(
-                "`types` names the column `{name}`, which the header does not have (its columns: {})",
+                "`types` names the column `{name}`, which {named_by} does not have (its columns: {})",
                 columns.join(", ")
             )
         })?;
@@ -473,7 +668,7 @@ fn parse_csv(text: &str, types: &BTreeMap<String, ColumnType>) -> Result<Table, 
     while let Some((line, fields)) = records.next_record()? {
         if fields.len() != columns.len() {
             return Err(format!(
-                "line {line}: {} fields, the header has {}",
+                "line {line}: {} fields, {named_by} has {}",
                 fields.len(),
                 columns.len()
             ));
@@ -513,6 +708,8 @@ fn push_row(
 struct CsvRecords<'a> {
     chars: std::iter::Peekable<std::str::Chars<'a>>,
     line: usize,
+    /// Between fields: `,` or the layout's.
+    delimiter: char,
 }
 
 impl CsvRecords<'_> {
@@ -549,7 +746,7 @@ impl CsvRecords<'_> {
                     return Ok(Some((start, fields)));
                 }
                 Some('\r') if self.chars.peek() == Some(&'\n') => {}
-                Some(',') => {
+                Some(c) if c == self.delimiter => {
                     fields.push(std::mem::take(&mut field));
                     if fields.len() > MAX_DATA_COLUMNS {
                         return Err(format!("line {start}: more than {MAX_DATA_COLUMNS} fields"));
@@ -559,7 +756,8 @@ impl CsvRecords<'_> {
                     self.quoted(&mut field, start)?;
                     // After the closing quote: a separator or the end of the record.
                     match self.chars.peek() {
-                        None | Some(',') | Some('\n') | Some('\r') => {}
+                        None | Some('\n') | Some('\r') => {}
+                        Some(&c) if c == self.delimiter => {}
                         Some(_) => {
                             return Err(format!(
                                 "line {}: text after a closing quote (write \"\" for a quote inside a quoted field)",
@@ -800,6 +998,119 @@ mod tests {
         assert!(e.contains("`types` names the column `page`"), "{e}");
     }
 
+    fn layout(columns: &[&str], skip_first_line: bool, delimiter: char) -> CsvLayout {
+        CsvLayout {
+            columns: (!columns.is_empty()).then(|| columns.iter().map(|c| c.to_string()).collect()),
+            skip_first_line,
+            delimiter,
+        }
+    }
+
+    #[test]
+    fn csv_columns_named_by_the_plan() {
+        let none = BTreeMap::new();
+        // No header: every line is a row.
+        let t = parse_with(
+            "alice,pw1\nbob,pw2\n",
+            DataFormat::Csv,
+            &none,
+            &layout(&["user", "password"], false, ','),
+        )
+        .unwrap();
+        assert_eq!(t.columns, ["user", "password"]);
+        assert_eq!(t.rows.len(), 2);
+        assert_eq!(t.rows[0], ["alice", "pw1"]);
+        // skipFirstLine: a header the plan's names replace (blank lines before it skipped).
+        let t = parse_with(
+            "\nname,pass\nalice,pw1\n",
+            DataFormat::Csv,
+            &none,
+            &layout(&["user", "password"], true, ','),
+        )
+        .unwrap();
+        assert_eq!(t.rows, vec![vec![Value::from("alice"), Value::from("pw1")]]);
+        // Types name the plan's columns.
+        let types = BTreeMap::from([("id".to_string(), ColumnType::Integer)]);
+        let t = parse_with(
+            "7,x\n",
+            DataFormat::Csv,
+            &types,
+            &layout(&["id", "s"], false, ','),
+        )
+        .unwrap();
+        assert_eq!(t.rows[0][0], Value::from(7));
+        let e = parse_with(
+            "7,x\n",
+            DataFormat::Csv,
+            &types,
+            &layout(&["n", "s"], false, ','),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("which `columns` does not have (its columns: n, s)"),
+            "{e}"
+        );
+        // A ragged row names its line and the plan's count.
+        let e = parse_with(
+            "a,b\nc\n",
+            DataFormat::Csv,
+            &none,
+            &layout(&["x", "y"], false, ','),
+        )
+        .unwrap_err();
+        assert_eq!(e, "line 2: 1 fields, `columns` has 2");
+        // Only a header line, skipped: no rows.
+        let e = parse_with(
+            "x,y\n",
+            DataFormat::Csv,
+            &none,
+            &layout(&["x", "y"], true, ','),
+        )
+        .unwrap_err();
+        assert!(e.contains("no rows"), "{e}");
+    }
+
+    #[test]
+    fn csv_delimiters() {
+        let none = BTreeMap::new();
+        // A tab, with a header row.
+        let t = parse_with(
+            "user\tpass\nalice\t\"a\tb\"\n",
+            DataFormat::Csv,
+            &none,
+            &layout(&[], false, '\t'),
+        )
+        .unwrap();
+        assert_eq!(t.columns, ["user", "pass"]);
+        assert_eq!(t.rows[0], ["alice", "a\tb"]);
+        // `;`, commas are then plain text, a quoted field holds the delimiter and quotes.
+        let t = parse_with(
+            "1,5;\"x;y\"\r\n2;\"say \"\"hi\"\"\"\n",
+            DataFormat::Csv,
+            &none,
+            &layout(&["a", "b"], false, ';'),
+        )
+        .unwrap();
+        assert_eq!(t.rows[0], ["1,5", "x;y"]);
+        assert_eq!(t.rows[1], ["2", "say \"hi\""]);
+        let e = parse_with(
+            "1;\"x\",y\n",
+            DataFormat::Csv,
+            &none,
+            &layout(&["a", "b"], false, ';'),
+        )
+        .unwrap_err();
+        assert!(e.contains("line 1: text after a closing quote"), "{e}");
+        let e = parse_with(
+            "1;2;3\n",
+            DataFormat::Csv,
+            &none,
+            &layout(&["a", "b"], false, ';'),
+        )
+        .unwrap_err();
+        assert_eq!(e, "line 1: 3 fields, `columns` has 2");
+    }
+
     #[test]
     fn jsonl_keys_are_the_columns() {
         let t = parse(
@@ -923,6 +1234,120 @@ mod tests {
             &[],
         ));
         assert!(e[0].starts_with("data.users.mode:"), "{e:?}");
+    }
+
+    #[test]
+    fn columns_and_delimiter_are_checked_with_the_plan() {
+        let errors = |data: &str, scenarios: &str| {
+            let e = load(&plan(data, scenarios), &[]).unwrap_err();
+            e.field_errors()
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+        };
+        const PLAIN: &str = "  - { name: s, executor: shared-iterations, vus: 1, iterations: 1, requests: [{ name: r, path: / }] }";
+        assert_eq!(
+            errors("  users: { file: u.csv, delimiter: \"ab\" }", PLAIN),
+            ["data.users.delimiter: one character (`\"\\t\"` for a tab), got 2"]
+        );
+        assert_eq!(
+            errors("  users: { file: u.csv, delimiter: \"\" }", PLAIN),
+            ["data.users.delimiter: one character (`\"\\t\"` for a tab), got 0"]
+        );
+        assert_eq!(
+            errors("  users: { file: u.csv, delimiter: '\"' }", PLAIN),
+            ["data.users.delimiter: `\"` quotes fields: it cannot also separate them"]
+        );
+        assert_eq!(
+            errors("  users: { file: u.csv, delimiter: \"\\n\" }", PLAIN),
+            ["data.users.delimiter: a line break ends a row: it cannot separate fields"]
+        );
+        assert_eq!(
+            errors(
+                "  users: { file: u.jsonl, columns: [a], skipFirstLine: true, delimiter: \";\" }",
+                PLAIN
+            ),
+            [
+                "data.users.columns: `columns` is for CSV files: a JSON Lines object names its own columns and needs no separator",
+                "data.users.skipFirstLine: `skipFirstLine` is for CSV files: a JSON Lines object names its own columns and needs no separator",
+                "data.users.delimiter: `delimiter` is for CSV files: a JSON Lines object names its own columns and needs no separator",
+            ]
+        );
+        assert_eq!(
+            errors("  users: { file: u.csv, skipFirstLine: true }", PLAIN),
+            [
+                "data.users.skipFirstLine: only with `columns`: without them the first line is the header, never a row"
+            ]
+        );
+        assert_eq!(
+            errors(
+                "  users: { file: u.csv, columns: [user, \"pass word\", user], types: { id: integer } }",
+                PLAIN
+            ),
+            [
+                "data.users.columns[1]: the name \"pass word\" may use only A-Z a-z 0-9 _ -",
+                "data.users.columns[2]: `user` is named twice",
+                "data.users.types.id: not one of `columns` (user, pass word, user)",
+            ]
+        );
+        assert_eq!(
+            errors("  users: { file: u.csv, columns: [] }", PLAIN),
+            ["data.users.columns: name at least one column"]
+        );
+        // A template's column is checked against `columns` before any file is read.
+        assert_eq!(
+            errors("  users: { file: u.csv, columns: [id, mail] }", ONE),
+            [
+                "scenarios[0].requests[0].path: {{data.users.email}}: `data.users.columns` has no `email` (its columns: id, mail)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_plan_names_the_columns_of_a_file_without_header() {
+        let data = "  users: { file: data/users.txt, format: csv, mode: unique, columns: [id, email], skipFirstLine: true, delimiter: \"\\t\" }";
+        let p = load(
+            &plan(data, ONE),
+            &[("data/users.txt", "ID\tEMAIL\n1\ta@x\n2\t\"b\tx\"\n")],
+        )
+        .unwrap();
+        let d = &p.data[0];
+        assert_eq!(d.layout.delimiter, '\t');
+        let t = d.table.as_ref().unwrap();
+        assert_eq!(t.columns, ["id", "email"]);
+        assert_eq!(t.rows[1], ["2", "b\tx"]);
+        // What a worker gets: the plan's text and the file's; the same layout parses it.
+        let mut remote = crate::load_str(
+            &plan(data, ONE),
+            "plan.yaml",
+            &crate::Refs::Remote {
+                provided: &|_| None,
+            },
+        )
+        .unwrap();
+        attach(
+            &mut remote,
+            vec![("users".into(), d.text.as_deref().unwrap().to_string())],
+        )
+        .unwrap();
+        assert_eq!(remote.data[0].table, d.table);
+        // A ragged row: the file and the line.
+        let e = load(&plan(data, ONE), &[("data/users.txt", "ID\tEMAIL\n1\n")]).unwrap_err();
+        assert_eq!(
+            e.field_errors()[0].to_string(),
+            "data.users.file: data/users.txt: line 2: 1 fields, `columns` has 2"
+        );
+        // Validation without the files leaves the source unattached.
+        let p = crate::load_str_without_data(
+            &plan(data, ONE),
+            "plan.yaml",
+            &crate::Refs::Local {
+                env: &|_| None,
+                base_dir: std::path::PathBuf::from("/nonexistent"),
+            },
+        )
+        .unwrap();
+        assert!(p.data[0].table.is_none());
     }
 
     #[test]

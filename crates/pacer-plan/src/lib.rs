@@ -25,7 +25,7 @@ pub mod validate;
 
 pub use duration::HumanDuration;
 pub use error::{FieldError, PlanError};
-pub use load::{load_file, load_str, load_value};
+pub use load::{load_file, load_str, load_str_without_data, load_value};
 pub use model::*;
 pub use rate::Rate;
 pub use refs::Refs;

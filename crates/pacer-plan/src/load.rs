@@ -34,6 +34,26 @@ pub fn load_str(text: &str, source_name: &str, refs: &Refs<'_>) -> Result<Plan, 
     load_value(doc, source_name, refs)
 }
 
+/// [`load_str`], but no data file is read: the plan's `data:` sources stay unattached
+/// (`table: None`), as a LoadTest's do until the operator attaches them. For a plan written
+/// to run somewhere else (`pacer import`: its data files sit beside the plan it writes,
+/// wherever that goes), checked as far as it can be without them; `pacer run` reads them.
+pub fn load_str_without_data(
+    text: &str,
+    source_name: &str,
+    refs: &Refs<'_>,
+) -> Result<Plan, PlanError> {
+    let doc = parse_document(text, source_name)?;
+    load_document(doc, source_name, refs, ReadData::No)
+}
+
+/// Whether a plan of this machine's operator reads its data files as it loads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadData {
+    Yes,
+    No,
+}
+
 /// Parse YAML or JSON into a generic document.
 pub fn parse_document(text: &str, source_name: &str) -> Result<Value, PlanError> {
     if text.trim().is_empty() {
@@ -50,6 +70,15 @@ pub fn parse_document(text: &str, source_name: &str) -> Result<Value, PlanError>
 
 /// Validate a document that is a plan, or a LoadTest manifest holding one in `spec.plan`.
 pub fn load_value(doc: Value, source_name: &str, refs: &Refs<'_>) -> Result<Plan, PlanError> {
+    load_document(doc, source_name, refs, ReadData::Yes)
+}
+
+fn load_document(
+    doc: Value,
+    source_name: &str,
+    refs: &Refs<'_>,
+    read_data: ReadData,
+) -> Result<Plan, PlanError> {
     let invalid = |errors: Vec<FieldError>| PlanError::Invalid {
         source_name: source_name.to_string(),
         errors,
@@ -83,7 +112,9 @@ pub fn load_value(doc: Value, source_name: &str, refs: &Refs<'_>) -> Result<Plan
     let mut plan = validate::validate(spec, source).map_err(&fail)?;
     // A plan of this machine's operator reads its data files now; a LoadTest's reads none
     // (its rows are attached by the operator from ConfigMaps, or by a worker from its Assign).
-    if let Refs::Local { base_dir, .. } = &refs {
+    if let Refs::Local { base_dir, .. } = &refs
+        && read_data == ReadData::Yes
+    {
         crate::data::read_files(&mut plan, base_dir).map_err(&fail)?;
     }
     Ok(plan)
