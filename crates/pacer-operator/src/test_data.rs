@@ -185,6 +185,28 @@ scenarios:
     }
 
     #[test]
+    fn a_configmap_without_header_is_read_with_the_plans_columns() {
+        let plan = PLAN.replace(
+            "{ file: users.csv, mode: unique }",
+            "{ file: users.csv, mode: unique, columns: [id, email], delimiter: \";\" }",
+        );
+        let doc = pacer_plan::load::parse_document(&plan, "plan").unwrap();
+        let data =
+            serde_json::json!({ "users": { "configMap": "users-data", "key": "users.csv" } });
+        let spec: LoadTestSpec =
+            serde_json::from_value(serde_json::json!({ "plan": doc, "data": data })).unwrap();
+        let lt = LoadTest::new("t", spec);
+        let mut plan = (*crate::prepare::prepare(&lt, &Default::default())
+            .unwrap()
+            .plan)
+            .clone();
+        attach(&mut plan, &lt.spec, &found("1;a@x\n2;\"b;x\"\n")).unwrap();
+        let t = plan.data[0].table.as_ref().unwrap();
+        assert_eq!(t.columns, ["id", "email"]);
+        assert_eq!(t.rows[1], ["2", "b;x"]);
+    }
+
+    #[test]
     fn every_problem_names_its_field() {
         let lt = loadtest(serde_json::json!({}));
         // The operator's check, before any ConfigMap is read.
