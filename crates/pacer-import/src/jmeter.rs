@@ -8,6 +8,7 @@
 //! | HTTP Request Defaults | the plan's `target` and default parameters |
 //! | HTTP Header Manager | the headers of every request in its scope |
 //! | User Defined Variables, `${var}`, `${__P(name,default)}` | `variables`, `{{vars.NAME}}`, `${env:NAME:-default}` |
+//! | CSV Data Set Config (file, variable names, delimiter, ignore first line, recycle, stop thread) | a `data:` source (`columns`, `delimiter`, `skipFirstLine`, `mode`); its variables `{{data.SOURCE.COLUMN}}` |
 //! | Response Assertion (response code), JSON Assertion | `expect.status`, `expect.json` |
 //! | JSON Extractor, Regular Expression Extractor (headers) | `extract` |
 //! | Transaction Controller | request names prefixed with the transaction's |
@@ -115,6 +116,9 @@ struct Scope {
     /// Timer pause before each sampler, in ms.
     pause_ms: u64,
     transaction: Option<String>,
+    /// Variables a CSV Data Set in scope sets: the variable's name (as `text::convert` writes
+    /// it) to its `{{data.SOURCE.COLUMN}}`.
+    data_vars: BTreeMap<String, String>,
 }
 
 /// A throughput timer's rate in samples per period, over the samplers in its scope.
@@ -138,6 +142,9 @@ struct Cx<'o> {
     /// Comment lines for the top of the document.
     top: Vec<String>,
     variables: BTreeMap<String, (Value, Option<String>)>,
+    /// The `data:` sources, from CSV Data Sets, and their names.
+    data: Map,
+    data_names: BTreeSet<String>,
     /// Variables templates read.
     used: BTreeSet<String>,
     /// Variables an extractor sets.
@@ -165,6 +172,8 @@ impl<'o> Cx<'o> {
             sinks: Vec::new(),
             top: Vec::new(),
             variables: BTreeMap::new(),
+            data: Map::new(),
+            data_names: BTreeSet::new(),
             used: BTreeSet::new(),
             extracted: BTreeSet::new(),
             target: None,
@@ -214,10 +223,27 @@ impl<'o> Cx<'o> {
         }
     }
 
-    /// A JMeter string as a template, recording the variables and properties it reads.
-    /// `None` (with a note) when it cannot be a template.
-    fn template(&mut self, raw: &str, loc: &str, element: &str, what: &str) -> Option<String> {
-        let c: Converted = text::convert(raw);
+    /// A JMeter string as a template, recording the variables and properties it reads; the
+    /// variables of a CSV Data Set in scope (`data`) read its row. `None` (with a note) when
+    /// it cannot be a template.
+    fn template(
+        &mut self,
+        raw: &str,
+        data: &BTreeMap<String, String>,
+        loc: &str,
+        element: &str,
+        what: &str,
+    ) -> Option<String> {
+        let mut c: Converted = text::convert(raw);
+        // `{{vars.NAME}}` can only be the conversion's own (literal `{{` is refused below), so
+        // replacing it is exact; a property's variable of the same name is left alone.
+        c.vars.retain(|v| match data.get(v) {
+            Some(row) if !c.props.iter().any(|p| &p.var == v) => {
+                c.text = c.text.replace(&format!("{{{{vars.{v}}}}}"), row);
+                false
+            }
+            _ => true,
+        });
         if c.has_braces {
             self.note(
                 NoteKind::Untranslated,
@@ -404,6 +430,9 @@ impl<'o> Cx<'o> {
             }
             doc.set("variables", vars);
         }
+        if !self.data.is_empty() {
+            doc.set("data", self.data.clone());
+        }
         if !self.allow_hosts.is_empty() {
             let mut http = Map::new();
             http.set(
@@ -486,7 +515,7 @@ impl<'o> Cx<'o> {
                         args: args(p),
                     });
                 }
-                "CSVDataSet" => self.csv(e, &eloc),
+                "CSVDataSet" => self.csv(e, &eloc, &mut s),
                 "ResponseAssertion" => self.response_assertion(e, &eloc, &mut s),
                 "JSONPathAssertion" => self.json_assertion(e, &eloc, &mut s),
                 "JSONPostProcessor" => self.json_extractor(e, &eloc, &mut s),
@@ -526,24 +555,182 @@ impl<'o> Cx<'o> {
         s
     }
 
-    fn csv(&mut self, e: &Element, loc: &str) {
-        let file = e.props.str("filename");
-        let names: Vec<String> = e
-            .props
+    /// A CSV Data Set Config: a `data:` source whose columns are its variables, which the
+    /// samplers in its scope read as `{{data.SOURCE.COLUMN}}` (one row per iteration, as a
+    /// JMeter thread reads one line per iteration). What pacer's CSV cannot read as JMeter
+    /// does (an expression for the file, a separator of several characters) keeps the old
+    /// placeholders, with a note.
+    fn csv(&mut self, e: &Element, loc: &str, s: &mut Scope) {
+        const ELEMENT: &str = "CSVDataSet";
+        let p = &e.props;
+        let file = p.str("filename").trim().to_string();
+        // JMeter splits variableNames on commas whatever the delimiter (CSVDataSet.java).
+        let names: Vec<String> = p
             .str("variableNames")
-            .split(if e.props.str("delimiter").is_empty() {
-                ","
-            } else {
-                e.props.str("delimiter")
-            })
+            .split(',')
             .map(|n| n.trim().to_string())
             .filter(|n| !n.is_empty())
             .collect();
-        for n in &names {
+        let raw_delimiter = p.str("delimiter");
+        let delimiter = match raw_delimiter {
+            "" => Some(','),
+            JMETER_TAB => Some('\t'),
+            d => {
+                let mut chars = d.chars();
+                match (chars.next(), chars.next()) {
+                    (Some(c), None) if !matches!(c, '"' | '\r' | '\n') => Some(c),
+                    _ => None,
+                }
+            }
+        };
+        let why_not = if file.is_empty() {
+            Some("it names no file".to_string())
+        } else if file.contains("${") {
+            Some(format!("its file name {file:?} is an expression"))
+        } else if names.len() > pacer_plan::data::MAX_DATA_COLUMNS {
+            Some(format!(
+                "{} variables, more than a source's {} columns",
+                names.len(),
+                pacer_plan::data::MAX_DATA_COLUMNS
+            ))
+        } else {
+            None
+        };
+        let (Some(delimiter), None) = (delimiter, &why_not) else {
+            let why = why_not.unwrap_or_else(|| {
+                format!(
+                    "its delimiter {raw_delimiter:?} is not one character pacer's CSV splits on"
+                )
+            });
+            return self.csv_placeholders(&file, &names, loc, &why);
+        };
+
+        // The file as written; a Windows separator as pacer's.
+        let written = file.replace('\\', "/");
+        let absolute = written.starts_with('/') || written.as_bytes().get(1) == Some(&b':');
+        let stem = written.rsplit('/').next().unwrap_or(&written);
+        let stem = match stem.rsplit_once('.') {
+            Some((s, _)) if !s.is_empty() => s,
+            _ => stem,
+        };
+        let name = unique_data_name(data_name(stem), &mut self.data_names);
+
+        let mut source = Map::new();
+        let file_entry = source.set("file", written.as_str());
+        if absolute {
+            self.note(
+                NoteKind::Approximated,
+                loc,
+                ELEMENT,
+                format!("`data.{name}`: the file {file:?} is an absolute path: kept, so the plan runs only where that file is"),
+            );
+        } else {
+            file_entry.comment(format!(
+                "JMeter reads {file} relative to the .jmx; pacer relative to this plan file: put it beside the plan (or change `file`)."
+            ));
+        }
+        if pacer_plan::data::DataFormat::of_file(&written)
+            != Some(pacer_plan::data::DataFormat::Csv)
+        {
+            source.set("format", "csv");
+        }
+
+        let recycle = p
+            .text("recycle")
+            .is_none_or(|t| t.trim().eq_ignore_ascii_case("true"));
+        let stop_thread = p.bool("stopThread");
+        let share = p.str("shareMode").trim();
+        let mode = if !recycle && stop_thread {
+            "unique"
+        } else {
+            "cycle"
+        };
+        let mode_entry = source.set("mode", mode);
+        if mode == "unique" {
+            mode_entry.comment("Each line once (JMeter: recycle off, stop thread on EOF); when the rows run out pacer stops the test and fails it, so plan as many iterations as rows.");
+        }
+        if !recycle && !stop_thread {
+            self.note(
+                NoteKind::Approximated,
+                loc,
+                ELEMENT,
+                format!("`data.{name}`: after the last line JMeter gives the variables the value <EOF>; pacer starts again from the first row (mode: cycle)"),
+            );
+        }
+        if !(share.is_empty() || share == "shareMode.all") {
+            let whose = match share {
+                "shareMode.group" => "each thread group".to_string(),
+                "shareMode.thread" => "each thread".to_string(),
+                other => format!("the elements sharing {other:?}"),
+            };
+            self.note(
+                NoteKind::Approximated,
+                loc,
+                ELEMENT,
+                format!("`data.{name}`: JMeter gives {whose} its own place in the file; pacer's cursor is shared by the whole test (mode: {mode})"),
+            );
+        }
+
+        if names.is_empty() {
+            source.set("file", written.as_str()).comment(
+                "Its first line names the columns, as in JMeter (variableNames is empty).",
+            );
+            self.note(
+                NoteKind::Untranslated,
+                loc,
+                ELEMENT,
+                format!("`data.{name}`: variableNames is empty, so the file's first line names the variables, and the import reads no file: write {{{{data.{name}.COLUMN}}}} where the plan reads them"),
+            );
+        } else {
+            let mut columns: Vec<String> = Vec::new();
+            let mut taken = BTreeSet::new();
+            for n in &names {
+                let column = unique_data_name(data_name(n), &mut taken);
+                s.data_vars
+                    .insert(text::var_name(n), format!("{{{{data.{name}.{column}}}}}"));
+                columns.push(column);
+            }
+            source.set(
+                "columns",
+                columns
+                    .iter()
+                    .map(|c| Item::new(c.as_str()))
+                    .collect::<Vec<_>>(),
+            );
+            if p.bool("ignoreFirstLine") {
+                source.set("skipFirstLine", Node::Scalar(Value::Bool(true)));
+            }
+        }
+        if delimiter != ',' {
+            source.set("delimiter", delimiter.to_string());
+        }
+        if !p.bool("quotedData") {
+            source.set("file", written.as_str()).comment(
+                "JMeter reads quotes in this file as text (\"Allow quoted data\" is off); pacer reads RFC 4180 quoting: a field that starts with \" differs.",
+            );
+        }
+        let encoding = p.str("fileEncoding").trim().to_ascii_lowercase();
+        if !(encoding.is_empty() || encoding.replace('-', "") == "utf8") {
+            self.note(
+                NoteKind::Approximated,
+                loc,
+                ELEMENT,
+                format!("`data.{name}`: the file is {encoding}; pacer reads data files as UTF-8 (convert it)"),
+            );
+        }
+        self.data.set(&name, source);
+    }
+
+    /// A CSV Data Set pacer's `data:` cannot read: its variables are plan variables with one
+    /// placeholder value each.
+    fn csv_placeholders(&mut self, file: &str, names: &[String], loc: &str, why: &str) {
+        for n in names {
             let var = text::var_name(n);
             self.variables.entry(var.clone()).or_insert((
                 Value::String(format!("csv-{var}")),
-                Some(format!("from {file:?} in JMeter (CSV Data Set Config): this value in every iteration until the file is declared under `data:` and used as {{{{data.NAME.{var}}}}}")),
+                Some(format!(
+                    "from {file:?} in JMeter (CSV Data Set Config): this value in every iteration"
+                )),
             ));
         }
         self.note(
@@ -551,7 +738,7 @@ impl<'o> Cx<'o> {
             loc,
             "CSVDataSet",
             format!(
-                "the variables {} are plan variables with one placeholder value each: to feed them from the file, declare it under `data:` (a header row naming its columns) and use {{{{data.NAME.COLUMN}}}} instead (docs/plan-format.md, \"Test data\")",
+                "{why}: the variables {} are plan variables with one placeholder value each: declare the file under `data:` and use {{{{data.NAME.COLUMN}}}} (docs/plan-format.md, \"Test data\")",
                 names.join(", ")
             ),
         );
@@ -1214,6 +1401,7 @@ impl<'o> Cx<'o> {
         let origin = self.origin(e, loc, &domain, &port, &protocol)?;
         let path_t = self.template(
             if path.is_empty() { "/" } else { &path },
+            &scope.data_vars,
             loc,
             &e.class,
             "the path",
@@ -1266,9 +1454,13 @@ impl<'o> Cx<'o> {
                 );
                 headers.set(name, format!("{{{{vars.{var}}}}}"));
                 self.used.insert(var);
-            } else if let Some(t) =
-                self.template(value, loc, "HeaderManager", &format!("the header {name}"))
-            {
+            } else if let Some(t) = self.template(
+                value,
+                &scope.data_vars,
+                loc,
+                "HeaderManager",
+                &format!("the header {name}"),
+            ) {
                 headers.set(name, t);
             }
         }
@@ -1299,7 +1491,7 @@ impl<'o> Cx<'o> {
                 .iter()
                 .find(|h| h.key.eq_ignore_ascii_case("content-type"))
                 .map(|h| matches!(&h.value, Node::Scalar(Value::String(v)) if v.to_ascii_lowercase().starts_with("application/json")));
-            let body = self.template(&raw, loc, &e.class, "the body")?;
+            let body = self.template(&raw, &scope.data_vars, loc, &e.class, "the body")?;
             match json_body(&body).filter(|_| json_type != Some(false)) {
                 Some(json) => {
                     headers
@@ -1317,9 +1509,16 @@ impl<'o> Cx<'o> {
             if form {
                 let mut parts = Vec::new();
                 for a in &all_args {
-                    let n = self.template(&a.name, loc, &e.class, "a parameter name")?;
+                    let n = self.template(
+                        &a.name,
+                        &scope.data_vars,
+                        loc,
+                        &e.class,
+                        "a parameter name",
+                    )?;
                     let v = self.template(
                         &a.value,
+                        &scope.data_vars,
                         loc,
                         &e.class,
                         &format!("the parameter {}", a.name),
@@ -1357,6 +1556,7 @@ impl<'o> Cx<'o> {
                     }
                     if let Some(v) = self.template(
                         &a.value,
+                        &scope.data_vars,
                         loc,
                         &e.class,
                         &format!("the parameter {}", a.name),
@@ -1479,6 +1679,39 @@ impl<'o> Cx<'o> {
         let port = port.unwrap_or(if scheme == "https" { 443 } else { 80 });
         Some(Origin { scheme, host, port })
     }
+}
+
+/// JMeter's way of writing a tab as a CSV Data Set's delimiter: backslash, t.
+const JMETER_TAB: &str = "\\t";
+
+/// A data source or column name as the plan accepts it (`A-Z a-z 0-9 _ -`, at most
+/// [`pacer_plan::data::MAX_DATA_NAME`] with room for [`unique_data_name`]'s suffix).
+fn data_name(raw: &str) -> String {
+    let ascii: String = text::var_name(raw)
+        .chars()
+        .map(|c| if c.is_ascii() { c } else { '_' })
+        .take(pacer_plan::data::MAX_DATA_NAME - DATA_SUFFIX_ROOM)
+        .collect();
+    if ascii.is_empty() {
+        "data".into()
+    } else {
+        ascii
+    }
+}
+
+/// Room for `_N` (up to 9999) after a name [`data_name`] shortened.
+const DATA_SUFFIX_ROOM: usize = 5;
+
+/// `name`, or `name_2`, `name_3` ... so that it is not in `taken`; records it.
+fn unique_data_name(name: String, taken: &mut BTreeSet<String>) -> String {
+    let mut candidate = name.clone();
+    let mut n = 2u32;
+    while taken.contains(&candidate) {
+        candidate = format!("{name}_{n}");
+        n = n.saturating_add(1);
+    }
+    taken.insert(candidate.clone());
+    candidate
 }
 
 /// Not a plan field: each request's timer pause, summed into the scenario's thinkTime and

@@ -4,12 +4,14 @@
 //! plan as YAML with comments, and a list of [`Note`]s: everything it could not translate, or
 //! translated only approximately, is both a comment at the place it came from and a note, so
 //! nothing is dropped silently. The plan it returns has been validated with
-//! [`pacer_plan::load_str`] (references read with an empty environment: every reference the
-//! importer writes has a fallback), so a plan that imports is one `pacer run` accepts.
+//! [`pacer_plan::load_str_without_data`] (references read with an empty environment: every
+//! reference the importer writes has a fallback; data files are not read: a JMeter CSV Data
+//! Set's file is read by `pacer run`, beside the plan, and the importer reads nothing but its
+//! input), so a plan that imports is one `pacer run` accepts once its data files are there.
 //!
 //! The importer never invents plan features: what the plan format cannot say (transactions,
-//! conditions), and what it says differently (a JMeter CSV Data Set's file, which pacer's
-//! `data:` reads with a header row), is a note, not a guess.
+//! conditions), and what it says differently (a CSV Data Set's per-thread cursor, its `<EOF>`
+//! after the last line), is a note, not a guess. A CSV Data Set becomes a `data:` source.
 
 pub mod har;
 pub mod jmeter;
@@ -189,13 +191,14 @@ pub(crate) fn secret_names(header: &str) -> (String, String) {
 }
 
 /// Validate the written plan as `pacer run` will read it, with an empty environment (every
-/// reference the importer writes has a fallback).
+/// reference the importer writes has a fallback), but without its data files: they are
+/// wherever the plan goes, and the importer reads no file but its input.
 pub(crate) fn validate(yaml: &str, source_name: &str) -> Result<(), ImportError> {
     let refs = pacer_plan::Refs::Local {
         env: &|_| None,
         base_dir: std::path::PathBuf::new(),
     };
-    pacer_plan::load_str(yaml, source_name, &refs)
+    pacer_plan::load_str_without_data(yaml, source_name, &refs)
         .map(|_| ())
         .map_err(|source| ImportError::Plan { source })
 }

@@ -20,12 +20,14 @@ fn data(name: &str) -> String {
     .unwrap()
 }
 
+/// The imported plan as `pacer run` validates it, but for its data files (read by
+/// [`with_files`]).
 fn load(yaml: &str) -> Plan {
     let refs = pacer_plan::Refs::Local {
         env: &|_| None,
         base_dir: Default::default(),
     };
-    pacer_plan::load_str(yaml, "imported.yaml", &refs)
+    pacer_plan::load_str_without_data(yaml, "imported.yaml", &refs)
         .unwrap_or_else(|e| panic!("the imported plan does not validate: {e}\n{yaml}"))
 }
 
@@ -82,13 +84,62 @@ fn thread_groups_become_executors() {
     );
 }
 
+/// The plan loaded as `pacer run` loads it, from a directory holding it and `files`.
+fn with_files(yaml: &str, files: &[(&str, &str)]) -> Result<Plan, pacer_plan::PlanError> {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let plan = dir.path().join("imported.yaml");
+    std::fs::write(&plan, yaml).unwrap();
+    pacer_plan::load_file(&plan)
+}
+
 #[test]
 fn csv_data_sets_and_header_managers() {
     let (i, plan) = import_jmx("csv_headers.jmx");
-    // The CSV's variables are plain variables, and listed (pacer's `data:` wants a header row
-    // the JMeter file may not have: the user declares it).
-    assert!(untranslated(&i).contains(&(NoteKind::Untranslated, "CSVDataSet".into())));
-    assert!(plan.variables.contains_key("user") && plan.variables.contains_key("pass"));
+    // The CSV Data Set (no header row, `;`, each line once) is a data source, its variables
+    // its columns; nothing about it is approximated.
+    assert!(
+        i.yaml.contains(
+            "data:\n  users:\n    # JMeter reads users.csv relative to the .jmx; pacer relative to this plan file: put it beside the plan (or change `file`).\n    file: \"users.csv\"\n    # Each line once"
+        ),
+        "{}",
+        i.yaml
+    );
+    assert!(
+        i.yaml.contains(
+            "    mode: \"unique\"\n    columns:\n      - \"user\"\n      - \"pass\"\n    delimiter: \";\"\n"
+        ),
+        "{}",
+        i.yaml
+    );
+    assert!(!i.yaml.contains("skipFirstLine"), "{}", i.yaml);
+    assert!(
+        !i.notes.iter().any(|n| n.element == "CSVDataSet"),
+        "{:?}",
+        i.notes
+    );
+    assert!(!plan.variables.contains_key("user") && !plan.variables.contains_key("pass"));
+    assert_eq!(plan.data[0].name, "users");
+    assert_eq!(plan.data[0].mode, pacer_plan::data::DataMode::Unique);
+    assert!(
+        plan.data[0].table.is_none(),
+        "the import reads no data file"
+    );
+    // Beside the plan, the file is read with the plan's columns and delimiter.
+    let ran = with_files(&i.yaml, &[("users.csv", "alice;pw1\n\"b;ob\";pw2\n")]).unwrap();
+    let t = ran.data[0].table.as_ref().unwrap();
+    assert_eq!(t.columns, ["user", "pass"]);
+    assert_eq!(t.rows[1], ["b;ob", "pw2"]);
+    let e = with_files(&i.yaml, &[("users.csv", "alice,pw1\n")]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("data.users.file: users.csv: line 1: 1 fields, `columns` has 2"),
+        "{e}"
+    );
     // The Authorization header's value is never copied.
     assert!(!i.yaml.contains("abc123"), "{}", i.yaml);
     assert!(
@@ -111,7 +162,7 @@ fn csv_data_sets_and_header_managers() {
     assert!(i.yaml.contains("X-Client: \"jmeter {{vars.client}}\""));
     assert!(
         i.yaml
-            .contains("body: \"user={{vars.user}}&pass={{vars.pass}}\""),
+            .contains("body: \"user={{data.users.user}}&pass={{data.users.pass}}\""),
         "{}",
         i.yaml
     );
@@ -409,4 +460,109 @@ proptest::proptest! {
             load(&i.yaml);
         }
     }
+}
+
+#[test]
+fn csv_data_sets_become_data_sources() {
+    let (i, plan) = import_jmx("csv_sets.jmx");
+    let y = &i.yaml;
+    // A tab, a skipped header line, a file name that is not .csv; each line once per thread
+    // group in JMeter, with <EOF> after the last: pacer cycles, shared by the test (noted).
+    assert!(
+        y.contains(
+            "    file: \"data/products.tsv\"\n    format: \"csv\"\n    mode: \"cycle\"\n    columns:\n      - \"sku\"\n      - \"qty\"\n    skipFirstLine: true\n    delimiter: \"\\t\"\n"
+        ),
+        "{y}"
+    );
+    // Allow quoted data off: said above the file.
+    assert!(y.contains("\"Allow quoted data\" is off"), "{y}");
+    // No variable names: no columns, the first line is the header.
+    assert!(
+        y.contains("  regions:\n    # JMeter reads regions.csv relative to the .jmx; pacer relative to this plan file: put it beside the plan (or change `file`).\n    # Its first line names the columns, as in JMeter (variableNames is empty).\n    file: \"regions.csv\"\n    mode: \"cycle\"\n  accounts:"),
+        "{y}"
+    );
+    // An absolute path is kept; names are sanitized (`api key`), `|` is the delimiter.
+    assert!(
+        y.contains("  accounts:\n    file: \"/srv/jmeter/accounts.dat\"\n    format: \"csv\"\n    mode: \"cycle\"\n    columns:\n      - \"user\"\n      - \"api_key\"\n    delimiter: \"|\"\n"),
+        "{y}"
+    );
+    // The same stem twice: a second name; a Windows path with `/`; recycle off and stop
+    // thread on: each line once.
+    assert!(
+        y.contains("  products_2:\n    # JMeter reads more\\products.csv relative to the .jmx; pacer relative to this plan file: put it beside the plan (or change `file`).\n    file: \"more/products.csv\"\n"),
+        "{y}"
+    );
+    assert!(
+        y.contains("    mode: \"unique\"\n    columns:\n      - \"code\"\n"),
+        "{y}"
+    );
+    // Every reference, wherever it is: path, JSON body, header, query.
+    assert!(
+        y.contains("path: \"/orders/{{data.accounts.user}}/{{data.products_2.code}}\""),
+        "{y}"
+    );
+    assert!(y.contains("qty: \"{{data.products.qty}}\""), "{y}");
+    assert!(y.contains("sku: \"{{data.products.sku}}\""), "{y}");
+    assert!(
+        y.contains("X-Api-Key: \"{{data.accounts.api_key}}\""),
+        "{y}"
+    );
+    // The header-named set's variables stay plan variables (the import reads no file).
+    assert!(y.contains("region: \"{{vars.region}}\""), "{y}");
+    let notes: Vec<(NoteKind, &str)> = i
+        .notes
+        .iter()
+        .filter(|n| n.element == "CSVDataSet")
+        .map(|n| (n.kind, n.message.as_str()))
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            (
+                NoteKind::Approximated,
+                "`data.products`: after the last line JMeter gives the variables the value <EOF>; pacer starts again from the first row (mode: cycle)"
+            ),
+            (
+                NoteKind::Approximated,
+                "`data.products`: JMeter gives each thread group its own place in the file; pacer's cursor is shared by the whole test (mode: cycle)"
+            ),
+            (
+                NoteKind::Untranslated,
+                "`data.regions`: variableNames is empty, so the file's first line names the variables, and the import reads no file: write {{data.regions.COLUMN}} where the plan reads them"
+            ),
+            (
+                NoteKind::Approximated,
+                "`data.accounts`: the file \"/srv/jmeter/accounts.dat\" is an absolute path: kept, so the plan runs only where that file is"
+            ),
+            (
+                NoteKind::Approximated,
+                "`data.accounts`: JMeter gives each thread its own place in the file; pacer's cursor is shared by the whole test (mode: cycle)"
+            ),
+        ]
+    );
+    let names: Vec<&str> = plan.data.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["accounts", "products", "products_2", "regions"]);
+    let products = plan.data.iter().find(|d| d.name == "products").unwrap();
+    assert_eq!(products.layout.delimiter, '\t');
+    assert!(products.layout.skip_first_line);
+}
+
+#[test]
+fn a_csv_data_set_pacer_cannot_read_keeps_placeholders() {
+    let jmx = data("csv_headers.jmx").replace(
+        "<stringProp name=\"delimiter\">;</stringProp>",
+        "<stringProp name=\"delimiter\">;;</stringProp>",
+    );
+    let i = jmeter::import(&jmx, &Default::default()).unwrap();
+    let plan = load(&i.yaml);
+    assert!(plan.data.is_empty());
+    assert!(plan.variables.contains_key("user"), "{}", i.yaml);
+    let note = i.notes.iter().find(|n| n.element == "CSVDataSet").unwrap();
+    assert_eq!(note.kind, NoteKind::Untranslated);
+    assert!(
+        note.message
+            .starts_with("its delimiter \";;\" is not one character pacer's CSV splits on: the variables user, pass are plan variables"),
+        "{}",
+        note.message
+    );
 }
