@@ -1,8 +1,8 @@
 //! `pacer import` end to end: each .jmx (and the .har) of crates/pacer-import/tests/data is
 //! imported by the real binary, the plan it writes is run by the real binary against the
 //! mock API on loopback, and the server counts the requests the JMeter plan implies
-//! (threads x loops x samplers; a throughput timer's rate x duration). Runs are a few
-//! seconds each.
+//! (threads x loops x samplers; a throughput timer's rate x duration), and a CSV Data Set's
+//! lines (its file written beside the imported plan). Runs are a few seconds each.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -123,17 +123,62 @@ async fn thread_groups_run_their_threads_times_loops() {
     );
 }
 
+/// The CSV Data Set of csv_headers.jmx (no header row, `;`, each line once) is a `data:`
+/// source: with its file beside the imported plan, each iteration takes the next line, and
+/// every line's value reaches the server once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn csv_variables_and_headers_run() {
-    let (listing, ran) = import_and_run("jmeter", "csv_headers.jmx", |p| p).await;
+async fn csv_data_sets_feed_each_line_to_the_server() {
+    let mut config = plain_mock_config(LatencyConfig::Fixed {
+        value: Duration::from_millis(1),
+    });
+    config.record_arrivals = true;
+    let mock = start_mock(config).await;
+    let target = format!("http://{}", mock.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let (plan, listing) = import("jmeter", &data("csv_headers.jmx"), dir.path());
+    assert!(!listing.contains("CSVDataSet"), "{listing}");
     assert!(
-        listing.contains("<CSVDataSet> (not translated)"),
+        listing.contains("its data files, which `pacer run` reads relative to it: users.csv"),
         "{listing}"
     );
     assert!(!listing.contains("abc123"));
-    // 2 threads x 5 loops x 2 samplers.
-    assert_eq!(iterations(&ran.summary, "login"), 10);
-    assert_eq!(ran.stats.requests.total, 20);
+    assert!(
+        plan.contains("path: \"/api/v2/users/{{data.users.user}}\""),
+        "{plan}"
+    );
+    // 2 threads x 5 loops: 10 iterations, 10 lines (a quoted password holds the delimiter).
+    const LINES: usize = 10;
+    let lines: String = (0..LINES)
+        .map(|i| format!("user{i};\"pw;{i}\"\n"))
+        .collect();
+    std::fs::write(dir.path().join("users.csv"), lines).unwrap();
+    let r = run_summary(
+        dir.path(),
+        &plan,
+        &[],
+        &[("PACER_TARGET", &target)],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(r.code, 0, "{plan}\n{}\n{}", r.stdout, r.stderr);
+    assert_eq!(iterations(&r.summary, "login"), LINES as u64);
+    let paths: Vec<String> = mock
+        .control()
+        .arrivals()
+        .arrivals
+        .into_iter()
+        .filter_map(|a| a.path)
+        .collect();
+    mock.shutdown().await;
+    assert_eq!(paths.len(), 2 * LINES, "{paths:?}");
+    let mut users: Vec<&str> = paths
+        .iter()
+        .filter_map(|p| p.strip_prefix("/api/v2/users/"))
+        .collect();
+    users.sort_unstable();
+    let mut expected: Vec<String> = (0..LINES).map(|i| format!("user{i}")).collect();
+    expected.sort_unstable();
+    assert_eq!(users, expected, "each line once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,12 @@ pub fn run(args: &ImportArgs) -> Exit {
                 return Exit::Failure;
             }
             crate::outln!("{}: plan written (it validates)", out.display());
+            if !import.data_files.is_empty() {
+                crate::outln!(
+                    "its data files, which `pacer run` reads relative to it: {}",
+                    import.data_files.join(", ")
+                );
+            }
             crate::out!("{}", listing(&import));
         }
         None => {

@@ -373,7 +373,11 @@ pub fn import(text: &str, source_name: &str) -> Result<Import, ImportError> {
     }
     let yaml = yaml::write(&header, &doc);
     crate::validate(&yaml, source_name)?;
-    Ok(Import { yaml, notes })
+    Ok(Import {
+        yaml,
+        notes,
+        data_files: Vec::new(),
+    })
 }
 
 /// A note, and its comment line in `lines` (the place it came from).

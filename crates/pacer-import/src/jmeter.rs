@@ -67,9 +67,22 @@ pub fn import(text: &str, options: &Options) -> Result<Import, ImportError> {
     }
     let yaml = yaml::write(&header, &doc);
     crate::validate(&yaml, &options.source_name)?;
+    let data_files = cx
+        .data
+        .0
+        .iter()
+        .filter_map(|e| match &e.value {
+            Node::Map(m) => match m.get("file") {
+                Some(Node::Scalar(Value::String(f))) => Some(f.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
     Ok(Import {
         yaml,
         notes: cx.notes,
+        data_files,
     })
 }
 

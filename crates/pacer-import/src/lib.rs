@@ -40,6 +40,9 @@ pub struct Import {
     pub yaml: String,
     /// Everything left out or approximated, in document order.
     pub notes: Vec<Note>,
+    /// The `file:` of each `data:` source the plan declares: read by `pacer run` (relative
+    /// to the plan file), never by the import.
+    pub data_files: Vec<String>,
 }
 
 /// Why an element is in the list.

@@ -129,6 +129,7 @@ fn csv_data_sets_and_header_managers() {
         plan.data[0].table.is_none(),
         "the import reads no data file"
     );
+    assert_eq!(i.data_files, ["users.csv"]);
     // Beside the plan, the file is read with the plan's columns and delimiter.
     let ran = with_files(&i.yaml, &[("users.csv", "alice;pw1\n\"b;ob\";pw2\n")]).unwrap();
     let t = ran.data[0].table.as_ref().unwrap();
