@@ -1,7 +1,8 @@
 //! Test data (feeders, docs/plan-format.md "Test data"), end to end: the real `pacer` binary
 //! against `pacer mock`, whose arrival log keeps every request's path, so each test checks
 //! the values the server received. `unique` rows are used exactly once by one process, by
-//! `pacer run --workers 3` and by `pacer controller` with 3 `pacer worker`s; rows running out
+//! `pacer run --workers 3` and by `pacer controller` with 3 `pacer worker`s (also from a file
+//! without a header row, named by the plan's `columns`); rows running out
 //! end the run, failed, with the reason; `cycle` and `random` rows; every request of one
 //! iteration sees the same row.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -29,8 +30,13 @@ fn users(n: usize) -> String {
 /// A plan whose one scenario sends two requests per iteration, both naming the row and the
 /// iteration: `/a/<id>/<iteration>` and `/b/<email>/<iteration>`.
 fn plan(target: &str, mode: &str, executor: &str) -> String {
+    plan_with(target, mode, executor, "")
+}
+
+/// [`plan`] with more lines for the source (`extra`, each indented by 4 and ending in `\n`).
+fn plan_with(target: &str, mode: &str, executor: &str, extra: &str) -> String {
     format!(
-        "name: data\ntarget: {target}\ndata:\n  users:\n    file: data/users.csv\n    mode: {mode}\nscenarios:\n  - name: s\n    {executor}\n    gracefulStop: 2s\n    requests:\n      - {{ name: a, path: \"/a/{{{{data.users.id}}}}/{{{{iteration}}}}\" }}\n      - {{ name: b, path: \"/b/{{{{data.users.email}}}}/{{{{iteration}}}}\" }}\n"
+        "name: data\ntarget: {target}\ndata:\n  users:\n    file: data/users.csv\n    mode: {mode}\n{extra}scenarios:\n  - name: s\n    {executor}\n    gracefulStop: 2s\n    requests:\n      - {{ name: a, path: \"/a/{{{{data.users.id}}}}/{{{{iteration}}}}\" }}\n      - {{ name: b, path: \"/b/{{{{data.users.email}}}}/{{{{iteration}}}}\" }}\n"
     )
 }
 
@@ -156,6 +162,16 @@ async fn unique_rows_are_split_across_controller_workers() {
         "executor: constant-arrival-rate\n    rate: 10/s\n    duration: 3s",
         ROWS,
     );
+    let out = controller_and_3_workers(&p).await;
+    assert_exit(&out, 0);
+    let mut ids = rows_used(&paths(&mock));
+    ids.sort_unstable();
+    assert_eq!(ids, (0..ROWS).collect::<Vec<_>>(), "every row exactly once");
+}
+
+/// `pacer controller` with the plan `p` and 3 `pacer worker`s on loopback: the controller's
+/// output.
+async fn controller_and_3_workers(p: &Path) -> std::process::Output {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -200,6 +216,32 @@ async fn unique_rows_are_split_across_controller_workers() {
     for w in workers {
         let _ = tokio::task::spawn_blocking(move || wait_bounded(w, Duration::from_secs(10))).await;
     }
+    out
+}
+
+/// A file without a header row, split on `;` and with a first line to skip: the plan's
+/// `columns`, `skipFirstLine` and `delimiter` reach the workers with the plan, which parse the
+/// file's text the controller sends them as it did: every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_without_header_reaches_controller_workers_with_its_columns() {
+    let (mock, dir) = recording_mock().await;
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let mut rows = String::from("ID;EMAIL\n");
+    for i in 0..ROWS {
+        rows.push_str(&format!("{i};user{i}@example.com\n"));
+    }
+    write(&dir.path().join("data"), "users.csv", &rows);
+    let p = write(
+        dir.path(),
+        "plan.yaml",
+        &plan_with(
+            &format!("http://{}", mock.addr()),
+            "unique",
+            "executor: constant-arrival-rate\n    rate: 10/s\n    duration: 3s",
+            "    columns: [id, email]\n    skipFirstLine: true\n    delimiter: \";\"\n",
+        ),
+    );
+    let out = controller_and_3_workers(&p).await;
     assert_exit(&out, 0);
     let mut ids = rows_used(&paths(&mock));
     ids.sort_unstable();
