@@ -600,6 +600,11 @@ impl<'o> Cx<'o> {
             Some("it names no file".to_string())
         } else if file.contains("${") {
             Some(format!("its file name {file:?} is an expression"))
+        } else if self.data.0.len() >= pacer_plan::data::MAX_DATA_SOURCES {
+            Some(format!(
+                "a plan has at most {} data sources",
+                pacer_plan::data::MAX_DATA_SOURCES
+            ))
         } else if names.len() > pacer_plan::data::MAX_DATA_COLUMNS {
             Some(format!(
                 "{} variables, more than a source's {} columns",
@@ -628,8 +633,8 @@ impl<'o> Cx<'o> {
         };
         let name = unique_data_name(data_name(stem), &mut self.data_names);
 
-        let mut source = Map::new();
-        let file_entry = source.set("file", written.as_str());
+        // Said above `file:`, once the rest is known.
+        let mut file_comments = Vec::new();
         if absolute {
             self.note(
                 NoteKind::Approximated,
@@ -638,9 +643,22 @@ impl<'o> Cx<'o> {
                 format!("`data.{name}`: the file {file:?} is an absolute path: kept, so the plan runs only where that file is"),
             );
         } else {
-            file_entry.comment(format!(
+            file_comments.push(format!(
                 "JMeter reads {file} relative to the .jmx; pacer relative to this plan file: put it beside the plan (or change `file`)."
             ));
+        }
+        if names.is_empty() {
+            file_comments.push(
+                "Its first line names the columns, as in JMeter (variableNames is empty).".into(),
+            );
+        }
+        if !p.bool("quotedData") {
+            file_comments.push("JMeter reads quotes in this file as text (\"Allow quoted data\" is off); pacer reads RFC 4180 quoting: a field that starts with \" differs.".into());
+        }
+        let mut source = Map::new();
+        let file_entry = source.set("file", written.as_str());
+        for c in &file_comments {
+            file_entry.comment(c);
         }
         if pacer_plan::data::DataFormat::of_file(&written)
             != Some(pacer_plan::data::DataFormat::Csv)
@@ -685,9 +703,6 @@ impl<'o> Cx<'o> {
         }
 
         if names.is_empty() {
-            source.set("file", written.as_str()).comment(
-                "Its first line names the columns, as in JMeter (variableNames is empty).",
-            );
             self.note(
                 NoteKind::Untranslated,
                 loc,
@@ -716,11 +731,6 @@ impl<'o> Cx<'o> {
         }
         if delimiter != ',' {
             source.set("delimiter", delimiter.to_string());
-        }
-        if !p.bool("quotedData") {
-            source.set("file", written.as_str()).comment(
-                "JMeter reads quotes in this file as text (\"Allow quoted data\" is off); pacer reads RFC 4180 quoting: a field that starts with \" differs.",
-            );
         }
         let encoding = p.str("fileEncoding").trim().to_ascii_lowercase();
         if !(encoding.is_empty() || encoding.replace('-', "") == "utf8") {

@@ -567,3 +567,25 @@ fn a_csv_data_set_pacer_cannot_read_keeps_placeholders() {
         note.message
     );
 }
+
+#[test]
+fn more_csv_data_sets_than_a_plan_has_sources_keep_placeholders() {
+    let jmx = data("csv_headers.jmx");
+    let start = jmx.find("<CSVDataSet ").unwrap();
+    let end = jmx.find("</CSVDataSet>").unwrap() + "</CSVDataSet>\n<hashTree>\n</hashTree>\n".len();
+    let set = &jmx[start..end];
+    let many: String = (0..=pacer_plan::data::MAX_DATA_SOURCES)
+        .map(|i| set.replace("users.csv", &format!("users{i}.csv")))
+        .collect();
+    let jmx = format!("{}{many}{}", &jmx[..start], &jmx[end..]);
+    let i = jmeter::import(&jmx, &Default::default()).unwrap();
+    let plan = load(&i.yaml);
+    assert_eq!(plan.data.len(), pacer_plan::data::MAX_DATA_SOURCES);
+    let note = i.notes.iter().find(|n| n.element == "CSVDataSet").unwrap();
+    assert!(
+        note.message
+            .starts_with("a plan has at most 32 data sources:"),
+        "{}",
+        note.message
+    );
+}
