@@ -1727,14 +1727,7 @@ const DATA_SUFFIX_ROOM: usize = 5;
 
 /// `name`, or `name_2`, `name_3` ... so that it is not in `taken`; records it.
 fn unique_data_name(name: String, taken: &mut BTreeSet<String>) -> String {
-    let mut candidate = name.clone();
-    let mut n = 2u32;
-    while taken.contains(&candidate) {
-        candidate = format!("{name}_{n}");
-        n = n.saturating_add(1);
-    }
-    taken.insert(candidate.clone());
-    candidate
+    crate::unique_by(name, taken, |name, n| format!("{name}_{n}"))
 }
 
 /// Not a plan field: each request's timer pause, summed into the scenario's thinkTime and

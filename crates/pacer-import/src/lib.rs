@@ -151,10 +151,21 @@ const NAME_CHARS: usize = 120;
 
 /// `name`, or `name (2)`, `name (3)` ... so that it is not in `taken`; records it.
 pub(crate) fn unique(name: String, taken: &mut std::collections::BTreeSet<String>) -> String {
+    unique_by(name, taken, |name, n| format!("{name} ({n})"))
+}
+
+/// `name`, or `numbered(name, 2)`, `numbered(name, 3)` ... so that it is not in `taken`;
+/// records it. One rule for every name the importer must not repeat; only the suffix's form
+/// differs (a data source's name allows no space or parenthesis).
+pub(crate) fn unique_by(
+    name: String,
+    taken: &mut std::collections::BTreeSet<String>,
+    numbered: impl Fn(&str, u32) -> String,
+) -> String {
     let mut candidate = name.clone();
     let mut n = 2u32;
     while taken.contains(&candidate) {
-        candidate = format!("{name} ({n})");
+        candidate = numbered(&name, n);
         n = n.saturating_add(1);
     }
     taken.insert(candidate.clone());
