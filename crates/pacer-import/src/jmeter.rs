@@ -67,22 +67,10 @@ pub fn import(text: &str, options: &Options) -> Result<Import, ImportError> {
     }
     let yaml = yaml::write(&header, &doc);
     crate::validate(&yaml, &options.source_name)?;
-    let data_files = cx
-        .data
-        .0
-        .iter()
-        .filter_map(|e| match &e.value {
-            Node::Map(m) => match m.get("file") {
-                Some(Node::Scalar(Value::String(f))) => Some(f.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
     Ok(Import {
         yaml,
         notes: cx.notes,
-        data_files,
+        data_files: cx.data_files,
     })
 }
 
@@ -158,6 +146,8 @@ struct Cx<'o> {
     /// The `data:` sources, from CSV Data Sets, and their names.
     data: Map,
     data_names: BTreeSet<String>,
+    /// Each source's `file`, as written, in order: what `pacer run` will read beside the plan.
+    data_files: Vec<String>,
     /// Variables templates read.
     used: BTreeSet<String>,
     /// Variables an extractor sets.
@@ -187,6 +177,7 @@ impl<'o> Cx<'o> {
             variables: BTreeMap::new(),
             data: Map::new(),
             data_names: BTreeSet::new(),
+            data_files: Vec::new(),
             used: BTreeSet::new(),
             extracted: BTreeSet::new(),
             target: None,
@@ -742,6 +733,7 @@ impl<'o> Cx<'o> {
             );
         }
         self.data.set(&name, source);
+        self.data_files.push(written);
     }
 
     /// A CSV Data Set pacer's `data:` cannot read: its variables are plan variables with one

@@ -466,6 +466,35 @@ pub(crate) const MAX_PAGE_SIZE: u64 = 100;
 const MAX_WINDOW: Duration = Duration::from_secs(86_400);
 
 impl MockConfig {
+    /// The body of every static-mode answer: `staticBody`'s bytes, or `{"ok":true}`. Read once
+    /// at start; a file over [`MAX_STATIC_BODY`] is an error, not a truncated body.
+    pub(crate) fn read_static_body(&self) -> Result<bytes::Bytes, MockError> {
+        use std::io::Read;
+        let Some(path) = &self.static_body else {
+            return Ok(bytes::Bytes::from_static(DEFAULT_STATIC_BODY.as_bytes()));
+        };
+        let read_error = |source| MockError::ReadStaticBody {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        let mut body = Vec::new();
+        // One byte past the cap tells a file at the cap from a larger one.
+        file.take(MAX_STATIC_BODY + 1)
+            .read_to_end(&mut body)
+            .map_err(read_error)?;
+        if body.len() as u64 > MAX_STATIC_BODY {
+            return Err(MockError::invalid(
+                "staticBody",
+                format!(
+                    "{} is larger than {MAX_STATIC_BODY} bytes, the most a static body may be",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(body.into())
+    }
+
     /// Checks ranges and consistency; names the offending field.
     pub fn validate(&self) -> Result<(), MockError> {
         if self.static_body.is_some() && !self.static_mode {
@@ -737,37 +766,6 @@ pub(crate) mod duration_str {
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
             super::seconds_to_duration(v).map_err(E::custom)
         }
-    }
-}
-
-impl MockConfig {
-    /// The body of every static-mode answer: `staticBody`'s bytes, or `{"ok":true}`. Read once
-    /// at start; a file over [`MAX_STATIC_BODY`] is an error, not a truncated body.
-    pub(crate) fn read_static_body(&self) -> Result<bytes::Bytes, MockError> {
-        use std::io::Read;
-        let Some(path) = &self.static_body else {
-            return Ok(bytes::Bytes::from_static(DEFAULT_STATIC_BODY.as_bytes()));
-        };
-        let read_error = |source| MockError::ReadStaticBody {
-            path: path.clone(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(read_error)?;
-        let mut body = Vec::new();
-        // One byte past the cap tells a file at the cap from a larger one.
-        file.take(MAX_STATIC_BODY + 1)
-            .read_to_end(&mut body)
-            .map_err(read_error)?;
-        if body.len() as u64 > MAX_STATIC_BODY {
-            return Err(MockError::invalid(
-                "staticBody",
-                format!(
-                    "{} is larger than {MAX_STATIC_BODY} bytes, the most a static body may be",
-                    path.display()
-                ),
-            ));
-        }
-        Ok(body.into())
     }
 }
 
