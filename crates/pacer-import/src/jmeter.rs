@@ -579,13 +579,7 @@ impl<'o> Cx<'o> {
         let delimiter = match raw_delimiter {
             "" => Some(','),
             JMETER_TAB => Some('\t'),
-            d => {
-                let mut chars = d.chars();
-                match (chars.next(), chars.next()) {
-                    (Some(c), None) if !matches!(c, '"' | '\r' | '\n') => Some(c),
-                    _ => None,
-                }
-            }
+            d => pacer_plan::data::delimiter(d).ok(),
         };
         let why_not = if file.is_empty() {
             Some("it names no file".to_string())

@@ -390,43 +390,36 @@ fn csv_layout(
             }
         }
     }
-    let delimiter = match d.delimiter.as_deref() {
+    let delimiter = match d.delimiter.as_deref().map(delimiter) {
         None => DEFAULT_DELIMITER,
-        Some(raw) => {
-            let mut chars = raw.chars();
-            match (chars.next(), chars.next()) {
-                (Some('"'), None) => {
-                    errors.push(FieldError::new(
-                        format!("{p}.delimiter"),
-                        "`\"` quotes fields: it cannot also separate them",
-                    ));
-                    DEFAULT_DELIMITER
-                }
-                (Some('\r' | '\n'), None) => {
-                    errors.push(FieldError::new(
-                        format!("{p}.delimiter"),
-                        "a line break ends a row: it cannot separate fields",
-                    ));
-                    DEFAULT_DELIMITER
-                }
-                (Some(c), None) => c,
-                _ => {
-                    errors.push(FieldError::new(
-                        format!("{p}.delimiter"),
-                        format!(
-                            "one character (`\"\\t\"` for a tab), got {}",
-                            raw.chars().count()
-                        ),
-                    ));
-                    DEFAULT_DELIMITER
-                }
-            }
+        Some(Ok(c)) => c,
+        Some(Err(why)) => {
+            errors.push(FieldError::new(format!("{p}.delimiter"), why));
+            DEFAULT_DELIMITER
         }
     };
     CsvLayout {
         columns: d.columns.clone(),
         skip_first_line: d.skip_first_line,
         delimiter,
+    }
+}
+
+/// A CSV `delimiter:` as the one character it must be: not `"` (it quotes fields) nor a line
+/// break (it ends a row). The error says why, for the field's message (`pacer import` asks
+/// too, before it writes a JMeter set's delimiter).
+pub fn delimiter(raw: &str) -> Result<char, String> {
+    let mut chars = raw.chars();
+    match (chars.next(), chars.next()) {
+        (Some('"'), None) => Err("`\"` quotes fields: it cannot also separate them".into()),
+        (Some('\r' | '\n'), None) => {
+            Err("a line break ends a row: it cannot separate fields".into())
+        }
+        (Some(c), None) => Ok(c),
+        _ => Err(format!(
+            "one character (`\"\\t\"` for a tab), got {}",
+            raw.chars().count()
+        )),
     }
 }
 
